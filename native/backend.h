@@ -1,0 +1,93 @@
+// The one boundary between the TypeScript host and the math: a Backend owns the weights and the paged KV
+// cache on its device, and runs one model step for a batch of sequences per call.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model_config.h"
+#include "tensor_source.h"
+
+namespace hm {
+
+// One model step. Tokens of all sequences are packed back to back: sequence s owns seq_lens[s] consecutive
+// tokens (a prefill chunk, or 1 for decode). positions[i] is token i's absolute position in its sequence; the
+// cache already holds positions 0 .. positions[first token of s] - 1 for that sequence. Sequence s's KV lives in
+// the blocks block_tables[s * max_blocks_per_seq + j] (position p is in block p / block_size, slot p % block_size).
+struct StepBatch {
+  const int32_t* tokens = nullptr;
+  const int32_t* positions = nullptr;
+  int num_tokens = 0;
+  const int32_t* seq_lens = nullptr;
+  int num_seqs = 0;
+  const int32_t* block_tables = nullptr;
+  int max_blocks_per_seq = 0;
+  // Output rows: every token when all_positions (scoring), else one row per sequence (its last token).
+  bool all_positions = false;
+  // Per sequence: 1 = copy that sequence's full fp32 logits row(s) to the host. Null = none.
+  const uint8_t* full_logits = nullptr;
+  // Narrowed candidates per output row, computed on the device (0..256).
+  int top_k = 0;
+};
+
+struct StepOutput {
+  int num_rows = 0;
+  int vocab = 0;
+  int top_k = 0;
+  std::vector<int32_t> argmax;        // [rows]
+  std::vector<float> max_logit;       // [rows]
+  std::vector<float> logsumexp;       // [rows] over the full vocabulary, temperature 1
+  std::vector<int32_t> top_ids;       // [rows * top_k], by logit descending (ties: lower id first)
+  std::vector<float> top_logits;      // [rows * top_k] raw logits
+  std::vector<int32_t> logits_rows;   // which output rows have full logits, in order
+  std::vector<float> logits;          // [logits_rows.size() * vocab]
+};
+
+struct LoadOptions {
+  std::string backend = "cpu";          // "cpu" | "cuda"
+  std::string expert_format = "mxfp4";  // cuda only: "mxfp4" (sm_90+) | "bf16" (fallback, any GPU)
+  int num_blocks = 0;                   // KV blocks; 0 = choose from memory left
+  int block_size = 16;
+  int max_seqs = 64;
+  int max_batch_tokens = 2048;
+  int threads = 0;                      // cpu: 0 = hardware concurrency
+  int device = 0;
+  bool dummy = false;                   // fill weights with random values instead of reading tensors
+  uint64_t seed = 0;
+};
+
+struct BackendInfo {
+  std::string backend;
+  std::string device_name;
+  std::string expert_format;
+  int num_blocks = 0;
+  int block_size = 0;
+  uint64_t weight_bytes = 0;
+  uint64_t kv_bytes = 0;
+  uint64_t device_total_bytes = 0;
+  uint64_t device_free_bytes = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual void step(const StepBatch& batch, StepOutput& out) = 0;
+  virtual BackendInfo info() const = 0;
+};
+
+// Each factory throws std::runtime_error with a one-line message on any failure, after freeing what it took.
+std::unique_ptr<Backend> make_cpu_backend(const ModelConfig& cfg, const TensorMap& tensors,
+                                          const LoadOptions& opt, const ProgressFn& progress);
+#ifdef HARMONIUM_CUDA
+std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& cfg, const TensorMap& tensors,
+                                           const LoadOptions& opt, const ProgressFn& progress);
+// Number of visible CUDA devices and a description of each; never throws (0 when no driver/device).
+int cuda_device_count(std::string* why_none);
+#endif
+
+// Shared by every backend: fills argmax / top-k / logsumexp for one row of logits (host side).
+void narrow_logits_row(const float* logits, int vocab, int top_k, int32_t* top_ids, float* top_logits,
+                       int32_t* argmax, float* max_logit, float* logsumexp);
+
+}  // namespace hm

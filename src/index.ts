@@ -1,0 +1,2 @@
+// Public library API of harmonium.
+export type { ModelConfig, TensorLocation } from './model/types.js';

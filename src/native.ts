@@ -1,0 +1,112 @@
+// The one typed boundary to the native addon: every export of build/Release/harmonium.node is declared here,
+// and this is the only module that loads it. Everything else imports these types.
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { ModelConfig, TensorLocation } from './model/types.js';
+
+export interface NativeLoadOptions {
+  backend: 'cpu' | 'cuda';
+  /** CUDA only: 'mxfp4' decodes experts inside the matmul (sm_90+); 'bf16' decodes them once at load. */
+  expertFormat?: 'mxfp4' | 'bf16';
+  /** KV blocks to allocate; 0 = as many as fit. */
+  numBlocks?: number;
+  blockSize?: number;
+  maxSeqs?: number;
+  maxBatchTokens?: number;
+  threads?: number;
+  device?: number;
+  /** Fill the weights with random values on the device instead of reading tensors. */
+  dummy?: boolean;
+  seed?: number;
+}
+
+export interface NativeStepInput {
+  /** All sequences' tokens back to back. */
+  tokens: Int32Array;
+  /** Absolute position of each token in its sequence. */
+  positions: Int32Array;
+  /** Tokens per sequence in this step (prefill chunk length, or 1 when decoding). */
+  seqLens: Int32Array;
+  /** [numSeqs * maxBlocksPerSeq] KV block ids per sequence. */
+  blockTables: Int32Array;
+  maxBlocksPerSeq: number;
+  /** One output row per token (scoring) instead of one per sequence (its last token). */
+  allPositions?: boolean;
+  /** Per sequence: 1 = return the full fp32 logits of its rows. */
+  fullLogits?: Uint8Array;
+  /** Narrowed candidates per row (0..256). */
+  topK?: number;
+}
+
+export interface NativeStepOutput {
+  numRows: number;
+  vocab: number;
+  topK: number;
+  argmax: Int32Array;
+  maxLogit: Float32Array;
+  /** log sum exp of the row's logits over the whole vocabulary (temperature 1). */
+  logsumexp: Float32Array;
+  /** [numRows * topK] ids by logit descending, ties by lower id. */
+  topIds: Int32Array;
+  topLogits: Float32Array;
+  /** Rows whose full logits follow, in order. */
+  logitsRows: Int32Array;
+  /** [logitsRows.length * vocab] */
+  logits: Float32Array;
+}
+
+export interface NativeModelInfo {
+  backend: string;
+  deviceName: string;
+  expertFormat: string;
+  numBlocks: number;
+  blockSize: number;
+  weightBytes: number;
+  kvBytes: number;
+  deviceTotalBytes: number;
+  deviceFreeBytes: number;
+}
+
+export interface NativeModel {
+  step(input: NativeStepInput): Promise<NativeStepOutput>;
+  info(): NativeModelInfo;
+  /** Frees the weights and the KV cache (deferred until a step in flight finishes). */
+  close(): void;
+}
+
+export interface NativeAddon {
+  loadModel(
+    config: ModelConfig,
+    tensors: TensorLocation[],
+    options: NativeLoadOptions,
+    onProgress?: (done: number, total: number) => void,
+  ): Promise<NativeModel>;
+  buildInfo(): { cuda: boolean; cudaArchitectures: string };
+  cudaDevices(): { count: number; reason: string };
+}
+
+let cached: NativeAddon | undefined;
+
+/** Root of the package (where build/ and package.json live), from src/ or dist/. */
+export function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json'))) {
+    const up = dirname(dir);
+    if (up === dir) throw new Error('harmonium: cannot find the package root');
+    dir = up;
+  }
+  return dir;
+}
+
+export function loadAddon(): NativeAddon {
+  if (cached) return cached;
+  const path = join(packageRoot(), 'build', 'Release', 'harmonium.node');
+  if (!existsSync(path)) {
+    throw new Error(`harmonium: native addon not built (${path} is missing); run \`npm run build\``);
+  }
+  const require = createRequire(import.meta.url);
+  cached = require(path) as NativeAddon;
+  return cached;
+}
