@@ -102,7 +102,9 @@ export function packageRoot(): string {
 
 export function loadAddon(): NativeAddon {
   if (cached) return cached;
-  const path = join(packageRoot(), 'build', 'Release', 'harmonium.node');
+  // HARMONIUM_BUILD_DIR lets a developer test an addon built into another folder (e.g. build-cuda/).
+  const buildDir = process.env.HARMONIUM_BUILD_DIR ?? join(packageRoot(), 'build');
+  const path = join(buildDir, 'Release', 'harmonium.node');
   if (!existsSync(path)) {
     throw new Error(`harmonium: native addon not built (${path} is missing); run \`npm run build\``);
   }
