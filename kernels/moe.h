@@ -1,0 +1,130 @@
+// The mixture-of-experts block of gpt-oss on the GPU: routing (router logits -> top-k -> softmax over the k) and
+// the experts (gate_up with bias -> clamped SwiGLU -> down with bias -> weighted combine of the k experts).
+//
+// Two expert-weight formats, one launcher each:
+//   moe_mxfp4_forward: the checkpoint's MXFP4 bytes as stored; E2M1 values and E8M0 scales are decoded in
+//                      registers inside the matmul (no bf16 copy of the expert weights ever exists).
+//   moe_bf16_forward:  the fallback, weights decoded to bf16 once at load (mxfp4_to_bf16), any sm_80+ GPU.
+// Each has two paths, chosen by the token count (or forced, for tests):
+//   decode  (n <= kMoeDecodeMaxTokens): two kernels (gate_up+SwiGLU, down+combine); only the selected experts'
+//           weights are read, each once, as 16-byte streaming loads feeding mma.sync with the tokens as the
+//           8-wide N dimension. Fixed grid, no host sync, no allocation: capturable in a CUDA graph. PDL: the
+//           down kernel reads the routing and starts its weight stream before pdl_wait(); gate_up cannot (its
+//           experts are only known once the router is done).
+//   prefill (many tokens): (token, expert) pairs counted, scanned and scattered by expert on the GPU, then
+//           grouped GEMMs on tensor cores (mma.sync bf16, fp32 accumulate, MXFP4 decoded into shared memory),
+//           SwiGLU fused into the gate_up epilogue, then a deterministic combine of each token's k rows.
+//
+// Activation dtypes (the same as kernels/dense.h): x is bf16 [n, H] (the RMSNorm output), y is fp32 [n, H], the
+// residual stream, written (y = moe(x)) or accumulated (y += moe(x)). The SwiGLU output between the two matmuls
+// is kept in bf16 (pre-multiplied by the routing weight) in the workspace. Routing weights are fp32.
+//
+// Layouts are row-major with the checkpoint's shapes (E experts, H hidden, I intermediate, k experts per token):
+//   gate_up: blocks [E, 2I, H/32, 16] u8, scales [E, 2I, H/32] u8 (E8M0), bias [E, 2I] bf16, rows interleaved
+//            (even row 2j = gate_j, odd row 2j+1 = up_j);  bf16 fallback weight [E, 2I, H].
+//   down:    blocks [E, H, I/32, 16] u8, scales [E, H, I/32] u8, bias [E, H] bf16;  bf16 fallback weight [E, H, I].
+// Requirements: H % 32 == 0, I % 32 == 0, 1 <= k <= 8, k <= E <= 256, all pointers 16-byte aligned.
+//
+// Launchers check shapes (throwing std::invalid_argument), never allocate, never synchronise; CUDA launch errors
+// throw std::runtime_error (kernels/common.cuh). The caller owns every buffer, including the workspace, sized
+// once by moe_workspace_bytes for the largest token count it will pass.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace hm::cuda {
+
+// ---- routing ----
+
+// ids[n, k], weights[n, k] = top-k of logits[n, E] (ties: lower expert id first, ids in descending-logit order),
+// softmax over the k selected logits. One warp per token.
+struct RouterTopkParams {
+  const float* logits = nullptr;  // fp32 [n, E], row stride ld_logits (elements)
+  int ld_logits = 0;
+  int n = 0, E = 0, k = 0;
+  int32_t* ids = nullptr;   // [n, k] contiguous
+  float* weights = nullptr; // [n, k] contiguous
+  bool pdl = false;
+};
+void router_topk_softmax(const RouterTopkParams& p, cudaStream_t stream);
+
+// Fused router: logits = x W_r^T + b_r (bf16 weights, fp32 accumulate) then the same top-k + softmax, in one
+// launch (the router weight is streamed before pdl_wait; the last block to finish does the top-k and resets the
+// arrival counter it keeps in the workspace, so graph replays need no memset).
+struct RouterParams {
+  const uint16_t* x = nullptr;  // bf16 [n, H], row stride ldx
+  int ldx = 0;
+  const uint16_t* W = nullptr;  // bf16 [E, H]
+  const uint16_t* b = nullptr;  // bf16 [E] or null
+  int n = 0, H = 0, E = 0, k = 0;
+  float* logits = nullptr;      // fp32 [n, E] contiguous: written (tests and debugging read it)
+  int32_t* ids = nullptr;       // [n, k]
+  float* weights = nullptr;     // [n, k]
+  void* workspace = nullptr;    // router_workspace_bytes(); zeroed once by the caller before first use
+  bool pdl = false;
+};
+size_t router_workspace_bytes();
+void router_forward(const RouterParams& p, cudaStream_t stream);
+
+// ---- experts ----
+
+// Token counts up to this take the decode path (the 8-wide N of one mma.sync tile).
+constexpr int kMoeDecodeMaxTokens = 8;
+
+enum class MoePath : int { kAuto = 0, kDecode = 1, kPrefill = 2 };
+
+struct MoeMxfp4Weights {
+  const uint8_t* gu_blocks = nullptr;  // [E, 2I, H/32, 16]
+  const uint8_t* gu_scales = nullptr;  // [E, 2I, H/32]
+  const uint16_t* gu_bias = nullptr;   // bf16 [E, 2I]
+  const uint8_t* dn_blocks = nullptr;  // [E, H, I/32, 16]
+  const uint8_t* dn_scales = nullptr;  // [E, H, I/32]
+  const uint16_t* dn_bias = nullptr;   // bf16 [E, H]
+};
+
+struct MoeBf16Weights {
+  const uint16_t* gu_weight = nullptr;  // bf16 [E, 2I, H]
+  const uint16_t* gu_bias = nullptr;    // bf16 [E, 2I]
+  const uint16_t* dn_weight = nullptr;  // bf16 [E, H, I]
+  const uint16_t* dn_bias = nullptr;    // bf16 [E, H]
+};
+
+// What both formats share: shapes, activations, routing, output, scratch.
+struct MoeParams {
+  int n = 0;  // tokens
+  int H = 0, I = 0, E = 0, k = 0;
+  float swiglu_limit = 7.0f;
+  const uint16_t* x = nullptr;  // bf16 [n, H], row stride ldx (elements)
+  int ldx = 0;
+  const int32_t* ids = nullptr;    // [n, k] expert ids (router output)
+  const float* weights = nullptr;  // [n, k] routing weights
+  float* y = nullptr;              // fp32 [n, H], row stride ldy
+  int ldy = 0;
+  bool accumulate = false;         // y += moe(x) (residual add fused) instead of y = moe(x)
+  void* workspace = nullptr;       // moe_workspace_bytes(n_max, ...) bytes, 256-byte aligned; no init needed
+  size_t workspace_bytes = 0;
+  MoePath path = MoePath::kAuto;
+  bool pdl = false;
+};
+
+// Workspace for up to n_max tokens (either path; the same for both formats).
+size_t moe_workspace_bytes(int n_max, int H, int I, int E, int k);
+
+void moe_mxfp4_forward(const MoeParams& p, const MoeMxfp4Weights& w, cudaStream_t stream);
+void moe_bf16_forward(const MoeParams& p, const MoeBf16Weights& w, cudaStream_t stream);
+
+// Loader helper for the fallback: out[r, c] = bf16(FP4[nibble] * 2^(scale - 127)) (exact: every MXFP4 value is a
+// bf16), rows x cols values from blocks [rows, cols/32, 16] and scales [rows, cols/32]. Decode all E experts of a
+// tensor at once with rows = E * out_rows.
+struct Mxfp4ToBf16Params {
+  const uint8_t* blocks = nullptr;
+  const uint8_t* scales = nullptr;
+  uint16_t* out = nullptr;  // bf16 [rows, cols]
+  int64_t rows = 0;
+  int cols = 0;             // % 32 == 0
+};
+void mxfp4_to_bf16(const Mxfp4ToBf16Params& p, cudaStream_t stream);
+
+}  // namespace hm::cuda
