@@ -1,0 +1,271 @@
+// The generation engine: requests in, tokens out. One loop runs native steps back to back while any request is in
+// flight; each step is whatever the scheduler batched (prefill chunks + every decoding sequence). Sampling happens
+// here on the host, planned per sequence before the step (narrowed candidates or full logits, see sampler.ts).
+// A request's failure (bad input, abort) never stops the others.
+import type { NativeStepInput, NativeStepOutput } from '../native.js';
+import type { ResolvedSampling } from '../sampling/params.js';
+import { MAX_NARROW_K, SequenceSampler, type LogitsRow, type SamplePlan, type SampledToken } from '../sampling/sampler.js';
+import { KvBlockPool } from './kv_blocks.js';
+import { Scheduler, Sequence, type Chunk } from './scheduler.js';
+
+/** What the engine needs of a model: one batched step (LoadedModel provides it). */
+export interface StepModel {
+  step(input: NativeStepInput): Promise<NativeStepOutput>;
+}
+
+export interface EngineOptions {
+  vocabSize: number;
+  numBlocks: number;
+  blockSize: number;
+  maxSeqs: number;
+  maxBatchTokens: number;
+  /** Longest sequence (prompt + generated) allowed. */
+  contextLength: number;
+}
+
+/** A request the engine refuses or cannot finish; the message says why. */
+export class EngineRequestError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.name = 'EngineRequestError';
+    this.code = code;
+  }
+}
+
+export type FinishReason = 'stop' | 'length' | 'abort';
+
+export interface GenerationRequest {
+  prompt: readonly number[];
+  sampling: ResolvedSampling;
+  /** Generated tokens at most (the engine also stops at the context length). */
+  maxTokens: number;
+  /** Token ids that end the generation (emitted, then finished). */
+  stopTokenIds: ReadonlySet<number>;
+  signal?: AbortSignal;
+  /** Called for each token; returning true ends the generation with 'stop' (a stop string matched). */
+  onToken(token: SampledToken): boolean | void;
+}
+
+export interface GenerationResult {
+  finishReason: FinishReason;
+  /** The stop token that ended it, if one did. */
+  stopToken?: number;
+  promptTokens: number;
+  completionTokens: number;
+  /** performance.now() stamps. */
+  submittedAt: number;
+  firstTokenAt?: number;
+  finishedAt: number;
+}
+
+interface Pending {
+  req: GenerationRequest;
+  sampler: SequenceSampler;
+  submittedAt: number;
+  firstTokenAt?: number;
+  resolve(r: GenerationResult): void;
+  reject(e: unknown): void;
+}
+
+export class Engine {
+  readonly options: EngineOptions;
+  private readonly model: StepModel;
+  private readonly pool: KvBlockPool;
+  private readonly scheduler: Scheduler<Pending>;
+  private looping = false;
+  private closed = false;
+  /** Steps run and tokens they held, for benchmarks and tests. */
+  readonly stats = { steps: 0, stepTokens: 0, fullLogitRows: 0, narrowedRows: 0 };
+
+  constructor(model: StepModel, options: EngineOptions) {
+    this.model = model;
+    this.options = options;
+    this.pool = new KvBlockPool(options.numBlocks, options.blockSize);
+    this.scheduler = new Scheduler(this.pool, options);
+  }
+
+  get freeBlocks(): number {
+    return this.pool.freeBlocks;
+  }
+
+  get inFlight(): number {
+    return this.scheduler.waiting.length + this.scheduler.running.length;
+  }
+
+  get preemptions(): number {
+    return this.scheduler.preemptions;
+  }
+
+  /** Runs one request to its end. Rejects with EngineRequestError on bad input, or the signal's reason on abort. */
+  generate(req: GenerationRequest): Promise<GenerationResult> {
+    return new Promise((resolve, reject) => {
+      if (this.closed) throw new EngineRequestError('closed', 'the model is closed');
+      const { vocabSize, contextLength } = this.options;
+      if (req.prompt.length === 0) throw new EngineRequestError('empty_prompt', 'the prompt has no tokens');
+      for (const t of req.prompt)
+        if (!Number.isInteger(t) || t < 0 || t >= vocabSize)
+          throw new EngineRequestError('invalid_token', `prompt token ${t} is outside the vocabulary (0..${vocabSize - 1})`);
+      if (req.prompt.length >= contextLength)
+        throw new EngineRequestError(
+          'context_length_exceeded',
+          `the prompt is ${req.prompt.length} tokens; the context holds ${contextLength} (prompt + at least 1 generated token)`,
+        );
+      if (req.signal?.aborted) throw req.signal.reason;
+      const p: Pending = {
+        req,
+        sampler: new SequenceSampler(req.sampling, req.prompt),
+        submittedAt: performance.now(),
+        resolve,
+        reject,
+      };
+      this.scheduler.add(new Sequence(req.prompt, this.pool, p));
+      req.signal?.addEventListener('abort', () => this.kick(), { once: true });
+      this.kick();
+    });
+  }
+
+  /** Stops serving: requests in flight reject. The model itself is closed by its owner. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const seq of [...this.scheduler.running, ...this.scheduler.waiting]) {
+      this.scheduler.remove(seq);
+      seq.owner.reject(new EngineRequestError('closed', 'the model was closed'));
+    }
+  }
+
+  private kick(): void {
+    if (this.looping || this.closed) return;
+    this.looping = true;
+    // The loop runs detached; each request learns its outcome through its own promise.
+    void this.loop().finally(() => {
+      this.looping = false;
+      if (!this.scheduler.idle && !this.closed) this.kick();
+    });
+  }
+
+  private finish(seq: Sequence<Pending>, reason: FinishReason, stopToken?: number): void {
+    this.scheduler.remove(seq);
+    const p = seq.owner;
+    p.resolve({
+      finishReason: reason,
+      stopToken,
+      promptTokens: seq.promptLength,
+      completionTokens: seq.generated,
+      submittedAt: p.submittedAt,
+      firstTokenAt: p.firstTokenAt,
+      finishedAt: performance.now(),
+    });
+  }
+
+  private fail(seq: Sequence<Pending>, err: unknown): void {
+    this.scheduler.remove(seq);
+    seq.owner.reject(err);
+  }
+
+  private reapAborted(): void {
+    for (const seq of [...this.scheduler.running, ...this.scheduler.waiting]) {
+      const signal = seq.owner.req.signal;
+      if (signal?.aborted) this.fail(seq, signal.reason);
+    }
+  }
+
+  private async loop(): Promise<void> {
+    while (!this.closed) {
+      this.reapAborted();
+      if (this.scheduler.idle) return;
+      const chunks = this.scheduler.schedule();
+      if (chunks.length === 0) {
+        // Cannot happen while the context fits the cache (checked at load); never spin if it does.
+        for (const seq of [...this.scheduler.waiting])
+          this.fail(seq, new EngineRequestError('kv_cache_full', 'the KV cache cannot hold this request'));
+        continue;
+      }
+      const plans = chunks.map((c) => (c.samples ? c.seq.owner.sampler.plan() : undefined));
+      const input = this.buildStep(chunks, plans);
+      let out: NativeStepOutput;
+      try {
+        out = await this.model.step(input);
+      } catch (err) {
+        // A failed step fails the requests it held; the rest keep going.
+        const e = err instanceof Error ? err : new Error(String(err));
+        for (const c of chunks) if (c.seq.state !== 'finished') this.fail(c.seq, e);
+        continue;
+      }
+      this.stats.steps++;
+      this.stats.stepTokens += input.tokens.length;
+      this.consume(chunks, plans, out);
+    }
+  }
+
+  private buildStep(chunks: Chunk<Pending>[], plans: (SamplePlan | undefined)[]): NativeStepInput {
+    let numTokens = 0;
+    let maxBlocks = 1;
+    for (const c of chunks) {
+      numTokens += c.length;
+      maxBlocks = Math.max(maxBlocks, c.seq.table.blocks.length);
+    }
+    const tokens = new Int32Array(numTokens);
+    const positions = new Int32Array(numTokens);
+    const seqLens = new Int32Array(chunks.length);
+    const blockTables = new Int32Array(chunks.length * maxBlocks);
+    const fullLogits = new Uint8Array(chunks.length);
+    let topK = 0;
+    let t = 0;
+    chunks.forEach((c, s) => {
+      for (let i = 0; i < c.length; i++) {
+        tokens[t] = c.seq.tokens[c.start + i];
+        positions[t] = c.start + i;
+        t++;
+      }
+      seqLens[s] = c.length;
+      c.seq.table.writeRow(blockTables, s, maxBlocks);
+      const plan = plans[s];
+      if (plan) {
+        if (plan.mode === 'full') fullLogits[s] = 1;
+        topK = Math.max(topK, plan.topK);
+      }
+    });
+    return { tokens, positions, seqLens, blockTables, maxBlocksPerSeq: maxBlocks, fullLogits, topK: Math.min(topK, MAX_NARROW_K) };
+  }
+
+  private consume(chunks: Chunk<Pending>[], plans: (SamplePlan | undefined)[], out: NativeStepOutput): void {
+    const fullAt = new Map<number, number>();
+    out.logitsRows.forEach((row, i) => fullAt.set(row, i));
+    const k = out.topK;
+    chunks.forEach((c, r) => {
+      const seq = c.seq;
+      if (seq.state === 'finished') return;
+      seq.computed = c.start + c.length;
+      const plan = plans[r];
+      if (!plan) return;
+      const p = seq.owner;
+      if (p.req.signal?.aborted) return this.fail(seq, p.req.signal.reason);
+      const fi = fullAt.get(r);
+      const row: LogitsRow = {
+        argmax: out.argmax[r],
+        maxLogit: out.maxLogit[r],
+        logsumexp: out.logsumexp[r],
+        topIds: out.topIds.subarray(r * k, (r + 1) * k),
+        topLogits: out.topLogits.subarray(r * k, (r + 1) * k),
+        logits: fi === undefined ? undefined : out.logits.subarray(fi * out.vocab, (fi + 1) * out.vocab),
+      };
+      if (plan.mode === 'full') this.stats.fullLogitRows++;
+      else this.stats.narrowedRows++;
+      let sampled: SampledToken;
+      let stopByCaller: boolean | void;
+      try {
+        sampled = p.sampler.sample(row, plan);
+        seq.tokens.push(sampled.token);
+        p.firstTokenAt ??= performance.now();
+        stopByCaller = p.req.onToken(sampled);
+      } catch (err) {
+        return this.fail(seq, err);
+      }
+      if (p.req.stopTokenIds.has(sampled.token)) return this.finish(seq, 'stop', sampled.token);
+      if (stopByCaller === true) return this.finish(seq, 'stop');
+      if (seq.generated >= p.req.maxTokens || seq.tokens.length >= this.options.contextLength) return this.finish(seq, 'length');
+    });
+  }
+}

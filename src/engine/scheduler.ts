@@ -1,0 +1,142 @@
+// A simple continuous-batching scheduler: each step holds every decoding sequence (one token each) plus prefill
+// chunks of sequences still reading their prompt, within a token budget. New requests are admitted in arrival
+// order as blocks and slots allow. When a decoding sequence needs a block and none is free, the most recently
+// admitted sequence is preempted: its blocks are freed and it goes back to the front of the queue to recompute its
+// tokens later (vLLM's recompute preemption), so the oldest requests always make progress.
+import { BlockTable, type KvBlockPool } from './kv_blocks.js';
+
+export interface SchedulerLimits {
+  /** Sequences per step (the native max_seqs). */
+  maxSeqs: number;
+  /** Tokens per step (the native max_batch_tokens). */
+  maxBatchTokens: number;
+}
+
+export class Sequence<T = unknown> {
+  /** Prompt then generated tokens. */
+  readonly tokens: number[];
+  readonly promptLength: number;
+  /** Positions whose KV is in the cache. */
+  computed = 0;
+  readonly table: BlockTable;
+  state: 'waiting' | 'running' | 'finished' = 'waiting';
+  /** What the engine keeps with the sequence. */
+  readonly owner: T;
+
+  constructor(prompt: readonly number[], pool: KvBlockPool, owner: T) {
+    this.tokens = [...prompt];
+    this.promptLength = prompt.length;
+    this.table = new BlockTable(pool);
+    this.owner = owner;
+  }
+
+  get generated(): number {
+    return this.tokens.length - this.promptLength;
+  }
+}
+
+/** Part of a step: `length` tokens of `seq` from position `start`; `samples` when it reaches the sequence's end. */
+export interface Chunk<T> {
+  seq: Sequence<T>;
+  start: number;
+  length: number;
+  samples: boolean;
+}
+
+export class Scheduler<T = unknown> {
+  private readonly pool: KvBlockPool;
+  private readonly limits: SchedulerLimits;
+  /** Admission order; preempted sequences return to the front. */
+  readonly waiting: Sequence<T>[] = [];
+  /** Admission order (oldest first). */
+  readonly running: Sequence<T>[] = [];
+  preemptions = 0;
+
+  constructor(pool: KvBlockPool, limits: SchedulerLimits) {
+    this.pool = pool;
+    this.limits = limits;
+  }
+
+  get idle(): boolean {
+    return this.waiting.length === 0 && this.running.length === 0;
+  }
+
+  add(seq: Sequence<T>): void {
+    this.waiting.push(seq);
+  }
+
+  /** Takes a sequence out (finished, aborted or failed) and frees its blocks. */
+  remove(seq: Sequence<T>): void {
+    for (const list of [this.waiting, this.running]) {
+      const i = list.indexOf(seq);
+      if (i >= 0) list.splice(i, 1);
+    }
+    if (seq.table.blocks.length) seq.table.free();
+    seq.state = 'finished';
+  }
+
+  private preempt(seq: Sequence<T>): void {
+    this.running.splice(this.running.indexOf(seq), 1);
+    seq.table.free();
+    seq.computed = 0;
+    seq.state = 'waiting';
+    this.waiting.unshift(seq);
+    this.preemptions++;
+  }
+
+  /** Makes room for a decoding sequence, preempting the newest sequences; false when `seq` itself was preempted. */
+  private reserveDecode(seq: Sequence<T>, tokens: number): boolean {
+    while (seq.table.missingFor(tokens) > this.pool.freeBlocks) {
+      const victim = this.running[this.running.length - 1];
+      this.preempt(victim);
+      if (victim === seq) return false;
+    }
+    seq.table.ensure(tokens);
+    return true;
+  }
+
+  /** The next step's work. Empty only when there is nothing to do. */
+  schedule(): Chunk<T>[] {
+    for (;;) {
+      const chunks = this.trySchedule();
+      // Prefilling sequences can hold blocks that none of them can grow past; the newest gives way.
+      if (chunks.length > 0 || this.running.length < 2) return chunks;
+      this.preempt(this.running[this.running.length - 1]);
+    }
+  }
+
+  private trySchedule(): Chunk<T>[] {
+    const chunks: Chunk<T>[] = [];
+    let budget = this.limits.maxBatchTokens;
+    // Decoding sequences first, oldest first: a long prefill must not stall them.
+    for (const seq of [...this.running]) {
+      if (seq.state !== 'running' || seq.tokens.length - seq.computed !== 1 || budget < 1) continue;
+      if (!this.reserveDecode(seq, seq.computed + 1)) continue;
+      chunks.push({ seq, start: seq.computed, length: 1, samples: true });
+      budget--;
+    }
+    // Then prefill chunks: sequences already admitted, then new ones in arrival order.
+    for (const seq of this.running) {
+      const need = seq.tokens.length - seq.computed;
+      if (need <= 1 || budget < 1) continue;
+      const len = Math.min(need, budget);
+      if (seq.table.missingFor(seq.computed + len) > this.pool.freeBlocks) continue;
+      seq.table.ensure(seq.computed + len);
+      chunks.push({ seq, start: seq.computed, length: len, samples: len === need });
+      budget -= len;
+    }
+    while (this.waiting.length > 0 && budget > 0 && this.running.length < this.limits.maxSeqs) {
+      const seq = this.waiting[0];
+      const need = seq.tokens.length - seq.computed;
+      const len = Math.min(need, budget);
+      if (seq.table.missingFor(seq.computed + len) > this.pool.freeBlocks) break;
+      seq.table.ensure(seq.computed + len);
+      this.waiting.shift();
+      this.running.push(seq);
+      seq.state = 'running';
+      chunks.push({ seq, start: seq.computed, length: len, samples: len === need });
+      budget -= len;
+    }
+    return chunks;
+  }
+}

@@ -1,0 +1,132 @@
+// The engine's scheduling on a fake model that detects KV bookkeeping mistakes (test/helpers/fake_model.ts):
+// batching, preemption under a small cache, abort, bad input, a failing step. The same behaviour on the real CPU
+// backend is in engine.test.ts.
+import { describe, expect, it } from 'vitest';
+import { Engine, EngineRequestError, type GenerationResult } from '../src/engine/engine.js';
+import { resolveSampling, type SamplingParams } from '../src/sampling/params.js';
+import { FakeModel } from './helpers/fake_model.js';
+
+const VOCAB = 300;
+
+function setup(numBlocks = 64, blockSize = 4, maxBatchTokens = 64, contextLength = 200) {
+  const model = new FakeModel(VOCAB, numBlocks, blockSize);
+  const engine = new Engine(model, { vocabSize: VOCAB, numBlocks, blockSize, maxSeqs: 8, maxBatchTokens, contextLength });
+  return { model, engine };
+}
+
+function request(engine: Engine, prompt: number[], p: SamplingParams, maxTokens: number, signal?: AbortSignal) {
+  const tokens: number[] = [];
+  const done = engine.generate({
+    prompt,
+    sampling: resolveSampling(p, VOCAB, () => 0),
+    maxTokens,
+    stopTokenIds: new Set([299]),
+    signal,
+    onToken: (t) => void tokens.push(t.token),
+  });
+  return { tokens, done };
+}
+
+const prompts = [
+  Array.from({ length: 37 }, (_, i) => (i * 7) % 290),
+  [5, 6, 7],
+  Array.from({ length: 90 }, (_, i) => (i * 13) % 290),
+  [42],
+];
+const params: SamplingParams[] = [{ temperature: 0 }, { seed: 1, top_k: 20 }, { seed: 2, top_p: 0.9 }, { seed: 3, repetition_penalty: 1.3 }];
+
+async function solo(i: number, maxTokens: number): Promise<number[]> {
+  const { engine } = setup();
+  const r = request(engine, prompts[i], params[i], maxTokens);
+  await r.done;
+  return r.tokens;
+}
+
+describe('engine on a fake model', () => {
+  it('batches several requests and each gets what it would get alone', async () => {
+    const expected = await Promise.all(prompts.map((_, i) => solo(i, 25)));
+    const { engine, model } = setup();
+    const rs = prompts.map((p, i) => request(engine, p, params[i], 25));
+    const results = await Promise.all(rs.map((r) => r.done));
+    rs.forEach((r, i) => expect(r.tokens).toEqual(expected[i]));
+    for (const [i, res] of results.entries()) {
+      expect(res.promptTokens).toBe(prompts[i].length);
+      expect(res.completionTokens).toBe(rs[i].tokens.length);
+    }
+    expect(Math.max(...model.steps.map((s) => s.seqLens.length))).toBeGreaterThan(1);
+    expect(engine.freeBlocks).toBe(64);
+  });
+
+  it('a small cache preempts and recomputes without changing any output', async () => {
+    const expected = await Promise.all(prompts.map((_, i) => solo(i, 40)));
+    const { engine } = setup(40, 4, 32);
+    const rs = prompts.map((p, i) => request(engine, p, params[i], 40));
+    await Promise.all(rs.map((r) => r.done));
+    rs.forEach((r, i) => expect(r.tokens).toEqual(expected[i]));
+    expect(engine.preemptions).toBeGreaterThan(0);
+    expect(engine.freeBlocks).toBe(40);
+  });
+
+  it('an aborted request frees its blocks and the others finish', async () => {
+    const expected = await solo(1, 30);
+    const { engine, model } = setup();
+    model.delayMs = 1;
+    const ac = new AbortController();
+    const a = request(engine, prompts[0], { temperature: 0, logit_bias: { '299': -100 } }, 1000, ac.signal);
+    const b = request(engine, prompts[1], params[1], 30);
+    setTimeout(() => ac.abort(), 15);
+    await expect(a.done).rejects.toMatchObject({ name: 'AbortError' });
+    await b.done;
+    expect(b.tokens).toEqual(expected);
+    expect(engine.freeBlocks).toBe(64);
+    expect(engine.inFlight).toBe(0);
+  });
+
+  it('an already aborted signal rejects at once', async () => {
+    const { engine } = setup();
+    await expect(request(engine, [1, 2], {}, 5, AbortSignal.abort()).done).rejects.toMatchObject({ name: 'AbortError' });
+  });
+
+  it('refuses a prompt that does not fit the context, and serves the others', async () => {
+    const { engine } = setup();
+    const ok = request(engine, [1, 2, 3], { temperature: 0 }, 5);
+    const long = request(engine, Array(200).fill(3), {}, 5);
+    await expect(long.done).rejects.toThrow(EngineRequestError);
+    await expect(long.done).rejects.toThrow(/prompt is 200 tokens; the context holds 200/);
+    await expect(request(engine, [], {}, 5).done).rejects.toThrow(/no tokens/);
+    await expect(request(engine, [VOCAB], {}, 5).done).rejects.toThrow(/outside the vocabulary/);
+    expect((await ok.done).completionTokens).toBe(5);
+  });
+
+  it('stops at max_tokens, at a stop token, and at the context end', async () => {
+    const { engine } = setup(64, 4, 64, 50);
+    const r1 = request(engine, [1, 2, 3], { temperature: 0 }, 7);
+    expect((await r1.done).finishReason).toBe('length');
+    expect(r1.tokens.length).toBe(7);
+    const r2 = request(engine, [1, 2, 3], { temperature: 0, logit_bias: { '299': 100 } }, 7);
+    const res2: GenerationResult = await r2.done;
+    expect(res2).toMatchObject({ finishReason: 'stop', stopToken: 299, completionTokens: 1 });
+    const r3 = request(engine, Array(45).fill(9), { seed: 5 }, 1000);
+    expect((await r3.done).finishReason).toBe('length');
+    expect(r3.tokens.length).toBe(5);
+  });
+
+  it('a failing step fails the requests in it and the engine keeps serving', async () => {
+    const { engine, model } = setup();
+    model.failNext = true;
+    await expect(request(engine, [1, 2], {}, 3).done).rejects.toThrow(/fake step failure/);
+    const r = request(engine, [1, 2], { temperature: 0 }, 3);
+    expect((await r.done).completionTokens).toBe(3);
+    expect(engine.freeBlocks).toBe(64);
+  });
+
+  it('narrows when it can and asks for full logits only when it must', async () => {
+    const { engine, model } = setup();
+    await request(engine, [1, 2], { temperature: 0 }, 3).done;
+    await request(engine, [1, 2], { top_k: 10, seed: 1 }, 3).done;
+    expect(model.steps.every((s) => !s.fullLogits?.some((x) => x))).toBe(true);
+    expect(engine.stats.fullLogitRows).toBe(0);
+    await request(engine, [1, 2], { temperature: 0.8, seed: 1 }, 3).done;
+    expect(engine.stats.fullLogitRows).toBe(3);
+  });
+});
