@@ -187,7 +187,7 @@ describe('openCheckpoint', () => {
     await writeFile(indexFile, JSON.stringify(index));
     await expectError(dir, 'model.safetensors.index.json', 'weight_map.model.norm.weight', /not a shard file name/);
     await writeFile(indexFile, '{"weight_map": ');
-    await expectError(dir, 'model.safetensors.index.json', 'model.safetensors.index.json', /not valid JSON/);
+    await expectError(dir, 'model.safetensors.index.json', 'file', /not valid JSON/);
   });
 
   it('no weights file at all', async () => {
@@ -200,14 +200,14 @@ describe('openCheckpoint', () => {
     const dir = await make();
     const cfg = join(dir, 'config.json');
     await writeFile(cfg, '{"num_hidden_layers": 2');
-    await expectError(dir, 'config.json', 'config.json', /not valid JSON/);
+    await expectError(dir, 'config.json', 'file', /not valid JSON/);
     const { vocab_size: _, ...noVocab } = SMALL;
     await writeFile(cfg, JSON.stringify(noVocab));
     await expectError(dir, 'config.json', 'vocab_size', /missing/);
     await writeFile(cfg, JSON.stringify({ ...SMALL, num_attention_heads: 'four' }));
     await expectError(dir, 'config.json', 'num_attention_heads', /must be an integer/);
     await unlink(cfg);
-    await expectError(dir, 'config.json', 'config.json', /cannot read \(ENOENT\)/);
+    await expectError(dir, 'config.json', 'file', /cannot read \(ENOENT\)/);
   });
 
   it('a config that disagrees with the weights (more experts than stored)', async () => {

@@ -147,8 +147,8 @@ describe('config.json', () => {
   });
 
   it('a head_dim that RoPE cannot rotate', () => expectFail(edit((c) => delete c.head_dim), 'head_dim', /45 is odd/));
-  it('a config.json that is not JSON', () => expectFail('{"num_hidden_layers": 2,', 'config.json', /not valid JSON/));
-  it('a config.json that is not an object', () => expectFail('[1]', 'config.json', /not a JSON object/));
+  it('a config.json that is not JSON', () => expectFail('{"num_hidden_layers": 2,', 'file', /not valid JSON/));
+  it('a config.json that is not an object', () => expectFail('[1]', 'file', /not a JSON object/));
   it('a missing field', () => expectFail(edit((c) => delete c.hidden_size), 'hidden_size', /missing/));
   it('a wrongly typed field', () => expectFail(edit((c) => (c.num_local_experts = '32')), 'num_local_experts', /integer/));
   it('a fractional count', () => expectFail(edit((c) => (c.num_hidden_layers = 2.5)), 'num_hidden_layers', /integer/));

@@ -2,7 +2,7 @@
 // model.safetensors or shards listed by model.safetensors.index.json (weight_map). Every header is validated
 // first (src/model/safetensors.ts), then every tensor the config implies is checked for presence, dtype and shape.
 // Nothing is allocated for tensor data here: the result only says where each tensor's bytes are.
-import { access, readFile } from 'node:fs/promises';
+import { access, readFile, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { readConfig } from './config.js';
 import { CheckpointError, readSafetensorsHeader, type SafetensorsEntry } from './safetensors.js';
@@ -79,6 +79,11 @@ const SINGLE = 'model.safetensors';
 
 /** Opens and validates a checkpoint directory. Throws CheckpointError (one line: file, tensor or field, what). */
 export async function openCheckpoint(dir: string): Promise<Checkpoint> {
+  const kind = await stat(dir).then(
+    (s) => (s.isDirectory() ? 'dir' : 'other'),
+    () => 'missing',
+  );
+  if (kind !== 'dir') throw new CheckpointError(dir, 'model directory', kind === 'missing' ? 'does not exist' : 'is not a directory');
   const config = await readConfig(join(dir, 'config.json'));
   const locate = (await exists(join(dir, INDEX))) ? await shardedLocator(dir) : await singleLocator(dir);
 
@@ -124,7 +129,7 @@ async function shardedLocator(dir: string): Promise<Locator> {
   try {
     index = JSON.parse(await readFile(indexFile, 'utf8'));
   } catch (err) {
-    throw new CheckpointError(indexFile, INDEX, `not valid JSON (${(err as Error).message})`);
+    throw new CheckpointError(indexFile, 'file', `not valid JSON (${(err as Error).message})`);
   }
   const weightMap = (index as { weight_map?: unknown } | null)?.weight_map;
   if (typeof weightMap !== 'object' || weightMap === null || Array.isArray(weightMap)) {

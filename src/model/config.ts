@@ -14,7 +14,7 @@ export async function readConfig(file: string): Promise<ModelConfig> {
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
-    throw new CheckpointError(file, 'config.json', `cannot read (${(err as NodeJS.ErrnoException).code ?? err})`);
+    throw new CheckpointError(file, 'file', `cannot read (${(err as NodeJS.ErrnoException).code ?? err})`);
   }
   return parseConfig(text, file);
 }
@@ -25,9 +25,9 @@ export function parseConfig(text: string, file: string): ModelConfig {
   try {
     json = JSON.parse(text);
   } catch (err) {
-    throw new CheckpointError(file, 'config.json', `not valid JSON (${(err as Error).message})`);
+    throw new CheckpointError(file, 'file', `not valid JSON (${(err as Error).message})`);
   }
-  if (!isObject(json)) throw new CheckpointError(file, 'config.json', 'is not a JSON object');
+  if (!isObject(json)) throw new CheckpointError(file, 'file', 'is not a JSON object');
   return configFromJson(json, file);
 }
 
