@@ -3,6 +3,7 @@
 // so the real o200k_harmony tokenizer drives it), generated deterministically from a seeded PRNG of our own so
 // that a fresh machine runs the README's command without any download. The same writer makes the test
 // checkpoints (any config, optionally sharded).
+import { randomBytes } from 'node:crypto';
 import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { packageRoot } from '../native.js';
@@ -61,10 +62,12 @@ export async function ensureTinyModel(): Promise<string> {
   const dir = join(cache, TINY_MODEL_NAME);
   if (await isFile(join(dir, 'model.safetensors'))) return dir;
   await mkdir(cache, { recursive: true });
-  const tmp = join(cache, `${TINY_MODEL_NAME}.tmp-${process.pid}-${Date.now()}`);
+  const tmp = join(cache, `${TINY_MODEL_NAME}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
   try {
     await writeRandomCheckpoint(tmp, TINY_CONFIG_JSON, TINY_SEED);
-    await rm(dir, { recursive: true, force: true }); // a directory without its weights is a leftover
+    // A directory without its weights can only be a leftover of an older layout; a complete one is never removed,
+    // since another process may be reading it.
+    if ((await exists(dir)) && !(await isFile(join(dir, 'model.safetensors')))) await rm(dir, { recursive: true, force: true });
     await rename(tmp, dir);
   } catch (err) {
     await rm(tmp, { recursive: true, force: true });
@@ -199,6 +202,13 @@ function bf16Uniform(rng: Xoshiro128, n: number, mean: number, std: number): Uin
     out[i] = (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
   }
   return new Uint8Array(out.buffer);
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 async function isFile(path: string): Promise<boolean> {
