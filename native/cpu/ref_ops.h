@@ -43,6 +43,11 @@ void attention(const float* q, const float* k_cache, const float* v_cache, const
 // Router: top-k of logits [n, E] (ties: lower expert id first), then softmax over the k selected.
 void router_topk(const float* logits, int n, int E, int k, int32_t* ids, float* weights);
 
+// y[n, out] = x[n, in] W^T + b with W as MXFP4 rows (blocks [out, in/32, 16], scales [out, in/32]; b bf16 [out]
+// or null). Parallel over rows of W; each row is decoded once for all n tokens (the experts of a batch).
+void linear_mxfp4(const float* x, const uint8_t* blocks, const uint8_t* scales, const uint16_t* b, int n, int in,
+                  int out, float* y);
+
 // One expert's MLP on one token (H = hidden, I = intermediate):
 // g = x W_gu^T + b_gu (2I, gate/up interleaved), clamped SwiGLU with (up + 1), y = a W_down^T + b_down.
 // W_gu as MXFP4 (blocks [2I, H/32, 16], scales [2I, H/32]); W_down (blocks [H, I/32, 16], scales [H, I/32]).
