@@ -46,6 +46,7 @@ def build_parser():
     p.add_argument("--out", help="case directory to write (one case)")
     p.add_argument("--suite", help="write the committed fixture suite into this directory instead")
     p.add_argument("--tar", help="with --suite: also pack the suite into this tar file")
+    p.add_argument("--diagnose", nargs="*", help="case dirs: compare transformers with the spec sublayer by sublayer")
     p.add_argument("--sources", help="write the transformers source that decides the semantics to this file")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=64)
@@ -256,73 +257,174 @@ def yarn_inv_freq(dim, base, factor, original, beta_fast=32.0, beta_slow=1.0, tr
     return inv, 0.1 * math.log(factor) + 1.0
 
 
-def spec_forward(a, t, tokens, window=None, sinks=True, yarn=True, interleave=True):
-    """Logits [T, V] (float64) of one prefill, straight from model.md. The keyword arguments switch one detail."""
-    f = lambda n: t[n].to(torch.float64)  # noqa: E731
-    H, D, nq, nkv, E, K = a.hidden, a.head_dim, a.heads, a.kv_heads, a.experts, a.topk
-    T = len(tokens)
-    W = a.sliding_window if window is None else window
-    kinds = layer_types_of(a)
+def spec_rope_tables(a, T, yarn=True):
+    D = a.head_dim
     if yarn and a.yarn_factor != 1.0:
         inv, att = yarn_inv_freq(D, a.rope_theta, a.yarn_factor, a.yarn_original)
     else:
         inv, att = 1.0 / a.rope_theta ** (np.arange(0, D, 2) / D), 1.0
     ang = torch.arange(T, dtype=torch.float64)[:, None] * torch.from_numpy(inv)[None, :]
-    cos, sin = torch.cos(ang) * att, torch.sin(ang) * att
+    return torch.cos(ang) * att, torch.sin(ang) * att
+
+
+def spec_rms(x, w):
+    return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-5) * w
+
+
+def spec_attention(a, t, li, h, cos, sin, window=None, sinks=True):
+    """Attention of layer li on normed input h [T, H] (float64), output after o_proj."""
+    f = lambda n: t[n].to(torch.float64)  # noqa: E731
+    D, nq, nkv = a.head_dim, a.heads, a.kv_heads
+    T = h.shape[0]
+    W = a.sliding_window if window is None else window
+    p = f"model.layers.{li}."
 
     def rope(x):  # [T, heads, D], half split
         x1, x2 = x[..., : D // 2], x[..., D // 2:]
         c, s = cos[:, None, :], sin[:, None, :]
         return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
 
-    def rms(x, w):
-        return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-5) * w
-
+    q = (h @ f(p + "self_attn.q_proj.weight").T + f(p + "self_attn.q_proj.bias")).view(T, nq, D)
+    k = (h @ f(p + "self_attn.k_proj.weight").T + f(p + "self_attn.k_proj.bias")).view(T, nkv, D)
+    v = (h @ f(p + "self_attn.v_proj.weight").T + f(p + "self_attn.v_proj.bias")).view(T, nkv, D)
+    q, k = rope(q), rope(k)
     tpos = torch.arange(T)[:, None]
     jpos = torch.arange(T)[None, :]
+    visible = jpos <= tpos
+    if layer_types_of(a)[li] == "sliding_attention":
+        visible = visible & (tpos - jpos < W)
+    sink = f(p + "self_attn.sinks")
+    outs = []
+    for hd in range(nq):
+        kv = hd // (nq // nkv)
+        s = (q[:, hd] @ k[:, kv].T) * D ** -0.5
+        s = s.masked_fill(~visible, float("-inf"))
+        col = torch.full((T, 1), sink[hd].item() if sinks else float("-inf"), dtype=torch.float64)
+        pr = torch.softmax(torch.cat([s, col], dim=1), dim=1)[:, :T]
+        outs.append(pr @ v[:, kv])
+    return torch.cat(outs, dim=1) @ f(p + "self_attn.o_proj.weight").T + f(p + "self_attn.o_proj.bias")
+
+
+def spec_router(a, t, li, h):
+    p = f"model.layers.{li}."
+    r = h @ t[p + "mlp.router.weight"].to(torch.float64).T + t[p + "mlp.router.bias"].to(torch.float64)
+    top_v, top_i = torch.topk(r, a.topk, dim=-1)
+    return r, torch.softmax(top_v, dim=-1), top_i
+
+
+def spec_moe(a, t, li, h, interleave=True, route=None):
+    """MoE of layer li on normed input h [T, H]; route = (weights, indices) to reuse another router's choice."""
+    p = f"model.layers.{li}."
+    T, H, K = h.shape[0], a.hidden, a.topk
+    _, wts, top_i = spec_router(a, t, li, h) if route is None else (None, *route)
+    wgu = torch.from_numpy(decode_mxfp4(t[p + "mlp.experts.gate_up_proj_blocks"],
+                                        t[p + "mlp.experts.gate_up_proj_scales"]))  # [E, 2I, H]
+    wdn = torch.from_numpy(decode_mxfp4(t[p + "mlp.experts.down_proj_blocks"],
+                                        t[p + "mlp.experts.down_proj_scales"]))  # [E, H, I]
+    g = torch.einsum("th,eoh->teo", h, wgu) + t[p + "mlp.experts.gate_up_proj_bias"].to(torch.float64)[None]
+    if interleave:
+        gate, up = g[..., 0::2], g[..., 1::2]
+    else:
+        gate, up = g.chunk(2, dim=-1)
+    gate = gate.clamp(max=7.0)
+    up = up.clamp(-7.0, 7.0)
+    act = (up + 1) * gate * torch.sigmoid(1.702 * gate)
+    y = torch.einsum("tei,ehi->teh", act, wdn) + t[p + "mlp.experts.down_proj_bias"].to(torch.float64)[None]
+    return (y.gather(1, top_i[..., None].expand(T, K, H)) * wts[..., None]).sum(1)
+
+
+def spec_forward(a, t, tokens, window=None, sinks=True, yarn=True, interleave=True):
+    """Logits [T, V] (float64) of one prefill, straight from model.md. The keyword arguments switch one detail."""
+    f = lambda n: t[n].to(torch.float64)  # noqa: E731
+    T = len(tokens)
+    cos, sin = spec_rope_tables(a, T, yarn)
     x = f("model.embed_tokens.weight")[torch.tensor(tokens)]
     for li in range(a.layers):
         p = f"model.layers.{li}."
-        h = rms(x, f(p + "input_layernorm.weight"))
-        q = (h @ f(p + "self_attn.q_proj.weight").T + f(p + "self_attn.q_proj.bias")).view(T, nq, D)
-        k = (h @ f(p + "self_attn.k_proj.weight").T + f(p + "self_attn.k_proj.bias")).view(T, nkv, D)
-        v = (h @ f(p + "self_attn.v_proj.weight").T + f(p + "self_attn.v_proj.bias")).view(T, nkv, D)
-        q, k = rope(q), rope(k)
-        visible = jpos <= tpos
-        if kinds[li] == "sliding_attention":
-            visible = visible & (tpos - jpos < W)
-        sink = f(p + "self_attn.sinks")
-        outs = []
-        for hd in range(nq):
-            kv = hd // (nq // nkv)
-            s = (q[:, hd] @ k[:, kv].T) * D ** -0.5
-            s = s.masked_fill(~visible, float("-inf"))
-            col = torch.full((T, 1), sink[hd].item() if sinks else float("-inf"), dtype=torch.float64)
-            pr = torch.softmax(torch.cat([s, col], dim=1), dim=1)[:, :T]
-            outs.append(pr @ v[:, kv])
-        o = torch.cat(outs, dim=1) @ f(p + "self_attn.o_proj.weight").T + f(p + "self_attn.o_proj.bias")
-        x = x + o
-        h = rms(x, f(p + "post_attention_layernorm.weight"))
-        r = h @ f(p + "mlp.router.weight").T + f(p + "mlp.router.bias")
-        top_v, top_i = torch.topk(r, K, dim=-1)
-        wts = torch.softmax(top_v, dim=-1)
-        wgu = torch.from_numpy(decode_mxfp4(t[p + "mlp.experts.gate_up_proj_blocks"],
-                                            t[p + "mlp.experts.gate_up_proj_scales"]))  # [E, 2I, H]
-        wdn = torch.from_numpy(decode_mxfp4(t[p + "mlp.experts.down_proj_blocks"],
-                                            t[p + "mlp.experts.down_proj_scales"]))  # [E, H, I]
-        g = torch.einsum("th,eoh->teo", h, wgu) + f(p + "mlp.experts.gate_up_proj_bias")[None]
-        if interleave:
-            gate, up = g[..., 0::2], g[..., 1::2]
-        else:
-            gate, up = g.chunk(2, dim=-1)
-        gate = gate.clamp(max=7.0)
-        up = up.clamp(-7.0, 7.0)
-        act = (up + 1) * gate * torch.sigmoid(1.702 * gate)
-        y = torch.einsum("tei,ehi->teh", act, wdn) + f(p + "mlp.experts.down_proj_bias")[None]  # [T, E, H]
-        moe = (y.gather(1, top_i[..., None].expand(T, K, H)) * wts[..., None]).sum(1)
-        x = x + moe
-    x = rms(x, f("model.norm.weight"))
+        x = x + spec_attention(a, t, li, spec_rms(x, f(p + "input_layernorm.weight")), cos, sin, window, sinks)
+        x = x + spec_moe(a, t, li, spec_rms(x, f(p + "post_attention_layernorm.weight")), interleave)
+    x = spec_rms(x, f("model.norm.weight"))
     return x @ f("lm_head.weight").T
+
+
+def diagnose(case_dir, log):
+    """Layer by layer: feed transformers' own sublayer inputs to the spec's sublayers and compare the outputs."""
+    from safetensors.torch import load_file
+    case = json.load(open(os.path.join(case_dir, "case.json")))
+    a = case_args(**{k: v for k, v in case["args"].items() if k not in ("suite", "tar", "out", "sources")})
+    t = {}
+    for fn in case["files"]:
+        t.update(load_file(os.path.join(case_dir, fn)))
+    tokens = case["tokens"]
+    T = len(tokens)
+    model, _ = load_hf(case_dir, torch.float32)
+    log(f"[diagnose {case_dir}] experts_implementation={getattr(model.config, '_experts_implementation', '?')} "
+        f"attn_implementation={getattr(model.config, '_attn_implementation', '?')}")
+    cap = {}
+
+    def grab(name):
+        def hook(mod, args, kwargs, out):
+            hs = args[0] if args else kwargs.get("hidden_states")
+            cap[name] = (hs.detach().double().reshape(-1, hs.shape[-1]).clone(),
+                         tuple(o.detach().clone() if torch.is_tensor(o) else o for o in out)
+                         if isinstance(out, tuple) else out.detach().clone())
+        return hook
+    hooks = []
+    for li, layer in enumerate(model.model.layers):
+        hooks.append(layer.register_forward_hook(grab(f"layer{li}"), with_kwargs=True))
+        hooks.append(layer.input_layernorm.register_forward_hook(grab(f"ln1_{li}"), with_kwargs=True))
+        hooks.append(layer.self_attn.register_forward_hook(grab(f"attn{li}"), with_kwargs=True))
+        hooks.append(layer.post_attention_layernorm.register_forward_hook(grab(f"ln2_{li}"), with_kwargs=True))
+        hooks.append(layer.mlp.register_forward_hook(grab(f"mlp{li}"), with_kwargs=True))
+        hooks.append(layer.mlp.router.register_forward_hook(grab(f"router{li}"), with_kwargs=True))
+        hooks.append(layer.mlp.experts.register_forward_hook(grab(f"experts{li}"), with_kwargs=True))
+    logits = hf_logits(model, tokens)
+    for h in hooks:
+        h.remove()
+    cos, sin = spec_rope_tables(a, T)
+    f = lambda n: t[n].to(torch.float64)  # noqa: E731
+
+    def rel(ref, got):
+        d = (ref - got).abs()
+        per_pos = d.max(-1).values
+        return (f"max {float(d.max()):.3e} (rel {float(d.max() / ref.abs().max()):.2e}) at pos "
+                f"{int(per_pos.argmax())}; positions with diff>1e-3: {(per_pos > 1e-3).nonzero().flatten().tolist()[:20]}")
+    emb = f("model.embed_tokens.weight")[torch.tensor(tokens)]
+    log(f"  embed vs layer0 input: {rel(emb, cap['layer0'][0])}")
+    for li in range(a.layers):
+        p = f"model.layers.{li}."
+        x_in = cap[f"layer{li}"][0]
+        ln1 = cap[f"ln1_{li}"][1]
+        ln1 = (ln1[0] if isinstance(ln1, tuple) else ln1).double().reshape(T, -1)
+        log(f" layer {li} ({layer_types_of(a)[li]})")
+        log(f"  rms1:   {rel(spec_rms(x_in, f(p + 'input_layernorm.weight')), ln1)}")
+        attn_in = cap[f"attn{li}"][0]
+        attn_out = cap[f"attn{li}"][1]
+        attn_out = (attn_out[0] if isinstance(attn_out, tuple) else attn_out).double().reshape(T, -1)
+        log(f"  attn:   {rel(spec_attention(a, t, li, attn_in, cos, sin), attn_out)}")
+        for w in (a.sliding_window - 1, a.sliding_window + 1):
+            log(f"   (window {w}: {rel(spec_attention(a, t, li, attn_in, cos, sin, window=w), attn_out)})")
+        mlp_in = cap[f"mlp{li}"][0]
+        mlp_out = cap[f"mlp{li}"][1]
+        mlp_out = (mlp_out[0] if isinstance(mlp_out, tuple) else mlp_out).double().reshape(T, -1)
+        r_logits, r_scores, r_idx = cap[f"router{li}"][1][:3]
+        s_logits, s_w, s_idx = spec_router(a, t, li, mlp_in)
+        log(f"  router logits: {rel(s_logits, r_logits.double().reshape(T, -1))}")
+        same_set = [set(x.tolist()) == set(y.tolist()) for x, y in zip(s_idx, r_idx.reshape(T, -1))]
+        log(f"  router top-k sets differ at {sum(not s for s in same_set)} of {T} tokens; "
+            f"order equal everywhere: {bool((s_idx == r_idx.reshape(T, -1)).all())}; "
+            f"hf scores shape {tuple(r_scores.shape)} sum/row[0] {float(r_scores.reshape(T, -1)[0].sum()):.4f}")
+        ex_in = cap[f"experts{li}"][0]
+        log(f"  experts input == mlp input: {float((ex_in - mlp_in).abs().max()):.3e}")
+        hf_route = (r_scores.double().reshape(T, -1), r_idx.reshape(T, -1).long())
+        if hf_route[0].shape[1] != a.topk:  # scores over all experts: take the selected ones
+            hf_route = (hf_route[0].gather(1, hf_route[1]), hf_route[1])
+        log(f"  moe (spec router): {rel(spec_moe(a, t, li, mlp_in), mlp_out)}")
+        log(f"  moe (hf routing):  {rel(spec_moe(a, t, li, mlp_in, route=hf_route), mlp_out)}")
+        nxt = cap[f"layer{li + 1}"][0] if li + 1 < a.layers else None
+        if nxt is not None:
+            log(f"  residual: x + attn + mlp vs next layer input: {rel(x_in + attn_out + mlp_out, nxt)}")
+    return logits
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -346,7 +448,34 @@ def compare(ref, got):
 
 # ----------------------------------------------------------------------------------------------------------------
 # transformers
-def load_hf(out, dtype):
+def set_experts_implementation(model, impl):
+    """transformers 5 routes GptOssExperts through config._experts_implementation (default "grouped_mm" here); the
+    oracle uses "eager", the plain per-expert loop that GptOssExperts.forward itself defines."""
+    import types
+    errors = []
+    try:
+        model.set_experts_implementation(impl)
+    except Exception as e:
+        errors.append(repr(e))
+        try:
+            model.config._experts_implementation = impl
+        except Exception as e2:
+            errors.append(repr(e2))
+    if getattr(model.config, "_experts_implementation", None) == impl:
+        return "config"
+    if impl == "eager":  # last resort: call the class's own forward, which the dispatch decorator wraps
+        for layer in model.model.layers:
+            ex = layer.mlp.experts
+            orig = getattr(type(ex).forward, "__wrapped__", None)
+            if orig is None:
+                raise RuntimeError(f"cannot select eager experts: {errors}")
+            ex.forward = types.MethodType(orig, ex)
+        print(f"  experts forward patched to the eager loop ({errors})", flush=True)
+        return "patched"
+    raise RuntimeError(f"could not set experts implementation to {impl!r}: {errors}")
+
+
+def load_hf(out, dtype, experts="eager"):
     from transformers import GptOssForCausalLM, Mxfp4Config
     kw = dict(quantization_config=Mxfp4Config(dequantize=True), attn_implementation="eager",
               output_loading_info=True)
@@ -355,6 +484,21 @@ def load_hf(out, dtype):
     except TypeError:
         model, info = GptOssForCausalLM.from_pretrained(out, torch_dtype=dtype, **kw)
     model.eval()
+    # transformers 5.17 leaves the dequantized MXFP4 experts in bf16 even when asked for dtype=float32
+    # (convert_moe_packed_tensors decodes to bf16). Its default "grouped_mm" experts path then casts the fp32
+    # activations to the weights' dtype, so the "fp32" model runs every expert matmul on bf16-rounded inputs
+    # (about 0.5 % error per MoE layer, up to 19 % of the largest logit on the fixtures), and the "eager" loop
+    # refuses the dtype mix. MXFP4 values are exact in bf16, so widening them to fp32 loses nothing and gives the
+    # true fp32 forward pass.
+    upcast = []
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+            upcast.append(name)
+    default_impl = getattr(model.config, "_experts_implementation", None)
+    set_experts_implementation(model, experts)
+    print(f"  loaded {dtype}: widened {len(upcast)} parameters to {dtype} (e.g. {upcast[:2]}); "
+          f"experts implementation {default_impl!r} -> {experts!r}", flush=True)
     bad = {k: sorted(map(str, v))[:20] for k, v in info.items()
            if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if bad:  # a weight left at random init would be caught by the spec comparison; record it loudly
@@ -404,6 +548,15 @@ def rope_check(model, a):
     return res
 
 
+def grouped_vs_eager(model, tokens, l32):
+    """What transformers' default experts implementation would have given instead (for the record)."""
+    set_experts_implementation(model, "grouped_mm")
+    try:
+        return compare(l32, hf_logits(model, tokens))
+    finally:
+        set_experts_implementation(model, "eager")
+
+
 def swiglu_clamp_counts(model, tokens, a):
     """Fraction of gate values above 7 and up values outside [-7, 7] on the selected experts (all experts here)."""
     counts = {"gate_gt_7": 0, "up_abs_gt_7": 0, "n": 0}
@@ -445,6 +598,8 @@ def spec_checks(a, tensors, tokens, l32, log):
     ref = spec_forward(a, tensors, tokens).numpy()
     res["spec_vs_transformers_fp32"] = compare(l32, ref)
     log(f"  spec(float64) vs transformers fp32: {res['spec_vs_transformers_fp32']}")
+    if res["spec_vs_transformers_fp32"]["max_abs_diff_over_max_logit"] > 1e-4:
+        log("  !!! SPEC MISMATCH: the float64 spec forward and transformers disagree beyond rounding")
     abl = {}
     variants = {"window_minus_1": dict(window=a.sliding_window - 1),
                 "window_plus_1": dict(window=a.sliding_window + 1),
@@ -484,7 +639,9 @@ def run_case(a, out, log):
     guarded(checks, "dequant", log, check_dequant, m32, tensors, a)
 
     l32 = hf_logits(m32, tokens)
+    checks["experts_implementation"] = getattr(m32.config, "_experts_implementation", None)
     guarded(checks, "swiglu_clamps", log, swiglu_clamp_counts, m32, tokens, a)
+    guarded(checks, "transformers_grouped_mm_vs_eager_fp32", log, grouped_vs_eager, m32, tokens, l32)
     del m32
     np.save(os.path.join(out, "logits_fp32.npy"), l32.astype("<f4"))
     log(f"  fp32 logits {l32.shape} max|logit|={np.abs(l32).max():.4f} std={l32.std():.4f}")
@@ -512,6 +669,9 @@ def run_case(a, out, log):
                           "transformers": transformers.__version__, "safetensors": safetensors.__version__,
                           "numpy": np.__version__}
     result["checks"] = checks
+    result["oracle"] = {"model_dtype": "float32", "experts_weights_widened_to_fp32": True,
+                        "experts_implementation": checks.get("experts_implementation"),
+                        "attn_implementation": "eager", "device": "cpu", "stale": False}
     with open(os.path.join(out, "case.json"), "w") as f:
         json.dump(result, f, indent=1)
     return result
@@ -553,9 +713,11 @@ def source_report(path):
             chunks.append(f"\n===== {label}: unavailable ({e!r}) =====\n")
     add("gpt_oss.eager_attention_forward", getattr(mg, "eager_attention_forward", None))
     for cls in ("GptOssAttention", "GptOssExperts", "GptOssTopKRouter", "GptOssMLP", "GptOssRMSNorm",
-                "GptOssRotaryEmbedding", "GptOssModel"):
+                "GptOssRotaryEmbedding", "GptOssModel", "GptOssDecoderLayer"):
         add(f"gpt_oss.{cls}", getattr(mg, cls, None))
     add("gpt_oss._apply_rotary_emb", getattr(mg, "_apply_rotary_emb", None))
+    add("gpt_oss.apply_rotary_pos_emb", getattr(mg, "apply_rotary_pos_emb", None))
+    add("gpt_oss.repeat_kv", getattr(mg, "repeat_kv", None))
     try:
         from transformers import masking_utils as mu
         for fn in ("sliding_window_overlay", "sliding_window_causal_mask_function", "causal_mask_function",
@@ -589,6 +751,10 @@ def main():
             source_report(a.sources)
         except Exception as e:
             log(f"source report failed: {e!r}")
+    if a.diagnose:
+        for d in a.diagnose:
+            diagnose(d, log)
+        return
     if a.suite:
         os.makedirs(a.suite, exist_ok=True)
         summary = {}
