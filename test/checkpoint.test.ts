@@ -186,6 +186,8 @@ describe('openCheckpoint', () => {
     index.weight_map['model.norm.weight'] = '../elsewhere.safetensors';
     await writeFile(indexFile, JSON.stringify(index));
     await expectError(dir, 'model.safetensors.index.json', 'weight_map.model.norm.weight', /not a shard file name/);
+    await writeFile(indexFile, '{"weight_map": {"lm_head.weight": "a.safetensors", "lm_head.weight": "b.safetensors"}}');
+    await expectError(dir, 'model.safetensors.index.json', 'weight_map.lm_head.weight', /given twice/);
     await writeFile(indexFile, '{"weight_map": ');
     await expectError(dir, 'model.safetensors.index.json', 'file', /not valid JSON/);
   });

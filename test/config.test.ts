@@ -147,6 +147,8 @@ describe('config.json', () => {
   });
 
   it('a head_dim that RoPE cannot rotate', () => expectFail(edit((c) => delete c.head_dim), 'head_dim', /45 is odd/));
+  it('a field given twice', () =>
+    expectFail(GPT_OSS_20B.replace('"num_hidden_layers": 24,', '"num_hidden_layers": 24, "num_hidden_layers": 2,'), 'num_hidden_layers', /given twice/));
   it('a config.json that is not JSON', () => expectFail('{"num_hidden_layers": 2,', 'file', /not valid JSON/));
   it('a config.json that is not an object', () => expectFail('[1]', 'file', /not a JSON object/));
   it('a missing field', () => expectFail(edit((c) => delete c.hidden_size), 'hidden_size', /missing/));

@@ -5,7 +5,7 @@
 import { access, readFile, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { readConfig } from './config.js';
-import { CheckpointError, readSafetensorsHeader, type SafetensorsEntry } from './safetensors.js';
+import { CheckpointError, findDuplicateKey, readSafetensorsHeader, type SafetensorsEntry } from './safetensors.js';
 import type { ModelConfig, TensorDType, TensorLocation } from './types.js';
 
 export { CheckpointError } from './safetensors.js';
@@ -126,11 +126,15 @@ async function singleLocator(dir: string): Promise<Locator> {
 async function shardedLocator(dir: string): Promise<Locator> {
   const indexFile = join(dir, INDEX);
   let index: unknown;
+  let text: string;
   try {
-    index = JSON.parse(await readFile(indexFile, 'utf8'));
+    text = await readFile(indexFile, 'utf8');
+    index = JSON.parse(text);
   } catch (err) {
     throw new CheckpointError(indexFile, 'file', `not valid JSON (${(err as Error).message})`);
   }
+  const dup = findDuplicateKey(text);
+  if (dup.key !== undefined) throw new CheckpointError(indexFile, dup.depth === 1 ? dup.key : `${dup.parent}.${dup.key}`, 'given twice');
   const weightMap = (index as { weight_map?: unknown } | null)?.weight_map;
   if (typeof weightMap !== 'object' || weightMap === null || Array.isArray(weightMap)) {
     throw new CheckpointError(indexFile, 'weight_map', 'missing or not an object');

@@ -3,7 +3,7 @@
 // cannot compute exactly as transformers would (another rope type, attention_factor, a different SwiGLU alpha,
 // another quantisation) is refused with one line naming the file and the field, rather than run wrongly.
 import { readFile } from 'node:fs/promises';
-import { CheckpointError } from './safetensors.js';
+import { CheckpointError, findDuplicateKey } from './safetensors.js';
 import type { ModelConfig, RopeSettings } from './types.js';
 
 type Json = Record<string, unknown>;
@@ -28,6 +28,9 @@ export function parseConfig(text: string, file: string): ModelConfig {
     throw new CheckpointError(file, 'file', `not valid JSON (${(err as Error).message})`);
   }
   if (!isObject(json)) throw new CheckpointError(file, 'file', 'is not a JSON object');
+  // Of two equal keys JSON.parse keeps the last without a word; an ambiguous config is refused instead.
+  const dup = findDuplicateKey(text);
+  if (dup.key !== undefined) throw new CheckpointError(file, dup.depth === 1 ? dup.key : `${dup.parent}.${dup.key}`, 'given twice');
   return configFromJson(json, file);
 }
 
