@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CheckpointError, expectedTensors, openCheckpoint } from '../src/model/checkpoint.js';
 import { readTensorBytes } from '../src/model/safetensors.js';
+import { modelSizes } from '../src/model/sizes.js';
 import { writeRandomCheckpoint, type WriteOptions } from '../src/model/tiny.js';
 
 const SMALL = {
@@ -107,6 +108,10 @@ describe('openCheckpoint', () => {
     expect(bf16.config.expertFormat).toBe('bf16');
     expect(bf16.tensors.find((t) => t.name === 'model.layers.0.mlp.experts.gate_up_proj')!.shape).toEqual([4, 64, 64]);
     expect(bf16.tensors.find((t) => t.name === 'model.layers.0.mlp.experts.down_proj')!.shape).toEqual([4, 32, 64]);
+    // sizes.ts counts exactly the bytes the loader finds, in both expert formats.
+    for (const ck of [bf16, await openCheckpoint(await make())]) {
+      expect(ck.tensors.reduce((a, t) => a + t.nbytes, 0)).toBe(modelSizes(ck.config).bytes.total);
+    }
   });
 
   it('opens the committed oracle fixtures (written by the Python safetensors library)', async () => {
