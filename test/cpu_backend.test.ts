@@ -8,7 +8,36 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadModel, type LoadedModel } from '../src/model/load.js';
 import { readNpy } from '../src/util/npy.js';
-import { TINY, writeTinyCheckpoint } from './tiny_checkpoint.js';
+import { openCheckpoint } from '../src/model/checkpoint.js';
+import { configFromJson } from '../src/model/config.js';
+import { loadAddon } from '../src/native.js';
+import { readTensorBytes } from '../src/model/safetensors.js';
+import { writeRandomCheckpoint } from '../src/model/tiny.js';
+import type { TensorToWrite } from '../src/model/safetensors_write.js';
+
+// A small gpt-oss: 3 layers (sliding, full, sliding) with a window of 6, GQA 2:1, 6 experts top 2, YaRN.
+const TINY = { layers: 3, hidden: 64, intermediate: 32, experts: 6, topk: 2, heads: 4, kvHeads: 2, headDim: 16, vocab: 200 };
+const TINY_JSON = {
+  model_type: 'gpt_oss',
+  hidden_size: TINY.hidden,
+  intermediate_size: TINY.intermediate,
+  num_hidden_layers: TINY.layers,
+  num_local_experts: TINY.experts,
+  num_experts_per_tok: TINY.topk,
+  num_attention_heads: TINY.heads,
+  num_key_value_heads: TINY.kvHeads,
+  head_dim: TINY.headDim,
+  vocab_size: TINY.vocab,
+  sliding_window: 6,
+  layer_types: ['sliding_attention', 'full_attention', 'sliding_attention'],
+  max_position_embeddings: 2048,
+  rope_theta: 150000,
+  rope_scaling: { rope_type: 'yarn', factor: 32, beta_fast: 32, beta_slow: 1, original_max_position_embeddings: 64, truncate: false },
+  rms_norm_eps: 1e-5,
+  swiglu_limit: 7.0,
+  quantization_config: { quant_method: 'mxfp4' },
+};
+const SEED = 11;
 
 const BLOCK = 4;
 
@@ -52,6 +81,24 @@ function diffRatio(a: Float32Array, ref: Float32Array): number {
     m = Math.max(m, Math.abs(ref[i]));
   }
   return d / m;
+}
+
+const FP4 = [0, 0.5, 1, 1.5, 2, 3, 4, 6, -0, -0.5, -1, -1.5, -2, -3, -4, -6];
+
+/** MXFP4 [E, rows, cols/32, 16] + scales -> bf16 bytes [E, cols, rows] (transformers' unquantised layout). */
+function mxfp4ToBf16Transposed(blocks: Uint8Array, scales: Uint8Array, E: number, rows: number, cols: number): Uint8Array {
+  const out = new Uint16Array(E * rows * cols);
+  const f = new Float32Array(1);
+  const u = new Uint32Array(f.buffer);
+  for (let e = 0; e < E; e++)
+    for (let r = 0; r < rows; r++)
+      for (let c = 0; c < cols; c++) {
+        const g = (e * rows + r) * (cols / 32) + Math.floor(c / 32);
+        const byte = blocks[g * 16 + Math.floor((c % 32) / 2)];
+        f[0] = FP4[c % 2 === 0 ? byte & 15 : byte >> 4] * 2 ** (scales[g] - 127);
+        out[(e * cols + c) * rows + r] = u[0] >>> 16; // exact: FP4 times a power of two fits bf16
+      }
+  return new Uint8Array(out.buffer);
 }
 
 const blocksFor = (tokens: number, first = 0) => Array.from({ length: Math.ceil(tokens / BLOCK) }, (_, i) => first + i);
@@ -112,7 +159,7 @@ describe('CPU backend on a small seeded checkpoint', () => {
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'hm-cpu-'));
-    await writeTinyCheckpoint(dir);
+    await writeRandomCheckpoint(dir, TINY_JSON, SEED);
     model = await loadModel({ model: dir, backend: 'cpu', blockSize: BLOCK, numBlocks: 64, onProgress: (d, t) => progress.push([d, t]) });
   });
   afterAll(async () => {
@@ -249,6 +296,60 @@ describe('CPU backend on a small seeded checkpoint', () => {
     const fresh = await sequenceLogits(model, next, 'prefill', blocksFor(next.length, 50));
     expect(diffRatio(r.logits, fresh.subarray(A.length * TINY.vocab))).toBeLessThanOrEqual(1e-6);
     expect(diffRatio(before, fresh.subarray(0, A.length * TINY.vocab))).toBeLessThanOrEqual(1e-6);
+  });
+
+  it('runs an unquantised checkpoint (bf16 experts, [E, in, out]) like the same weights in MXFP4', async () => {
+    const bf16Dir = join(dir, 'bf16');
+    const { quantization_config: _, ...bf16Json } = TINY_JSON;
+    // Same seed, so every non-expert tensor is identical; the experts are the MXFP4 ones decoded and transposed.
+    const { tensors } = await openCheckpoint(dir);
+    const bytes = async (name: string) => new Uint8Array(await readTensorBytes(tensors.find((t) => t.name === name)!));
+    const decoded = new Map<string, Uint8Array>();
+    for (let l = 0; l < TINY.layers; l++) {
+      const p = `model.layers.${l}.mlp.experts.`;
+      decoded.set(`${p}gate_up_proj`, mxfp4ToBf16Transposed(await bytes(`${p}gate_up_proj_blocks`), await bytes(`${p}gate_up_proj_scales`), TINY.experts, 2 * TINY.intermediate, TINY.hidden));
+      decoded.set(`${p}down_proj`, mxfp4ToBf16Transposed(await bytes(`${p}down_proj_blocks`), await bytes(`${p}down_proj_scales`), TINY.experts, TINY.hidden, TINY.intermediate));
+    }
+    await writeRandomCheckpoint(bf16Dir, bf16Json, SEED, {
+      edit: (ts: TensorToWrite[]) => ts.map((t) => (decoded.has(t.name) ? { ...t, data: decoded.get(t.name)! } : t)),
+    });
+    const bf16Model = await loadModel({ model: bf16Dir, backend: 'cpu', blockSize: BLOCK, numBlocks: 16 });
+    try {
+      expect(bf16Model.info().expertFormat).toBe('bf16');
+      const blocks = blocksFor(tokens.length);
+      const want = await sequenceLogits(model, tokens, 'prefill', blocks);
+      const got = await sequenceLogits(bf16Model, tokens, 'half', blocks);
+      expect(diffRatio(got, want)).toBeLessThanOrEqual(1e-5);
+    } finally {
+      bf16Model.close();
+    }
+  });
+
+  it('fills dummy weights from the seed: same seed, same logits; finite values', async () => {
+    const config = configFromJson({ ...TINY_JSON }, '<test>/config.json');
+    const addon = loadAddon();
+    const logitsOf = async (seed: number) => {
+      const m = await addon.loadModel(config, [], { backend: 'cpu', dummy: true, seed, numBlocks: 8, blockSize: BLOCK });
+      try {
+        const r = await m.step({
+          tokens: Int32Array.of(3, 1, 4, 1, 5),
+          positions: Int32Array.of(0, 1, 2, 3, 4),
+          seqLens: Int32Array.of(5),
+          blockTables: Int32Array.of(0, 1),
+          maxBlocksPerSeq: 2,
+          fullLogits: Uint8Array.of(1),
+        });
+        return r.logits;
+      } finally {
+        m.close();
+      }
+    };
+    const a = await logitsOf(1);
+    const b = await logitsOf(1);
+    const c = await logitsOf(2);
+    expect(a.every(Number.isFinite)).toBe(true);
+    expect(Array.from(b)).toEqual(Array.from(a));
+    expect(diffRatio(c, a)).toBeGreaterThan(1e-2);
   });
 
   it('refuses dummy weights too large for the CPU reference', async () => {
