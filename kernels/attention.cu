@@ -1,0 +1,346 @@
+// Attention kernels (see attention.h for the two paths). Both are written for head dim 64 and a GQA group of
+// G = nq / nkv query heads per KV head (templated: 1, 2, 4, 8, 16), so each K/V row read serves G heads.
+//   attn_decode_split:   grid (tokens, nkv, splits), 128 threads. Per 128-key chunk: thread-per-key scores for
+//                        the G heads into shared memory, per-head online softmax (warp per head), then a thread per
+//                        (head, dim pair) accumulates p * V with coalesced 128-byte V rows. Writes unnormalised
+//                        partial outputs and (max, sum) per split.
+//   attn_decode_combine: grid (tokens, nq), D threads: merges the splits and the sink column, writes bf16.
+//   attn_prefill_tile:   grid (tiles, nkv), 16 * G threads, one per (query token, head) row holding q, the output
+//                        accumulator and 32 scores in registers; K/V tiles of 32 keys in shared memory (fp32).
+#include <algorithm>
+#include <cfloat>
+#include <climits>
+
+#include "attention.h"
+#include "common.cuh"
+
+namespace hm::cuda {
+namespace {
+
+constexpr int D64 = 64;
+constexpr int kDecodeChunk = 128;
+
+__device__ __forceinline__ void key_range(int pos, int window, int* lo, int* hi) {
+  *hi = pos;
+  *lo = window > 0 ? max(0, pos - window + 1) : 0;
+}
+
+__device__ __forceinline__ size_t slot_of(const AttentionCommon& c, int seq, int j) {
+  const int blk = c.block_tables[size_t(seq) * c.max_blocks_per_seq + j / c.block_size];
+  return size_t(blk) * c.block_size + (j % c.block_size);
+}
+
+template <int G>
+__global__ void __launch_bounds__(128) attn_decode_split(AttentionCommon c, const int32_t* __restrict__ tokens,
+                                                         int keys_per_split, int max_splits,
+                                                         float* __restrict__ ws) {
+  __shared__ float qs[G][D64];
+  __shared__ float S[G][kDecodeChunk];
+  __shared__ int slots[kDecodeChunk];
+  __shared__ float alpha_s[G];
+  __shared__ float m_s[G], l_s[G];
+  pdl_wait();
+  pdl_trigger();
+  const int i = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int t = tokens[i];
+  const int seq = c.tok_seq[t];
+  int lo, hi;
+  key_range(c.pos[t], c.window, &lo, &hi);
+  const int s_begin = lo + split * keys_per_split;
+  if (s_begin > hi) return;
+  const int s_end = min(hi + 1, s_begin + keys_per_split);
+
+  for (int e = tid; e < G * D64; e += blockDim.x)
+    qs[e / D64][e % D64] = c.q[size_t(t) * c.ldq + (kvh * G + e / D64) * D64 + e % D64] * c.scale;
+  if (tid < G) {
+    m_s[tid] = -INFINITY;
+    l_s[tid] = 0.f;
+  }
+  // V phase ownership: dims 2*lane, 2*lane+1 of heads warp, warp + 4, ...
+  constexpr int HPT = (G + 3) / 4;
+  float acc[HPT][2];
+#pragma unroll
+  for (int a = 0; a < HPT; a++) acc[a][0] = acc[a][1] = 0.f;
+  __syncthreads();
+
+  for (int c0 = s_begin; c0 < s_end; c0 += kDecodeChunk) {
+    const int n = min(kDecodeChunk, s_end - c0);
+    if (tid < n) {
+      const size_t sl = slot_of(c, seq, c0 + tid);
+      slots[tid] = int(sl);
+      const uint4* kr = reinterpret_cast<const uint4*>(c.k_cache + (sl * c.nkv + kvh) * D64);
+      float dot[G];
+#pragma unroll
+      for (int h = 0; h < G; h++) dot[h] = 0.f;
+#pragma unroll
+      for (int ch = 0; ch < 8; ch++) {
+        float kf[8];
+        unpack8(__ldg(kr + ch), kf);
+#pragma unroll
+        for (int h = 0; h < G; h++)
+#pragma unroll
+          for (int e = 0; e < 8; e++) dot[h] = fmaf(qs[h][ch * 8 + e], kf[e], dot[h]);
+      }
+#pragma unroll
+      for (int h = 0; h < G; h++) S[h][tid] = dot[h];
+    } else {
+#pragma unroll
+      for (int h = 0; h < G; h++) S[h][tid] = -INFINITY;
+    }
+    __syncthreads();
+    for (int h = warp; h < G; h += 4) {
+      float mx = -INFINITY;
+      for (int j = lane; j < kDecodeChunk; j += 32) mx = fmaxf(mx, S[h][j]);
+      mx = warp_max(mx);
+      const float m_new = fmaxf(m_s[h], mx);
+      float sum = 0.f;
+      for (int j = lane; j < kDecodeChunk; j += 32) {
+        const float pj = __expf(S[h][j] - m_new);
+        S[h][j] = pj;
+        sum += pj;
+      }
+      sum = warp_sum(sum);
+      if (lane == 0) {
+        const float al = __expf(m_s[h] - m_new);
+        alpha_s[h] = al;
+        l_s[h] = l_s[h] * al + sum;
+        m_s[h] = m_new;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int a = 0; a < HPT; a++) {
+      const int h = warp + 4 * a;
+      if (h < G) {
+        acc[a][0] *= alpha_s[h];
+        acc[a][1] *= alpha_s[h];
+      }
+    }
+    for (int j = 0; j < n; j++) {
+      const uint32_t vv = *reinterpret_cast<const uint32_t*>(c.v_cache + (size_t(slots[j]) * c.nkv + kvh) * D64 +
+                                                             2 * lane);
+      const float v0 = __uint_as_float(vv << 16), v1 = __uint_as_float(vv & 0xffff0000u);
+#pragma unroll
+      for (int a = 0; a < HPT; a++) {
+        const int h = warp + 4 * a;
+        if (h < G) {
+          const float pj = S[h][j];
+          acc[a][0] = fmaf(pj, v0, acc[a][0]);
+          acc[a][1] = fmaf(pj, v1, acc[a][1]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+  // Partial layout: o [tokens, nq, max_splits, D], then ml [tokens, nq, max_splits, 2].
+  const size_t nq = size_t(c.nq);
+  float* o = ws;
+  float* ml = ws + size_t(gridDim.x) * nq * max_splits * D64;
+#pragma unroll
+  for (int a = 0; a < HPT; a++) {
+    const int h = warp + 4 * a;
+    if (h < G) {
+      const size_t row = (size_t(i) * nq + kvh * G + h) * max_splits + split;
+      o[row * D64 + 2 * lane] = acc[a][0];
+      o[row * D64 + 2 * lane + 1] = acc[a][1];
+      if (lane == 0) {
+        ml[row * 2] = m_s[h];
+        ml[row * 2 + 1] = l_s[h];
+      }
+    }
+  }
+}
+
+__global__ void attn_decode_combine(AttentionCommon c, const int32_t* __restrict__ tokens, int keys_per_split,
+                                    int max_splits, const float* __restrict__ ws) {
+  pdl_wait();
+  pdl_trigger();
+  const int i = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
+  const int t = tokens[i];
+  int lo, hi;
+  key_range(c.pos[t], c.window, &lo, &hi);
+  const int nsplit = (hi - lo + 1 + keys_per_split - 1) / keys_per_split;
+  const size_t nq = size_t(c.nq);
+  const float* o = ws;
+  const float* ml = ws + size_t(gridDim.x) * nq * max_splits * D64;
+  const size_t base = (size_t(i) * nq + h) * max_splits;
+  const float sink = c.sinks[h];
+  float M = sink;
+  for (int s = 0; s < nsplit; s++) M = fmaxf(M, ml[(base + s) * 2]);
+  float L = __expf(sink - M), acc = 0.f;
+  for (int s = 0; s < nsplit; s++) {
+    const float w = __expf(ml[(base + s) * 2] - M);
+    L += ml[(base + s) * 2 + 1] * w;
+    acc += o[(base + s) * D64 + d] * w;
+  }
+  c.out[size_t(t) * nq * D64 + h * D64 + d] = __bfloat16_as_ushort(__float2bfloat16(acc / L));
+}
+
+constexpr int KT = 32;
+
+template <int G>
+__global__ void __launch_bounds__(kPrefillTileTokens* G) attn_prefill_tile(AttentionCommon c,
+                                                                          const int32_t* __restrict__ tiles) {
+  __shared__ __align__(16) float Ks[KT][D64];
+  __shared__ __align__(16) float Vs[KT][D64];
+  __shared__ int range_lo, range_hi;
+  pdl_wait();
+  pdl_trigger();
+  const int tile = blockIdx.x, kvh = blockIdx.y, tid = threadIdx.x;
+  const int first = tiles[2 * tile], count = tiles[2 * tile + 1];
+  const int ti = tid / G, hh = tid % G;
+  const bool active = ti < count;
+  const int t = first + (active ? ti : 0);
+  const int seq = c.tok_seq[first];
+  int lo, hi;
+  key_range(c.pos[t], c.window, &lo, &hi);
+  if (tid == 0) {
+    range_lo = INT_MAX;
+    range_hi = -1;
+  }
+  __syncthreads();
+  if (active) {
+    atomicMin(&range_lo, lo);
+    atomicMax(&range_hi, hi);
+  }
+  float q[D64], acc[D64];
+  const int h = kvh * G + hh;
+#pragma unroll
+  for (int d = 0; d < D64; d++) {
+    q[d] = active ? c.q[size_t(t) * c.ldq + h * D64 + d] * c.scale : 0.f;
+    acc[d] = 0.f;
+  }
+  float m = -INFINITY, l = 0.f;
+  __syncthreads();
+  const int blo = range_lo, bhi = range_hi;
+  for (int k0 = blo; k0 <= bhi; k0 += KT) {
+    // Stage KT keys (bf16 -> fp32): 8 chunks of 8 values per key row.
+    for (int e = tid; e < KT * 8; e += blockDim.x) {
+      const int j = e / 8, ch = e % 8;
+      float kf[8], vf[8];
+      if (k0 + j <= bhi) {
+        const size_t sl = slot_of(c, seq, k0 + j);
+        unpack8(__ldg(reinterpret_cast<const uint4*>(c.k_cache + (sl * c.nkv + kvh) * D64) + ch), kf);
+        unpack8(__ldg(reinterpret_cast<const uint4*>(c.v_cache + (sl * c.nkv + kvh) * D64) + ch), vf);
+      } else {
+#pragma unroll
+        for (int x = 0; x < 8; x++) kf[x] = vf[x] = 0.f;
+      }
+#pragma unroll
+      for (int x = 0; x < 8; x++) {
+        Ks[j][ch * 8 + x] = kf[x];
+        Vs[j][ch * 8 + x] = vf[x];
+      }
+    }
+    __syncthreads();
+    float s[KT];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < KT; j++) {
+      const int key = k0 + j;
+      float dot = 0.f;
+#pragma unroll
+      for (int d = 0; d < D64; d += 4) {
+        const float4 kv = *reinterpret_cast<const float4*>(&Ks[j][d]);
+        dot = fmaf(q[d], kv.x, dot);
+        dot = fmaf(q[d + 1], kv.y, dot);
+        dot = fmaf(q[d + 2], kv.z, dot);
+        dot = fmaf(q[d + 3], kv.w, dot);
+      }
+      s[j] = (active && key >= lo && key <= hi) ? dot : -INFINITY;
+      mx = fmaxf(mx, s[j]);
+    }
+    const float m_new = fmaxf(m, mx);
+    if (m_new != -INFINITY) {
+      const float al = __expf(m - m_new);
+      l *= al;
+#pragma unroll
+      for (int d = 0; d < D64; d++) acc[d] *= al;
+#pragma unroll
+      for (int j = 0; j < KT; j++) {
+        const float pj = __expf(s[j] - m_new);
+        l += pj;
+#pragma unroll
+        for (int d = 0; d < D64; d += 4) {
+          const float4 vv = *reinterpret_cast<const float4*>(&Vs[j][d]);
+          acc[d] = fmaf(pj, vv.x, acc[d]);
+          acc[d + 1] = fmaf(pj, vv.y, acc[d + 1]);
+          acc[d + 2] = fmaf(pj, vv.z, acc[d + 2]);
+          acc[d + 3] = fmaf(pj, vv.w, acc[d + 3]);
+        }
+      }
+      m = m_new;
+    }
+    __syncthreads();
+  }
+  if (!active) return;
+  const float sink = c.sinks[h];
+  const float M = fmaxf(m, sink);
+  const float w = __expf(m - M);
+  const float inv = 1.f / (l * w + __expf(sink - M));
+  uint16_t* out = c.out + size_t(t) * c.nq * D64 + h * D64;
+#pragma unroll
+  for (int d = 0; d < D64; d += 2) {
+    const __nv_bfloat162 pr = __floats2bfloat162_rn(acc[d] * w * inv, acc[d + 1] * w * inv);
+    *reinterpret_cast<__nv_bfloat162*>(out + d) = pr;
+  }
+}
+
+void check_common(const AttentionCommon& c, const char* who) {
+  HM_REQUIRE(c.q && c.k_cache && c.v_cache && c.block_tables && c.tok_seq && c.pos && c.sinks && c.out, who);
+  HM_REQUIRE(c.D == D64, who);
+  HM_REQUIRE(c.nkv > 0 && c.nq % c.nkv == 0, who);
+  HM_REQUIRE(c.block_size > 0 && c.max_blocks_per_seq > 0 && c.ldq >= c.nq * c.D, who);
+  const int G = c.nq / c.nkv;
+  HM_REQUIRE(G == 1 || G == 2 || G == 4 || G == 8 || G == 16, who);
+}
+
+
+}  // namespace
+
+size_t attention_decode_workspace_floats(int num_tokens, int nq, int D, int max_splits) {
+  return size_t(num_tokens) * nq * max_splits * (D + 2);
+}
+
+int attention_keys_per_split(int max_keys, int max_splits) {
+  const int per = (max_keys + max_splits - 1) / max_splits;
+  return std::max(kDecodeChunk, (per + kDecodeChunk - 1) / kDecodeChunk * kDecodeChunk);
+}
+
+void attention_decode(const AttentionDecodeParams& p, cudaStream_t stream) {
+  check_common(p.c, "attention_decode");
+  HM_REQUIRE(p.tokens && p.workspace && p.keys_per_split > 0 && p.keys_per_split % kDecodeChunk == 0,
+             "attention_decode");
+  HM_REQUIRE(p.max_splits >= 1 && p.max_splits <= 65535, "attention_decode");
+  if (p.num_tokens == 0) return;
+  const dim3 grid(p.num_tokens, p.c.nkv, p.max_splits);
+  const int G = p.c.nq / p.c.nkv;
+  switch (G) {
+    case 1: launch(attn_decode_split<1>, grid, dim3(128), 0, stream, p.c.pdl, p.c, p.tokens, p.keys_per_split, p.max_splits, p.workspace); break;
+    case 2: launch(attn_decode_split<2>, grid, dim3(128), 0, stream, p.c.pdl, p.c, p.tokens, p.keys_per_split, p.max_splits, p.workspace); break;
+    case 4: launch(attn_decode_split<4>, grid, dim3(128), 0, stream, p.c.pdl, p.c, p.tokens, p.keys_per_split, p.max_splits, p.workspace); break;
+    case 8: launch(attn_decode_split<8>, grid, dim3(128), 0, stream, p.c.pdl, p.c, p.tokens, p.keys_per_split, p.max_splits, p.workspace); break;
+    default: launch(attn_decode_split<16>, grid, dim3(128), 0, stream, p.c.pdl, p.c, p.tokens, p.keys_per_split, p.max_splits, p.workspace); break;
+  }
+  launch(attn_decode_combine, dim3(p.num_tokens, p.c.nq), dim3(D64), 0, stream, p.c.pdl, p.c, p.tokens,
+         p.keys_per_split, p.max_splits, static_cast<const float*>(p.workspace));
+}
+
+void attention_prefill(const AttentionPrefillParams& p, cudaStream_t stream) {
+  check_common(p.c, "attention_prefill");
+  HM_REQUIRE(p.tiles, "attention_prefill");
+  if (p.num_tiles == 0) return;
+  const dim3 grid(p.num_tiles, p.c.nkv);
+  const int G = p.c.nq / p.c.nkv;
+  const dim3 block(kPrefillTileTokens * G);
+  switch (G) {
+    case 1: launch(attn_prefill_tile<1>, grid, block, 0, stream, p.c.pdl, p.c, p.tiles); break;
+    case 2: launch(attn_prefill_tile<2>, grid, block, 0, stream, p.c.pdl, p.c, p.tiles); break;
+    case 4: launch(attn_prefill_tile<4>, grid, block, 0, stream, p.c.pdl, p.c, p.tiles); break;
+    case 8: launch(attn_prefill_tile<8>, grid, block, 0, stream, p.c.pdl, p.c, p.tiles); break;
+    default: launch(attn_prefill_tile<16>, grid, block, 0, stream, p.c.pdl, p.c, p.tiles); break;
+  }
+}
+
+}  // namespace hm::cuda

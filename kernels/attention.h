@@ -1,0 +1,58 @@
+// Attention over the paged bf16 KV cache, with the per-head sinks in the softmax denominator, causal, optional
+// sliding window, GQA (query head h reads KV head h / (nq / nkv)). Head dim 64.
+//   attention_decode:  one query token per entry of `tokens` (decode, or any token): flash-decoding, the keys
+//                      split into chunks of keys_per_split processed by separate blocks, then a combine kernel
+//                      merges the partial softmaxes with the sink. Stays parallel at 100k+ tokens of context.
+//   attention_prefill: tiles of up to 16 consecutive query tokens of one sequence; K/V tiles of 64 keys staged
+//                      in shared memory and reused by all the tile's query rows (flash-style online softmax, no
+//                      T x T matrix anywhere).
+// The cache must already hold the keys of every visible position (rope_kv_write runs first).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace hm::cuda {
+
+struct AttentionCommon {
+  const float* q = nullptr;  // fp32 [T, ldq]: query heads (nq * D) at the start of each row, already rotated
+  int ldq = 0;
+  const uint16_t* k_cache = nullptr;  // bf16 [slots, nkv, D] of this layer
+  const uint16_t* v_cache = nullptr;
+  const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]
+  int max_blocks_per_seq = 0;
+  int block_size = 0;
+  const int32_t* tok_seq = nullptr;  // [T] sequence of each token
+  const int32_t* pos = nullptr;      // [T] absolute position of each token
+  const float* sinks = nullptr;      // fp32 [nq]
+  uint16_t* out = nullptr;           // bf16 [T, nq * D]
+  int nq = 0, nkv = 0, D = 0;
+  int window = 0;  // > 0: keys j with pos - window < j <= pos
+  float scale = 0.f;
+  bool pdl = false;
+};
+
+// Workspace floats needed by attention_decode for `num_tokens` tokens and `max_splits` splits.
+size_t attention_decode_workspace_floats(int num_tokens, int nq, int D, int max_splits);
+// Keys per split for a context of up to max_keys keys when at most max_splits splits fit (multiple of 128).
+int attention_keys_per_split(int max_keys, int max_splits);
+
+struct AttentionDecodeParams {
+  AttentionCommon c;
+  const int32_t* tokens = nullptr;  // [num_tokens] token indices (rows of q / out) to process
+  int num_tokens = 0;
+  int keys_per_split = 128;  // multiple of 128
+  int max_splits = 1;        // grid size in splits: ceil(max visible keys / keys_per_split)
+  float* workspace = nullptr;  // attention_decode_workspace_floats(num_tokens, nq, D, max_splits)
+};
+void attention_decode(const AttentionDecodeParams& p, cudaStream_t stream);
+
+struct AttentionPrefillParams {
+  AttentionCommon c;
+  const int32_t* tiles = nullptr;  // [num_tiles, 2]: first token index, token count (1..16), one sequence each
+  int num_tiles = 0;
+};
+constexpr int kPrefillTileTokens = 16;
+void attention_prefill(const AttentionPrefillParams& p, cudaStream_t stream);
+
+}  // namespace hm::cuda

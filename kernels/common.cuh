@@ -1,0 +1,97 @@
+// Device helpers shared by every kernel file: bf16 packing, warp reductions, checked CUDA calls that throw
+// (never abort: a CUDA error must reach JavaScript as an Error), and programmatic dependent launch (PDL).
+//
+// PDL contract of every harmonium kernel: it may read WEIGHTS before pdl_wait(), never activations, and it
+// writes nothing before pdl_wait(). It calls pdl_trigger() once its own weight stream is under way so the next
+// kernel can start streaming its weights while this one drains. Without the launch attribute both are no-ops.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace hm::cuda {
+
+[[noreturn]] inline void throw_cuda(cudaError_t e, const char* what, const char* file, int line) {
+  throw std::runtime_error(std::string("CUDA error: ") + cudaGetErrorString(e) + " (" + what + " at " + file + ":" +
+                           std::to_string(line) + ")");
+}
+
+#define CUDA_CHECK(expr)                                                        \
+  do {                                                                          \
+    cudaError_t hm_err_ = (expr);                                               \
+    if (hm_err_ != cudaSuccess) ::hm::cuda::throw_cuda(hm_err_, #expr, __FILE__, __LINE__); \
+  } while (0)
+
+// A launcher's shape check: throws std::invalid_argument naming the launcher and the broken condition.
+#define HM_REQUIRE(cond, who)                                                                   \
+  do {                                                                                          \
+    if (!(cond)) throw std::invalid_argument(std::string(who) + ": requires " #cond);         \
+  } while (0)
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Launches with the PDL attribute when `pdl` (sm_90+ only; the backend decides once per device).
+template <typename... KArgs, typename... Args>
+inline void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
+                   Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...));
+}
+
+__device__ __forceinline__ float bf2f(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float bf2f_bits(uint16_t v) { return __uint_as_float(uint32_t(v) << 16); }
+
+// 8 bf16 packed in a uint4 -> 8 floats.
+__device__ __forceinline__ void unpack8(const uint4& u, float* f) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    f[2 * i] = __uint_as_float(w[i] << 16);
+    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
+// Streaming 16-byte load for weights read once per step: skip L1 so activations keep it.
+__device__ __forceinline__ uint4 ld_stream16(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+}  // namespace hm::cuda

@@ -1,0 +1,218 @@
+// Dense bf16 projections: y (+)= x W^T + b.
+//   bf16_gemv<NT>: one warp per output row; lanes stride over the row in 16-byte chunks, 4 chunks in flight per
+//                  lane, each W chunk multiplied against all NT tokens (x stays in L1). Before waiting on its
+//                  inputs (PDL) each warp prefetches its W row into L2, so weight streaming overlaps the kernel
+//                  before it.
+//   bf16_gemm_mma: 64 x 128 x 32 block tiles, 4 warps of 32 x 64, mma.sync m16n8k16 bf16 with fp32 accumulators,
+//                  3-stage cp.async pipeline, rows padded by 16 bytes so ldmatrix is bank-conflict free.
+#include "common.cuh"
+#include "dense.h"
+
+namespace hm::cuda {
+namespace {
+
+template <int NT>
+__global__ void __launch_bounds__(256) bf16_gemv(const uint16_t* __restrict__ x, int ldx,
+                                                 const uint16_t* __restrict__ W, const uint16_t* __restrict__ b,
+                                                 float* __restrict__ y, int ldy, int N, int K, bool accumulate) {
+  const int lane = threadIdx.x & 31;
+  const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const bool active = row < N;
+  const char* wrow = reinterpret_cast<const char*>(W + size_t(active ? row : 0) * K);
+  if (active)
+    for (int off = lane * 128; off < K * 2; off += 32 * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(wrow + off));
+  pdl_wait();
+  pdl_trigger();
+  if (!active) return;
+  const uint4* w4 = reinterpret_cast<const uint4*>(wrow);
+  const int nchunks = K / 8;
+  float acc[NT];
+#pragma unroll
+  for (int t = 0; t < NT; t++) acc[t] = 0.f;
+  constexpr int U = 4;
+  for (int c0 = lane; c0 < nchunks; c0 += 32 * U) {
+    uint4 wv[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int c = c0 + u * 32;
+      wv[u] = c < nchunks ? ld_stream16(w4 + c) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int c = c0 + u * 32;
+      if (c >= nchunks) break;
+      float wf[8];
+      unpack8(wv[u], wf);
+#pragma unroll
+      for (int t = 0; t < NT; t++) {
+        const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + size_t(t) * ldx) + c);
+        float xf[8];
+        unpack8(xv, xf);
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[t] = fmaf(wf[i], xf[i], acc[t]);
+      }
+    }
+  }
+  const float bias = b ? bf2f_bits(b[row]) : 0.f;
+#pragma unroll
+  for (int t = 0; t < NT; t++) {
+    const float s = warp_sum(acc[t]);
+    if (lane == t % 32) {
+      float* dst = y + size_t(t) * ldy + row;
+      *dst = (accumulate ? *dst : 0.f) + s + bias;
+    }
+  }
+}
+
+constexpr int BM = 64, BN = 128, BK = 32, LDS = BK + 8, STAGES = 3;
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int n = pred ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N));
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* smem) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+__device__ __forceinline__ void mma_bf16(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__global__ void __launch_bounds__(128) bf16_gemm_mma(const uint16_t* __restrict__ x, int ldx,
+                                                     const uint16_t* __restrict__ W,
+                                                     const uint16_t* __restrict__ b, float* __restrict__ y, int ldy,
+                                                     int M, int N, int K, bool accumulate) {
+  __shared__ __align__(16) uint16_t As[STAGES][BM][LDS];
+  __shared__ __align__(16) uint16_t Bs[STAGES][BN][LDS];
+  pdl_wait();
+  pdl_trigger();
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const int wm = warp >> 1, wn = warp & 1;
+  const int KT = (K + BK - 1) / BK;
+
+  auto load_tile = [&](int stage, int kt) {
+    const int k0 = kt * BK;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {  // A: 64 rows x 4 chunks
+      const int idx = tid + i * 128, r = idx >> 2, c = idx & 3;
+      const int gm = m0 + r, gk = k0 + c * 8;
+      const bool ok = gm < M && gk < K;
+      cp_async16(&As[stage][r][c * 8], ok ? x + size_t(gm) * ldx + gk : x, ok);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {  // B: 128 rows x 4 chunks
+      const int idx = tid + i * 128, r = idx >> 2, c = idx & 3;
+      const int gn = n0 + r, gk = k0 + c * 8;
+      const bool ok = gn < N && gk < K;
+      cp_async16(&Bs[stage][r][c * 8], ok ? W + size_t(gn) * K + gk : W, ok);
+    }
+  };
+
+  float acc[2][8][4];
+#pragma unroll
+  for (int i = 0; i < 2; i++)
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+      for (int k = 0; k < 4; k++) acc[i][j][k] = 0.f;
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; s++) {
+    if (s < KT) load_tile(s, s);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < KT; kt++) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    const int nk = kt + STAGES - 1;
+    if (nk < KT) load_tile(nk % STAGES, nk);
+    cp_async_commit();
+    const int st = kt % STAGES;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+      uint32_t af[2][4];
+#pragma unroll
+      for (int mi = 0; mi < 2; mi++)
+        ldmatrix_x4(af[mi], &As[st][wm * 32 + mi * 16 + (lane & 15)][kk + (lane >> 4) * 8]);
+#pragma unroll
+      for (int nj = 0; nj < 8; nj += 2) {
+        uint32_t bf[4];
+        ldmatrix_x4(bf, &Bs[st][wn * 64 + nj * 8 + (lane & 7) + (lane >> 4) * 8][kk + ((lane >> 3) & 1) * 8]);
+#pragma unroll
+        for (int mi = 0; mi < 2; mi++) {
+          mma_bf16(acc[mi][nj], af[mi], bf[0], bf[1]);
+          mma_bf16(acc[mi][nj + 1], af[mi], bf[2], bf[3]);
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+    for (int nj = 0; nj < 8; nj++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const int m = m0 + wm * 32 + mi * 16 + (lane >> 2) + h * 8;
+        if (m >= M) continue;
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+          const int n = n0 + wn * 64 + nj * 8 + (lane & 3) * 2 + e;
+          if (n >= N) continue;
+          float* dst = y + size_t(m) * ldy + n;
+          const float v = acc[mi][nj][h * 2 + e] + (b ? bf2f_bits(b[n]) : 0.f);
+          *dst = accumulate ? *dst + v : v;
+        }
+      }
+}
+
+template <int NT>
+void launch_gemv(const DenseParams& p, cudaStream_t s) {
+  launch(bf16_gemv<NT>, dim3(ceil_div(p.N, 8)), dim3(256), 0, s, p.pdl, p.x, p.ldx, p.W, p.b, p.y, p.ldy, p.N, p.K,
+         p.accumulate);
+}
+
+}  // namespace
+
+void dense(const DenseParams& p, cudaStream_t stream) {
+  HM_REQUIRE(p.x && p.W && p.y, "dense");
+  HM_REQUIRE(p.T >= 0 && p.N > 0 && p.K > 0 && p.K % 8 == 0, "dense");
+  HM_REQUIRE(p.ldx >= p.K && p.ldx % 8 == 0 && p.ldy >= p.N, "dense");
+  HM_REQUIRE(reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.W) % 16 == 0, "dense");
+  if (p.T == 0) return;
+  const bool gemv = p.force_path == 1 || (p.force_path == 0 && p.T <= kDenseGemvMaxTokens);
+  if (gemv) {
+    HM_REQUIRE(p.T <= kDenseGemvMaxTokens, "dense (gemv path)");
+    switch (p.T) {
+      case 1: launch_gemv<1>(p, stream); break;
+      case 2: launch_gemv<2>(p, stream); break;
+      case 3: launch_gemv<3>(p, stream); break;
+      case 4: launch_gemv<4>(p, stream); break;
+      case 5: launch_gemv<5>(p, stream); break;
+      case 6: launch_gemv<6>(p, stream); break;
+      case 7: launch_gemv<7>(p, stream); break;
+      default: launch_gemv<8>(p, stream); break;
+    }
+    return;
+  }
+  const dim3 grid(ceil_div(p.N, BN), ceil_div(p.T, BM));
+  HM_REQUIRE(grid.y <= 65535, "dense (tokens per call)");
+  launch(bf16_gemm_mma, grid, dim3(128), 0, stream, p.pdl, p.x, p.ldx, p.W, p.b, p.y, p.ldy, p.T, p.N, p.K,
+         p.accumulate);
+}
+
+}  // namespace hm::cuda

@@ -1,0 +1,196 @@
+// Logit narrowing: one block of 1024 threads per row.
+//   1. one pass: per-thread online (max, sum of exp) and argmax, block-reduced -> argmax, max, logsumexp;
+//   2. top-k by radix select on order-preserving uint32 keys (4 passes of 8 bits) -> the exact k-th largest key T
+//      and how many elements equal to T to take;
+//   3. collect keys > T with an atomic counter, keys == T in ascending id order (block-wide ordered scan, so ties
+//      keep the lower ids), then a bitonic sort of 256 entries by (logit desc, id asc).
+#include <climits>
+
+#include "common.cuh"
+#include "logits.h"
+
+namespace hm::cuda {
+namespace {
+
+constexpr int NT = 1024;
+
+__device__ __forceinline__ uint32_t order_key(float f) {
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__global__ void __launch_bounds__(NT) narrow_rows(const float* __restrict__ logits, int vocab, int ld, int k,
+                                                  int32_t* __restrict__ argmax, float* __restrict__ max_logit,
+                                                  float* __restrict__ lse, int32_t* __restrict__ top_ids,
+                                                  float* __restrict__ top_logits) {
+  __shared__ float red_m[NT / 32], red_s[NT / 32];
+  __shared__ int red_i[NT / 32];
+  __shared__ uint32_t hist[256];
+  __shared__ uint32_t sh_prefix, sh_remaining, sh_count, sh_taken;
+  __shared__ uint32_t warp_cnt[NT / 32];
+  __shared__ uint32_t cand_key[kMaxTopK];
+  __shared__ int cand_id[kMaxTopK];
+  pdl_wait();
+  pdl_trigger();
+  const int row = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const float* x = logits + size_t(row) * ld;
+
+  // 1. max / argmax / sum of exp, online per thread.
+  float m = -INFINITY, s = 0.f;
+  int bi = INT_MAX;
+  for (int i = tid; i < vocab; i += NT) {
+    const float v = x[i];
+    if (v > m) {
+      s = s * __expf(m - v) + 1.f;
+      m = v;
+      bi = i;
+    } else {
+      s += __expf(v - m);
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float om = __shfl_xor_sync(0xffffffffu, m, o);
+    const float os = __shfl_xor_sync(0xffffffffu, s, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    const float nm = fmaxf(m, om);
+    s = (m == -INFINITY ? 0.f : s * __expf(m - nm)) + (om == -INFINITY ? 0.f : os * __expf(om - nm));
+    if (om > m || (om == m && oi < bi)) bi = oi;
+    m = nm;
+  }
+  if (lane == 0) {
+    red_m[warp] = m;
+    red_s[warp] = s;
+    red_i[warp] = bi;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    float M = red_m[0], Ssum = red_s[0];
+    int I = red_i[0];
+    for (int w = 1; w < NT / 32; w++) {
+      const float om = red_m[w], os = red_s[w];
+      const float nm = fmaxf(M, om);
+      Ssum = (M == -INFINITY ? 0.f : Ssum * __expf(M - nm)) + (om == -INFINITY ? 0.f : os * __expf(om - nm));
+      if (om > M || (om == M && red_i[w] < I)) I = red_i[w];
+      M = nm;
+    }
+    argmax[row] = I == INT_MAX ? 0 : I;
+    max_logit[row] = M;
+    lse[row] = M + logf(Ssum);
+  }
+  if (k <= 0) return;
+
+  // 2. radix select of the k-th largest key.
+  if (tid == 0) {
+    sh_prefix = 0;
+    sh_remaining = uint32_t(k);
+  }
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int b = tid; b < 256; b += NT) hist[b] = 0;
+    __syncthreads();
+    const uint32_t prefix = sh_prefix;
+    const uint32_t hi_mask = shift == 24 ? 0u : (0xffffffffu << (shift + 8));
+    for (int i = tid; i < vocab; i += NT) {
+      const uint32_t u = order_key(x[i]);
+      if ((u & hi_mask) == prefix) atomicAdd(&hist[(u >> shift) & 255u], 1u);
+    }
+    __syncthreads();
+    if (tid == 0) {
+      uint32_t rem = sh_remaining, cum = 0;
+      int b = 255;
+      for (; b > 0; b--) {
+        if (cum + hist[b] >= rem) break;
+        cum += hist[b];
+      }
+      sh_remaining = rem - cum;
+      sh_prefix = prefix | (uint32_t(b) << shift);
+    }
+    __syncthreads();
+  }
+  const uint32_t T = sh_prefix;
+  const int remaining = int(sh_remaining);
+  const int above = k - remaining;
+  for (int i = tid; i < kMaxTopK; i += NT) {
+    cand_key[i] = 0;
+    cand_id[i] = INT_MAX;
+  }
+  if (tid == 0) {
+    sh_count = 0;
+    sh_taken = 0;
+  }
+  __syncthreads();
+  // 3a. strictly above the threshold: exactly `above` of them.
+  for (int i = tid; i < vocab; i += NT) {
+    const uint32_t u = order_key(x[i]);
+    if (u > T) {
+      const uint32_t at = atomicAdd(&sh_count, 1u);
+      if (at < uint32_t(kMaxTopK)) {
+        cand_key[at] = u;
+        cand_id[at] = i;
+      }
+    }
+  }
+  // 3b. equal to the threshold: the `remaining` lowest ids, by an ordered block scan.
+  for (int base = 0; base < vocab; base += NT) {
+    __syncthreads();
+    const uint32_t taken = sh_taken;
+    if (taken >= uint32_t(remaining)) break;
+    const int i = base + tid;
+    const bool eq = i < vocab && order_key(x[i]) == T;
+    const uint32_t bal = __ballot_sync(0xffffffffu, eq);
+    if (lane == 0) warp_cnt[warp] = __popc(bal);
+    __syncthreads();
+    uint32_t before = 0, total = 0;
+    for (int w = 0; w < NT / 32; w++) {
+      if (w < warp) before += warp_cnt[w];
+      total += warp_cnt[w];
+    }
+    const uint32_t rank = taken + before + __popc(bal & ((1u << lane) - 1u));
+    if (eq && rank < uint32_t(remaining)) {
+      cand_key[above + rank] = T;
+      cand_id[above + rank] = i;
+    }
+    __syncthreads();
+    if (tid == 0) sh_taken = taken + total;
+  }
+  __syncthreads();
+  // 3c. bitonic sort of 256 entries: key descending, id ascending.
+  for (int size = 2; size <= kMaxTopK; size <<= 1) {
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      if (tid < kMaxTopK) {
+        const int j = tid ^ stride;
+        if (j > tid) {
+          const bool desc = (tid & size) == 0;  // first half of each run sorts "better first"
+          const uint32_t ka = cand_key[tid], kb = cand_key[j];
+          const int ia = cand_id[tid], ib = cand_id[j];
+          const bool a_better = ka > kb || (ka == kb && ia < ib);
+          if (desc ? !a_better : a_better) {
+            cand_key[tid] = kb;
+            cand_key[j] = ka;
+            cand_id[tid] = ib;
+            cand_id[j] = ia;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+  for (int i = tid; i < k; i += NT) {
+    const int id = cand_id[i];
+    top_ids[size_t(row) * k + i] = id == INT_MAX ? -1 : id;
+    top_logits[size_t(row) * k + i] = id == INT_MAX ? -INFINITY : x[id];
+  }
+}
+
+}  // namespace
+
+void narrow_logits(const NarrowLogitsParams& p, cudaStream_t stream) {
+  HM_REQUIRE(p.logits && p.argmax && p.max_logit && p.logsumexp, "narrow_logits");
+  HM_REQUIRE(p.rows >= 0 && p.vocab > 0 && p.ld >= p.vocab, "narrow_logits");
+  HM_REQUIRE(p.top_k >= 0 && p.top_k <= kMaxTopK && p.top_k <= p.vocab, "narrow_logits");
+  HM_REQUIRE(p.top_k == 0 || (p.top_ids && p.top_logits), "narrow_logits");
+  if (p.rows == 0) return;
+  launch(narrow_rows, dim3(p.rows), dim3(NT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, p.top_k, p.argmax,
+         p.max_logit, p.logsumexp, p.top_ids, p.top_logits);
+}
+
+}  // namespace hm::cuda

@@ -1,0 +1,575 @@
+// The CUDA backend: hm::Backend on one GPU. Owns the weights (weights.cu), the paged bf16 KV cache and an
+// activation workspace sized once at load; a step uploads the batch's small index arrays in one copy, runs the
+// forward pass as a fixed sequence of kernel launches on one stream (PDL-chained on sm_90+), narrows the logits
+// on the GPU and synchronises once to copy the narrowed results back.
+//
+// Per layer: rmsnorm -> fused qkv projection -> rope + KV write -> attention (prefill tiles and/or split-K
+// decode) -> o_proj (+ residual) -> rmsnorm -> fused router -> experts (+ residual).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../backend.h"
+#include "../cpu/ref_ops.h"
+#include "attention.h"
+#include "common.cuh"
+#include "dense.h"
+#include "embedding.h"
+#include "logits.h"
+#include "moe.h"
+#include "norm_rope.h"
+#include "weights.h"
+
+namespace hm {
+namespace {
+
+using namespace hm::cuda;
+
+constexpr int kLogitRowsPerChunk = 64;  // lm_head rows per pass: 64 x 201088 fp32 = 51 MB of logits
+constexpr uint64_t kHeadroomBytes = 1536ull << 20;  // left free after the KV cache (cudart, graphs, fragmentation)
+constexpr size_t kAttnWorkspaceFloats = 16ull << 20;  // 64 MB of split-K partials
+
+// Device allocations of the backend besides the weights, freed together.
+struct DeviceAllocs {
+  std::vector<void*> ptrs;
+  ~DeviceAllocs() {
+    for (void* p : ptrs) cudaFree(p);
+  }
+  template <typename T>
+  T* alloc(size_t count, const std::string& what) {
+    void* p = nullptr;
+    const size_t bytes = std::max<size_t>(count * sizeof(T), 256);
+    if (cudaMalloc(&p, bytes) != cudaSuccess) throw std::runtime_error(oom_message(bytes, what));
+    ptrs.push_back(p);
+    return static_cast<T*>(p);
+  }
+};
+
+struct PinnedBuf {
+  void* p = nullptr;
+  size_t bytes = 0;
+  ~PinnedBuf() {
+    if (p) cudaFreeHost(p);
+  }
+  void reserve(size_t n) {
+    if (n <= bytes) return;
+    if (p) cudaFreeHost(p);
+    p = nullptr;
+    bytes = 0;
+    CUDA_CHECK(cudaMallocHost(&p, n));
+    bytes = n;
+  }
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const LoadOptions& opt, const ProgressFn& progress);
+  ~CudaBackend() override {
+    cudaSetDevice(device_);
+    if (stream_) {
+      cudaStreamSynchronize(stream_);
+      cudaStreamDestroy(stream_);
+    }
+  }
+  void step(const StepBatch& batch, StepOutput& out) override;
+  BackendInfo info() const override;
+
+ private:
+  void forward_layers(int T);
+  void logits_rows(int first_row, int rows, int top_k);
+
+  ModelConfig cfg_;
+  LoadOptions opt_;
+  int device_ = 0;
+  std::string device_name_;
+  bool pdl_ = false;
+  cudaStream_t stream_ = nullptr;
+  GpuWeights w_;
+  DeviceAllocs mem_;
+  uint64_t kv_bytes_ = 0, ws_bytes_ = 0;
+  int num_blocks_ = 0, max_blocks_per_seq_cap_ = 0;
+  uint16_t* kv_ = nullptr;
+  size_t kv_layer_elems_ = 0;  // elements of K (or V) of one layer
+  float attn_factor_ = 1.f;
+  float* inv_freq_ = nullptr;
+
+  // activations
+  int qkv_width_ = 0;
+  float* x_ = nullptr;         // fp32 [Tmax, H] residual stream
+  uint16_t* xn_ = nullptr;     // bf16 [Tmax, H] normed
+  float* qkv_ = nullptr;       // fp32 [Tmax, qkv_width]
+  uint16_t* attn_ = nullptr;   // bf16 [Tmax, nq*D]
+  float* router_logits_ = nullptr;
+  int32_t* expert_ids_ = nullptr;
+  float* expert_w_ = nullptr;
+  void* router_ws_ = nullptr;
+  void* moe_ws_ = nullptr;
+  size_t moe_ws_bytes_ = 0;
+  float* attn_ws_ = nullptr;
+  uint16_t* xf_ = nullptr;     // bf16 [kLogitRowsPerChunk, H] final-normed rows
+  float* logits_ = nullptr;    // fp32 [kLogitRowsPerChunk, V]
+  // narrowed outputs, [Tmax] rows
+  int32_t* d_argmax_ = nullptr;
+  float* d_maxl_ = nullptr;
+  float* d_lse_ = nullptr;
+  int32_t* d_top_ids_ = nullptr;
+  float* d_top_logits_ = nullptr;
+  // the step's index arrays, uploaded in one copy
+  int32_t* d_idx_ = nullptr;
+  size_t idx_cap_ = 0;
+  PinnedBuf h_idx_, h_out_, h_logits_;
+  // per-step views into d_idx_
+  int32_t *d_tokens_ = nullptr, *d_pos_ = nullptr, *d_slot_ = nullptr, *d_tok_seq_ = nullptr, *d_bt_ = nullptr,
+          *d_decode_ = nullptr, *d_tiles_ = nullptr, *d_out_rows_ = nullptr;
+  int n_decode_ = 0, n_tiles_ = 0, max_bps_ = 0;
+  int decode_max_keys_full_ = 0, decode_max_keys_sliding_ = 0;
+};
+
+CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const LoadOptions& opt,
+                         const ProgressFn& progress)
+    : cfg_(cfg), opt_(opt), device_(opt.device) {
+  std::string why;
+  const int n = cuda_device_count(&why);
+  if (n == 0) throw std::runtime_error("cuda backend: " + why);
+  if (opt.device < 0 || opt.device >= n)
+    throw std::runtime_error("cuda backend: device " + std::to_string(opt.device) + " does not exist (" +
+                             std::to_string(n) + " CUDA device(s) visible)");
+  CUDA_CHECK(cudaSetDevice(device_));
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
+  device_name_ = prop.name;
+  const int cc = prop.major * 10 + prop.minor;
+  if (cc < 80)
+    throw std::runtime_error("cuda backend: " + device_name_ + " (sm_" + std::to_string(cc) +
+                             ") is not supported: bf16 kernels need compute capability 8.0 or newer");
+  const bool mxfp4 = opt.expert_format == "mxfp4";
+  if (!mxfp4 && opt.expert_format != "bf16")
+    throw std::runtime_error("cuda backend: unknown expertFormat '" + opt.expert_format + "' (mxfp4 or bf16)");
+  if (mxfp4 && cc < 90)
+    throw std::runtime_error("cuda backend: the MXFP4 expert kernels need sm_90 or newer; " + device_name_ +
+                             " is sm_" + std::to_string(cc) + ": load with expertFormat 'bf16'");
+  const char* pdl_env = std::getenv("HARMONIUM_PDL");
+  pdl_ = cc >= 90 && !(pdl_env && std::strcmp(pdl_env, "0") == 0);
+
+  if (cfg.head_dim != 64) throw std::runtime_error("cuda backend: head_dim must be 64");
+  if (cfg.hidden % 32 || cfg.intermediate % 32)
+    throw std::runtime_error("cuda backend: hidden and intermediate sizes must be multiples of 32");
+  if (opt.block_size <= 0 || opt.max_batch_tokens <= 0 || opt.max_seqs <= 0)
+    throw std::runtime_error("cuda backend: blockSize, maxBatchTokens and maxSeqs must be positive");
+
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  load_gpu_weights(cfg, tensors, opt, mxfp4, progress, w_);
+
+  // ---- activations workspace ----
+  const int Tm = opt.max_batch_tokens, H = cfg.hidden, nqD = cfg.num_heads * cfg.head_dim;
+  const int E = cfg.num_experts, K = cfg.experts_per_token;
+  qkv_width_ = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim;
+  const std::string what = "activations of " + std::to_string(Tm) + " tokens (maxBatchTokens)";
+  size_t before_free = 0, total = 0;
+  cudaMemGetInfo(&before_free, &total);
+  x_ = mem_.alloc<float>(size_t(Tm) * H, what);
+  xn_ = mem_.alloc<uint16_t>(size_t(Tm) * H, what);
+  qkv_ = mem_.alloc<float>(size_t(Tm) * qkv_width_, what);
+  attn_ = mem_.alloc<uint16_t>(size_t(Tm) * nqD, what);
+  router_logits_ = mem_.alloc<float>(size_t(Tm) * E, what);
+  expert_ids_ = mem_.alloc<int32_t>(size_t(Tm) * K, what);
+  expert_w_ = mem_.alloc<float>(size_t(Tm) * K, what);
+  router_ws_ = mem_.alloc<char>(router_workspace_bytes(), what);
+  CUDA_CHECK(cudaMemset(router_ws_, 0, router_workspace_bytes()));
+  moe_ws_bytes_ = moe_workspace_bytes(Tm, H, cfg.intermediate, E, K);
+  moe_ws_ = mem_.alloc<char>(moe_ws_bytes_, what);
+  attn_ws_ = mem_.alloc<float>(kAttnWorkspaceFloats, what);
+  xf_ = mem_.alloc<uint16_t>(size_t(kLogitRowsPerChunk) * H, what);
+  logits_ = mem_.alloc<float>(size_t(kLogitRowsPerChunk) * cfg.vocab, what);
+  d_argmax_ = mem_.alloc<int32_t>(Tm, what);
+  d_maxl_ = mem_.alloc<float>(Tm, what);
+  d_lse_ = mem_.alloc<float>(Tm, what);
+  d_top_ids_ = mem_.alloc<int32_t>(size_t(Tm) * kMaxTopK, what);
+  d_top_logits_ = mem_.alloc<float>(size_t(Tm) * kMaxTopK, what);
+  max_blocks_per_seq_cap_ = (cfg.max_positions + opt.block_size - 1) / opt.block_size;
+  idx_cap_ = size_t(Tm) * 6 + size_t(opt.max_seqs) * max_blocks_per_seq_cap_ + 2 * size_t(Tm) + 64;
+  d_idx_ = mem_.alloc<int32_t>(idx_cap_, what);
+  inv_freq_ = mem_.alloc<float>(cfg.head_dim / 2, what);
+  {
+    std::vector<float> f(cfg.head_dim / 2);
+    ref::rope_inv_freq(cfg.rope, cfg.head_dim, f.data(), &attn_factor_);
+    CUDA_CHECK(cudaMemcpy(inv_freq_, f.data(), f.size() * 4, cudaMemcpyHostToDevice));
+  }
+  size_t after_free = 0;
+  cudaMemGetInfo(&after_free, &total);
+  ws_bytes_ = before_free > after_free ? before_free - after_free : 0;
+
+  // ---- paged KV cache: every layer holds [num_blocks * block_size, nkv, D] bf16 for K and for V ----
+  const uint64_t per_block =
+      uint64_t(cfg.num_layers) * 2 * opt.block_size * cfg.num_kv_heads * cfg.head_dim * sizeof(uint16_t);
+  size_t free_b = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_b, &total));
+  num_blocks_ = opt.num_blocks;
+  if (num_blocks_ <= 0) {
+    const uint64_t avail = free_b > kHeadroomBytes ? free_b - kHeadroomBytes : 0;
+    num_blocks_ = int(std::min<uint64_t>(avail / per_block, 1u << 30));
+    if (num_blocks_ < 1)
+      throw std::runtime_error(oom_message(per_block + kHeadroomBytes, "one KV-cache block after the weights"));
+  }
+  kv_bytes_ = per_block * uint64_t(num_blocks_);
+  kv_ = mem_.alloc<uint16_t>(kv_bytes_ / 2, "the KV cache (" + std::to_string(num_blocks_) + " blocks of " +
+                                                std::to_string(opt.block_size) + " tokens)");
+  kv_layer_elems_ = size_t(num_blocks_) * opt.block_size * cfg.num_kv_heads * cfg.head_dim;
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+BackendInfo CudaBackend::info() const {
+  BackendInfo i;
+  i.backend = "cuda";
+  i.device_name = device_name_;
+  i.expert_format = w_.mxfp4 ? "mxfp4" : "bf16";
+  i.num_blocks = num_blocks_;
+  i.block_size = opt_.block_size;
+  i.weight_bytes = w_.bytes;
+  i.kv_bytes = kv_bytes_;
+  cudaSetDevice(device_);
+  size_t f = 0, t = 0;
+  cudaMemGetInfo(&f, &t);
+  i.device_total_bytes = t;
+  i.device_free_bytes = f;
+  return i;
+}
+
+void CudaBackend::forward_layers(int T) {
+  const ModelConfig& c = cfg_;
+  const int H = c.hidden, nqD = c.num_heads * c.head_dim;
+  {
+    EmbeddingParams p;
+    p.table = w_.embed;
+    p.ids = d_tokens_;
+    p.x = x_;
+    p.T = T;
+    p.H = H;
+    p.V = c.vocab;
+    p.pdl = pdl_;
+    embedding(p, stream_);
+  }
+  for (int l = 0; l < c.num_layers; l++) {
+    const LayerWeights& L = w_.layers[l];
+    uint16_t* kc = kv_ + size_t(l) * 2 * kv_layer_elems_;
+    uint16_t* vc = kc + kv_layer_elems_;
+    const int window = c.layer_sliding[l] ? c.sliding_window : 0;
+
+    RmsNormParams n1;
+    n1.x = x_;
+    n1.w = L.input_norm;
+    n1.out = xn_;
+    n1.T = T;
+    n1.H = H;
+    n1.eps = c.rms_eps;
+    n1.pdl = pdl_;
+    rmsnorm(n1, stream_);
+
+    DenseParams qkv;
+    qkv.x = xn_;
+    qkv.ldx = H;
+    qkv.W = L.qkv_w;
+    qkv.b = L.qkv_b;
+    qkv.y = qkv_;
+    qkv.ldy = qkv_width_;
+    qkv.T = T;
+    qkv.N = qkv_width_;
+    qkv.K = H;
+    qkv.pdl = pdl_;
+    dense(qkv, stream_);
+
+    RopeKvParams r;
+    r.qkv = qkv_;
+    r.pos = d_pos_;
+    r.slot = d_slot_;
+    r.inv_freq = inv_freq_;
+    r.attn_factor = attn_factor_;
+    r.k_cache = kc;
+    r.v_cache = vc;
+    r.T = T;
+    r.nq = c.num_heads;
+    r.nkv = c.num_kv_heads;
+    r.D = c.head_dim;
+    r.pdl = pdl_;
+    rope_kv_write(r, stream_);
+
+    AttentionCommon ac;
+    ac.q = qkv_;
+    ac.ldq = qkv_width_;
+    ac.k_cache = kc;
+    ac.v_cache = vc;
+    ac.block_tables = d_bt_;
+    ac.max_blocks_per_seq = max_bps_;
+    ac.block_size = opt_.block_size;
+    ac.tok_seq = d_tok_seq_;
+    ac.pos = d_pos_;
+    ac.sinks = L.sinks;
+    ac.out = attn_;
+    ac.nq = c.num_heads;
+    ac.nkv = c.num_kv_heads;
+    ac.D = c.head_dim;
+    ac.window = window;
+    ac.scale = 1.0f / std::sqrt(float(c.head_dim));
+    ac.pdl = pdl_;
+    if (n_tiles_ > 0) {
+      AttentionPrefillParams ap;
+      ap.c = ac;
+      ap.tiles = d_tiles_;
+      ap.num_tiles = n_tiles_;
+      attention_prefill(ap, stream_);
+    }
+    if (n_decode_ > 0) {
+      const int max_keys = window ? decode_max_keys_sliding_ : decode_max_keys_full_;
+      const size_t per_split = attention_decode_workspace_floats(n_decode_, c.num_heads, c.head_dim, 1);
+      const int cap = int(std::min<size_t>(1024, std::max<size_t>(1, kAttnWorkspaceFloats / per_split)));
+      AttentionDecodeParams ad;
+      ad.c = ac;
+      ad.tokens = d_decode_;
+      ad.num_tokens = n_decode_;
+      ad.keys_per_split = attention_keys_per_split(max_keys, cap);
+      ad.max_splits = (max_keys + ad.keys_per_split - 1) / ad.keys_per_split;
+      ad.workspace = attn_ws_;
+      attention_decode(ad, stream_);
+    }
+
+    DenseParams o;
+    o.x = attn_;
+    o.ldx = nqD;
+    o.W = L.o_w;
+    o.b = L.o_b;
+    o.y = x_;
+    o.ldy = H;
+    o.T = T;
+    o.N = H;
+    o.K = nqD;
+    o.accumulate = true;
+    o.pdl = pdl_;
+    dense(o, stream_);
+
+    RmsNormParams n2 = n1;
+    n2.w = L.post_norm;
+    rmsnorm(n2, stream_);
+
+    RouterParams rp;
+    rp.x = xn_;
+    rp.ldx = H;
+    rp.W = L.router_w;
+    rp.b = L.router_b;
+    rp.n = T;
+    rp.H = H;
+    rp.E = c.num_experts;
+    rp.k = c.experts_per_token;
+    rp.logits = router_logits_;
+    rp.ids = expert_ids_;
+    rp.weights = expert_w_;
+    rp.workspace = router_ws_;
+    rp.pdl = pdl_;
+    router_forward(rp, stream_);
+
+    MoeParams mp;
+    mp.n = T;
+    mp.H = H;
+    mp.I = c.intermediate;
+    mp.E = c.num_experts;
+    mp.k = c.experts_per_token;
+    mp.swiglu_limit = c.swiglu_limit;
+    mp.x = xn_;
+    mp.ldx = H;
+    mp.ids = expert_ids_;
+    mp.weights = expert_w_;
+    mp.y = x_;
+    mp.ldy = H;
+    mp.accumulate = true;
+    mp.workspace = moe_ws_;
+    mp.workspace_bytes = moe_ws_bytes_;
+    mp.pdl = pdl_;
+    if (w_.mxfp4)
+      moe_mxfp4_forward(mp, L.mxfp4, stream_);
+    else
+      moe_bf16_forward(mp, L.bf16, stream_);
+  }
+}
+
+// Final norm, lm_head and narrowing for output rows [first_row, first_row + rows) (rows <= kLogitRowsPerChunk).
+void CudaBackend::logits_rows(int first_row, int rows, int top_k) {
+  RmsNormParams n;
+  n.x = x_;
+  n.rows = d_out_rows_ + first_row;
+  n.w = w_.final_norm;
+  n.out = xf_;
+  n.T = rows;
+  n.H = cfg_.hidden;
+  n.eps = cfg_.rms_eps;
+  n.pdl = pdl_;
+  rmsnorm(n, stream_);
+  DenseParams d;
+  d.x = xf_;
+  d.ldx = cfg_.hidden;
+  d.W = w_.lm_head;
+  d.y = logits_;
+  d.ldy = cfg_.vocab;
+  d.T = rows;
+  d.N = cfg_.vocab;
+  d.K = cfg_.hidden;
+  d.pdl = pdl_;
+  dense(d, stream_);
+  NarrowLogitsParams nl;
+  nl.logits = logits_;
+  nl.rows = rows;
+  nl.vocab = cfg_.vocab;
+  nl.ld = cfg_.vocab;
+  nl.top_k = top_k;
+  nl.argmax = d_argmax_ + first_row;
+  nl.max_logit = d_maxl_ + first_row;
+  nl.logsumexp = d_lse_ + first_row;
+  nl.top_ids = d_top_ids_ + size_t(first_row) * top_k;
+  nl.top_logits = d_top_logits_ + size_t(first_row) * top_k;
+  nl.pdl = pdl_;
+  narrow_logits(nl, stream_);
+}
+
+void CudaBackend::step(const StepBatch& b, StepOutput& out) {
+  CUDA_CHECK(cudaSetDevice(device_));
+  const ModelConfig& c = cfg_;
+  const int T = b.num_tokens, S = b.num_seqs, bs = opt_.block_size;
+  if (T <= 0 || S <= 0) throw std::runtime_error("step: empty batch");
+  if (T > opt_.max_batch_tokens)
+    throw std::runtime_error("step: " + std::to_string(T) + " tokens exceed maxBatchTokens " +
+                             std::to_string(opt_.max_batch_tokens));
+  if (S > opt_.max_seqs)
+    throw std::runtime_error("step: " + std::to_string(S) + " sequences exceed maxSeqs " + std::to_string(opt_.max_seqs));
+  if (b.max_blocks_per_seq <= 0 || b.max_blocks_per_seq > max_blocks_per_seq_cap_)
+    throw std::runtime_error("step: maxBlocksPerSeq must be in 1.." + std::to_string(max_blocks_per_seq_cap_));
+  if (b.top_k < 0 || b.top_k > kMaxTopK || b.top_k > c.vocab) throw std::runtime_error("step: topK out of range");
+  max_bps_ = b.max_blocks_per_seq;
+
+  // ---- host: per-token sequence, cache slot; decode list, prefill tiles, output rows ----
+  std::vector<int32_t> tok_seq(T), slot(T), decode, tiles, out_rows;
+  decode_max_keys_full_ = decode_max_keys_sliding_ = 1;
+  int t = 0;
+  for (int s = 0; s < S; s++) {
+    const int n = b.seq_lens[s];
+    const int32_t* bt = b.block_tables + size_t(s) * b.max_blocks_per_seq;
+    for (int i = 0; i < n; i++, t++) {
+      const int p = b.positions[t];
+      if (b.tokens[t] < 0 || b.tokens[t] >= c.vocab)
+        throw std::runtime_error("step: token id " + std::to_string(b.tokens[t]) + " outside the vocabulary");
+      if (p < 0 || p >= c.max_positions || p / bs >= b.max_blocks_per_seq)
+        throw std::runtime_error("step: position " + std::to_string(p) + " outside the sequence's block table");
+      tok_seq[t] = s;
+      // every block this token's attention reads must be a valid cache block
+      const int blk = bt[p / bs];
+      if (blk < 0 || blk >= num_blocks_)
+        throw std::runtime_error("step: block id " + std::to_string(blk) + " outside the KV cache (" +
+                                 std::to_string(num_blocks_) + " blocks)");
+      slot[t] = blk * bs + p % bs;
+      if (b.all_positions) out_rows.push_back(t);
+    }
+    for (int j = 0; j * bs <= b.positions[t - 1]; j++)
+      if (bt[j] < 0 || bt[j] >= num_blocks_)
+        throw std::runtime_error("step: block table entry " + std::to_string(bt[j]) + " outside the KV cache");
+    if (!b.all_positions) out_rows.push_back(t - 1);
+    if (n == 1) {
+      decode.push_back(t - 1);
+      const int p = b.positions[t - 1];
+      decode_max_keys_full_ = std::max(decode_max_keys_full_, p + 1);
+      decode_max_keys_sliding_ =
+          std::max(decode_max_keys_sliding_, c.sliding_window > 0 ? std::min(p + 1, c.sliding_window) : p + 1);
+    } else {
+      for (int f = t - n; f < t; f += kPrefillTileTokens) {
+        tiles.push_back(f);
+        tiles.push_back(std::min(kPrefillTileTokens, t - f));
+      }
+    }
+  }
+  n_decode_ = int(decode.size());
+  n_tiles_ = int(tiles.size() / 2);
+  const int rows = int(out_rows.size());
+
+  // ---- one upload of every index array ----
+  const size_t bt_n = size_t(S) * b.max_blocks_per_seq;
+  const size_t total = 4 * size_t(T) + bt_n + decode.size() + tiles.size() + out_rows.size();
+  if (total > idx_cap_) throw std::runtime_error("step: batch index arrays exceed the workspace");
+  h_idx_.reserve(total * 4);
+  int32_t* h = static_cast<int32_t*>(h_idx_.p);
+  size_t at = 0;
+  auto put = [&](const int32_t* src, size_t n, int32_t** dev) {
+    std::memcpy(h + at, src, n * 4);
+    *dev = d_idx_ + at;
+    at += n;
+  };
+  put(b.tokens, T, &d_tokens_);
+  put(b.positions, T, &d_pos_);
+  put(slot.data(), T, &d_slot_);
+  put(tok_seq.data(), T, &d_tok_seq_);
+  put(b.block_tables, bt_n, &d_bt_);
+  put(decode.data(), decode.size(), &d_decode_);
+  put(tiles.data(), tiles.size(), &d_tiles_);
+  put(out_rows.data(), out_rows.size(), &d_out_rows_);
+  CUDA_CHECK(cudaMemcpyAsync(d_idx_, h, at * 4, cudaMemcpyHostToDevice, stream_));
+
+  forward_layers(T);
+  const int k = b.top_k;
+  std::vector<int32_t> full_rows;  // output rows whose full logits go to the host
+  for (int r = 0; r < rows; r++)
+    if (b.full_logits && b.full_logits[tok_seq[out_rows[r]]]) full_rows.push_back(r);
+  h_logits_.reserve(std::max<size_t>(1, full_rows.size()) * size_t(c.vocab) * 4);
+  size_t fi = 0;
+  for (int r0 = 0; r0 < rows; r0 += kLogitRowsPerChunk) {
+    const int n = std::min(kLogitRowsPerChunk, rows - r0);
+    logits_rows(r0, n, k);
+    for (; fi < full_rows.size() && full_rows[fi] < r0 + n; fi++)
+      CUDA_CHECK(cudaMemcpyAsync(static_cast<float*>(h_logits_.p) + fi * size_t(c.vocab),
+                                 logits_ + size_t(full_rows[fi] - r0) * c.vocab, size_t(c.vocab) * 4,
+                                 cudaMemcpyDeviceToHost, stream_));
+  }
+  // narrowed results: argmax, max, lse, top ids, top logits
+  const size_t out_bytes = size_t(rows) * (12 + 8 * size_t(k));
+  h_out_.reserve(out_bytes);
+  char* ho = static_cast<char*>(h_out_.p);
+  CUDA_CHECK(cudaMemcpyAsync(ho, d_argmax_, rows * 4, cudaMemcpyDeviceToHost, stream_));
+  CUDA_CHECK(cudaMemcpyAsync(ho + rows * 4, d_maxl_, rows * 4, cudaMemcpyDeviceToHost, stream_));
+  CUDA_CHECK(cudaMemcpyAsync(ho + rows * 8, d_lse_, rows * 4, cudaMemcpyDeviceToHost, stream_));
+  if (k > 0) {
+    CUDA_CHECK(cudaMemcpyAsync(ho + rows * 12, d_top_ids_, size_t(rows) * k * 4, cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(ho + rows * 12 + size_t(rows) * k * 4, d_top_logits_, size_t(rows) * k * 4,
+                               cudaMemcpyDeviceToHost, stream_));
+  }
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  CUDA_CHECK(cudaGetLastError());
+
+  out.num_rows = rows;
+  out.vocab = c.vocab;
+  out.top_k = k;
+  auto i32 = [&](size_t off, size_t n) {
+    const int32_t* p = reinterpret_cast<const int32_t*>(ho + off);
+    return std::vector<int32_t>(p, p + n);
+  };
+  auto f32 = [&](size_t off, size_t n) {
+    const float* p = reinterpret_cast<const float*>(ho + off);
+    return std::vector<float>(p, p + n);
+  };
+  out.argmax = i32(0, rows);
+  out.max_logit = f32(rows * 4, rows);
+  out.logsumexp = f32(rows * 8, rows);
+  out.top_ids = k ? i32(rows * 12, size_t(rows) * k) : std::vector<int32_t>{};
+  out.top_logits = k ? f32(rows * 12 + size_t(rows) * k * 4, size_t(rows) * k) : std::vector<float>{};
+  out.logits_rows = full_rows;
+  const float* hl = static_cast<const float*>(h_logits_.p);
+  out.logits.assign(hl, hl + full_rows.size() * size_t(c.vocab));
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& cfg, const TensorMap& tensors, const LoadOptions& opt,
+                                           const ProgressFn& progress) {
+  return std::make_unique<CudaBackend>(cfg, tensors, opt, progress);
+}
+
+}  // namespace hm
