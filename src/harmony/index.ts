@@ -27,3 +27,14 @@ export {
 export { renderDeveloperContent, renderSystemContent, renderToolsSection, type SystemContentOptions } from './content.js';
 export { BROWSER_NAMESPACE, PYTHON_NAMESPACE, type ToolDescription, type ToolNamespace } from './builtin_tools.js';
 export { schemaToTypeScript } from './schema_to_ts.js';
+export {
+  HarmonyStreamParser,
+  type EndToken,
+  type HarmonyEvent,
+  type HarmonyStreamParserOptions,
+  type ParseResult,
+  type ParsedMessage,
+  type ParsedRole,
+  type ParsedToolCall,
+  type StopReason,
+} from './parser.js';
