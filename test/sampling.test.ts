@@ -160,6 +160,24 @@ describe('sampling distribution matches the full-vocabulary definition', () => {
   }
 });
 
+describe('top_p over a large vocabulary (bucketed nucleus)', () => {
+  it('matches the definition', () => {
+    const vocab = 4000;
+    const logits = syntheticLogits(vocab, 5, 6);
+    const p: SamplingParams = { temperature: 0.7, top_p: 0.5 };
+    const expected = referenceProbs(logits, p, [], []);
+    const draws = 4000;
+    const observed = new Float64Array(vocab);
+    const row = makeRow(logits, 1, true);
+    for (let d = 0; d < draws; d++) {
+      const s = newSampler(p, vocab, [], [], 50000 + d);
+      observed[s.sample(row, s.plan()).token]++;
+    }
+    const { stat, df } = chiSquare(observed, expected.map((q) => q * draws));
+    expect(stat).toBeLessThan(chiCritical(df));
+  });
+});
+
 describe('narrowed and full rows give the same tokens', () => {
   const vocab = 201088;
   const logits = syntheticLogits(vocab, 11, 6);

@@ -2,11 +2,17 @@
 import { Command } from 'commander';
 import { registerInspect } from './inspect.js';
 import { registerScore } from './score.js';
+import { registerRun } from './run.js';
+import { registerChat } from './chat.js';
+import { registerRender } from './render.js';
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command();
   program.name('harmonium').description('gpt-oss inference engine').showHelpAfterError();
   registerInspect(program);
   registerScore(program);
+  registerRun(program);
+  registerChat(program);
+  registerRender(program);
   await program.parseAsync(argv);
 }

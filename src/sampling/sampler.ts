@@ -10,8 +10,9 @@
 //   -> top_k: keep the k best survivors       (order: s descending, then id ascending)
 //   -> top_p: keep a survivor while the mass of the kept ones before it is < top_p (renormalised)
 //   -> draw from softmax(s) over the kept tokens
-// The draw is a Gumbel-max over the kept set with noise hashed from (seed, step, token id) (rng.ts), so it does not
-// depend on how many other tokens were examined: the narrowed path and the full path draw the same token.
+// A draw limited by top_k is a Gumbel-max over the kept set with noise hashed from (seed, step, token id) (rng.ts),
+// so it does not depend on how many other tokens were examined: the narrowed path and the full path draw the same
+// token. A draw without top_k (never narrowed) is an inverse-CDF draw in id order, cheaper over 201,088 tokens.
 //
 // Narrowing. The native step can return only the K best raw logits per row plus logsumexp. plan() decides BEFORE the
 // step whether that provably determines the result:
@@ -176,56 +177,63 @@ export class SequenceSampler {
     const t = p.temperature;
     const sMax = a[argmaxRow(a)] / t;
     const threshold = p.minP > 0 ? sMax + Math.log(p.minP) : -Infinity;
-    const survives = (i: number) => a[i] / t >= threshold;
-    if (p.topK > 0) return this.drawOrdered(topKCanonical(a, p.topK, survives), (id) => a[id]);
+    if (p.topK > 0) return this.drawOrdered(topKCanonical(a, p.topK, (i) => a[i] / t >= threshold), (id) => a[id]);
 
-    const noise = new StepNoise(p.seed, this.step);
-    if (p.topP >= 1) {
-      let best = -1;
-      let bestScore = -Infinity;
-      for (let i = 0; i < a.length; i++) {
-        const s = a[i] / t;
-        if (!(s >= threshold)) continue;
-        const score = s + noise.gumbel(i);
-        if (score > bestScore || best < 0) {
-          bestScore = score;
-          best = i;
-        }
-      }
-      return best;
+    // Without top_k the kept set can be most of the vocabulary: draw by inverse CDF over it in id order (one exp
+    // per token) instead of a Gumbel per token. No narrowed path exists for this case, so nothing to match.
+    const e = new Float64Array(a.length);
+    let z = 0;
+    for (let i = 0; i < a.length; i++) {
+      const s = a[i] / t;
+      if (s >= threshold) z += e[i] = Math.exp(s - sMax);
     }
-    return this.gumbelArgmax(this.nucleusFull(a, survives, sMax), (id) => a[id], noise);
+    let total = z;
+    if (p.topP < 1) total = this.nucleusFull(a, e, z, sMax);
+    const target = new StepNoise(p.seed, this.step).uniform(-1) * total;
+    let cum = 0;
+    let last = 0;
+    for (let i = 0; i < e.length; i++) {
+      if (e[i] === 0) continue;
+      cum += e[i];
+      last = i;
+      if (cum > target) return i;
+    }
+    return last;
   }
 
   /**
-   * top_p without top_k over the whole row: the kept tokens are a prefix of the canonical order. Sorting the whole
-   * vocabulary is avoided by collecting only tokens within `margin` of the best; if those already hold top_p of the
-   * mass, no token outside them can be kept (each comes after all of them), else the margin widens.
+   * top_p without top_k over the whole row. The kept tokens are a prefix of the canonical order; instead of sorting
+   * the vocabulary, tokens are bucketed by value: every bucket before the one where the mass crosses top_p is kept
+   * whole, every bucket after it is dropped, and only the crossing bucket is sorted. Zeroes the dropped tokens'
+   * weights in `e` and returns the kept mass.
    */
-  private nucleusFull(a: Float64Array, survives: (i: number) => boolean, sMax: number): number[] {
+  private nucleusFull(a: Float64Array, e: Float64Array, z: number, sMax: number): number {
     const t = this.params.temperature;
-    let z = 0;
-    let survivors = 0;
-    for (let i = 0; i < a.length; i++)
-      if (survives(i)) {
-        z += Math.exp(a[i] / t - sMax);
-        survivors++;
-      }
     const target = this.params.topP * z;
-    for (let margin = 8; ; margin *= 2) {
-      const lo = margin > 4096 ? -Infinity : sMax - margin;
-      const ids: number[] = [];
-      for (let i = 0; i < a.length; i++) if (survives(i) && a[i] / t >= lo) ids.push(i);
-      sortCanonical(ids, (i) => a[i]);
-      const kept: number[] = [];
-      let cum = 0;
-      for (const id of ids) {
-        if (!(cum < target)) break;
-        kept.push(id);
-        cum += Math.exp(a[id] / t - sMax);
-      }
-      if (cum >= target || ids.length === survivors || lo === -Infinity) return kept;
+    let sMin = sMax;
+    for (let i = 0; i < a.length; i++) if (e[i] > 0 && a[i] / t < sMin) sMin = a[i] / t;
+    const buckets = 4096;
+    const width = (sMax - sMin) / buckets || 1;
+    const bucketOf = (i: number) => Math.min(buckets - 1, Math.floor((sMax - a[i] / t) / width));
+    const mass = new Float64Array(buckets);
+    for (let i = 0; i < a.length; i++) if (e[i] > 0) mass[bucketOf(i)] += e[i];
+    let before = 0;
+    let cross = 0;
+    while (cross < buckets - 1 && before + mass[cross] < target) before += mass[cross++];
+    const inCross: number[] = [];
+    for (let i = 0; i < a.length; i++) {
+      if (e[i] === 0) continue;
+      const b = bucketOf(i);
+      if (b === cross) inCross.push(i);
+      else if (b > cross) e[i] = 0;
     }
+    sortCanonical(inCross, (i) => a[i]);
+    let cum = before;
+    for (const i of inCross) {
+      if (cum < target) cum += e[i];
+      else e[i] = 0;
+    }
+    return cum;
   }
 
   /** min_p, top_p and the draw over ids already in canonical order and already cut to top_k. */

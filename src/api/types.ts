@@ -1,0 +1,101 @@
+// The library's public types: what Harmonium.load takes, what chat() and generate() stream and resolve to.
+import type { DummyModelName } from '../model/dummy.js';
+import type { ChatRequest, ToolCall } from '../harmony/types.js';
+import type { SamplingParams } from '../sampling/params.js';
+import type { TokenLogprob } from '../sampling/sampler.js';
+
+export interface HarmoniumLoadOptions {
+  /** A gpt-oss checkpoint directory (Hugging Face layout). Default: the embedded tiny model. */
+  model?: string;
+  /** Default 'cpu'. */
+  backend?: 'cpu' | 'cuda';
+  /** Random weights with a real gpt-oss shape instead of a checkpoint (benchmarks, memory planning). */
+  dummyWeights?: DummyModelName;
+  /** Longest sequence (prompt + answer). Default: the model's maximum, or what the KV cache holds if less. */
+  contextLength?: number;
+  /** Called while weights load: bytes done and bytes in all. */
+  onProgress?: (loadedBytes: number, totalBytes: number) => void;
+  /** max_tokens when a request gives none. Default: 64 for the tiny model and dummy weights, else up to the context end. */
+  defaultMaxTokens?: number;
+  /** KV cache blocks (0 = as many as the backend's memory allows) and positions per block (default 16). */
+  numBlocks?: number;
+  blockSize?: number;
+  /** Sequences and tokens per engine step. */
+  maxSeqs?: number;
+  maxBatchTokens?: number;
+  /** CUDA only: 'mxfp4' (sm_90+) or 'bf16' experts. */
+  expertFormat?: 'mxfp4' | 'bf16';
+  /** CPU threads (0 = all cores). */
+  threads?: number;
+  signal?: AbortSignal;
+}
+
+/** A chat request (OpenAI Chat Completions shape plus the harmony options) with its sampling fields. */
+export type ChatCompletionRequest = ChatRequest & SamplingParams;
+
+export interface CallOptions {
+  signal?: AbortSignal;
+}
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+}
+
+export interface Timings {
+  /** From the call to the first generated token. */
+  time_to_first_token_ms: number;
+  total_ms: number;
+  /** Generated tokens per second after the first one (decode rate). */
+  tokens_per_second: number;
+}
+
+/** Why generation ended: a stop token or string, max_tokens or the context end, or a tool call to answer. */
+export type ChatFinishReason = 'stop' | 'length' | 'tool_calls';
+
+export type ChatEvent =
+  /** Chain of thought (the analysis channel). */
+  | { type: 'reasoning'; delta: string }
+  /** The answer (the final channel), or a preamble the model writes to the user on the commentary channel. */
+  | { type: 'content'; delta: string }
+  /** A complete function call (arguments: JSON text). */
+  | { type: 'tool_call'; tool_call: Required<Pick<ToolCall, 'id' | 'type' | 'function'>> }
+  | { type: 'done'; message: ChatResult };
+
+export interface ChatResult {
+  role: 'assistant';
+  content: string;
+  reasoning: string;
+  tool_calls: Required<Pick<ToolCall, 'id' | 'type' | 'function'>>[];
+  finish_reason: ChatFinishReason;
+  usage: Usage;
+  timings: Timings;
+  /** The model's output did not follow the harmony format somewhere; the result is a best effort. */
+  malformed: boolean;
+  /** Per generated token, when logprobs were requested. */
+  logprobs?: GeneratedToken[];
+}
+
+/** One generated token of generate() (and chat's logprobs). */
+export interface GeneratedToken {
+  token: number;
+  /** The token's text (special tokens written out); bytes of an unfinished character wait for the next token. */
+  text: string;
+  logprob?: number;
+  top_logprobs?: TokenLogprob[];
+}
+
+export interface GenerateResult {
+  tokens: number[];
+  text: string;
+  finish_reason: 'stop' | 'length';
+  usage: Usage;
+  timings: Timings;
+}
+
+/** An async iterable of events that also carries the final outcome. */
+export interface Stream<E, R> extends AsyncIterable<E> {
+  /** Resolves when generation ends; rejects on a bad request, an abort (the signal's reason) or a closed model. */
+  readonly result: Promise<R>;
+}

@@ -1,0 +1,84 @@
+// Options shared by `run` and `chat`: which model to load, and the sampling flags (OpenAI's names, dashed).
+import { Option, type Command } from 'commander';
+import type { HarmoniumLoadOptions } from '../api/types.js';
+import { DUMMY_MODEL_NAMES, type DummyModelName } from '../model/dummy.js';
+import type { ReasoningEffort } from '../harmony/types.js';
+import type { SamplingParams } from '../sampling/params.js';
+
+export interface ModelFlags {
+  model?: string;
+  backend: 'cpu' | 'cuda';
+  dummyWeights?: string;
+  contextLength?: number;
+}
+
+export interface SamplingFlags {
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  minP?: number;
+  repetitionPenalty?: number;
+  frequencyPenalty?: number;
+  presencePenalty?: number;
+  seed?: number;
+  maxTokens?: number;
+  stop?: string[];
+  reasoningEffort?: ReasoningEffort;
+  system?: string;
+}
+
+/** A number flag; NaN passes through so that validation names the flag's parameter. */
+const number = (v: string) => Number(v);
+
+export function addModelFlags(cmd: Command): Command {
+  return cmd
+    .option('--model <dir>', 'a gpt-oss checkpoint directory (default: the embedded tiny model)')
+    .addOption(new Option('--backend <name>', 'where to run').choices(['cpu', 'cuda']).default('cpu'))
+    .addOption(new Option('--dummy-weights <name>', 'random weights with a real gpt-oss shape').choices([...DUMMY_MODEL_NAMES]))
+    .option('--context-length <n>', 'longest sequence, prompt + answer', number);
+}
+
+export function addSamplingFlags(cmd: Command): Command {
+  return cmd
+    .option('--temperature <t>', '0 = greedy (default 1)', number)
+    .option('--top-p <p>', 'nucleus sampling, (0, 1]', number)
+    .option('--top-k <k>', 'keep the k most likely tokens', number)
+    .option('--min-p <p>', 'drop tokens below p times the most likely one', number)
+    .option('--repetition-penalty <r>', '> 1 discourages tokens already seen', number)
+    .option('--frequency-penalty <f>', '-2..2, per earlier occurrence', number)
+    .option('--presence-penalty <p>', '-2..2, once per token seen', number)
+    .option('--seed <n>', 'same seed, same answer', number)
+    .option('--max-tokens <n>', 'generated tokens at most', number)
+    .option('--stop <text...>', 'stop before this text')
+    .addOption(new Option('--reasoning-effort <level>', 'how long the model thinks').choices(['low', 'medium', 'high']))
+    .option('--system <text>', 'instructions (the developer message)');
+}
+
+export function loadOptions(f: ModelFlags): HarmoniumLoadOptions {
+  return {
+    model: f.model,
+    backend: f.backend,
+    dummyWeights: f.dummyWeights as DummyModelName | undefined,
+    contextLength: f.contextLength,
+  };
+}
+
+export function samplingParams(f: SamplingFlags): SamplingParams {
+  const p: SamplingParams = {};
+  if (f.temperature !== undefined) p.temperature = f.temperature;
+  if (f.topP !== undefined) p.top_p = f.topP;
+  if (f.topK !== undefined) p.top_k = f.topK;
+  if (f.minP !== undefined) p.min_p = f.minP;
+  if (f.repetitionPenalty !== undefined) p.repetition_penalty = f.repetitionPenalty;
+  if (f.frequencyPenalty !== undefined) p.frequency_penalty = f.frequencyPenalty;
+  if (f.presencePenalty !== undefined) p.presence_penalty = f.presencePenalty;
+  if (f.seed !== undefined) p.seed = f.seed;
+  if (f.maxTokens !== undefined) p.max_tokens = f.maxTokens;
+  if (f.stop !== undefined) p.stop = f.stop;
+  return p;
+}
+
+/** The label of the load bar: what is being loaded. */
+export function modelLabel(f: ModelFlags): string {
+  return f.dummyWeights ? `${f.dummyWeights} (dummy)` : f.model ? 'model' : 'tiny model';
+}
