@@ -1,7 +1,7 @@
 // NumPy .npy files of float32 arrays: what `harmonium score --out` writes and what the oracle fixtures hold.
 // Format 1.0 (2.0 when the header would not fit): magic, version, header length, a Python dict literal
-// {'descr': '<f4', 'fortran_order': False, 'shape': (...), } padded with spaces to a multiple of 64 bytes and
-// ended by '\n', then the raw C-order little-endian data.
+// {'descr': '<f4', 'fortran_order': False, 'shape': (...), } padded with spaces so that the data starts at a
+// multiple of 64 bytes, the header ended by '\n', then the raw C-order little-endian data (what numpy.save writes).
 import { readFile, writeFile } from 'node:fs/promises';
 import { endianness } from 'node:os';
 
@@ -27,7 +27,10 @@ export function encodeNpy(data: Float32Array, shape: number[]): Buffer {
   if (shape.some((d) => !Number.isInteger(d) || d < 0)) throw new Error(`npy: bad shape [${shape}]`);
   if (count !== data.length) throw new Error(`npy: shape [${shape}] holds ${count} values, data has ${data.length}`);
   const shapeText = shape.length === 1 ? `(${shape[0]},)` : `(${shape.join(', ')})`;
-  const dict = `{'descr': '<f4', 'fortran_order': False, 'shape': ${shapeText}, }`;
+  // numpy leaves room for the first axis to grow to 21 digits (so files can be appended to in place); we match its
+  // bytes exactly.
+  const growth = shape.length > 0 ? Math.max(0, 21 - String(shape[0]).length) : 0;
+  const dict = `{'descr': '<f4', 'fortran_order': False, 'shape': ${shapeText}, }${' '.repeat(growth)}`;
   let version = 1;
   let prefix = 10; // magic 6 + version 2 + u16 length
   let total = Math.ceil((prefix + dict.length + 1) / 64) * 64;
