@@ -1,0 +1,340 @@
+// MoE kernel playground (llm.c dev/cuda style): times the public launchers of kernels/moe.h and a few launch
+// configurations of the decode kernels at the real gpt-oss shapes (H = I = 2880, top-4, E = 32 and 128).
+// Correctness is held by test/ops/ops_moe.cu; this program only times, on random (never zero) weights.
+//
+// Decode bytes count only what must be read: the selected experts' MXFP4 blocks, scales and biases
+// (13.24 MB per expert). The routing rotates over disjoint expert sets so no iteration finds its experts in L2.
+// Build: nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Inative -Ikernels
+//        bench/moe_playground/moe_bench.cu kernels/moe_mxfp4.cu kernels/moe_bf16.cu kernels/router.cu -o moe_bench
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <vector>
+
+#include "moe.h"
+#include "moe_impl.cuh"
+
+using namespace hm::cuda;
+
+#define CK(x)                                                                                    \
+  do {                                                                                           \
+    cudaError_t e_ = (x);                                                                        \
+    if (e_ != cudaSuccess) {                                                                     \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));   \
+      std::exit(1);                                                                              \
+    }                                                                                            \
+  } while (0)
+
+__global__ void fill_bytes(uint8_t* p, size_t n, uint64_t seed, int lo, int span) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint64_t h = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
+    h ^= h >> 31;
+    h *= 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 29;
+    p[i] = span ? uint8_t(lo + int(h % span)) : uint8_t(h);
+  }
+}
+__global__ void fill_bf16(uint16_t* p, size_t n, uint64_t seed, float scale) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint64_t h = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
+    h ^= h >> 31;
+    h *= 0xBF58476D1CE4E5B9ull;
+    const float u = float(h >> 40) / float(1 << 24) - 0.5f;
+    p[i] = moe::f2bf_bits(u * scale);
+  }
+}
+
+template <typename T>
+T* dalloc(size_t n) {
+  T* p;
+  CK(cudaMalloc(&p, n * sizeof(T)));
+  return p;
+}
+
+// Median of `reps` timings, each the mean over `iters` calls of fn(i).
+float time_us(const std::function<void(int)>& fn, int iters = 50, int reps = 7) {
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  for (int i = 0; i < 5; i++) fn(i);
+  CK(cudaDeviceSynchronize());
+  std::vector<float> ts;
+  for (int r = 0; r < reps; r++) {
+    CK(cudaEventRecord(a));
+    for (int i = 0; i < iters; i++) fn(i);
+    CK(cudaEventRecord(b));
+    CK(cudaEventSynchronize(b));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    ts.push_back(ms * 1000.f / iters);
+  }
+  CK(cudaGetLastError());
+  std::sort(ts.begin(), ts.end());
+  return ts[ts.size() / 2];
+}
+
+struct Layer {
+  int E, H = 2880, I = 2880, k = 4;
+  uint8_t *gu_b, *gu_s, *dn_b, *dn_s;
+  uint16_t *gu_bias, *dn_bias, *gu_w = nullptr, *dn_w = nullptr;
+  explicit Layer(int E_, bool with_bf16) : E(E_) {
+    const size_t gr = size_t(E) * 2 * I, dr = size_t(E) * H;
+    gu_b = dalloc<uint8_t>(gr * H / 2);
+    gu_s = dalloc<uint8_t>(gr * H / 32);
+    dn_b = dalloc<uint8_t>(dr * I / 2);
+    dn_s = dalloc<uint8_t>(dr * I / 32);
+    gu_bias = dalloc<uint16_t>(gr);
+    dn_bias = dalloc<uint16_t>(dr);
+    fill_bytes<<<1024, 256>>>(gu_b, gr * H / 2, 1, 0, 0);
+    fill_bytes<<<1024, 256>>>(gu_s, gr * H / 32, 2, 120, 3);
+    fill_bytes<<<1024, 256>>>(dn_b, dr * I / 2, 3, 0, 0);
+    fill_bytes<<<1024, 256>>>(dn_s, dr * I / 32, 4, 120, 3);
+    fill_bf16<<<256, 256>>>(gu_bias, gr, 5, 1.f);
+    fill_bf16<<<256, 256>>>(dn_bias, dr, 6, 1.f);
+    if (with_bf16) {
+      gu_w = dalloc<uint16_t>(gr * H);
+      dn_w = dalloc<uint16_t>(dr * I);
+      mxfp4_to_bf16({gu_b, gu_s, gu_w, int64_t(gr), H}, 0);
+      mxfp4_to_bf16({dn_b, dn_s, dn_w, int64_t(dr), I}, 0);
+    }
+    CK(cudaDeviceSynchronize());
+  }
+  ~Layer() {
+    for (void* p : {(void*)gu_b, (void*)gu_s, (void*)dn_b, (void*)dn_s, (void*)gu_bias, (void*)dn_bias, (void*)gu_w,
+                    (void*)dn_w})
+      cudaFree(p);
+  }
+  MoeMxfp4Weights mx() const { return {gu_b, gu_s, gu_bias, dn_b, dn_s, dn_bias}; }
+  MoeBf16Weights bf() const { return {gu_w, gu_bias, dn_w, dn_bias}; }
+  double expert_bytes_mx() const {
+    return double(2 * I) * (H / 2 + H / 32 + 2) + double(H) * (I / 2 + I / 32 + 2);
+  }
+  double expert_bytes_bf16() const { return double(2 * I) * (2 * H + 2) + double(H) * (2 * I + 2); }
+  double flops_per_pair() const { return 2.0 * (double(2 * I) * H + double(H) * I); }
+};
+
+// Routing sets: set s gives token t the experts ((s * n + t) * k + j) mod E (disjoint across consecutive sets
+// while they fit), weights 1/k.
+struct Routing {
+  int sets, n, k;
+  int32_t* ids;
+  float* w;
+  Routing(int sets_, int n_, int k_, int E, bool random) : sets(sets_), n(n_), k(k_) {
+    std::vector<int32_t> h(size_t(sets) * n * k);
+    std::vector<float> hw(h.size(), 1.f / k);
+    uint64_t st = 12345;
+    for (int s = 0; s < sets; s++)
+      for (int t = 0; t < n; t++) {
+        std::vector<int> used;
+        for (int j = 0; j < k; j++) {
+          int e;
+          if (random) {
+            do {
+              st = st * 6364136223846793005ull + 1442695040888963407ull;
+              e = int((st >> 33) % E);
+            } while (std::find(used.begin(), used.end(), e) != used.end());
+          } else {
+            e = ((s * n + t) * k + j) % E;
+          }
+          used.push_back(e);
+          h[(size_t(s) * n + t) * k + j] = e;
+        }
+      }
+    ids = dalloc<int32_t>(h.size());
+    w = dalloc<float>(h.size());
+    CK(cudaMemcpy(ids, h.data(), h.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(w, hw.data(), hw.size() * 4, cudaMemcpyHostToDevice));
+  }
+  const int32_t* ids_of(int i) const { return ids + size_t(i % sets) * n * k; }
+  const float* w_of(int i) const { return w + size_t(i % sets) * n * k; }
+};
+
+// One decode-kernel configuration, launched directly (the playground's numbered variants).
+template <moe::WFmt F, int GMT, int GKS, int DMT, int DKS, int D>
+void decode_variant(const char* name, const Layer& L, const Routing& R, const uint16_t* x, float* y, void* ws,
+                    double bytes) {
+  const moe::Workspace w = moe::carve(ws, R.n, L.H, L.I, L.E, L.k);
+  moe::WMat gu{F == moe::WFmt::kMxfp4 ? (const void*)L.gu_b : (const void*)L.gu_w, L.gu_s, L.gu_bias, 2 * L.I, L.H};
+  moe::WMat dn{F == moe::WFmt::kMxfp4 ? (const void*)L.dn_b : (const void*)L.dn_w, L.dn_s, L.dn_bias, L.H, L.I};
+  auto args = [&](int i) {
+    moe::DecodeArgs a{R.n, L.E, L.k, 7.f, x, L.H, R.ids_of(i), R.w_of(i), gu, w.act, y, L.H, false};
+    return a;
+  };
+  const int nu = std::min(R.n * L.k, L.E);
+  const float t_gu = time_us([&](int i) {
+    moe::moe_decode_gate_up<F, GMT, GKS, D><<<dim3((2 * L.I + 16 * GMT - 1) / (16 * GMT), nu), GMT * GKS * 32>>>(args(i));
+  });
+  const float t_dn = time_us([&](int i) {
+    moe::DecodeArgs a = args(i);
+    a.x = w.act;
+    a.ldx = L.I;
+    a.W = dn;
+    moe::moe_decode_down<F, DMT, DKS, D><<<(L.H + 16 * DMT - 1) / (16 * DMT), DMT * DKS * 32>>>(a);
+  });
+  const double gu_frac = double(2 * L.I) / double(3 * L.I);
+  std::printf("  %-44s gate_up %7.1f us (%6.0f GB/s)  down %7.1f us (%6.0f GB/s)\n", name, t_gu,
+              bytes * gu_frac / t_gu * 1e-3, t_dn, bytes * (1 - gu_frac) / t_dn * 1e-3);
+}
+
+int main() {
+  int dev = 0;
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, dev));
+  std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+
+  {  // the bandwidth ceiling: a large device-to-device copy (bytes read + written)
+    const size_t n = size_t(1) << 30;
+    void *a = dalloc<uint8_t>(n), *b = dalloc<uint8_t>(n);
+    CK(cudaMemset(a, 1, n));
+    const float t = time_us([&](int) { CK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice)); }, 10, 5);
+    std::printf("D2D copy 1 GiB: %.0f us, %.0f GB/s (read + write)\n", t, 2.0 * n / t * 1e-3);
+    cudaFree(a);
+    cudaFree(b);
+  }
+
+  const int n_prefill = 2048;
+  for (int E : {32, 128}) {
+    Layer L(E, true);
+    const size_t ws_bytes = moe_workspace_bytes(n_prefill, L.H, L.I, L.E, L.k);
+    void* ws = dalloc<uint8_t>(ws_bytes);
+    uint16_t* x = dalloc<uint16_t>(size_t(n_prefill) * L.H);
+    fill_bf16<<<256, 256>>>(x, size_t(n_prefill) * L.H, 9, 2.f);
+    float* y = dalloc<float>(size_t(n_prefill) * L.H);
+    CK(cudaDeviceSynchronize());
+    std::printf("\n== E=%d, H=I=2880, k=4 ==\n", E);
+
+    for (int n : {1, 2, 4, 8}) {
+      const int sets = std::max(2, E / std::min(E, n * L.k)) * 4;
+      Routing R(sets, n, L.k, E, n > 1);
+      // Bytes a step must read: the union of the experts (consecutive sets are disjoint for n = 1).
+      std::vector<int32_t> h(size_t(n) * L.k);
+      CK(cudaMemcpy(h.data(), R.ids_of(0), h.size() * 4, cudaMemcpyDeviceToHost));
+      std::sort(h.begin(), h.end());
+      const int uniq = int(std::unique(h.begin(), h.end()) - h.begin());
+      const double bytes_mx = uniq * L.expert_bytes_mx(), bytes_bf = uniq * L.expert_bytes_bf16();
+      MoeParams p;
+      p.n = n;
+      p.H = L.H;
+      p.I = L.I;
+      p.E = E;
+      p.k = L.k;
+      p.x = x;
+      p.ldx = L.H;
+      p.y = y;
+      p.ldy = L.H;
+      p.workspace = ws;
+      p.workspace_bytes = ws_bytes;
+      auto run_mx = [&](int i, bool pdl) {
+        MoeParams q = p;
+        q.ids = R.ids_of(i);
+        q.weights = R.w_of(i);
+        q.pdl = pdl;
+        moe_mxfp4_forward(q, L.mx(), 0);
+      };
+      const float t_mx = time_us([&](int i) { run_mx(i, false); });
+      const float t_mx_pdl = time_us([&](int i) { run_mx(i, true); });
+      // The same calls captured in a CUDA graph (one graph = `sets` layers of different experts).
+      cudaStream_t s;
+      CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+      cudaGraph_t g;
+      cudaGraphExec_t ge;
+      CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+      for (int i = 0; i < R.sets; i++) {
+        MoeParams q = p;
+        q.ids = R.ids_of(i);
+        q.weights = R.w_of(i);
+        q.pdl = true;
+        moe_mxfp4_forward(q, L.mx(), s);
+      }
+      CK(cudaStreamEndCapture(s, &g));
+      CK(cudaGraphInstantiate(&ge, g, 0));
+      const float t_graph = time_us([&](int) { CK(cudaGraphLaunch(ge, s)); }, 10, 7) / R.sets;
+      CK(cudaGraphExecDestroy(ge));
+      CK(cudaGraphDestroy(g));
+      CK(cudaStreamDestroy(s));
+      const float t_bf = time_us([&](int i) {
+        MoeParams q = p;
+        q.ids = R.ids_of(i);
+        q.weights = R.w_of(i);
+        moe_bf16_forward(q, L.bf(), 0);
+      });
+      std::printf("decode n=%d (%d experts, %.1f MB mxfp4): mxfp4 %.1f us (%.0f GB/s) | +pdl %.1f us | graph+pdl %.1f us "
+                  "(%.0f GB/s) | bf16 %.1f us (%.0f GB/s of %.1f MB)\n",
+                  n, uniq, bytes_mx * 1e-6, t_mx, bytes_mx / t_mx * 1e-3, t_mx_pdl, t_graph,
+                  bytes_mx / t_graph * 1e-3, t_bf, bytes_bf / t_bf * 1e-3, bytes_bf * 1e-6);
+      if (n == 1 || n == 8) {
+        decode_variant<moe::WFmt::kMxfp4, 4, 2, 1, 8, 4>("v1 mxfp4 gu(MT4,KS2) dn(MT1,KS8) D4", L, R, x, y, ws, bytes_mx);
+        decode_variant<moe::WFmt::kMxfp4, 2, 2, 1, 4, 4>("v2 mxfp4 gu(MT2,KS2) dn(MT1,KS4) D4", L, R, x, y, ws, bytes_mx);
+        decode_variant<moe::WFmt::kMxfp4, 1, 4, 2, 4, 4>("v3 mxfp4 gu(MT1,KS4) dn(MT2,KS4) D4", L, R, x, y, ws, bytes_mx);
+        decode_variant<moe::WFmt::kMxfp4, 4, 2, 1, 8, 2>("v4 mxfp4 gu(MT4,KS2) dn(MT1,KS8) D2", L, R, x, y, ws, bytes_mx);
+        decode_variant<moe::WFmt::kMxfp4, 2, 4, 1, 8, 8>("v5 mxfp4 gu(MT2,KS4) dn(MT1,KS8) D8", L, R, x, y, ws, bytes_mx);
+      }
+    }
+
+    {  // router: fused GEMV + top-k for one token, E x 2880 bf16
+      uint16_t* wr = dalloc<uint16_t>(size_t(E) * L.H);
+      fill_bf16<<<256, 256>>>(wr, size_t(E) * L.H, 11, 0.1f);
+      float* logits = dalloc<float>(size_t(8) * E);
+      int32_t* ids = dalloc<int32_t>(64);
+      float* wts = dalloc<float>(64);
+      void* rws = dalloc<uint8_t>(router_workspace_bytes());
+      CK(cudaMemset(rws, 0, router_workspace_bytes()));
+      RouterParams rp;
+      rp.x = x;
+      rp.ldx = L.H;
+      rp.W = wr;
+      rp.n = 1;
+      rp.H = L.H;
+      rp.E = E;
+      rp.k = 4;
+      rp.logits = logits;
+      rp.ids = ids;
+      rp.weights = wts;
+      rp.workspace = rws;
+      const float t = time_us([&](int) { router_forward(rp, 0); });
+      std::printf("router_forward n=1: %.1f us (%.0f GB/s of %.2f MB)\n", t, E * L.H * 2.0 / t * 1e-3,
+                  E * L.H * 2e-6);
+      for (void* q : {(void*)wr, (void*)logits, (void*)ids, (void*)wts, rws}) cudaFree(q);
+    }
+
+    for (int n : {64, 512, n_prefill}) {
+      Routing R(2, n, L.k, E, true);
+      MoeParams p;
+      p.n = n;
+      p.H = L.H;
+      p.I = L.I;
+      p.E = E;
+      p.k = L.k;
+      p.x = x;
+      p.ldx = L.H;
+      p.y = y;
+      p.ldy = L.H;
+      p.workspace = ws;
+      p.workspace_bytes = ws_bytes;
+      p.path = MoePath::kPrefill;
+      const double flops = double(n) * L.k * L.flops_per_pair();
+      const float t_mx = time_us([&](int i) {
+        MoeParams q = p;
+        q.ids = R.ids_of(i);
+        q.weights = R.w_of(i);
+        moe_mxfp4_forward(q, L.mx(), 0);
+      }, 10, 5);
+      const float t_bf = time_us([&](int i) {
+        MoeParams q = p;
+        q.ids = R.ids_of(i);
+        q.weights = R.w_of(i);
+        moe_bf16_forward(q, L.bf(), 0);
+      }, 10, 5);
+      std::printf("prefill n=%d: mxfp4 %.0f us (%.1f TFLOP/s, %.0f tok/s per layer) | bf16 %.0f us (%.1f TFLOP/s)\n", n,
+                  t_mx, flops / t_mx * 1e-6, n / t_mx * 1e6, t_bf, flops / t_bf * 1e-6);
+    }
+    cudaFree(ws);
+    cudaFree(x);
+    cudaFree(y);
+  }
+  CK(cudaGetLastError());
+  return 0;
+}

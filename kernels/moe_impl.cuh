@@ -1,0 +1,668 @@
+// The expert kernels of kernels/moe.h, written once and instantiated for both weight formats (moe_mxfp4.cu,
+// moe_bf16.cu). Internal to those two files.
+//
+// One k-permutation is used everywhere: within every group of 8 input columns the operands hold the columns in
+// the order (0,4,1,5,2,6,3,7). A dot product does not care about the order of its terms, and this order is what
+// makes MXFP4 cheap: the nibble pairs (p, p+4) of one 32-bit word sit 16 bits apart, so one shift and one mask
+// place both into a bf16x2 register. Activations and bf16 weights are brought to the same order with one PRMT
+// per bf16 pair.
+//
+// MXFP4 -> bf16 without a table: the 3 magnitude bits of an E2M1 nibble, shifted into bf16 bits 6..8 with the
+// sign at bit 15, are the bf16 number v * 2^-126 (E2M1's one subnormal, 0.5, lands on a bf16 subnormal, which
+// the bf16 multiply keeps). Multiplying by the bf16 2^(s - 64) gives v * 2^(s-127) * 2^-63, exact for every
+// scale byte 65 <= s <= 191 (weights between 2^-62 and 2^64 in magnitude); the fp32 accumulators are multiplied
+// by 2^63 once at the end. 2 integer ops and half a bf16 multiply per weight.
+//
+// Decode path (n <= 8 tokens): a warp owns 16 weight rows; lane (g = lane/4, t = lane%4) loads, per 128-column
+// chunk, the 16-byte MXFP4 block t of rows g and g+8 (mxfp4) or 64 bytes of each (bf16), decodes it into the
+// A fragments of 8 mma.sync m16n8k16 steps, and reads the B fragments (token g's activations) straight from
+// global memory (L1-resident). Warps of a block split K (KS ways) and sum through shared memory in a fixed
+// order, so results are deterministic. gate_up: one block row per selected expert (grid.y = unique experts);
+// down: every block runs over all selected experts of its rows, with the SwiGLU output already multiplied by the
+// routing weight, so the combine of the k experts happens in the accumulators (no atomics).
+//
+// Prefill path: (token, slot) pairs sorted by expert (route_sort: count, scan, scatter in one block), a tile list
+// of 64 pair-rows per expert, then a grouped GEMM per matrix: 64 x 128 x 32 tiles, 8 warps of 32 x 32,
+// mma.sync bf16 from ldmatrix, operands double-buffered in shared memory through registers (the weights are
+// decoded on the way in), SwiGLU (x routing weight) fused into the gate_up epilogue, bias (x routing weight)
+// into the down epilogue, then a combine that sums each token's k rows in slot order.
+#pragma once
+#include "common.cuh"
+#include "moe.h"
+
+namespace hm::cuda::moe {
+namespace {  // each including file gets its own copy of the kernels
+
+enum class WFmt { kMxfp4, kBf16 };
+
+// One weight matrix of every expert: rows x K per expert.
+struct WMat {
+  const void* data = nullptr;        // mxfp4: blocks [E, rows, K/32, 16]; bf16: [E, rows, K]
+  const uint8_t* scales = nullptr;   // mxfp4: [E, rows, K/32]
+  const uint16_t* bias = nullptr;    // bf16 [E, rows]
+  int rows = 0, K = 0;
+};
+
+constexpr float kTwoPow63 = 9.223372036854775808e18f;
+template <WFmt F>
+constexpr float acc_scale() {
+  return F == WFmt::kMxfp4 ? kTwoPow63 : 1.0f;
+}
+
+// ---- small device helpers ----
+
+__device__ __forceinline__ void mma16816(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t* r, const void* smem) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+
+__device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
+  __nv_bfloat162 r = __hmul2(*reinterpret_cast<__nv_bfloat162*>(&a), *reinterpret_cast<__nv_bfloat162*>(&b));
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+
+// 8 bf16 columns c0..c7 (a uint4 in memory order) -> the permuted pairs (c0,c4) (c1,c5) (c2,c6) (c3,c7).
+__device__ __forceinline__ void perm8(const uint4& v, uint32_t* p) {
+  p[0] = __byte_perm(v.x, v.z, 0x5410);
+  p[1] = __byte_perm(v.x, v.z, 0x7632);
+  p[2] = __byte_perm(v.y, v.w, 0x5410);
+  p[3] = __byte_perm(v.y, v.w, 0x7632);
+}
+
+// E8M0 byte s -> bf16x2 of 2^(s-64) (see the header comment; s clamped to the exact range).
+__device__ __forceinline__ uint32_t mx_factor(uint32_t s) {
+  s = min(max(s, 65u), 191u) + 63u;
+  return (s << 7) | (s << 23);
+}
+
+// One 32-bit word of 8 E2M1 nibbles (columns 8i..8i+7 of a block) -> the permuted pairs, times the factor.
+__device__ __forceinline__ void decode_word(uint32_t w, uint32_t f, uint32_t* p) {
+  p[0] = bf16x2_mul(((w << 6) & 0x01C001C0u) | ((w << 12) & 0x80008000u), f);
+  p[1] = bf16x2_mul(((w << 2) & 0x01C001C0u) | ((w << 8) & 0x80008000u), f);
+  p[2] = bf16x2_mul(((w >> 2) & 0x01C001C0u) | ((w << 4) & 0x80008000u), f);
+  p[3] = bf16x2_mul(((w >> 6) & 0x01C001C0u) | (w & 0x80008000u), f);
+}
+
+// E2M1 value of a nibble (the loader's conversion; the matmuls never use it).
+__device__ __forceinline__ float fp4_lut(uint32_t nib) {
+  const uint32_t e = (nib >> 1) & 3u, m = nib & 1u;
+  const float v = e == 0 ? 0.5f * float(m) : ldexpf(1.f + 0.5f * float(m), int(e) - 1);
+  return (nib & 8u) ? -v : v;
+}
+
+__device__ __forceinline__ float swiglu1(float g, float u, float limit) {
+  g = fminf(g, limit);
+  u = fminf(fmaxf(u, -limit), limit);
+  return (u + 1.f) * g / (1.f + __expf(-1.702f * g));
+}
+
+__device__ __forceinline__ uint16_t f2bf_bits(float f) {
+  __nv_bfloat16 h = __float2bfloat16_rn(f);
+  return *reinterpret_cast<uint16_t*>(&h);
+}
+
+// ---- decode path: one thread's 32 weights of one row in one 128-column chunk ----
+
+template <WFmt F>
+struct RowChunk;
+template <>
+struct RowChunk<WFmt::kMxfp4> {
+  uint4 q;
+  uint32_t s;
+  __device__ __forceinline__ void load(const WMat& W, size_t row, int blk, bool ok) {
+    const int kb = W.K >> 5;
+    if (ok) {
+      q = ld_stream16(static_cast<const uint8_t*>(W.data) + (row * kb + blk) * 16);
+      s = __ldg(W.scales + row * kb + blk);
+    } else {
+      q = make_uint4(0, 0, 0, 0);
+      s = 127;
+    }
+  }
+  __device__ __forceinline__ void decode(uint32_t* p) const {
+    const uint32_t f = mx_factor(s);
+    decode_word(q.x, f, p);
+    decode_word(q.y, f, p + 4);
+    decode_word(q.z, f, p + 8);
+    decode_word(q.w, f, p + 12);
+  }
+};
+template <>
+struct RowChunk<WFmt::kBf16> {
+  uint4 q[4];
+  __device__ __forceinline__ void load(const WMat& W, size_t row, int blk, bool ok) {
+    const uint16_t* src = static_cast<const uint16_t*>(W.data) + row * W.K + blk * 32;
+#pragma unroll
+    for (int i = 0; i < 4; i++) q[i] = ok ? ld_stream16(src + 8 * i) : make_uint4(0, 0, 0, 0);
+  }
+  __device__ __forceinline__ void decode(uint32_t* p) const {
+#pragma unroll
+    for (int i = 0; i < 4; i++) perm8(q[i], p + 4 * i);
+  }
+};
+
+// The activations of one token (B operand): 32 bf16 from src (already offset to the thread's block), permuted.
+__device__ __forceinline__ void load_act32(const uint16_t* src, bool ok, uint32_t* p) {
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const uint4 v = ok ? __ldg(reinterpret_cast<const uint4*>(src) + i) : make_uint4(0, 0, 0, 0);
+    perm8(v, p + 4 * i);
+  }
+}
+
+// 8 mma steps over one chunk: A rows g and g+8, B token g.
+__device__ __forceinline__ void mma_chunk(float* acc, const uint32_t* pa, const uint32_t* pb, const uint32_t* px) {
+#pragma unroll
+  for (int s = 0; s < 8; s++) {
+    const int j = (s >> 1) * 4 + (s & 1) * 2;
+    mma16816(acc, pa[j], pb[j], pa[j + 1], pb[j + 1], px[j], px[j + 1]);
+  }
+}
+
+struct DecodeArgs {
+  int n, E, k;
+  float limit;
+  const uint16_t* x;  // gate_up: x [n, H] (ldx); down: act [n*k, I] (ldx = I)
+  int ldx;
+  const int32_t* ids;
+  const float* weights;
+  WMat W;
+  uint16_t* act;  // gate_up output [n*k, I]
+  float* y;       // down output
+  int ldy;
+  bool accumulate;
+};
+
+// Unique experts of the batch in order of first appearance, and per (unique expert, token) the slot (or -1).
+struct DecodeRouting {
+  int nuniq;
+  int uniq[kMoeDecodeMaxTokens * 8];
+  int8_t slot[kMoeDecodeMaxTokens * 8][kMoeDecodeMaxTokens];
+};
+
+__device__ void build_routing(const DecodeArgs& a, DecodeRouting& r) {
+  if (threadIdx.x == 0) {
+    int nu = 0;
+    for (int p = 0; p < a.n * a.k; p++) {
+      const int e = a.ids[p];
+      int u = 0;
+      while (u < nu && r.uniq[u] != e) u++;
+      if (u == nu) {
+        r.uniq[nu++] = e;
+        for (int t = 0; t < kMoeDecodeMaxTokens; t++) r.slot[u][t] = -1;
+      }
+      r.slot[u][p / a.k] = int8_t(p % a.k);
+    }
+    r.nuniq = nu;
+  }
+  __syncthreads();
+}
+
+// Sums the KS partial accumulators of each m-tile (fixed order); returns true in the warps that hold the sum.
+template <int MT, int KS>
+__device__ __forceinline__ bool reduce_ks(float* acc, float (*red)[32][4], int mt, int kp, int lane) {
+  if constexpr (KS == 1) return true;
+#pragma unroll
+  for (int i = 0; i < 4; i++) red[mt * KS + kp][lane][i] = acc[i];
+  __syncthreads();
+  if (kp != 0) return false;
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    float s = 0.f;
+#pragma unroll
+    for (int q = 0; q < KS; q++) s += red[mt * KS + q][lane][i];
+    acc[i] = s;
+  }
+  return true;
+}
+
+// gate_up + clamped SwiGLU for the selected experts. Grid: (ceil(2I / (16 MT)), min(n k, E)).
+template <WFmt F, int MT, int KS, int D>
+__global__ void __launch_bounds__(MT* KS * 32) moe_decode_gate_up(DecodeArgs a) {
+  __shared__ DecodeRouting rt;
+  __shared__ float red[MT * KS][32][4];
+  pdl_wait();  // ids come from the router
+  pdl_trigger();
+  build_routing(a, rt);
+  if (int(blockIdx.y) >= rt.nuniq) return;
+  const int u = blockIdx.y, e = rt.uniq[u];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int mt = warp / KS, kp = warp % KS;
+  const int rows = a.W.rows, K = a.W.K, kb = K >> 5, nchunks = (K + 127) >> 7;
+  const int r0 = (blockIdx.x * MT + mt) * 16;
+  const bool ok0 = r0 + g < rows, ok1 = r0 + g + 8 < rows;
+  const size_t row0 = size_t(e) * rows + r0 + g, row1 = row0 + 8;
+  const bool tok_ok = g < a.n;
+  const uint16_t* xrow = a.x + size_t(tok_ok ? g : 0) * a.ldx;
+
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  RowChunk<F> ca[D], cb[D];
+  auto load = [&](int c0) {
+#pragma unroll
+    for (int d = 0; d < D; d++) {
+      const int c = c0 + d * KS, blk = c * 4 + t;
+      const bool ok = c < nchunks && blk < kb;
+      ca[d].load(a.W, row0, blk, ok && ok0);
+      cb[d].load(a.W, row1, blk, ok && ok1);
+    }
+  };
+  load(kp);
+  for (int c0 = kp; c0 < nchunks; c0 += KS * D) {
+    RowChunk<F> na[D], nb[D];
+#pragma unroll
+    for (int d = 0; d < D; d++) {  // next batch in flight while this one is multiplied
+      const int c = c0 + KS * D + d * KS, blk = c * 4 + t;
+      const bool ok = c < nchunks && blk < kb;
+      na[d].load(a.W, row0, blk, ok && ok0);
+      nb[d].load(a.W, row1, blk, ok && ok1);
+    }
+#pragma unroll
+    for (int d = 0; d < D; d++) {
+      const int c = c0 + d * KS, blk = c * 4 + t;
+      if (c >= nchunks) break;
+      uint32_t pa[16], pb[16], px[16];
+      load_act32(xrow + blk * 32, tok_ok && blk < kb, px);
+      ca[d].decode(pa);
+      cb[d].decode(pb);
+      mma_chunk(acc, pa, pb, px);
+    }
+#pragma unroll
+    for (int d = 0; d < D; d++) {
+      ca[d] = na[d];
+      cb[d] = nb[d];
+    }
+  }
+  if (!reduce_ks<MT, KS>(acc, red, mt, kp, lane)) return;
+
+  // acc: [0] (row g, token 2t) [1] (row g, token 2t+1) [2] (row g+8, token 2t) [3] (row g+8, token 2t+1).
+  // Rows alternate gate/up, so lane g^1 (lane ^ 4) holds the partner row.
+  float partner[4];
+#pragma unroll
+  for (int i = 0; i < 4; i++) partner[i] = __shfl_xor_sync(0xffffffffu, acc[i], 4);
+  if (g & 1) return;
+  const int I = rows >> 1;
+#pragma unroll
+  for (int h = 0; h < 2; h++) {  // h = 0: row g, h = 1: row g + 8
+    const int r = r0 + g + 8 * h;
+    if (r >= rows) continue;
+    const float bg = bf2f_bits(a.W.bias[size_t(e) * rows + r]);
+    const float bu = bf2f_bits(a.W.bias[size_t(e) * rows + r + 1]);
+#pragma unroll
+    for (int q = 0; q < 2; q++) {
+      const int tok = 2 * t + q;
+      if (tok >= a.n) continue;
+      const int slot = rt.slot[u][tok];
+      if (slot < 0) continue;
+      const float gate = acc[2 * h + q] * acc_scale<F>() + bg;
+      const float up = partner[2 * h + q] * acc_scale<F>() + bu;
+      const float v = swiglu1(gate, up, a.limit) * a.weights[tok * a.k + slot];
+      a.act[size_t(tok * a.k + slot) * I + (r >> 1)] = f2bf_bits(v);
+    }
+  }
+}
+
+// down + bias + weighted combine over all selected experts. Grid: ceil(H / (16 MT)).
+// Reads the routing and starts its weight stream before pdl_wait(): its PDL predecessor is always
+// moe_decode_gate_up, which triggers only after its own wait, so the router's outputs are complete by then.
+template <WFmt F, int MT, int KS, int D>
+__global__ void __launch_bounds__(MT* KS * 32) moe_decode_down(DecodeArgs a) {
+  __shared__ DecodeRouting rt;
+  __shared__ float red[MT * KS][32][4];
+  build_routing(a, rt);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int mt = warp / KS, kp = warp % KS;
+  const int rows = a.W.rows, K = a.W.K, kb = K >> 5, nchunks = (K + 127) >> 7;
+  const int r0 = (blockIdx.x * MT + mt) * 16;
+  const bool ok0 = r0 + g < rows, ok1 = r0 + g + 8 < rows;
+  const int cpw = kp < nchunks ? (nchunks - kp + KS - 1) / KS : 0;  // chunks per expert for this warp
+  const int total = rt.nuniq * cpw;
+
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  RowChunk<F> ca[D], cb[D];
+  auto load = [&](int f0, RowChunk<F>* xa, RowChunk<F>* xb) {
+#pragma unroll
+    for (int d = 0; d < D; d++) {
+      const int f = f0 + d;
+      const bool okf = f < total;
+      const int uu = okf ? f / cpw : 0, c = kp + KS * (okf ? f % cpw : 0), blk = c * 4 + t;
+      const size_t rb = size_t(rt.uniq[uu]) * rows + r0 + g;
+      const bool ok = okf && blk < kb;
+      xa[d].load(a.W, rb, blk, ok && ok0);
+      xb[d].load(a.W, rb + 8, blk, ok && ok1);
+    }
+  };
+  load(0, ca, cb);
+  pdl_wait();  // the SwiGLU output comes from moe_decode_gate_up
+  pdl_trigger();
+  for (int f0 = 0; f0 < total; f0 += D) {
+    RowChunk<F> na[D], nb[D];
+    load(f0 + D, na, nb);
+#pragma unroll
+    for (int d = 0; d < D; d++) {
+      const int f = f0 + d;
+      if (f >= total) break;
+      const int uu = f / cpw, c = kp + KS * (f % cpw), blk = c * 4 + t;
+      const int slot = g < a.n ? rt.slot[uu][g] : -1;
+      uint32_t pa[16], pb[16], px[16];
+      load_act32(a.x + size_t(slot >= 0 ? g * a.k + slot : 0) * a.ldx + blk * 32, slot >= 0 && blk < kb, px);
+      ca[d].decode(pa);
+      cb[d].decode(pb);
+      mma_chunk(acc, pa, pb, px);
+    }
+#pragma unroll
+    for (int d = 0; d < D; d++) {
+      ca[d] = na[d];
+      cb[d] = nb[d];
+    }
+  }
+  if (!reduce_ks<MT, KS>(acc, red, mt, kp, lane)) return;
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    const int r = r0 + g + 8 * h;
+    if (r >= rows) continue;
+#pragma unroll
+    for (int q = 0; q < 2; q++) {
+      const int tok = 2 * t + q;
+      if (tok >= a.n) continue;
+      float v = acc[2 * h + q] * acc_scale<F>();
+      for (int j = 0; j < a.k; j++)
+        v += a.weights[tok * a.k + j] * bf2f_bits(a.W.bias[size_t(a.ids[tok * a.k + j]) * rows + r]);
+      float* dst = a.y + size_t(tok) * a.ldy + r;
+      *dst = a.accumulate ? *dst + v : v;
+    }
+  }
+}
+
+// ---- prefill path ----
+
+constexpr int kBM = 64, kBN = 128, kBK = 32, kLDS = kBK + 8;  // +8 bf16 per row: ldmatrix conflict-free
+
+// Workspace carve-up, shared by moe_workspace_bytes and the launchers.
+struct Workspace {
+  uint16_t* act;       // bf16 [P, I]: decode indexes it by pair (tok*k + slot), prefill by sorted row
+  float* out;          // fp32 [P, H] (prefill: down output per sorted row)
+  int32_t* perm;       // [P] sorted row -> pair
+  int32_t* pair_row;   // [P] pair -> sorted row
+  int32_t* tile_e;     // [max_tiles]
+  int32_t* tile_r0;    // [max_tiles]
+  int32_t* offsets;    // [E + 1]
+  int32_t* num_tiles;  // [1]
+  size_t bytes;
+};
+inline int max_tiles(int P, int E) { return (P + kBM - 1) / kBM + (E < P ? E : P); }
+inline Workspace carve(void* base, int n, int H, int I, int E, int k) {
+  const size_t P = size_t(n) * k;
+  const int T = max_tiles(int(P), E);
+  char* p = static_cast<char*>(base);
+  size_t off = 0;
+  auto take = [&](size_t bytes) {
+    char* r = p + off;
+    off += (bytes + 255) & ~size_t(255);
+    return r;
+  };
+  Workspace w;
+  w.act = reinterpret_cast<uint16_t*>(take(P * I * 2));
+  w.out = reinterpret_cast<float*>(take(P * H * 4));
+  w.perm = reinterpret_cast<int32_t*>(take(P * 4));
+  w.pair_row = reinterpret_cast<int32_t*>(take(P * 4));
+  w.tile_e = reinterpret_cast<int32_t*>(take(size_t(T) * 4));
+  w.tile_r0 = reinterpret_cast<int32_t*>(take(size_t(T) * 4));
+  w.offsets = reinterpret_cast<int32_t*>(take(size_t(E + 1) * 4));
+  w.num_tiles = reinterpret_cast<int32_t*>(take(4));
+  w.bytes = off;
+  return w;
+}
+
+// Count, scan and scatter the (token, slot) pairs by expert; the tile list of kBM rows per expert.
+__global__ void __launch_bounds__(1024) moe_route_sort(const int32_t* __restrict__ ids, int P, int E, Workspace w) {
+  __shared__ int cnt[256], cursor[256];
+  pdl_wait();
+  pdl_trigger();
+  for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
+  __syncthreads();
+  for (int p = threadIdx.x; p < P; p += blockDim.x) atomicAdd(&cnt[ids[p]], 1);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int off = 0, nt = 0;
+    for (int e = 0; e < E; e++) {
+      w.offsets[e] = off;
+      cursor[e] = off;
+      for (int r = 0; r < cnt[e]; r += kBM) {
+        w.tile_e[nt] = e;
+        w.tile_r0[nt] = off + r;
+        nt++;
+      }
+      off += cnt[e];
+    }
+    w.offsets[E] = off;
+    *w.num_tiles = nt;
+  }
+  __syncthreads();
+  for (int p = threadIdx.x; p < P; p += blockDim.x) {
+    const int pos = atomicAdd(&cursor[ids[p]], 1);
+    w.perm[pos] = p;
+    w.pair_row[p] = pos;
+  }
+}
+
+struct GemmArgs {
+  WMat W;              // N = W.rows, K = W.K
+  const uint16_t* A;   // gate_up: x [n, H] (lda = ldx, row = perm / k); down: act [P, I] (lda = I)
+  int lda, k;
+  const float* weights;  // [P] routing weights by pair
+  float limit;
+  Workspace ws;
+};
+
+// Loads one thread's share of a k-tile into registers (A: 8 columns of one row; B: 16 columns of one row).
+template <WFmt F>
+struct BTileRegs;
+template <>
+struct BTileRegs<WFmt::kMxfp4> {
+  uint2 q;
+  uint32_t s;
+  __device__ __forceinline__ void load(const WMat& W, size_t row, int kt, int half, bool ok) {
+    const int kb = W.K >> 5;
+    if (ok) {
+      q = __ldg(reinterpret_cast<const uint2*>(static_cast<const uint8_t*>(W.data) + (row * kb + kt) * 16) + half);
+      s = __ldg(W.scales + row * kb + kt);
+    } else {
+      q = make_uint2(0, 0);
+      s = 127;
+    }
+  }
+  __device__ __forceinline__ void store(uint16_t* dst) const {  // dst: 16 bf16, permuted order
+    const uint32_t f = mx_factor(s);
+    uint32_t p[8];
+    decode_word(q.x, f, p);
+    decode_word(q.y, f, p + 4);
+    reinterpret_cast<uint4*>(dst)[0] = make_uint4(p[0], p[1], p[2], p[3]);
+    reinterpret_cast<uint4*>(dst)[1] = make_uint4(p[4], p[5], p[6], p[7]);
+  }
+};
+template <>
+struct BTileRegs<WFmt::kBf16> {
+  uint4 q[2];
+  __device__ __forceinline__ void load(const WMat& W, size_t row, int kt, int half, bool ok) {
+    const uint4* src = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(W.data) + row * W.K + kt * 32 +
+                                                      half * 16);
+    q[0] = ok ? __ldg(src) : make_uint4(0, 0, 0, 0);
+    q[1] = ok ? __ldg(src + 1) : make_uint4(0, 0, 0, 0);
+  }
+  __device__ __forceinline__ void store(uint16_t* dst) const {
+    uint32_t p[8];
+    perm8(q[0], p);
+    perm8(q[1], p + 4);
+    reinterpret_cast<uint4*>(dst)[0] = make_uint4(p[0], p[1], p[2], p[3]);
+    reinterpret_cast<uint4*>(dst)[1] = make_uint4(p[4], p[5], p[6], p[7]);
+  }
+};
+
+// Grouped GEMM over the tile list. Grid: (ceil(N / kBN), max_tiles); blocks past num_tiles exit.
+template <WFmt F, bool GATE_UP>
+__global__ void __launch_bounds__(256) moe_grouped_gemm(GemmArgs a) {
+  __shared__ __align__(16) uint16_t As[2][kBM][kLDS];
+  __shared__ __align__(16) uint16_t Bs[2][kBN][kLDS];
+  pdl_wait();
+  pdl_trigger();
+  if (int(blockIdx.y) >= *a.ws.num_tiles) return;
+  const int e = a.ws.tile_e[blockIdx.y], m0 = a.ws.tile_r0[blockIdx.y], m_end = a.ws.offsets[e + 1];
+  const int N = a.W.rows, K = a.W.K, KT = K / kBK, n0 = blockIdx.x * kBN;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 2, wn = warp & 3;
+
+  // A loader: row tid/4, 8 columns (tid%4)*8 of each k-tile.
+  const int ar = tid >> 2, ac = (tid & 3) * 8;
+  const bool a_ok = m0 + ar < m_end;
+  const uint16_t* a_src = a.A;
+  if (a_ok) a_src += size_t(GATE_UP ? a.ws.perm[m0 + ar] / a.k : m0 + ar) * a.lda;
+  // B loader: weight row tid/2, half tid%2 (16 columns) of each k-tile.
+  const int br = tid >> 1, bh = tid & 1;
+  const bool b_ok = n0 + br < N;
+  const size_t b_row = size_t(e) * N + n0 + br;
+
+  uint4 ra;
+  BTileRegs<F> rb;
+  auto gload = [&](int kt) {
+    ra = a_ok ? __ldg(reinterpret_cast<const uint4*>(a_src + kt * kBK + ac)) : make_uint4(0, 0, 0, 0);
+    rb.load(a.W, b_row, kt, bh, b_ok);
+  };
+  auto sstore = [&](int buf) {
+    uint32_t p[4];
+    perm8(ra, p);
+    *reinterpret_cast<uint4*>(&As[buf][ar][ac]) = make_uint4(p[0], p[1], p[2], p[3]);
+    rb.store(&Bs[buf][br][bh * 16]);
+  };
+
+  float acc[2][4][4] = {};
+  gload(0);
+  sstore(0);
+  __syncthreads();
+  for (int kt = 0; kt < KT; kt++) {
+    const int buf = kt & 1;
+    if (kt + 1 < KT) gload(kt + 1);
+#pragma unroll
+    for (int kk = 0; kk < kBK; kk += 16) {
+      uint32_t af[2][4], bfr[2][4];
+#pragma unroll
+      for (int mi = 0; mi < 2; mi++) ldsm_x4(af[mi], &As[buf][wm * 32 + mi * 16 + (lane & 15)][kk + (lane >> 4) * 8]);
+#pragma unroll
+      for (int nb = 0; nb < 2; nb++)
+        ldsm_x4(bfr[nb], &Bs[buf][wn * 32 + nb * 16 + (lane >> 4) * 8 + (lane & 7)][kk + ((lane >> 3) & 1) * 8]);
+#pragma unroll
+      for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int nj = 0; nj < 4; nj++)
+          mma16816(acc[mi][nj], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bfr[nj >> 1][(nj & 1) * 2],
+                   bfr[nj >> 1][(nj & 1) * 2 + 1]);
+    }
+    if (kt + 1 < KT) sstore(buf ^ 1);
+    __syncthreads();
+  }
+
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int row = m0 + wm * 32 + mi * 16 + g + 8 * h;
+      if (row >= m_end) continue;
+      const float wr = a.weights[a.ws.perm[row]];
+#pragma unroll
+      for (int nj = 0; nj < 4; nj++) {
+        const int col = n0 + wn * 32 + nj * 8 + 2 * t;
+        if (col >= N) continue;
+        const float v0 = acc[mi][nj][2 * h] * acc_scale<F>(), v1 = acc[mi][nj][2 * h + 1] * acc_scale<F>();
+        const uint16_t* bias = a.W.bias + size_t(e) * N;
+        if constexpr (GATE_UP) {
+          const float gate = v0 + bf2f_bits(bias[col]), up = v1 + bf2f_bits(bias[col + 1]);
+          a.ws.act[size_t(row) * (N >> 1) + (col >> 1)] = f2bf_bits(swiglu1(gate, up, a.limit) * wr);
+        } else {
+          const float2 o = make_float2(v0 + wr * bf2f_bits(bias[col]), v1 + wr * bf2f_bits(bias[col + 1]));
+          *reinterpret_cast<float2*>(a.ws.out + size_t(row) * N + col) = o;
+        }
+      }
+    }
+}
+
+// y[tok] (+)= sum over slots j (in order) of out[pair_row[tok k + j]].
+__global__ void __launch_bounds__(256) moe_combine(Workspace w, int H, int k, float* __restrict__ y, int ldy,
+                                                   bool accumulate) {
+  pdl_wait();
+  pdl_trigger();
+  const int tok = blockIdx.x;
+  for (int h = threadIdx.x * 4; h < H; h += blockDim.x * 4) {
+    float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int j = 0; j < k; j++) {
+      const float4 v = *reinterpret_cast<const float4*>(w.out + size_t(w.pair_row[tok * k + j]) * H + h);
+      s.x += v.x;
+      s.y += v.y;
+      s.z += v.z;
+      s.w += v.w;
+    }
+    float4* dst = reinterpret_cast<float4*>(y + size_t(tok) * ldy + h);
+    if (accumulate) {
+      const float4 o = *dst;
+      s.x += o.x;
+      s.y += o.y;
+      s.z += o.z;
+      s.w += o.w;
+    }
+    *dst = s;
+  }
+}
+
+// ---- the launcher shared by both formats ----
+
+template <WFmt F>
+void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t stream, const char* who) {
+  HM_REQUIRE(p.n >= 0, who);
+  HM_REQUIRE(p.H > 0 && p.H % 32 == 0 && p.I > 0 && p.I % 32 == 0, who);
+  HM_REQUIRE(p.k >= 1 && p.k <= 8 && p.E >= p.k && p.E <= 256, who);
+  HM_REQUIRE(p.x && p.ids && p.weights && p.y && p.workspace, who);
+  HM_REQUIRE(p.ldx >= p.H && p.ldx % 8 == 0 && p.ldy >= p.H && p.ldy % 4 == 0, who);
+  HM_REQUIRE(reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.y) % 16 == 0, who);
+  HM_REQUIRE(reinterpret_cast<uintptr_t>(p.workspace) % 256 == 0, who);
+  HM_REQUIRE(p.workspace_bytes >= moe_workspace_bytes(p.n, p.H, p.I, p.E, p.k), who);
+  if (p.n == 0) return;
+  const bool decode = p.path == MoePath::kDecode || (p.path == MoePath::kAuto && p.n <= kMoeDecodeMaxTokens);
+  HM_REQUIRE(!decode || p.n <= kMoeDecodeMaxTokens, who);
+  const Workspace ws = carve(p.workspace, p.n, p.H, p.I, p.E, p.k);
+
+  if (decode) {
+    DecodeArgs a{p.n, p.E, p.k, p.swiglu_limit, p.x, p.ldx, p.ids, p.weights, gu, ws.act, p.y, p.ldy, p.accumulate};
+    constexpr int GU_MT = 4, GU_KS = 2, DN_MT = 1, DN_KS = 8, D = F == WFmt::kMxfp4 ? 4 : 1;
+    const int nuniq_max = p.n * p.k < p.E ? p.n * p.k : p.E;
+    launch(moe_decode_gate_up<F, GU_MT, GU_KS, D>, dim3(ceil_div(2 * p.I, 16 * GU_MT), nuniq_max),
+           dim3(GU_MT * GU_KS * 32), 0, stream, p.pdl, a);
+    a.x = ws.act;
+    a.ldx = p.I;
+    a.W = dn;
+    launch(moe_decode_down<F, DN_MT, DN_KS, D>, dim3(ceil_div(p.H, 16 * DN_MT)), dim3(DN_MT * DN_KS * 32), 0, stream,
+           p.pdl, a);
+    return;
+  }
+  const int P = p.n * p.k;
+  launch(moe_route_sort, dim3(1), dim3(1024), 0, stream, p.pdl, p.ids, P, p.E, ws);
+  const int T = max_tiles(P, p.E);
+  GemmArgs g{gu, p.x, p.ldx, p.k, p.weights, p.swiglu_limit, ws};
+  launch(moe_grouped_gemm<F, true>, dim3(ceil_div(2 * p.I, kBN), T), dim3(256), 0, stream, p.pdl, g);
+  g.W = dn;
+  g.A = ws.act;
+  g.lda = p.I;
+  launch(moe_grouped_gemm<F, false>, dim3(ceil_div(p.H, kBN), T), dim3(256), 0, stream, p.pdl, g);
+  launch(moe_combine, dim3(p.n), dim3(256), 0, stream, p.pdl, ws, p.H, p.k, p.y, p.ldy, p.accumulate);
+}
+
+}  // namespace
+}  // namespace hm::cuda::moe

@@ -1,0 +1,403 @@
+// Op-test cases of the MoE kernels (kernels/moe.h) against the CPU reference (native/cpu/ref_ops.h):
+//   router_topk   router_topk_softmax vs ref::router_topk: ids exact (well separated logits, and ties), weights.
+//   router_fused  router_forward vs ref::linear (logits) and ref::router_topk on the GPU's own logits (ids exact);
+//                 run twice to check the arrival counter resets itself.
+//   moe_mxfp4_to_bf16  the loader conversion vs ref::mxfp4_decode_row, exact.
+//   moe_experts_* moe_mxfp4_forward and moe_bf16_forward (weights converted on the GPU) vs the sum over the k
+//                 experts of weight * ref::expert_mlp_mxfp4, decode and prefill paths, real and odd shapes.
+//                 Tolerance: nmse 1e-4 (the SwiGLU output is rounded to bf16 between the matmuls: about 1e-6 expected).
+// Outputs are poisoned with NaN before each launch, so an unwritten element fails the case.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpu/ref_ops.h"
+#include "moe.h"
+#include "op_test.h"
+
+namespace hm::optest {
+namespace {
+
+#define T_CHECK(expr)                                                                                   \
+  do {                                                                                                  \
+    cudaError_t e_ = (expr);                                                                            \
+    if (e_ != cudaSuccess) throw std::runtime_error(std::string(#expr) + ": " + cudaGetErrorString(e_)); \
+  } while (0)
+
+template <typename T>
+struct DevBuf {
+  T* p = nullptr;
+  size_t n = 0;
+  DevBuf() = default;
+  explicit DevBuf(size_t count) : n(count) { T_CHECK(cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T))); }
+  explicit DevBuf(const std::vector<T>& h) : DevBuf(h.size()) { upload(h); }
+  ~DevBuf() { cudaFree(p); }
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+  void upload(const std::vector<T>& h) { T_CHECK(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice)); }
+  std::vector<T> download() const {
+    std::vector<T> h(n);
+    T_CHECK(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+  }
+  void poison() { T_CHECK(cudaMemset(p, 0xFF, n * sizeof(T))); }  // NaN for floats, -1 for ints
+};
+
+// Fast deterministic bytes (the expert tensors are up to 1.6 GB).
+struct XorShift {
+  uint64_t s;
+  explicit XorShift(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  uint64_t next() {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    return s;
+  }
+};
+
+std::vector<uint16_t> to_bf16(const std::vector<float>& f) {
+  std::vector<uint16_t> b(f.size());
+  for (size_t i = 0; i < f.size(); i++) b[i] = ref::f32_to_bf16(f[i]);
+  return b;
+}
+std::vector<float> from_bf16(const std::vector<uint16_t>& b) {
+  std::vector<float> f(b.size());
+  for (size_t i = 0; i < b.size(); i++) f[i] = ref::bf16_to_f32(b[i]);
+  return f;
+}
+
+Result fail(const std::string& params, const std::string& why) {
+  Result r;
+  r.params = params + " EXCEPTION " + why;
+  r.error = 1;
+  r.tolerance = 0;
+  r.metric = "exception";
+  r.nan_or_inf = true;
+  return r;
+}
+
+Result exact_ids(const std::string& params, const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
+  Result r;
+  r.params = params;
+  r.metric = "ids_mismatch";
+  r.tolerance = 0;
+  for (size_t i = 0; i < a.size(); i++) r.error += a[i] != b[i];
+  return r;
+}
+
+Result close(const std::string& params, const char* metric, const std::vector<float>& a, const std::vector<float>& b,
+             double tol) {
+  Result r;
+  r.params = params;
+  r.metric = metric;
+  r.tolerance = tol;
+  r.error = std::strcmp(metric, "nmse") == 0 ? nmse(a.data(), b.data(), a.size(), &r.nan_or_inf)
+                                             : max_abs_rel(a.data(), b.data(), a.size(), &r.nan_or_inf);
+  return r;
+}
+
+// ---------------- routing ----------------
+
+std::vector<Result> router_topk_cases() {
+  std::vector<Result> out;
+  struct C { int n, E, k; bool ties; };
+  const C cases[] = {{1, 32, 4, false}, {7, 32, 4, false}, {64, 128, 4, false}, {300, 128, 4, false},
+                     {300, 32, 4, true}, {37, 5, 2, false},  {9, 256, 8, true},   {3, 4, 4, false}};
+  uint64_t seed = 100;
+  for (const C& c : cases) {
+    char params[96];
+    std::snprintf(params, sizeof params, "n=%d E=%d k=%d%s", c.n, c.E, c.k, c.ties ? " ties" : "");
+    try {
+      std::vector<float> logits(size_t(c.n) * c.E);
+      XorShift rng(seed++);
+      for (int t = 0; t < c.n; t++) {
+        // Well separated: a random permutation of 0.05-spaced values; ties: 4 distinct values only.
+        std::vector<int> perm(c.E);
+        for (int e = 0; e < c.E; e++) perm[e] = e;
+        for (int e = c.E - 1; e > 0; e--) std::swap(perm[e], perm[rng.next() % (e + 1)]);
+        for (int e = 0; e < c.E; e++)
+          logits[size_t(t) * c.E + e] = c.ties ? float(perm[e] % 4) : 0.05f * float(perm[e]) - 3.0f;
+      }
+      std::vector<int32_t> ids_ref(size_t(c.n) * c.k);
+      std::vector<float> w_ref(ids_ref.size());
+      ref::router_topk(logits.data(), c.n, c.E, c.k, ids_ref.data(), w_ref.data());
+      DevBuf<float> d_logits(logits), d_w(w_ref.size());
+      DevBuf<int32_t> d_ids(ids_ref.size());
+      d_w.poison();
+      d_ids.poison();
+      cuda::RouterTopkParams p;
+      p.logits = d_logits.p;
+      p.ld_logits = c.E;
+      p.n = c.n;
+      p.E = c.E;
+      p.k = c.k;
+      p.ids = d_ids.p;
+      p.weights = d_w.p;
+      cuda::router_topk_softmax(p, 0);
+      T_CHECK(cudaDeviceSynchronize());
+      out.push_back(exact_ids(params, d_ids.download(), ids_ref));
+      out.push_back(close(params, "max_abs_rel", d_w.download(), w_ref, 1e-5));
+    } catch (const std::exception& e) {
+      out.push_back(fail(params, e.what()));
+    }
+  }
+  return out;
+}
+
+std::vector<Result> router_fused_cases() {
+  std::vector<Result> out;
+  struct C { int n, H, E, k; };
+  const C cases[] = {{1, 2880, 32, 4}, {4, 2880, 128, 4}, {8, 2880, 128, 4}, {3, 96, 5, 2}, {7, 4096, 256, 8}};
+  uint64_t seed = 200;
+  for (const C& c : cases) {
+    char params[96];
+    std::snprintf(params, sizeof params, "n=%d H=%d E=%d k=%d", c.n, c.H, c.E, c.k);
+    try {
+      const auto x16 = to_bf16(randn(size_t(c.n) * c.H, seed++));
+      const auto w16 = to_bf16(randn(size_t(c.E) * c.H, seed++, 0.02f));
+      const auto b16 = to_bf16(randn(c.E, seed++, 0.1f));
+      std::vector<float> logits_ref(size_t(c.n) * c.E);
+      ref::linear(from_bf16(x16).data(), w16.data(), b16.data(), c.n, c.H, c.E, logits_ref.data());
+      DevBuf<uint16_t> d_x(x16), d_w(w16), d_b(b16);
+      DevBuf<float> d_logits(logits_ref.size()), d_wt(size_t(c.n) * c.k);
+      DevBuf<int32_t> d_ids(size_t(c.n) * c.k);
+      DevBuf<uint8_t> ws(cuda::router_workspace_bytes());
+      T_CHECK(cudaMemset(ws.p, 0, ws.n));
+      cuda::RouterParams p;
+      p.x = d_x.p;
+      p.ldx = c.H;
+      p.W = d_w.p;
+      p.b = d_b.p;
+      p.n = c.n;
+      p.H = c.H;
+      p.E = c.E;
+      p.k = c.k;
+      p.logits = d_logits.p;
+      p.ids = d_ids.p;
+      p.weights = d_wt.p;
+      p.workspace = ws.p;
+      for (int rep = 0; rep < 2; rep++) {  // the second run checks that the arrival counter was reset
+        d_logits.poison();
+        d_ids.poison();
+        d_wt.poison();
+        cuda::router_forward(p, 0);
+        T_CHECK(cudaDeviceSynchronize());
+        const std::string pr = std::string(params) + (rep ? " (2nd run)" : "");
+        const auto logits = d_logits.download();
+        std::vector<int32_t> ids_ref(size_t(c.n) * c.k);
+        std::vector<float> w_ref(ids_ref.size());
+        ref::router_topk(logits.data(), c.n, c.E, c.k, ids_ref.data(), w_ref.data());
+        out.push_back(close(pr + " logits", "nmse", logits, logits_ref, 1e-8));
+        out.push_back(exact_ids(pr, d_ids.download(), ids_ref));
+        out.push_back(close(pr + " weights", "max_abs_rel", d_wt.download(), w_ref, 1e-5));
+      }
+    } catch (const std::exception& e) {
+      out.push_back(fail(params, e.what()));
+    }
+  }
+  return out;
+}
+
+// ---------------- experts ----------------
+
+// One layer's experts in the checkpoint layout, with scales chosen so that every matmul output is O(1..5)
+// (the SwiGLU clamps at 7 are reached by some rows).
+struct Experts {
+  int E, H, I;
+  std::vector<uint8_t> gu_blocks, gu_scales, dn_blocks, dn_scales;
+  std::vector<uint16_t> gu_bias, dn_bias;
+  Experts(int E_, int H_, int I_, uint64_t seed) : E(E_), H(H_), I(I_) {
+    XorShift rng(seed);
+    auto fill = [&](std::vector<uint8_t>& blocks, std::vector<uint8_t>& scales, size_t rows, int K) {
+      blocks.resize(rows * K / 2);
+      for (size_t i = 0; i < blocks.size(); i += 8) {
+        const uint64_t v = rng.next();
+        std::memcpy(&blocks[i], &v, std::min<size_t>(8, blocks.size() - i));
+      }
+      // rms of a random E2M1 value is 2.93; aim the dot over K at about 2.
+      const int center = 127 - int(std::lround(std::log2(2.93 * std::sqrt(double(K)) / 2.0)));
+      scales.resize(rows * K / 32);
+      for (auto& s : scales) s = uint8_t(center - 1 + int(rng.next() % 3));
+    };
+    fill(gu_blocks, gu_scales, size_t(E) * 2 * I, H);
+    fill(dn_blocks, dn_scales, size_t(E) * H, I);
+    gu_bias = to_bf16(randn(size_t(E) * 2 * I, seed + 1, 0.5f));
+    dn_bias = to_bf16(randn(size_t(E) * H, seed + 2, 0.5f));
+  }
+};
+
+struct MoeCase {
+  int n, k;
+  bool decode_ok;  // n <= kMoeDecodeMaxTokens
+};
+
+// Reference: y[t] = sum_j w[t, j] * expert_mlp(x[t], ids[t, j]).
+std::vector<float> moe_ref(const Experts& X, const std::vector<float>& x, const std::vector<int32_t>& ids,
+                           const std::vector<float>& w, int n, int k, float limit) {
+  const int H = X.H, I = X.I;
+  std::vector<float> y(size_t(n) * H, 0.f), ye(H);
+  const size_t gu_rb = size_t(2) * I * H / 2, gu_rs = size_t(2) * I * H / 32;
+  const size_t dn_rb = size_t(H) * I / 2, dn_rs = size_t(H) * I / 32;
+  for (int t = 0; t < n; t++) {
+    for (int j = 0; j < k; j++) {
+      const int e = ids[size_t(t) * k + j];
+      ref::expert_mlp_mxfp4(x.data() + size_t(t) * H, X.gu_blocks.data() + e * gu_rb, X.gu_scales.data() + e * gu_rs,
+                            X.gu_bias.data() + size_t(e) * 2 * I, X.dn_blocks.data() + e * dn_rb,
+                            X.dn_scales.data() + e * dn_rs, X.dn_bias.data() + size_t(e) * H, H, I, limit, ye.data());
+      for (int h = 0; h < H; h++) y[size_t(t) * H + h] += w[size_t(t) * k + j] * ye[h];
+    }
+  }
+  return y;
+}
+
+// Runs every token count of one expert set through both formats and, where allowed, both paths.
+std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>& ns, uint64_t seed,
+                              bool bf16_all) {
+  std::vector<Result> out;
+  char shape[96];
+  std::snprintf(shape, sizeof shape, "E=%d H=%d I=%d k=%d", E, H, I, k);
+  try {
+    const float limit = 7.0f;
+    const Experts X(E, H, I, seed);
+    DevBuf<uint8_t> gu_b(X.gu_blocks), gu_s(X.gu_scales), dn_b(X.dn_blocks), dn_s(X.dn_scales);
+    DevBuf<uint16_t> gu_bias(X.gu_bias), dn_bias(X.dn_bias);
+    DevBuf<uint16_t> gu_w(size_t(E) * 2 * I * H), dn_w(size_t(E) * H * I);
+    cuda::mxfp4_to_bf16({gu_b.p, gu_s.p, gu_w.p, int64_t(E) * 2 * I, H}, 0);
+    cuda::mxfp4_to_bf16({dn_b.p, dn_s.p, dn_w.p, int64_t(E) * H, I}, 0);
+    T_CHECK(cudaDeviceSynchronize());
+    const cuda::MoeMxfp4Weights wm{gu_b.p, gu_s.p, gu_bias.p, dn_b.p, dn_s.p, dn_bias.p};
+    const cuda::MoeBf16Weights wb{gu_w.p, gu_bias.p, dn_w.p, dn_bias.p};
+    const int n_max = *std::max_element(ns.begin(), ns.end());
+    DevBuf<uint8_t> ws(cuda::moe_workspace_bytes(n_max, H, I, E, k));
+
+    for (int n : ns) {
+      // Tokens choose k distinct random experts with softmax weights.
+      const auto x16 = to_bf16(randn(size_t(n) * H, seed + 10 + n));
+      const auto xf = from_bf16(x16);
+      std::vector<int32_t> ids(size_t(n) * k);
+      std::vector<float> wts(ids.size());
+      XorShift rng(seed + 1000 + n);
+      for (int t = 0; t < n; t++) {
+        std::vector<int> perm(E);
+        for (int e = 0; e < E; e++) perm[e] = e;
+        for (int j = 0; j < k; j++) std::swap(perm[j], perm[j + rng.next() % (E - j)]);
+        const auto l = randn(k, rng.next());
+        float s = 0.f;
+        for (int j = 0; j < k; j++) s += std::exp(l[j]);
+        for (int j = 0; j < k; j++) {
+          ids[size_t(t) * k + j] = perm[j];
+          wts[size_t(t) * k + j] = std::exp(l[j]) / s;
+        }
+      }
+      const auto y0 = randn(size_t(n) * H, seed + 20 + n);
+      const auto y_ref = moe_ref(X, xf, ids, wts, n, k, limit);
+      auto y_ref_acc = y_ref;
+      for (size_t i = 0; i < y_ref_acc.size(); i++) y_ref_acc[i] += y0[i];
+      DevBuf<uint16_t> d_x(x16);
+      DevBuf<int32_t> d_ids(ids);
+      DevBuf<float> d_w(wts), d_y(size_t(n) * H);
+
+      struct Variant { bool bf16; cuda::MoePath path; bool acc; };
+      std::vector<Variant> vs;
+      const bool decode_ok = n <= cuda::kMoeDecodeMaxTokens;
+      for (int f = 0; f < 2; f++) {
+        if (f == 1 && !bf16_all && n != ns.front() && n != ns.back()) continue;
+        if (decode_ok) vs.push_back({f == 1, cuda::MoePath::kDecode, false});
+        vs.push_back({f == 1, cuda::MoePath::kPrefill, false});
+        if (f == 0) vs.push_back({false, cuda::MoePath::kAuto, true});
+      }
+      for (const Variant& v : vs) {
+        char params[160];
+        std::snprintf(params, sizeof params, "%s %s n=%d %s%s", v.bf16 ? "bf16" : "mxfp4",
+                      v.path == cuda::MoePath::kDecode ? "decode" : v.path == cuda::MoePath::kPrefill ? "prefill" : "auto",
+                      n, shape, v.acc ? " accumulate" : "");
+        try {
+          if (v.acc)
+            d_y.upload(y0);
+          else
+            d_y.poison();
+          cuda::MoeParams p;
+          p.n = n;
+          p.H = H;
+          p.I = I;
+          p.E = E;
+          p.k = k;
+          p.swiglu_limit = limit;
+          p.x = d_x.p;
+          p.ldx = H;
+          p.ids = d_ids.p;
+          p.weights = d_w.p;
+          p.y = d_y.p;
+          p.ldy = H;
+          p.accumulate = v.acc;
+          p.workspace = ws.p;
+          p.workspace_bytes = ws.n;
+          p.path = v.path;
+          if (v.bf16)
+            cuda::moe_bf16_forward(p, wb, 0);
+          else
+            cuda::moe_mxfp4_forward(p, wm, 0);
+          T_CHECK(cudaDeviceSynchronize());
+          out.push_back(close(params, "nmse", d_y.download(), v.acc ? y_ref_acc : y_ref, 1e-4));
+        } catch (const std::exception& e) {
+          out.push_back(fail(params, e.what()));
+          cudaGetLastError();
+        }
+      }
+    }
+  } catch (const std::exception& e) {
+    out.push_back(fail(shape, e.what()));
+  }
+  return out;
+}
+
+std::vector<Result> mxfp4_to_bf16_cases() {
+  std::vector<Result> out;
+  struct C { int rows, cols; };
+  for (const C c : {C{1, 32}, C{77, 96}, C{5760, 2880}}) {
+    char params[64];
+    std::snprintf(params, sizeof params, "rows=%d cols=%d", c.rows, c.cols);
+    try {
+      std::vector<uint8_t> blocks(size_t(c.rows) * c.cols / 2), scales(size_t(c.rows) * c.cols / 32);
+      XorShift rng(300 + c.rows);
+      for (auto& b : blocks) b = uint8_t(rng.next());
+      for (auto& s : scales) s = uint8_t(100 + rng.next() % 50);
+      DevBuf<uint8_t> d_b(blocks), d_s(scales);
+      DevBuf<uint16_t> d_o(size_t(c.rows) * c.cols);
+      d_o.poison();
+      cuda::mxfp4_to_bf16({d_b.p, d_s.p, d_o.p, c.rows, c.cols}, 0);
+      T_CHECK(cudaDeviceSynchronize());
+      std::vector<float> ref_out(size_t(c.rows) * c.cols);
+      for (int r = 0; r < c.rows; r++)
+        ref::mxfp4_decode_row(blocks.data() + size_t(r) * c.cols / 2, scales.data() + size_t(r) * c.cols / 32, c.cols,
+                              ref_out.data() + size_t(r) * c.cols);
+      out.push_back(close(params, "max_abs_rel", from_bf16(d_o.download()), ref_out, 0.0));
+    } catch (const std::exception& e) {
+      out.push_back(fail(params, e.what()));
+    }
+  }
+  return out;
+}
+
+HM_OP_TEST("router_topk", router_topk_cases);
+HM_OP_TEST("router_fused", router_fused_cases);
+HM_OP_TEST("moe_mxfp4_to_bf16", mxfp4_to_bf16_cases);
+HM_OP_TEST("moe_experts_small", [] {
+  std::vector<Result> out;
+  for (auto& r : moe_cases(5, 96, 64, 2, {1, 3, 8, 37}, 11, true)) out.push_back(r);
+  for (auto& r : moe_cases(8, 160, 224, 3, {2, 8, 21}, 12, true)) out.push_back(r);
+  for (auto& r : moe_cases(4, 32, 32, 4, {1, 9}, 13, true)) out.push_back(r);
+  for (auto& r : moe_cases(9, 384, 256, 1, {5, 130}, 14, true)) out.push_back(r);
+  return out;
+});
+HM_OP_TEST("moe_experts_real_e32", [] { return moe_cases(32, 2880, 2880, 4, {1, 4, 7, 64, 300}, 21, false); });
+HM_OP_TEST("moe_experts_real_e128", [] { return moe_cases(128, 2880, 2880, 4, {1, 4, 7, 64, 300}, 22, false); });
+
+}  // namespace
+}  // namespace hm::optest
