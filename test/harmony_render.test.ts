@@ -256,6 +256,19 @@ describe.skipIf(!haveSpec)('byte-exact against the harmony library expected outp
     const sys = renderMessages([system({})], { addGenerationPrompt: false });
     expect(renderConversation(req)).toBe(sys + expected(dataDir, 'test_dropping_cot_by_default.txt'));
   });
+
+  it('the per-turn CoT rule agrees with the authority on keep_analysis_between_finals', () => {
+    const req: ChatRequest = {
+      messages: [
+        { role: 'user', content: 'What is 2 + 2?' },
+        { role: 'assistant', reasoning: 'thinking 2+2', content: '4' },
+        { role: 'user', content: 'What is 3 + 5?' },
+        { role: 'assistant', reasoning: 'thinking 3+5', content: '8' },
+      ],
+    };
+    const sys = renderMessages([system({})], { addGenerationPrompt: false });
+    expect(renderConversation(req, { addGenerationPrompt: false })).toBe(sys + expected(dataDir, 'test_keep_analysis_between_finals.txt'));
+  });
 });
 
 function readdirTxt(dir: string): string[] {
