@@ -138,7 +138,8 @@ export class Harmonium {
       const started = performance.now();
       const sampling = this.resolve(request);
       const prompt = this.renderTokens(request);
-      const assembler = new ChatAssembler(this.tokenizer, sampling.stop, sampling.logprobs);
+      const functionNames = (request.tools ?? []).map((t) => t?.function?.name).filter((n): n is string => typeof n === 'string');
+      const assembler = new ChatAssembler(this.tokenizer, sampling.stop, sampling.logprobs, functionNames);
       const stops = new Set([...STOP_TOKEN_IDS, ...sampling.stopTokenIds]);
       const gen = await this.engine.generate({
         prompt,
@@ -151,7 +152,9 @@ export class Harmonium {
           return assembler.stopped;
         },
       });
-      for (const e of assembler.finish()) channel.push(e);
+      // A cut by max_tokens or a stop string leaves a message open by design, not because the model erred.
+      const cut = gen.finishReason === 'length' ? 'length' : assembler.stopped ? 'abort' : undefined;
+      for (const e of assembler.finish(cut)) channel.push(e);
       const message = assembler.result(gen, timings(started, gen));
       channel.push({ type: 'done', message });
       channel.end();

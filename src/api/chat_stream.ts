@@ -4,7 +4,7 @@
 //   final channel (or no channel)   -> content, cut at the first stop string
 //   commentary without a recipient  -> content (a preamble the model addresses to the user)
 //   a message to a recipient        -> a tool call once it is complete (functions.NAME -> NAME; built-in tools
-//                                      such as browser.search keep their full name)
+//                                      such as browser.search keep their full name); no deltas
 import type { GenerationResult } from '../engine/engine.js';
 import type { SampledToken } from '../sampling/sampler.js';
 import { StopStrings } from '../sampling/stop.js';
@@ -29,9 +29,11 @@ export class ChatAssembler {
   private reasoning = '';
   private readonly toolCalls: CompleteToolCall[] = [];
   private malformed = false;
+  /** What the parser found wrong with the output, when it was malformed. */
+  problems: string[] = [];
 
-  constructor(tokenizer: HarmonyTokenizer, stop: string[], wantLogprobs: boolean) {
-    this.parser = createHarmonyParser(tokenizer);
+  constructor(tokenizer: HarmonyTokenizer, stop: string[], wantLogprobs: boolean, functionNames: string[] = []) {
+    this.parser = createHarmonyParser(tokenizer, functionNames);
     this.stops = new StopStrings(stop);
     if (wantLogprobs) {
       this.detok = new StreamingDetokenizer(tokenizer);
@@ -54,9 +56,9 @@ export class ChatAssembler {
     return this.handle(this.parser.push(t.token));
   }
 
-  /** Events for whatever the parser still held when generation ended. */
-  finish(): ChatEvent[] {
-    const events = this.handle(this.parser.finish());
+  /** Events for whatever the parser still held when generation ended ('length' / 'abort' when cut by the engine). */
+  finish(reason?: string): ChatEvent[] {
+    const events = this.handle(this.parser.finish(reason));
     const tail = this.stops.flush();
     if (tail) {
       this.content += tail;
@@ -70,8 +72,9 @@ export class ChatAssembler {
     for (const e of parsed) {
       if (e.type === 'malformed') {
         this.malformed = true;
+        this.problems = e.problems;
       } else if (e.type === 'delta') {
-        if (e.recipient) continue; // tool arguments are reported whole, at the end of the message
+        if (e.recipient && e.recipient !== 'user' && e.recipient !== 'all' && e.recipient !== 'assistant') continue; // tool arguments come whole, as a tool call
         if (e.channel === 'analysis') {
           this.reasoning += e.delta;
           events.push({ type: 'reasoning', delta: e.delta });
@@ -82,9 +85,8 @@ export class ChatAssembler {
             events.push({ type: 'content', delta: shown });
           }
         }
-      } else if (e.type === 'message' && e.recipient) {
-        const name = e.recipient.startsWith('functions.') ? e.recipient.slice('functions.'.length) : e.recipient;
-        const call: CompleteToolCall = { id: callId(), type: 'function', function: { name, arguments: e.content } };
+      } else if (e.type === 'tool_call') {
+        const call: CompleteToolCall = { id: callId(), type: 'function', function: { name: e.name, arguments: e.arguments } };
         this.toolCalls.push(call);
         events.push({ type: 'tool_call', tool_call: call });
       }

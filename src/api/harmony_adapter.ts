@@ -1,106 +1,54 @@
-// The seam between the chat layer and the harmony stream parser: the chat layer needs, per generated token,
-// content deltas tagged with their message's channel and recipient, each completed message, and a flag when the
-// output breaks the format. This file adapts the parser to that shape.
-import { TOKEN, type HarmonyTokenizer, StreamingDetokenizer } from '../tokenizer/tokenizer.js';
+// The seam between the chat layer and the harmony stream parser (src/harmony/parser.ts): the chat layer needs,
+// per generated token, content deltas tagged with their message's channel and recipient, complete tool calls, and
+// a flag when the output broke the format. The parser's events carry the recipient only on message_start, so this
+// adapter remembers it per message.
+import { HarmonyStreamParser, type HarmonyEvent } from '../harmony/parser.js';
+import type { HarmonyTokenizer } from '../tokenizer/tokenizer.js';
 
 export type ParsedEvent =
   | { type: 'delta'; channel?: string; recipient?: string; delta: string }
-  | { type: 'message'; channel?: string; recipient?: string; content: string }
-  | { type: 'malformed'; reason: string };
+  | { type: 'tool_call'; name: string; arguments: string }
+  | { type: 'malformed'; problems: string[] };
 
 export interface TokenParser {
   push(token: number): ParsedEvent[];
-  finish(): ParsedEvent[];
+  /** reason: 'length' or 'abort' when the engine cut the output (an open message is then expected). */
+  finish(reason?: string): ParsedEvent[];
 }
 
-/**
- * A parser of the assistant's output, which starts right after the prompt's `<|start|>assistant`: header (channel,
- * recipient, content type) until `<|message|>`, content until `<|end|>`, `<|call|>` or `<|return|>`, then
- * optionally `<|start|>` and the next message.
- */
-class AssistantOutputParser implements TokenParser {
-  private state: 'header' | 'content' | 'between' = 'header';
-  private header = '';
-  private channel: string | undefined;
-  private recipient: string | undefined;
-  private content = '';
-  private detok: StreamingDetokenizer;
+class ParserAdapter implements TokenParser {
+  private readonly parser: HarmonyStreamParser;
+  private readonly open = new Map<number, { channel?: string; recipient?: string }>();
 
-  constructor(private readonly tokenizer: HarmonyTokenizer) {
-    this.detok = new StreamingDetokenizer(tokenizer, { skipSpecial: true });
+  constructor(tokenizer: HarmonyTokenizer, functionNames: string[]) {
+    this.parser = new HarmonyStreamParser({ tokenizer, functionNames, role: 'assistant' });
   }
 
-  private parseHeader(): void {
-    // Header text after the role, e.g. "<|channel|>commentary to=functions.f <|constrain|>json".
-    const to = /(?:^|\s)to=(\S+)/.exec(this.header.replace(/<\|channel\|>/g, ' <|channel|>'));
-    this.recipient = to ? to[1].replace(/<\|.*$/, '') : undefined;
-    const ch = /<\|channel\|>([^\s<]+)/.exec(this.header);
-    this.channel = ch ? ch[1] : undefined;
-  }
-
-  push(token: number): ParsedEvent[] {
+  private map(events: HarmonyEvent[]): ParsedEvent[] {
     const out: ParsedEvent[] = [];
-    if (this.state === 'between') {
-      if (token === TOKEN.start) {
-        this.state = 'header';
-        this.header = '';
-        return out;
-      }
-      return [{ type: 'malformed', reason: 'text between messages' }];
+    for (const e of events) {
+      if (e.type === 'message_start') this.open.set(e.index, { channel: e.channel, recipient: e.recipient });
+      else if (e.type === 'content_delta') {
+        const m = this.open.get(e.index);
+        out.push({ type: 'delta', channel: e.channel ?? m?.channel, recipient: m?.recipient, delta: e.text });
+      } else if (e.type === 'tool_call') out.push({ type: 'tool_call', name: e.name, arguments: e.arguments });
+      else if (e.type === 'message_end') this.open.delete(e.index);
     }
-    if (this.state === 'header') {
-      if (token === TOKEN.message) {
-        this.parseHeader();
-        this.state = 'content';
-        this.content = '';
-        this.detok = new StreamingDetokenizer(this.tokenizer, { skipSpecial: true });
-      } else if (token === TOKEN.end || token === TOKEN.return || token === TOKEN.call) {
-        out.push({ type: 'malformed', reason: 'message without content' });
-        this.state = 'between';
-      } else {
-        this.header += this.tokenizer.decode([token]);
-      }
-      return out;
-    }
-    if (token === TOKEN.end || token === TOKEN.return || token === TOKEN.call) {
-      const tail = this.detok.flush();
-      if (tail) out.push(this.delta(tail));
-      out.push({ type: 'message', channel: this.channel, recipient: this.recipient, content: this.content });
-      this.state = 'between';
-      return out;
-    }
-    if (this.tokenizer.isSpecial(token)) return [{ type: 'malformed', reason: `special token ${token} inside content` }];
-    const text = this.detok.push(token);
-    if (text) out.push(this.delta(text));
     return out;
   }
 
-  private delta(text: string): ParsedEvent {
-    this.content += text;
-    return { type: 'delta', channel: this.channel, recipient: this.recipient, delta: text };
+  push(token: number): ParsedEvent[] {
+    return this.map(this.parser.push(token));
   }
 
-  finish(): ParsedEvent[] {
-    if (this.state === 'content') {
-      const out: ParsedEvent[] = [];
-      const tail = this.detok.flush();
-      if (tail) out.push(this.delta(tail));
-      // A message cut off (max_tokens): keep what came; a tool call cut off is not a call.
-      if (!this.recipient) out.push({ type: 'message', channel: this.channel, content: this.content });
-      return out;
-    }
-    if (this.state === 'header' && this.header !== '') {
-      // Cut off before <|message|>: the header text is all there is; report it as content, flagged.
-      return [
-        { type: 'malformed', reason: 'message cut off in its header' },
-        { type: 'delta', delta: this.header },
-        { type: 'message', content: this.header },
-      ];
-    }
-    return [];
+  finish(reason?: string): ParsedEvent[] {
+    const r = this.parser.finish(reason);
+    const out = this.map(r.events);
+    if (r.malformed) out.push({ type: 'malformed', problems: r.problems });
+    return out;
   }
 }
 
-export function createHarmonyParser(tokenizer: HarmonyTokenizer): TokenParser {
-  return new AssistantOutputParser(tokenizer);
+export function createHarmonyParser(tokenizer: HarmonyTokenizer, functionNames: string[] = []): TokenParser {
+  return new ParserAdapter(tokenizer, functionNames);
 }
