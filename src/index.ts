@@ -8,3 +8,24 @@ export type { DummyModelName } from './model/dummy.js';
 export { modelSizes } from './model/sizes.js';
 export type { ModelSizes } from './model/sizes.js';
 export { ensureTinyModel } from './model/tiny.js';
+
+// The model API: load, chat, generate, close (src/api.ts).
+export { Harmonium } from './api.js';
+export type {
+  HarmoniumLoadOptions,
+  ChatCompletionRequest,
+  CallOptions,
+  ChatEvent,
+  ChatResult,
+  ChatFinishReason,
+  GeneratedToken,
+  GenerateResult,
+  Stream,
+  Timings,
+  Usage,
+} from './api/types.js';
+export { resolveSampling, SamplingParamError } from './sampling/params.js';
+export type { SamplingParams, ResolvedSampling } from './sampling/params.js';
+export type { TokenLogprob } from './sampling/sampler.js';
+export { EngineRequestError } from './engine/engine.js';
+export type { ChatRequest, ChatMessage, Tool, ToolCall, ReasoningEffort, BuiltinTool } from './harmony/types.js';

@@ -8,6 +8,8 @@ import type { ChatMessage } from '../harmony/types.js';
 import { streamAnswer } from './answer.js';
 import { addModelFlags, addSamplingFlags, loadOptions, modelLabel, samplingParams, type ModelFlags, type SamplingFlags } from './flags.js';
 import { loadProgress } from './progress.js';
+import { resolveSampling } from '../sampling/params.js';
+import { VOCAB_SIZE } from '../tokenizer/tokenizer.js';
 
 interface ChatFlags extends ModelFlags, SamplingFlags {
   showReasoning?: boolean;
@@ -21,6 +23,7 @@ export function registerChat(program: Command): void {
   addModelFlags(cmd);
   addSamplingFlags(cmd);
   cmd.action(async (flags: ChatFlags) => {
+    resolveSampling(samplingParams(flags), VOCAB_SIZE, () => 0); // bad flags fail before the model loads
     const bar = loadProgress(`loading ${modelLabel(flags)}`);
     const model = await Harmonium.load({ ...loadOptions(flags), onProgress: bar.onProgress });
     bar.done();
@@ -37,15 +40,12 @@ async function chatLoop(model: Harmonium, flags: ChatFlags): Promise<void> {
   const start = (): ChatMessage[] => (flags.system !== undefined ? [{ role: 'system', content: flags.system }] : []);
   let messages = start();
   let answering: AbortController | undefined;
-  let closed = false;
-  rl.on('close', () => (closed = true));
   rl.on('SIGINT', () => {
     if (answering) answering.abort(new Error('interrupted'));
     else rl.close();
   });
   const lines = rl[Symbol.asyncIterator]();
   for (;;) {
-    if (closed) break;
     if (process.stdin.isTTY) process.stdout.write('> ');
     const next = await lines.next();
     if (next.done) break;

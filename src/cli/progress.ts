@@ -1,4 +1,4 @@
-// Load progress on stderr: a bar with bytes and rate on a terminal, a few plain lines otherwise (logs, CI).
+// Load progress on stderr: a bar with bytes and rate, redrawn on a terminal, one closing line otherwise (logs, CI).
 // Also the one-line run summary every generation command ends with.
 import type { Timings, Usage } from '../api/types.js';
 
@@ -22,7 +22,6 @@ export function loadProgress(label: string, out: NodeJS.WriteStream = process.st
   const start = performance.now();
   const tty = out.isTTY === true;
   let lastDraw = 0;
-  let lastLine = -1;
   let loaded = 0;
   let total = 0;
   const line = () => {
@@ -38,16 +37,10 @@ export function loadProgress(label: string, out: NodeJS.WriteStream = process.st
       loaded = l;
       total = t;
       const now = performance.now();
-      if (tty) {
-        if (now - lastDraw < 80 && l < t) return;
-        lastDraw = now;
-        out.write(`\r${line()}\x1b[K`);
-      } else {
-        const quarter = t > 0 ? Math.floor((4 * l) / t) : 0;
-        if (quarter === lastLine) return;
-        lastLine = quarter;
-        out.write(`${line()}\n`);
-      }
+      // Not a terminal (a log, CI): only the closing line, from done().
+      if (!tty || (now - lastDraw < 80 && l < t)) return;
+      lastDraw = now;
+      out.write(`\r${line()}\x1b[K`);
     },
     done() {
       const secs = (performance.now() - start) / 1000;

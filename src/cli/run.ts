@@ -6,6 +6,8 @@ import type { ChatMessage } from '../harmony/types.js';
 import { streamAnswer } from './answer.js';
 import { addModelFlags, addSamplingFlags, loadOptions, modelLabel, samplingParams, type ModelFlags, type SamplingFlags } from './flags.js';
 import { loadProgress } from './progress.js';
+import { resolveSampling } from '../sampling/params.js';
+import { VOCAB_SIZE } from '../tokenizer/tokenizer.js';
 
 interface RunFlags extends ModelFlags, SamplingFlags {
   showReasoning?: boolean;
@@ -23,6 +25,7 @@ export function registerRun(program: Command): void {
     const ac = new AbortController();
     const onSigint = () => ac.abort(new Error('interrupted'));
     process.once('SIGINT', onSigint);
+    resolveSampling(samplingParams(flags), VOCAB_SIZE, () => 0); // bad flags fail before the model loads
     const bar = loadProgress(`loading ${modelLabel(flags)}`);
     const model = await Harmonium.load({ ...loadOptions(flags), onProgress: bar.onProgress, signal: ac.signal });
     bar.done();

@@ -73,10 +73,13 @@ export class SamplingParamError extends Error {
   }
 }
 
+/** A value as an error message shows it (NaN and Infinity stay readable). */
+const show = (v: unknown) => (typeof v === 'number' ? String(v) : JSON.stringify(v));
+
 function num(p: SamplingParams, key: keyof SamplingParams, def: number, lo: number, hi: number, loOpen = false): number {
   const v = p[key];
   if (v === undefined || v === null) return def;
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new SamplingParamError(key, `must be a finite number, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw new SamplingParamError(key, `must be a finite number, got ${show(v)}`);
   if (loOpen ? v <= lo : v < lo) throw new SamplingParamError(key, `must be ${loOpen ? '>' : '>='} ${lo}, got ${v}`);
   if (v > hi) throw new SamplingParamError(key, `must be <= ${hi}, got ${v}`);
   return v;
@@ -85,14 +88,14 @@ function num(p: SamplingParams, key: keyof SamplingParams, def: number, lo: numb
 function int(p: SamplingParams, key: keyof SamplingParams, lo: number, hi: number): number | undefined {
   const v = p[key];
   if (v === undefined || v === null) return undefined;
-  if (typeof v !== 'number' || !Number.isInteger(v)) throw new SamplingParamError(key, `must be an integer, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isInteger(v)) throw new SamplingParamError(key, `must be an integer, got ${show(v)}`);
   if (v < lo || v > hi) throw new SamplingParamError(key, `must be in ${lo}..${hi}, got ${v}`);
   return v;
 }
 
 function tokenId(param: string, v: unknown, vocab: number): number {
   if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v >= vocab)
-    throw new SamplingParamError(param, `token id must be an integer in 0..${vocab - 1}, got ${JSON.stringify(v)}`);
+    throw new SamplingParamError(param, `token id must be an integer in 0..${vocab - 1}, got ${show(v)}`);
   return v;
 }
 
@@ -118,7 +121,7 @@ export function resolveSampling(p: SamplingParams | undefined, vocab: number, ra
       if (!/^\d+$/.test(k)) throw new SamplingParamError('logit_bias', `key ${JSON.stringify(k)} is not a token id`);
       const id = tokenId('logit_bias', Number(k), vocab);
       if (typeof b !== 'number' || !Number.isFinite(b) || b < -100 || b > 100)
-        throw new SamplingParamError('logit_bias', `bias for token ${id} must be a number in -100..100, got ${JSON.stringify(b)}`);
+        throw new SamplingParamError('logit_bias', `bias for token ${id} must be a number in -100..100, got ${show(b)}`);
       if (b !== 0) logitBias.set(id, b);
     }
   }
