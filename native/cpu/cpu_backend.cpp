@@ -6,7 +6,6 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "../backend.h"
@@ -61,12 +60,13 @@ class CpuBackend : public Backend {
     v_cache_.allocate(cfg.num_layers, per_layer);
     kv_bytes_ = block_bytes * static_cast<uint64_t>(num_blocks_);
     ref::rope_inv_freq(cfg.rope, cfg.head_dim, inv_freq_.data(), &attn_factor_);
+    threads_ = cpu::num_threads();
   }
 
   BackendInfo info() const override {
     BackendInfo i;
     i.backend = "cpu";
-    i.device_name = "CPU reference (" + str(cpu::num_threads()) + " threads)";
+    i.device_name = "CPU reference (" + str(threads_) + " threads)";
     i.expert_format = w_.layers.empty() || w_.layers[0].experts.mxfp4 ? "mxfp4" : "bf16";
     i.num_blocks = num_blocks_;
     i.block_size = opt_.block_size;
@@ -265,6 +265,7 @@ class CpuBackend : public Backend {
   KvArena k_cache_, v_cache_;
   std::vector<float> inv_freq_;  // [D/2]
   float attn_factor_ = 1.0f;
+  int threads_ = 1;  // at load (info() must not wait on the pool while a step runs)
 };
 
 }  // namespace
