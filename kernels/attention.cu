@@ -1,15 +1,16 @@
-// Attention kernels (see attention.h for the two paths). Both are written for head dim 64 and a GQA group of
+// Attention kernels (see attention.h for the two paths). Both are written for head dims 16, 32 and 64 (HD) and a GQA group of
 // G = nq / nkv query heads per KV head (templated: 1, 2, 4, 8, 16), so each K/V row read serves G heads.
 //   attn_decode_split:   grid (tokens, nkv, splits), 128 threads. Per 128-key chunk: thread-per-key scores for
 //                        the G heads into shared memory, per-head online softmax (warp per head), then a thread per
 //                        (head, dim pair) accumulates p * V with coalesced 128-byte V rows. Writes unnormalised
-//                        partial outputs and (max, sum) per split.
+//                        partial outputs and (max, sum) per split. Lanes own dims 2*lane, 2*lane+1 (HD <= 64).
 //   attn_decode_combine: grid (tokens, nq), D threads: merges the splits and the sink column, writes bf16.
 //   attn_prefill_tile:   grid (tiles, nkv), 16 * G threads, one per (query token, head) row holding q, the output
 //                        accumulator and 32 scores in registers; K/V tiles of 32 keys in shared memory (fp32).
 #include <algorithm>
 #include <cfloat>
 #include <climits>
+#include <type_traits>
 
 #include "attention.h"
 #include "common.cuh"
@@ -17,7 +18,6 @@
 namespace hm::cuda {
 namespace {
 
-constexpr int D64 = 64;
 constexpr int kDecodeChunk = 128;
 
 __device__ __forceinline__ void key_range(int pos, int window, int* lo, int* hi) {
@@ -30,11 +30,11 @@ __device__ __forceinline__ size_t slot_of(const AttentionCommon& c, int seq, int
   return size_t(blk) * c.block_size + (j % c.block_size);
 }
 
-template <int G>
+template <int G, int HD>
 __global__ void __launch_bounds__(128) attn_decode_split(AttentionCommon c, const int32_t* __restrict__ tokens,
                                                          int keys_per_split, int max_splits,
                                                          float* __restrict__ ws) {
-  __shared__ float qs[G][D64];
+  __shared__ float qs[G][HD];
   __shared__ float S[G][kDecodeChunk];
   __shared__ int slots[kDecodeChunk];
   __shared__ float alpha_s[G];
@@ -51,14 +51,15 @@ __global__ void __launch_bounds__(128) attn_decode_split(AttentionCommon c, cons
   if (s_begin > hi) return;
   const int s_end = min(hi + 1, s_begin + keys_per_split);
 
-  for (int e = tid; e < G * D64; e += blockDim.x)
-    qs[e / D64][e % D64] = c.q[size_t(t) * c.ldq + (kvh * G + e / D64) * D64 + e % D64] * c.scale;
+  for (int e = tid; e < G * HD; e += blockDim.x)
+    qs[e / HD][e % HD] = c.q[size_t(t) * c.ldq + (kvh * G + e / HD) * HD + e % HD] * c.scale;
   if (tid < G) {
     m_s[tid] = -INFINITY;
     l_s[tid] = 0.f;
   }
-  // V phase ownership: dims 2*lane, 2*lane+1 of heads warp, warp + 4, ...
+  // V phase ownership: dims 2*lane, 2*lane+1 (D <= 64; lanes past D/2 idle) of heads warp, warp + 4, ...
   constexpr int HPT = (G + 3) / 4;
+  const bool vlane = 2 * lane < HD;
   float acc[HPT][2];
 #pragma unroll
   for (int a = 0; a < HPT; a++) acc[a][0] = acc[a][1] = 0.f;
@@ -69,12 +70,12 @@ __global__ void __launch_bounds__(128) attn_decode_split(AttentionCommon c, cons
     if (tid < n) {
       const size_t sl = slot_of(c, seq, c0 + tid);
       slots[tid] = int(sl);
-      const uint4* kr = reinterpret_cast<const uint4*>(c.k_cache + (sl * c.nkv + kvh) * D64);
+      const uint4* kr = reinterpret_cast<const uint4*>(c.k_cache + (sl * c.nkv + kvh) * HD);
       float dot[G];
 #pragma unroll
       for (int h = 0; h < G; h++) dot[h] = 0.f;
 #pragma unroll
-      for (int ch = 0; ch < 8; ch++) {
+      for (int ch = 0; ch < HD / 8; ch++) {
         float kf[8];
         unpack8(__ldg(kr + ch), kf);
 #pragma unroll
@@ -117,8 +118,8 @@ __global__ void __launch_bounds__(128) attn_decode_split(AttentionCommon c, cons
         acc[a][1] *= alpha_s[h];
       }
     }
-    for (int j = 0; j < n; j++) {
-      const uint32_t vv = *reinterpret_cast<const uint32_t*>(c.v_cache + (size_t(slots[j]) * c.nkv + kvh) * D64 +
+    for (int j = 0; j < n && vlane; j++) {
+      const uint32_t vv = *reinterpret_cast<const uint32_t*>(c.v_cache + (size_t(slots[j]) * c.nkv + kvh) * HD +
                                                              2 * lane);
       const float v0 = __uint_as_float(vv << 16), v1 = __uint_as_float(vv & 0xffff0000u);
 #pragma unroll
@@ -136,14 +137,16 @@ __global__ void __launch_bounds__(128) attn_decode_split(AttentionCommon c, cons
   // Partial layout: o [tokens, nq, max_splits, D], then ml [tokens, nq, max_splits, 2].
   const size_t nq = size_t(c.nq);
   float* o = ws;
-  float* ml = ws + size_t(gridDim.x) * nq * max_splits * D64;
+  float* ml = ws + size_t(gridDim.x) * nq * max_splits * HD;
 #pragma unroll
   for (int a = 0; a < HPT; a++) {
     const int h = warp + 4 * a;
     if (h < G) {
       const size_t row = (size_t(i) * nq + kvh * G + h) * max_splits + split;
-      o[row * D64 + 2 * lane] = acc[a][0];
-      o[row * D64 + 2 * lane + 1] = acc[a][1];
+      if (vlane) {
+        o[row * HD + 2 * lane] = acc[a][0];
+        o[row * HD + 2 * lane + 1] = acc[a][1];
+      }
       if (lane == 0) {
         ml[row * 2] = m_s[h];
         ml[row * 2 + 1] = l_s[h];
@@ -152,6 +155,7 @@ __global__ void __launch_bounds__(128) attn_decode_split(AttentionCommon c, cons
   }
 }
 
+template <int HD>
 __global__ void attn_decode_combine(AttentionCommon c, const int32_t* __restrict__ tokens, int keys_per_split,
                                     int max_splits, const float* __restrict__ ws) {
   pdl_wait();
@@ -163,7 +167,7 @@ __global__ void attn_decode_combine(AttentionCommon c, const int32_t* __restrict
   const int nsplit = (hi - lo + 1 + keys_per_split - 1) / keys_per_split;
   const size_t nq = size_t(c.nq);
   const float* o = ws;
-  const float* ml = ws + size_t(gridDim.x) * nq * max_splits * D64;
+  const float* ml = ws + size_t(gridDim.x) * nq * max_splits * HD;
   const size_t base = (size_t(i) * nq + h) * max_splits;
   const float sink = c.sinks[h];
   float M = sink;
@@ -172,18 +176,18 @@ __global__ void attn_decode_combine(AttentionCommon c, const int32_t* __restrict
   for (int s = 0; s < nsplit; s++) {
     const float w = __expf(ml[(base + s) * 2] - M);
     L += ml[(base + s) * 2 + 1] * w;
-    acc += o[(base + s) * D64 + d] * w;
+    acc += o[(base + s) * HD + d] * w;
   }
-  c.out[size_t(t) * nq * D64 + h * D64 + d] = __bfloat16_as_ushort(__float2bfloat16(acc / L));
+  c.out[size_t(t) * nq * HD + h * HD + d] = __bfloat16_as_ushort(__float2bfloat16(acc / L));
 }
 
 constexpr int KT = 32;
 
-template <int G>
+template <int G, int HD>
 __global__ void __launch_bounds__(kPrefillTileTokens* G) attn_prefill_tile(AttentionCommon c,
                                                                           const int32_t* __restrict__ tiles) {
-  __shared__ __align__(16) float Ks[KT][D64];
-  __shared__ __align__(16) float Vs[KT][D64];
+  __shared__ __align__(16) float Ks[KT][HD];
+  __shared__ __align__(16) float Vs[KT][HD];
   __shared__ int range_lo, range_hi;
   pdl_wait();
   pdl_trigger();
@@ -204,25 +208,25 @@ __global__ void __launch_bounds__(kPrefillTileTokens* G) attn_prefill_tile(Atten
     atomicMin(&range_lo, lo);
     atomicMax(&range_hi, hi);
   }
-  float q[D64], acc[D64];
+  float q[HD], acc[HD];
   const int h = kvh * G + hh;
 #pragma unroll
-  for (int d = 0; d < D64; d++) {
-    q[d] = active ? c.q[size_t(t) * c.ldq + h * D64 + d] * c.scale : 0.f;
+  for (int d = 0; d < HD; d++) {
+    q[d] = active ? c.q[size_t(t) * c.ldq + h * HD + d] * c.scale : 0.f;
     acc[d] = 0.f;
   }
   float m = -INFINITY, l = 0.f;
   __syncthreads();
   const int blo = range_lo, bhi = range_hi;
   for (int k0 = blo; k0 <= bhi; k0 += KT) {
-    // Stage KT keys (bf16 -> fp32): 8 chunks of 8 values per key row.
-    for (int e = tid; e < KT * 8; e += blockDim.x) {
-      const int j = e / 8, ch = e % 8;
+    // Stage KT keys (bf16 -> fp32): D/8 chunks of 8 values per key row.
+    for (int e = tid; e < KT * (HD / 8); e += blockDim.x) {
+      const int j = e / (HD / 8), ch = e % (HD / 8);
       float kf[8], vf[8];
       if (k0 + j <= bhi) {
         const size_t sl = slot_of(c, seq, k0 + j);
-        unpack8(__ldg(reinterpret_cast<const uint4*>(c.k_cache + (sl * c.nkv + kvh) * D64) + ch), kf);
-        unpack8(__ldg(reinterpret_cast<const uint4*>(c.v_cache + (sl * c.nkv + kvh) * D64) + ch), vf);
+        unpack8(__ldg(reinterpret_cast<const uint4*>(c.k_cache + (sl * c.nkv + kvh) * HD) + ch), kf);
+        unpack8(__ldg(reinterpret_cast<const uint4*>(c.v_cache + (sl * c.nkv + kvh) * HD) + ch), vf);
       } else {
 #pragma unroll
         for (int x = 0; x < 8; x++) kf[x] = vf[x] = 0.f;
@@ -241,7 +245,7 @@ __global__ void __launch_bounds__(kPrefillTileTokens* G) attn_prefill_tile(Atten
       const int key = k0 + j;
       float dot = 0.f;
 #pragma unroll
-      for (int d = 0; d < D64; d += 4) {
+      for (int d = 0; d < HD; d += 4) {
         const float4 kv = *reinterpret_cast<const float4*>(&Ks[j][d]);
         dot = fmaf(q[d], kv.x, dot);
         dot = fmaf(q[d + 1], kv.y, dot);
@@ -256,13 +260,13 @@ __global__ void __launch_bounds__(kPrefillTileTokens* G) attn_prefill_tile(Atten
       const float al = __expf(m - m_new);
       l *= al;
 #pragma unroll
-      for (int d = 0; d < D64; d++) acc[d] *= al;
+      for (int d = 0; d < HD; d++) acc[d] *= al;
 #pragma unroll
       for (int j = 0; j < KT; j++) {
         const float pj = __expf(s[j] - m_new);
         l += pj;
 #pragma unroll
-        for (int d = 0; d < D64; d += 4) {
+        for (int d = 0; d < HD; d += 4) {
           const float4 vv = *reinterpret_cast<const float4*>(&Vs[j][d]);
           acc[d] = fmaf(pj, vv.x, acc[d]);
           acc[d + 1] = fmaf(pj, vv.y, acc[d + 1]);
@@ -279,9 +283,9 @@ __global__ void __launch_bounds__(kPrefillTileTokens* G) attn_prefill_tile(Atten
   const float M = fmaxf(m, sink);
   const float w = __expf(m - M);
   const float inv = 1.f / (l * w + __expf(sink - M));
-  uint16_t* out = c.out + size_t(t) * c.nq * D64 + h * D64;
+  uint16_t* out = c.out + size_t(t) * c.nq * HD + h * HD;
 #pragma unroll
-  for (int d = 0; d < D64; d += 2) {
+  for (int d = 0; d < HD; d += 2) {
     const __nv_bfloat162 pr = __floats2bfloat162_rn(acc[d] * w * inv, acc[d + 1] * w * inv);
     *reinterpret_cast<__nv_bfloat162*>(out + d) = pr;
   }
@@ -289,7 +293,7 @@ __global__ void __launch_bounds__(kPrefillTileTokens* G) attn_prefill_tile(Atten
 
 void check_common(const AttentionCommon& c, const char* who) {
   HM_REQUIRE(c.q && c.k_cache && c.v_cache && c.block_tables && c.tok_seq && c.pos && c.sinks && c.out, who);
-  HM_REQUIRE(c.D == D64, who);
+  HM_REQUIRE(c.D == 16 || c.D == 32 || c.D == 64, who);
   HM_REQUIRE(c.nkv > 0 && c.nq % c.nkv == 0, who);
   HM_REQUIRE(c.block_size > 0 && c.max_blocks_per_seq > 0 && c.ldq >= c.nq * c.D, who);
   const int G = c.nq / c.nkv;
@@ -308,6 +312,24 @@ int attention_keys_per_split(int max_keys, int max_splits) {
   return std::max(kDecodeChunk, (per + kDecodeChunk - 1) / kDecodeChunk * kDecodeChunk);
 }
 
+// Instantiates KERNEL<G, D> for the supported GQA groups and head dims and launches it.
+#define HM_ATTN_DISPATCH(KERNEL, G, D, ...)                                              \
+  do {                                                                                   \
+    auto go = [&](auto g, auto d) { launch(KERNEL<decltype(g)::value, decltype(d)::value>, __VA_ARGS__); }; \
+    auto by_d = [&](auto g) {                                                            \
+      if ((D) == 16) go(g, std::integral_constant<int, 16>{});                           \
+      else if ((D) == 32) go(g, std::integral_constant<int, 32>{});                      \
+      else go(g, std::integral_constant<int, 64>{});                                     \
+    };                                                                                   \
+    switch (G) {                                                                         \
+      case 1: by_d(std::integral_constant<int, 1>{}); break;                             \
+      case 2: by_d(std::integral_constant<int, 2>{}); break;                             \
+      case 4: by_d(std::integral_constant<int, 4>{}); break;                             \
+      case 8: by_d(std::integral_constant<int, 8>{}); break;                             \
+      default: by_d(std::integral_constant<int, 16>{}); break;                           \
+    }                                                                                    \
+  } while (0)
+
 void attention_decode(const AttentionDecodeParams& p, cudaStream_t stream) {
   check_common(p.c, "attention_decode");
   HM_REQUIRE(p.tokens && p.workspace && p.keys_per_split > 0 && p.keys_per_split % kDecodeChunk == 0,
@@ -316,15 +338,16 @@ void attention_decode(const AttentionDecodeParams& p, cudaStream_t stream) {
   if (p.num_tokens == 0) return;
   const dim3 grid(p.num_tokens, p.c.nkv, p.max_splits);
   const int G = p.c.nq / p.c.nkv;
-  switch (G) {
-    case 1: launch(attn_decode_split<1>, grid, dim3(128), 0, stream, p.c.pdl, p.c, p.tokens, p.keys_per_split, p.max_splits, p.workspace); break;
-    case 2: launch(attn_decode_split<2>, grid, dim3(128), 0, stream, p.c.pdl, p.c, p.tokens, p.keys_per_split, p.max_splits, p.workspace); break;
-    case 4: launch(attn_decode_split<4>, grid, dim3(128), 0, stream, p.c.pdl, p.c, p.tokens, p.keys_per_split, p.max_splits, p.workspace); break;
-    case 8: launch(attn_decode_split<8>, grid, dim3(128), 0, stream, p.c.pdl, p.c, p.tokens, p.keys_per_split, p.max_splits, p.workspace); break;
-    default: launch(attn_decode_split<16>, grid, dim3(128), 0, stream, p.c.pdl, p.c, p.tokens, p.keys_per_split, p.max_splits, p.workspace); break;
-  }
-  launch(attn_decode_combine, dim3(p.num_tokens, p.c.nq), dim3(D64), 0, stream, p.c.pdl, p.c, p.tokens,
-         p.keys_per_split, p.max_splits, static_cast<const float*>(p.workspace));
+  HM_ATTN_DISPATCH(attn_decode_split, G, p.c.D, grid, dim3(128), 0, stream, p.c.pdl, p.c, p.tokens,
+                   p.keys_per_split, p.max_splits, p.workspace);
+  const dim3 cgrid(p.num_tokens, p.c.nq), cblock(p.c.D);
+  const float* ws = p.workspace;
+  if (p.c.D == 16)
+    launch(attn_decode_combine<16>, cgrid, cblock, 0, stream, p.c.pdl, p.c, p.tokens, p.keys_per_split, p.max_splits, ws);
+  else if (p.c.D == 32)
+    launch(attn_decode_combine<32>, cgrid, cblock, 0, stream, p.c.pdl, p.c, p.tokens, p.keys_per_split, p.max_splits, ws);
+  else
+    launch(attn_decode_combine<64>, cgrid, cblock, 0, stream, p.c.pdl, p.c, p.tokens, p.keys_per_split, p.max_splits, ws);
 }
 
 void attention_prefill(const AttentionPrefillParams& p, cudaStream_t stream) {
@@ -333,14 +356,8 @@ void attention_prefill(const AttentionPrefillParams& p, cudaStream_t stream) {
   if (p.num_tiles == 0) return;
   const dim3 grid(p.num_tiles, p.c.nkv);
   const int G = p.c.nq / p.c.nkv;
-  const dim3 block(kPrefillTileTokens * G);
-  switch (G) {
-    case 1: launch(attn_prefill_tile<1>, grid, block, 0, stream, p.c.pdl, p.c, p.tiles); break;
-    case 2: launch(attn_prefill_tile<2>, grid, block, 0, stream, p.c.pdl, p.c, p.tiles); break;
-    case 4: launch(attn_prefill_tile<4>, grid, block, 0, stream, p.c.pdl, p.c, p.tiles); break;
-    case 8: launch(attn_prefill_tile<8>, grid, block, 0, stream, p.c.pdl, p.c, p.tiles); break;
-    default: launch(attn_prefill_tile<16>, grid, block, 0, stream, p.c.pdl, p.c, p.tiles); break;
-  }
+  HM_ATTN_DISPATCH(attn_prefill_tile, G, p.c.D, grid, dim3(kPrefillTileTokens * G), 0, stream, p.c.pdl, p.c,
+                   p.tiles);
 }
 
 }  // namespace hm::cuda

@@ -1,5 +1,5 @@
 // Attention over the paged bf16 KV cache, with the per-head sinks in the softmax denominator, causal, optional
-// sliding window, GQA (query head h reads KV head h / (nq / nkv)). Head dim 64.
+// sliding window, GQA (query head h reads KV head h / (nq / nkv)). Head dim 16, 32 or 64 (gpt-oss: 64).
 //   attention_decode:  one query token per entry of `tokens` (decode, or any token): flash-decoding, the keys
 //                      split into chunks of keys_per_split processed by separate blocks, then a combine kernel
 //                      merges the partial softmaxes with the sink. Stays parallel at 100k+ tokens of context.

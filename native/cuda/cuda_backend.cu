@@ -67,16 +67,21 @@ struct PinnedBuf {
   }
 };
 
+// The backend's stream, destroyed even when the constructor throws half way.
+struct StreamOwner {
+  cudaStream_t s = nullptr;
+  ~StreamOwner() {
+    if (s) {
+      cudaStreamSynchronize(s);
+      cudaStreamDestroy(s);
+    }
+  }
+};
+
 class CudaBackend final : public Backend {
  public:
   CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const LoadOptions& opt, const ProgressFn& progress);
-  ~CudaBackend() override {
-    cudaSetDevice(device_);
-    if (stream_) {
-      cudaStreamSynchronize(stream_);
-      cudaStreamDestroy(stream_);
-    }
-  }
+  ~CudaBackend() override { cudaSetDevice(device_); }
   void step(const StepBatch& batch, StepOutput& out) override;
   BackendInfo info() const override;
 
@@ -89,6 +94,7 @@ class CudaBackend final : public Backend {
   int device_ = 0;
   std::string device_name_;
   bool pdl_ = false;
+  StreamOwner stream_owner_;
   cudaStream_t stream_ = nullptr;
   GpuWeights w_;
   DeviceAllocs mem_;
@@ -157,13 +163,18 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   const char* pdl_env = std::getenv("HARMONIUM_PDL");
   pdl_ = cc >= 90 && !(pdl_env && std::strcmp(pdl_env, "0") == 0);
 
-  if (cfg.head_dim != 64) throw std::runtime_error("cuda backend: head_dim must be 64");
+  if (cfg.head_dim != 16 && cfg.head_dim != 32 && cfg.head_dim != 64)
+    throw std::runtime_error("cuda backend: head_dim must be 16, 32 or 64 (gpt-oss: 64)");
+  const int group = cfg.num_kv_heads > 0 ? cfg.num_heads / cfg.num_kv_heads : 0;
+  if (cfg.num_kv_heads <= 0 || cfg.num_heads % cfg.num_kv_heads || (group & (group - 1)) || group > 16)
+    throw std::runtime_error("cuda backend: num_heads / num_kv_heads must be 1, 2, 4, 8 or 16");
   if (cfg.hidden % 32 || cfg.intermediate % 32)
     throw std::runtime_error("cuda backend: hidden and intermediate sizes must be multiples of 32");
   if (opt.block_size <= 0 || opt.max_batch_tokens <= 0 || opt.max_seqs <= 0)
     throw std::runtime_error("cuda backend: blockSize, maxBatchTokens and maxSeqs must be positive");
 
-  CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream_owner_.s, cudaStreamNonBlocking));
+  stream_ = stream_owner_.s;
   load_gpu_weights(cfg, tensors, opt, mxfp4, progress, w_);
 
   // ---- activations workspace ----

@@ -1,0 +1,121 @@
+// The first decode benchmark: batch-1 decode of gpt-oss-20b and gpt-oss-120b with dummy (random) weights on the
+// GPU, reported the way peers report it: vLLM-style TTFT / TPOT / ITL / throughput, llama-bench-style pp512 and
+// tg128, and the fraction of the H100's measured 3.0 TB/s that the bytes a token must read (active experts,
+// attention and router weights, lm_head, KV cache; src/model/sizes.ts) imply. llama.cpp's figures measured on the
+// same H100 (../shared/spec/peers.md) print beside ours. Also: GPU memory used, and KV-cache tokens left.
+//
+//   node node_modules/vite-node/vite-node.mjs bench/decode.ts [gpt-oss-20b|gpt-oss-120b ...] [--json FILE]
+// Env: HARMONIUM_BUILD_DIR picks the addon build; BENCH_PROMPT (512), BENCH_DECODE (128), BENCH_RUNS (3).
+import { writeFileSync } from 'node:fs';
+import { loadModel } from '../src/model/load.js';
+import { dummyConfig, isDummyModelName, type DummyModelName } from '../src/model/dummy.js';
+import { decodeBytesPerStep, modelSizes } from '../src/model/sizes.js';
+import { loadAddon } from '../src/native.js';
+
+const BANDWIDTH = 3.0e12; // measured on the H100 (model.md)
+const LLAMA_CPP: Record<DummyModelName, { tg128: number; pp512: number }> = {
+  'gpt-oss-20b': { tg128: 285.8, pp512: 10827 },
+  'gpt-oss-120b': { tg128: 200.3, pp512: 2800 },
+};
+const GiB = 1024 ** 3;
+
+const args = process.argv.slice(2);
+const jsonAt = args.indexOf('--json');
+const jsonFile = jsonAt >= 0 ? args[jsonAt + 1] : undefined;
+const names = args.filter((a, i) => isDummyModelName(a) && (jsonAt < 0 || i !== jsonAt + 1)) as DummyModelName[];
+const models: DummyModelName[] = names.length ? names : ['gpt-oss-20b', 'gpt-oss-120b'];
+const PROMPT = Number(process.env.BENCH_PROMPT ?? 512);
+const DECODE = Number(process.env.BENCH_DECODE ?? 128);
+const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+const BLOCK = 16;
+
+const median = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)];
+const pct = (v: number[], p: number) => [...v].sort((a, b) => a - b)[Math.min(v.length - 1, Math.floor((p / 100) * v.length))];
+const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
+
+async function bench(name: DummyModelName) {
+  const cfg = dummyConfig(name);
+  const t0 = performance.now();
+  const model = await loadModel({ dummy: name, backend: 'cuda', expertFormat: 'mxfp4', blockSize: BLOCK, maxSeqs: 8, maxBatchTokens: 2048, seed: 1 });
+  const loadMs = performance.now() - t0;
+  try {
+    const info = model.info();
+    const ctx = PROMPT + DECODE;
+    const nblocks = Math.ceil(ctx / BLOCK);
+    const blockTables = Int32Array.from({ length: nblocks }, (_, i) => i);
+    const prompt = Int32Array.from({ length: PROMPT }, (_, i) => (i * 7919 + 13) % cfg.vocabSize);
+    const runs: { ttft: number; itl: number[]; decodeMs: number }[] = [];
+    for (let run = 0; run < RUNS + 1; run++) { // run 0 warms up
+      let t = performance.now();
+      let r = await model.step({ tokens: prompt, positions: Int32Array.from({ length: PROMPT }, (_, i) => i), seqLens: Int32Array.of(PROMPT), blockTables, maxBlocksPerSeq: nblocks, topK: 1 });
+      const ttft = performance.now() - t;
+      const itl: number[] = [];
+      let tok = r.argmax[0];
+      const d0 = performance.now();
+      for (let i = 0; i < DECODE; i++) {
+        t = performance.now();
+        r = await model.step({ tokens: Int32Array.of(tok), positions: Int32Array.of(PROMPT + i), seqLens: Int32Array.of(1), blockTables, maxBlocksPerSeq: nblocks, topK: 1 });
+        itl.push(performance.now() - t);
+        tok = r.argmax[0];
+      }
+      const decodeMs = performance.now() - d0;
+      if (run > 0) runs.push({ ttft, itl, decodeMs });
+    }
+    const allItl = runs.flatMap((r) => r.itl);
+    const tps = runs.map((r) => (DECODE / r.decodeMs) * 1000);
+    const sizes = modelSizes(cfg);
+    // bytes a decode token must read: weights (active experts) + the KV cache at the mean context of the decode
+    const meanCtx = PROMPT + DECODE / 2;
+    const kvBytes = sizes.kvBytesPerContextToken * meanCtx + sizes.kvBytesSlidingPerSeq;
+    const bytesPerToken = decodeBytesPerStep(cfg, 1) + kvBytes;
+    const tgMedian = median(tps);
+    const usedBytes = info.deviceTotalBytes - info.deviceFreeBytes;
+    const result = {
+      model: name,
+      device: info.deviceName,
+      expertFormat: info.expertFormat,
+      loadSeconds: loadMs / 1000,
+      prompt: PROMPT,
+      decode: DECODE,
+      runs: RUNS,
+      ttftMs: median(runs.map((r) => r.ttft)),
+      ppTokPerS: PROMPT / (median(runs.map((r) => r.ttft)) / 1000),
+      tpotMs: mean(allItl),
+      itlMedianMs: median(allItl),
+      itlP99Ms: pct(allItl, 99),
+      tgTokPerS: tgMedian,
+      tgSpread: [Math.min(...tps), Math.max(...tps)],
+      bytesPerToken,
+      bandwidthFraction: (tgMedian * bytesPerToken) / BANDWIDTH,
+      limitTokPerS: BANDWIDTH / bytesPerToken,
+      llamaCpp: LLAMA_CPP[name],
+      weightGiB: info.weightBytes / GiB,
+      kvGiB: info.kvBytes / GiB,
+      gpuUsedGiB: usedBytes / GiB,
+      gpuTotalGiB: info.deviceTotalBytes / GiB,
+      kvTokens: info.numBlocks * info.blockSize,
+    };
+    console.log(
+      `\n${name} on ${result.device} (${result.expertFormat} experts, dummy weights, batch 1, load ${result.loadSeconds.toFixed(1)} s)\n` +
+        `  TTFT (pp${PROMPT})  ${result.ttftMs.toFixed(1)} ms = ${result.ppTokPerS.toFixed(0)} tok/s      llama.cpp pp512 ${result.llamaCpp.pp512} tok/s\n` +
+        `  tg${DECODE}           ${tgMedian.toFixed(1)} tok/s (runs ${tps.map((x) => x.toFixed(1)).join(', ')})   llama.cpp tg128 ${result.llamaCpp.tg128} tok/s\n` +
+        `  TPOT ${result.tpotMs.toFixed(3)} ms, ITL median ${result.itlMedianMs.toFixed(3)} ms, p99 ${result.itlP99Ms.toFixed(3)} ms\n` +
+        `  bytes/token ${(bytesPerToken / 1e9).toFixed(3)} GB -> ${(result.bandwidthFraction * 100).toFixed(1)}% of 3.0 TB/s ` +
+        `(limit ${result.limitTokPerS.toFixed(0)} tok/s; llama.cpp ${((LLAMA_CPP[name].tg128 * bytesPerToken) / BANDWIDTH * 100).toFixed(1)}%)\n` +
+        `  GPU memory: weights ${result.weightGiB.toFixed(2)} GiB, KV cache ${result.kvGiB.toFixed(2)} GiB ` +
+        `(${result.kvTokens} tokens), used ${result.gpuUsedGiB.toFixed(2)} of ${result.gpuTotalGiB.toFixed(2)} GiB`,
+    );
+    return result;
+  } finally {
+    model.close();
+  }
+}
+
+const devices = loadAddon().cudaDevices();
+if (devices.count === 0) {
+  console.error(`bench/decode: no CUDA device (${devices.reason}); this benchmark needs a GPU`);
+  process.exit(1);
+}
+const results = [];
+for (const name of models) results.push(await bench(name));
+if (jsonFile) writeFileSync(jsonFile, JSON.stringify(results, null, 2));

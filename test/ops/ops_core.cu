@@ -1,0 +1,438 @@
+// Op-test cases of the core kernels (everything but the MoE) against the CPU reference (native/cpu/ref_ops.h):
+//   embedding        vs ref::embedding, exact.
+//   rmsnorm          vs ref::rmsnorm (bf16 output widened): nmse 1e-5 (bf16 rounding of the output ~1e-6).
+//   rope_kv_write    q vs ref::rope (fp32, nmse 1e-8), cache rows vs bf16(ref) (nmse 1e-5); positions up to 131071.
+//   dense_gemv/_mma  vs ref::linear on the same bf16 inputs: nmse 1e-6 (fp32 accumulation order only); real
+//                    shapes (qkv 5120x2880, o 2880x4096, lm_head 201088x2880), odd N, accumulate (residual) mode.
+//   attention_*      decode (split-K, contexts to 20k, several sequences with permuted block tables) and prefill
+//                    tiles (chunks crossing the 128 window, with a cached prefix) vs ref::attention on the bf16
+//                    cache widened to fp32: nmse 2e-5 (bf16 output).
+//   narrow_logits    argmax / top-k ids exact against hm::narrow_logits_row (ties included), lse rel 1e-5.
+// Outputs are poisoned with NaN before each launch, so an unwritten element fails the case.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "attention.h"
+#include "backend.h"
+#include "cpu/ref_ops.h"
+#include "dense.h"
+#include "embedding.h"
+#include "logits.h"
+#include "norm_rope.h"
+#include "op_test.h"
+
+namespace hm::optest {
+namespace {
+
+#define C_CHECK(expr)                                                                                   \
+  do {                                                                                                  \
+    cudaError_t e_ = (expr);                                                                            \
+    if (e_ != cudaSuccess) throw std::runtime_error(std::string(#expr) + ": " + cudaGetErrorString(e_)); \
+  } while (0)
+
+template <typename T>
+struct Dev {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit Dev(size_t count) : n(count) { C_CHECK(cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T))); }
+  explicit Dev(const std::vector<T>& h) : Dev(h.size()) { C_CHECK(cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice)); }
+  ~Dev() { cudaFree(p); }
+  Dev(const Dev&) = delete;
+  void poison() { C_CHECK(cudaMemset(p, 0xff, n * sizeof(T))); }  // NaN for floats, -1 for ints
+  std::vector<T> get() const {
+    std::vector<T> h(n);
+    C_CHECK(cudaDeviceSynchronize());
+    C_CHECK(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+  }
+};
+
+// Fast seeded uniform [-a, a) for large arrays (mt19937 normal is too slow for 579 M values).
+std::vector<float> uniform(size_t n, uint64_t seed, float a = 1.f) {
+  std::vector<float> v(n);
+  uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
+  for (auto& x : v) {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    x = (float(s >> 40) * (2.0f / 16777216.0f) - 1.0f) * a;
+  }
+  return v;
+}
+std::vector<uint16_t> to_bf16(const std::vector<float>& f) {
+  std::vector<uint16_t> b(f.size());
+  for (size_t i = 0; i < f.size(); i++) b[i] = ref::f32_to_bf16(f[i]);
+  return b;
+}
+std::vector<float> widen(const std::vector<uint16_t>& b) {
+  std::vector<float> f(b.size());
+  for (size_t i = 0; i < b.size(); i++) f[i] = ref::bf16_to_f32(b[i]);
+  return f;
+}
+Result nmse_result(const std::string& params, const std::vector<float>& got, const std::vector<float>& want,
+                   double tol) {
+  Result r;
+  r.params = params;
+  r.metric = "nmse";
+  r.tolerance = tol;
+  r.error = nmse(got.data(), want.data(), want.size(), &r.nan_or_inf);
+  return r;
+}
+
+// ---- embedding ----
+std::vector<Result> test_embedding() {
+  std::vector<Result> out;
+  for (auto [V, H, T] : {std::tuple{1000, 2880, 7}, std::tuple{257, 72, 1}}) {
+    auto table = to_bf16(uniform(size_t(V) * H, 1));
+    std::vector<int32_t> ids(T);
+    for (int i = 0; i < T; i++) ids[i] = (i * 131 + 7) % V;
+    ids[T - 1] = V - 1;
+    std::vector<float> want(size_t(T) * H);
+    ref::embedding(table.data(), ids.data(), T, H, want.data());
+    Dev<uint16_t> dt(table);
+    Dev<int32_t> di(ids);
+    Dev<float> dx(size_t(T) * H);
+    dx.poison();
+    cuda::EmbeddingParams p;
+    p.table = dt.p, p.ids = di.p, p.x = dx.p, p.T = T, p.H = H, p.V = V;
+    cuda::embedding(p, nullptr);
+    Result r;
+    r.params = "V=" + std::to_string(V) + " H=" + std::to_string(H) + " T=" + std::to_string(T);
+    r.metric = "max_abs_rel";
+    r.error = max_abs_rel(dx.get().data(), want.data(), want.size(), &r.nan_or_inf);
+    r.tolerance = 0;
+    out.push_back(r);
+  }
+  return out;
+}
+HM_OP_TEST("embedding", test_embedding);
+
+// ---- rmsnorm ----
+std::vector<Result> test_rmsnorm() {
+  std::vector<Result> out;
+  for (auto [T, H, gather] : {std::tuple{5, 2880, false}, std::tuple{3, 1000, false}, std::tuple{4, 2880, true}}) {
+    const int rows_in = gather ? 9 : T;
+    auto x = uniform(size_t(rows_in) * H, 2, 3.f);
+    auto w = to_bf16(uniform(H, 3, 0.5f));
+    for (auto& v : w) v = ref::f32_to_bf16(1.f + ref::bf16_to_f32(v));
+    std::vector<int32_t> rows = {8, 0, 5, 2};
+    std::vector<float> xin(size_t(T) * H);
+    for (int t = 0; t < T; t++)
+      std::copy_n(x.begin() + size_t(gather ? rows[t] : t) * H, H, xin.begin() + size_t(t) * H);
+    std::vector<float> want(size_t(T) * H);
+    ref::rmsnorm(xin.data(), w.data(), T, H, 1e-5f, want.data());
+    Dev<float> dx(x);
+    Dev<uint16_t> dw(w), dout(size_t(T) * H);
+    Dev<int32_t> drows(rows);
+    dout.poison();
+    cuda::RmsNormParams p;
+    p.x = dx.p, p.w = dw.p, p.out = dout.p, p.T = T, p.H = H, p.eps = 1e-5f;
+    if (gather) p.rows = drows.p;
+    cuda::rmsnorm(p, nullptr);
+    out.push_back(nmse_result("T=" + std::to_string(T) + " H=" + std::to_string(H) + (gather ? " gather" : ""),
+                              widen(dout.get()), want, 1e-5));
+  }
+  return out;
+}
+HM_OP_TEST("rmsnorm", test_rmsnorm);
+
+// ---- rope + kv write ----
+std::vector<Result> test_rope_kv() {
+  std::vector<Result> out;
+  const int nq = 64, nkv = 8, D = 64, bs = 16, nblocks = 8;
+  RopeConfig rc;  // gpt-oss YaRN defaults
+  std::vector<float> inv(D / 2);
+  float af = 1.f;
+  ref::rope_inv_freq(rc, D, inv.data(), &af);
+  std::vector<int32_t> pos = {0, 1, 127, 128, 129, 4095, 50000, 131071};
+  const int T = int(pos.size());
+  const int W = (nq + 2 * nkv) * D;
+  auto qkv = uniform(size_t(T) * W, 4, 2.f);
+  std::vector<int32_t> slot(T);
+  for (int t = 0; t < T; t++) slot[t] = (t * 37 + 3) % (nblocks * bs);
+  slot[2] = -1;  // not written
+  // reference: rotate q and k
+  std::vector<float> q(size_t(T) * nq * D), k(size_t(T) * nkv * D), v(size_t(T) * nkv * D);
+  for (int t = 0; t < T; t++) {
+    std::copy_n(qkv.begin() + size_t(t) * W, nq * D, q.begin() + size_t(t) * nq * D);
+    std::copy_n(qkv.begin() + size_t(t) * W + nq * D, nkv * D, k.begin() + size_t(t) * nkv * D);
+    std::copy_n(qkv.begin() + size_t(t) * W + (nq + nkv) * D, nkv * D, v.begin() + size_t(t) * nkv * D);
+  }
+  ref::rope(q.data(), pos.data(), T, nq, D, inv.data(), af);
+  ref::rope(k.data(), pos.data(), T, nkv, D, inv.data(), af);
+  Dev<float> dqkv(qkv), dinv(inv);
+  Dev<int32_t> dpos(pos), dslot(slot);
+  const size_t cache_elems = size_t(nblocks) * bs * nkv * D;
+  Dev<uint16_t> kc(cache_elems), vc(cache_elems);
+  kc.poison();
+  vc.poison();
+  cuda::RopeKvParams p;
+  p.qkv = dqkv.p, p.pos = dpos.p, p.slot = dslot.p, p.inv_freq = dinv.p, p.attn_factor = af;
+  p.k_cache = kc.p, p.v_cache = vc.p, p.T = T, p.nq = nq, p.nkv = nkv, p.D = D;
+  cuda::rope_kv_write(p, nullptr);
+  auto got = dqkv.get();
+  std::vector<float> gq(q.size());
+  for (int t = 0; t < T; t++) std::copy_n(got.begin() + size_t(t) * W, nq * D, gq.begin() + size_t(t) * nq * D);
+  out.push_back(nmse_result("q nq=64 D=64 pos<=131071", gq, q, 1e-8));
+  auto hk = widen(kc.get()), hv = widen(vc.get());
+  std::vector<float> gk, wk, gv, wv;
+  for (int t = 0; t < T; t++) {
+    if (slot[t] < 0) continue;
+    for (int e = 0; e < nkv * D; e++) {
+      gk.push_back(hk[size_t(slot[t]) * nkv * D + e]);
+      wk.push_back(k[size_t(t) * nkv * D + e]);
+      gv.push_back(hv[size_t(slot[t]) * nkv * D + e]);
+      wv.push_back(v[size_t(t) * nkv * D + e]);
+    }
+  }
+  out.push_back(nmse_result("k cache nkv=8 (bf16)", gk, wk, 1e-5));
+  out.push_back(nmse_result("v cache nkv=8 (bf16)", gv, wv, 1e-5));
+  // the skipped slot stays poisoned (0xffff)
+  Result r;
+  r.params = "slot -1 not written";
+  r.metric = "exact";
+  r.tolerance = 0;
+  const uint16_t* raw = nullptr;
+  auto kraw = kc.get();
+  raw = kraw.data();
+  int written = 0;
+  for (int s = 0; s < nblocks * bs; s++) {
+    bool used = false;
+    for (int t = 0; t < T; t++) used |= slot[t] == s;
+    if (!used && raw[size_t(s) * nkv * D] != 0xffff) written++;
+  }
+  r.error = written;
+  out.push_back(r);
+  return out;
+}
+HM_OP_TEST("rope_kv_write", test_rope_kv);
+
+// ---- dense ----
+std::vector<Result> test_dense() {
+  std::vector<Result> out;
+  struct Case { int T, N, K; bool acc; int path; };
+  const Case cases[] = {{1, 5120, 2880, false, 1}, {3, 2880, 4096, true, 1},  {8, 1000, 72, false, 1},
+                        {5, 201088, 2880, false, 1}, {9, 5120, 2880, false, 2}, {64, 2880, 4096, true, 2},
+                        {130, 1000, 72, false, 2}, {2, 333, 2880, true, 2},    {17, 201088, 2880, false, 2}};
+  uint64_t seed = 10;
+  for (const Case& c : cases) {
+    auto x = to_bf16(uniform(size_t(c.T) * c.K, seed++));
+    auto W = to_bf16(uniform(size_t(c.N) * c.K, seed++, std::sqrt(3.f / c.K)));
+    auto b = to_bf16(uniform(c.N, seed++, 0.1f));
+    auto y0 = uniform(size_t(c.T) * c.N, seed++);
+    std::vector<float> want(size_t(c.T) * c.N);
+    ref::linear(widen(x).data(), W.data(), b.data(), c.T, c.K, c.N, want.data());
+    if (c.acc)
+      for (size_t i = 0; i < want.size(); i++) want[i] += y0[i];
+    Dev<uint16_t> dx(x), dW(W), db(b);
+    Dev<float> dy(y0);
+    if (!c.acc) dy.poison();
+    cuda::DenseParams p;
+    p.x = dx.p, p.W = dW.p, p.b = db.p, p.y = dy.p, p.T = c.T, p.N = c.N, p.K = c.K, p.ldx = c.K, p.ldy = c.N;
+    p.accumulate = c.acc;
+    p.force_path = c.path;
+    cuda::dense(p, nullptr);
+    char params[96];
+    std::snprintf(params, sizeof params, "%s T=%d N=%d K=%d%s", c.path == 1 ? "gemv" : "mma", c.T, c.N, c.K,
+                  c.acc ? " +=" : "");
+    out.push_back(nmse_result(params, dy.get(), want, 1e-6));
+  }
+  return out;
+}
+HM_OP_TEST("dense", test_dense);
+
+// ---- attention ----
+// A paged cache of num_blocks blocks with random bf16 K/V; each sequence gets a permuted run of blocks.
+struct CacheFixture {
+  int nq, nkv, D, bs = 16, num_blocks, mbps;
+  std::vector<uint16_t> k16, v16;
+  std::vector<float> kf, vf;
+  std::vector<int32_t> bt;  // [seqs, mbps]
+  CacheFixture(int nq_, int nkv_, const std::vector<int>& ctx, uint64_t seed, int D_) : nq(nq_), nkv(nkv_), D(D_) {
+    int need = 0;
+    mbps = 1;
+    for (int c : ctx) {
+      need += (c + bs - 1) / bs;
+      mbps = std::max(mbps, (c + bs - 1) / bs);
+    }
+    num_blocks = need + 3;
+    std::vector<int32_t> perm(num_blocks);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::mt19937 g{static_cast<uint32_t>(seed)};
+    std::shuffle(perm.begin(), perm.end(), g);
+    bt.assign(ctx.size() * mbps, 0);
+    int at = 0;
+    for (size_t s = 0; s < ctx.size(); s++)
+      for (int j = 0; j < (ctx[s] + bs - 1) / bs; j++) bt[s * mbps + j] = perm[at++];
+    const size_t elems = size_t(num_blocks) * bs * nkv * D;
+    k16 = to_bf16(uniform(elems, seed + 1, 2.f));
+    v16 = to_bf16(uniform(elems, seed + 2, 1.f));
+    kf = widen(k16);
+    vf = widen(v16);
+  }
+};
+
+std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector<int>& ctx,
+                                  const std::vector<int>& new_tokens, bool prefill, uint64_t seed, int D = 64) {
+  // Sequence s has ctx[s] positions in total, the last new_tokens[s] of them are this step's query tokens.
+  CacheFixture f(nq, nkv, ctx, seed, D);
+  std::vector<int32_t> tok_seq, pos;
+  for (size_t s = 0; s < ctx.size(); s++)
+    for (int i = ctx[s] - new_tokens[s]; i < ctx[s]; i++) {
+      tok_seq.push_back(int(s));
+      pos.push_back(i);
+    }
+  const int T = int(pos.size());
+  auto q = uniform(size_t(T) * nq * D, seed + 3, 1.f);
+  auto sinks = uniform(nq, seed + 4, 2.f);
+  std::vector<float> want(size_t(T) * nq * D);
+  int t0 = 0;
+  for (size_t s = 0; s < ctx.size(); s++) {
+    ref::attention(q.data() + size_t(t0) * nq * D, f.kf.data(), f.vf.data(), f.bt.data() + s * f.mbps, f.bs,
+                   pos.data() + t0, new_tokens[s], nq, nkv, D, window, sinks.data(), want.data() + size_t(t0) * nq * D);
+    t0 += new_tokens[s];
+  }
+  Dev<float> dq(q), dsinks(sinks);
+  Dev<uint16_t> dk(f.k16), dv(f.v16), dout(size_t(T) * nq * D);
+  Dev<int32_t> dbt(f.bt), dseq(tok_seq), dpos(pos);
+  dout.poison();
+  cuda::AttentionCommon c;
+  c.q = dq.p, c.ldq = nq * D, c.k_cache = dk.p, c.v_cache = dv.p, c.block_tables = dbt.p;
+  c.max_blocks_per_seq = f.mbps, c.block_size = f.bs, c.tok_seq = dseq.p, c.pos = dpos.p, c.sinks = dsinks.p;
+  c.out = dout.p, c.nq = nq, c.nkv = nkv, c.D = D, c.window = window, c.scale = 1.f / std::sqrt(float(D));
+  std::string params = "D=" + std::to_string(D) + " nq=" + std::to_string(nq) + " nkv=" + std::to_string(nkv) + " W=" + std::to_string(window) +
+                       " ctx=" + std::to_string(*std::max_element(ctx.begin(), ctx.end())) + " T=" + std::to_string(T);
+  if (prefill) {
+    std::vector<int32_t> tiles;
+    t0 = 0;
+    for (size_t s = 0; s < ctx.size(); s++) {
+      for (int i = 0; i < new_tokens[s]; i += cuda::kPrefillTileTokens) {
+        tiles.push_back(t0 + i);
+        tiles.push_back(std::min(cuda::kPrefillTileTokens, new_tokens[s] - i));
+      }
+      t0 += new_tokens[s];
+    }
+    Dev<int32_t> dtiles(tiles);
+    cuda::AttentionPrefillParams p;
+    p.c = c;
+    p.tiles = dtiles.p;
+    p.num_tiles = int(tiles.size() / 2);
+    cuda::attention_prefill(p, nullptr);
+    return {nmse_result(params, widen(dout.get()), want, 2e-5)};
+  }
+  std::vector<Result> out;
+  std::vector<int32_t> toks(T);
+  std::iota(toks.begin(), toks.end(), 0);
+  int max_keys = 1;
+  for (int p : pos) max_keys = std::max(max_keys, window ? std::min(p + 1, window) : p + 1);
+  Dev<int32_t> dtoks(toks);
+  for (int cap : {1, 7, 1024}) {  // one split, a few, as many as the context needs
+    cuda::AttentionDecodeParams p;
+    p.c = c;
+    p.tokens = dtoks.p;
+    p.num_tokens = T;
+    p.keys_per_split = cuda::attention_keys_per_split(max_keys, cap);
+    p.max_splits = (max_keys + p.keys_per_split - 1) / p.keys_per_split;
+    Dev<float> ws(cuda::attention_decode_workspace_floats(T, nq, D, p.max_splits));
+    p.workspace = ws.p;
+    dout.poison();
+    cuda::attention_decode(p, nullptr);
+    out.push_back(nmse_result(params + " splits=" + std::to_string(p.max_splits), widen(dout.get()), want, 2e-5));
+  }
+  return out;
+}
+
+std::vector<Result> test_attention_decode() {
+  std::vector<Result> out;
+  auto add = [&](std::vector<Result> r) { out.insert(out.end(), r.begin(), r.end()); };
+  // several sequences decoding one token each, contexts around the window
+  add(run_attention(64, 8, 0, {1, 5, 127, 128, 129, 300}, {1, 1, 1, 1, 1, 1}, false, 100));
+  add(run_attention(64, 8, 128, {1, 5, 127, 128, 129, 300}, {1, 1, 1, 1, 1, 1}, false, 200));
+  add(run_attention(64, 8, 0, {20000}, {1}, false, 300));
+  add(run_attention(64, 8, 128, {20000}, {1}, false, 400));
+  add(run_attention(6, 3, 0, {77, 1000}, {1, 1}, false, 500));
+  // the decode kernel also takes several query tokens of one sequence
+  add(run_attention(64, 8, 128, {200}, {5}, false, 600));
+  add(run_attention(8, 2, 32, {40, 3}, {1, 1}, false, 650, 16));
+  add(run_attention(8, 1, 16, {80}, {1}, false, 660, 32));
+  return out;
+}
+HM_OP_TEST("attention_decode", test_attention_decode);
+
+std::vector<Result> test_attention_prefill() {
+  std::vector<Result> out;
+  auto add = [&](std::vector<Result> r) { out.insert(out.end(), r.begin(), r.end()); };
+  add(run_attention(64, 8, 0, {37}, {37}, true, 700));
+  add(run_attention(64, 8, 128, {300}, {300}, true, 800));
+  add(run_attention(64, 8, 0, {300}, {300}, true, 900));
+  add(run_attention(64, 8, 128, {250, 40}, {70, 40}, true, 1000));  // cached prefix of 180, then a new sequence
+  add(run_attention(6, 3, 0, {45}, {19}, true, 1100));
+  add(run_attention(8, 2, 128, {200}, {200}, true, 1200, 16));
+  add(run_attention(8, 1, 16, {80}, {80}, true, 1300, 32));
+  return out;
+}
+HM_OP_TEST("attention_prefill", test_attention_prefill);
+
+// ---- logits narrowing ----
+std::vector<Result> test_narrow() {
+  std::vector<Result> out;
+  struct Case { int rows, V, k; bool ties; };
+  for (const Case& c : {Case{3, 201088, 256, false}, Case{2, 201088, 1, false}, Case{2, 201088, 50, true},
+                        Case{4, 1000, 256, true}, Case{1, 300, 7, false}}) {
+    auto x = uniform(size_t(c.rows) * c.V, 1200 + c.k, 8.f);
+    if (c.ties)
+      for (auto& v : x) v = std::round(v * 2.f) / 2.f;  // 33 levels: many ties, including at the k-th value
+    Dev<float> dx(x), dmax(c.rows), dlse(c.rows), dtl(size_t(c.rows) * c.k);
+    Dev<int32_t> darg(c.rows), dti(size_t(c.rows) * c.k);
+    dtl.poison();
+    dti.poison();
+    cuda::NarrowLogitsParams p;
+    p.logits = dx.p, p.rows = c.rows, p.vocab = c.V, p.ld = c.V, p.top_k = c.k;
+    p.argmax = darg.p, p.max_logit = dmax.p, p.logsumexp = dlse.p, p.top_ids = dti.p, p.top_logits = dtl.p;
+    cuda::narrow_logits(p, nullptr);
+    auto garg = darg.get(), gti = dti.get();
+    auto gmax = dmax.get(), glse = dlse.get(), gtl = dtl.get();
+    double mismatches = 0, lse_err = 0;
+    bool bad = false;
+    for (int r = 0; r < c.rows; r++) {
+      std::vector<int32_t> ids(c.k);
+      std::vector<float> tl(c.k);
+      int32_t am;
+      float mx, lse;
+      narrow_logits_row(x.data() + size_t(r) * c.V, c.V, c.k, ids.data(), tl.data(), &am, &mx, &lse);
+      mismatches += (am != garg[r]) + (mx != gmax[r]);
+      for (int i = 0; i < c.k; i++)
+        mismatches += (ids[i] != gti[size_t(r) * c.k + i]) + (tl[i] != gtl[size_t(r) * c.k + i]);
+      lse_err = std::max(lse_err, std::fabs(double(glse[r]) - lse) / std::max(1.0, std::fabs(double(lse))));
+      bad |= !std::isfinite(glse[r]);
+    }
+    char params[96];
+    std::snprintf(params, sizeof params, "rows=%d V=%d k=%d%s", c.rows, c.V, c.k, c.ties ? " ties" : "");
+    Result a;
+    a.params = std::string(params) + " ids";
+    a.metric = "exact";
+    a.error = mismatches;
+    a.tolerance = 0;
+    out.push_back(a);
+    Result l;
+    l.params = std::string(params) + " lse";
+    l.metric = "rel";
+    l.error = lse_err;
+    l.tolerance = 1e-5;
+    l.nan_or_inf = bad;
+    out.push_back(l);
+  }
+  return out;
+}
+HM_OP_TEST("narrow_logits", test_narrow);
+
+}  // namespace
+}  // namespace hm::optest
