@@ -1,6 +1,7 @@
 // The engine's scheduling on a fake model that detects KV bookkeeping mistakes (test/helpers/fake_model.ts):
 // batching, preemption under a small cache, abort, bad input, a failing step. The same behaviour on the real CPU
 // backend is in engine.test.ts.
+import { getEventListeners } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { Engine, EngineRequestError, type GenerationResult } from '../src/engine/engine.js';
 import { resolveSampling, type SamplingParams } from '../src/sampling/params.js';
@@ -80,6 +81,13 @@ describe('engine on a fake model', () => {
     expect(b.tokens).toEqual(expected);
     expect(engine.freeBlocks).toBe(64);
     expect(engine.inFlight).toBe(0);
+  });
+
+  it('a signal shared by many requests keeps no listener once they settle', async () => {
+    const { engine } = setup();
+    const ac = new AbortController();
+    await Promise.all(Array.from({ length: 20 }, (_, i) => request(engine, [i + 1], { seed: i }, 2, ac.signal).done));
+    expect(getEventListeners(ac.signal, 'abort')).toHaveLength(0);
   });
 
   it('an already aborted signal rejects at once', async () => {

@@ -112,15 +112,18 @@ export class Engine {
           `the prompt is ${req.prompt.length} tokens; the context holds ${contextLength} (prompt + at least 1 generated token)`,
         );
       if (req.signal?.aborted) throw req.signal.reason;
+      // Settling removes the abort listener: a long-lived signal may serve many requests.
+      const onAbort = () => this.kick();
+      const detach = () => req.signal?.removeEventListener('abort', onAbort);
       const p: Pending = {
         req,
         sampler: new SequenceSampler(req.sampling, req.prompt),
         submittedAt: performance.now(),
-        resolve,
-        reject,
+        resolve: (r) => (detach(), resolve(r)),
+        reject: (e) => (detach(), reject(e)),
       };
       this.scheduler.add(new Sequence(req.prompt, this.pool, p));
-      req.signal?.addEventListener('abort', () => this.kick(), { once: true });
+      req.signal?.addEventListener('abort', onAbort, { once: true });
       this.kick();
     });
   }
