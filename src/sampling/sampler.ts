@@ -169,71 +169,44 @@ export class SequenceSampler {
 
   private sampleFull(logits: Float32Array): number {
     const p = this.params;
-    const a = Float64Array.from(logits);
+    const a = scratch(0, logits.length);
+    a.set(logits);
     const touched = new Set<number>([...p.logitBias.keys(), ...this.counts.keys(), ...this.promptSet]);
     for (const id of touched) a[id] = this.adjust(id, logits[id]);
-    if (p.greedy) return argmaxRow(a);
+    const best = argmaxRow(a);
+    if (p.greedy) return best;
 
     const t = p.temperature;
-    const sMax = a[argmaxRow(a)] / t;
-    const threshold = p.minP > 0 ? sMax + Math.log(p.minP) : -Infinity;
-    if (p.topK > 0) return this.drawOrdered(topKCanonical(a, p.topK, (i) => a[i] / t >= threshold), (id) => a[id]);
+    if (p.topK > 0) {
+      const threshold = p.minP > 0 ? a[best] / t + Math.log(p.minP) : -Infinity;
+      return this.drawOrdered(topKCanonical(a, p.topK, (i) => a[i] / t >= threshold), (id) => a[id]);
+    }
 
     // Without top_k the kept set can be most of the vocabulary: draw by inverse CDF over it in id order (one exp
     // per token) instead of a Gumbel per token. No narrowed path exists for this case, so nothing to match.
-    const e = new Float64Array(a.length);
+    const aMax = a[best];
+    const invT = 1 / t;
+    const aMin = p.minP > 0 ? aMax + t * Math.log(p.minP) : -Infinity; // min_p in logit space
+    const e = scratch(1, a.length);
     let z = 0;
     for (let i = 0; i < a.length; i++) {
-      const s = a[i] / t;
-      if (s >= threshold) z += e[i] = Math.exp(s - sMax);
+      const v = a[i];
+      const w = v >= aMin ? Math.exp((v - aMax) * invT) : 0;
+      e[i] = w;
+      z += w;
     }
-    let total = z;
-    if (p.topP < 1) total = this.nucleusFull(a, e, z, sMax);
+    const total = p.topP < 1 ? nucleus(a, e, z * p.topP, aMax) : z;
     const target = new StepNoise(p.seed, this.step).uniform(-1) * total;
     let cum = 0;
-    let last = 0;
+    let last = best;
     for (let i = 0; i < e.length; i++) {
-      if (e[i] === 0) continue;
-      cum += e[i];
+      const w = e[i];
+      if (w === 0) continue;
+      cum += w;
       last = i;
       if (cum > target) return i;
     }
     return last;
-  }
-
-  /**
-   * top_p without top_k over the whole row. The kept tokens are a prefix of the canonical order; instead of sorting
-   * the vocabulary, tokens are bucketed by value: every bucket before the one where the mass crosses top_p is kept
-   * whole, every bucket after it is dropped, and only the crossing bucket is sorted. Zeroes the dropped tokens'
-   * weights in `e` and returns the kept mass.
-   */
-  private nucleusFull(a: Float64Array, e: Float64Array, z: number, sMax: number): number {
-    const t = this.params.temperature;
-    const target = this.params.topP * z;
-    let sMin = sMax;
-    for (let i = 0; i < a.length; i++) if (e[i] > 0 && a[i] / t < sMin) sMin = a[i] / t;
-    const buckets = 4096;
-    const width = (sMax - sMin) / buckets || 1;
-    const bucketOf = (i: number) => Math.min(buckets - 1, Math.floor((sMax - a[i] / t) / width));
-    const mass = new Float64Array(buckets);
-    for (let i = 0; i < a.length; i++) if (e[i] > 0) mass[bucketOf(i)] += e[i];
-    let before = 0;
-    let cross = 0;
-    while (cross < buckets - 1 && before + mass[cross] < target) before += mass[cross++];
-    const inCross: number[] = [];
-    for (let i = 0; i < a.length; i++) {
-      if (e[i] === 0) continue;
-      const b = bucketOf(i);
-      if (b === cross) inCross.push(i);
-      else if (b > cross) e[i] = 0;
-    }
-    sortCanonical(inCross, (i) => a[i]);
-    let cum = before;
-    for (const i of inCross) {
-      if (cum < target) cum += e[i];
-      else e[i] = 0;
-    }
-    return cum;
   }
 
   /** min_p, top_p and the draw over ids already in canonical order and already cut to top_k. */
@@ -275,4 +248,43 @@ export class SequenceSampler {
     }
     return best;
   }
+}
+
+/** Reused row-sized buffers (two per process): a full row is 1.6 MB of float64, too much to allocate per token. */
+const scratchBuffers: Float64Array[] = [];
+function scratch(slot: number, n: number): Float64Array {
+  if (!scratchBuffers[slot] || scratchBuffers[slot].length !== n) scratchBuffers[slot] = new Float64Array(n);
+  return scratchBuffers[slot];
+}
+
+/**
+ * top_p without top_k over a whole row (weights e over adjusted logits a, target = top_p times their sum). The
+ * kept tokens are a prefix of the canonical order; instead of sorting the vocabulary, tokens are bucketed by
+ * value: every bucket before the one where the mass crosses the target is kept whole, every bucket after it is
+ * dropped, and only the crossing bucket is sorted. Zeroes the dropped weights and returns the kept mass.
+ */
+function nucleus(a: Float64Array, e: Float64Array, target: number, aMax: number): number {
+  let aLow = aMax;
+  for (let i = 0; i < a.length; i++) if (e[i] > 0 && a[i] < aLow) aLow = a[i];
+  const buckets = 4096;
+  const scale = aMax > aLow ? (buckets - 1) / (aMax - aLow) : 0;
+  const mass = new Float64Array(buckets);
+  for (let i = 0; i < a.length; i++) if (e[i] > 0) mass[Math.floor((aMax - a[i]) * scale)] += e[i];
+  let before = 0;
+  let cross = 0;
+  while (cross < buckets - 1 && before + mass[cross] < target) before += mass[cross++];
+  const inCross: number[] = [];
+  for (let i = 0; i < a.length; i++) {
+    if (e[i] === 0) continue;
+    const b = Math.floor((aMax - a[i]) * scale);
+    if (b === cross) inCross.push(i);
+    else if (b > cross) e[i] = 0;
+  }
+  sortCanonical(inCross, (i) => a[i]);
+  let cum = before;
+  for (const i of inCross) {
+    if (cum < target) cum += e[i];
+    else e[i] = 0;
+  }
+  return cum;
 }
