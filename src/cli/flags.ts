@@ -49,7 +49,7 @@ export function addSamplingFlags(cmd: Command): Command {
     .option('--presence-penalty <p>', '-2..2, once per token seen', number)
     .option('--seed <n>', 'same seed, same answer', number)
     .option('--max-tokens <n>', 'generated tokens at most', number)
-    .option('--stop <text...>', 'stop before this text')
+    .option('--stop <text>', 'stop before this text (repeatable)', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
     .addOption(new Option('--reasoning-effort <level>', 'how long the model thinks').choices(['low', 'medium', 'high']))
     .option('--system <text>', 'instructions (the developer message)');
 }
