@@ -367,21 +367,47 @@ void CudaBackend::forward_layers(int T) {
     n2.w = L.post_norm;
     rmsnorm(n2, stream_);
 
-    RouterParams rp;
-    rp.x = xn_;
-    rp.ldx = H;
-    rp.W = L.router_w;
-    rp.b = L.router_b;
-    rp.n = T;
-    rp.H = H;
-    rp.E = c.num_experts;
-    rp.k = c.experts_per_token;
-    rp.logits = router_logits_;
-    rp.ids = expert_ids_;
-    rp.weights = expert_w_;
-    rp.workspace = router_ws_;
-    rp.pdl = pdl_;
-    router_forward(rp, stream_);
+    // Router: one fused launch for decode-sized batches; a dense projection and a top-k launch otherwise.
+    if (T <= kMoeDecodeMaxTokens && H <= 4096) {
+      RouterParams rp;
+      rp.x = xn_;
+      rp.ldx = H;
+      rp.W = L.router_w;
+      rp.b = L.router_b;
+      rp.n = T;
+      rp.H = H;
+      rp.E = c.num_experts;
+      rp.k = c.experts_per_token;
+      rp.logits = router_logits_;
+      rp.ids = expert_ids_;
+      rp.weights = expert_w_;
+      rp.workspace = router_ws_;
+      rp.pdl = pdl_;
+      router_forward(rp, stream_);
+    } else {
+      DenseParams rd;
+      rd.x = xn_;
+      rd.ldx = H;
+      rd.W = L.router_w;
+      rd.b = L.router_b;
+      rd.y = router_logits_;
+      rd.ldy = c.num_experts;
+      rd.T = T;
+      rd.N = c.num_experts;
+      rd.K = H;
+      rd.pdl = pdl_;
+      dense(rd, stream_);
+      RouterTopkParams rt;
+      rt.logits = router_logits_;
+      rt.ld_logits = c.num_experts;
+      rt.n = T;
+      rt.E = c.num_experts;
+      rt.k = c.experts_per_token;
+      rt.ids = expert_ids_;
+      rt.weights = expert_w_;
+      rt.pdl = pdl_;
+      router_topk_softmax(rt, stream_);
+    }
 
     MoeParams mp;
     mp.n = T;
