@@ -9,8 +9,10 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <vector>
 
@@ -55,7 +57,7 @@ T* dalloc(size_t n) {
 }
 
 // Median of `reps` timings, each the mean over `iters` calls of fn(i).
-float time_us(const std::function<void(int)>& fn, int iters = 50, int reps = 7) {
+float time_us(const std::function<void(int)>& fn, int iters = 50, int reps = 7, cudaStream_t st = 0) {
   cudaEvent_t a, b;
   CK(cudaEventCreate(&a));
   CK(cudaEventCreate(&b));
@@ -63,9 +65,9 @@ float time_us(const std::function<void(int)>& fn, int iters = 50, int reps = 7) 
   CK(cudaDeviceSynchronize());
   std::vector<float> ts;
   for (int r = 0; r < reps; r++) {
-    CK(cudaEventRecord(a));
+    CK(cudaEventRecord(a, st));
     for (int i = 0; i < iters; i++) fn(i);
-    CK(cudaEventRecord(b));
+    CK(cudaEventRecord(b, st));
     CK(cudaEventSynchronize(b));
     float ms;
     CK(cudaEventElapsedTime(&ms, a, b));
@@ -152,31 +154,152 @@ struct Routing {
   const float* w_of(int i) const { return w + size_t(i % sets) * n * k; }
 };
 
-// One decode-kernel configuration, launched directly (the playground's numbered variants).
-template <moe::WFmt F, int GMT, int GKS, int DMT, int DKS, int D>
+double nmse_dev(const float* a, const float* b, size_t n);
+uint16_t* g_act_ref;  // the public launcher's SwiGLU output and result on routing set 0 (decode_variants)
+float* g_y_ref;
+double nmse_bf16_dev(const uint16_t* a, const uint16_t* b, size_t n) {
+  std::vector<uint16_t> ha(n), hb(n);
+  CK(cudaMemcpy(ha.data(), a, n * 2, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(hb.data(), b, n * 2, cudaMemcpyDeviceToHost));
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; i++) {
+    const uint32_t ua = uint32_t(ha[i]) << 16, ub = uint32_t(hb[i]) << 16;
+    float fa, fb;
+    std::memcpy(&fa, &ua, 4);
+    std::memcpy(&fb, &ub, 4);
+    if (!std::isfinite(fa)) return INFINITY;
+    num += double(fa - fb) * (fa - fb);
+    den += double(fb) * fb;
+  }
+  return num / den;
+}
+
+// One decode-kernel configuration, launched directly (the playground's numbered variants): gate_up or down alone.
+template <bool GATE_UP, int MT, int KS, int D, int MINB, int PF, bool XP>
 void decode_variant(const char* name, const Layer& L, const Routing& R, const uint16_t* x, float* y, void* ws,
                     double bytes) {
   const moe::Workspace w = moe::carve(ws, R.n, L.H, L.I, L.E, L.k);
-  moe::WMat gu{F == moe::WFmt::kMxfp4 ? (const void*)L.gu_b : (const void*)L.gu_w, L.gu_s, L.gu_bias, 2 * L.I, L.H};
-  moe::WMat dn{F == moe::WFmt::kMxfp4 ? (const void*)L.dn_b : (const void*)L.dn_w, L.dn_s, L.dn_bias, L.H, L.I};
-  auto args = [&](int i) {
-    moe::DecodeArgs a{R.n, L.E, L.k, 7.f, x, L.H, R.ids_of(i), R.w_of(i), gu, w.act, y, L.H, false};
-    return a;
-  };
+  moe::WMat gu{L.gu_b, L.gu_s, L.gu_bias, 2 * L.I, L.H};
+  moe::WMat dn{L.dn_b, L.dn_s, L.dn_bias, L.H, L.I};
   const int nu = std::min(R.n * L.k, L.E);
-  const float t_gu = time_us([&](int i) {
-    moe::moe_decode_gate_up<F, GMT, GKS, D><<<dim3((2 * L.I + 16 * GMT - 1) / (16 * GMT), nu), GMT * GKS * 32>>>(args(i));
+  constexpr auto F = moe::WFmt::kMxfp4;
+  const float t = time_us([&](int i) {
+    moe::DecodeArgs a{R.n, L.E, L.k, 7.f, x, L.H, R.ids_of(i), R.w_of(i), gu, w.act, y, L.H, false};
+    if (GATE_UP) {
+      moe::moe_decode_gate_up<F, MT, KS, D, MINB, PF, XP>
+          <<<dim3((2 * L.I + 16 * MT - 1) / (16 * MT), nu), MT * KS * 32>>>(a);
+    } else {
+      a.x = w.act;
+      a.ldx = L.I;
+      a.W = dn;
+      moe::moe_decode_down<F, MT, KS, D, MINB, PF, XP><<<(L.H + 16 * MT - 1) / (16 * MT), MT * KS * 32>>>(a);
+    }
   });
-  const float t_dn = time_us([&](int i) {
-    moe::DecodeArgs a = args(i);
-    a.x = w.act;
-    a.ldx = L.I;
-    a.W = dn;
-    moe::moe_decode_down<F, DMT, DKS, D><<<(L.H + 16 * DMT - 1) / (16 * DMT), DMT * DKS * 32>>>(a);
-  });
-  const double gu_frac = double(2 * L.I) / double(3 * L.I);
-  std::printf("  %-44s gate_up %7.1f us (%6.0f GB/s)  down %7.1f us (%6.0f GB/s)\n", name, t_gu,
-              bytes * gu_frac / t_gu * 1e-3, t_dn, bytes * (1 - gu_frac) / t_dn * 1e-3);
+  // Check against the public launcher's output on routing set 0 (act_ref / y_ref, computed by the caller).
+  {
+    moe::DecodeArgs a{R.n, L.E, L.k, 7.f, x, L.H, R.ids_of(0), R.w_of(0), gu, w.act, y, L.H, false};
+    if (GATE_UP) {
+      moe::moe_decode_gate_up<F, MT, KS, D, MINB, PF, XP>
+          <<<dim3((2 * L.I + 16 * MT - 1) / (16 * MT), nu), MT * KS * 32>>>(a);
+    } else {
+      CK(cudaMemcpy(w.act, g_act_ref, size_t(R.n) * L.k * L.I * 2, cudaMemcpyDeviceToDevice));
+      a.x = w.act;
+      a.ldx = L.I;
+      a.W = dn;
+      moe::moe_decode_down<F, MT, KS, D, MINB, PF, XP><<<(L.H + 16 * MT - 1) / (16 * MT), MT * KS * 32>>>(a);
+    }
+    CK(cudaDeviceSynchronize());
+  }
+  const double err = GATE_UP ? nmse_bf16_dev(w.act, g_act_ref, size_t(R.n) * L.k * L.I)
+                             : nmse_dev(y, g_y_ref, size_t(R.n) * L.H);
+  const double b = bytes * (GATE_UP ? 2.0 / 3.0 : 1.0 / 3.0);
+  std::printf("  %-8s %-36s %7.1f us  %6.0f GB/s  (nmse vs launcher %.1e)\n", GATE_UP ? "gate_up" : "down", name, t,
+              b / t * 1e-3, err);
+}
+
+void decode_variants(const Layer& L, const Routing& R, const uint16_t* x, float* y, void* ws, double bytes) {
+  const moe::Workspace w = moe::carve(ws, R.n, L.H, L.I, L.E, L.k);
+  g_act_ref = dalloc<uint16_t>(size_t(R.n) * L.k * L.I);
+  g_y_ref = dalloc<float>(size_t(R.n) * L.H);
+  {
+    MoeParams p;
+    p.n = R.n;
+    p.H = L.H;
+    p.I = L.I;
+    p.E = L.E;
+    p.k = L.k;
+    p.x = x;
+    p.ldx = L.H;
+    p.ids = R.ids_of(0);
+    p.weights = R.w_of(0);
+    p.y = g_y_ref;
+    p.ldy = L.H;
+    p.workspace = ws;
+    p.workspace_bytes = moe_workspace_bytes(R.n, L.H, L.I, L.E, L.k);
+    p.path = MoePath::kDecode;
+    moe_mxfp4_forward(p, L.mx(), 0);
+    CK(cudaMemcpy(g_act_ref, w.act, size_t(R.n) * L.k * L.I * 2, cudaMemcpyDeviceToDevice));
+    CK(cudaDeviceSynchronize());
+  }
+  // run 2 (no x prefetch, no L2 prefetch): best gate_up g8 (MT2 KS4 D1 MINB4) n=1 22.5 us, g6 (MT2 KS2 D2 MINB4)
+  // at n=8; best down d1 (MT1 KS8 D2) 17.8 us at n=1.
+  decode_variant<true, 2, 4, 1, 4, 0, false>("G1 MT2 KS4 D1 MINB4 PF0", L, R, x, y, ws, bytes);
+  decode_variant<true, 2, 4, 1, 4, 4, false>("G2 MT2 KS4 D1 MINB4 PF4", L, R, x, y, ws, bytes);
+  decode_variant<true, 2, 4, 1, 4, 8, false>("G3 MT2 KS4 D1 MINB4 PF8", L, R, x, y, ws, bytes);
+  decode_variant<true, 2, 4, 1, 3, 4, true>("G4 MT2 KS4 D1 MINB3 PF4 XP", L, R, x, y, ws, bytes);
+  decode_variant<true, 2, 2, 2, 4, 0, false>("G5 MT2 KS2 D2 MINB4 PF0", L, R, x, y, ws, bytes);
+  decode_variant<true, 2, 2, 2, 4, 4, false>("G6 MT2 KS2 D2 MINB4 PF4", L, R, x, y, ws, bytes);
+  decode_variant<true, 2, 2, 2, 3, 4, false>("G7 MT2 KS2 D2 MINB3 PF4", L, R, x, y, ws, bytes);
+  decode_variant<true, 1, 8, 1, 4, 4, false>("G8 MT1 KS8 D1 MINB4 PF4", L, R, x, y, ws, bytes);
+  decode_variant<true, 4, 2, 1, 4, 4, false>("G9 MT4 KS2 D1 MINB4 PF4", L, R, x, y, ws, bytes);
+  decode_variant<false, 1, 8, 2, 2, 0, false>("D1 MT1 KS8 D2 MINB2 PF0", L, R, x, y, ws, bytes);
+  decode_variant<false, 1, 8, 2, 2, 4, false>("D2 MT1 KS8 D2 MINB2 PF4", L, R, x, y, ws, bytes);
+  decode_variant<false, 1, 8, 2, 2, 8, false>("D3 MT1 KS8 D2 MINB2 PF8", L, R, x, y, ws, bytes);
+  decode_variant<false, 1, 8, 1, 4, 4, false>("D4 MT1 KS8 D1 MINB4 PF4", L, R, x, y, ws, bytes);
+  decode_variant<false, 1, 8, 1, 4, 8, false>("D5 MT1 KS8 D1 MINB4 PF8", L, R, x, y, ws, bytes);
+  decode_variant<false, 1, 16, 1, 2, 4, false>("D6 MT1 KS16 D1 MINB2 PF4", L, R, x, y, ws, bytes);
+  decode_variant<false, 1, 8, 1, 3, 4, true>("D7 MT1 KS8 D1 MINB3 PF4 XP", L, R, x, y, ws, bytes);
+  decode_variant<false, 1, 4, 1, 4, 4, false>("D8 MT1 KS4 D1 MINB4 PF4", L, R, x, y, ws, bytes);
+  cudaFree(g_act_ref);
+  cudaFree(g_y_ref);
+}
+
+// The prefill path with v2 of the MXFP4 grouped GEMM (moe_impl.cuh), launched directly so that v1 (the public
+// launcher unless built with -DHM_MOE_PREFILL_V2) and v2 can be compared in one binary.
+void prefill_mxfp4_v2(const MoeParams& p, const Layer& L) {
+  const moe::Workspace ws = moe::carve(p.workspace, p.n, p.H, p.I, p.E, p.k);
+  static bool set = false;
+  if (!set) {
+    CK(cudaFuncSetAttribute(moe::moe_grouped_gemm_mxfp4_v2<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            int(moe::kGemm2Smem)));
+    CK(cudaFuncSetAttribute(moe::moe_grouped_gemm_mxfp4_v2<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            int(moe::kGemm2Smem)));
+    set = true;
+  }
+  const int P = p.n * p.k, T = moe::max_tiles(P, p.E);
+  moe::moe_route_sort<<<1, 1024>>>(p.ids, P, p.E, ws);
+  moe::WMat gu{L.gu_b, L.gu_s, L.gu_bias, 2 * L.I, L.H};
+  moe::WMat dn{L.dn_b, L.dn_s, L.dn_bias, L.H, L.I};
+  moe::GemmArgs g{gu, p.x, p.ldx, p.k, p.weights, p.swiglu_limit, ws};
+  moe::moe_grouped_gemm_mxfp4_v2<true><<<dim3((2 * p.I + moe::kBN - 1) / moe::kBN, T), 256, moe::kGemm2Smem>>>(g);
+  g.W = dn;
+  g.A = ws.act;
+  g.lda = p.I;
+  moe::moe_grouped_gemm_mxfp4_v2<false><<<dim3((p.H + moe::kBN - 1) / moe::kBN, T), 256, moe::kGemm2Smem>>>(g);
+  moe::moe_combine<<<p.n, 256>>>(ws, p.H, p.k, p.y, p.ldy, false);
+}
+
+double nmse_dev(const float* a, const float* b, size_t n) {
+  std::vector<float> ha(n), hb(n);
+  CK(cudaMemcpy(ha.data(), a, n * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(hb.data(), b, n * 4, cudaMemcpyDeviceToHost));
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!std::isfinite(ha[i])) return INFINITY;
+    num += double(ha[i] - hb[i]) * (ha[i] - hb[i]);
+    den += double(hb[i]) * hb[i];
+  }
+  return num / den;
 }
 
 int main() {
@@ -251,7 +374,7 @@ int main() {
       }
       CK(cudaStreamEndCapture(s, &g));
       CK(cudaGraphInstantiate(&ge, g, 0));
-      const float t_graph = time_us([&](int) { CK(cudaGraphLaunch(ge, s)); }, 10, 7) / R.sets;
+      const float t_graph = time_us([&](int) { CK(cudaGraphLaunch(ge, s)); }, 10, 7, s) / R.sets;
       CK(cudaGraphExecDestroy(ge));
       CK(cudaGraphDestroy(g));
       CK(cudaStreamDestroy(s));
@@ -265,13 +388,7 @@ int main() {
                   "(%.0f GB/s) | bf16 %.1f us (%.0f GB/s of %.1f MB)\n",
                   n, uniq, bytes_mx * 1e-6, t_mx, bytes_mx / t_mx * 1e-3, t_mx_pdl, t_graph,
                   bytes_mx / t_graph * 1e-3, t_bf, bytes_bf / t_bf * 1e-3, bytes_bf * 1e-6);
-      if (n == 1 || n == 8) {
-        decode_variant<moe::WFmt::kMxfp4, 4, 2, 1, 8, 4>("v1 mxfp4 gu(MT4,KS2) dn(MT1,KS8) D4", L, R, x, y, ws, bytes_mx);
-        decode_variant<moe::WFmt::kMxfp4, 2, 2, 1, 4, 4>("v2 mxfp4 gu(MT2,KS2) dn(MT1,KS4) D4", L, R, x, y, ws, bytes_mx);
-        decode_variant<moe::WFmt::kMxfp4, 1, 4, 2, 4, 4>("v3 mxfp4 gu(MT1,KS4) dn(MT2,KS4) D4", L, R, x, y, ws, bytes_mx);
-        decode_variant<moe::WFmt::kMxfp4, 4, 2, 1, 8, 2>("v4 mxfp4 gu(MT4,KS2) dn(MT1,KS8) D2", L, R, x, y, ws, bytes_mx);
-        decode_variant<moe::WFmt::kMxfp4, 2, 4, 1, 8, 8>("v5 mxfp4 gu(MT2,KS4) dn(MT1,KS8) D8", L, R, x, y, ws, bytes_mx);
-      }
+      if (n == 1 || n == 8) decode_variants(L, R, x, y, ws, bytes_mx);
     }
 
     {  // router: fused GEMV + top-k for one token, E x 2880 bf16
@@ -328,8 +445,30 @@ int main() {
         q.weights = R.w_of(i);
         moe_bf16_forward(q, L.bf(), 0);
       }, 10, 5);
-      std::printf("prefill n=%d: mxfp4 %.0f us (%.1f TFLOP/s, %.0f tok/s per layer) | bf16 %.0f us (%.1f TFLOP/s)\n", n,
-                  t_mx, flops / t_mx * 1e-6, n / t_mx * 1e6, t_bf, flops / t_bf * 1e-6);
+      // v2 against v1 on the same routing: error and time.
+      float* y2 = dalloc<float>(size_t(n) * L.H);
+      {
+        MoeParams q = p;
+        q.ids = R.ids_of(0);
+        q.weights = R.w_of(0);
+        moe_mxfp4_forward(q, L.mx(), 0);
+        q.y = y2;
+        CK(cudaMemset(y2, 0xFF, size_t(n) * L.H * 4));
+        prefill_mxfp4_v2(q, L);
+        CK(cudaDeviceSynchronize());
+      }
+      const double err = nmse_dev(y2, y, size_t(n) * L.H);
+      const float t_v2 = time_us([&](int i) {
+        MoeParams q = p;
+        q.ids = R.ids_of(i);
+        q.weights = R.w_of(i);
+        q.y = y2;
+        prefill_mxfp4_v2(q, L);
+      }, 10, 5);
+      cudaFree(y2);
+      std::printf("prefill n=%d: mxfp4 %.0f us (%.1f TFLOP/s, %.0f tok/s per layer) | mxfp4 v2 %.0f us (%.1f TFLOP/s, "
+                  "nmse vs v1 %.2e) | bf16 %.0f us (%.1f TFLOP/s)\n",
+                  n, t_mx, flops / t_mx * 1e-6, n / t_mx * 1e6, t_v2, flops / t_v2 * 1e-6, err, t_bf, flops / t_bf * 1e-6);
     }
     cudaFree(ws);
     cudaFree(x);
