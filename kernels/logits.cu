@@ -26,7 +26,7 @@ __global__ void __launch_bounds__(NT) narrow_rows(const float* __restrict__ logi
   __shared__ float red_m[NT / 32], red_s[NT / 32];
   __shared__ int red_i[NT / 32];
   __shared__ uint32_t hist[256];
-  __shared__ uint32_t sh_prefix, sh_remaining, sh_count, sh_taken;
+  __shared__ uint32_t sh_prefix, sh_remaining, sh_count, sh_taken, sh_equal;
   __shared__ uint32_t warp_cnt[NT / 32];
   __shared__ uint32_t cand_key[kMaxTopK];
   __shared__ int cand_id[kMaxTopK];
@@ -76,8 +76,12 @@ __global__ void __launch_bounds__(NT) narrow_rows(const float* __restrict__ logi
     argmax[row] = I == INT_MAX ? 0 : I;
     max_logit[row] = M;
     lse[row] = M + logf(Ssum);
+    if (k == 1) {  // the top-1 candidate is the argmax (same tie rule)
+      top_ids[row] = I == INT_MAX ? 0 : I;
+      top_logits[row] = M;
+    }
   }
-  if (k <= 0) return;
+  if (k <= 1) return;
 
   // 2. radix select of the k-th largest key.
   if (tid == 0) {
@@ -116,9 +120,10 @@ __global__ void __launch_bounds__(NT) narrow_rows(const float* __restrict__ logi
   if (tid == 0) {
     sh_count = 0;
     sh_taken = 0;
+    sh_equal = 0;
   }
   __syncthreads();
-  // 3a. strictly above the threshold: exactly `above` of them.
+  // 3a. strictly above the threshold: exactly `above` of them; and count those equal to it.
   for (int i = tid; i < vocab; i += NT) {
     const uint32_t u = order_key(x[i]);
     if (u > T) {
@@ -127,10 +132,24 @@ __global__ void __launch_bounds__(NT) narrow_rows(const float* __restrict__ logi
         cand_key[at] = u;
         cand_id[at] = i;
       }
+    } else if (u == T) {
+      atomicAdd(&sh_equal, 1u);
     }
   }
-  // 3b. equal to the threshold: the `remaining` lowest ids, by an ordered block scan.
-  for (int base = 0; base < vocab; base += NT) {
+  __syncthreads();
+  // 3b. equal to the threshold. Usually all of them are taken (no tie across the k-th place): collect in any
+  // order, the sort below orders them. Otherwise the `remaining` lowest ids, by an ordered block scan.
+  const bool take_all = sh_equal == uint32_t(remaining);
+  if (take_all) {
+    for (int i = tid; i < vocab; i += NT) {
+      if (order_key(x[i]) == T) {
+        const uint32_t at = atomicAdd(&sh_count, 1u);
+        cand_key[at] = T;
+        cand_id[at] = i;
+      }
+    }
+  }
+  for (int base = 0; !take_all && base < vocab; base += NT) {
     __syncthreads();
     const uint32_t taken = sh_taken;
     if (taken >= uint32_t(remaining)) break;

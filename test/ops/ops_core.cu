@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -433,6 +434,103 @@ std::vector<Result> test_narrow() {
   return out;
 }
 HM_OP_TEST("narrow_logits", test_narrow);
+
+}  // namespace
+}  // namespace hm::optest
+
+// ---- timings (HM_OP_BENCH=1): decode-sized launches of the core kernels, weights rotated past the 50 MB L2 ----
+namespace hm::optest {
+namespace {
+
+template <typename F>
+double time_us(F&& launch, int iters = 30) {
+  for (int i = 0; i < 3; i++) launch(i);
+  cudaEvent_t a, b;
+  C_CHECK(cudaEventCreate(&a));
+  C_CHECK(cudaEventCreate(&b));
+  C_CHECK(cudaEventRecord(a));
+  for (int i = 0; i < iters; i++) launch(i);
+  C_CHECK(cudaEventRecord(b));
+  C_CHECK(cudaEventSynchronize(b));
+  float ms = 0;
+  C_CHECK(cudaEventElapsedTime(&ms, a, b));
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  C_CHECK(cudaGetLastError());
+  return ms * 1000.0 / iters;
+}
+
+std::vector<Result> bench_core() {
+  const char* env = std::getenv("HM_OP_BENCH");
+  if (!env || std::strcmp(env, "1") != 0) return {};
+  std::printf("-- core kernel timings (us per launch; GB/s counts bytes that must be read) --\n");
+  // dense GEMV, T tokens
+  struct D { const char* name; int N, K, T; };
+  for (const D& d : {D{"qkv", 5120, 2880, 1}, D{"o_proj", 2880, 4096, 1}, D{"qkv", 5120, 2880, 4},
+                     D{"qkv", 5120, 2880, 8}, D{"lm_head", 201088, 2880, 1}, D{"qkv mma", 5120, 2880, 64},
+                     D{"qkv mma", 5120, 2880, 512}, D{"lm_head mma", 201088, 2880, 64}}) {
+    const size_t wbytes = size_t(d.N) * d.K * 2;
+    const int copies = int(std::max<size_t>(1, std::min<size_t>(8, (200ull << 20) / wbytes + 1)));
+    Dev<uint16_t> W(size_t(d.N) * d.K * copies), x(size_t(d.T) * d.K), b(d.N);
+    Dev<float> y(size_t(d.T) * d.N);
+    C_CHECK(cudaMemset(W.p, 0x3c, W.n * 2));
+    C_CHECK(cudaMemset(x.p, 0x3c, x.n * 2));
+    C_CHECK(cudaMemset(b.p, 0, b.n * 2));
+    const double us = time_us([&](int i) {
+      cuda::DenseParams p;
+      p.x = x.p, p.W = W.p + size_t(i % copies) * d.N * d.K, p.b = b.p, p.y = y.p;
+      p.T = d.T, p.N = d.N, p.K = d.K, p.ldx = d.K, p.ldy = d.N;
+      cuda::dense(p, nullptr);
+    });
+    const double flops = 2.0 * d.T * d.N * d.K;
+    std::printf("dense %-12s T=%-4d N=%-6d K=%d: %9.1f us  %7.0f GB/s  %6.1f TFLOP/s\n", d.name, d.T, d.N, d.K, us,
+                wbytes / us / 1e3, flops / us / 1e6);
+  }
+  // attention decode, one token, 64/8 heads of 64
+  for (int ctx : {1024, 8192, 131072}) {
+    for (int window : {0, 128}) {
+      if (window && ctx != 131072) continue;
+      const int nq = 64, nkv = 8, D = 64, bs = 16, nb = ctx / bs;
+      Dev<uint16_t> kc(size_t(nb) * bs * nkv * D), vc(size_t(nb) * bs * nkv * D), out(nq * D);
+      C_CHECK(cudaMemset(kc.p, 0x3c, kc.n * 2));
+      C_CHECK(cudaMemset(vc.p, 0x3c, vc.n * 2));
+      std::vector<int32_t> bt(nb);
+      std::iota(bt.begin(), bt.end(), 0);
+      Dev<int32_t> dbt(bt), seq(std::vector<int32_t>{0}), pos(std::vector<int32_t>{ctx - 1}), toks(std::vector<int32_t>{0});
+      Dev<float> q(uniform(nq * D, 1)), sinks(uniform(nq, 2));
+      const int max_keys = window ? window : ctx;
+      const size_t per_split = cuda::attention_decode_workspace_floats(1, nq, D, 1);
+      const int cap = int(std::min<size_t>(1024, (16ull << 20) / per_split));
+      cuda::AttentionDecodeParams p;
+      p.c.q = q.p, p.c.ldq = nq * D, p.c.k_cache = kc.p, p.c.v_cache = vc.p, p.c.block_tables = dbt.p;
+      p.c.max_blocks_per_seq = nb, p.c.block_size = bs, p.c.tok_seq = seq.p, p.c.pos = pos.p, p.c.sinks = sinks.p;
+      p.c.out = out.p, p.c.nq = nq, p.c.nkv = nkv, p.c.D = D, p.c.window = window, p.c.scale = 0.125f;
+      p.tokens = toks.p, p.num_tokens = 1;
+      p.keys_per_split = cuda::attention_keys_per_split(max_keys, cap);
+      p.max_splits = (max_keys + p.keys_per_split - 1) / p.keys_per_split;
+      Dev<float> ws(cuda::attention_decode_workspace_floats(1, nq, D, p.max_splits));
+      p.workspace = ws.p;
+      const double us = time_us([&](int) { cuda::attention_decode(p, nullptr); });
+      const double bytes = double(max_keys) * nkv * D * 2 * 2;
+      std::printf("attention_decode ctx=%-6d window=%-3d splits=%-4d: %9.1f us  %7.0f GB/s\n", ctx, window,
+                  p.max_splits, us, bytes / us / 1e3);
+    }
+  }
+  // logits narrowing of one 201088 row
+  for (int k : {0, 1, 50, 256}) {
+    Dev<float> x(uniform(201088, 3, 8.f)), mx(1), lse(1), tl(256);
+    Dev<int32_t> am(1), ti(256);
+    const double us = time_us([&](int) {
+      cuda::NarrowLogitsParams p;
+      p.logits = x.p, p.rows = 1, p.vocab = 201088, p.ld = 201088, p.top_k = k;
+      p.argmax = am.p, p.max_logit = mx.p, p.logsumexp = lse.p, p.top_ids = ti.p, p.top_logits = tl.p;
+      cuda::narrow_logits(p, nullptr);
+    });
+    std::printf("narrow_logits V=201088 k=%-3d: %9.1f us\n", k, us);
+  }
+  return {};
+}
+HM_OP_TEST("bench_core", bench_core);
 
 }  // namespace
 }  // namespace hm::optest
