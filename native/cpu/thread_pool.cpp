@@ -1,10 +1,15 @@
 // The fork-join pool behind hm::cpu::parallel_for (see thread_pool.h for the contract).
+//
+// Each job is a counter of chunks that the caller and the workers claim until none is left; the caller returns as
+// soon as every chunk is DONE, without waiting for workers that never got scheduled (on a busy machine a sleeping
+// worker would otherwise stall every small loop by a time slice). A late worker only finds an exhausted counter.
 #include "thread_pool.h"
 
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -14,6 +19,15 @@ namespace {
 
 thread_local bool t_inside_job = false;
 
+struct Job {
+  const std::function<void(int, int)>* fn = nullptr;
+  int n = 0, chunk = 1, chunks = 0;
+  std::atomic<int> next{0};  // next chunk to claim
+  std::atomic<int> done{0};  // chunks finished
+  std::mutex error_mu;
+  std::exception_ptr error;
+};
+
 class Pool {
  public:
   ~Pool() { stop_workers(); }
@@ -21,7 +35,7 @@ class Pool {
   void set_threads(int threads) {
     std::lock_guard<std::mutex> job_lock(job_mu_);
     int want = threads > 0 ? threads : default_threads();
-    if (want == static_cast<int>(workers_.size()) + 1) return;
+    if (started_ && want == static_cast<int>(workers_.size()) + 1) return;
     stop_workers();
     start_workers(want - 1);
   }
@@ -39,37 +53,28 @@ class Pool {
     }
     std::lock_guard<std::mutex> job_lock(job_mu_);
     ensure_started();
-    int parts = static_cast<int>(workers_.size()) + 1;
+    const int parts = static_cast<int>(workers_.size()) + 1;
     // A few chunks per thread so that uneven chunks (e.g. expert rows) still balance.
-    int chunk = std::max(std::max(min_chunk, 1), (n + parts * 4 - 1) / (parts * 4));
-    int chunks = (n + chunk - 1) / chunk;
-    if (chunks == 1 || parts == 1) {
-      t_inside_job = true;
-      try {
-        fn(0, n);
-      } catch (...) {
-        t_inside_job = false;
-        throw;
+    auto job = std::make_shared<Job>();
+    job->fn = &fn;
+    job->n = n;
+    job->chunk = std::max(std::max(min_chunk, 1), (n + parts * 4 - 1) / (parts * 4));
+    job->chunks = (n + job->chunk - 1) / job->chunk;
+    if (job->chunks > 1 && parts > 1) {
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        job_ = job;
+        generation_++;
       }
-      t_inside_job = false;
-      return;
+      cv_.notify_all();
     }
+    work(*job);
     {
-      std::lock_guard<std::mutex> lk(mu_);
-      fn_ = &fn;
-      n_ = n;
-      chunk_ = chunk;
-      next_.store(0);
-      error_ = nullptr;
-      busy_ = static_cast<int>(workers_.size());
-      generation_++;
+      std::unique_lock<std::mutex> lk(mu_);
+      done_cv_.wait(lk, [&] { return job->done.load() == job->chunks; });
+      job_.reset();
     }
-    cv_.notify_all();
-    work();
-    std::unique_lock<std::mutex> lk(mu_);
-    done_cv_.wait(lk, [&] { return busy_ == 0; });
-    fn_ = nullptr;
-    if (error_) std::rethrow_exception(error_);
+    if (job->error) std::rethrow_exception(job->error);
   }
 
  private:
@@ -93,18 +98,22 @@ class Pool {
     workers_.clear();
   }
 
-  // Grabs chunks until none is left; shared by the caller and the workers.
-  void work() {
+  // Claims chunks until none is left; shared by the caller and the workers.
+  void work(Job& job) {
     t_inside_job = true;
     for (;;) {
-      int c = next_.fetch_add(1);
-      int begin = c * chunk_;
-      if (begin >= n_) break;
+      const int c = job.next.fetch_add(1);
+      if (c >= job.chunks) break;
+      const int begin = c * job.chunk;
       try {
-        (*fn_)(begin, std::min(n_, begin + chunk_));
+        (*job.fn)(begin, std::min(job.n, begin + job.chunk));
       } catch (...) {
-        std::lock_guard<std::mutex> lk(mu_);
-        if (!error_) error_ = std::current_exception();
+        std::lock_guard<std::mutex> lk(job.error_mu);
+        if (!job.error) job.error = std::current_exception();
+      }
+      if (job.done.fetch_add(1) + 1 == job.chunks) {
+        std::lock_guard<std::mutex> lk(mu_);  // under the lock, so the caller cannot miss the wake-up
+        done_cv_.notify_all();
       }
     }
     t_inside_job = false;
@@ -113,31 +122,26 @@ class Pool {
   void worker_loop() {
     uint64_t seen = 0;
     for (;;) {
+      std::shared_ptr<Job> job;
       {
         std::unique_lock<std::mutex> lk(mu_);
         cv_.wait(lk, [&] { return stop_ || generation_ != seen; });
         if (stop_) return;
         seen = generation_;
+        job = job_;
       }
-      work();
-      std::lock_guard<std::mutex> lk(mu_);
-      if (--busy_ == 0) done_cv_.notify_one();
+      if (job) work(*job);
     }
   }
 
   std::mutex job_mu_;  // one job at a time
-  std::mutex mu_;      // guards the job fields and the worker handshake
+  std::mutex mu_;      // guards job_, generation_, stop_ and the done wake-up
   std::condition_variable cv_, done_cv_;
   std::vector<std::thread> workers_;
   bool started_ = false;
   bool stop_ = false;
   uint64_t generation_ = 0;
-  int busy_ = 0;
-  const std::function<void(int, int)>* fn_ = nullptr;
-  int n_ = 0;
-  int chunk_ = 1;
-  std::atomic<int> next_{0};
-  std::exception_ptr error_;
+  std::shared_ptr<Job> job_;
 };
 
 Pool& pool() {
