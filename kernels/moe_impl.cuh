@@ -233,24 +233,12 @@ __device__ __forceinline__ bool reduce_ks(float* acc, float (*red)[32][4], int m
 }
 
 // The weight stream of one warp: work items f = kp, kp + KS, ... < total, item f = (expert slot u, chunk c)
-// with u = f / nchunks, c = f % nchunks. Three levels keep bytes in flight without many registers:
-//   - the weights of the next D items are loaded into registers while the current D are multiplied;
-//   - with XP, the activations (B operand) of the next D items are loaded with them (else just before use);
-//   - the weights of the items PF ahead are prefetched into L2 (PF items ahead of the register loads).
-// act_of(u) returns the B-operand row of this lane's token for expert slot u (or null). With `pre_wait`, the
-// first items' weights are loaded and prefetched before pdl_wait(), the activations only after it.
-template <WFmt F>
-__device__ __forceinline__ void prefetch_l2(const WMat& W, size_t row, int blk) {
-  if constexpr (F == WFmt::kMxfp4) {
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(static_cast<const uint8_t*>(W.data) + (row * (W.K >> 5) + blk) * 16));
-  } else {
-    const uint16_t* p = static_cast<const uint16_t*>(W.data) + row * W.K + blk * 32;
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(p + 16));
-  }
-}
-
-template <WFmt F, int KS, int D, int PF, bool XP, typename ExpertOf, typename ActOf>
+// with u = f / nchunks, c = f % nchunks. The weights of the next D items are loaded into registers while the
+// current D are multiplied; the activations (B operand, L1-resident) are loaded just before use. act_of(u) returns
+// the B-operand row of this lane's token for expert slot u (or null). With `pre_wait`, the first D items' weights
+// are loaded before pdl_wait(). (Tried and slower on the H100, bench/moe_playground/NOTES.md: L2 prefetch of
+// later items, activations prefetched with the weights.)
+template <WFmt F, int KS, int D, typename ExpertOf, typename ActOf>
 __device__ __forceinline__ void stream_items(float* acc, const WMat& W, int r0, int g, int t, int kp, int total,
                                              int nchunks, ExpertOf expert_of, ActOf act_of, bool pre_wait) {
   const int rows = W.rows, kb = W.K >> 5;
@@ -261,13 +249,6 @@ __device__ __forceinline__ void stream_items(float* acc, const WMat& W, int r0, 
     u = f / nchunks;
     blk = (f - u * nchunks) * 4 + t;
     return blk < kb;
-  };
-  auto prefetch = [&](int i) {
-    int u, blk;
-    if (!item(i, u, blk)) return;
-    const size_t rb = size_t(expert_of(u)) * rows + r0 + g;
-    if (ok0) prefetch_l2<F>(W, rb, blk);
-    if (ok1) prefetch_l2<F>(W, rb + 8, blk);
   };
   auto load_w = [&](int i0, RowChunk<F>* xa, RowChunk<F>* xb) {
 #pragma unroll
@@ -290,25 +271,17 @@ __device__ __forceinline__ void stream_items(float* acc, const WMat& W, int r0, 
         xr[d][q] = src ? __ldg(reinterpret_cast<const uint4*>(src + blk * 32) + q) : make_uint4(0, 0, 0, 0);
     }
   };
-  for (int i = 0; i < PF; i++) prefetch(D + i);
   RowChunk<F> ca[D], cb[D];
-  uint4 xc[D][4];
   load_w(0, ca, cb);
   if (pre_wait) {
     pdl_wait();
     pdl_trigger();
   }
-  if (XP) load_x(0, xc);
   for (int i0 = 0; kp + KS * i0 < total; i0 += D) {
-    if (PF)
-      for (int d = 0; d < D; d++) prefetch(i0 + D + PF + d);
     RowChunk<F> na[D], nb[D];
-    uint4 xn[D][4];
+    uint4 xc[D][4];
     load_w(i0 + D, na, nb);
-    if (XP)
-      load_x(i0 + D, xn);
-    else
-      load_x(i0, xc);
+    load_x(i0, xc);
 #pragma unroll
     for (int d = 0; d < D; d++) {
       if (kp + KS * (i0 + d) >= total) break;
@@ -323,15 +296,12 @@ __device__ __forceinline__ void stream_items(float* acc, const WMat& W, int r0, 
     for (int d = 0; d < D; d++) {
       ca[d] = na[d];
       cb[d] = nb[d];
-      if (XP)
-#pragma unroll
-        for (int q = 0; q < 4; q++) xc[d][q] = xn[d][q];
     }
   }
 }
 
 // gate_up + clamped SwiGLU for the selected experts. Grid: (ceil(2I / (16 MT)), min(n k, E)).
-template <WFmt F, int MT, int KS, int D, int MINB, int PF, bool XP>
+template <WFmt F, int MT, int KS, int D, int MINB>
 __global__ void __launch_bounds__(MT* KS * 32, MINB) moe_decode_gate_up(DecodeArgs a) {
   __shared__ DecodeRouting rt;
   __shared__ float red[MT * KS][32][4];
@@ -347,7 +317,7 @@ __global__ void __launch_bounds__(MT* KS * 32, MINB) moe_decode_gate_up(DecodeAr
   const uint16_t* xrow = g < a.n ? a.x + size_t(g) * a.ldx : nullptr;
 
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  stream_items<F, KS, D, PF, XP>(
+  stream_items<F, KS, D>(
       acc, a.W, r0, g, t, kp, nchunks, nchunks, [&](int) { return e; }, [&](int) { return xrow; }, false);
   if (!reduce_ks<MT, KS>(acc, red, mt, kp, lane)) return;
 
@@ -381,7 +351,7 @@ __global__ void __launch_bounds__(MT* KS * 32, MINB) moe_decode_gate_up(DecodeAr
 // down + bias + weighted combine over all selected experts. Grid: ceil(H / (16 MT)).
 // Reads the routing and starts its weight stream before pdl_wait(): its PDL predecessor is always
 // moe_decode_gate_up, which triggers only after its own wait, so the router's outputs are complete by then.
-template <WFmt F, int MT, int KS, int D, int MINB, int PF, bool XP>
+template <WFmt F, int MT, int KS, int D, int MINB>
 __global__ void __launch_bounds__(MT* KS * 32, MINB) moe_decode_down(DecodeArgs a) {
   __shared__ DecodeRouting rt;
   __shared__ float red[MT * KS][32][4];
@@ -392,7 +362,7 @@ __global__ void __launch_bounds__(MT* KS * 32, MINB) moe_decode_down(DecodeArgs 
   const int r0 = (blockIdx.x * MT + mt) * 16;
 
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  stream_items<F, KS, D, PF, XP>(
+  stream_items<F, KS, D>(
       acc, a.W, r0, g, t, kp, rt.nuniq * nchunks, nchunks, [&](int u) { return rt.uniq[u]; },
       [&](int u) -> const uint16_t* {
         const int slot = g < a.n ? rt.slot[u][g] : -1;
@@ -628,131 +598,6 @@ __global__ void __launch_bounds__(256) moe_grouped_gemm(GemmArgs a) {
     }
 }
 
-// v2 of the MXFP4 grouped GEMM: the raw operands stream through a kStages-deep cp.async ring (A: 64 rows x 64 B,
-// B: 128 rows x 16 B of MXFP4 per k-tile), so a block keeps (kStages - 1) k-tiles of bytes in flight instead of
-// one; the block's E8M0 scales are copied to shared memory once; each k-tile's B is decoded (natural column
-// order) into one bf16 tile between two barriers. For few rows per expert the GEMM streams weights, and v1's
-// single register-staged k-tile left it latency-bound.
-constexpr int kStages = 4;
-constexpr int kMaxKb = 128;  // K <= 4096 for v2 (the scale panel is 128 rows x K/32 bytes)
-constexpr size_t kGemm2Smem = size_t(kStages) * (kBM * kLDS * 2 + kBN * 16) + size_t(kBN) * kLDS * 2 + size_t(kBN) * kMaxKb;
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(pred ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N));
-}
-
-// Natural-order decode of one 32-bit word (columns 8i..8i+7): pairs (c0,c1) (c2,c3) (c4,c5) (c6,c7) x factor.
-__device__ __forceinline__ void decode_word_natural(uint32_t w, uint32_t f, uint32_t* p) {
-#pragma unroll
-  for (int j = 0; j < 4; j++) {
-    const uint32_t b = w >> (8 * j);
-    const uint32_t v = ((b << 6) & 0x1C0u) | ((b << 12) & 0x8000u) | ((b << 18) & 0x01C00000u) | ((b << 24) & 0x80000000u);
-    p[j] = bf16x2_mul(v, f);
-  }
-}
-
-template <bool GATE_UP>
-__global__ void __launch_bounds__(256) moe_grouped_gemm_mxfp4_v2(GemmArgs a) {
-  extern __shared__ __align__(16) uint8_t smem[];
-  auto As = reinterpret_cast<uint16_t(*)[kBM][kLDS]>(smem);                                  // [kStages]
-  auto Braw = reinterpret_cast<uint8_t(*)[kBN][16]>(smem + size_t(kStages) * kBM * kLDS * 2);  // [kStages]
-  auto Bs = reinterpret_cast<uint16_t(*)[kLDS]>(smem + size_t(kStages) * (kBM * kLDS * 2 + kBN * 16));
-  uint8_t* sc = smem + size_t(kStages) * (kBM * kLDS * 2 + kBN * 16) + size_t(kBN) * kLDS * 2;  // [kBN][kb]
-  pdl_wait();
-  pdl_trigger();
-  if (int(blockIdx.y) >= *a.ws.num_tiles) return;
-  const int e = a.ws.tile_e[blockIdx.y], m0 = a.ws.tile_r0[blockIdx.y], m_end = a.ws.offsets[e + 1];
-  const int N = a.W.rows, K = a.W.K, kb = K >> 5, KT = kb, n0 = blockIdx.x * kBN;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 2, wn = warp & 3;
-
-  // A copy: row tid/4, 16 bytes (tid%4) of each k-tile. B copy: threads 0..127, one weight row each.
-  const int ar = tid >> 2, ac = (tid & 3) * 8;
-  const bool a_ok = m0 + ar < m_end;
-  const uint16_t* a_src = a.A;
-  if (a_ok) a_src += size_t(GATE_UP ? a.ws.perm[m0 + ar] / a.k : m0 + ar) * a.lda;
-  const bool b_ok = tid < kBN && n0 + tid < N;
-  const uint8_t* b_src = static_cast<const uint8_t*>(a.W.data) + (size_t(e) * N + n0 + (b_ok ? tid : 0)) * kb * 16;
-  auto issue = [&](int kt) {
-    if (kt < KT) {
-      const int st = kt % kStages;
-      cp_async16(&As[st][ar][ac], a_ok ? a_src + kt * kBK + ac : a.A, a_ok);
-      if (tid < kBN) cp_async16(&Braw[st][tid][0], b_ok ? b_src + kt * 16 : b_src, b_ok);
-    }
-    cp_async_commit();
-  };
-  for (int s = 0; s < kStages - 1; s++) issue(s);
-  // The block's scales, [kBN][kb], once.
-  for (int i = tid; i < kBN * kb; i += 256) {
-    const int r = i / kb, c = i - r * kb;
-    sc[i] = n0 + r < N ? a.W.scales[(size_t(e) * N + n0 + r) * kb + c] : uint8_t(127);
-  }
-
-  float acc[2][4][4] = {};
-  const int br = tid >> 1, bh = tid & 1;
-  for (int kt = 0; kt < KT; kt++) {
-    const int st = kt % kStages;
-    cp_async_wait<kStages - 2>();
-    __syncthreads();  // stage kt landed for every thread; the previous k-tile's mma are done with Bs
-    {
-      const uint2 q = *reinterpret_cast<const uint2*>(&Braw[st][br][bh * 8]);
-      const uint32_t f = mx_factor(sc[br * kb + kt]);
-      uint32_t p[8];
-      decode_word_natural(q.x, f, p);
-      decode_word_natural(q.y, f, p + 4);
-      *reinterpret_cast<uint4*>(&Bs[br][bh * 16]) = make_uint4(p[0], p[1], p[2], p[3]);
-      *reinterpret_cast<uint4*>(&Bs[br][bh * 16 + 8]) = make_uint4(p[4], p[5], p[6], p[7]);
-    }
-    issue(kt + kStages - 1);  // into the slot of k-tile kt - 1, finished before the barrier above
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < kBK; kk += 16) {
-      uint32_t af[2][4], bfr[2][4];
-#pragma unroll
-      for (int mi = 0; mi < 2; mi++) ldsm_x4(af[mi], &As[st][wm * 32 + mi * 16 + (lane & 15)][kk + (lane >> 4) * 8]);
-#pragma unroll
-      for (int nb = 0; nb < 2; nb++)
-        ldsm_x4(bfr[nb], &Bs[wn * 32 + nb * 16 + (lane >> 4) * 8 + (lane & 7)][kk + ((lane >> 3) & 1) * 8]);
-#pragma unroll
-      for (int mi = 0; mi < 2; mi++)
-#pragma unroll
-        for (int nj = 0; nj < 4; nj++)
-          mma16816(acc[mi][nj], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bfr[nj >> 1][(nj & 1) * 2],
-                   bfr[nj >> 1][(nj & 1) * 2 + 1]);
-    }
-  }
-  cp_async_wait<0>();
-
-  const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int mi = 0; mi < 2; mi++)
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const int row = m0 + wm * 32 + mi * 16 + g + 8 * h;
-      if (row >= m_end) continue;
-      const float wr = a.weights[a.ws.perm[row]];
-#pragma unroll
-      for (int nj = 0; nj < 4; nj++) {
-        const int col = n0 + wn * 32 + nj * 8 + 2 * t;
-        if (col >= N) continue;
-        const float v0 = acc[mi][nj][2 * h] * kTwoPow63, v1 = acc[mi][nj][2 * h + 1] * kTwoPow63;
-        const uint16_t* bias = a.W.bias + size_t(e) * N;
-        if constexpr (GATE_UP) {
-          const float gate = v0 + bf2f_bits(bias[col]), up = v1 + bf2f_bits(bias[col + 1]);
-          a.ws.act[size_t(row) * (N >> 1) + (col >> 1)] = f2bf_bits(swiglu1(gate, up, a.limit) * wr);
-        } else {
-          const float2 o = make_float2(v0 + wr * bf2f_bits(bias[col]), v1 + wr * bf2f_bits(bias[col + 1]));
-          *reinterpret_cast<float2*>(a.ws.out + size_t(row) * N + col) = o;
-        }
-      }
-    }
-}
-
 // y[tok] (+)= sum over slots j (in order) of out[pair_row[tok k + j]].
 __global__ void __launch_bounds__(256) moe_combine(Workspace w, int H, int k, float* __restrict__ y, int ldy,
                                                    bool accumulate) {
@@ -784,34 +629,28 @@ __global__ void __launch_bounds__(256) moe_combine(Workspace w, int H, int k, fl
 
 // A decode-kernel configuration: MT m-tiles of 16 rows per block, KS warps splitting each m-tile's work items,
 // D items in flight per warp, MINB blocks per SM for the register budget. Chosen by bench/moe_playground.
-template <int MT_, int KS_, int D_, int MINB_, int PF_, bool XP_>
+template <int MT_, int KS_, int D_, int MINB_>
 struct DecodeCfg {
-  static constexpr int MT = MT_, KS = KS_, D = D_, MINB = MINB_, PF = PF_;
-  static constexpr bool XP = XP_;
+  static constexpr int MT = MT_, KS = KS_, D = D_, MINB = MINB_;
 };
-using GuMxfp4 = DecodeCfg<2, 4, 1, 4, 4, false>;
-using DnMxfp4 = DecodeCfg<1, 8, 2, 2, 4, false>;
-using GuBf16 = DecodeCfg<4, 2, 1, 1, 0, false>;
-using DnBf16 = DecodeCfg<1, 8, 1, 1, 0, false>;
+// H100, real shapes (bench/moe_playground/NOTES.md, run 3): gate_up 23.3 us, down 20.3 us at one token.
+using GuMxfp4 = DecodeCfg<2, 4, 1, 4>;
+using DnMxfp4 = DecodeCfg<1, 8, 2, 2>;
+using GuBf16 = DecodeCfg<4, 2, 1, 1>;
+using DnBf16 = DecodeCfg<1, 8, 1, 1>;
 
 template <WFmt F, typename G, typename Dn>
 void launch_decode(const MoeParams& p, const WMat& gu, const WMat& dn, const Workspace& ws, cudaStream_t stream) {
   DecodeArgs a{p.n, p.E, p.k, p.swiglu_limit, p.x, p.ldx, p.ids, p.weights, gu, ws.act, p.y, p.ldy, p.accumulate};
   const int nuniq_max = p.n * p.k < p.E ? p.n * p.k : p.E;
-  launch(moe_decode_gate_up<F, G::MT, G::KS, G::D, G::MINB, G::PF, G::XP>, dim3(ceil_div(2 * p.I, 16 * G::MT), nuniq_max),
+  launch(moe_decode_gate_up<F, G::MT, G::KS, G::D, G::MINB>, dim3(ceil_div(2 * p.I, 16 * G::MT), nuniq_max),
          dim3(G::MT * G::KS * 32), 0, stream, p.pdl, a);
   a.x = ws.act;
   a.ldx = p.I;
   a.W = dn;
-  launch(moe_decode_down<F, Dn::MT, Dn::KS, Dn::D, Dn::MINB, Dn::PF, Dn::XP>, dim3(ceil_div(p.H, 16 * Dn::MT)), dim3(Dn::MT * Dn::KS * 32), 0,
+  launch(moe_decode_down<F, Dn::MT, Dn::KS, Dn::D, Dn::MINB>, dim3(ceil_div(p.H, 16 * Dn::MT)), dim3(Dn::MT * Dn::KS * 32), 0,
          stream, p.pdl, a);
 }
-
-#ifdef HM_MOE_PREFILL_V2
-constexpr bool kPrefillV2 = true;
-#else
-constexpr bool kPrefillV2 = false;
-#endif
 
 template <WFmt F>
 void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t stream, const char* who) {
@@ -839,27 +678,11 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
   launch(moe_route_sort, dim3(1), dim3(1024), 0, stream, p.pdl, p.ids, P, p.E, ws);
   const int T = max_tiles(P, p.E);
   GemmArgs g{gu, p.x, p.ldx, p.k, p.weights, p.swiglu_limit, ws};
-  if (F == WFmt::kMxfp4 && kPrefillV2 && p.H / 32 <= kMaxKb && p.I / 32 <= kMaxKb) {
-    static bool smem_set = false;  // the v2 kernels need more than 48 KB of dynamic shared memory
-    if (!smem_set) {
-      CUDA_CHECK(cudaFuncSetAttribute(moe_grouped_gemm_mxfp4_v2<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      int(kGemm2Smem)));
-      CUDA_CHECK(cudaFuncSetAttribute(moe_grouped_gemm_mxfp4_v2<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      int(kGemm2Smem)));
-      smem_set = true;
-    }
-    launch(moe_grouped_gemm_mxfp4_v2<true>, dim3(ceil_div(2 * p.I, kBN), T), dim3(256), kGemm2Smem, stream, p.pdl, g);
-    g.W = dn;
-    g.A = ws.act;
-    g.lda = p.I;
-    launch(moe_grouped_gemm_mxfp4_v2<false>, dim3(ceil_div(p.H, kBN), T), dim3(256), kGemm2Smem, stream, p.pdl, g);
-  } else {
-    launch(moe_grouped_gemm<F, true>, dim3(ceil_div(2 * p.I, kBN), T), dim3(256), 0, stream, p.pdl, g);
-    g.W = dn;
-    g.A = ws.act;
-    g.lda = p.I;
-    launch(moe_grouped_gemm<F, false>, dim3(ceil_div(p.H, kBN), T), dim3(256), 0, stream, p.pdl, g);
-  }
+  launch(moe_grouped_gemm<F, true>, dim3(ceil_div(2 * p.I, kBN), T), dim3(256), 0, stream, p.pdl, g);
+  g.W = dn;
+  g.A = ws.act;
+  g.lda = p.I;
+  launch(moe_grouped_gemm<F, false>, dim3(ceil_div(p.H, kBN), T), dim3(256), 0, stream, p.pdl, g);
   launch(moe_combine, dim3(p.n), dim3(256), 0, stream, p.pdl, ws, p.H, p.k, p.y, p.ldy, p.accumulate);
 }
 

@@ -18,6 +18,7 @@
 
 #include "moe.h"
 #include "moe_impl.cuh"
+#include "prefill_v2.cuh"
 
 using namespace hm::cuda;
 
@@ -175,7 +176,7 @@ double nmse_bf16_dev(const uint16_t* a, const uint16_t* b, size_t n) {
 }
 
 // One decode-kernel configuration, launched directly (the playground's numbered variants): gate_up or down alone.
-template <bool GATE_UP, int MT, int KS, int D, int MINB, int PF, bool XP>
+template <bool GATE_UP, int MT, int KS, int D, int MINB>
 void decode_variant(const char* name, const Layer& L, const Routing& R, const uint16_t* x, float* y, void* ws,
                     double bytes) {
   const moe::Workspace w = moe::carve(ws, R.n, L.H, L.I, L.E, L.k);
@@ -186,27 +187,27 @@ void decode_variant(const char* name, const Layer& L, const Routing& R, const ui
   const float t = time_us([&](int i) {
     moe::DecodeArgs a{R.n, L.E, L.k, 7.f, x, L.H, R.ids_of(i), R.w_of(i), gu, w.act, y, L.H, false};
     if (GATE_UP) {
-      moe::moe_decode_gate_up<F, MT, KS, D, MINB, PF, XP>
+      moe::moe_decode_gate_up<F, MT, KS, D, MINB>
           <<<dim3((2 * L.I + 16 * MT - 1) / (16 * MT), nu), MT * KS * 32>>>(a);
     } else {
       a.x = w.act;
       a.ldx = L.I;
       a.W = dn;
-      moe::moe_decode_down<F, MT, KS, D, MINB, PF, XP><<<(L.H + 16 * MT - 1) / (16 * MT), MT * KS * 32>>>(a);
+      moe::moe_decode_down<F, MT, KS, D, MINB><<<(L.H + 16 * MT - 1) / (16 * MT), MT * KS * 32>>>(a);
     }
   });
   // Check against the public launcher's output on routing set 0 (act_ref / y_ref, computed by the caller).
   {
     moe::DecodeArgs a{R.n, L.E, L.k, 7.f, x, L.H, R.ids_of(0), R.w_of(0), gu, w.act, y, L.H, false};
     if (GATE_UP) {
-      moe::moe_decode_gate_up<F, MT, KS, D, MINB, PF, XP>
+      moe::moe_decode_gate_up<F, MT, KS, D, MINB>
           <<<dim3((2 * L.I + 16 * MT - 1) / (16 * MT), nu), MT * KS * 32>>>(a);
     } else {
       CK(cudaMemcpy(w.act, g_act_ref, size_t(R.n) * L.k * L.I * 2, cudaMemcpyDeviceToDevice));
       a.x = w.act;
       a.ldx = L.I;
       a.W = dn;
-      moe::moe_decode_down<F, MT, KS, D, MINB, PF, XP><<<(L.H + 16 * MT - 1) / (16 * MT), MT * KS * 32>>>(a);
+      moe::moe_decode_down<F, MT, KS, D, MINB><<<(L.H + 16 * MT - 1) / (16 * MT), MT * KS * 32>>>(a);
     }
     CK(cudaDeviceSynchronize());
   }
@@ -241,25 +242,15 @@ void decode_variants(const Layer& L, const Routing& R, const uint16_t* x, float*
     CK(cudaMemcpy(g_act_ref, w.act, size_t(R.n) * L.k * L.I * 2, cudaMemcpyDeviceToDevice));
     CK(cudaDeviceSynchronize());
   }
-  // run 2 (no x prefetch, no L2 prefetch): best gate_up g8 (MT2 KS4 D1 MINB4) n=1 22.5 us, g6 (MT2 KS2 D2 MINB4)
-  // at n=8; best down d1 (MT1 KS8 D2) 17.8 us at n=1.
-  decode_variant<true, 2, 4, 1, 4, 0, false>("G1 MT2 KS4 D1 MINB4 PF0", L, R, x, y, ws, bytes);
-  decode_variant<true, 2, 4, 1, 4, 4, false>("G2 MT2 KS4 D1 MINB4 PF4", L, R, x, y, ws, bytes);
-  decode_variant<true, 2, 4, 1, 4, 8, false>("G3 MT2 KS4 D1 MINB4 PF8", L, R, x, y, ws, bytes);
-  decode_variant<true, 2, 4, 1, 3, 4, true>("G4 MT2 KS4 D1 MINB3 PF4 XP", L, R, x, y, ws, bytes);
-  decode_variant<true, 2, 2, 2, 4, 0, false>("G5 MT2 KS2 D2 MINB4 PF0", L, R, x, y, ws, bytes);
-  decode_variant<true, 2, 2, 2, 4, 4, false>("G6 MT2 KS2 D2 MINB4 PF4", L, R, x, y, ws, bytes);
-  decode_variant<true, 2, 2, 2, 3, 4, false>("G7 MT2 KS2 D2 MINB3 PF4", L, R, x, y, ws, bytes);
-  decode_variant<true, 1, 8, 1, 4, 4, false>("G8 MT1 KS8 D1 MINB4 PF4", L, R, x, y, ws, bytes);
-  decode_variant<true, 4, 2, 1, 4, 4, false>("G9 MT4 KS2 D1 MINB4 PF4", L, R, x, y, ws, bytes);
-  decode_variant<false, 1, 8, 2, 2, 0, false>("D1 MT1 KS8 D2 MINB2 PF0", L, R, x, y, ws, bytes);
-  decode_variant<false, 1, 8, 2, 2, 4, false>("D2 MT1 KS8 D2 MINB2 PF4", L, R, x, y, ws, bytes);
-  decode_variant<false, 1, 8, 2, 2, 8, false>("D3 MT1 KS8 D2 MINB2 PF8", L, R, x, y, ws, bytes);
-  decode_variant<false, 1, 8, 1, 4, 4, false>("D4 MT1 KS8 D1 MINB4 PF4", L, R, x, y, ws, bytes);
-  decode_variant<false, 1, 8, 1, 4, 8, false>("D5 MT1 KS8 D1 MINB4 PF8", L, R, x, y, ws, bytes);
-  decode_variant<false, 1, 16, 1, 2, 4, false>("D6 MT1 KS16 D1 MINB2 PF4", L, R, x, y, ws, bytes);
-  decode_variant<false, 1, 8, 1, 3, 4, true>("D7 MT1 KS8 D1 MINB3 PF4 XP", L, R, x, y, ws, bytes);
-  decode_variant<false, 1, 4, 1, 4, 4, false>("D8 MT1 KS4 D1 MINB4 PF4", L, R, x, y, ws, bytes);
+  // Run 2 tried the register depth D and the block shape; run 3 also L2 prefetch of later items (PF) and
+  // activations prefetched with the weights (XP): both slower, removed (NOTES.md).
+  decode_variant<true, 2, 4, 1, 4>("G1 MT2 KS4 D1 MINB4 (default)", L, R, x, y, ws, bytes);
+  decode_variant<true, 2, 2, 2, 4>("G2 MT2 KS2 D2 MINB4", L, R, x, y, ws, bytes);
+  decode_variant<true, 4, 2, 1, 4>("G3 MT4 KS2 D1 MINB4", L, R, x, y, ws, bytes);
+  decode_variant<true, 1, 8, 1, 4>("G4 MT1 KS8 D1 MINB4", L, R, x, y, ws, bytes);
+  decode_variant<false, 1, 8, 2, 2>("D1 MT1 KS8 D2 MINB2 (default)", L, R, x, y, ws, bytes);
+  decode_variant<false, 1, 8, 1, 4>("D2 MT1 KS8 D1 MINB4", L, R, x, y, ws, bytes);
+  decode_variant<false, 1, 16, 1, 2>("D3 MT1 KS16 D1 MINB2", L, R, x, y, ws, bytes);
   cudaFree(g_act_ref);
   cudaFree(g_y_ref);
 }
