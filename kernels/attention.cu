@@ -1,9 +1,10 @@
 // Attention kernels (see attention.h for the two paths). Both are written for head dims 16, 32 and 64 (HD) and a GQA group of
 // G = nq / nkv query heads per KV head (templated: 1, 2, 4, 8, 16), so each K/V row read serves G heads.
-//   attn_decode_split:   grid (tokens, nkv, splits), 128 threads. Per 128-key chunk: thread-per-key scores for
-//                        the G heads into shared memory, per-head online softmax (warp per head), then a thread per
-//                        (head, dim pair) accumulates p * V with coalesced 128-byte V rows. Writes unnormalised
-//                        partial outputs and (max, sum) per split. Lanes own dims 2*lane, 2*lane+1 (HD <= 64).
+//   attn_decode_split:   grid (tokens, nkv, splits), 128 threads. Per 64-key chunk: K and V rows staged in shared
+//                        memory by independent 16-byte loads (padded rows), two threads per key score the G heads,
+//                        per-head online softmax (warp per head), then a thread per (head, dim pair) accumulates
+//                        p * V from shared memory. Writes unnormalised partial outputs and (max, sum) per split, or,
+//                        when there is one split, the final output with the sink. Lanes own dims 2*lane, 2*lane+1.
 //   attn_decode_combine: grid (tokens, nq), D threads: merges the splits and the sink column, writes bf16.
 //   attn_prefill_tile:   grid (tiles, nkv), 16 * G threads, one per (query token, head) row holding q, the output
 //                        accumulator and 32 scores in registers; K/V tiles of 32 keys in shared memory (fp32).
@@ -18,7 +19,7 @@
 namespace hm::cuda {
 namespace {
 
-constexpr int kDecodeChunk = 128;
+constexpr int kDecodeChunk = 64;  // keys staged per iteration; splits are multiples of it
 
 __device__ __forceinline__ void key_range(int pos, int window, int* lo, int* hi) {
   *hi = pos;
@@ -34,7 +35,11 @@ template <int G, int HD>
 __global__ void __launch_bounds__(128) attn_decode_split(AttentionCommon c, const int32_t* __restrict__ tokens,
                                                          int keys_per_split, int max_splits,
                                                          float* __restrict__ ws) {
+  constexpr int KROW = HD + 8;  // padded rows: the thread-per-key 16-byte reads hit 8 different bank groups
+  constexpr int GH = (G + 1) / 2;  // heads scored per thread (two threads per key)
   __shared__ float qs[G][HD];
+  __shared__ __align__(16) uint16_t Ks[kDecodeChunk][KROW];
+  __shared__ __align__(16) uint16_t Vs[kDecodeChunk][KROW];
   __shared__ float S[G][kDecodeChunk];
   __shared__ int slots[kDecodeChunk];
   __shared__ float alpha_s[G];
@@ -57,37 +62,46 @@ __global__ void __launch_bounds__(128) attn_decode_split(AttentionCommon c, cons
     m_s[tid] = -INFINITY;
     l_s[tid] = 0.f;
   }
-  // V phase ownership: dims 2*lane, 2*lane+1 (D <= 64; lanes past D/2 idle) of heads warp, warp + 4, ...
+  // V phase ownership: dims 2*lane, 2*lane+1 (HD <= 64; lanes past HD/2 idle) of heads warp, warp + 4, ...
   constexpr int HPT = (G + 3) / 4;
   const bool vlane = 2 * lane < HD;
   float acc[HPT][2];
 #pragma unroll
   for (int a = 0; a < HPT; a++) acc[a][0] = acc[a][1] = 0.f;
-  __syncthreads();
 
   for (int c0 = s_begin; c0 < s_end; c0 += kDecodeChunk) {
     const int n = min(kDecodeChunk, s_end - c0);
-    if (tid < n) {
-      const size_t sl = slot_of(c, seq, c0 + tid);
-      slots[tid] = int(sl);
-      const uint4* kr = reinterpret_cast<const uint4*>(c.k_cache + (sl * c.nkv + kvh) * HD);
-      float dot[G];
+    if (tid < n) slots[tid] = int(slot_of(c, seq, c0 + tid));
+    __syncthreads();
+    // Stage the chunk's K and V rows: every thread issues independent 16-byte loads.
+    constexpr int CPR = HD / 8;  // 16-byte chunks per row
+    for (int e = tid; e < n * CPR; e += blockDim.x) {
+      const int j = e / CPR, ch = e % CPR;
+      const size_t off = (size_t(slots[j]) * c.nkv + kvh) * HD + ch * 8;
+      *reinterpret_cast<uint4*>(&Ks[j][ch * 8]) = __ldg(reinterpret_cast<const uint4*>(c.k_cache + off));
+      *reinterpret_cast<uint4*>(&Vs[j][ch * 8]) = __ldg(reinterpret_cast<const uint4*>(c.v_cache + off));
+    }
+    __syncthreads();
+    {
+      const int j = tid % kDecodeChunk, h0 = (tid / kDecodeChunk) * GH;
+      float dot[GH];
 #pragma unroll
-      for (int h = 0; h < G; h++) dot[h] = 0.f;
+      for (int h = 0; h < GH; h++) dot[h] = 0.f;
+      if (j < n) {
 #pragma unroll
-      for (int ch = 0; ch < HD / 8; ch++) {
-        float kf[8];
-        unpack8(__ldg(kr + ch), kf);
+        for (int ch = 0; ch < CPR; ch++) {
+          float kf[8];
+          unpack8(*reinterpret_cast<const uint4*>(&Ks[j][ch * 8]), kf);
 #pragma unroll
-        for (int h = 0; h < G; h++)
+          for (int h = 0; h < GH; h++)
+            if (h0 + h < G)
 #pragma unroll
-          for (int e = 0; e < 8; e++) dot[h] = fmaf(qs[h][ch * 8 + e], kf[e], dot[h]);
+              for (int e = 0; e < 8; e++) dot[h] = fmaf(qs[h0 + h][ch * 8 + e], kf[e], dot[h]);
+        }
       }
 #pragma unroll
-      for (int h = 0; h < G; h++) S[h][tid] = dot[h];
-    } else {
-#pragma unroll
-      for (int h = 0; h < G; h++) S[h][tid] = -INFINITY;
+      for (int h = 0; h < GH; h++)
+        if (h0 + h < G) S[h0 + h][j] = j < n ? dot[h] : -INFINITY;
     }
     __syncthreads();
     for (int h = warp; h < G; h += 4) {
@@ -118,24 +132,41 @@ __global__ void __launch_bounds__(128) attn_decode_split(AttentionCommon c, cons
         acc[a][1] *= alpha_s[h];
       }
     }
-    for (int j = 0; j < n && vlane; j++) {
-      const uint32_t vv = *reinterpret_cast<const uint32_t*>(c.v_cache + (size_t(slots[j]) * c.nkv + kvh) * HD +
-                                                             2 * lane);
-      const float v0 = __uint_as_float(vv << 16), v1 = __uint_as_float(vv & 0xffff0000u);
+    if (vlane) {
+      for (int j = 0; j < n; j++) {
+        const uint32_t vv = *reinterpret_cast<const uint32_t*>(&Vs[j][2 * lane]);
+        const float v0 = __uint_as_float(vv << 16), v1 = __uint_as_float(vv & 0xffff0000u);
 #pragma unroll
-      for (int a = 0; a < HPT; a++) {
-        const int h = warp + 4 * a;
-        if (h < G) {
-          const float pj = S[h][j];
-          acc[a][0] = fmaf(pj, v0, acc[a][0]);
-          acc[a][1] = fmaf(pj, v1, acc[a][1]);
+        for (int a = 0; a < HPT; a++) {
+          const int h = warp + 4 * a;
+          if (h < G) {
+            const float pj = S[h][j];
+            acc[a][0] = fmaf(pj, v0, acc[a][0]);
+            acc[a][1] = fmaf(pj, v1, acc[a][1]);
+          }
         }
       }
     }
     __syncthreads();
   }
-  // Partial layout: o [tokens, nq, max_splits, D], then ml [tokens, nq, max_splits, 2].
   const size_t nq = size_t(c.nq);
+  if (max_splits == 1) {  // the only split: fold in the sink and write the output, no combine launch
+#pragma unroll
+    for (int a = 0; a < HPT; a++) {
+      const int h = warp + 4 * a;
+      if (h < G && vlane) {
+        const int qh = kvh * G + h;
+        const float sink = c.sinks[qh];
+        const float M = fmaxf(m_s[h], sink);
+        const float w = __expf(m_s[h] - M);
+        const float inv = 1.f / (l_s[h] * w + __expf(sink - M));
+        *reinterpret_cast<__nv_bfloat162*>(c.out + size_t(t) * nq * HD + qh * HD + 2 * lane) =
+            __floats2bfloat162_rn(acc[a][0] * w * inv, acc[a][1] * w * inv);
+      }
+    }
+    return;
+  }
+  // Partial layout: o [tokens, nq, max_splits, D], then ml [tokens, nq, max_splits, 2].
   float* o = ws;
   float* ml = ws + size_t(gridDim.x) * nq * max_splits * HD;
 #pragma unroll
@@ -340,6 +371,7 @@ void attention_decode(const AttentionDecodeParams& p, cudaStream_t stream) {
   const int G = p.c.nq / p.c.nkv;
   HM_ATTN_DISPATCH(attn_decode_split, G, p.c.D, grid, dim3(128), 0, stream, p.c.pdl, p.c, p.tokens,
                    p.keys_per_split, p.max_splits, p.workspace);
+  if (p.max_splits == 1) return;  // the split kernel wrote the output itself
   const dim3 cgrid(p.num_tokens, p.c.nq), cblock(p.c.D);
   const float* ws = p.workspace;
   if (p.c.D == 16)

@@ -34,14 +34,14 @@ struct AttentionCommon {
 
 // Workspace floats needed by attention_decode for `num_tokens` tokens and `max_splits` splits.
 size_t attention_decode_workspace_floats(int num_tokens, int nq, int D, int max_splits);
-// Keys per split for a context of up to max_keys keys when at most max_splits splits fit (multiple of 128).
+// Keys per split for a context of up to max_keys keys when at most max_splits splits fit (multiple of 64).
 int attention_keys_per_split(int max_keys, int max_splits);
 
 struct AttentionDecodeParams {
   AttentionCommon c;
   const int32_t* tokens = nullptr;  // [num_tokens] token indices (rows of q / out) to process
   int num_tokens = 0;
-  int keys_per_split = 128;  // multiple of 128
+  int keys_per_split = 64;   // multiple of 64 (attention_keys_per_split)
   int max_splits = 1;        // grid size in splits: ceil(max visible keys / keys_per_split)
   float* workspace = nullptr;  // attention_decode_workspace_floats(num_tokens, nq, D, max_splits)
 };

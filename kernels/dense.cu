@@ -4,7 +4,10 @@
 //                  inputs (PDL) each warp prefetches its W row into L2, so weight streaming overlaps the kernel
 //                  before it.
 //   bf16_gemm_mma: 64 x 128 x 32 block tiles, 4 warps of 32 x 64, mma.sync m16n8k16 bf16 with fp32 accumulators,
-//                  3-stage cp.async pipeline, rows padded by 16 bytes so ldmatrix is bank-conflict free.
+//                  3-stage cp.async pipeline, rows padded by 16 bytes so ldmatrix is bank-conflict free. With x_lo
+//                  (the bf16 residual of an fp32 input) a second MMA per tile adds x_lo W^T: fp32-grade inputs at
+//                  twice the tensor work (used for the q/k/v and router projections, where routing near-ties
+//                  made bf16 inputs flip experts against the fp32 oracle).
 #include "common.cuh"
 #include "dense.h"
 
@@ -12,7 +15,8 @@ namespace hm::cuda {
 namespace {
 
 template <int NT>
-__global__ void __launch_bounds__(256) bf16_gemv(const uint16_t* __restrict__ x, int ldx,
+__global__ void __launch_bounds__(256) bf16_gemv(const uint16_t* __restrict__ x, const uint16_t* __restrict__ x_lo,
+                                                 int ldx,
                                                  const uint16_t* __restrict__ W, const uint16_t* __restrict__ b,
                                                  float* __restrict__ y, int ldy, int N, int K, bool accumulate) {
   const int lane = threadIdx.x & 31;
@@ -48,6 +52,12 @@ __global__ void __launch_bounds__(256) bf16_gemv(const uint16_t* __restrict__ x,
         const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + size_t(t) * ldx) + c);
         float xf[8];
         unpack8(xv, xf);
+        if (x_lo) {
+          float lf[8];
+          unpack8(__ldg(reinterpret_cast<const uint4*>(x_lo + size_t(t) * ldx) + c), lf);
+#pragma unroll
+          for (int i = 0; i < 8; i++) xf[i] += lf[i];
+        }
 #pragma unroll
         for (int i = 0; i < 8; i++) acc[t] = fmaf(wf[i], xf[i], acc[t]);
       }
@@ -90,12 +100,15 @@ __device__ __forceinline__ void mma_bf16(float* c, const uint32_t* a, uint32_t b
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__global__ void __launch_bounds__(128) bf16_gemm_mma(const uint16_t* __restrict__ x, int ldx,
+template <bool kLo>
+__global__ void __launch_bounds__(128) bf16_gemm_mma(const uint16_t* __restrict__ x,
+                                                     const uint16_t* __restrict__ x_lo, int ldx,
                                                      const uint16_t* __restrict__ W,
                                                      const uint16_t* __restrict__ b, float* __restrict__ y, int ldy,
                                                      int M, int N, int K, bool accumulate) {
-  __shared__ __align__(16) uint16_t As[STAGES][BM][LDS];
-  __shared__ __align__(16) uint16_t Bs[STAGES][BN][LDS];
+  constexpr int S = kLo ? 2 : STAGES;  // two A operands fit the 48 KB of static shared memory with 2 stages
+  __shared__ __align__(16) uint16_t As[S][kLo ? 2 : 1][BM][LDS];
+  __shared__ __align__(16) uint16_t Bs[S][BN][LDS];
   pdl_wait();
   pdl_trigger();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -110,7 +123,8 @@ __global__ void __launch_bounds__(128) bf16_gemm_mma(const uint16_t* __restrict_
       const int idx = tid + i * 128, r = idx >> 2, c = idx & 3;
       const int gm = m0 + r, gk = k0 + c * 8;
       const bool ok = gm < M && gk < K;
-      cp_async16(&As[stage][r][c * 8], ok ? x + size_t(gm) * ldx + gk : x, ok);
+      cp_async16(&As[stage][0][r][c * 8], ok ? x + size_t(gm) * ldx + gk : x, ok);
+      if (kLo) cp_async16(&As[stage][kLo ? 1 : 0][r][c * 8], ok ? x_lo + size_t(gm) * ldx + gk : x_lo, ok);
     }
 #pragma unroll
     for (int i = 0; i < 4; i++) {  // B: 128 rows x 4 chunks
@@ -130,23 +144,25 @@ __global__ void __launch_bounds__(128) bf16_gemm_mma(const uint16_t* __restrict_
       for (int k = 0; k < 4; k++) acc[i][j][k] = 0.f;
 
 #pragma unroll
-  for (int s = 0; s < STAGES - 1; s++) {
+  for (int s = 0; s < S - 1; s++) {
     if (s < KT) load_tile(s, s);
     cp_async_commit();
   }
   for (int kt = 0; kt < KT; kt++) {
-    cp_async_wait<STAGES - 2>();
+    cp_async_wait<S - 2>();
     __syncthreads();
-    const int nk = kt + STAGES - 1;
-    if (nk < KT) load_tile(nk % STAGES, nk);
+    const int nk = kt + S - 1;
+    if (nk < KT) load_tile(nk % S, nk);
     cp_async_commit();
-    const int st = kt % STAGES;
+    const int st = kt % S;
 #pragma unroll
     for (int kk = 0; kk < BK; kk += 16) {
-      uint32_t af[2][4];
+      uint32_t af[2][4], al[2][4];
 #pragma unroll
-      for (int mi = 0; mi < 2; mi++)
-        ldmatrix_x4(af[mi], &As[st][wm * 32 + mi * 16 + (lane & 15)][kk + (lane >> 4) * 8]);
+      for (int mi = 0; mi < 2; mi++) {
+        ldmatrix_x4(af[mi], &As[st][0][wm * 32 + mi * 16 + (lane & 15)][kk + (lane >> 4) * 8]);
+        if (kLo) ldmatrix_x4(al[mi], &As[st][kLo ? 1 : 0][wm * 32 + mi * 16 + (lane & 15)][kk + (lane >> 4) * 8]);
+      }
 #pragma unroll
       for (int nj = 0; nj < 8; nj += 2) {
         uint32_t bf[4];
@@ -155,6 +171,10 @@ __global__ void __launch_bounds__(128) bf16_gemm_mma(const uint16_t* __restrict_
         for (int mi = 0; mi < 2; mi++) {
           mma_bf16(acc[mi][nj], af[mi], bf[0], bf[1]);
           mma_bf16(acc[mi][nj + 1], af[mi], bf[2], bf[3]);
+          if (kLo) {
+            mma_bf16(acc[mi][nj], al[mi], bf[0], bf[1]);
+            mma_bf16(acc[mi][nj + 1], al[mi], bf[2], bf[3]);
+          }
         }
       }
     }
@@ -182,8 +202,8 @@ __global__ void __launch_bounds__(128) bf16_gemm_mma(const uint16_t* __restrict_
 
 template <int NT>
 void launch_gemv(const DenseParams& p, cudaStream_t s) {
-  launch(bf16_gemv<NT>, dim3(ceil_div(p.N, 8)), dim3(256), 0, s, p.pdl, p.x, p.ldx, p.W, p.b, p.y, p.ldy, p.N, p.K,
-         p.accumulate);
+  launch(bf16_gemv<NT>, dim3(ceil_div(p.N, 8)), dim3(256), 0, s, p.pdl, p.x, p.x_lo, p.ldx, p.W, p.b, p.y, p.ldy,
+         p.N, p.K, p.accumulate);
 }
 
 }  // namespace
@@ -193,6 +213,7 @@ void dense(const DenseParams& p, cudaStream_t stream) {
   HM_REQUIRE(p.T >= 0 && p.N > 0 && p.K > 0 && p.K % 8 == 0, "dense");
   HM_REQUIRE(p.ldx >= p.K && p.ldx % 8 == 0 && p.ldy >= p.N, "dense");
   HM_REQUIRE(reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.W) % 16 == 0, "dense");
+  HM_REQUIRE(reinterpret_cast<uintptr_t>(p.x_lo) % 16 == 0, "dense");
   if (p.T == 0) return;
   const bool gemv = p.force_path == 1 || (p.force_path == 0 && p.T <= kDenseGemvMaxTokens);
   if (gemv) {
@@ -211,8 +232,12 @@ void dense(const DenseParams& p, cudaStream_t stream) {
   }
   const dim3 grid(ceil_div(p.N, BN), ceil_div(p.T, BM));
   HM_REQUIRE(grid.y <= 65535, "dense (tokens per call)");
-  launch(bf16_gemm_mma, grid, dim3(128), 0, stream, p.pdl, p.x, p.ldx, p.W, p.b, p.y, p.ldy, p.T, p.N, p.K,
-         p.accumulate);
+  if (p.x_lo)
+    launch(bf16_gemm_mma<true>, grid, dim3(128), 0, stream, p.pdl, p.x, p.x_lo, p.ldx, p.W, p.b, p.y, p.ldy, p.T, p.N,
+           p.K, p.accumulate);
+  else
+    launch(bf16_gemm_mma<false>, grid, dim3(128), 0, stream, p.pdl, p.x, p.x_lo, p.ldx, p.W, p.b, p.y, p.ldy, p.T,
+           p.N, p.K, p.accumulate);
 }
 
 }  // namespace hm::cuda

@@ -10,6 +10,8 @@ namespace hm::cuda {
 
 struct DenseParams {
   const uint16_t* x = nullptr;  // bf16 [T, K], row stride ldx (elements)
+  const uint16_t* x_lo = nullptr;  // optional bf16 [T, K] (same stride): x + x_lo is the input (fp32-grade, from
+                                   // rmsnorm's out_lo); the tensor-core path runs a second MMA for it
   const uint16_t* W = nullptr;  // bf16 [N, K], rows contiguous
   const uint16_t* b = nullptr;  // bf16 [N] or null
   float* y = nullptr;           // fp32 [T, N], row stride ldy

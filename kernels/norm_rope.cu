@@ -1,5 +1,6 @@
 // RMSNorm and RoPE + KV-cache write.
-//   rmsnorm:        one block per token row; fp32 sum of squares, out = bf16(w * x * rsqrt(mean + eps)).
+//   rmsnorm:        one block per token row; fp32 sum of squares, out = bf16(w * x * rsqrt(mean + eps)) and,
+//                   when asked, the bf16 rounding residual out_lo.
 //   rope_kv_write:  one block per token; a thread per (head, frequency) pair rotates q and k (half-split / NeoX
 //                   layout), then the k and v heads go to the cache slot as bf16.
 #include "common.cuh"
@@ -9,8 +10,8 @@ namespace hm::cuda {
 namespace {
 
 __global__ void rmsnorm_rows(const float* __restrict__ x, const int32_t* __restrict__ rows,
-                             const uint16_t* __restrict__ w, uint16_t* __restrict__ out, float* __restrict__ out_f32,
-                             int H, float eps) {
+                             const uint16_t* __restrict__ w, uint16_t* __restrict__ out,
+                             uint16_t* __restrict__ out_lo, int H, float eps) {
   pdl_wait();
   pdl_trigger();
   const int t = blockIdx.x;
@@ -29,9 +30,10 @@ __global__ void rmsnorm_rows(const float* __restrict__ x, const int32_t* __restr
   __syncthreads();
   const float r = rsqrtf(red[0] / H + eps);
   for (int i = threadIdx.x; i < H; i += blockDim.x) {
-    float y = bf2f_bits(w[i]) * (row[i] * r);
-    out[size_t(t) * H + i] = __bfloat16_as_ushort(__float2bfloat16(y));
-    if (out_f32) out_f32[size_t(t) * H + i] = y;
+    const float y = bf2f_bits(w[i]) * (row[i] * r);
+    const __nv_bfloat16 hi = __float2bfloat16(y);
+    out[size_t(t) * H + i] = __bfloat16_as_ushort(hi);
+    if (out_lo) out_lo[size_t(t) * H + i] = __bfloat16_as_ushort(__float2bfloat16(y - __bfloat162float(hi)));
   }
 }
 
@@ -76,7 +78,7 @@ void rmsnorm(const RmsNormParams& p, cudaStream_t stream) {
   HM_REQUIRE(p.x && p.w && p.out, "rmsnorm");
   HM_REQUIRE(p.T >= 0 && p.H > 0, "rmsnorm");
   if (p.T == 0) return;
-  launch(rmsnorm_rows, dim3(p.T), dim3(256), 0, stream, p.pdl, p.x, p.rows, p.w, p.out, p.out_f32, p.H, p.eps);
+  launch(rmsnorm_rows, dim3(p.T), dim3(256), 0, stream, p.pdl, p.x, p.rows, p.w, p.out, p.out_lo, p.H, p.eps);
 }
 
 void rope_kv_write(const RopeKvParams& p, cudaStream_t stream) {

@@ -12,7 +12,8 @@ struct RmsNormParams {
   const int32_t* rows = nullptr;  // optional [T]: output row i normalises x row rows[i] (else row i)
   const uint16_t* w = nullptr;    // bf16 [H]
   uint16_t* out = nullptr;        // bf16 [T, H]
-  float* out_f32 = nullptr;       // optional fp32 [T, H] copy of the same values (before bf16 rounding)
+  uint16_t* out_lo = nullptr;     // optional bf16 [T, H]: y - out (the rounding residual), so that out + out_lo
+                                  // carries y to ~2^-17 for projections that want fp32-grade inputs (dense x_lo)
   int T = 0, H = 0;
   float eps = 1e-5f;
   bool pdl = false;

@@ -1,9 +1,11 @@
 // Op-test cases of the core kernels (everything but the MoE) against the CPU reference (native/cpu/ref_ops.h):
 //   embedding        vs ref::embedding, exact.
-//   rmsnorm          vs ref::rmsnorm (bf16 output widened): nmse 1e-5 (bf16 rounding of the output ~1e-6).
+//   rmsnorm          vs ref::rmsnorm (bf16 output widened): nmse 1e-5 (bf16 rounding of the output ~1e-6); the
+//                    output plus its bf16 residual (out_lo): nmse 1e-9.
 //   rope_kv_write    q vs ref::rope (fp32, nmse 1e-8), cache rows vs bf16(ref) (nmse 1e-5); positions up to 131071.
 //   dense_gemv/_mma  vs ref::linear on the same bf16 inputs: nmse 1e-6 (fp32 accumulation order only); real
-//                    shapes (qkv 5120x2880, o 2880x4096, lm_head 201088x2880), odd N, accumulate (residual) mode.
+//                    shapes (qkv 5120x2880, o 2880x4096, lm_head 201088x2880), odd N, accumulate (residual) mode,
+//                    fp32-grade inputs as bf16 hi + lo (x_lo) on both paths.
 //   attention_*      decode (split-K, contexts to 20k, several sequences with permuted block tables) and prefill
 //                    tiles (chunks crossing the 128 window, with a cached prefix) vs ref::attention on the bf16
 //                    cache widened to fp32: nmse 2e-5 (bf16 output).
@@ -131,15 +133,19 @@ std::vector<Result> test_rmsnorm() {
     std::vector<float> want(size_t(T) * H);
     ref::rmsnorm(xin.data(), w.data(), T, H, 1e-5f, want.data());
     Dev<float> dx(x);
-    Dev<uint16_t> dw(w), dout(size_t(T) * H);
+    Dev<uint16_t> dw(w), dout(size_t(T) * H), dlo(size_t(T) * H);
     Dev<int32_t> drows(rows);
     dout.poison();
+    dlo.poison();
     cuda::RmsNormParams p;
-    p.x = dx.p, p.w = dw.p, p.out = dout.p, p.T = T, p.H = H, p.eps = 1e-5f;
+    p.x = dx.p, p.w = dw.p, p.out = dout.p, p.out_lo = dlo.p, p.T = T, p.H = H, p.eps = 1e-5f;
     if (gather) p.rows = drows.p;
     cuda::rmsnorm(p, nullptr);
-    out.push_back(nmse_result("T=" + std::to_string(T) + " H=" + std::to_string(H) + (gather ? " gather" : ""),
-                              widen(dout.get()), want, 1e-5));
+    const std::string params = "T=" + std::to_string(T) + " H=" + std::to_string(H) + (gather ? " gather" : "");
+    auto hi = widen(dout.get()), lo = widen(dlo.get());
+    out.push_back(nmse_result(params, hi, want, 1e-5));
+    for (size_t i = 0; i < hi.size(); i++) hi[i] += lo[i];
+    out.push_back(nmse_result(params + " hi+lo", hi, want, 1e-9));
   }
   return out;
 }
@@ -219,31 +225,41 @@ HM_OP_TEST("rope_kv_write", test_rope_kv);
 // ---- dense ----
 std::vector<Result> test_dense() {
   std::vector<Result> out;
-  struct Case { int T, N, K; bool acc; int path; };
-  const Case cases[] = {{1, 5120, 2880, false, 1}, {3, 2880, 4096, true, 1},  {8, 1000, 72, false, 1},
-                        {5, 201088, 2880, false, 1}, {9, 5120, 2880, false, 2}, {64, 2880, 4096, true, 2},
-                        {130, 1000, 72, false, 2}, {2, 333, 2880, true, 2},    {17, 201088, 2880, false, 2}};
+  struct Case { int T, N, K; bool acc; int path; bool lo = false; };
+  const Case cases[] = {{1, 5120, 2880, false, 1},     {3, 2880, 4096, true, 1},   {8, 1000, 72, false, 1},
+                        {5, 201088, 2880, false, 1},   {9, 5120, 2880, false, 2},  {64, 2880, 4096, true, 2},
+                        {130, 1000, 72, false, 2},     {2, 333, 2880, true, 2},    {17, 201088, 2880, false, 2},
+                        {1, 5120, 2880, false, 1, true}, {7, 32, 2880, false, 1, true}, {100, 5120, 2880, false, 2, true},
+                        {33, 128, 2880, false, 2, true}, {80, 320, 128, false, 2, true}};
   uint64_t seed = 10;
   for (const Case& c : cases) {
-    auto x = to_bf16(uniform(size_t(c.T) * c.K, seed++));
+    // With x_lo: x is an fp32 input split into bf16 hi + lo, and the reference sees hi + lo exactly.
+    const auto xf = uniform(size_t(c.T) * c.K, seed++);
+    auto x = to_bf16(xf);
+    std::vector<uint16_t> xlo(x.size());
+    for (size_t i = 0; i < x.size(); i++) xlo[i] = ref::f32_to_bf16(xf[i] - ref::bf16_to_f32(x[i]));
+    std::vector<float> xin = widen(x);
+    if (c.lo)
+      for (size_t i = 0; i < x.size(); i++) xin[i] += ref::bf16_to_f32(xlo[i]);
     auto W = to_bf16(uniform(size_t(c.N) * c.K, seed++, std::sqrt(3.f / c.K)));
     auto b = to_bf16(uniform(c.N, seed++, 0.1f));
     auto y0 = uniform(size_t(c.T) * c.N, seed++);
     std::vector<float> want(size_t(c.T) * c.N);
-    ref::linear(widen(x).data(), W.data(), b.data(), c.T, c.K, c.N, want.data());
+    ref::linear(xin.data(), W.data(), b.data(), c.T, c.K, c.N, want.data());
     if (c.acc)
       for (size_t i = 0; i < want.size(); i++) want[i] += y0[i];
-    Dev<uint16_t> dx(x), dW(W), db(b);
+    Dev<uint16_t> dx(x), dxlo(xlo), dW(W), db(b);
     Dev<float> dy(y0);
     if (!c.acc) dy.poison();
     cuda::DenseParams p;
+    if (c.lo) p.x_lo = dxlo.p;
     p.x = dx.p, p.W = dW.p, p.b = db.p, p.y = dy.p, p.T = c.T, p.N = c.N, p.K = c.K, p.ldx = c.K, p.ldy = c.N;
     p.accumulate = c.acc;
     p.force_path = c.path;
     cuda::dense(p, nullptr);
     char params[96];
-    std::snprintf(params, sizeof params, "%s T=%d N=%d K=%d%s", c.path == 1 ? "gemv" : "mma", c.T, c.N, c.K,
-                  c.acc ? " +=" : "");
+    std::snprintf(params, sizeof params, "%s T=%d N=%d K=%d%s%s", c.path == 1 ? "gemv" : "mma", c.T, c.N, c.K,
+                  c.acc ? " +=" : "", c.lo ? " x+x_lo" : "");
     out.push_back(nmse_result(params, dy.get(), want, 1e-6));
   }
   return out;
