@@ -5,7 +5,8 @@
 // same H100 (../shared/spec/peers.md) print beside ours. Also: GPU memory used, and KV-cache tokens left.
 //
 //   node node_modules/vite-node/vite-node.mjs bench/decode.ts [gpt-oss-20b|gpt-oss-120b ...] [--json FILE]
-// Env: HARMONIUM_BUILD_DIR picks the addon build; BENCH_PROMPT (512), BENCH_DECODE (128), BENCH_RUNS (3).
+// Env: HARMONIUM_BUILD_DIR picks the addon build; BENCH_PROMPT (512: the context the decode starts from, prefilled
+// in chunks of 2048), BENCH_DECODE (128), BENCH_RUNS (3); HARMONIUM_PDL=0 / HARMONIUM_CUDA_GRAPHS=0 to compare.
 import { writeFileSync } from 'node:fs';
 import { loadModel } from '../src/model/load.js';
 import { dummyConfig, isDummyModelName, type DummyModelName } from '../src/model/dummy.js';
@@ -45,9 +46,14 @@ async function bench(name: DummyModelName) {
     const blockTables = Int32Array.from({ length: nblocks }, (_, i) => i);
     const prompt = Int32Array.from({ length: PROMPT }, (_, i) => (i * 7919 + 13) % cfg.vocabSize);
     const runs: { ttft: number; itl: number[]; decodeMs: number }[] = [];
+    const CHUNK = 2048; // maxBatchTokens: longer prompts prefill in chunks
     for (let run = 0; run < RUNS + 1; run++) { // run 0 warms up
       let t = performance.now();
-      let r = await model.step({ tokens: prompt, positions: Int32Array.from({ length: PROMPT }, (_, i) => i), seqLens: Int32Array.of(PROMPT), blockTables, maxBlocksPerSeq: nblocks, topK: 1 });
+      let r!: Awaited<ReturnType<typeof model.step>>;
+      for (let c0 = 0; c0 < PROMPT; c0 += CHUNK) {
+        const n = Math.min(CHUNK, PROMPT - c0);
+        r = await model.step({ tokens: prompt.subarray(c0, c0 + n), positions: Int32Array.from({ length: n }, (_, i) => c0 + i), seqLens: Int32Array.of(n), blockTables, maxBlocksPerSeq: nblocks, topK: 1 });
+      }
       const ttft = performance.now() - t;
       const itl: number[] = [];
       let tok = r.argmax[0];
@@ -73,6 +79,8 @@ async function bench(name: DummyModelName) {
     const result = {
       model: name,
       device: info.deviceName,
+      pdl: process.env.HARMONIUM_PDL !== '0',
+      cudaGraphs: process.env.HARMONIUM_CUDA_GRAPHS !== '0',
       expertFormat: info.expertFormat,
       loadSeconds: loadMs / 1000,
       prompt: PROMPT,
@@ -96,7 +104,8 @@ async function bench(name: DummyModelName) {
       kvTokens: info.numBlocks * info.blockSize,
     };
     console.log(
-      `\n${name} on ${result.device} (${result.expertFormat} experts, dummy weights, batch 1, load ${result.loadSeconds.toFixed(1)} s)\n` +
+      `\n${name} on ${result.device} (${result.expertFormat} experts, dummy weights, batch 1, load ${result.loadSeconds.toFixed(1)} s, ` +
+        `PDL ${result.pdl ? 'on' : 'off'}, CUDA graphs ${result.cudaGraphs ? 'on' : 'off'})\n` +
         `  TTFT (pp${PROMPT})  ${result.ttftMs.toFixed(1)} ms = ${result.ppTokPerS.toFixed(0)} tok/s      llama.cpp pp512 ${result.llamaCpp.pp512} tok/s\n` +
         `  tg${DECODE}           ${tgMedian.toFixed(1)} tok/s (runs ${tps.map((x) => x.toFixed(1)).join(', ')})   llama.cpp tg128 ${result.llamaCpp.tg128} tok/s\n` +
         `  TPOT ${result.tpotMs.toFixed(3)} ms, ITL median ${result.itlMedianMs.toFixed(3)} ms, p99 ${result.itlP99Ms.toFixed(3)} ms\n` +

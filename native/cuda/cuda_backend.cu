@@ -1,7 +1,8 @@
 // The CUDA backend: hm::Backend on one GPU. Owns the weights (weights.cu), the paged bf16 KV cache and an
 // activation workspace sized once at load; a step uploads the batch's small index arrays in one copy, runs the
-// forward pass as a fixed sequence of kernel launches on one stream (PDL-chained on sm_90+), narrows the logits
-// on the GPU and synchronises once to copy the narrowed results back.
+// forward pass as a fixed sequence of kernel launches on one stream (PDL-chained on sm_90+; a decode-only step is
+// captured once per batch shape as a CUDA graph and replayed), narrows the logits on the GPU and synchronises once
+// to copy the narrowed results back. HARMONIUM_PDL=0 / HARMONIUM_CUDA_GRAPHS=0 turn either off.
 //
 // Per layer: rmsnorm -> fused qkv projection -> rope + KV write -> attention (prefill tiles and/or split-K
 // decode) -> o_proj (+ residual) -> rmsnorm -> router logits + top-k -> experts (+ residual).
@@ -81,7 +82,10 @@ struct StreamOwner {
 class CudaBackend final : public Backend {
  public:
   CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const LoadOptions& opt, const ProgressFn& progress);
-  ~CudaBackend() override { cudaSetDevice(device_); }
+  ~CudaBackend() override {
+    cudaSetDevice(device_);
+    drop_graph();
+  }
   void step(const StepBatch& batch, StepOutput& out) override;
   BackendInfo info() const override;
 
@@ -135,6 +139,24 @@ class CudaBackend final : public Backend {
           *d_decode_ = nullptr, *d_tiles_ = nullptr, *d_out_rows_ = nullptr;
   int n_decode_ = 0, n_tiles_ = 0, max_bps_ = 0;
   int decode_max_keys_full_ = 0, decode_max_keys_sliding_ = 0;
+  // split-K decode attention shape per layer kind (index 0: full layers, 1: sliding layers)
+  int dec_kps_[2] = {0, 0}, dec_splits_[2] = {0, 0};
+
+  // CUDA graph of the last decode-only step shape, replayed while the shape holds (one host launch per step).
+  struct GraphKey {
+    int T, S, mbps, rows, top_k, kps0, splits0, kps1, splits1;
+    bool operator==(const GraphKey& o) const { return std::memcmp(this, &o, sizeof o) == 0; }
+  };
+  bool graphs_ = true;
+  bool have_graph_ = false;
+  GraphKey graph_key_{};
+  cudaGraphExec_t graph_exec_ = nullptr;
+  void drop_graph() {
+    if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
+    graph_exec_ = nullptr;
+    have_graph_ = false;
+  }
+  void run_forward(int T, int rows, int top_k);
 };
 
 CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const LoadOptions& opt,
@@ -162,6 +184,8 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
                              " is sm_" + std::to_string(cc) + ": load with expertFormat 'bf16'");
   const char* pdl_env = std::getenv("HARMONIUM_PDL");
   pdl_ = cc >= 90 && !(pdl_env && std::strcmp(pdl_env, "0") == 0);
+  const char* graph_env = std::getenv("HARMONIUM_CUDA_GRAPHS");
+  graphs_ = !(graph_env && std::strcmp(graph_env, "0") == 0);
 
   if (cfg.head_dim != 16 && cfg.head_dim != 32 && cfg.head_dim != 64)
     throw std::runtime_error("cuda backend: head_dim must be 16, 32 or 64 (gpt-oss: 64)");
@@ -337,16 +361,12 @@ void CudaBackend::forward_layers(int T) {
       attention_prefill(ap, stream_);
     }
     if (n_decode_ > 0) {
-      const int max_keys = window ? decode_max_keys_sliding_ : decode_max_keys_full_;
-      const size_t per_split = attention_decode_workspace_floats(n_decode_, c.num_heads, c.head_dim, 1);
-      const int cap = int(std::min<size_t>(1024, std::max<size_t>(1, kAttnWorkspaceFloats / per_split)));
       AttentionDecodeParams ad;
       ad.c = ac;
       ad.tokens = d_decode_;
       ad.num_tokens = n_decode_;
-      // Up to 128 keys (sliding layers, short contexts): one split that writes the output itself, no combine.
-      ad.keys_per_split = max_keys <= 128 ? 128 : attention_keys_per_split(max_keys, cap);
-      ad.max_splits = (max_keys + ad.keys_per_split - 1) / ad.keys_per_split;
+      ad.keys_per_split = dec_kps_[window ? 1 : 0];
+      ad.max_splits = dec_splits_[window ? 1 : 0];
       ad.workspace = attn_ws_;
       attention_decode(ad, stream_);
     }
@@ -457,6 +477,13 @@ void CudaBackend::logits_rows(int first_row, int rows, int top_k) {
   narrow_logits(nl, stream_);
 }
 
+// The device work of one step up to the narrowed logits of the first chunk of output rows (a fixed launch
+// sequence for a given batch shape, so it can be captured in a CUDA graph).
+void CudaBackend::run_forward(int T, int rows, int top_k) {
+  forward_layers(T);
+  logits_rows(0, std::min(kLogitRowsPerChunk, rows), top_k);
+}
+
 void CudaBackend::step(const StepBatch& b, StepOutput& out) {
   CUDA_CHECK(cudaSetDevice(device_));
   const ModelConfig& c = cfg_;
@@ -514,6 +541,16 @@ void CudaBackend::step(const StepBatch& b, StepOutput& out) {
   n_decode_ = int(decode.size());
   n_tiles_ = int(tiles.size() / 2);
   const int rows = int(out_rows.size());
+  if (n_decode_ > 0) {
+    const size_t per_split = attention_decode_workspace_floats(n_decode_, c.num_heads, c.head_dim, 1);
+    const int cap = int(std::min<size_t>(1024, std::max<size_t>(1, kAttnWorkspaceFloats / per_split)));
+    for (int kind = 0; kind < 2; kind++) {
+      const int max_keys = kind ? decode_max_keys_sliding_ : decode_max_keys_full_;
+      // Up to 128 keys (sliding layers, short contexts): one split that writes the output itself, no combine.
+      dec_kps_[kind] = max_keys <= 128 ? 128 : attention_keys_per_split(max_keys, cap);
+      dec_splits_[kind] = (max_keys + dec_kps_[kind] - 1) / dec_kps_[kind];
+    }
+  }
 
   // ---- one upload of every index array ----
   const size_t bt_n = size_t(S) * b.max_blocks_per_seq;
@@ -537,16 +574,50 @@ void CudaBackend::step(const StepBatch& b, StepOutput& out) {
   put(out_rows.data(), out_rows.size(), &d_out_rows_);
   CUDA_CHECK(cudaMemcpyAsync(d_idx_, h, at * 4, cudaMemcpyHostToDevice, stream_));
 
-  forward_layers(T);
   const int k = b.top_k;
   std::vector<int32_t> full_rows;  // output rows whose full logits go to the host
   for (int r = 0; r < rows; r++)
     if (b.full_logits && b.full_logits[tok_seq[out_rows[r]]]) full_rows.push_back(r);
   h_logits_.reserve(std::max<size_t>(1, full_rows.size()) * size_t(c.vocab) * 4);
+  const bool graphable = graphs_ && n_tiles_ == 0 && T <= kMoeDecodeMaxTokens && rows <= kLogitRowsPerChunk;
+  if (graphable) {
+    const GraphKey key{T, S, b.max_blocks_per_seq, rows, k, dec_kps_[0], dec_splits_[0], dec_kps_[1], dec_splits_[1]};
+    if (!have_graph_ || !(key == graph_key_)) {
+      drop_graph();
+      cudaGraph_t g = nullptr;
+      bool captured = false;
+      CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+      try {
+        run_forward(T, rows, k);
+        captured = true;
+      } catch (const std::exception&) {
+        // A launch that cannot be captured: end the capture and run eagerly from now on (errors that are not
+        // about capturing show up again in the eager run and are thrown there).
+      }
+      const cudaError_t ee = cudaStreamEndCapture(stream_, &g);
+      cudaError_t ie = cudaErrorUnknown;
+      if (captured && ee == cudaSuccess && g) ie = cudaGraphInstantiate(&graph_exec_, g, 0);
+      if (g) cudaGraphDestroy(g);
+      if (ie == cudaSuccess) {
+        graph_key_ = key;
+        have_graph_ = true;
+      } else {
+        graph_exec_ = nullptr;
+        graphs_ = false;
+        cudaGetLastError();
+      }
+    }
+    if (have_graph_)
+      CUDA_CHECK(cudaGraphLaunch(graph_exec_, stream_));
+    else
+      run_forward(T, rows, k);
+  } else {
+    run_forward(T, rows, k);
+  }
   size_t fi = 0;
   for (int r0 = 0; r0 < rows; r0 += kLogitRowsPerChunk) {
     const int n = std::min(kLogitRowsPerChunk, rows - r0);
-    logits_rows(r0, n, k);
+    if (r0 > 0) logits_rows(r0, n, k);  // later chunks reuse the logits buffer, after the copies of the last one
     for (; fi < full_rows.size() && full_rows[fi] < r0 + n; fi++)
       CUDA_CHECK(cudaMemcpyAsync(static_cast<float*>(h_logits_.p) + fi * size_t(c.vocab),
                                  logits_ + size_t(full_rows[fi] - r0) * c.vocab, size_t(c.vocab) * 4,
