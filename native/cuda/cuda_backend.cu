@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -65,6 +66,63 @@ struct PinnedBuf {
     bytes = 0;
     CUDA_CHECK(cudaMallocHost(&p, n));
     bytes = n;
+  }
+};
+
+// HARMONIUM_PROFILE=1: GPU time per op family, from events recorded between launches (eager launches only: graphs
+// are turned off, and events between kernels break the PDL overlap, so totals run a little above the real step).
+// Printed to stderr when the backend is freed, per kind of step (decode-only or with prefill).
+struct StepProfiler {
+  enum Op { kEmbed, kNorm, kQkv, kRope, kAttn, kOProj, kRouter, kExperts, kLogits, kNumOps };
+  static constexpr const char* kNames[kNumOps] = {"embedding", "rmsnorm", "qkv proj", "rope+kv write", "attention",
+                                                  "o proj", "router", "experts", "lm_head+narrow"};
+  bool on = false;
+  cudaStream_t stream = nullptr;
+  std::vector<cudaEvent_t> events;
+  std::vector<int> ops;
+  size_t used = 0;
+  double ms[2][kNumOps] = {};
+  int steps[2] = {0, 0};
+  void begin(cudaStream_t s) {
+    if (!on) return;
+    stream = s;
+    used = 0;
+    ops.clear();
+    record(-1);
+  }
+  void mark(Op op) {
+    if (on) record(op);
+  }
+  void record(int op) {
+    if (used == events.size()) {
+      cudaEvent_t e;
+      CUDA_CHECK(cudaEventCreate(&e));
+      events.push_back(e);
+    }
+    CUDA_CHECK(cudaEventRecord(events[used++], stream));
+    ops.push_back(op);
+  }
+  void end(bool decode) {  // after the step's stream synchronisation
+    if (!on) return;
+    for (size_t i = 1; i < used; i++) {
+      float t = 0;
+      CUDA_CHECK(cudaEventElapsedTime(&t, events[i - 1], events[i]));
+      ms[decode ? 0 : 1][ops[i]] += t;
+    }
+    steps[decode ? 0 : 1]++;
+  }
+  ~StepProfiler() {
+    if (!on) return;
+    for (int k = 0; k < 2; k++) {
+      if (!steps[k]) continue;
+      double total = 0;
+      for (double v : ms[k]) total += v;
+      std::fprintf(stderr, "[harmonium profile] %s steps: %d, %.3f ms per step\n", k ? "prefill" : "decode", steps[k],
+                   total / steps[k]);
+      for (int o = 0; o < kNumOps; o++)
+        std::fprintf(stderr, "  %-16s %9.3f ms/step %5.1f%%\n", kNames[o], ms[k][o] / steps[k], 100 * ms[k][o] / total);
+    }
+    for (cudaEvent_t e : events) cudaEventDestroy(e);
   }
 };
 
@@ -157,6 +215,7 @@ class CudaBackend final : public Backend {
     have_graph_ = false;
   }
   void run_forward(int T, int rows, int top_k);
+  StepProfiler prof_;
 };
 
 CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const LoadOptions& opt,
@@ -186,6 +245,9 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   pdl_ = cc >= 90 && !(pdl_env && std::strcmp(pdl_env, "0") == 0);
   const char* graph_env = std::getenv("HARMONIUM_CUDA_GRAPHS");
   graphs_ = !(graph_env && std::strcmp(graph_env, "0") == 0);
+  const char* prof_env = std::getenv("HARMONIUM_PROFILE");
+  prof_.on = prof_env && std::strcmp(prof_env, "1") == 0;
+  if (prof_.on) graphs_ = false;
 
   if (cfg.head_dim != 16 && cfg.head_dim != 32 && cfg.head_dim != 64)
     throw std::runtime_error("cuda backend: head_dim must be 16, 32 or 64 (gpt-oss: 64)");
@@ -288,6 +350,7 @@ void CudaBackend::forward_layers(int T) {
     p.V = c.vocab;
     p.pdl = pdl_;
     embedding(p, stream_);
+    prof_.mark(StepProfiler::kEmbed);
   }
   for (int l = 0; l < c.num_layers; l++) {
     const LayerWeights& L = w_.layers[l];
@@ -305,6 +368,7 @@ void CudaBackend::forward_layers(int T) {
     n1.eps = c.rms_eps;
     n1.pdl = pdl_;
     rmsnorm(n1, stream_);
+    prof_.mark(StepProfiler::kNorm);
 
     DenseParams qkv;
     qkv.x = xn_;
@@ -319,6 +383,7 @@ void CudaBackend::forward_layers(int T) {
     qkv.K = H;
     qkv.pdl = pdl_;
     dense(qkv, stream_);
+    prof_.mark(StepProfiler::kQkv);
 
     RopeKvParams r;
     r.qkv = qkv_;
@@ -334,6 +399,7 @@ void CudaBackend::forward_layers(int T) {
     r.D = c.head_dim;
     r.pdl = pdl_;
     rope_kv_write(r, stream_);
+    prof_.mark(StepProfiler::kRope);
 
     AttentionCommon ac;
     ac.q = qkv_;
@@ -359,6 +425,7 @@ void CudaBackend::forward_layers(int T) {
       ap.tiles = d_tiles_;
       ap.num_tiles = n_tiles_;
       attention_prefill(ap, stream_);
+      prof_.mark(StepProfiler::kAttn);
     }
     if (n_decode_ > 0) {
       AttentionDecodeParams ad;
@@ -369,6 +436,7 @@ void CudaBackend::forward_layers(int T) {
       ad.max_splits = dec_splits_[window ? 1 : 0];
       ad.workspace = attn_ws_;
       attention_decode(ad, stream_);
+      prof_.mark(StepProfiler::kAttn);
     }
 
     DenseParams o;
@@ -384,10 +452,12 @@ void CudaBackend::forward_layers(int T) {
     o.accumulate = true;
     o.pdl = pdl_;
     dense(o, stream_);
+    prof_.mark(StepProfiler::kOProj);
 
     RmsNormParams n2 = n1;
     n2.w = L.post_norm;
     rmsnorm(n2, stream_);
+    prof_.mark(StepProfiler::kNorm);
 
     // Router logits from the fp32-grade input (xn + xn_lo): a bf16-rounded input flips experts at routing near-ties
     // against the fp32 oracle (seen on the window16 fixture: a 0.005 gap between the 2nd and 3rd logit).
@@ -414,6 +484,7 @@ void CudaBackend::forward_layers(int T) {
     rt.weights = expert_w_;
     rt.pdl = pdl_;
     router_topk_softmax(rt, stream_);
+    prof_.mark(StepProfiler::kRouter);
 
     MoeParams mp;
     mp.n = T;
@@ -436,6 +507,7 @@ void CudaBackend::forward_layers(int T) {
       moe_mxfp4_forward(mp, L.mxfp4, stream_);
     else
       moe_bf16_forward(mp, L.bf16, stream_);
+    prof_.mark(StepProfiler::kExperts);
   }
 }
 
@@ -475,6 +547,7 @@ void CudaBackend::logits_rows(int first_row, int rows, int top_k) {
   nl.top_logits = d_top_logits_ + size_t(first_row) * top_k;
   nl.pdl = pdl_;
   narrow_logits(nl, stream_);
+  prof_.mark(StepProfiler::kLogits);
 }
 
 // The device work of one step up to the narrowed logits of the first chunk of output rows (a fixed launch
@@ -573,6 +646,7 @@ void CudaBackend::step(const StepBatch& b, StepOutput& out) {
   put(tiles.data(), tiles.size(), &d_tiles_);
   put(out_rows.data(), out_rows.size(), &d_out_rows_);
   CUDA_CHECK(cudaMemcpyAsync(d_idx_, h, at * 4, cudaMemcpyHostToDevice, stream_));
+  prof_.begin(stream_);
 
   const int k = b.top_k;
   std::vector<int32_t> full_rows;  // output rows whose full logits go to the host
@@ -637,6 +711,7 @@ void CudaBackend::step(const StepBatch& b, StepOutput& out) {
   }
   CUDA_CHECK(cudaStreamSynchronize(stream_));
   CUDA_CHECK(cudaGetLastError());
+  prof_.end(n_tiles_ == 0);
 
   out.num_rows = rows;
   out.vocab = c.vocab;
