@@ -101,6 +101,9 @@ __device__ __forceinline__ float fp4_lut(uint32_t nib) {
   return (nib & 8u) ? -v : v;
 }
 
+// Expert ids come from the router; a corrupt id must not become an out-of-bounds read (a sticky CUDA fault).
+__device__ __forceinline__ int clamp_id(int e, int E) { return min(max(e, 0), E - 1); }
+
 __device__ __forceinline__ float swiglu1(float g, float u, float limit) {
   g = fminf(g, limit);
   u = fminf(fmaxf(u, -limit), limit);
@@ -190,7 +193,7 @@ __device__ void build_routing(const DecodeArgs& a, DecodeRouting& r) {
   const int P = a.n * a.k;
   for (int i = threadIdx.x; i < kMoeDecodeMaxTokens * 8 * kMoeDecodeMaxTokens; i += blockDim.x)
     (&r.slot[0][0])[i] = -1;
-  for (int p = threadIdx.x; p < P; p += blockDim.x) r.ids[p] = a.ids[p];
+  for (int p = threadIdx.x; p < P; p += blockDim.x) r.ids[p] = clamp_id(a.ids[p], a.E);
   __syncthreads();
   for (int p = threadIdx.x; p < P; p += blockDim.x) {
     int f = 1;
@@ -380,7 +383,7 @@ __global__ void __launch_bounds__(MT* KS * 32, MINB) moe_decode_down(DecodeArgs 
       if (tok >= a.n) continue;
       float v = acc[2 * h + q] * acc_scale<F>();
       for (int j = 0; j < a.k; j++)
-        v += a.weights[tok * a.k + j] * bf2f_bits(a.W.bias[size_t(a.ids[tok * a.k + j]) * rows + r]);
+        v += a.weights[tok * a.k + j] * bf2f_bits(a.W.bias[size_t(clamp_id(a.ids[tok * a.k + j], a.E)) * rows + r]);
       float* dst = a.y + size_t(tok) * a.ldy + r;
       *dst = a.accumulate ? *dst + v : v;
     }
@@ -434,7 +437,7 @@ __global__ void __launch_bounds__(1024) moe_route_sort(const int32_t* __restrict
   pdl_trigger();
   for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
   __syncthreads();
-  for (int p = threadIdx.x; p < P; p += blockDim.x) atomicAdd(&cnt[ids[p]], 1);
+  for (int p = threadIdx.x; p < P; p += blockDim.x) atomicAdd(&cnt[clamp_id(ids[p], E)], 1);
   __syncthreads();
   if (threadIdx.x == 0) {
     int off = 0, nt = 0;
@@ -453,7 +456,7 @@ __global__ void __launch_bounds__(1024) moe_route_sort(const int32_t* __restrict
   }
   __syncthreads();
   for (int p = threadIdx.x; p < P; p += blockDim.x) {
-    const int pos = atomicAdd(&cursor[ids[p]], 1);
+    const int pos = atomicAdd(&cursor[clamp_id(ids[p], E)], 1);
     w.perm[pos] = p;
     w.pair_row[p] = pos;
   }

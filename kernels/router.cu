@@ -24,7 +24,8 @@ __device__ __forceinline__ void warp_topk(const float* logits, int E, int k, int
 #pragma unroll
   for (int i = 0; i < kMaxE / 32; i++) {
     const int e = i * 32 + lane;
-    v[i] = e < E ? (coherent ? __ldcg(logits + e) : logits[e]) : -INFINITY;
+    const float l = e < E ? (coherent ? __ldcg(logits + e) : logits[e]) : -INFINITY;
+    v[i] = l == l ? l : -INFINITY;  // NaN ranks last, so k valid ids are always chosen
   }
   uint32_t taken = 0;
   float top[8], m = 0.f, sum = 0.f;
