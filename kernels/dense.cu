@@ -3,6 +3,8 @@
 //                  lane, each W chunk multiplied against all NT tokens (x stays in L1). Before waiting on its
 //                  inputs (PDL) each warp prefetches its W row into L2, so weight streaming overlaps the kernel
 //                  before it.
+//   rmsnorm_bf16_gemv<NT>: the same with the RMSNorm before the projection fused in (fp32 normed input; block 0
+//                  also writes the bf16 normed rows for the experts), saving a launch per norm in the decode chain.
 //   bf16_gemm_mma: 64 x 128 x 32 block tiles, 4 warps of 32 x 64, mma.sync m16n8k16 bf16 with fp32 accumulators,
 //                  3-stage cp.async pipeline, rows padded by 16 bytes so ldmatrix is bank-conflict free. With x_lo
 //                  (the bf16 residual of an fp32 input) a second MMA per tile adds x_lo W^T: fp32-grade inputs at
@@ -60,6 +62,77 @@ __global__ void __launch_bounds__(256) bf16_gemv(const uint16_t* __restrict__ x,
         }
 #pragma unroll
         for (int i = 0; i < 8; i++) acc[t] = fmaf(wf[i], xf[i], acc[t]);
+      }
+    }
+  }
+  const float bias = b ? bf2f_bits(b[row]) : 0.f;
+#pragma unroll
+  for (int t = 0; t < NT; t++) {
+    const float s = warp_sum(acc[t]);
+    if (lane == t % 32) {
+      float* dst = y + size_t(t) * ldy + row;
+      *dst = (accumulate ? *dst : 0.f) + s + bias;
+    }
+  }
+}
+
+// The decode path with the RMSNorm before it fused in: every block recomputes the NT row scales (a warp per token
+// row; x is a few KB and L2-resident) after streaming-in its W rows, then multiplies W chunks by w * x * r in fp32.
+template <int NT>
+__global__ void __launch_bounds__(256) rmsnorm_bf16_gemv(const float* __restrict__ x, const uint16_t* __restrict__ nw,
+                                                         float eps, uint16_t* __restrict__ norm_out,
+                                                         const uint16_t* __restrict__ W, const uint16_t* __restrict__ b,
+                                                         float* __restrict__ y, int ldy, int N, int K,
+                                                         bool accumulate) {
+  __shared__ float r_s[NT];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int row = blockIdx.x * (blockDim.x >> 5) + warp;
+  const bool active = row < N;
+  const char* wrow = reinterpret_cast<const char*>(W + size_t(active ? row : 0) * K);
+  if (active)
+    for (int off = lane * 128; off < K * 2; off += 32 * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(wrow + off));
+  pdl_wait();
+  pdl_trigger();
+  if (warp < NT) {
+    const float* xr = x + size_t(warp) * K;
+    float ss = 0.f;
+    for (int i = lane; i < K; i += 32) ss += xr[i] * xr[i];
+    ss = warp_sum(ss);
+    if (lane == 0) r_s[warp] = rsqrtf(ss / K + eps);
+  }
+  __syncthreads();
+  if (norm_out && blockIdx.x == 0)
+    for (int e = threadIdx.x; e < NT * K; e += blockDim.x)
+      norm_out[e] = __bfloat16_as_ushort(__float2bfloat16(bf2f_bits(nw[e % K]) * (x[e] * r_s[e / K])));
+  if (!active) return;
+  const uint4* w4 = reinterpret_cast<const uint4*>(wrow);
+  const int nchunks = K / 8;
+  float acc[NT];
+#pragma unroll
+  for (int t = 0; t < NT; t++) acc[t] = 0.f;
+  constexpr int U = 4;
+  for (int c0 = lane; c0 < nchunks; c0 += 32 * U) {
+    uint4 wv[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int c = c0 + u * 32;
+      wv[u] = c < nchunks ? ld_stream16(w4 + c) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int c = c0 + u * 32;
+      if (c >= nchunks) break;
+      float wf[8], nf[8];
+      unpack8(wv[u], wf);
+      unpack8(__ldg(reinterpret_cast<const uint4*>(nw) + c), nf);
+#pragma unroll
+      for (int t = 0; t < NT; t++) {
+        const float4* xp = reinterpret_cast<const float4*>(x + size_t(t) * K) + 2 * c;
+        const float4 a = __ldg(xp), bq = __ldg(xp + 1);
+        const float xs[8] = {a.x, a.y, a.z, a.w, bq.x, bq.y, bq.z, bq.w};
+        const float r = r_s[t];
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[t] = fmaf(wf[i], nf[i] * (xs[i] * r), acc[t]);
       }
     }
   }
@@ -202,6 +275,11 @@ __global__ void __launch_bounds__(128) bf16_gemm_mma(const uint16_t* __restrict_
 
 template <int NT>
 void launch_gemv(const DenseParams& p, cudaStream_t s) {
+  if (p.norm_x) {
+    launch(rmsnorm_bf16_gemv<NT>, dim3(ceil_div(p.N, 8)), dim3(256), 0, s, p.pdl, p.norm_x, p.norm_w, p.norm_eps,
+           p.norm_out, p.W, p.b, p.y, p.ldy, p.N, p.K, p.accumulate);
+    return;
+  }
   launch(bf16_gemv<NT>, dim3(ceil_div(p.N, 8)), dim3(256), 0, s, p.pdl, p.x, p.x_lo, p.ldx, p.W, p.b, p.y, p.ldy,
          p.N, p.K, p.accumulate);
 }
@@ -209,9 +287,13 @@ void launch_gemv(const DenseParams& p, cudaStream_t s) {
 }  // namespace
 
 void dense(const DenseParams& p, cudaStream_t stream) {
-  HM_REQUIRE(p.x && p.W && p.y, "dense");
+  HM_REQUIRE((p.x || p.norm_x) && p.W && p.y, "dense");
+  HM_REQUIRE(!p.norm_x || (p.norm_w && p.force_path != 2 && p.T <= kDenseGemvMaxTokens), "dense (fused rmsnorm)");
+  HM_REQUIRE(reinterpret_cast<uintptr_t>(p.norm_x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.norm_w) % 16 == 0,
+             "dense (fused rmsnorm)");
   HM_REQUIRE(p.T >= 0 && p.N > 0 && p.K > 0 && p.K % 8 == 0, "dense");
-  HM_REQUIRE(p.ldx >= p.K && p.ldx % 8 == 0 && p.ldy >= p.N, "dense");
+  HM_REQUIRE(p.norm_x || (p.ldx >= p.K && p.ldx % 8 == 0), "dense");
+  HM_REQUIRE(p.ldy >= p.N, "dense");
   HM_REQUIRE(reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.W) % 16 == 0, "dense");
   HM_REQUIRE(reinterpret_cast<uintptr_t>(p.x_lo) % 16 == 0, "dense");
   if (p.T == 0) return;

@@ -17,6 +17,13 @@ struct DenseParams {
   float* y = nullptr;           // fp32 [T, N], row stride ldy
   int T = 0, N = 0, K = 0;
   int ldx = 0, ldy = 0;
+  // Fused RMSNorm (GEMV path only, T <= kDenseGemvMaxTokens): when norm_x is set the input is
+  // rmsnorm(norm_x) = norm_w * norm_x * rsqrt(mean(norm_x^2) + norm_eps) in fp32 (x / x_lo unused), and block 0
+  // also writes the normed rows as bf16 to norm_out when given (the experts' input), so no separate norm launch.
+  const float* norm_x = nullptr;  // fp32 [T, K] contiguous
+  const uint16_t* norm_w = nullptr;  // bf16 [K]
+  float norm_eps = 1e-5f;
+  uint16_t* norm_out = nullptr;   // optional bf16 [T, K]
   bool accumulate = false;  // y += ... (residual add fused) instead of y = ...
   bool pdl = false;
   int force_path = 0;       // 0 = choose by T, 1 = GEMV, 2 = tensor cores (tests)

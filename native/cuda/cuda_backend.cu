@@ -4,8 +4,8 @@
 // captured once per batch shape as a CUDA graph and replayed), narrows the logits on the GPU and synchronises once
 // to copy the narrowed results back. HARMONIUM_PDL=0 / HARMONIUM_CUDA_GRAPHS=0 turn either off.
 //
-// Per layer: rmsnorm -> fused qkv projection -> rope + KV write -> attention (prefill tiles and/or split-K
-// decode) -> o_proj (+ residual) -> rmsnorm -> router logits + top-k -> experts (+ residual).
+// Per layer: rmsnorm -> fused qkv projection (the norm fused in for decode) -> rope + KV write -> attention (prefill tiles and/or split-K
+// decode) -> o_proj (+ residual) -> rmsnorm -> router logits (norm fused for decode) + top-k -> experts (+ residual).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -367,13 +367,22 @@ void CudaBackend::forward_layers(int T) {
     n1.H = H;
     n1.eps = c.rms_eps;
     n1.pdl = pdl_;
-    rmsnorm(n1, stream_);
-    prof_.mark(StepProfiler::kNorm);
+    // Decode-sized batches fuse each RMSNorm into the projection after it (fp32 normed input, one launch less).
+    const bool fuse_norm = T <= kDenseGemvMaxTokens;
+    if (!fuse_norm) {
+      rmsnorm(n1, stream_);
+      prof_.mark(StepProfiler::kNorm);
+    }
 
     DenseParams qkv;
     qkv.x = xn_;
     qkv.x_lo = xn_lo_;  // fp32-grade input: see the router below
     qkv.ldx = H;
+    if (fuse_norm) {
+      qkv.norm_x = x_;
+      qkv.norm_w = L.input_norm;
+      qkv.norm_eps = c.rms_eps;
+    }
     qkv.W = L.qkv_w;
     qkv.b = L.qkv_b;
     qkv.y = qkv_;
@@ -456,8 +465,10 @@ void CudaBackend::forward_layers(int T) {
 
     RmsNormParams n2 = n1;
     n2.w = L.post_norm;
-    rmsnorm(n2, stream_);
-    prof_.mark(StepProfiler::kNorm);
+    if (!fuse_norm) {
+      rmsnorm(n2, stream_);
+      prof_.mark(StepProfiler::kNorm);
+    }
 
     // Router logits from the fp32-grade input (xn + xn_lo): a bf16-rounded input flips experts at routing near-ties
     // against the fp32 oracle (seen on the window16 fixture: a 0.005 gap between the 2nd and 3rd logit).
@@ -465,6 +476,12 @@ void CudaBackend::forward_layers(int T) {
     rd.x = xn_;
     rd.x_lo = xn_lo_;
     rd.ldx = H;
+    if (fuse_norm) {  // also writes xn (bf16) for the experts
+      rd.norm_x = x_;
+      rd.norm_w = L.post_norm;
+      rd.norm_eps = c.rms_eps;
+      rd.norm_out = xn_;
+    }
     rd.W = L.router_w;
     rd.b = L.router_b;
     rd.y = router_logits_;

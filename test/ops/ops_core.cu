@@ -6,6 +6,8 @@
 //   dense_gemv/_mma  vs ref::linear on the same bf16 inputs: nmse 1e-6 (fp32 accumulation order only); real
 //                    shapes (qkv 5120x2880, o 2880x4096, lm_head 201088x2880), odd N, accumulate (residual) mode,
 //                    fp32-grade inputs as bf16 hi + lo (x_lo) on both paths.
+//   dense_rmsnorm    the decode GEMV with the RMSNorm fused in vs ref::rmsnorm + ref::linear (nmse 1e-6), and its
+//                    bf16 normed rows (nmse 1e-5).
 //   attention_*      decode (split-K, contexts to 20k, several sequences with permuted block tables) and prefill
 //                    tiles (chunks crossing the 128 window, with a cached prefix) vs ref::attention on the bf16
 //                    cache widened to fp32: nmse 2e-5 (bf16 output).
@@ -265,6 +267,41 @@ std::vector<Result> test_dense() {
   return out;
 }
 HM_OP_TEST("dense", test_dense);
+
+// ---- dense with the RMSNorm fused in (decode path) ----
+std::vector<Result> test_dense_norm() {
+  std::vector<Result> out;
+  struct Case { int T, N, K; bool acc; };
+  uint64_t seed = 300;
+  for (const Case& c : {Case{1, 5120, 2880, false}, Case{8, 128, 2880, false}, Case{3, 2880, 2880, true},
+                        Case{2, 4, 64, false}, Case{5, 320, 128, false}}) {
+    auto x = uniform(size_t(c.T) * c.K, seed++, 3.f);
+    auto nw = to_bf16(uniform(c.K, seed++, 0.5f));
+    for (auto& v : nw) v = ref::f32_to_bf16(1.f + ref::bf16_to_f32(v));
+    auto W = to_bf16(uniform(size_t(c.N) * c.K, seed++, std::sqrt(3.f / c.K)));
+    auto b = to_bf16(uniform(c.N, seed++, 0.1f));
+    auto y0 = uniform(size_t(c.T) * c.N, seed++);
+    std::vector<float> xn(x.size()), want(size_t(c.T) * c.N);
+    ref::rmsnorm(x.data(), nw.data(), c.T, c.K, 1e-5f, xn.data());
+    ref::linear(xn.data(), W.data(), b.data(), c.T, c.K, c.N, want.data());
+    if (c.acc)
+      for (size_t i = 0; i < want.size(); i++) want[i] += y0[i];
+    Dev<float> dx(x), dy(y0);
+    Dev<uint16_t> dnw(nw), dW(W), db(b), dnorm(x.size());
+    if (!c.acc) dy.poison();
+    dnorm.poison();
+    cuda::DenseParams p;
+    p.norm_x = dx.p, p.norm_w = dnw.p, p.norm_eps = 1e-5f, p.norm_out = dnorm.p;
+    p.W = dW.p, p.b = db.p, p.y = dy.p, p.T = c.T, p.N = c.N, p.K = c.K, p.ldy = c.N, p.accumulate = c.acc;
+    cuda::dense(p, nullptr);
+    char params[96];
+    std::snprintf(params, sizeof params, "T=%d N=%d K=%d%s", c.T, c.N, c.K, c.acc ? " +=" : "");
+    out.push_back(nmse_result(params, dy.get(), want, 1e-6));
+    out.push_back(nmse_result(std::string(params) + " norm_out", widen(dnorm.get()), xn, 1e-5));
+  }
+  return out;
+}
+HM_OP_TEST("dense_rmsnorm", test_dense_norm);
 
 // ---- attention ----
 // A paged cache of num_blocks blocks with random bf16 K/V; each sequence gets a permuted run of blocks.
