@@ -1,7 +1,7 @@
 // The harmonium command end to end, as a user runs it: compiled with tsc, run with node, on the embedded tiny
 // model (random weights: the answer is noise, so the checks are on structure, determinism and the summary line).
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -84,7 +84,8 @@ describe('harmonium render', () => {
   const file = join(dir, 'request.json');
   writeFileSync(file, JSON.stringify(H4_REQUEST));
 
-  it('prints exactly the harmony text, nothing added', () => {
+  // The expected rendering lives in ../shared/spec (beside the checkout in CI and here); skip where it is absent.
+  it.skipIf(!existsSync(join(casesDir, 'H4.expected')))('prints exactly the harmony text, nothing added', () => {
     const r = harmonium('render', file);
     expect(r.code).toBe(0);
     expect(r.stdout).toBe(readFileSync(join(casesDir, 'H4.expected'), 'utf8'));
