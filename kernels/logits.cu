@@ -93,9 +93,17 @@ __global__ void __launch_bounds__(NT) narrow_rows(const float* __restrict__ logi
     __syncthreads();
     const uint32_t prefix = sh_prefix;
     const uint32_t hi_mask = shift == 24 ? 0u : (0xffffffffu << (shift + 8));
-    for (int i = tid; i < vocab; i += NT) {
-      const uint32_t u = order_key(x[i]);
-      if ((u & hi_mask) == prefix) atomicAdd(&hist[(u >> shift) & 255u], 1u);
+    // Lanes of a warp that hit the same bin add once (logits cluster in a few top-byte bins: plain shared
+    // atomics serialise there).
+    for (int base = 0; base < vocab; base += NT) {
+      const int i = base + tid;
+      uint32_t bin = 0xffffffffu;
+      if (i < vocab) {
+        const uint32_t u = order_key(x[i]);
+        if ((u & hi_mask) == prefix) bin = (u >> shift) & 255u;
+      }
+      const uint32_t peers = __match_any_sync(0xffffffffu, bin);
+      if (bin != 0xffffffffu && __ffs(peers) - 1 == lane) atomicAdd(&hist[bin], uint32_t(__popc(peers)));
     }
     __syncthreads();
     if (tid == 0) {

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One call on the GPU machine (see ../shared/device/README.md): the op-test table with kernel timings, the GPU vitest
+# files, the decode benchmark (default, 4k context, without CUDA graphs, without PDL) and a per-op profile. Logs go to
+# $OUT (or ./gpu-logs). Expects HARMONIUM_BUILD_DIR to hold Release/harmonium.node and hm_op_test.
+set -u
+OUT=${OUT:-gpu-logs}
+mkdir -p "$OUT"
+BIN=${HARMONIUM_BUILD_DIR:?set HARMONIUM_BUILD_DIR}
+VITEST="node node_modules/vitest/vitest.mjs"
+BENCH="node node_modules/vite-node/vite-node.mjs bench/decode.ts"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/summary.txt" 2>&1
+
+HM_OP_BENCH=1 timeout 150 "$BIN/hm_op_test" > "$OUT/op_test.log" 2>&1; echo "hm_op_test rc=$?" >> "$OUT/op_test.log"
+timeout 240 $VITEST run test/gpu > "$OUT/vitest.log" 2>&1; rc=$?; echo "vitest rc=$rc" >> "$OUT/vitest.log"
+if [ $rc -ne 0 ]; then  # isolate: the same model tests without graphs, then without graphs and PDL
+  for v in HARMONIUM_CUDA_GRAPHS=0 "HARMONIUM_CUDA_GRAPHS=0 HARMONIUM_PDL=0"; do
+    env $v timeout 120 $VITEST run test/gpu/model.test.ts >> "$OUT/vitest.log" 2>&1; echo "[$v] vitest rc=$?" >> "$OUT/vitest.log"
+  done
+fi
+timeout 150 $BENCH --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1; echo "bench rc=$?" >> "$OUT/bench.log"
+BENCH_PROMPT=4096 timeout 90 $BENCH gpt-oss-20b >> "$OUT/bench.log" 2>&1; echo "bench 4k rc=$?" >> "$OUT/bench.log"
+HARMONIUM_CUDA_GRAPHS=0 timeout 90 $BENCH gpt-oss-20b >> "$OUT/bench.log" 2>&1; echo "bench no-graphs rc=$?" >> "$OUT/bench.log"
+HARMONIUM_CUDA_GRAPHS=0 HARMONIUM_PDL=0 timeout 90 $BENCH gpt-oss-20b >> "$OUT/bench.log" 2>&1; echo "bench no-graphs no-pdl rc=$?" >> "$OUT/bench.log"
+HARMONIUM_PROFILE=1 BENCH_RUNS=1 timeout 120 $BENCH > "$OUT/profile.log" 2>&1; echo "profile rc=$?" >> "$OUT/profile.log"
+
+{
+  cat "$OUT/summary.txt"
+  grep -E "FAIL|NaN|cases passed|rc=" "$OUT/op_test.log"
+  grep -E "^(-- |dense |attention_decode |narrow_logits V)" "$OUT/op_test.log"
+  grep -E "^oracle|mixed batch:|Tests |FAIL|AssertionError|Error:|rc=" "$OUT/vitest.log" | cut -c1-400
+  grep -vE "^\s*$" "$OUT/bench.log" | grep -vE "^\s+at " | tail -60
+  grep -E "harmonium profile|^  [a-z]" "$OUT/profile.log"
+} > "$OUT/digest.txt"
+cat "$OUT/digest.txt"
