@@ -23,6 +23,26 @@ HARMONIUM_CUDA_GRAPHS=0 timeout 90 $BENCH gpt-oss-20b >> "$OUT/bench.log" 2>&1; 
 HARMONIUM_CUDA_GRAPHS=0 HARMONIUM_PDL=0 timeout 90 $BENCH gpt-oss-20b >> "$OUT/bench.log" 2>&1; echo "bench no-graphs no-pdl rc=$?" >> "$OUT/bench.log"
 HARMONIUM_PROFILE=1 BENCH_RUNS=1 timeout 120 $BENCH > "$OUT/profile.log" 2>&1; echo "profile rc=$?" >> "$OUT/profile.log"
 
+# The CLI end to end on the GPU (needs dist/ carried: the GPU machine has no TypeScript compiler).
+CLI="node bin/harmonium.js"
+{
+  echo "== run, dummy gpt-oss-20b, greedy"
+  timeout 120 $CLI run --dummy-weights gpt-oss-20b --backend cuda --temperature 0 --max-tokens 128 "hi" </dev/null; echo "run rc=$?"
+  echo "== run, dummy gpt-oss-20b, temperature 1 top_p 0.9 (full-logits path)"
+  timeout 120 $CLI run --dummy-weights gpt-oss-20b --backend cuda --top-p 0.9 --seed 1 --max-tokens 128 "hi" </dev/null; echo "run rc=$?"
+  echo "== score on a fixture, cuda vs cpu"
+  f=test/fixtures/window128-gqa; toks=$(python3 -c "import json;print(','.join(map(str,json.load(open('$f/case.json'))['tokens'][:64])))")
+  timeout 60 $CLI score --model $f --tokens $toks --backend cuda | tail -2; echo "score cuda rc=$?"
+  timeout 60 $CLI score --model $f --tokens $toks --backend cpu | tail -2; echo "score cpu rc=$?"
+  echo "== out of GPU memory at load: gpt-oss-120b with bf16 experts (does not fit), then 20b must still load"
+  timeout 120 node --input-type=module -e "
+    const { loadModel } = await import('./dist/model/load.js');
+    try { await loadModel({ dummy: 'gpt-oss-120b', backend: 'cuda', expertFormat: 'bf16' }); console.log('UNEXPECTED: loaded'); }
+    catch (e) { console.log('error:', e.message); }
+    const m = await loadModel({ dummy: 'gpt-oss-20b', backend: 'cuda' }); console.log('20b after OOM:', JSON.stringify(m.info())); m.close();
+  "; echo "oom rc=$?"
+} > "$OUT/cli.log" 2>&1
+
 {
   cat "$OUT/summary.txt"
   grep -E "FAIL|NaN|cases passed|rc=" "$OUT/op_test.log"
@@ -30,5 +50,6 @@ HARMONIUM_PROFILE=1 BENCH_RUNS=1 timeout 120 $BENCH > "$OUT/profile.log" 2>&1; e
   grep -E "^oracle|mixed batch:|Tests |FAIL|AssertionError|Error:|rc=" "$OUT/vitest.log" | cut -c1-400
   grep -vE "^\s*$" "$OUT/bench.log" | grep -vE "^\s+at " | tail -60
   grep -E "harmonium profile|^  [a-z]" "$OUT/profile.log"
+  grep -vE "^\s*$" "$OUT/cli.log" | cut -c1-400 | tail -40
 } > "$OUT/digest.txt"
 cat "$OUT/digest.txt"
