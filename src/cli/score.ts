@@ -16,6 +16,8 @@ export interface ScoreOptions {
   backend?: 'cpu' | 'cuda';
   /** Write the logits [T, V] (fp32) here. */
   out?: string;
+  /** CUDA only: decode MXFP4 experts inside the matmul (default) or once at load to bf16 (the fallback path). */
+  expertFormat?: 'mxfp4' | 'bf16';
 }
 
 export interface ScoreResult {
@@ -40,6 +42,7 @@ export function registerScore(program: Command): void {
     .requiredOption('--tokens <ids>', 'comma-separated token ids, e.g. 1,2,3')
     .addOption(new Option('--backend <name>', 'where to run').choices(['cpu', 'cuda']).default('cpu'))
     .option('--out <file>', 'write the fp32 logits [T, V] as a .npy file')
+    .addOption(new Option('--expert-format <format>', 'cuda: MXFP4 in the matmul, or the bf16 fallback').choices(['mxfp4', 'bf16']))
     .action(async (opts: ScoreOptions) => {
       const result = await runScore(opts);
       process.stdout.write(formatScore(result, opts));
@@ -78,6 +81,7 @@ export async function runScore(opts: ScoreOptions): Promise<ScoreResult> {
     numBlocks,
     maxSeqs: 1,
     maxBatchTokens: Math.max(T, 16),
+    ...(opts.expertFormat ? { expertFormat: opts.expertFormat } : {}),
   });
   try {
     const V = model.config.vocabSize;
