@@ -14,6 +14,7 @@ import { loadAddon } from '../src/native.js';
 import { readTensorBytes } from '../src/model/safetensors.js';
 import { writeRandomCheckpoint } from '../src/model/tiny.js';
 import type { TensorToWrite } from '../src/model/safetensors_write.js';
+import { fixtureCases, fixturesDir, sequenceLogits } from './helpers/fixtures.js';
 
 // A small gpt-oss: 3 layers (sliding, full, sliding) with a window of 6, GQA 2:1, 6 experts top 2, YaRN.
 const TINY = { layers: 3, hidden: 64, intermediate: 32, experts: 6, topk: 2, heads: 4, kvHeads: 2, headDim: 16, vocab: 200 };
@@ -41,34 +42,6 @@ const SEED = 11;
 
 const BLOCK = 4;
 
-/** Runs `tokens` as one sequence and returns its logits [T * V]; the KV lives in `blocks`. */
-async function sequenceLogits(
-  model: LoadedModel,
-  tokens: number[],
-  mode: 'prefill' | 'decode' | 'half',
-  blocks: number[],
-): Promise<Float32Array> {
-  const V = model.config.vocabSize;
-  const out = new Float32Array(tokens.length * V);
-  const blockTables = Int32Array.from(blocks);
-  const run = async (start: number, end: number) => {
-    const r = await model.step({
-      tokens: Int32Array.from(tokens.slice(start, end)),
-      positions: Int32Array.from({ length: end - start }, (_, i) => start + i),
-      seqLens: Int32Array.of(end - start),
-      blockTables,
-      maxBlocksPerSeq: blocks.length,
-      allPositions: true,
-      fullLogits: Uint8Array.of(1),
-    });
-    expect(r.numRows).toBe(end - start);
-    out.set(r.logits, start * V);
-  };
-  const split = mode === 'prefill' ? tokens.length : mode === 'half' ? Math.floor(tokens.length / 2) : 0;
-  if (split > 0) await run(0, split);
-  for (let t = split; t < tokens.length; t++) await run(t, t + 1);
-  return out;
-}
 
 /** max |a - ref| / max |ref| */
 function diffRatio(a: Float32Array, ref: Float32Array): number {
@@ -104,11 +77,10 @@ function mxfp4ToBf16Transposed(blocks: Uint8Array, scales: Uint8Array, E: number
 const blocksFor = (tokens: number, first = 0) => Array.from({ length: Math.ceil(tokens / BLOCK) }, (_, i) => first + i);
 
 // ---------------------------------------------------------------------------------------------------------------
-const fixturesDir = join(import.meta.dirname, 'fixtures');
 const fixtureDirs = existsSync(fixturesDir)
   ? readdirSync(fixturesDir, { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name).sort()
   : [];
-const cases = fixtureDirs.filter((name) => existsSync(join(fixturesDir, name, 'case.json')));
+const cases = fixtureCases();
 
 describe('CPU backend vs transformers fp32 (oracle fixtures)', () => {
   it('has oracle fixtures to check', () => {

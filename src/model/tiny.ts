@@ -8,6 +8,7 @@ import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { packageRoot } from '../native.js';
 import { configFromJson } from './config.js';
+import { publishedConfigJson } from './dummy.js';
 import { expectedTensors, type ExpectedTensor } from './checkpoint.js';
 import { writeSafetensors, type TensorToWrite } from './safetensors_write.js';
 
@@ -17,40 +18,16 @@ export const TINY_SEED = 20261125;
 
 /** config.json of the tiny model: 4 layers alternating sliding/full, 8 experts top-4, GQA 4:2, head_dim 32. */
 export const TINY_CONFIG_JSON: Readonly<Record<string, unknown>> = {
-  architectures: ['GptOssForCausalLM'],
-  model_type: 'gpt_oss',
-  attention_bias: true,
-  eos_token_id: 200002,
-  pad_token_id: 199999,
-  num_experts_per_tok: 4,
-  experts_per_token: 4,
+  // The published gpt-oss-20b config, shrunk: same rope, window, limits, vocabulary and quantization.
+  ...publishedConfigJson('gpt-oss-20b'),
   head_dim: 32,
   hidden_size: 64,
   intermediate_size: 64,
   layer_types: ['sliding_attention', 'full_attention', 'sliding_attention', 'full_attention'],
-  max_position_embeddings: 131072,
   num_attention_heads: 4,
   num_hidden_layers: 4,
   num_key_value_heads: 2,
   num_local_experts: 8,
-  quantization_config: {
-    modules_to_not_convert: ['model.layers.*.self_attn', 'model.layers.*.mlp.router', 'model.embed_tokens', 'lm_head'],
-    quant_method: 'mxfp4',
-  },
-  rms_norm_eps: 1e-5,
-  rope_scaling: {
-    beta_fast: 32.0,
-    beta_slow: 1.0,
-    factor: 32.0,
-    original_max_position_embeddings: 4096,
-    rope_type: 'yarn',
-    truncate: false,
-  },
-  rope_theta: 150000,
-  sliding_window: 128,
-  swiglu_limit: 7.0,
-  tie_word_embeddings: false,
-  vocab_size: 201088,
 };
 
 /**

@@ -4,12 +4,13 @@
 // agreement with the oracle at most 0.05 below transformers-bf16's. Also: a mixed batch (one sequence
 // prefilling while another decodes) gives each sequence what it gets alone, and the GPU's narrowed outputs
 // (argmax, top-k, logsumexp) agree with its own full logits. Skips without a CUDA device.
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadModel, type LoadedModel } from '../../src/model/load.js';
+import { loadModel } from '../../src/model/load.js';
 import { loadAddon } from '../../src/native.js';
 import { readNpy } from '../../src/util/npy.js';
+import { fixtureCases, fixturesDir, sequenceLogits } from '../helpers/fixtures.js';
 
 function gpuCount(): number {
   try {
@@ -21,37 +22,7 @@ function gpuCount(): number {
 const gpus = gpuCount();
 const BLOCK = 16;
 
-const fixturesDir = join(import.meta.dirname, '..', 'fixtures');
-const cases = existsSync(fixturesDir)
-  ? readdirSync(fixturesDir, { withFileTypes: true })
-      .filter((d) => d.isDirectory() && existsSync(join(fixturesDir, d.name, 'case.json')))
-      .map((d) => d.name)
-      .sort()
-  : [];
-
-/** Runs `tokens` as one sequence and returns its full logits [T * V]. */
-async function sequenceLogits(model: LoadedModel, tokens: number[], mode: 'prefill' | 'decode' | 'half', blocks: number[]) {
-  const V = model.config.vocabSize;
-  const out = new Float32Array(tokens.length * V);
-  const blockTables = Int32Array.from(blocks);
-  const run = async (start: number, end: number) => {
-    const r = await model.step({
-      tokens: Int32Array.from(tokens.slice(start, end)),
-      positions: Int32Array.from({ length: end - start }, (_, i) => start + i),
-      seqLens: Int32Array.of(end - start),
-      blockTables,
-      maxBlocksPerSeq: blocks.length,
-      allPositions: true,
-      fullLogits: Uint8Array.of(1),
-    });
-    expect(r.numRows).toBe(end - start);
-    out.set(r.logits, start * V);
-  };
-  const split = mode === 'prefill' ? tokens.length : mode === 'half' ? Math.floor(tokens.length / 2) : 0;
-  if (split > 0) await run(0, split);
-  for (let t = split; t < tokens.length; t++) await run(t, t + 1);
-  return out;
-}
+const cases = fixtureCases();
 
 function logSoftmax(x: Float32Array, off: number, V: number): Float64Array {
   let m = -Infinity;
