@@ -3,8 +3,11 @@
 //                  lane, each W chunk multiplied against all NT tokens (x stays in L1). Before waiting on its
 //                  inputs (PDL) each warp prefetches its W row into L2, so weight streaming overlaps the kernel
 //                  before it.
-//   rmsnorm_bf16_gemv<NT>: the same with the RMSNorm before the projection fused in (fp32 normed input; block 0
-//                  also writes the bf16 normed rows for the experts), saving a launch per norm in the decode chain.
+//   rmsnorm_bf16_gemv<NT>: the same with the RMSNorm before the projection fused in (fp32 normed input, the sums
+//                  of squares accumulated in the same pass; block 0 also writes the bf16 normed rows for the
+//                  experts), saving a launch per norm in the decode chain.
+//   rowblock_gemv<NT>: few output rows (N <= 256, the router): one block per row, K split over its 256 threads and
+//                  reduced in shared memory, so a 32-row projection still runs 32 blocks of short chains.
 //   bf16_gemm_mma: 64 x 128 x 32 block tiles, 4 warps of 32 x 64, mma.sync m16n8k16 bf16 with fp32 accumulators,
 //                  3-stage cp.async pipeline, rows padded by 16 bytes so ldmatrix is bank-conflict free. With x_lo
 //                  (the bf16 residual of an fp32 input) a second MMA per tile adds x_lo W^T: fp32-grade inputs at
@@ -76,40 +79,31 @@ __global__ void __launch_bounds__(256) bf16_gemv(const uint16_t* __restrict__ x,
   }
 }
 
-// The decode path with the RMSNorm before it fused in: every block recomputes the NT row scales (a warp per token
-// row; x is a few KB and L2-resident) after streaming-in its W rows, then multiplies W chunks by w * x * r in fp32.
+// The decode path with the RMSNorm before it fused in. Every warp covers all K of its row, so it accumulates the
+// token rows' sums of squares in the same pass as the dot products and scales the dot by rsqrt(mean + eps) at the
+// end: sum_k W[k] (w[k] x[k]) r = (w * x * r) . W in fp32, with no serial norm pass (a warp walking K floats from L2
+// before any W chunk is consumed) and no block barrier in front of the weight stream.
 template <int NT>
 __global__ void __launch_bounds__(256) rmsnorm_bf16_gemv(const float* __restrict__ x, const uint16_t* __restrict__ nw,
                                                          float eps, uint16_t* __restrict__ norm_out,
                                                          const uint16_t* __restrict__ W, const uint16_t* __restrict__ b,
                                                          float* __restrict__ y, int ldy, int N, int K,
                                                          bool accumulate) {
-  __shared__ float r_s[NT];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int row = blockIdx.x * (blockDim.x >> 5) + warp;
   const bool active = row < N;
+  // An inactive warp (past N in the last block) walks row 0 for its sums of squares and writes no logits: block 0
+  // needs every warp's norm scales when it writes norm_out.
   const char* wrow = reinterpret_cast<const char*>(W + size_t(active ? row : 0) * K);
   if (active)
     for (int off = lane * 128; off < K * 2; off += 32 * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(wrow + off));
   pdl_wait();
   pdl_trigger();
-  if (warp < NT) {
-    const float* xr = x + size_t(warp) * K;
-    float ss = 0.f;
-    for (int i = lane; i < K; i += 32) ss += xr[i] * xr[i];
-    ss = warp_sum(ss);
-    if (lane == 0) r_s[warp] = rsqrtf(ss / K + eps);
-  }
-  __syncthreads();
-  if (norm_out && blockIdx.x == 0)
-    for (int e = threadIdx.x; e < NT * K; e += blockDim.x)
-      norm_out[e] = __bfloat16_as_ushort(__float2bfloat16(bf2f_bits(nw[e % K]) * (x[e] * r_s[e / K])));
-  if (!active) return;
   const uint4* w4 = reinterpret_cast<const uint4*>(wrow);
   const int nchunks = K / 8;
-  float acc[NT];
+  float acc[NT], ss[NT];
 #pragma unroll
-  for (int t = 0; t < NT; t++) acc[t] = 0.f;
+  for (int t = 0; t < NT; t++) acc[t] = ss[t] = 0.f;
   constexpr int U = 4;
   for (int c0 = lane; c0 < nchunks; c0 += 32 * U) {
     uint4 wv[U];
@@ -130,20 +124,125 @@ __global__ void __launch_bounds__(256) rmsnorm_bf16_gemv(const float* __restrict
         const float4* xp = reinterpret_cast<const float4*>(x + size_t(t) * K) + 2 * c;
         const float4 a = __ldg(xp), bq = __ldg(xp + 1);
         const float xs[8] = {a.x, a.y, a.z, a.w, bq.x, bq.y, bq.z, bq.w};
-        const float r = r_s[t];
 #pragma unroll
-        for (int i = 0; i < 8; i++) acc[t] = fmaf(wf[i], nf[i] * (xs[i] * r), acc[t]);
+        for (int i = 0; i < 8; i++) {
+          acc[t] = fmaf(wf[i], nf[i] * xs[i], acc[t]);
+          ss[t] = fmaf(xs[i], xs[i], ss[t]);
+        }
       }
     }
   }
+  float r[NT];
+#pragma unroll
+  for (int t = 0; t < NT; t++) r[t] = rsqrtf(warp_sum(ss[t]) / K + eps);
+  if (norm_out && blockIdx.x == 0)  // every warp has the same r (same lanes, same order)
+    for (int e = threadIdx.x; e < NT * K; e += blockDim.x) {
+      float rt = r[0];
+#pragma unroll
+      for (int t = 1; t < NT; t++)
+        if (e / K == t) rt = r[t];
+      norm_out[e] = __bfloat16_as_ushort(__float2bfloat16(bf2f_bits(nw[e % K]) * (x[e] * rt)));
+    }
+  if (!active) return;
   const float bias = b ? bf2f_bits(b[row]) : 0.f;
 #pragma unroll
   for (int t = 0; t < NT; t++) {
-    const float s = warp_sum(acc[t]);
+    const float s = warp_sum(acc[t]) * r[t];
     if (lane == t % 32) {
       float* dst = y + size_t(t) * ldy + row;
       *dst = (accumulate ? *dst : 0.f) + s + bias;
     }
+  }
+}
+
+// Projections with few output rows (the router: E = 32 or 128 rows of K = 2880). A warp per row would give N/8
+// blocks whose lanes each walk K/256 chunks in series (latency-bound: ~4 blocks for the 20b router); here one
+// 256-thread block per row splits the row's K chunks over its threads (one or two each at K = 2880) and reduces
+// across warps in shared memory in a fixed order. kNorm: the fused RMSNorm as above (sums of squares in the same
+// pass, every block writes a slice of norm_out once its scales are known).
+constexpr int kRowBlockMaxN = 256;
+template <int NT, bool kNorm>
+__global__ void __launch_bounds__(256) rowblock_gemv(const uint16_t* __restrict__ x, const uint16_t* __restrict__ x_lo,
+                                                     int ldx, const float* __restrict__ nx,
+                                                     const uint16_t* __restrict__ nw, float eps,
+                                                     uint16_t* __restrict__ norm_out, const uint16_t* __restrict__ W,
+                                                     const uint16_t* __restrict__ b, float* __restrict__ y, int ldy,
+                                                     int N, int K, bool accumulate) {
+  __shared__ float red[8][2 * NT];
+  __shared__ float r_s[NT];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int row = blockIdx.x;
+  const char* wrow = reinterpret_cast<const char*>(W + size_t(row) * K);
+  for (int off = tid * 128; off < K * 2; off += 256 * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(wrow + off));
+  pdl_wait();
+  pdl_trigger();
+  const uint4* w4 = reinterpret_cast<const uint4*>(wrow);
+  const int nchunks = K / 8;
+  float acc[NT], ss[NT];
+#pragma unroll
+  for (int t = 0; t < NT; t++) acc[t] = ss[t] = 0.f;
+  for (int c = tid; c < nchunks; c += 256) {
+    float wf[8];
+    unpack8(ld_stream16(w4 + c), wf);
+    if (kNorm) {
+      float nf[8];
+      unpack8(__ldg(reinterpret_cast<const uint4*>(nw) + c), nf);
+#pragma unroll
+      for (int t = 0; t < NT; t++) {
+        const float4* xp = reinterpret_cast<const float4*>(nx + size_t(t) * K) + 2 * c;
+        const float4 a = __ldg(xp), bq = __ldg(xp + 1);
+        const float xs[8] = {a.x, a.y, a.z, a.w, bq.x, bq.y, bq.z, bq.w};
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+          acc[t] = fmaf(wf[i], nf[i] * xs[i], acc[t]);
+          ss[t] = fmaf(xs[i], xs[i], ss[t]);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int t = 0; t < NT; t++) {
+        float xf[8];
+        unpack8(__ldg(reinterpret_cast<const uint4*>(x + size_t(t) * ldx) + c), xf);
+        if (x_lo) {
+          float lf[8];
+          unpack8(__ldg(reinterpret_cast<const uint4*>(x_lo + size_t(t) * ldx) + c), lf);
+#pragma unroll
+          for (int i = 0; i < 8; i++) xf[i] += lf[i];
+        }
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[t] = fmaf(wf[i], xf[i], acc[t]);
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < NT; t++) {
+    const float a = warp_sum(acc[t]);
+    const float q = kNorm ? warp_sum(ss[t]) : 0.f;
+    if (lane == 0) {
+      red[warp][t] = a;
+      red[warp][NT + t] = q;
+    }
+  }
+  __syncthreads();
+  if (tid < NT) {
+    float a = 0.f, q = 0.f;
+#pragma unroll
+    for (int w = 0; w < 8; w++) {
+      a += red[w][tid];
+      q += red[w][NT + tid];
+    }
+    if (kNorm) {
+      const float r = rsqrtf(q / K + eps);
+      r_s[tid] = r;
+      a *= r;
+    }
+    float* dst = y + size_t(tid) * ldy + row;
+    *dst = (accumulate ? *dst : 0.f) + a + (b ? bf2f_bits(b[row]) : 0.f);
+  }
+  if (kNorm && norm_out) {
+    __syncthreads();
+    for (int e = row * 256 + tid; e < NT * K; e += N * 256)
+      norm_out[e] = __bfloat16_as_ushort(__float2bfloat16(bf2f_bits(nw[e % K]) * (nx[e] * r_s[e / K])));
   }
 }
 
@@ -275,6 +374,15 @@ __global__ void __launch_bounds__(128) bf16_gemm_mma(const uint16_t* __restrict_
 
 template <int NT>
 void launch_gemv(const DenseParams& p, cudaStream_t s) {
+  if (p.N <= kRowBlockMaxN) {
+    if (p.norm_x)
+      launch(rowblock_gemv<NT, true>, dim3(p.N), dim3(256), 0, s, p.pdl, p.x, p.x_lo, p.ldx, p.norm_x, p.norm_w,
+             p.norm_eps, p.norm_out, p.W, p.b, p.y, p.ldy, p.N, p.K, p.accumulate);
+    else
+      launch(rowblock_gemv<NT, false>, dim3(p.N), dim3(256), 0, s, p.pdl, p.x, p.x_lo, p.ldx, p.norm_x, p.norm_w,
+             p.norm_eps, p.norm_out, p.W, p.b, p.y, p.ldy, p.N, p.K, p.accumulate);
+    return;
+  }
   if (p.norm_x) {
     launch(rmsnorm_bf16_gemv<NT>, dim3(ceil_div(p.N, 8)), dim3(256), 0, s, p.pdl, p.norm_x, p.norm_w, p.norm_eps,
            p.norm_out, p.W, p.b, p.y, p.ldy, p.N, p.K, p.accumulate);

@@ -7,7 +7,8 @@
 //                    shapes (qkv 5120x2880, o 2880x4096, lm_head 201088x2880), odd N, accumulate (residual) mode,
 //                    fp32-grade inputs as bf16 hi + lo (x_lo) on both paths.
 //   dense_rmsnorm    the decode GEMV with the RMSNorm fused in vs ref::rmsnorm + ref::linear (nmse 1e-6), and its
-//                    bf16 normed rows (nmse 1e-5).
+//                    bf16 normed rows (nmse 1e-5); the router's shapes (E = 32, 128, H = 2880, T = 1..8) take the
+//                    one-block-per-row GEMV (also in dense, with x + x_lo).
 //   attention_*      decode (split-K, contexts to 20k, several sequences with permuted block tables) and prefill
 //                    tiles (chunks crossing the 128 window, with a cached prefix) vs ref::attention on the bf16
 //                    cache widened to fp32: nmse 2e-5 (bf16 output).
@@ -233,8 +234,13 @@ std::vector<Result> test_dense() {
                         {130, 1000, 72, false, 2},     {2, 333, 2880, true, 2},    {17, 201088, 2880, false, 2},
                         {1, 5120, 2880, false, 1, true}, {7, 32, 2880, false, 1, true}, {100, 5120, 2880, false, 2, true},
                         {33, 128, 2880, false, 2, true}, {80, 320, 128, false, 2, true}};
+  // The router's shapes on the one-block-per-row GEMV (N <= 256): E = 32 and 128 rows, fp32-grade input, T = 1..8.
+  std::vector<Case> all(std::begin(cases), std::end(cases));
+  for (int E : {32, 128})
+    for (int T = 1; T <= 8; T++) all.push_back({T, E, 2880, T == 3, 1, true});
+  all.push_back({2, 256, 4096, true, 1});
   uint64_t seed = 10;
-  for (const Case& c : cases) {
+  for (const Case& c : all) {
     // With x_lo: x is an fp32 input split into bf16 hi + lo, and the reference sees hi + lo exactly.
     const auto xf = uniform(size_t(c.T) * c.K, seed++);
     auto x = to_bf16(xf);
@@ -273,8 +279,13 @@ std::vector<Result> test_dense_norm() {
   std::vector<Result> out;
   struct Case { int T, N, K; bool acc; };
   uint64_t seed = 300;
-  for (const Case& c : {Case{1, 5120, 2880, false}, Case{8, 128, 2880, false}, Case{3, 2880, 2880, true},
-                        Case{2, 4, 64, false}, Case{5, 320, 128, false}}) {
+  std::vector<Case> cases = {Case{1, 5120, 2880, false}, Case{8, 128, 2880, false}, Case{3, 2880, 2880, true},
+                             Case{2, 4, 64, false},      Case{5, 320, 128, false},  Case{8, 5120, 2880, false},
+                             Case{4, 257, 2880, false}};
+  // The router (one block per row for N <= 256, norm_out written in slices by every block): E = 32 and 128, T = 1..8.
+  for (int E : {32, 128})
+    for (int T = 1; T <= 8; T++) cases.push_back({T, E, 2880, false});
+  for (const Case& c : cases) {
     auto x = uniform(size_t(c.T) * c.K, seed++, 3.f);
     auto nw = to_bf16(uniform(c.K, seed++, 0.5f));
     for (auto& v : nw) v = ref::f32_to_bf16(1.f + ref::bf16_to_f32(v));
@@ -520,7 +531,8 @@ std::vector<Result> bench_core() {
   // dense GEMV, T tokens
   struct D { const char* name; int N, K, T; };
   for (const D& d : {D{"qkv", 5120, 2880, 1}, D{"o_proj", 2880, 4096, 1}, D{"qkv", 5120, 2880, 4},
-                     D{"qkv", 5120, 2880, 8}, D{"lm_head", 201088, 2880, 1}, D{"qkv mma", 5120, 2880, 64},
+                     D{"qkv", 5120, 2880, 8}, D{"router", 32, 2880, 1}, D{"router", 128, 2880, 1},
+                     D{"router", 128, 2880, 8}, D{"lm_head", 201088, 2880, 1}, D{"qkv mma", 5120, 2880, 64},
                      D{"qkv mma", 5120, 2880, 512}, D{"lm_head mma", 201088, 2880, 64}}) {
     const size_t wbytes = size_t(d.N) * d.K * 2;
     const int copies = int(std::max<size_t>(1, std::min<size_t>(8, (200ull << 20) / wbytes + 1)));
