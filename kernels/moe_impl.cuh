@@ -236,20 +236,24 @@ __device__ __forceinline__ bool reduce_ks(float* acc, float (*red)[32][4], int m
 }
 
 // The weight stream of one warp: work items f = kp, kp + KS, ... < total, item f = (expert slot u, chunk c)
-// with u = f / nchunks, c = f % nchunks. The weights of the next D items are loaded into registers while the
-// current D are multiplied; the activations (B operand, L1-resident) are loaded just before use. act_of(u) returns
-// the B-operand row of this lane's token for expert slot u (or null). With `pre_wait`, the first D items' weights
-// are loaded before pdl_wait(). (Tried and slower on the H100, bench/moe_playground/NOTES.md: L2 prefetch of
-// later items, activations prefetched with the weights.)
-template <WFmt F, int KS, int D, typename ExpertOf, typename ActOf>
+// with u = f / nchunks, c = f % nchunks (the division by a multiply-high, exact for f * nchunks < 2^32: a real
+// division per item cost 15% of the down kernel's time, NOTES.md run 4). The weights of the next D items are
+// loaded into registers while the current D are multiplied; the activations (B operand, L1-resident) of the
+// current D items are loaded together just before use. act_row(u) returns the row of x holding this lane's
+// token for expert slot u (or -1). With `pre_wait`, the first D items' weights are loaded before pdl_wait().
+// (Tried and not faster on the H100, NOTES.md: L2 prefetch of later items, activations prefetched with the
+// weights, activations staged in shared memory.)
+template <WFmt F, int KS, int D, typename ExpertOf, typename ActRow>
 __device__ __forceinline__ void stream_items(float* acc, const WMat& W, int r0, int g, int t, int kp, int total,
-                                             int nchunks, ExpertOf expert_of, ActOf act_of, bool pre_wait) {
+                                             int nchunks, ExpertOf expert_of, ActRow act_row, const uint16_t* x,
+                                             int ldx, bool pre_wait) {
   const int rows = W.rows, kb = W.K >> 5;
   const bool ok0 = r0 + g < rows, ok1 = r0 + g + 8 < rows;
+  const uint32_t magic = 0xFFFFFFFFu / uint32_t(nchunks) + 1u;  // wraps to 0 for nchunks = 1: handled below
   auto item = [&](int i, int& u, int& blk) {  // item i of this warp -> expert slot, block index; false past the end
     const int f = kp + KS * i;
     if (f >= total) return false;
-    u = f / nchunks;
+    u = nchunks == 1 ? f : int(__umulhi(uint32_t(f), magic));
     blk = (f - u * nchunks) * 4 + t;
     return blk < kb;
   };
@@ -263,17 +267,6 @@ __device__ __forceinline__ void stream_items(float* acc, const WMat& W, int r0, 
       xb[d].load(W, rb + 8, blk, ok && ok1);
     }
   };
-  auto load_x = [&](int i0, uint4 (*xr)[4]) {
-#pragma unroll
-    for (int d = 0; d < D; d++) {
-      int u = 0, blk = 0;
-      const bool ok = item(i0 + d, u, blk);
-      const uint16_t* src = ok ? act_of(u) : nullptr;
-#pragma unroll
-      for (int q = 0; q < 4; q++)
-        xr[d][q] = src ? __ldg(reinterpret_cast<const uint4*>(src + blk * 32) + q) : make_uint4(0, 0, 0, 0);
-    }
-  };
   RowChunk<F> ca[D], cb[D];
   load_w(0, ca, cb);
   if (pre_wait) {
@@ -282,18 +275,24 @@ __device__ __forceinline__ void stream_items(float* acc, const WMat& W, int r0, 
   }
   for (int i0 = 0; kp + KS * i0 < total; i0 += D) {
     RowChunk<F> na[D], nb[D];
-    uint4 xc[D][4];
     load_w(i0 + D, na, nb);
-    load_x(i0, xc);
+    uint32_t px[D][16];  // the activations of the current D items, loaded together
+#pragma unroll
+    for (int d = 0; d < D; d++) {
+      int u = 0, blk = 0;
+      const bool ok = item(i0 + d, u, blk);
+      const int r = ok ? act_row(u) : -1;
+      const uint4* src = reinterpret_cast<const uint4*>(x + size_t(r) * ldx + blk * 32);
+#pragma unroll
+      for (int q = 0; q < 4; q++) perm8(r >= 0 ? __ldg(src + q) : make_uint4(0, 0, 0, 0), px[d] + 4 * q);
+    }
 #pragma unroll
     for (int d = 0; d < D; d++) {
       if (kp + KS * (i0 + d) >= total) break;
-      uint32_t pa[16], pb[16], px[16];
-#pragma unroll
-      for (int q = 0; q < 4; q++) perm8(xc[d][q], px + 4 * q);
+      uint32_t pa[16], pb[16];
       ca[d].decode(pa);
       cb[d].decode(pb);
-      mma_chunk(acc, pa, pb, px);
+      mma_chunk(acc, pa, pb, px[d]);
     }
 #pragma unroll
     for (int d = 0; d < D; d++) {
@@ -317,11 +316,12 @@ __global__ void __launch_bounds__(MT* KS * 32, MINB) moe_decode_gate_up(DecodeAr
   const int mt = warp / KS, kp = warp % KS;
   const int rows = a.W.rows, nchunks = (a.W.K + 127) >> 7;
   const int r0 = (blockIdx.x * MT + mt) * 16;
-  const uint16_t* xrow = g < a.n ? a.x + size_t(g) * a.ldx : nullptr;
+  const int xrow = g < a.n ? g : -1;
 
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
   stream_items<F, KS, D>(
-      acc, a.W, r0, g, t, kp, nchunks, nchunks, [&](int) { return e; }, [&](int) { return xrow; }, false);
+      acc, a.W, r0, g, t, kp, nchunks, nchunks, [&](int) { return e; }, [&](int) { return xrow; }, a.x, a.ldx,
+      false);
   if (!reduce_ks<MT, KS>(acc, red, mt, kp, lane)) return;
 
   // acc: [0] (row g, token 2t) [1] (row g, token 2t+1) [2] (row g+8, token 2t) [3] (row g+8, token 2t+1).
@@ -367,11 +367,11 @@ __global__ void __launch_bounds__(MT* KS * 32, MINB) moe_decode_down(DecodeArgs 
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
   stream_items<F, KS, D>(
       acc, a.W, r0, g, t, kp, rt.nuniq * nchunks, nchunks, [&](int u) { return rt.uniq[u]; },
-      [&](int u) -> const uint16_t* {
+      [&](int u) {
         const int slot = g < a.n ? rt.slot[u][g] : -1;
-        return slot >= 0 ? a.x + size_t(g * a.k + slot) * a.ldx : nullptr;
+        return slot >= 0 ? g * a.k + slot : -1;
       },
-      true);
+      a.x, a.ldx, true);
   if (!reduce_ks<MT, KS>(acc, red, mt, kp, lane)) return;
 #pragma unroll
   for (int h = 0; h < 2; h++) {
@@ -636,9 +636,9 @@ template <int MT_, int KS_, int D_, int MINB_>
 struct DecodeCfg {
   static constexpr int MT = MT_, KS = KS_, D = D_, MINB = MINB_;
 };
-// H100, real shapes (bench/moe_playground/NOTES.md, run 3): gate_up 23.3 us, down 20.3 us at one token.
+// H100, real shapes (bench/moe_playground/NOTES.md, run 5): gate_up 22.3 us, down 16.9 us at one token, E = 32.
 using GuMxfp4 = DecodeCfg<2, 4, 1, 4>;
-using DnMxfp4 = DecodeCfg<1, 8, 2, 2>;
+using DnMxfp4 = DecodeCfg<1, 16, 1, 2>;
 using GuBf16 = DecodeCfg<4, 2, 1, 1>;
 using DnBf16 = DecodeCfg<1, 8, 1, 1>;
 
@@ -651,8 +651,8 @@ void launch_decode(const MoeParams& p, const WMat& gu, const WMat& dn, const Wor
   a.x = ws.act;
   a.ldx = p.I;
   a.W = dn;
-  launch(moe_decode_down<F, Dn::MT, Dn::KS, Dn::D, Dn::MINB>, dim3(ceil_div(p.H, 16 * Dn::MT)), dim3(Dn::MT * Dn::KS * 32), 0,
-         stream, p.pdl, a);
+  launch(moe_decode_down<F, Dn::MT, Dn::KS, Dn::D, Dn::MINB>, dim3(ceil_div(p.H, 16 * Dn::MT)),
+         dim3(Dn::MT * Dn::KS * 32), 0, stream, p.pdl, a);
 }
 
 template <WFmt F>

@@ -1,10 +1,11 @@
 // MoE kernel playground (llm.c dev/cuda style): times the public launchers of kernels/moe.h and a few launch
 // configurations of the decode kernels at the real gpt-oss shapes (H = I = 2880, top-4, E = 32 and 128).
 // Correctness is held by test/ops/ops_moe.cu; this program only times, on random (never zero) weights.
+// MOE_DECODE_ONLY=1 skips the prefill timings.
 //
 // Decode bytes count only what must be read: the selected experts' MXFP4 blocks, scales and biases
 // (13.24 MB per expert). The routing rotates over disjoint expert sets so no iteration finds its experts in L2.
-// Build: nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Inative -Ikernels
+// Build: nvcc -std=c++17 -O3 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative -Ikernels
 //        bench/moe_playground/moe_bench.cu kernels/moe_mxfp4.cu kernels/moe_bf16.cu kernels/router.cu -o moe_bench
 #include <cuda_runtime.h>
 
@@ -243,14 +244,17 @@ void decode_variants(const Layer& L, const Routing& R, const uint16_t* x, float*
     CK(cudaDeviceSynchronize());
   }
   // Run 2 tried the register depth D and the block shape; run 3 also L2 prefetch of later items (PF) and
-  // activations prefetched with the weights (XP): both slower, removed (NOTES.md).
+  // activations prefetched with the weights (XP): both slower, removed (NOTES.md). Run 4 tried activations staged
+  // in shared memory (no faster, removed) and the block shapes below with the division-free item loop.
   decode_variant<true, 2, 4, 1, 4>("G1 MT2 KS4 D1 MINB4 (default)", L, R, x, y, ws, bytes);
-  decode_variant<true, 2, 2, 2, 4>("G2 MT2 KS2 D2 MINB4", L, R, x, y, ws, bytes);
+  decode_variant<true, 2, 2, 1, 8>("G2 MT2 KS2 D1 MINB8", L, R, x, y, ws, bytes);
   decode_variant<true, 4, 2, 1, 4>("G3 MT4 KS2 D1 MINB4", L, R, x, y, ws, bytes);
-  decode_variant<true, 1, 8, 1, 4>("G4 MT1 KS8 D1 MINB4", L, R, x, y, ws, bytes);
-  decode_variant<false, 1, 8, 2, 2>("D1 MT1 KS8 D2 MINB2 (default)", L, R, x, y, ws, bytes);
-  decode_variant<false, 1, 8, 1, 4>("D2 MT1 KS8 D1 MINB4", L, R, x, y, ws, bytes);
-  decode_variant<false, 1, 16, 1, 2>("D3 MT1 KS16 D1 MINB2", L, R, x, y, ws, bytes);
+  decode_variant<true, 1, 4, 1, 8>("G4 MT1 KS4 D1 MINB8", L, R, x, y, ws, bytes);
+  decode_variant<false, 1, 16, 1, 2>("D1 MT1 KS16 D1 MINB2 (default)", L, R, x, y, ws, bytes);
+  decode_variant<false, 1, 8, 2, 2>("D2 MT1 KS8 D2 MINB2 (run-3 default)", L, R, x, y, ws, bytes);
+  decode_variant<false, 1, 16, 1, 3>("D3 MT1 KS16 D1 MINB3", L, R, x, y, ws, bytes);
+  decode_variant<false, 1, 8, 1, 4>("D4 MT1 KS8 D1 MINB4", L, R, x, y, ws, bytes);
+  decode_variant<false, 1, 24, 1, 1>("D5 MT1 KS24 D1 MINB1", L, R, x, y, ws, bytes);
   cudaFree(g_act_ref);
   cudaFree(g_y_ref);
 }
@@ -409,6 +413,7 @@ int main() {
     }
 
     for (int n : {64, 512, n_prefill}) {
+      if (std::getenv("MOE_DECODE_ONLY")) break;  // decode-only runs (run 4)
       Routing R(2, n, L.k, E, true);
       MoeParams p;
       p.n = n;
