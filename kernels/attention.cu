@@ -5,6 +5,8 @@
 //                        per-head online softmax (warp per head), then a thread per (head, dim pair) accumulates
 //                        p * V from shared memory. Writes unnormalised partial outputs and (max, sum) per split, or,
 //                        when there is one split, the final output with the sink. Lanes own dims 2*lane, 2*lane+1.
+//                        With inv_freq (decode-only steps) it also does rope_kv_write's job: q rotated on load, the
+//                        token's own k/v row rotated, cached and staged by the split that holds its position.
 //   attn_decode_combine: grid (tokens, nq), D threads: merges the splits and the sink column, writes bf16.
 //   attn_prefill_tile:   grid (tiles, nkv), 16 * G threads, one per (query token, head) row holding q, the output
 //                        accumulator and 32 scores in registers; K/V tiles of 32 keys in shared memory (fp32).
@@ -31,10 +33,26 @@ __device__ __forceinline__ size_t slot_of(const AttentionCommon& c, int seq, int
   return size_t(blk) * c.block_size + (j % c.block_size);
 }
 
+// Element d of a head rotated at position p (half-split layout): the same expressions as rope_kv_write, so the
+// fused decode path sees the same fp32 values.
+template <int HD>
+__device__ __forceinline__ float rope_elem(const float* __restrict__ head, int d, float p,
+                                           const float* __restrict__ inv_freq, float attn_factor) {
+  constexpr int HALF = HD / 2;
+  const int f = d % HALF;
+  float s, cs;
+  sincosf(p * inv_freq[f], &s, &cs);
+  cs *= attn_factor;
+  s *= attn_factor;
+  const float x1 = head[f], x2 = head[f + HALF];
+  return d < HALF ? x1 * cs - x2 * s : x2 * cs + x1 * s;
+}
+
 template <int G, int HD>
 __global__ void __launch_bounds__(128) attn_decode_split(AttentionCommon c, const int32_t* __restrict__ tokens,
                                                          int keys_per_split, int max_splits,
-                                                         float* __restrict__ ws) {
+                                                         float* __restrict__ ws, const float* __restrict__ inv_freq,
+                                                         float attn_factor, const int32_t* __restrict__ slot) {
   constexpr int KROW = HD + 8;  // padded rows: the thread-per-key 16-byte reads hit 8 different bank groups
   constexpr int GH = (G + 1) / 2;  // heads scored per thread (two threads per key)
   __shared__ float qs[G][HD];
@@ -44,6 +62,7 @@ __global__ void __launch_bounds__(128) attn_decode_split(AttentionCommon c, cons
   __shared__ int slots[kDecodeChunk];
   __shared__ float alpha_s[G];
   __shared__ float m_s[G], l_s[G];
+  __shared__ __align__(16) uint16_t k_own[HD], v_own[HD];  // fused rope: the token's own K/V row (bf16)
   pdl_wait();
   pdl_trigger();
   const int i = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
@@ -56,8 +75,29 @@ __global__ void __launch_bounds__(128) attn_decode_split(AttentionCommon c, cons
   if (s_begin > hi) return;
   const int s_end = min(hi + 1, s_begin + keys_per_split);
 
-  for (int e = tid; e < G * HD; e += blockDim.x)
-    qs[e / HD][e % HD] = c.q[size_t(t) * c.ldq + (kvh * G + e / HD) * HD + e % HD] * c.scale;
+  const bool fuse = inv_freq != nullptr;
+  const float p = float(hi);
+  for (int e = tid; e < G * HD; e += blockDim.x) {
+    const float* qh = c.q + size_t(t) * c.ldq + (kvh * G + e / HD) * HD;
+    qs[e / HD][e % HD] = (fuse ? rope_elem<HD>(qh, e % HD, p, inv_freq, attn_factor) : qh[e % HD]) * c.scale;
+  }
+  // Fused rope: the split holding the token's own position rotates its k head, stores k and v to the cache slot and
+  // stages them from shared memory (no other block of this launch reads that slot: one new token per sequence).
+  const bool own = fuse && s_end == hi + 1;
+  if (own && tid < HD) {
+    const float* kh = c.q + size_t(t) * c.ldq + size_t(c.nq + kvh) * HD;
+    const float* vh = c.q + size_t(t) * c.ldq + size_t(c.nq + c.nkv + kvh) * HD;
+    const uint16_t kb = __bfloat16_as_ushort(__float2bfloat16(rope_elem<HD>(kh, tid, p, inv_freq, attn_factor)));
+    const uint16_t vb = __bfloat16_as_ushort(__float2bfloat16(vh[tid]));
+    k_own[tid] = kb;
+    v_own[tid] = vb;
+    const int sl = slot[t];
+    if (sl >= 0) {
+      const size_t off = (size_t(sl) * c.nkv + kvh) * HD + tid;
+      const_cast<uint16_t*>(c.k_cache)[off] = kb;
+      const_cast<uint16_t*>(c.v_cache)[off] = vb;
+    }
+  }
   if (tid < G) {
     m_s[tid] = -INFINITY;
     l_s[tid] = 0.f;
@@ -78,8 +118,11 @@ __global__ void __launch_bounds__(128) attn_decode_split(AttentionCommon c, cons
     for (int e = tid; e < n * CPR; e += blockDim.x) {
       const int j = e / CPR, ch = e % CPR;
       const size_t off = (size_t(slots[j]) * c.nkv + kvh) * HD + ch * 8;
-      *reinterpret_cast<uint4*>(&Ks[j][ch * 8]) = __ldg(reinterpret_cast<const uint4*>(c.k_cache + off));
-      *reinterpret_cast<uint4*>(&Vs[j][ch * 8]) = __ldg(reinterpret_cast<const uint4*>(c.v_cache + off));
+      const bool mine = own && c0 + j == hi;
+      *reinterpret_cast<uint4*>(&Ks[j][ch * 8]) = mine ? *reinterpret_cast<const uint4*>(&k_own[ch * 8])
+                                                       : __ldg(reinterpret_cast<const uint4*>(c.k_cache + off));
+      *reinterpret_cast<uint4*>(&Vs[j][ch * 8]) = mine ? *reinterpret_cast<const uint4*>(&v_own[ch * 8])
+                                                       : __ldg(reinterpret_cast<const uint4*>(c.v_cache + off));
     }
     __syncthreads();
     {
@@ -369,8 +412,9 @@ void attention_decode(const AttentionDecodeParams& p, cudaStream_t stream) {
   if (p.num_tokens == 0) return;
   const dim3 grid(p.num_tokens, p.c.nkv, p.max_splits);
   const int G = p.c.nq / p.c.nkv;
+  HM_REQUIRE(!p.inv_freq || p.slot, "attention_decode (fused rope)");
   HM_ATTN_DISPATCH(attn_decode_split, G, p.c.D, grid, dim3(128), 0, stream, p.c.pdl, p.c, p.tokens,
-                   p.keys_per_split, p.max_splits, p.workspace);
+                   p.keys_per_split, p.max_splits, p.workspace, p.inv_freq, p.attn_factor, p.slot);
   if (p.max_splits == 1) return;  // the split kernel wrote the output itself
   const dim3 cgrid(p.num_tokens, p.c.nq), cblock(p.c.D);
   const float* ws = p.workspace;

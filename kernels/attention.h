@@ -6,7 +6,8 @@
 //   attention_prefill: tiles of up to 16 consecutive query tokens of one sequence; K/V tiles of 64 keys staged
 //                      in shared memory and reused by all the tile's query rows (flash-style online softmax, no
 //                      T x T matrix anywhere).
-// The cache must already hold the keys of every visible position (rope_kv_write runs first).
+// The cache must already hold the keys of every visible position (rope_kv_write runs first), except each decode
+// token's own key when attention_decode does the RoPE + KV write itself (AttentionDecodeParams::inv_freq).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -44,6 +45,14 @@ struct AttentionDecodeParams {
   int keys_per_split = 64;   // multiple of 64 (attention_keys_per_split)
   int max_splits = 1;        // grid size in splits: ceil(max visible keys / keys_per_split)
   float* workspace = nullptr;  // attention_decode_workspace_floats(num_tokens, nq, D, max_splits)
+  // RoPE + KV-cache write fused in (decode steps whose every token is the only new token of its sequence; one
+  // launch less per layer than rope_kv_write): c.q then holds the unrotated qkv rows (q heads, k heads, v heads;
+  // row stride ldq), the query heads are rotated as they load, and the block whose split holds the token's own
+  // position rotates its k head and writes k and v as bf16 to cache slot slot[t] (negative: not written) with the
+  // same math as rope_kv_write. Null inv_freq: rope_kv_write already ran.
+  const float* inv_freq = nullptr;  // [D/2] device
+  float attn_factor = 1.f;
+  const int32_t* slot = nullptr;  // [T]
 };
 void attention_decode(const AttentionDecodeParams& p, cudaStream_t stream);
 

@@ -1,8 +1,8 @@
 // Dense bf16 projections: y (+)= x W^T + b.
-//   bf16_gemv<NT>: one warp per output row; lanes stride over the row in 16-byte chunks, 4 chunks in flight per
-//                  lane, each W chunk multiplied against all NT tokens (x stays in L1). Before waiting on its
-//                  inputs (PDL) each warp prefetches its W row into L2, so weight streaming overlaps the kernel
-//                  before it.
+//   bf16_gemv<NT, U>: one warp per output row; lanes stride over the row in 16-byte chunks, U chunks in flight per
+//                  lane, each W chunk multiplied against all NT tokens (x stays in L1). Optionally (batches; the
+//                  single-token default measured faster without it) each warp prefetches its W row into L2 before
+//                  waiting on its inputs (PDL).
 //   rmsnorm_bf16_gemv<NT>: the same with the RMSNorm before the projection fused in (fp32 normed input, the sums
 //                  of squares accumulated in the same pass; block 0 also writes the bf16 normed rows for the
 //                  experts), saving a launch per norm in the decode chain.
@@ -13,22 +13,25 @@
 //                  (the bf16 residual of an fp32 input) a second MMA per tile adds x_lo W^T: fp32-grade inputs at
 //                  twice the tensor work (used for the q/k/v and router projections, where routing near-ties
 //                  made bf16 inputs flip experts against the fp32 oracle).
+#include <cstdlib>
+
 #include "common.cuh"
 #include "dense.h"
 
 namespace hm::cuda {
 namespace {
 
-template <int NT>
+template <int NT, int U>
 __global__ void __launch_bounds__(256) bf16_gemv(const uint16_t* __restrict__ x, const uint16_t* __restrict__ x_lo,
                                                  int ldx,
                                                  const uint16_t* __restrict__ W, const uint16_t* __restrict__ b,
-                                                 float* __restrict__ y, int ldy, int N, int K, bool accumulate) {
+                                                 float* __restrict__ y, int ldy, int N, int K, bool accumulate,
+                                                 bool prefetch) {
   const int lane = threadIdx.x & 31;
   const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   const bool active = row < N;
   const char* wrow = reinterpret_cast<const char*>(W + size_t(active ? row : 0) * K);
-  if (active)
+  if (active && prefetch)
     for (int off = lane * 128; off < K * 2; off += 32 * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(wrow + off));
   pdl_wait();
   pdl_trigger();
@@ -38,7 +41,6 @@ __global__ void __launch_bounds__(256) bf16_gemv(const uint16_t* __restrict__ x,
   float acc[NT];
 #pragma unroll
   for (int t = 0; t < NT; t++) acc[t] = 0.f;
-  constexpr int U = 4;
   for (int c0 = lane; c0 < nchunks; c0 += 32 * U) {
     uint4 wv[U];
 #pragma unroll
@@ -83,19 +85,19 @@ __global__ void __launch_bounds__(256) bf16_gemv(const uint16_t* __restrict__ x,
 // token rows' sums of squares in the same pass as the dot products and scales the dot by rsqrt(mean + eps) at the
 // end: sum_k W[k] (w[k] x[k]) r = (w * x * r) . W in fp32, with no serial norm pass (a warp walking K floats from L2
 // before any W chunk is consumed) and no block barrier in front of the weight stream.
-template <int NT>
+template <int NT, int U>
 __global__ void __launch_bounds__(256) rmsnorm_bf16_gemv(const float* __restrict__ x, const uint16_t* __restrict__ nw,
                                                          float eps, uint16_t* __restrict__ norm_out,
                                                          const uint16_t* __restrict__ W, const uint16_t* __restrict__ b,
                                                          float* __restrict__ y, int ldy, int N, int K,
-                                                         bool accumulate) {
+                                                         bool accumulate, bool prefetch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int row = blockIdx.x * (blockDim.x >> 5) + warp;
   const bool active = row < N;
   // An inactive warp (past N in the last block) walks row 0 for its sums of squares and writes no logits: block 0
   // needs every warp's norm scales when it writes norm_out.
   const char* wrow = reinterpret_cast<const char*>(W + size_t(active ? row : 0) * K);
-  if (active)
+  if (active && prefetch)
     for (int off = lane * 128; off < K * 2; off += 32 * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(wrow + off));
   pdl_wait();
   pdl_trigger();
@@ -104,7 +106,6 @@ __global__ void __launch_bounds__(256) rmsnorm_bf16_gemv(const float* __restrict
   float acc[NT], ss[NT];
 #pragma unroll
   for (int t = 0; t < NT; t++) acc[t] = ss[t] = 0.f;
-  constexpr int U = 4;
   for (int c0 = lane; c0 < nchunks; c0 += 32 * U) {
     uint4 wv[U];
 #pragma unroll
@@ -372,6 +373,15 @@ __global__ void __launch_bounds__(128) bf16_gemm_mma(const uint16_t* __restrict_
       }
 }
 
+// Tuning knob while the decode GEMV shape is measured: HM_GEMV_VARIANT overrides the default (see DenseParams).
+int default_gemv_variant() {
+  static const int v = [] {
+    const char* e = std::getenv("HM_GEMV_VARIANT");
+    return e ? std::atoi(e) & 15 : kDefaultGemvVariant;
+  }();
+  return v;
+}
+
 template <int NT>
 void launch_gemv(const DenseParams& p, cudaStream_t s) {
   if (p.N <= kRowBlockMaxN) {
@@ -383,13 +393,23 @@ void launch_gemv(const DenseParams& p, cudaStream_t s) {
              p.norm_eps, p.norm_out, p.W, p.b, p.y, p.ldy, p.N, p.K, p.accumulate);
     return;
   }
+  // Warp per row. Single-token decode takes the tuned shape (gemv_variant); batches keep 4 chunks per lane in
+  // flight, 8 rows per block, since their x reuse already lengthens each pass.
+  int v = p.gemv_variant >= 0 ? p.gemv_variant : default_gemv_variant();
+  if (NT != 1) v = 0;
+  const int rows_per_block = (v & 4) ? 4 : 8;
+  const bool prefetch = !(v & 8);
+  const dim3 grid(ceil_div(p.N, rows_per_block)), block(32 * rows_per_block);
+  const int u = v & 3;
   if (p.norm_x) {
-    launch(rmsnorm_bf16_gemv<NT>, dim3(ceil_div(p.N, 8)), dim3(256), 0, s, p.pdl, p.norm_x, p.norm_w, p.norm_eps,
-           p.norm_out, p.W, p.b, p.y, p.ldy, p.N, p.K, p.accumulate);
+    auto k = u == 2 ? rmsnorm_bf16_gemv<NT, NT == 1 ? 12 : 4>
+                    : u == 1 ? rmsnorm_bf16_gemv<NT, NT == 1 ? 8 : 4> : rmsnorm_bf16_gemv<NT, 4>;
+    launch(k, grid, block, 0, s, p.pdl, p.norm_x, p.norm_w, p.norm_eps, p.norm_out, p.W, p.b, p.y, p.ldy, p.N, p.K,
+           p.accumulate, prefetch);
     return;
   }
-  launch(bf16_gemv<NT>, dim3(ceil_div(p.N, 8)), dim3(256), 0, s, p.pdl, p.x, p.x_lo, p.ldx, p.W, p.b, p.y, p.ldy,
-         p.N, p.K, p.accumulate);
+  auto k = u == 2 ? bf16_gemv<NT, NT == 1 ? 12 : 4> : u == 1 ? bf16_gemv<NT, NT == 1 ? 8 : 4> : bf16_gemv<NT, 4>;
+  launch(k, grid, block, 0, s, p.pdl, p.x, p.x_lo, p.ldx, p.W, p.b, p.y, p.ldy, p.N, p.K, p.accumulate, prefetch);
 }
 
 }  // namespace

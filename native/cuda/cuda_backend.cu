@@ -4,7 +4,8 @@
 // captured once per batch shape as a CUDA graph and replayed), narrows the logits on the GPU and synchronises once
 // to copy the narrowed results back. HARMONIUM_PDL=0 / HARMONIUM_CUDA_GRAPHS=0 turn either off.
 //
-// Per layer: rmsnorm -> fused qkv projection (the norm fused in for decode) -> rope + KV write -> attention (prefill tiles and/or split-K
+// Per layer: rmsnorm -> fused qkv projection (the norm fused in for decode) -> rope + KV write (inside the decode
+// attention kernel on decode-only steps) -> attention (prefill tiles and/or split-K
 // decode) -> o_proj (+ residual) -> rmsnorm -> router logits (norm fused for decode) + top-k -> experts (+ residual).
 #include <cuda_runtime.h>
 
@@ -206,6 +207,7 @@ class CudaBackend final : public Backend {
     bool operator==(const GraphKey& o) const { return std::memcmp(this, &o, sizeof o) == 0; }
   };
   bool graphs_ = true;
+  bool fused_rope_ = true;  // decode-only steps rotate and write the KV cache inside attention (HARMONIUM_FUSED_ROPE=0: off)
   bool have_graph_ = false;
   GraphKey graph_key_{};
   cudaGraphExec_t graph_exec_ = nullptr;
@@ -245,6 +247,8 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   pdl_ = cc >= 90 && !(pdl_env && std::strcmp(pdl_env, "0") == 0);
   const char* graph_env = std::getenv("HARMONIUM_CUDA_GRAPHS");
   graphs_ = !(graph_env && std::strcmp(graph_env, "0") == 0);
+  const char* rope_env = std::getenv("HARMONIUM_FUSED_ROPE");
+  fused_rope_ = !(rope_env && std::strcmp(rope_env, "0") == 0);
   const char* prof_env = std::getenv("HARMONIUM_PROFILE");
   prof_.on = prof_env && std::strcmp(prof_env, "1") == 0;
   if (prof_.on) graphs_ = false;
@@ -407,8 +411,13 @@ void CudaBackend::forward_layers(int T) {
     r.nkv = c.num_kv_heads;
     r.D = c.head_dim;
     r.pdl = pdl_;
-    rope_kv_write(r, stream_);
-    prof_.mark(StepProfiler::kRope);
+    // A step of decode tokens only (each the one new token of its sequence) rotates q/k and writes the KV cache
+    // inside the attention kernel: one launch less per layer.
+    const bool fuse_rope = fused_rope_ && n_tiles_ == 0 && n_decode_ == T;
+    if (!fuse_rope) {
+      rope_kv_write(r, stream_);
+      prof_.mark(StepProfiler::kRope);
+    }
 
     AttentionCommon ac;
     ac.q = qkv_;
@@ -444,6 +453,11 @@ void CudaBackend::forward_layers(int T) {
       ad.keys_per_split = dec_kps_[window ? 1 : 0];
       ad.max_splits = dec_splits_[window ? 1 : 0];
       ad.workspace = attn_ws_;
+      if (fuse_rope) {
+        ad.inv_freq = inv_freq_;
+        ad.attn_factor = attn_factor_;
+        ad.slot = d_slot_;
+      }
       attention_decode(ad, stream_);
       prof_.mark(StepProfiler::kAttn);
     }

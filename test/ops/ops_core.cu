@@ -12,6 +12,10 @@
 //   attention_*      decode (split-K, contexts to 20k, several sequences with permuted block tables) and prefill
 //                    tiles (chunks crossing the 128 window, with a cached prefix) vs ref::attention on the bf16
 //                    cache widened to fp32: nmse 2e-5 (bf16 output).
+//   dense_variants   every T = 1 GEMV shape (DenseParams::gemv_variant) at the q/k/v and o shapes vs ref::linear
+//                    (nmse 1e-6) and bit for bit against variant 0.
+//   attention_decode_rope  decode attention with RoPE + KV write fused in vs rope_kv_write + attention_decode:
+//                    outputs, caches and the untouched qkv rows (observed identical, nmse 0).
 //   narrow_logits    argmax / top-k ids exact against hm::narrow_logits_row (ties included), lse rel 1e-5.
 // Outputs are poisoned with NaN before each launch, so an unwritten element fails the case.
 #include <cuda_runtime.h>
@@ -274,6 +278,71 @@ std::vector<Result> test_dense() {
 }
 HM_OP_TEST("dense", test_dense);
 
+// ---- the T = 1 warp-per-row GEMV shapes (DenseParams::gemv_variant) at the real q/k/v and o shapes ----
+// Every variant must give the default's bits: the per-lane chunk order does not depend on the shape.
+std::vector<Result> test_dense_variants() {
+  std::vector<Result> out;
+  struct Case { int N, K; bool acc, lo, norm; };
+  uint64_t seed = 900;
+  for (const Case& c : {Case{5120, 2880, false, true, false}, Case{2880, 4096, true, false, false},
+                        Case{5120, 2880, false, false, true}, Case{4096, 2880, false, false, true},
+                        Case{333, 2880, true, false, false}}) {
+    const auto xf = uniform(c.K, seed++, c.norm ? 3.f : 1.f);
+    auto x = to_bf16(xf);
+    std::vector<uint16_t> xlo(x.size());
+    for (size_t i = 0; i < x.size(); i++) xlo[i] = ref::f32_to_bf16(xf[i] - ref::bf16_to_f32(x[i]));
+    std::vector<float> xin = widen(x);
+    if (c.lo)
+      for (size_t i = 0; i < x.size(); i++) xin[i] += ref::bf16_to_f32(xlo[i]);
+    auto nw = to_bf16(uniform(c.K, seed++, 0.5f));
+    for (auto& v : nw) v = ref::f32_to_bf16(1.f + ref::bf16_to_f32(v));
+    if (c.norm) ref::rmsnorm(xf.data(), nw.data(), 1, c.K, 1e-5f, xin.data());
+    auto W = to_bf16(uniform(size_t(c.N) * c.K, seed++, std::sqrt(3.f / c.K)));
+    auto b = to_bf16(uniform(c.N, seed++, 0.1f));
+    auto y0 = uniform(c.N, seed++);
+    std::vector<float> want(c.N);
+    ref::linear(xin.data(), W.data(), b.data(), 1, c.K, c.N, want.data());
+    if (c.acc)
+      for (int i = 0; i < c.N; i++) want[i] += y0[i];
+    Dev<uint16_t> dx(x), dxlo(xlo), dW(W), db(b), dnw(nw), dnorm(size_t(c.K));
+    Dev<float> dxf(xf);
+    std::vector<float> first;
+    for (int v = 0; v < 16; v++) {
+      if ((v & 3) == 3) continue;
+      Dev<float> dy(y0);
+      if (!c.acc) dy.poison();
+      dnorm.poison();
+      cuda::DenseParams p;
+      if (c.norm) {
+        p.norm_x = dxf.p, p.norm_w = dnw.p, p.norm_eps = 1e-5f, p.norm_out = dnorm.p;
+      } else {
+        p.x = dx.p, p.ldx = c.K;
+        if (c.lo) p.x_lo = dxlo.p;
+      }
+      p.W = dW.p, p.b = db.p, p.y = dy.p, p.T = 1, p.N = c.N, p.K = c.K, p.ldy = c.N;
+      p.accumulate = c.acc;
+      p.force_path = 1;
+      p.gemv_variant = v;
+      cuda::dense(p, nullptr);
+      char params[96];
+      std::snprintf(params, sizeof params, "variant %d N=%d K=%d%s%s%s", v, c.N, c.K, c.acc ? " +=" : "",
+                    c.lo ? " x+x_lo" : "", c.norm ? " rmsnorm" : "");
+      const auto got = dy.get();
+      out.push_back(nmse_result(params, got, want, 1e-6));
+      if (c.norm) {
+        std::vector<float> xn(c.K);
+        ref::rmsnorm(xf.data(), nw.data(), 1, c.K, 1e-5f, xn.data());
+        out.push_back(nmse_result(std::string(params) + " norm_out", widen(dnorm.get()), xn, 1e-5));
+      }
+      if (first.empty()) first = got;
+      else if (std::memcmp(first.data(), got.data(), got.size() * 4) != 0)
+        out.push_back(nmse_result(std::string(params) + " bits == variant 0", got, first, 0.0));
+    }
+  }
+  return out;
+}
+HM_OP_TEST("dense_variants", test_dense_variants);
+
 // ---- dense with the RMSNorm fused in (decode path) ----
 std::vector<Result> test_dense_norm() {
   std::vector<Result> out;
@@ -432,6 +501,80 @@ std::vector<Result> test_attention_decode() {
 }
 HM_OP_TEST("attention_decode", test_attention_decode);
 
+// ---- decode attention with RoPE + KV write fused in (AttentionDecodeParams::inv_freq) ----
+// Against the unfused GPU chain (rope_kv_write, then attention_decode; both tested against the reference above) on
+// the same unrotated qkv rows and cache: outputs and whole caches, one decode token per sequence.
+std::vector<Result> run_attention_rope(int nq, int nkv, int D, int window, const std::vector<int>& ctx, uint64_t seed) {
+  std::vector<Result> out;
+  CacheFixture f(nq, nkv, ctx, seed, D);
+  RopeConfig rc;  // gpt-oss YaRN defaults
+  std::vector<float> inv(D / 2);
+  float af = 1.f;
+  ref::rope_inv_freq(rc, D, inv.data(), &af);
+  const int T = int(ctx.size()), W = (nq + 2 * nkv) * D;
+  std::vector<int32_t> tok_seq(T), pos(T), slot(T), toks(T);
+  for (int s = 0; s < T; s++) {
+    tok_seq[s] = s, pos[s] = ctx[s] - 1, toks[s] = s;
+    slot[s] = f.bt[size_t(s) * f.mbps + pos[s] / f.bs] * f.bs + pos[s] % f.bs;
+  }
+  const auto qkv = uniform(size_t(T) * W, seed + 3, 2.f);
+  auto sinks = uniform(nq, seed + 4, 2.f);
+  Dev<float> dinv(inv), dsinks(sinks), dq_fused(qkv), dq_chain(qkv);
+  Dev<int32_t> dbt(f.bt), dseq(tok_seq), dpos(pos), dslot(slot), dtoks(toks);
+  int max_keys = 1;
+  for (int p : pos) max_keys = std::max(max_keys, window ? std::min(p + 1, window) : p + 1);
+  for (int cap : {1, 7, 1024}) {
+    Dev<uint16_t> k1(f.k16), v1(f.v16), k2(f.k16), v2(f.v16), o1(size_t(T) * nq * D), o2(size_t(T) * nq * D);
+    o1.poison();
+    o2.poison();
+    C_CHECK(cudaMemcpy(dq_chain.p, qkv.data(), qkv.size() * 4, cudaMemcpyHostToDevice));
+    cuda::AttentionDecodeParams p;
+    p.c.ldq = W, p.c.block_tables = dbt.p, p.c.max_blocks_per_seq = f.mbps, p.c.block_size = f.bs;
+    p.c.tok_seq = dseq.p, p.c.pos = dpos.p, p.c.sinks = dsinks.p, p.c.nq = nq, p.c.nkv = nkv, p.c.D = D;
+    p.c.window = window, p.c.scale = 1.f / std::sqrt(float(D));
+    p.tokens = dtoks.p, p.num_tokens = T;
+    p.keys_per_split = cuda::attention_keys_per_split(max_keys, cap);
+    p.max_splits = (max_keys + p.keys_per_split - 1) / p.keys_per_split;
+    Dev<float> ws(cuda::attention_decode_workspace_floats(T, nq, D, p.max_splits));
+    p.workspace = ws.p;
+    // the chain
+    cuda::RopeKvParams r;
+    r.qkv = dq_chain.p, r.pos = dpos.p, r.slot = dslot.p, r.inv_freq = dinv.p, r.attn_factor = af;
+    r.k_cache = k1.p, r.v_cache = v1.p, r.T = T, r.nq = nq, r.nkv = nkv, r.D = D;
+    cuda::rope_kv_write(r, nullptr);
+    cuda::AttentionDecodeParams a = p;
+    a.c.q = dq_chain.p, a.c.k_cache = k1.p, a.c.v_cache = v1.p, a.c.out = o1.p;
+    cuda::attention_decode(a, nullptr);
+    // fused
+    cuda::AttentionDecodeParams b = p;
+    b.c.q = dq_fused.p, b.c.k_cache = k2.p, b.c.v_cache = v2.p, b.c.out = o2.p;
+    b.inv_freq = dinv.p, b.attn_factor = af, b.slot = dslot.p;
+    cuda::attention_decode(b, nullptr);
+    const std::string params = "D=" + std::to_string(D) + " nq=" + std::to_string(nq) + " nkv=" +
+                               std::to_string(nkv) + " W=" + std::to_string(window) + " ctx=" +
+                               std::to_string(*std::max_element(ctx.begin(), ctx.end())) + " T=" + std::to_string(T) +
+                               " splits=" + std::to_string(p.max_splits);
+    out.push_back(nmse_result(params + " out vs chain", widen(o2.get()), widen(o1.get()), 1e-8));
+    out.push_back(nmse_result(params + " k cache vs chain", widen(k2.get()), widen(k1.get()), 1e-9));
+    out.push_back(nmse_result(params + " v cache vs chain", widen(v2.get()), widen(v1.get()), 0.0));
+  }
+  // the fused path leaves q/k/v unrotated in place
+  out.push_back(nmse_result("qkv rows untouched", dq_fused.get(), qkv, 0.0));
+  return out;
+}
+
+std::vector<Result> test_attention_decode_rope() {
+  std::vector<Result> out;
+  auto add = [&](std::vector<Result> r) { out.insert(out.end(), r.begin(), r.end()); };
+  add(run_attention_rope(64, 8, 64, 0, {1, 5, 127, 128, 129, 640}, 1500));
+  add(run_attention_rope(64, 8, 64, 128, {1, 5, 127, 128, 129, 640}, 1600));
+  add(run_attention_rope(64, 8, 64, 0, {20000}, 1700));
+  add(run_attention_rope(8, 2, 16, 32, {40, 3}, 1800));
+  add(run_attention_rope(8, 1, 32, 16, {80}, 1900));
+  return out;
+}
+HM_OP_TEST("attention_decode_rope", test_attention_decode_rope);
+
 std::vector<Result> test_attention_prefill() {
   std::vector<Result> out;
   auto add = [&](std::vector<Result> r) { out.insert(out.end(), r.begin(), r.end()); };
@@ -550,6 +693,33 @@ std::vector<Result> bench_core() {
     const double flops = 2.0 * d.T * d.N * d.K;
     std::printf("dense %-12s T=%-4d N=%-6d K=%d: %9.1f us  %7.0f GB/s  %6.1f TFLOP/s\n", d.name, d.T, d.N, d.K, us,
                 wbytes / us / 1e3, flops / us / 1e6);
+  }
+  // The T = 1 warp-per-row GEMV shapes (DenseParams::gemv_variant) at the decode projections: q/k/v with the fused
+  // RMSNorm (as in decode), q/k/v plain, o (accumulate, as in decode).
+  for (int which = 0; which < 3; which++) {
+    const int N = which == 2 ? 2880 : 5120, K = which == 2 ? 4096 : 2880;
+    const size_t wbytes = size_t(N) * K * 2;
+    const int copies = 8;
+    Dev<uint16_t> W(size_t(N) * K * copies), x(K), b(N), nw(K);
+    Dev<float> y(N), xf(uniform(K, 5, 3.f));
+    C_CHECK(cudaMemset(W.p, 0x3c, W.n * 2));
+    C_CHECK(cudaMemset(x.p, 0x3c, x.n * 2));
+    C_CHECK(cudaMemset(nw.p, 0x3c, nw.n * 2));
+    C_CHECK(cudaMemset(b.p, 0, b.n * 2));
+    C_CHECK(cudaMemset(y.p, 0, y.n * 4));
+    for (int v = 0; v < 16; v++) {
+      if ((v & 3) == 3) continue;
+      const double us = time_us([&](int i) {
+        cuda::DenseParams p;
+        if (which == 0) p.norm_x = xf.p, p.norm_w = nw.p;
+        else p.x = x.p, p.ldx = K;
+        p.W = W.p + size_t(i % copies) * N * K, p.b = b.p, p.y = y.p;
+        p.T = 1, p.N = N, p.K = K, p.ldy = N, p.accumulate = which == 2, p.gemv_variant = v;
+        cuda::dense(p, nullptr);
+      }, 60);
+      std::printf("dense variant %-2d %-7s T=1 N=%-5d K=%d: %7.2f us  %5.0f GB/s\n", v,
+                  which == 0 ? "qkv+rms" : which == 1 ? "qkv" : "o+=", N, K, us, wbytes / us / 1e3);
+    }
   }
   // attention decode, one token, 64/8 heads of 64
   for (int ctx : {1024, 8192, 131072}) {
