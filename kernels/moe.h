@@ -12,7 +12,7 @@
 //           bench/moe_playground). PDL: the down kernel reads the routing and starts its weight stream before
 //           pdl_wait(); gate_up cannot (its experts are only known once the router is done). Measured on the
 //           H100 at one token, real shapes: about 36 us per layer (graph + PDL, one token, E=32; 1.47 TB/s of the 3.0 TB/s ceiling): the
-//           in-register decode, not the bytes, is the limit for now (bench/moe_playground/NOTES.md).
+//           latency of each warp's dependent loads and occupancy, not the bytes, limit it for now (NOTES.md, runs 4-5).
 //   prefill (many tokens): (token, expert) pairs counted, scanned and scattered by expert on the GPU, then
 //           grouped GEMMs on tensor cores (mma.sync bf16, fp32 accumulate, MXFP4 decoded into shared memory),
 //           SwiGLU fused into the gate_up epilogue, then a deterministic combine of each token's k rows.
