@@ -8,17 +8,10 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadModel } from '../../src/model/load.js';
-import { loadAddon } from '../../src/native.js';
 import { readNpy } from '../../src/util/npy.js';
 import { fixtureCases, fixturesDir, sequenceLogits } from '../helpers/fixtures.js';
+import { gpuCount } from '../helpers/gpu.js';
 
-function gpuCount(): number {
-  try {
-    return loadAddon().cudaDevices().count;
-  } catch {
-    return 0;
-  }
-}
 const gpus = gpuCount();
 const BLOCK = 16;
 

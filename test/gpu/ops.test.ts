@@ -4,15 +4,9 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadAddon, packageRoot } from '../../src/native.js';
+import { packageRoot } from '../../src/native.js';
+import { gpuCount } from '../helpers/gpu.js';
 
-function gpuCount(): number {
-  try {
-    return loadAddon().cudaDevices().count;
-  } catch {
-    return 0;
-  }
-}
 const gpus = gpuCount();
 
 describe('CUDA kernels vs the CPU reference (hm_op_test)', () => {
