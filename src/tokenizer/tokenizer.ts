@@ -23,17 +23,17 @@ export const SPECIAL_TOKENS = {
 
 export type SpecialTokenName = keyof typeof SPECIAL_TOKENS;
 
-/** Ids by role, for code that reads better with names. */
+/** Ids by role, for code that reads better with names (the same ids as SPECIAL_TOKENS, one table to trust). */
 export const TOKEN = {
-  startOfText: 199998,
-  endOfText: 199999,
-  return: 200002,
-  constrain: 200003,
-  channel: 200005,
-  start: 200006,
-  end: 200007,
-  message: 200008,
-  call: 200012,
+  startOfText: SPECIAL_TOKENS['<|startoftext|>'],
+  endOfText: SPECIAL_TOKENS['<|endoftext|>'],
+  return: SPECIAL_TOKENS['<|return|>'],
+  constrain: SPECIAL_TOKENS['<|constrain|>'],
+  channel: SPECIAL_TOKENS['<|channel|>'],
+  start: SPECIAL_TOKENS['<|start|>'],
+  end: SPECIAL_TOKENS['<|end|>'],
+  message: SPECIAL_TOKENS['<|message|>'],
+  call: SPECIAL_TOKENS['<|call|>'],
 } as const;
 
 /** Rows of the model's embedding / unembedding (o200k_harmony has 201,088 token ids). */
