@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "model_config.h"
+#include "sample.h"
 #include "tensor_source.h"
 
 namespace hm {
@@ -29,6 +30,11 @@ struct StepBatch {
   const uint8_t* full_logits = nullptr;
   // Narrowed candidates per output row, computed on the device (0..256).
   int top_k = 0;
+  // Sampling in the step (sample.h), after the raw narrowing above: one SampleRow per sequence (its output row;
+  // not with all_positions), and the rows' SampleEntry ranges. Null = no row is sampled.
+  const SampleRow* sample_rows = nullptr;
+  const SampleEntry* sample_entries = nullptr;
+  int num_sample_entries = 0;
 };
 
 struct StepOutput {
@@ -42,6 +48,8 @@ struct StepOutput {
   std::vector<float> top_logits;      // [rows * top_k] raw logits
   std::vector<int32_t> logits_rows;   // which output rows have full logits, in order
   std::vector<float> logits;          // [logits_rows.size() * vocab]
+  std::vector<int32_t> sampled;       // [rows] when sample_rows: the drawn token (-1 where mode is none)
+  std::vector<float> sampled_logit;   // [rows] its raw logit (logprob = sampled_logit - logsumexp)
 };
 
 struct LoadOptions {
@@ -85,6 +93,9 @@ std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& cfg, const TensorM
 // Number of visible CUDA devices and a description of each; never throws (0 when no driver/device).
 int cuda_device_count(std::string* why_none);
 #endif
+
+// Shared by every backend: checks a batch's sampling inputs (ranges, CSR bounds, ids) before the step runs.
+void validate_sampling(const StepBatch& batch, int vocab);
 
 // Shared by every backend: fills argmax / top-k / logsumexp for one row of logits (host side).
 void narrow_logits_row(const float* logits, int vocab, int top_k, int32_t* top_ids, float* top_logits,

@@ -23,7 +23,7 @@ import { isDummyModelName } from './model/dummy.js';
 import { loadModel, type LoadedModel } from './model/load.js';
 import { ensureTinyModel } from './model/tiny.js';
 import type { ModelConfig } from './model/types.js';
-import type { NativeModelInfo } from './native.js';
+import { loadAddon, type NativeModelInfo } from './native.js';
 import { resolveSampling, SAMPLING_KEYS, type SamplingParams } from './sampling/params.js';
 import { randomSeed } from './sampling/rng.js';
 import { StopStrings } from './sampling/stop.js';
@@ -102,6 +102,7 @@ export class Harmonium {
         maxSeqs,
         maxBatchTokens,
         contextLength,
+        maxSampleEntries: loadAddon().buildInfo().maxSampleEntries,
       });
       const noise = tiny || opts.dummyWeights !== undefined;
       const source = tiny ? 'tiny' : (opts.model ?? opts.dummyWeights!);

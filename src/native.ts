@@ -38,6 +38,36 @@ export interface NativeStepInput {
   fullLogits?: Uint8Array;
   /** Narrowed candidates per row (0..256). */
   topK?: number;
+  /** Sampling in the step, one entry per sequence (its output row); absent = no row is sampled. */
+  sampling?: NativeSampling;
+}
+
+/**
+ * Per-sequence sampling parameters and the tokens whose logits an adjustment touches (native/sample.h has the
+ * definition the step applies). Entries are a CSR list: sequence s owns entries entryOffsets[s] ..
+ * entryOffsets[s + 1] - 1, ids strictly increasing.
+ */
+export interface NativeSampling {
+  /** 0 = not sampled in the step, 1 = greedy over the adjusted logits, 2 = a draw. */
+  mode: Uint8Array;
+  temperature: Float32Array;
+  /** 0 = off. */
+  topK: Int32Array;
+  topP: Float32Array;
+  minP: Float32Array;
+  repetitionPenalty: Float32Array;
+  frequencyPenalty: Float32Array;
+  presencePenalty: Float32Array;
+  /** [2 * numSeqs] the noise keys of (seed, step): StepNoise in src/sampling/rng.ts. */
+  noiseKeys: Uint32Array;
+  /** [numSeqs + 1] */
+  entryOffsets: Int32Array;
+  entryIds: Int32Array;
+  entryBias: Float32Array;
+  /** Occurrences in the output so far. */
+  entryCounts: Int32Array;
+  /** 1 = the token occurs in the prompt. */
+  entryInPrompt: Uint8Array;
 }
 
 export interface NativeStepOutput {
@@ -55,6 +85,9 @@ export interface NativeStepOutput {
   logitsRows: Int32Array;
   /** [logitsRows.length * vocab] */
   logits: Float32Array;
+  /** [numRows] with `sampling`: the token drawn in the step (-1 where mode is 0), and its raw logit. */
+  sampled?: Int32Array;
+  sampledLogit?: Float32Array;
 }
 
 export interface NativeModelInfo {
@@ -83,7 +116,10 @@ export interface NativeAddon {
     options: NativeLoadOptions,
     onProgress?: (done: number, total: number) => void,
   ): Promise<NativeModel>;
-  buildInfo(): { cuda: boolean; cudaArchitectures: string };
+  /** maxSampleEntries: the most sampling entries one step may carry. */
+  buildInfo(): { cuda: boolean; cudaArchitectures: string; maxSampleEntries: number };
+  /** The CPU reference of sampling in the step, over rows of given logits ([rows * vocab]). */
+  sampleLogits(logits: Float32Array, vocab: number, sampling: NativeSampling): { sampled: Int32Array; sampledLogit: Float32Array };
   cudaDevices(): { count: number; reason: string };
 }
 

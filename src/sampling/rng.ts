@@ -15,8 +15,9 @@ function fmix32(h: number): number {
 
 /** Keys for one sampling step of one request; the token id is mixed in per draw. */
 export class StepNoise {
-  private readonly k1: number;
-  private readonly k2: number;
+  /** The two keys of this (seed, step): the step's device sampling mixes the token id into them the same way. */
+  readonly k1: number;
+  readonly k2: number;
 
   constructor(seed: number, step: number) {
     // A safe integer seed splits into two 32-bit halves (the sign folds into the high half).
