@@ -199,7 +199,7 @@ std::vector<T> copy_typed(const Napi::Value& v, const char* what) {
   return std::vector<T>(a.Data(), a.Data() + a.ElementLength());
 }
 
-// ---- sampling in the step: NativeSampling (src/native.ts) -> SampleRow / SampleEntry (sample.h) ----------------
+// ---- sampling in the step: NativeSampling (src/native.ts) -> SampleRow / SampleEntry (sampling.h) ----------------
 template <typename A, napi_typedarray_type kType>
 A typed_field(const Napi::Object& o, const char* key, size_t length) {
   const Napi::Value v = o.Get(key);

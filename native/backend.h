@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "model_config.h"
-#include "sample.h"
+#include "sampling.h"
 #include "tensor_source.h"
 
 namespace hm {
@@ -30,7 +30,7 @@ struct StepBatch {
   const uint8_t* full_logits = nullptr;
   // Narrowed candidates per output row, computed on the device (0..256).
   int top_k = 0;
-  // Sampling in the step (sample.h), after the raw narrowing above: one SampleRow per sequence (its output row;
+  // Sampling in the step (sampling.h), after the raw narrowing above: one SampleRow per sequence (its output row;
   // not with all_positions), and the rows' SampleEntry ranges. Null = no row is sampled.
   const SampleRow* sample_rows = nullptr;
   const SampleEntry* sample_entries = nullptr;

@@ -1,4 +1,4 @@
-// The CPU reference of exact sampling in the step (the definition and the selection scheme are in sample.h):
+// The CPU reference of exact sampling in the step (the definition and the selection scheme are in sampling.h):
 // plain loops over the row, one per pass of the CUDA kernels, with the same fp32 adjusted logits, the same
 // fixed-point nucleus mass and the same threshold selection; the Gumbel scores in fp64 (the noise of rng.ts).
 #include <algorithm>
@@ -9,7 +9,7 @@
 #include <string>
 
 #include "backend.h"
-#include "sample.h"
+#include "sampling.h"
 
 namespace hm {
 namespace {

@@ -43,7 +43,7 @@ export interface NativeStepInput {
 }
 
 /**
- * Per-sequence sampling parameters and the tokens whose logits an adjustment touches (native/sample.h has the
+ * Per-sequence sampling parameters and the tokens whose logits an adjustment touches (native/sampling.h has the
  * definition the step applies). Entries are a CSR list: sequence s owns entries entryOffsets[s] ..
  * entryOffsets[s + 1] - 1, ids strictly increasing.
  */

@@ -252,7 +252,7 @@ class CpuBackend : public Backend {
           narrow_logits_row(logits.data() + static_cast<size_t>(i) * V, V, b.top_k, out.top_ids.data() + static_cast<size_t>(r) * b.top_k,
                             out.top_logits.data() + static_cast<size_t>(r) * b.top_k, &out.argmax[r], &out.max_logit[r],
                             &out.logsumexp[r]);
-          // Sampling in the step (sample.h): on the raw row, after its narrowing.
+          // Sampling in the step (sampling.h): on the raw row, after its narrowing.
           if (b.sample_rows && b.sample_rows[row_seq[r]].mode != kSampleNone) {
             const SampleRow& p = b.sample_rows[row_seq[r]];
             sample_row_ref(logits.data() + static_cast<size_t>(i) * V, V, p, b.sample_entries + p.entry_begin,

@@ -27,6 +27,7 @@
 #include "logits.h"
 #include "moe.h"
 #include "norm_rope.h"
+#include "sample.h"
 #include "weights.h"
 
 namespace hm {
@@ -189,6 +190,16 @@ class CudaBackend final : public Backend {
   float* d_lse_ = nullptr;
   int32_t* d_top_ids_ = nullptr;
   float* d_top_logits_ = nullptr;
+  // sampling in the step (kernels/sample.h): per-sequence params and entries uploaded each step, outputs per row
+  SampleRow* d_sample_rows_ = nullptr;        // [max_seqs]
+  SampleEntry* d_sample_entries_ = nullptr;   // [kMaxSampleEntries]
+  float* d_sample_saved_ = nullptr;           // [kMaxSampleEntries] raw logits of the entries
+  int32_t* d_sampled_ = nullptr;              // [Tmax]
+  float* d_sampled_logit_ = nullptr;          // [Tmax]
+  void* sample_ws_ = nullptr;
+  size_t sample_ws_bytes_ = 0;
+  int sample_stages_ = 0;                     // this step's SampleStage mask (0 = nothing sampled)
+  PinnedBuf h_sample_;
   // the step's index arrays, uploaded in one copy
   int32_t* d_idx_ = nullptr;
   size_t idx_cap_ = 0;
@@ -203,7 +214,7 @@ class CudaBackend final : public Backend {
 
   // CUDA graph of the last decode-only step shape, replayed while the shape holds (one host launch per step).
   struct GraphKey {
-    int T, S, mbps, rows, top_k, kps0, splits0, kps1, splits1;
+    int T, S, mbps, rows, top_k, kps0, splits0, kps1, splits1, sample_stages;
     bool operator==(const GraphKey& o) const { return std::memcmp(this, &o, sizeof o) == 0; }
   };
   bool graphs_ = true;
@@ -292,6 +303,13 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   d_lse_ = mem_.alloc<float>(Tm, what);
   d_top_ids_ = mem_.alloc<int32_t>(size_t(Tm) * kMaxTopK, what);
   d_top_logits_ = mem_.alloc<float>(size_t(Tm) * kMaxTopK, what);
+  d_sample_rows_ = mem_.alloc<SampleRow>(opt.max_seqs, what);
+  d_sample_entries_ = mem_.alloc<SampleEntry>(kMaxSampleEntries, what);
+  d_sample_saved_ = mem_.alloc<float>(kMaxSampleEntries, what);
+  d_sampled_ = mem_.alloc<int32_t>(Tm, what);
+  d_sampled_logit_ = mem_.alloc<float>(Tm, what);
+  sample_ws_bytes_ = sample_workspace_bytes(kLogitRowsPerChunk);
+  sample_ws_ = mem_.alloc<char>(sample_ws_bytes_, what);
   max_blocks_per_seq_cap_ = (cfg.max_positions + opt.block_size - 1) / opt.block_size;
   idx_cap_ = size_t(Tm) * 6 + size_t(opt.max_seqs) * max_blocks_per_seq_cap_ + 2 * size_t(Tm) + 64;
   d_idx_ = mem_.alloc<int32_t>(idx_cap_, what);
@@ -578,6 +596,22 @@ void CudaBackend::logits_rows(int first_row, int rows, int top_k) {
   nl.top_logits = d_top_logits_ + size_t(first_row) * top_k;
   nl.pdl = pdl_;
   narrow_logits(nl, stream_);
+  if (sample_stages_) {  // after the raw narrowing: it adjusts the sampled rows in place
+    SampleRowsParams sp;
+    sp.logits = logits_;
+    sp.rows = rows;
+    sp.vocab = sp.ld = cfg_.vocab;
+    sp.params = d_sample_rows_ + first_row;
+    sp.entries = d_sample_entries_;
+    sp.saved = d_sample_saved_;
+    sp.token = d_sampled_ + first_row;
+    sp.raw_logit = d_sampled_logit_ + first_row;
+    sp.workspace = sample_ws_;
+    sp.workspace_bytes = sample_ws_bytes_;
+    sp.stages = sample_stages_;
+    sp.pdl = pdl_;
+    sample_rows(sp, stream_);
+  }
   prof_.mark(StepProfiler::kLogits);
 }
 
@@ -601,6 +635,7 @@ void CudaBackend::step(const StepBatch& b, StepOutput& out) {
   if (b.max_blocks_per_seq <= 0 || b.max_blocks_per_seq > max_blocks_per_seq_cap_)
     throw std::runtime_error("step: maxBlocksPerSeq must be in 1.." + std::to_string(max_blocks_per_seq_cap_));
   if (b.top_k < 0 || b.top_k > kMaxTopK || b.top_k > c.vocab) throw std::runtime_error("step: topK out of range");
+  validate_sampling(b, c.vocab);
   max_bps_ = b.max_blocks_per_seq;
 
   // ---- host: per-token sequence, cache slot; decode list, prefill tiles, output rows ----
@@ -677,6 +712,17 @@ void CudaBackend::step(const StepBatch& b, StepOutput& out) {
   put(tiles.data(), tiles.size(), &d_tiles_);
   put(out_rows.data(), out_rows.size(), &d_out_rows_);
   CUDA_CHECK(cudaMemcpyAsync(d_idx_, h, at * 4, cudaMemcpyHostToDevice, stream_));
+  // ---- sampling inputs: one upload of the rows (output row r is sequence r) and their entries ----
+  sample_stages_ = b.sample_rows ? sample_stages(b.sample_rows, S) : 0;
+  if (sample_stages_) {
+    const size_t row_bytes = size_t(S) * sizeof(SampleRow), entry_bytes = size_t(b.num_sample_entries) * sizeof(SampleEntry);
+    h_sample_.reserve(row_bytes + entry_bytes);
+    char* hs = static_cast<char*>(h_sample_.p);
+    std::memcpy(hs, b.sample_rows, row_bytes);
+    if (entry_bytes) std::memcpy(hs + row_bytes, b.sample_entries, entry_bytes);
+    CUDA_CHECK(cudaMemcpyAsync(d_sample_rows_, hs, row_bytes, cudaMemcpyHostToDevice, stream_));
+    if (entry_bytes) CUDA_CHECK(cudaMemcpyAsync(d_sample_entries_, hs + row_bytes, entry_bytes, cudaMemcpyHostToDevice, stream_));
+  }
   prof_.begin(stream_);
 
   const int k = b.top_k;
@@ -686,7 +732,7 @@ void CudaBackend::step(const StepBatch& b, StepOutput& out) {
   h_logits_.reserve(std::max<size_t>(1, full_rows.size()) * size_t(c.vocab) * 4);
   const bool graphable = graphs_ && n_tiles_ == 0 && T <= kMoeDecodeMaxTokens && rows <= kLogitRowsPerChunk;
   if (graphable) {
-    const GraphKey key{T, S, b.max_blocks_per_seq, rows, k, dec_kps_[0], dec_splits_[0], dec_kps_[1], dec_splits_[1]};
+    const GraphKey key{T, S, b.max_blocks_per_seq, rows, k, dec_kps_[0], dec_splits_[0], dec_kps_[1], dec_splits_[1], sample_stages_};
     if (!have_graph_ || !(key == graph_key_)) {
       drop_graph();
       cudaGraph_t g = nullptr;
@@ -730,7 +776,7 @@ void CudaBackend::step(const StepBatch& b, StepOutput& out) {
   }
   // narrowed results: argmax, max, lse, top ids, top logits
   const size_t out_bytes = size_t(rows) * (12 + 8 * size_t(k));
-  h_out_.reserve(out_bytes);
+  h_out_.reserve(out_bytes + size_t(rows) * 8);
   char* ho = static_cast<char*>(h_out_.p);
   CUDA_CHECK(cudaMemcpyAsync(ho, d_argmax_, rows * 4, cudaMemcpyDeviceToHost, stream_));
   CUDA_CHECK(cudaMemcpyAsync(ho + rows * 4, d_maxl_, rows * 4, cudaMemcpyDeviceToHost, stream_));
@@ -739,6 +785,10 @@ void CudaBackend::step(const StepBatch& b, StepOutput& out) {
     CUDA_CHECK(cudaMemcpyAsync(ho + rows * 12, d_top_ids_, size_t(rows) * k * 4, cudaMemcpyDeviceToHost, stream_));
     CUDA_CHECK(cudaMemcpyAsync(ho + rows * 12 + size_t(rows) * k * 4, d_top_logits_, size_t(rows) * k * 4,
                                cudaMemcpyDeviceToHost, stream_));
+  }
+  if (sample_stages_) {  // the sampled token and its raw logit per row
+    CUDA_CHECK(cudaMemcpyAsync(ho + out_bytes, d_sampled_, rows * 4, cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(ho + out_bytes + rows * 4, d_sampled_logit_, rows * 4, cudaMemcpyDeviceToHost, stream_));
   }
   CUDA_CHECK(cudaStreamSynchronize(stream_));
   CUDA_CHECK(cudaGetLastError());
@@ -763,6 +813,15 @@ void CudaBackend::step(const StepBatch& b, StepOutput& out) {
   out.logits_rows = full_rows;
   const float* hl = static_cast<const float*>(h_logits_.p);
   out.logits.assign(hl, hl + full_rows.size() * size_t(c.vocab));
+  out.sampled.clear();
+  out.sampled_logit.clear();
+  if (sample_stages_) {
+    out.sampled = i32(out_bytes, rows);
+    out.sampled_logit = f32(out_bytes + rows * 4, rows);
+  } else if (b.sample_rows) {
+    out.sampled.assign(rows, -1);
+    out.sampled_logit.assign(rows, NAN);
+  }
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // The generation engine: requests in, tokens out. One loop runs native steps back to back while any request is in
 // flight; each step is whatever the scheduler batched (prefill chunks + every decoding sequence). Sampling happens
-// is planned per sequence before the step (sampler.ts): most draws happen inside the step (native/sample.h) and the
+// is planned per sequence before the step (sampler.ts): most draws happen inside the step (native/sampling.h) and the
 // host accepts the token; full logits come back only as a counted fallback.
 // A request's failure (bad input, abort) never stops the others.
 import type { NativeStepInput, NativeStepOutput } from '../native.js';

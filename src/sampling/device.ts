@@ -1,5 +1,5 @@
 // The per-step typed arrays that carry each sequence's sampling into the native step (NativeSampling; the step
-// applies native/sample.h's definition). One builder per step: rows in sequence order, entries appended as CSR.
+// applies native/sampling.h's definition). One builder per step: rows in sequence order, entries appended as CSR.
 import type { NativeSampling } from '../native.js';
 import type { SequenceSampler } from './sampler.js';
 

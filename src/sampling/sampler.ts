@@ -17,7 +17,7 @@
 //   - 'argmax': greedy with no adjustment: the step's raw argmax is the answer;
 //   - 'device': everything else. The step applies the adjustments to the touched tokens (entries(): logit bias,
 //     prompt and output tokens with their counts), finds the thresholds by selection and draws with the same noise
-//     (native/sample.h, the CPU reference and the CUDA kernels); the host reads back one token and its raw logit;
+//     (native/sampling.h, the CPU reference and the CUDA kernels); the host reads back one token and its raw logit;
 //   - 'full': the step returns the whole row and sample() applies the definition here, over the full vocabulary.
 //     The engine falls back to it only when a step's entries overflow the native buffer, and counts it.
 import type { ResolvedSampling } from './params.js';

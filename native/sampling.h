@@ -81,7 +81,12 @@ HM_SAMPLE_HD uint64_t sample_composite(uint32_t key, int32_t id) { return (uint6
 HM_SAMPLE_HD float sample_adjust(float raw, const SampleRow& p, const SampleEntry& e) {
   float a = raw + e.bias;
   if (p.repetition != 1.f && (e.count > 0 || e.in_prompt)) a = a > 0.f ? a / p.repetition : a * p.repetition;
+  // No fused multiply-add on the device: both backends round the same way.
+#ifdef __CUDA_ARCH__
+  if (e.count > 0) a = __fsub_rn(a, __fadd_rn(__fmul_rn(p.frequency, float(e.count)), p.presence));
+#else
   if (e.count > 0) a -= p.frequency * float(e.count) + p.presence;
+#endif
   return a;
 }
 
