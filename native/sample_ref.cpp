@@ -70,7 +70,7 @@ double gumbel(uint32_t key1, uint32_t key2, int id) {
 }  // namespace
 
 void sample_row_ref(const float* raw, int vocab, const SampleRow& p, const SampleEntry* entries, int num_entries,
-                    int32_t* token, float* raw_logit) {
+                    int32_t* token, float* raw_logit, double* margin) {
   std::vector<float> a(raw, raw + vocab);
   for (int j = 0; j < num_entries; j++) a[entries[j].id] = sample_adjust(raw[entries[j].id], p, entries[j]);
   Row r{a.data(), vocab, std::vector<uint32_t>(vocab)};
@@ -81,6 +81,7 @@ void sample_row_ref(const float* raw, int vocab, const SampleRow& p, const Sampl
   }
   *token = best;
   *raw_logit = raw[best];
+  if (margin) *margin = INFINITY;
   if (p.mode != kSampleDraw) return;
 
   const float amax = a[best];
@@ -101,15 +102,17 @@ void sample_row_ref(const float* raw, int vocab, const SampleRow& p, const Sampl
     const uint64_t need = uint64_t(std::ceil(double(p.top_p) * double(z)));
     bp = select_threshold(r, need, alive1, [&](int i) { return q[i]; });
   }
-  double best_score = -INFINITY;
+  double best_score = -INFINITY, second = -INFINITY;
   int pick = best;
   for (int i = 0; i < vocab; i++) {
     if (!alive1(i) || r.comp(i) < bp) continue;
     const double score = double(s[i]) + gumbel(p.key1, p.key2, i);
-    if (score > best_score) best_score = score, pick = i;  // ascending ids: ties keep the lower
+    if (score > best_score) second = best_score, best_score = score, pick = i;  // ascending ids: ties keep the lower
+    else if (score > second) second = score;
   }
   *token = pick;
   *raw_logit = raw[pick];
+  if (margin) *margin = best_score - second;
 }
 
 void validate_sampling(const StepBatch& b, int vocab) {

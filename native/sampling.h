@@ -107,7 +107,9 @@ HM_SAMPLE_HD void sample_noise_bits(uint32_t key1, uint32_t key2, int32_t id, ui
 
 // The CPU reference: draws the token of one row from its raw logits (not modified). Writes the token and its raw
 // logit (for logprobs). `entries` are the row's [entry_begin, entry_end) range already offset.
+// `margin` (optional): the gap between the best and the second best score of a draw (where fp32 noise on the
+// device could pick the other token), or +inf for greedy rows and draws from one kept token.
 void sample_row_ref(const float* raw, int vocab, const SampleRow& p, const SampleEntry* entries, int num_entries,
-                    int32_t* token, float* raw_logit);
+                    int32_t* token, float* raw_logit, double* margin = nullptr);
 
 }  // namespace hm
