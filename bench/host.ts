@@ -76,7 +76,7 @@ new Benchmark.Suite('host')
   .add('sampler TS step, 256 seqs (per seq)', samplerStep)
   .add('render request (per prompt token)', () => renderConversationTokens(request, tokenizer))
   .on('cycle', (e: Benchmark.Event) => {
-    const b = e.target as Benchmark;
+    const b = e.target as unknown as Benchmark;
     const n = perToken[b.name!];
     const us = (b.stats.mean * 1e6) / n;
     console.log(`${b.name!.padEnd(38)} ${us.toFixed(3).padStart(9)} us  (${(b.stats.mean * 1e3).toFixed(3)} ms per call of ${n}; ±${b.stats.rme.toFixed(1)}%, ${b.stats.sample.length} samples)`);

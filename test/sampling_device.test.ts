@@ -6,10 +6,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadModel, type LoadedModel } from '../src/model/load.js';
 import { ensureTinyModel } from '../src/model/tiny.js';
 import { loadAddon, type NativeStepInput } from '../src/native.js';
-import { SamplingBatch } from '../src/sampling/device.js';
 import { resolveSampling, type SamplingParams } from '../src/sampling/params.js';
-import { StepNoise } from '../src/sampling/rng.js';
 import { SequenceSampler } from '../src/sampling/sampler.js';
+import { binnedChiSquare, chiCritical, COMBOS, keptSet, margin, samplingOf } from './helpers/sampling.js';
 
 const V = 201088;
 
@@ -24,13 +23,6 @@ function flatLogits(seed: number): Float32Array {
   return out;
 }
 
-const COMBOS: { name: string; p: SamplingParams }[] = [
-  { name: 'temperature 1', p: { temperature: 1 } },
-  { name: 'temperature 1 + top_p 0.9', p: { temperature: 1, top_p: 0.9 } },
-  { name: 'temperature 0.7 + top_k 50 + min_p 0.05', p: { temperature: 0.7, top_k: 50, min_p: 0.05 } },
-  { name: 'temperature 1 + presence 0.5 + frequency 0.5 + repetition 1.1', p: { temperature: 1, presence_penalty: 0.5, frequency_penalty: 0.5, repetition_penalty: 1.1 } },
-  { name: 'temperature 1 + logprobs + top_logprobs 5', p: { temperature: 1, logprobs: true, top_logprobs: 5 } },
-];
 const PROMPT = Array.from({ length: 64 }, (_, i) => (i * 3001) % V);
 const OUTPUT = [PROMPT[3], 17, 17, 9973 * 2, PROMPT[5]];
 
@@ -41,66 +33,16 @@ function sampler(p: SamplingParams, seed: number): SequenceSampler {
 }
 
 function drawDevice(samplers: SequenceSampler[], logits: Float32Array) {
-  let entries = 0;
-  for (const s of samplers) entries += s.entries().length;
-  const batch = new SamplingBatch(samplers.length, entries);
-  for (const s of samplers) batch.push(s);
   const rows = new Float32Array(samplers.length * V);
   for (let r = 0; r < samplers.length; r++) rows.set(logits, r * V);
-  return loadAddon().sampleLogits(rows, V, batch.finish());
+  return loadAddon().sampleLogits(rows, V, samplingOf(samplers));
 }
-
-/** The definition's kept set and s = a / T over it (fp64), written out with a sort. */
-function keptSet(logits: Float32Array, p: SamplingParams): { ids: number[]; s: Float64Array; probs: Float64Array } {
-  const r = resolveSampling(p, V, () => 0);
-  const counts = new Map<number, number>();
-  for (const t of OUTPUT) counts.set(t, (counts.get(t) ?? 0) + 1);
-  const seen = new Set([...PROMPT, ...OUTPUT]);
-  const s = new Float64Array(V);
-  for (let i = 0; i < V; i++) {
-    let a = logits[i];
-    if (r.repetitionPenalty !== 1 && seen.has(i)) a = a > 0 ? a / r.repetitionPenalty : a * r.repetitionPenalty;
-    const c = counts.get(i) ?? 0;
-    if (c > 0) a -= r.frequencyPenalty * c + r.presencePenalty;
-    s[i] = a / r.temperature;
-  }
-  const order = Array.from({ length: V }, (_, i) => i).sort((x, y) => s[y] - s[x] || x - y);
-  let kept = order.filter((i) => s[i] >= s[order[0]] + Math.log(r.minP));
-  if (r.topK > 0) kept = kept.slice(0, r.topK);
-  const z = kept.reduce((acc, i) => acc + Math.exp(s[i] - s[order[0]]), 0);
-  const ids: number[] = [];
-  let cum = 0;
-  for (const i of kept) {
-    if (!(cum < r.topP * z)) break;
-    ids.push(i);
-    cum += Math.exp(s[i] - s[order[0]]);
-  }
-  const probs = new Float64Array(V);
-  const zk = ids.reduce((acc, i) => acc + Math.exp(s[i] - s[order[0]]), 0);
-  for (const i of ids) probs[i] = Math.exp(s[i] - s[order[0]]) / zk;
-  return { ids, s, probs };
-}
-
-/** The gap between the best and second Gumbel score over the kept set: below it, fp32 vs fp64 may disagree. */
-function margin(kept: { ids: number[]; s: Float64Array }, noise: StepNoise): number {
-  let a = -Infinity;
-  let b = -Infinity;
-  for (const i of kept.ids) {
-    const v = kept.s[i] + noise.gumbel(i);
-    if (v > a) (b = a), (a = v);
-    else if (v > b) b = v;
-  }
-  return a - b;
-}
-
-/** Upper 1e-4 quantile of chi-square(df), Wilson-Hilferty. */
-const chiCritical = (df: number) => df * (1 - 2 / (9 * df) + 3.719 * Math.sqrt(2 / (9 * df))) ** 3;
 
 describe('device path (CPU reference) vs the full-vocabulary definition, flat 201,088-entry row', () => {
   const logits = flatLogits(5);
   for (const c of COMBOS) {
     it(c.name, () => {
-      const kept = keptSet(logits, c.p);
+      const kept = keptSet(logits, c.p, PROMPT, OUTPUT);
       // Same seed, same token as the TypeScript full path, wherever the winning margin is above fp32 noise (1e-4).
       const seeds = 40;
       const samplers = Array.from({ length: seeds }, (_, d) => sampler(c.p, 7000 + d));
@@ -116,28 +58,9 @@ describe('device path (CPU reference) vs the full-vocabulary definition, flat 20
       }
       expect(compared).toBeGreaterThan(seeds - 3);
       // The distribution: 10 bins of about equal mass in canonical order, 500 draws.
-      const draws = 500;
-      const many = drawDevice(Array.from({ length: draws }, (_, d) => sampler(c.p, 90000 + d)), logits);
-      const bins = 10;
-      const binOf = new Int32Array(V).fill(-1);
-      const expected = new Float64Array(bins);
-      let cum = 0;
-      for (const i of kept.ids) {
-        const b = Math.min(bins - 1, Math.floor(cum * bins));
-        binOf[i] = b;
-        expected[b] += kept.probs[i] * draws;
-        cum += kept.probs[i];
-      }
-      const observed = new Float64Array(bins);
-      for (const t of many.sampled) observed[binOf[t]]++;
-      let stat = 0;
-      let df = -1;
-      for (let b = 0; b < bins; b++)
-        if (expected[b] > 0) {
-          stat += (observed[b] - expected[b]) ** 2 / expected[b];
-          df++;
-        }
-      expect(stat).toBeLessThan(chiCritical(Math.max(df, 1)));
+      const many = drawDevice(Array.from({ length: 500 }, (_, d) => sampler(c.p, 90000 + d)), logits);
+      const { stat, df } = binnedChiSquare(kept, many.sampled);
+      expect(stat).toBeLessThan(chiCritical(df));
     }, 120_000);
   }
 });
@@ -153,10 +76,6 @@ describe('sampling in the CPU backend step (tiny model)', () => {
   /** One step prefilling `n` copies of the prompt (sequence j in blocks [j]), each with its own sampling. */
   function stepOf(samplers: (SequenceSampler | undefined)[], fullLogits?: Uint8Array): NativeStepInput {
     const n = samplers.length;
-    let entries = 0;
-    for (const s of samplers) entries += s?.entries().length ?? 0;
-    const batch = new SamplingBatch(n, entries);
-    for (const s of samplers) batch.push(s);
     return {
       tokens: Int32Array.from({ length: n * prompt.length }, (_, i) => prompt[i % prompt.length]),
       positions: Int32Array.from({ length: n * prompt.length }, (_, i) => i % prompt.length),
@@ -165,7 +84,7 @@ describe('sampling in the CPU backend step (tiny model)', () => {
       maxBlocksPerSeq: 1,
       fullLogits,
       topK: 5,
-      sampling: batch.finish(),
+      sampling: samplingOf(samplers),
     };
   }
   const mk = (p: SamplingParams, seed: number) => new SequenceSampler(resolveSampling({ ...p, seed }, V, () => 0), prompt);
