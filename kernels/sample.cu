@@ -4,7 +4,8 @@
 //   adjust      one block per row: bias and penalties on the row's entries, in place (raw values to `saved`);
 //   max         the best adjusted logit as the largest 64-bit canonical composite (greedy rows are done here);
 //   select      top_k, then top_p: three radix levels (11 + 11 + 10 key bits) of a 2048-bucket histogram of
-//               counts (top_k) or fixed-point mass (top_p) over the row's survivors; a tie run at the boundary
+//               counts (top_k) or fixed-point mass (top_p) over the row's survivors (warp-aggregated shared
+//               atomics: flat rows crowd a few level-0 buckets); a tie run at the boundary
 //               key is cut by an ordered scan of the row (rare: fp32 logits seldom tie);
 //   gumbel      argmax over the kept tokens of s + gumbel (fp32), ties by lower id.
 // Each pass's blocks leave per-block partials (integers or maxima, so their order cannot change the result); the
@@ -221,12 +222,25 @@ __global__ void __launch_bounds__(NT) sample_select(const float* __restrict__ lo
   __syncthreads();
   int lo, hi;
   slice(vocab, B, &lo, &hi);
-  for (int i = lo + tid; i < hi; i += NT) {
-    const float a = x[i];
-    const float s = s_rel(a, amax, p.inv_temperature);
-    const uint32_t key = sample_order_key(a);
-    if ((key & st.mask) != st.prefix || !alive(i, a, s, key)) continue;
-    atomicAdd(&hist[(key >> shift) & width], stage == 0 ? 1ull : mass_q(s));
+  // Lanes of a warp that hit the same bucket add their weights first (flat rows put most tokens in a few level-0
+  // buckets): one 64-bit shared atomic per bucket per warp. Weights split in 22-bit halves for the 32-bit reduce.
+  for (int base = lo; base < hi; base += NT) {
+    const int i = base + tid;
+    uint32_t bucket = 0xffffffffu;
+    u64 wq = 0;
+    if (i < hi) {
+      const float a = x[i];
+      const float s = s_rel(a, amax, p.inv_temperature);
+      const uint32_t key = sample_order_key(a);
+      if ((key & st.mask) == st.prefix && alive(i, a, s, key)) {
+        bucket = (key >> shift) & width;
+        wq = stage == 0 ? 1ull : mass_q(s);
+      }
+    }
+    const uint32_t peers = __match_any_sync(0xffffffffu, bucket);
+    const uint32_t lo_sum = __reduce_add_sync(peers, uint32_t(wq & 0x3fffffu));
+    const uint32_t hi_sum = __reduce_add_sync(peers, uint32_t(wq >> 22));
+    if (bucket != 0xffffffffu && lane == __ffs(peers) - 1) atomicAdd(&hist[bucket], (u64(hi_sum) << 22) + lo_sum);
   }
   __syncthreads();
   u64* part = w.part + (size_t(row) * B + blockIdx.x) * kSampleBuckets;
