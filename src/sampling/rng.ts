@@ -1,7 +1,7 @@
 // A counter-based random source: the uniform for (seed, step, token id) is a pure hash of the three, so a token's
-// noise does not depend on which other tokens were looked at. That is what lets the narrowed path (a few hundred
-// candidates) and the full path (all 201,088 logits) draw the same token for the same seed, and makes a request
-// reproducible across batching, preemption and restarts.
+// noise does not depend on which other tokens were looked at. That is what lets the step's draw (native/sampling.h,
+// which mixes token ids into this step's two keys exactly as uniform() does) and the full-vocabulary path here draw
+// the same token for the same seed, and makes a request reproducible across batching, preemption and restarts.
 
 /** murmur3's 32-bit finaliser: a bijection with full avalanche. */
 function fmix32(h: number): number {
