@@ -5,12 +5,14 @@
 //   node node_modules/vite-node/vite-node.mjs bench/sampling.ts [--quick] [--models 20b,120b] [--seqs 1,8,64,256]
 //        [--prompt 128] [--decode 128] [--runs 1] [--json FILE]
 // --quick: --seqs 1,64 --decode 64 (the issue's "Done when" cells; about a minute of GPU time per model).
+// --models tiny --backend cpu: the embedded tiny model on the CPU backend, a smoke run of this script without a GPU.
 // Env: BENCH_MODELS, BENCH_SEQS, BENCH_PROMPT, BENCH_DECODE, BENCH_RUNS (flags win); HARMONIUM_BUILD_DIR.
 // Decode tok/s counts the tokens produced after every request has its first token, over the time they took.
 import { writeFileSync } from 'node:fs';
 import { Engine } from '../src/engine/engine.js';
-import { dummyConfig, type DummyModelName } from '../src/model/dummy.js';
+import type { DummyModelName } from '../src/model/dummy.js';
 import { loadModel } from '../src/model/load.js';
+import { ensureTinyModel } from '../src/model/tiny.js';
 import { loadAddon } from '../src/native.js';
 import { resolveSampling, type SamplingParams } from '../src/sampling/params.js';
 
@@ -29,7 +31,10 @@ const flag = (name: string, env: string, def: string) => {
   return i >= 0 ? argv[i + 1] : (process.env[env] ?? def);
 };
 const quick = argv.includes('--quick');
-const models = flag('models', 'BENCH_MODELS', '20b,120b').split(',').map((m) => `gpt-oss-${m.replace(/^gpt-oss-/, '')}` as DummyModelName);
+const models = flag('models', 'BENCH_MODELS', '20b,120b')
+  .split(',')
+  .map((m) => (m === 'tiny' ? m : (`gpt-oss-${m.replace(/^gpt-oss-/, '')}` as DummyModelName)));
+const backend = flag('backend', 'BENCH_BACKEND', 'cuda') as 'cpu' | 'cuda';
 const seqsList = flag('seqs', 'BENCH_SEQS', quick ? '1,64' : '1,8,64,256').split(',').map(Number);
 const PROMPT = Number(flag('prompt', 'BENCH_PROMPT', '128'));
 const DECODE = Number(flag('decode', 'BENCH_DECODE', quick ? '64' : '128'));
@@ -65,9 +70,13 @@ async function run(engine: Engine, vocab: number, seqs: number, p: SamplingParam
 
 const cells: Cell[] = [];
 for (const name of models) {
-  const cfg = dummyConfig(name);
   const maxSeqs = Math.max(...seqsList);
-  const model = await loadModel({ dummy: name, backend: 'cuda', expertFormat: 'mxfp4', blockSize: 16, maxSeqs, maxBatchTokens: 2048, seed: 1 });
+  const common = { backend, blockSize: 16, maxSeqs, maxBatchTokens: 2048 };
+  const model =
+    name === 'tiny'
+      ? await loadModel({ model: await ensureTinyModel(), ...common })
+      : await loadModel({ dummy: name, expertFormat: 'mxfp4', seed: 1, ...common });
+  const cfg = model.config;
   try {
     const info = model.info();
     const engine = new Engine(model, {
@@ -107,5 +116,5 @@ for (const name of models) {
     model.close();
   }
 }
-console.log(`\nprompt ${PROMPT} tokens, ${DECODE} decoded per sequence, best of ${RUNS} run(s); total host fallbacks: ${cells.reduce((a, c) => a + c.fallbacks, 0)}`);
+console.log(`\n${backend}: prompt ${PROMPT} tokens, ${DECODE} decoded per sequence, best of ${RUNS} run(s); total host fallbacks: ${cells.reduce((a, c) => a + c.fallbacks, 0)}`);
 if (jsonFile) writeFileSync(jsonFile, JSON.stringify({ prompt: PROMPT, decode: DECODE, runs: RUNS, cells }, null, 2));
