@@ -141,6 +141,12 @@ const CASES: { name: string; p: SamplingParams; prompt?: number[]; output?: numb
     output: [3, 3, 9],
   },
   { name: 'logit_bias', p: { logit_bias: { '3': 6, '17': -100, '40': 2.5 }, top_p: 0.9 } },
+  {
+    name: 'greedy with penalties and a bias',
+    p: { temperature: 0, repetition_penalty: 1.3, frequency_penalty: 0.5, logit_bias: { '40': 1.5 } },
+    prompt: [17, 34],
+    output: [17, 51],
+  },
 ];
 
 function check(observed: Float64Array, expected: Float64Array, draws: number): void {
