@@ -70,17 +70,15 @@ export class Harmonium {
       const tokJson = join(dir, 'tokenizer.json');
       if (existsSync(tokJson)) checkTokenizerJson(tokJson);
     }
-    const blockSize = opts.blockSize ?? 16;
-    const maxSeqs = opts.maxSeqs ?? 16;
-    const maxBatchTokens = opts.maxBatchTokens ?? (backend === 'cpu' ? 512 : 2048);
+    // Options left undefined take the native defaults; info() reports what the model was loaded with.
     const model = await loadModel({
       model: dir,
       dummy: opts.dummyWeights,
       backend,
-      blockSize,
-      numBlocks: opts.numBlocks ?? 0,
-      maxSeqs,
-      maxBatchTokens,
+      blockSize: opts.blockSize,
+      numBlocks: opts.numBlocks,
+      maxSeqs: opts.maxSeqs,
+      maxBatchTokens: opts.maxBatchTokens,
       expertFormat: opts.expertFormat,
       threads: opts.threads,
       onProgress: opts.onProgress,
@@ -99,8 +97,8 @@ export class Harmonium {
         vocabSize: model.config.vocabSize,
         numBlocks: info.numBlocks,
         blockSize: info.blockSize,
-        maxSeqs,
-        maxBatchTokens,
+        maxSeqs: info.limits.maxSeqs,
+        maxBatchTokens: info.limits.maxBatchTokens,
         contextLength,
       });
       const noise = tiny || opts.dummyWeights !== undefined;

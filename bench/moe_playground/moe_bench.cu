@@ -6,7 +6,7 @@
 // Decode bytes count only what must be read: the selected experts' MXFP4 blocks, scales and biases
 // (13.24 MB per expert). The routing rotates over disjoint expert sets so no iteration finds its experts in L2.
 // Build: nvcc -std=c++17 -O3 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative -Ikernels
-//        bench/moe_playground/moe_bench.cu kernels/moe_mxfp4.cu kernels/moe_bf16.cu kernels/router.cu -o moe_bench
+//        bench/moe_playground/moe_bench.cu kernels/moe_mxfp4.cu kernels/moe_bf16.cu -o moe_bench
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -19,7 +19,6 @@
 
 #include "moe.h"
 #include "moe_impl.cuh"
-#include "prefill_v2.cuh"
 
 using namespace hm::cuda;
 
@@ -259,31 +258,6 @@ void decode_variants(const Layer& L, const Routing& R, const uint16_t* x, float*
   cudaFree(g_y_ref);
 }
 
-// The prefill path with v2 of the MXFP4 grouped GEMM (moe_impl.cuh), launched directly so that v1 (the public
-// launcher unless built with -DHM_MOE_PREFILL_V2) and v2 can be compared in one binary.
-void prefill_mxfp4_v2(const MoeParams& p, const Layer& L) {
-  const moe::Workspace ws = moe::carve(p.workspace, p.n, p.H, p.I, p.E, p.k);
-  static bool set = false;
-  if (!set) {
-    CK(cudaFuncSetAttribute(moe::moe_grouped_gemm_mxfp4_v2<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                            int(moe::kGemm2Smem)));
-    CK(cudaFuncSetAttribute(moe::moe_grouped_gemm_mxfp4_v2<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                            int(moe::kGemm2Smem)));
-    set = true;
-  }
-  const int P = p.n * p.k, T = moe::max_tiles(P, p.E);
-  moe::moe_route_sort<<<1, 1024>>>(p.ids, P, p.E, ws);
-  moe::WMat gu{L.gu_b, L.gu_s, L.gu_bias, 2 * L.I, L.H};
-  moe::WMat dn{L.dn_b, L.dn_s, L.dn_bias, L.H, L.I};
-  moe::GemmArgs g{gu, p.x, p.ldx, p.k, p.weights, p.swiglu_limit, ws};
-  moe::moe_grouped_gemm_mxfp4_v2<true><<<dim3((2 * p.I + moe::kBN - 1) / moe::kBN, T), 256, moe::kGemm2Smem>>>(g);
-  g.W = dn;
-  g.A = ws.act;
-  g.lda = p.I;
-  moe::moe_grouped_gemm_mxfp4_v2<false><<<dim3((p.H + moe::kBN - 1) / moe::kBN, T), 256, moe::kGemm2Smem>>>(g);
-  moe::moe_combine<<<p.n, 256>>>(ws, p.H, p.k, p.y, p.ldy, false);
-}
-
 double nmse_dev(const float* a, const float* b, size_t n) {
   std::vector<float> ha(n), hb(n);
   CK(cudaMemcpy(ha.data(), a, n * 4, cudaMemcpyDeviceToHost));
@@ -386,32 +360,6 @@ int main() {
       if (n == 1 || n == 8) decode_variants(L, R, x, y, ws, bytes_mx);
     }
 
-    {  // router: fused GEMV + top-k for one token, E x 2880 bf16
-      uint16_t* wr = dalloc<uint16_t>(size_t(E) * L.H);
-      fill_bf16<<<256, 256>>>(wr, size_t(E) * L.H, 11, 0.1f);
-      float* logits = dalloc<float>(size_t(8) * E);
-      int32_t* ids = dalloc<int32_t>(64);
-      float* wts = dalloc<float>(64);
-      void* rws = dalloc<uint8_t>(router_workspace_bytes());
-      CK(cudaMemset(rws, 0, router_workspace_bytes()));
-      RouterParams rp;
-      rp.x = x;
-      rp.ldx = L.H;
-      rp.W = wr;
-      rp.n = 1;
-      rp.H = L.H;
-      rp.E = E;
-      rp.k = 4;
-      rp.logits = logits;
-      rp.ids = ids;
-      rp.weights = wts;
-      rp.workspace = rws;
-      const float t = time_us([&](int) { router_forward(rp, 0); });
-      std::printf("router_forward n=1: %.1f us (%.0f GB/s of %.2f MB)\n", t, E * L.H * 2.0 / t * 1e-3,
-                  E * L.H * 2e-6);
-      for (void* q : {(void*)wr, (void*)logits, (void*)ids, (void*)wts, rws}) cudaFree(q);
-    }
-
     for (int n : {64, 512, n_prefill}) {
       if (std::getenv("MOE_DECODE_ONLY")) break;  // decode-only runs (run 4)
       Routing R(2, n, L.k, E, true);
@@ -441,30 +389,8 @@ int main() {
         q.weights = R.w_of(i);
         moe_bf16_forward(q, L.bf(), 0);
       }, 10, 5);
-      // v2 against v1 on the same routing: error and time.
-      float* y2 = dalloc<float>(size_t(n) * L.H);
-      {
-        MoeParams q = p;
-        q.ids = R.ids_of(0);
-        q.weights = R.w_of(0);
-        moe_mxfp4_forward(q, L.mx(), 0);
-        q.y = y2;
-        CK(cudaMemset(y2, 0xFF, size_t(n) * L.H * 4));
-        prefill_mxfp4_v2(q, L);
-        CK(cudaDeviceSynchronize());
-      }
-      const double err = nmse_dev(y2, y, size_t(n) * L.H);
-      const float t_v2 = time_us([&](int i) {
-        MoeParams q = p;
-        q.ids = R.ids_of(i);
-        q.weights = R.w_of(i);
-        q.y = y2;
-        prefill_mxfp4_v2(q, L);
-      }, 10, 5);
-      cudaFree(y2);
-      std::printf("prefill n=%d: mxfp4 %.0f us (%.1f TFLOP/s, %.0f tok/s per layer) | mxfp4 v2 %.0f us (%.1f TFLOP/s, "
-                  "nmse vs v1 %.2e) | bf16 %.0f us (%.1f TFLOP/s)\n",
-                  n, t_mx, flops / t_mx * 1e-6, n / t_mx * 1e6, t_v2, flops / t_v2 * 1e-6, err, t_bf, flops / t_bf * 1e-6);
+      std::printf("prefill n=%d: mxfp4 %.0f us (%.1f TFLOP/s, %.0f tok/s per layer) | bf16 %.0f us (%.1f TFLOP/s)\n",
+                  n, t_mx, flops / t_mx * 1e-6, n / t_mx * 1e6, t_bf, flops / t_bf * 1e-6);
     }
     cudaFree(ws);
     cudaFree(x);
