@@ -264,7 +264,6 @@ class Source {
       : tensors_(tensors), opt_(opt), total_(total), progress_(progress) {}
   cudaStream_t stream() const { return st_.stream(); }
   void sync() { st_.sync(); }
-  bool dummy() const { return opt_.dummy; }
 
   // The tensor's bytes as the checkpoint holds them (t.dtype, or F32 sinks) into device memory at dst.
   void fetch(const TensorSpec& t, void* dst) {
