@@ -1,12 +1,12 @@
 // MoE kernel playground (llm.c dev/cuda style): times the public launchers of kernels/moe.h and a few launch
 // configurations of the decode kernels at the real gpt-oss shapes (H = I = 2880, top-4, E = 32 and 128).
-// Correctness is held by test/ops/ops_moe.cu; this program only times, on random (never zero) weights.
-// MOE_DECODE_ONLY=1 skips the prefill timings.
+// Before it times a shape, it checks the launchers' output there against the CPU twin (ref::expert_mlp_mxfp4,
+// native/cpu/ref_ops.h) and stops if they disagree; the numbered decode variants are then checked against the
+// launcher. Random (never zero) weights. MOE_DECODE_ONLY=1 skips the prefill timings.
 //
 // Decode bytes count only what must be read: the selected experts' MXFP4 blocks, scales and biases
 // (13.24 MB per expert). The routing rotates over disjoint expert sets so no iteration finds its experts in L2.
-// Build: nvcc -std=c++17 -O3 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative -Ikernels
-//        bench/moe_playground/moe_bench.cu kernels/moe_mxfp4.cu kernels/moe_bf16.cu -o moe_bench
+// Build: the CMake target hm_moe_lab (not built by default): npx cmake-js build --out build-cuda --target hm_moe_lab
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -17,6 +17,7 @@
 #include <functional>
 #include <vector>
 
+#include "cpu/ref_ops.h"
 #include "moe.h"
 #include "moe_impl.cuh"
 
@@ -271,6 +272,67 @@ double nmse_dev(const float* a, const float* b, size_t n) {
   return num / den;
 }
 
+// The CPU twin of one MoE call: y[t] = sum over the k chosen experts of weight * ref::expert_mlp_mxfp4(x[t]).
+// Only the experts the routing uses are copied to the host.
+std::vector<float> moe_on_cpu(const Layer& L, const int32_t* d_ids, const float* d_w, const uint16_t* d_x, int n) {
+  std::vector<int32_t> ids(size_t(n) * L.k);
+  std::vector<float> w(ids.size());
+  std::vector<uint16_t> x(size_t(n) * L.H);
+  CK(cudaMemcpy(ids.data(), d_ids, ids.size() * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(w.data(), d_w, w.size() * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(x.data(), d_x, x.size() * 2, cudaMemcpyDeviceToHost));
+  const size_t gu_rows = 2 * size_t(L.I);
+  struct Expert {
+    std::vector<uint8_t> gu_b, gu_s, dn_b, dn_s;
+    std::vector<uint16_t> gu_bias, dn_bias;
+  };
+  std::vector<Expert> experts(L.E);
+  auto get = [](auto& v, const auto* d, size_t off, size_t n) {
+    v.resize(n);
+    CK(cudaMemcpy(v.data(), d + off, n * sizeof(v[0]), cudaMemcpyDeviceToHost));
+  };
+  std::vector<float> y(size_t(n) * L.H, 0.f), xe(L.H), ye(L.H);
+  for (int t = 0; t < n; t++) {
+    for (int h = 0; h < L.H; h++) xe[h] = hm::ref::bf16_to_f32(x[size_t(t) * L.H + h]);
+    for (int j = 0; j < L.k; j++) {
+      const int e = ids[size_t(t) * L.k + j];
+      Expert& X = experts[e];
+      if (X.gu_b.empty()) {
+        get(X.gu_b, L.gu_b, e * gu_rows * L.H / 2, gu_rows * L.H / 2);
+        get(X.gu_s, L.gu_s, e * gu_rows * L.H / 32, gu_rows * L.H / 32);
+        get(X.gu_bias, L.gu_bias, e * gu_rows, gu_rows);
+        get(X.dn_b, L.dn_b, size_t(e) * L.H * L.I / 2, size_t(L.H) * L.I / 2);
+        get(X.dn_s, L.dn_s, size_t(e) * L.H * L.I / 32, size_t(L.H) * L.I / 32);
+        get(X.dn_bias, L.dn_bias, size_t(e) * L.H, size_t(L.H));
+      }
+      hm::ref::expert_mlp_mxfp4(xe.data(), X.gu_b.data(), X.gu_s.data(), X.gu_bias.data(), X.dn_b.data(), X.dn_s.data(),
+                                X.dn_bias.data(), L.H, L.I, 7.f, ye.data());
+      for (int h = 0; h < L.H; h++) y[size_t(t) * L.H + h] += w[size_t(t) * L.k + j] * ye[h];
+    }
+  }
+  return y;
+}
+
+// Runs `launch` (which writes p.y for routing set 0) and stops the program unless it matches the CPU twin (the
+// op-test tolerance: nmse 1e-4, the SwiGLU output being rounded to bf16 between the matmuls).
+template <typename F>
+void check_cpu_twin(const char* what, const Layer& L, const MoeParams& p, F&& launch) {
+  CK(cudaMemset(p.y, 0xFF, size_t(p.n) * L.H * 4));
+  launch();
+  CK(cudaDeviceSynchronize());
+  const std::vector<float> want = moe_on_cpu(L, p.ids, p.weights, p.x, p.n);
+  float* d_want = dalloc<float>(want.size());
+  CK(cudaMemcpy(d_want, want.data(), want.size() * 4, cudaMemcpyHostToDevice));
+  const double err = nmse_dev(p.y, d_want, want.size());
+  cudaFree(d_want);
+  std::printf("  check %s n=%d E=%d vs CPU twin: nmse %.2e\n", what, p.n, L.E, err);
+  if (!(err <= 1e-4)) {
+    std::fprintf(stderr, "moe_bench: %s n=%d disagrees with ref::expert_mlp_mxfp4 (nmse %.2e): not timing it\n", what,
+                 p.n, err);
+    std::exit(1);
+  }
+}
+
 int main() {
   int dev = 0;
   cudaDeviceProp prop;
@@ -326,6 +388,13 @@ int main() {
         q.pdl = pdl;
         moe_mxfp4_forward(q, L.mx(), 0);
       };
+      {
+        MoeParams q = p;
+        q.ids = R.ids_of(0);
+        q.weights = R.w_of(0);
+        check_cpu_twin("decode mxfp4", L, q, [&] { moe_mxfp4_forward(q, L.mx(), 0); });
+        check_cpu_twin("decode bf16", L, q, [&] { moe_bf16_forward(q, L.bf(), 0); });
+      }
       const float t_mx = time_us([&](int i) { run_mx(i, false); });
       const float t_mx_pdl = time_us([&](int i) { run_mx(i, true); });
       // The same calls captured in a CUDA graph (one graph = `sets` layers of different experts).
@@ -377,6 +446,13 @@ int main() {
       p.workspace_bytes = ws_bytes;
       p.path = MoePath::kPrefill;
       const double flops = double(n) * L.k * L.flops_per_pair();
+      if (n == 64) {  // the prefill path's shapes; larger n only time (the CPU twin would take minutes)
+        MoeParams q = p;
+        q.ids = R.ids_of(0);
+        q.weights = R.w_of(0);
+        check_cpu_twin("prefill mxfp4", L, q, [&] { moe_mxfp4_forward(q, L.mx(), 0); });
+        check_cpu_twin("prefill bf16", L, q, [&] { moe_bf16_forward(q, L.bf(), 0); });
+      }
       const float t_mx = time_us([&](int i) {
         MoeParams q = p;
         q.ids = R.ids_of(i);
