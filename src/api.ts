@@ -20,7 +20,7 @@ import { Engine, type GenerationResult } from './engine/engine.js';
 import { renderConversationTokens } from './harmony/render.js';
 import type { ChatRequest } from './harmony/types.js';
 import { isDummyModelName } from './model/dummy.js';
-import { loadModel, type LoadedModel } from './model/load.js';
+import { cudaDeviceCount, loadDefaults, loadModel, type LoadedModel } from './model/load.js';
 import { ensureTinyModel } from './model/tiny.js';
 import type { ModelConfig } from './model/types.js';
 import type { NativeModelInfo } from './native.js';
@@ -28,6 +28,23 @@ import { resolveSampling, SAMPLING_KEYS, type SamplingParams } from './sampling/
 import { randomSeed } from './sampling/rng.js';
 import { StopStrings } from './sampling/stop.js';
 import { checkTokenizerJson, HarmonyTokenizer, StreamingDetokenizer, STOP_TOKEN_IDS } from './tokenizer/tokenizer.js';
+
+/** What Harmonium.score() resolves to. */
+export interface ScoreResult {
+  tokens: number[];
+  /** [T - 1]: log p(tokens[t + 1] | tokens[0..t]) */
+  logprobs: number[];
+  /** exp(-mean(logprobs)); NaN when there is nothing to predict (one token). */
+  perplexity: number;
+  vocab: number;
+  /** [T * V] fp32 logits of every position */
+  logits: Float32Array;
+  backend: string;
+  deviceName: string;
+  prefillMs: number;
+}
+
+export type ScoreOptions = Pick<HarmoniumLoadOptions, 'model' | 'backend' | 'dummyWeights' | 'expertFormat' | 'threads' | 'onProgress'>;
 
 /** max_tokens for models whose text is noise (random weights), which may never write <|return|>. */
 const NOISE_MODEL_MAX_TOKENS = 64;
@@ -70,17 +87,15 @@ export class Harmonium {
       const tokJson = join(dir, 'tokenizer.json');
       if (existsSync(tokJson)) checkTokenizerJson(tokJson);
     }
-    const blockSize = opts.blockSize ?? 16;
-    const maxSeqs = opts.maxSeqs ?? 16;
-    const maxBatchTokens = opts.maxBatchTokens ?? (backend === 'cpu' ? 512 : 2048);
+    // Options left undefined take the native defaults; info() reports what the model was loaded with.
     const model = await loadModel({
       model: dir,
       dummy: opts.dummyWeights,
       backend,
-      blockSize,
-      numBlocks: opts.numBlocks ?? 0,
-      maxSeqs,
-      maxBatchTokens,
+      blockSize: opts.blockSize,
+      numBlocks: opts.numBlocks,
+      maxSeqs: opts.maxSeqs,
+      maxBatchTokens: opts.maxBatchTokens,
       expertFormat: opts.expertFormat,
       threads: opts.threads,
       onProgress: opts.onProgress,
@@ -99,8 +114,8 @@ export class Harmonium {
         vocabSize: model.config.vocabSize,
         numBlocks: info.numBlocks,
         blockSize: info.blockSize,
-        maxSeqs,
-        maxBatchTokens,
+        maxSeqs: info.limits.maxSeqs,
+        maxBatchTokens: info.limits.maxBatchTokens,
         contextLength,
       });
       const noise = tiny || opts.dummyWeights !== undefined;
@@ -109,6 +124,59 @@ export class Harmonium {
     } catch (err) {
       model.close();
       throw err;
+    }
+  }
+
+  /** CUDA devices this build can use: 0 with the reason when none. */
+  static cudaDevices(): { count: number; reason: string } {
+    return cudaDeviceCount();
+  }
+
+  /**
+   * Scores a token sequence: loads the model (a checkpoint, dummy weights, or by default the tiny model) with a KV
+   * cache for this one sequence, runs it as ONE prefill, and frees it. Resolves to each position's log-probability
+   * of the next given token, the perplexity over the T - 1 predictions, and every position's fp32 logits.
+   */
+  static async score(tokens: readonly number[], opts: ScoreOptions = {}): Promise<ScoreResult> {
+    const backend = opts.backend ?? 'cpu';
+    if (backend !== 'cpu' && backend !== 'cuda') throw new Error(`score: unknown backend '${String(backend)}' (expected cpu or cuda)`);
+    const T = tokens.length;
+    if (T === 0) throw new Error('score: no tokens');
+    const blockSize = loadDefaults(backend).blockSize;
+    const dummy = opts.dummyWeights;
+    const model = await loadModel({
+      ...(dummy !== undefined ? { dummy } : { model: opts.model ?? (await ensureTinyModel()) }),
+      backend,
+      numBlocks: Math.ceil(T / blockSize),
+      maxSeqs: 1,
+      maxBatchTokens: Math.max(T, 16),
+      expertFormat: opts.expertFormat,
+      threads: opts.threads,
+      onProgress: opts.onProgress,
+    });
+    try {
+      const V = model.config.vocabSize;
+      tokens.forEach((id, i) => {
+        if (id >= V) throw new Error(`score: token ${i} (id ${id}) is outside the vocabulary 0..${V - 1}`);
+      });
+      if (T > model.config.maxPositions) throw new Error(`score: ${T} tokens exceed the model's ${model.config.maxPositions} positions`);
+      const { logits, logsumexp, prefillMs } = await model.score(tokens);
+      const logprobs: number[] = [];
+      for (let t = 0; t + 1 < T; t++) logprobs.push(logits[t * V + tokens[t + 1]] - logsumexp[t]);
+      const mean = logprobs.reduce((a, b) => a + b, 0) / logprobs.length;
+      const info = model.info();
+      return {
+        tokens: [...tokens],
+        logprobs,
+        perplexity: logprobs.length > 0 ? Math.exp(-mean) : NaN,
+        vocab: V,
+        logits,
+        backend: info.backend,
+        deviceName: info.deviceName,
+        prefillMs,
+      };
+    } finally {
+      model.close();
     }
   }
 

@@ -6,7 +6,7 @@ import { CheckpointError } from '../src/model/safetensors.js';
 const layerTypes = (n: number) =>
   Array.from({ length: n }, (_, i) => (i % 2 === 0 ? 'sliding_attention' : 'full_attention'));
 
-// As published with openai/gpt-oss-20b (model.md's table), rope_theta + rope_scaling form.
+// As published with openai/gpt-oss-20b (docs/model.md), rope_theta + rope_scaling form.
 const GPT_OSS_20B = `{
   "architectures": ["GptOssForCausalLM"],
   "attention_bias": true,

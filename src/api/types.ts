@@ -17,10 +17,10 @@ export interface HarmoniumLoadOptions {
   onProgress?: (loadedBytes: number, totalBytes: number) => void;
   /** max_tokens when a request gives none. Default: 64 for the tiny model and dummy weights, else up to the context end. */
   defaultMaxTokens?: number;
-  /** KV cache blocks (0 = as many as the backend's memory allows) and positions per block (default 16). */
+  /** KV cache blocks (0 = as many as the backend's memory allows) and positions per block (defaults: buildInfo()). */
   numBlocks?: number;
   blockSize?: number;
-  /** Sequences and tokens per engine step. */
+  /** Sequences and tokens per engine step (defaults: buildInfo().defaults[backend]). */
   maxSeqs?: number;
   maxBatchTokens?: number;
   /** CUDA only: 'mxfp4' (sm_90+) or 'bf16' experts. */

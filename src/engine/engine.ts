@@ -2,9 +2,9 @@
 // flight; each step is whatever the scheduler batched (prefill chunks + every decoding sequence). Sampling happens
 // here on the host, planned per sequence before the step (narrowed candidates or full logits, see sampler.ts).
 // A request's failure (bad input, abort) never stops the others.
-import type { NativeStepInput, NativeStepOutput } from '../native.js';
+import { maxTopK, type NativeStepInput, type NativeStepOutput } from '../native.js';
 import type { ResolvedSampling } from '../sampling/params.js';
-import { MAX_NARROW_K, SequenceSampler, type LogitsRow, type SamplePlan, type SampledToken } from '../sampling/sampler.js';
+import { SequenceSampler, type LogitsRow, type SamplePlan, type SampledToken } from '../sampling/sampler.js';
 import { KvBlockPool } from './kv_blocks.js';
 import { Scheduler, Sequence, type Chunk } from './scheduler.js';
 
@@ -230,7 +230,7 @@ export class Engine {
         topK = Math.max(topK, plan.topK);
       }
     });
-    return { tokens, positions, seqLens, blockTables, maxBlocksPerSeq: maxBlocks, fullLogits, topK: Math.min(topK, MAX_NARROW_K) };
+    return { tokens, positions, seqLens, blockTables, maxBlocksPerSeq: maxBlocks, fullLogits, topK: Math.min(topK, maxTopK()) };
   }
 
   private consume(chunks: Chunk<Pending>[], plans: (SamplePlan | undefined)[], out: NativeStepOutput): void {

@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { packageRoot } from '../native.js';
+import { packageRoot } from '../util/package_root.js';
 import { configFromJson } from './config.js';
 import { publishedConfigJson } from './dummy.js';
 import { expectedTensors, type ExpectedTensor } from './checkpoint.js';

@@ -22,12 +22,10 @@
 //     non-candidate in the adjusted order (a non-candidate's value can only fall), so the k best adjusted tokens
 //     are all candidates; min_p and top_p then act within them ('narrow');
 //   - anything else asks the step for this sequence's full logits ('full').
+import { maxTopK } from '../native.js';
 import type { ResolvedSampling } from './params.js';
 import { StepNoise } from './rng.js';
 import { argmaxRow, sortCanonical, topKCanonical } from './select.js';
-
-/** The most candidates a step narrows to (native's limit). */
-export const MAX_NARROW_K = 256;
 
 export type SampleMode = 'argmax' | 'narrow' | 'full';
 
@@ -99,7 +97,7 @@ export class SequenceSampler {
     const raises = this.mayRaise();
     if (p.greedy && !raises && this.lowered.size === 0) return { mode: 'argmax', topK: lp };
     const k = p.greedy ? 1 : p.topK;
-    if (k > 0 && !raises && k + this.lowered.size <= MAX_NARROW_K)
+    if (k > 0 && !raises && k + this.lowered.size <= maxTopK())
       return { mode: 'narrow', topK: Math.max(k + this.lowered.size, lp) };
     return { mode: 'full', topK: lp };
   }
