@@ -100,13 +100,17 @@ export function packageRoot(): string {
   return dir;
 }
 
+import { AddonError } from './errors.js';
+
 export function loadAddon(): NativeAddon {
   if (cached) return cached;
   // HARMONIUM_BUILD_DIR lets a developer test an addon built into another folder (e.g. build-cuda/).
   const buildDir = process.env.HARMONIUM_BUILD_DIR ?? join(packageRoot(), 'build');
   const path = join(buildDir, 'Release', 'harmonium.node');
   if (!existsSync(path)) {
-    throw new Error(`harmonium: native addon not built (${path} is missing); run \`npm run build\``);
+    throw new AddonError(
+      `the native addon is not built (${path} is missing): run \`npm rebuild harmonium\` (in a checkout of harmonium: \`npm run build\`); building needs CMake >= 3.18 and a C++17 compiler`,
+    );
   }
   const require = createRequire(import.meta.url);
   cached = require(path) as NativeAddon;
