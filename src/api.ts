@@ -60,10 +60,10 @@ export class Harmonium {
   /** Loads a model: a checkpoint directory, dummy weights of a gpt-oss shape, or (by default) the embedded tiny model. */
   static async load(opts: HarmoniumLoadOptions = {}): Promise<Harmonium> {
     const backend = opts.backend ?? 'cpu';
-    if (backend !== 'cpu' && backend !== 'cuda') throw new LoadOptionError('backend', `backend: must be cpu or cuda, got ${JSON.stringify(backend)}`);
+    if (backend !== 'cpu' && backend !== 'cuda') throw new LoadOptionError('backend', `backend: unknown backend ${JSON.stringify(backend)} (expected cpu or cuda)`);
     if (opts.model !== undefined && opts.dummyWeights !== undefined) throw new LoadOptionError('dummyWeights', 'dummyWeights: give either model or dummyWeights, not both');
     if (opts.dummyWeights !== undefined && !isDummyModelName(opts.dummyWeights))
-      throw new LoadOptionError('dummyWeights', `dummyWeights: must be gpt-oss-20b or gpt-oss-120b, got ${JSON.stringify(opts.dummyWeights)}`);
+      throw new LoadOptionError('dummyWeights', `dummyWeights: unknown dummy weights ${JSON.stringify(opts.dummyWeights)} (expected gpt-oss-20b or gpt-oss-120b)`);
     if (opts.contextLength !== undefined && !(Number.isInteger(opts.contextLength) && opts.contextLength >= 2))
       throw new LoadOptionError('contextLength', `contextLength: must be an integer >= 2, got ${opts.contextLength}`);
     opts.signal?.throwIfAborted();
