@@ -74,6 +74,19 @@ describe('flags', () => {
   }, 60_000);
 });
 
+describe('an install without its addon (npm install --ignore-scripts)', () => {
+  it('says how to build it, in one line, with one prefix', () => {
+    const r = spawnSync(process.execPath, [bin, 'run', 'hi'], {
+      cwd: root,
+      encoding: 'utf8',
+      env: { ...process.env, HARMONIUM_BUILD_DIR: join(root, 'no-such-build') },
+    });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/^harmonium: the native addon is not built .*npm rebuild harmonium/m);
+    expect(r.stderr).not.toMatch(/harmonium: harmonium:/);
+  });
+});
+
 describe('stdin and --json', () => {
   it('run - reads the prompt from stdin; --json prints the whole result', () => {
     const r = harmonium(['run', '--max-tokens', '3', '--json', '-'], 'a question from stdin');
