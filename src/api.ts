@@ -124,6 +124,7 @@ export class Harmonium {
 
   /** What the backend reports: device, KV blocks, bytes. */
   info(): NativeModelInfo {
+    if (this.closed) throw new EngineRequestError('closed', 'the model is closed');
     return this.model.info();
   }
 

@@ -12,21 +12,20 @@ import { registerRun } from './run.js';
 import { registerChat } from './chat.js';
 import { registerRender } from './render.js';
 
-/** package.json is two levels above this file in src/cli and in dist/cli. */
-export const VERSION = (createRequire(import.meta.url)('../../package.json') as { version: string }).version;
-
-export async function main(argv: string[]): Promise<void> {
-  quietOnClosedPipe();
-  const program = new Command();
-  program.name('harmonium').description('gpt-oss inference engine').version(VERSION, '-V, --version', 'print the version');
-  registerInspect(program);
-  registerScore(program);
-  registerRun(program);
-  registerChat(program);
-  registerRender(program);
-  for (const cmd of [program, ...program.commands]) oneLineUsageErrors(cmd);
+/** The package's version: package.json is two levels above this file, in src/cli and in dist/cli. */
+function version(): string {
   try {
-    await program.parseAsync(argv);
+    return (createRequire(import.meta.url)('../../package.json') as { version: string }).version;
+  } catch {
+    return 'unknown'; // compiled somewhere else (a test's scratch build)
+  }
+}
+
+/** The process's entry point (bin/harmonium.js): runs the command, reports any error, sets the exit code. */
+export async function cli(argv: string[]): Promise<void> {
+  quietOnClosedPipe();
+  try {
+    await main(argv);
   } catch (err) {
     if (err instanceof CliExit) {
       process.exitCode = err.code;
@@ -35,6 +34,19 @@ export async function main(argv: string[]): Promise<void> {
     process.stderr.write(`harmonium: ${err instanceof HarmoniumError ? flagMessage(err) : ((err as Error)?.message ?? String(err))}\n`);
     process.exitCode = 1;
   }
+}
+
+/** Runs the command; rejects with what went wrong (usage errors are reported by commander itself). */
+export async function main(argv: string[]): Promise<void> {
+  const program = new Command();
+  program.name('harmonium').description('gpt-oss inference engine').version(version(), '-V, --version', 'print the version');
+  registerInspect(program);
+  registerScore(program);
+  registerRun(program);
+  registerChat(program);
+  registerRender(program);
+  for (const cmd of [program, ...program.commands]) oneLineUsageErrors(cmd);
+  await program.parseAsync(argv);
 }
 
 /** Commander's usage errors (unknown option, missing argument, bad choice) as one line instead of the whole help. */
