@@ -6,7 +6,8 @@
 //   RequestError        invalid_request                        a chat request field is missing, unknown or bad
 //   SamplingParamError  invalid_request                        a sampling field is out of range (a RequestError)
 //   EngineRequestError  context_length_exceeded, invalid_token, the engine refuses or cannot finish a request
-//                       empty_prompt, kv_cache_full, closed
+//                       empty_prompt, kv_cache_full, closed,  (vocabulary_too_small: chat on a model without the
+//                       vocabulary_too_small                   harmony special tokens)
 //   LoadOptionError     invalid_load_option                    Harmonium.load() options are bad
 //   CheckpointError     invalid_checkpoint                     a checkpoint file or field is bad (names the file)
 //   DeviceError         no_cuda_device                         backend 'cuda' without a usable GPU

@@ -17,8 +17,7 @@ import {
   RequestError,
   SamplingParamError,
 } from '../src/index.js';
-import { loadAddon } from '../src/native.js';
-import { packageRoot } from '../src/native.js';
+import { loadAddon, packageRoot } from '../src/native.js';
 import { writeRandomCheckpoint } from '../src/model/tiny.js';
 import { cacheDir } from '../src/util/cache_dir.js';
 import { HarmonyTokenizer } from '../src/tokenizer/tokenizer.js';
