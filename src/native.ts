@@ -6,6 +6,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ModelConfig, TensorDType, TensorLocation } from './model/types.js';
 import { packageRoot } from './util/package_root.js';
+import { AddonError } from './errors.js';
 
 /** Load options; an option left out takes the native default (buildInfo().defaults[backend]). */
 export interface NativeLoadOptions {
@@ -133,7 +134,9 @@ export function loadAddon(): NativeAddon {
   const buildDir = process.env.HARMONIUM_BUILD_DIR ?? join(packageRoot(), 'build');
   const path = join(buildDir, 'Release', 'harmonium.node');
   if (!existsSync(path)) {
-    throw new Error(`harmonium: native addon not built (${path} is missing); run \`npm run build\``);
+    throw new AddonError(
+      `the native addon is not built (${path} is missing): run \`npm rebuild harmonium\` (in a checkout of harmonium: \`npm run build\`); building needs CMake >= 3.18 and a C++17 compiler`,
+    );
   }
   const require = createRequire(import.meta.url);
   cached = require(path) as NativeAddon;

@@ -94,8 +94,14 @@ export interface GenerateResult {
   timings: Timings;
 }
 
-/** An async iterable of events that also carries the final outcome. */
+/**
+ * An async iterable of events that also carries the final outcome. Leaving the iteration early (`break`, or the
+ * iterator's `return()`) cancels the call: generation stops, its KV cache blocks are freed, and `.result` rejects
+ * with an AbortError.
+ */
 export interface Stream<E, R> extends AsyncIterable<E> {
   /** Resolves when generation ends; rejects on a bad request, an abort (the signal's reason) or a closed model. */
   readonly result: Promise<R>;
+  /** What the call has done so far (tokens and times); after it ends, its final figures. For a summary on Ctrl-C. */
+  progress(): { usage: Usage; timings: Timings };
 }

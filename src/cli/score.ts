@@ -18,6 +18,8 @@ export interface ScoreOptions {
   out?: string;
   /** CUDA only: decode MXFP4 experts inside the matmul (default) or once at load to bf16 (the fallback path). */
   expertFormat?: 'mxfp4' | 'bf16';
+  /** Print the result as JSON (without the logits). */
+  json?: boolean;
 }
 
 export function registerScore(program: Command): void {
@@ -29,9 +31,10 @@ export function registerScore(program: Command): void {
     .addOption(new Option('--backend <name>', 'where to run').choices(['cpu', 'cuda']).default('cpu'))
     .option('--out <file>', 'write the fp32 logits [T, V] as a .npy file')
     .addOption(new Option('--expert-format <format>', 'cuda: MXFP4 in the matmul, or the bf16 fallback').choices(['mxfp4', 'bf16']))
+    .option('--json', 'machine-readable output (everything but the logits)')
     .action(async (opts: ScoreOptions) => {
       const result = await runScore(opts);
-      process.stdout.write(formatScore(result, opts));
+      process.stdout.write(opts.json ? scoreJson(result, opts) : formatScore(result, opts));
     });
 }
 
@@ -59,6 +62,11 @@ export async function runScore(opts: ScoreOptions): Promise<ScoreResult> {
   const result = await Harmonium.score(tokens, { model: opts.model, backend, expertFormat: opts.expertFormat });
   if (opts.out !== undefined) await writeNpy(opts.out, result.logits, [tokens.length, result.vocab]);
   return result;
+}
+
+export function scoreJson(r: ScoreResult, opts: Pick<ScoreOptions, 'model' | 'out'>): string {
+  const { logits: _, perplexity, ...rest } = r;
+  return JSON.stringify({ model: opts.model ?? 'tiny', ...rest, perplexity: Number.isNaN(perplexity) ? null : perplexity, out: opts.out ?? null }, null, 2) + '\n';
 }
 
 export function formatScore(r: ScoreResult, opts: Pick<ScoreOptions, 'model' | 'out'>): string {

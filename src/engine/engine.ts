@@ -23,15 +23,9 @@ export interface EngineOptions {
   contextLength: number;
 }
 
-/** A request the engine refuses or cannot finish; the message says why. */
-export class EngineRequestError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'EngineRequestError';
-    this.code = code;
-  }
-}
+/** A request the engine refuses or cannot finish (defined with the other errors). */
+import { EngineRequestError } from '../errors.js';
+export { EngineRequestError };
 
 export type FinishReason = 'stop' | 'length' | 'abort';
 
