@@ -10,6 +10,7 @@ import type {
   ChatCompletionRequest,
   ChatEvent,
   ChatResult,
+  EngineStatus,
   GeneratedToken,
   GenerateResult,
   HarmoniumLoadOptions,
@@ -122,6 +123,16 @@ export class Harmonium {
     return this.engine.inFlight;
   }
 
+  /** The engine's state now: sequences running and waiting, KV cache blocks free of all, preemptions so far. */
+  status(): EngineStatus {
+    return {
+      ...this.engine.queue,
+      kvBlocksFree: this.engine.freeBlocks,
+      kvBlocksTotal: this.engine.options.numBlocks,
+      preemptions: this.engine.preemptions,
+    };
+  }
+
   /** The prompt tokens a chat request renders to (harmony format, ending in `<|start|>assistant`). */
   renderTokens(request: ChatRequest): number[] {
     return renderConversationTokens(request, this.tokenizer);
@@ -137,9 +148,12 @@ export class Harmonium {
     const result = (async () => {
       const started = performance.now();
       const sampling = this.resolve(request);
-      const prompt = this.renderTokens(request);
+      // An assistant prefix is part of the prompt, and the parser reads it as the start of the output.
+      const prefix = opts.assistantPrefix ? this.tokenizer.encode(opts.assistantPrefix, { allowSpecial: true }) : [];
+      const prompt = [...this.renderTokens(request), ...prefix];
       const functionNames = (request.tools ?? []).map((t) => t?.function?.name).filter((n): n is string => typeof n === 'string');
       const assembler = new ChatAssembler(this.tokenizer, sampling.stop, sampling.logprobs, functionNames);
+      assembler.prime(prefix);
       const stops = new Set([...STOP_TOKEN_IDS, ...sampling.stopTokenIds]);
       const gen = await this.engine.generate({
         prompt,

@@ -18,6 +18,7 @@ export type {
   ChatEvent,
   ChatResult,
   ChatFinishReason,
+  EngineStatus,
   GeneratedToken,
   GenerateResult,
   Stream,
