@@ -154,7 +154,7 @@ export class Harmonium {
       const functionNames = (request.tools ?? []).map((t) => t?.function?.name).filter((n): n is string => typeof n === 'string');
       const assembler = new ChatAssembler(this.tokenizer, sampling.stop, sampling.logprobs, functionNames);
       assembler.prime(prefix);
-      const stops = new Set([...STOP_TOKEN_IDS, ...sampling.stopTokenIds]);
+      const stops = new Set([...(opts.ignoreEos ? [] : STOP_TOKEN_IDS), ...sampling.stopTokenIds]);
       const gen = await this.engine.generate({
         prompt,
         sampling,
@@ -195,7 +195,7 @@ export class Harmonium {
         prompt: tokens,
         sampling,
         maxTokens: this.maxTokens(sampling.maxTokens, tokens.length),
-        stopTokenIds: new Set([...this.config.eosTokenIds, ...sampling.stopTokenIds]),
+        stopTokenIds: new Set([...(opts.ignoreEos ? [] : this.config.eosTokenIds), ...sampling.stopTokenIds]),
         signal: opts.signal,
         onToken: (t) => {
           out.push(t.token);

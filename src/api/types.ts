@@ -41,6 +41,8 @@ export interface CallOptions {
    * appended to the prompt and read by the parser as the start of the output.
    */
   assistantPrefix?: string;
+  /** Keep generating past the model's end tokens, to max_tokens (vLLM's ignore_eos; benchmarks). */
+  ignoreEos?: boolean;
 }
 
 /** What Harmonium.status() reports. */
