@@ -30,3 +30,6 @@ export type { SamplingParams, ResolvedSampling } from './sampling/params.js';
 export type { TokenLogprob } from './sampling/sampler.js';
 export { EngineRequestError } from './engine/engine.js';
 export type { ChatRequest, ChatMessage, Tool, ToolCall, ReasoningEffort, BuiltinTool } from './harmony/types.js';
+
+// The OpenAI-compatible HTTP server (src/server/).
+export { serve, type ServeOptions, type ServerHandle } from './server/serve.js';
