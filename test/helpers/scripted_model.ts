@@ -24,6 +24,8 @@ export class ScriptedModel {
   readonly prompts: string[] = [];
   /** Milliseconds each step takes. */
   delayMs = 0;
+  /** Steps run so far. */
+  steps = 0;
   private readonly kv: Int32Array;
   private readonly blockSize: number;
   private readonly filler: number;
@@ -69,6 +71,7 @@ export class ScriptedModel {
   }
 
   private async step(input: NativeStepInput): Promise<NativeStepOutput> {
+    this.steps++;
     await new Promise((r) => setTimeout(r, this.delayMs));
     const n = input.seqLens.length;
     const k = input.topK ?? 0;
