@@ -5,6 +5,8 @@ import { registerScore } from './score.js';
 import { registerRun } from './run.js';
 import { registerChat } from './chat.js';
 import { registerRender } from './render.js';
+import { registerServe } from './serve.js';
+import { registerBench } from './bench_serve.js';
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command();
@@ -14,5 +16,7 @@ export async function main(argv: string[]): Promise<void> {
   registerRun(program);
   registerChat(program);
   registerRender(program);
+  registerServe(program);
+  registerBench(program);
   await program.parseAsync(argv);
 }
