@@ -123,13 +123,14 @@ export class Harmonium {
     return this.engine.inFlight;
   }
 
-  /** The engine's state now: sequences running and waiting, KV cache blocks free of all, preemptions so far. */
+  /** The engine's state now: sequences running and waiting, KV cache blocks free of all, preemptions so far, its sequence limit. */
   status(): EngineStatus {
     return {
       ...this.engine.queue,
       kvBlocksFree: this.engine.freeBlocks,
       kvBlocksTotal: this.engine.options.numBlocks,
       preemptions: this.engine.preemptions,
+      maxSeqs: this.engine.options.maxSeqs,
     };
   }
 

@@ -52,6 +52,8 @@ export interface EngineStatus {
   kvBlocksFree: number;
   kvBlocksTotal: number;
   preemptions: number;
+  /** Sequences one step may hold (load's maxSeqs). */
+  maxSeqs: number;
 }
 
 export interface Usage {

@@ -3,6 +3,7 @@
 // flight end, and frees the model.
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import { Harmonium } from '../api.js';
+import { DEFAULT_MAX_QUEUE } from '../server/context.js';
 import { isLoopback, serve, servedName } from '../server/serve.js';
 import { addModelFlags, loadOptions, modelLabel, type ModelFlags } from './flags.js';
 import { loadProgress } from './progress.js';
@@ -36,7 +37,7 @@ export function registerServe(program: Command): void {
     .option('--api-key <key>', 'require "Authorization: Bearer KEY" on every route but /health')
     .option('--max-num-seqs <n>', 'requests generating at once', intFlag(1), 16)
     .option('--max-model-len <n>', 'longest sequence, prompt + answer (as --context-length)', intFlag(2))
-    .option('--max-queue <n>', 'requests waiting beyond --max-num-seqs; more get 429', intFlag(0), 512)
+    .option('--max-queue <n>', 'requests waiting beyond --max-num-seqs; more get 429', intFlag(0), DEFAULT_MAX_QUEUE)
     .option('--served-model-name <name>', 'the model name clients send (default: the directory name, the dummy name or "tiny")')
     .addOption(
       new Option('--reasoning-field <name>', 'where chat messages carry the chain of thought').choices(['both', 'reasoning', 'reasoning_content']).default('both'),

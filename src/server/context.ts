@@ -7,6 +7,9 @@ import { Admission } from './admission.js';
 import { ApiError } from './errors.js';
 import { ServerMetrics } from './metrics.js';
 
+/** Requests that may wait for the engine before more are refused with 429. */
+export const DEFAULT_MAX_QUEUE = 512;
+
 /** Where reasoning goes on chat messages and deltas. */
 export type ReasoningField = 'both' | 'reasoning' | 'reasoning_content';
 
@@ -15,9 +18,9 @@ export interface ServerOptions {
   servedModelName?: string;
   /** Bearer key every route but /health requires. */
   apiKey?: string;
-  /** Requests that may wait beyond max-num-seqs running ones (default 256). */
+  /** Requests that may wait beyond max-num-seqs running ones (default 512). */
   maxQueue?: number;
-  /** Requests the engine runs at once; must match the model's maxSeqs (default 16). */
+  /** Requests the engine runs at once (default: the model's maxSeqs, or 16 for a model still loading). */
   maxNumSeqs?: number;
   reasoningField?: ReasoningField;
   /** Request body limit in bytes (default 8 MiB). */
@@ -35,7 +38,7 @@ export class ServerContext {
 
   constructor(readonly options: ServerOptions, modelName: string) {
     this.modelName = options.servedModelName ?? modelName;
-    this.admission = new Admission(options.maxNumSeqs ?? 16, options.maxQueue ?? 256);
+    this.admission = new Admission(options.maxNumSeqs ?? 16, options.maxQueue ?? DEFAULT_MAX_QUEUE);
     this.metrics = new ServerMetrics(this.modelName, () => this.model?.status());
     this.reasoningField = options.reasoningField ?? 'both';
   }
