@@ -12,7 +12,7 @@ interface ServeFlags extends ModelFlags {
   host: string;
   port: number;
   apiKey?: string;
-  maxNumSeqs: number;
+  maxNumSeqs?: number;
   maxModelLen?: number;
   maxQueue: number;
   servedModelName?: string;
@@ -35,7 +35,7 @@ export function registerServe(program: Command): void {
     .option('--host <address>', 'address to bind; anything but loopback needs --api-key', '127.0.0.1')
     .option('--port <n>', 'port (0 picks a free one)', intFlag(0), 8000)
     .option('--api-key <key>', 'require "Authorization: Bearer KEY" on every route but /health')
-    .option('--max-num-seqs <n>', 'requests generating at once', intFlag(1), 16)
+    .option('--max-num-seqs <n>', 'requests generating at once (default: the library\'s maxSeqs)', intFlag(1))
     .option('--max-model-len <n>', 'longest sequence, prompt + answer (as --context-length)', intFlag(2))
     .option('--max-queue <n>', 'requests waiting beyond --max-num-seqs; more get 429', intFlag(0), DEFAULT_MAX_QUEUE)
     .option('--served-model-name <name>', 'the model name clients send (default: the directory name, the dummy name or "tiny")')
@@ -45,7 +45,7 @@ export function registerServe(program: Command): void {
   addModelFlags(cmd);
   cmd.action(async (flags: ServeFlags) => {
     if (!isLoopback(flags.host) && !flags.apiKey) throw new Error(`refusing to listen on ${flags.host} without --api-key`);
-    const opts = { ...loadOptions(flags), maxSeqs: flags.maxNumSeqs };
+    const opts = { ...loadOptions(flags), maxSeqs: flags.maxNumSeqs };  // undefined: the library's default
     if (flags.maxModelLen !== undefined) opts.contextLength = flags.maxModelLen;
     const name = flags.servedModelName ?? servedName({ source: flags.dummyWeights ?? flags.model ?? 'tiny' });
     const bar = loadProgress(`loading ${modelLabel(flags)}`);

@@ -8,7 +8,7 @@ export class Admission {
 
   constructor(
     /** Requests the engine runs at once (max-num-seqs). */
-    readonly running: number,
+    private readonly running: () => number,
     /** Requests that may wait beyond those. */
     readonly maxQueue: number,
   ) {}
@@ -19,8 +19,9 @@ export class Admission {
 
   /** Takes a slot or throws the 429; the returned function gives the slot back (once). */
   enter(): () => void {
-    if (this.active >= this.running + this.maxQueue)
-      throw new ApiError(429, 'rate_limit_exceeded', `the server is at capacity (${this.running} running, ${this.maxQueue} queued); retry later`, null, {
+    const running = this.running();
+    if (this.active >= running + this.maxQueue)
+      throw new ApiError(429, 'rate_limit_exceeded', `the server is at capacity (${running} running, ${this.maxQueue} queued); retry later`, null, {
         'retry-after': '1',
       });
     this.active++;

@@ -20,7 +20,7 @@ export interface ServerOptions {
   apiKey?: string;
   /** Requests that may wait beyond max-num-seqs running ones (default 512). */
   maxQueue?: number;
-  /** Requests the engine runs at once (default: the model's maxSeqs, or 16 for a model still loading). */
+  /** Requests the engine runs at once (default: the model's maxSeqs). */
   maxNumSeqs?: number;
   reasoningField?: ReasoningField;
   /** Request body limit in bytes (default 8 MiB). */
@@ -38,7 +38,7 @@ export class ServerContext {
 
   constructor(readonly options: ServerOptions, modelName: string) {
     this.modelName = options.servedModelName ?? modelName;
-    this.admission = new Admission(options.maxNumSeqs ?? 16, options.maxQueue ?? DEFAULT_MAX_QUEUE);
+    this.admission = new Admission(() => options.maxNumSeqs ?? this.model?.status().maxSeqs ?? 0, options.maxQueue ?? DEFAULT_MAX_QUEUE);
     this.metrics = new ServerMetrics(this.modelName, () => this.model?.status());
     this.reasoningField = options.reasoningField ?? 'both';
   }

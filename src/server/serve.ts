@@ -39,9 +39,7 @@ export async function serve(model: Harmonium | Promise<Harmonium>, options: Serv
     throw new Error(`refusing to listen on ${host} without an API key: give --api-key (apiKey), or bind 127.0.0.1`);
   const pending = Promise.resolve(model);
   const loaded = model instanceof Promise ? undefined : model;
-  // Admission counts against the engine's own sequence limit when the model is at hand.
-  const limits = { ...options, maxNumSeqs: options.maxNumSeqs ?? loaded?.status().maxSeqs };
-  const ctx = new ServerContext(limits, options.servedModelName ?? (loaded ? servedName(loaded) : 'harmonium'));
+  const ctx = new ServerContext(options, options.servedModelName ?? (loaded ? servedName(loaded) : 'harmonium'));
   ctx.model = loaded;
   const app = buildApp(ctx);
   await app.listen({ host, port: options.port ?? 8000 });
