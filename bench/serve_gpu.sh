@@ -20,7 +20,7 @@ for model in "${models[@]}"; do
   pid=$!
   ok=0
   for _ in $(seq 1 600); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/health")" = 200 ] && { ok=1; break; }
+    node -e "fetch('$URL/health').then((r) => process.exit(r.status === 200 ? 0 : 1), () => process.exit(1))" && { ok=1; break; }
     kill -0 $pid 2>/dev/null || break
     sleep 0.5
   done
@@ -34,6 +34,6 @@ for model in "${models[@]}"; do
       --disable-tqdm --save-result "$OUT/bench_serve_${model}_c$c.json" 2>&1 | tee -a "$OUT/bench_serve_$model.txt"
     echo "bench rc=${PIPESTATUS[0]}" | tee -a "$OUT/bench_serve_$model.txt"
   done
-  curl -s "$URL/metrics" | grep -E '^vllm:(num_requests|kv_cache|num_preemptions|generation_tokens)' > "$OUT/metrics_$model.txt"
+  node -e "fetch('$URL/metrics').then((r) => r.text()).then((t) => process.stdout.write(t))" | grep -E '^vllm:(num_requests|kv_cache|num_preemptions|generation_tokens)' > "$OUT/metrics_$model.txt"
   kill -INT $pid; wait $pid; echo "serve rc=$?" >> "$log"
 done

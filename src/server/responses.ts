@@ -5,7 +5,7 @@
 // the deltas (reasoning_text / output_text / function_call_arguments) and their .done events, content_part.done,
 // output_item.done; last response.completed (response.incomplete when cut by max_output_tokens) with the usage.
 import type { FastifyReply } from 'fastify';
-import type { ChatEvent, ChatResult } from '../api/types.js';
+import type { ChatCompletionRequest, ChatEvent, ChatResult } from '../api/types.js';
 import type { HarmonyTokenizer } from '../tokenizer/tokenizer.js';
 import { HARMONY_KEYS, checkTextFormat } from './chat.js';
 import { finishedChat, newId, nowSeconds, type ServerContext } from './context.js';
@@ -179,7 +179,7 @@ class OutputBuilder {
 export async function responses(ctx: ServerContext, rawBody: unknown, reply: FastifyReply): Promise<void> {
   await ctx.generation(reply, async (model, signal) => {
     const call = parseResponses(ctx, rawBody);
-    const stream = model.chat(call.request as never, { signal, assistantPrefix: call.plan.assistantPrefix, ignoreEos: call.ignoreEos });
+    const stream = model.chat(call.request as unknown as ChatCompletionRequest, { signal, assistantPrefix: call.plan.assistantPrefix, ignoreEos: call.ignoreEos });
     const id = newId('resp_');
     const created = nowSeconds();
     const sse = call.stream ? new SseWriter(reply) : undefined;
