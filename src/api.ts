@@ -10,6 +10,7 @@ import type {
   ChatCompletionRequest,
   ChatEvent,
   ChatResult,
+  EngineStatus,
   GeneratedToken,
   GenerateResult,
   HarmoniumLoadOptions,
@@ -206,6 +207,17 @@ export class Harmonium {
     return { free: this.engine.freeBlocks, total: this.engine.options.numBlocks };
   }
 
+  /** The engine's state now: sequences running and waiting, KV cache blocks free of all, preemptions so far, its sequence limit. */
+  status(): EngineStatus {
+    return {
+      ...this.engine.queue,
+      kvBlocksFree: this.engine.freeBlocks,
+      kvBlocksTotal: this.engine.options.numBlocks,
+      preemptions: this.engine.preemptions,
+      maxSeqs: this.engine.options.maxSeqs,
+    };
+  }
+
   /**
    * The prompt tokens a chat request renders to (harmony format, ending in `<|start|>assistant`). Throws
    * RequestError on a bad request, EngineRequestError (`vocabulary_too_small`) on a model without the harmony tokens.
@@ -229,12 +241,15 @@ export class Harmonium {
     const call = new Call(opts.signal);
     const channel = new EventChannel<ChatEvent>(() => call.cancel());
     const result = (async () => {
-      const prompt = this.renderTokens(request);
       const sampling = this.resolve(request);
+      // An assistant prefix is part of the prompt, and the parser reads it as the start of the output.
+      const prefix = opts.assistantPrefix ? this.tokenizer.encode(opts.assistantPrefix, { allowSpecial: true }) : [];
+      const prompt = this.renderTokens(request).concat(prefix);
       call.promptTokens = prompt.length;
       const functionNames = (request.tools ?? []).map((t) => t?.function?.name).filter((n): n is string => typeof n === 'string');
       const assembler = new ChatAssembler(this.tokenizer, sampling.stop, sampling.logprobs, functionNames);
-      const stops = new Set([...STOP_TOKEN_IDS, ...sampling.stopTokenIds]);
+      assembler.prime(prefix);
+      const stops = new Set([...(opts.ignoreEos ? [] : STOP_TOKEN_IDS), ...sampling.stopTokenIds]);
       const gen = await this.engine.generate({
         prompt,
         sampling,
@@ -276,7 +291,7 @@ export class Harmonium {
         prompt: tokens,
         sampling,
         maxTokens: this.maxTokens(sampling.maxTokens, tokens.length),
-        stopTokenIds: new Set([...this.config.eosTokenIds, ...sampling.stopTokenIds]),
+        stopTokenIds: new Set([...(opts.ignoreEos ? [] : this.config.eosTokenIds), ...sampling.stopTokenIds]),
         signal: call.signal,
         onToken: (t) => {
           call.token();

@@ -18,6 +18,7 @@ export type {
   ChatEvent,
   ChatResult,
   ChatFinishReason,
+  EngineStatus,
   GeneratedToken,
   GenerateResult,
   Stream,
@@ -39,3 +40,6 @@ export {
   AddonError,
 } from './errors.js';
 export type { ChatRequest, ChatMessage, Tool, ToolCall, ReasoningEffort, BuiltinTool } from './harmony/types.js';
+
+// The OpenAI-compatible HTTP server (src/server/).
+export { serve, type ServeOptions, type ServerHandle } from './server/serve.js';

@@ -35,6 +35,25 @@ export type ChatCompletionRequest = ChatRequest & SamplingParams;
 
 export interface CallOptions {
   signal?: AbortSignal;
+  /**
+   * chat() only: harmony text the assistant's output must start with (after `<|start|>assistant`), e.g.
+   * `<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>` to force that call. It is
+   * appended to the prompt and read by the parser as the start of the output.
+   */
+  assistantPrefix?: string;
+  /** Keep generating past the model's end tokens, to max_tokens (vLLM's ignore_eos; benchmarks). */
+  ignoreEos?: boolean;
+}
+
+/** What Harmonium.status() reports. */
+export interface EngineStatus {
+  running: number;
+  waiting: number;
+  kvBlocksFree: number;
+  kvBlocksTotal: number;
+  preemptions: number;
+  /** Sequences one step may hold (load's maxSeqs). */
+  maxSeqs: number;
 }
 
 export interface Usage {
@@ -59,6 +78,8 @@ export type ChatEvent =
   | { type: 'reasoning'; delta: string }
   /** The answer (the final channel), or a preamble the model writes to the user on the commentary channel. */
   | { type: 'content'; delta: string }
+  /** Arguments text of the index-th function call as the model writes it (the call's id is the one tool_call will carry). */
+  | { type: 'tool_arguments'; index: number; id: string; name: string; delta: string }
   /** A complete function call (arguments: JSON text). */
   | { type: 'tool_call'; tool_call: Required<Pick<ToolCall, 'id' | 'type' | 'function'>> }
   | { type: 'done'; message: ChatResult };

@@ -11,6 +11,8 @@ import { registerScore } from './score.js';
 import { registerRun } from './run.js';
 import { registerChat } from './chat.js';
 import { registerRender } from './render.js';
+import { registerServe } from './serve.js';
+import { registerBench } from './bench_serve.js';
 
 /** The package's version: package.json is two levels above this file, in src/cli and in dist/cli. */
 function version(): string {
@@ -45,13 +47,21 @@ export async function main(argv: string[]): Promise<void> {
   registerRun(program);
   registerChat(program);
   registerRender(program);
-  for (const cmd of [program, ...program.commands]) oneLineUsageErrors(cmd);
+  registerServe(program);
+  registerBench(program);
+  for (const cmd of allCommands(program)) oneLineUsageErrors(cmd);
   await program.parseAsync(argv);
+}
+
+function allCommands(cmd: Command): Command[] {
+  return [cmd, ...cmd.commands.flatMap(allCommands)];
 }
 
 /** Commander's usage errors (unknown option, missing argument, bad choice) as one line instead of the whole help. */
 function oneLineUsageErrors(cmd: Command): void {
-  const name = cmd.parent ? `harmonium ${cmd.name()}` : 'harmonium';
+  const path: string[] = [];
+  for (let c: Command | null = cmd; c?.parent; c = c.parent) path.unshift(c.name());
+  const name = ['harmonium', ...path].join(' ');
   cmd.configureOutput({
     outputError: (text, write) => {
       const line = text.replace(/^error: /, '').trim().replace(/\s*\n\s*/g, ' ').replace(/\.$/, '');

@@ -91,6 +91,11 @@ export class Engine {
     return this.scheduler.preemptions;
   }
 
+  /** Sequences generating now and waiting for admission (a server's running / waiting gauges). */
+  get queue(): { running: number; waiting: number } {
+    return { running: this.scheduler.running.length, waiting: this.scheduler.waiting.length };
+  }
+
   /** Runs one request to its end. Rejects with EngineRequestError on bad input, or the signal's reason on abort. */
   generate(req: GenerationRequest): Promise<GenerationResult> {
     return new Promise((resolve, reject) => {
