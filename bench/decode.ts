@@ -1,22 +1,26 @@
-// The first decode benchmark: batch-1 decode of gpt-oss-20b and gpt-oss-120b with dummy (random) weights on the
-// GPU, reported the way peers report it: vLLM-style TTFT / TPOT / ITL / throughput, llama-bench-style pp512 and
-// tg128, and the fraction of the H100's measured 3.0 TB/s that the bytes a token must read (active experts,
-// attention and router weights, lm_head, KV cache; src/model/sizes.ts) imply. llama.cpp's figures measured on the
-// same H100 (../shared/spec/peers.md) print beside ours. Also: GPU memory used, and KV-cache tokens left.
+// The decode benchmark: batch-1 decode of gpt-oss-20b and gpt-oss-120b with dummy (random) weights on the GPU,
+// reported the way peers report it: vLLM-style TTFT / TPOT / ITL / throughput, llama-bench-style pp512 and tg128,
+// the fraction of the byte limit (the bytes a token must read: active experts, attention and router weights,
+// lm_head, KV cache (src/model/sizes.ts), over the H200's measured 4.56 TB/s streaming read) and of the measured
+// floor (ideal read-only kernels in one graph with PDL), with llama.cpp's figures on the same H200 beside ours
+// (docs/performance.md). Also: GPU memory used, and KV-cache tokens left. It drives one sequence through the
+// library (GreedySequence, src/model/load.ts), one model step per token.
 //
 //   node node_modules/vite-node/vite-node.mjs bench/decode.ts [gpt-oss-20b|gpt-oss-120b ...] [--json FILE]
 // Env: HARMONIUM_BUILD_DIR picks the addon build; BENCH_PROMPT (512: the context the decode starts from, prefilled
 // in chunks of 2048), BENCH_DECODE (128), BENCH_RUNS (3); HARMONIUM_PDL=0 / HARMONIUM_CUDA_GRAPHS=0 to compare.
 import { writeFileSync } from 'node:fs';
-import { loadModel } from '../src/model/load.js';
+import { cudaDeviceCount, GreedySequence, loadModel } from '../src/model/load.js';
 import { dummyConfig, isDummyModelName, type DummyModelName } from '../src/model/dummy.js';
 import { decodeBytesPerStep, modelSizes } from '../src/model/sizes.js';
-import { loadAddon } from '../src/native.js';
 
-const BANDWIDTH = 3.0e12; // measured on the H100 (model.md)
+// The H200 (docs/performance.md): one contiguous read streams 4.56 TB/s; the floor is ideal read-only kernels that
+// stream one token's bytes in one CUDA graph with PDL; llama.cpp v0.5.0 measured on the same machine.
+const BANDWIDTH = 4.56e12;
+const FLOOR_TOK_PER_S: Record<DummyModelName, number> = { 'gpt-oss-20b': 1126, 'gpt-oss-120b': 827 };
 const LLAMA_CPP: Record<DummyModelName, { tg128: number; pp512: number }> = {
-  'gpt-oss-20b': { tg128: 285.8, pp512: 10827 },
-  'gpt-oss-120b': { tg128: 200.3, pp512: 2800 },
+  'gpt-oss-20b': { tg128: 301, pp512: 10900 },
+  'gpt-oss-120b': { tg128: 211, pp512: 2700 },
 };
 const GiB = 1024 ** 3;
 
@@ -42,27 +46,21 @@ async function bench(name: DummyModelName) {
   try {
     const info = model.info();
     const ctx = PROMPT + DECODE;
-    const nblocks = Math.ceil(ctx / BLOCK);
-    const blockTables = Int32Array.from({ length: nblocks }, (_, i) => i);
     const prompt = Int32Array.from({ length: PROMPT }, (_, i) => (i * 7919 + 13) % cfg.vocabSize);
     const runs: { ttft: number; itl: number[]; decodeMs: number }[] = [];
     const CHUNK = 2048; // maxBatchTokens: longer prompts prefill in chunks
     for (let run = 0; run < RUNS + 1; run++) { // run 0 warms up
+      const seq = new GreedySequence(model, ctx);
       let t = performance.now();
-      let r!: Awaited<ReturnType<typeof model.step>>;
-      for (let c0 = 0; c0 < PROMPT; c0 += CHUNK) {
-        const n = Math.min(CHUNK, PROMPT - c0);
-        r = await model.step({ tokens: prompt.subarray(c0, c0 + n), positions: Int32Array.from({ length: n }, (_, i) => c0 + i), seqLens: Int32Array.of(n), blockTables, maxBlocksPerSeq: nblocks, topK: 1 });
-      }
+      let tok = 0;
+      for (let c0 = 0; c0 < PROMPT; c0 += CHUNK) tok = await seq.append(prompt.subarray(c0, Math.min(PROMPT, c0 + CHUNK)));
       const ttft = performance.now() - t;
       const itl: number[] = [];
-      let tok = r.argmax[0];
       const d0 = performance.now();
       for (let i = 0; i < DECODE; i++) {
         t = performance.now();
-        r = await model.step({ tokens: Int32Array.of(tok), positions: Int32Array.of(PROMPT + i), seqLens: Int32Array.of(1), blockTables, maxBlocksPerSeq: nblocks, topK: 1 });
+        tok = await seq.append(Int32Array.of(tok));
         itl.push(performance.now() - t);
-        tok = r.argmax[0];
       }
       const decodeMs = performance.now() - d0;
       if (run > 0) runs.push({ ttft, itl, decodeMs });
@@ -96,6 +94,8 @@ async function bench(name: DummyModelName) {
       bytesPerToken,
       bandwidthFraction: (tgMedian * bytesPerToken) / BANDWIDTH,
       limitTokPerS: BANDWIDTH / bytesPerToken,
+      floorTokPerS: FLOOR_TOK_PER_S[name],
+      floorFraction: tgMedian / FLOOR_TOK_PER_S[name],
       llamaCpp: LLAMA_CPP[name],
       weightGiB: info.weightBytes / GiB,
       kvGiB: info.kvBytes / GiB,
@@ -109,8 +109,10 @@ async function bench(name: DummyModelName) {
         `  TTFT (pp${PROMPT})  ${result.ttftMs.toFixed(1)} ms = ${result.ppTokPerS.toFixed(0)} tok/s      llama.cpp pp512 ${result.llamaCpp.pp512} tok/s\n` +
         `  tg${DECODE}           ${tgMedian.toFixed(1)} tok/s (runs ${tps.map((x) => x.toFixed(1)).join(', ')})   llama.cpp tg128 ${result.llamaCpp.tg128} tok/s\n` +
         `  TPOT ${result.tpotMs.toFixed(3)} ms, ITL median ${result.itlMedianMs.toFixed(3)} ms, p99 ${result.itlP99Ms.toFixed(3)} ms\n` +
-        `  bytes/token ${(bytesPerToken / 1e9).toFixed(3)} GB -> ${(result.bandwidthFraction * 100).toFixed(1)}% of 3.0 TB/s ` +
+        `  bytes/token ${(bytesPerToken / 1e9).toFixed(3)} GB -> ${(result.bandwidthFraction * 100).toFixed(1)}% of ${BANDWIDTH / 1e12} TB/s ` +
         `(limit ${result.limitTokPerS.toFixed(0)} tok/s; llama.cpp ${((LLAMA_CPP[name].tg128 * bytesPerToken) / BANDWIDTH * 100).toFixed(1)}%)\n` +
+        `  measured floor ${result.floorTokPerS} tok/s -> ${(result.floorFraction * 100).toFixed(1)}% of it ` +
+        `(llama.cpp ${((LLAMA_CPP[name].tg128 / result.floorTokPerS) * 100).toFixed(1)}%)\n` +
         `  GPU memory: weights ${result.weightGiB.toFixed(2)} GiB, KV cache ${result.kvGiB.toFixed(2)} GiB ` +
         `(${result.kvTokens} tokens), used ${result.gpuUsedGiB.toFixed(2)} of ${result.gpuTotalGiB.toFixed(2)} GiB`,
     );
@@ -120,7 +122,7 @@ async function bench(name: DummyModelName) {
   }
 }
 
-const devices = loadAddon().cudaDevices();
+const devices = cudaDeviceCount();
 if (devices.count === 0) {
   console.error(`bench/decode: no CUDA device (${devices.reason}); this benchmark needs a GPU`);
   process.exit(1);

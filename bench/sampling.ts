@@ -13,7 +13,6 @@ import { Engine } from '../src/engine/engine.js';
 import type { DummyModelName } from '../src/model/dummy.js';
 import { loadModel } from '../src/model/load.js';
 import { ensureTinyModel } from '../src/model/tiny.js';
-import { loadAddon } from '../src/native.js';
 import { resolveSampling, type SamplingParams } from '../src/sampling/params.js';
 
 const COMBOS: { name: string; p: SamplingParams }[] = [
@@ -86,7 +85,7 @@ for (const name of models) {
       maxSeqs,
       maxBatchTokens: 2048,
       contextLength: PROMPT + DECODE + 16,
-      maxSampleEntries: loadAddon().buildInfo().maxSampleEntries,
+      maxSampleEntries: info.limits.maxSampleEntries,
     });
     for (const seqs of seqsList) {
       await run(engine, cfg.vocabSize, seqs, COMBOS[0].p, 1); // warm-up: CUDA graphs of this batch shape

@@ -13,7 +13,6 @@
 //                  (the bf16 residual of an fp32 input) a second MMA per tile adds x_lo W^T: fp32-grade inputs at
 //                  twice the tensor work (used for the q/k/v and router projections, where routing near-ties
 //                  made bf16 inputs flip experts against the fp32 oracle).
-#include <cstdlib>
 
 #include "common.cuh"
 #include "dense.h"
@@ -373,15 +372,6 @@ __global__ void __launch_bounds__(128) bf16_gemm_mma(const uint16_t* __restrict_
       }
 }
 
-// Tuning knob while the decode GEMV shape is measured: HM_GEMV_VARIANT overrides the default (see DenseParams).
-int default_gemv_variant() {
-  static const int v = [] {
-    const char* e = std::getenv("HM_GEMV_VARIANT");
-    return e ? std::atoi(e) & 15 : kDefaultGemvVariant;
-  }();
-  return v;
-}
-
 template <int NT>
 void launch_gemv(const DenseParams& p, cudaStream_t s) {
   if (p.N <= kRowBlockMaxN) {
@@ -393,23 +383,19 @@ void launch_gemv(const DenseParams& p, cudaStream_t s) {
              p.norm_eps, p.norm_out, p.W, p.b, p.y, p.ldy, p.N, p.K, p.accumulate);
     return;
   }
-  // Warp per row. Single-token decode takes the tuned shape (gemv_variant); batches keep 4 chunks per lane in
-  // flight, 8 rows per block, since their x reuse already lengthens each pass.
-  int v = p.gemv_variant >= 0 ? p.gemv_variant : default_gemv_variant();
-  if (NT != 1) v = 0;
-  const int rows_per_block = (v & 4) ? 4 : 8;
-  const bool prefetch = !(v & 8);
-  const dim3 grid(ceil_div(p.N, rows_per_block)), block(32 * rows_per_block);
-  const int u = v & 3;
+  // Warp per row, 8 rows per block, 4 16-byte chunks per lane in flight (more lose occupancy: 58-80 registers, and
+  // run slower). Single-token decode skips the L2 prefetch of the weight row before pdl_wait: measured on the H100
+  // (bench/cuda_notes.md) it runs 1.3-2.6 us faster per launch without it (q/k/v 14.8 -> 13.1 us, with the fused
+  // norm 16.4 -> 13.8, o 12.7 -> 11.0); batches keep it, their x reuse already lengthening each pass.
+  const bool prefetch = NT != 1;
+  const dim3 grid(ceil_div(p.N, 8)), block(32 * 8);
   if (p.norm_x) {
-    auto k = u == 2 ? rmsnorm_bf16_gemv<NT, NT == 1 ? 12 : 4>
-                    : u == 1 ? rmsnorm_bf16_gemv<NT, NT == 1 ? 8 : 4> : rmsnorm_bf16_gemv<NT, 4>;
-    launch(k, grid, block, 0, s, p.pdl, p.norm_x, p.norm_w, p.norm_eps, p.norm_out, p.W, p.b, p.y, p.ldy, p.N, p.K,
-           p.accumulate, prefetch);
+    launch(rmsnorm_bf16_gemv<NT, 4>, grid, block, 0, s, p.pdl, p.norm_x, p.norm_w, p.norm_eps, p.norm_out, p.W, p.b,
+           p.y, p.ldy, p.N, p.K, p.accumulate, prefetch);
     return;
   }
-  auto k = u == 2 ? bf16_gemv<NT, NT == 1 ? 12 : 4> : u == 1 ? bf16_gemv<NT, NT == 1 ? 8 : 4> : bf16_gemv<NT, 4>;
-  launch(k, grid, block, 0, s, p.pdl, p.x, p.x_lo, p.ldx, p.W, p.b, p.y, p.ldy, p.N, p.K, p.accumulate, prefetch);
+  launch(bf16_gemv<NT, 4>, grid, block, 0, s, p.pdl, p.x, p.x_lo, p.ldx, p.W, p.b, p.y, p.ldy, p.N, p.K, p.accumulate,
+         prefetch);
 }
 
 }  // namespace

@@ -27,15 +27,7 @@ struct DenseParams {
   bool accumulate = false;  // y += ... (residual add fused) instead of y = ...
   bool pdl = false;
   int force_path = 0;       // 0 = choose by T, 1 = GEMV, 2 = tensor cores (tests)
-  // Shape of the warp-per-row GEMV at T = 1 (tests and tuning; -1 = kDefaultGemvVariant): bits 0-1 pick the 16-byte
-  // chunks each lane keeps in flight (0: 4, 1: 8, 2: 12), bit 2 four rows per block instead of eight, bit 3 no L2
-  // prefetch of the weight row before pdl_wait. Every variant computes bit-identical results (same per-lane order).
-  int gemv_variant = -1;
 };
-// Measured on the H100 (bench/cuda_notes.md): without the L2 prefetch the T = 1 GEMV runs 1.3-2.6 us faster per
-// launch (q/k/v 14.8 -> 13.1 us, with the fused norm 16.4 -> 13.8, o 12.7 -> 11.0); more chunks per lane lose
-// occupancy (58-80 registers) and run slower.
-constexpr int kDefaultGemvVariant = 8;
 // Tokens up to this count take the GEMV path.
 constexpr int kDenseGemvMaxTokens = 8;
 void dense(const DenseParams& p, cudaStream_t stream);

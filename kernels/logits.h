@@ -7,12 +7,14 @@
 
 #include <cstdint>
 
+#include "hm_limits.h"  // kMaxTopK
+
 namespace hm::cuda {
 
 struct NarrowLogitsParams {
   const float* logits = nullptr;  // fp32 [rows, ld]
   int rows = 0, vocab = 0, ld = 0;
-  int top_k = 0;                  // 0..256
+  int top_k = 0;                  // 0..kMaxTopK
   int32_t* argmax = nullptr;      // [rows]
   float* max_logit = nullptr;     // [rows]
   float* logsumexp = nullptr;     // [rows]
@@ -20,7 +22,6 @@ struct NarrowLogitsParams {
   float* top_logits = nullptr;    // [rows, top_k]
   bool pdl = false;
 };
-constexpr int kMaxTopK = 256;
 void narrow_logits(const NarrowLogitsParams& p, cudaStream_t stream);
 
 }  // namespace hm::cuda

@@ -55,25 +55,6 @@ struct RouterTopkParams {
 };
 void router_topk_softmax(const RouterTopkParams& p, cudaStream_t stream);
 
-// Fused router for decode batches (n <= kMoeDecodeMaxTokens, H <= 4096): logits = x W_r^T + b_r (bf16 weights,
-// fp32 accumulate) then the same top-k + softmax, in one launch (the router weight is loaded into registers
-// before pdl_wait; the last block to finish does the top-k and resets the arrival counter it keeps in the
-// workspace, so graph replays need no memset). Larger batches: the dense GEMM, then router_topk_softmax.
-struct RouterParams {
-  const uint16_t* x = nullptr;  // bf16 [n, H], row stride ldx
-  int ldx = 0;
-  const uint16_t* W = nullptr;  // bf16 [E, H]
-  const uint16_t* b = nullptr;  // bf16 [E] or null
-  int n = 0, H = 0, E = 0, k = 0;
-  float* logits = nullptr;      // fp32 [n, E] contiguous: written (tests and debugging read it)
-  int32_t* ids = nullptr;       // [n, k]
-  float* weights = nullptr;     // [n, k]
-  void* workspace = nullptr;    // router_workspace_bytes(); zeroed once by the caller before first use
-  bool pdl = false;
-};
-size_t router_workspace_bytes();
-void router_forward(const RouterParams& p, cudaStream_t stream);
-
 // ---- experts ----
 
 // Token counts up to this take the decode path (the 8-wide N of one mma.sync tile).

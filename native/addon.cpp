@@ -1,4 +1,5 @@
-// N-API surface of harmonium: loadModel() -> NativeModel with step()/info()/close(). Everything slow
+// N-API surface of harmonium: loadModel() -> NativeModel with step()/info()/close(), buildInfo() (limits and
+// defaults), weightLayout() (the checkpoint's tensors), cudaDevices(). Everything slow
 // (reading weights, a model step) runs on a libuv worker thread and resolves a Promise; the event loop never
 // waits on the math. src/native.ts is the one TypeScript module that declares these exports.
 #include <napi.h>
@@ -6,85 +7,178 @@
 #include <atomic>
 #include <cmath>
 #include <memory>
+#include <set>
 #include <mutex>
 #include <stdexcept>
 #include <string>
 
 #include "backend.h"
+#include "weight_layout.h"
 
 namespace {
 
 using hm::Backend;
 
-int get_int(const Napi::Object& o, const char* key, int def) {
-  if (!o.Has(key) || o.Get(key).IsUndefined() || o.Get(key).IsNull()) return def;
-  return o.Get(key).As<Napi::Number>().Int32Value();
-}
-double get_num(const Napi::Object& o, const char* key, double def) {
-  if (!o.Has(key) || o.Get(key).IsUndefined() || o.Get(key).IsNull()) return def;
-  return o.Get(key).As<Napi::Number>().DoubleValue();
-}
-bool get_bool(const Napi::Object& o, const char* key, bool def) {
-  if (!o.Has(key) || o.Get(key).IsUndefined() || o.Get(key).IsNull()) return def;
-  return o.Get(key).ToBoolean().Value();
-}
-std::string get_str(const Napi::Object& o, const char* key, const std::string& def) {
-  if (!o.Has(key) || o.Get(key).IsUndefined() || o.Get(key).IsNull()) return def;
-  return o.Get(key).ToString().Utf8Value();
-}
+// A strict reader of one JS object: a required key that is missing, a key of the wrong type, or (at done()) a key
+// nobody read is an error naming it, so a renamed field fails loudly instead of falling back to a default.
+class Fields {
+ public:
+  Fields(const Napi::Value& v, std::string what) : what_(std::move(what)) {
+    if (!v.IsObject() || v.IsArray()) throw std::runtime_error(what_ + ": expected an object");
+    o_ = v.As<Napi::Object>();
+  }
+  bool has(const char* key) {
+    seen_.insert(key);
+    return o_.Has(key) && !o_.Get(key).IsUndefined();
+  }
+  Napi::Value get(const char* key) {
+    if (!has(key)) throw std::runtime_error(what_ + "." + key + ": missing");
+    return o_.Get(key);
+  }
+  double num(const char* key) {
+    Napi::Value v = get(key);
+    if (!v.IsNumber()) throw std::runtime_error(what_ + "." + key + ": expected a number");
+    return v.As<Napi::Number>().DoubleValue();
+  }
+  int integer(const char* key) {
+    const double d = num(key);
+    if (d != std::floor(d) || d < -2147483648.0 || d > 2147483647.0)
+      throw std::runtime_error(what_ + "." + key + ": expected a 32-bit integer");
+    return static_cast<int>(d);
+  }
+  int integer_or(const char* key, int def) { return has(key) ? integer(key) : def; }
+  bool flag(const char* key) {
+    Napi::Value v = get(key);
+    if (!v.IsBoolean()) throw std::runtime_error(what_ + "." + key + ": expected a boolean");
+    return v.As<Napi::Boolean>().Value();
+  }
+  bool flag_or(const char* key, bool def) { return has(key) ? flag(key) : def; }
+  std::string str(const char* key) {
+    Napi::Value v = get(key);
+    if (!v.IsString()) throw std::runtime_error(what_ + "." + key + ": expected a string");
+    return v.As<Napi::String>().Utf8Value();
+  }
+  std::string str_or(const char* key, const std::string& def) { return has(key) ? str(key) : def; }
+  Napi::Array array(const char* key) {
+    Napi::Value v = get(key);
+    if (!v.IsArray()) throw std::runtime_error(what_ + "." + key + ": expected an array");
+    return v.As<Napi::Array>();
+  }
+  // A key the host sends for its own use (the native side has nothing to do with it).
+  void ignore(const char* key) { seen_.insert(key); }
+  void done() {
+    Napi::Array keys = o_.GetPropertyNames();
+    for (uint32_t i = 0; i < keys.Length(); i++) {
+      const std::string k = keys.Get(i).ToString().Utf8Value();
+      if (!seen_.count(k)) throw std::runtime_error(what_ + "." + k + ": unknown key");
+    }
+  }
 
-hm::ModelConfig parse_config(const Napi::Object& c) {
+ private:
+  Napi::Object o_;
+  std::string what_;
+  std::set<std::string> seen_;
+};
+
+hm::ModelConfig parse_config(const Napi::Value& v) {
+  Fields c(v, "config");
   hm::ModelConfig cfg;
-  cfg.num_layers = get_int(c, "numLayers", 0);
-  cfg.num_experts = get_int(c, "numExperts", 0);
-  cfg.experts_per_token = get_int(c, "expertsPerToken", 0);
-  cfg.hidden = get_int(c, "hiddenSize", 0);
-  cfg.intermediate = get_int(c, "intermediateSize", 0);
-  cfg.num_heads = get_int(c, "numHeads", 0);
-  cfg.num_kv_heads = get_int(c, "numKvHeads", 0);
-  cfg.head_dim = get_int(c, "headDim", 0);
-  cfg.vocab = get_int(c, "vocabSize", 0);
-  cfg.sliding_window = get_int(c, "slidingWindow", 0);
-  cfg.rms_eps = static_cast<float>(get_num(c, "rmsNormEps", 1e-5));
-  cfg.swiglu_limit = static_cast<float>(get_num(c, "swigluLimit", 7.0));
-  cfg.max_positions = get_int(c, "maxPositions", 131072);
-  auto sliding = c.Get("layerSliding").As<Napi::Array>();
-  for (uint32_t i = 0; i < sliding.Length(); i++)
-    cfg.layer_sliding.push_back(sliding.Get(i).ToBoolean().Value() ? 1 : 0);
-  auto r = c.Get("rope").As<Napi::Object>();
-  cfg.rope.theta = get_num(r, "theta", 150000.0);
-  cfg.rope.yarn = get_str(r, "type", "yarn") == "yarn";
-  cfg.rope.factor = get_num(r, "factor", 1.0);
-  cfg.rope.original_max_positions = get_num(r, "originalMaxPositions", 4096.0);
-  cfg.rope.beta_fast = get_num(r, "betaFast", 32.0);
-  cfg.rope.beta_slow = get_num(r, "betaSlow", 1.0);
-  cfg.rope.truncate = get_bool(r, "truncate", false);
-  if (cfg.num_layers <= 0 || cfg.hidden <= 0 || cfg.vocab <= 0 ||
+  cfg.num_layers = c.integer("numLayers");
+  cfg.num_experts = c.integer("numExperts");
+  cfg.experts_per_token = c.integer("expertsPerToken");
+  cfg.hidden = c.integer("hiddenSize");
+  cfg.intermediate = c.integer("intermediateSize");
+  cfg.num_heads = c.integer("numHeads");
+  cfg.num_kv_heads = c.integer("numKvHeads");
+  cfg.head_dim = c.integer("headDim");
+  cfg.vocab = c.integer("vocabSize");
+  cfg.sliding_window = c.integer("slidingWindow");
+  cfg.rms_eps = static_cast<float>(c.num("rmsNormEps"));
+  cfg.swiglu_limit = static_cast<float>(c.num("swigluLimit"));
+  cfg.max_positions = c.integer("maxPositions");
+  const std::string experts = c.str("expertFormat");
+  if (experts != "mxfp4" && experts != "bf16")
+    throw std::runtime_error("config.expertFormat: expected mxfp4 or bf16, got '" + experts + "'");
+  cfg.expert_format = experts == "mxfp4" ? hm::ExpertFormat::kMxfp4 : hm::ExpertFormat::kBf16;
+  c.ignore("eosTokenIds");  // sampling and stopping are the host's
+  c.ignore("padTokenId");
+  auto sliding = c.array("layerSliding");
+  for (uint32_t i = 0; i < sliding.Length(); i++) {
+    if (!sliding.Get(i).IsBoolean()) throw std::runtime_error("config.layerSliding: expected booleans");
+    cfg.layer_sliding.push_back(sliding.Get(i).As<Napi::Boolean>().Value() ? 1 : 0);
+  }
+  Fields r(c.get("rope"), "config.rope");
+  const std::string type = r.str("type");
+  if (type != "yarn" && type != "default") throw std::runtime_error("config.rope.type: expected yarn or default, got '" + type + "'");
+  cfg.rope.yarn = type == "yarn";
+  cfg.rope.theta = r.num("theta");
+  cfg.rope.factor = r.num("factor");
+  cfg.rope.original_max_positions = r.num("originalMaxPositions");
+  cfg.rope.beta_fast = r.num("betaFast");
+  cfg.rope.beta_slow = r.num("betaSlow");
+  cfg.rope.truncate = r.flag("truncate");
+  r.done();
+  c.done();
+  if (cfg.num_layers <= 0 || cfg.hidden <= 0 || cfg.vocab <= 0 || cfg.max_positions <= 0 ||
       static_cast<int>(cfg.layer_sliding.size()) != cfg.num_layers)
-    throw std::runtime_error("native: malformed model config");
+    throw std::runtime_error("config: malformed model config (sizes must be positive, one layerSliding entry per layer)");
   return cfg;
 }
 
-hm::TensorMap parse_tensors(const Napi::Array& arr) {
+hm::DType parse_dtype(const std::string& dt, const std::string& where) {
+  if (dt == "BF16") return hm::DType::BF16;
+  if (dt == "F32") return hm::DType::F32;
+  if (dt == "U8") return hm::DType::U8;
+  throw std::runtime_error(where + ": unsupported dtype " + dt);
+}
+
+hm::TensorMap parse_tensors(const Napi::Value& v) {
+  if (!v.IsArray()) throw std::runtime_error("tensors: expected an array");
+  auto arr = v.As<Napi::Array>();
   hm::TensorMap m;
   for (uint32_t i = 0; i < arr.Length(); i++) {
-    auto o = arr.Get(i).As<Napi::Object>();
+    Fields o(arr.Get(i), "tensors[" + std::to_string(i) + "]");
     hm::TensorSource t;
-    t.name = get_str(o, "name", "");
-    t.file = get_str(o, "file", "");
-    t.offset = static_cast<uint64_t>(get_num(o, "offset", 0));
-    t.nbytes = static_cast<uint64_t>(get_num(o, "nbytes", 0));
-    std::string dt = get_str(o, "dtype", "");
-    if (dt == "BF16") t.dtype = hm::DType::BF16;
-    else if (dt == "F32") t.dtype = hm::DType::F32;
-    else if (dt == "U8") t.dtype = hm::DType::U8;
-    else throw std::runtime_error("native: tensor " + t.name + ": unsupported dtype " + dt);
-    auto shape = o.Get("shape").As<Napi::Array>();
+    t.name = o.str("name");
+    t.file = o.str("file");
+    t.offset = static_cast<uint64_t>(o.num("offset"));
+    t.nbytes = static_cast<uint64_t>(o.num("nbytes"));
+    t.dtype = parse_dtype(o.str("dtype"), "tensor " + t.name);
+    auto shape = o.array("shape");
     for (uint32_t j = 0; j < shape.Length(); j++)
       t.shape.push_back(static_cast<int64_t>(shape.Get(j).As<Napi::Number>().DoubleValue()));
+    o.done();
     m.emplace(t.name, std::move(t));
   }
   return m;
+}
+
+// Options the caller leaves out take default_load_options(backend) (published by buildInfo()).
+hm::LoadOptions parse_options(const Napi::Value& v) {
+  Fields o(v, "options");
+  hm::LoadOptions opt = hm::default_load_options(o.str("backend"));
+  opt.expert_format = o.str_or("expertFormat", opt.expert_format);
+  opt.num_blocks = o.integer_or("numBlocks", opt.num_blocks);
+  opt.block_size = o.integer_or("blockSize", opt.block_size);
+  opt.max_seqs = o.integer_or("maxSeqs", opt.max_seqs);
+  opt.max_batch_tokens = o.integer_or("maxBatchTokens", opt.max_batch_tokens);
+  opt.threads = o.integer_or("threads", opt.threads);
+  opt.device = o.integer_or("device", opt.device);
+  opt.dummy = o.flag_or("dummy", opt.dummy);
+  if (o.has("seed")) opt.seed = static_cast<uint64_t>(o.num("seed"));
+  o.done();
+  hm::validate_load_options(opt);
+  return opt;
+}
+
+Napi::Object limits_to_js(Napi::Env env, const hm::StepLimits& l) {
+  auto o = Napi::Object::New(env);
+  o.Set("maxBatchTokens", l.max_batch_tokens);
+  o.Set("maxSeqs", l.max_seqs);
+  o.Set("maxBlocksPerSeq", l.max_blocks_per_seq);
+  o.Set("maxTopK", hm::kMaxTopK);
+  o.Set("maxSampleEntries", hm::kMaxSampleEntries);
+  return o;
 }
 
 Napi::Object info_to_js(Napi::Env env, const hm::BackendInfo& i) {
@@ -92,8 +186,9 @@ Napi::Object info_to_js(Napi::Env env, const hm::BackendInfo& i) {
   o.Set("backend", i.backend);
   o.Set("deviceName", i.device_name);
   o.Set("expertFormat", i.expert_format);
-  o.Set("numBlocks", i.num_blocks);
-  o.Set("blockSize", i.block_size);
+  o.Set("numBlocks", i.limits.num_blocks);
+  o.Set("blockSize", i.limits.block_size);
+  o.Set("limits", limits_to_js(env, i.limits));
   o.Set("weightBytes", static_cast<double>(i.weight_bytes));
   o.Set("kvBytes", static_cast<double>(i.kv_bytes));
   o.Set("deviceTotalBytes", static_cast<double>(i.device_total_bytes));
@@ -161,8 +256,6 @@ class LoadWorker : public Napi::AsyncProgressQueueWorker<uint64_t> {
 #else
         throw std::runtime_error("this build of harmonium has no CUDA backend (nvcc was not found at build time)");
 #endif
-      } else {
-        throw std::runtime_error("unknown backend '" + opt_.backend + "' (expected cpu or cuda)");
       }
     } catch (const std::exception& e) {
       SetError(e.what());
@@ -201,18 +294,19 @@ std::vector<T> copy_typed(const Napi::Value& v, const char* what) {
 
 // ---- sampling in the step: NativeSampling (src/native.ts) -> SampleRow / SampleEntry (sampling.h) ----------------
 template <typename A, napi_typedarray_type kType>
-A typed_field(const Napi::Object& o, const char* key, size_t length) {
-  const Napi::Value v = o.Get(key);
+A typed_field(Fields& o, const char* key, size_t length) {
+  const Napi::Value v = o.get(key);
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != kType)
-    throw std::runtime_error(std::string("step: sampling.") + key + " has the wrong type");
+    throw std::runtime_error(std::string("step.sampling.") + key + ": has the wrong type");
   A a = v.As<A>();
   if (length != size_t(-1) && a.ElementLength() != length)
-    throw std::runtime_error(std::string("step: sampling.") + key + " must hold " + std::to_string(length) + " entries");
+    throw std::runtime_error(std::string("step.sampling.") + key + ": must hold " + std::to_string(length) + " entries");
   return a;
 }
 
-void parse_sampling(const Napi::Object& o, size_t rows, std::vector<hm::SampleRow>& out,
+void parse_sampling(const Napi::Value& v, size_t rows, std::vector<hm::SampleRow>& out,
                     std::vector<hm::SampleEntry>& entries) {
+  Fields o(v, "step.sampling");
   auto mode = typed_field<Napi::Uint8Array, napi_uint8_array>(o, "mode", rows);
   auto temperature = typed_field<Napi::Float32Array, napi_float32_array>(o, "temperature", rows);
   auto top_k = typed_field<Napi::Int32Array, napi_int32_array>(o, "topK", rows);
@@ -228,8 +322,9 @@ void parse_sampling(const Napi::Object& o, size_t rows, std::vector<hm::SampleRo
   auto bias = typed_field<Napi::Float32Array, napi_float32_array>(o, "entryBias", n);
   auto counts = typed_field<Napi::Int32Array, napi_int32_array>(o, "entryCounts", n);
   auto in_prompt = typed_field<Napi::Uint8Array, napi_uint8_array>(o, "entryInPrompt", n);
+  o.done();
   if (offsets[0] != 0 || size_t(offsets[rows]) != n)
-    throw std::runtime_error("step: sampling.entryOffsets must run from 0 to the number of entries");
+    throw std::runtime_error("step.sampling.entryOffsets: must run from 0 to the number of entries");
   out.resize(rows);
   for (size_t r = 0; r < rows; r++) {
     hm::SampleRow& p = out[r];
@@ -255,7 +350,7 @@ void parse_sampling(const Napi::Object& o, size_t rows, std::vector<hm::SampleRo
 Napi::Value SampleLogits(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   try {
-    if (info.Length() < 3 || !info[0].IsTypedArray() || !info[2].IsObject())
+    if (info.Length() < 3 || !info[0].IsTypedArray() || !info[1].IsNumber())
       throw std::runtime_error("sampleLogits(logits, vocab, sampling)");
     auto logits = info[0].As<Napi::Float32Array>();
     const int vocab = info[1].As<Napi::Number>().Int32Value();
@@ -263,7 +358,7 @@ Napi::Value SampleLogits(const Napi::CallbackInfo& info) {
     const size_t rows = logits.ElementLength() / size_t(vocab);
     std::vector<hm::SampleRow> p;
     std::vector<hm::SampleEntry> entries;
-    parse_sampling(info[2].As<Napi::Object>(), rows, p, entries);
+    parse_sampling(info[2], rows, p, entries);
     hm::StepBatch b;
     b.num_seqs = int(rows);
     b.sample_rows = p.data();
@@ -302,16 +397,18 @@ class StepWorker : public Napi::AsyncWorker {
   std::vector<hm::SampleEntry> sample_entries;
   hm::StepBatch batch;
 
+  void bind_arrays() {
+    batch.tokens = tokens.data();
+    batch.positions = positions.data();
+    batch.seq_lens = seq_lens.data();
+    batch.block_tables = block_tables.data();
+    batch.full_logits = full_logits.empty() ? nullptr : full_logits.data();
+    batch.sample_rows = sample_rows.empty() ? nullptr : sample_rows.data();
+    batch.sample_entries = sample_entries.data();
+    batch.num_sample_entries = static_cast<int>(sample_entries.size());
+  }
   void Execute() override {
     try {
-      batch.tokens = tokens.data();
-      batch.positions = positions.data();
-      batch.seq_lens = seq_lens.data();
-      batch.block_tables = block_tables.data();
-      batch.full_logits = full_logits.empty() ? nullptr : full_logits.data();
-      batch.sample_rows = sample_rows.empty() ? nullptr : sample_rows.data();
-      batch.sample_entries = sample_entries.data();
-      batch.num_sample_entries = static_cast<int>(sample_entries.size());
       model_->backend()->step(batch, out_);
     } catch (const std::exception& e) {
       SetError(e.what());
@@ -374,33 +471,29 @@ Napi::Value NativeModel::Step(const Napi::CallbackInfo& info) {
   if (!busy.compare_exchange_strong(expected, true)) return reject("step: another step of this model is in flight");
   auto* w = new StepWorker(env, this, info.This().As<Napi::Object>());
   try {
-    auto in = info[0].As<Napi::Object>();
-    w->tokens = copy_typed<int32_t, Napi::Int32Array>(in.Get("tokens"), "tokens");
-    w->positions = copy_typed<int32_t, Napi::Int32Array>(in.Get("positions"), "positions");
-    w->seq_lens = copy_typed<int32_t, Napi::Int32Array>(in.Get("seqLens"), "seqLens");
-    w->block_tables = copy_typed<int32_t, Napi::Int32Array>(in.Get("blockTables"), "blockTables");
-    if (in.Has("fullLogits") && in.Get("fullLogits").IsTypedArray())
-      w->full_logits = copy_typed<uint8_t, Napi::Uint8Array>(in.Get("fullLogits"), "fullLogits");
+    Fields in(info[0], "step");
+    w->tokens = copy_typed<int32_t, Napi::Int32Array>(in.get("tokens"), "tokens");
+    w->positions = copy_typed<int32_t, Napi::Int32Array>(in.get("positions"), "positions");
+    w->seq_lens = copy_typed<int32_t, Napi::Int32Array>(in.get("seqLens"), "seqLens");
+    w->block_tables = copy_typed<int32_t, Napi::Int32Array>(in.get("blockTables"), "blockTables");
+    if (in.has("fullLogits"))
+      w->full_logits = copy_typed<uint8_t, Napi::Uint8Array>(in.get("fullLogits"), "fullLogits");
     w->batch.num_tokens = static_cast<int>(w->tokens.size());
     w->batch.num_seqs = static_cast<int>(w->seq_lens.size());
-    w->batch.max_blocks_per_seq = get_int(in, "maxBlocksPerSeq", 0);
-    w->batch.all_positions = get_bool(in, "allPositions", false);
-    w->batch.top_k = get_int(in, "topK", 0);
-    if (in.Has("sampling") && in.Get("sampling").IsObject())
-      parse_sampling(in.Get("sampling").As<Napi::Object>(), w->seq_lens.size(), w->sample_rows, w->sample_entries);
+    w->batch.max_blocks_per_seq = in.integer("maxBlocksPerSeq");
+    w->batch.all_positions = in.flag_or("allPositions", false);
+    w->batch.top_k = in.integer_or("topK", 0);
+    if (in.has("sampling")) parse_sampling(in.get("sampling"), w->seq_lens.size(), w->sample_rows, w->sample_entries);
+    in.done();
+    // The arrays' lengths (the batch itself is checked by validate_step).
     if (w->positions.size() != w->tokens.size()) throw std::runtime_error("step: positions and tokens differ in length");
     if (!w->full_logits.empty() && w->full_logits.size() != w->seq_lens.size())
       throw std::runtime_error("step: fullLogits must have one entry per sequence");
-    if (w->batch.top_k < 0 || w->batch.top_k > 256) throw std::runtime_error("step: topK must be in 0..256");
     if (w->batch.num_seqs > 0 &&
         w->block_tables.size() != static_cast<size_t>(w->batch.num_seqs) * w->batch.max_blocks_per_seq)
       throw std::runtime_error("step: blockTables must hold numSeqs * maxBlocksPerSeq entries");
-    size_t total = 0;
-    for (int32_t n : w->seq_lens) {
-      if (n <= 0) throw std::runtime_error("step: every sequence needs at least one token");
-      total += static_cast<size_t>(n);
-    }
-    if (total != w->tokens.size()) throw std::runtime_error("step: seqLens do not add up to the number of tokens");
+    w->bind_arrays();
+    hm::validate_step(w->batch, backend_->limits());
   } catch (const std::exception& e) {
     busy.store(false);
     delete w;
@@ -417,20 +510,9 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
   auto d = Napi::Promise::Deferred::New(env);
   try {
     if (info.Length() < 3) throw std::runtime_error("loadModel(config, tensors, options, onProgress?)");
-    auto cfg = parse_config(info[0].As<Napi::Object>());
-    auto tensors = parse_tensors(info[1].As<Napi::Array>());
-    auto o = info[2].As<Napi::Object>();
-    hm::LoadOptions opt;
-    opt.backend = get_str(o, "backend", "cpu");
-    opt.expert_format = get_str(o, "expertFormat", "mxfp4");
-    opt.num_blocks = get_int(o, "numBlocks", 0);
-    opt.block_size = get_int(o, "blockSize", 16);
-    opt.max_seqs = get_int(o, "maxSeqs", 64);
-    opt.max_batch_tokens = get_int(o, "maxBatchTokens", 2048);
-    opt.threads = get_int(o, "threads", 0);
-    opt.device = get_int(o, "device", 0);
-    opt.dummy = get_bool(o, "dummy", false);
-    opt.seed = static_cast<uint64_t>(get_num(o, "seed", 0));
+    auto cfg = parse_config(info[0]);
+    auto tensors = parse_tensors(info[1]);
+    auto opt = parse_options(info[2]);
     Napi::Function progress;
     if (info.Length() > 3 && info[3].IsFunction()) progress = info[3].As<Napi::Function>();
     auto* w = new LoadWorker(env, std::move(cfg), std::move(tensors), std::move(opt), progress);
@@ -453,8 +535,47 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   o.Set("cuda", false);
   o.Set("cudaArchitectures", "");
 #endif
+  auto defaults = Napi::Object::New(env);
+  for (const char* backend : {"cpu", "cuda"}) {
+    const hm::LoadOptions d = hm::default_load_options(backend);
+    auto b = Napi::Object::New(env);
+    b.Set("blockSize", d.block_size);
+    b.Set("maxSeqs", d.max_seqs);
+    b.Set("maxBatchTokens", d.max_batch_tokens);
+    b.Set("expertFormat", d.expert_format);
+    defaults.Set(backend, b);
+  }
+  o.Set("defaults", defaults);
+  o.Set("maxTopK", hm::kMaxTopK);
   o.Set("maxSampleEntries", hm::kMaxSampleEntries);
   return o;
+}
+
+// weightLayout(config): every tensor the config implies, from the one layout table (weight_layout.h).
+Napi::Value WeightLayout(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    if (info.Length() < 1) throw std::runtime_error("weightLayout(config)");
+    const std::vector<hm::TensorSpec> layout = hm::weight_layout(parse_config(info[0]));
+    auto arr = Napi::Array::New(env, layout.size());
+    for (size_t i = 0; i < layout.size(); i++) {
+      const hm::TensorSpec& t = layout[i];
+      auto o = Napi::Object::New(env);
+      o.Set("name", t.name);
+      o.Set("dtype", hm::dtype_name(t.dtype));
+      auto accepts = Napi::Array::New(env);
+      accepts.Set(0u, hm::dtype_name(t.dtype));
+      if (t.accepts_f32) accepts.Set(1u, hm::dtype_name(hm::DType::F32));
+      o.Set("accepts", accepts);
+      auto shape = Napi::Array::New(env, t.shape.size());
+      for (size_t j = 0; j < t.shape.size(); j++) shape.Set(uint32_t(j), static_cast<double>(t.shape[j]));
+      o.Set("shape", shape);
+      arr.Set(uint32_t(i), o);
+    }
+    return arr;
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, e.what());
+  }
 }
 
 Napi::Value CudaDevices(const Napi::CallbackInfo& info) {
@@ -476,6 +597,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   NativeModel::ctor = new Napi::FunctionReference(Napi::Persistent(NativeModel::Init(env)));
   exports.Set("loadModel", Napi::Function::New(env, LoadModel));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
+  exports.Set("weightLayout", Napi::Function::New(env, WeightLayout));
   exports.Set("cudaDevices", Napi::Function::New(env, CudaDevices));
   exports.Set("sampleLogits", Napi::Function::New(env, SampleLogits));
   return exports;

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "hm_limits.h"
 #include "model_config.h"
 #include "sampling.h"
 #include "tensor_source.h"
@@ -28,7 +29,7 @@ struct StepBatch {
   bool all_positions = false;
   // Per sequence: 1 = copy that sequence's full fp32 logits row(s) to the host. Null = none.
   const uint8_t* full_logits = nullptr;
-  // Narrowed candidates per output row, computed on the device (0..256).
+  // Narrowed candidates per output row, computed on the device (0..kMaxTopK).
   int top_k = 0;
   // Sampling in the step (sampling.h), after the raw narrowing above: one SampleRow per sequence (its output row;
   // not with all_positions), and the rows' SampleEntry ranges. Null = no row is sampled.
@@ -52,12 +53,14 @@ struct StepOutput {
   std::vector<float> sampled_logit;   // [rows] its raw logit (logprob = sampled_logit - logsumexp)
 };
 
+// Every default of a load lives here; the addon fills a missing option from default_load_options() and publishes
+// these through buildInfo(), so the TypeScript host does not restate them.
 struct LoadOptions {
   std::string backend = "cpu";          // "cpu" | "cuda"
   std::string expert_format = "mxfp4";  // cuda only: "mxfp4" (sm_90+) | "bf16" (fallback, any GPU)
   int num_blocks = 0;                   // KV blocks; 0 = choose from memory left
   int block_size = 16;
-  int max_seqs = 64;
+  int max_seqs = 16;
   int max_batch_tokens = 2048;
   int threads = 0;                      // cpu: 0 = hardware concurrency
   int device = 0;
@@ -65,12 +68,42 @@ struct LoadOptions {
   uint64_t seed = 0;
 };
 
+// The defaults for one backend: the CPU reference steps fewer tokens at once (its scratch is per token).
+inline LoadOptions default_load_options(const std::string& backend) {
+  LoadOptions o;
+  o.backend = backend;
+  if (backend == "cpu") o.max_batch_tokens = 512;
+  return o;
+}
+
+// Throws std::runtime_error naming the first option out of range (sizes positive, numBlocks >= 0, a known
+// backend and expert format). The addon calls it once per load; backends may rely on it.
+void validate_load_options(const LoadOptions& opt);
+
+// What a step may hold on a loaded model: checked once per step by validate_step(), reported by info().
+struct StepLimits {
+  int max_batch_tokens = 0;
+  int max_seqs = 0;
+  int max_blocks_per_seq = 0;  // ceil(max_positions / block_size)
+  int num_blocks = 0;
+  int block_size = 0;
+  int vocab = 0;
+  int max_positions = 0;
+};
+StepLimits step_limits(const ModelConfig& cfg, const LoadOptions& opt, int num_blocks);
+
+// Throws std::runtime_error naming the first field of the batch that breaks the limits or the batch's own rules
+// (consecutive positions per sequence, block ids in the pool for every position read). Every check runs before a
+// backend touches its cache, so a bad batch leaves the model as it was.
+void validate_step(const StepBatch& b, const StepLimits& lim);
+// The sampling part of validate_step (ranges, CSR bounds, ids; sampleLogits() runs it alone).
+void validate_sampling(const StepBatch& batch, int vocab);
+
 struct BackendInfo {
   std::string backend;
   std::string device_name;
   std::string expert_format;
-  int num_blocks = 0;
-  int block_size = 0;
+  StepLimits limits;  // num_blocks and block_size included
   uint64_t weight_bytes = 0;
   uint64_t kv_bytes = 0;
   uint64_t device_total_bytes = 0;
@@ -80,8 +113,10 @@ struct BackendInfo {
 class Backend {
  public:
   virtual ~Backend() = default;
+  // batch has passed validate_step(batch, limits()).
   virtual void step(const StepBatch& batch, StepOutput& out) = 0;
   virtual BackendInfo info() const = 0;
+  virtual const StepLimits& limits() const = 0;
 };
 
 // Each factory throws std::runtime_error with a one-line message on any failure, after freeing what it took.
@@ -93,9 +128,6 @@ std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& cfg, const TensorM
 // Number of visible CUDA devices and a description of each; never throws (0 when no driver/device).
 int cuda_device_count(std::string* why_none);
 #endif
-
-// Shared by every backend: checks a batch's sampling inputs (ranges, CSR bounds, ids) before the step runs.
-void validate_sampling(const StepBatch& batch, int vocab);
 
 // Shared by every backend: fills argmax / top-k / logsumexp for one row of logits (host side).
 void narrow_logits_row(const float* logits, int vocab, int top_k, int32_t* top_ids, float* top_logits,

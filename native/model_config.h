@@ -1,5 +1,6 @@
 // The model hyper-parameters the kernels need, already validated and normalised by the TypeScript loader
-// (src/model/config.ts). Both config.json forms (rope_scaling / rope_parameters) arrive here as one struct.
+// (src/model/config.ts, which also holds config.json's defaults). Both config.json forms (rope_scaling /
+// rope_parameters) arrive here as one struct; the addon requires every field (no defaults here).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -7,13 +8,16 @@
 
 namespace hm {
 
+// How the checkpoint stores the expert weights, as config.json says (validated once, in TypeScript).
+enum class ExpertFormat { kMxfp4, kBf16 };
+
 struct RopeConfig {
-  double theta = 150000.0;
-  bool yarn = true;               // false: plain RoPE (factor ignored)
-  double factor = 32.0;
-  double original_max_positions = 4096.0;
-  double beta_fast = 32.0;
-  double beta_slow = 1.0;
+  double theta = 0;
+  bool yarn = false;  // false: plain RoPE (factor ignored)
+  double factor = 0;
+  double original_max_positions = 0;
+  double beta_fast = 0;
+  double beta_slow = 0;
   bool truncate = false;
 };
 
@@ -30,9 +34,10 @@ struct ModelConfig {
   int sliding_window = 0;
   std::vector<uint8_t> layer_sliding;  // per layer: 1 = sliding_attention, 0 = full_attention
   RopeConfig rope;
-  float rms_eps = 1e-5f;
-  float swiglu_limit = 7.0f;
-  int max_positions = 131072;
+  float rms_eps = 0;
+  float swiglu_limit = 0;
+  int max_positions = 0;
+  ExpertFormat expert_format = ExpertFormat::kMxfp4;
 };
 
 }  // namespace hm

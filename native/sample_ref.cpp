@@ -5,10 +5,6 @@
 #include <cmath>
 #include <vector>
 
-#include <stdexcept>
-#include <string>
-
-#include "backend.h"
 #include "sampling.h"
 
 namespace hm {
@@ -113,32 +109,6 @@ void sample_row_ref(const float* raw, int vocab, const SampleRow& p, const Sampl
   *token = pick;
   *raw_logit = raw[pick];
   if (margin) *margin = best_score - second;
-}
-
-void validate_sampling(const StepBatch& b, int vocab) {
-  if (!b.sample_rows) return;
-  if (b.all_positions) throw std::runtime_error("step: sampling needs one output row per sequence (not allPositions)");
-  if (b.num_sample_entries < 0 || b.num_sample_entries > kMaxSampleEntries || (b.num_sample_entries && !b.sample_entries))
-    throw std::runtime_error("step: sampling entries must number 0.." + std::to_string(kMaxSampleEntries));
-  for (int s = 0; s < b.num_seqs; s++) {
-    const SampleRow& p = b.sample_rows[s];
-    const std::string where = "step: sampling of sequence " + std::to_string(s) + ": ";
-    if (p.mode < kSampleNone || p.mode > kSampleDraw) throw std::runtime_error(where + "unknown mode");
-    if (p.entry_begin < 0 || p.entry_end < p.entry_begin || p.entry_end > b.num_sample_entries)
-      throw std::runtime_error(where + "entry range outside the entries");
-    if (!(p.inv_temperature > 0.f) || !std::isfinite(p.inv_temperature) || p.top_k < 0 || !(p.top_p > 0.f && p.top_p <= 1.f) ||
-        !(p.repetition > 0.f) || std::isnan(p.log_min_p) || p.log_min_p > 0.f)
-      throw std::runtime_error(where + "parameter out of range");
-    if (b.full_logits && b.full_logits[s] && p.mode != kSampleNone)
-      throw std::runtime_error(where + "a row with full logits is sampled on the host");
-    for (int j = p.entry_begin; j < p.entry_end; j++) {
-      const SampleEntry& e = b.sample_entries[j];
-      if (e.id < 0 || e.id >= vocab) throw std::runtime_error(where + "entry token id " + std::to_string(e.id) + " outside the vocabulary");
-      if (e.count < 0) throw std::runtime_error(where + "negative count");
-      if (j > p.entry_begin && e.id <= b.sample_entries[j - 1].id)
-        throw std::runtime_error(where + "entry ids must be strictly increasing");
-    }
-  }
 }
 
 }  // namespace hm

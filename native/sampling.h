@@ -14,6 +14,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "hm_limits.h"  // kMaxSampleEntries
+
 // The helpers below are shared by the reference and the CUDA kernels (one definition of the arithmetic).
 #ifdef __CUDACC__
 #define HM_SAMPLE_HD __host__ __device__ __forceinline__
@@ -53,8 +55,6 @@ struct SampleEntry {
 };
 static_assert(sizeof(SampleEntry) == 16, "SampleEntry is uploaded as is");
 
-// The most entries one step may carry (the CUDA backend's buffer; TS falls back to full logits beyond it).
-constexpr int kMaxSampleEntries = 1 << 20;
 // exp(s - max s) = 1 is this many units of nucleus mass: 201,088 tokens sum below 2^62.
 constexpr double kMassOne = 17592186044416.0;  // 2^44
 // The radix levels of every threshold selection over the 32-bit order keys: 11 + 11 + 10 bits.

@@ -1,6 +1,6 @@
 // Public library API of harmonium.
 export type { ModelConfig, TensorLocation } from './model/types.js';
-export { openCheckpoint, expectedTensors, CheckpointError } from './model/checkpoint.js';
+export { openCheckpoint, expectedTensors } from './model/checkpoint.js';
 export type { Checkpoint, ExpectedTensor } from './model/checkpoint.js';
 export { readConfig, parseConfig } from './model/config.js';
 export { dummyConfig, dummyTensors } from './model/dummy.js';
@@ -18,14 +18,28 @@ export type {
   ChatEvent,
   ChatResult,
   ChatFinishReason,
+  EngineStatus,
   GeneratedToken,
   GenerateResult,
   Stream,
   Timings,
   Usage,
 } from './api/types.js';
-export { resolveSampling, SamplingParamError } from './sampling/params.js';
+export { resolveSampling } from './sampling/params.js';
 export type { SamplingParams, ResolvedSampling } from './sampling/params.js';
 export type { TokenLogprob } from './sampling/sampler.js';
-export { EngineRequestError } from './engine/engine.js';
+// Every error the library throws on purpose: a HarmoniumError with `code` (and `param` where one field is at fault).
+export {
+  HarmoniumError,
+  RequestError,
+  SamplingParamError,
+  EngineRequestError,
+  LoadOptionError,
+  CheckpointError,
+  DeviceError,
+  AddonError,
+} from './errors.js';
 export type { ChatRequest, ChatMessage, Tool, ToolCall, ReasoningEffort, BuiltinTool } from './harmony/types.js';
+
+// The OpenAI-compatible HTTP server (src/server/).
+export { serve, type ServeOptions, type ServerHandle } from './server/serve.js';

@@ -1,11 +1,14 @@
 // The one typed boundary to the native addon: every export of build/Release/harmonium.node is declared here,
-// and this is the only module that loads it. Everything else imports these types.
+// and this is the only module that loads it. Everything else imports these types and functions. The addon reads
+// every object strictly: a missing required key or an unknown one is an error naming it.
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import type { ModelConfig, TensorLocation } from './model/types.js';
+import { join } from 'node:path';
+import type { ModelConfig, TensorDType, TensorLocation } from './model/types.js';
+import { packageRoot } from './util/package_root.js';
+import { AddonError } from './errors.js';
 
+/** Load options; an option left out takes the native default (buildInfo().defaults[backend]). */
 export interface NativeLoadOptions {
   backend: 'cpu' | 'cuda';
   /** CUDA only: 'mxfp4' decodes experts inside the matmul (sm_90+); 'bf16' decodes them once at load. */
@@ -36,7 +39,7 @@ export interface NativeStepInput {
   allPositions?: boolean;
   /** Per sequence: 1 = return the full fp32 logits of its rows. */
   fullLogits?: Uint8Array;
-  /** Narrowed candidates per row (0..256). */
+  /** Narrowed candidates per row (0..maxTopK()). */
   topK?: number;
   /** Sampling in the step, one entry per sequence (its output row); absent = no row is sampled. */
   sampling?: NativeSampling;
@@ -90,12 +93,23 @@ export interface NativeStepOutput {
   sampledLogit?: Float32Array;
 }
 
+/** What one step may hold on a loaded model (the addon checks every step against them). */
+export interface NativeStepLimits {
+  maxBatchTokens: number;
+  maxSeqs: number;
+  maxBlocksPerSeq: number;
+  maxTopK: number;
+  /** The most sampling entries one step may carry. */
+  maxSampleEntries: number;
+}
+
 export interface NativeModelInfo {
   backend: string;
   deviceName: string;
   expertFormat: string;
   numBlocks: number;
   blockSize: number;
+  limits: NativeStepLimits;
   weightBytes: number;
   kvBytes: number;
   deviceTotalBytes: number;
@@ -116,25 +130,42 @@ export interface NativeAddon {
     options: NativeLoadOptions,
     onProgress?: (done: number, total: number) => void,
   ): Promise<NativeModel>;
-  /** maxSampleEntries: the most sampling entries one step may carry. */
-  buildInfo(): { cuda: boolean; cudaArchitectures: string; maxSampleEntries: number };
+  buildInfo(): NativeBuildInfo;
+  /** Every tensor the config implies: the one weight layout both native loaders bind by name. */
+  weightLayout(config: ModelConfig): NativeTensorSpec[];
   /** The CPU reference of sampling in the step, over rows of given logits ([rows * vocab]). */
   sampleLogits(logits: Float32Array, vocab: number, sampling: NativeSampling): { sampled: Int32Array; sampledLogit: Float32Array };
   cudaDevices(): { count: number; reason: string };
 }
 
-let cached: NativeAddon | undefined;
-
-/** Root of the package (where build/ and package.json live), from src/ or dist/. */
-export function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json'))) {
-    const up = dirname(dir);
-    if (up === dir) throw new Error('harmonium: cannot find the package root');
-    dir = up;
-  }
-  return dir;
+export interface NativeLoadDefaults {
+  blockSize: number;
+  maxSeqs: number;
+  maxBatchTokens: number;
+  expertFormat: 'mxfp4' | 'bf16';
 }
+
+export interface NativeBuildInfo {
+  cuda: boolean;
+  cudaArchitectures: string;
+  /** The defaults of every load option, per backend. */
+  defaults: Record<'cpu' | 'cuda', NativeLoadDefaults>;
+  /** The most narrowed candidates a step may ask for. */
+  maxTopK: number;
+  /** The most sampling entries (NativeSampling's entry arrays) one step may carry. */
+  maxSampleEntries: number;
+}
+
+export interface NativeTensorSpec {
+  name: string;
+  /** The dtype written and counted. */
+  dtype: TensorDType;
+  /** Every dtype the loaders accept (sinks come as BF16 or F32). */
+  accepts: TensorDType[];
+  shape: number[];
+}
+
+let cached: NativeAddon | undefined;
 
 export function loadAddon(): NativeAddon {
   if (cached) return cached;
@@ -142,9 +173,39 @@ export function loadAddon(): NativeAddon {
   const buildDir = process.env.HARMONIUM_BUILD_DIR ?? join(packageRoot(), 'build');
   const path = join(buildDir, 'Release', 'harmonium.node');
   if (!existsSync(path)) {
-    throw new Error(`harmonium: native addon not built (${path} is missing); run \`npm run build\``);
+    throw new AddonError(
+      `the native addon is not built (${path} is missing): run \`npm rebuild harmonium\` (in a checkout of harmonium: \`npm run build\`); building needs CMake >= 3.18 and a C++17 compiler`,
+    );
   }
   const require = createRequire(import.meta.url);
   cached = require(path) as NativeAddon;
   return cached;
+}
+
+let built: NativeBuildInfo | undefined;
+
+/** The addon's build: CUDA or not, load defaults, limits. */
+export function buildInfo(): NativeBuildInfo {
+  built ??= loadAddon().buildInfo();
+  return built;
+}
+
+/** The most narrowed candidates a model step returns per row. */
+export function maxTopK(): number {
+  return buildInfo().maxTopK;
+}
+
+/** The most sampling entries one model step may carry (beyond them the host samples from full logits). */
+export function maxSampleEntries(): number {
+  return buildInfo().maxSampleEntries;
+}
+
+/** The checkpoint tensors a config implies, from the native weight layout. */
+export function weightLayout(config: ModelConfig): NativeTensorSpec[] {
+  return loadAddon().weightLayout(config);
+}
+
+/** CUDA devices visible to this build (0 with the reason when none). */
+export function cudaDevices(): { count: number; reason: string } {
+  return loadAddon().cudaDevices();
 }

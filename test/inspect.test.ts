@@ -1,4 +1,4 @@
-// `harmonium inspect`: the sizes of the real gpt-oss models (model.md's figures), the embedded tiny model, and
+// `harmonium inspect`: the sizes of the real gpt-oss models (docs/model.md's figures), the embedded tiny model, and
 // the CLI's one-line errors with exit code 1. The CLI is compiled into a private folder and run through a copy of
 // bin/harmonium.js, so this test does not depend on (or disturb) the shared dist/.
 import { describe, expect, it, beforeAll } from 'vitest';

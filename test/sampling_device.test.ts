@@ -113,4 +113,14 @@ describe('sampling in the CPU backend step (tiny model)', () => {
       expect(out.sampledLogit![8]).toBe(alone.sampledLogit![0]);
     }
   }, 120_000);
+
+  it('reads step.sampling strictly and checks it in validate_step (bad rows refused before the step runs)', async () => {
+    const good = stepOf([mk({ temperature: 1 }, 1)]);
+    const withSampling = (sampling: object) => model.step({ ...good, sampling } as never);
+    await expect(withSampling({ ...good.sampling, frobnicate: 1 })).rejects.toThrow(/step\.sampling\.frobnicate: unknown key/);
+    const { topP: _, ...missing } = good.sampling!;
+    await expect(withSampling(missing)).rejects.toThrow(/step\.sampling\.topP: missing/);
+    await expect(withSampling({ ...good.sampling, topP: Float32Array.of(1.5) })).rejects.toThrow(/parameter out of range/);
+    await expect(model.step({ ...good, allPositions: true })).rejects.toThrow(/not allPositions/);
+  });
 });

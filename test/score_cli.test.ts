@@ -11,7 +11,8 @@ import { main } from '../src/cli/main.js';
 import { parseTokenList, runScore } from '../src/cli/score.js';
 import { loadModel } from '../src/model/load.js';
 import { writeRandomCheckpoint } from '../src/model/tiny.js';
-import { loadAddon, packageRoot } from '../src/native.js';
+import { loadAddon } from '../src/native.js';
+import { packageRoot } from '../src/util/package_root.js';
 import { readNpy } from '../src/util/npy.js';
 
 const CONFIG = {

@@ -1,12 +1,12 @@
 // MoE kernel playground (llm.c dev/cuda style): times the public launchers of kernels/moe.h and a few launch
 // configurations of the decode kernels at the real gpt-oss shapes (H = I = 2880, top-4, E = 32 and 128).
-// Correctness is held by test/ops/ops_moe.cu; this program only times, on random (never zero) weights.
-// MOE_DECODE_ONLY=1 skips the prefill timings.
+// Before it times a shape, it checks the launchers' output there against the CPU twin (ref::expert_mlp_mxfp4,
+// native/cpu/ref_ops.h) and stops if they disagree; the numbered decode variants are then checked against the
+// launcher. Random (never zero) weights. MOE_DECODE_ONLY=1 skips the prefill timings.
 //
 // Decode bytes count only what must be read: the selected experts' MXFP4 blocks, scales and biases
 // (13.24 MB per expert). The routing rotates over disjoint expert sets so no iteration finds its experts in L2.
-// Build: nvcc -std=c++17 -O3 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative -Ikernels
-//        bench/moe_playground/moe_bench.cu kernels/moe_mxfp4.cu kernels/moe_bf16.cu kernels/router.cu -o moe_bench
+// Build: the CMake target hm_moe_lab (not built by default): npx cmake-js build --out build-cuda --target hm_moe_lab
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -17,9 +17,9 @@
 #include <functional>
 #include <vector>
 
+#include "cpu/ref_ops.h"
 #include "moe.h"
 #include "moe_impl.cuh"
-#include "prefill_v2.cuh"
 
 using namespace hm::cuda;
 
@@ -259,31 +259,6 @@ void decode_variants(const Layer& L, const Routing& R, const uint16_t* x, float*
   cudaFree(g_y_ref);
 }
 
-// The prefill path with v2 of the MXFP4 grouped GEMM (moe_impl.cuh), launched directly so that v1 (the public
-// launcher unless built with -DHM_MOE_PREFILL_V2) and v2 can be compared in one binary.
-void prefill_mxfp4_v2(const MoeParams& p, const Layer& L) {
-  const moe::Workspace ws = moe::carve(p.workspace, p.n, p.H, p.I, p.E, p.k);
-  static bool set = false;
-  if (!set) {
-    CK(cudaFuncSetAttribute(moe::moe_grouped_gemm_mxfp4_v2<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                            int(moe::kGemm2Smem)));
-    CK(cudaFuncSetAttribute(moe::moe_grouped_gemm_mxfp4_v2<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                            int(moe::kGemm2Smem)));
-    set = true;
-  }
-  const int P = p.n * p.k, T = moe::max_tiles(P, p.E);
-  moe::moe_route_sort<<<1, 1024>>>(p.ids, P, p.E, ws);
-  moe::WMat gu{L.gu_b, L.gu_s, L.gu_bias, 2 * L.I, L.H};
-  moe::WMat dn{L.dn_b, L.dn_s, L.dn_bias, L.H, L.I};
-  moe::GemmArgs g{gu, p.x, p.ldx, p.k, p.weights, p.swiglu_limit, ws};
-  moe::moe_grouped_gemm_mxfp4_v2<true><<<dim3((2 * p.I + moe::kBN - 1) / moe::kBN, T), 256, moe::kGemm2Smem>>>(g);
-  g.W = dn;
-  g.A = ws.act;
-  g.lda = p.I;
-  moe::moe_grouped_gemm_mxfp4_v2<false><<<dim3((p.H + moe::kBN - 1) / moe::kBN, T), 256, moe::kGemm2Smem>>>(g);
-  moe::moe_combine<<<p.n, 256>>>(ws, p.H, p.k, p.y, p.ldy, false);
-}
-
 double nmse_dev(const float* a, const float* b, size_t n) {
   std::vector<float> ha(n), hb(n);
   CK(cudaMemcpy(ha.data(), a, n * 4, cudaMemcpyDeviceToHost));
@@ -295,6 +270,67 @@ double nmse_dev(const float* a, const float* b, size_t n) {
     den += double(hb[i]) * hb[i];
   }
   return num / den;
+}
+
+// The CPU twin of one MoE call: y[t] = sum over the k chosen experts of weight * ref::expert_mlp_mxfp4(x[t]).
+// Only the experts the routing uses are copied to the host.
+std::vector<float> moe_on_cpu(const Layer& L, const int32_t* d_ids, const float* d_w, const uint16_t* d_x, int n) {
+  std::vector<int32_t> ids(size_t(n) * L.k);
+  std::vector<float> w(ids.size());
+  std::vector<uint16_t> x(size_t(n) * L.H);
+  CK(cudaMemcpy(ids.data(), d_ids, ids.size() * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(w.data(), d_w, w.size() * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(x.data(), d_x, x.size() * 2, cudaMemcpyDeviceToHost));
+  const size_t gu_rows = 2 * size_t(L.I);
+  struct Expert {
+    std::vector<uint8_t> gu_b, gu_s, dn_b, dn_s;
+    std::vector<uint16_t> gu_bias, dn_bias;
+  };
+  std::vector<Expert> experts(L.E);
+  auto get = [](auto& v, const auto* d, size_t off, size_t n) {
+    v.resize(n);
+    CK(cudaMemcpy(v.data(), d + off, n * sizeof(v[0]), cudaMemcpyDeviceToHost));
+  };
+  std::vector<float> y(size_t(n) * L.H, 0.f), xe(L.H), ye(L.H);
+  for (int t = 0; t < n; t++) {
+    for (int h = 0; h < L.H; h++) xe[h] = hm::ref::bf16_to_f32(x[size_t(t) * L.H + h]);
+    for (int j = 0; j < L.k; j++) {
+      const int e = ids[size_t(t) * L.k + j];
+      Expert& X = experts[e];
+      if (X.gu_b.empty()) {
+        get(X.gu_b, L.gu_b, e * gu_rows * L.H / 2, gu_rows * L.H / 2);
+        get(X.gu_s, L.gu_s, e * gu_rows * L.H / 32, gu_rows * L.H / 32);
+        get(X.gu_bias, L.gu_bias, e * gu_rows, gu_rows);
+        get(X.dn_b, L.dn_b, size_t(e) * L.H * L.I / 2, size_t(L.H) * L.I / 2);
+        get(X.dn_s, L.dn_s, size_t(e) * L.H * L.I / 32, size_t(L.H) * L.I / 32);
+        get(X.dn_bias, L.dn_bias, size_t(e) * L.H, size_t(L.H));
+      }
+      hm::ref::expert_mlp_mxfp4(xe.data(), X.gu_b.data(), X.gu_s.data(), X.gu_bias.data(), X.dn_b.data(), X.dn_s.data(),
+                                X.dn_bias.data(), L.H, L.I, 7.f, ye.data());
+      for (int h = 0; h < L.H; h++) y[size_t(t) * L.H + h] += w[size_t(t) * L.k + j] * ye[h];
+    }
+  }
+  return y;
+}
+
+// Runs `launch` (which writes p.y for routing set 0) and stops the program unless it matches the CPU twin (the
+// op-test tolerance: nmse 1e-4, the SwiGLU output being rounded to bf16 between the matmuls).
+template <typename F>
+void check_cpu_twin(const char* what, const Layer& L, const MoeParams& p, F&& launch) {
+  CK(cudaMemset(p.y, 0xFF, size_t(p.n) * L.H * 4));
+  launch();
+  CK(cudaDeviceSynchronize());
+  const std::vector<float> want = moe_on_cpu(L, p.ids, p.weights, p.x, p.n);
+  float* d_want = dalloc<float>(want.size());
+  CK(cudaMemcpy(d_want, want.data(), want.size() * 4, cudaMemcpyHostToDevice));
+  const double err = nmse_dev(p.y, d_want, want.size());
+  cudaFree(d_want);
+  std::printf("  check %s n=%d E=%d vs CPU twin: nmse %.2e\n", what, p.n, L.E, err);
+  if (!(err <= 1e-4)) {
+    std::fprintf(stderr, "moe_bench: %s n=%d disagrees with ref::expert_mlp_mxfp4 (nmse %.2e): not timing it\n", what,
+                 p.n, err);
+    std::exit(1);
+  }
 }
 
 int main() {
@@ -352,6 +388,13 @@ int main() {
         q.pdl = pdl;
         moe_mxfp4_forward(q, L.mx(), 0);
       };
+      {
+        MoeParams q = p;
+        q.ids = R.ids_of(0);
+        q.weights = R.w_of(0);
+        check_cpu_twin("decode mxfp4", L, q, [&] { moe_mxfp4_forward(q, L.mx(), 0); });
+        check_cpu_twin("decode bf16", L, q, [&] { moe_bf16_forward(q, L.bf(), 0); });
+      }
       const float t_mx = time_us([&](int i) { run_mx(i, false); });
       const float t_mx_pdl = time_us([&](int i) { run_mx(i, true); });
       // The same calls captured in a CUDA graph (one graph = `sets` layers of different experts).
@@ -386,32 +429,6 @@ int main() {
       if (n == 1 || n == 8) decode_variants(L, R, x, y, ws, bytes_mx);
     }
 
-    {  // router: fused GEMV + top-k for one token, E x 2880 bf16
-      uint16_t* wr = dalloc<uint16_t>(size_t(E) * L.H);
-      fill_bf16<<<256, 256>>>(wr, size_t(E) * L.H, 11, 0.1f);
-      float* logits = dalloc<float>(size_t(8) * E);
-      int32_t* ids = dalloc<int32_t>(64);
-      float* wts = dalloc<float>(64);
-      void* rws = dalloc<uint8_t>(router_workspace_bytes());
-      CK(cudaMemset(rws, 0, router_workspace_bytes()));
-      RouterParams rp;
-      rp.x = x;
-      rp.ldx = L.H;
-      rp.W = wr;
-      rp.n = 1;
-      rp.H = L.H;
-      rp.E = E;
-      rp.k = 4;
-      rp.logits = logits;
-      rp.ids = ids;
-      rp.weights = wts;
-      rp.workspace = rws;
-      const float t = time_us([&](int) { router_forward(rp, 0); });
-      std::printf("router_forward n=1: %.1f us (%.0f GB/s of %.2f MB)\n", t, E * L.H * 2.0 / t * 1e-3,
-                  E * L.H * 2e-6);
-      for (void* q : {(void*)wr, (void*)logits, (void*)ids, (void*)wts, rws}) cudaFree(q);
-    }
-
     for (int n : {64, 512, n_prefill}) {
       if (std::getenv("MOE_DECODE_ONLY")) break;  // decode-only runs (run 4)
       Routing R(2, n, L.k, E, true);
@@ -429,6 +446,13 @@ int main() {
       p.workspace_bytes = ws_bytes;
       p.path = MoePath::kPrefill;
       const double flops = double(n) * L.k * L.flops_per_pair();
+      if (n == 64) {  // the prefill path's shapes; larger n only time (the CPU twin would take minutes)
+        MoeParams q = p;
+        q.ids = R.ids_of(0);
+        q.weights = R.w_of(0);
+        check_cpu_twin("prefill mxfp4", L, q, [&] { moe_mxfp4_forward(q, L.mx(), 0); });
+        check_cpu_twin("prefill bf16", L, q, [&] { moe_bf16_forward(q, L.bf(), 0); });
+      }
       const float t_mx = time_us([&](int i) {
         MoeParams q = p;
         q.ids = R.ids_of(i);
@@ -441,30 +465,8 @@ int main() {
         q.weights = R.w_of(i);
         moe_bf16_forward(q, L.bf(), 0);
       }, 10, 5);
-      // v2 against v1 on the same routing: error and time.
-      float* y2 = dalloc<float>(size_t(n) * L.H);
-      {
-        MoeParams q = p;
-        q.ids = R.ids_of(0);
-        q.weights = R.w_of(0);
-        moe_mxfp4_forward(q, L.mx(), 0);
-        q.y = y2;
-        CK(cudaMemset(y2, 0xFF, size_t(n) * L.H * 4));
-        prefill_mxfp4_v2(q, L);
-        CK(cudaDeviceSynchronize());
-      }
-      const double err = nmse_dev(y2, y, size_t(n) * L.H);
-      const float t_v2 = time_us([&](int i) {
-        MoeParams q = p;
-        q.ids = R.ids_of(i);
-        q.weights = R.w_of(i);
-        q.y = y2;
-        prefill_mxfp4_v2(q, L);
-      }, 10, 5);
-      cudaFree(y2);
-      std::printf("prefill n=%d: mxfp4 %.0f us (%.1f TFLOP/s, %.0f tok/s per layer) | mxfp4 v2 %.0f us (%.1f TFLOP/s, "
-                  "nmse vs v1 %.2e) | bf16 %.0f us (%.1f TFLOP/s)\n",
-                  n, t_mx, flops / t_mx * 1e-6, n / t_mx * 1e6, t_v2, flops / t_v2 * 1e-6, err, t_bf, flops / t_bf * 1e-6);
+      std::printf("prefill n=%d: mxfp4 %.0f us (%.1f TFLOP/s, %.0f tok/s per layer) | bf16 %.0f us (%.1f TFLOP/s)\n",
+                  n, t_mx, flops / t_mx * 1e-6, n / t_mx * 1e6, t_bf, flops / t_bf * 1e-6);
     }
     cudaFree(ws);
     cudaFree(x);

@@ -1,4 +1,4 @@
-// The CPU reference backend: the gpt-oss forward pass of /work/shared/spec/model.md in fp32, built from the
+// The CPU reference backend: the gpt-oss forward pass of docs/model.md in fp32, built from the
 // reference ops (ref_ops.h) in the order the model defines them, over a paged fp32 KV cache. It is the oracle
 // every CUDA kernel is held against, so it favours clarity; rows of weight matrices and attention heads are
 // spread over the cores by thread_pool.h.
@@ -45,8 +45,6 @@ class CpuBackend : public Backend {
  public:
   CpuBackend(const ModelConfig& cfg, ModelWeights w, const LoadOptions& opt)
       : cfg_(cfg), w_(std::move(w)), opt_(opt), inv_freq_(cfg.head_dim / 2) {
-    if (opt.block_size <= 0) throw std::runtime_error("cpu backend: block_size must be positive");
-    if (opt.num_blocks < 0) throw std::runtime_error("cpu backend: num_blocks must be >= 0");
     const size_t slot_floats = static_cast<size_t>(cfg.num_kv_heads) * cfg.head_dim;
     const uint64_t block_bytes = 2ull * cfg.num_layers * opt.block_size * slot_floats * sizeof(float);
     num_blocks_ = opt.num_blocks;
@@ -62,6 +60,7 @@ class CpuBackend : public Backend {
     kv_bytes_ = block_bytes * static_cast<uint64_t>(num_blocks_);
     ref::rope_inv_freq(cfg.rope, cfg.head_dim, inv_freq_.data(), &attn_factor_);
     threads_ = cpu::num_threads();
+    limits_ = step_limits(cfg, opt, num_blocks_);
   }
 
   BackendInfo info() const override {
@@ -69,15 +68,15 @@ class CpuBackend : public Backend {
     i.backend = "cpu";
     i.device_name = "CPU reference (" + str(threads_) + " threads)";
     i.expert_format = w_.layers.empty() || w_.layers[0].experts.mxfp4 ? "mxfp4" : "bf16";
-    i.num_blocks = num_blocks_;
-    i.block_size = opt_.block_size;
+    i.limits = limits_;
     i.weight_bytes = w_.bytes;
     i.kv_bytes = kv_bytes_;
     return i;
   }
 
+  const StepLimits& limits() const override { return limits_; }
+
   void step(const StepBatch& b, StepOutput& out) override {
-    validate(b);
     const int T = b.num_tokens, H = cfg_.hidden;
     std::vector<int> seq_start(b.num_seqs + 1, 0);
     for (int s = 0; s < b.num_seqs; s++) seq_start[s + 1] = seq_start[s] + b.seq_lens[s];
@@ -96,45 +95,6 @@ class CpuBackend : public Backend {
   }
 
  private:
-  // Every check runs before the cache is touched, so a bad batch leaves the model as it was.
-  void validate(const StepBatch& b) const {
-    if (b.num_tokens <= 0 || b.num_seqs <= 0) throw std::runtime_error("step: empty batch");
-    if (!b.tokens || !b.positions || !b.seq_lens || !b.block_tables) throw std::runtime_error("step: missing batch arrays");
-    if (b.num_tokens > opt_.max_batch_tokens)
-      throw std::runtime_error("step: " + str(b.num_tokens) + " tokens exceed max_batch_tokens " + str(opt_.max_batch_tokens));
-    if (b.num_seqs > opt_.max_seqs)
-      throw std::runtime_error("step: " + str(b.num_seqs) + " sequences exceed max_seqs " + str(opt_.max_seqs));
-    if (b.max_blocks_per_seq <= 0) throw std::runtime_error("step: max_blocks_per_seq must be positive");
-    if (b.top_k < 0 || b.top_k > 256) throw std::runtime_error("step: top_k must be in 0..256");
-    int t = 0;
-    for (int s = 0; s < b.num_seqs; s++) {
-      const int n = b.seq_lens[s];
-      if (n <= 0) throw std::runtime_error("step: sequence " + str(s) + " has no tokens");
-      if (t + n > b.num_tokens) throw std::runtime_error("step: seq_lens add up to more than num_tokens");
-      for (int i = t; i < t + n; i++) {
-        const std::string where = "step: sequence " + str(s) + " token " + str(i - t);
-        if (b.tokens[i] < 0 || b.tokens[i] >= cfg_.vocab)
-          throw std::runtime_error(where + ": id " + str(b.tokens[i]) + " is outside the vocabulary 0.." + str(cfg_.vocab - 1));
-        if (b.positions[i] < 0 || b.positions[i] >= cfg_.max_positions)
-          throw std::runtime_error(where + ": position " + str(b.positions[i]) + " is outside 0.." + str(cfg_.max_positions - 1));
-        if (i > t && b.positions[i] != b.positions[i - 1] + 1)
-          throw std::runtime_error(where + ": positions must be consecutive within a sequence");
-      }
-      const int last_block = b.positions[t + n - 1] / opt_.block_size;
-      if (last_block >= b.max_blocks_per_seq)
-        throw std::runtime_error("step: sequence " + str(s) + ": position " + str(b.positions[t + n - 1]) + " needs block table entry " +
-                                 str(last_block) + " but the table holds " + str(b.max_blocks_per_seq));
-      const int32_t* table = b.block_tables + static_cast<size_t>(s) * b.max_blocks_per_seq;
-      for (int j = 0; j <= last_block; j++)
-        if (table[j] < 0 || table[j] >= num_blocks_)
-          throw std::runtime_error("step: sequence " + str(s) + ": block id " + str(table[j]) + " is outside the pool 0.." +
-                                   str(num_blocks_ - 1));
-      t += n;
-    }
-    if (t != b.num_tokens) throw std::runtime_error("step: seq_lens do not add up to num_tokens");
-    validate_sampling(b, cfg_.vocab);
-  }
-
   // x += o_proj(attention(rope(q), cache with rope(k), v)) for every sequence of the batch.
   void attention_block(int l, const LayerWeights& L, const StepBatch& b, const std::vector<int>& seq_start,
                        const float* xn, float* x) {
@@ -273,6 +233,7 @@ class CpuBackend : public Backend {
   ModelWeights w_;
   LoadOptions opt_;
   int num_blocks_ = 0;
+  StepLimits limits_;
   uint64_t kv_bytes_ = 0;
   KvArena k_cache_, v_cache_;
   std::vector<float> inv_freq_;  // [D/2]
@@ -285,7 +246,7 @@ class CpuBackend : public Backend {
 std::unique_ptr<Backend> make_cpu_backend(const ModelConfig& cfg, const TensorMap& tensors, const LoadOptions& opt,
                                           const ProgressFn& progress) {
   if (opt.threads > 0) cpu::set_num_threads(opt.threads);
-  ModelWeights w = opt.dummy ? cpu::dummy_weights(cfg, opt.seed, progress) : cpu::load_weights(cfg, tensors, progress);
+  ModelWeights w = cpu::load_weights(cfg, tensors, opt, progress);
   return std::make_unique<CpuBackend>(cfg, std::move(w), opt);
 }
 

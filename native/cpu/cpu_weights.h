@@ -40,11 +40,10 @@ struct ModelWeights {
   uint64_t bytes = 0;                  // as held in memory
 };
 
-// Reads every tensor the config implies (checking dtype and size), reporting bytes read through progress.
-ModelWeights load_weights(const ModelConfig& cfg, const TensorMap& tensors, const ProgressFn& progress);
-
-// Seeded random weights of the right shapes (for tests and benchmarks without a checkpoint). Refuses configs
-// whose fp32 size would pass 8 GiB: the CPU reference is only practical for small models.
-ModelWeights dummy_weights(const ModelConfig& cfg, uint64_t seed, const ProgressFn& progress);
+// Reads every tensor of the weight layout (checking dtype and size first), or when opt.dummy generates it
+// from opt.seed (dummy_init.h), reporting bytes through progress. A dummy config whose fp32 size would pass
+// 8 GiB is refused: the CPU reference is only practical for small models.
+ModelWeights load_weights(const ModelConfig& cfg, const TensorMap& tensors, const LoadOptions& opt,
+                          const ProgressFn& progress);
 
 }  // namespace hm::cpu

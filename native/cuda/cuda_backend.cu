@@ -1,8 +1,10 @@
 // The CUDA backend: hm::Backend on one GPU. Owns the weights (weights.cu), the paged bf16 KV cache and an
-// activation workspace sized once at load; a step uploads the batch's small index arrays in one copy, runs the
-// forward pass as a fixed sequence of kernel launches on one stream (PDL-chained on sm_90+; a decode-only step is
-// captured once per batch shape as a CUDA graph and replayed), narrows the logits on the GPU and synchronises once
-// to copy the narrowed results back. HARMONIUM_PDL=0 / HARMONIUM_CUDA_GRAPHS=0 turn either off.
+// activation workspace sized once at load. A step is four parts: plan_step (host: index arrays, prefill tiles,
+// split-K shapes, which sampling kernels run), upload (the batch's small index arrays in one copy, the sampling
+// rows and entries in their own buffers), launch (the forward pass as a fixed sequence of kernel launches on one
+// stream, PDL-chained on sm_90+; a decode-only step is captured once per batch shape as a CUDA graph and replayed;
+// the logits narrowed on the GPU, then sampled there: kernels/sample.h) and readback (one synchronisation, then the
+// narrowed results and the sampled tokens). HARMONIUM_PDL=0 / HARMONIUM_CUDA_GRAPHS=0 turn either off.
 //
 // Per layer: rmsnorm -> fused qkv projection (the norm fused in for decode) -> rope + KV write (inside the decode
 // attention kernel on decode-only steps) -> attention (prefill tiles and/or split-K
@@ -142,16 +144,14 @@ struct StreamOwner {
 class CudaBackend final : public Backend {
  public:
   CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const LoadOptions& opt, const ProgressFn& progress);
-  ~CudaBackend() override {
-    cudaSetDevice(device_);
-    drop_graph();
-  }
+  ~CudaBackend() override { cudaSetDevice(device_); }
   void step(const StepBatch& batch, StepOutput& out) override;
   BackendInfo info() const override;
+  const StepLimits& limits() const override { return limits_; }
 
  private:
   void forward_layers(int T);
-  void logits_rows(int first_row, int rows, int top_k);
+  void logits_rows(int first_row, int rows, int top_k, int sample_stages);
 
   ModelConfig cfg_;
   LoadOptions opt_;
@@ -163,7 +163,8 @@ class CudaBackend final : public Backend {
   GpuWeights w_;
   DeviceAllocs mem_;
   uint64_t kv_bytes_ = 0, ws_bytes_ = 0;
-  int num_blocks_ = 0, max_blocks_per_seq_cap_ = 0;
+  int num_blocks_ = 0;
+  StepLimits limits_;
   uint16_t* kv_ = nullptr;
   size_t kv_layer_elems_ = 0;  // elements of K (or V) of one layer
   float attn_factor_ = 1.f;
@@ -198,36 +199,67 @@ class CudaBackend final : public Backend {
   float* d_sampled_logit_ = nullptr;          // [Tmax]
   void* sample_ws_ = nullptr;
   size_t sample_ws_bytes_ = 0;
-  int sample_stages_ = 0;                     // this step's SampleStage mask (0 = nothing sampled)
-  PinnedBuf h_sample_;
+  PinnedBuf h_sample_;                        // the rows and entries, staged for their upload
   // the step's index arrays, uploaded in one copy
   int32_t* d_idx_ = nullptr;
   size_t idx_cap_ = 0;
   PinnedBuf h_idx_, h_out_, h_logits_;
-  // per-step views into d_idx_
+  // per-step views into d_idx_ (set by upload())
   int32_t *d_tokens_ = nullptr, *d_pos_ = nullptr, *d_slot_ = nullptr, *d_tok_seq_ = nullptr, *d_bt_ = nullptr,
           *d_decode_ = nullptr, *d_tiles_ = nullptr, *d_out_rows_ = nullptr;
-  int n_decode_ = 0, n_tiles_ = 0, max_bps_ = 0;
-  int decode_max_keys_full_ = 0, decode_max_keys_sliding_ = 0;
-  // split-K decode attention shape per layer kind (index 0: full layers, 1: sliding layers)
-  int dec_kps_[2] = {0, 0}, dec_splits_[2] = {0, 0};
+  bool fused_rope_ = true;  // decode-only steps rotate and write the KV cache inside attention (HARMONIUM_FUSED_ROPE=0: off)
+
+  // ---- one step, in four parts: plan (host), upload, launch (graph or eager), readback ----
+  struct StepPlan {
+    std::vector<int32_t> tok_seq, slot;  // [T] each token's sequence and KV cache slot
+    std::vector<int32_t> decode;         // tokens that are the one new token of their sequence
+    std::vector<int32_t> tiles;          // prefill tiles: (first token, count) pairs
+    std::vector<int32_t> out_rows;       // the token of each output row
+    std::vector<int32_t> full_rows;      // output rows whose full logits go to the host
+    int T = 0, S = 0, max_bps = 0, rows = 0, top_k = 0;
+    int n_decode = 0, n_tiles = 0;
+    bool sampled = false;   // the batch has sample rows (the output carries sampled / sampled_logit)
+    int sample_stages = 0;  // their SampleStage mask: which sampling kernels run (0 = none)
+    // split-K decode attention shape per layer kind (index 0: full layers, 1: sliding layers)
+    int dec_kps[2] = {0, 0}, dec_splits[2] = {0, 0};
+  };
+  void plan_step(const StepBatch& b);
+  void upload(const StepBatch& b);
+  void launch();
+  void readback(StepOutput& out);
+  StepPlan plan_;  // the step in flight (its vectors are reused, step after step)
+
+  // params builders for forward_layers / logits_rows: the fields every launch of a kind shares
+  DenseParams dense_params(const uint16_t* x, int ldx, const uint16_t* W, const uint16_t* b, float* y, int ldy, int T,
+                           int N, int K) const;
+  RmsNormParams rmsnorm_params(const uint16_t* w, int T) const;
+  AttentionCommon attention_params(const LayerWeights& L, uint16_t* kc, uint16_t* vc, int window) const;
+  MoeParams moe_params(int T) const;
 
   // CUDA graph of the last decode-only step shape, replayed while the shape holds (one host launch per step).
   struct GraphKey {
     int T, S, mbps, rows, top_k, kps0, splits0, kps1, splits1, sample_stages;
     bool operator==(const GraphKey& o) const { return std::memcmp(this, &o, sizeof o) == 0; }
   };
-  bool graphs_ = true;
-  bool fused_rope_ = true;  // decode-only steps rotate and write the KV cache inside attention (HARMONIUM_FUSED_ROPE=0: off)
-  bool have_graph_ = false;
-  GraphKey graph_key_{};
-  cudaGraphExec_t graph_exec_ = nullptr;
-  void drop_graph() {
-    if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
-    graph_exec_ = nullptr;
-    have_graph_ = false;
-  }
-  void run_forward(int T, int rows, int top_k);
+  class GraphCache {
+   public:
+    ~GraphCache() { drop(); }
+    bool enabled = true;
+    // Replays the graph of `key`, capturing `record` first when the shape changed. False when graphs are off or
+    // the capture failed (then logged once, and graphs stay off for this model): the caller runs eagerly.
+    template <typename F>
+    bool run(const GraphKey& key, cudaStream_t stream, F&& record);
+    void drop() {
+      if (exec_) cudaGraphExecDestroy(exec_);
+      exec_ = nullptr;
+    }
+
+   private:
+    GraphKey key_{};
+    cudaGraphExec_t exec_ = nullptr;
+  };
+  GraphCache graphs_;
+  void run_forward(int T, int rows, int top_k, int sample_stages);
   StepProfiler prof_;
 };
 
@@ -249,20 +281,18 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
     throw std::runtime_error("cuda backend: " + device_name_ + " (sm_" + std::to_string(cc) +
                              ") is not supported: bf16 kernels need compute capability 8.0 or newer");
   const bool mxfp4 = opt.expert_format == "mxfp4";
-  if (!mxfp4 && opt.expert_format != "bf16")
-    throw std::runtime_error("cuda backend: unknown expertFormat '" + opt.expert_format + "' (mxfp4 or bf16)");
   if (mxfp4 && cc < 90)
     throw std::runtime_error("cuda backend: the MXFP4 expert kernels need sm_90 or newer; " + device_name_ +
                              " is sm_" + std::to_string(cc) + ": load with expertFormat 'bf16'");
   const char* pdl_env = std::getenv("HARMONIUM_PDL");
   pdl_ = cc >= 90 && !(pdl_env && std::strcmp(pdl_env, "0") == 0);
   const char* graph_env = std::getenv("HARMONIUM_CUDA_GRAPHS");
-  graphs_ = !(graph_env && std::strcmp(graph_env, "0") == 0);
+  graphs_.enabled = !(graph_env && std::strcmp(graph_env, "0") == 0);
   const char* rope_env = std::getenv("HARMONIUM_FUSED_ROPE");
   fused_rope_ = !(rope_env && std::strcmp(rope_env, "0") == 0);
   const char* prof_env = std::getenv("HARMONIUM_PROFILE");
   prof_.on = prof_env && std::strcmp(prof_env, "1") == 0;
-  if (prof_.on) graphs_ = false;
+  if (prof_.on) graphs_.enabled = false;
 
   if (cfg.head_dim != 16 && cfg.head_dim != 32 && cfg.head_dim != 64)
     throw std::runtime_error("cuda backend: head_dim must be 16, 32 or 64 (gpt-oss: 64)");
@@ -271,8 +301,6 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
     throw std::runtime_error("cuda backend: num_heads / num_kv_heads must be 1, 2, 4, 8 or 16");
   if (cfg.hidden % 32 || cfg.intermediate % 32)
     throw std::runtime_error("cuda backend: hidden and intermediate sizes must be multiples of 32");
-  if (opt.block_size <= 0 || opt.max_batch_tokens <= 0 || opt.max_seqs <= 0)
-    throw std::runtime_error("cuda backend: blockSize, maxBatchTokens and maxSeqs must be positive");
 
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream_owner_.s, cudaStreamNonBlocking));
   stream_ = stream_owner_.s;
@@ -310,8 +338,8 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   d_sampled_logit_ = mem_.alloc<float>(Tm, what);
   sample_ws_bytes_ = sample_workspace_bytes(kLogitRowsPerChunk);
   sample_ws_ = mem_.alloc<char>(sample_ws_bytes_, what);
-  max_blocks_per_seq_cap_ = (cfg.max_positions + opt.block_size - 1) / opt.block_size;
-  idx_cap_ = size_t(Tm) * 6 + size_t(opt.max_seqs) * max_blocks_per_seq_cap_ + 2 * size_t(Tm) + 64;
+  const int max_blocks_per_seq = step_limits(cfg, opt, 0).max_blocks_per_seq;
+  idx_cap_ = size_t(Tm) * 6 + size_t(opt.max_seqs) * max_blocks_per_seq + 2 * size_t(Tm) + 64;
   d_idx_ = mem_.alloc<int32_t>(idx_cap_, what);
   inv_freq_ = mem_.alloc<float>(cfg.head_dim / 2, what);
   {
@@ -339,6 +367,7 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   kv_ = mem_.alloc<uint16_t>(kv_bytes_ / 2, "the KV cache (" + std::to_string(num_blocks_) + " blocks of " +
                                                 std::to_string(opt.block_size) + " tokens)");
   kv_layer_elems_ = size_t(num_blocks_) * opt.block_size * cfg.num_kv_heads * cfg.head_dim;
+  limits_ = step_limits(cfg, opt, num_blocks_);
   CUDA_CHECK(cudaDeviceSynchronize());
 }
 
@@ -347,8 +376,7 @@ BackendInfo CudaBackend::info() const {
   i.backend = "cuda";
   i.device_name = device_name_;
   i.expert_format = w_.mxfp4 ? "mxfp4" : "bf16";
-  i.num_blocks = num_blocks_;
-  i.block_size = opt_.block_size;
+  i.limits = limits_;
   i.weight_bytes = w_.bytes;
   i.kv_bytes = kv_bytes_;
   cudaSetDevice(device_);
@@ -357,6 +385,77 @@ BackendInfo CudaBackend::info() const {
   i.device_total_bytes = t;
   i.device_free_bytes = f;
   return i;
+}
+
+// ---- params builders: what every launch of a kind shares; each call site adds only what is its own ----
+DenseParams CudaBackend::dense_params(const uint16_t* x, int ldx, const uint16_t* W, const uint16_t* b, float* y,
+                                      int ldy, int T, int N, int K) const {
+  DenseParams d;
+  d.x = x;
+  d.ldx = ldx;
+  d.W = W;
+  d.b = b;
+  d.y = y;
+  d.ldy = ldy;
+  d.T = T;
+  d.N = N;
+  d.K = K;
+  d.pdl = pdl_;
+  return d;
+}
+
+RmsNormParams CudaBackend::rmsnorm_params(const uint16_t* w, int T) const {
+  RmsNormParams n;
+  n.x = x_;
+  n.w = w;
+  n.T = T;
+  n.H = cfg_.hidden;
+  n.eps = cfg_.rms_eps;
+  n.pdl = pdl_;
+  return n;
+}
+
+AttentionCommon CudaBackend::attention_params(const LayerWeights& L, uint16_t* kc, uint16_t* vc, int window) const {
+  AttentionCommon ac;
+  ac.q = qkv_;
+  ac.ldq = qkv_width_;
+  ac.k_cache = kc;
+  ac.v_cache = vc;
+  ac.block_tables = d_bt_;
+  ac.max_blocks_per_seq = plan_.max_bps;
+  ac.block_size = opt_.block_size;
+  ac.tok_seq = d_tok_seq_;
+  ac.pos = d_pos_;
+  ac.sinks = L.sinks;
+  ac.out = attn_;
+  ac.nq = cfg_.num_heads;
+  ac.nkv = cfg_.num_kv_heads;
+  ac.D = cfg_.head_dim;
+  ac.window = window;
+  ac.scale = 1.0f / std::sqrt(float(cfg_.head_dim));
+  ac.pdl = pdl_;
+  return ac;
+}
+
+MoeParams CudaBackend::moe_params(int T) const {
+  MoeParams mp;
+  mp.n = T;
+  mp.H = cfg_.hidden;
+  mp.I = cfg_.intermediate;
+  mp.E = cfg_.num_experts;
+  mp.k = cfg_.experts_per_token;
+  mp.swiglu_limit = cfg_.swiglu_limit;
+  mp.x = xn_;
+  mp.ldx = cfg_.hidden;
+  mp.ids = expert_ids_;
+  mp.weights = expert_w_;
+  mp.y = x_;
+  mp.ldy = cfg_.hidden;
+  mp.accumulate = true;
+  mp.workspace = moe_ws_;
+  mp.workspace_bytes = moe_ws_bytes_;
+  mp.pdl = pdl_;
+  return mp;
 }
 
 void CudaBackend::forward_layers(int T) {
@@ -374,102 +473,69 @@ void CudaBackend::forward_layers(int T) {
     embedding(p, stream_);
     prof_.mark(StepProfiler::kEmbed);
   }
+  // Decode-sized batches fuse each RMSNorm into the projection after it (fp32 normed input, one launch less).
+  const bool fuse_norm = T <= kDenseGemvMaxTokens;
+  // A step of decode tokens only (each the one new token of its sequence) rotates q/k and writes the KV cache
+  // inside the attention kernel: one launch less per layer.
+  const bool fuse_rope = fused_rope_ && plan_.n_tiles == 0 && plan_.n_decode == T;
   for (int l = 0; l < c.num_layers; l++) {
     const LayerWeights& L = w_.layers[l];
     uint16_t* kc = kv_ + size_t(l) * 2 * kv_layer_elems_;
     uint16_t* vc = kc + kv_layer_elems_;
     const int window = c.layer_sliding[l] ? c.sliding_window : 0;
 
-    RmsNormParams n1;
-    n1.x = x_;
-    n1.w = L.input_norm;
+    RmsNormParams n1 = rmsnorm_params(L.input_norm, T);
     n1.out = xn_;
     n1.out_lo = xn_lo_;
-    n1.T = T;
-    n1.H = H;
-    n1.eps = c.rms_eps;
-    n1.pdl = pdl_;
-    // Decode-sized batches fuse each RMSNorm into the projection after it (fp32 normed input, one launch less).
-    const bool fuse_norm = T <= kDenseGemvMaxTokens;
     if (!fuse_norm) {
       rmsnorm(n1, stream_);
       prof_.mark(StepProfiler::kNorm);
     }
 
-    DenseParams qkv;
-    qkv.x = xn_;
+    DenseParams qkv = dense_params(xn_, H, L.qkv_w, L.qkv_b, qkv_, qkv_width_, T, qkv_width_, H);
     qkv.x_lo = xn_lo_;  // fp32-grade input: see the router below
-    qkv.ldx = H;
     if (fuse_norm) {
       qkv.norm_x = x_;
       qkv.norm_w = L.input_norm;
       qkv.norm_eps = c.rms_eps;
     }
-    qkv.W = L.qkv_w;
-    qkv.b = L.qkv_b;
-    qkv.y = qkv_;
-    qkv.ldy = qkv_width_;
-    qkv.T = T;
-    qkv.N = qkv_width_;
-    qkv.K = H;
-    qkv.pdl = pdl_;
     dense(qkv, stream_);
     prof_.mark(StepProfiler::kQkv);
 
-    RopeKvParams r;
-    r.qkv = qkv_;
-    r.pos = d_pos_;
-    r.slot = d_slot_;
-    r.inv_freq = inv_freq_;
-    r.attn_factor = attn_factor_;
-    r.k_cache = kc;
-    r.v_cache = vc;
-    r.T = T;
-    r.nq = c.num_heads;
-    r.nkv = c.num_kv_heads;
-    r.D = c.head_dim;
-    r.pdl = pdl_;
-    // A step of decode tokens only (each the one new token of its sequence) rotates q/k and writes the KV cache
-    // inside the attention kernel: one launch less per layer.
-    const bool fuse_rope = fused_rope_ && n_tiles_ == 0 && n_decode_ == T;
     if (!fuse_rope) {
+      RopeKvParams r;
+      r.qkv = qkv_;
+      r.pos = d_pos_;
+      r.slot = d_slot_;
+      r.inv_freq = inv_freq_;
+      r.attn_factor = attn_factor_;
+      r.k_cache = kc;
+      r.v_cache = vc;
+      r.T = T;
+      r.nq = c.num_heads;
+      r.nkv = c.num_kv_heads;
+      r.D = c.head_dim;
+      r.pdl = pdl_;
       rope_kv_write(r, stream_);
       prof_.mark(StepProfiler::kRope);
     }
 
-    AttentionCommon ac;
-    ac.q = qkv_;
-    ac.ldq = qkv_width_;
-    ac.k_cache = kc;
-    ac.v_cache = vc;
-    ac.block_tables = d_bt_;
-    ac.max_blocks_per_seq = max_bps_;
-    ac.block_size = opt_.block_size;
-    ac.tok_seq = d_tok_seq_;
-    ac.pos = d_pos_;
-    ac.sinks = L.sinks;
-    ac.out = attn_;
-    ac.nq = c.num_heads;
-    ac.nkv = c.num_kv_heads;
-    ac.D = c.head_dim;
-    ac.window = window;
-    ac.scale = 1.0f / std::sqrt(float(c.head_dim));
-    ac.pdl = pdl_;
-    if (n_tiles_ > 0) {
+    const AttentionCommon ac = attention_params(L, kc, vc, window);
+    if (plan_.n_tiles > 0) {
       AttentionPrefillParams ap;
       ap.c = ac;
       ap.tiles = d_tiles_;
-      ap.num_tiles = n_tiles_;
+      ap.num_tiles = plan_.n_tiles;
       attention_prefill(ap, stream_);
       prof_.mark(StepProfiler::kAttn);
     }
-    if (n_decode_ > 0) {
+    if (plan_.n_decode > 0) {
       AttentionDecodeParams ad;
       ad.c = ac;
       ad.tokens = d_decode_;
-      ad.num_tokens = n_decode_;
-      ad.keys_per_split = dec_kps_[window ? 1 : 0];
-      ad.max_splits = dec_splits_[window ? 1 : 0];
+      ad.num_tokens = plan_.n_decode;
+      ad.keys_per_split = plan_.dec_kps[window ? 1 : 0];
+      ad.max_splits = plan_.dec_splits[window ? 1 : 0];
       ad.workspace = attn_ws_;
       if (fuse_rope) {
         ad.inv_freq = inv_freq_;
@@ -480,18 +546,8 @@ void CudaBackend::forward_layers(int T) {
       prof_.mark(StepProfiler::kAttn);
     }
 
-    DenseParams o;
-    o.x = attn_;
-    o.ldx = nqD;
-    o.W = L.o_w;
-    o.b = L.o_b;
-    o.y = x_;
-    o.ldy = H;
-    o.T = T;
-    o.N = H;
-    o.K = nqD;
+    DenseParams o = dense_params(attn_, nqD, L.o_w, L.o_b, x_, H, T, H, nqD);
     o.accumulate = true;
-    o.pdl = pdl_;
     dense(o, stream_);
     prof_.mark(StepProfiler::kOProj);
 
@@ -504,24 +560,14 @@ void CudaBackend::forward_layers(int T) {
 
     // Router logits from the fp32-grade input (xn + xn_lo): a bf16-rounded input flips experts at routing near-ties
     // against the fp32 oracle (seen on the window16 fixture: a 0.005 gap between the 2nd and 3rd logit).
-    DenseParams rd;
-    rd.x = xn_;
+    DenseParams rd = dense_params(xn_, H, L.router_w, L.router_b, router_logits_, c.num_experts, T, c.num_experts, H);
     rd.x_lo = xn_lo_;
-    rd.ldx = H;
     if (fuse_norm) {  // also writes xn (bf16) for the experts
       rd.norm_x = x_;
       rd.norm_w = L.post_norm;
       rd.norm_eps = c.rms_eps;
       rd.norm_out = xn_;
     }
-    rd.W = L.router_w;
-    rd.b = L.router_b;
-    rd.y = router_logits_;
-    rd.ldy = c.num_experts;
-    rd.T = T;
-    rd.N = c.num_experts;
-    rd.K = H;
-    rd.pdl = pdl_;
     dense(rd, stream_);
     RouterTopkParams rt;
     rt.logits = router_logits_;
@@ -535,23 +581,7 @@ void CudaBackend::forward_layers(int T) {
     router_topk_softmax(rt, stream_);
     prof_.mark(StepProfiler::kRouter);
 
-    MoeParams mp;
-    mp.n = T;
-    mp.H = H;
-    mp.I = c.intermediate;
-    mp.E = c.num_experts;
-    mp.k = c.experts_per_token;
-    mp.swiglu_limit = c.swiglu_limit;
-    mp.x = xn_;
-    mp.ldx = H;
-    mp.ids = expert_ids_;
-    mp.weights = expert_w_;
-    mp.y = x_;
-    mp.ldy = H;
-    mp.accumulate = true;
-    mp.workspace = moe_ws_;
-    mp.workspace_bytes = moe_ws_bytes_;
-    mp.pdl = pdl_;
+    const MoeParams mp = moe_params(T);
     if (w_.mxfp4)
       moe_mxfp4_forward(mp, L.mxfp4, stream_);
     else
@@ -560,29 +590,15 @@ void CudaBackend::forward_layers(int T) {
   }
 }
 
-// Final norm, lm_head and narrowing for output rows [first_row, first_row + rows) (rows <= kLogitRowsPerChunk).
-void CudaBackend::logits_rows(int first_row, int rows, int top_k) {
-  RmsNormParams n;
-  n.x = x_;
+// Final norm, lm_head, narrowing and sampling for output rows [first_row, first_row + rows)
+// (rows <= kLogitRowsPerChunk).
+void CudaBackend::logits_rows(int first_row, int rows, int top_k, int sample_stages) {
+  RmsNormParams n = rmsnorm_params(w_.final_norm, rows);
   n.rows = d_out_rows_ + first_row;
-  n.w = w_.final_norm;
   n.out = xf_;
-  n.T = rows;
-  n.H = cfg_.hidden;
-  n.eps = cfg_.rms_eps;
-  n.pdl = pdl_;
   rmsnorm(n, stream_);
-  DenseParams d;
-  d.x = xf_;
-  d.ldx = cfg_.hidden;
-  d.W = w_.lm_head;
-  d.y = logits_;
-  d.ldy = cfg_.vocab;
-  d.T = rows;
-  d.N = cfg_.vocab;
-  d.K = cfg_.hidden;
-  d.pdl = pdl_;
-  dense(d, stream_);
+  dense(dense_params(xf_, cfg_.hidden, w_.lm_head, nullptr, logits_, cfg_.vocab, rows, cfg_.vocab, cfg_.hidden),
+        stream_);
   NarrowLogitsParams nl;
   nl.logits = logits_;
   nl.rows = rows;
@@ -596,7 +612,7 @@ void CudaBackend::logits_rows(int first_row, int rows, int top_k) {
   nl.top_logits = d_top_logits_ + size_t(first_row) * top_k;
   nl.pdl = pdl_;
   narrow_logits(nl, stream_);
-  if (sample_stages_) {  // after the raw narrowing: it adjusts the sampled rows in place
+  if (sample_stages) {  // after the raw narrowing: it adjusts the sampled rows in place (output row r = sequence r)
     SampleRowsParams sp;
     sp.logits = logits_;
     sp.rows = rows;
@@ -608,92 +624,96 @@ void CudaBackend::logits_rows(int first_row, int rows, int top_k) {
     sp.raw_logit = d_sampled_logit_ + first_row;
     sp.workspace = sample_ws_;
     sp.workspace_bytes = sample_ws_bytes_;
-    sp.stages = sample_stages_;
+    sp.stages = sample_stages;
     sp.pdl = pdl_;
     sample_rows(sp, stream_);
   }
   prof_.mark(StepProfiler::kLogits);
 }
 
-// The device work of one step up to the narrowed logits of the first chunk of output rows (a fixed launch
-// sequence for a given batch shape, so it can be captured in a CUDA graph).
-void CudaBackend::run_forward(int T, int rows, int top_k) {
+// The device work of one step up to the narrowed and sampled logits of the first chunk of output rows (a fixed
+// launch sequence for a given batch shape and sample_stages, so it can be captured in a CUDA graph; the sampling
+// values live in device buffers that upload() refills each step).
+void CudaBackend::run_forward(int T, int rows, int top_k, int sample_stages) {
   forward_layers(T);
-  logits_rows(0, std::min(kLogitRowsPerChunk, rows), top_k);
+  logits_rows(0, std::min(kLogitRowsPerChunk, rows), top_k, sample_stages);
 }
 
+// A step: validated by the addon (validate_step) before it gets here.
 void CudaBackend::step(const StepBatch& b, StepOutput& out) {
   CUDA_CHECK(cudaSetDevice(device_));
+  plan_step(b);
+  upload(b);
+  launch();
+  readback(out);
+}
+
+// Host planning: each token's sequence and cache slot, the decode list, prefill tiles, output rows, the rows whose
+// full logits are wanted, and the split-K shape of decode attention.
+void CudaBackend::plan_step(const StepBatch& b) {
   const ModelConfig& c = cfg_;
   const int T = b.num_tokens, S = b.num_seqs, bs = opt_.block_size;
-  if (T <= 0 || S <= 0) throw std::runtime_error("step: empty batch");
-  if (T > opt_.max_batch_tokens)
-    throw std::runtime_error("step: " + std::to_string(T) + " tokens exceed maxBatchTokens " +
-                             std::to_string(opt_.max_batch_tokens));
-  if (S > opt_.max_seqs)
-    throw std::runtime_error("step: " + std::to_string(S) + " sequences exceed maxSeqs " + std::to_string(opt_.max_seqs));
-  if (b.max_blocks_per_seq <= 0 || b.max_blocks_per_seq > max_blocks_per_seq_cap_)
-    throw std::runtime_error("step: maxBlocksPerSeq must be in 1.." + std::to_string(max_blocks_per_seq_cap_));
-  if (b.top_k < 0 || b.top_k > kMaxTopK || b.top_k > c.vocab) throw std::runtime_error("step: topK out of range");
-  validate_sampling(b, c.vocab);
-  max_bps_ = b.max_blocks_per_seq;
-
-  // ---- host: per-token sequence, cache slot; decode list, prefill tiles, output rows ----
-  std::vector<int32_t> tok_seq(T), slot(T), decode, tiles, out_rows;
-  decode_max_keys_full_ = decode_max_keys_sliding_ = 1;
+  StepPlan& p = plan_;
+  p.T = T;
+  p.S = S;
+  p.max_bps = b.max_blocks_per_seq;
+  p.top_k = b.top_k;
+  p.tok_seq.resize(T);
+  p.slot.resize(T);
+  p.decode.clear();
+  p.tiles.clear();
+  p.out_rows.clear();
+  p.full_rows.clear();
+  int max_keys_full = 1, max_keys_sliding = 1;
   int t = 0;
   for (int s = 0; s < S; s++) {
     const int n = b.seq_lens[s];
     const int32_t* bt = b.block_tables + size_t(s) * b.max_blocks_per_seq;
     for (int i = 0; i < n; i++, t++) {
-      const int p = b.positions[t];
-      if (b.tokens[t] < 0 || b.tokens[t] >= c.vocab)
-        throw std::runtime_error("step: token id " + std::to_string(b.tokens[t]) + " outside the vocabulary");
-      if (p < 0 || p >= c.max_positions || p / bs >= b.max_blocks_per_seq)
-        throw std::runtime_error("step: position " + std::to_string(p) + " outside the sequence's block table");
-      tok_seq[t] = s;
-      // every block this token's attention reads must be a valid cache block
-      const int blk = bt[p / bs];
-      if (blk < 0 || blk >= num_blocks_)
-        throw std::runtime_error("step: block id " + std::to_string(blk) + " outside the KV cache (" +
-                                 std::to_string(num_blocks_) + " blocks)");
-      slot[t] = blk * bs + p % bs;
-      if (b.all_positions) out_rows.push_back(t);
+      const int pos = b.positions[t];
+      p.tok_seq[t] = s;
+      p.slot[t] = bt[pos / bs] * bs + pos % bs;
+      if (b.all_positions) p.out_rows.push_back(t);
     }
-    for (int j = 0; j * bs <= b.positions[t - 1]; j++)
-      if (bt[j] < 0 || bt[j] >= num_blocks_)
-        throw std::runtime_error("step: block table entry " + std::to_string(bt[j]) + " outside the KV cache");
-    if (!b.all_positions) out_rows.push_back(t - 1);
+    if (!b.all_positions) p.out_rows.push_back(t - 1);
     if (n == 1) {
-      decode.push_back(t - 1);
-      const int p = b.positions[t - 1];
-      decode_max_keys_full_ = std::max(decode_max_keys_full_, p + 1);
-      decode_max_keys_sliding_ =
-          std::max(decode_max_keys_sliding_, c.sliding_window > 0 ? std::min(p + 1, c.sliding_window) : p + 1);
+      p.decode.push_back(t - 1);
+      const int pos = b.positions[t - 1];
+      max_keys_full = std::max(max_keys_full, pos + 1);
+      max_keys_sliding = std::max(max_keys_sliding, c.sliding_window > 0 ? std::min(pos + 1, c.sliding_window) : pos + 1);
     } else {
       for (int f = t - n; f < t; f += kPrefillTileTokens) {
-        tiles.push_back(f);
-        tiles.push_back(std::min(kPrefillTileTokens, t - f));
+        p.tiles.push_back(f);
+        p.tiles.push_back(std::min(kPrefillTileTokens, t - f));
       }
     }
   }
-  n_decode_ = int(decode.size());
-  n_tiles_ = int(tiles.size() / 2);
-  const int rows = int(out_rows.size());
-  if (n_decode_ > 0) {
-    const size_t per_split = attention_decode_workspace_floats(n_decode_, c.num_heads, c.head_dim, 1);
+  p.n_decode = int(p.decode.size());
+  p.n_tiles = int(p.tiles.size() / 2);
+  p.rows = int(p.out_rows.size());
+  if (p.n_decode > 0) {
+    const size_t per_split = attention_decode_workspace_floats(p.n_decode, c.num_heads, c.head_dim, 1);
     const int cap = int(std::min<size_t>(1024, std::max<size_t>(1, kAttnWorkspaceFloats / per_split)));
     for (int kind = 0; kind < 2; kind++) {
-      const int max_keys = kind ? decode_max_keys_sliding_ : decode_max_keys_full_;
+      const int max_keys = kind ? max_keys_sliding : max_keys_full;
       // Up to 128 keys (sliding layers, short contexts): one split that writes the output itself, no combine.
-      dec_kps_[kind] = max_keys <= 128 ? 128 : attention_keys_per_split(max_keys, cap);
-      dec_splits_[kind] = (max_keys + dec_kps_[kind] - 1) / dec_kps_[kind];
+      p.dec_kps[kind] = max_keys <= 128 ? 128 : attention_keys_per_split(max_keys, cap);
+      p.dec_splits[kind] = (max_keys + p.dec_kps[kind] - 1) / p.dec_kps[kind];
     }
   }
+  for (int r = 0; r < p.rows; r++)
+    if (b.full_logits && b.full_logits[p.tok_seq[p.out_rows[r]]]) p.full_rows.push_back(r);
+  p.sampled = b.sample_rows != nullptr;
+  p.sample_stages = p.sampled ? cuda::sample_stages(b.sample_rows, S) : 0;
+}
 
-  // ---- one upload of every index array ----
-  const size_t bt_n = size_t(S) * b.max_blocks_per_seq;
-  const size_t total = 4 * size_t(T) + bt_n + decode.size() + tiles.size() + out_rows.size();
+// One host-to-device copy of every index array, through pinned memory; points the d_* views into it. Then the
+// sampling rows and their entries, when some row is sampled (into fixed buffers: a graph reads them, never bakes
+// them in).
+void CudaBackend::upload(const StepBatch& b) {
+  const StepPlan& p = plan_;
+  const size_t bt_n = size_t(p.S) * p.max_bps;
+  const size_t total = 4 * size_t(p.T) + bt_n + p.decode.size() + p.tiles.size() + p.out_rows.size();
   if (total > idx_cap_) throw std::runtime_error("step: batch index arrays exceed the workspace");
   h_idx_.reserve(total * 4);
   int32_t* h = static_cast<int32_t*>(h_idx_.p);
@@ -703,80 +723,92 @@ void CudaBackend::step(const StepBatch& b, StepOutput& out) {
     *dev = d_idx_ + at;
     at += n;
   };
-  put(b.tokens, T, &d_tokens_);
-  put(b.positions, T, &d_pos_);
-  put(slot.data(), T, &d_slot_);
-  put(tok_seq.data(), T, &d_tok_seq_);
+  put(b.tokens, p.T, &d_tokens_);
+  put(b.positions, p.T, &d_pos_);
+  put(p.slot.data(), p.T, &d_slot_);
+  put(p.tok_seq.data(), p.T, &d_tok_seq_);
   put(b.block_tables, bt_n, &d_bt_);
-  put(decode.data(), decode.size(), &d_decode_);
-  put(tiles.data(), tiles.size(), &d_tiles_);
-  put(out_rows.data(), out_rows.size(), &d_out_rows_);
+  put(p.decode.data(), p.decode.size(), &d_decode_);
+  put(p.tiles.data(), p.tiles.size(), &d_tiles_);
+  put(p.out_rows.data(), p.out_rows.size(), &d_out_rows_);
   CUDA_CHECK(cudaMemcpyAsync(d_idx_, h, at * 4, cudaMemcpyHostToDevice, stream_));
-  // ---- sampling inputs: one upload of the rows (output row r is sequence r) and their entries ----
-  sample_stages_ = b.sample_rows ? sample_stages(b.sample_rows, S) : 0;
-  if (sample_stages_) {
-    const size_t row_bytes = size_t(S) * sizeof(SampleRow), entry_bytes = size_t(b.num_sample_entries) * sizeof(SampleEntry);
+  if (p.sample_stages) {
+    const size_t row_bytes = size_t(p.S) * sizeof(SampleRow), entry_bytes = size_t(b.num_sample_entries) * sizeof(SampleEntry);
     h_sample_.reserve(row_bytes + entry_bytes);
     char* hs = static_cast<char*>(h_sample_.p);
     std::memcpy(hs, b.sample_rows, row_bytes);
     if (entry_bytes) std::memcpy(hs + row_bytes, b.sample_entries, entry_bytes);
     CUDA_CHECK(cudaMemcpyAsync(d_sample_rows_, hs, row_bytes, cudaMemcpyHostToDevice, stream_));
-    if (entry_bytes) CUDA_CHECK(cudaMemcpyAsync(d_sample_entries_, hs + row_bytes, entry_bytes, cudaMemcpyHostToDevice, stream_));
+    if (entry_bytes)
+      CUDA_CHECK(cudaMemcpyAsync(d_sample_entries_, hs + row_bytes, entry_bytes, cudaMemcpyHostToDevice, stream_));
   }
-  prof_.begin(stream_);
+}
 
-  const int k = b.top_k;
-  std::vector<int32_t> full_rows;  // output rows whose full logits go to the host
-  for (int r = 0; r < rows; r++)
-    if (b.full_logits && b.full_logits[tok_seq[out_rows[r]]]) full_rows.push_back(r);
-  h_logits_.reserve(std::max<size_t>(1, full_rows.size()) * size_t(c.vocab) * 4);
-  const bool graphable = graphs_ && n_tiles_ == 0 && T <= kMoeDecodeMaxTokens && rows <= kLogitRowsPerChunk;
-  if (graphable) {
-    const GraphKey key{T, S, b.max_blocks_per_seq, rows, k, dec_kps_[0], dec_splits_[0], dec_kps_[1], dec_splits_[1], sample_stages_};
-    if (!have_graph_ || !(key == graph_key_)) {
-      drop_graph();
-      cudaGraph_t g = nullptr;
-      bool captured = false;
-      CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-      try {
-        run_forward(T, rows, k);
-        captured = true;
-      } catch (const std::exception&) {
-        // A launch that cannot be captured: end the capture and run eagerly from now on (errors that are not
-        // about capturing show up again in the eager run and are thrown there).
-      }
-      const cudaError_t ee = cudaStreamEndCapture(stream_, &g);
-      cudaError_t ie = cudaErrorUnknown;
-      if (captured && ee == cudaSuccess && g) ie = cudaGraphInstantiate(&graph_exec_, g, 0);
-      if (g) cudaGraphDestroy(g);
-      if (ie == cudaSuccess) {
-        graph_key_ = key;
-        have_graph_ = true;
-      } else {
-        graph_exec_ = nullptr;
-        graphs_ = false;
-        cudaGetLastError();
+template <typename F>
+bool CudaBackend::GraphCache::run(const GraphKey& key, cudaStream_t stream, F&& record) {
+  if (!enabled) return false;
+  if (!exec_ || !(key == key_)) {
+    drop();
+    cudaGraph_t g = nullptr;
+    std::string why;
+    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    try {
+      record();
+    } catch (const std::exception& e) {
+      // A launch that cannot be captured; errors that are not about capturing show up again in the eager run
+      // and are thrown there.
+      why = e.what();
+    }
+    const cudaError_t ee = cudaStreamEndCapture(stream, &g);
+    if (why.empty() && ee != cudaSuccess) why = std::string("cudaStreamEndCapture: ") + cudaGetErrorString(ee);
+    if (why.empty() && g) {
+      const cudaError_t ie = cudaGraphInstantiate(&exec_, g, 0);
+      if (ie != cudaSuccess) {
+        exec_ = nullptr;
+        why = std::string("cudaGraphInstantiate: ") + cudaGetErrorString(ie);
       }
     }
-    if (have_graph_)
-      CUDA_CHECK(cudaGraphLaunch(graph_exec_, stream_));
-    else
-      run_forward(T, rows, k);
-  } else {
-    run_forward(T, rows, k);
+    if (g) cudaGraphDestroy(g);
+    if (!exec_) {
+      if (why.empty()) why = "the capture produced no graph";
+      enabled = false;
+      cudaGetLastError();
+      std::fprintf(stderr, "harmonium: CUDA graph capture failed (%s); this model runs its steps without graphs\n",
+                   why.c_str());
+      return false;
+    }
+    key_ = key;
   }
+  CUDA_CHECK(cudaGraphLaunch(exec_, stream));
+  return true;
+}
+
+// The device work: the forward pass (replayed from a graph for decode-only shapes), later chunks of output rows,
+// and the copies of the results to pinned host memory. Nothing here synchronises.
+void CudaBackend::launch() {
+  const StepPlan& p = plan_;
+  const ModelConfig& c = cfg_;
+  prof_.begin(stream_);
+  h_logits_.reserve(std::max<size_t>(1, p.full_rows.size()) * size_t(c.vocab) * 4);
+  const bool graphable = p.n_tiles == 0 && p.T <= kMoeDecodeMaxTokens && p.rows <= kLogitRowsPerChunk;
+  const GraphKey key{p.T, p.S, p.max_bps, p.rows, p.top_k, p.dec_kps[0], p.dec_splits[0], p.dec_kps[1],
+                     p.dec_splits[1], p.sample_stages};
+  if (!graphable || !graphs_.run(key, stream_, [&] { run_forward(p.T, p.rows, p.top_k, p.sample_stages); }))
+    run_forward(p.T, p.rows, p.top_k, p.sample_stages);
   size_t fi = 0;
-  for (int r0 = 0; r0 < rows; r0 += kLogitRowsPerChunk) {
-    const int n = std::min(kLogitRowsPerChunk, rows - r0);
-    if (r0 > 0) logits_rows(r0, n, k);  // later chunks reuse the logits buffer, after the copies of the last one
-    for (; fi < full_rows.size() && full_rows[fi] < r0 + n; fi++)
+  for (int r0 = 0; r0 < p.rows; r0 += kLogitRowsPerChunk) {
+    const int n = std::min(kLogitRowsPerChunk, p.rows - r0);
+    // later chunks reuse the logits buffer, after the copies of the last one
+    if (r0 > 0) logits_rows(r0, n, p.top_k, p.sample_stages);
+    for (; fi < p.full_rows.size() && p.full_rows[fi] < r0 + n; fi++)
       CUDA_CHECK(cudaMemcpyAsync(static_cast<float*>(h_logits_.p) + fi * size_t(c.vocab),
-                                 logits_ + size_t(full_rows[fi] - r0) * c.vocab, size_t(c.vocab) * 4,
+                                 logits_ + size_t(p.full_rows[fi] - r0) * c.vocab, size_t(c.vocab) * 4,
                                  cudaMemcpyDeviceToHost, stream_));
   }
-  // narrowed results: argmax, max, lse, top ids, top logits
-  const size_t out_bytes = size_t(rows) * (12 + 8 * size_t(k));
-  h_out_.reserve(out_bytes + size_t(rows) * 8);
+  // narrowed results: argmax, max, lse, top ids, top logits; then the sampled tokens and their raw logits
+  const int rows = p.rows, k = p.top_k;
+  const size_t narrowed_bytes = size_t(rows) * (12 + 8 * size_t(k));
+  h_out_.reserve(narrowed_bytes + size_t(rows) * 8);
   char* ho = static_cast<char*>(h_out_.p);
   CUDA_CHECK(cudaMemcpyAsync(ho, d_argmax_, rows * 4, cudaMemcpyDeviceToHost, stream_));
   CUDA_CHECK(cudaMemcpyAsync(ho + rows * 4, d_maxl_, rows * 4, cudaMemcpyDeviceToHost, stream_));
@@ -786,39 +818,46 @@ void CudaBackend::step(const StepBatch& b, StepOutput& out) {
     CUDA_CHECK(cudaMemcpyAsync(ho + rows * 12 + size_t(rows) * k * 4, d_top_logits_, size_t(rows) * k * 4,
                                cudaMemcpyDeviceToHost, stream_));
   }
-  if (sample_stages_) {  // the sampled token and its raw logit per row
-    CUDA_CHECK(cudaMemcpyAsync(ho + out_bytes, d_sampled_, rows * 4, cudaMemcpyDeviceToHost, stream_));
-    CUDA_CHECK(cudaMemcpyAsync(ho + out_bytes + rows * 4, d_sampled_logit_, rows * 4, cudaMemcpyDeviceToHost, stream_));
+  if (p.sample_stages) {
+    CUDA_CHECK(cudaMemcpyAsync(ho + narrowed_bytes, d_sampled_, rows * 4, cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(ho + narrowed_bytes + rows * 4, d_sampled_logit_, rows * 4, cudaMemcpyDeviceToHost, stream_));
   }
+}
+
+// The step's one synchronisation, then the pinned results into the output.
+void CudaBackend::readback(StepOutput& out) {
+  const StepPlan& p = plan_;
   CUDA_CHECK(cudaStreamSynchronize(stream_));
   CUDA_CHECK(cudaGetLastError());
-  prof_.end(n_tiles_ == 0);
-
+  prof_.end(p.n_tiles == 0);
+  const int rows = p.rows, k = p.top_k;
+  const char* ho = static_cast<const char*>(h_out_.p);
   out.num_rows = rows;
-  out.vocab = c.vocab;
+  out.vocab = cfg_.vocab;
   out.top_k = k;
   auto i32 = [&](size_t off, size_t n) {
-    const int32_t* p = reinterpret_cast<const int32_t*>(ho + off);
-    return std::vector<int32_t>(p, p + n);
+    const int32_t* q = reinterpret_cast<const int32_t*>(ho + off);
+    return std::vector<int32_t>(q, q + n);
   };
   auto f32 = [&](size_t off, size_t n) {
-    const float* p = reinterpret_cast<const float*>(ho + off);
-    return std::vector<float>(p, p + n);
+    const float* q = reinterpret_cast<const float*>(ho + off);
+    return std::vector<float>(q, q + n);
   };
   out.argmax = i32(0, rows);
   out.max_logit = f32(rows * 4, rows);
   out.logsumexp = f32(rows * 8, rows);
   out.top_ids = k ? i32(rows * 12, size_t(rows) * k) : std::vector<int32_t>{};
   out.top_logits = k ? f32(rows * 12 + size_t(rows) * k * 4, size_t(rows) * k) : std::vector<float>{};
-  out.logits_rows = full_rows;
+  out.logits_rows = p.full_rows;
   const float* hl = static_cast<const float*>(h_logits_.p);
-  out.logits.assign(hl, hl + full_rows.size() * size_t(c.vocab));
+  out.logits.assign(hl, hl + p.full_rows.size() * size_t(cfg_.vocab));
+  const size_t narrowed_bytes = size_t(rows) * (12 + 8 * size_t(k));
   out.sampled.clear();
   out.sampled_logit.clear();
-  if (sample_stages_) {
-    out.sampled = i32(out_bytes, rows);
-    out.sampled_logit = f32(out_bytes + rows * 4, rows);
-  } else if (b.sample_rows) {
+  if (p.sample_stages) {
+    out.sampled = i32(narrowed_bytes, rows);
+    out.sampled_logit = f32(narrowed_bytes + rows * 4, rows);
+  } else if (p.sampled) {  // sample rows, none of them sampled on the device
     out.sampled.assign(rows, -1);
     out.sampled_logit.assign(rows, NAN);
   }

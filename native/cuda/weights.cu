@@ -1,16 +1,19 @@
-// Loading the CUDA backend's weights (see weights.h). One table of pieces (tensor -> arena range -> how to get
-// there) is built from the config, validated against the checkpoint before anything is allocated, then walked
-// once: raw bytes stream through two pinned staging buffers (the disk read of one chunk overlaps the copy of the
-// previous one), conversions (MXFP4 -> bf16, [E, in, out] -> [E, out, in]) run on the GPU from a scratch buffer.
+// Loading the CUDA backend's weights (see weights.h). The one weight layout (weight_layout.h) is planned into
+// pieces (tensor -> arena range -> how to get there, bound to its pointer by TensorId), validated against the
+// checkpoint before anything is allocated, then walked once: raw bytes stream through two pinned staging buffers
+// (the disk read of one chunk overlaps the copy of the previous one), or for a dummy model are generated on the
+// GPU by the generator the CPU backend uses (dummy_init.h); conversions (MXFP4 -> bf16, [E, in, out] ->
+// [E, out, in]) run on the GPU from a scratch buffer either way.
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
 
 #include "common.cuh"
+#include "dummy_init.h"
+#include "weight_layout.h"
 #include "weights.h"
 
 namespace hm::cuda {
@@ -32,41 +35,30 @@ GpuWeights::~GpuWeights() {
 
 namespace {
 
+// How a tensor's bytes reach its arena range.
 enum class Src { kCopy, kSinks, kMxfp4ToBf16, kTranspose };
-enum class Init { kNorm, kLinear, kBias, kEmbed, kSinks, kFp4Blocks, kE8m0Scales };
 
 struct Piece {
-  std::string name, scales_name;  // scales_name: kMxfp4ToBf16 only
-  uint64_t offset = 0, bytes = 0;
+  const TensorSpec* spec = nullptr;
+  const TensorSpec* scales = nullptr;  // kMxfp4ToBf16: the scales decoded with spec's blocks
+  uint64_t offset = 0, bytes = 0;      // the arena range
   Src src = Src::kCopy;
-  Init init = Init::kLinear;
-  int fan_in = 1;
-  DType dtype = DType::BF16;       // arena dtype (kSinks: F32)
-  int64_t batch = 1, rows = 0, cols = 0;  // kMxfp4ToBf16: rows x cols decoded; kTranspose: file [batch, rows, cols]
 };
 
 // ---- GPU fill and conversion kernels ----
-__device__ __forceinline__ uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-__device__ __forceinline__ float uniform_pm1(uint64_t seed, uint64_t i) {
-  return float(mix64(seed + 0x9e3779b97f4a7c15ull * (i + 1)) >> 40) * (2.0f / 16777216.0f) - 1.0f;
-}
-
-__global__ void fill_bf16(uint16_t* p, uint64_t n, uint64_t seed, float scale, float offset) {
-  for (uint64_t i = blockIdx.x * uint64_t(blockDim.x) + threadIdx.x; i < n; i += uint64_t(gridDim.x) * blockDim.x)
-    p[i] = __bfloat16_as_ushort(__float2bfloat16(offset + scale * uniform_pm1(seed, i)));
-}
-__global__ void fill_f32(float* p, uint64_t n, uint64_t seed, float scale, float offset) {
-  for (uint64_t i = blockIdx.x * uint64_t(blockDim.x) + threadIdx.x; i < n; i += uint64_t(gridDim.x) * blockDim.x)
-    p[i] = __bfloat162float(__float2bfloat16(offset + scale * uniform_pm1(seed, i)));
-}
-__global__ void fill_bytes(uint8_t* p, uint64_t n, uint64_t seed, int scale_base) {
+enum class FillOut { kU8, kBf16, kF32 };
+// Element i of a dummy tensor, exactly as the CPU backend generates it; kF32 (sinks) is rounded through bf16
+// like a bf16 checkpoint's sinks.
+__global__ void dummy_fill(void* p, uint64_t n, uint64_t seed, uint64_t key, dummy::Fill f, FillOut out) {
   for (uint64_t i = blockIdx.x * uint64_t(blockDim.x) + threadIdx.x; i < n; i += uint64_t(gridDim.x) * blockDim.x) {
-    const uint64_t h = mix64(seed + 0x9e3779b97f4a7c15ull * (i + 1));
-    p[i] = scale_base < 0 ? uint8_t(h) : uint8_t(scale_base - int(h & 1));
+    const uint64_t h = dummy::bits(seed, key, i);
+    if (out == FillOut::kU8) {
+      static_cast<uint8_t*>(p)[i] = dummy::byte(f, h);
+    } else {
+      const uint16_t b = dummy::to_bf16(dummy::value(f, h));
+      if (out == FillOut::kBf16) static_cast<uint16_t*>(p)[i] = b;
+      else static_cast<float*>(p)[i] = __uint_as_float(uint32_t(b) << 16);
+    }
   }
 }
 // [batch, R, C] -> [batch, C, R], 32 x 32 tiles through shared memory.
@@ -90,123 +82,127 @@ __global__ void transpose_bf16(const uint16_t* in, uint16_t* out, int64_t R, int
 constexpr uint64_t kAlign = 256;
 uint64_t align_up(uint64_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
 
-std::vector<Piece> plan(const ModelConfig& c, bool ckpt_mxfp4, bool want_mxfp4, uint64_t* arena_bytes) {
-  const int64_t H = c.hidden, I = c.intermediate, E = c.num_experts, V = c.vocab;
-  const int64_t q = int64_t(c.num_heads) * c.head_dim, kv = int64_t(c.num_kv_heads) * c.head_dim;
+const TensorSpec& spec_of(const std::vector<TensorSpec>& layout, TensorId id, int layer) {
+  for (const TensorSpec& t : layout)
+    if (t.id == id && t.layer == layer) return t;
+  throw std::logic_error("weight layout: tensor missing from layer " + std::to_string(layer));
+}
+
+// Places every tensor of the layout in the arena. q, k and v (weights, and biases) share one range each, back to
+// back, which the fused qkv projection reads as one [nq*D + 2*nkv*D, H] matrix.
+std::vector<Piece> plan(const ModelConfig& c, const std::vector<TensorSpec>& layout, bool want_mxfp4,
+                        uint64_t* arena_bytes) {
+  const uint64_t H = c.hidden, q = uint64_t(c.num_heads) * c.head_dim, kv = uint64_t(c.num_kv_heads) * c.head_dim;
   std::vector<Piece> v;
-  uint64_t off = 0;
-  // Pieces that share one arena range (q/k/v fused) pass `contiguous` so no alignment gap opens between them.
-  auto add = [&](Piece p, bool contiguous = false) {
-    if (!contiguous) off = align_up(off);
-    p.offset = off;
-    off += p.bytes;
-    v.push_back(std::move(p));
+  uint64_t off = 0, qkv_w = 0, qkv_b = 0;
+  auto take = [&](uint64_t bytes) {
+    off = align_up(off);
+    const uint64_t at = off;
+    off += bytes;
+    return at;
   };
-  auto bf16 = [&](const std::string& name, int64_t elems, Init init, int fan_in, bool contiguous = false) {
+  for (const TensorSpec& t : layout) {
     Piece p;
-    p.name = name;
-    p.bytes = uint64_t(elems) * 2;
-    p.init = init;
-    p.fan_in = fan_in;
-    add(std::move(p), contiguous);
-  };
-  auto u8 = [&](const std::string& name, int64_t elems, Init init, int fan_in) {
-    Piece p;
-    p.name = name;
-    p.bytes = uint64_t(elems);
-    p.dtype = DType::U8;
-    p.init = init;
-    p.fan_in = fan_in;
-    add(std::move(p));
-  };
-  auto experts = [&](const std::string& base, int64_t out, int64_t in) {
-    if (want_mxfp4) {
-      u8(base + "_blocks", E * out * (in / 32) * 16, Init::kFp4Blocks, int(in));
-      u8(base + "_scales", E * out * (in / 32), Init::kE8m0Scales, int(in));
-      return;
+    p.spec = &t;
+    p.bytes = t.elems * dtype_size(t.dtype);
+    switch (t.id) {
+      case TensorId::kQWeight: p.offset = qkv_w = take((q + 2 * kv) * H * 2); break;
+      case TensorId::kKWeight: p.offset = qkv_w + q * H * 2; break;
+      case TensorId::kVWeight: p.offset = qkv_w + (q + kv) * H * 2; break;
+      case TensorId::kQBias: p.offset = qkv_b = take((q + 2 * kv) * 2); break;
+      case TensorId::kKBias: p.offset = qkv_b + q * 2; break;
+      case TensorId::kVBias: p.offset = qkv_b + (q + kv) * 2; break;
+      case TensorId::kSinks:
+        p.src = Src::kSinks;
+        p.bytes = t.elems * 4;
+        p.offset = take(p.bytes);
+        break;
+      case TensorId::kGateUpScales:
+      case TensorId::kDownScales:
+        if (!want_mxfp4) continue;  // decoded together with its blocks
+        p.offset = take(p.bytes);
+        break;
+      case TensorId::kGateUpBlocks:
+      case TensorId::kDownBlocks:
+        if (!want_mxfp4) {
+          p.src = Src::kMxfp4ToBf16;
+          p.scales = &spec_of(layout, t.id == TensorId::kGateUpBlocks ? TensorId::kGateUpScales : TensorId::kDownScales,
+                              t.layer);
+          p.bytes = t.elems * 2 * 2;  // two E2M1 values per byte, bf16 each
+        }
+        p.offset = take(p.bytes);
+        break;
+      case TensorId::kGateUp:
+      case TensorId::kDown:
+        p.src = Src::kTranspose;
+        p.offset = take(p.bytes);
+        break;
+      default: p.offset = take(p.bytes);
     }
-    Piece p;
-    p.bytes = uint64_t(E * out * in) * 2;
-    p.init = Init::kLinear;
-    p.fan_in = int(in);
-    if (ckpt_mxfp4) {
-      p.name = base + "_blocks";
-      p.scales_name = base + "_scales";
-      p.src = Src::kMxfp4ToBf16;
-      p.rows = E * out;
-      p.cols = in;
-    } else {
-      p.name = base;
-      p.src = Src::kTranspose;
-      p.batch = E;
-      p.rows = in;
-      p.cols = out;
-    }
-    add(std::move(p));
-  };
-  bf16("model.embed_tokens.weight", V * H, Init::kEmbed, 1);
-  for (int l = 0; l < c.num_layers; l++) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    bf16(p + "input_layernorm.weight", H, Init::kNorm, 1);
-    bf16(p + "self_attn.q_proj.weight", q * H, Init::kLinear, int(H));
-    bf16(p + "self_attn.k_proj.weight", kv * H, Init::kLinear, int(H), true);
-    bf16(p + "self_attn.v_proj.weight", kv * H, Init::kLinear, int(H), true);
-    bf16(p + "self_attn.q_proj.bias", q, Init::kBias, 1);
-    bf16(p + "self_attn.k_proj.bias", kv, Init::kBias, 1, true);
-    bf16(p + "self_attn.v_proj.bias", kv, Init::kBias, 1, true);
-    bf16(p + "self_attn.o_proj.weight", H * q, Init::kLinear, int(q));
-    bf16(p + "self_attn.o_proj.bias", H, Init::kBias, 1);
-    {
-      Piece s;
-      s.name = p + "self_attn.sinks";
-      s.bytes = uint64_t(c.num_heads) * 4;
-      s.src = Src::kSinks;
-      s.init = Init::kSinks;
-      s.dtype = DType::F32;
-      add(std::move(s));
-    }
-    bf16(p + "post_attention_layernorm.weight", H, Init::kNorm, 1);
-    bf16(p + "mlp.router.weight", E * H, Init::kLinear, int(H));
-    bf16(p + "mlp.router.bias", E, Init::kBias, 1);
-    experts(p + "mlp.experts.gate_up_proj", 2 * I, H);
-    bf16(p + "mlp.experts.gate_up_proj_bias", E * 2 * I, Init::kBias, 1);
-    experts(p + "mlp.experts.down_proj", H, I);
-    bf16(p + "mlp.experts.down_proj_bias", E * H, Init::kBias, 1);
+    v.push_back(p);
   }
-  bf16("model.norm.weight", H, Init::kNorm, 1);
-  bf16("lm_head.weight", V * H, Init::kLinear, int(H));
   *arena_bytes = align_up(off);
   return v;
 }
 
-// Checks each piece's source tensors against the plan; returns the bytes that will be read from disk.
-uint64_t validate(const std::vector<Piece>& pieces, const TensorMap& tensors) {
+// Points every view of w at its piece's range, by TensorId.
+void bind(const Piece& p, char* arena, GpuWeights& w) {
+  const void* at = arena + p.offset;
+  auto u16 = static_cast<const uint16_t*>(at);
+  auto u8 = static_cast<const uint8_t*>(at);
+  const TensorSpec& t = *p.spec;
+  switch (t.id) {
+    case TensorId::kEmbed: w.embed = u16; return;
+    case TensorId::kFinalNorm: w.final_norm = u16; return;
+    case TensorId::kLmHead: w.lm_head = u16; return;
+    default: break;
+  }
+  LayerWeights& L = w.layers.at(t.layer);
+  switch (t.id) {
+    case TensorId::kInputNorm: L.input_norm = u16; break;
+    case TensorId::kQWeight: L.qkv_w = u16; break;
+    case TensorId::kQBias: L.qkv_b = u16; break;
+    case TensorId::kKWeight:
+    case TensorId::kKBias:
+    case TensorId::kVWeight:
+    case TensorId::kVBias: break;  // inside the fused qkv range
+    case TensorId::kOWeight: L.o_w = u16; break;
+    case TensorId::kOBias: L.o_b = u16; break;
+    case TensorId::kSinks: L.sinks = static_cast<const float*>(at); break;
+    case TensorId::kPostNorm: L.post_norm = u16; break;
+    case TensorId::kRouterWeight: L.router_w = u16; break;
+    case TensorId::kRouterBias: L.router_b = u16; break;
+    case TensorId::kGateUpBlocks:
+      if (p.src == Src::kMxfp4ToBf16) L.bf16.gu_weight = u16;
+      else L.mxfp4.gu_blocks = u8;
+      break;
+    case TensorId::kGateUpScales: L.mxfp4.gu_scales = u8; break;
+    case TensorId::kGateUp: L.bf16.gu_weight = u16; break;
+    case TensorId::kGateUpBias: L.mxfp4.gu_bias = L.bf16.gu_bias = u16; break;
+    case TensorId::kDownBlocks:
+      if (p.src == Src::kMxfp4ToBf16) L.bf16.dn_weight = u16;
+      else L.mxfp4.dn_blocks = u8;
+      break;
+    case TensorId::kDownScales: L.mxfp4.dn_scales = u8; break;
+    case TensorId::kDown: L.bf16.dn_weight = u16; break;
+    case TensorId::kDownBias: L.mxfp4.dn_bias = L.bf16.dn_bias = u16; break;
+    default: throw std::logic_error("cuda backend: tensor " + t.name + " has no view");
+  }
+}
+
+// Checks each tensor of the layout against the checkpoint; returns the bytes that will be read from disk.
+uint64_t validate(const std::vector<TensorSpec>& layout, const TensorMap& tensors) {
   uint64_t total = 0;
-  auto expect = [&](const std::string& name, DType dt, uint64_t bytes) {
-    const TensorSource& t = find_tensor(tensors, name);
-    if (t.dtype != dt)
-      throw std::runtime_error(t.file + ": tensor " + name + ": dtype " + dtype_name(t.dtype) + ", expected " +
-                               dtype_name(dt));
+  for (const TensorSpec& s : layout) {
+    const TensorSource& t = find_tensor(tensors, s.name);
+    if (t.dtype != s.dtype && !(s.accepts_f32 && t.dtype == DType::F32))
+      throw std::runtime_error(t.file + ": tensor " + s.name + ": dtype " + dtype_name(t.dtype) + ", expected " +
+                               dtype_name(s.dtype));
+    const uint64_t bytes = s.elems * dtype_size(t.dtype);
     if (t.nbytes != bytes)
-      throw std::runtime_error(t.file + ": tensor " + name + ": holds " + std::to_string(t.nbytes) +
+      throw std::runtime_error(t.file + ": tensor " + s.name + ": holds " + std::to_string(t.nbytes) +
                                " bytes, the config implies " + std::to_string(bytes));
     total += bytes;
-  };
-  for (const Piece& p : pieces) {
-    switch (p.src) {
-      case Src::kCopy: expect(p.name, p.dtype, p.bytes); break;
-      case Src::kSinks: {
-        const TensorSource& t = find_tensor(tensors, p.name);
-        expect(p.name, t.dtype == DType::F32 ? DType::F32 : DType::BF16,
-               p.bytes / 4 * (t.dtype == DType::F32 ? 4 : 2));
-        break;
-      }
-      case Src::kMxfp4ToBf16:
-        expect(p.name, DType::U8, uint64_t(p.rows * p.cols / 2));
-        expect(p.scales_name, DType::U8, uint64_t(p.rows * p.cols / 32));
-        break;
-      case Src::kTranspose: expect(p.name, DType::BF16, p.bytes); break;
-    }
   }
   return total;
 }
@@ -252,32 +248,6 @@ class Streamer {
   int cur_ = 0;
 };
 
-void dummy_fill(const Piece& p, char* dst, uint64_t seed, cudaStream_t s) {
-  const dim3 grid(1024), block(256);
-  switch (p.init) {
-    case Init::kFp4Blocks: fill_bytes<<<grid, block, 0, s>>>(reinterpret_cast<uint8_t*>(dst), p.bytes, seed, -1); break;
-    case Init::kE8m0Scales: {
-      // E2M1 values average ~2.6 in magnitude: 2^e with 2.6 * 2^e ~ 1/sqrt(fan_in), jittered by one step.
-      const int e = int(std::lround(-std::log2(2.6 * std::sqrt(double(p.fan_in)))));
-      fill_bytes<<<grid, block, 0, s>>>(reinterpret_cast<uint8_t*>(dst), p.bytes, seed, 127 + e);
-      break;
-    }
-    default: {
-      float scale = 1.f, offset = 0.f;
-      switch (p.init) {
-        case Init::kNorm: scale = 0.1f, offset = 1.f; break;
-        case Init::kLinear: scale = std::sqrt(3.0f / float(p.fan_in)); break;
-        case Init::kBias: scale = 0.1f; break;
-        default: break;  // embed, sinks: uniform [-1, 1)
-      }
-      if (p.dtype == DType::F32)
-        fill_f32<<<grid, block, 0, s>>>(reinterpret_cast<float*>(dst), p.bytes / 4, seed, scale, offset);
-      else
-        fill_bf16<<<grid, block, 0, s>>>(reinterpret_cast<uint16_t*>(dst), p.bytes / 2, seed, scale, offset);
-    }
-  }
-  CUDA_CHECK(cudaGetLastError());
-}
 
 // Scratch device memory for conversions, freed when loading ends.
 struct Scratch {
@@ -287,55 +257,82 @@ struct Scratch {
   }
 };
 
-void bind_views(const ModelConfig& c, const std::vector<Piece>& pieces, char* arena, bool mxfp4, GpuWeights& w) {
-  size_t i = 0;
-  auto next = [&]() { return arena + pieces[i++].offset; };
-  auto u16 = [&]() { return reinterpret_cast<const uint16_t*>(next()); };
-  auto u8 = [&]() { return reinterpret_cast<const uint8_t*>(next()); };
-  w.embed = u16();
-  w.layers.resize(c.num_layers);
-  for (auto& L : w.layers) {
-    L.input_norm = u16();
-    L.qkv_w = u16();
-    i += 2;  // k, v weights follow q in the same range
-    L.qkv_b = u16();
-    i += 2;
-    L.o_w = u16();
-    L.o_b = u16();
-    L.sinks = reinterpret_cast<const float*>(next());
-    L.post_norm = u16();
-    L.router_w = u16();
-    L.router_b = u16();
-    if (mxfp4) {
-      L.mxfp4.gu_blocks = u8();
-      L.mxfp4.gu_scales = u8();
-      L.mxfp4.gu_bias = u16();
-      L.mxfp4.dn_blocks = u8();
-      L.mxfp4.dn_scales = u8();
-      L.mxfp4.dn_bias = u16();
+// The source of every tensor's checkpoint bytes: the files (through the staging buffers) or the dummy generator.
+class Source {
+ public:
+  Source(const TensorMap& tensors, const LoadOptions& opt, uint64_t total, const ProgressFn& progress)
+      : tensors_(tensors), opt_(opt), total_(total), progress_(progress) {}
+  cudaStream_t stream() const { return st_.stream(); }
+  void sync() { st_.sync(); }
+
+  // The tensor's bytes as the checkpoint holds them (t.dtype, or F32 sinks) into device memory at dst.
+  void fetch(const TensorSpec& t, void* dst) {
+    if (opt_.dummy) {
+      const FillOut out = t.dtype == DType::U8 ? FillOut::kU8 : FillOut::kBf16;
+      generate(t, dst, out);
+      return;
+    }
+    st_.upload(find_tensor(tensors_, t.name), dst, [this](uint64_t n) { count(n); });
+  }
+  // Sinks widened to fp32 at dst.
+  void fetch_sinks(const TensorSpec& t, float* dst) {
+    if (opt_.dummy) {
+      generate(t, dst, FillOut::kF32);
+      return;
+    }
+    const TensorSource& src = find_tensor(tensors_, t.name);
+    std::vector<float> f(t.elems);
+    if (src.dtype == DType::F32) {
+      read_tensor(src, f.data());
     } else {
-      L.bf16.gu_weight = u16();
-      L.bf16.gu_bias = u16();
-      L.bf16.dn_weight = u16();
-      L.bf16.dn_bias = u16();
+      std::vector<uint16_t> raw(f.size());
+      read_tensor(src, raw.data());
+      for (size_t i = 0; i < f.size(); i++) {
+        const uint32_t u = uint32_t(raw[i]) << 16;
+        std::memcpy(&f[i], &u, 4);
+      }
+    }
+    CUDA_CHECK(cudaMemcpyAsync(dst, f.data(), f.size() * 4, cudaMemcpyHostToDevice, st_.stream()));
+    st_.sync();
+    count(src.nbytes);
+  }
+
+ private:
+  void generate(const TensorSpec& t, void* dst, FillOut out) {
+    dummy_fill<<<1024, 256, 0, st_.stream()>>>(dst, t.elems, opt_.seed, t.key, dummy::fill_for(t.init, t.fan_in), out);
+    CUDA_CHECK(cudaGetLastError());
+    st_.sync();
+    count(t.elems * dtype_size(t.dtype));
+  }
+  void count(uint64_t n) {
+    done_ += n;
+    if (progress_ && (done_ - last_report_ >= (256ull << 20) || done_ == total_)) {
+      last_report_ = done_;
+      progress_(done_, total_);
     }
   }
-  w.final_norm = u16();
-  w.lm_head = u16();
-}
+  const TensorMap& tensors_;
+  const LoadOptions& opt_;
+  uint64_t total_, done_ = 0, last_report_ = 0;
+  const ProgressFn& progress_;
+  Streamer st_;
+};
 
 }  // namespace
 
 void load_gpu_weights(const ModelConfig& cfg, const TensorMap& tensors, const LoadOptions& opt, bool expert_mxfp4,
                       const ProgressFn& progress, GpuWeights& w) {
-  const bool ckpt_mxfp4 = opt.dummy || cfg.num_layers == 0 ||
-                          tensors.count("model.layers.0.mlp.experts.gate_up_proj_blocks") > 0;
-  if (!ckpt_mxfp4 && expert_mxfp4)
+  if (cfg.expert_format == ExpertFormat::kBf16 && expert_mxfp4)
     throw std::runtime_error("cuda backend: this checkpoint stores its experts in bf16, not MXFP4; load it with "
                              "expertFormat 'bf16'");
+  const std::vector<TensorSpec> layout = weight_layout(cfg);
   uint64_t arena_bytes = 0;
-  std::vector<Piece> pieces = plan(cfg, ckpt_mxfp4, expert_mxfp4, &arena_bytes);
-  const uint64_t disk_bytes = opt.dummy ? 0 : validate(pieces, tensors);
+  const std::vector<Piece> pieces = plan(cfg, layout, expert_mxfp4, &arena_bytes);
+  uint64_t source_bytes = 0;
+  if (opt.dummy)
+    for (const TensorSpec& t : layout) source_bytes += t.elems * dtype_size(t.dtype);
+  else
+    source_bytes = validate(layout, tensors);
 
   if (cudaMalloc(&w.arena, arena_bytes) != cudaSuccess) {
     w.arena = nullptr;
@@ -344,34 +341,13 @@ void load_gpu_weights(const ModelConfig& cfg, const TensorMap& tensors, const Lo
   w.bytes = arena_bytes;
   w.mxfp4 = expert_mxfp4;
   char* arena = static_cast<char*>(w.arena);
-  bind_views(cfg, pieces, arena, expert_mxfp4, w);
-
-  if (opt.dummy) {
-    cudaStream_t s = nullptr;
-    CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    uint64_t done = 0;
-    try {
-      for (size_t i = 0; i < pieces.size(); i++) {
-        dummy_fill(pieces[i], arena + pieces[i].offset, opt.seed * 0x100000001b3ull + i, s);
-        done += pieces[i].bytes;
-        if (progress && (i % 16 == 15 || i + 1 == pieces.size())) {
-          CUDA_CHECK(cudaStreamSynchronize(s));
-          progress(done, arena_bytes);
-        }
-      }
-      CUDA_CHECK(cudaStreamSynchronize(s));
-    } catch (...) {
-      cudaStreamDestroy(s);
-      throw;
-    }
-    cudaStreamDestroy(s);
-    return;
-  }
+  w.layers.resize(cfg.num_layers);
+  for (const Piece& p : pieces) bind(p, arena, w);
 
   // Scratch for conversions: the largest converted tensor's source bytes (+ scales), and its output for transposes.
   uint64_t scratch_bytes = 0;
   for (const Piece& p : pieces) {
-    if (p.src == Src::kMxfp4ToBf16) scratch_bytes = std::max(scratch_bytes, align_up(p.rows * p.cols / 2) + p.rows * p.cols / 32);
+    if (p.src == Src::kMxfp4ToBf16) scratch_bytes = std::max(scratch_bytes, align_up(p.spec->elems) + p.scales->elems);
     if (p.src == Src::kTranspose) scratch_bytes = std::max(scratch_bytes, p.bytes);
   }
   Scratch scratch;
@@ -379,64 +355,41 @@ void load_gpu_weights(const ModelConfig& cfg, const TensorMap& tensors, const Lo
     scratch.p = nullptr;
     throw std::runtime_error(oom_message(arena_bytes + scratch_bytes, "the model weights and a conversion buffer"));
   }
-  Streamer st;
-  uint64_t done = 0, last_report = 0;
-  auto on_bytes = [&](uint64_t n) {
-    done += n;
-    if (progress && (done - last_report >= (256ull << 20) || done == disk_bytes)) {
-      last_report = done;
-      progress(done, disk_bytes);
-    }
-  };
+  Source src(tensors, opt, source_bytes, progress);
   for (const Piece& p : pieces) {
     char* dst = arena + p.offset;
+    const TensorSpec& t = *p.spec;
     switch (p.src) {
-      case Src::kCopy: st.upload(find_tensor(tensors, p.name), dst, on_bytes); break;
-      case Src::kSinks: {
-        const TensorSource& t = find_tensor(tensors, p.name);
-        std::vector<float> f(p.bytes / 4);
-        if (t.dtype == DType::F32) {
-          read_tensor(t, f.data());
-        } else {
-          std::vector<uint16_t> raw(f.size());
-          read_tensor(t, raw.data());
-          for (size_t i = 0; i < f.size(); i++) {
-            const uint32_t u = uint32_t(raw[i]) << 16;
-            std::memcpy(&f[i], &u, 4);
-          }
-        }
-        CUDA_CHECK(cudaMemcpyAsync(dst, f.data(), p.bytes, cudaMemcpyHostToDevice, st.stream()));
-        st.sync();
-        on_bytes(t.nbytes);
-        break;
-      }
+      case Src::kCopy: src.fetch(t, dst); break;
+      case Src::kSinks: src.fetch_sinks(t, reinterpret_cast<float*>(dst)); break;
       case Src::kMxfp4ToBf16: {
         char* blocks = static_cast<char*>(scratch.p);
-        char* scales = blocks + align_up(p.rows * p.cols / 2);
-        st.upload(find_tensor(tensors, p.name), blocks, on_bytes);
-        st.upload(find_tensor(tensors, p.scales_name), scales, on_bytes);
+        char* scales = blocks + align_up(t.elems);
+        src.fetch(t, blocks);
+        src.fetch(*p.scales, scales);
         Mxfp4ToBf16Params mp;
         mp.blocks = reinterpret_cast<const uint8_t*>(blocks);
         mp.scales = reinterpret_cast<const uint8_t*>(scales);
         mp.out = reinterpret_cast<uint16_t*>(dst);
-        mp.rows = p.rows;
-        mp.cols = int(p.cols);
-        mxfp4_to_bf16(mp, st.stream());
-        st.sync();
+        mp.rows = t.shape[0] * t.shape[1];
+        mp.cols = int(t.shape[2] * 32);
+        mxfp4_to_bf16(mp, src.stream());
+        src.sync();
         break;
       }
-      case Src::kTranspose: {
-        st.upload(find_tensor(tensors, p.name), scratch.p, on_bytes);
-        const dim3 grid(unsigned((p.cols + 31) / 32), unsigned((p.rows + 31) / 32), unsigned(p.batch));
-        transpose_bf16<<<grid, dim3(32, 8), 0, st.stream()>>>(static_cast<const uint16_t*>(scratch.p),
-                                                              reinterpret_cast<uint16_t*>(dst), p.rows, p.cols);
+      case Src::kTranspose: {  // file [E, in, out] -> arena [E, out, in]
+        src.fetch(t, scratch.p);
+        const int64_t batch = t.shape[0], rows = t.shape[1], cols = t.shape[2];
+        const dim3 grid(unsigned((cols + 31) / 32), unsigned((rows + 31) / 32), unsigned(batch));
+        transpose_bf16<<<grid, dim3(32, 8), 0, src.stream()>>>(static_cast<const uint16_t*>(scratch.p),
+                                                               reinterpret_cast<uint16_t*>(dst), rows, cols);
         CUDA_CHECK(cudaGetLastError());
-        st.sync();
+        src.sync();
         break;
       }
     }
   }
-  st.sync();
+  src.sync();
 }
 
 }  // namespace hm::cuda

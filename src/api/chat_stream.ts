@@ -3,8 +3,9 @@
 //   analysis channel                -> reasoning
 //   final channel (or no channel)   -> content, cut at the first stop string
 //   commentary without a recipient  -> content (a preamble the model addresses to the user)
-//   a message to a recipient        -> a tool call once it is complete (functions.NAME -> NAME; built-in tools
-//                                      such as browser.search keep their full name); no deltas
+//   a message to a recipient        -> its arguments as tool_arguments deltas, then a tool call once it is complete
+//                                      (functions.NAME -> NAME; built-in tools such as browser.search keep their
+//                                      full name); the deltas and the call share one id
 import type { GenerationResult } from '../engine/engine.js';
 import type { SampledToken } from '../sampling/sampler.js';
 import { StopStrings } from '../sampling/stop.js';
@@ -28,6 +29,8 @@ export class ChatAssembler {
   private content = '';
   private reasoning = '';
   private readonly toolCalls: CompleteToolCall[] = [];
+  /** The id of the call whose arguments are streaming, given at its first delta. */
+  private pendingCallId: string | undefined;
   private malformed = false;
   /** What the parser found wrong with the output, when it was malformed. */
   problems: string[] = [];
@@ -44,6 +47,11 @@ export class ChatAssembler {
   /** True once a stop string matched: the engine ends the generation. */
   get stopped(): boolean {
     return this.stops.stopped;
+  }
+
+  /** Reads tokens the prompt already holds as the start of the output (an assistant prefix); they make no events. */
+  prime(tokens: readonly number[]): void {
+    for (const t of tokens) this.handle(this.parser.push(t));
   }
 
   push(t: SampledToken): ChatEvent[] {
@@ -74,8 +82,11 @@ export class ChatAssembler {
         this.malformed = true;
         this.problems = e.problems;
       } else if (e.type === 'delta') {
-        if (e.recipient && e.recipient !== 'user' && e.recipient !== 'all' && e.recipient !== 'assistant') continue; // tool arguments come whole, as a tool call
-        if (e.channel === 'analysis') {
+        if (e.recipient && e.recipient !== 'user' && e.recipient !== 'all' && e.recipient !== 'assistant') {
+          this.pendingCallId ??= callId();
+          const name = e.recipient.startsWith('functions.') ? e.recipient.slice('functions.'.length) : e.recipient;
+          events.push({ type: 'tool_arguments', index: this.toolCalls.length, id: this.pendingCallId, name, delta: e.delta });
+        } else if (e.channel === 'analysis') {
           this.reasoning += e.delta;
           events.push({ type: 'reasoning', delta: e.delta });
         } else {
@@ -86,7 +97,8 @@ export class ChatAssembler {
           }
         }
       } else if (e.type === 'tool_call') {
-        const call: CompleteToolCall = { id: callId(), type: 'function', function: { name: e.name, arguments: e.arguments } };
+        const call: CompleteToolCall = { id: this.pendingCallId ?? callId(), type: 'function', function: { name: e.name, arguments: e.arguments } };
+        this.pendingCallId = undefined;
         this.toolCalls.push(call);
         events.push({ type: 'tool_call', tool_call: call });
       }

@@ -17,10 +17,10 @@ export interface HarmoniumLoadOptions {
   onProgress?: (loadedBytes: number, totalBytes: number) => void;
   /** max_tokens when a request gives none. Default: 64 for the tiny model and dummy weights, else up to the context end. */
   defaultMaxTokens?: number;
-  /** KV cache blocks (0 = as many as the backend's memory allows) and positions per block (default 16). */
+  /** KV cache blocks (0 = as many as the backend's memory allows) and positions per block (defaults: buildInfo()). */
   numBlocks?: number;
   blockSize?: number;
-  /** Sequences and tokens per engine step. */
+  /** Sequences and tokens per engine step (defaults: buildInfo().defaults[backend]). */
   maxSeqs?: number;
   maxBatchTokens?: number;
   /** CUDA only: 'mxfp4' (sm_90+) or 'bf16' experts. */
@@ -35,6 +35,25 @@ export type ChatCompletionRequest = ChatRequest & SamplingParams;
 
 export interface CallOptions {
   signal?: AbortSignal;
+  /**
+   * chat() only: harmony text the assistant's output must start with (after `<|start|>assistant`), e.g.
+   * `<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>` to force that call. It is
+   * appended to the prompt and read by the parser as the start of the output.
+   */
+  assistantPrefix?: string;
+  /** Keep generating past the model's end tokens, to max_tokens (vLLM's ignore_eos; benchmarks). */
+  ignoreEos?: boolean;
+}
+
+/** What Harmonium.status() reports. */
+export interface EngineStatus {
+  running: number;
+  waiting: number;
+  kvBlocksFree: number;
+  kvBlocksTotal: number;
+  preemptions: number;
+  /** Sequences one step may hold (load's maxSeqs). */
+  maxSeqs: number;
 }
 
 export interface Usage {
@@ -59,6 +78,8 @@ export type ChatEvent =
   | { type: 'reasoning'; delta: string }
   /** The answer (the final channel), or a preamble the model writes to the user on the commentary channel. */
   | { type: 'content'; delta: string }
+  /** Arguments text of the index-th function call as the model writes it (the call's id is the one tool_call will carry). */
+  | { type: 'tool_arguments'; index: number; id: string; name: string; delta: string }
   /** A complete function call (arguments: JSON text). */
   | { type: 'tool_call'; tool_call: Required<Pick<ToolCall, 'id' | 'type' | 'function'>> }
   | { type: 'done'; message: ChatResult };
@@ -94,8 +115,14 @@ export interface GenerateResult {
   timings: Timings;
 }
 
-/** An async iterable of events that also carries the final outcome. */
+/**
+ * An async iterable of events that also carries the final outcome. Leaving the iteration early (`break`, or the
+ * iterator's `return()`) cancels the call: generation stops, its KV cache blocks are freed, and `.result` rejects
+ * with an AbortError.
+ */
 export interface Stream<E, R> extends AsyncIterable<E> {
   /** Resolves when generation ends; rejects on a bad request, an abort (the signal's reason) or a closed model. */
   readonly result: Promise<R>;
+  /** What the call has done so far (tokens and times); after it ends, its final figures. For a summary on Ctrl-C. */
+  progress(): { usage: Usage; timings: Timings };
 }

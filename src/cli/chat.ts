@@ -62,7 +62,7 @@ async function chatLoop(model: Harmonium, flags: ChatFlags): Promise<void> {
     try {
       const result = await streamAnswer(
         model.chat({ messages, reasoning_effort: flags.reasoningEffort, ...samplingParams(flags) }, { signal: answering.signal }),
-        { showReasoning: flags.showReasoning === true },
+        { showReasoning: flags.showReasoning === true, signal: answering.signal },
       );
       messages.push({
         role: 'assistant',
@@ -72,7 +72,7 @@ async function chatLoop(model: Harmonium, flags: ChatFlags): Promise<void> {
       });
     } catch (e) {
       messages.pop();
-      process.stderr.write(answering.signal.aborted ? '\n(answer stopped)\n' : `error: ${(e as Error).message}\n`);
+      process.stderr.write(answering.signal.aborted ? '(answer stopped)\n' : `error: ${(e as Error).message}\n`);
     } finally {
       answering = undefined;
     }

@@ -1,5 +1,6 @@
 // Options shared by `run` and `chat`: which model to load, and the sampling flags (OpenAI's names, dashed).
-import { Option, type Command } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
+import type { HarmoniumError } from '../errors.js';
 import type { HarmoniumLoadOptions } from '../api/types.js';
 import { DUMMY_MODEL_NAMES, type DummyModelName } from '../model/dummy.js';
 import type { ReasoningEffort } from '../harmony/types.js';
@@ -27,28 +28,70 @@ export interface SamplingFlags {
   system?: string;
 }
 
-/** A number flag; NaN passes through so that validation names the flag's parameter. */
-const number = (v: string) => Number(v);
+/** The text each number flag was given, by library name, so that a range error echoes what was typed. */
+const typed = new Map<string, string>();
+
+/** A number flag: anything that is not a number is refused here, naming the flag and the text given. */
+function number(param: string) {
+  return (v: string) => {
+    const n = Number(v);
+    if (v.trim() === '' || !Number.isFinite(n)) throw new InvalidArgumentError('It is not a number.');
+    typed.set(param, v);
+    return n;
+  };
+}
+
+/** Library names (options of load(), request fields) to the flags that set them. */
+const FLAG_OF: Record<string, string> = {
+  model: '--model',
+  backend: '--backend',
+  dummyWeights: '--dummy-weights',
+  contextLength: '--context-length',
+  temperature: '--temperature',
+  top_p: '--top-p',
+  top_k: '--top-k',
+  min_p: '--min-p',
+  repetition_penalty: '--repetition-penalty',
+  frequency_penalty: '--frequency-penalty',
+  presence_penalty: '--presence-penalty',
+  seed: '--seed',
+  max_tokens: '--max-tokens',
+  stop: '--stop',
+  reasoning_effort: '--reasoning-effort',
+};
+
+/**
+ * A library error as the CLI says it: `temperature: must be <= 2, got 5` becomes
+ * `--temperature: must be <= 2, got 5` (with the value as typed, e.g. `5.0`).
+ */
+export function flagMessage(err: HarmoniumError): string {
+  const flag = err.param === undefined ? undefined : FLAG_OF[err.param];
+  if (!flag || !err.message.startsWith(`${err.param}: `)) return err.message;
+  let rest = err.message.slice(err.param!.length + 2);
+  const raw = typed.get(err.param!);
+  if (raw !== undefined) rest = rest.replace(/, got [^,]*$/, `, got ${raw}`);
+  return `${flag}: ${rest}`;
+}
 
 export function addModelFlags(cmd: Command): Command {
   return cmd
     .option('--model <dir>', 'a gpt-oss checkpoint directory (default: the embedded tiny model)')
     .addOption(new Option('--backend <name>', 'where to run').choices(['cpu', 'cuda']).default('cpu'))
     .addOption(new Option('--dummy-weights <name>', 'random weights with a real gpt-oss shape').choices([...DUMMY_MODEL_NAMES]))
-    .option('--context-length <n>', 'longest sequence, prompt + answer', number);
+    .option('--context-length <n>', 'longest sequence, prompt + answer', number('contextLength'));
 }
 
 export function addSamplingFlags(cmd: Command): Command {
   return cmd
-    .option('--temperature <t>', '0 = greedy (default 1)', number)
-    .option('--top-p <p>', 'nucleus sampling, (0, 1]', number)
-    .option('--top-k <k>', 'keep the k most likely tokens', number)
-    .option('--min-p <p>', 'drop tokens below p times the most likely one', number)
-    .option('--repetition-penalty <r>', '> 1 discourages tokens already seen', number)
-    .option('--frequency-penalty <f>', '-2..2, per earlier occurrence', number)
-    .option('--presence-penalty <p>', '-2..2, once per token seen', number)
-    .option('--seed <n>', 'same seed, same answer', number)
-    .option('--max-tokens <n>', 'generated tokens at most', number)
+    .option('--temperature <t>', '0 = greedy (default 1)', number('temperature'))
+    .option('--top-p <p>', 'nucleus sampling, (0, 1]', number('top_p'))
+    .option('--top-k <k>', 'keep the k most likely tokens', number('top_k'))
+    .option('--min-p <p>', 'drop tokens below p times the most likely one', number('min_p'))
+    .option('--repetition-penalty <r>', '> 1 discourages tokens already seen', number('repetition_penalty'))
+    .option('--frequency-penalty <f>', '-2..2, per earlier occurrence', number('frequency_penalty'))
+    .option('--presence-penalty <p>', '-2..2, once per token seen', number('presence_penalty'))
+    .option('--seed <n>', 'same seed, same answer', number('seed'))
+    .option('--max-tokens <n>', 'generated tokens at most', number('max_tokens'))
     .option('--stop <text>', 'stop before this text (repeatable)', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
     .addOption(new Option('--reasoning-effort <level>', 'how long the model thinks').choices(['low', 'medium', 'high']))
     .option('--system <text>', 'instructions (the developer message)');

@@ -26,7 +26,7 @@ export interface InspectReport {
   checkpoint?: { tensorBytes: number; files: string[] };
 }
 
-/** Memory bandwidth the decode-limit line divides by: the H100 figure measured in model.md. */
+/** Memory bandwidth the decode-limit line divides by: the H100 figure (docs/performance.md). */
 const REFERENCE_BANDWIDTH = 3.0e12;
 
 export function registerInspect(program: Command): void {

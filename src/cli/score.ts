@@ -3,10 +3,10 @@
 // writes the fp32 logits [T, V] as a .npy file. The direct way to hold a backend against an oracle's logits.
 import type { Command } from 'commander';
 import { Option } from 'commander';
-import { loadModel } from '../model/load.js';
-import { ensureTinyModel } from '../model/tiny.js';
-import { loadAddon } from '../native.js';
+import { Harmonium, type ScoreResult } from '../api.js';
 import { writeNpy } from '../util/npy.js';
+
+export type { ScoreResult } from '../api.js';
 
 export interface ScoreOptions {
   /** Checkpoint directory; the embedded tiny model when absent. */
@@ -18,20 +18,8 @@ export interface ScoreOptions {
   out?: string;
   /** CUDA only: decode MXFP4 experts inside the matmul (default) or once at load to bf16 (the fallback path). */
   expertFormat?: 'mxfp4' | 'bf16';
-}
-
-export interface ScoreResult {
-  tokens: number[];
-  /** [T - 1]: log p(tokens[t + 1] | tokens[0..t]) */
-  logprobs: number[];
-  /** exp(-mean(logprobs)); NaN when there is nothing to predict (one token). */
-  perplexity: number;
-  vocab: number;
-  /** [T * V] */
-  logits: Float32Array;
-  backend: string;
-  deviceName: string;
-  prefillMs: number;
+  /** Print the result as JSON (without the logits). */
+  json?: boolean;
 }
 
 export function registerScore(program: Command): void {
@@ -43,9 +31,10 @@ export function registerScore(program: Command): void {
     .addOption(new Option('--backend <name>', 'where to run').choices(['cpu', 'cuda']).default('cpu'))
     .option('--out <file>', 'write the fp32 logits [T, V] as a .npy file')
     .addOption(new Option('--expert-format <format>', 'cuda: MXFP4 in the matmul, or the bf16 fallback').choices(['mxfp4', 'bf16']))
+    .option('--json', 'machine-readable output (everything but the logits)')
     .action(async (opts: ScoreOptions) => {
       const result = await runScore(opts);
-      process.stdout.write(formatScore(result, opts));
+      process.stdout.write(opts.json ? scoreJson(result, opts) : formatScore(result, opts));
     });
 }
 
@@ -64,63 +53,20 @@ export function parseTokenList(text: string): number[] {
 export async function runScore(opts: ScoreOptions): Promise<ScoreResult> {
   const tokens = parseTokenList(opts.tokens);
   const backend = opts.backend ?? 'cpu';
-  if (backend !== 'cpu' && backend !== 'cuda') throw new Error(`score: unknown backend '${String(backend)}' (expected cpu or cuda)`);
   if (backend === 'cuda') {
-    const devices = loadAddon().cudaDevices();
+    const devices = Harmonium.cudaDevices();
     if (devices.count === 0) {
       throw new Error(`score: --backend cuda needs a CUDA GPU, and none is usable here (${devices.reason || 'no device found'}); use --backend cpu`);
     }
   }
-  const T = tokens.length;
-  const blockSize = 16;
-  const numBlocks = Math.ceil(T / blockSize);
-  const model = await loadModel({
-    model: opts.model ?? (await ensureTinyModel()),
-    backend,
-    blockSize,
-    numBlocks,
-    maxSeqs: 1,
-    maxBatchTokens: Math.max(T, 16),
-    ...(opts.expertFormat ? { expertFormat: opts.expertFormat } : {}),
-  });
-  try {
-    const V = model.config.vocabSize;
-    tokens.forEach((id, i) => {
-      if (id >= V) throw new Error(`score: token ${i} (id ${id}) is outside the vocabulary 0..${V - 1}`);
-    });
-    if (T > model.config.maxPositions) throw new Error(`score: ${T} tokens exceed the model's ${model.config.maxPositions} positions`);
-    const start = performance.now();
-    const out = await model.step({
-      tokens: Int32Array.from(tokens),
-      positions: Int32Array.from(tokens, (_, i) => i),
-      seqLens: Int32Array.of(T),
-      blockTables: Int32Array.from({ length: numBlocks }, (_, i) => i),
-      maxBlocksPerSeq: numBlocks,
-      allPositions: true,
-      fullLogits: Uint8Array.of(1),
-    });
-    const prefillMs = performance.now() - start;
-    if (out.numRows !== T || out.logits.length !== T * V) {
-      throw new Error(`score: the backend returned ${out.numRows} rows of logits for ${T} tokens`);
-    }
-    const logprobs: number[] = [];
-    for (let t = 0; t + 1 < T; t++) logprobs.push(out.logits[t * V + tokens[t + 1]] - out.logsumexp[t]);
-    const mean = logprobs.reduce((a, b) => a + b, 0) / logprobs.length;
-    if (opts.out !== undefined) await writeNpy(opts.out, out.logits, [T, V]);
-    const info = model.info();
-    return {
-      tokens,
-      logprobs,
-      perplexity: logprobs.length > 0 ? Math.exp(-mean) : NaN,
-      vocab: V,
-      logits: out.logits,
-      backend: info.backend,
-      deviceName: info.deviceName,
-      prefillMs,
-    };
-  } finally {
-    model.close();
-  }
+  const result = await Harmonium.score(tokens, { model: opts.model, backend, expertFormat: opts.expertFormat });
+  if (opts.out !== undefined) await writeNpy(opts.out, result.logits, [tokens.length, result.vocab]);
+  return result;
+}
+
+export function scoreJson(r: ScoreResult, opts: Pick<ScoreOptions, 'model' | 'out'>): string {
+  const { logits: _, perplexity, ...rest } = r;
+  return JSON.stringify({ model: opts.model ?? 'tiny', ...rest, perplexity: Number.isNaN(perplexity) ? null : perplexity, out: opts.out ?? null }, null, 2) + '\n';
 }
 
 export function formatScore(r: ScoreResult, opts: Pick<ScoreOptions, 'model' | 'out'>): string {

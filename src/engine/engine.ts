@@ -1,12 +1,12 @@
 // The generation engine: requests in, tokens out. One loop runs native steps back to back while any request is in
-// flight; each step is whatever the scheduler batched (prefill chunks + every decoding sequence). Sampling happens
+// flight; each step is whatever the scheduler batched (prefill chunks + every decoding sequence). Sampling
 // is planned per sequence before the step (sampler.ts): most draws happen inside the step (native/sampling.h) and the
 // host accepts the token; full logits come back only as a counted fallback.
 // A request's failure (bad input, abort) never stops the others.
-import type { NativeStepInput, NativeStepOutput } from '../native.js';
+import { maxTopK, type NativeStepInput, type NativeStepOutput } from '../native.js';
 import type { ResolvedSampling } from '../sampling/params.js';
 import { SamplingBatch } from '../sampling/device.js';
-import { MAX_NARROW_K, SequenceSampler, type LogitsRow, type SamplePlan, type SampledToken } from '../sampling/sampler.js';
+import { SequenceSampler, type LogitsRow, type SamplePlan, type SampledToken } from '../sampling/sampler.js';
 import { KvBlockPool } from './kv_blocks.js';
 import { Scheduler, Sequence, type Chunk } from './scheduler.js';
 
@@ -27,15 +27,9 @@ export interface EngineOptions {
   maxSampleEntries?: number;
 }
 
-/** A request the engine refuses or cannot finish; the message says why. */
-export class EngineRequestError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'EngineRequestError';
-    this.code = code;
-  }
-}
+/** A request the engine refuses or cannot finish (defined with the other errors). */
+import { EngineRequestError } from '../errors.js';
+export { EngineRequestError };
 
 export type FinishReason = 'stop' | 'length' | 'abort';
 
@@ -99,6 +93,11 @@ export class Engine {
 
   get preemptions(): number {
     return this.scheduler.preemptions;
+  }
+
+  /** Sequences generating now and waiting for admission (a server's running / waiting gauges). */
+  get queue(): { running: number; waiting: number } {
+    return { running: this.scheduler.running.length, waiting: this.scheduler.waiting.length };
   }
 
   /** Runs one request to its end. Rejects with EngineRequestError on bad input, or the signal's reason on abort. */
@@ -266,7 +265,7 @@ export class Engine {
       blockTables,
       maxBlocksPerSeq: maxBlocks,
       fullLogits,
-      topK: Math.min(topK, MAX_NARROW_K),
+      topK: Math.min(topK, maxTopK()),
       sampling: sampling?.finish(),
     };
   }

@@ -53,7 +53,7 @@ export function renderMessagesSegments(messages: HarmonyMessage[], opts: RenderM
     }
   }
   const out: Segment[] = [];
-  for (const m of kept) out.push(...renderMessageSegments(m));
+  for (const m of kept) for (const s of renderMessageSegments(m)) out.push(s);
   if (opts.addGenerationPrompt ?? true) out.push({ special: '<|start|>' }, { text: 'assistant' });
   return out;
 }
@@ -66,7 +66,8 @@ export function segmentsToTokens(segments: Segment[], tokenizer: HarmonyTokenize
   const ids: number[] = [];
   for (const s of segments) {
     if ('special' in s) ids.push(SPECIAL_TOKENS[s.special]);
-    else if (s.text) ids.push(...tokenizer.encode(s.text));
+    // One push per id: spreading a long text's ids into push() overflows the call stack.
+    else if (s.text) for (const id of tokenizer.encode(s.text)) ids.push(id);
   }
   return ids;
 }

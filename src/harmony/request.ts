@@ -8,17 +8,13 @@
 // final answer. The exception is the last turn of a conversation rendered without a generation prompt (training
 // and continuation), which keeps it. See docs/harmony.md for how this compares with the harmony library.
 
+import { RequestError } from '../errors.js';
 import { renderDeveloperContent, renderSystemContent } from './content.js';
 import type { ToolDescription } from './builtin_tools.js';
 import type { BuiltinTool, ChatMessage, ChatRequest, HarmonyMessage, JsonSchema, ReasoningEffort } from './types.js';
 
-/** A request the renderer cannot render; the message says what and where. */
-export class RequestError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'RequestError';
-  }
-}
+/** A request the renderer cannot render; the message says what and where (defined with the other errors). */
+export { RequestError };
 
 const CHAT_ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool']);
 const EFFORTS = new Set(['low', 'medium', 'high']);
@@ -30,8 +26,16 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
+/** The fields of a request the renderer reads (the library adds the sampling fields). */
+export const REQUEST_KEYS = ['messages', 'tools', 'reasoning_effort', 'model_identity', 'knowledge_cutoff', 'current_date', 'builtin_tools'] as const;
+
+const FIELD_PATH = /^[a-z_]+(?:\[\d+\]|\.[A-Za-z_]\w*)*/;
+
+/** Throws RequestError; every message starts with the field's path when one field is at fault, which becomes `param`. */
 function fail(message: string): never {
-  throw new RequestError(message);
+  const path = FIELD_PATH.exec(message)?.[0];
+  const root = path?.split(/[[.]/)[0];
+  throw new RequestError(message, root !== undefined && (REQUEST_KEYS as readonly string[]).includes(root) ? path : undefined);
 }
 
 /** Text of a message content: a string, null/absent (empty), or an array of text parts. */

@@ -6,6 +6,7 @@ import { access, readFile, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { readConfig } from './config.js';
 import { CheckpointError, findDuplicateKey, readSafetensorsHeader, type SafetensorsEntry } from './safetensors.js';
+import { weightLayout, type NativeTensorSpec } from '../native.js';
 import type { ModelConfig, TensorDType, TensorLocation } from './types.js';
 
 export { CheckpointError } from './safetensors.js';
@@ -17,61 +18,11 @@ export interface Checkpoint {
   tensors: TensorLocation[];
 }
 
-export interface ExpectedTensor {
-  name: string;
-  /** The dtype we write and count sizes with. */
-  dtype: TensorDType;
-  /** Every dtype the loader accepts for this tensor (sinks come as BF16 or F32). */
-  accepts: TensorDType[];
-  shape: number[];
-}
+export type ExpectedTensor = NativeTensorSpec;
 
-/** Every tensor the config implies, with its dtype and shape (model.md, "Checkpoint tensors"). */
+/** Every tensor the config implies, with its dtype and shape: the native weight layout (docs/checkpoint.md). */
 export function expectedTensors(c: ModelConfig): ExpectedTensor[] {
-  const H = c.hiddenSize;
-  const I = c.intermediateSize;
-  const E = c.numExperts;
-  const q = c.numHeads * c.headDim;
-  const kv = c.numKvHeads * c.headDim;
-  const out: ExpectedTensor[] = [];
-  const bf16 = (name: string, shape: number[]) => out.push({ name, dtype: 'BF16', accepts: ['BF16'], shape });
-  const u8 = (name: string, shape: number[]) => out.push({ name, dtype: 'U8', accepts: ['U8'], shape });
-  bf16('model.embed_tokens.weight', [c.vocabSize, H]);
-  for (let i = 0; i < c.numLayers; i++) {
-    const p = `model.layers.${i}.`;
-    bf16(`${p}input_layernorm.weight`, [H]);
-    bf16(`${p}self_attn.q_proj.weight`, [q, H]);
-    bf16(`${p}self_attn.q_proj.bias`, [q]);
-    bf16(`${p}self_attn.k_proj.weight`, [kv, H]);
-    bf16(`${p}self_attn.k_proj.bias`, [kv]);
-    bf16(`${p}self_attn.v_proj.weight`, [kv, H]);
-    bf16(`${p}self_attn.v_proj.bias`, [kv]);
-    bf16(`${p}self_attn.o_proj.weight`, [H, q]);
-    bf16(`${p}self_attn.o_proj.bias`, [H]);
-    out.push({ name: `${p}self_attn.sinks`, dtype: 'BF16', accepts: ['BF16', 'F32'], shape: [c.numHeads] });
-    bf16(`${p}post_attention_layernorm.weight`, [H]);
-    bf16(`${p}mlp.router.weight`, [E, H]);
-    bf16(`${p}mlp.router.bias`, [E]);
-    const x = `${p}mlp.experts.`;
-    if (c.expertFormat === 'mxfp4') {
-      // MXFP4: [E, out rows, in/32 blocks, 16 bytes] nibbles plus one E8M0 scale byte per block.
-      u8(`${x}gate_up_proj_blocks`, [E, 2 * I, H / 32, 16]);
-      u8(`${x}gate_up_proj_scales`, [E, 2 * I, H / 32]);
-      bf16(`${x}gate_up_proj_bias`, [E, 2 * I]);
-      u8(`${x}down_proj_blocks`, [E, H, I / 32, 16]);
-      u8(`${x}down_proj_scales`, [E, H, I / 32]);
-      bf16(`${x}down_proj_bias`, [E, H]);
-    } else {
-      // Unquantised transformers layout: stored [in, out] (x @ W), unlike the MXFP4 tensors.
-      bf16(`${x}gate_up_proj`, [E, H, 2 * I]);
-      bf16(`${x}gate_up_proj_bias`, [E, 2 * I]);
-      bf16(`${x}down_proj`, [E, I, H]);
-      bf16(`${x}down_proj_bias`, [E, H]);
-    }
-  }
-  bf16('model.norm.weight', [H]);
-  bf16('lm_head.weight', [c.vocabSize, H]);
-  return out;
+  return weightLayout(c);
 }
 
 const INDEX = 'model.safetensors.index.json';

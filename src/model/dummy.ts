@@ -1,4 +1,4 @@
-// The built-in gpt-oss configs (model.md's table, as the published config.json files state them), for running
+// The built-in gpt-oss configs (docs/model.md, "The two models", as the published config.json files state them), for running
 // with random weights (--dummy-weights) when no checkpoint is at hand: benchmarks, sizes, memory planning.
 import { configFromJson } from './config.js';
 import { expectedTensors } from './checkpoint.js';

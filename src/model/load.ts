@@ -1,6 +1,18 @@
 // Loading a model onto a backend: opens the checkpoint (or takes a built-in config for random weights), hands the
-// validated tensor locations to the native addon, and returns the one object that owns the native model.
-import { loadAddon, type NativeLoadOptions, type NativeModel, type NativeModelInfo, type NativeStepInput, type NativeStepOutput } from '../native.js';
+// validated tensor locations to the native addon, and returns the one object that owns the native model. With
+// src/native.ts, the only module that talks to the addon: tools that drive one sequence directly (score, the
+// benchmark) do it through LoadedModel.score() and GreedySequence, not with raw steps of their own.
+import {
+  buildInfo,
+  cudaDevices,
+  loadAddon,
+  type NativeLoadDefaults,
+  type NativeLoadOptions,
+  type NativeModel,
+  type NativeModelInfo,
+  type NativeStepInput,
+  type NativeStepOutput,
+} from '../native.js';
 import { openCheckpoint } from './checkpoint.js';
 import { dummyConfig, dummyTensors, type DummyModelName } from './dummy.js';
 import type { ModelConfig, TensorLocation } from './types.js';
@@ -37,6 +49,31 @@ export class LoadedModel {
     return this.native.info();
   }
 
+  /**
+   * Runs `tokens` as one sequence in ONE prefill at positions 0..T-1 on KV blocks 0.. (the model must not be
+   * serving anything else) and returns every position's full fp32 logits [T * V] and their logsumexp [T].
+   */
+  async score(tokens: readonly number[]): Promise<{ logits: Float32Array; logsumexp: Float32Array; prefillMs: number }> {
+    const T = tokens.length;
+    const V = this.config.vocabSize;
+    const blocks = Math.ceil(T / this.info().blockSize);
+    const start = performance.now();
+    const out = await this.step({
+      tokens: Int32Array.from(tokens),
+      positions: Int32Array.from(tokens, (_, i) => i),
+      seqLens: Int32Array.of(T),
+      blockTables: Int32Array.from({ length: blocks }, (_, i) => i),
+      maxBlocksPerSeq: blocks,
+      allPositions: true,
+      fullLogits: Uint8Array.of(1),
+    });
+    const prefillMs = performance.now() - start;
+    if (out.numRows !== T || out.logits.length !== T * V) {
+      throw new Error(`score: the backend returned ${out.numRows} rows of logits for ${T} tokens`);
+    }
+    return { logits: out.logits, logsumexp: out.logsumexp, prefillMs };
+  }
+
   /** Frees the weights and the KV cache (after a step in flight, if any). Safe to call twice. */
   close(): void {
     if (this.closed) return;
@@ -64,4 +101,44 @@ export async function loadModel(opts: LoadModelOptions): Promise<LoadedModel> {
   const addon = loadAddon();
   const handle = await addon.loadModel(config, tensors, { ...native, dummy: dummy !== undefined }, onProgress);
   return new LoadedModel(config, handle, native.backend, model ?? dummy!);
+}
+
+/** One greedy sequence on KV blocks 0.. of a model serving nothing else: the benchmark's decode loop, one step a call. */
+export class GreedySequence {
+  private length = 0;
+  private readonly blockTables: Int32Array;
+
+  /** capacity: the most tokens the sequence will hold. */
+  constructor(
+    private readonly model: LoadedModel,
+    capacity: number,
+  ) {
+    const blocks = Math.ceil(capacity / model.info().blockSize);
+    this.blockTables = Int32Array.from({ length: blocks }, (_, i) => i);
+  }
+
+  /** Appends tokens (a prefill chunk, or one token to decode) in one step; resolves to the argmax after the last. */
+  async append(tokens: Int32Array): Promise<number> {
+    const first = this.length;
+    const out = await this.model.step({
+      tokens,
+      positions: Int32Array.from(tokens, (_, i) => first + i),
+      seqLens: Int32Array.of(tokens.length),
+      blockTables: this.blockTables,
+      maxBlocksPerSeq: this.blockTables.length,
+      topK: 1,
+    });
+    this.length += tokens.length;
+    return out.argmax[0];
+  }
+}
+
+/** The native defaults of the load options for a backend (blockSize, maxSeqs, maxBatchTokens, expertFormat). */
+export function loadDefaults(backend: 'cpu' | 'cuda'): NativeLoadDefaults {
+  return buildInfo().defaults[backend];
+}
+
+/** CUDA devices this build can use: 0 with the reason when none (no GPU, no driver, or a CPU-only build). */
+export function cudaDeviceCount(): { count: number; reason: string } {
+  return cudaDevices();
 }

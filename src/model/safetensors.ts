@@ -5,17 +5,9 @@
 // handle (never a whole file in memory).
 import { open } from 'node:fs/promises';
 
-/** The one error type of checkpoint reading: `<file>: <tensor or field>: <what>`, one line. */
-export class CheckpointError extends Error {
-  constructor(
-    readonly file: string,
-    readonly subject: string,
-    readonly what: string,
-  ) {
-    super(`${file}: ${subject}: ${what}`);
-    this.name = 'CheckpointError';
-  }
-}
+import { CheckpointError } from '../errors.js';
+
+export { CheckpointError };
 
 /** Bits per element of every dtype the safetensors format defines (sub-byte types pack tightly). */
 export const SAFETENSORS_DTYPE_BITS: Readonly<Record<string, number>> = {

@@ -1,5 +1,5 @@
 // Parameter counts and bytes of a gpt-oss model, from its config alone: what `harmonium inspect` prints and what
-// the benchmarks divide by (model.md, "Sizes that set the speed limit"). Bandwidth counts only the bytes a decode
+// the benchmarks divide by (docs/model.md, "Bytes per token"). Bandwidth counts only the bytes a decode
 // step really needs: the selected experts, never all of them.
 import type { ModelConfig, TensorDType } from './types.js';
 
@@ -33,7 +33,7 @@ export interface ModelSizes {
     lmHead: number;
     total: number;
   };
-  /** Minimum bytes read from memory per decoded token at batch 1, short context (model.md's table). */
+  /** Minimum bytes read from memory per decoded token at batch 1, short context (docs/model.md, "Bytes per token"). */
   decodeBytesPerToken: {
     experts: number;
     attentionRouter: number;

@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { packageRoot } from '../native.js';
+import { cacheDir } from '../util/cache_dir.js';
 import { configFromJson } from './config.js';
 import { publishedConfigJson } from './dummy.js';
 import { expectedTensors, type ExpectedTensor } from './checkpoint.js';
@@ -31,11 +31,10 @@ export const TINY_CONFIG_JSON: Readonly<Record<string, unknown>> = {
 };
 
 /**
- * Returns the directory of the tiny model, generating it first if it is missing. Generation writes into a
- * temporary directory and renames it into place, so a crash never leaves half a model behind.
+ * Returns the directory of the tiny model (in cacheDir()), generating it first if it is missing. Generation writes
+ * into a temporary directory and renames it into place, so a crash never leaves half a model behind.
  */
-export async function ensureTinyModel(): Promise<string> {
-  const cache = join(packageRoot(), '.model-cache');
+export async function ensureTinyModel(cache: string = cacheDir()): Promise<string> {
   const dir = join(cache, TINY_MODEL_NAME);
   if (await isFile(join(dir, 'model.safetensors'))) return dir;
   await mkdir(cache, { recursive: true });

@@ -62,16 +62,9 @@ export const GREEDY_EPSILON = 1e-5;
 export const MAX_TOP_LOGPROBS = 20;
 export const MAX_STOP_STRINGS = 16;
 
-/** A request value the engine refuses; `param` names the offending field. */
-export class SamplingParamError extends Error {
-  readonly param: string;
-  readonly code = 'invalid_request';
-  constructor(param: string, message: string) {
-    super(`${param}: ${message}`);
-    this.name = 'SamplingParamError';
-    this.param = param;
-  }
-}
+/** A request value the engine refuses; `param` names the offending field (defined with the other errors). */
+import { SamplingParamError } from '../errors.js';
+export { SamplingParamError };
 
 /** A value as an error message shows it (NaN and Infinity stay readable). */
 const show = (v: unknown) => (typeof v === 'number' ? String(v) : JSON.stringify(v));

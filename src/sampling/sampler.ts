@@ -24,9 +24,6 @@ import type { ResolvedSampling } from './params.js';
 import { StepNoise } from './rng.js';
 import { argmaxRow, sortCanonical, topKCanonical } from './select.js';
 
-/** The most candidates a step narrows to (native's limit): top_logprobs come from them. */
-export const MAX_NARROW_K = 256;
-
 export type SampleMode = 'argmax' | 'device' | 'full';
 
 export interface SamplePlan {

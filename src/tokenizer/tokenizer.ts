@@ -4,6 +4,7 @@
 // character split across tokens is never split across output chunks.
 
 import { readFileSync } from 'node:fs';
+import { CheckpointError, EngineRequestError } from '../errors.js';
 import harmonyEncoding from 'gpt-tokenizer/encoding/o200k_harmony';
 import bpeRanks from 'gpt-tokenizer/bpeRanks/o200k_base';
 
@@ -97,16 +98,20 @@ export class HarmonyTokenizer {
     if (!opts.allowSpecial) return encodeOrdinary(text);
     // Split on special-token text ourselves: gpt-tokenizer 3.4's allowedSpecial only finds a special token that
     // starts exactly where the previous one ended (its search regex is sticky).
+    // Appended one by one: spreading a long text's ids into push() overflows the call stack.
     const ids: number[] = [];
+    const append = (part: number[]) => {
+      for (const id of part) ids.push(id);
+    };
     let last = 0;
     for (const m of text.matchAll(SPECIAL_TEXT)) {
       const id = specialIdOfText(m[0]);
       if (id === undefined) continue;
-      if (m.index > last) ids.push(...encodeOrdinary(text.slice(last, m.index)));
+      if (m.index > last) append(encodeOrdinary(text.slice(last, m.index)));
       ids.push(id);
       last = m.index + m[0].length;
     }
-    if (last < text.length) ids.push(...encodeOrdinary(text.slice(last)));
+    if (last < text.length) append(encodeOrdinary(text.slice(last)));
     return ids;
   }
 
@@ -121,7 +126,7 @@ export class HarmonyTokenizer {
 
   /** The bytes a token stands for (special tokens: the bytes of their text). Throws on an id outside the vocab. */
   tokenBytes(id: number): Uint8Array {
-    if (!isValidTokenId(id)) throw new RangeError(`token id ${id} is outside the vocabulary (0..${VOCAB_SIZE - 1})`);
+    if (!isValidTokenId(id)) throw new EngineRequestError('invalid_token', `token id ${id} is outside the vocabulary (0..${VOCAB_SIZE - 1})`);
     return id < FIRST_SPECIAL_ID ? bytesOfBpe(id) : utf8.encode(specialTokenText(id));
   }
 
@@ -254,7 +259,7 @@ export function checkTokenizerJson(path: string, tokenizer: HarmonyTokenizer = n
   try {
     json = JSON.parse(readFileSync(path, 'utf8')) as TokenizerJson;
   } catch (e) {
-    throw new Error(`${path}: cannot read tokenizer.json: ${(e as Error).message}`);
+    throw new CheckpointError(path, 'file', `cannot read tokenizer.json: ${(e as Error).message}`);
   }
   const problems: string[] = [];
   const added = new Map<number, string>();
@@ -281,5 +286,5 @@ export function checkTokenizerJson(path: string, tokenizer: HarmonyTokenizer = n
   }
   if (bpeMismatches > 3) problems.push(`${bpeMismatches} BPE tokens differ in all`);
   if (bpeCount !== FIRST_SPECIAL_ID) problems.push(`${bpeCount} BPE tokens, expected ${FIRST_SPECIAL_ID}`);
-  if (problems.length) throw new Error(`${path} disagrees with o200k_harmony: ${problems.join('; ')}`);
+  if (problems.length) throw new CheckpointError(path, 'vocabulary', `disagrees with o200k_harmony: ${problems.join('; ')}`);
 }

@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { packageRoot } from '../../src/native.js';
+import { packageRoot } from '../../src/util/package_root.js';
 import { gpuCount } from '../helpers/gpu.js';
 
 const gpus = gpuCount();

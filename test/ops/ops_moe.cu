@@ -1,7 +1,5 @@
 // Op-test cases of the MoE kernels (kernels/moe.h) against the CPU reference (native/cpu/ref_ops.h):
 //   router_topk   router_topk_softmax vs ref::router_topk: ids exact (well separated logits, and ties), weights.
-//   router_fused  router_forward vs ref::linear (logits) and ref::router_topk on the GPU's own logits (ids exact);
-//                 run twice to check the arrival counter resets itself.
 //   moe_mxfp4_to_bf16  the loader conversion vs ref::mxfp4_decode_row, exact.
 //   moe_experts_* moe_mxfp4_forward and moe_bf16_forward (weights converted on the GPU) vs the sum over the k
 //                 experts of weight * ref::expert_mlp_mxfp4, decode and prefill paths, real and odd shapes.
@@ -143,60 +141,6 @@ std::vector<Result> router_topk_cases() {
       T_CHECK(cudaDeviceSynchronize());
       out.push_back(exact_ids(params, d_ids.download(), ids_ref));
       out.push_back(close(params, "max_abs_rel", d_w.download(), w_ref, 1e-5));
-    } catch (const std::exception& e) {
-      out.push_back(fail(params, e.what()));
-    }
-  }
-  return out;
-}
-
-std::vector<Result> router_fused_cases() {
-  std::vector<Result> out;
-  struct C { int n, H, E, k; };
-  const C cases[] = {{1, 2880, 32, 4}, {4, 2880, 128, 4}, {8, 2880, 128, 4}, {3, 96, 5, 2}, {7, 4096, 256, 8}};
-  uint64_t seed = 200;
-  for (const C& c : cases) {
-    char params[96];
-    std::snprintf(params, sizeof params, "n=%d H=%d E=%d k=%d", c.n, c.H, c.E, c.k);
-    try {
-      const auto x16 = to_bf16(randn(size_t(c.n) * c.H, seed++));
-      const auto w16 = to_bf16(randn(size_t(c.E) * c.H, seed++, 0.02f));
-      const auto b16 = to_bf16(randn(c.E, seed++, 0.1f));
-      std::vector<float> logits_ref(size_t(c.n) * c.E);
-      ref::linear(from_bf16(x16).data(), w16.data(), b16.data(), c.n, c.H, c.E, logits_ref.data());
-      DevBuf<uint16_t> d_x(x16), d_w(w16), d_b(b16);
-      DevBuf<float> d_logits(logits_ref.size()), d_wt(size_t(c.n) * c.k);
-      DevBuf<int32_t> d_ids(size_t(c.n) * c.k);
-      DevBuf<uint8_t> ws(cuda::router_workspace_bytes());
-      T_CHECK(cudaMemset(ws.p, 0, ws.n));
-      cuda::RouterParams p;
-      p.x = d_x.p;
-      p.ldx = c.H;
-      p.W = d_w.p;
-      p.b = d_b.p;
-      p.n = c.n;
-      p.H = c.H;
-      p.E = c.E;
-      p.k = c.k;
-      p.logits = d_logits.p;
-      p.ids = d_ids.p;
-      p.weights = d_wt.p;
-      p.workspace = ws.p;
-      for (int rep = 0; rep < 2; rep++) {  // the second run checks that the arrival counter was reset
-        d_logits.poison();
-        d_ids.poison();
-        d_wt.poison();
-        cuda::router_forward(p, 0);
-        T_CHECK(cudaDeviceSynchronize());
-        const std::string pr = std::string(params) + (rep ? " (2nd run)" : "");
-        const auto logits = d_logits.download();
-        std::vector<int32_t> ids_ref(size_t(c.n) * c.k);
-        std::vector<float> w_ref(ids_ref.size());
-        ref::router_topk(logits.data(), c.n, c.E, c.k, ids_ref.data(), w_ref.data());
-        out.push_back(close(pr + " logits", "nmse", logits, logits_ref, 1e-8));
-        out.push_back(exact_ids(pr, d_ids.download(), ids_ref));
-        out.push_back(close(pr + " weights", "max_abs_rel", d_wt.download(), w_ref, 1e-5));
-      }
     } catch (const std::exception& e) {
       out.push_back(fail(params, e.what()));
     }
@@ -386,7 +330,6 @@ std::vector<Result> mxfp4_to_bf16_cases() {
 }
 
 HM_OP_TEST("router_topk", router_topk_cases);
-HM_OP_TEST("router_fused", router_fused_cases);
 HM_OP_TEST("moe_mxfp4_to_bf16", mxfp4_to_bf16_cases);
 HM_OP_TEST("moe_experts_small", [] {
   std::vector<Result> out;

@@ -10,11 +10,11 @@ oracle on the CPU in fp32, so the logits carry no TF32 or kernel-choice noise. O
   case.json         tokens, the arguments, versions, bf16_vs_fp32 stats, and the checks below
 
 Besides running transformers, the script checks that transformers did what we meant and what
-../../../shared/spec/model.md says, so the fixtures test the spec and not an accident:
+../../docs/model.md says, so the fixtures test the spec and not an accident:
   * decodes expert rows itself from the raw _blocks/_scales (low nibble = even column) and compares them with the
     dequantized parameter transformers loaded;
-  * computes the YaRN inv_freq from model.md's formula and compares with transformers' rotary embedding;
-  * runs an independent float64 forward pass written from model.md (spec_forward) and compares its logits with
+  * computes the YaRN inv_freq from docs/model.md's formula and compares with transformers' rotary embedding;
+  * runs an independent float64 forward pass written from docs/model.md (spec_forward) and compares its logits with
     transformers' fp32 logits, then repeats it with one detail changed at a time (window +-1, no sinks, no YaRN,
     gate/up halves instead of interleaved) to show each detail is both in effect and decided the spec's way.
 
@@ -226,7 +226,7 @@ def write_checkpoint(a, out, tensors):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The spec, written independently of transformers (model.md), in float64
+# The spec, written independently of transformers (docs/model.md), in float64
 def decode_mxfp4(blocks, scales):
     """[E, rows, G, 16] u8 + [E, rows, G] u8 -> [E, rows, 32G] float64; low nibble = even column."""
     lut = np.array(FP4_VALUES, dtype=np.float64)
@@ -240,7 +240,7 @@ def decode_mxfp4(blocks, scales):
 
 
 def yarn_inv_freq(dim, base, factor, original, beta_fast=32.0, beta_slow=1.0, truncate=False):
-    """model.md's YaRN: returns (inv_freq[dim/2] float64, attention factor)."""
+    """docs/model.md's YaRN: returns (inv_freq[dim/2] float64, attention factor)."""
     def corr(n):
         return dim * math.log(original / (n * 2 * math.pi)) / (2 * math.log(base))
     low, high = corr(beta_fast), corr(beta_slow)
@@ -334,7 +334,7 @@ def spec_moe(a, t, li, h, interleave=True, route=None):
 
 
 def spec_forward(a, t, tokens, window=None, sinks=True, yarn=True, interleave=True):
-    """Logits [T, V] (float64) of one prefill, straight from model.md. The keyword arguments switch one detail."""
+    """Logits [T, V] (float64) of one prefill, straight from docs/model.md. The keyword arguments switch one detail."""
     f = lambda n: t[n].to(torch.float64)  # noqa: E731
     T = len(tokens)
     cos, sin = spec_rope_tables(a, T, yarn)
@@ -691,7 +691,7 @@ SUITE = {
                                   head_dim=32, vocab=1024, sliding_window=16, rope_form="rope_parameters",
                                   rope_theta=10000.0, yarn_factor=8.0, yarn_original=32, seq_len=80, seed=2,
                                   shards=2, sinks_dtype="f32"),
-    # the real head_dim 64 and real YaRN (inv_freq comparable with model.md's numbers), hidden 96 (3 blocks),
+    # the real head_dim 64 and real YaRN (inv_freq comparable with docs/model.md's numbers), hidden 96 (3 blocks),
     # 6 experts top-3, GQA 2, a layer pattern that is not alternating, 3 shards
     "hd64-realyarn-3shards": dict(layers=4, hidden=96, intermediate=96, experts=6, topk=3, heads=6, kv_heads=3,
                                   head_dim=64, vocab=640, sliding_window=32, layer_types="s,s,f,s",
