@@ -23,13 +23,14 @@ BENCH_PROMPT=4096 timeout 90 $BENCH gpt-oss-20b >> "$OUT/bench.log" 2>&1; echo "
 HARMONIUM_CUDA_GRAPHS=0 timeout 90 $BENCH gpt-oss-20b >> "$OUT/bench.log" 2>&1; echo "bench no-graphs rc=$?" >> "$OUT/bench.log"
 HARMONIUM_CUDA_GRAPHS=0 HARMONIUM_PDL=0 timeout 90 $BENCH gpt-oss-20b >> "$OUT/bench.log" 2>&1; echo "bench no-graphs no-pdl rc=$?" >> "$OUT/bench.log"
 HARMONIUM_PROFILE=1 BENCH_RUNS=1 timeout 120 $BENCH > "$OUT/profile.log" 2>&1; echo "profile rc=$?" >> "$OUT/profile.log"
+timeout 240 node node_modules/vite-node/vite-node.mjs bench/sampling.ts --quick --json "$OUT/sampling.json" > "$OUT/sampling.log" 2>&1; echo "sampling rc=$?" >> "$OUT/sampling.log"
 
 # The CLI end to end on the GPU (needs dist/ carried: the GPU machine has no TypeScript compiler).
 CLI="node bin/harmonium.js"
 {
   echo "== run, dummy gpt-oss-20b, greedy"
   timeout 120 $CLI run --dummy-weights gpt-oss-20b --backend cuda --temperature 0 --max-tokens 128 "hi" </dev/null; echo "run rc=$?"
-  echo "== run, dummy gpt-oss-20b, temperature 1 top_p 0.9 (full-logits path)"
+  echo "== run, dummy gpt-oss-20b, temperature 1 top_p 0.9 (sampled in the step)"
   timeout 120 $CLI run --dummy-weights gpt-oss-20b --backend cuda --top-p 0.9 --seed 1 --max-tokens 128 "hi" </dev/null; echo "run rc=$?"
   echo "== score on a fixture, cuda vs cpu"
   f=test/fixtures/window128-gqa; toks=$(python3 -c "import json;print(','.join(map(str,json.load(open('$f/case.json'))['tokens'][:64])))")

@@ -177,6 +177,7 @@ Napi::Object limits_to_js(Napi::Env env, const hm::StepLimits& l) {
   o.Set("maxSeqs", l.max_seqs);
   o.Set("maxBlocksPerSeq", l.max_blocks_per_seq);
   o.Set("maxTopK", hm::kMaxTopK);
+  o.Set("maxSampleEntries", hm::kMaxSampleEntries);
   return o;
 }
 
@@ -291,6 +292,98 @@ std::vector<T> copy_typed(const Napi::Value& v, const char* what) {
   return std::vector<T>(a.Data(), a.Data() + a.ElementLength());
 }
 
+// ---- sampling in the step: NativeSampling (src/native.ts) -> SampleRow / SampleEntry (sampling.h) ----------------
+template <typename A, napi_typedarray_type kType>
+A typed_field(Fields& o, const char* key, size_t length) {
+  const Napi::Value v = o.get(key);
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != kType)
+    throw std::runtime_error(std::string("step.sampling.") + key + ": has the wrong type");
+  A a = v.As<A>();
+  if (length != size_t(-1) && a.ElementLength() != length)
+    throw std::runtime_error(std::string("step.sampling.") + key + ": must hold " + std::to_string(length) + " entries");
+  return a;
+}
+
+void parse_sampling(const Napi::Value& v, size_t rows, std::vector<hm::SampleRow>& out,
+                    std::vector<hm::SampleEntry>& entries) {
+  Fields o(v, "step.sampling");
+  auto mode = typed_field<Napi::Uint8Array, napi_uint8_array>(o, "mode", rows);
+  auto temperature = typed_field<Napi::Float32Array, napi_float32_array>(o, "temperature", rows);
+  auto top_k = typed_field<Napi::Int32Array, napi_int32_array>(o, "topK", rows);
+  auto top_p = typed_field<Napi::Float32Array, napi_float32_array>(o, "topP", rows);
+  auto min_p = typed_field<Napi::Float32Array, napi_float32_array>(o, "minP", rows);
+  auto rep = typed_field<Napi::Float32Array, napi_float32_array>(o, "repetitionPenalty", rows);
+  auto freq = typed_field<Napi::Float32Array, napi_float32_array>(o, "frequencyPenalty", rows);
+  auto pres = typed_field<Napi::Float32Array, napi_float32_array>(o, "presencePenalty", rows);
+  auto keys = typed_field<Napi::Uint32Array, napi_uint32_array>(o, "noiseKeys", 2 * rows);
+  auto offsets = typed_field<Napi::Int32Array, napi_int32_array>(o, "entryOffsets", rows + 1);
+  auto ids = typed_field<Napi::Int32Array, napi_int32_array>(o, "entryIds", size_t(-1));
+  const size_t n = ids.ElementLength();
+  auto bias = typed_field<Napi::Float32Array, napi_float32_array>(o, "entryBias", n);
+  auto counts = typed_field<Napi::Int32Array, napi_int32_array>(o, "entryCounts", n);
+  auto in_prompt = typed_field<Napi::Uint8Array, napi_uint8_array>(o, "entryInPrompt", n);
+  o.done();
+  if (offsets[0] != 0 || size_t(offsets[rows]) != n)
+    throw std::runtime_error("step.sampling.entryOffsets: must run from 0 to the number of entries");
+  out.resize(rows);
+  for (size_t r = 0; r < rows; r++) {
+    hm::SampleRow& p = out[r];
+    p.mode = mode[r];
+    p.inv_temperature = p.mode == hm::kSampleDraw ? 1.f / temperature[r] : 1.f;
+    p.top_k = top_k[r];
+    p.top_p = top_p[r];
+    p.log_min_p = min_p[r] > 0.f ? std::log(min_p[r]) : -INFINITY;
+    p.repetition = rep[r];
+    p.frequency = freq[r];
+    p.presence = pres[r];
+    p.key1 = keys[2 * r];
+    p.key2 = keys[2 * r + 1];
+    p.entry_begin = offsets[r];
+    p.entry_end = offsets[r + 1];
+  }
+  entries.resize(n);
+  for (size_t j = 0; j < n; j++) entries[j] = {ids[j], bias[j], counts[j], in_prompt[j]};
+}
+
+// sampleLogits(logits, vocab, sampling): the CPU reference draw over given rows (tests hold the device path
+// against the TypeScript definition with it).
+Napi::Value SampleLogits(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    if (info.Length() < 3 || !info[0].IsTypedArray() || !info[1].IsNumber())
+      throw std::runtime_error("sampleLogits(logits, vocab, sampling)");
+    auto logits = info[0].As<Napi::Float32Array>();
+    const int vocab = info[1].As<Napi::Number>().Int32Value();
+    if (vocab <= 0 || logits.ElementLength() % size_t(vocab)) throw std::runtime_error("sampleLogits: logits must be rows of vocab");
+    const size_t rows = logits.ElementLength() / size_t(vocab);
+    std::vector<hm::SampleRow> p;
+    std::vector<hm::SampleEntry> entries;
+    parse_sampling(info[2], rows, p, entries);
+    hm::StepBatch b;
+    b.num_seqs = int(rows);
+    b.sample_rows = p.data();
+    b.sample_entries = entries.data();
+    b.num_sample_entries = int(entries.size());
+    hm::validate_sampling(b, vocab);
+    auto token = Napi::Int32Array::New(env, rows);
+    auto logit = Napi::Float32Array::New(env, rows);
+    for (size_t r = 0; r < rows; r++) {
+      token[r] = -1;
+      logit[r] = NAN;
+      if (p[r].mode != hm::kSampleNone)
+        hm::sample_row_ref(logits.Data() + r * vocab, vocab, p[r], entries.data() + p[r].entry_begin,
+                           p[r].entry_end - p[r].entry_begin, &token[r], &logit[r]);
+    }
+    auto o = Napi::Object::New(env);
+    o.Set("sampled", token);
+    o.Set("sampledLogit", logit);
+    return o;
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+}
+// ---- end of sampling in the step --------------------------------------------------------------------------------
+
 class StepWorker : public Napi::AsyncWorker {
  public:
   StepWorker(Napi::Env env, NativeModel* model, Napi::Object self)
@@ -300,6 +393,8 @@ class StepWorker : public Napi::AsyncWorker {
   Napi::Promise promise() { return deferred_.Promise(); }
   std::vector<int32_t> tokens, positions, seq_lens, block_tables;
   std::vector<uint8_t> full_logits;
+  std::vector<hm::SampleRow> sample_rows;
+  std::vector<hm::SampleEntry> sample_entries;
   hm::StepBatch batch;
 
   void bind_arrays() {
@@ -308,6 +403,9 @@ class StepWorker : public Napi::AsyncWorker {
     batch.seq_lens = seq_lens.data();
     batch.block_tables = block_tables.data();
     batch.full_logits = full_logits.empty() ? nullptr : full_logits.data();
+    batch.sample_rows = sample_rows.empty() ? nullptr : sample_rows.data();
+    batch.sample_entries = sample_entries.data();
+    batch.num_sample_entries = static_cast<int>(sample_entries.size());
   }
   void Execute() override {
     try {
@@ -344,6 +442,8 @@ class StepWorker : public Napi::AsyncWorker {
     o.Set("topLogits", f32(out_.top_logits));
     o.Set("logitsRows", i32(out_.logits_rows));
     o.Set("logits", f32(out_.logits));
+    o.Set("sampled", i32(out_.sampled));
+    o.Set("sampledLogit", f32(out_.sampled_logit));
     deferred_.Resolve(o);
   }
   void OnError(const Napi::Error& e) override {
@@ -383,6 +483,7 @@ Napi::Value NativeModel::Step(const Napi::CallbackInfo& info) {
     w->batch.max_blocks_per_seq = in.integer("maxBlocksPerSeq");
     w->batch.all_positions = in.flag_or("allPositions", false);
     w->batch.top_k = in.integer_or("topK", 0);
+    if (in.has("sampling")) parse_sampling(in.get("sampling"), w->seq_lens.size(), w->sample_rows, w->sample_entries);
     in.done();
     // The arrays' lengths (the batch itself is checked by validate_step).
     if (w->positions.size() != w->tokens.size()) throw std::runtime_error("step: positions and tokens differ in length");
@@ -446,6 +547,7 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   }
   o.Set("defaults", defaults);
   o.Set("maxTopK", hm::kMaxTopK);
+  o.Set("maxSampleEntries", hm::kMaxSampleEntries);
   return o;
 }
 
@@ -497,6 +599,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
   exports.Set("weightLayout", Napi::Function::New(env, WeightLayout));
   exports.Set("cudaDevices", Napi::Function::New(env, CudaDevices));
+  exports.Set("sampleLogits", Napi::Function::New(env, SampleLogits));
   return exports;
 }
 

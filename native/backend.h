@@ -8,6 +8,7 @@
 
 #include "hm_limits.h"
 #include "model_config.h"
+#include "sampling.h"
 #include "tensor_source.h"
 
 namespace hm {
@@ -30,6 +31,11 @@ struct StepBatch {
   const uint8_t* full_logits = nullptr;
   // Narrowed candidates per output row, computed on the device (0..kMaxTopK).
   int top_k = 0;
+  // Sampling in the step (sampling.h), after the raw narrowing above: one SampleRow per sequence (its output row;
+  // not with all_positions), and the rows' SampleEntry ranges. Null = no row is sampled.
+  const SampleRow* sample_rows = nullptr;
+  const SampleEntry* sample_entries = nullptr;
+  int num_sample_entries = 0;
 };
 
 struct StepOutput {
@@ -43,6 +49,8 @@ struct StepOutput {
   std::vector<float> top_logits;      // [rows * top_k] raw logits
   std::vector<int32_t> logits_rows;   // which output rows have full logits, in order
   std::vector<float> logits;          // [logits_rows.size() * vocab]
+  std::vector<int32_t> sampled;       // [rows] when sample_rows: the drawn token (-1 where mode is none)
+  std::vector<float> sampled_logit;   // [rows] its raw logit (logprob = sampled_logit - logsumexp)
 };
 
 // Every default of a load lives here; the addon fills a missing option from default_load_options() and publishes
@@ -88,6 +96,8 @@ StepLimits step_limits(const ModelConfig& cfg, const LoadOptions& opt, int num_b
 // (consecutive positions per sequence, block ids in the pool for every position read). Every check runs before a
 // backend touches its cache, so a bad batch leaves the model as it was.
 void validate_step(const StepBatch& b, const StepLimits& lim);
+// The sampling part of validate_step (ranges, CSR bounds, ids; sampleLogits() runs it alone).
+void validate_sampling(const StepBatch& batch, int vocab);
 
 struct BackendInfo {
   std::string backend;

@@ -1,4 +1,5 @@
 // The one check of the load options and of a step batch (backend.h), shared by every backend and run by the addon.
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -30,6 +31,32 @@ StepLimits step_limits(const ModelConfig& cfg, const LoadOptions& opt, int num_b
   l.vocab = cfg.vocab;
   l.max_positions = cfg.max_positions;
   return l;
+}
+
+void validate_sampling(const StepBatch& b, int vocab) {
+  if (!b.sample_rows) return;
+  if (b.all_positions) throw std::runtime_error("step: sampling needs one output row per sequence (not allPositions)");
+  if (b.num_sample_entries < 0 || b.num_sample_entries > kMaxSampleEntries || (b.num_sample_entries && !b.sample_entries))
+    throw std::runtime_error("step: sampling entries must number 0.." + str(kMaxSampleEntries));
+  for (int s = 0; s < b.num_seqs; s++) {
+    const SampleRow& p = b.sample_rows[s];
+    const std::string where = "step: sampling of sequence " + str(s) + ": ";
+    if (p.mode < kSampleNone || p.mode > kSampleDraw) throw std::runtime_error(where + "unknown mode");
+    if (p.entry_begin < 0 || p.entry_end < p.entry_begin || p.entry_end > b.num_sample_entries)
+      throw std::runtime_error(where + "entry range outside the entries");
+    if (!(p.inv_temperature > 0.f) || !std::isfinite(p.inv_temperature) || p.top_k < 0 || !(p.top_p > 0.f && p.top_p <= 1.f) ||
+        !(p.repetition > 0.f) || std::isnan(p.log_min_p) || p.log_min_p > 0.f)
+      throw std::runtime_error(where + "parameter out of range");
+    if (b.full_logits && b.full_logits[s] && p.mode != kSampleNone)
+      throw std::runtime_error(where + "a row with full logits is sampled on the host");
+    for (int j = p.entry_begin; j < p.entry_end; j++) {
+      const SampleEntry& e = b.sample_entries[j];
+      if (e.id < 0 || e.id >= vocab) throw std::runtime_error(where + "entry token id " + str(e.id) + " outside the vocabulary");
+      if (e.count < 0) throw std::runtime_error(where + "negative count");
+      if (j > p.entry_begin && e.id <= b.sample_entries[j - 1].id)
+        throw std::runtime_error(where + "entry ids must be strictly increasing");
+    }
+  }
 }
 
 void validate_step(const StepBatch& b, const StepLimits& lim) {
@@ -71,6 +98,7 @@ void validate_step(const StepBatch& b, const StepLimits& lim) {
     t += n;
   }
   if (t != b.num_tokens) throw std::runtime_error("step: seqLens do not add up to the number of tokens");
+  validate_sampling(b, lim.vocab);
 }
 
 }  // namespace hm

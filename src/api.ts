@@ -128,6 +128,7 @@ export class Harmonium {
         maxSeqs: info.limits.maxSeqs,
         maxBatchTokens: info.limits.maxBatchTokens,
         contextLength,
+        maxSampleEntries: info.limits.maxSampleEntries,
       });
       const noise = tiny || opts.dummyWeights !== undefined;
       const source = tiny ? 'tiny' : (opts.model ?? opts.dummyWeights!);

@@ -41,6 +41,36 @@ export interface NativeStepInput {
   fullLogits?: Uint8Array;
   /** Narrowed candidates per row (0..maxTopK()). */
   topK?: number;
+  /** Sampling in the step, one entry per sequence (its output row); absent = no row is sampled. */
+  sampling?: NativeSampling;
+}
+
+/**
+ * Per-sequence sampling parameters and the tokens whose logits an adjustment touches (native/sampling.h has the
+ * definition the step applies). Entries are a CSR list: sequence s owns entries entryOffsets[s] ..
+ * entryOffsets[s + 1] - 1, ids strictly increasing.
+ */
+export interface NativeSampling {
+  /** 0 = not sampled in the step, 1 = greedy over the adjusted logits, 2 = a draw. */
+  mode: Uint8Array;
+  temperature: Float32Array;
+  /** 0 = off. */
+  topK: Int32Array;
+  topP: Float32Array;
+  minP: Float32Array;
+  repetitionPenalty: Float32Array;
+  frequencyPenalty: Float32Array;
+  presencePenalty: Float32Array;
+  /** [2 * numSeqs] the noise keys of (seed, step): StepNoise in src/sampling/rng.ts. */
+  noiseKeys: Uint32Array;
+  /** [numSeqs + 1] */
+  entryOffsets: Int32Array;
+  entryIds: Int32Array;
+  entryBias: Float32Array;
+  /** Occurrences in the output so far. */
+  entryCounts: Int32Array;
+  /** 1 = the token occurs in the prompt. */
+  entryInPrompt: Uint8Array;
 }
 
 export interface NativeStepOutput {
@@ -58,6 +88,9 @@ export interface NativeStepOutput {
   logitsRows: Int32Array;
   /** [logitsRows.length * vocab] */
   logits: Float32Array;
+  /** [numRows] with `sampling`: the token drawn in the step (-1 where mode is 0), and its raw logit. */
+  sampled?: Int32Array;
+  sampledLogit?: Float32Array;
 }
 
 /** What one step may hold on a loaded model (the addon checks every step against them). */
@@ -66,6 +99,8 @@ export interface NativeStepLimits {
   maxSeqs: number;
   maxBlocksPerSeq: number;
   maxTopK: number;
+  /** The most sampling entries one step may carry. */
+  maxSampleEntries: number;
 }
 
 export interface NativeModelInfo {
@@ -98,6 +133,8 @@ export interface NativeAddon {
   buildInfo(): NativeBuildInfo;
   /** Every tensor the config implies: the one weight layout both native loaders bind by name. */
   weightLayout(config: ModelConfig): NativeTensorSpec[];
+  /** The CPU reference of sampling in the step, over rows of given logits ([rows * vocab]). */
+  sampleLogits(logits: Float32Array, vocab: number, sampling: NativeSampling): { sampled: Int32Array; sampledLogit: Float32Array };
   cudaDevices(): { count: number; reason: string };
 }
 
@@ -115,6 +152,8 @@ export interface NativeBuildInfo {
   defaults: Record<'cpu' | 'cuda', NativeLoadDefaults>;
   /** The most narrowed candidates a step may ask for. */
   maxTopK: number;
+  /** The most sampling entries (NativeSampling's entry arrays) one step may carry. */
+  maxSampleEntries: number;
 }
 
 export interface NativeTensorSpec {
@@ -154,6 +193,11 @@ export function buildInfo(): NativeBuildInfo {
 /** The most narrowed candidates a model step returns per row. */
 export function maxTopK(): number {
   return buildInfo().maxTopK;
+}
+
+/** The most sampling entries one model step may carry (beyond them the host samples from full logits). */
+export function maxSampleEntries(): number {
+  return buildInfo().maxSampleEntries;
 }
 
 /** The checkpoint tensors a config implies, from the native weight layout. */

@@ -128,13 +128,29 @@ describe('engine on a fake model', () => {
     expect(engine.freeBlocks).toBe(64);
   });
 
-  it('narrows when it can and asks for full logits only when it must', async () => {
+  it('samples in the step; full logits only when the step\'s entry buffer overflows', async () => {
     const { engine, model } = setup();
     await request(engine, [1, 2], { temperature: 0 }, 3).done;
     await request(engine, [1, 2], { top_k: 10, seed: 1 }, 3).done;
+    await request(engine, [1, 2], { temperature: 0.8, top_p: 0.9, seed: 1 }, 3).done;
+    await request(engine, [1, 2, 2, 3], { repetition_penalty: 1.2, frequency_penalty: 0.5, seed: 2 }, 3).done;
     expect(model.steps.every((s) => !s.fullLogits?.some((x) => x))).toBe(true);
-    expect(engine.stats.fullLogitRows).toBe(0);
-    await request(engine, [1, 2], { temperature: 0.8, seed: 1 }, 3).done;
-    expect(engine.stats.fullLogitRows).toBe(3);
+    expect(engine.stats).toMatchObject({ argmaxRows: 3, deviceRows: 9, fullLogitRows: 0 });
+    const penalised = model.steps.at(-1)!.sampling!;
+    const ids = Array.from(penalised.entryIds);
+    expect(ids).toEqual([...ids].sort((a, b) => a - b));
+    for (const id of [1, 2, 3]) expect(penalised.entryInPrompt[ids.indexOf(id)]).toBe(1);
+    expect(penalised.entryCounts.reduce((a, b) => a + b, 0)).toBe(2); // two tokens generated before the last step
+
+    const small = new Engine(model, { vocabSize: VOCAB, numBlocks: 64, blockSize: 4, maxSeqs: 8, maxBatchTokens: 64, contextLength: 200, maxSampleEntries: 2 });
+    const tokens: number[] = [];
+    await small.generate({
+      prompt: [1, 2, 3],
+      sampling: resolveSampling({ repetition_penalty: 1.2, seed: 3 }, VOCAB, () => 0),
+      maxTokens: 2,
+      stopTokenIds: new Set(),
+      onToken: (t) => void tokens.push(t.token),
+    });
+    expect(small.stats.fullLogitRows).toBe(2);
   });
 });

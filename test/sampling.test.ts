@@ -1,8 +1,11 @@
-// Sampling: the drawn distribution against a direct full-vocabulary implementation of the definition, narrowed vs
-// full rows, determinism, parameter validation, stop strings.
+// Sampling: the drawn distribution of both paths (the TypeScript full-vocabulary path, and the step's device path
+// on its CPU reference) against a direct implementation of the definition, determinism, logprobs, parameter
+// validation, stop strings. Large-vocabulary and in-the-step tests are in sampling_device.test.ts.
 import { describe, expect, it } from 'vitest';
 import { resolveSampling, SamplingParamError, type SamplingParams } from '../src/sampling/params.js';
-import { SequenceSampler, type LogitsRow, type SamplePlan } from '../src/sampling/sampler.js';
+import { loadAddon } from '../src/native.js';
+import { SamplingBatch } from '../src/sampling/device.js';
+import { SequenceSampler, type LogitsRow } from '../src/sampling/sampler.js';
 import { StopStrings } from '../src/sampling/stop.js';
 
 /** Deterministic synthetic logits (a mulberry32 stream scaled to a realistic spread). */
@@ -78,6 +81,17 @@ function newSampler(p: SamplingParams, vocab: number, prompt: number[], output: 
   return s;
 }
 
+/** The device path on the CPU reference (the addon's sampleLogits): one row per sampler, every row `logits`. */
+function drawDevice(samplers: SequenceSampler[], logits: Float32Array): { sampled: Int32Array; sampledLogit: Float32Array } {
+  let entries = 0;
+  for (const s of samplers) entries += s.entries().length;
+  const batch = new SamplingBatch(samplers.length, entries);
+  for (const s of samplers) batch.push(s);
+  const rows = new Float32Array(samplers.length * logits.length);
+  for (let r = 0; r < samplers.length; r++) rows.set(logits, r * logits.length);
+  return loadAddon().sampleLogits(rows, logits.length, batch.finish());
+}
+
 /** Chi-square statistic over bins with expected count >= 5 (the rest pooled), and its degrees of freedom. */
 function chiSquare(observed: Float64Array, expected: Float64Array): { stat: number; df: number } {
   let stat = 0;
@@ -127,35 +141,49 @@ const CASES: { name: string; p: SamplingParams; prompt?: number[]; output?: numb
     output: [3, 3, 9],
   },
   { name: 'logit_bias', p: { logit_bias: { '3': 6, '17': -100, '40': 2.5 }, top_p: 0.9 } },
+  {
+    name: 'greedy with penalties and a bias',
+    p: { temperature: 0, repetition_penalty: 1.3, frequency_penalty: 0.5, logit_bias: { '40': 1.5 } },
+    prompt: [17, 34],
+    output: [17, 51],
+  },
 ];
+
+function check(observed: Float64Array, expected: Float64Array, draws: number): void {
+  const { stat, df } = chiSquare(observed, expected.map((q) => q * draws));
+  expect(stat).toBeLessThan(chiCritical(df));
+  let tv = 0;
+  for (let i = 0; i < expected.length; i++) tv += Math.abs(observed[i] / draws - expected[i]) / 2;
+  expect(tv).toBeLessThan(0.03);
+}
 
 describe('sampling distribution matches the full-vocabulary definition', () => {
   const vocab = 96;
   const logits = syntheticLogits(vocab, 7, 3);
   const draws = 12000;
   for (const c of CASES) {
-    it(c.name, () => {
-      const prompt = c.prompt ?? [];
-      const output = c.output ?? [];
-      const expected = referenceProbs(logits, c.p, prompt, output);
+    const prompt = c.prompt ?? [];
+    const output = c.output ?? [];
+    const expected = referenceProbs(logits, c.p, prompt, output);
+    it(`${c.name}: full path`, () => {
       const observed = new Float64Array(vocab);
-      let narrowed = 0;
       for (let d = 0; d < draws; d++) {
         const s = newSampler(c.p, vocab, prompt, output, 1000 + d);
         const plan = s.plan();
-        if (plan.mode === 'narrow') narrowed++;
-        observed[s.sample(makeRow(logits, Math.max(plan.topK, 1), plan.mode === 'full'), plan).token]++;
+        expect(plan.mode).toBe('device');
+        observed[s.sample({ ...makeRow(logits, 1, true), sampled: undefined }, { ...plan, mode: 'full' }).token]++;
       }
-      const exp = expected.map((q) => q * draws);
-      const { stat, df } = chiSquare(observed, exp);
-      expect(stat).toBeLessThan(chiCritical(df));
-      let tv = 0;
-      for (let i = 0; i < vocab; i++) tv += Math.abs(observed[i] / draws - expected[i]) / 2;
-      expect(tv).toBeLessThan(0.03);
-      // Cases limited by top_k with no raising adjustment must take the narrowed path.
-      const r = resolveSampling(c.p, vocab, () => 0);
-      if (r.topK > 0 && c.name !== 'penalties that raise') expect(narrowed).toBe(draws);
-      if (c.name === 'penalties that raise' || c.name === 'logit_bias') expect(narrowed).toBe(0);
+      check(observed, expected, draws);
+    });
+    it(`${c.name}: device path (CPU reference)`, () => {
+      const samplers = Array.from({ length: draws }, (_, d) => newSampler(c.p, vocab, prompt, output, 1000 + d));
+      const { sampled, sampledLogit } = drawDevice(samplers, logits);
+      const observed = new Float64Array(vocab);
+      sampled.forEach((t, d) => {
+        observed[t]++;
+        expect(sampledLogit[d]).toBe(logits[t]);
+      });
+      check(observed, expected, draws);
     });
   }
 });
@@ -168,57 +196,33 @@ describe('top_p over a large vocabulary (bucketed nucleus)', () => {
     const expected = referenceProbs(logits, p, [], []);
     const draws = 4000;
     const observed = new Float64Array(vocab);
-    const row = makeRow(logits, 1, true);
-    for (let d = 0; d < draws; d++) {
-      const s = newSampler(p, vocab, [], [], 50000 + d);
-      observed[s.sample(row, s.plan()).token]++;
-    }
+    for (let d = 0; d < draws; d++) observed[newSampler(p, vocab, [], [], 50000 + d).sampleFull(logits)]++;
     const { stat, df } = chiSquare(observed, expected.map((q) => q * draws));
     expect(stat).toBeLessThan(chiCritical(df));
   });
 });
 
-describe('narrowed and full rows give the same tokens', () => {
-  const vocab = 201088;
-  const logits = syntheticLogits(vocab, 11, 6);
-  const full = makeRow(logits, 256, true);
-  const cases: SamplingParams[] = [
-    { temperature: 0.9, top_k: 40 },
-    { temperature: 1.2, top_k: 200, top_p: 0.5, min_p: 0.01 },
-    { temperature: 0, repetition_penalty: 1.2 },
-    { top_k: 5, frequency_penalty: 1, presence_penalty: 0.5, logit_bias: { [String(full.topIds[0])]: -3 } },
-  ];
-  for (const p of cases) {
-    it(JSON.stringify(p), () => {
-      for (let seed = 0; seed < 25; seed++) {
-        const prompt = [full.topIds[1], full.topIds[3], 12345];
-        const output = [full.topIds[2], full.topIds[2], 999];
-        const a = newSampler(p, vocab, prompt, output, seed);
-        const b = newSampler(p, vocab, prompt, output, seed);
-        const plan = a.plan();
-        expect(plan.mode === 'narrow' || plan.mode === 'argmax').toBe(true);
-        const narrowRow: LogitsRow = { ...full, logits: undefined };
-        const ta = a.sample(narrowRow, plan).token;
-        const tb = b.sample(full, { mode: 'full', topK: 0 } satisfies SamplePlan).token;
-        expect(ta).toBe(tb);
-      }
-    });
-  }
-
-  it('greedy without adjustments takes the native argmax', () => {
+describe('plans', () => {
+  const vocab = 1000;
+  it('greedy without adjustments takes the native argmax; everything else is drawn in the step', () => {
+    const logits = syntheticLogits(vocab, 1);
+    const row = makeRow(logits, 0, false);
     const s = newSampler({ temperature: 0 }, vocab, [1, 2], [], 0);
     const plan = s.plan();
     expect(plan).toEqual({ mode: 'argmax', topK: 0 });
-    expect(s.sample(full, plan).token).toBe(full.argmax);
+    expect(s.sample(row, plan).token).toBe(row.argmax);
+    for (const p of [{ temperature: 1 }, { top_p: 0.9 }, { temperature: 0, repetition_penalty: 1.2 }, { logit_bias: { '5': 3 } }])
+      expect(newSampler(p, vocab, [1, 2], [], 0).plan().mode).toBe('device');
+    expect(newSampler({ logprobs: true, top_logprobs: 7 }, vocab, [], [], 0).plan()).toEqual({ mode: 'device', topK: 7 });
   });
-
-  it('unlimited sampling and raising adjustments ask for full logits', () => {
-    expect(newSampler({ temperature: 1 }, vocab, [], [], 0).plan().mode).toBe('full');
-    expect(newSampler({ top_k: 50, logit_bias: { '5': 1 } }, vocab, [], [], 0).plan().mode).toBe('full');
-    expect(newSampler({ top_k: 50, presence_penalty: -1 }, vocab, [], [7], 0).plan().mode).toBe('full');
-    // Too many lowered tokens for 256 candidates.
-    const longPrompt = Array.from({ length: 300 }, (_, i) => i);
-    expect(newSampler({ top_k: 50, repetition_penalty: 1.1 }, vocab, longPrompt, [], 0).plan().mode).toBe('full');
+  it('entries: the touched tokens by id, with bias, counts and the prompt flag', () => {
+    const s = newSampler({ repetition_penalty: 1.1, frequency_penalty: 0.2, logit_bias: { '9': -2, '400': 1 } }, vocab, [7, 3, 7], [3, 500, 3], 0);
+    const t = s.entries();
+    expect(Array.from(t.ids.subarray(0, t.length))).toEqual([3, 7, 9, 400, 500]);
+    expect(Array.from(t.counts.subarray(0, t.length))).toEqual([2, 0, 0, 0, 1]);
+    expect(Array.from(t.inPrompt.subarray(0, t.length))).toEqual([1, 1, 0, 0, 0]);
+    expect(Array.from(t.bias.subarray(0, t.length))).toEqual([0, 0, -2, 1, 0]);
+    expect(newSampler({ temperature: 1 }, vocab, [1, 2], [3], 0).entries().length).toBe(0);
   });
 });
 
@@ -229,8 +233,8 @@ describe('determinism and logprobs', () => {
     const s = new SequenceSampler(resolveSampling({ ...p, seed }, vocab, () => 0), [1, 2, 3]);
     const out: number[] = [];
     for (let i = 0; i < 40; i++) {
-      const plan = s.plan();
-      out.push(s.sample(makeRow(logits, Math.max(plan.topK, 1), plan.mode === 'full'), plan).token);
+      const { sampled, sampledLogit } = drawDevice([s], logits);
+      out.push(s.sample({ ...makeRow(logits, 0, false), sampled: sampled[0], sampledLogit: sampledLogit[0] }, s.plan()).token);
     }
     return out;
   }
@@ -244,7 +248,8 @@ describe('determinism and logprobs', () => {
     const plan = s.plan();
     expect(plan.topK).toBe(5);
     const row = makeRow(logits, plan.topK, false);
-    const out = s.sample(row, plan);
+    const { sampled, sampledLogit } = drawDevice([s], logits);
+    const out = s.sample({ ...row, sampled: sampled[0], sampledLogit: sampledLogit[0] }, plan);
     expect(out.logprob).toBeCloseTo(logits[out.token] - row.logsumexp, 6);
     expect(out.topLogprobs!.map((t) => t.token)).toEqual(Array.from(row.topIds.slice(0, 5)));
     const total = Array.from(logits).reduce((acc, l) => acc + Math.exp(l - row.logsumexp), 0);

@@ -108,16 +108,17 @@ describe('the addon reads strictly and publishes its limits', () => {
     await expect(loadModel({ dummy: 'gpt-oss-20b', backend: 'cpu', maxSeq: 4 } as never)).rejects.toThrow(/options\.maxSeq: unknown key/);
   });
 
-  it('buildInfo() carries the defaults and the top-k limit; info() the limits a model was loaded with', async () => {
+  it('buildInfo() carries the defaults, the top-k and sampling-entry limits; info() the limits a model was loaded with', async () => {
     const b = buildInfo();
     expect(b.maxTopK).toBe(256);
+    expect(b.maxSampleEntries).toBe(2 ** 20);
     expect(b.defaults.cpu).toMatchObject({ blockSize: 16, maxSeqs: 16, maxBatchTokens: 512 });
     expect(b.defaults.cuda).toMatchObject({ blockSize: 16, maxSeqs: 16, maxBatchTokens: 2048 });
     const m = await loadModel({ model: join(fixturesDir, fixtureCases()[0]), backend: 'cpu', numBlocks: 4 });
     try {
       const info = m.info();
       expect(info.blockSize).toBe(b.defaults.cpu.blockSize);
-      expect(info.limits).toMatchObject({ maxSeqs: 16, maxBatchTokens: 512, maxTopK: 256 });
+      expect(info.limits).toMatchObject({ maxSeqs: 16, maxBatchTokens: 512, maxTopK: 256, maxSampleEntries: 2 ** 20 });
       expect(info.limits.maxBlocksPerSeq).toBe(Math.ceil(m.config.maxPositions / info.blockSize));
     } finally {
       m.close();

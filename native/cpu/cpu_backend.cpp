@@ -3,6 +3,7 @@
 // every CUDA kernel is held against, so it favours clarity; rows of weight matrices and attention heads are
 // spread over the cores by thread_pool.h.
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -192,6 +193,10 @@ class CpuBackend : public Backend {
     for (int r = 0; r < rows; r++)
       if (b.full_logits && b.full_logits[row_seq[r]]) out.logits_rows.push_back(r);
     out.logits.resize(out.logits_rows.size() * static_cast<size_t>(V));
+    if (b.sample_rows) {
+      out.sampled.assign(rows, -1);
+      out.sampled_logit.assign(rows, NAN);
+    }
 
     std::vector<float> h, logits;
     size_t full_done = 0;
@@ -207,6 +212,12 @@ class CpuBackend : public Backend {
           narrow_logits_row(logits.data() + static_cast<size_t>(i) * V, V, b.top_k, out.top_ids.data() + static_cast<size_t>(r) * b.top_k,
                             out.top_logits.data() + static_cast<size_t>(r) * b.top_k, &out.argmax[r], &out.max_logit[r],
                             &out.logsumexp[r]);
+          // Sampling in the step (sampling.h): on the raw row, after its narrowing.
+          if (b.sample_rows && b.sample_rows[row_seq[r]].mode != kSampleNone) {
+            const SampleRow& p = b.sample_rows[row_seq[r]];
+            sample_row_ref(logits.data() + static_cast<size_t>(i) * V, V, p, b.sample_entries + p.entry_begin,
+                           p.entry_end - p.entry_begin, &out.sampled[r], &out.sampled_logit[r]);
+          }
         }
       });
       for (int i = 0; i < n; i++) {

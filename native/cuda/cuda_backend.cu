@@ -1,9 +1,10 @@
 // The CUDA backend: hm::Backend on one GPU. Owns the weights (weights.cu), the paged bf16 KV cache and an
 // activation workspace sized once at load. A step is four parts: plan_step (host: index arrays, prefill tiles,
-// split-K shapes), upload (the batch's small index arrays in one copy), launch (the forward pass as a fixed
-// sequence of kernel launches on one stream, PDL-chained on sm_90+; a decode-only step is captured once per batch
-// shape as a CUDA graph and replayed; the logits narrowed on the GPU) and readback (one synchronisation, then the
-// narrowed results). HARMONIUM_PDL=0 / HARMONIUM_CUDA_GRAPHS=0 turn either off.
+// split-K shapes, which sampling kernels run), upload (the batch's small index arrays in one copy, the sampling
+// rows and entries in their own buffers), launch (the forward pass as a fixed sequence of kernel launches on one
+// stream, PDL-chained on sm_90+; a decode-only step is captured once per batch shape as a CUDA graph and replayed;
+// the logits narrowed on the GPU, then sampled there: kernels/sample.h) and readback (one synchronisation, then the
+// narrowed results and the sampled tokens). HARMONIUM_PDL=0 / HARMONIUM_CUDA_GRAPHS=0 turn either off.
 //
 // Per layer: rmsnorm -> fused qkv projection (the norm fused in for decode) -> rope + KV write (inside the decode
 // attention kernel on decode-only steps) -> attention (prefill tiles and/or split-K
@@ -28,6 +29,7 @@
 #include "logits.h"
 #include "moe.h"
 #include "norm_rope.h"
+#include "sample.h"
 #include "weights.h"
 
 namespace hm {
@@ -149,7 +151,7 @@ class CudaBackend final : public Backend {
 
  private:
   void forward_layers(int T);
-  void logits_rows(int first_row, int rows, int top_k);
+  void logits_rows(int first_row, int rows, int top_k, int sample_stages);
 
   ModelConfig cfg_;
   LoadOptions opt_;
@@ -189,6 +191,15 @@ class CudaBackend final : public Backend {
   float* d_lse_ = nullptr;
   int32_t* d_top_ids_ = nullptr;
   float* d_top_logits_ = nullptr;
+  // sampling in the step (kernels/sample.h): per-sequence params and entries uploaded each step, outputs per row
+  SampleRow* d_sample_rows_ = nullptr;        // [max_seqs]
+  SampleEntry* d_sample_entries_ = nullptr;   // [kMaxSampleEntries]
+  float* d_sample_saved_ = nullptr;           // [kMaxSampleEntries] raw logits of the entries
+  int32_t* d_sampled_ = nullptr;              // [Tmax]
+  float* d_sampled_logit_ = nullptr;          // [Tmax]
+  void* sample_ws_ = nullptr;
+  size_t sample_ws_bytes_ = 0;
+  PinnedBuf h_sample_;                        // the rows and entries, staged for their upload
   // the step's index arrays, uploaded in one copy
   int32_t* d_idx_ = nullptr;
   size_t idx_cap_ = 0;
@@ -207,6 +218,8 @@ class CudaBackend final : public Backend {
     std::vector<int32_t> full_rows;      // output rows whose full logits go to the host
     int T = 0, S = 0, max_bps = 0, rows = 0, top_k = 0;
     int n_decode = 0, n_tiles = 0;
+    bool sampled = false;   // the batch has sample rows (the output carries sampled / sampled_logit)
+    int sample_stages = 0;  // their SampleStage mask: which sampling kernels run (0 = none)
     // split-K decode attention shape per layer kind (index 0: full layers, 1: sliding layers)
     int dec_kps[2] = {0, 0}, dec_splits[2] = {0, 0};
   };
@@ -225,7 +238,7 @@ class CudaBackend final : public Backend {
 
   // CUDA graph of the last decode-only step shape, replayed while the shape holds (one host launch per step).
   struct GraphKey {
-    int T, S, mbps, rows, top_k, kps0, splits0, kps1, splits1;
+    int T, S, mbps, rows, top_k, kps0, splits0, kps1, splits1, sample_stages;
     bool operator==(const GraphKey& o) const { return std::memcmp(this, &o, sizeof o) == 0; }
   };
   class GraphCache {
@@ -246,7 +259,7 @@ class CudaBackend final : public Backend {
     cudaGraphExec_t exec_ = nullptr;
   };
   GraphCache graphs_;
-  void run_forward(int T, int rows, int top_k);
+  void run_forward(int T, int rows, int top_k, int sample_stages);
   StepProfiler prof_;
 };
 
@@ -318,6 +331,13 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   d_lse_ = mem_.alloc<float>(Tm, what);
   d_top_ids_ = mem_.alloc<int32_t>(size_t(Tm) * kMaxTopK, what);
   d_top_logits_ = mem_.alloc<float>(size_t(Tm) * kMaxTopK, what);
+  d_sample_rows_ = mem_.alloc<SampleRow>(opt.max_seqs, what);
+  d_sample_entries_ = mem_.alloc<SampleEntry>(kMaxSampleEntries, what);
+  d_sample_saved_ = mem_.alloc<float>(kMaxSampleEntries, what);
+  d_sampled_ = mem_.alloc<int32_t>(Tm, what);
+  d_sampled_logit_ = mem_.alloc<float>(Tm, what);
+  sample_ws_bytes_ = sample_workspace_bytes(kLogitRowsPerChunk);
+  sample_ws_ = mem_.alloc<char>(sample_ws_bytes_, what);
   const int max_blocks_per_seq = step_limits(cfg, opt, 0).max_blocks_per_seq;
   idx_cap_ = size_t(Tm) * 6 + size_t(opt.max_seqs) * max_blocks_per_seq + 2 * size_t(Tm) + 64;
   d_idx_ = mem_.alloc<int32_t>(idx_cap_, what);
@@ -570,8 +590,9 @@ void CudaBackend::forward_layers(int T) {
   }
 }
 
-// Final norm, lm_head and narrowing for output rows [first_row, first_row + rows) (rows <= kLogitRowsPerChunk).
-void CudaBackend::logits_rows(int first_row, int rows, int top_k) {
+// Final norm, lm_head, narrowing and sampling for output rows [first_row, first_row + rows)
+// (rows <= kLogitRowsPerChunk).
+void CudaBackend::logits_rows(int first_row, int rows, int top_k, int sample_stages) {
   RmsNormParams n = rmsnorm_params(w_.final_norm, rows);
   n.rows = d_out_rows_ + first_row;
   n.out = xf_;
@@ -591,14 +612,31 @@ void CudaBackend::logits_rows(int first_row, int rows, int top_k) {
   nl.top_logits = d_top_logits_ + size_t(first_row) * top_k;
   nl.pdl = pdl_;
   narrow_logits(nl, stream_);
+  if (sample_stages) {  // after the raw narrowing: it adjusts the sampled rows in place (output row r = sequence r)
+    SampleRowsParams sp;
+    sp.logits = logits_;
+    sp.rows = rows;
+    sp.vocab = sp.ld = cfg_.vocab;
+    sp.params = d_sample_rows_ + first_row;
+    sp.entries = d_sample_entries_;
+    sp.saved = d_sample_saved_;
+    sp.token = d_sampled_ + first_row;
+    sp.raw_logit = d_sampled_logit_ + first_row;
+    sp.workspace = sample_ws_;
+    sp.workspace_bytes = sample_ws_bytes_;
+    sp.stages = sample_stages;
+    sp.pdl = pdl_;
+    sample_rows(sp, stream_);
+  }
   prof_.mark(StepProfiler::kLogits);
 }
 
-// The device work of one step up to the narrowed logits of the first chunk of output rows (a fixed launch
-// sequence for a given batch shape, so it can be captured in a CUDA graph).
-void CudaBackend::run_forward(int T, int rows, int top_k) {
+// The device work of one step up to the narrowed and sampled logits of the first chunk of output rows (a fixed
+// launch sequence for a given batch shape and sample_stages, so it can be captured in a CUDA graph; the sampling
+// values live in device buffers that upload() refills each step).
+void CudaBackend::run_forward(int T, int rows, int top_k, int sample_stages) {
   forward_layers(T);
-  logits_rows(0, std::min(kLogitRowsPerChunk, rows), top_k);
+  logits_rows(0, std::min(kLogitRowsPerChunk, rows), top_k, sample_stages);
 }
 
 // A step: validated by the addon (validate_step) before it gets here.
@@ -665,9 +703,13 @@ void CudaBackend::plan_step(const StepBatch& b) {
   }
   for (int r = 0; r < p.rows; r++)
     if (b.full_logits && b.full_logits[p.tok_seq[p.out_rows[r]]]) p.full_rows.push_back(r);
+  p.sampled = b.sample_rows != nullptr;
+  p.sample_stages = p.sampled ? cuda::sample_stages(b.sample_rows, S) : 0;
 }
 
-// One host-to-device copy of every index array, through pinned memory; points the d_* views into it.
+// One host-to-device copy of every index array, through pinned memory; points the d_* views into it. Then the
+// sampling rows and their entries, when some row is sampled (into fixed buffers: a graph reads them, never bakes
+// them in).
 void CudaBackend::upload(const StepBatch& b) {
   const StepPlan& p = plan_;
   const size_t bt_n = size_t(p.S) * p.max_bps;
@@ -690,6 +732,16 @@ void CudaBackend::upload(const StepBatch& b) {
   put(p.tiles.data(), p.tiles.size(), &d_tiles_);
   put(p.out_rows.data(), p.out_rows.size(), &d_out_rows_);
   CUDA_CHECK(cudaMemcpyAsync(d_idx_, h, at * 4, cudaMemcpyHostToDevice, stream_));
+  if (p.sample_stages) {
+    const size_t row_bytes = size_t(p.S) * sizeof(SampleRow), entry_bytes = size_t(b.num_sample_entries) * sizeof(SampleEntry);
+    h_sample_.reserve(row_bytes + entry_bytes);
+    char* hs = static_cast<char*>(h_sample_.p);
+    std::memcpy(hs, b.sample_rows, row_bytes);
+    if (entry_bytes) std::memcpy(hs + row_bytes, b.sample_entries, entry_bytes);
+    CUDA_CHECK(cudaMemcpyAsync(d_sample_rows_, hs, row_bytes, cudaMemcpyHostToDevice, stream_));
+    if (entry_bytes)
+      CUDA_CHECK(cudaMemcpyAsync(d_sample_entries_, hs + row_bytes, entry_bytes, cudaMemcpyHostToDevice, stream_));
+  }
 }
 
 template <typename F>
@@ -739,21 +791,24 @@ void CudaBackend::launch() {
   prof_.begin(stream_);
   h_logits_.reserve(std::max<size_t>(1, p.full_rows.size()) * size_t(c.vocab) * 4);
   const bool graphable = p.n_tiles == 0 && p.T <= kMoeDecodeMaxTokens && p.rows <= kLogitRowsPerChunk;
-  const GraphKey key{p.T, p.S, p.max_bps, p.rows, p.top_k, p.dec_kps[0], p.dec_splits[0], p.dec_kps[1], p.dec_splits[1]};
-  if (!graphable || !graphs_.run(key, stream_, [&] { run_forward(p.T, p.rows, p.top_k); }))
-    run_forward(p.T, p.rows, p.top_k);
+  const GraphKey key{p.T, p.S, p.max_bps, p.rows, p.top_k, p.dec_kps[0], p.dec_splits[0], p.dec_kps[1],
+                     p.dec_splits[1], p.sample_stages};
+  if (!graphable || !graphs_.run(key, stream_, [&] { run_forward(p.T, p.rows, p.top_k, p.sample_stages); }))
+    run_forward(p.T, p.rows, p.top_k, p.sample_stages);
   size_t fi = 0;
   for (int r0 = 0; r0 < p.rows; r0 += kLogitRowsPerChunk) {
     const int n = std::min(kLogitRowsPerChunk, p.rows - r0);
-    if (r0 > 0) logits_rows(r0, n, p.top_k);  // later chunks reuse the logits buffer, after the copies of the last one
+    // later chunks reuse the logits buffer, after the copies of the last one
+    if (r0 > 0) logits_rows(r0, n, p.top_k, p.sample_stages);
     for (; fi < p.full_rows.size() && p.full_rows[fi] < r0 + n; fi++)
       CUDA_CHECK(cudaMemcpyAsync(static_cast<float*>(h_logits_.p) + fi * size_t(c.vocab),
                                  logits_ + size_t(p.full_rows[fi] - r0) * c.vocab, size_t(c.vocab) * 4,
                                  cudaMemcpyDeviceToHost, stream_));
   }
-  // narrowed results: argmax, max, lse, top ids, top logits
+  // narrowed results: argmax, max, lse, top ids, top logits; then the sampled tokens and their raw logits
   const int rows = p.rows, k = p.top_k;
-  h_out_.reserve(size_t(rows) * (12 + 8 * size_t(k)));
+  const size_t narrowed_bytes = size_t(rows) * (12 + 8 * size_t(k));
+  h_out_.reserve(narrowed_bytes + size_t(rows) * 8);
   char* ho = static_cast<char*>(h_out_.p);
   CUDA_CHECK(cudaMemcpyAsync(ho, d_argmax_, rows * 4, cudaMemcpyDeviceToHost, stream_));
   CUDA_CHECK(cudaMemcpyAsync(ho + rows * 4, d_maxl_, rows * 4, cudaMemcpyDeviceToHost, stream_));
@@ -762,6 +817,10 @@ void CudaBackend::launch() {
     CUDA_CHECK(cudaMemcpyAsync(ho + rows * 12, d_top_ids_, size_t(rows) * k * 4, cudaMemcpyDeviceToHost, stream_));
     CUDA_CHECK(cudaMemcpyAsync(ho + rows * 12 + size_t(rows) * k * 4, d_top_logits_, size_t(rows) * k * 4,
                                cudaMemcpyDeviceToHost, stream_));
+  }
+  if (p.sample_stages) {
+    CUDA_CHECK(cudaMemcpyAsync(ho + narrowed_bytes, d_sampled_, rows * 4, cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(ho + narrowed_bytes + rows * 4, d_sampled_logit_, rows * 4, cudaMemcpyDeviceToHost, stream_));
   }
 }
 
@@ -792,6 +851,16 @@ void CudaBackend::readback(StepOutput& out) {
   out.logits_rows = p.full_rows;
   const float* hl = static_cast<const float*>(h_logits_.p);
   out.logits.assign(hl, hl + p.full_rows.size() * size_t(cfg_.vocab));
+  const size_t narrowed_bytes = size_t(rows) * (12 + 8 * size_t(k));
+  out.sampled.clear();
+  out.sampled_logit.clear();
+  if (p.sample_stages) {
+    out.sampled = i32(narrowed_bytes, rows);
+    out.sampled_logit = f32(narrowed_bytes + rows * 4, rows);
+  } else if (p.sampled) {  // sample rows, none of them sampled on the device
+    out.sampled.assign(rows, -1);
+    out.sampled_logit.assign(rows, NAN);
+  }
 }
 
 }  // namespace

@@ -1,9 +1,11 @@
 // The generation engine: requests in, tokens out. One loop runs native steps back to back while any request is in
-// flight; each step is whatever the scheduler batched (prefill chunks + every decoding sequence). Sampling happens
-// here on the host, planned per sequence before the step (narrowed candidates or full logits, see sampler.ts).
+// flight; each step is whatever the scheduler batched (prefill chunks + every decoding sequence). Sampling
+// is planned per sequence before the step (sampler.ts): most draws happen inside the step (native/sampling.h) and the
+// host accepts the token; full logits come back only as a counted fallback.
 // A request's failure (bad input, abort) never stops the others.
 import { maxTopK, type NativeStepInput, type NativeStepOutput } from '../native.js';
 import type { ResolvedSampling } from '../sampling/params.js';
+import { SamplingBatch } from '../sampling/device.js';
 import { SequenceSampler, type LogitsRow, type SamplePlan, type SampledToken } from '../sampling/sampler.js';
 import { KvBlockPool } from './kv_blocks.js';
 import { Scheduler, Sequence, type Chunk } from './scheduler.js';
@@ -21,6 +23,8 @@ export interface EngineOptions {
   maxBatchTokens: number;
   /** Longest sequence (prompt + generated) allowed. */
   contextLength: number;
+  /** The most sampling entries one step carries (the addon's buildInfo().maxSampleEntries); default unlimited. */
+  maxSampleEntries?: number;
 }
 
 /** A request the engine refuses or cannot finish (defined with the other errors). */
@@ -69,8 +73,8 @@ export class Engine {
   private readonly scheduler: Scheduler<Pending>;
   private looping = false;
   private closed = false;
-  /** Steps run and tokens they held, for benchmarks and tests. */
-  readonly stats = { steps: 0, stepTokens: 0, fullLogitRows: 0, narrowedRows: 0 };
+  /** Steps run and tokens they held, and how each sampled row was served (fullLogitRows: the host fallback). */
+  readonly stats = { steps: 0, stepTokens: 0, argmaxRows: 0, deviceRows: 0, fullLogitRows: 0 };
 
   constructor(model: StepModel, options: EngineOptions) {
     this.model = model;
@@ -184,7 +188,7 @@ export class Engine {
           this.fail(seq, new EngineRequestError('kv_cache_full', 'the KV cache cannot hold this request'));
         continue;
       }
-      const plans = chunks.map((c) => (c.samples ? c.seq.owner.sampler.plan() : undefined));
+      const plans = this.plan(chunks);
       const input = this.buildStep(chunks, plans);
       let out: NativeStepOutput;
       try {
@@ -201,6 +205,22 @@ export class Engine {
     }
   }
 
+  /** Each sampling chunk's plan; device draws beyond the step's entry buffer fall back to full logits. */
+  private plan(chunks: Chunk<Pending>[]): (SamplePlan | undefined)[] {
+    let entries = 0;
+    const cap = this.options.maxSampleEntries ?? Infinity;
+    return chunks.map((c) => {
+      if (!c.samples) return undefined;
+      const sampler = c.seq.owner.sampler;
+      const plan = sampler.plan();
+      if (plan.mode !== 'device') return plan;
+      const n = sampler.entries().length;
+      if (entries + n > cap) return { ...plan, mode: 'full' };
+      entries += n;
+      return plan;
+    });
+  }
+
   private buildStep(chunks: Chunk<Pending>[], plans: (SamplePlan | undefined)[]): NativeStepInput {
     let numTokens = 0;
     let maxBlocks = 1;
@@ -213,6 +233,14 @@ export class Engine {
     const seqLens = new Int32Array(chunks.length);
     const blockTables = new Int32Array(chunks.length * maxBlocks);
     const fullLogits = new Uint8Array(chunks.length);
+    let entries = 0;
+    let device = false;
+    for (const [s, plan] of plans.entries())
+      if (plan?.mode === 'device') {
+        device = true;
+        entries += chunks[s].seq.owner.sampler.entries().length;
+      }
+    const sampling = device ? new SamplingBatch(chunks.length, entries) : undefined;
     let topK = 0;
     let t = 0;
     chunks.forEach((c, s) => {
@@ -228,8 +256,18 @@ export class Engine {
         if (plan.mode === 'full') fullLogits[s] = 1;
         topK = Math.max(topK, plan.topK);
       }
+      sampling?.push(plan?.mode === 'device' ? c.seq.owner.sampler : undefined);
     });
-    return { tokens, positions, seqLens, blockTables, maxBlocksPerSeq: maxBlocks, fullLogits, topK: Math.min(topK, maxTopK()) };
+    return {
+      tokens,
+      positions,
+      seqLens,
+      blockTables,
+      maxBlocksPerSeq: maxBlocks,
+      fullLogits,
+      topK: Math.min(topK, maxTopK()),
+      sampling: sampling?.finish(),
+    };
   }
 
   private consume(chunks: Chunk<Pending>[], plans: (SamplePlan | undefined)[], out: NativeStepOutput): void {
@@ -251,10 +289,13 @@ export class Engine {
         logsumexp: out.logsumexp[r],
         topIds: out.topIds.subarray(r * k, (r + 1) * k),
         topLogits: out.topLogits.subarray(r * k, (r + 1) * k),
+        sampled: out.sampled?.[r],
+        sampledLogit: out.sampledLogit?.[r],
         logits: fi === undefined ? undefined : out.logits.subarray(fi * out.vocab, (fi + 1) * out.vocab),
       };
       if (plan.mode === 'full') this.stats.fullLogitRows++;
-      else this.stats.narrowedRows++;
+      else if (plan.mode === 'device') this.stats.deviceRows++;
+      else this.stats.argmaxRows++;
       let sampled: SampledToken;
       let stopByCaller: boolean | void;
       try {

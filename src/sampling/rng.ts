@@ -1,7 +1,7 @@
 // A counter-based random source: the uniform for (seed, step, token id) is a pure hash of the three, so a token's
-// noise does not depend on which other tokens were looked at. That is what lets the narrowed path (a few hundred
-// candidates) and the full path (all 201,088 logits) draw the same token for the same seed, and makes a request
-// reproducible across batching, preemption and restarts.
+// noise does not depend on which other tokens were looked at. That is what lets the step's draw (native/sampling.h,
+// which mixes token ids into this step's two keys exactly as uniform() does) and the full-vocabulary path here draw
+// the same token for the same seed, and makes a request reproducible across batching, preemption and restarts.
 
 /** murmur3's 32-bit finaliser: a bijection with full avalanche. */
 function fmix32(h: number): number {
@@ -15,8 +15,9 @@ function fmix32(h: number): number {
 
 /** Keys for one sampling step of one request; the token id is mixed in per draw. */
 export class StepNoise {
-  private readonly k1: number;
-  private readonly k2: number;
+  /** The two keys of this (seed, step): the step's device sampling mixes the token id into them the same way. */
+  readonly k1: number;
+  readonly k2: number;
 
   constructor(seed: number, step: number) {
     // A safe integer seed splits into two 32-bit halves (the sign folds into the high half).

@@ -9,29 +9,26 @@
 //   -> min_p: keep s >= max(s) + log(min_p)   (probability >= min_p * the best probability)
 //   -> top_k: keep the k best survivors       (order: s descending, then id ascending)
 //   -> top_p: keep a survivor while the mass of the kept ones before it is < top_p (renormalised)
-//   -> draw from softmax(s) over the kept tokens
-// A draw limited by top_k is a Gumbel-max over the kept set with noise hashed from (seed, step, token id) (rng.ts),
-// so it does not depend on how many other tokens were examined: the narrowed path and the full path draw the same
-// token. A draw without top_k (never narrowed) is an inverse-CDF draw in id order, cheaper over 201,088 tokens.
+//   -> draw: the kept token with the largest s + gumbel, the noise a hash of (seed, step, token id) (rng.ts)
+// A Gumbel-max over the kept set is a draw from softmax(s) over it, and a token's noise does not depend on which
+// other tokens were looked at, so every implementation of the definition draws the same token for the same seed.
 //
-// Narrowing. The native step can return only the K best raw logits per row plus logsumexp. plan() decides BEFORE the
-// step whether that provably determines the result:
-//   - greedy with no adjustment at all: the native argmax is the answer ('argmax');
-//   - a k-limited draw (top_k = k, or greedy as k = 1) where no adjustment can raise any logit and at most L tokens
-//     can be lowered, with K >= k + L: at least k candidates keep their raw value, and each of them precedes every
-//     non-candidate in the adjusted order (a non-candidate's value can only fall), so the k best adjusted tokens
-//     are all candidates; min_p and top_p then act within them ('narrow');
-//   - anything else asks the step for this sequence's full logits ('full').
-import { maxTopK } from '../native.js';
+// Where the work happens. plan() decides before each step, per sequence:
+//   - 'argmax': greedy with no adjustment: the step's raw argmax is the answer;
+//   - 'device': everything else. The step applies the adjustments to the touched tokens (entries(): logit bias,
+//     prompt and output tokens with their counts), finds the thresholds by selection and draws with the same noise
+//     (native/sampling.h, the CPU reference and the CUDA kernels); the host reads back one token and its raw logit;
+//   - 'full': the step returns the whole row and sample() applies the definition here, over the full vocabulary.
+//     The engine falls back to it only when a step's entries overflow the native buffer, and counts it.
 import type { ResolvedSampling } from './params.js';
 import { StepNoise } from './rng.js';
 import { argmaxRow, sortCanonical, topKCanonical } from './select.js';
 
-export type SampleMode = 'argmax' | 'narrow' | 'full';
+export type SampleMode = 'argmax' | 'device' | 'full';
 
 export interface SamplePlan {
   mode: SampleMode;
-  /** Candidates per row this sequence needs from the step (narrowing and top_logprobs). */
+  /** Raw top candidates per row this sequence needs from the step (top_logprobs). */
   topK: number;
 }
 
@@ -41,9 +38,12 @@ export interface LogitsRow {
   maxLogit: number;
   /** Over the whole vocabulary, temperature 1. */
   logsumexp: number;
-  /** The step's K best ids (descending, ties by lower id; -1 padding) and their raw logits. */
+  /** The step's K best raw ids (descending, ties by lower id; -1 padding) and their raw logits. */
   topIds: Int32Array;
   topLogits: Float32Array;
+  /** The token the step drew and its raw logit, present when the plan was 'device'. */
+  sampled?: number;
+  sampledLogit?: number;
   /** All raw logits, present when the plan was 'full'. */
   logits?: Float32Array;
 }
@@ -61,76 +61,116 @@ export interface SampledToken {
   topLogprobs?: TokenLogprob[];
 }
 
+/** The tokens whose logit an adjustment touches, by id ascending (the arrays may be longer than `length`). */
+export interface TouchedTokens {
+  length: number;
+  ids: Int32Array;
+  bias: Float32Array;
+  counts: Int32Array;
+  inPrompt: Uint8Array;
+}
+
 export class SequenceSampler {
   readonly params: ResolvedSampling;
-  private readonly promptSet: Set<number>;
-  private readonly counts = new Map<number, number>();
-  /** Tokens whose logit some adjustment may lower. */
-  private readonly lowered = new Set<number>();
-  private readonly anyPositiveBias: boolean;
+  /** Output tokens change the entries (a penalty is on). */
+  private readonly tracksOutput: boolean;
+  private readonly touched: TouchedTokens;
   /** Tokens sampled so far (the step index of the noise). */
   step = 0;
 
   constructor(params: ResolvedSampling, promptTokens: ArrayLike<number>) {
     this.params = params;
-    this.promptSet = params.repetitionPenalty !== 1 ? new Set(Array.from(promptTokens)) : new Set();
-    let positive = false;
-    for (const [id, b] of params.logitBias) {
-      if (b > 0) positive = true;
-      else this.lowered.add(id);
-    }
-    this.anyPositiveBias = positive;
-    if (params.repetitionPenalty > 1) for (const id of this.promptSet) this.lowered.add(id);
+    this.tracksOutput = params.repetitionPenalty !== 1 || params.frequencyPenalty !== 0 || params.presencePenalty !== 0;
+    const prompt = params.repetitionPenalty !== 1 ? new Set(Array.from(promptTokens)) : new Set<number>();
+    const sorted = Int32Array.from(new Set([...params.logitBias.keys(), ...prompt])).sort();
+    const cap = Math.max(16, sorted.length * 2);
+    this.touched = {
+      length: sorted.length,
+      ids: new Int32Array(cap),
+      bias: new Float32Array(cap),
+      counts: new Int32Array(cap),
+      inPrompt: new Uint8Array(cap),
+    };
+    this.touched.ids.set(sorted);
+    sorted.forEach((id, j) => {
+      this.touched.bias[j] = params.logitBias.get(id) ?? 0;
+      this.touched.inPrompt[j] = prompt.has(id) ? 1 : 0;
+    });
   }
 
-  /** True when some adjustment may raise a token's logit above its raw value. */
-  private mayRaise(): boolean {
-    const p = this.params;
-    if (this.anyPositiveBias) return true;
-    if (p.repetitionPenalty < 1 && (this.promptSet.size > 0 || this.counts.size > 0)) return true;
-    return (p.frequencyPenalty < 0 || p.presencePenalty < 0) && this.counts.size > 0;
+  /** The tokens the step must adjust for this sequence, by id ascending. */
+  entries(): TouchedTokens {
+    return this.touched;
   }
 
   plan(): SamplePlan {
     const p = this.params;
-    const lp = p.logprobs ? p.topLogprobs : 0;
-    const raises = this.mayRaise();
-    if (p.greedy && !raises && this.lowered.size === 0) return { mode: 'argmax', topK: lp };
-    const k = p.greedy ? 1 : p.topK;
-    if (k > 0 && !raises && k + this.lowered.size <= maxTopK())
-      return { mode: 'narrow', topK: Math.max(k + this.lowered.size, lp) };
-    return { mode: 'full', topK: lp };
+    const topK = p.logprobs ? p.topLogprobs : 0;
+    if (p.greedy && this.touched.length === 0) return { mode: 'argmax', topK };
+    return { mode: 'device', topK };
   }
 
-  /** The adjusted logit of one token (bias, then penalties). */
-  private adjust(id: number, raw: number): number {
-    const p = this.params;
-    let a = raw + (p.logitBias.get(id) ?? 0);
-    const c = this.counts.get(id) ?? 0;
-    if (p.repetitionPenalty !== 1 && (c > 0 || this.promptSet.has(id)))
-      a = a > 0 ? a / p.repetitionPenalty : a * p.repetitionPenalty;
-    if (c > 0) a -= p.frequencyPenalty * c + p.presencePenalty;
-    return a;
+  /** Index of id among the touched tokens, or -(insertion point) - 1. */
+  private find(id: number): number {
+    const t = this.touched;
+    let lo = 0;
+    let hi = t.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      const v = t.ids[mid];
+      if (v === id) return mid;
+      if (v < id) lo = mid + 1;
+      else hi = mid - 1;
+    }
+    return -lo - 1;
   }
 
   /** Records a token as generated (penalties and the step counter). sample() calls it. */
   accept(token: number): void {
-    this.counts.set(token, (this.counts.get(token) ?? 0) + 1);
-    const p = this.params;
-    if (p.repetitionPenalty > 1 || p.frequencyPenalty > 0 || p.presencePenalty > 0) this.lowered.add(token);
     this.step++;
+    if (!this.tracksOutput) return;
+    let j = this.find(token);
+    if (j < 0) {
+      j = -j - 1;
+      this.insertAt(j, token);
+    }
+    this.touched.counts[j]++;
   }
 
-  /** Draws the next token from a row produced under `plan`, and records it. */
+  private insertAt(j: number, id: number): void {
+    const t = this.touched;
+    if (t.length === t.ids.length) {
+      const n = t.ids.length * 2;
+      t.ids = grow(t.ids, new Int32Array(n));
+      t.bias = grow(t.bias, new Float32Array(n));
+      t.counts = grow(t.counts, new Int32Array(n));
+      t.inPrompt = grow(t.inPrompt, new Uint8Array(n));
+    }
+    for (const a of [t.ids, t.bias, t.counts, t.inPrompt]) a.copyWithin(j + 1, j, t.length);
+    t.ids[j] = id;
+    t.bias[j] = 0;
+    t.counts[j] = 0;
+    t.inPrompt[j] = 0;
+    t.length++;
+  }
+
+  /** The noise keys of this step (what the device mixes token ids into). */
+  noise(): StepNoise {
+    return new StepNoise(this.params.seed, this.step);
+  }
+
+  /** Takes the next token from a row produced under `plan`, and records it. */
   sample(row: LogitsRow, plan: SamplePlan): SampledToken {
     let token: number;
     let rawLogit: number;
     if (plan.mode === 'argmax') {
       token = row.argmax;
       rawLogit = row.maxLogit;
-    } else if (plan.mode === 'narrow') {
-      token = this.sampleNarrow(row);
-      rawLogit = row.topLogits[row.topIds.indexOf(token)];
+    } else if (plan.mode === 'device') {
+      if (row.sampled === undefined || row.sampled < 0 || row.sampledLogit === undefined)
+        throw new Error('sampler: a device draw was planned but the step returned none');
+      token = row.sampled;
+      rawLogit = row.sampledLogit;
     } else {
       if (!row.logits) throw new Error('sampler: full logits were planned but the step returned none');
       token = this.sampleFull(row.logits);
@@ -150,102 +190,70 @@ export class SequenceSampler {
     return out;
   }
 
-  private sampleNarrow(row: LogitsRow): number {
-    const ids: number[] = [];
-    const adjusted = new Map<number, number>();
-    for (let j = 0; j < row.topIds.length; j++) {
-      const id = row.topIds[j];
-      if (id < 0) break;
-      ids.push(id);
-      adjusted.set(id, this.adjust(id, row.topLogits[j]));
-    }
-    sortCanonical(ids, (id) => adjusted.get(id)!);
-    if (this.params.greedy) return ids[0];
-    const k = this.params.topK;
-    return this.drawOrdered(ids.slice(0, k), (id) => adjusted.get(id)!);
+  /** The adjusted logit of touched token j (bias, then penalties), in fp64. */
+  private adjust(j: number, raw: number): number {
+    const p = this.params;
+    const t = this.touched;
+    let a = raw + t.bias[j];
+    const c = t.counts[j];
+    if (p.repetitionPenalty !== 1 && (c > 0 || t.inPrompt[j])) a = a > 0 ? a / p.repetitionPenalty : a * p.repetitionPenalty;
+    if (c > 0) a -= p.frequencyPenalty * c + p.presencePenalty;
+    return a;
   }
 
-  private sampleFull(logits: Float32Array): number {
+  /** The definition over the full vocabulary: the reference the device path is tested against, and the fallback. */
+  sampleFull(logits: Float32Array): number {
     const p = this.params;
     const a = scratch(0, logits.length);
     a.set(logits);
-    const touched = new Set<number>([...p.logitBias.keys(), ...this.counts.keys(), ...this.promptSet]);
-    for (const id of touched) a[id] = this.adjust(id, logits[id]);
+    const t = this.touched;
+    for (let j = 0; j < t.length; j++) a[t.ids[j]] = this.adjust(j, logits[t.ids[j]]);
     const best = argmaxRow(a);
     if (p.greedy) return best;
 
-    const t = p.temperature;
-    if (p.topK > 0) {
-      const threshold = p.minP > 0 ? a[best] / t + Math.log(p.minP) : -Infinity;
-      return this.drawOrdered(topKCanonical(a, p.topK, (i) => a[i] / t >= threshold), (id) => a[id]);
-    }
-
-    // Without top_k the kept set can be most of the vocabulary: draw by inverse CDF over it in id order (one exp
-    // per token) instead of a Gumbel per token. No narrowed path exists for this case, so nothing to match.
+    const invT = 1 / p.temperature;
     const aMax = a[best];
-    const invT = 1 / t;
-    const aMin = p.minP > 0 ? aMax + t * Math.log(p.minP) : -Infinity; // min_p in logit space
+    const aMin = p.minP > 0 ? aMax + p.temperature * Math.log(p.minP) : -Infinity; // min_p in logit space
+    const noise = this.noise();
+    let pick = best;
+    let pickScore = -Infinity;
+    const consider = (i: number) => {
+      const score = (a[i] - aMax) * invT + noise.gumbel(i);
+      if (score > pickScore || (score === pickScore && i < pick)) {
+        pickScore = score;
+        pick = i;
+      }
+    };
+    if (p.topK > 0) {
+      const kept = topKCanonical(a, p.topK, (i) => a[i] >= aMin);
+      if (p.topP < 1) {
+        let z = 0;
+        for (const i of kept) z += Math.exp((a[i] - aMax) * invT);
+        let cum = 0;
+        for (const i of kept) {
+          if (!(cum < p.topP * z)) break;
+          consider(i);
+          cum += Math.exp((a[i] - aMax) * invT);
+        }
+      } else for (const i of kept) consider(i);
+      return pick;
+    }
     const e = scratch(1, a.length);
     let z = 0;
     for (let i = 0; i < a.length; i++) {
-      const v = a[i];
-      const w = v >= aMin ? Math.exp((v - aMax) * invT) : 0;
+      const w = a[i] >= aMin ? Math.exp((a[i] - aMax) * invT) : 0;
       e[i] = w;
       z += w;
     }
-    const total = p.topP < 1 ? nucleus(a, e, z * p.topP, aMax) : z;
-    const target = new StepNoise(p.seed, this.step).uniform(-1) * total;
-    let cum = 0;
-    let last = best;
-    for (let i = 0; i < e.length; i++) {
-      const w = e[i];
-      if (w === 0) continue;
-      cum += w;
-      last = i;
-      if (cum > target) return i;
-    }
-    return last;
+    if (p.topP < 1) nucleus(a, e, z * p.topP, aMax);
+    for (let i = 0; i < a.length; i++) if (e[i] > 0) consider(i);
+    return pick;
   }
+}
 
-  /** min_p, top_p and the draw over ids already in canonical order and already cut to top_k. */
-  private drawOrdered(ids: number[], value: (id: number) => number): number {
-    const p = this.params;
-    const t = p.temperature;
-    const sMax = value(ids[0]) / t;
-    let kept = ids;
-    if (p.minP > 0) {
-      const threshold = sMax + Math.log(p.minP);
-      kept = kept.filter((id) => value(id) / t >= threshold);
-    }
-    if (p.topP < 1) {
-      let z = 0;
-      for (const id of kept) z += Math.exp(value(id) / t - sMax);
-      const target = p.topP * z;
-      const nucleus: number[] = [];
-      let cum = 0;
-      for (const id of kept) {
-        if (!(cum < target)) break;
-        nucleus.push(id);
-        cum += Math.exp(value(id) / t - sMax);
-      }
-      kept = nucleus;
-    }
-    return this.gumbelArgmax(kept, value, new StepNoise(p.seed, this.step));
-  }
-
-  private gumbelArgmax(ids: number[], value: (id: number) => number, noise: StepNoise): number {
-    const t = this.params.temperature;
-    let best = ids[0];
-    let bestScore = -Infinity;
-    for (const id of ids) {
-      const score = value(id) / t + noise.gumbel(id);
-      if (score > bestScore || (score === bestScore && id < best)) {
-        bestScore = score;
-        best = id;
-      }
-    }
-    return best;
-  }
+function grow<A extends Int32Array | Float32Array | Uint8Array>(from: A, to: A): A {
+  to.set(from);
+  return to;
 }
 
 /** Reused row-sized buffers (two per process): a full row is 1.6 MB of float64, too much to allocate per token. */
@@ -259,9 +267,9 @@ function scratch(slot: number, n: number): Float64Array {
  * top_p without top_k over a whole row (weights e over adjusted logits a, target = top_p times their sum). The
  * kept tokens are a prefix of the canonical order; instead of sorting the vocabulary, tokens are bucketed by
  * value: every bucket before the one where the mass crosses the target is kept whole, every bucket after it is
- * dropped, and only the crossing bucket is sorted. Zeroes the dropped weights and returns the kept mass.
+ * dropped, and only the crossing bucket is sorted. Zeroes the dropped weights.
  */
-function nucleus(a: Float64Array, e: Float64Array, target: number, aMax: number): number {
+function nucleus(a: Float64Array, e: Float64Array, target: number, aMax: number): void {
   let aLow = aMax;
   for (let i = 0; i < a.length; i++) if (e[i] > 0 && a[i] < aLow) aLow = a[i];
   const buckets = 4096;
@@ -284,5 +292,4 @@ function nucleus(a: Float64Array, e: Float64Array, target: number, aMax: number)
     if (cum < target) cum += e[i];
     else e[i] = 0;
   }
-  return cum;
 }

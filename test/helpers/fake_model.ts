@@ -1,7 +1,8 @@
 // A stand-in for the native model, for engine tests that must be fast and must see KV bookkeeping mistakes: its
 // "KV cache" stores each position's token in the slot the block table names, and a row's logits are a hash of the
 // whole history read back through the block table. A wrong block table or a lost position changes the logits.
-import type { NativeStepInput, NativeStepOutput } from '../../src/native.js';
+// Sampling in the step is the native CPU reference (sampleLogits) on those logits.
+import { loadAddon, type NativeStepInput, type NativeStepOutput } from '../../src/native.js';
 
 function mix(h: number, x: number): number {
   h = Math.imul(h ^ x, 0x9e3779b1);
@@ -58,6 +59,7 @@ export class FakeModel {
     };
     const rows: number[] = [];
     const full: Float32Array[] = [];
+    const all = new Float32Array(n * this.vocab);
     let t = 0;
     for (let s = 0; s < n; s++) {
       const slot = (pos: number) => {
@@ -72,6 +74,7 @@ export class FakeModel {
       const history: number[] = [];
       for (let p = 0; p <= last; p++) history.push(this.kv[slot(p)]);
       const logits = this.logitsFor(history);
+      all.set(logits, s * this.vocab);
       const ids = Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a] || a - b);
       out.argmax[s] = ids[0];
       out.maxLogit[s] = logits[ids[0]];
@@ -90,6 +93,7 @@ export class FakeModel {
     out.logitsRows = Int32Array.from(rows);
     out.logits = new Float32Array(rows.length * this.vocab);
     full.forEach((l, i) => out.logits.set(l, i * this.vocab));
+    if (input.sampling) Object.assign(out, loadAddon().sampleLogits(all, this.vocab, input.sampling));
     return out;
   }
 }

@@ -1,6 +1,7 @@
 // A test-only model that replays given harmony completions: random weights cannot choose a tool, reason or
 // break the format on purpose, so this model writes what the script says, through the real path (a real
-// Harmonium: renderer, engine and KV block pool, sampler, harmony parser; only the native step is replaced).
+// Harmonium: renderer, engine and KV block pool, sampler, harmony parser; only the native step, sampling in the
+// step included, is replaced).
 //
 // A script entry applies when its `when` text occurs in the conversation (the latest occurrence wins, so a
 // follow-up turn can have its own entry). Each row's history is read back through the block table, as the
@@ -90,6 +91,13 @@ export class ScriptedModel {
       logitsRows: Int32Array.from(fullRows),
       logits: new Float32Array(fullRows.length * vocab),
     };
+    // Sampling in the step: the scripted token stands PEAK above every other logit, so the draw is that token
+    // (any other is e^-30 less likely each); rows not sampled in the step (mode 0) get -1, as the native step's.
+    const sampling = input.sampling;
+    if (sampling) {
+      out.sampled = new Int32Array(n).fill(-1);
+      out.sampledLogit = new Float32Array(n).fill(NaN);
+    }
     let t = 0;
     for (let s = 0; s < n; s++) {
       const slot = (pos: number) => input.blockTables[s * input.maxBlocksPerSeq + Math.floor(pos / this.blockSize)] * this.blockSize + (pos % this.blockSize);
@@ -103,6 +111,10 @@ export class ScriptedModel {
       if (input.positions[t - input.seqLens[s]] === 0) this.prompts.push(this.model.tokenizer.decode(history));
       const next = this.next(history);
       out.argmax[s] = next;
+      if (sampling && out.sampled && out.sampledLogit && sampling.mode[s] !== 0) {
+        out.sampled[s] = next;
+        out.sampledLogit[s] = PEAK;
+      }
       for (let j = 0; j < k; j++) {
         const id = j === 0 ? next : j <= next ? j - 1 : j;
         out.topIds[s * k + j] = id;

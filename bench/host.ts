@@ -1,0 +1,84 @@
+// Host-side cost per token of a step, beside the GPU step it must stay well under: tokenizer encode, streaming
+// detokenize, the harmony parser per token, the sampler's TypeScript work for a step of 256 sequences (plan, the
+// step's sampling arrays, accepting the device's tokens), and request rendering. benchmark.js (`benchmark`)
+// times each function with its own statistics (mean, relative margin of error, samples).
+//
+//   node node_modules/vite-node/vite-node.mjs bench/host.ts      (no GPU needed)
+import Benchmark from 'benchmark';
+import { SamplingBatch } from '../src/sampling/device.js';
+import { renderConversationTokens } from '../src/harmony/render.js';
+import { HarmonyStreamParser } from '../src/harmony/parser.js';
+import { resolveSampling } from '../src/sampling/params.js';
+import { SequenceSampler, type LogitsRow } from '../src/sampling/sampler.js';
+import { HarmonyTokenizer, StreamingDetokenizer, VOCAB_SIZE } from '../src/tokenizer/tokenizer.js';
+
+const tokenizer = new HarmonyTokenizer();
+const paragraph =
+  'The quick brown fox jumps over the lazy dog. Harmonium streams tokens from a native step; the host turns them ' +
+  'into text, parses the harmony channels and decides what the next step must sample. 1234567890 ÄÖÜ こんにちは 🎉\n';
+const text = paragraph.repeat(8);
+const ids = tokenizer.encode(text);
+const reply = tokenizer.encode('<|channel|>analysis<|message|>' + text + '<|end|><|start|>assistant<|channel|>final<|message|>' + text + '<|return|>', {
+  allowSpecial: true,
+});
+
+const request = {
+  messages: [
+    { role: 'system' as const, content: 'You are a helpful assistant.' },
+    { role: 'user' as const, content: text },
+    { role: 'assistant' as const, content: paragraph, reasoning: paragraph },
+    { role: 'user' as const, content: 'And now in one sentence?' },
+  ],
+  reasoning_effort: 'low' as const,
+};
+
+// The sampler's part of a 256-sequence decode step: every sequence with penalties (the costliest plan).
+const SEQS = 256;
+const prompt = Array.from({ length: 128 }, (_, i) => (i * 7919) % VOCAB_SIZE);
+const samplers = Array.from(
+  { length: SEQS },
+  (_, s) => new SequenceSampler(resolveSampling({ temperature: 1, top_p: 0.9, presence_penalty: 0.5, frequency_penalty: 0.5, repetition_penalty: 1.1, logprobs: true, top_logprobs: 5, seed: s }, VOCAB_SIZE, () => 0), prompt),
+);
+const row: LogitsRow = { argmax: 0, maxLogit: 0, logsumexp: 1, topIds: Int32Array.from({ length: 5 }, (_, i) => i), topLogits: new Float32Array(5), sampled: 0, sampledLogit: 0 };
+let tokenCounter = 0;
+function samplerStep(): void {
+  const plans = samplers.map((s) => s.plan());
+  let entries = 0;
+  for (const s of samplers) entries += s.entries().length;
+  const batch = new SamplingBatch(SEQS, entries);
+  for (const s of samplers) batch.push(s);
+  batch.finish();
+  samplers.forEach((s, i) => {
+    row.sampled = (tokenCounter++ * 104729) % VOCAB_SIZE; // a new token now and then, as a real output has
+    s.sample(row, plans[i]);
+  });
+}
+
+const perToken: Record<string, number> = {
+  'tokenizer encode (per token)': ids.length,
+  'detokenize (per token)': reply.length,
+  'harmony parser (per token)': reply.length,
+  'sampler TS step, 256 seqs (per seq)': SEQS,
+  'render request (per prompt token)': renderConversationTokens(request, tokenizer).length,
+};
+
+new Benchmark.Suite('host')
+  .add('tokenizer encode (per token)', () => tokenizer.encode(text))
+  .add('detokenize (per token)', () => {
+    const d = new StreamingDetokenizer(tokenizer);
+    for (const id of reply) d.push(id);
+    d.flush();
+  })
+  .add('harmony parser (per token)', () => {
+    const p = new HarmonyStreamParser({ tokenizer });
+    for (const id of reply) p.push(id);
+  })
+  .add('sampler TS step, 256 seqs (per seq)', samplerStep)
+  .add('render request (per prompt token)', () => renderConversationTokens(request, tokenizer))
+  .on('cycle', (e: Benchmark.Event) => {
+    const b = e.target as unknown as Benchmark;
+    const n = perToken[b.name!];
+    const us = (b.stats.mean * 1e6) / n;
+    console.log(`${b.name!.padEnd(38)} ${us.toFixed(3).padStart(9)} us  (${(b.stats.mean * 1e3).toFixed(3)} ms per call of ${n}; ±${b.stats.rme.toFixed(1)}%, ${b.stats.sample.length} samples)`);
+  })
+  .run();

@@ -1,0 +1,449 @@
+// Exact sampling in the step (kernels/sample.h, native/sampling.h; the CPU reference is native/sample_ref.cpp, pass for pass).
+// Grid (B blocks per row, rows); a row's blocks split its vocabulary into B contiguous slices. Passes, one launch
+// each, only those some row of the batch needs (SampleStage):
+//   adjust      one block per row: bias and penalties on the row's entries, in place (raw values to `saved`);
+//   max         the best adjusted logit as the largest 64-bit canonical composite (greedy rows are done here);
+//   select      top_k, then top_p: three radix levels (11 + 11 + 10 key bits) of a 2048-bucket histogram of
+//               counts (top_k) or fixed-point mass (top_p) over the row's survivors (warp-aggregated shared
+//               atomics: flat rows crowd a few level-0 buckets); a tie run at the boundary
+//               key is cut by an ordered scan of the row (rare: fp32 logits seldom tie);
+//   gumbel      argmax over the kept tokens of s + gumbel (fp32), ties by lower id.
+// Each pass's blocks leave per-block partials (integers or maxima, so their order cannot change the result); the
+// last block of a row to finish (an arrival counter) combines them and writes the row's state for the next pass.
+// That keeps the reduction order of a row fixed whatever the batch around it, with no atomics on floats.
+#include <algorithm>
+#include <climits>
+#include <cmath>
+
+#include "common.cuh"
+#include "sample.h"
+
+namespace hm::cuda {
+namespace {
+
+constexpr int NT = 512;
+constexpr int kMaxBlocksPerRow = 16;
+constexpr int kTargetBlocks = 256;  // about two blocks per SM of an H100/H200 in all
+
+int blocks_per_row(int rows) { return std::max(1, std::min(kMaxBlocksPerRow, kTargetBlocks / std::max(rows, 1))); }
+
+using u64 = unsigned long long;
+
+struct StageState {
+  u64 need;      // weight still to reach (top_k: tokens, top_p: fixed-point mass)
+  u64 bound;     // final: keep composite >= bound (0 = all)
+  uint32_t prefix, mask;  // key bits fixed so far
+  int32_t done;  // 1 = bound is final (or the stage is off for the row)
+  int32_t pad;
+};
+struct RowState {
+  float amax;
+  int32_t best;
+  StageState st[2];  // 0: top_k, 1: top_p
+};
+
+struct Work {
+  RowState* state;    // [rows]
+  uint32_t* counter;  // [rows] arrivals of the current pass
+  u64* part;          // [rows * B * kSampleBuckets] per-block partials
+  float* gscore;      // [rows * B]
+  int32_t* gid;       // [rows * B]
+};
+
+size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
+
+Work carve(void* ws, int rows, int B, size_t* bytes) {
+  char* p = static_cast<char*>(ws);
+  size_t at = 0;
+  auto take = [&](size_t n) {
+    char* q = p ? p + at : nullptr;
+    at += align256(n);
+    return q;
+  };
+  Work w;
+  w.state = reinterpret_cast<RowState*>(take(sizeof(RowState) * rows));
+  w.counter = reinterpret_cast<uint32_t*>(take(4 * size_t(rows)));
+  w.part = reinterpret_cast<u64*>(take(8 * size_t(rows) * B * kSampleBuckets));
+  w.gscore = reinterpret_cast<float*>(take(4 * size_t(rows) * B));
+  w.gid = reinterpret_cast<int32_t*>(take(4 * size_t(rows) * B));
+  *bytes = at;
+  return w;
+}
+
+__device__ __forceinline__ float s_rel(float a, float amax, float inv_t) { return __fmul_rn(__fsub_rn(a, amax), inv_t); }
+__device__ __forceinline__ u64 mass_q(float s) { return u64(double(expf(s)) * kMassOne); }
+__device__ __forceinline__ float key_float(uint32_t key) {
+  return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+}
+
+// StepNoise.gumbel in fp32: -log(-log(u)) with -log(u) taken as -log1p(-(1 - u)) above 1/2, 1 - u formed from the
+// bits exactly, so the large values (u near 1) keep their precision.
+__device__ __forceinline__ float gumbel_f(uint32_t k1, uint32_t k2, int id) {
+  uint32_t a, b;
+  sample_noise_bits(k1, k2, id, &a, &b);
+  const uint32_t hi = a >> 5, lo = b >> 6;  // 27 + 26 bits
+  float t;
+  if (hi < (1u << 26)) {
+    t = -logf((float(hi) + (float(lo) + 0.5f) * 0x1p-26f) * 0x1p-27f);
+  } else {
+    const float v = (float((1u << 27) - 1u - hi) + (float((1u << 26) - 1u - lo) + 0.5f) * 0x1p-26f) * 0x1p-27f;
+    t = -log1pf(-v);
+  }
+  return -logf(t);
+}
+
+// The last block of a row to arrive: true in every thread of that block; the counter is reset for the next pass.
+__device__ bool last_block(uint32_t* counter, int B) {
+  __shared__ bool is_last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    is_last = atomicAdd(counter, 1u) == uint32_t(B - 1);
+    if (is_last) *counter = 0;
+  }
+  __syncthreads();
+  if (is_last) __threadfence();
+  return is_last;
+}
+
+__device__ StageState load_stage(const StageState* s) {
+  StageState r;
+  r.need = __ldcg(&s->need);
+  r.bound = __ldcg(&s->bound);
+  r.prefix = __ldcg(&s->prefix);
+  r.mask = __ldcg(&s->mask);
+  r.done = __ldcg(&s->done);
+  r.pad = 0;
+  return r;
+}
+
+// The raw logit of a token after the adjust pass: its saved value if it is an entry (ids ascending), else the row.
+__device__ float raw_of(const float* x, const SampleRow& p, const SampleEntry* entries, const float* saved, int id) {
+  int lo = p.entry_begin, hi = p.entry_end - 1;
+  while (lo <= hi) {
+    const int mid = (lo + hi) >> 1;
+    const int v = entries[mid].id;
+    if (v == id) return saved[mid];
+    if (v < id) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return x[id];
+}
+
+__device__ __forceinline__ void slice(int vocab, int B, int* lo, int* hi) {
+  const int chunk = (vocab + B - 1) / B;
+  *lo = min(vocab, int(blockIdx.x) * chunk);
+  *hi = min(vocab, *lo + chunk);
+}
+
+__global__ void __launch_bounds__(NT) sample_adjust_rows(float* __restrict__ logits, int ld, const SampleRow* __restrict__ params,
+                                                         const SampleEntry* __restrict__ entries, float* __restrict__ saved) {
+  pdl_wait();
+  pdl_trigger();
+  const SampleRow p = params[blockIdx.x];
+  if (p.mode == kSampleNone) return;
+  float* x = logits + size_t(blockIdx.x) * ld;
+  for (int j = p.entry_begin + threadIdx.x; j < p.entry_end; j += NT) {
+    const SampleEntry e = entries[j];
+    const float raw = x[e.id];
+    saved[j] = raw;
+    x[e.id] = sample_adjust(raw, p, e);
+  }
+}
+
+__global__ void __launch_bounds__(NT) sample_max(const float* __restrict__ logits, int vocab, int ld,
+                                                 const SampleRow* __restrict__ params, const SampleEntry* __restrict__ entries,
+                                                 const float* __restrict__ saved, int32_t* __restrict__ token,
+                                                 float* __restrict__ raw_logit, Work w, int B) {
+  __shared__ u64 red[NT / 32];
+  pdl_wait();
+  pdl_trigger();
+  const int row = blockIdx.y, tid = threadIdx.x;
+  const SampleRow p = params[row];
+  if (p.mode == kSampleNone) {
+    if (blockIdx.x == 0 && tid == 0) {
+      token[row] = -1;
+      raw_logit[row] = NAN;
+    }
+    return;
+  }
+  const float* x = logits + size_t(row) * ld;
+  int lo, hi;
+  slice(vocab, B, &lo, &hi);
+  u64 m = 0;
+  for (int i = lo + tid; i < hi; i += NT) m = max(m, u64(sample_composite(sample_order_key(x[i]), i)));
+  for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if ((tid & 31) == 0) red[tid >> 5] = m;
+  __syncthreads();
+  if (tid == 0) {
+    for (int j = 1; j < NT / 32; j++) m = max(m, red[j]);
+    w.part[(size_t(row) * B + blockIdx.x) * kSampleBuckets] = m;
+  }
+  if (!last_block(w.counter + row, B) || tid != 0) return;
+  u64 M = 0;
+  for (int j = 0; j < B; j++) M = max(M, __ldcg(&w.part[(size_t(row) * B + j) * kSampleBuckets]));
+  const int best = int(0xffffffffu - uint32_t(M & 0xffffffffu));
+  RowState& s = w.state[row];
+  s.amax = x[best];
+  s.best = best;
+  const bool draw = p.mode == kSampleDraw;
+  s.st[0] = StageState{u64(max(p.top_k, 0)), 0ull, 0u, 0u, !(draw && p.top_k > 0), 0};
+  s.st[1] = StageState{0ull, 0ull, 0u, 0u, !(draw && p.top_p < 1.f), 0};
+  if (!draw) {
+    token[row] = best;
+    raw_logit[row] = raw_of(x, p, entries, saved, best);
+  }
+}
+
+__global__ void __launch_bounds__(NT) sample_select(const float* __restrict__ logits, int vocab, int ld,
+                                                    const SampleRow* __restrict__ params, Work w, int B, int stage, int level) {
+  __shared__ u64 hist[kSampleBuckets];
+  __shared__ u64 sh_need, sh_at;
+  __shared__ uint32_t sh_prefix, sh_mask, sh_taken, warp_cnt[NT / 32];
+  __shared__ int sh_found, sh_short;
+  pdl_wait();
+  pdl_trigger();
+  const int row = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const SampleRow p = params[row];
+  if (p.mode != kSampleDraw) return;
+  StageState* sp = &w.state[row].st[stage];
+  const StageState st = load_stage(sp);
+  if (st.done) return;
+  const float amax = __ldcg(&w.state[row].amax);
+  const u64 bound_k = stage == 1 ? __ldcg(&w.state[row].st[0].bound) : 0ull;
+  const int shift = level == 0 ? 21 : level == 1 ? 10 : 0;
+  const uint32_t width = level == 2 ? 1023u : 2047u;
+  const float* x = logits + size_t(row) * ld;
+  // A survivor of the filters before this stage (min_p; for top_p also top_k).
+  auto alive = [&](int i, float a, float s, uint32_t key) {
+    return s >= p.log_min_p && (stage == 0 || u64(sample_composite(key, i)) >= bound_k);
+  };
+  for (int i = tid; i < kSampleBuckets; i += NT) hist[i] = 0;
+  __syncthreads();
+  int lo, hi;
+  slice(vocab, B, &lo, &hi);
+  // Lanes of a warp that hit the same bucket add their weights first (flat rows put most tokens in a few level-0
+  // buckets): one 64-bit shared atomic per bucket per warp. Weights split in 22-bit halves for the 32-bit reduce.
+  for (int base = lo; base < hi; base += NT) {
+    const int i = base + tid;
+    uint32_t bucket = 0xffffffffu;
+    u64 wq = 0;
+    if (i < hi) {
+      const float a = x[i];
+      const float s = s_rel(a, amax, p.inv_temperature);
+      const uint32_t key = sample_order_key(a);
+      if ((key & st.mask) == st.prefix && alive(i, a, s, key)) {
+        bucket = (key >> shift) & width;
+        wq = stage == 0 ? 1ull : mass_q(s);
+      }
+    }
+    const uint32_t peers = __match_any_sync(0xffffffffu, bucket);
+    const uint32_t lo_sum = __reduce_add_sync(peers, uint32_t(wq & 0x3fffffu));
+    const uint32_t hi_sum = __reduce_add_sync(peers, uint32_t(wq >> 22));
+    if (bucket != 0xffffffffu && lane == __ffs(peers) - 1) atomicAdd(&hist[bucket], (u64(hi_sum) << 22) + lo_sum);
+  }
+  __syncthreads();
+  u64* part = w.part + (size_t(row) * B + blockIdx.x) * kSampleBuckets;
+  for (int i = tid; i <= int(width); i += NT) part[i] = hist[i];
+  if (!last_block(w.counter + row, B)) return;
+  for (int i = tid; i <= int(width); i += NT) {
+    u64 sum = 0;
+    for (int j = 0; j < B; j++) sum += __ldcg(&w.part[(size_t(row) * B + j) * kSampleBuckets + i]);
+    hist[i] = sum;
+  }
+  if (tid == 0) sh_short = 0;
+  __syncthreads();
+  // The bucket (descending) where the cumulative weight reaches `need`: lane L sums buckets L*per .. from the top.
+  if (warp == 0) {
+    const int nb = int(width) + 1, per = nb / 32;
+    u64 lane_sum = 0;
+    for (int j = 0; j < per; j++) lane_sum += hist[nb - 1 - (lane * per + j)];
+    u64 incl = lane_sum;
+    for (int o = 1; o < 32; o <<= 1) {
+      const u64 v = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += v;
+    }
+    const u64 total = __shfl_sync(0xffffffffu, incl, 31);
+    u64 need = st.need;
+    if (level == 0 && stage == 1) need = u64(ceil(double(p.top_p) * double(total)));
+    if (level == 0 && total < need) {
+      if (lane == 0) sh_short = 1;  // fewer survivors than top_k: keep them all
+    } else {
+      const uint32_t ball = __ballot_sync(0xffffffffu, incl >= need);
+      const int first = __ffs(ball) - 1;
+      if (first < 0 && lane == 0) sh_short = 1;  // not reached: the level before guarantees the weight
+      if (lane == first) {
+        u64 cum = incl - lane_sum;
+        int bk = nb - 1 - (lane * per + per - 1);
+        for (int j = 0; j < per; j++) {
+          const int bi = nb - 1 - (lane * per + j);
+          if (cum + hist[bi] >= need) {
+            bk = bi;
+            break;
+          }
+          cum += hist[bi];
+        }
+        sh_need = need - cum;
+        sh_at = hist[bk];
+        sh_prefix = st.prefix | (uint32_t(bk) << shift);
+        sh_mask = st.mask | (width << shift);
+      }
+    }
+  }
+  __syncthreads();
+  if (sh_short) {
+    if (tid == 0) {
+      sp->bound = 0;
+      sp->done = 1;
+    }
+    return;
+  }
+  if (level < 2) {
+    if (tid == 0) {
+      sp->need = sh_need;
+      sp->prefix = sh_prefix;
+      sp->mask = sh_mask;
+    }
+    return;
+  }
+  // The exact boundary key: its tokens share one weight; keep the first n of them by id.
+  const uint32_t key = sh_prefix;
+  const u64 wk = stage == 0 ? 1ull : mass_q(s_rel(key_float(key), amax, p.inv_temperature));
+  const u64 count = wk ? sh_at / wk : 0, n = wk ? (sh_need + wk - 1) / wk : count;
+  u64 bound = u64(key) << 32;
+  if (n < count) {
+    if (tid == 0) {
+      sh_taken = 0;
+      sh_found = -1;
+    }
+    __syncthreads();
+    for (int base = 0; base < vocab; base += NT) {
+      const int i = base + tid;
+      bool eq = false;
+      if (i < vocab) {
+        const float a = x[i];
+        eq = sample_order_key(a) == key && alive(i, a, s_rel(a, amax, p.inv_temperature), key);
+      }
+      const uint32_t bal = __ballot_sync(0xffffffffu, eq);
+      if (lane == 0) warp_cnt[warp] = __popc(bal);
+      __syncthreads();
+      uint32_t before = 0, total = 0;
+      for (int j = 0; j < NT / 32; j++) {
+        if (j < warp) before += warp_cnt[j];
+        total += warp_cnt[j];
+      }
+      if (eq && u64(sh_taken + before + __popc(bal & ((1u << lane) - 1u))) == n - 1) sh_found = i;
+      __syncthreads();
+      if (tid == 0) sh_taken += total;
+      __syncthreads();
+      if (sh_found >= 0) break;
+    }
+    bound = u64(sample_composite(key, sh_found));
+  }
+  if (tid == 0) {
+    sp->bound = bound;
+    sp->done = 1;
+  }
+}
+
+__global__ void __launch_bounds__(NT) sample_gumbel(const float* __restrict__ logits, int vocab, int ld,
+                                                    const SampleRow* __restrict__ params, const SampleEntry* __restrict__ entries,
+                                                    const float* __restrict__ saved, int32_t* __restrict__ token,
+                                                    float* __restrict__ raw_logit, Work w, int B) {
+  __shared__ float red_s[NT / 32];
+  __shared__ int red_i[NT / 32];
+  pdl_wait();
+  pdl_trigger();
+  const int row = blockIdx.y, tid = threadIdx.x;
+  const SampleRow p = params[row];
+  if (p.mode != kSampleDraw) return;
+  const float amax = __ldcg(&w.state[row].amax);
+  const u64 bound = max(__ldcg(&w.state[row].st[0].bound), __ldcg(&w.state[row].st[1].bound));
+  const float* x = logits + size_t(row) * ld;
+  int lo, hi;
+  slice(vocab, B, &lo, &hi);
+  float best = -INFINITY;
+  int bi = INT_MAX;
+  for (int i = lo + tid; i < hi; i += NT) {
+    const float a = x[i];
+    const float s = s_rel(a, amax, p.inv_temperature);
+    if (!(s >= p.log_min_p) || (bound && u64(sample_composite(sample_order_key(a), i)) < bound)) continue;
+    const float score = s + gumbel_f(p.key1, p.key2, i);
+    if (score > best) best = score, bi = i;  // ascending ids per thread: ties keep the lower
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float os = __shfl_xor_sync(0xffffffffu, best, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (os > best || (os == best && oi < bi)) best = os, bi = oi;
+  }
+  if ((tid & 31) == 0) red_s[tid >> 5] = best, red_i[tid >> 5] = bi;
+  __syncthreads();
+  if (tid == 0) {
+    for (int j = 1; j < NT / 32; j++)
+      if (red_s[j] > best || (red_s[j] == best && red_i[j] < bi)) best = red_s[j], bi = red_i[j];
+    w.gscore[size_t(row) * B + blockIdx.x] = best;
+    w.gid[size_t(row) * B + blockIdx.x] = bi;
+  }
+  if (!last_block(w.counter + row, B) || tid != 0) return;
+  best = -INFINITY;
+  bi = INT_MAX;
+  for (int j = 0; j < B; j++) {
+    const float s = __ldcg(&w.gscore[size_t(row) * B + j]);
+    const int i = __ldcg(&w.gid[size_t(row) * B + j]);
+    if (s > best || (s == best && i < bi)) best = s, bi = i;
+  }
+  if (bi == INT_MAX) bi = __ldcg(&w.state[row].best);  // not reached: the best token always survives
+  token[row] = bi;
+  raw_logit[row] = raw_of(x, p, entries, saved, bi);
+}
+
+}  // namespace
+
+int sample_stages(const SampleRow* rows, int n) {
+  int s = 0;
+  for (int r = 0; r < n; r++) {
+    const SampleRow& p = rows[r];
+    if (p.mode == kSampleNone) continue;
+    s |= kStageSample;
+    if (p.entry_end > p.entry_begin) s |= kStageAdjust;
+    if (p.mode != kSampleDraw) continue;
+    s |= kStageDraw;
+    if (p.top_k > 0) s |= kStageTopK;
+    if (p.top_p < 1.f) s |= kStageTopP;
+  }
+  return s;
+}
+
+size_t sample_workspace_bytes(int rows) {
+  size_t bytes = 0;
+  carve(nullptr, rows, blocks_per_row(rows), &bytes);
+  return bytes;
+}
+
+void sample_rows(const SampleRowsParams& p, cudaStream_t stream) {
+  HM_REQUIRE(p.rows >= 0 && p.vocab > 0 && p.ld >= p.vocab, "sample_rows");
+  if (p.rows == 0 || !(p.stages & kStageSample)) return;
+  HM_REQUIRE(p.logits && p.params && p.token && p.raw_logit && p.workspace, "sample_rows");
+  HM_REQUIRE(!(p.stages & kStageAdjust) || (p.entries && p.saved), "sample_rows");
+  HM_REQUIRE(p.rows <= 65535, "sample_rows");
+  HM_REQUIRE(p.workspace_bytes >= sample_workspace_bytes(p.rows), "sample_rows");
+  const int B = blocks_per_row(p.rows);
+  size_t bytes = 0;
+  const Work w = carve(p.workspace, p.rows, B, &bytes);
+  CUDA_CHECK(cudaMemsetAsync(w.counter, 0, 4 * size_t(p.rows), stream));
+  const dim3 grid(B, p.rows);
+  if (p.stages & kStageAdjust)
+    launch(sample_adjust_rows, dim3(p.rows), dim3(NT), 0, stream, p.pdl, p.logits, p.ld, p.params, p.entries, p.saved);
+  launch(sample_max, grid, dim3(NT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, p.params, p.entries, p.saved, p.token,
+         p.raw_logit, w, B);
+  for (int stage = 0; stage < 2; stage++) {
+    if (!(p.stages & (stage == 0 ? kStageTopK : kStageTopP))) continue;
+    for (int level = 0; level < kSampleLevels; level++)
+      launch(sample_select, grid, dim3(NT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, p.params, w, B, stage, level);
+  }
+  if (p.stages & kStageDraw)
+    launch(sample_gumbel, grid, dim3(NT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, p.params, p.entries, p.saved,
+           p.token, p.raw_logit, w, B);
+}
+
+}  // namespace hm::cuda

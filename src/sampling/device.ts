@@ -1,0 +1,71 @@
+// The per-step typed arrays that carry each sequence's sampling into the native step (NativeSampling; the step
+// applies native/sampling.h's definition). One builder per step: rows in sequence order, entries appended as CSR.
+import type { NativeSampling } from '../native.js';
+import type { SequenceSampler } from './sampler.js';
+
+const MODE_NONE = 0;
+const MODE_GREEDY = 1;
+const MODE_DRAW = 2;
+
+export class SamplingBatch {
+  private readonly s: NativeSampling;
+  private entries = 0;
+  private row = 0;
+
+  /** `rows` sequences; `entries` at most (the sum of their entries().length). */
+  constructor(rows: number, entries: number) {
+    this.s = {
+      mode: new Uint8Array(rows),
+      temperature: new Float32Array(rows).fill(1),
+      topK: new Int32Array(rows),
+      topP: new Float32Array(rows).fill(1),
+      minP: new Float32Array(rows),
+      repetitionPenalty: new Float32Array(rows).fill(1),
+      frequencyPenalty: new Float32Array(rows),
+      presencePenalty: new Float32Array(rows),
+      noiseKeys: new Uint32Array(2 * rows),
+      entryOffsets: new Int32Array(rows + 1),
+      entryIds: new Int32Array(entries),
+      entryBias: new Float32Array(entries),
+      entryCounts: new Int32Array(entries),
+      entryInPrompt: new Uint8Array(entries),
+    };
+  }
+
+  /** The next row: sampled in the step from `sampler`'s state, or not sampled there (undefined). */
+  push(sampler: SequenceSampler | undefined): void {
+    const s = this.s;
+    const r = this.row++;
+    if (sampler) {
+      const p = sampler.params;
+      s.mode[r] = p.greedy ? MODE_GREEDY : MODE_DRAW;
+      s.temperature[r] = p.greedy ? 1 : p.temperature;
+      s.topK[r] = p.topK;
+      s.topP[r] = p.topP;
+      s.minP[r] = p.minP;
+      s.repetitionPenalty[r] = p.repetitionPenalty;
+      s.frequencyPenalty[r] = p.frequencyPenalty;
+      s.presencePenalty[r] = p.presencePenalty;
+      const noise = sampler.noise();
+      s.noiseKeys[2 * r] = noise.k1;
+      s.noiseKeys[2 * r + 1] = noise.k2;
+      const t = sampler.entries();
+      const at = this.entries;
+      s.entryIds.set(t.ids.subarray(0, t.length), at);
+      s.entryBias.set(t.bias.subarray(0, t.length), at);
+      s.entryCounts.set(t.counts.subarray(0, t.length), at);
+      s.entryInPrompt.set(t.inPrompt.subarray(0, t.length), at);
+      this.entries += t.length;
+    } else {
+      s.mode[r] = MODE_NONE;
+    }
+    s.entryOffsets[r + 1] = this.entries;
+  }
+
+  /** The arrays, once every row is pushed; entry arrays cut to what was used. */
+  finish(): NativeSampling {
+    const s = this.s;
+    const n = this.entries;
+    return { ...s, entryIds: s.entryIds.subarray(0, n), entryBias: s.entryBias.subarray(0, n), entryCounts: s.entryCounts.subarray(0, n), entryInPrompt: s.entryInPrompt.subarray(0, n) };
+  }
+}

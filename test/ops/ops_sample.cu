@@ -1,0 +1,265 @@
+// Op-test cases of sampling in the step (kernels/sample.h) against the CPU reference hm::sample_row_ref:
+//   sample_rows      per row the same token as the reference wherever the reference's winning margin (best minus
+//                    second Gumbel score) is above 1e-3 (fp32 scores on the device, fp64 in the reference; greedy
+//                    rows always), and its raw logit exactly; rows 1/3/64/256, V = 201088 and odd V, every
+//                    combination of the issue mixed in one batch, entries (bias, prompt, counts), tied logits.
+//                    The params column prints how many rows were compared and how many near-ties were skipped.
+//   sample_batch     the same row alone and inside a batch of 64 rows of other parameters: the same token, bit
+//                    for bit (the device's own determinism, no margin rule).
+// HM_OP_BENCH=1 times sample_rows per stage set at V = 201088 (rows 1, 8, 64).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "op_test.h"
+#include "sample.h"
+#include "sampling.h"
+
+namespace hm::optest {
+namespace {
+
+#define S_CHECK(expr)                                                                                   \
+  do {                                                                                                  \
+    cudaError_t e_ = (expr);                                                                            \
+    if (e_ != cudaSuccess) throw std::runtime_error(std::string(#expr) + ": " + cudaGetErrorString(e_)); \
+  } while (0)
+
+template <typename T>
+struct Buf {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit Buf(size_t count) : n(count) { S_CHECK(cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T))); }
+  Buf(const Buf&) = delete;
+  ~Buf() { cudaFree(p); }
+  void put(const T* h, size_t count) { S_CHECK(cudaMemcpy(p, h, count * sizeof(T), cudaMemcpyHostToDevice)); }
+  std::vector<T> get() const {
+    std::vector<T> h(n);
+    S_CHECK(cudaDeviceSynchronize());
+    S_CHECK(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+  }
+};
+
+uint32_t mix(uint32_t x) { return sample_fmix32(x * 0x9e3779b1u + 0x7f4a7c15u); }
+
+// Flat logits as random weights give (uniform +-1.5, a few raised), or coarse levels for ties.
+std::vector<float> logits_of(int rows, int V, uint32_t seed, bool ties) {
+  std::vector<float> x(size_t(rows) * V);
+  for (size_t i = 0; i < x.size(); i++) {
+    const float u = float(mix(uint32_t(i) ^ seed) >> 8) / 16777216.f;
+    float v = u * 3.f - 1.5f + ((i % size_t(V)) % 9973 == 0 ? 3.f : 0.f);
+    if (ties) v = std::round(v * 4.f) / 4.f;
+    x[i] = v;
+  }
+  return x;
+}
+
+// The issue's combinations plus greedy-with-penalties and an all-filters row; row r takes combo (r + shift) % n.
+SampleRow combo(int c, uint32_t seed) {
+  SampleRow p;
+  p.mode = kSampleDraw;
+  p.key1 = mix(seed * 2 + 1);
+  p.key2 = mix(seed * 2 + 2);
+  switch (c % 7) {
+    case 0: break;                                                      // temperature 1
+    case 1: p.top_p = 0.9f; break;                                      // + top_p 0.9
+    case 2: p.inv_temperature = 1.f / 0.7f, p.top_k = 50, p.log_min_p = std::log(0.05f); break;
+    case 3: p.presence = 0.5f, p.frequency = 0.5f, p.repetition = 1.1f; break;
+    case 4: p.mode = kSampleGreedy, p.repetition = 1.3f; break;
+    case 5: p.inv_temperature = 1.f / 1.3f, p.top_k = 200, p.top_p = 0.5f, p.log_min_p = std::log(0.01f); break;
+    case 6: p.top_k = 1000, p.top_p = 0.95f; break;
+  }
+  return p;
+}
+
+// Entries for row r: a prompt of 40 tokens, a few output tokens with counts, two biases; ids ascending.
+void entries_of(int r, int V, std::vector<SampleEntry>& out) {
+  std::vector<SampleEntry> e;
+  for (int j = 0; j < 48; j++) {
+    SampleEntry s;
+    s.id = int(mix(uint32_t(r * 131 + j)) % uint32_t(V));
+    s.in_prompt = j < 40;
+    s.count = j >= 36 ? 1 + j % 3 : 0;
+    s.bias = j == 46 ? 5.f : j == 47 ? -100.f : 0.f;
+    e.push_back(s);
+  }
+  std::sort(e.begin(), e.end(), [](const SampleEntry& a, const SampleEntry& b) { return a.id < b.id; });
+  for (size_t j = 0; j < e.size(); j++)
+    if (j == 0 || e[j].id != e[j - 1].id) out.push_back(e[j]);
+}
+
+struct Batch {
+  std::vector<float> x;
+  std::vector<SampleRow> rows;
+  std::vector<SampleEntry> entries;
+};
+
+Batch make_batch(int rows, int V, uint32_t seed, bool ties, int shift) {
+  Batch b;
+  b.x = logits_of(rows, V, seed, ties);
+  for (int r = 0; r < rows; r++) {
+    SampleRow p = combo(r + shift, seed + r);
+    p.entry_begin = int(b.entries.size());
+    if ((r + shift) % 7 == 3 || (r + shift) % 7 == 4 || r % 5 == 1) entries_of(r + int(seed), V, b.entries);
+    p.entry_end = int(b.entries.size());
+    b.rows.push_back(p);
+  }
+  return b;
+}
+
+// Runs sample_rows on a batch; returns tokens and raw logits.
+void run_device(const Batch& b, int V, std::vector<int32_t>* token, std::vector<float>* logit) {
+  const int rows = int(b.rows.size());
+  Buf<float> x(b.x.size()), saved(std::max<size_t>(1, b.entries.size())), lg(rows);
+  Buf<SampleRow> pr(rows);
+  Buf<SampleEntry> en(std::max<size_t>(1, b.entries.size()));
+  Buf<int32_t> tk(rows);
+  Buf<char> ws(cuda::sample_workspace_bytes(rows));
+  x.put(b.x.data(), b.x.size());
+  pr.put(b.rows.data(), rows);
+  if (!b.entries.empty()) en.put(b.entries.data(), b.entries.size());
+  S_CHECK(cudaMemset(tk.p, 0xff, rows * 4));
+  cuda::SampleRowsParams p;
+  p.logits = x.p, p.rows = rows, p.vocab = V, p.ld = V, p.params = pr.p, p.entries = en.p, p.saved = saved.p;
+  p.token = tk.p, p.raw_logit = lg.p, p.workspace = ws.p, p.workspace_bytes = ws.n;
+  p.stages = cuda::sample_stages(b.rows.data(), rows);
+  cuda::sample_rows(p, nullptr);
+  *token = tk.get();
+  *logit = lg.get();
+}
+
+std::vector<Result> test_sample() {
+  std::vector<Result> out;
+  struct Case { int rows, V; bool ties; };
+  for (const Case& c : {Case{1, 201088, false}, Case{3, 201088, false}, Case{64, 201088, false}, Case{256, 201088, false},
+                        Case{3, 50001, false}, Case{64, 1031, false}, Case{7, 201088, true}, Case{16, 4093, true}}) {
+    for (int shift = 0; shift < (c.rows < 7 ? 7 : 1); shift++) {
+      const Batch b = make_batch(c.rows, c.V, 900u + c.rows + shift, c.ties, shift);
+      std::vector<int32_t> tok;
+      std::vector<float> lg;
+      run_device(b, c.V, &tok, &lg);
+      double mismatches = 0;
+      int compared = 0, near = 0;
+      bool bad = false;
+      std::string first;
+      for (int r = 0; r < c.rows; r++) {
+        const SampleRow& p = b.rows[r];
+        int32_t rt;
+        float rl;
+        double margin;
+        sample_row_ref(b.x.data() + size_t(r) * c.V, c.V, p, b.entries.data() + p.entry_begin, p.entry_end - p.entry_begin,
+                       &rt, &rl, &margin);
+        if (tok[r] < 0 || tok[r] >= c.V || std::isnan(lg[r])) bad = true;
+        if (margin < 1e-3) {
+          near++;
+          continue;
+        }
+        compared++;
+        if (tok[r] != rt || lg[r] != rl) {
+          mismatches++;
+          if (first.empty())
+            first = " first@row" + std::to_string(r) + " combo" + std::to_string((r + shift) % 7) + " dev=" + std::to_string(tok[r]) +
+                    " ref=" + std::to_string(rt);
+        }
+      }
+      char params[160];
+      std::snprintf(params, sizeof params, "rows=%d V=%d%s shift=%d cmp=%d near=%d", c.rows, c.V, c.ties ? " ties" : "",
+                    shift, compared, near);
+      Result res;
+      res.params = params + first;
+      res.metric = "exact";
+      res.error = mismatches;
+      res.tolerance = 0;
+      res.nan_or_inf = bad;
+      out.push_back(res);
+    }
+  }
+  return out;
+}
+HM_OP_TEST("sample_rows", test_sample);
+
+std::vector<Result> test_sample_batch() {
+  std::vector<Result> out;
+  const int V = 201088;
+  for (int c = 0; c < 7; c++) {
+    Batch crowd = make_batch(64, V, 4242u + c, false, c + 1);
+    Batch alone;
+    const int at = 17;
+    alone.x.assign(crowd.x.begin() + size_t(at) * V, crowd.x.begin() + size_t(at + 1) * V);
+    SampleRow p = crowd.rows[at];
+    alone.entries.assign(crowd.entries.begin() + p.entry_begin, crowd.entries.begin() + p.entry_end);
+    p.entry_end -= p.entry_begin;
+    p.entry_begin = 0;
+    alone.rows = {p};
+    std::vector<int32_t> t1, t64;
+    std::vector<float> l1, l64;
+    run_device(alone, V, &t1, &l1);
+    run_device(crowd, V, &t64, &l64);
+    Result res;
+    res.params = "V=201088 row 17 of 64 vs alone, combo " + std::to_string((at + c + 1) % 7) + " tokens " +
+                 std::to_string(t64[at]) + "/" + std::to_string(t1[0]);
+    res.metric = "exact";
+    res.error = (t1[0] != t64[at]) + (l1[0] != l64[at]);
+    res.tolerance = 0;
+    out.push_back(res);
+  }
+  return out;
+}
+HM_OP_TEST("sample_batch", test_sample_batch);
+
+std::vector<Result> bench_sample() {
+  const char* env = std::getenv("HM_OP_BENCH");
+  if (!env || std::strcmp(env, "1") != 0) return {};
+  const int V = 201088;
+  std::printf("-- sample_rows timings (us per call, V=201088; all stages a combination needs) --\n");
+  for (int rows : {1, 8, 64}) {
+    for (int c : {0, 1, 2, 3, 4}) {
+      Batch b = make_batch(rows, V, 77, false, 0);
+      for (int r = 0; r < rows; r++) {
+        const SampleRow q = combo(c, 100 + r);
+        b.rows[r].mode = q.mode, b.rows[r].inv_temperature = q.inv_temperature, b.rows[r].top_k = q.top_k;
+        b.rows[r].top_p = q.top_p, b.rows[r].log_min_p = q.log_min_p, b.rows[r].repetition = q.repetition;
+        b.rows[r].frequency = q.frequency, b.rows[r].presence = q.presence;
+      }
+      Buf<float> x(b.x.size()), saved(std::max<size_t>(1, b.entries.size())), lg(rows);
+      Buf<SampleRow> pr(rows);
+      Buf<SampleEntry> en(std::max<size_t>(1, b.entries.size()));
+      Buf<int32_t> tk(rows);
+      Buf<char> ws(cuda::sample_workspace_bytes(rows));
+      x.put(b.x.data(), b.x.size());
+      pr.put(b.rows.data(), rows);
+      if (!b.entries.empty()) en.put(b.entries.data(), b.entries.size());
+      cuda::SampleRowsParams p;
+      p.logits = x.p, p.rows = rows, p.vocab = V, p.ld = V, p.params = pr.p, p.entries = en.p, p.saved = saved.p;
+      p.token = tk.p, p.raw_logit = lg.p, p.workspace = ws.p, p.workspace_bytes = ws.n;
+      p.stages = cuda::sample_stages(b.rows.data(), rows);
+      for (int i = 0; i < 3; i++) cuda::sample_rows(p, nullptr);
+      cudaEvent_t e0, e1;
+      S_CHECK(cudaEventCreate(&e0));
+      S_CHECK(cudaEventCreate(&e1));
+      S_CHECK(cudaEventRecord(e0));
+      const int iters = 20;
+      for (int i = 0; i < iters; i++) cuda::sample_rows(p, nullptr);
+      S_CHECK(cudaEventRecord(e1));
+      S_CHECK(cudaEventSynchronize(e1));
+      float ms = 0;
+      S_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+      cudaEventDestroy(e0);
+      cudaEventDestroy(e1);
+      static const char* names[] = {"t=1", "t=1 top_p=0.9", "t=0.7 top_k=50 min_p=0.05", "t=1 pen", "greedy+rep"};
+      std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, names[c], p.stages, ms * 1000 / iters);
+    }
+  }
+  return {};
+}
+HM_OP_TEST("bench_sample", bench_sample);
+
+}  // namespace
+}  // namespace hm::optest
