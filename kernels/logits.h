@@ -20,8 +20,11 @@ struct NarrowLogitsParams {
   float* logsumexp = nullptr;     // [rows]
   int32_t* top_ids = nullptr;     // [rows, top_k] (needed when top_k > 0)
   float* top_logits = nullptr;    // [rows, top_k]
+  void* workspace = nullptr;      // narrow_workspace_bytes(rows, vocab) of scratch
+  size_t workspace_bytes = 0;
   bool pdl = false;
 };
+size_t narrow_workspace_bytes(int rows, int vocab);
 void narrow_logits(const NarrowLogitsParams& p, cudaStream_t stream);
 
 }  // namespace hm::cuda

@@ -336,7 +336,8 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   d_sample_saved_ = mem_.alloc<float>(kMaxSampleEntries, what);
   d_sampled_ = mem_.alloc<int32_t>(Tm, what);
   d_sampled_logit_ = mem_.alloc<float>(Tm, what);
-  sample_ws_bytes_ = sample_workspace_bytes(kLogitRowsPerChunk);
+  // One scratch for the logits stage: the narrowing uses it, then the sampling after it on the same stream.
+  sample_ws_bytes_ = std::max(sample_workspace_bytes(kLogitRowsPerChunk), narrow_workspace_bytes(kLogitRowsPerChunk, cfg.vocab));
   sample_ws_ = mem_.alloc<char>(sample_ws_bytes_, what);
   const int max_blocks_per_seq = step_limits(cfg, opt, 0).max_blocks_per_seq;
   idx_cap_ = size_t(Tm) * 6 + size_t(opt.max_seqs) * max_blocks_per_seq + 2 * size_t(Tm) + 64;
@@ -610,6 +611,8 @@ void CudaBackend::logits_rows(int first_row, int rows, int top_k, int sample_sta
   nl.logsumexp = d_lse_ + first_row;
   nl.top_ids = d_top_ids_ + size_t(first_row) * top_k;
   nl.top_logits = d_top_logits_ + size_t(first_row) * top_k;
+  nl.workspace = sample_ws_;
+  nl.workspace_bytes = sample_ws_bytes_;
   nl.pdl = pdl_;
   narrow_logits(nl, stream_);
   if (sample_stages) {  // after the raw narrowing: it adjusts the sampled rows in place (output row r = sequence r)

@@ -539,17 +539,20 @@ std::vector<Result> test_narrow() {
   std::vector<Result> out;
   struct Case { int rows, V, k; bool ties; };
   for (const Case& c : {Case{3, 201088, 256, false}, Case{2, 201088, 1, false}, Case{2, 201088, 50, true},
-                        Case{4, 1000, 256, true}, Case{1, 300, 7, false}}) {
+                        Case{4, 1000, 256, true}, Case{1, 300, 7, false}, Case{3, 201088, 5, false},
+                        Case{2, 201088, 10, true}, Case{2, 201088, 20, true}, Case{3, 5000, 32, true}}) {
     auto x = uniform(size_t(c.rows) * c.V, 1200 + c.k, 8.f);
     if (c.ties)
       for (auto& v : x) v = std::round(v * 2.f) / 2.f;  // 33 levels: many ties, including at the k-th value
     Dev<float> dx(x), dmax(c.rows), dlse(c.rows), dtl(size_t(c.rows) * c.k);
     Dev<int32_t> darg(c.rows), dti(size_t(c.rows) * c.k);
+    Dev<char> dws(cuda::narrow_workspace_bytes(c.rows, c.V));
     dtl.poison();
     dti.poison();
     cuda::NarrowLogitsParams p;
     p.logits = dx.p, p.rows = c.rows, p.vocab = c.V, p.ld = c.V, p.top_k = c.k;
     p.argmax = darg.p, p.max_logit = dmax.p, p.logsumexp = dlse.p, p.top_ids = dti.p, p.top_logits = dtl.p;
+    p.workspace = dws.p, p.workspace_bytes = dws.n;
     cuda::narrow_logits(p, nullptr);
     auto garg = darg.get(), gti = dti.get();
     auto gmax = dmax.get(), glse = dlse.get(), gtl = dtl.get();

@@ -6,7 +6,8 @@
 //                    The params column prints how many rows were compared and how many near-ties were skipped.
 //   sample_batch     the same row alone and inside a batch of 64 rows of other parameters: the same token, bit
 //                    for bit (the device's own determinism, no margin rule).
-// HM_OP_BENCH=1 times sample_rows per stage set at V = 201088 (rows 1, 8, 64).
+// HM_OP_BENCH=1 times sample_rows per stage set, and narrow_logits per top_k (logprobs), at V = 201088 (rows 1, 8,
+// 64).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -18,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "logits.h"
 #include "op_test.h"
 #include "sample.h"
 #include "sampling.h"
@@ -255,6 +257,30 @@ std::vector<Result> bench_sample() {
       cudaEventDestroy(e1);
       static const char* names[] = {"t=1", "t=1 top_p=0.9", "t=0.7 top_k=50 min_p=0.05", "t=1 pen", "greedy+rep"};
       std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, names[c], p.stages, ms * 1000 / iters);
+    }
+    for (int k : {0, 5, 20, 50}) {
+      Batch b = make_batch(rows, V, 78, false, 0);
+      Buf<float> x(b.x.size()), mx(rows), lse(rows), tl(size_t(rows) * std::max(k, 1));
+      Buf<int32_t> am(rows), ti(size_t(rows) * std::max(k, 1));
+      Buf<char> ws(cuda::narrow_workspace_bytes(rows, V));
+      x.put(b.x.data(), b.x.size());
+      cuda::NarrowLogitsParams p;
+      p.logits = x.p, p.rows = rows, p.vocab = V, p.ld = V, p.top_k = k, p.argmax = am.p, p.max_logit = mx.p;
+      p.logsumexp = lse.p, p.top_ids = ti.p, p.top_logits = tl.p, p.workspace = ws.p, p.workspace_bytes = ws.n;
+      for (int i = 0; i < 3; i++) cuda::narrow_logits(p, nullptr);
+      cudaEvent_t e0, e1;
+      S_CHECK(cudaEventCreate(&e0));
+      S_CHECK(cudaEventCreate(&e1));
+      S_CHECK(cudaEventRecord(e0));
+      const int iters = 20;
+      for (int i = 0; i < iters; i++) cuda::narrow_logits(p, nullptr);
+      S_CHECK(cudaEventRecord(e1));
+      S_CHECK(cudaEventSynchronize(e1));
+      float ms = 0;
+      S_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+      cudaEventDestroy(e0);
+      cudaEventDestroy(e1);
+      std::printf("narrow_logits rows=%-3d top_k=%-2d: %8.1f us\n", rows, k, ms * 1000 / iters);
     }
   }
   return {};
