@@ -21,7 +21,7 @@
 // down: every block runs over all selected experts of its rows, with the SwiGLU output already multiplied by the
 // routing weight, so the combine of the k experts happens in the accumulators (no atomics).
 //
-// Prefill path: (token, slot) pairs sorted by expert (route_sort: count, scan, scatter in one block), a tile list
+// Prefill path: (token, slot) pairs sorted by expert (route_sort: count, scan, stable scatter in one block), a tile list
 // of 64 pair-rows per expert, then a grouped GEMM per matrix: 64 x 128 x 32 tiles, 8 warps of 32 x 32,
 // mma.sync bf16 from ldmatrix, operands double-buffered in shared memory through registers (the weights are
 // decoded on the way in), SwiGLU (x routing weight) fused into the gate_up epilogue, bias (x routing weight)
@@ -430,16 +430,21 @@ inline Workspace carve(void* base, int n, int H, int I, int E, int k) {
   return w;
 }
 
-// Count, scan and scatter the (token, slot) pairs by expert; the tile list of kBM rows per expert.
+// Count, scan and scatter the (token, slot) pairs by expert; the tile list of kBM rows per expert. The scatter is
+// stable (pairs keep their order within an expert's group): chunks of 1024 pairs in order, a pair's place being its
+// expert's cursor plus the pairs of that expert before it in the chunk (earlier warps' counts, then earlier lanes
+// by __match_any_sync). An atomic cursor here gave each run another row order within a group.
 __global__ void __launch_bounds__(1024) moe_route_sort(const int32_t* __restrict__ ids, int P, int E, Workspace w) {
   __shared__ int cnt[256], cursor[256];
+  __shared__ int wcnt[32][256];  // per chunk: pairs of expert e in warp w
   pdl_wait();
   pdl_trigger();
-  for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  for (int e = tid; e < E; e += blockDim.x) cnt[e] = 0;
   __syncthreads();
-  for (int p = threadIdx.x; p < P; p += blockDim.x) atomicAdd(&cnt[clamp_id(ids[p], E)], 1);
+  for (int p = tid; p < P; p += blockDim.x) atomicAdd(&cnt[clamp_id(ids[p], E)], 1);
   __syncthreads();
-  if (threadIdx.x == 0) {
+  if (tid == 0) {
     int off = 0, nt = 0;
     for (int e = 0; e < E; e++) {
       w.offsets[e] = off;
@@ -454,11 +459,28 @@ __global__ void __launch_bounds__(1024) moe_route_sort(const int32_t* __restrict
     w.offsets[E] = off;
     *w.num_tiles = nt;
   }
-  __syncthreads();
-  for (int p = threadIdx.x; p < P; p += blockDim.x) {
-    const int pos = atomicAdd(&cursor[clamp_id(ids[p], E)], 1);
-    w.perm[pos] = p;
-    w.pair_row[p] = pos;
+  for (int base = 0; base < P; base += 1024) {
+    for (int i = tid; i < 32 * 256; i += 1024) (&wcnt[0][0])[i] = 0;
+    __syncthreads();
+    const int p = base + tid;
+    const int e = p < P ? clamp_id(ids[p], E) : -1;
+    const unsigned same = __match_any_sync(0xffffffffu, e);
+    const int rank = __popc(same & ((1u << lane) - 1u));
+    if (e >= 0 && rank == 0) wcnt[warp][e] = __popc(same);
+    __syncthreads();
+    if (e >= 0) {
+      int pos = cursor[e] + rank;
+      for (int q = 0; q < warp; q++) pos += wcnt[q][e];
+      w.perm[pos] = p;
+      w.pair_row[p] = pos;
+    }
+    __syncthreads();
+    for (int x = tid; x < E; x += 1024) {
+      int s = 0;
+      for (int q = 0; q < 32; q++) s += wcnt[q][x];
+      cursor[x] += s;
+    }
+    __syncthreads();
   }
 }
 

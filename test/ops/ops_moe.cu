@@ -262,10 +262,6 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
                       v.path == cuda::MoePath::kDecode ? "decode" : v.path == cuda::MoePath::kPrefill ? "prefill" : "auto",
                       n, shape, v.acc ? " accumulate" : "");
         try {
-          if (v.acc)
-            d_y.upload(y0);
-          else
-            d_y.poison();
           cuda::MoeParams p;
           p.n = n;
           p.H = H;
@@ -283,12 +279,26 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
           p.workspace = ws.p;
           p.workspace_bytes = ws.n;
           p.path = v.path;
-          if (v.bf16)
-            cuda::moe_bf16_forward(p, wb, 0);
-          else
-            cuda::moe_mxfp4_forward(p, wm, 0);
-          T_CHECK(cudaDeviceSynchronize());
-          out.push_back(close(params, "nmse", d_y.download(), v.acc ? y_ref_acc : y_ref, 1e-4));
+          auto run = [&](int ws_byte) {
+            T_CHECK(cudaMemset(ws.p, ws_byte, ws.n));
+            if (v.acc)
+              d_y.upload(y0);
+            else
+              d_y.poison();
+            if (v.bf16)
+              cuda::moe_bf16_forward(p, wb, 0);
+            else
+              cuda::moe_mxfp4_forward(p, wm, 0);
+            T_CHECK(cudaDeviceSynchronize());
+            return d_y.download();
+          };
+          const auto y = run(0xFF);
+          out.push_back(close(params, "nmse", y, v.acc ? y_ref_acc : y_ref, 1e-4));
+          size_t diff = 0;  // three more runs over other workspace contents: the same bits every time
+          for (int ws_byte : {0x00, 0x7F, 0xFF}) diff += size_t(repeat_bits(params, y, run(ws_byte)).error);
+          Result rep = repeat_bits(params, y, y);
+          rep.error = double(diff);
+          out.push_back(rep);
         } catch (const std::exception& e) {
           out.push_back(fail(params, e.what()));
           cudaGetLastError();
