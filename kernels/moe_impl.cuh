@@ -11,7 +11,8 @@
 // sign at bit 15, are the bf16 number v * 2^-126 (E2M1's one subnormal, 0.5, lands on a bf16 subnormal, which
 // the bf16 multiply keeps). Multiplying by the bf16 2^(s - 64) gives v * 2^(s-127) * 2^-63, exact for every
 // scale byte 65 <= s <= 191 (weights between 2^-62 and 2^64 in magnitude); the fp32 accumulators are multiplied
-// by 2^63 once at the end. 2 integer ops and half a bf16 multiply per weight.
+// by 2^63 once at the end (decode path; the prefill path rescales the staged weights instead, see BTileRegs).
+// 2 integer ops and half a bf16 multiply per weight.
 //
 // Decode path (n <= 8 tokens): a warp owns 16 weight rows; lane (g = lane/4, t = lane%4) loads, per 128-column
 // chunk, the 16-byte MXFP4 block t of rows g and g+8 (mxfp4) or 64 bytes of each (bf16), decodes it into the
@@ -510,11 +511,18 @@ struct BTileRegs<WFmt::kMxfp4> {
       s = 127;
     }
   }
-  __device__ __forceinline__ void store(uint16_t* dst) const {  // dst: 16 bf16, permuted order
+  // dst: 16 bf16, permuted order, the exact weights v * 2^(s-127): the decode's v * 2^(s-127) * 2^-63 times the
+  // bf16 2^63. Tensor-core results on the 2^-63-scaled weights depended on which other token rows shared the tile
+  // (a token's numbers changed with the batch); on the plain weights they do not, and the prefill path computes the
+  // same bits as the bf16 path. Once per staged tile, so the extra multiply is free beside the MMAs.
+  __device__ __forceinline__ void store(uint16_t* dst) const {
+    constexpr uint32_t kTwoPow63x2 = 0x5F005F00u;
     const uint32_t f = mx_factor(s);
     uint32_t p[8];
     decode_word(q.x, f, p);
     decode_word(q.y, f, p + 4);
+#pragma unroll
+    for (int i = 0; i < 8; i++) p[i] = bf16x2_mul(p[i], kTwoPow63x2);
     reinterpret_cast<uint4*>(dst)[0] = make_uint4(p[0], p[1], p[2], p[3]);
     reinterpret_cast<uint4*>(dst)[1] = make_uint4(p[4], p[5], p[6], p[7]);
   }
@@ -610,7 +618,7 @@ __global__ void __launch_bounds__(256) moe_grouped_gemm(GemmArgs a) {
       for (int nj = 0; nj < 4; nj++) {
         const int col = n0 + wn * 32 + nj * 8 + 2 * t;
         if (col >= N) continue;
-        const float v0 = acc[mi][nj][2 * h] * acc_scale<F>(), v1 = acc[mi][nj][2 * h + 1] * acc_scale<F>();
+        const float v0 = acc[mi][nj][2 * h], v1 = acc[mi][nj][2 * h + 1];  // exact weights: no acc_scale
         const uint16_t* bias = a.W.bias + size_t(e) * N;
         if constexpr (GATE_UP) {
           const float gate = v0 + bf2f_bits(bias[col]), up = v1 + bf2f_bits(bias[col + 1]);

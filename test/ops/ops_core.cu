@@ -290,6 +290,17 @@ std::vector<Result> test_dense() {
       dy.poison();
     cuda::dense(p, nullptr);
     out.push_back(repeat_bits(params, y, dy.get()));
+    if (c.T >= 2 && !c.acc) {  // batch invariance: the first T/2 rows alone give the same bits
+      dy.poison();
+      p.T = c.T / 2;
+      cuda::dense(p, nullptr);
+      const auto part = dy.get();
+      const size_t m = size_t(p.T) * c.N;
+      Result inv = repeat_bits(params + std::string(" first T/2 alone"), std::vector<float>(y.begin(), y.begin() + m),
+                               std::vector<float>(part.begin(), part.begin() + m));
+      inv.metric = "prefix_bits";
+      out.push_back(inv);
+    }
   }
   return out;
 }

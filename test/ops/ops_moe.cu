@@ -256,6 +256,7 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
         vs.push_back({f == 1, cuda::MoePath::kPrefill, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kAuto, true});
       }
+      std::vector<float> y_mxfp4_prefill;
       for (const Variant& v : vs) {
         char params[160];
         std::snprintf(params, sizeof params, "%s %s n=%d %s%s", v.bf16 ? "bf16" : "mxfp4",
@@ -279,7 +280,8 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
           p.workspace = ws.p;
           p.workspace_bytes = ws.n;
           p.path = v.path;
-          auto run = [&](int ws_byte) {
+          auto run = [&](int ws_byte, int rows = -1) {
+            p.n = rows < 0 ? n : rows;
             T_CHECK(cudaMemset(ws.p, ws_byte, ws.n));
             if (v.acc)
               d_y.upload(y0);
@@ -299,6 +301,22 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
           Result rep = repeat_bits(params, y, y);
           rep.error = double(diff);
           out.push_back(rep);
+          if (v.path == cuda::MoePath::kPrefill && n >= 2) {
+            // Batch invariance: the first n/2 tokens alone give the bits they gave beside the others.
+            const int half = n / 2;
+            auto y_half = run(0x00, half);
+            y_half.resize(size_t(half) * H);
+            Result inv = repeat_bits(std::string(params) + " first n/2 alone", std::vector<float>(y.begin(), y.begin() + y_half.size()), y_half);
+            inv.metric = "prefix_bits";
+            out.push_back(inv);
+            // The prefill path stages the MXFP4 weights as their exact bf16 values: the same bits as the bf16 path.
+            if (!v.bf16) y_mxfp4_prefill = y;
+            if (v.bf16 && !y_mxfp4_prefill.empty()) {
+              Result same = repeat_bits(std::string(params) + " vs mxfp4", y_mxfp4_prefill, y);
+              same.metric = "format_bits";
+              out.push_back(same);
+            }
+          }
         } catch (const std::exception& e) {
           out.push_back(fail(params, e.what()));
           cudaGetLastError();
