@@ -512,9 +512,10 @@ struct BTileRegs<WFmt::kMxfp4> {
     }
   }
   // dst: 16 bf16, permuted order, the exact weights v * 2^(s-127): the decode's v * 2^(s-127) * 2^-63 times the
-  // bf16 2^63. Tensor-core results on the 2^-63-scaled weights depended on which other token rows shared the tile
-  // (a token's numbers changed with the batch); on the plain weights they do not, and the prefill path computes the
-  // same bits as the bf16 path. Once per staged tile, so the extra multiply is free beside the MMAs.
+  // bf16 2^63, so the fp32 accumulators need no 2^63 at the end. With the 2^-63-scaled weights a token's rows
+  // changed bits when the rows around them in the tile changed (op test, before the stable route sort); the bf16
+  // path's did not, and with exact weights this path computes the bf16 path's bits (op test "format_bits").
+  // Once per staged tile: the extra multiply is free beside the MMAs.
   __device__ __forceinline__ void store(uint16_t* dst) const {
     constexpr uint32_t kTwoPow63x2 = 0x5F005F00u;
     const uint32_t f = mx_factor(s);

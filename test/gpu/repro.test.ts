@@ -81,6 +81,10 @@ for (const invariant of [false, true]) {
       const one = await chunkedLast(m, 256, P, []);
       const diffs: Record<string, ReturnType<typeof diffBits>> = {};
       for (const B of [2, 16, 64, 256]) diffs[`decode beside ${B - 1}`] = diffBits(fullRow(await step(m, decodeParts(m, B), 8, [0]), 0), alone);
+      // a sequence in the middle of the batch: its rows sit elsewhere in the experts' groups than when alone
+      const mid = decodeParts(m, 256)[100];
+      const midAlone = fullRow(await step(m, [mid], 8, [0]), 0).slice();
+      diffs['decode of sequence 100 of 256'] = diffBits(fullRow(await step(m, decodeParts(m, 256), 8, [100]), 0), midAlone);
       for (const cuts of [[128], [64, 128, 192], [16], [200, 255]]) diffs[`chunks ${cuts.join(',')}`] = diffBits(await chunkedLast(m, 256, P, cuts), one);
       diffs['prompt beside a prefill'] = diffBits(await chunkedLast(m, 256, P, [], [{ slot: 0, tokens: prompt(100, 5, m.config.vocabSize), pos0: ctx(0) + 1 }]), one);
       diffs['prompt beside 63 decodes'] = diffBits(await chunkedLast(m, 256, P, [], decodeParts(m, 63)), one);

@@ -280,8 +280,12 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
           p.workspace = ws.p;
           p.workspace_bytes = ws.n;
           p.path = v.path;
-          auto run = [&](int ws_byte, int rows = -1) {
+          auto run = [&](int ws_byte, int rows = -1, int first = 0) {  // tokens [first, first + rows)
             p.n = rows < 0 ? n : rows;
+            p.x = d_x.p + size_t(first) * H;
+            p.ids = d_ids.p + size_t(first) * k;
+            p.weights = d_w.p + size_t(first) * k;
+            p.y = d_y.p + size_t(first) * H;
             T_CHECK(cudaMemset(ws.p, ws_byte, ws.n));
             if (v.acc)
               d_y.upload(y0);
@@ -302,11 +306,17 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
           rep.error = double(diff);
           out.push_back(rep);
           if (v.path == cuda::MoePath::kPrefill && n >= 2) {
-            // Batch invariance: the first n/2 tokens alone give the bits they gave beside the others.
+            // Batch invariance: the first n/2 tokens alone, and the others alone (their rows then sit elsewhere in
+            // their experts' groups and tiles), give the bits they gave side by side.
             const int half = n / 2;
-            auto y_half = run(0x00, half);
-            y_half.resize(size_t(half) * H);
-            Result inv = repeat_bits(std::string(params) + " first n/2 alone", std::vector<float>(y.begin(), y.begin() + y_half.size()), y_half);
+            const size_t cut = size_t(half) * H;
+            const auto y_first = run(0x00, half);
+            const auto y_last = run(0x00, n - half, half);
+            Result inv = repeat_bits(std::string(params) + " halves alone",
+                                     std::vector<float>(y.begin(), y.begin() + cut),
+                                     std::vector<float>(y_first.begin(), y_first.begin() + cut));
+            inv.error += repeat_bits(params, std::vector<float>(y.begin() + cut, y.end()),
+                                     std::vector<float>(y_last.begin() + cut, y_last.end())).error;
             inv.metric = "prefix_bits";
             out.push_back(inv);
             // The prefill path stages the MXFP4 weights as their exact bf16 values: the same bits as the bf16 path.
