@@ -291,13 +291,17 @@ __global__ void __launch_bounds__(kPrefillTileTokens* G) attn_prefill_tile(Atten
   }
   float m = -INFINITY, l = 0.f;
   __syncthreads();
+  // Key chunks start at multiples of KT, not at the tile's first key: a chunk outside a row's range leaves its
+  // state bit for bit unchanged, so each row's result depends on its own keys only, never on which rows share its
+  // tile (a prompt prefilled in one chunk or several, or decoded a token at a time as 1-token tiles, gives the
+  // same bits).
   const int blo = range_lo, bhi = range_hi;
-  for (int k0 = blo; k0 <= bhi; k0 += KT) {
+  for (int k0 = blo & ~(KT - 1); k0 <= bhi; k0 += KT) {
     // Stage KT keys (bf16 -> fp32): D/8 chunks of 8 values per key row.
     for (int e = tid; e < KT * (HD / 8); e += blockDim.x) {
       const int j = e / (HD / 8), ch = e % (HD / 8);
       float kf[8], vf[8];
-      if (k0 + j <= bhi) {
+      if (k0 + j >= blo && k0 + j <= bhi) {
         const size_t sl = slot_of(c, seq, k0 + j);
         unpack8(__ldg(reinterpret_cast<const uint4*>(c.k_cache + (sl * c.nkv + kvh) * HD) + ch), kf);
         unpack8(__ldg(reinterpret_cast<const uint4*>(c.v_cache + (sl * c.nkv + kvh) * HD) + ch), vf);

@@ -13,9 +13,11 @@
 //           pdl_wait(); gate_up cannot (its experts are only known once the router is done). Measured on the
 //           H100 at one token, real shapes: about 36 us per layer (graph + PDL, one token, E=32; 1.47 TB/s of the 3.0 TB/s ceiling): the
 //           latency of each warp's dependent loads and occupancy, not the bytes, limit it for now (NOTES.md, runs 4-5).
-//   prefill (many tokens): (token, expert) pairs counted, scanned and scattered by expert on the GPU, then
-//           grouped GEMMs on tensor cores (mma.sync bf16, fp32 accumulate, MXFP4 decoded into shared memory),
-//           SwiGLU fused into the gate_up epilogue, then a deterministic combine of each token's k rows.
+//   prefill (many tokens): (token, expert) pairs counted, scanned and scattered by expert on the GPU (a stable
+//           scatter: the same row order every run), then grouped GEMMs on tensor cores (mma.sync bf16, fp32
+//           accumulate, MXFP4 decoded into shared memory as the exact bf16 weights, so both formats give the same
+//           bits), SwiGLU fused into the gate_up epilogue, then a deterministic combine of each token's k rows.
+//           A token's rows do not depend on the other tokens of the call (docs/reproducibility.md).
 //
 // Activation dtypes (the same as kernels/dense.h): x is bf16 [n, H] (the RMSNorm output), y is fp32 [n, H], the
 // residual stream, written (y = moe(x)) or accumulated (y += moe(x)). The SwiGLU output between the two matmuls

@@ -11,7 +11,8 @@
 // sign at bit 15, are the bf16 number v * 2^-126 (E2M1's one subnormal, 0.5, lands on a bf16 subnormal, which
 // the bf16 multiply keeps). Multiplying by the bf16 2^(s - 64) gives v * 2^(s-127) * 2^-63, exact for every
 // scale byte 65 <= s <= 191 (weights between 2^-62 and 2^64 in magnitude); the fp32 accumulators are multiplied
-// by 2^63 once at the end. 2 integer ops and half a bf16 multiply per weight.
+// by 2^63 once at the end (decode path; the prefill path rescales the staged weights instead, see BTileRegs).
+// 2 integer ops and half a bf16 multiply per weight.
 //
 // Decode path (n <= 8 tokens): a warp owns 16 weight rows; lane (g = lane/4, t = lane%4) loads, per 128-column
 // chunk, the 16-byte MXFP4 block t of rows g and g+8 (mxfp4) or 64 bytes of each (bf16), decodes it into the
@@ -21,7 +22,7 @@
 // down: every block runs over all selected experts of its rows, with the SwiGLU output already multiplied by the
 // routing weight, so the combine of the k experts happens in the accumulators (no atomics).
 //
-// Prefill path: (token, slot) pairs sorted by expert (route_sort: count, scan, scatter in one block), a tile list
+// Prefill path: (token, slot) pairs sorted by expert (route_sort: count, scan, stable scatter in one block), a tile list
 // of 64 pair-rows per expert, then a grouped GEMM per matrix: 64 x 128 x 32 tiles, 8 warps of 32 x 32,
 // mma.sync bf16 from ldmatrix, operands double-buffered in shared memory through registers (the weights are
 // decoded on the way in), SwiGLU (x routing weight) fused into the gate_up epilogue, bias (x routing weight)
@@ -430,16 +431,21 @@ inline Workspace carve(void* base, int n, int H, int I, int E, int k) {
   return w;
 }
 
-// Count, scan and scatter the (token, slot) pairs by expert; the tile list of kBM rows per expert.
+// Count, scan and scatter the (token, slot) pairs by expert; the tile list of kBM rows per expert. The scatter is
+// stable (pairs keep their order within an expert's group): chunks of 1024 pairs in order, a pair's place being its
+// expert's cursor plus the pairs of that expert before it in the chunk (earlier warps' counts, then earlier lanes
+// by __match_any_sync). An atomic cursor here gave each run another row order within a group.
 __global__ void __launch_bounds__(1024) moe_route_sort(const int32_t* __restrict__ ids, int P, int E, Workspace w) {
   __shared__ int cnt[256], cursor[256];
+  __shared__ int wcnt[32][256];  // per chunk: pairs of expert e in warp w
   pdl_wait();
   pdl_trigger();
-  for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  for (int e = tid; e < E; e += blockDim.x) cnt[e] = 0;
   __syncthreads();
-  for (int p = threadIdx.x; p < P; p += blockDim.x) atomicAdd(&cnt[clamp_id(ids[p], E)], 1);
+  for (int p = tid; p < P; p += blockDim.x) atomicAdd(&cnt[clamp_id(ids[p], E)], 1);
   __syncthreads();
-  if (threadIdx.x == 0) {
+  if (tid == 0) {
     int off = 0, nt = 0;
     for (int e = 0; e < E; e++) {
       w.offsets[e] = off;
@@ -454,11 +460,28 @@ __global__ void __launch_bounds__(1024) moe_route_sort(const int32_t* __restrict
     w.offsets[E] = off;
     *w.num_tiles = nt;
   }
-  __syncthreads();
-  for (int p = threadIdx.x; p < P; p += blockDim.x) {
-    const int pos = atomicAdd(&cursor[clamp_id(ids[p], E)], 1);
-    w.perm[pos] = p;
-    w.pair_row[p] = pos;
+  for (int base = 0; base < P; base += 1024) {
+    for (int i = tid; i < 32 * 256; i += 1024) (&wcnt[0][0])[i] = 0;
+    __syncthreads();
+    const int p = base + tid;
+    const int e = p < P ? clamp_id(ids[p], E) : -1;
+    const unsigned same = __match_any_sync(0xffffffffu, e);
+    const int rank = __popc(same & ((1u << lane) - 1u));
+    if (e >= 0 && rank == 0) wcnt[warp][e] = __popc(same);
+    __syncthreads();
+    if (e >= 0) {
+      int pos = cursor[e] + rank;
+      for (int q = 0; q < warp; q++) pos += wcnt[q][e];
+      w.perm[pos] = p;
+      w.pair_row[p] = pos;
+    }
+    __syncthreads();
+    for (int x = tid; x < E; x += 1024) {
+      int s = 0;
+      for (int q = 0; q < 32; q++) s += wcnt[q][x];
+      cursor[x] += s;
+    }
+    __syncthreads();
   }
 }
 
@@ -488,11 +511,19 @@ struct BTileRegs<WFmt::kMxfp4> {
       s = 127;
     }
   }
-  __device__ __forceinline__ void store(uint16_t* dst) const {  // dst: 16 bf16, permuted order
+  // dst: 16 bf16, permuted order, the exact weights v * 2^(s-127): the decode's v * 2^(s-127) * 2^-63 times the
+  // bf16 2^63, so the fp32 accumulators need no 2^63 at the end. With the 2^-63-scaled weights a token's rows
+  // changed bits when the rows around them in the tile changed (op test, before the stable route sort); the bf16
+  // path's did not, and with exact weights this path computes the bf16 path's bits (op test "format_bits").
+  // Once per staged tile: the extra multiply is free beside the MMAs.
+  __device__ __forceinline__ void store(uint16_t* dst) const {
+    constexpr uint32_t kTwoPow63x2 = 0x5F005F00u;
     const uint32_t f = mx_factor(s);
     uint32_t p[8];
     decode_word(q.x, f, p);
     decode_word(q.y, f, p + 4);
+#pragma unroll
+    for (int i = 0; i < 8; i++) p[i] = bf16x2_mul(p[i], kTwoPow63x2);
     reinterpret_cast<uint4*>(dst)[0] = make_uint4(p[0], p[1], p[2], p[3]);
     reinterpret_cast<uint4*>(dst)[1] = make_uint4(p[4], p[5], p[6], p[7]);
   }
@@ -588,7 +619,7 @@ __global__ void __launch_bounds__(256) moe_grouped_gemm(GemmArgs a) {
       for (int nj = 0; nj < 4; nj++) {
         const int col = n0 + wn * 32 + nj * 8 + 2 * t;
         if (col >= N) continue;
-        const float v0 = acc[mi][nj][2 * h] * acc_scale<F>(), v1 = acc[mi][nj][2 * h + 1] * acc_scale<F>();
+        const float v0 = acc[mi][nj][2 * h], v1 = acc[mi][nj][2 * h + 1];  // exact weights: no acc_scale
         const uint16_t* bias = a.W.bias + size_t(e) * N;
         if constexpr (GATE_UP) {
           const float gate = v0 + bf2f_bits(bias[col]), up = v1 + bf2f_bits(bias[col + 1]);

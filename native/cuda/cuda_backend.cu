@@ -5,6 +5,9 @@
 // stream, PDL-chained on sm_90+; a decode-only step is captured once per batch shape as a CUDA graph and replayed;
 // the logits narrowed on the GPU, then sampled there: kernels/sample.h) and readback (one synchronisation, then the
 // narrowed results and the sampled tokens). HARMONIUM_PDL=0 / HARMONIUM_CUDA_GRAPHS=0 turn either off.
+// HARMONIUM_BATCH_INVARIANT=1: every step runs the prefill-shaped kernels for every row (tensor-core GEMMs, the
+// grouped expert GEMM, decode tokens as 1-token attention tiles), so a sequence's logits do not depend on what else
+// is in the batch nor on how its prompt was chunked; it costs decode throughput (docs/reproducibility.md).
 //
 // Per layer: rmsnorm -> fused qkv projection (the norm fused in for decode) -> rope + KV write (inside the decode
 // attention kernel on decode-only steps) -> attention (prefill tiles and/or split-K
@@ -207,6 +210,7 @@ class CudaBackend final : public Backend {
   // per-step views into d_idx_ (set by upload())
   int32_t *d_tokens_ = nullptr, *d_pos_ = nullptr, *d_slot_ = nullptr, *d_tok_seq_ = nullptr, *d_bt_ = nullptr,
           *d_decode_ = nullptr, *d_tiles_ = nullptr, *d_out_rows_ = nullptr;
+  bool batch_invariant_ = false;  // HARMONIUM_BATCH_INVARIANT=1 (see the top of this file)
   bool fused_rope_ = true;  // decode-only steps rotate and write the KV cache inside attention (HARMONIUM_FUSED_ROPE=0: off)
 
   // ---- one step, in four parts: plan (host), upload, launch (graph or eager), readback ----
@@ -290,6 +294,8 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   graphs_.enabled = !(graph_env && std::strcmp(graph_env, "0") == 0);
   const char* rope_env = std::getenv("HARMONIUM_FUSED_ROPE");
   fused_rope_ = !(rope_env && std::strcmp(rope_env, "0") == 0);
+  const char* inv_env = std::getenv("HARMONIUM_BATCH_INVARIANT");
+  batch_invariant_ = inv_env && std::strcmp(inv_env, "1") == 0;
   const char* prof_env = std::getenv("HARMONIUM_PROFILE");
   prof_.on = prof_env && std::strcmp(prof_env, "1") == 0;
   if (prof_.on) graphs_.enabled = false;
@@ -402,6 +408,7 @@ DenseParams CudaBackend::dense_params(const uint16_t* x, int ldx, const uint16_t
   d.N = N;
   d.K = K;
   d.pdl = pdl_;
+  if (batch_invariant_) d.force_path = 2;  // the tensor-core GEMM at every T: a row's bits never depend on T
   return d;
 }
 
@@ -456,6 +463,7 @@ MoeParams CudaBackend::moe_params(int T) const {
   mp.workspace = moe_ws_;
   mp.workspace_bytes = moe_ws_bytes_;
   mp.pdl = pdl_;
+  if (batch_invariant_) mp.path = MoePath::kPrefill;
   return mp;
 }
 
@@ -475,7 +483,7 @@ void CudaBackend::forward_layers(int T) {
     prof_.mark(StepProfiler::kEmbed);
   }
   // Decode-sized batches fuse each RMSNorm into the projection after it (fp32 normed input, one launch less).
-  const bool fuse_norm = T <= kDenseGemvMaxTokens;
+  const bool fuse_norm = T <= kDenseGemvMaxTokens && !batch_invariant_;
   // A step of decode tokens only (each the one new token of its sequence) rotates q/k and writes the KV cache
   // inside the attention kernel: one launch less per layer.
   const bool fuse_rope = fused_rope_ && plan_.n_tiles == 0 && plan_.n_decode == T;
@@ -679,7 +687,10 @@ void CudaBackend::plan_step(const StepBatch& b) {
       if (b.all_positions) p.out_rows.push_back(t);
     }
     if (!b.all_positions) p.out_rows.push_back(t - 1);
-    if (n == 1) {
+    if (n == 1 && batch_invariant_) {  // a 1-token prefill tile: the same attention kernel as a prompt's rows
+      p.tiles.push_back(t - 1);
+      p.tiles.push_back(1);
+    } else if (n == 1) {
       p.decode.push_back(t - 1);
       const int pos = b.positions[t - 1];
       max_keys_full = std::max(max_keys_full, pos + 1);
@@ -793,7 +804,9 @@ void CudaBackend::launch() {
   const ModelConfig& c = cfg_;
   prof_.begin(stream_);
   h_logits_.reserve(std::max<size_t>(1, p.full_rows.size()) * size_t(c.vocab) * 4);
-  const bool graphable = p.n_tiles == 0 && p.T <= kMoeDecodeMaxTokens && p.rows <= kLogitRowsPerChunk;
+  // Batch-invariant decode-only steps (one 1-token tile per token) have a launch sequence fixed by T as well.
+  const bool decode_only = p.n_tiles == 0 || (batch_invariant_ && p.n_tiles == p.T);
+  const bool graphable = decode_only && p.T <= kMoeDecodeMaxTokens && p.rows <= kLogitRowsPerChunk;
   const GraphKey key{p.T, p.S, p.max_bps, p.rows, p.top_k, p.dec_kps[0], p.dec_splits[0], p.dec_kps[1],
                      p.dec_splits[1], p.sample_stages};
   if (!graphable || !graphs_.run(key, stream_, [&] { run_forward(p.T, p.rows, p.top_k, p.sample_stages); }))

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <random>
 #include <string>
@@ -59,6 +60,21 @@ inline double max_abs_rel(const float* a, const float* b, size_t n, bool* bad) {
     mb = std::max(mb, std::fabs(double(b[i])));
   }
   return mb > 0 ? m / mb : m;
+}
+
+// Run-to-run reproducibility: the same launch on the same inputs must give the same bits (metric "repeat_bits",
+// the number of elements that differ; tolerance 0). Cases call it with a second run made after refilling every
+// workspace with another byte pattern, so a read of memory the kernel did not write shows up as well as a race.
+template <typename T>
+Result repeat_bits(const std::string& params, const std::vector<T>& first, const std::vector<T>& again) {
+  Result r;
+  r.params = params;
+  r.metric = "repeat_bits";
+  size_t diff = first.size() == again.size() ? 0 : first.size() + again.size();
+  for (size_t i = 0; i < first.size() && i < again.size(); i++)
+    diff += std::memcmp(&first[i], &again[i], sizeof(T)) != 0;
+  r.error = double(diff);
+  return r;
 }
 
 inline std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.0f) {

@@ -282,7 +282,25 @@ std::vector<Result> test_dense() {
     char params[96];
     std::snprintf(params, sizeof params, "%s T=%d N=%d K=%d%s%s", c.path == 1 ? "gemv" : "mma", c.T, c.N, c.K,
                   c.acc ? " +=" : "", c.lo ? " x+x_lo" : "");
-    out.push_back(nmse_result(params, dy.get(), want, 1e-6));
+    const auto y = dy.get();
+    out.push_back(nmse_result(params, y, want, 1e-6));
+    if (c.acc)
+      C_CHECK(cudaMemcpy(dy.p, y0.data(), y0.size() * 4, cudaMemcpyHostToDevice));
+    else
+      dy.poison();
+    cuda::dense(p, nullptr);
+    out.push_back(repeat_bits(params, y, dy.get()));
+    if (c.T >= 2 && !c.acc) {  // batch invariance: the first T/2 rows alone give the same bits
+      dy.poison();
+      p.T = c.T / 2;
+      cuda::dense(p, nullptr);
+      const auto part = dy.get();
+      const size_t m = size_t(p.T) * c.N;
+      Result inv = repeat_bits(params + std::string(" first T/2 alone"), std::vector<float>(y.begin(), y.begin() + m),
+                               std::vector<float>(part.begin(), part.begin() + m));
+      inv.metric = "prefix_bits";
+      out.push_back(inv);
+    }
   }
   return out;
 }
@@ -405,7 +423,10 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
     p.tiles = dtiles.p;
     p.num_tiles = int(tiles.size() / 2);
     cuda::attention_prefill(p, nullptr);
-    return {nmse_result(params, widen(dout.get()), want, 2e-5)};
+    const auto o = dout.get();
+    dout.poison();
+    cuda::attention_prefill(p, nullptr);
+    return {nmse_result(params, widen(o), want, 2e-5), repeat_bits(params, o, dout.get())};
   }
   std::vector<Result> out;
   std::vector<int32_t> toks(T);
@@ -423,8 +444,15 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
     Dev<float> ws(cuda::attention_decode_workspace_floats(T, nq, D, p.max_splits));
     p.workspace = ws.p;
     dout.poison();
+    C_CHECK(cudaMemset(ws.p, 0xff, ws.n * sizeof(float)));
     cuda::attention_decode(p, nullptr);
-    out.push_back(nmse_result(params + " splits=" + std::to_string(p.max_splits), widen(dout.get()), want, 2e-5));
+    const auto o = dout.get();
+    const std::string ps = params + " splits=" + std::to_string(p.max_splits);
+    out.push_back(nmse_result(ps, widen(o), want, 2e-5));
+    dout.poison();
+    C_CHECK(cudaMemset(ws.p, 0, ws.n * sizeof(float)));
+    cuda::attention_decode(p, nullptr);
+    out.push_back(repeat_bits(ps, o, dout.get()));
   }
   return out;
 }

@@ -256,16 +256,13 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
         vs.push_back({f == 1, cuda::MoePath::kPrefill, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kAuto, true});
       }
+      std::vector<float> y_mxfp4_prefill;
       for (const Variant& v : vs) {
         char params[160];
         std::snprintf(params, sizeof params, "%s %s n=%d %s%s", v.bf16 ? "bf16" : "mxfp4",
                       v.path == cuda::MoePath::kDecode ? "decode" : v.path == cuda::MoePath::kPrefill ? "prefill" : "auto",
                       n, shape, v.acc ? " accumulate" : "");
         try {
-          if (v.acc)
-            d_y.upload(y0);
-          else
-            d_y.poison();
           cuda::MoeParams p;
           p.n = n;
           p.H = H;
@@ -283,12 +280,53 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
           p.workspace = ws.p;
           p.workspace_bytes = ws.n;
           p.path = v.path;
-          if (v.bf16)
-            cuda::moe_bf16_forward(p, wb, 0);
-          else
-            cuda::moe_mxfp4_forward(p, wm, 0);
-          T_CHECK(cudaDeviceSynchronize());
-          out.push_back(close(params, "nmse", d_y.download(), v.acc ? y_ref_acc : y_ref, 1e-4));
+          auto run = [&](int ws_byte, int rows = -1, int first = 0) {  // tokens [first, first + rows)
+            p.n = rows < 0 ? n : rows;
+            p.x = d_x.p + size_t(first) * H;
+            p.ids = d_ids.p + size_t(first) * k;
+            p.weights = d_w.p + size_t(first) * k;
+            p.y = d_y.p + size_t(first) * H;
+            T_CHECK(cudaMemset(ws.p, ws_byte, ws.n));
+            if (v.acc)
+              d_y.upload(y0);
+            else
+              d_y.poison();
+            if (v.bf16)
+              cuda::moe_bf16_forward(p, wb, 0);
+            else
+              cuda::moe_mxfp4_forward(p, wm, 0);
+            T_CHECK(cudaDeviceSynchronize());
+            return d_y.download();
+          };
+          const auto y = run(0xFF);
+          out.push_back(close(params, "nmse", y, v.acc ? y_ref_acc : y_ref, 1e-4));
+          size_t diff = 0;  // three more runs over other workspace contents: the same bits every time
+          for (int ws_byte : {0x00, 0x7F, 0xFF}) diff += size_t(repeat_bits(params, y, run(ws_byte)).error);
+          Result rep = repeat_bits(params, y, y);
+          rep.error = double(diff);
+          out.push_back(rep);
+          if (v.path == cuda::MoePath::kPrefill && n >= 2) {
+            // Batch invariance: the first n/2 tokens alone, and the others alone (their rows then sit elsewhere in
+            // their experts' groups and tiles), give the bits they gave side by side.
+            const int half = n / 2;
+            const size_t cut = size_t(half) * H;
+            const auto y_first = run(0x00, half);
+            const auto y_last = run(0x00, n - half, half);
+            Result inv = repeat_bits(std::string(params) + " halves alone",
+                                     std::vector<float>(y.begin(), y.begin() + cut),
+                                     std::vector<float>(y_first.begin(), y_first.begin() + cut));
+            inv.error += repeat_bits(params, std::vector<float>(y.begin() + cut, y.end()),
+                                     std::vector<float>(y_last.begin() + cut, y_last.end())).error;
+            inv.metric = "prefix_bits";
+            out.push_back(inv);
+            // The prefill path stages the MXFP4 weights as their exact bf16 values: the same bits as the bf16 path.
+            if (!v.bf16) y_mxfp4_prefill = y;
+            if (v.bf16 && !y_mxfp4_prefill.empty()) {
+              Result same = repeat_bits(std::string(params) + " vs mxfp4", y_mxfp4_prefill, y);
+              same.metric = "format_bits";
+              out.push_back(same);
+            }
+          }
         } catch (const std::exception& e) {
           out.push_back(fail(params, e.what()));
           cudaGetLastError();
