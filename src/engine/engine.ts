@@ -21,6 +21,8 @@ export interface EngineOptions {
   maxBatchTokens: number;
   /** Longest sequence (prompt + generated) allowed. */
   contextLength: number;
+  /** Share full KV blocks between sequences with the same prefix (kv_blocks.ts). Default true. */
+  prefixCaching?: boolean;
 }
 
 /** A request the engine refuses or cannot finish (defined with the other errors). */
@@ -37,6 +39,8 @@ export interface GenerationRequest {
   /** Token ids that end the generation (emitted, then finished). */
   stopTokenIds: ReadonlySet<number>;
   signal?: AbortSignal;
+  /** Requests share cached KV blocks only under the same salt (a shared cache is a timing side channel). */
+  cacheSalt?: string;
   /** Called for each token; returning true ends the generation with 'stop' (a stop string matched). */
   onToken(token: SampledToken): boolean | void;
 }
@@ -46,6 +50,8 @@ export interface GenerationResult {
   /** The stop token that ended it, if one did. */
   stopToken?: number;
   promptTokens: number;
+  /** Prompt tokens whose KV came from the prefix cache. */
+  cachedTokens: number;
   completionTokens: number;
   /** performance.now() stamps. */
   submittedAt: number;
@@ -75,7 +81,7 @@ export class Engine {
   constructor(model: StepModel, options: EngineOptions) {
     this.model = model;
     this.options = options;
-    this.pool = new KvBlockPool(options.numBlocks, options.blockSize);
+    this.pool = new KvBlockPool(options.numBlocks, options.blockSize, { caching: options.prefixCaching ?? true });
     this.scheduler = new Scheduler(this.pool, options);
   }
 
@@ -89,6 +95,11 @@ export class Engine {
 
   get preemptions(): number {
     return this.scheduler.preemptions;
+  }
+
+  /** Prefix cache lookups so far, in prompt tokens: looked up, and found cached. */
+  get prefixCache(): { queries: number; hits: number } {
+    return { queries: this.scheduler.prefixQueries, hits: this.scheduler.prefixHits };
   }
 
   /** Sequences generating now and waiting for admission (a server's running / waiting gauges). */
@@ -121,7 +132,7 @@ export class Engine {
         resolve: (r) => (detach(), resolve(r)),
         reject: (e) => (detach(), reject(e)),
       };
-      this.scheduler.add(new Sequence(req.prompt, this.pool, p));
+      this.scheduler.add(new Sequence(req.prompt, this.pool, p, req.cacheSalt));
       req.signal?.addEventListener('abort', onAbort, { once: true });
       this.kick();
     });
@@ -154,6 +165,7 @@ export class Engine {
       finishReason: reason,
       stopToken,
       promptTokens: seq.promptLength,
+      cachedTokens: seq.cachedTokens ?? 0,
       completionTokens: seq.generated,
       submittedAt: p.submittedAt,
       firstTokenAt: p.firstTokenAt,
@@ -239,7 +251,7 @@ export class Engine {
     chunks.forEach((c, r) => {
       const seq = c.seq;
       if (seq.state === 'finished') return;
-      seq.computed = c.start + c.length;
+      this.scheduler.advance(seq, c.start + c.length);
       const plan = plans[r];
       if (!plan) return;
       const p = seq.owner;
