@@ -71,7 +71,8 @@ interface Pending {
 export class Engine {
   readonly options: EngineOptions;
   private readonly model: StepModel;
-  private readonly pool: KvBlockPool;
+  /** The KV blocks' bookkeeping (read by tests and benchmarks: counts, what is cached). */
+  readonly pool: KvBlockPool;
   private readonly scheduler: Scheduler<Pending>;
   private looping = false;
   private closed = false;

@@ -49,6 +49,11 @@ export class KvBlockPool {
     return this.byKey.size;
   }
 
+  /** Whether a step may write block b: one sequence holds it and it is not shared by key (an invariant tests check). */
+  writable(b: number): boolean {
+    return this.refs[b] === 1 && this.keyOf[b] === undefined;
+  }
+
   /** Blocks needed to hold `tokens` positions. */
   blocksFor(tokens: number): number {
     return Math.ceil(tokens / this.blockSize);
@@ -176,9 +181,10 @@ export class BlockTable {
     this.registered = cached.length;
   }
 
-  /** Registers the full blocks among the first keys.length ones (their KV is written) with the pool. */
-  register(keys: readonly string[]): void {
-    for (; this.registered < keys.length && this.registered < this.blocks.length; this.registered++)
+  /** Registers blocks 0 .. full-1 (full, their KV written) with the pool under their keys. */
+  register(keys: readonly string[], full: number): void {
+    if (full > keys.length || full > this.blocks.length) throw new Error(`KV cache: ${full} full blocks, ${keys.length} keys, ${this.blocks.length} blocks`);
+    for (; this.registered < full; this.registered++)
       this.pool.register(this.blocks[this.registered], keys[this.registered]);
   }
 

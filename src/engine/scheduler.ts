@@ -91,7 +91,7 @@ export class Scheduler<T = unknown> {
     seq.computed = computed;
     if (!this.pool.caching) return;
     seq.keys.extend(seq.tokens, computed);
-    seq.table.register(seq.keys.keys);
+    seq.table.register(seq.keys.keys, Math.floor(computed / this.pool.blockSize));
   }
 
   /**
@@ -166,11 +166,11 @@ export class Scheduler<T = unknown> {
       seq.table.adopt(hit);
       seq.computed = start;
       seq.table.ensure(start + len);
-      if (seq.cachedTokens === undefined) {
-        seq.cachedTokens = start;
+      if (seq.cachedTokens === undefined && this.pool.caching) {
         this.prefixQueries += seq.promptLength;
         this.prefixHits += start;
       }
+      seq.cachedTokens ??= start;
       this.waiting.shift();
       this.running.push(seq);
       seq.state = 'running';
