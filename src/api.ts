@@ -128,6 +128,7 @@ export class Harmonium {
         maxSeqs: info.limits.maxSeqs,
         maxBatchTokens: info.limits.maxBatchTokens,
         contextLength,
+        prefixCaching: opts.prefixCaching ?? true,
       });
       const noise = tiny || opts.dummyWeights !== undefined;
       const source = tiny ? 'tiny' : (opts.model ?? opts.dummyWeights!);
@@ -214,6 +215,8 @@ export class Harmonium {
       kvBlocksFree: this.engine.freeBlocks,
       kvBlocksTotal: this.engine.options.numBlocks,
       preemptions: this.engine.preemptions,
+      prefixCacheQueries: this.engine.prefixCache.queries,
+      prefixCacheHits: this.engine.prefixCache.hits,
       maxSeqs: this.engine.options.maxSeqs,
     };
   }
@@ -256,6 +259,7 @@ export class Harmonium {
         maxTokens: this.maxTokens(sampling.maxTokens, prompt.length),
         stopTokenIds: stops,
         signal: call.signal,
+        cacheSalt: opts.cacheSalt,
         onToken: (t) => {
           call.token();
           for (const e of assembler.push(t)) channel.push(e);
@@ -293,6 +297,7 @@ export class Harmonium {
         maxTokens: this.maxTokens(sampling.maxTokens, tokens.length),
         stopTokenIds: new Set([...(opts.ignoreEos ? [] : this.config.eosTokenIds), ...sampling.stopTokenIds]),
         signal: call.signal,
+        cacheSalt: opts.cacheSalt,
         onToken: (t) => {
           call.token();
           out.push(t.token);
@@ -346,7 +351,12 @@ export class Harmonium {
 }
 
 function usage(gen: GenerationResult) {
-  return { prompt_tokens: gen.promptTokens, completion_tokens: gen.completionTokens, total_tokens: gen.promptTokens + gen.completionTokens };
+  return {
+    prompt_tokens: gen.promptTokens,
+    completion_tokens: gen.completionTokens,
+    total_tokens: gen.promptTokens + gen.completionTokens,
+    prompt_tokens_details: { cached_tokens: gen.cachedTokens },
+  };
 }
 
 function timings(started: number, gen: GenerationResult): Timings {
