@@ -58,18 +58,24 @@ async function cold(prompt: number[], maxTokens: number, p: SamplingParams = { t
 }
 
 describe('block pool with prefix caching', () => {
-  it('keeps a released full block by key, shares it by reference, and evicts the least recently used', () => {
+  const tokens = [1, 2, 3, 4, 5];
+  const keysOf = (t: number[], salt?: string) => {
+    const k = new BlockKeys(2, salt);
+    k.extend(t, t.length);
+    return k;
+  };
+
+  it('keeps a released full block by content, shares it by reference, and evicts the least recently used', () => {
     const pool = new KvBlockPool(4, 2);
-    const keys = new BlockKeys(2);
-    keys.extend([1, 2, 3, 4, 5], 5);
+    const keys = keysOf(tokens);
     expect(keys.keys).toHaveLength(2);
     const a = new BlockTable(pool);
     a.ensure(5);
-    a.register(keys.keys, 2);
+    a.register(keys, tokens, 2);
     expect(pool.cachedBlocks).toBe(2);
     a.free();
     expect(pool.freeBlocks).toBe(4);
-    const hit = pool.match(keys.keys);
+    const hit = pool.match(keys.keys, tokens, '', 2);
     expect(hit).toHaveLength(2);
     const b = new BlockTable(pool);
     const c = new BlockTable(pool);
@@ -83,20 +89,65 @@ describe('block pool with prefix caching', () => {
     // Room for 3 blocks: the two empty ones, then the least recently used cached one (the prefix's second block).
     const d = new BlockTable(pool);
     d.ensure(6);
-    expect(pool.match(keys.keys)).toEqual([hit[0]]);
+    expect(pool.match(keys.keys, tokens, '', 2)).toEqual([hit[0]]);
     d.free();
     expect(pool.freeBlocks).toBe(4);
   });
 
+  it('a match compares tokens, parent and salt exactly, whatever the keys say', () => {
+    const pool = new KvBlockPool(8, 2);
+    const keys = keysOf(tokens);
+    const a = new BlockTable(pool);
+    a.ensure(4);
+    a.register(keys, tokens, 2);
+    expect(pool.match(keys.keys, [1, 2, 3, 9], '', 2)).toHaveLength(1);
+    expect(pool.match(keys.keys, [7, 2, 3, 4], '', 2)).toHaveLength(0);
+    expect(pool.match(keys.keys, tokens, 'other', 2)).toHaveLength(0);
+    // Another sequence computing the same prefix at once keeps its blocks private, and its next block still caches.
+    const twin = new BlockTable(pool);
+    const longer = [1, 2, 3, 4, 5, 6];
+    const lk = keysOf(longer);
+    twin.ensure(6);
+    twin.register(lk, longer, 3);
+    expect(pool.cachedBlocks).toBe(3);
+    expect(pool.writable(twin.blocks[0])).toBe(true);
+    expect(pool.match(lk.keys, longer, '', 3)).toEqual([...a.blocks, twin.blocks[2]]);
+    a.free();
+    twin.free();
+    expect(pool.freeBlocks).toBe(8);
+  });
+
+  it('a child whose parent was evicted never matches, and gives its key up once idle', () => {
+    const pool = new KvBlockPool(6, 2);
+    const longer = [1, 2, 3, 4, 5, 6];
+    const lk = keysOf(longer);
+    const a = new BlockTable(pool);
+    a.ensure(4);
+    a.register(lk, longer, 2);
+    const [a0] = a.blocks;
+    const twin = new BlockTable(pool);
+    twin.ensure(6);
+    twin.register(lk, longer, 3); // blocks 0-1 duplicate a's; block 2 caches after a's block 1
+    a.free(); // a's blocks idle, its block 1 the least recent
+    const other = new BlockTable(pool);
+    other.ensure(4); // the empty block, then a's block 1 evicted: twin's block 2 names a parent that is gone
+    expect(pool.match(lk.keys, longer, '', 3)).toEqual([a0]);
+    other.free();
+    twin.free();
+    // A fresh computation of the same prefix caches all three blocks again (the stale child gave its key up).
+    const again = new BlockTable(pool);
+    again.ensure(6);
+    again.register(lk, longer, 3);
+    expect(pool.match(lk.keys, longer, '', 3)).toEqual([a0, again.blocks[1], again.blocks[2]]);
+    again.free();
+    expect(pool.freeBlocks).toBe(6);
+  });
+
   it('keys name the whole prefix and the salt', () => {
-    const k = (tokens: number[], salt?: string) => {
-      const keys = new BlockKeys(2, salt);
-      keys.extend(tokens, tokens.length);
-      return keys.keys;
-    };
-    expect(k([1, 2, 3, 4])[1]).toBe(k([1, 2, 3, 4, 9])[1]);
-    expect(k([1, 2, 3, 4])[1]).not.toBe(k([7, 2, 3, 4])[1]);
-    expect(k([1, 2, 3, 4], 'a')[0]).not.toBe(k([1, 2, 3, 4], 'b')[0]);
+    expect(keysOf([1, 2, 3, 4]).keys[1]).toBe(keysOf([1, 2, 3, 4, 9]).keys[1]);
+    expect(keysOf([1, 2, 3, 4]).keys[1]).not.toBe(keysOf([7, 2, 3, 4]).keys[1]);
+    expect(keysOf([1, 2, 3, 4], 'a').keys[0]).not.toBe(keysOf([1, 2, 3, 4], 'b').keys[0]);
+    expect(Number.isSafeInteger(keysOf([1, 2]).keys[0])).toBe(true);
   });
 });
 

@@ -91,7 +91,7 @@ export class Scheduler<T = unknown> {
     seq.computed = computed;
     if (!this.pool.caching) return;
     seq.keys.extend(seq.tokens, computed);
-    seq.table.register(seq.keys.keys, Math.floor(computed / this.pool.blockSize));
+    seq.table.register(seq.keys, seq.tokens, Math.floor(computed / this.pool.blockSize));
   }
 
   /**
@@ -102,7 +102,7 @@ export class Scheduler<T = unknown> {
     if (!this.pool.caching) return [];
     const usable = Math.floor((seq.tokens.length - 1) / this.pool.blockSize);
     seq.keys.extend(seq.tokens, usable * this.pool.blockSize);
-    return this.pool.match(seq.keys.keys.slice(0, usable));
+    return this.pool.match(seq.keys.keys, seq.tokens, seq.keys.salt, usable);
   }
 
   private preempt(seq: Sequence<T>): void {
