@@ -169,7 +169,7 @@ async function main() {
     );
   });
   const worstLater = Math.max(...turnsOn.slice(1).map((t) => t.ttftMs)) / turnsOn[0].ttftMs;
-  console.log(`  worst later turn: ${pct(worstLater, 1)} of turn 1 (target <= 10%): ${worstLater <= 0.1 ? 'ok' : 'MISSED'}`);
+  console.log(`  worst later turn: ${pct(worstLater, 1)} of turn 1 (target <= 10%): ${verdict(worstLater <= 0.1)}`);
 
   // shared prefix
   const prefix = ids(P.prefix, 1);
@@ -196,13 +196,13 @@ async function main() {
   console.log(`\nshared: ${P.requests} requests of ${P.prefix} shared + ${P.suffix} own prompt tokens, ${P.output} generated, ${P.concurrency} in flight`);
   console.log(`  cache off: ${off.reqPerS.toFixed(2)} req/s (${ms(off.wallMs)}, ${off.steps} steps)`);
   console.log(`  cache on:  ${on.reqPerS.toFixed(2)} req/s (${ms(on.wallMs)}, ${on.steps} steps, ${pct(on.cachedTokens, P.requests * (P.prefix + P.suffix))} of prompt tokens cached)`);
-  console.log(`  speedup ${speedup.toFixed(2)}x (target >= 2x): ${speedup >= 2 ? 'ok' : 'MISSED'}`);
+  console.log(`  speedup ${speedup.toFixed(2)}x (target >= 2x): ${verdict(speedup >= 2)}`);
 
   // hash
   const hashShareOn = on.hashMs / on.wallMs;
   const hashShareOff = off.hashMs / off.wallMs;
   const perStepUs = (1000 * on.hashMs) / Math.max(1, on.steps);
-  console.log(`\nhash: ${pct(hashShareOn, 1)} of step time with the cache on (${perStepUs.toFixed(1)} us a step), ${pct(hashShareOff, 1)} off (target < 1%): ${Math.max(hashShareOn, hashShareOff) < 0.01 ? 'ok' : 'MISSED'}`);
+  console.log(`\nhash: ${pct(hashShareOn, 1)} of step time with the cache on (${perStepUs.toFixed(1)} us a step), ${pct(hashShareOff, 1)} off (target < 1%): ${verdict(Math.max(hashShareOn, hashShareOff) < 0.01)}`);
   const s = model.status();
   console.log(`engine: prefix cache queries ${s.prefixCacheQueries} tokens, hits ${s.prefixCacheHits} (${pct(s.prefixCacheHits, s.prefixCacheQueries)}), preemptions ${s.preemptions}, KV blocks free ${s.kvBlocksFree} of ${s.kvBlocksTotal}`);
 
@@ -221,6 +221,8 @@ function ids(n: number, seed: number): number[] {
   return out;
 }
 
+/** The targets are the issue's, for its shapes on the GPU; a CPU smoke run only shows the trend. */
+const verdict = (ok: boolean) => (ok ? 'ok' : backend === 'cpu' ? 'missed (smoke run: the targets are for the GPU presets)' : 'MISSED');
 const ms = (v: number) => (v >= 1000 ? `${(v / 1000).toFixed(2)} s` : `${v.toFixed(1)} ms`);
 const pct = (a: number, b: number) => `${((100 * a) / b).toFixed(1)}%`;
 
