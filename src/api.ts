@@ -128,7 +128,7 @@ export class Harmonium {
         maxSeqs: info.limits.maxSeqs,
         maxBatchTokens: info.limits.maxBatchTokens,
         contextLength,
-        prefixCaching: opts.prefixCaching ?? true,
+        prefixCaching: opts.prefixCaching,
       });
       const noise = tiny || opts.dummyWeights !== undefined;
       const source = tiny ? 'tiny' : (opts.model ?? opts.dummyWeights!);
