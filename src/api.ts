@@ -129,6 +129,7 @@ export class Harmonium {
         maxBatchTokens: info.limits.maxBatchTokens,
         contextLength,
         maxSampleEntries: info.limits.maxSampleEntries,
+        prefixCaching: opts.prefixCaching,
       });
       const noise = tiny || opts.dummyWeights !== undefined;
       const source = tiny ? 'tiny' : (opts.model ?? opts.dummyWeights!);
@@ -215,6 +216,8 @@ export class Harmonium {
       kvBlocksFree: this.engine.freeBlocks,
       kvBlocksTotal: this.engine.options.numBlocks,
       preemptions: this.engine.preemptions,
+      prefixCacheQueries: this.engine.prefixCache.queries,
+      prefixCacheHits: this.engine.prefixCache.hits,
       maxSeqs: this.engine.options.maxSeqs,
     };
   }
@@ -257,6 +260,7 @@ export class Harmonium {
         maxTokens: this.maxTokens(sampling.maxTokens, prompt.length),
         stopTokenIds: stops,
         signal: call.signal,
+        cacheSalt: opts.cacheSalt,
         onToken: (t) => {
           call.token();
           for (const e of assembler.push(t)) channel.push(e);
@@ -294,6 +298,7 @@ export class Harmonium {
         maxTokens: this.maxTokens(sampling.maxTokens, tokens.length),
         stopTokenIds: new Set([...(opts.ignoreEos ? [] : this.config.eosTokenIds), ...sampling.stopTokenIds]),
         signal: call.signal,
+        cacheSalt: opts.cacheSalt,
         onToken: (t) => {
           call.token();
           out.push(t.token);
@@ -347,7 +352,12 @@ export class Harmonium {
 }
 
 function usage(gen: GenerationResult) {
-  return { prompt_tokens: gen.promptTokens, completion_tokens: gen.completionTokens, total_tokens: gen.promptTokens + gen.completionTokens };
+  return {
+    prompt_tokens: gen.promptTokens,
+    completion_tokens: gen.completionTokens,
+    total_tokens: gen.promptTokens + gen.completionTokens,
+    prompt_tokens_details: { cached_tokens: gen.cachedTokens },
+  };
 }
 
 function timings(started: number, gen: GenerationResult): Timings {

@@ -41,7 +41,7 @@ describe('engine on the CPU backend (tiny model)', () => {
     results.forEach((r, i) => {
       expect(r.content).toBe(solo[i].content);
       expect(r.reasoning).toBe(solo[i].reasoning);
-      expect(r.usage).toEqual(solo[i].usage);
+      expect({ ...r.usage, prompt_tokens_details: undefined }).toEqual({ ...solo[i].usage, prompt_tokens_details: undefined });
       expect(r.usage.completion_tokens).toBe(requests[i].max_tokens);
       expect(r.finish_reason).toBe('length');
     });

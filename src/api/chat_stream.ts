@@ -118,6 +118,7 @@ export class ChatAssembler {
         prompt_tokens: gen.promptTokens,
         completion_tokens: gen.completionTokens,
         total_tokens: gen.promptTokens + gen.completionTokens,
+        prompt_tokens_details: { cached_tokens: gen.cachedTokens },
       },
       timings,
       malformed: this.malformed,

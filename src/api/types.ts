@@ -27,6 +27,11 @@ export interface HarmoniumLoadOptions {
   expertFormat?: 'mxfp4' | 'bf16';
   /** CPU threads (0 = all cores). */
   threads?: number;
+  /**
+   * Keep full KV blocks after their requests end and share them with every request whose prompt starts with the
+   * same tokens, which then prefills only the rest (a conversation's next turn, a shared system prompt). Default true.
+   */
+  prefixCaching?: boolean;
   signal?: AbortSignal;
 }
 
@@ -43,6 +48,11 @@ export interface CallOptions {
   assistantPrefix?: string;
   /** Keep generating past the model's end tokens, to max_tokens (vLLM's ignore_eos; benchmarks). */
   ignoreEos?: boolean;
+  /**
+   * Calls share cached prompt blocks only under the same salt (vLLM's cache_salt): a shared cache is a timing side
+   * channel, so give each tenant its own. Default: one cache for all.
+   */
+  cacheSalt?: string;
 }
 
 /** What Harmonium.status() reports. */
@@ -52,6 +62,9 @@ export interface EngineStatus {
   kvBlocksFree: number;
   kvBlocksTotal: number;
   preemptions: number;
+  /** Prefix cache lookups so far, in prompt tokens: looked up, and found cached (vLLM's prefix_cache_queries / hits). */
+  prefixCacheQueries: number;
+  prefixCacheHits: number;
   /** Sequences one step may hold (load's maxSeqs). */
   maxSeqs: number;
 }
@@ -60,6 +73,8 @@ export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  /** Prompt tokens whose KV came from the prefix cache (OpenAI's usage shape); on a finished call's usage. */
+  prompt_tokens_details?: { cached_tokens: number };
 }
 
 export interface Timings {

@@ -17,6 +17,7 @@ interface ServeFlags extends ModelFlags {
   maxQueue: number;
   servedModelName?: string;
   reasoningField: 'both' | 'reasoning' | 'reasoning_content';
+  enablePrefixCaching: boolean;
 }
 
 /** A whole number flag, checked here so that a typo fails before anything loads. */
@@ -38,6 +39,7 @@ export function registerServe(program: Command): void {
     .option('--max-num-seqs <n>', 'requests generating at once (default: the library\'s maxSeqs)', intFlag(1))
     .option('--max-model-len <n>', 'longest sequence, prompt + answer (as --context-length)', intFlag(2))
     .option('--max-queue <n>', 'requests waiting beyond --max-num-seqs; more get 429', intFlag(0), DEFAULT_MAX_QUEUE)
+    .option('--no-enable-prefix-caching', 'prefill every prompt from its start (no KV blocks kept and shared between requests)')
     .option('--served-model-name <name>', 'the model name clients send (default: the directory name, the dummy name or "tiny")')
     .addOption(
       new Option('--reasoning-field <name>', 'where chat messages carry the chain of thought').choices(['both', 'reasoning', 'reasoning_content']).default('both'),
@@ -45,7 +47,7 @@ export function registerServe(program: Command): void {
   addModelFlags(cmd);
   cmd.action(async (flags: ServeFlags) => {
     if (!isLoopback(flags.host) && !flags.apiKey) throw new Error(`refusing to listen on ${flags.host} without --api-key`);
-    const opts = { ...loadOptions(flags), maxSeqs: flags.maxNumSeqs };  // undefined: the library's default
+    const opts = { ...loadOptions(flags), maxSeqs: flags.maxNumSeqs, prefixCaching: flags.enablePrefixCaching };  // undefined: the library's default
     if (flags.maxModelLen !== undefined) opts.contextLength = flags.maxModelLen;
     const name = flags.servedModelName ?? servedName({ source: flags.dummyWeights ?? flags.model ?? 'tiny' });
     const bar = loadProgress(`loading ${modelLabel(flags)}`);

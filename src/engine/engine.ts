@@ -25,6 +25,8 @@ export interface EngineOptions {
   contextLength: number;
   /** The most sampling entries one step carries (the addon's buildInfo().maxSampleEntries); default unlimited. */
   maxSampleEntries?: number;
+  /** Share full KV blocks between sequences with the same prefix (kv_blocks.ts). Default true. */
+  prefixCaching?: boolean;
 }
 
 /** A request the engine refuses or cannot finish (defined with the other errors). */
@@ -41,6 +43,8 @@ export interface GenerationRequest {
   /** Token ids that end the generation (emitted, then finished). */
   stopTokenIds: ReadonlySet<number>;
   signal?: AbortSignal;
+  /** Requests share cached KV blocks only under the same salt (a shared cache is a timing side channel). */
+  cacheSalt?: string;
   /** Called for each token; returning true ends the generation with 'stop' (a stop string matched). */
   onToken(token: SampledToken): boolean | void;
 }
@@ -50,6 +54,8 @@ export interface GenerationResult {
   /** The stop token that ended it, if one did. */
   stopToken?: number;
   promptTokens: number;
+  /** Prompt tokens whose KV came from the prefix cache. */
+  cachedTokens: number;
   completionTokens: number;
   /** performance.now() stamps. */
   submittedAt: number;
@@ -69,7 +75,8 @@ interface Pending {
 export class Engine {
   readonly options: EngineOptions;
   private readonly model: StepModel;
-  private readonly pool: KvBlockPool;
+  /** The KV blocks' bookkeeping (read by tests and benchmarks: counts, what is cached). */
+  readonly pool: KvBlockPool;
   private readonly scheduler: Scheduler<Pending>;
   private looping = false;
   private closed = false;
@@ -79,7 +86,7 @@ export class Engine {
   constructor(model: StepModel, options: EngineOptions) {
     this.model = model;
     this.options = options;
-    this.pool = new KvBlockPool(options.numBlocks, options.blockSize);
+    this.pool = new KvBlockPool(options.numBlocks, options.blockSize, { caching: options.prefixCaching ?? true });
     this.scheduler = new Scheduler(this.pool, options);
   }
 
@@ -93,6 +100,11 @@ export class Engine {
 
   get preemptions(): number {
     return this.scheduler.preemptions;
+  }
+
+  /** Prefix cache lookups so far, in prompt tokens: looked up, and found cached. */
+  get prefixCache(): { queries: number; hits: number } {
+    return { queries: this.scheduler.prefixQueries, hits: this.scheduler.prefixHits };
   }
 
   /** Sequences generating now and waiting for admission (a server's running / waiting gauges). */
@@ -125,7 +137,7 @@ export class Engine {
         resolve: (r) => (detach(), resolve(r)),
         reject: (e) => (detach(), reject(e)),
       };
-      this.scheduler.add(new Sequence(req.prompt, this.pool, p));
+      this.scheduler.add(new Sequence(req.prompt, this.pool, p, req.cacheSalt));
       req.signal?.addEventListener('abort', onAbort, { once: true });
       this.kick();
     });
@@ -158,6 +170,7 @@ export class Engine {
       finishReason: reason,
       stopToken,
       promptTokens: seq.promptLength,
+      cachedTokens: seq.cachedTokens ?? 0,
       completionTokens: seq.generated,
       submittedAt: p.submittedAt,
       firstTokenAt: p.firstTokenAt,
@@ -277,7 +290,7 @@ export class Engine {
     chunks.forEach((c, r) => {
       const seq = c.seq;
       if (seq.state === 'finished') return;
-      seq.computed = c.start + c.length;
+      this.scheduler.advance(seq, c.start + c.length);
       const plan = plans[r];
       if (!plan) return;
       const p = seq.owner;

@@ -3,7 +3,9 @@
 // order as blocks and slots allow. When a decoding sequence needs a block and none is free, the most recently
 // admitted sequence is preempted: its blocks are freed and it goes back to the front of the queue to recompute its
 // tokens later (vLLM's recompute preemption), so the oldest requests always make progress.
-import { BlockTable, type KvBlockPool } from './kv_blocks.js';
+// A sequence being admitted first takes the cached blocks its tokens start with (prefix caching, kv_blocks.ts)
+// and prefills only the rest; as its blocks fill they are registered for others to share.
+import { BlockKeys, BlockTable, type KvBlockPool } from './kv_blocks.js';
 
 export interface SchedulerLimits {
   /** Sequences per step (the native max_seqs). */
@@ -19,14 +21,20 @@ export class Sequence<T = unknown> {
   /** Positions whose KV is in the cache. */
   computed = 0;
   readonly table: BlockTable;
+  /** Chain keys of its full blocks (computed as they are needed). */
+  readonly keys: BlockKeys;
+  /** Prompt tokens found in the prefix cache at its first admission (usage's cached_tokens). */
+  cachedTokens: number | undefined;
   state: 'waiting' | 'running' | 'finished' = 'waiting';
   /** What the engine keeps with the sequence. */
   readonly owner: T;
 
-  constructor(prompt: readonly number[], pool: KvBlockPool, owner: T) {
+  /** `cacheSalt` keeps tenants apart: sequences share cached blocks only under the same salt. */
+  constructor(prompt: readonly number[], pool: KvBlockPool, owner: T, cacheSalt?: string) {
     this.tokens = [...prompt];
     this.promptLength = prompt.length;
     this.table = new BlockTable(pool);
+    this.keys = new BlockKeys(pool.blockSize, cacheSalt);
     this.owner = owner;
   }
 
@@ -51,6 +59,9 @@ export class Scheduler<T = unknown> {
   /** Admission order (oldest first). */
   readonly running: Sequence<T>[] = [];
   preemptions = 0;
+  /** Prefix cache lookups, in prompt tokens: looked up and found (at each request's first admission; vLLM's counters). */
+  prefixQueries = 0;
+  prefixHits = 0;
 
   constructor(pool: KvBlockPool, limits: SchedulerLimits) {
     this.pool = pool;
@@ -73,6 +84,25 @@ export class Scheduler<T = unknown> {
     }
     if (seq.table.blocks.length) seq.table.free();
     seq.state = 'finished';
+  }
+
+  /** Records that positions 0 .. computed-1 of `seq` hold KV now; its blocks that are full become shareable. */
+  advance(seq: Sequence<T>, computed: number): void {
+    seq.computed = computed;
+    if (!this.pool.caching) return;
+    seq.keys.extend(seq.tokens, computed);
+    seq.table.register(seq.keys, seq.tokens, Math.floor(computed / this.pool.blockSize));
+  }
+
+  /**
+   * The cached blocks `seq` starts with. Only blocks before the one holding its last token: that token is always
+   * computed (its logits are sampled), and its KV must land in a block of the sequence's own.
+   */
+  private cachedPrefix(seq: Sequence<T>): number[] {
+    if (!this.pool.caching) return [];
+    const usable = Math.floor((seq.tokens.length - 1) / this.pool.blockSize);
+    seq.keys.extend(seq.tokens, usable * this.pool.blockSize);
+    return this.pool.match(seq.keys.keys, seq.tokens, seq.keys.salt, usable);
   }
 
   private preempt(seq: Sequence<T>): void {
@@ -127,10 +157,20 @@ export class Scheduler<T = unknown> {
     }
     while (this.waiting.length > 0 && budget > 0 && this.running.length < this.limits.maxSeqs) {
       const seq = this.waiting[0];
-      const need = seq.tokens.length - seq.computed;
+      // Waiting sequences hold no blocks (new, or preempted).
+      const hit = this.cachedPrefix(seq);
+      const start = hit.length * this.pool.blockSize;
+      const need = seq.tokens.length - start;
       const len = Math.min(need, budget);
-      if (seq.table.missingFor(seq.computed + len) > this.pool.freeBlocks) break;
-      seq.table.ensure(seq.computed + len);
+      if (this.pool.blocksFor(start + len) - hit.length + this.pool.idleAmong(hit) > this.pool.freeBlocks) break;
+      seq.table.adopt(hit);
+      seq.computed = start;
+      seq.table.ensure(start + len);
+      if (seq.cachedTokens === undefined && this.pool.caching) {
+        this.prefixQueries += seq.promptLength;
+        this.prefixHits += start;
+      }
+      seq.cachedTokens ??= start;
       this.waiting.shift();
       this.running.push(seq);
       seq.state = 'running';

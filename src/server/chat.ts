@@ -10,14 +10,14 @@ import { badRequest, toApiError } from './errors.js';
 import { chatLogprobs } from './logprobs.js';
 import { SseWriter } from './sse.js';
 import { planToolChoice, type ToolPlan } from './tool_choice.js';
-import { bodyObject, checkKeys, checkN, includeUsage, optArray, optBool, optObject, optString, type Body } from './validate.js';
+import { bodyObject, cacheSalt, checkKeys, checkN, includeUsage, optArray, optBool, optObject, optString, type Body } from './validate.js';
 
 /** Harmony options the renderer takes beside the OpenAI fields. */
 export const HARMONY_KEYS = ['model_identity', 'knowledge_cutoff', 'current_date', 'builtin_tools'] as const;
 
 const CHAT_KEYS = new Set<string>([
   'model', 'messages', 'tools', 'tool_choice', 'parallel_tool_calls', 'reasoning_effort', 'stream', 'stream_options',
-  'n', 'user', 'response_format', 'ignore_eos', ...SAMPLING_KEYS, ...HARMONY_KEYS,
+  'n', 'user', 'response_format', 'ignore_eos', 'cache_salt', ...SAMPLING_KEYS, ...HARMONY_KEYS,
 ]);
 
 /** response_format: plain text only, until structured output exists. */
@@ -32,6 +32,7 @@ interface ChatCall {
   stream: boolean;
   includeUsage: boolean;
   ignoreEos: boolean;
+  cacheSalt: string | undefined;
 }
 
 function parseChat(ctx: ServerContext, raw: unknown): ChatCall {
@@ -52,7 +53,14 @@ function parseChat(ctx: ServerContext, raw: unknown): ChatCall {
   const request: Record<string, unknown> = { messages: body.messages };
   for (const k of ['reasoning_effort', ...HARMONY_KEYS, ...SAMPLING_KEYS]) if (body[k] !== undefined && body[k] !== null) request[k] = body[k];
   if (plan.tools) request.tools = plan.tools;
-  return { request: request as unknown as ChatCompletionRequest, plan, stream, includeUsage: usage, ignoreEos: optBool(body, 'ignore_eos') === true };
+  return {
+    request: request as unknown as ChatCompletionRequest,
+    plan,
+    stream,
+    includeUsage: usage,
+    ignoreEos: optBool(body, 'ignore_eos') === true,
+    cacheSalt: cacheSalt(body),
+  };
 }
 
 /** tool_choice none: a call the model wrote anyway is no answer (see tool_choice.ts). */
@@ -71,7 +79,12 @@ function message(ctx: ServerContext, r: ChatResult): Body {
 export async function chatCompletions(ctx: ServerContext, rawBody: unknown, reply: FastifyReply): Promise<void> {
   await ctx.generation(reply, async (model, signal) => {
     const call = parseChat(ctx, rawBody);
-    const stream = model.chat(call.request, { signal, assistantPrefix: call.plan.assistantPrefix, ignoreEos: call.ignoreEos });
+    const stream = model.chat(call.request, {
+      signal,
+      assistantPrefix: call.plan.assistantPrefix,
+      ignoreEos: call.ignoreEos,
+      cacheSalt: call.cacheSalt,
+    });
     const id = newId('chatcmpl-');
     const created = nowSeconds();
     const head = { id, created, model: ctx.modelName };

@@ -8,10 +8,10 @@ import { newId, nowSeconds, type ServerContext } from './context.js';
 import { badRequest, toApiError } from './errors.js';
 import { completionLogprobs } from './logprobs.js';
 import { SseWriter } from './sse.js';
-import { bodyObject, checkKeys, checkN, includeUsage, optBool, optInt, optString, type Body } from './validate.js';
+import { bodyObject, cacheSalt, checkKeys, checkN, includeUsage, optBool, optInt, optString, type Body } from './validate.js';
 
 const COMPLETION_KEYS = new Set<string>([
-  'model', 'prompt', 'stream', 'stream_options', 'n', 'best_of', 'echo', 'suffix', 'user', 'ignore_eos', ...SAMPLING_KEYS,
+  'model', 'prompt', 'stream', 'stream_options', 'n', 'best_of', 'echo', 'suffix', 'user', 'ignore_eos', 'cache_salt', ...SAMPLING_KEYS,
 ]);
 const MAX_COMPLETION_LOGPROBS = 5;
 
@@ -24,7 +24,16 @@ function promptTokens(prompt: unknown, encode: (s: string) => number[]): number[
   throw badRequest('prompt', 'must be a string or a non-empty array of token ids', 'invalid_type');
 }
 
-function parse(body: Body): { sampling: SamplingParams; stream: boolean; includeUsage: boolean; top: number | undefined; ignoreEos: boolean } {
+interface CompletionCall {
+  sampling: SamplingParams;
+  stream: boolean;
+  includeUsage: boolean;
+  top: number | undefined;
+  ignoreEos: boolean;
+  cacheSalt: string | undefined;
+}
+
+function parse(body: Body): CompletionCall {
   checkKeys(body, COMPLETION_KEYS);
   checkN(body);
   const bestOf = optInt(body, 'best_of');
@@ -41,7 +50,7 @@ function parse(body: Body): { sampling: SamplingParams; stream: boolean; include
     if (top < 0 || top > MAX_COMPLETION_LOGPROBS) throw badRequest('logprobs', `must be in 0..${MAX_COMPLETION_LOGPROBS}, got ${top}`, 'invalid_value');
     Object.assign(sampling, { logprobs: true, top_logprobs: top });
   }
-  return { sampling: sampling as SamplingParams, stream, includeUsage: usage, top, ignoreEos: optBool(body, 'ignore_eos') === true };
+  return { sampling: sampling as SamplingParams, stream, includeUsage: usage, top, ignoreEos: optBool(body, 'ignore_eos') === true, cacheSalt: cacheSalt(body) };
 }
 
 export async function completions(ctx: ServerContext, rawBody: unknown, reply: FastifyReply): Promise<void> {
@@ -50,7 +59,7 @@ export async function completions(ctx: ServerContext, rawBody: unknown, reply: F
     ctx.checkModel(body.model);
     const call = parse(body);
     const tokens = promptTokens(body.prompt, (s) => model.tokenizer.encode(s));
-    const stream = model.generate(tokens, call.sampling, { signal, ignoreEos: call.ignoreEos });
+    const stream = model.generate(tokens, call.sampling, { signal, ignoreEos: call.ignoreEos, cacheSalt: call.cacheSalt });
     const head = { id: newId('cmpl-'), object: 'text_completion', created: nowSeconds(), model: ctx.modelName };
     const logprobs = (ts: GeneratedToken[], offset: number) =>
       call.top === undefined ? null : completionLogprobs(ts, model.tokenizer, offset, call.top > 0);

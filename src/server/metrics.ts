@@ -1,6 +1,6 @@
 // Prometheus metrics under vLLM's names (vllm:*), so dashboards made for vLLM read ours: running / waiting
-// requests and KV-cache usage (read from the engine at scrape time), prompt / generation token and preemption
-// counters, and TTFT / TPOT / end-to-end latency histograms. Each server has its own registry.
+// requests and KV-cache usage (read from the engine at scrape time), prompt / generation token, preemption and
+// prefix-cache counters, and TTFT / TPOT / end-to-end latency histograms. Each server has its own registry.
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { EngineStatus } from '../api/types.js';
 
@@ -46,16 +46,21 @@ export class ServerMetrics {
     gauge('vllm:num_requests_running', 'Requests generating in the engine now.', (s) => s.running);
     gauge('vllm:num_requests_waiting', 'Requests waiting for the engine.', (s) => s.waiting);
     gauge('vllm:kv_cache_usage_perc', 'KV-cache usage: 1 means every block is in use.', (s) => 1 - s.kvBlocksFree / s.kvBlocksTotal);
-    new Counter({
-      name: 'vllm:num_preemptions_total',
-      help: 'Preemptions by the engine (a sequence gave its KV blocks back, to recompute later).',
-      labelNames,
-      registers,
-      collect() {
-        const s = status();
-        if (s) this.reset(), this.inc({ model_name: modelName }, s.preemptions);
-      },
-    });
+    // The engine's own counters, read at scrape time.
+    const engineCounter = (name: string, help: string, read: (s: EngineStatus) => number) =>
+      new Counter({
+        name,
+        help,
+        labelNames,
+        registers,
+        collect() {
+          const s = status();
+          if (s) this.reset(), this.inc({ model_name: modelName }, read(s));
+        },
+      });
+    engineCounter('vllm:num_preemptions_total', 'Preemptions by the engine (a sequence gave its KV blocks back, to recompute later).', (s) => s.preemptions);
+    engineCounter('vllm:prefix_cache_queries_total', 'Prompt tokens looked up in the prefix cache.', (s) => s.prefixCacheQueries);
+    engineCounter('vllm:prefix_cache_hits_total', 'Prompt tokens found in the prefix cache (their prefill skipped).', (s) => s.prefixCacheHits);
     this.promptTokens = new Counter({ name: 'vllm:prompt_tokens_total', help: 'Prompt tokens processed.', labelNames, registers });
     this.generationTokens = new Counter({ name: 'vllm:generation_tokens_total', help: 'Tokens generated.', labelNames, registers });
     this.success = new Counter({

@@ -14,13 +14,13 @@ import { chatLogprobs } from './logprobs.js';
 import { inputMessages, inputTools, reasoningEffort } from './responses_input.js';
 import { SseWriter } from './sse.js';
 import { planToolChoice, type ToolPlan } from './tool_choice.js';
-import { bodyObject, checkKeys, optArray, optBool, optInt, optObject, optString, type Body } from './validate.js';
+import { bodyObject, cacheSalt, checkKeys, optArray, optBool, optInt, optObject, optString, type Body } from './validate.js';
 
 const RESPONSES_KEYS = new Set<string>([
   'model', 'input', 'instructions', 'tools', 'tool_choice', 'parallel_tool_calls', 'reasoning', 'stream', 'store',
   'max_output_tokens', 'temperature', 'top_p', 'top_k', 'min_p', 'seed', 'top_logprobs', 'text', 'metadata', 'user',
   'truncation', 'stop', 'frequency_penalty', 'presence_penalty', 'repetition_penalty', 'logit_bias', 'ignore_eos',
-  ...HARMONY_KEYS,
+  'cache_salt', ...HARMONY_KEYS,
 ]);
 const PASSED = ['temperature', 'top_p', 'top_k', 'min_p', 'seed', 'stop', 'frequency_penalty', 'presence_penalty', 'repetition_penalty', 'logit_bias'];
 
@@ -30,6 +30,7 @@ interface ResponsesCall {
   plan: ToolPlan;
   stream: boolean;
   ignoreEos: boolean;
+  cacheSalt: string | undefined;
 }
 
 function parseResponses(ctx: ServerContext, raw: unknown): ResponsesCall {
@@ -59,7 +60,7 @@ function parseResponses(ctx: ServerContext, raw: unknown): ResponsesCall {
   if (maxOut !== undefined) request.max_tokens = maxOut;
   const top = optInt(body, 'top_logprobs');
   if (top !== undefined) Object.assign(request, { logprobs: true, top_logprobs: top });
-  return { body, request, plan, stream: optBool(body, 'stream') === true, ignoreEos: optBool(body, 'ignore_eos') === true };
+  return { body, request, plan, stream: optBool(body, 'stream') === true, ignoreEos: optBool(body, 'ignore_eos') === true, cacheSalt: cacheSalt(body) };
 }
 
 /** The response object around its output (in_progress while streaming, completed or incomplete at the end). */
@@ -90,7 +91,7 @@ function envelope(ctx: ServerContext, call: ResponsesCall, id: string, created: 
       r && tokenizer
         ? {
             input_tokens: r.usage.prompt_tokens,
-            input_tokens_details: { cached_tokens: 0 },
+            input_tokens_details: { cached_tokens: r.usage.prompt_tokens_details?.cached_tokens ?? 0 },
             output_tokens: r.usage.completion_tokens,
             // The chain of thought's length re-tokenized: its text is exact, the count can differ by a token at a boundary.
             output_tokens_details: { reasoning_tokens: r.reasoning ? tokenizer.encode(r.reasoning).length : 0 },
@@ -179,7 +180,12 @@ class OutputBuilder {
 export async function responses(ctx: ServerContext, rawBody: unknown, reply: FastifyReply): Promise<void> {
   await ctx.generation(reply, async (model, signal) => {
     const call = parseResponses(ctx, rawBody);
-    const stream = model.chat(call.request as unknown as ChatCompletionRequest, { signal, assistantPrefix: call.plan.assistantPrefix, ignoreEos: call.ignoreEos });
+    const stream = model.chat(call.request as unknown as ChatCompletionRequest, {
+      signal,
+      assistantPrefix: call.plan.assistantPrefix,
+      ignoreEos: call.ignoreEos,
+      cacheSalt: call.cacheSalt,
+    });
     const id = newId('resp_');
     const created = nowSeconds();
     const sse = call.stream ? new SseWriter(reply) : undefined;

@@ -74,3 +74,10 @@ export function includeUsage(body: Body): boolean {
   checkKeys(so, new Set(['include_usage']), 'stream_options.');
   return optBool(so, 'include_usage', 'stream_options.') === true;
 }
+
+/** `cache_salt` (vLLM's): requests share cached prompt blocks only under the same salt. A non-empty string. */
+export function cacheSalt(body: Body): string | undefined {
+  const salt = optString(body, 'cache_salt');
+  if (salt === '') throw badRequest('cache_salt', 'must be a non-empty string', 'invalid_value');
+  return salt;
+}

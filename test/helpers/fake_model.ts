@@ -17,6 +17,8 @@ export class FakeModel {
   failNext = false;
   /** Milliseconds each step takes. */
   delayMs = 0;
+  /** Called with each block a step writes (prefix-cache tests check that no shared block is written). */
+  onWrite?: (block: number) => void;
 
   constructor(
     readonly vocab: number,
@@ -68,6 +70,7 @@ export class FakeModel {
       };
       let last = 0;
       for (let i = 0; i < input.seqLens[s]; i++, t++) {
+        this.onWrite?.(input.blockTables[s * input.maxBlocksPerSeq + Math.floor(input.positions[t] / this.blockSize)]);
         this.kv[slot(input.positions[t])] = input.tokens[t];
         last = input.positions[t];
       }

@@ -44,9 +44,12 @@ export class ScriptedModel {
     loaded.step = (input) => this.step(input);
   }
 
-  /** A tiny-model Harmonium driven by a script (numBlocks small, so KV bookkeeping is visible). */
+  /**
+   * A tiny-model Harmonium driven by a script (numBlocks small, so KV bookkeeping is visible). Prefix caching is off:
+   * `prompts` records what a prefill from position 0 saw, and a cache hit starts past it.
+   */
   static async load(script: ScriptEntry[], opts: { numBlocks?: number; maxSeqs?: number } = {}): Promise<ScriptedModel> {
-    const model = await Harmonium.load({ numBlocks: opts.numBlocks ?? 512, maxSeqs: opts.maxSeqs ?? 16 });
+    const model = await Harmonium.load({ numBlocks: opts.numBlocks ?? 512, maxSeqs: opts.maxSeqs ?? 16, prefixCaching: false });
     return new ScriptedModel(model, script);
   }
 
