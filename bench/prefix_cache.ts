@@ -4,7 +4,7 @@
 //   turns:  a 4-turn conversation over a long system prompt: time to first token and cached tokens per turn, with the
 //           cache and without it (each turn under its own cache_salt, so nothing is shared);
 //   shared: N requests sharing a P-token prefix, C in flight: request throughput with the cache and without it;
-//   hash:   the host time spent computing block keys (SHA-256 chains), as a fraction of the engine's step time.
+//   hash:   the host time spent computing block keys (the 53-bit chain keys of kv_blocks.ts), as a fraction of the engine's step time.
 // Targets (issue 14, on the H200 with dummy weights): turns 2-4 reach their first token in <= 10% of turn 1's time;
 // shared >= 2x the request throughput of the cache off; hashing < 1% of a step.
 //
