@@ -5,10 +5,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadModel, type LoadedModel } from '../src/model/load.js';
 import { ensureTinyModel } from '../src/model/tiny.js';
-import { loadAddon, type NativeStepInput } from '../src/native.js';
+import { loadAddon } from '../src/native.js';
 import { resolveSampling, type SamplingParams } from '../src/sampling/params.js';
 import { SequenceSampler } from '../src/sampling/sampler.js';
-import { binnedChiSquare, chiCritical, COMBOS, keptSet, margin, samplingOf } from './helpers/sampling.js';
+import { binnedChiSquare, chiCritical, COMBOS, keptSet, margin, promptCopiesStep, samplingOf } from './helpers/sampling.js';
 
 const V = 201088;
 
@@ -73,24 +73,11 @@ describe('sampling in the CPU backend step (tiny model)', () => {
   afterAll(() => model?.close());
 
   const prompt = [200006, 1428, 200008, 3086, 17, 999, 4242];
-  /** One step prefilling `n` copies of the prompt (sequence j in blocks [j]), each with its own sampling. */
-  function stepOf(samplers: (SequenceSampler | undefined)[], fullLogits?: Uint8Array): NativeStepInput {
-    const n = samplers.length;
-    return {
-      tokens: Int32Array.from({ length: n * prompt.length }, (_, i) => prompt[i % prompt.length]),
-      positions: Int32Array.from({ length: n * prompt.length }, (_, i) => i % prompt.length),
-      seqLens: new Int32Array(n).fill(prompt.length),
-      blockTables: Int32Array.from({ length: n }, (_, j) => j),
-      maxBlocksPerSeq: 1,
-      fullLogits,
-      topK: 5,
-      sampling: samplingOf(samplers),
-    };
-  }
+  const stepOf = (samplers: (SequenceSampler | undefined)[], fullRows?: number[]) => promptCopiesStep(prompt, samplers, fullRows);
   const mk = (p: SamplingParams, seed: number) => new SequenceSampler(resolveSampling({ ...p, seed }, V, () => 0), prompt);
 
   it('logprobs agree with log-softmax of the full row to 1e-4', async () => {
-    const out = await model.step(stepOf([undefined, mk({ temperature: 1, logprobs: true, top_logprobs: 5 }, 3)], Uint8Array.of(1, 0)));
+    const out = await model.step(stepOf([undefined, mk({ temperature: 1, logprobs: true, top_logprobs: 5 }, 3)], [0]));
     const full = out.logits.subarray(0, V);
     let m = -Infinity;
     for (const v of full) m = Math.max(m, v);

@@ -6,31 +6,16 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadModel, type LoadedModel } from '../../src/model/load.js';
 import { ensureTinyModel } from '../../src/model/tiny.js';
-import type { NativeStepInput } from '../../src/native.js';
 import { resolveSampling, type SamplingParams } from '../../src/sampling/params.js';
 import { SequenceSampler } from '../../src/sampling/sampler.js';
 import { gpuCount } from '../helpers/gpu.js';
-import { binnedChiSquare, chiCritical, COMBOS, keptSet, margin, samplingOf } from '../helpers/sampling.js';
+import { binnedChiSquare, chiCritical, COMBOS, keptSet, margin, promptCopiesStep } from '../helpers/sampling.js';
 
 const gpus = gpuCount();
 const V = 201088;
 const prompt = [200006, 1428, 200008, 3086, 17, 999, 4242, 31, 5];
 
-function stepOf(samplers: (SequenceSampler | undefined)[], full: number[]): NativeStepInput {
-  const n = samplers.length;
-  const fullLogits = new Uint8Array(n);
-  for (const r of full) fullLogits[r] = 1;
-  return {
-    tokens: Int32Array.from({ length: n * prompt.length }, (_, i) => prompt[i % prompt.length]),
-    positions: Int32Array.from({ length: n * prompt.length }, (_, i) => i % prompt.length),
-    seqLens: new Int32Array(n).fill(prompt.length),
-    blockTables: Int32Array.from({ length: n }, (_, j) => j),
-    maxBlocksPerSeq: 1,
-    fullLogits,
-    topK: 5,
-    sampling: samplingOf(samplers),
-  };
-}
+const stepOf = (samplers: (SequenceSampler | undefined)[], full: number[]) => promptCopiesStep(prompt, samplers, full);
 const mk = (p: SamplingParams, seed: number) => new SequenceSampler(resolveSampling({ ...p, seed }, V, () => 0), prompt);
 
 describe.skipIf(gpus === 0)('sampling in the CUDA step (tiny model)', () => {

@@ -1,6 +1,6 @@
 // Shared by the sampling suites (CPU and GPU): the issue's combinations, the definition's kept set written out
 // with a sort, the margin rule, and a binned chi-square for draws over a whole vocabulary.
-import type { NativeSampling } from '../../src/native.js';
+import type { NativeSampling, NativeStepInput } from '../../src/native.js';
 import { SamplingBatch } from '../../src/sampling/device.js';
 import { resolveSampling, type SamplingParams } from '../../src/sampling/params.js';
 import type { StepNoise } from '../../src/sampling/rng.js';
@@ -103,4 +103,24 @@ export function binnedChiSquare(kept: Kept, draws: ArrayLike<number>, bins = 10)
       df++;
     }
   return { stat, df: Math.max(df, 1) };
+}
+
+/**
+ * One step prefilling `samplers.length` copies of `prompt` (sequence j in KV block j, so the prompt must fit one
+ * block), each sequence with its own sampling; `fullRows` also returns those sequences' full logits.
+ */
+export function promptCopiesStep(prompt: number[], samplers: (SequenceSampler | undefined)[], fullRows: number[] = []): NativeStepInput {
+  const n = samplers.length;
+  const fullLogits = new Uint8Array(n);
+  for (const r of fullRows) fullLogits[r] = 1;
+  return {
+    tokens: Int32Array.from({ length: n * prompt.length }, (_, i) => prompt[i % prompt.length]),
+    positions: Int32Array.from({ length: n * prompt.length }, (_, i) => i % prompt.length),
+    seqLens: new Int32Array(n).fill(prompt.length),
+    blockTables: Int32Array.from({ length: n }, (_, j) => j),
+    maxBlocksPerSeq: 1,
+    fullLogits,
+    topK: 5,
+    sampling: samplingOf(samplers),
+  };
 }
