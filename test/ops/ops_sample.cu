@@ -116,6 +116,25 @@ Batch make_batch(int rows, int V, uint32_t seed, bool ties, int shift) {
   return b;
 }
 
+// Microseconds per call of `launch` (3 warm-up calls, then 20 timed between two events on the default stream).
+template <class Launch>
+float time_us(Launch launch) {
+  for (int i = 0; i < 3; i++) launch();
+  cudaEvent_t e0, e1;
+  S_CHECK(cudaEventCreate(&e0));
+  S_CHECK(cudaEventCreate(&e1));
+  S_CHECK(cudaEventRecord(e0));
+  const int iters = 20;
+  for (int i = 0; i < iters; i++) launch();
+  S_CHECK(cudaEventRecord(e1));
+  S_CHECK(cudaEventSynchronize(e1));
+  float ms = 0;
+  S_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return ms * 1000 / iters;
+}
+
 // Runs sample_rows on a batch; returns tokens and raw logits.
 void run_device(const Batch& b, int V, std::vector<int32_t>* token, std::vector<float>* logit) {
   const int rows = int(b.rows.size());
@@ -242,21 +261,9 @@ std::vector<Result> bench_sample() {
       p.logits = x.p, p.rows = rows, p.vocab = V, p.ld = V, p.params = pr.p, p.entries = en.p, p.saved = saved.p;
       p.token = tk.p, p.raw_logit = lg.p, p.workspace = ws.p, p.workspace_bytes = ws.n;
       p.stages = cuda::sample_stages(b.rows.data(), rows);
-      for (int i = 0; i < 3; i++) cuda::sample_rows(p, nullptr);
-      cudaEvent_t e0, e1;
-      S_CHECK(cudaEventCreate(&e0));
-      S_CHECK(cudaEventCreate(&e1));
-      S_CHECK(cudaEventRecord(e0));
-      const int iters = 20;
-      for (int i = 0; i < iters; i++) cuda::sample_rows(p, nullptr);
-      S_CHECK(cudaEventRecord(e1));
-      S_CHECK(cudaEventSynchronize(e1));
-      float ms = 0;
-      S_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-      cudaEventDestroy(e0);
-      cudaEventDestroy(e1);
+      const float us = time_us([&] { cuda::sample_rows(p, nullptr); });
       static const char* names[] = {"t=1", "t=1 top_p=0.9", "t=0.7 top_k=50 min_p=0.05", "t=1 pen", "greedy+rep"};
-      std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, names[c], p.stages, ms * 1000 / iters);
+      std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, names[c], p.stages, us);
     }
     for (int k : {0, 5, 20, 50}) {
       Batch b = make_batch(rows, V, 78, false, 0);
@@ -267,20 +274,8 @@ std::vector<Result> bench_sample() {
       cuda::NarrowLogitsParams p;
       p.logits = x.p, p.rows = rows, p.vocab = V, p.ld = V, p.top_k = k, p.argmax = am.p, p.max_logit = mx.p;
       p.logsumexp = lse.p, p.top_ids = ti.p, p.top_logits = tl.p, p.workspace = ws.p, p.workspace_bytes = ws.n;
-      for (int i = 0; i < 3; i++) cuda::narrow_logits(p, nullptr);
-      cudaEvent_t e0, e1;
-      S_CHECK(cudaEventCreate(&e0));
-      S_CHECK(cudaEventCreate(&e1));
-      S_CHECK(cudaEventRecord(e0));
-      const int iters = 20;
-      for (int i = 0; i < iters; i++) cuda::narrow_logits(p, nullptr);
-      S_CHECK(cudaEventRecord(e1));
-      S_CHECK(cudaEventSynchronize(e1));
-      float ms = 0;
-      S_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-      cudaEventDestroy(e0);
-      cudaEventDestroy(e1);
-      std::printf("narrow_logits rows=%-3d top_k=%-2d: %8.1f us\n", rows, k, ms * 1000 / iters);
+      const float us = time_us([&] { cuda::narrow_logits(p, nullptr); });
+      std::printf("narrow_logits rows=%-3d top_k=%-2d: %8.1f us\n", rows, k, us);
     }
   }
   return {};
