@@ -1,23 +1,23 @@
 // The prefix cache as the server shows it (tiny model, CPU): a repeated conversation reports its cached prompt
 // tokens in usage (chat, completions, Responses), cache_salt keeps callers apart, /metrics counts queries and hits.
-import OpenAI from 'openai';
+import type OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Harmonium } from '../src/api.js';
-import { serve, type ServerHandle } from '../src/server/serve.js';
+import type { Harmonium } from '../src/api.js';
+import type { ServerHandle } from '../src/server/serve.js';
+import { startTinyServer, type TinyServer } from './helpers/tiny_server.js';
 
+let tiny: TinyServer;
 let model: Harmonium;
 let server: ServerHandle;
 let client: OpenAI;
 
 beforeAll(async () => {
-  model = await Harmonium.load({ numBlocks: 256 });
-  server = await serve(model, { port: 0 });
-  client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+  tiny = await startTinyServer();
+  ({ model, server, client } = tiny);
 });
 
 afterAll(async () => {
-  await server?.close();
-  model?.close();
+  await tiny?.close();
 });
 
 const BS = () => model.info().blockSize;

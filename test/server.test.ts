@@ -1,24 +1,24 @@
 // The server on the embedded tiny model (real CPU backend, random weights: the text is noise, the protocol is
 // real), driven by the official openai client over loopback: chat and Responses, streaming and not, completions,
 // logprobs, models, health, metrics.
-import OpenAI from 'openai';
+import type OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Harmonium } from '../src/api.js';
-import { serve, type ServerHandle } from '../src/server/serve.js';
+import type { Harmonium } from '../src/api.js';
+import type { ServerHandle } from '../src/server/serve.js';
+import { startTinyServer, type TinyServer } from './helpers/tiny_server.js';
 
+let tiny: TinyServer;
 let model: Harmonium;
 let server: ServerHandle;
 let client: OpenAI;
 
 beforeAll(async () => {
-  model = await Harmonium.load({ numBlocks: 256 });
-  server = await serve(model, { port: 0 });
-  client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+  tiny = await startTinyServer();
+  ({ model, server, client } = tiny);
 });
 
 afterAll(async () => {
-  await server?.close();
-  model?.close();
+  await tiny?.close();
 });
 
 const messages = [{ role: 'user' as const, content: 'hi' }];
