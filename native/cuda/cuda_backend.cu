@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -130,6 +131,53 @@ struct StepProfiler {
         std::fprintf(stderr, "  %-16s %9.3f ms/step %5.1f%%\n", kNames[o], ms[k][o] / steps[k], 100 * ms[k][o] / total);
     }
     for (cudaEvent_t e : events) cudaEventDestroy(e);
+  }
+};
+
+// HARMONIUM_PROFILE=2: where a step's wall time goes, with graphs and PDL as configured: GPU time of the launched
+// work (events around it), the addon's step call (plan to readback), and the host gap between one step's readback
+// and the next step's plan (JavaScript: sampling, scheduling, the N-API round trip). Printed when the backend is
+// freed. The gap is what batch-1 decode loses to the host on top of the GPU step.
+struct StepTimer {
+  bool on = false;
+  cudaEvent_t ev[2] = {nullptr, nullptr};
+  std::chrono::steady_clock::time_point t0, last_end;
+  bool have_last = false;
+  double gpu_ms = 0, call_ms = 0, gap_ms = 0;
+  int steps = 0, gaps = 0;
+  void begin(cudaStream_t s) {
+    if (!on) return;
+    if (!ev[0]) {
+      CUDA_CHECK(cudaEventCreate(&ev[0]));
+      CUDA_CHECK(cudaEventCreate(&ev[1]));
+    }
+    t0 = std::chrono::steady_clock::now();
+    if (have_last) {
+      gap_ms += std::chrono::duration<double, std::milli>(t0 - last_end).count();
+      gaps++;
+    }
+    CUDA_CHECK(cudaEventRecord(ev[0], s));
+  }
+  void launched(cudaStream_t s) {
+    if (on) CUDA_CHECK(cudaEventRecord(ev[1], s));
+  }
+  void end() {  // after the step's stream synchronisation
+    if (!on) return;
+    float t = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&t, ev[0], ev[1]));
+    gpu_ms += t;
+    last_end = std::chrono::steady_clock::now();
+    have_last = true;
+    call_ms += std::chrono::duration<double, std::milli>(last_end - t0).count();
+    steps++;
+  }
+  ~StepTimer() {
+    if (!on) return;
+    if (steps)
+      std::fprintf(stderr, "[harmonium timing] steps %d: GPU %.3f ms, addon call %.3f ms, host gap %.3f ms per step\n",
+                   steps, gpu_ms / steps, call_ms / steps, gaps ? gap_ms / gaps : 0.0);
+    for (cudaEvent_t e : ev)
+      if (e) cudaEventDestroy(e);
   }
 };
 
@@ -265,6 +313,7 @@ class CudaBackend final : public Backend {
   GraphCache graphs_;
   void run_forward(int T, int rows, int top_k, int sample_stages);
   StepProfiler prof_;
+  StepTimer timer_;
 };
 
 CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const LoadOptions& opt,
@@ -299,6 +348,7 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   const char* prof_env = std::getenv("HARMONIUM_PROFILE");
   prof_.on = prof_env && std::strcmp(prof_env, "1") == 0;
   if (prof_.on) graphs_.enabled = false;
+  timer_.on = prof_env && std::strcmp(prof_env, "2") == 0;
 
   if (cfg.head_dim != 16 && cfg.head_dim != 32 && cfg.head_dim != 64)
     throw std::runtime_error("cuda backend: head_dim must be 16, 32 or 64 (gpt-oss: 64)");
@@ -653,10 +703,13 @@ void CudaBackend::run_forward(int T, int rows, int top_k, int sample_stages) {
 // A step: validated by the addon (validate_step) before it gets here.
 void CudaBackend::step(const StepBatch& b, StepOutput& out) {
   CUDA_CHECK(cudaSetDevice(device_));
+  timer_.begin(stream_);
   plan_step(b);
   upload(b);
   launch();
+  timer_.launched(stream_);
   readback(out);
+  timer_.end();
 }
 
 // Host planning: each token's sequence and cache slot, the decode list, prefill tiles, output rows, the rows whose
