@@ -666,7 +666,8 @@ struct BenchDecode {
     std::vector<float> f(D / 2);
     ref::rope_inv_freq(gpt_oss_rope(), D, f.data(), &af);
     inv = std::make_unique<Dev<float>>(f);
-    ws = std::make_unique<Dev<float>>(cuda::attention_decode_workspace_floats(T, nq, D, 1024));
+    // splits: up to one per 64 keys at batch 1 (the previous planner at 32k), up to 64 at larger batches
+    ws = std::make_unique<Dev<float>>(cuda::attention_decode_workspace_floats(T, nq, D, T == 1 ? 1024 : 64));
     out = std::make_unique<Dev<uint16_t>>(size_t(T) * nq * D);
     counters = std::make_unique<Dev<uint32_t>>(size_t(T) * nkv);
     C_CHECK(cudaMemset(counters->p, 0, counters->n * 4));
@@ -728,15 +729,17 @@ std::vector<Result> bench_attention_decode() {
   int sms = 0;
   C_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   std::printf("-- decode attention (us per layer; nq 64, nkv 8, D 64, fused RoPE + KV write; %d SMs) --\n", sms);
-  std::printf("%-26s %-22s %6s %9s %9s %9s\n", "batch / context", "kernel", "splits", "us", "us (pdl)", "KV GB/s");
+  std::printf("%-30s %-24s %6s %9s %9s %9s\n", "batch / context", "kernel", "splits", "us", "us (pdl)", "KV GB/s");
   struct Case {
     std::string name;
     std::vector<int> ctx;
   };
   std::vector<Case> cases;
   for (int c : {512, 1024, 8192, 32768}) cases.push_back({"T=1 ctx=" + std::to_string(c), {c}});
+  cases.push_back({"T=8 ctx=1..4096 mixed", ragged(8, 4096, 76)});
   cases.push_back({"T=64 ctx=1024", std::vector<int>(64, 1024)});
   cases.push_back({"T=64 ctx=1..2048 mixed", ragged(64, 2048, 77)});
+  cases.push_back({"T=256 ctx=1..2048 mixed", ragged(256, 2048, 78)});
   for (const Case& cs : cases)
     for (int window : {0, 128}) {
       BenchDecode b(cs.ctx, window);
@@ -758,7 +761,7 @@ std::vector<Result> bench_attention_decode() {
                           {"merged, previous splits", 0, old_kps}};
       for (const Row& r : rows) {
         const float us = b.time_us(r.variant, r.kps, false), us_pdl = b.time_us(r.variant, r.kps, true);
-        std::printf("%-26s %-24s %4d %9.2f %9.2f %9.0f\n", name.c_str(), r.kernel, (b.max_keys + r.kps - 1) / r.kps, us,
+        std::printf("%-30s %-24s %6d %9.2f %9.2f %9.0f\n", name.c_str(), r.kernel, (b.max_keys + r.kps - 1) / r.kps, us,
                     us_pdl, b.kv_bytes / (us * 1e3));
       }
     }
