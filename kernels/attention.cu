@@ -1,5 +1,10 @@
 // Attention kernels (see attention.h for the two paths). Both are written for head dims 16, 32 and 64 (HD) and a GQA group of
 // G = nq / nkv query heads per KV head (templated: 1, 2, 4, 8, 16), so each K/V row read serves G heads.
+//   attn_decode_merged:  grid (tokens, nkv, splits), 128 threads, the decode path: per-lane K/V rows in registers,
+//                        no block barrier in the key loop, and the split merge done by the token's last split to
+//                        finish (one launch). See the comment above the kernel.
+//   attn_decode_split + attn_decode_combine: the previous pair (AttentionDecodeParams::variant 1), kept for the
+//                        HM_OP_BENCH comparison:
 //   attn_decode_split:   grid (tokens, nkv, splits), 128 threads. Per 64-key chunk: K and V rows staged in shared
 //                        memory by independent 16-byte loads (padded rows), two threads per key score the G heads,
 //                        per-head online softmax (warp per head), then a thread per (head, dim pair) accumulates
@@ -22,6 +27,9 @@ namespace hm::cuda {
 namespace {
 
 constexpr int kDecodeChunk = 64;  // keys staged per iteration; splits are multiples of it
+// Decode blocks the planner aims for per SM: attn_decode_merged<8, 64> takes 255 registers (-Xptxas -v), so two
+// 128-thread blocks are resident per SM; HM_OP_BENCH=1 times split counts around it.
+constexpr int kDecodeBlocksPerSm = 2;
 
 __device__ __forceinline__ void key_range(int pos, int window, int* lo, int* hi) {
   *hi = pos;
@@ -255,6 +263,312 @@ __global__ void attn_decode_combine(AttentionCommon c, const int32_t* __restrict
   c.out[size_t(t) * nq * HD + h * HD + d] = __bfloat16_as_ushort(__float2bfloat16(acc / L));
 }
 
+// Decode attention in one launch. Block = 4 warps over one (token, KV head, split); each warp holds GPW key groups
+// of LPK = HD/8 lanes, a lane owning 8 dims (one 16-byte K and V load per key) with the G heads' q dims and
+// accumulators in registers, so no shared memory or block barrier in the key loop: a group scores its key for the
+// G heads (FMAs, then a butterfly over its LPK lanes), keeps its own online softmax and accumulates p * V. The
+// next chunk's K loads are issued before this chunk's softmax and its V loads before the next scores (one chunk of
+// loads always in flight). The split's groups merge through shuffles and shared memory; a token's single split
+// writes the output with the sink, otherwise the split writes its partial and the last of the token's splits to
+// arrive (counter) merges them all in split order, so the result does not depend on arrival order.
+template <int G, int HD>
+__global__ void __launch_bounds__(128) attn_decode_merged(AttentionCommon c, const int32_t* __restrict__ tokens,
+                                                          int keys_per_split, int max_splits, float* __restrict__ ws,
+                                                          uint32_t* __restrict__ counters,
+                                                          const float* __restrict__ inv_freq, float attn_factor,
+                                                          const int32_t* __restrict__ slot) {
+  constexpr int LPK = HD / 8;                  // lanes per key
+  constexpr int GPW = 32 / LPK;                // key groups per warp
+  constexpr int U = kDecodeChunk / (4 * GPW);  // keys per group per chunk: 64 keys per block per chunk
+  constexpr int HALF = HD / 2;
+  constexpr int UNITS = G * HD / 4;  // float4 output units of the block (merge phases)
+  __shared__ __align__(16) uint16_t k_own[HD], v_own[HD];
+  __shared__ float wm[4][G], wl[4][G];
+  __shared__ __align__(16) float wo[4][G][HD];
+  __shared__ int is_last;
+  const int i = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int part = lane % LPK, grp = lane / LPK;
+  // Before pdl_wait: the sinks (weights), the step's index arrays and, with inv_freq, the cached K/V of earlier
+  // positions. All were written before this step's first kernel started (the index upload precedes it, earlier
+  // steps wrote the cache, and on decode-only steps no kernel of this step writes this layer's cache but this one),
+  // so no kernel still running can change them.
+  const float sink_first = tid < UNITS ? c.sinks[kvh * G + tid * 4 / HD] : 0.f;
+  const int t = tokens[i];
+  const int seq = c.tok_seq[t];
+  int lo, hi;
+  key_range(c.pos[t], c.window, &lo, &hi);
+  const int nsplit = (hi - lo + keys_per_split) / keys_per_split;
+  const int s_begin = lo + split * keys_per_split;
+  if (s_begin > hi) return;
+  const int s_end = min(hi + 1, s_begin + keys_per_split);
+  const bool fuse = inv_freq != nullptr;
+  const bool own = fuse && s_end == hi + 1;
+  const int32_t* bt = c.block_tables + size_t(seq) * c.max_blocks_per_seq;
+  const size_t kv_row = size_t(c.nkv) * HD;
+  const uint16_t* kbase = c.k_cache + size_t(kvh) * HD + part * 8;
+  const uint16_t* vbase = c.v_cache + size_t(kvh) * HD + part * 8;
+  const int key0 = (warp * GPW + grp) * U;  // the group's first key in each chunk
+  int sl[U];
+  uint4 kr[U], vr[U];
+  auto load_slots = [&](int c0) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int j = c0 + key0 + u;
+      sl[u] = j < s_end ? bt[j / c.block_size] * c.block_size + j % c.block_size : -1;
+    }
+  };
+  auto load_k = [&] {
+#pragma unroll
+    for (int u = 0; u < U; u++)
+      kr[u] = sl[u] >= 0 ? __ldg(reinterpret_cast<const uint4*>(kbase + size_t(sl[u]) * kv_row)) : make_uint4(0, 0, 0, 0);
+  };
+  auto load_v = [&] {
+#pragma unroll
+    for (int u = 0; u < U; u++)
+      vr[u] = sl[u] >= 0 ? __ldg(reinterpret_cast<const uint4*>(vbase + size_t(sl[u]) * kv_row)) : make_uint4(0, 0, 0, 0);
+  };
+  load_slots(s_begin);
+  if (fuse) {
+    load_k();
+    load_v();
+  }
+  pdl_wait();
+  pdl_trigger();
+  if (!fuse) {
+    load_k();
+    load_v();
+  }
+
+  // q: the lane's 8 dims of the group's G heads, rotated once (fused: the same expressions as rope_kv_write) and
+  // scaled.
+  const float* qrow = c.q + size_t(t) * c.ldq;
+  const float p = float(hi);
+  float q[G][8];
+  if (fuse) {
+    float cs[8], sn[8];
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+      sincosf(p * inv_freq[(part * 8 + e) % HALF], &sn[e], &cs[e]);
+      cs[e] *= attn_factor;
+      sn[e] *= attn_factor;
+    }
+#pragma unroll
+    for (int h = 0; h < G; h++) {
+      const float* qh = qrow + (kvh * G + h) * HD;
+#pragma unroll
+      for (int e = 0; e < 8; e++) {
+        const int d = part * 8 + e, f = d % HALF;
+        const float x1 = qh[f], x2 = qh[f + HALF];
+        q[h][e] = (d < HALF ? x1 * cs[e] - x2 * sn[e] : x2 * cs[e] + x1 * sn[e]) * c.scale;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int h = 0; h < G; h++) {
+      const float4* qh = reinterpret_cast<const float4*>(qrow + (kvh * G + h) * HD + part * 8);
+      const float4 a = qh[0], b = qh[1];
+      q[h][0] = a.x * c.scale, q[h][1] = a.y * c.scale, q[h][2] = a.z * c.scale, q[h][3] = a.w * c.scale;
+      q[h][4] = b.x * c.scale, q[h][5] = b.y * c.scale, q[h][6] = b.z * c.scale, q[h][7] = b.w * c.scale;
+    }
+  }
+  // Fused rope: the split holding the token's own position rotates its k head and writes k and v to the cache slot;
+  // the group that scores that key takes them from shared memory (the cache row it loaded is stale).
+  if (own) {
+    if (tid < HD) {
+      const float* kh = qrow + size_t(c.nq + kvh) * HD;
+      const float* vh = qrow + size_t(c.nq + c.nkv + kvh) * HD;
+      const uint16_t kb = __bfloat16_as_ushort(__float2bfloat16(rope_elem<HD>(kh, tid, p, inv_freq, attn_factor)));
+      const uint16_t vb = __bfloat16_as_ushort(__float2bfloat16(vh[tid]));
+      k_own[tid] = kb;
+      v_own[tid] = vb;
+      const int s = slot[t];
+      if (s >= 0) {
+        const size_t off = (size_t(s) * c.nkv + kvh) * HD + tid;
+        const_cast<uint16_t*>(c.k_cache)[off] = kb;
+        const_cast<uint16_t*>(c.v_cache)[off] = vb;
+      }
+    }
+    __syncthreads();
+  }
+
+  float m[G], l[G], acc[G][8];
+#pragma unroll
+  for (int h = 0; h < G; h++) {
+    m[h] = -INFINITY;
+    l[h] = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; e++) acc[h][e] = 0.f;
+  }
+  for (int c0 = s_begin; c0 < s_end; c0 += kDecodeChunk) {
+    const bool more = c0 + kDecodeChunk < s_end;
+    if (own) {
+#pragma unroll
+      for (int u = 0; u < U; u++)
+        if (c0 + key0 + u == hi) {
+          kr[u] = *reinterpret_cast<const uint4*>(&k_own[part * 8]);
+          vr[u] = *reinterpret_cast<const uint4*>(&v_own[part * 8]);
+        }
+    }
+    float s[U][G];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      float kf[8];
+      unpack8(kr[u], kf);
+#pragma unroll
+      for (int h = 0; h < G; h++) {
+        float dot = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) dot = fmaf(q[h][e], kf[e], dot);
+        s[u][h] = dot;
+      }
+    }
+    if (more) {
+      load_slots(c0 + kDecodeChunk);
+      load_k();
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const bool valid = c0 + key0 + u < s_end;
+#pragma unroll
+      for (int h = 0; h < G; h++) {
+#pragma unroll
+        for (int o = 1; o < LPK; o <<= 1) s[u][h] += __shfl_xor_sync(0xffffffffu, s[u][h], o);
+        if (!valid) s[u][h] = -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < G; h++) {
+      float mx = m[h];
+#pragma unroll
+      for (int u = 0; u < U; u++) mx = fmaxf(mx, s[u][h]);
+      if (mx == -INFINITY) {  // none of the group's keys so far
+#pragma unroll
+        for (int u = 0; u < U; u++) s[u][h] = 0.f;
+        continue;
+      }
+      const float al = __expf(m[h] - mx);
+      float sum = 0.f;
+#pragma unroll
+      for (int u = 0; u < U; u++) {
+        s[u][h] = __expf(s[u][h] - mx);
+        sum += s[u][h];
+      }
+      l[h] = l[h] * al + sum;
+      m[h] = mx;
+#pragma unroll
+      for (int e = 0; e < 8; e++) acc[h][e] *= al;
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      float vf[8];
+      unpack8(vr[u], vf);
+#pragma unroll
+      for (int h = 0; h < G; h++)
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[h][e] = fmaf(s[u][h], vf[e], acc[h][e]);
+    }
+    if (more) load_v();
+  }
+
+  // Merge the warp's groups (lanes of one dim slice, LPK apart), then the 4 warps through shared memory.
+#pragma unroll
+  for (int o = LPK; o < 32; o <<= 1) {
+#pragma unroll
+    for (int h = 0; h < G; h++) {
+      const float mo = __shfl_xor_sync(0xffffffffu, m[h], o), lo2 = __shfl_xor_sync(0xffffffffu, l[h], o);
+      const float M = fmaxf(m[h], mo);
+      const float wa = m[h] == -INFINITY ? 0.f : __expf(m[h] - M), wb = mo == -INFINITY ? 0.f : __expf(mo - M);
+      l[h] = l[h] * wa + lo2 * wb;
+      m[h] = M;
+#pragma unroll
+      for (int e = 0; e < 8; e++) acc[h][e] = acc[h][e] * wa + __shfl_xor_sync(0xffffffffu, acc[h][e], o) * wb;
+    }
+  }
+  if (grp == 0) {
+#pragma unroll
+    for (int h = 0; h < G; h++) {
+      *reinterpret_cast<float4*>(&wo[warp][h][part * 8]) = make_float4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]);
+      *reinterpret_cast<float4*>(&wo[warp][h][part * 8 + 4]) = make_float4(acc[h][4], acc[h][5], acc[h][6], acc[h][7]);
+      if (part == 0) {
+        wm[warp][h] = m[h];
+        wl[warp][h] = l[h];
+      }
+    }
+  }
+  __syncthreads();
+  const size_t nq = size_t(c.nq);
+  float* wso = ws;
+  float* wsml = ws + size_t(gridDim.x) * nq * max_splits * HD;
+  uint16_t* out = c.out + size_t(t) * nq * HD + size_t(kvh) * G * HD;
+  auto store_out = [&](int e, float4 o, float scale) {
+    const __nv_bfloat162 a = __floats2bfloat162_rn(o.x * scale, o.y * scale);
+    const __nv_bfloat162 b = __floats2bfloat162_rn(o.z * scale, o.w * scale);
+    uint2 pk;
+    pk.x = *reinterpret_cast<const uint32_t*>(&a);
+    pk.y = *reinterpret_cast<const uint32_t*>(&b);
+    *reinterpret_cast<uint2*>(out + e * 4) = pk;
+  };
+  for (int e = tid; e < UNITS; e += blockDim.x) {
+    const int h = e * 4 / HD, d = e * 4 % HD;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < 4; w++) M = fmaxf(M, wm[w][h]);
+    float L = 0.f;
+    float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int w = 0; w < 4; w++) {
+      const float wt = wm[w][h] == -INFINITY ? 0.f : __expf(wm[w][h] - M);
+      const float4 x = *reinterpret_cast<const float4*>(&wo[w][h][d]);
+      L += wl[w][h] * wt;
+      O.x += x.x * wt, O.y += x.y * wt, O.z += x.z * wt, O.w += x.w * wt;
+    }
+    if (nsplit == 1) {  // the token's only split: fold in the sink and write the output
+      const float sink = e == tid ? sink_first : c.sinks[kvh * G + h];
+      const float M2 = fmaxf(M, sink);
+      const float w = __expf(M - M2);
+      store_out(e, O, w / (L * w + __expf(sink - M2)));
+    } else {  // partial layout: o [tokens, nq, max_splits, D], then ml [tokens, nq, max_splits, 2]
+      const size_t row = (size_t(i) * nq + kvh * G + h) * max_splits + split;
+      *reinterpret_cast<float4*>(wso + row * HD + d) = O;
+      if (d == 0) {
+        wsml[row * 2] = M;
+        wsml[row * 2 + 1] = L;
+      }
+    }
+  }
+  if (nsplit == 1) return;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    uint32_t* ctr = counters + size_t(i) * c.nkv + kvh;
+    is_last = atomicAdd(ctr, 1u) == uint32_t(nsplit - 1);
+    if (is_last) *ctr = 0;  // every split has arrived: ready for the next launch
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  // The last split merges all of the token's splits with the sink, in split order (L2 reads: other blocks wrote them).
+  for (int e = tid; e < UNITS; e += blockDim.x) {
+    const int h = e * 4 / HD, d = e * 4 % HD;
+    const float sink = e == tid ? sink_first : c.sinks[kvh * G + h];
+    const size_t base = (size_t(i) * nq + kvh * G + h) * max_splits;
+    float M = sink;
+    for (int s = 0; s < nsplit; s++) M = fmaxf(M, __ldcg(wsml + (base + s) * 2));
+    float L = __expf(sink - M);
+    float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+    for (int s = 0; s < nsplit; s++) {
+      const float2 ml = __ldcg(reinterpret_cast<const float2*>(wsml + (base + s) * 2));
+      const float4 x = __ldcg(reinterpret_cast<const float4*>(wso + (base + s) * HD + d));
+      const float w = __expf(ml.x - M);
+      L += ml.y * w;
+      O.x += x.x * w, O.y += x.y * w, O.z += x.z * w, O.w += x.w * w;
+    }
+    store_out(e, O, 1.f / L);
+  }
+}
+
 constexpr int KT = 32;
 
 template <int G, int HD>
@@ -390,6 +704,12 @@ int attention_keys_per_split(int max_keys, int max_splits) {
   return std::max(kDecodeChunk, (per + kDecodeChunk - 1) / kDecodeChunk * kDecodeChunk);
 }
 
+int attention_decode_keys_per_split(int max_keys, int num_tokens, int nkv, int num_sms, int max_splits) {
+  const int rows = std::max(1, num_tokens * nkv);
+  const int fill = (kDecodeBlocksPerSm * std::max(1, num_sms) + rows - 1) / rows;
+  return attention_keys_per_split(max_keys, std::max(1, std::min(fill, max_splits)));
+}
+
 // Instantiates KERNEL<G, D> for the supported GQA groups and head dims and launches it.
 #define HM_ATTN_DISPATCH(KERNEL, G, D, ...)                                              \
   do {                                                                                   \
@@ -413,10 +733,17 @@ void attention_decode(const AttentionDecodeParams& p, cudaStream_t stream) {
   HM_REQUIRE(p.tokens && p.workspace && p.keys_per_split > 0 && p.keys_per_split % kDecodeChunk == 0,
              "attention_decode");
   HM_REQUIRE(p.max_splits >= 1 && p.max_splits <= 65535, "attention_decode");
+  HM_REQUIRE(p.variant == 0 || p.variant == 1, "attention_decode");
+  HM_REQUIRE(!p.inv_freq || p.slot, "attention_decode (fused rope)");
   if (p.num_tokens == 0) return;
   const dim3 grid(p.num_tokens, p.c.nkv, p.max_splits);
   const int G = p.c.nq / p.c.nkv;
-  HM_REQUIRE(!p.inv_freq || p.slot, "attention_decode (fused rope)");
+  if (p.variant == 0) {
+    HM_REQUIRE(p.max_splits == 1 || p.counters, "attention_decode (counters)");
+    HM_ATTN_DISPATCH(attn_decode_merged, G, p.c.D, grid, dim3(128), 0, stream, p.c.pdl, p.c, p.tokens,
+                     p.keys_per_split, p.max_splits, p.workspace, p.counters, p.inv_freq, p.attn_factor, p.slot);
+    return;
+  }
   HM_ATTN_DISPATCH(attn_decode_split, G, p.c.D, grid, dim3(128), 0, stream, p.c.pdl, p.c, p.tokens,
                    p.keys_per_split, p.max_splits, p.workspace, p.inv_freq, p.attn_factor, p.slot);
   if (p.max_splits == 1) return;  // the split kernel wrote the output itself

@@ -1,8 +1,9 @@
 // Attention over the paged bf16 KV cache, with the per-head sinks in the softmax denominator, causal, optional
 // sliding window, GQA (query head h reads KV head h / (nq / nkv)). Head dim 16, 32 or 64 (gpt-oss: 64).
 //   attention_decode:  one query token per entry of `tokens` (decode, or any token): flash-decoding, the keys
-//                      split into chunks of keys_per_split processed by separate blocks, then a combine kernel
-//                      merges the partial softmaxes with the sink. Stays parallel at 100k+ tokens of context.
+//                      split into chunks of keys_per_split processed by separate blocks; the last block of a
+//                      token's KV head to finish merges the partial softmaxes with the sink (an arrival counter,
+//                      merge in split order), no second launch. Stays parallel at 100k+ tokens of context.
 //   attention_prefill: tiles of up to 16 consecutive query tokens of one sequence; K/V tiles of 64 keys staged
 //                      in shared memory and reused by all the tile's query rows (flash-style online softmax, no
 //                      T x T matrix anywhere).
@@ -37,6 +38,9 @@ struct AttentionCommon {
 size_t attention_decode_workspace_floats(int num_tokens, int nq, int D, int max_splits);
 // Keys per split for a context of up to max_keys keys when at most max_splits splits fit (multiple of 64).
 int attention_keys_per_split(int max_keys, int max_splits);
+// The decode planner's keys per split: enough splits that num_tokens * nkv * splits blocks fill num_sms SMs
+// (kDecodeBlocksPerSm resident each), never more than max_splits nor one per 64 keys.
+int attention_decode_keys_per_split(int max_keys, int num_tokens, int nkv, int num_sms, int max_splits);
 
 struct AttentionDecodeParams {
   AttentionCommon c;
@@ -45,6 +49,11 @@ struct AttentionDecodeParams {
   int keys_per_split = 64;   // multiple of 64 (attention_keys_per_split)
   int max_splits = 1;        // grid size in splits: ceil(max visible keys / keys_per_split)
   float* workspace = nullptr;  // attention_decode_workspace_floats(num_tokens, nq, D, max_splits)
+  // [num_tokens * nkv] arrival counters: zero before the first launch; every launch leaves them zero.
+  uint32_t* counters = nullptr;
+  // 1: the previous kernel pair (split, then a combine launch; no counters), kept for the HM_OP_BENCH
+  // comparison only (round 2 removes it).
+  int variant = 0;
   // RoPE + KV-cache write fused in (decode steps whose every token is the only new token of its sequence; one
   // launch less per layer than rope_kv_write): c.q then holds the unrotated qkv rows (q heads, k heads, v heads;
   // row stride ldq), the query heads are rotated as they load, and the block whose split holds the token's own

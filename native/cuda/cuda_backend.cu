@@ -207,6 +207,7 @@ class CudaBackend final : public Backend {
   ModelConfig cfg_;
   LoadOptions opt_;
   int device_ = 0;
+  int num_sms_ = 1;  // the decode attention planner fills them
   std::string device_name_;
   bool pdl_ = false;
   StreamOwner stream_owner_;
@@ -234,6 +235,7 @@ class CudaBackend final : public Backend {
   void* moe_ws_ = nullptr;
   size_t moe_ws_bytes_ = 0;
   float* attn_ws_ = nullptr;
+  uint32_t* attn_counters_ = nullptr;  // [Tmax * nkv] decode attention arrival counters, left zero by each launch
   uint16_t* xf_ = nullptr;     // bf16 [kLogitRowsPerChunk, H] final-normed rows
   float* logits_ = nullptr;    // fp32 [kLogitRowsPerChunk, V]
   // narrowed outputs, [Tmax] rows
@@ -329,6 +331,7 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   cudaDeviceProp prop{};
   CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
   device_name_ = prop.name;
+  num_sms_ = prop.multiProcessorCount;
   const int cc = prop.major * 10 + prop.minor;
   if (cc < 80)
     throw std::runtime_error("cuda backend: " + device_name_ + " (sm_" + std::to_string(cc) +
@@ -380,6 +383,8 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   moe_ws_bytes_ = moe_workspace_bytes(Tm, H, cfg.intermediate, E, K);
   moe_ws_ = mem_.alloc<char>(moe_ws_bytes_, what);
   attn_ws_ = mem_.alloc<float>(kAttnWorkspaceFloats, what);
+  attn_counters_ = mem_.alloc<uint32_t>(size_t(Tm) * cfg.num_kv_heads, what);
+  CUDA_CHECK(cudaMemset(attn_counters_, 0, size_t(Tm) * cfg.num_kv_heads * 4));
   xf_ = mem_.alloc<uint16_t>(size_t(kLogitRowsPerChunk) * H, what);
   logits_ = mem_.alloc<float>(size_t(kLogitRowsPerChunk) * cfg.vocab, what);
   d_argmax_ = mem_.alloc<int32_t>(Tm, what);
@@ -596,6 +601,7 @@ void CudaBackend::forward_layers(int T) {
       ad.keys_per_split = plan_.dec_kps[window ? 1 : 0];
       ad.max_splits = plan_.dec_splits[window ? 1 : 0];
       ad.workspace = attn_ws_;
+      ad.counters = attn_counters_;
       if (fuse_rope) {
         ad.inv_freq = inv_freq_;
         ad.attn_factor = attn_factor_;
@@ -763,8 +769,7 @@ void CudaBackend::plan_step(const StepBatch& b) {
     const int cap = int(std::min<size_t>(1024, std::max<size_t>(1, kAttnWorkspaceFloats / per_split)));
     for (int kind = 0; kind < 2; kind++) {
       const int max_keys = kind ? max_keys_sliding : max_keys_full;
-      // Up to 128 keys (sliding layers, short contexts): one split that writes the output itself, no combine.
-      p.dec_kps[kind] = max_keys <= 128 ? 128 : attention_keys_per_split(max_keys, cap);
+      p.dec_kps[kind] = attention_decode_keys_per_split(max_keys, p.n_decode, c.num_kv_heads, num_sms_, cap);
       p.dec_splits[kind] = (max_keys + p.dec_kps[kind] - 1) / p.dec_kps[kind];
     }
   }

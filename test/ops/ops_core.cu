@@ -14,6 +14,9 @@
 //                    cache widened to fp32: nmse 2e-5 (bf16 output).
 //   attention_decode_rope  decode attention with RoPE + KV write fused in vs rope_kv_write + attention_decode:
 //                    outputs, caches and the untouched qkv rows (observed identical, nmse 0).
+//   attention_decode also runs the previous kernel pair (variant 1) and checks the arrival counters are left zero;
+//                    batch 1 at contexts 1..32768 and ragged batches of 8 and 64 sequences, sliding and full.
+//   bench_attention_decode  HM_OP_BENCH=1 only: us per layer of the decode kernels (see above the case).
 //   narrow_logits    argmax / top-k ids exact against hm::narrow_logits_row (ties included), lse rel 1e-5.
 // Outputs are poisoned with NaN before each launch, so an unwritten element fails the case.
 #include <cuda_runtime.h>
@@ -22,6 +25,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <stdexcept>
@@ -434,27 +438,53 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
   int max_keys = 1;
   for (int p : pos) max_keys = std::max(max_keys, window ? std::min(p + 1, window) : p + 1);
   Dev<int32_t> dtoks(toks);
-  for (int cap : {1, 7, 1024}) {  // one split, a few, as many as the context needs
-    cuda::AttentionDecodeParams p;
-    p.c = c;
-    p.tokens = dtoks.p;
-    p.num_tokens = T;
-    p.keys_per_split = cuda::attention_keys_per_split(max_keys, cap);
-    p.max_splits = (max_keys + p.keys_per_split - 1) / p.keys_per_split;
-    Dev<float> ws(cuda::attention_decode_workspace_floats(T, nq, D, p.max_splits));
-    p.workspace = ws.p;
-    dout.poison();
-    C_CHECK(cudaMemset(ws.p, 0xff, ws.n * sizeof(float)));
-    cuda::attention_decode(p, nullptr);
-    const auto o = dout.get();
-    const std::string ps = params + " splits=" + std::to_string(p.max_splits);
-    out.push_back(nmse_result(ps, widen(o), want, 2e-5));
-    dout.poison();
-    C_CHECK(cudaMemset(ws.p, 0, ws.n * sizeof(float)));
-    cuda::attention_decode(p, nullptr);
-    out.push_back(repeat_bits(ps, o, dout.get()));
-  }
+  Dev<uint32_t> counters(size_t(T) * nkv);
+  C_CHECK(cudaMemset(counters.p, 0, counters.n * 4));
+  // one split, a few, as many as the context needs, and the planner's choice on an H200 (132 SMs)
+  const int planned = cuda::attention_decode_keys_per_split(max_keys, T, nkv, 132, 1024);
+  const int kps_cases[] = {cuda::attention_keys_per_split(max_keys, 1), cuda::attention_keys_per_split(max_keys, 7),
+                           cuda::attention_keys_per_split(max_keys, 1024), planned};
+  for (int variant : {0, 1})
+    for (int k = 0; k < (variant ? 3 : 4); k++) {
+      const int kps = kps_cases[k];
+      cuda::AttentionDecodeParams p;
+      p.c = c;
+      p.tokens = dtoks.p;
+      p.num_tokens = T;
+      p.keys_per_split = kps;
+      p.max_splits = (max_keys + p.keys_per_split - 1) / p.keys_per_split;
+      p.variant = variant;
+      p.counters = counters.p;
+      Dev<float> ws(cuda::attention_decode_workspace_floats(T, nq, D, p.max_splits));
+      p.workspace = ws.p;
+      dout.poison();
+      C_CHECK(cudaMemset(ws.p, 0xff, ws.n * sizeof(float)));
+      cuda::attention_decode(p, nullptr);
+      const auto o = dout.get();
+      const std::string ps = params + " splits=" + std::to_string(p.max_splits) + (variant ? " (previous kernel)" : "");
+      out.push_back(nmse_result(ps, widen(o), want, 2e-5));
+      dout.poison();
+      C_CHECK(cudaMemset(ws.p, 0, ws.n * sizeof(float)));
+      cuda::attention_decode(p, nullptr);
+      out.push_back(repeat_bits(ps, o, dout.get()));
+      if (variant == 0) {  // the arrival counters are left zero for the next launch
+        const auto ctr = counters.get();
+        Result r;
+        r.params = ps + " counters";
+        r.metric = "nonzero";
+        r.error = double(std::count_if(ctr.begin(), ctr.end(), [](uint32_t x) { return x != 0; }));
+        out.push_back(r);
+      }
+    }
   return out;
+}
+
+// Context lengths of n ragged sequences decoding a token each: a spread from 1 to max_ctx (seeded).
+std::vector<int> ragged(int n, int max_ctx, uint64_t seed) {
+  std::mt19937 g{static_cast<uint32_t>(seed)};
+  std::vector<int> ctx(n);
+  for (int s = 0; s < n; s++) ctx[s] = s == 0 ? max_ctx : 1 + int(g() % uint32_t(max_ctx));
+  return ctx;
 }
 
 std::vector<Result> test_attention_decode() {
@@ -470,6 +500,16 @@ std::vector<Result> test_attention_decode() {
   add(run_attention(64, 8, 128, {200}, {5}, false, 600));
   add(run_attention(8, 2, 32, {40, 3}, {1, 1}, false, 650, 16));
   add(run_attention(8, 1, 16, {80}, {1}, false, 660, 32));
+  // batch 1 at the contexts the decode planner and the key loop's edges care about, sliding and full
+  for (int window : {0, 128})
+    for (int ctx : {1, 17, 128, 129, 1000, 4096, 32768})
+      add(run_attention(64, 8, window, {ctx}, {1}, false, 2000 + ctx + window));
+  // ragged batches: 8 and 64 sequences of mixed lengths
+  for (int window : {0, 128}) {
+    const auto c8 = ragged(8, 4096, 41 + window), c64 = ragged(64, 2048, 42 + window);
+    add(run_attention(64, 8, window, c8, std::vector<int>(c8.size(), 1), false, 2100 + window));
+    add(run_attention(64, 8, window, c64, std::vector<int>(c64.size(), 1), false, 2200 + window));
+  }
   return out;
 }
 HM_OP_TEST("attention_decode", test_attention_decode);
@@ -496,7 +536,7 @@ std::vector<Result> run_attention_rope(int nq, int nkv, int D, int window, const
   Dev<int32_t> dbt(f.bt), dseq(tok_seq), dpos(pos), dslot(slot), dtoks(toks);
   int max_keys = 1;
   for (int p : pos) max_keys = std::max(max_keys, window ? std::min(p + 1, window) : p + 1);
-  for (int cap : {1, 7, 1024}) {
+  for (int variant : {0, 1}) for (int cap : {1, 7, 1024}) {
     Dev<uint16_t> k1(f.k16), v1(f.v16), k2(f.k16), v2(f.v16), o1(size_t(T) * nq * D), o2(size_t(T) * nq * D);
     o1.poison();
     o2.poison();
@@ -510,6 +550,10 @@ std::vector<Result> run_attention_rope(int nq, int nkv, int D, int window, const
     p.max_splits = (max_keys + p.keys_per_split - 1) / p.keys_per_split;
     Dev<float> ws(cuda::attention_decode_workspace_floats(T, nq, D, p.max_splits));
     p.workspace = ws.p;
+    Dev<uint32_t> counters(size_t(T) * nkv);
+    C_CHECK(cudaMemset(counters.p, 0, counters.n * 4));
+    p.counters = counters.p;
+    p.variant = variant;
     // the chain
     cuda::RopeKvParams r;
     r.qkv = dq_chain.p, r.pos = dpos.p, r.slot = dslot.p, r.inv_freq = dinv.p, r.attn_factor = af;
@@ -526,7 +570,7 @@ std::vector<Result> run_attention_rope(int nq, int nkv, int D, int window, const
     const std::string params = "D=" + std::to_string(D) + " nq=" + std::to_string(nq) + " nkv=" +
                                std::to_string(nkv) + " W=" + std::to_string(window) + " ctx=" +
                                std::to_string(*std::max_element(ctx.begin(), ctx.end())) + " T=" + std::to_string(T) +
-                               " splits=" + std::to_string(p.max_splits);
+                               " splits=" + std::to_string(p.max_splits) + (variant ? " (previous kernel)" : "");
     out.push_back(nmse_result(params + " out vs chain", widen(o2.get()), widen(o1.get()), 1e-8));
     out.push_back(nmse_result(params + " k cache vs chain", widen(k2.get()), widen(k1.get()), 1e-9));
     out.push_back(nmse_result(params + " v cache vs chain", widen(v2.get()), widen(v1.get()), 0.0));
@@ -544,6 +588,11 @@ std::vector<Result> test_attention_decode_rope() {
   add(run_attention_rope(64, 8, 64, 0, {20000}, 1700));
   add(run_attention_rope(8, 2, 16, 32, {40, 3}, 1800));
   add(run_attention_rope(8, 1, 32, 16, {80}, 1900));
+  for (int window : {0, 128}) {
+    for (int ctx : {1, 17, 128, 129, 1000, 4096, 32768}) add(run_attention_rope(64, 8, 64, window, {ctx}, 3000 + ctx + window));
+    add(run_attention_rope(64, 8, 64, window, ragged(8, 4096, 51 + window), 3100 + window));
+    add(run_attention_rope(64, 8, 64, window, ragged(64, 2048, 52 + window), 3200 + window));
+  }
   return out;
 }
 HM_OP_TEST("attention_decode_rope", test_attention_decode_rope);
@@ -561,6 +610,164 @@ std::vector<Result> test_attention_prefill() {
   return out;
 }
 HM_OP_TEST("attention_prefill", test_attention_prefill);
+
+// ---- HM_OP_BENCH=1: decode attention timings ----
+// The previous kernel pair (variant 1, with the planner's previous split rule) against attn_decode_merged at the
+// planner's split count and at half and twice it, gpt-oss shape (64 q / 8 KV heads, D 64, fused RoPE + KV write as
+// on decode-only steps). Each row: a graph of 24 launches cycling over 8 layers' caches (the KV is read from HBM,
+// not L2), replayed 20 times; the median replay / 24 is the time per layer, without and with PDL between launches.
+// GB/s counts the K and V rows the layer must read.
+struct BenchDecode {
+  int T, nkv = 8, nq = 64, D = 64, window;
+  std::vector<int> ctx;
+  int mbps = 1, blocks = 0;
+  static constexpr int kLayers = 8, kLaunches = 24;
+  std::vector<uint16_t*> k, v;
+  std::unique_ptr<Dev<int32_t>> bt, seq, pos, slot, toks;
+  std::unique_ptr<Dev<float>> qkv, sinks, inv, ws;
+  std::unique_ptr<Dev<uint16_t>> out;
+  std::unique_ptr<Dev<uint32_t>> counters;
+  float af = 1.f;
+  double kv_bytes = 0;
+  int max_keys = 1;
+  BenchDecode(const std::vector<int>& c, int w) : T(int(c.size())), window(w), ctx(c) {
+    std::vector<int32_t> tb, ts(T), tp(T), tsl(T), tt(T);
+    for (int x : ctx) mbps = std::max(mbps, (x + 15) / 16);
+    tb.assign(size_t(T) * mbps, 0);
+    for (int s = 0; s < T; s++) {
+      const int n = (ctx[s] + 15) / 16;
+      for (int j = 0; j < n; j++) tb[size_t(s) * mbps + j] = blocks + j;
+      blocks += n;
+      ts[s] = s, tp[s] = ctx[s] - 1, tt[s] = s;
+      tsl[s] = tb[size_t(s) * mbps + tp[s] / 16] * 16 + tp[s] % 16;
+      const int keys = window ? std::min(ctx[s], window) : ctx[s];
+      max_keys = std::max(max_keys, keys);
+      kv_bytes += double(keys) * nkv * D * 2 * 2;
+    }
+    const size_t elems = size_t(blocks) * 16 * nkv * D;
+    const auto kh = to_bf16(uniform(std::min<size_t>(elems, 1 << 22), 5, 2.f));
+    for (int l = 0; l < kLayers; l++) {
+      uint16_t *pk, *pv;
+      C_CHECK(cudaMalloc(&pk, elems * 2));
+      C_CHECK(cudaMalloc(&pv, elems * 2));
+      for (size_t at = 0; at < elems; at += kh.size()) {
+        const size_t n = std::min(kh.size(), elems - at);
+        C_CHECK(cudaMemcpy(pk + at, kh.data(), n * 2, cudaMemcpyHostToDevice));
+        C_CHECK(cudaMemcpy(pv + at, kh.data(), n * 2, cudaMemcpyHostToDevice));
+      }
+      k.push_back(pk);
+      v.push_back(pv);
+    }
+    bt = std::make_unique<Dev<int32_t>>(tb), seq = std::make_unique<Dev<int32_t>>(ts);
+    pos = std::make_unique<Dev<int32_t>>(tp), slot = std::make_unique<Dev<int32_t>>(tsl);
+    toks = std::make_unique<Dev<int32_t>>(tt);
+    qkv = std::make_unique<Dev<float>>(uniform(size_t(T) * (nq + 2 * nkv) * D, 6, 2.f));
+    sinks = std::make_unique<Dev<float>>(uniform(nq, 7, 2.f));
+    std::vector<float> f(D / 2);
+    ref::rope_inv_freq(gpt_oss_rope(), D, f.data(), &af);
+    inv = std::make_unique<Dev<float>>(f);
+    // splits: up to one per 64 keys at batch 1 (the previous planner at 32k), up to 64 at larger batches
+    ws = std::make_unique<Dev<float>>(cuda::attention_decode_workspace_floats(T, nq, D, T == 1 ? 1024 : 64));
+    out = std::make_unique<Dev<uint16_t>>(size_t(T) * nq * D);
+    counters = std::make_unique<Dev<uint32_t>>(size_t(T) * nkv);
+    C_CHECK(cudaMemset(counters->p, 0, counters->n * 4));
+  }
+  ~BenchDecode() {
+    for (auto* p : k) cudaFree(p);
+    for (auto* p : v) cudaFree(p);
+  }
+  cuda::AttentionDecodeParams params(int variant, int kps, bool pdl) const {
+    cuda::AttentionDecodeParams p;
+    p.c.q = qkv->p, p.c.ldq = (nq + 2 * nkv) * D, p.c.block_tables = bt->p, p.c.max_blocks_per_seq = mbps;
+    p.c.block_size = 16, p.c.tok_seq = seq->p, p.c.pos = pos->p, p.c.sinks = sinks->p, p.c.out = out->p;
+    p.c.nq = nq, p.c.nkv = nkv, p.c.D = D, p.c.window = window, p.c.scale = 0.125f, p.c.pdl = pdl;
+    p.tokens = toks->p, p.num_tokens = T, p.keys_per_split = kps, p.max_splits = (max_keys + kps - 1) / kps;
+    p.workspace = ws->p, p.counters = counters->p, p.variant = variant;
+    p.inv_freq = inv->p, p.attn_factor = af, p.slot = slot->p;
+    return p;
+  }
+  // Median microseconds per launch of a 24-launch graph.
+  float time_us(int variant, int kps, bool pdl) {
+    cudaStream_t s;
+    C_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    C_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < kLaunches; i++) {
+      cuda::AttentionDecodeParams p = params(variant, kps, pdl);
+      p.c.k_cache = k[i % kLayers], p.c.v_cache = v[i % kLayers];
+      cuda::attention_decode(p, s);
+    }
+    C_CHECK(cudaStreamEndCapture(s, &g));
+    C_CHECK(cudaGraphInstantiate(&ge, g, 0));
+    cudaEvent_t e0, e1;
+    C_CHECK(cudaEventCreate(&e0));
+    C_CHECK(cudaEventCreate(&e1));
+    std::vector<float> ms;
+    for (int r = 0; r < 23; r++) {
+      C_CHECK(cudaEventRecord(e0, s));
+      C_CHECK(cudaGraphLaunch(ge, s));
+      C_CHECK(cudaEventRecord(e1, s));
+      C_CHECK(cudaEventSynchronize(e1));
+      float x = 0;
+      C_CHECK(cudaEventElapsedTime(&x, e0, e1));
+      if (r >= 3) ms.push_back(x);
+    }
+    std::sort(ms.begin(), ms.end());
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
+    cudaStreamDestroy(s);
+    return ms[ms.size() / 2] * 1000.f / kLaunches;
+  }
+};
+
+std::vector<Result> bench_attention_decode() {
+  const char* env = std::getenv("HM_OP_BENCH");
+  if (!env || std::strcmp(env, "1") != 0) return {};
+  int sms = 0;
+  C_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  std::printf("-- decode attention (us per layer; nq 64, nkv 8, D 64, fused RoPE + KV write; %d SMs) --\n", sms);
+  std::printf("%-30s %-24s %6s %9s %9s %9s\n", "batch / context", "kernel", "splits", "us", "us (pdl)", "KV GB/s");
+  struct Case {
+    std::string name;
+    std::vector<int> ctx;
+  };
+  std::vector<Case> cases;
+  for (int c : {512, 1024, 8192, 32768}) cases.push_back({"T=1 ctx=" + std::to_string(c), {c}});
+  cases.push_back({"T=8 ctx=1..4096 mixed", ragged(8, 4096, 76)});
+  cases.push_back({"T=64 ctx=1024", std::vector<int>(64, 1024)});
+  cases.push_back({"T=64 ctx=1..2048 mixed", ragged(64, 2048, 77)});
+  cases.push_back({"T=256 ctx=1..2048 mixed", ragged(256, 2048, 78)});
+  for (const Case& cs : cases)
+    for (int window : {0, 128}) {
+      BenchDecode b(cs.ctx, window);
+      const std::string name = cs.name + (window ? " slide" : " full");
+      // the previous planner: per-split workspace cap, 128 keys in one split
+      const size_t per_split = cuda::attention_decode_workspace_floats(b.T, b.nq, b.D, 1);
+      const int cap = int(std::min<size_t>(1024, std::max<size_t>(1, (16ull << 20) / per_split)));
+      const int old_kps = b.max_keys <= 128 ? 128 : cuda::attention_keys_per_split(b.max_keys, cap);
+      const int planned = cuda::attention_decode_keys_per_split(b.max_keys, b.T, b.nkv, sms, 1024);
+      const int splits = (b.max_keys + planned - 1) / planned;
+      struct Row {
+        const char* kernel;
+        int variant, kps;
+      };
+      const Row rows[] = {{"previous (split+combine)", 1, old_kps},
+                          {"merged, planned", 0, planned},
+                          {"merged, half the splits", 0, cuda::attention_keys_per_split(b.max_keys, std::max(1, splits / 2))},
+                          {"merged, twice the splits", 0, cuda::attention_keys_per_split(b.max_keys, splits * 2)},
+                          {"merged, previous splits", 0, old_kps}};
+      for (const Row& r : rows) {
+        const float us = b.time_us(r.variant, r.kps, false), us_pdl = b.time_us(r.variant, r.kps, true);
+        std::printf("%-30s %-24s %6d %9.2f %9.2f %9.0f\n", name.c_str(), r.kernel, (b.max_keys + r.kps - 1) / r.kps, us,
+                    us_pdl, b.kv_bytes / (us * 1e3));
+      }
+    }
+  return {};
+}
+HM_OP_TEST("bench_attention_decode", bench_attention_decode);
 
 // ---- logits narrowing ----
 std::vector<Result> test_narrow() {
