@@ -62,7 +62,9 @@ void router_topk_softmax(const RouterTopkParams& p, cudaStream_t stream);
 // Token counts up to this take the decode path (the 8-wide N of one mma.sync tile).
 constexpr int kMoeDecodeMaxTokens = 8;
 
-enum class MoePath : int { kAuto = 0, kDecode = 1, kPrefill = 2 };
+// kDecode takes the bulk-copy kernels where they apply (MXFP4 on sm_90+, see the top), else the register-streaming
+// ones; kDecodeRegs forces the register-streaming ones (the comparison variant of tests and the lab).
+enum class MoePath : int { kAuto = 0, kDecode = 1, kPrefill = 2, kDecodeRegs = 3 };
 
 struct MoeMxfp4Weights {
   const uint8_t* gu_blocks = nullptr;  // [E, 2I, H/32, 16]
@@ -87,8 +89,16 @@ struct MoeParams {
   float swiglu_limit = 7.0f;
   const uint16_t* x = nullptr;  // bf16 [n, H], row stride ldx (elements)
   int ldx = 0;
-  const int32_t* ids = nullptr;    // [n, k] expert ids (router output)
-  const float* weights = nullptr;  // [n, k] routing weights
+  const int32_t* ids = nullptr;    // [n, k] expert ids (router output); unused when `logits` is set
+  const float* weights = nullptr;  // [n, k] routing weights; unused when `logits` is set
+  // Fused routing: the router logits [n, E] (row stride ld_logits) instead of ids/weights. The decode kernels
+  // compute router_topk_softmax's result themselves (every block the same); the prefill path runs
+  // router_topk_softmax first. ids_out/weights_out [n, k] receive the routing (required for prefill, optional
+  // for decode).
+  const float* logits = nullptr;
+  int ld_logits = 0;
+  int32_t* ids_out = nullptr;
+  float* weights_out = nullptr;
   float* y = nullptr;              // fp32 [n, H], row stride ldy
   int ldy = 0;
   bool accumulate = false;         // y += moe(x) (residual add fused) instead of y = moe(x)
