@@ -64,7 +64,9 @@ __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t by
 }
 
 // Shared-memory layout of a block (dynamic): NST stages, then 3 x NST mbarriers, then NST reduction slots.
-__host__ __device__ inline uint32_t bulk_stage_bytes(int K) { return (uint32_t(16 * K / 2 + 16 * K / 32) + 127u) & ~127u; }
+__host__ __device__ inline uint32_t bulk_stage_bytes(int K) {
+  return (uint32_t(16 * K / 2 + 16 * K / 32) + 127u) & ~127u;
+}
 inline size_t bulk_smem_bytes(int K, int NCW, int NST) {
   return size_t(NST) * bulk_stage_bytes(K) + 3 * NST * 8 + size_t(NST) * NCW * 32 * 4 * 4;
 }

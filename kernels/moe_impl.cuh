@@ -14,8 +14,9 @@
 // by 2^63 once at the end (decode path; the prefill path rescales the staged weights instead, see BTileRegs).
 // 2 integer ops and half a bf16 multiply per weight.
 //
-// Decode path (n <= 8 tokens): a warp owns 16 weight rows; lane (g = lane/4, t = lane%4) loads, per 128-column
-// chunk, the 16-byte MXFP4 block t of rows g and g+8 (mxfp4) or 64 bytes of each (bf16), decodes it into the
+// Decode path (n <= 8 tokens; for MXFP4 on sm_90+ the kernels of moe_decode_bulk.cuh take it, reusing the
+// fragment layout and routing below): a warp owns 16 weight rows; lane (g = lane/4, t = lane%4) loads, per
+// 128-column chunk, the 16-byte MXFP4 block t of rows g and g+8 (mxfp4) or 64 bytes of each (bf16), decodes it into the
 // A fragments of 8 mma.sync m16n8k16 steps, and reads the B fragments (token g's activations) straight from
 // global memory (L1-resident). Warps of a block split K (KS ways) and sum through shared memory in a fixed
 // order, so results are deterministic. gate_up: one block row per selected expert (grid.y = unique experts);

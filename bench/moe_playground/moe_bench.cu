@@ -64,7 +64,9 @@ struct Row {
   double gbs;
 };
 std::vector<Row> g_rows;
-void row(const std::string& what, int E, int n, float us, double bytes) { g_rows.push_back({what, E, n, us, bytes / us * 1e-3}); }
+void row(const std::string& what, int E, int n, float us, double bytes) {
+  g_rows.push_back({what, E, n, us, bytes / us * 1e-3});
+}
 
 template <typename T>
 T* dalloc(size_t n) {
@@ -465,11 +467,15 @@ int main() {
       p.workspace_bytes = ws_bytes;
       int32_t* ids_out = dalloc<int32_t>(size_t(n) * L.k);
       float* w_out = dalloc<float>(size_t(n) * L.k);
-      // One layer call of a decode variant on routing set i: 0 regs, 1 bulk, 2 bulk+route.
+      // One layer call of a decode variant on routing set i: 0 regs, 1 bulk, 2 bulk+route, 3 router_topk_softmax
+      // then regs (what the engine ran before: 2 vs 3 is the engine's change).
       auto params = [&](int v, int i, bool pdl) {
         MoeParams q = p;
-        q.path = v == 0 ? MoePath::kDecodeRegs : MoePath::kDecode;
-        if (v == 2) {
+        q.path = v == 0 || v == 3 ? MoePath::kDecodeRegs : MoePath::kDecode;
+        if (v == 3) {
+          q.ids = ids_out;
+          q.weights = w_out;
+        } else if (v == 2) {
           q.logits = R.logits_of(i);
           q.ld_logits = E;
           q.ids_out = ids_out;
@@ -481,32 +487,46 @@ int main() {
         q.pdl = pdl;
         return q;
       };
-      const char* names[3] = {"regs", "bulk", "bulk+route"};
-      for (int v = 0; v < 3; v++) {
-        const MoeParams q = params(v, 0, false);
-        check_cpu_twin((std::string("decode mxfp4 ") + names[v]).c_str(), L, q, [&] { moe_mxfp4_forward(q, L.mx(), 0); });
-      }
+      auto call = [&](int v, int i, bool pdl, cudaStream_t st) {
+        if (v == 3) {
+          RouterTopkParams rt;
+          rt.logits = R.logits_of(i);
+          rt.ld_logits = E;
+          rt.n = n;
+          rt.E = E;
+          rt.k = L.k;
+          rt.ids = ids_out;
+          rt.weights = w_out;
+          rt.pdl = pdl;
+          router_topk_softmax(rt, st);
+        }
+        moe_mxfp4_forward(params(v, i, pdl), L.mx(), st);
+      };
+      const char* names[4] = {"regs", "bulk", "bulk+route", "router+regs"};
+      for (int v = 0; v < 4; v++)
+        check_cpu_twin((std::string("decode mxfp4 ") + names[v]).c_str(), L, params(v, 0, false),
+                       [&] { call(v, 0, false, 0); });
       {
         MoeParams q = params(0, 0, false);
         check_cpu_twin("decode bf16", L, q, [&] { moe_bf16_forward(q, L.bf(), 0); });
       }
-      for (int v = 0; v < 3; v++) {
-        const float t_mx = time_us([&](int i) { moe_mxfp4_forward(params(v, i, false), L.mx(), 0); });
-        const float t_mx_pdl = time_us([&](int i) { moe_mxfp4_forward(params(v, i, true), L.mx(), 0); });
+      for (int v = 0; v < 4; v++) {
+        const float t_mx = time_us([&](int i) { call(v, i, false, 0); });
+        const float t_mx_pdl = time_us([&](int i) { call(v, i, true, 0); });
         // The same calls captured in a CUDA graph (one graph = `sets` layers of different experts).
         cudaStream_t s;
         CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
         cudaGraph_t g;
         cudaGraphExec_t ge;
         CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-        for (int i = 0; i < R.sets; i++) moe_mxfp4_forward(params(v, i, true), L.mx(), s);
+        for (int i = 0; i < R.sets; i++) call(v, i, true, s);
         CK(cudaStreamEndCapture(s, &g));
         CK(cudaGraphInstantiate(&ge, g, 0));
         const float t_graph = time_us([&](int) { CK(cudaGraphLaunch(ge, s)); }, 10, 7, s) / R.sets;
         CK(cudaGraphExecDestroy(ge));
         CK(cudaGraphDestroy(g));
         CK(cudaStreamDestroy(s));
-        std::printf("decode n=%d (%d experts, %.1f MB mxfp4) %-10s: %.1f us (%.0f GB/s) | +pdl %.1f us | graph+pdl %.1f us "
+        std::printf("decode n=%d (%d experts, %.1f MB mxfp4) %-11s: %.1f us (%.0f GB/s) | +pdl %.1f us | graph+pdl %.1f us "
                     "(%.0f GB/s)\n",
                     n, uniq, bytes_mx * 1e-6, names[v], t_mx, bytes_mx / t_mx * 1e-3, t_mx_pdl, t_graph,
                     bytes_mx / t_graph * 1e-3);

@@ -255,7 +255,8 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
       std::vector<float> logits(size_t(n) * E);
       for (int t = 0; t < n; t++) {
         for (int e = 0; e < E; e++) logits[size_t(t) * E + e] = -5.f - float(rng.next() % 1000) * 1e-3f;
-        for (int j = 0; j < k; j++) logits[size_t(t) * E + ids[size_t(t) * k + j]] = 10.f + std::log(wts[size_t(t) * k + j]);
+        for (int j = 0; j < k; j++)
+          logits[size_t(t) * E + ids[size_t(t) * k + j]] = 10.f + std::log(wts[size_t(t) * k + j]);
       }
       std::vector<int32_t> ids_routed(ids.size());
       std::vector<float> wts_routed(ids.size());
@@ -334,7 +335,8 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
           out.push_back(close(params, "nmse", y, v.acc ? y_ref_acc : y_ref, 1e-4));
           if (v.fused) {
             out.push_back(exact_ids(std::string(params) + " ids_out", d_ids_out.download(), ids_routed));
-            out.push_back(close(std::string(params) + " weights_out", "max_abs_rel", d_w_out.download(), wts_routed, 1e-6));
+            out.push_back(
+                close(std::string(params) + " weights_out", "max_abs_rel", d_w_out.download(), wts_routed, 1e-6));
           }
           size_t diff = 0;  // three more runs over other workspace contents: the same bits every time
           for (int ws_byte : {0x00, 0x7F, 0xFF}) diff += size_t(repeat_bits(params, y, run(ws_byte)).error);
@@ -414,7 +416,8 @@ std::vector<Result> fused_routing_cases() {
   uint64_t seed = 500;
   for (const C& c : cases) {
     char params[96];
-    std::snprintf(params, sizeof params, "E=%d k=%d n=%d%s%s", c.E, c.k, c.n, c.ties ? " ties" : "", c.nans ? " nan" : "");
+    std::snprintf(params, sizeof params, "E=%d k=%d n=%d%s%s", c.E, c.k, c.n, c.ties ? " ties" : "",
+                  c.nans ? " nan" : "");
     try {
       const Experts X(c.E, H, I, seed);
       XorShift rng(seed++);
@@ -477,7 +480,8 @@ HM_OP_TEST("moe_experts_small", [] {
   return out;
 });
 HM_OP_TEST("moe_experts_real_e32", [] { return moe_cases(32, 2880, 2880, 4, {1, 2, 3, 5, 7, 8, 64, 300}, 21, false); });
-HM_OP_TEST("moe_experts_real_e128", [] { return moe_cases(128, 2880, 2880, 4, {1, 2, 3, 5, 7, 8, 64, 300}, 22, false); });
+HM_OP_TEST("moe_experts_real_e128",
+           [] { return moe_cases(128, 2880, 2880, 4, {1, 2, 3, 5, 7, 8, 64, 300}, 22, false); });
 
 }  // namespace
 }  // namespace hm::optest
