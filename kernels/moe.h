@@ -7,12 +7,18 @@
 //   moe_bf16_forward:  the fallback, weights decoded to bf16 once at load (mxfp4_to_bf16), any sm_80+ GPU.
 // Each has two paths, chosen by the token count (or forced, for tests):
 //   decode  (n <= kMoeDecodeMaxTokens): two kernels (gate_up+SwiGLU, down+combine); only the selected experts'
-//           weights are read, each once, as 16-byte streaming loads feeding mma.sync with the tokens as the
-//           8-wide N dimension. Fixed grid, no host sync, no allocation: capturable in a CUDA graph (checked by
-//           bench/moe_playground). PDL: the down kernel reads the routing and starts its weight stream before
-//           pdl_wait(); gate_up cannot (its experts are only known once the router is done). Measured on the
-//           H100 at one token, real shapes: about 36 us per layer (graph + PDL, one token, E=32; 1.47 TB/s of the 3.0 TB/s ceiling): the
-//           latency of each warp's dependent loads and occupancy, not the bytes, limit it for now (NOTES.md, runs 4-5).
+//           weights are read, each once, feeding mma.sync with the tokens as the 8-wide N dimension. Fixed grid,
+//           no host sync, no allocation: capturable in a CUDA graph (checked by bench/moe_playground).
+//           MXFP4 on sm_90+ (moe_decode_bulk.cuh): a persistent grid whose blocks pull whole 16-row tiles of an
+//           expert (one contiguous 23 KB range of blocks + 1.4 KB of scales at H = 2880) with 1-D bulk copies into
+//           a ring of shared-memory stages completing on mbarriers, consumer warps splitting each tile's K. With
+//           `logits` the kernels also do the routing (router_topk_softmax's result, computed by every block), so
+//           the router's top-k launch disappears. PDL: gate_up sets up its barriers before pdl_wait(); down
+//           routes and starts its weight stream before pdl_wait(). Expected (not yet measured on the H200): about
+//           15-20 us per layer at one token (52.9 MB: 2.6-3.5 TB/s of the 4.56 TB/s measured stream read).
+//           Otherwise (bf16, older GPUs, MoePath::kDecodeRegs): the register-streaming kernels, 16-byte loads
+//           straight into registers. Measured on the H200 at one token, E = 128: 36.7 us per layer (graph + PDL,
+//           1.44 TB/s): each warp's chain of dependent loads, not the bytes, limits it (NOTES.md).
 //   prefill (many tokens): (token, expert) pairs counted, scanned and scattered by expert on the GPU (a stable
 //           scatter: the same row order every run), then grouped GEMMs on tensor cores (mma.sync bf16, fp32
 //           accumulate, MXFP4 decoded into shared memory as the exact bf16 weights, so both formats give the same
@@ -62,7 +68,9 @@ void router_topk_softmax(const RouterTopkParams& p, cudaStream_t stream);
 // Token counts up to this take the decode path (the 8-wide N of one mma.sync tile).
 constexpr int kMoeDecodeMaxTokens = 8;
 
-enum class MoePath : int { kAuto = 0, kDecode = 1, kPrefill = 2 };
+// kDecode takes the bulk-copy kernels where they apply (MXFP4 on sm_90+, see the top), else the register-streaming
+// ones; kDecodeRegs forces the register-streaming ones (the comparison variant of tests and the lab).
+enum class MoePath : int { kAuto = 0, kDecode = 1, kPrefill = 2, kDecodeRegs = 3 };
 
 struct MoeMxfp4Weights {
   const uint8_t* gu_blocks = nullptr;  // [E, 2I, H/32, 16]
@@ -87,8 +95,16 @@ struct MoeParams {
   float swiglu_limit = 7.0f;
   const uint16_t* x = nullptr;  // bf16 [n, H], row stride ldx (elements)
   int ldx = 0;
-  const int32_t* ids = nullptr;    // [n, k] expert ids (router output)
-  const float* weights = nullptr;  // [n, k] routing weights
+  const int32_t* ids = nullptr;    // [n, k] expert ids (router output); unused when `logits` is set
+  const float* weights = nullptr;  // [n, k] routing weights; unused when `logits` is set
+  // Fused routing: the router logits [n, E] (row stride ld_logits) instead of ids/weights. The decode kernels
+  // compute router_topk_softmax's result themselves (every block the same); the prefill path runs
+  // router_topk_softmax first. ids_out/weights_out [n, k] receive the routing (required for prefill, optional
+  // for decode).
+  const float* logits = nullptr;
+  int ld_logits = 0;
+  int32_t* ids_out = nullptr;
+  float* weights_out = nullptr;
   float* y = nullptr;              // fp32 [n, H], row stride ldy
   int ldy = 0;
   bool accumulate = false;         // y += moe(x) (residual add fused) instead of y = moe(x)

@@ -14,8 +14,9 @@
 // by 2^63 once at the end (decode path; the prefill path rescales the staged weights instead, see BTileRegs).
 // 2 integer ops and half a bf16 multiply per weight.
 //
-// Decode path (n <= 8 tokens): a warp owns 16 weight rows; lane (g = lane/4, t = lane%4) loads, per 128-column
-// chunk, the 16-byte MXFP4 block t of rows g and g+8 (mxfp4) or 64 bytes of each (bf16), decodes it into the
+// Decode path (n <= 8 tokens; for MXFP4 on sm_90+ the kernels of moe_decode_bulk.cuh take it, reusing the
+// fragment layout and routing below): a warp owns 16 weight rows; lane (g = lane/4, t = lane%4) loads, per
+// 128-column chunk, the 16-byte MXFP4 block t of rows g and g+8 (mxfp4) or 64 bytes of each (bf16), decodes it into the
 // A fragments of 8 mma.sync m16n8k16 steps, and reads the B fragments (token g's activations) straight from
 // global memory (L1-resident). Warps of a block split K (KS ways) and sum through shared memory in a fixed
 // order, so results are deterministic. gate_up: one block row per selected expert (grid.y = unique experts);
@@ -30,6 +31,7 @@
 #pragma once
 #include "common.cuh"
 #include "moe.h"
+#include "moe_topk.cuh"
 
 namespace hm::cuda::moe {
 namespace {  // each including file gets its own copy of the kernels
@@ -170,8 +172,12 @@ struct DecodeArgs {
   float limit;
   const uint16_t* x;  // gate_up: x [n, H] (ldx); down: act [n*k, I] (ldx = I)
   int ldx;
-  const int32_t* ids;
+  const int32_t* ids;      // routing given: [n, k]
   const float* weights;
+  const float* logits;     // or routing computed from the router logits [n, E] (ld_logits)
+  int ld_logits;
+  int32_t* ids_out;        // gate_up publishes the computed routing here when set
+  float* weights_out;
   WMat W;
   uint16_t* act;  // gate_up output [n*k, I]
   float* y;       // down output
@@ -179,12 +185,13 @@ struct DecodeArgs {
   bool accumulate;
 };
 
-// Unique experts of the batch in order of first appearance, and per (unique expert, token) the slot (or -1).
-// Built by every block in parallel (one thread per (token, slot) pair): a serial loop here cost more than the
-// matmul at 8 tokens.
+// The routing (ids clamped, weights), the unique experts of the batch in order of first appearance, and per
+// (unique expert, token) the slot (or -1). Built by every block in parallel (one warp per token for the top-k,
+// one thread per (token, slot) pair after): a serial loop here cost more than the matmul at 8 tokens.
 struct DecodeRouting {
   int nuniq;
   int ids[kMoeDecodeMaxTokens * 8];
+  float w[kMoeDecodeMaxTokens * 8];
   int first[kMoeDecodeMaxTokens * 8];
   int uniq[kMoeDecodeMaxTokens * 8];
   int8_t slot[kMoeDecodeMaxTokens * 8][kMoeDecodeMaxTokens];
@@ -194,8 +201,21 @@ __device__ void build_routing(const DecodeArgs& a, DecodeRouting& r) {
   const int P = a.n * a.k;
   for (int i = threadIdx.x; i < kMoeDecodeMaxTokens * 8 * kMoeDecodeMaxTokens; i += blockDim.x)
     (&r.slot[0][0])[i] = -1;
-  for (int p = threadIdx.x; p < P; p += blockDim.x) r.ids[p] = clamp_id(a.ids[p], a.E);
+  if (a.logits) {
+    for (int tok = threadIdx.x >> 5; tok < a.n; tok += blockDim.x >> 5)
+      warp_topk(a.logits + size_t(tok) * a.ld_logits, a.E, a.k, r.ids + tok * a.k, r.w + tok * a.k);
+  } else {
+    for (int p = threadIdx.x; p < P; p += blockDim.x) {
+      r.ids[p] = clamp_id(a.ids[p], a.E);
+      r.w[p] = a.weights[p];
+    }
+  }
   __syncthreads();
+  if (a.ids_out && blockIdx.x == 0 && blockIdx.y == 0)
+    for (int p = threadIdx.x; p < P; p += blockDim.x) {
+      a.ids_out[p] = r.ids[p];
+      a.weights_out[p] = r.w[p];
+    }
   for (int p = threadIdx.x; p < P; p += blockDim.x) {
     int f = 1;
     for (int q = 0; q < p; q++) f &= r.ids[q] != r.ids[p];
@@ -346,7 +366,7 @@ __global__ void __launch_bounds__(MT* KS * 32, MINB) moe_decode_gate_up(DecodeAr
       if (slot < 0) continue;
       const float gate = acc[2 * h + q] * acc_scale<F>() + bg;
       const float up = partner[2 * h + q] * acc_scale<F>() + bu;
-      const float v = swiglu1(gate, up, a.limit) * a.weights[tok * a.k + slot];
+      const float v = swiglu1(gate, up, a.limit) * rt.w[tok * a.k + slot];
       a.act[size_t(tok * a.k + slot) * I + (r >> 1)] = f2bf_bits(v);
     }
   }
@@ -384,7 +404,7 @@ __global__ void __launch_bounds__(MT* KS * 32, MINB) moe_decode_down(DecodeArgs 
       if (tok >= a.n) continue;
       float v = acc[2 * h + q] * acc_scale<F>();
       for (int j = 0; j < a.k; j++)
-        v += a.weights[tok * a.k + j] * bf2f_bits(a.W.bias[size_t(clamp_id(a.ids[tok * a.k + j], a.E)) * rows + r]);
+        v += rt.w[tok * a.k + j] * bf2f_bits(a.W.bias[size_t(rt.ids[tok * a.k + j]) * rows + r]);
       float* dst = a.y + size_t(tok) * a.ldy + r;
       *dst = a.accumulate ? *dst + v : v;
     }
@@ -659,6 +679,12 @@ __global__ void __launch_bounds__(256) moe_combine(Workspace w, int H, int k, fl
   }
 }
 
+}  // namespace
+}  // namespace hm::cuda::moe
+#include "moe_decode_bulk.cuh"  // the MXFP4 decode kernels through shared memory (they use the helpers above)
+namespace hm::cuda::moe {
+namespace {
+
 // ---- the launcher shared by both formats ----
 
 // A decode-kernel configuration: MT m-tiles of 16 rows per block, KS warps splitting each m-tile's work items,
@@ -668,17 +694,25 @@ struct DecodeCfg {
   static constexpr int MT = MT_, KS = KS_, D = D_, MINB = MINB_;
 };
 // H100, real shapes (bench/moe_playground/NOTES.md, run 5): gate_up 22.3 us, down 16.9 us at one token, E = 32.
+// (MXFP4 decode on sm_90+ takes the bulk kernels; these remain for older GPUs and as the lab's comparison.)
 using GuMxfp4 = DecodeCfg<2, 4, 1, 4>;
 using DnMxfp4 = DecodeCfg<1, 16, 1, 2>;
 using GuBf16 = DecodeCfg<4, 2, 1, 1>;
 using DnBf16 = DecodeCfg<1, 8, 1, 1>;
+// The bulk kernels (moe_decode_bulk.cuh): expected, not measured yet; bench/moe_playground times the variants.
+using GuBulk = BulkCfg<8, 3, 2>;
+using DnBulk = BulkCfg<8, 3, 2>;
 
 template <WFmt F, typename G, typename Dn>
 void launch_decode(const MoeParams& p, const WMat& gu, const WMat& dn, const Workspace& ws, cudaStream_t stream) {
-  DecodeArgs a{p.n, p.E, p.k, p.swiglu_limit, p.x, p.ldx, p.ids, p.weights, gu, ws.act, p.y, p.ldy, p.accumulate};
+  DecodeArgs a{p.n,         p.E,           p.k,       p.swiglu_limit, p.x,  p.ldx,  p.ids,      p.weights,
+               p.logits,    p.ld_logits,   p.ids_out, p.weights_out,  gu,   ws.act, p.y,        p.ldy,
+               p.accumulate};
   const int nuniq_max = p.n * p.k < p.E ? p.n * p.k : p.E;
   launch(moe_decode_gate_up<F, G::MT, G::KS, G::D, G::MINB>, dim3(ceil_div(2 * p.I, 16 * G::MT), nuniq_max),
          dim3(G::MT * G::KS * 32), 0, stream, p.pdl, a);
+  a.ids_out = nullptr;
+  a.weights_out = nullptr;
   a.x = ws.act;
   a.ldx = p.I;
   a.W = dn;
@@ -691,27 +725,51 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
   HM_REQUIRE(p.n >= 0, who);
   HM_REQUIRE(p.H > 0 && p.H % 32 == 0 && p.I > 0 && p.I % 32 == 0, who);
   HM_REQUIRE(p.k >= 1 && p.k <= 8 && p.E >= p.k && p.E <= 256, who);
-  HM_REQUIRE(p.x && p.ids && p.weights && p.y && p.workspace, who);
+  HM_REQUIRE(p.x && p.y && p.workspace, who);
+  HM_REQUIRE(p.logits ? p.ld_logits >= p.E : (p.ids && p.weights), who);
+  HM_REQUIRE(!p.ids_out == !p.weights_out, who);
   HM_REQUIRE(p.ldx >= p.H && p.ldx % 8 == 0 && p.ldy >= p.H && p.ldy % 4 == 0, who);
   HM_REQUIRE(reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.y) % 16 == 0, who);
   HM_REQUIRE(reinterpret_cast<uintptr_t>(p.workspace) % 256 == 0, who);
   HM_REQUIRE(p.workspace_bytes >= moe_workspace_bytes(p.n, p.H, p.I, p.E, p.k), who);
   if (p.n == 0) return;
-  const bool decode = p.path == MoePath::kDecode || (p.path == MoePath::kAuto && p.n <= kMoeDecodeMaxTokens);
+  const bool decode = p.path == MoePath::kDecode || p.path == MoePath::kDecodeRegs ||
+                      (p.path == MoePath::kAuto && p.n <= kMoeDecodeMaxTokens);
   HM_REQUIRE(!decode || p.n <= kMoeDecodeMaxTokens, who);
   const Workspace ws = carve(p.workspace, p.n, p.H, p.I, p.E, p.k);
 
   if (decode) {
-    if constexpr (F == WFmt::kMxfp4)
-      launch_decode<F, GuMxfp4, DnMxfp4>(p, gu, dn, ws, stream);
-    else
+    if constexpr (F == WFmt::kMxfp4) {
+      if (p.path != MoePath::kDecodeRegs && bulk_ok<GuBulk, DnBulk>(gu, dn))
+        launch_decode_bulk<GuBulk, DnBulk>(p, gu, dn, ws, stream);
+      else
+        launch_decode<F, GuMxfp4, DnMxfp4>(p, gu, dn, ws, stream);
+    } else {
       launch_decode<F, GuBf16, DnBf16>(p, gu, dn, ws, stream);
+    }
     return;
   }
+  const int32_t* ids = p.ids;
+  const float* weights = p.weights;
+  if (p.logits) {  // prefill routes first
+    HM_REQUIRE(p.ids_out && p.weights_out, who);
+    RouterTopkParams rt;
+    rt.logits = p.logits;
+    rt.ld_logits = p.ld_logits;
+    rt.n = p.n;
+    rt.E = p.E;
+    rt.k = p.k;
+    rt.ids = p.ids_out;
+    rt.weights = p.weights_out;
+    rt.pdl = p.pdl;
+    router_topk_softmax(rt, stream);
+    ids = p.ids_out;
+    weights = p.weights_out;
+  }
   const int P = p.n * p.k;
-  launch(moe_route_sort, dim3(1), dim3(1024), 0, stream, p.pdl, p.ids, P, p.E, ws);
+  launch(moe_route_sort, dim3(1), dim3(1024), 0, stream, p.pdl, ids, P, p.E, ws);
   const int T = max_tiles(P, p.E);
-  GemmArgs g{gu, p.x, p.ldx, p.k, p.weights, p.swiglu_limit, ws};
+  GemmArgs g{gu, p.x, p.ldx, p.k, weights, p.swiglu_limit, ws};
   launch(moe_grouped_gemm<F, true>, dim3(ceil_div(2 * p.I, kBN), T), dim3(256), 0, stream, p.pdl, g);
   g.W = dn;
   g.A = ws.act;

@@ -3,10 +3,14 @@
 // Before it times a shape, it checks the launchers' output there against the CPU twin (ref::expert_mlp_mxfp4,
 // native/cpu/ref_ops.h) and stops if they disagree; the numbered decode variants are then checked against the
 // launcher. Random (never zero) weights. MOE_DECODE_ONLY=1 skips the prefill timings.
+// Decode layers timed: "bulk" (the default MXFP4 decode: bulk copies into shared memory, moe_decode_bulk.cuh),
+// "bulk+route" (the same with the routing computed from router logits inside the kernels, as the engine calls
+// it), "regs" (the register-streaming kernels of before, MoePath::kDecodeRegs). Variants: B* = bulk kernel
+// configurations, G*/D* = register kernel configurations, each kernel alone. A summary table is printed last.
 //
 // Decode bytes count only what must be read: the selected experts' MXFP4 blocks, scales and biases
 // (13.24 MB per expert). The routing rotates over disjoint expert sets so no iteration finds its experts in L2.
-// Build: the CMake target hm_moe_lab (not built by default): npx cmake-js build --out build-cuda --target hm_moe_lab
+// Build: the CMake target hm_moe_lab (not built by default): cmake --build build-gpu --target hm_moe_lab
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -15,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "cpu/ref_ops.h"
@@ -49,6 +54,18 @@ __global__ void fill_bf16(uint16_t* p, size_t n, uint64_t seed, float scale) {
     const float u = float(h >> 40) / float(1 << 24) - 0.5f;
     p[i] = moe::f2bf_bits(u * scale);
   }
+}
+
+// The summary table printed last: one row per timed thing.
+struct Row {
+  std::string what;
+  int E, n;
+  float us;
+  double gbs;
+};
+std::vector<Row> g_rows;
+void row(const std::string& what, int E, int n, float us, double bytes) {
+  g_rows.push_back({what, E, n, us, bytes / us * 1e-3});
 }
 
 template <typename T>
@@ -151,9 +168,19 @@ struct Routing {
     w = dalloc<float>(h.size());
     CK(cudaMemcpy(ids, h.data(), h.size() * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(w, hw.data(), hw.size() * 4, cudaMemcpyHostToDevice));
+    // Router logits with the same top-k (the chosen experts 1, the others 0: weights 1/k, ids in ascending order).
+    std::vector<float> hl(size_t(sets) * n * E, 0.f);
+    for (size_t r = 0; r < size_t(sets) * n; r++)
+      for (int j = 0; j < k; j++) hl[r * E + h[r * k + j]] = 1.f;
+    logits = dalloc<float>(hl.size());
+    CK(cudaMemcpy(logits, hl.data(), hl.size() * 4, cudaMemcpyHostToDevice));
+    E_ = E;
   }
   const int32_t* ids_of(int i) const { return ids + size_t(i % sets) * n * k; }
   const float* w_of(int i) const { return w + size_t(i % sets) * n * k; }
+  const float* logits_of(int i) const { return logits + size_t(i % sets) * n * E_; }
+  float* logits;
+  int E_;
 };
 
 double nmse_dev(const float* a, const float* b, size_t n);
@@ -186,7 +213,8 @@ void decode_variant(const char* name, const Layer& L, const Routing& R, const ui
   const int nu = std::min(R.n * L.k, L.E);
   constexpr auto F = moe::WFmt::kMxfp4;
   const float t = time_us([&](int i) {
-    moe::DecodeArgs a{R.n, L.E, L.k, 7.f, x, L.H, R.ids_of(i), R.w_of(i), gu, w.act, y, L.H, false};
+    moe::DecodeArgs a{R.n,    L.E, L.k, 7.f, x, L.H, R.ids_of(i), R.w_of(i), nullptr, 0, nullptr, nullptr,
+                      gu,     w.act, y, L.H, false};
     if (GATE_UP) {
       moe::moe_decode_gate_up<F, MT, KS, D, MINB>
           <<<dim3((2 * L.I + 16 * MT - 1) / (16 * MT), nu), MT * KS * 32>>>(a);
@@ -199,7 +227,8 @@ void decode_variant(const char* name, const Layer& L, const Routing& R, const ui
   });
   // Check against the public launcher's output on routing set 0 (act_ref / y_ref, computed by the caller).
   {
-    moe::DecodeArgs a{R.n, L.E, L.k, 7.f, x, L.H, R.ids_of(0), R.w_of(0), gu, w.act, y, L.H, false};
+    moe::DecodeArgs a{R.n,    L.E, L.k, 7.f, x, L.H, R.ids_of(0), R.w_of(0), nullptr, 0, nullptr, nullptr,
+                      gu,     w.act, y, L.H, false};
     if (GATE_UP) {
       moe::moe_decode_gate_up<F, MT, KS, D, MINB>
           <<<dim3((2 * L.I + 16 * MT - 1) / (16 * MT), nu), MT * KS * 32>>>(a);
@@ -217,6 +246,43 @@ void decode_variant(const char* name, const Layer& L, const Routing& R, const ui
   const double b = bytes * (GATE_UP ? 2.0 / 3.0 : 1.0 / 3.0);
   std::printf("  %-8s %-36s %7.1f us  %6.0f GB/s  (nmse vs launcher %.1e)\n", GATE_UP ? "gate_up" : "down", name, t,
               b / t * 1e-3, err);
+  row(std::string(GATE_UP ? "gate_up " : "down ") + name, L.E, R.n, t, b);
+}
+
+// One bulk-kernel configuration (moe_decode_bulk.cuh) alone, checked against the launcher like decode_variant.
+template <bool GATE_UP, typename C>
+void bulk_variant(const char* name, const Layer& L, const Routing& R, const uint16_t* x, float* y, void* ws,
+                  double bytes) {
+  const moe::Workspace w = moe::carve(ws, R.n, L.H, L.I, L.E, L.k);
+  moe::WMat gu{L.gu_b, L.gu_s, L.gu_bias, 2 * L.I, L.H};
+  moe::WMat dn{L.dn_b, L.dn_s, L.dn_bias, L.H, L.I};
+  const int nu = std::min(R.n * L.k, L.E);
+  auto go = [&](int i) {
+    moe::DecodeArgs a{R.n,    L.E, L.k, 7.f, x, L.H, R.ids_of(i), R.w_of(i), nullptr, 0, nullptr, nullptr,
+                      gu,     w.act, y, L.H, false};
+    if (GATE_UP) {
+      moe::launch_bulk_kernel<true, C>(a, nu * (gu.rows >> 4), 0, false);
+    } else {
+      a.x = w.act;
+      a.ldx = L.I;
+      a.W = dn;
+      moe::launch_bulk_kernel<false, C>(a, dn.rows >> 4, 0, false);
+    }
+  };
+  const float t = time_us(go);
+  if (!GATE_UP) CK(cudaMemcpy(w.act, g_act_ref, size_t(R.n) * L.k * L.I * 2, cudaMemcpyDeviceToDevice));
+  go(0);
+  CK(cudaDeviceSynchronize());
+  const double err = GATE_UP ? nmse_bf16_dev(w.act, g_act_ref, size_t(R.n) * L.k * L.I)
+                             : nmse_dev(y, g_y_ref, size_t(R.n) * L.H);
+  const double b = bytes * (GATE_UP ? 2.0 / 3.0 : 1.0 / 3.0);
+  std::printf("  %-8s %-36s %7.1f us  %6.0f GB/s  (nmse vs launcher %.1e)\n", GATE_UP ? "gate_up" : "down", name, t,
+              b / t * 1e-3, err);
+  if (!(err <= 1e-5)) {
+    std::fprintf(stderr, "moe_bench: bulk variant %s disagrees with the launcher (nmse %.2e)\n", name, err);
+    std::exit(1);
+  }
+  row(std::string(GATE_UP ? "gate_up " : "down ") + name, L.E, R.n, t, b);
 }
 
 void decode_variants(const Layer& L, const Routing& R, const uint16_t* x, float* y, void* ws, double bytes) {
@@ -246,11 +312,27 @@ void decode_variants(const Layer& L, const Routing& R, const uint16_t* x, float*
   // Run 2 tried the register depth D and the block shape; run 3 also L2 prefetch of later items (PF) and
   // activations prefetched with the weights (XP): both slower, removed (NOTES.md). Run 4 tried activations staged
   // in shared memory (no faster, removed) and the block shapes below with the division-free item loop.
-  decode_variant<true, 2, 4, 1, 4>("G1 MT2 KS4 D1 MINB4 (default)", L, R, x, y, ws, bytes);
+  using moe::BulkCfg;
+  bulk_variant<true, BulkCfg<8, 3, 2>>("B1 NCW8 NST3 BPS2 (default)", L, R, x, y, ws, bytes);
+  bulk_variant<true, BulkCfg<4, 4, 2>>("B2 NCW4 NST4 BPS2", L, R, x, y, ws, bytes);
+  bulk_variant<true, BulkCfg<8, 4, 1>>("B3 NCW8 NST4 BPS1", L, R, x, y, ws, bytes);
+  bulk_variant<true, BulkCfg<8, 6, 1>>("B4 NCW8 NST6 BPS1", L, R, x, y, ws, bytes);
+  bulk_variant<true, BulkCfg<4, 2, 4>>("B5 NCW4 NST2 BPS4", L, R, x, y, ws, bytes);
+  bulk_variant<true, BulkCfg<8, 2, 3>>("B6 NCW8 NST2 BPS3", L, R, x, y, ws, bytes);
+  bulk_variant<true, BulkCfg<16, 6, 1>>("B7 NCW16 NST6 BPS1", L, R, x, y, ws, bytes);
+  bulk_variant<false, BulkCfg<8, 3, 2>>("B1 NCW8 NST3 BPS2 (default)", L, R, x, y, ws, bytes);
+  bulk_variant<false, BulkCfg<4, 4, 2>>("B2 NCW4 NST4 BPS2", L, R, x, y, ws, bytes);
+  bulk_variant<false, BulkCfg<8, 4, 1>>("B3 NCW8 NST4 BPS1", L, R, x, y, ws, bytes);
+  bulk_variant<false, BulkCfg<8, 6, 1>>("B4 NCW8 NST6 BPS1", L, R, x, y, ws, bytes);
+  bulk_variant<false, BulkCfg<4, 2, 4>>("B5 NCW4 NST2 BPS4", L, R, x, y, ws, bytes);
+  bulk_variant<false, BulkCfg<8, 2, 3>>("B6 NCW8 NST2 BPS3", L, R, x, y, ws, bytes);
+  bulk_variant<false, BulkCfg<16, 6, 1>>("B7 NCW16 NST6 BPS1", L, R, x, y, ws, bytes);
+  bulk_variant<false, BulkCfg<2, 2, 8>>("B8 NCW2 NST2 BPS8", L, R, x, y, ws, bytes);
+  decode_variant<true, 2, 4, 1, 4>("G1 MT2 KS4 D1 MINB4 (regs default)", L, R, x, y, ws, bytes);
   decode_variant<true, 2, 2, 1, 8>("G2 MT2 KS2 D1 MINB8", L, R, x, y, ws, bytes);
   decode_variant<true, 4, 2, 1, 4>("G3 MT4 KS2 D1 MINB4", L, R, x, y, ws, bytes);
   decode_variant<true, 1, 4, 1, 8>("G4 MT1 KS4 D1 MINB8", L, R, x, y, ws, bytes);
-  decode_variant<false, 1, 16, 1, 2>("D1 MT1 KS16 D1 MINB2 (default)", L, R, x, y, ws, bytes);
+  decode_variant<false, 1, 16, 1, 2>("D1 MT1 KS16 D1 MINB2 (regs default)", L, R, x, y, ws, bytes);
   decode_variant<false, 1, 8, 2, 2>("D2 MT1 KS8 D2 MINB2 (run-3 default)", L, R, x, y, ws, bytes);
   decode_variant<false, 1, 16, 1, 3>("D3 MT1 KS16 D1 MINB3", L, R, x, y, ws, bytes);
   decode_variant<false, 1, 8, 1, 4>("D4 MT1 KS8 D1 MINB4", L, R, x, y, ws, bytes);
@@ -315,12 +397,14 @@ std::vector<float> moe_on_cpu(const Layer& L, const int32_t* d_ids, const float*
 
 // Runs `launch` (which writes p.y for routing set 0) and stops the program unless it matches the CPU twin (the
 // op-test tolerance: nmse 1e-4, the SwiGLU output being rounded to bf16 between the matmuls).
+// With fused routing (p.logits), the routing the kernels wrote to p.ids_out / p.weights_out is the twin's input.
 template <typename F>
 void check_cpu_twin(const char* what, const Layer& L, const MoeParams& p, F&& launch) {
   CK(cudaMemset(p.y, 0xFF, size_t(p.n) * L.H * 4));
   launch();
   CK(cudaDeviceSynchronize());
-  const std::vector<float> want = moe_on_cpu(L, p.ids, p.weights, p.x, p.n);
+  const std::vector<float> want =
+      moe_on_cpu(L, p.logits ? p.ids_out : p.ids, p.logits ? p.weights_out : p.weights, p.x, p.n);
   float* d_want = dalloc<float>(want.size());
   CK(cudaMemcpy(d_want, want.data(), want.size() * 4, cudaMemcpyHostToDevice));
   const double err = nmse_dev(p.y, d_want, want.size());
@@ -381,52 +465,79 @@ int main() {
       p.ldy = L.H;
       p.workspace = ws;
       p.workspace_bytes = ws_bytes;
-      auto run_mx = [&](int i, bool pdl) {
+      int32_t* ids_out = dalloc<int32_t>(size_t(n) * L.k);
+      float* w_out = dalloc<float>(size_t(n) * L.k);
+      // One layer call of a decode variant on routing set i: 0 regs, 1 bulk, 2 bulk+route, 3 router_topk_softmax
+      // then regs (what the engine ran before: 2 vs 3 is the engine's change).
+      auto params = [&](int v, int i, bool pdl) {
         MoeParams q = p;
-        q.ids = R.ids_of(i);
-        q.weights = R.w_of(i);
+        q.path = v == 0 || v == 3 ? MoePath::kDecodeRegs : MoePath::kDecode;
+        if (v == 3) {
+          q.ids = ids_out;
+          q.weights = w_out;
+        } else if (v == 2) {
+          q.logits = R.logits_of(i);
+          q.ld_logits = E;
+          q.ids_out = ids_out;
+          q.weights_out = w_out;
+        } else {
+          q.ids = R.ids_of(i);
+          q.weights = R.w_of(i);
+        }
         q.pdl = pdl;
-        moe_mxfp4_forward(q, L.mx(), 0);
+        return q;
       };
+      auto call = [&](int v, int i, bool pdl, cudaStream_t st) {
+        if (v == 3) {
+          RouterTopkParams rt;
+          rt.logits = R.logits_of(i);
+          rt.ld_logits = E;
+          rt.n = n;
+          rt.E = E;
+          rt.k = L.k;
+          rt.ids = ids_out;
+          rt.weights = w_out;
+          rt.pdl = pdl;
+          router_topk_softmax(rt, st);
+        }
+        moe_mxfp4_forward(params(v, i, pdl), L.mx(), st);
+      };
+      const char* names[4] = {"regs", "bulk", "bulk+route", "router+regs"};
+      for (int v = 0; v < 4; v++)
+        check_cpu_twin((std::string("decode mxfp4 ") + names[v]).c_str(), L, params(v, 0, false),
+                       [&] { call(v, 0, false, 0); });
       {
-        MoeParams q = p;
-        q.ids = R.ids_of(0);
-        q.weights = R.w_of(0);
-        check_cpu_twin("decode mxfp4", L, q, [&] { moe_mxfp4_forward(q, L.mx(), 0); });
+        MoeParams q = params(0, 0, false);
         check_cpu_twin("decode bf16", L, q, [&] { moe_bf16_forward(q, L.bf(), 0); });
       }
-      const float t_mx = time_us([&](int i) { run_mx(i, false); });
-      const float t_mx_pdl = time_us([&](int i) { run_mx(i, true); });
-      // The same calls captured in a CUDA graph (one graph = `sets` layers of different experts).
-      cudaStream_t s;
-      CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-      cudaGraph_t g;
-      cudaGraphExec_t ge;
-      CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-      for (int i = 0; i < R.sets; i++) {
-        MoeParams q = p;
-        q.ids = R.ids_of(i);
-        q.weights = R.w_of(i);
-        q.pdl = true;
-        moe_mxfp4_forward(q, L.mx(), s);
+      for (int v = 0; v < 4; v++) {
+        const float t_mx = time_us([&](int i) { call(v, i, false, 0); });
+        const float t_mx_pdl = time_us([&](int i) { call(v, i, true, 0); });
+        // The same calls captured in a CUDA graph (one graph = `sets` layers of different experts).
+        cudaStream_t s;
+        CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+        cudaGraph_t g;
+        cudaGraphExec_t ge;
+        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+        for (int i = 0; i < R.sets; i++) call(v, i, true, s);
+        CK(cudaStreamEndCapture(s, &g));
+        CK(cudaGraphInstantiate(&ge, g, 0));
+        const float t_graph = time_us([&](int) { CK(cudaGraphLaunch(ge, s)); }, 10, 7, s) / R.sets;
+        CK(cudaGraphExecDestroy(ge));
+        CK(cudaGraphDestroy(g));
+        CK(cudaStreamDestroy(s));
+        std::printf("decode n=%d (%d experts, %.1f MB mxfp4) %-11s: %.1f us (%.0f GB/s) | +pdl %.1f us | graph+pdl %.1f us "
+                    "(%.0f GB/s)\n",
+                    n, uniq, bytes_mx * 1e-6, names[v], t_mx, bytes_mx / t_mx * 1e-3, t_mx_pdl, t_graph,
+                    bytes_mx / t_graph * 1e-3);
+        row(std::string("layer ") + names[v], E, n, t_mx, bytes_mx);
+        row(std::string("layer ") + names[v] + " graph+pdl", E, n, t_graph, bytes_mx);
       }
-      CK(cudaStreamEndCapture(s, &g));
-      CK(cudaGraphInstantiate(&ge, g, 0));
-      const float t_graph = time_us([&](int) { CK(cudaGraphLaunch(ge, s)); }, 10, 7, s) / R.sets;
-      CK(cudaGraphExecDestroy(ge));
-      CK(cudaGraphDestroy(g));
-      CK(cudaStreamDestroy(s));
-      const float t_bf = time_us([&](int i) {
-        MoeParams q = p;
-        q.ids = R.ids_of(i);
-        q.weights = R.w_of(i);
-        moe_bf16_forward(q, L.bf(), 0);
-      });
-      std::printf("decode n=%d (%d experts, %.1f MB mxfp4): mxfp4 %.1f us (%.0f GB/s) | +pdl %.1f us | graph+pdl %.1f us "
-                  "(%.0f GB/s) | bf16 %.1f us (%.0f GB/s of %.1f MB)\n",
-                  n, uniq, bytes_mx * 1e-6, t_mx, bytes_mx / t_mx * 1e-3, t_mx_pdl, t_graph,
-                  bytes_mx / t_graph * 1e-3, t_bf, bytes_bf / t_bf * 1e-3, bytes_bf * 1e-6);
-      if (n == 1 || n == 8) decode_variants(L, R, x, y, ws, bytes_mx);
+      const float t_bf = time_us([&](int i) { moe_bf16_forward(params(0, i, false), L.bf(), 0); });
+      std::printf("decode n=%d bf16: %.1f us (%.0f GB/s of %.1f MB)\n", n, t_bf, bytes_bf / t_bf * 1e-3, bytes_bf * 1e-6);
+      cudaFree(ids_out);
+      cudaFree(w_out);
+      decode_variants(L, R, x, y, ws, bytes_mx);
     }
 
     for (int n : {64, 512, n_prefill}) {
@@ -473,5 +584,8 @@ int main() {
     cudaFree(y);
   }
   CK(cudaGetLastError());
+  std::printf("\n== summary (decode; bytes = the selected experts' MXFP4 weights; kernels alone split 2/3 gate_up, 1/3 down) ==\n");
+  std::printf("| what | E | n | us | GB/s |\n|---|---|---|---|---|\n");
+  for (const Row& r : g_rows) std::printf("| %s | %d | %d | %.1f | %.0f |\n", r.what.c_str(), r.E, r.n, r.us, r.gbs);
   return 0;
 }

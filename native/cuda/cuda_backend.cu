@@ -510,8 +510,12 @@ MoeParams CudaBackend::moe_params(int T) const {
   mp.swiglu_limit = cfg_.swiglu_limit;
   mp.x = xn_;
   mp.ldx = cfg_.hidden;
-  mp.ids = expert_ids_;
-  mp.weights = expert_w_;
+  // The experts route from the router logits themselves (top-k + softmax inside the decode kernels: one launch
+  // less per layer; the prefill path runs router_topk_softmax first); expert_ids_/expert_w_ receive the routing.
+  mp.logits = router_logits_;
+  mp.ld_logits = cfg_.num_experts;
+  mp.ids_out = expert_ids_;
+  mp.weights_out = expert_w_;
   mp.y = x_;
   mp.ldy = cfg_.hidden;
   mp.accumulate = true;
@@ -634,16 +638,6 @@ void CudaBackend::forward_layers(int T) {
       rd.norm_out = xn_;
     }
     dense(rd, stream_);
-    RouterTopkParams rt;
-    rt.logits = router_logits_;
-    rt.ld_logits = c.num_experts;
-    rt.n = T;
-    rt.E = c.num_experts;
-    rt.k = c.experts_per_token;
-    rt.ids = expert_ids_;
-    rt.weights = expert_w_;
-    rt.pdl = pdl_;
-    router_topk_softmax(rt, stream_);
     prof_.mark(StepProfiler::kRouter);
 
     const MoeParams mp = moe_params(T);

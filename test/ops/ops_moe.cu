@@ -2,8 +2,11 @@
 //   router_topk   router_topk_softmax vs ref::router_topk: ids exact (well separated logits, and ties), weights.
 //   moe_mxfp4_to_bf16  the loader conversion vs ref::mxfp4_decode_row, exact.
 //   moe_experts_* moe_mxfp4_forward and moe_bf16_forward (weights converted on the GPU) vs the sum over the k
-//                 experts of weight * ref::expert_mlp_mxfp4, decode and prefill paths, real and odd shapes.
+//                 experts of weight * ref::expert_mlp_mxfp4, decode (MXFP4: the bulk-copy kernels, "decode", and the
+//                 register-streaming ones, "decode_regs") and prefill paths, real and odd shapes, and the fused
+//                 routing ("+logits": router logits in, ids/weights out, checked against ref::router_topk).
 //                 Tolerance: nmse 1e-4 (the SwiGLU output is rounded to bf16 between the matmuls: about 1e-6 expected).
+//   moe_fused_routing  the decode kernels' own top-k + softmax (ties, NaN) vs ref::router_topk: ids exact, weights.
 // Outputs are poisoned with NaN before each launch, so an unwritten element fails the case.
 #include <cuda_runtime.h>
 
@@ -247,21 +250,41 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
       DevBuf<int32_t> d_ids(ids);
       DevBuf<float> d_w(wts), d_y(size_t(n) * H);
 
-      struct Variant { bool bf16; cuda::MoePath path; bool acc; };
+      // Router logits whose top-k is exactly (ids, in descending-logit order) with softmax weights wts: the chosen
+      // experts get l_j + 10 (l_j = log of the weight up to a constant), the others values below -5.
+      std::vector<float> logits(size_t(n) * E);
+      for (int t = 0; t < n; t++) {
+        for (int e = 0; e < E; e++) logits[size_t(t) * E + e] = -5.f - float(rng.next() % 1000) * 1e-3f;
+        for (int j = 0; j < k; j++)
+          logits[size_t(t) * E + ids[size_t(t) * k + j]] = 10.f + std::log(wts[size_t(t) * k + j]);
+      }
+      std::vector<int32_t> ids_routed(ids.size());
+      std::vector<float> wts_routed(ids.size());
+      ref::router_topk(logits.data(), n, E, k, ids_routed.data(), wts_routed.data());
+      DevBuf<float> d_logits(logits), d_w_out(ids.size());
+      DevBuf<int32_t> d_ids_out(ids.size());
+
+      struct Variant { bool bf16; cuda::MoePath path; bool acc; bool fused; };
       std::vector<Variant> vs;
       const bool decode_ok = n <= cuda::kMoeDecodeMaxTokens;
       for (int f = 0; f < 2; f++) {
         if (f == 1 && !bf16_all && n != ns.front() && n != ns.back()) continue;
-        if (decode_ok) vs.push_back({f == 1, cuda::MoePath::kDecode, false});
-        vs.push_back({f == 1, cuda::MoePath::kPrefill, false});
-        if (f == 0) vs.push_back({false, cuda::MoePath::kAuto, true});
+        if (decode_ok) vs.push_back({f == 1, cuda::MoePath::kDecode, false, false});
+        if (decode_ok && f == 0) vs.push_back({false, cuda::MoePath::kDecodeRegs, false, false});
+        if (decode_ok) vs.push_back({f == 1, cuda::MoePath::kDecode, false, true});
+        vs.push_back({f == 1, cuda::MoePath::kPrefill, false, false});
+        if (f == 0) vs.push_back({false, cuda::MoePath::kAuto, true, false});
+        if (f == 0) vs.push_back({false, cuda::MoePath::kAuto, true, true});
       }
       std::vector<float> y_mxfp4_prefill;
       for (const Variant& v : vs) {
         char params[160];
-        std::snprintf(params, sizeof params, "%s %s n=%d %s%s", v.bf16 ? "bf16" : "mxfp4",
-                      v.path == cuda::MoePath::kDecode ? "decode" : v.path == cuda::MoePath::kPrefill ? "prefill" : "auto",
-                      n, shape, v.acc ? " accumulate" : "");
+        const char* path = v.path == cuda::MoePath::kDecode       ? "decode"
+                           : v.path == cuda::MoePath::kDecodeRegs ? "decode_regs"
+                           : v.path == cuda::MoePath::kPrefill    ? "prefill"
+                                                                  : "auto";
+        std::snprintf(params, sizeof params, "%s %s%s n=%d %s%s", v.bf16 ? "bf16" : "mxfp4", path,
+                      v.fused ? "+logits" : "", n, shape, v.acc ? " accumulate" : "");
         try {
           cuda::MoeParams p;
           p.n = n;
@@ -285,6 +308,16 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
             p.x = d_x.p + size_t(first) * H;
             p.ids = d_ids.p + size_t(first) * k;
             p.weights = d_w.p + size_t(first) * k;
+            if (v.fused) {
+              p.ids = nullptr;
+              p.weights = nullptr;
+              p.logits = d_logits.p + size_t(first) * E;
+              p.ld_logits = E;
+              p.ids_out = d_ids_out.p + size_t(first) * k;
+              p.weights_out = d_w_out.p + size_t(first) * k;
+              d_ids_out.poison();
+              d_w_out.poison();
+            }
             p.y = d_y.p + size_t(first) * H;
             T_CHECK(cudaMemset(ws.p, ws_byte, ws.n));
             if (v.acc)
@@ -300,6 +333,11 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
           };
           const auto y = run(0xFF);
           out.push_back(close(params, "nmse", y, v.acc ? y_ref_acc : y_ref, 1e-4));
+          if (v.fused) {
+            out.push_back(exact_ids(std::string(params) + " ids_out", d_ids_out.download(), ids_routed));
+            out.push_back(
+                close(std::string(params) + " weights_out", "max_abs_rel", d_w_out.download(), wts_routed, 1e-6));
+          }
           size_t diff = 0;  // three more runs over other workspace contents: the same bits every time
           for (int ws_byte : {0x00, 0x7F, 0xFF}) diff += size_t(repeat_bits(params, y, run(ws_byte)).error);
           Result rep = repeat_bits(params, y, y);
@@ -367,7 +405,71 @@ std::vector<Result> mxfp4_to_bf16_cases() {
   return out;
 }
 
+// The decode kernels' fused routing on heavy ties and NaN (NaN ranks as -inf: last, lower id first among equals),
+// checked through ids_out / weights_out of moe_mxfp4_forward (decode path; y itself is checked by moe_experts_*).
+std::vector<Result> fused_routing_cases() {
+  std::vector<Result> out;
+  struct C { int E, k, n; bool ties, nans; };
+  const C cases[] = {{32, 4, 1, true, false}, {32, 4, 8, true, true}, {128, 4, 5, true, true},
+                     {128, 4, 3, false, true}, {256, 8, 8, true, true}, {5, 2, 7, true, true}, {4, 4, 2, false, true}};
+  const int H = 64, I = 32;
+  uint64_t seed = 500;
+  for (const C& c : cases) {
+    char params[96];
+    std::snprintf(params, sizeof params, "E=%d k=%d n=%d%s%s", c.E, c.k, c.n, c.ties ? " ties" : "",
+                  c.nans ? " nan" : "");
+    try {
+      const Experts X(c.E, H, I, seed);
+      XorShift rng(seed++);
+      std::vector<float> logits(size_t(c.n) * c.E), clean(logits.size());
+      for (size_t i = 0; i < logits.size(); i++) {
+        logits[i] = c.ties ? float(rng.next() % 4) : float(int(rng.next() % 20001) - 10000) * 1e-3f;
+        if (c.nans && rng.next() % 5 == 0) logits[i] = std::nanf("");
+        clean[i] = logits[i] == logits[i] ? logits[i] : -INFINITY;
+      }
+      std::vector<int32_t> ids_ref(size_t(c.n) * c.k);
+      std::vector<float> w_ref(ids_ref.size());
+      ref::router_topk(clean.data(), c.n, c.E, c.k, ids_ref.data(), w_ref.data());
+      DevBuf<uint8_t> gu_b(X.gu_blocks), gu_s(X.gu_scales), dn_b(X.dn_blocks), dn_s(X.dn_scales);
+      DevBuf<uint16_t> gu_bias(X.gu_bias), dn_bias(X.dn_bias), d_x(to_bf16(randn(size_t(c.n) * H, seed)));
+      DevBuf<float> d_logits(logits), d_w(ids_ref.size()), d_y(size_t(c.n) * H);
+      DevBuf<int32_t> d_ids(ids_ref.size());
+      DevBuf<uint8_t> ws(cuda::moe_workspace_bytes(c.n, H, I, c.E, c.k));
+      for (cuda::MoePath path : {cuda::MoePath::kDecode, cuda::MoePath::kDecodeRegs}) {
+        const std::string pr = std::string(params) + (path == cuda::MoePath::kDecode ? " decode" : " decode_regs");
+        d_ids.poison();
+        d_w.poison();
+        cuda::MoeParams p;
+        p.n = c.n;
+        p.H = H;
+        p.I = I;
+        p.E = c.E;
+        p.k = c.k;
+        p.x = d_x.p;
+        p.ldx = H;
+        p.logits = d_logits.p;
+        p.ld_logits = c.E;
+        p.ids_out = d_ids.p;
+        p.weights_out = d_w.p;
+        p.y = d_y.p;
+        p.ldy = H;
+        p.workspace = ws.p;
+        p.workspace_bytes = ws.n;
+        p.path = path;
+        cuda::moe_mxfp4_forward(p, {gu_b.p, gu_s.p, gu_bias.p, dn_b.p, dn_s.p, dn_bias.p}, 0);
+        T_CHECK(cudaDeviceSynchronize());
+        out.push_back(exact_ids(pr, d_ids.download(), ids_ref));
+        out.push_back(close(pr, "max_abs_rel", d_w.download(), w_ref, 1e-6));
+      }
+    } catch (const std::exception& e) {
+      out.push_back(fail(params, e.what()));
+    }
+  }
+  return out;
+}
+
 HM_OP_TEST("router_topk", router_topk_cases);
+HM_OP_TEST("moe_fused_routing", fused_routing_cases);
 HM_OP_TEST("moe_mxfp4_to_bf16", mxfp4_to_bf16_cases);
 HM_OP_TEST("moe_experts_small", [] {
   std::vector<Result> out;
@@ -377,8 +479,9 @@ HM_OP_TEST("moe_experts_small", [] {
   for (auto& r : moe_cases(9, 384, 256, 1, {5, 130}, 14, true)) out.push_back(r);
   return out;
 });
-HM_OP_TEST("moe_experts_real_e32", [] { return moe_cases(32, 2880, 2880, 4, {1, 4, 7, 64, 300}, 21, false); });
-HM_OP_TEST("moe_experts_real_e128", [] { return moe_cases(128, 2880, 2880, 4, {1, 4, 7, 64, 300}, 22, false); });
+HM_OP_TEST("moe_experts_real_e32", [] { return moe_cases(32, 2880, 2880, 4, {1, 2, 3, 5, 7, 8, 64, 300}, 21, false); });
+HM_OP_TEST("moe_experts_real_e128",
+           [] { return moe_cases(128, 2880, 2880, 4, {1, 2, 3, 5, 7, 8, 64, 300}, 22, false); });
 
 }  // namespace
 }  // namespace hm::optest
