@@ -6,8 +6,10 @@
 //                    The params column prints how many rows were compared and how many near-ties were skipped.
 //   sample_batch     the same row alone and inside a batch of 64 rows of other parameters: the same token, bit
 //                    for bit (the device's own determinism, no margin rule).
-// HM_OP_BENCH=1 times sample_rows per stage set, and narrow_logits per top_k (logprobs), at V = 201088 (rows 1, 8,
-// 64).
+//   narrow_batch     narrow_logits of a row alone (top_k 0, 5) and inside 64 rows (top_k 5, 20, 50, and the
+//                    one-block-per-row variant's top-k): the same argmax, logsumexp bits and top-k ids and logits.
+// HM_OP_BENCH=1 times sample_rows per stage set, and narrow_logits per top_k (logprobs; also the one-block-per-row
+// variant), at V = 201088 (rows 1, 8, 64, 256).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -235,12 +237,55 @@ std::vector<Result> test_sample_batch() {
 }
 HM_OP_TEST("sample_batch", test_sample_batch);
 
+struct Narrowed {
+  std::vector<int32_t> argmax, ids;
+  std::vector<float> lse, top;
+};
+
+Narrowed run_narrow(const float* x, int rows, int V, int k, bool one_block) {
+  Buf<float> dx(size_t(rows) * V), mx(rows), lse(rows), tl(size_t(rows) * std::max(k, 1));
+  Buf<int32_t> am(rows), ti(size_t(rows) * std::max(k, 1));
+  Buf<char> ws(cuda::narrow_workspace_bytes(rows, V));
+  dx.put(x, size_t(rows) * V);
+  cuda::NarrowLogitsParams p;
+  p.logits = dx.p, p.rows = rows, p.vocab = V, p.ld = V, p.top_k = k, p.argmax = am.p, p.max_logit = mx.p;
+  p.logsumexp = lse.p, p.top_ids = ti.p, p.top_logits = tl.p, p.workspace = ws.p, p.workspace_bytes = ws.n;
+  p.one_block_stats = one_block;
+  cuda::narrow_logits(p, nullptr);
+  return Narrowed{am.get(), ti.get(), lse.get(), tl.get()};
+}
+
+std::vector<Result> test_narrow_batch() {
+  std::vector<Result> out;
+  const int V = 201088, at = 17;
+  const std::vector<float> crowd = logits_of(64, V, 9090u, false);
+  const float* row = crowd.data() + size_t(at) * V;
+  const Narrowed a0 = run_narrow(row, 1, V, 0, false), a5 = run_narrow(row, 1, V, 5, false);
+  struct Case { int k; bool one_block; };
+  for (const Case& c : {Case{5, false}, Case{20, false}, Case{50, false}, Case{20, true}}) {
+    const Narrowed b = run_narrow(crowd.data(), 64, V, c.k, c.one_block);
+    double bad = (b.argmax[at] != a0.argmax[0]) + (b.argmax[at] != a5.argmax[0]) + (a0.lse[0] != a5.lse[0]);
+    if (!c.one_block) bad += b.lse[at] != a0.lse[0];  // the variant sums in another order: its own bits
+    for (int i = 0; i < 5; i++)
+      bad += (b.ids[size_t(at) * c.k + i] != a5.ids[i]) + (b.top[size_t(at) * c.k + i] != a5.top[i]);
+    Result res;
+    res.params = "V=201088 row 17 of 64 (top_k " + std::to_string(c.k) + (c.one_block ? ", one block a row" : "") +
+                 ") vs alone (top_k 0, 5)";
+    res.metric = "exact";
+    res.error = bad;
+    res.tolerance = 0;
+    out.push_back(res);
+  }
+  return out;
+}
+HM_OP_TEST("narrow_batch", test_narrow_batch);
+
 std::vector<Result> bench_sample() {
   const char* env = std::getenv("HM_OP_BENCH");
   if (!env || std::strcmp(env, "1") != 0) return {};
   const int V = 201088;
   std::printf("-- sample_rows timings (us per call, V=201088; all stages a combination needs) --\n");
-  for (int rows : {1, 8, 64}) {
+  for (int rows : {1, 8, 64, 256}) {
     for (int c : {0, 1, 2, 3, 4}) {
       Batch b = make_batch(rows, V, 77, false, 0);
       for (int r = 0; r < rows; r++) {
@@ -265,7 +310,9 @@ std::vector<Result> bench_sample() {
       static const char* names[] = {"t=1", "t=1 top_p=0.9", "t=0.7 top_k=50 min_p=0.05", "t=1 pen", "greedy+rep"};
       std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, names[c], p.stages, us);
     }
-    for (int k : {0, 5, 20, 50}) {
+    for (int k : {0, 5, 20, 50, -20, -50}) {  // negative: the one-block-per-row variant (the previous kernel)
+      const bool one_block = k < 0;
+      k = std::abs(k);
       Batch b = make_batch(rows, V, 78, false, 0);
       Buf<float> x(b.x.size()), mx(rows), lse(rows), tl(size_t(rows) * std::max(k, 1));
       Buf<int32_t> am(rows), ti(size_t(rows) * std::max(k, 1));
@@ -274,8 +321,9 @@ std::vector<Result> bench_sample() {
       cuda::NarrowLogitsParams p;
       p.logits = x.p, p.rows = rows, p.vocab = V, p.ld = V, p.top_k = k, p.argmax = am.p, p.max_logit = mx.p;
       p.logsumexp = lse.p, p.top_ids = ti.p, p.top_logits = tl.p, p.workspace = ws.p, p.workspace_bytes = ws.n;
+      p.one_block_stats = one_block;
       const float us = time_us([&] { cuda::narrow_logits(p, nullptr); });
-      std::printf("narrow_logits rows=%-3d top_k=%-2d: %8.1f us\n", rows, k, us);
+      std::printf("narrow_logits rows=%-3d top_k=%-2d%s: %8.1f us\n", rows, k, one_block ? " one block a row" : "", us);
     }
   }
   return {};
