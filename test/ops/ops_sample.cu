@@ -4,6 +4,8 @@
 //                    rows always), and its raw logit exactly; rows 1/3/64/256, V = 201088 and odd V, every
 //                    combination of the issue mixed in one batch, entries (bias, prompt, counts), tied logits.
 //                    The params column prints how many rows were compared and how many near-ties were skipped.
+//                    Also bit for bit against top_p's previous three select passes (top_p_three_passes).
+//   sample_flat      rows of equal logits: top_p's open bucket overflows the gumbel pass's list, ties at the cut.
 //   sample_batch     the same row alone and inside a batch of 64 rows of other parameters: the same token, bit
 //                    for bit (the device's own determinism, no margin rule).
 //   narrow_batch     narrow_logits of a row alone (top_k 0, 5) and inside 64 rows (top_k 5, 20, 50, and the
@@ -138,7 +140,8 @@ float time_us(Launch launch) {
 }
 
 // Runs sample_rows on a batch; returns tokens and raw logits.
-void run_device(const Batch& b, int V, std::vector<int32_t>* token, std::vector<float>* logit) {
+void run_device(const Batch& b, int V, std::vector<int32_t>* token, std::vector<float>* logit,
+                bool top_p_three_passes = false) {
   const int rows = int(b.rows.size());
   Buf<float> x(b.x.size()), saved(std::max<size_t>(1, b.entries.size())), lg(rows);
   Buf<SampleRow> pr(rows);
@@ -153,6 +156,7 @@ void run_device(const Batch& b, int V, std::vector<int32_t>* token, std::vector<
   p.logits = x.p, p.rows = rows, p.vocab = V, p.ld = V, p.params = pr.p, p.entries = en.p, p.saved = saved.p;
   p.token = tk.p, p.raw_logit = lg.p, p.workspace = ws.p, p.workspace_bytes = ws.n;
   p.stages = cuda::sample_stages(b.rows.data(), rows);
+  p.top_p_three_passes = top_p_three_passes;
   cuda::sample_rows(p, nullptr);
   *token = tk.get();
   *logit = lg.get();
@@ -168,8 +172,13 @@ std::vector<Result> test_sample() {
       std::vector<int32_t> tok;
       std::vector<float> lg;
       run_device(b, c.V, &tok, &lg);
+      std::vector<int32_t> tok3;
+      std::vector<float> lg3;
+      run_device(b, c.V, &tok3, &lg3, true);
       double mismatches = 0;
-      int compared = 0, near = 0;
+      int compared = 0, near = 0, diff3 = 0;
+      for (int r = 0; r < c.rows; r++) diff3 += tok3[r] != tok[r] || lg3[r] != lg[r];
+      mismatches += diff3;
       bool bad = false;
       std::string first;
       for (int r = 0; r < c.rows; r++) {
@@ -192,9 +201,9 @@ std::vector<Result> test_sample() {
                     " ref=" + std::to_string(rt);
         }
       }
-      char params[160];
-      std::snprintf(params, sizeof params, "rows=%d V=%d%s shift=%d cmp=%d near=%d", c.rows, c.V, c.ties ? " ties" : "",
-                    shift, compared, near);
+      char params[192];
+      std::snprintf(params, sizeof params, "rows=%d V=%d%s shift=%d cmp=%d near=%d 3pass-diff=%d", c.rows, c.V,
+                    c.ties ? " ties" : "", shift, compared, near, diff3);
       Result res;
       res.params = params + first;
       res.metric = "exact";
@@ -207,6 +216,48 @@ std::vector<Result> test_sample() {
   return out;
 }
 HM_OP_TEST("sample_rows", test_sample);
+
+// Rows of equal logits (a few raised): top_p's open bucket holds most of the row, more than the gumbel pass lists,
+// so its last block settles it over the row, and the cut falls inside a run of equal keys (the tie cut).
+std::vector<Result> test_sample_flat() {
+  std::vector<Result> out;
+  const int V = 201088;
+  for (float level : {0.5f, -2.f}) {
+    Batch b;
+    for (int c : {1, 5, 6, 0, 1, 6}) {
+      const int r = int(b.rows.size());
+      SampleRow p = combo(c, 300 + r);
+      p.entry_begin = p.entry_end = 0;
+      b.rows.push_back(p);
+      for (int i = 0; i < V; i++) b.x.push_back(level + (i % 50021 == 7 ? 0.25f : 0.f));
+    }
+    const int rows = int(b.rows.size());
+    std::vector<int32_t> tok, tok3;
+    std::vector<float> lg, lg3;
+    run_device(b, V, &tok, &lg);
+    run_device(b, V, &tok3, &lg3, true);
+    double bad = 0;
+    int near = 0;
+    for (int r = 0; r < rows; r++) {
+      int32_t rt;
+      float rl;
+      double margin;
+      sample_row_ref(b.x.data() + size_t(r) * V, V, b.rows[r], nullptr, 0, &rt, &rl, &margin);
+      bad += tok3[r] != tok[r] || lg3[r] != lg[r];
+      if (margin < 1e-3) near++;
+      else bad += tok[r] != rt || lg[r] != rl;
+    }
+    Result res;
+    res.params = "V=201088 flat rows at " + std::to_string(level) + " (top_p, top_k+top_p) vs reference and 3-pass, near=" +
+                 std::to_string(near);
+    res.metric = "exact";
+    res.error = bad;
+    res.tolerance = 0;
+    out.push_back(res);
+  }
+  return out;
+}
+HM_OP_TEST("sample_flat", test_sample_flat);
 
 std::vector<Result> test_sample_batch() {
   std::vector<Result> out;
@@ -309,6 +360,11 @@ std::vector<Result> bench_sample() {
       const float us = time_us([&] { cuda::sample_rows(p, nullptr); });
       static const char* names[] = {"t=1", "t=1 top_p=0.9", "t=0.7 top_k=50 min_p=0.05", "t=1 pen", "greedy+rep"};
       std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, names[c], p.stages, us);
+      if (p.stages & cuda::kStageTopP) {
+        p.top_p_three_passes = true;
+        const float us3 = time_us([&] { cuda::sample_rows(p, nullptr); });
+        std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, "  (previous: 3 top_p passes)", p.stages, us3);
+      }
     }
     for (int k : {0, 5, 20, 50, -20, -50}) {  // negative: the one-block-per-row variant (the previous kernel)
       const bool one_block = k < 0;
