@@ -11,7 +11,7 @@
 //               not kept (branch issue-9c): level 0 binned by value over [row min, max] so flat rows spread over the
 //               buckets; exact, but slower on the H200 (top_p 0.9: 81.7 us at 1 row vs 64, 700 vs 624 at 64 rows);
 //   gumbel      argmax over the kept tokens of s + gumbel (fp32), ties by lower id. With top_p's level 0 done,
-//               tokens above its boundary bucket are kept, those in it listed (ids, up to kListCap a row); the
+//               tokens above its boundary bucket are kept, those in it listed (composites, up to kListCap a row); the
 //               last block runs levels 1 and 2 and the tie cut over the list (over the row when it overflowed:
 //               equal logits) and draws from the list's kept part too. Same thresholds as three passes over the
 //               row (the list holds exactly the tokens level 1 would look at), two launches fewer.
@@ -47,7 +47,7 @@ int blocks_per_row(int rows) {
 using u64 = unsigned long long;
 
 // The open top_p bucket's tokens the gumbel pass lists for its last block (more: it rescans the row).
-constexpr int kListCap = 16384;
+constexpr int kListCap = 32768;
 
 struct StageState {
   u64 need;      // weight still to reach (top_k: tokens, top_p: fixed-point mass)
@@ -68,7 +68,7 @@ struct Work {
   uint32_t* nlist;    // [rows] tokens of the open top_p bucket the gumbel pass met (zero between passes)
   u64* hist;          // [rows * kSampleBuckets] a select pass's histogram (zero between passes)
   u64* part;          // [rows * B] per-block maxima
-  int32_t* list;      // [rows * kListCap] ids of the open top_p bucket
+  u64* list;          // [rows * kListCap] the open top_p bucket's tokens as composites (key and id: all it needs)
 };
 
 size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
@@ -87,7 +87,7 @@ Work carve(void* ws, int rows, int B, size_t* bytes) {
   w.nlist = reinterpret_cast<uint32_t*>(take(4 * size_t(rows)));
   w.hist = reinterpret_cast<u64*>(take(8 * size_t(rows) * kSampleBuckets));
   w.part = reinterpret_cast<u64*>(take(8 * size_t(rows) * B));
-  w.list = reinterpret_cast<int32_t*>(take(4 * size_t(rows) * kListCap));
+  w.list = reinterpret_cast<u64*>(take(8 * size_t(rows) * kListCap));
   *bytes = at;
   return w;
 }
@@ -424,7 +424,7 @@ __global__ void __launch_bounds__(NT) sample_gumbel(const float* __restrict__ lo
   const bool open = !sp.done;
   const u64 bound = max(bound_k, open ? 0ull : sp.bound);
   const float* x = logits + size_t(row) * ld;
-  int32_t* list = w.list + size_t(row) * kListCap;
+  u64* list = w.list + size_t(row) * kListCap;
   // 1 kept, 0 dropped, 2 in the open bucket.
   auto fate = [&](int i, float a) {
     if (!(s_rel(a, amax, p.inv_temperature) >= p.log_min_p)) return 0;
@@ -461,7 +461,7 @@ __global__ void __launch_bounds__(NT) sample_gumbel(const float* __restrict__ lo
   for (int i = lo + tid; i < hi; i += NT) {
     const float a = x[i];
     const int f = fate(i, a);
-    if (f == 2 && at++ < uint32_t(kListCap)) list[at - 1] = i;
+    if (f == 2 && at++ < uint32_t(kListCap)) list[at - 1] = sample_composite(sample_order_key(a), i);
     if (f != 1) continue;
     best = max(best, score_composite(s_rel(a, amax, p.inv_temperature) + gumbel_f(p.key1, p.key2, i), i));
   }
@@ -475,8 +475,12 @@ __global__ void __launch_bounds__(NT) sample_gumbel(const float* __restrict__ lo
     const uint32_t listed = __ldcg(w.nlist + row);
     const bool from_list = listed <= uint32_t(kListCap);
     const int n = from_list ? int(listed) : vocab;
-    // The j-th token of the open bucket, or -1 (scanning the row: j is an id, maybe elsewhere).
-    auto member = [&](int j) { return from_list ? __ldcg(&list[j]) : fate(j, x[j]) == 2 ? j : -1; };
+    // The j-th token of the open bucket as a composite, or 0 (scanning the row: j is an id, maybe elsewhere).
+    auto member = [&](int j) -> u64 {
+      if (from_list) return __ldcg(&list[j]);
+      const float a = x[j];
+      return fate(j, a) == 2 ? u64(sample_composite(sample_order_key(a), j)) : 0ull;
+    };
     uint32_t prefix = sp.prefix, mask = sp.mask;
     u64 need = sp.need, at_w = 0;
     bool keep_all = false;
@@ -485,12 +489,12 @@ __global__ void __launch_bounds__(NT) sample_gumbel(const float* __restrict__ lo
       const uint32_t width = level_width(level);
       for (int i = tid; i < kSampleBuckets; i += NT) hist[i] = 0;
       __syncthreads();
+#pragma unroll 4
       for (int j = tid; j < n; j += NT) {
-        const int i = member(j);
-        if (i < 0) continue;
-        const float a = x[i];
-        const uint32_t key = sample_order_key(a);
-        if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & width], mass_q(s_rel(a, amax, p.inv_temperature)));
+        const u64 c = member(j);
+        const uint32_t key = uint32_t(c >> 32);
+        if (c && (key & mask) == prefix)
+          atomicAdd(&hist[(key >> shift) & width], mass_q(s_rel(key_float(key), amax, p.inv_temperature)));
       }
       __syncthreads();
       if (warp == 0) pick_bucket(hist, level, true, p.top_p, need, prefix, mask, &pick);
@@ -509,12 +513,12 @@ __global__ void __launch_bounds__(NT) sample_gumbel(const float* __restrict__ lo
         cut = u64(sample_composite(key, tie_cut(x, vocab, key, nk, [&](int i, float a) { return fate(i, a) == 2; })));
     }
     u64 b2 = 0;
+#pragma unroll 4
     for (int j = tid; j < n; j += NT) {
-      const int i = member(j);
-      if (i < 0) continue;
-      const float a = x[i];
-      if (u64(sample_composite(sample_order_key(a), i)) < cut) continue;
-      b2 = max(b2, score_composite(s_rel(a, amax, p.inv_temperature) + gumbel_f(p.key1, p.key2, i), i));
+      const u64 c = member(j);
+      if (!c || c < cut) continue;
+      const int i = int(0xffffffffu - uint32_t(c & 0xffffffffu));
+      b2 = max(b2, score_composite(s_rel(key_float(uint32_t(c >> 32)), amax, p.inv_temperature) + gumbel_f(p.key1, p.key2, i), i));
     }
     best = max(best, block_max(b2, red));
   }
