@@ -3,12 +3,13 @@
 // step's sampling arrays, accepting the device's tokens), and request rendering. benchmark.js (`benchmark`)
 // times each function with its own statistics (mean, relative margin of error, samples).
 //
-//   node node_modules/vite-node/vite-node.mjs bench/host.ts      (no GPU needed)
+//   node node_modules/vite-node/vite-node.mjs bench/host.ts [--combos]     (no GPU needed; --combos: also the
+//   sampler's step per issue-9 combination at 1 and 256 sequences)
 import Benchmark from 'benchmark';
 import { SamplingBatch } from '../src/sampling/device.js';
 import { renderConversationTokens } from '../src/harmony/render.js';
 import { HarmonyStreamParser } from '../src/harmony/parser.js';
-import { resolveSampling } from '../src/sampling/params.js';
+import { resolveSampling, type SamplingParams } from '../src/sampling/params.js';
 import { SequenceSampler, type LogitsRow } from '../src/sampling/sampler.js';
 import { HarmonyTokenizer, StreamingDetokenizer, VOCAB_SIZE } from '../src/tokenizer/tokenizer.js';
 
@@ -54,6 +55,45 @@ function samplerStep(): void {
   });
 }
 
+// The sampler's TypeScript part of a decode step per issue-9 combination at 1 and 256 sequences (plan, the step's
+// sampling arrays, accepting the device's token and building the logprobs objects), per sequence.
+const COMBOS: [string, SamplingParams][] = [
+  ['greedy', { temperature: 0 }],
+  ['t=1', { temperature: 1 }],
+  ['t=1 top_p=0.9', { temperature: 1, top_p: 0.9 }],
+  ['t=0.7 top_k=50 min_p=0.05', { temperature: 0.7, top_k: 50, min_p: 0.05 }],
+  ['t=1 pres freq rep', { temperature: 1, presence_penalty: 0.5, frequency_penalty: 0.5, repetition_penalty: 1.1 }],
+  ['t=1 logprobs top 5', { temperature: 1, logprobs: true, top_logprobs: 5 }],
+];
+// Fresh sequences every DECODE steps, so penalty entries stay what a 128-token prompt and reply give.
+const DECODE = 128;
+function comboStep(n: number, p: SamplingParams): () => void {
+  const fresh = () => Array.from({ length: n }, (_, s) => new SequenceSampler(resolveSampling({ ...p, seed: s }, VOCAB_SIZE, () => 0), prompt));
+  let seqs = fresh();
+  let t = 0;
+  return () => {
+    if (t % (n * DECODE) === 0) seqs = fresh();
+    const plans = seqs.map((s) => s.plan());
+    let entries = 0;
+    for (const s of seqs) entries += s.entries().length;
+    const batch = new SamplingBatch(n, entries);
+    for (const s of seqs) batch.push(s);
+    batch.finish();
+    seqs.forEach((s, i) => {
+      row.sampled = (t++ * 104729) % VOCAB_SIZE;
+      s.sample(row, plans[i]);
+    });
+  };
+}
+function addComboSteps(suite: Benchmark.Suite, perToken: Record<string, number>): void {
+  for (const n of [1, 256])
+    for (const [name, p] of COMBOS) {
+      const label = `sampler TS step ${name}, ${n} seq${n > 1 ? 's' : ''} (per seq)`;
+      perToken[label] = n;
+      suite.add(label, comboStep(n, p));
+    }
+}
+
 const perToken: Record<string, number> = {
   'tokenizer encode (per token)': ids.length,
   'detokenize (per token)': reply.length,
@@ -62,7 +102,9 @@ const perToken: Record<string, number> = {
   'render request (per prompt token)': renderConversationTokens(request, tokenizer).length,
 };
 
-new Benchmark.Suite('host')
+const suite = new Benchmark.Suite('host');
+if (process.argv.includes('--combos')) addComboSteps(suite, perToken);
+suite
   .add('tokenizer encode (per token)', () => tokenizer.encode(text))
   .add('detokenize (per token)', () => {
     const d = new StreamingDetokenizer(tokenizer);

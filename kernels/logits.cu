@@ -1,15 +1,17 @@
-// Logit narrowing: one block of 1024 threads per row.
-//   1. one pass: per-thread online (max, sum of exp) and argmax, block-reduced -> argmax, max, logsumexp;
-//   2. top-k by radix select on order-preserving uint32 keys (4 passes of 8 bits) -> the exact k-th largest key T
-//      and how many elements equal to T to take;
-//   3. collect keys > T with an atomic counter, keys == T in ascending id order (block-wide ordered scan, so ties
+// Logit narrowing. The statistics (argmax, max, logsumexp) and a small top-k (k <= kSplitMaxK, top_logprobs) are
+// split over the row: blocks of 2048 tokens each (narrow_slices) reduce their slice to (max, sum of exp, best
+// token) and pick their own k best by k rounds of block argmax, then one block per row (narrow_merge) combines the
+// slices in a fixed order and ranks the candidates that can reach the top k. The slices depend on the vocabulary
+// only, so a row's logsumexp (a float sum) is the same bits whatever the batch around it; the top-k order (logit
+// desc, id asc) is total, so its result is the same token for token whatever the split.
+// A larger k (up to 256) also takes narrow_rows, one block of 1024 threads per row:
+//   1. radix select on order-preserving uint32 keys (4 passes of 8 bits) -> the exact k-th largest key T and how
+//      many elements equal to T to take;
+//   2. collect keys > T with an atomic counter, keys == T in ascending id order (block-wide ordered scan, so ties
 //      keep the lower ids), then a bitonic sort of 256 entries by (logit desc, id asc).
-// Measured on the H100 (HM_OP_BENCH=1, one row of 201088): 27 us for k <= 1, 161 us for k = 50 with plain shared
-// histogram atomics; warp-aggregated atomics (__match_any_sync per element) were slower (328 us).
-// Small k (top_logprobs, k <= kSplitMaxK) skips steps 2-3: one block per row still does step 1, and the top-k is
-// split over the row instead (narrow_topk_slices, narrow_topk_merge): each block of 2048 tokens picks its own k
-// best by k rounds of block argmax, then one block per row ranks the union. The order (logit desc, id asc) is
-// total, so the result is the same token for token whatever the split.
+// Measured on the H200 (HM_OP_BENCH=1, V = 201088, rows 1 / 64, us): the previous one-block-per-row statistics
+// pass (NarrowLogitsParams::one_block_stats, kept to compare) 27 / 40; narrow_rows' top-k 163 / 217 whatever k;
+// the previous split merge (a binary search per slice list per candidate) k = 5 66 / 125, k = 20 246 / 416.
 #include <climits>
 
 #include "common.cuh"
@@ -21,9 +23,8 @@ namespace {
 constexpr int NT = 1024;
 using u64 = unsigned long long;
 
-// top-k up to this is split over the row. Measured on the H200 (rows 1 / 64): k = 5 split 66 / 125 us, k = 20 split
-// 246 / 416 us (the merge's rank searches dominate), unsplit 163 / 217 us whatever k: the split wins below ~13.
-constexpr int kSplitMaxK = 10;
+// top-k up to this is split over the row (k rounds of block argmax a slice; above, narrow_rows' radix select).
+constexpr int kSplitMaxK = 32;
 constexpr int kSplitNT = 256, kSplitPer = 8;       // a slice block: 256 threads, 8 tokens each
 constexpr int kSplitSlice = kSplitNT * kSplitPer;  // tokens a slice block covers
 constexpr int kSplitMaxCand = 4096;                // candidates of a row the merge holds in shared memory
@@ -31,12 +32,14 @@ constexpr int kSplitMaxCand = 4096;                // candidates of a row the me
 int split_blocks(int vocab) { return (vocab + kSplitSlice - 1) / kSplitSlice; }
 bool split_topk(int vocab, int k) { return k > 1 && k <= kSplitMaxK && split_blocks(vocab) * k <= kSplitMaxCand; }
 
+size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
+
 __device__ __forceinline__ uint32_t order_key(float f) {
   const uint32_t u = __float_as_uint(f);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-__global__ void __launch_bounds__(NT) narrow_rows(const float* __restrict__ logits, int vocab, int ld, int k,
+__global__ void __launch_bounds__(NT) narrow_rows(const float* __restrict__ logits, int vocab, int ld, int k, bool stats,
                                                   int32_t* __restrict__ argmax, float* __restrict__ max_logit,
                                                   float* __restrict__ lse, int32_t* __restrict__ top_ids,
                                                   float* __restrict__ top_logits) {
@@ -52,55 +55,57 @@ __global__ void __launch_bounds__(NT) narrow_rows(const float* __restrict__ logi
   const int row = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const float* x = logits + size_t(row) * ld;
 
-  // 1. max / argmax / sum of exp, online per thread.
-  float m = -INFINITY, s = 0.f;
-  int bi = INT_MAX;
-  for (int i = tid; i < vocab; i += NT) {
-    const float v = x[i];
-    if (v > m) {
-      s = s * __expf(m - v) + 1.f;
-      m = v;
-      bi = i;
-    } else {
-      s += __expf(v - m);
+  // The statistics, when this kernel computes them (one_block_stats): max / argmax / sum of exp, online per thread.
+  if (stats) {
+    float m = -INFINITY, s = 0.f;
+    int bi = INT_MAX;
+    for (int i = tid; i < vocab; i += NT) {
+      const float v = x[i];
+      if (v > m) {
+        s = s * __expf(m - v) + 1.f;
+        m = v;
+        bi = i;
+      } else {
+        s += __expf(v - m);
+      }
     }
-  }
-  for (int o = 16; o > 0; o >>= 1) {
-    const float om = __shfl_xor_sync(0xffffffffu, m, o);
-    const float os = __shfl_xor_sync(0xffffffffu, s, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    const float nm = fmaxf(m, om);
-    s = (m == -INFINITY ? 0.f : s * __expf(m - nm)) + (om == -INFINITY ? 0.f : os * __expf(om - nm));
-    if (om > m || (om == m && oi < bi)) bi = oi;
-    m = nm;
-  }
-  if (lane == 0) {
-    red_m[warp] = m;
-    red_s[warp] = s;
-    red_i[warp] = bi;
-  }
-  __syncthreads();
-  if (tid == 0) {
-    float M = red_m[0], Ssum = red_s[0];
-    int I = red_i[0];
-    for (int w = 1; w < NT / 32; w++) {
-      const float om = red_m[w], os = red_s[w];
-      const float nm = fmaxf(M, om);
-      Ssum = (M == -INFINITY ? 0.f : Ssum * __expf(M - nm)) + (om == -INFINITY ? 0.f : os * __expf(om - nm));
-      if (om > M || (om == M && red_i[w] < I)) I = red_i[w];
-      M = nm;
+    for (int o = 16; o > 0; o >>= 1) {
+      const float om = __shfl_xor_sync(0xffffffffu, m, o);
+      const float os = __shfl_xor_sync(0xffffffffu, s, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      const float nm = fmaxf(m, om);
+      s = (m == -INFINITY ? 0.f : s * __expf(m - nm)) + (om == -INFINITY ? 0.f : os * __expf(om - nm));
+      if (om > m || (om == m && oi < bi)) bi = oi;
+      m = nm;
     }
-    argmax[row] = I == INT_MAX ? 0 : I;
-    max_logit[row] = M;
-    lse[row] = M + logf(Ssum);
-    if (k == 1) {  // the top-1 candidate is the argmax (same tie rule)
-      top_ids[row] = I == INT_MAX ? 0 : I;
-      top_logits[row] = M;
+    if (lane == 0) {
+      red_m[warp] = m;
+      red_s[warp] = s;
+      red_i[warp] = bi;
+    }
+    __syncthreads();
+    if (tid == 0) {
+      float M = red_m[0], Ssum = red_s[0];
+      int I = red_i[0];
+      for (int w = 1; w < NT / 32; w++) {
+        const float om = red_m[w], os = red_s[w];
+        const float nm = fmaxf(M, om);
+        Ssum = (M == -INFINITY ? 0.f : Ssum * __expf(M - nm)) + (om == -INFINITY ? 0.f : os * __expf(om - nm));
+        if (om > M || (om == M && red_i[w] < I)) I = red_i[w];
+        M = nm;
+      }
+      argmax[row] = I == INT_MAX ? 0 : I;
+      max_logit[row] = M;
+      lse[row] = M + logf(Ssum);
+      if (k == 1) {  // the top-1 candidate is the argmax (same tie rule)
+        top_ids[row] = I == INT_MAX ? 0 : I;
+        top_logits[row] = M;
+      }
     }
   }
   if (k <= 1) return;
 
-  // 2. radix select of the k-th largest key.
+  // 1. radix select of the k-th largest key.
   if (tid == 0) {
     sh_prefix = 0;
     sh_remaining = uint32_t(k);
@@ -140,7 +145,7 @@ __global__ void __launch_bounds__(NT) narrow_rows(const float* __restrict__ logi
     sh_equal = 0;
   }
   __syncthreads();
-  // 3a. strictly above the threshold: exactly `above` of them; and count those equal to it.
+  // 2a. strictly above the threshold: exactly `above` of them; and count those equal to it.
   for (int i = tid; i < vocab; i += NT) {
     const uint32_t u = order_key(x[i]);
     if (u > T) {
@@ -154,7 +159,7 @@ __global__ void __launch_bounds__(NT) narrow_rows(const float* __restrict__ logi
     }
   }
   __syncthreads();
-  // 3b. equal to the threshold. Usually all of them are taken (no tie across the k-th place): collect in any
+  // 2b. equal to the threshold. Usually all of them are taken (no tie across the k-th place): collect in any
   // order, the sort below orders them. Otherwise the `remaining` lowest ids, by an ordered block scan.
   const bool take_all = sh_equal == uint32_t(remaining);
   if (take_all) {
@@ -189,7 +194,7 @@ __global__ void __launch_bounds__(NT) narrow_rows(const float* __restrict__ logi
     if (tid == 0) sh_taken = taken + total;
   }
   __syncthreads();
-  // 3c. bitonic sort of 256 entries: key descending, id ascending.
+  // 2c. bitonic sort of 256 entries: key descending, id ascending.
   for (int size = 2; size <= kMaxTopK; size <<= 1) {
     for (int stride = size >> 1; stride > 0; stride >>= 1) {
       if (tid < kMaxTopK) {
@@ -217,42 +222,104 @@ __global__ void __launch_bounds__(NT) narrow_rows(const float* __restrict__ logi
   }
 }
 
-// The canonical order as one integer: larger = earlier (logit desc, id asc); 0 is no token.
-__device__ __forceinline__ u64 composite(uint32_t key, int id) { return (u64(key) << 32) | (0xffffffffu - uint32_t(id)); }
+// The canonical order as one integer: larger = earlier (logit desc, id asc); 0 is no token. -0 counts as +0 (the
+// reference compares floats: they tie, the lower id first).
+__device__ __forceinline__ u64 composite(float v, int id) {
+  return (u64(order_key(__fadd_rn(v, 0.f))) << 32) | (0xffffffffu - uint32_t(id));
+}
+__device__ __forceinline__ int composite_id(u64 c) { return int(0xffffffffu - uint32_t(c & 0xffffffffu)); }
 
 __device__ __forceinline__ u64 warp_max(u64 v) {
   for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 
-// Grid (split_blocks(vocab), rows): block b's k best of tokens [b * kSplitSlice, (b + 1) * kSplitSlice), best
-// first, as composites (0 past the slice's end) into cand[row][b][0..k). The tokens stay in registers; a round
-// takes the block maximum and the one thread that holds it drops it.
-__global__ void __launch_bounds__(kSplitNT) narrow_topk_slices(const float* __restrict__ logits, int vocab, int ld,
-                                                               int k, u64* __restrict__ cand) {
+// (max, sum of exp(v - max)) of two parts; commutative, so both lanes of a shuffle pair agree.
+__device__ __forceinline__ void combine_ms(float& m, float& s, float om, float os) {
+  const float nm = fmaxf(m, om);
+  s = (m == -INFINITY ? 0.f : s * __expf(m - nm)) + (om == -INFINITY ? 0.f : os * __expf(om - nm));
+  m = nm;
+}
+
+// Per-slice partials of narrow_slices, read by narrow_merge.
+struct Parts {
+  float* m;   // [rows * B] slice max
+  float* s;   // [rows * B] sum of exp(v - slice max)
+  u64* best;  // [rows * B] slice argmax (composite)
+  u64* cand;  // [rows * B * k] the slice's k best, best first (0 past its end)
+};
+
+Parts carve(void* ws, int rows, int vocab, size_t* bytes) {
+  char* p = static_cast<char*>(ws);
+  const size_t n = size_t(rows) * split_blocks(vocab);
+  size_t at = 0;
+  auto take = [&](size_t b) {
+    char* q = p ? p + at : nullptr;
+    at += align256(b);
+    return q;
+  };
+  Parts w;
+  w.m = reinterpret_cast<float*>(take(4 * n));
+  w.s = reinterpret_cast<float*>(take(4 * n));
+  w.best = reinterpret_cast<u64*>(take(8 * n));
+  w.cand = reinterpret_cast<u64*>(take(8 * n * kSplitMaxK));
+  *bytes = at;
+  return w;
+}
+
+// Grid (split_blocks(vocab), rows): block b reduces tokens [b * kSplitSlice, (b + 1) * kSplitSlice) to its
+// partials and, for k > 1, its k best. The tokens stay in registers; a round takes the block maximum and the one
+// thread that holds it drops it.
+__global__ void __launch_bounds__(kSplitNT) narrow_slices(const float* __restrict__ logits, int vocab, int ld, int k,
+                                                          Parts w) {
   __shared__ u64 red[2][kSplitNT / 32];
+  __shared__ float red_m[kSplitNT / 32], red_s[kSplitNT / 32];
   pdl_wait();
   pdl_trigger();
-  const int row = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int row = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, B = gridDim.x;
   const float* x = logits + size_t(row) * ld;
   const int lo = blockIdx.x * kSplitSlice;
+  float v[kSplitPer];
   u64 c[kSplitPer];
   u64 best = 0;
+  float m = -INFINITY;
 #pragma unroll
   for (int j = 0; j < kSplitPer; j++) {
     const int i = lo + j * kSplitNT + tid;
-    c[j] = i < vocab ? composite(order_key(x[i]), i) : 0ull;
+    v[j] = i < vocab ? x[i] : -INFINITY;
+    c[j] = i < vocab ? composite(v[j], i) : 0ull;
     best = max(best, c[j]);
+    m = fmaxf(m, v[j]);
   }
-  u64* out = cand + (size_t(row) * gridDim.x + blockIdx.x) * k;
+  float s = 0.f;
+  if (m != -INFINITY) {
+#pragma unroll
+    for (int j = 0; j < kSplitPer; j++) s += __expf(v[j] - m);
+  }
+  for (int o = 16; o > 0; o >>= 1) combine_ms(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+  const u64 wb = warp_max(best);
+  if (lane == 0) red_m[warp] = m, red_s[warp] = s, red[1][warp] = wb;
+  __syncthreads();
+  const size_t part = size_t(row) * B + blockIdx.x;
+  if (tid == 0) {
+    float M = red_m[0], S = red_s[0];
+    u64 Bc = red[1][0];
+    for (int q = 1; q < kSplitNT / 32; q++) combine_ms(M, S, red_m[q], red_s[q]), Bc = max(Bc, red[1][q]);
+    w.m[part] = M;
+    w.s[part] = S;
+    w.best[part] = Bc;
+  }
+  if (k <= 1) return;
+  u64* out = w.cand + part * k;
   for (int r = 0; r < k; r++) {
-    // Two buffers: a thread writes round r + 2's only after round r + 1's barrier, which every read of r precedes.
-    const u64 m = warp_max(best);
-    if (lane == 0) red[r & 1][warp] = m;
+    // Two buffers: a thread writes round r + 2's only after round r + 1's barrier, which every read of r precedes
+    // (round 0 writes buffer 0: buffer 1's reads above precede round 0's barrier).
+    const u64 wm = warp_max(best);
+    if (lane == 0) red[r & 1][warp] = wm;
     __syncthreads();
     u64 M = red[r & 1][0];
 #pragma unroll
-    for (int w = 1; w < kSplitNT / 32; w++) M = max(M, red[r & 1][w]);
+    for (int q = 1; q < kSplitNT / 32; q++) M = max(M, red[r & 1][q]);
     if (tid == 0) out[r] = M;
     if (M != 0 && best == M) {  // composites are distinct: exactly one thread holds it
       best = 0;
@@ -265,44 +332,94 @@ __global__ void __launch_bounds__(kSplitNT) narrow_topk_slices(const float* __re
   }
 }
 
-// One block per row: the global rank of a candidate is the sum over the slices' lists (descending) of how many
-// are better. Only candidates at or above T, the best of the slices' k-th, can rank below k, and every token at or
-// above T is in its slice's list (else k tokens of that slice beat it, so it is below T).
-__global__ void __launch_bounds__(kSplitNT) narrow_topk_merge(const float* __restrict__ logits, int ld, int k, int B,
-                                                              const u64* __restrict__ cand, int32_t* __restrict__ top_ids,
-                                                              float* __restrict__ top_logits) {
+// One block per row. The statistics: the slices' partials combined in slice order (a fixed tree for a given
+// vocabulary). The top k: every token of the top k is at or above T, the best of the slices' k-th (a token below
+// T has k better in its own slice), and at or above L, the k-th best of the slices' maxima (k tokens are at or
+// above L); every token at or above T is in its slice's list. So the top k are the k best of the listed
+// candidates at or above max(T, L), and a candidate's rank is how many of those beat it (usually a few dozen).
+__global__ void __launch_bounds__(kSplitNT) narrow_merge(const float* __restrict__ logits, int ld, int k, int B,
+                                                         Parts w, int32_t* __restrict__ argmax,
+                                                         float* __restrict__ max_logit, float* __restrict__ lse,
+                                                         int32_t* __restrict__ top_ids, float* __restrict__ top_logits) {
   __shared__ u64 list[kSplitMaxCand];
   __shared__ u64 red[kSplitNT / 32];
+  __shared__ float red_m[kSplitNT / 32], red_s[kSplitNT / 32];
+  __shared__ u64 sh_bound;
+  __shared__ int sh_n;
+  constexpr int kPer = kSplitMaxCand / kSplitNT;
   pdl_wait();
   pdl_trigger();
-  const int row = blockIdx.x, tid = threadIdx.x, n = B * k;
-  const u64* c = cand + size_t(row) * n;
-  for (int q = tid; q < n; q += kSplitNT) list[q] = c[q];
+  const int row = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const float* x = logits + size_t(row) * ld;
+  const size_t part = size_t(row) * B;
+  float m = -INFINITY, s = 0.f;
+  u64 best = 0;
+  for (int b = tid; b < B; b += kSplitNT) {
+    combine_ms(m, s, __ldg(&w.m[part + b]), __ldg(&w.s[part + b]));
+    best = max(best, __ldg(&w.best[part + b]));
+  }
+  for (int o = 16; o > 0; o >>= 1) combine_ms(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+  best = warp_max(best);
+  if (lane == 0) red_m[warp] = m, red_s[warp] = s, red[warp] = best;
+  __syncthreads();
+  if (tid == 0) {
+    float M = red_m[0], S = red_s[0];
+    u64 Bc = red[0];
+    for (int q = 1; q < kSplitNT / 32; q++) combine_ms(M, S, red_m[q], red_s[q]), Bc = max(Bc, red[q]);
+    const int id = composite_id(Bc);
+    argmax[row] = id;
+    max_logit[row] = x[id];
+    lse[row] = M + logf(S);
+    if (k == 1) {
+      top_ids[row] = id;
+      top_logits[row] = x[id];
+    }
+    sh_n = 0;
+  }
+  if (k <= 1) return;
+  const int n = B * k;
+  const u64* c = w.cand + part * k;
+  for (int q = tid; q < n; q += kSplitNT) list[q] = __ldg(&c[q]);
   __syncthreads();
   u64 t = 0;
-  for (int b = tid; b < B; b += kSplitNT) t = max(t, list[b * k + k - 1]);
-  t = warp_max(t);
-  if ((tid & 31) == 0) red[tid >> 5] = t;
-  __syncthreads();
-  u64 T = red[0];
-  for (int w = 1; w < kSplitNT / 32; w++) T = max(T, red[w]);
-  const float* x = logits + size_t(row) * ld;
-  for (int q = tid; q < n; q += kSplitNT) {
-    const u64 v = list[q];
-    if (v == 0 || v < T) continue;
-    int rank = 0;
-    for (int b = 0; b < B; b++) {
-      const u64* L = list + b * k;
-      int l = 0, h = k;
-      while (l < h) {
-        const int mid = (l + h) >> 1;
-        if (L[mid] > v) l = mid + 1;
-        else h = mid;
-      }
-      rank += l;
+  for (int b = tid; b < B; b += kSplitNT) {
+    t = max(t, list[b * k + k - 1]);
+    if (B >= k) {  // the k-th best slice maximum: the one that exactly k - 1 others beat
+      const u64 v = list[b * k];
+      int above = 0;
+      for (int q = 0; q < B; q++) above += list[q * k] > v;
+      if (above == k - 1) t = max(t, v);
     }
+  }
+  t = warp_max(t);
+  if (lane == 0) red[warp] = t;
+  __syncthreads();
+  if (tid == 0) {
+    u64 T = red[0];
+    for (int q = 1; q < kSplitNT / 32; q++) T = max(T, red[q]);
+    sh_bound = T;
+  }
+  __syncthreads();
+  // Compact the candidates at or above the bound to the front of the list (any order: ranks are counts).
+  const u64 bound = sh_bound;
+  u64 mine[kPer];
+#pragma unroll
+  for (int j = 0; j < kPer; j++) {
+    const int q = j * kSplitNT + tid;
+    mine[j] = q < n ? list[q] : 0ull;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < kPer; j++)
+    if (mine[j] != 0 && mine[j] >= bound) list[atomicAdd(&sh_n, 1)] = mine[j];
+  __syncthreads();
+  const int sel = sh_n;
+  for (int q = tid; q < sel; q += kSplitNT) {
+    const u64 v = list[q];
+    int rank = 0;
+    for (int j = 0; j < sel; j++) rank += list[j] > v;
     if (rank < k) {
-      const int id = int(0xffffffffu - uint32_t(v & 0xffffffffu));
+      const int id = composite_id(v);
       top_ids[size_t(row) * k + rank] = id;
       top_logits[size_t(row) * k + rank] = x[id];
     }
@@ -312,7 +429,9 @@ __global__ void __launch_bounds__(kSplitNT) narrow_topk_merge(const float* __res
 }  // namespace
 
 size_t narrow_workspace_bytes(int rows, int vocab) {
-  return sizeof(u64) * size_t(rows) * split_blocks(vocab) * kSplitMaxK;
+  size_t bytes = 0;
+  carve(nullptr, rows, vocab, &bytes);
+  return bytes;
 }
 
 void narrow_logits(const NarrowLogitsParams& p, cudaStream_t stream) {
@@ -320,17 +439,25 @@ void narrow_logits(const NarrowLogitsParams& p, cudaStream_t stream) {
   HM_REQUIRE(p.rows >= 0 && p.vocab > 0 && p.ld >= p.vocab, "narrow_logits");
   HM_REQUIRE(p.top_k >= 0 && p.top_k <= kMaxTopK && p.top_k <= p.vocab, "narrow_logits");
   HM_REQUIRE(p.top_k == 0 || (p.top_ids && p.top_logits), "narrow_logits");
+  HM_REQUIRE(p.rows <= 65535, "narrow_logits");
   if (p.rows == 0) return;
-  const bool split = split_topk(p.vocab, p.top_k);
-  HM_REQUIRE(!split || (p.workspace && p.workspace_bytes >= narrow_workspace_bytes(p.rows, p.vocab)), "narrow_logits");
-  launch(narrow_rows, dim3(p.rows), dim3(NT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, split ? 0 : p.top_k, p.argmax,
-         p.max_logit, p.logsumexp, p.top_ids, p.top_logits);
-  if (!split) return;
-  u64* cand = static_cast<u64*>(p.workspace);
+  if (p.one_block_stats) {
+    launch(narrow_rows, dim3(p.rows), dim3(NT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, p.top_k, true, p.argmax,
+           p.max_logit, p.logsumexp, p.top_ids, p.top_logits);
+    return;
+  }
+  HM_REQUIRE(p.workspace && p.workspace_bytes >= narrow_workspace_bytes(p.rows, p.vocab), "narrow_logits");
+  const bool split = p.top_k <= 1 || split_topk(p.vocab, p.top_k);
+  const int k = split ? p.top_k : 0;
+  size_t bytes = 0;
+  const Parts w = carve(p.workspace, p.rows, p.vocab, &bytes);
   const int B = split_blocks(p.vocab);
-  launch(narrow_topk_slices, dim3(B, p.rows), dim3(kSplitNT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, p.top_k, cand);
-  launch(narrow_topk_merge, dim3(p.rows), dim3(kSplitNT), 0, stream, p.pdl, p.logits, p.ld, p.top_k, B, cand,
-         p.top_ids, p.top_logits);
+  launch(narrow_slices, dim3(B, p.rows), dim3(kSplitNT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, k, w);
+  launch(narrow_merge, dim3(p.rows), dim3(kSplitNT), 0, stream, p.pdl, p.logits, p.ld, k, B, w, p.argmax, p.max_logit,
+         p.logsumexp, p.top_ids, p.top_logits);
+  if (!split)
+    launch(narrow_rows, dim3(p.rows), dim3(NT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, p.top_k, false, p.argmax,
+           p.max_logit, p.logsumexp, p.top_ids, p.top_logits);
 }
 
 }  // namespace hm::cuda

@@ -23,6 +23,7 @@ struct NarrowLogitsParams {
   void* workspace = nullptr;      // narrow_workspace_bytes(rows, vocab) of scratch
   size_t workspace_bytes = 0;
   bool pdl = false;
+  bool one_block_stats = false;   // the previous kernel, one block of 1024 threads a row (op benchmark comparison)
 };
 size_t narrow_workspace_bytes(int rows, int vocab);
 void narrow_logits(const NarrowLogitsParams& p, cudaStream_t stream);

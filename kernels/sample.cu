@@ -3,13 +3,18 @@
 // each, only those some row of the batch needs (SampleStage):
 //   adjust      one block per row: bias and penalties on the row's entries, in place (raw values to `saved`);
 //   max         the best adjusted logit as the largest 64-bit canonical composite (greedy rows are done here);
-//   select      top_k, then top_p: three radix levels (11 + 11 + 10 key bits) of a 2048-bucket histogram of
+//   select      top_k, then top_p: radix levels (11 + 11 + 10 key bits) of a 2048-bucket histogram of
 //               counts (top_k) or fixed-point mass (top_p) over the row's survivors (warp-aggregated shared
 //               atomics: flat rows crowd a few level-0 buckets); a tie run at the boundary
-//               key is cut by an ordered scan of the row (rare: fp32 logits seldom tie). Tried and not kept
-//               (branch issue-9c): level 0 binned by value over [row min, max] so flat rows spread over the
+//               key is cut by an ordered scan of the row (rare: fp32 logits seldom tie). top_k runs its three
+//               levels as passes; top_p only level 0: the gumbel pass settles its open bucket (below). Tried and
+//               not kept (branch issue-9c): level 0 binned by value over [row min, max] so flat rows spread over the
 //               buckets; exact, but slower on the H200 (top_p 0.9: 81.7 us at 1 row vs 64, 700 vs 624 at 64 rows);
-//   gumbel      argmax over the kept tokens of s + gumbel (fp32), ties by lower id.
+//   gumbel      argmax over the kept tokens of s + gumbel (fp32), ties by lower id. With top_p's level 0 done,
+//               tokens above its boundary bucket are kept, those in it listed (composites, up to kListCap a row); the
+//               last block runs levels 1 and 2 and the tie cut over the list (over the row when it overflowed:
+//               equal logits) and draws from the list's kept part too. Same thresholds as three passes over the
+//               row (the list holds exactly the tokens level 1 would look at), two launches fewer.
 // Each pass's blocks leave per-block partials (maxima, or a select pass's histogram added into the row's by integer
 // atomics, so their order cannot change the result); the last block of a row to finish (an arrival counter)
 // combines them and writes the row's state for the next pass. That keeps the result of a row fixed whatever the
@@ -41,6 +46,9 @@ int blocks_per_row(int rows) {
 
 using u64 = unsigned long long;
 
+// The open top_p bucket's tokens the gumbel pass lists for its last block (more: it rescans the row).
+constexpr int kListCap = 32768;
+
 struct StageState {
   u64 need;      // weight still to reach (top_k: tokens, top_p: fixed-point mass)
   u64 bound;     // final: keep composite >= bound (0 = all)
@@ -57,10 +65,10 @@ struct RowState {
 struct Work {
   RowState* state;    // [rows]
   uint32_t* counter;  // [rows] arrivals of the current pass
+  uint32_t* nlist;    // [rows] tokens of the open top_p bucket the gumbel pass met (zero between passes)
   u64* hist;          // [rows * kSampleBuckets] a select pass's histogram (zero between passes)
   u64* part;          // [rows * B] per-block maxima
-  float* gscore;      // [rows * B]
-  int32_t* gid;       // [rows * B]
+  u64* list;          // [rows * kListCap] the open top_p bucket's tokens as composites (key and id: all it needs)
 };
 
 size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
@@ -75,15 +83,18 @@ Work carve(void* ws, int rows, int B, size_t* bytes) {
   };
   Work w;
   w.state = reinterpret_cast<RowState*>(take(sizeof(RowState) * rows));
-  w.counter = reinterpret_cast<uint32_t*>(take(4 * size_t(rows)));  // counter and hist adjacent: one memset
+  w.counter = reinterpret_cast<uint32_t*>(take(4 * size_t(rows)));  // counter, nlist and hist adjacent: one memset
+  w.nlist = reinterpret_cast<uint32_t*>(take(4 * size_t(rows)));
   w.hist = reinterpret_cast<u64*>(take(8 * size_t(rows) * kSampleBuckets));
   w.part = reinterpret_cast<u64*>(take(8 * size_t(rows) * B));
-  w.gscore = reinterpret_cast<float*>(take(4 * size_t(rows) * B));
-  w.gid = reinterpret_cast<int32_t*>(take(4 * size_t(rows) * B));
+  w.list = reinterpret_cast<u64*>(take(8 * size_t(rows) * kListCap));
   *bytes = at;
   return w;
 }
 
+// sampling.h's kSampleShift / kSampleBits (host arrays) on the device.
+__device__ __forceinline__ int level_shift(int level) { return level == 0 ? 21 : level == 1 ? 10 : 0; }
+__device__ __forceinline__ uint32_t level_width(int level) { return level == 2 ? 1023u : 2047u; }
 __device__ __forceinline__ float s_rel(float a, float amax, float inv_t) { return __fmul_rn(__fsub_rn(a, amax), inv_t); }
 __device__ __forceinline__ u64 mass_q(float s) { return u64(double(expf(s)) * kMassOne); }
 __device__ __forceinline__ float key_float(uint32_t key) {
@@ -214,12 +225,88 @@ __global__ void __launch_bounds__(NT) sample_max(const float* __restrict__ logit
   }
 }
 
+// The result of pick_bucket (shared).
+struct Pick {
+  u64 need, at;            // weight still to reach inside the bucket; the bucket's weight
+  uint32_t prefix, mask;   // key bits fixed with it
+  int keep_all;            // fewer survivors than the weight asked: keep them all
+};
+
+// Warp 0: the bucket of `hist` (descending) where the cumulative weight reaches `need` (nucleus: top_p of the
+// total, at level 0); lane L sums buckets L*per .. from the top.
+__device__ void pick_bucket(const u64* hist, int level, bool nucleus, float top_p, u64 need, uint32_t prefix,
+                            uint32_t mask, Pick* out) {
+  const int lane = threadIdx.x & 31;
+  const int shift = level_shift(level);
+  const uint32_t width = level_width(level);
+  const int nb = int(width) + 1, per = nb / 32;
+  u64 lane_sum = 0;
+  for (int j = 0; j < per; j++) lane_sum += hist[nb - 1 - (lane * per + j)];
+  u64 incl = lane_sum;
+  for (int o = 1; o < 32; o <<= 1) {
+    const u64 v = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += v;
+  }
+  const u64 total = __shfl_sync(0xffffffffu, incl, 31);
+  if (level == 0 && nucleus) need = u64(ceil(double(top_p) * double(total)));
+  const bool short_ = level == 0 && total < need;
+  const uint32_t ball = __ballot_sync(0xffffffffu, incl >= need);
+  const int first = short_ ? -1 : __ffs(ball) - 1;  // -1 past level 0: not reached (the level before guarantees it)
+  if (lane == 0) out->keep_all = first < 0;
+  if (lane == first) {
+    u64 cum = incl - lane_sum;
+    int bk = nb - 1 - (lane * per + per - 1);
+    for (int j = 0; j < per; j++) {
+      const int bi = nb - 1 - (lane * per + j);
+      if (cum + hist[bi] >= need) {
+        bk = bi;
+        break;
+      }
+      cum += hist[bi];
+    }
+    out->need = need - cum;
+    out->at = hist[bk];
+    out->prefix = prefix | (uint32_t(bk) << shift);
+    out->mask = mask | (width << shift);
+  }
+}
+
+// The whole block: the id of the n-th (from 1) token of key `key` in id order among those `alive` passes, by an
+// ordered scan of the row (a tie run at the boundary: rare, fp32 logits seldom tie).
+template <typename Alive>
+__device__ int tie_cut(const float* x, int vocab, uint32_t key, u64 n, Alive alive) {
+  __shared__ uint32_t sh_taken, warp_cnt[NT / 32];
+  __shared__ int sh_found;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  if (tid == 0) {
+    sh_taken = 0;
+    sh_found = -1;
+  }
+  __syncthreads();
+  for (int base = 0; base < vocab; base += NT) {
+    const int i = base + tid;
+    const bool eq = i < vocab && sample_order_key(x[i]) == key && alive(i, x[i]);
+    const uint32_t bal = __ballot_sync(0xffffffffu, eq);
+    if (lane == 0) warp_cnt[warp] = __popc(bal);
+    __syncthreads();
+    uint32_t before = 0, total = 0;
+    for (int j = 0; j < NT / 32; j++) {
+      if (j < warp) before += warp_cnt[j];
+      total += warp_cnt[j];
+    }
+    if (eq && u64(sh_taken + before + __popc(bal & ((1u << lane) - 1u))) == n - 1) sh_found = i;
+    __syncthreads();
+    if (tid == 0) sh_taken += total;
+    __syncthreads();
+    if (sh_found >= 0) break;
+  }
+  return sh_found;
+}
+
 __global__ void __launch_bounds__(NT) sample_select(const float* __restrict__ logits, int vocab, int ld,
                                                     const SampleRow* __restrict__ params, Work w, int B, int stage, int level) {
   __shared__ u64 hist[kSampleBuckets];
-  __shared__ u64 sh_need, sh_at;
-  __shared__ uint32_t sh_prefix, sh_mask, sh_taken, warp_cnt[NT / 32];
-  __shared__ int sh_found, sh_short;
+  __shared__ Pick pick;
   pdl_wait();
   pdl_trigger();
   const int row = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -230,12 +317,13 @@ __global__ void __launch_bounds__(NT) sample_select(const float* __restrict__ lo
   if (st.done) return;
   const float amax = __ldcg(&w.state[row].amax);
   const u64 bound_k = stage == 1 ? __ldcg(&w.state[row].st[0].bound) : 0ull;
-  const int shift = level == 0 ? 21 : level == 1 ? 10 : 0;
-  const uint32_t width = level == 2 ? 1023u : 2047u;
+  const int shift = level_shift(level);
+  const uint32_t width = level_width(level);
   const float* x = logits + size_t(row) * ld;
   // A survivor of the filters before this stage (min_p; for top_p also top_k).
-  auto alive = [&](int i, float a, float s, uint32_t key) {
-    return s >= p.log_min_p && (stage == 0 || u64(sample_composite(key, i)) >= bound_k);
+  auto alive = [&](int i, float a) {
+    return s_rel(a, amax, p.inv_temperature) >= p.log_min_p &&
+           (stage == 0 || u64(sample_composite(sample_order_key(a), i)) >= bound_k);
   };
   for (int i = tid; i < kSampleBuckets; i += NT) hist[i] = 0;
   __syncthreads();
@@ -249,11 +337,10 @@ __global__ void __launch_bounds__(NT) sample_select(const float* __restrict__ lo
     u64 wq = 0;
     if (i < hi) {
       const float a = x[i];
-      const float s = s_rel(a, amax, p.inv_temperature);
       const uint32_t key = sample_order_key(a);
-      if ((key & st.mask) == st.prefix && alive(i, a, s, key)) {
+      if ((key & st.mask) == st.prefix && alive(i, a)) {
         bucket = (key >> shift) & width;
-        wq = stage == 0 ? 1ull : mass_q(s);
+        wq = stage == 0 ? 1ull : mass_q(s_rel(a, amax, p.inv_temperature));
       }
     }
     const uint32_t peers = __match_any_sync(0xffffffffu, bucket);
@@ -270,47 +357,10 @@ __global__ void __launch_bounds__(NT) sample_select(const float* __restrict__ lo
     hist[i] = __ldcg(&g[i]);
     g[i] = 0;  // for the next pass
   }
-  if (tid == 0) sh_short = 0;
   __syncthreads();
-  // The bucket (descending) where the cumulative weight reaches `need`: lane L sums buckets L*per .. from the top.
-  if (warp == 0) {
-    const int nb = int(width) + 1, per = nb / 32;
-    u64 lane_sum = 0;
-    for (int j = 0; j < per; j++) lane_sum += hist[nb - 1 - (lane * per + j)];
-    u64 incl = lane_sum;
-    for (int o = 1; o < 32; o <<= 1) {
-      const u64 v = __shfl_up_sync(0xffffffffu, incl, o);
-      if (lane >= o) incl += v;
-    }
-    const u64 total = __shfl_sync(0xffffffffu, incl, 31);
-    u64 need = st.need;
-    if (level == 0 && stage == 1) need = u64(ceil(double(p.top_p) * double(total)));
-    if (level == 0 && total < need) {
-      if (lane == 0) sh_short = 1;  // fewer survivors than top_k: keep them all
-    } else {
-      const uint32_t ball = __ballot_sync(0xffffffffu, incl >= need);
-      const int first = __ffs(ball) - 1;
-      if (first < 0 && lane == 0) sh_short = 1;  // not reached: the level before guarantees the weight
-      if (lane == first) {
-        u64 cum = incl - lane_sum;
-        int bk = nb - 1 - (lane * per + per - 1);
-        for (int j = 0; j < per; j++) {
-          const int bi = nb - 1 - (lane * per + j);
-          if (cum + hist[bi] >= need) {
-            bk = bi;
-            break;
-          }
-          cum += hist[bi];
-        }
-        sh_need = need - cum;
-        sh_at = hist[bk];
-        sh_prefix = st.prefix | (uint32_t(bk) << shift);
-        sh_mask = st.mask | (width << shift);
-      }
-    }
-  }
+  if (warp == 0) pick_bucket(hist, level, stage == 1, p.top_p, st.need, st.prefix, st.mask, &pick);
   __syncthreads();
-  if (sh_short) {
+  if (pick.keep_all) {
     if (tid == 0) {
       sp->bound = 0;
       sp->done = 1;
@@ -319,109 +369,161 @@ __global__ void __launch_bounds__(NT) sample_select(const float* __restrict__ lo
   }
   if (level < 2) {
     if (tid == 0) {
-      sp->need = sh_need;
-      sp->prefix = sh_prefix;
-      sp->mask = sh_mask;
+      sp->need = pick.need;
+      sp->prefix = pick.prefix;
+      sp->mask = pick.mask;
     }
     return;
   }
   // The exact boundary key: its tokens share one weight; keep the first n of them by id.
-  const uint32_t key = sh_prefix;
+  const uint32_t key = pick.prefix;
   const u64 wk = stage == 0 ? 1ull : mass_q(s_rel(key_float(key), amax, p.inv_temperature));
-  const u64 count = wk ? sh_at / wk : 0, n = wk ? (sh_need + wk - 1) / wk : count;
+  const u64 count = wk ? pick.at / wk : 0, n = wk ? (pick.need + wk - 1) / wk : count;
   u64 bound = u64(key) << 32;
-  if (n < count) {
-    if (tid == 0) {
-      sh_taken = 0;
-      sh_found = -1;
-    }
-    __syncthreads();
-    for (int base = 0; base < vocab; base += NT) {
-      const int i = base + tid;
-      bool eq = false;
-      if (i < vocab) {
-        const float a = x[i];
-        eq = sample_order_key(a) == key && alive(i, a, s_rel(a, amax, p.inv_temperature), key);
-      }
-      const uint32_t bal = __ballot_sync(0xffffffffu, eq);
-      if (lane == 0) warp_cnt[warp] = __popc(bal);
-      __syncthreads();
-      uint32_t before = 0, total = 0;
-      for (int j = 0; j < NT / 32; j++) {
-        if (j < warp) before += warp_cnt[j];
-        total += warp_cnt[j];
-      }
-      if (eq && u64(sh_taken + before + __popc(bal & ((1u << lane) - 1u))) == n - 1) sh_found = i;
-      __syncthreads();
-      if (tid == 0) sh_taken += total;
-      __syncthreads();
-      if (sh_found >= 0) break;
-    }
-    bound = u64(sample_composite(key, sh_found));
-  }
+  if (n < count) bound = u64(sample_composite(key, tie_cut(x, vocab, key, n, alive)));
   if (tid == 0) {
     sp->bound = bound;
     sp->done = 1;
   }
 }
 
+// (score desc, id asc) as one integer, larger = better; 0 = none.
+__device__ __forceinline__ u64 score_composite(float score, int id) {
+  return (u64(sample_order_key(__fadd_rn(score, 0.f))) << 32) | (0xffffffffu - uint32_t(id));  // -0 ties +0
+}
+__device__ __forceinline__ u64 block_max(u64 v, u64* red) {
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+  __syncthreads();
+  v = red[0];
+  for (int j = 1; j < NT / 32; j++) v = max(v, red[j]);
+  return v;
+}
+
+// The draw: argmax over the kept tokens of s + gumbel. When top_p ran its level 0 only (its stage not done), the
+// row's open bucket is settled here: tokens above it are kept, below dropped, and the blocks list the ids in it;
+// the last block runs levels 1 and 2 and the tie cut over that list (over the row if it overflowed), as the
+// select passes would over the row, and draws from the kept part of the list too.
 __global__ void __launch_bounds__(NT) sample_gumbel(const float* __restrict__ logits, int vocab, int ld,
                                                     const SampleRow* __restrict__ params, const SampleEntry* __restrict__ entries,
                                                     const float* __restrict__ saved, int32_t* __restrict__ token,
                                                     float* __restrict__ raw_logit, Work w, int B) {
-  __shared__ float red_s[NT / 32];
-  __shared__ int red_i[NT / 32];
+  __shared__ u64 red[NT / 32];
+  __shared__ u64 hist[kSampleBuckets];
+  __shared__ Pick pick;
+  __shared__ uint32_t sh_base;
   pdl_wait();
   pdl_trigger();
-  const int row = blockIdx.y, tid = threadIdx.x;
+  const int row = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const SampleRow p = params[row];
   if (p.mode != kSampleDraw) return;
   const float amax = __ldcg(&w.state[row].amax);
-  const u64 bound = max(__ldcg(&w.state[row].st[0].bound), __ldcg(&w.state[row].st[1].bound));
+  const u64 bound_k = __ldcg(&w.state[row].st[0].bound);
+  const StageState sp = load_stage(&w.state[row].st[1]);
+  const bool open = !sp.done;
+  const u64 bound = max(bound_k, open ? 0ull : sp.bound);
   const float* x = logits + size_t(row) * ld;
+  u64* list = w.list + size_t(row) * kListCap;
+  // 1 kept, 0 dropped, 2 in the open bucket.
+  auto fate = [&](int i, float a) {
+    if (!(s_rel(a, amax, p.inv_temperature) >= p.log_min_p)) return 0;
+    const uint32_t key = sample_order_key(a);
+    if (bound && u64(sample_composite(key, i)) < bound) return 0;
+    if (!open) return 1;
+    const uint32_t pk = key & sp.mask;
+    return pk > sp.prefix ? 1 : pk == sp.prefix ? 2 : 0;
+  };
   int lo, hi;
   slice(vocab, B, &lo, &hi);
-  float best = -INFINITY;
-  int bi = INT_MAX;
+  uint32_t at = 0;  // this thread's next list slot
+  if (open) {       // reserve the block's slots: count, scan the threads' counts, one atomic
+    uint32_t mine = 0;
+    for (int i = lo + tid; i < hi; i += NT) mine += fate(i, x[i]) == 2;
+    uint32_t incl = mine;
+    for (int o = 1; o < 32; o <<= 1) {
+      const uint32_t v = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += v;
+    }
+    __shared__ uint32_t warp_sum[NT / 32];
+    if (lane == 31) warp_sum[warp] = incl;
+    __syncthreads();
+    uint32_t before = 0, total = 0;
+    for (int j = 0; j < NT / 32; j++) {
+      if (j < warp) before += warp_sum[j];
+      total += warp_sum[j];
+    }
+    if (tid == 0) sh_base = total ? atomicAdd(w.nlist + row, total) : 0u;
+    __syncthreads();
+    at = sh_base + before + incl - mine;
+  }
+  u64 best = 0;
   for (int i = lo + tid; i < hi; i += NT) {
     const float a = x[i];
-    const float s = s_rel(a, amax, p.inv_temperature);
-    if (!(s >= p.log_min_p) || (bound && u64(sample_composite(sample_order_key(a), i)) < bound)) continue;
-    const float score = s + gumbel_f(p.key1, p.key2, i);
-    if (score > best) best = score, bi = i;  // ascending ids per thread: ties keep the lower
+    const int f = fate(i, a);
+    if (f == 2 && at++ < uint32_t(kListCap)) list[at - 1] = sample_composite(sample_order_key(a), i);
+    if (f != 1) continue;
+    best = max(best, score_composite(s_rel(a, amax, p.inv_temperature) + gumbel_f(p.key1, p.key2, i), i));
   }
-  for (int o = 16; o > 0; o >>= 1) {
-    const float os = __shfl_xor_sync(0xffffffffu, best, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (os > best || (os == best && oi < bi)) best = os, bi = oi;
-  }
-  if ((tid & 31) == 0) red_s[tid >> 5] = best, red_i[tid >> 5] = bi;
-  __syncthreads();
-  if (tid == 0) {
-    for (int j = 1; j < NT / 32; j++)
-      if (red_s[j] > best || (red_s[j] == best && red_i[j] < bi)) best = red_s[j], bi = red_i[j];
-    w.gscore[size_t(row) * B + blockIdx.x] = best;
-    w.gid[size_t(row) * B + blockIdx.x] = bi;
-  }
+  best = block_max(best, red);
+  if (tid == 0) w.part[size_t(row) * B + blockIdx.x] = best;
   if (!last_block(w.counter + row, B)) return;
-  best = -INFINITY;
-  bi = INT_MAX;
-  for (int j = tid; j < B; j += NT) {
-    const float s = __ldcg(&w.gscore[size_t(row) * B + j]);
-    const int i = __ldcg(&w.gid[size_t(row) * B + j]);
-    if (s > best || (s == best && i < bi)) best = s, bi = i;
+  best = 0;
+  for (int j = tid; j < B; j += NT) best = max(best, __ldcg(&w.part[size_t(row) * B + j]));
+  best = block_max(best, red);
+  if (open) {
+    const uint32_t listed = __ldcg(w.nlist + row);
+    const bool from_list = listed <= uint32_t(kListCap);
+    const int n = from_list ? int(listed) : vocab;
+    // The j-th token of the open bucket as a composite, or 0 (scanning the row: j is an id, maybe elsewhere).
+    auto member = [&](int j) -> u64 {
+      if (from_list) return __ldcg(&list[j]);
+      const float a = x[j];
+      return fate(j, a) == 2 ? u64(sample_composite(sample_order_key(a), j)) : 0ull;
+    };
+    uint32_t prefix = sp.prefix, mask = sp.mask;
+    u64 need = sp.need, at_w = 0;
+    bool keep_all = false;
+    for (int level = 1; level < kSampleLevels && !keep_all; level++) {
+      const int shift = level_shift(level);
+      const uint32_t width = level_width(level);
+      for (int i = tid; i < kSampleBuckets; i += NT) hist[i] = 0;
+      __syncthreads();
+#pragma unroll 4
+      for (int j = tid; j < n; j += NT) {
+        const u64 c = member(j);
+        const uint32_t key = uint32_t(c >> 32);
+        if (c && (key & mask) == prefix)
+          atomicAdd(&hist[(key >> shift) & width], mass_q(s_rel(key_float(key), amax, p.inv_temperature)));
+      }
+      __syncthreads();
+      if (warp == 0) pick_bucket(hist, level, true, p.top_p, need, prefix, mask, &pick);
+      __syncthreads();
+      keep_all = pick.keep_all;
+      need = pick.need, at_w = pick.at, prefix = pick.prefix, mask = pick.mask;
+      __syncthreads();  // pick is rewritten by the next level
+    }
+    u64 cut = 0;  // keep the open bucket's tokens of composite >= cut (not reached: keep_all keeps them all)
+    if (!keep_all) {
+      const uint32_t key = prefix;
+      const u64 wk = mass_q(s_rel(key_float(key), amax, p.inv_temperature));
+      const u64 count = wk ? at_w / wk : 0, nk = wk ? (need + wk - 1) / wk : count;
+      cut = u64(key) << 32;
+      if (nk < count)
+        cut = u64(sample_composite(key, tie_cut(x, vocab, key, nk, [&](int i, float a) { return fate(i, a) == 2; })));
+    }
+    u64 b2 = 0;
+#pragma unroll 4
+    for (int j = tid; j < n; j += NT) {
+      const u64 c = member(j);
+      if (!c || c < cut) continue;
+      const int i = int(0xffffffffu - uint32_t(c & 0xffffffffu));
+      b2 = max(b2, score_composite(s_rel(key_float(uint32_t(c >> 32)), amax, p.inv_temperature) + gumbel_f(p.key1, p.key2, i), i));
+    }
+    best = max(best, block_max(b2, red));
   }
-  for (int o = 16; o > 0; o >>= 1) {
-    const float os = __shfl_xor_sync(0xffffffffu, best, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (os > best || (os == best && oi < bi)) best = os, bi = oi;
-  }
-  if ((tid & 31) == 0) red_s[tid >> 5] = best, red_i[tid >> 5] = bi;
-  __syncthreads();
   if (tid != 0) return;
-  for (int j = 1; j < NT / 32; j++)
-    if (red_s[j] > best || (red_s[j] == best && red_i[j] < bi)) best = red_s[j], bi = red_i[j];
-  if (bi == INT_MAX) bi = __ldcg(&w.state[row].best);  // not reached: the best token always survives
+  const int bi = best ? int(0xffffffffu - uint32_t(best & 0xffffffffu)) : __ldcg(&w.state[row].best);  // not reached: the best token always survives
   token[row] = bi;
   raw_logit[row] = raw_of(x, p, entries, saved, bi);
 }
@@ -470,7 +572,9 @@ void sample_rows(const SampleRowsParams& p, cudaStream_t stream) {
          p.raw_logit, w, B);
   for (int stage = 0; stage < 2; stage++) {
     if (!(p.stages & (stage == 0 ? kStageTopK : kStageTopP))) continue;
-    for (int level = 0; level < kSampleLevels; level++)
+    // top_p's levels 1 and 2 run in the gumbel pass's last block, over the listed tokens of its open bucket.
+    const int levels = stage == 1 && !p.top_p_three_passes ? 1 : kSampleLevels;
+    for (int level = 0; level < levels; level++)
       launch(sample_select, grid, dim3(NT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, p.params, w, B, stage, level);
   }
   if (p.stages & kStageDraw)

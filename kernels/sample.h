@@ -34,6 +34,7 @@ struct SampleRowsParams {
   size_t workspace_bytes = 0;
   int stages = 0;                      // sample_stages() of the rows
   bool pdl = false;
+  bool top_p_three_passes = false;     // the previous top_p select, three passes over the row (op benchmark, tests)
 };
 size_t sample_workspace_bytes(int rows);
 void sample_rows(const SampleRowsParams& p, cudaStream_t stream);

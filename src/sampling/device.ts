@@ -14,21 +14,31 @@ export class SamplingBatch {
 
   /** `rows` sequences; `entries` at most (the sum of their entries().length). */
   constructor(rows: number, entries: number) {
+    // One buffer carved into the fourteen views (one allocation a step, not fourteen): 4-byte arrays first.
+    const buf = new ArrayBuffer(4 * (10 * rows + 1 + 3 * entries) + rows + entries);
+    let at = 0;
+    const take = <T>(make: (b: ArrayBuffer, offset: number, n: number) => T, n: number, size: number): T => {
+      const a = make(buf, at, n);
+      at += n * size;
+      return a;
+    };
+    const f32 = (n: number) => take((b, o, k) => new Float32Array(b, o, k), n, 4);
+    const i32 = (n: number) => take((b, o, k) => new Int32Array(b, o, k), n, 4);
     this.s = {
-      mode: new Uint8Array(rows),
-      temperature: new Float32Array(rows).fill(1),
-      topK: new Int32Array(rows),
-      topP: new Float32Array(rows).fill(1),
-      minP: new Float32Array(rows),
-      repetitionPenalty: new Float32Array(rows).fill(1),
-      frequencyPenalty: new Float32Array(rows),
-      presencePenalty: new Float32Array(rows),
-      noiseKeys: new Uint32Array(2 * rows),
-      entryOffsets: new Int32Array(rows + 1),
-      entryIds: new Int32Array(entries),
-      entryBias: new Float32Array(entries),
-      entryCounts: new Int32Array(entries),
-      entryInPrompt: new Uint8Array(entries),
+      temperature: f32(rows).fill(1),
+      topK: i32(rows),
+      topP: f32(rows).fill(1),
+      minP: f32(rows),
+      repetitionPenalty: f32(rows).fill(1),
+      frequencyPenalty: f32(rows),
+      presencePenalty: f32(rows),
+      noiseKeys: take((b, o, k) => new Uint32Array(b, o, k), 2 * rows, 4),
+      entryOffsets: i32(rows + 1),
+      entryIds: i32(entries),
+      entryBias: f32(entries),
+      entryCounts: i32(entries),
+      mode: take((b, o, k) => new Uint8Array(b, o, k), rows, 1),
+      entryInPrompt: take((b, o, k) => new Uint8Array(b, o, k), entries, 1),
     };
   }
 

@@ -146,7 +146,10 @@ export class SequenceSampler {
       t.counts = grow(t.counts, new Int32Array(n));
       t.inPrompt = grow(t.inPrompt, new Uint8Array(n));
     }
-    for (const a of [t.ids, t.bias, t.counts, t.inPrompt]) a.copyWithin(j + 1, j, t.length);
+    t.ids.copyWithin(j + 1, j, t.length);
+    t.bias.copyWithin(j + 1, j, t.length);
+    t.counts.copyWithin(j + 1, j, t.length);
+    t.inPrompt.copyWithin(j + 1, j, t.length);
     t.ids[j] = id;
     t.bias[j] = 0;
     t.counts[j] = 0;

@@ -4,10 +4,14 @@
 //                    rows always), and its raw logit exactly; rows 1/3/64/256, V = 201088 and odd V, every
 //                    combination of the issue mixed in one batch, entries (bias, prompt, counts), tied logits.
 //                    The params column prints how many rows were compared and how many near-ties were skipped.
+//                    Also bit for bit against top_p's previous three select passes (top_p_three_passes).
+//   sample_flat      rows of equal logits: top_p's open bucket overflows the gumbel pass's list, ties at the cut.
 //   sample_batch     the same row alone and inside a batch of 64 rows of other parameters: the same token, bit
 //                    for bit (the device's own determinism, no margin rule).
-// HM_OP_BENCH=1 times sample_rows per stage set, and narrow_logits per top_k (logprobs), at V = 201088 (rows 1, 8,
-// 64).
+//   narrow_batch     narrow_logits of a row alone (top_k 0, 5) and inside 64 rows (top_k 5, 20, 50, and the
+//                    one-block-per-row variant's top-k): the same argmax, logsumexp bits and top-k ids and logits.
+// HM_OP_BENCH=1 times sample_rows per stage set, and narrow_logits per top_k (logprobs; also the one-block-per-row
+// variant), at V = 201088 (rows 1, 8, 64, 256).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -136,7 +140,8 @@ float time_us(Launch launch) {
 }
 
 // Runs sample_rows on a batch; returns tokens and raw logits.
-void run_device(const Batch& b, int V, std::vector<int32_t>* token, std::vector<float>* logit) {
+void run_device(const Batch& b, int V, std::vector<int32_t>* token, std::vector<float>* logit,
+                bool top_p_three_passes = false) {
   const int rows = int(b.rows.size());
   Buf<float> x(b.x.size()), saved(std::max<size_t>(1, b.entries.size())), lg(rows);
   Buf<SampleRow> pr(rows);
@@ -151,6 +156,7 @@ void run_device(const Batch& b, int V, std::vector<int32_t>* token, std::vector<
   p.logits = x.p, p.rows = rows, p.vocab = V, p.ld = V, p.params = pr.p, p.entries = en.p, p.saved = saved.p;
   p.token = tk.p, p.raw_logit = lg.p, p.workspace = ws.p, p.workspace_bytes = ws.n;
   p.stages = cuda::sample_stages(b.rows.data(), rows);
+  p.top_p_three_passes = top_p_three_passes;
   cuda::sample_rows(p, nullptr);
   *token = tk.get();
   *logit = lg.get();
@@ -166,8 +172,13 @@ std::vector<Result> test_sample() {
       std::vector<int32_t> tok;
       std::vector<float> lg;
       run_device(b, c.V, &tok, &lg);
+      std::vector<int32_t> tok3;
+      std::vector<float> lg3;
+      run_device(b, c.V, &tok3, &lg3, true);
       double mismatches = 0;
-      int compared = 0, near = 0;
+      int compared = 0, near = 0, diff3 = 0;
+      for (int r = 0; r < c.rows; r++) diff3 += tok3[r] != tok[r] || lg3[r] != lg[r];
+      mismatches += diff3;
       bool bad = false;
       std::string first;
       for (int r = 0; r < c.rows; r++) {
@@ -190,9 +201,9 @@ std::vector<Result> test_sample() {
                     " ref=" + std::to_string(rt);
         }
       }
-      char params[160];
-      std::snprintf(params, sizeof params, "rows=%d V=%d%s shift=%d cmp=%d near=%d", c.rows, c.V, c.ties ? " ties" : "",
-                    shift, compared, near);
+      char params[192];
+      std::snprintf(params, sizeof params, "rows=%d V=%d%s shift=%d cmp=%d near=%d 3pass-diff=%d", c.rows, c.V,
+                    c.ties ? " ties" : "", shift, compared, near, diff3);
       Result res;
       res.params = params + first;
       res.metric = "exact";
@@ -205,6 +216,48 @@ std::vector<Result> test_sample() {
   return out;
 }
 HM_OP_TEST("sample_rows", test_sample);
+
+// Rows of equal logits (a few raised): top_p's open bucket holds most of the row, more than the gumbel pass lists,
+// so its last block settles it over the row, and the cut falls inside a run of equal keys (the tie cut).
+std::vector<Result> test_sample_flat() {
+  std::vector<Result> out;
+  const int V = 201088;
+  for (float level : {0.5f, -2.f}) {
+    Batch b;
+    for (int c : {1, 5, 6, 0, 1, 6}) {
+      const int r = int(b.rows.size());
+      SampleRow p = combo(c, 300 + r);
+      p.entry_begin = p.entry_end = 0;
+      b.rows.push_back(p);
+      for (int i = 0; i < V; i++) b.x.push_back(level + (i % 50021 == 7 ? 0.25f : 0.f));
+    }
+    const int rows = int(b.rows.size());
+    std::vector<int32_t> tok, tok3;
+    std::vector<float> lg, lg3;
+    run_device(b, V, &tok, &lg);
+    run_device(b, V, &tok3, &lg3, true);
+    double bad = 0;
+    int near = 0;
+    for (int r = 0; r < rows; r++) {
+      int32_t rt;
+      float rl;
+      double margin;
+      sample_row_ref(b.x.data() + size_t(r) * V, V, b.rows[r], nullptr, 0, &rt, &rl, &margin);
+      bad += tok3[r] != tok[r] || lg3[r] != lg[r];
+      if (margin < 1e-3) near++;
+      else bad += tok[r] != rt || lg[r] != rl;
+    }
+    Result res;
+    res.params = "V=201088 flat rows at " + std::to_string(level) + " (top_p, top_k+top_p) vs reference and 3-pass, near=" +
+                 std::to_string(near);
+    res.metric = "exact";
+    res.error = bad;
+    res.tolerance = 0;
+    out.push_back(res);
+  }
+  return out;
+}
+HM_OP_TEST("sample_flat", test_sample_flat);
 
 std::vector<Result> test_sample_batch() {
   std::vector<Result> out;
@@ -235,12 +288,55 @@ std::vector<Result> test_sample_batch() {
 }
 HM_OP_TEST("sample_batch", test_sample_batch);
 
+struct Narrowed {
+  std::vector<int32_t> argmax, ids;
+  std::vector<float> lse, top;
+};
+
+Narrowed run_narrow(const float* x, int rows, int V, int k, bool one_block) {
+  Buf<float> dx(size_t(rows) * V), mx(rows), lse(rows), tl(size_t(rows) * std::max(k, 1));
+  Buf<int32_t> am(rows), ti(size_t(rows) * std::max(k, 1));
+  Buf<char> ws(cuda::narrow_workspace_bytes(rows, V));
+  dx.put(x, size_t(rows) * V);
+  cuda::NarrowLogitsParams p;
+  p.logits = dx.p, p.rows = rows, p.vocab = V, p.ld = V, p.top_k = k, p.argmax = am.p, p.max_logit = mx.p;
+  p.logsumexp = lse.p, p.top_ids = ti.p, p.top_logits = tl.p, p.workspace = ws.p, p.workspace_bytes = ws.n;
+  p.one_block_stats = one_block;
+  cuda::narrow_logits(p, nullptr);
+  return Narrowed{am.get(), ti.get(), lse.get(), tl.get()};
+}
+
+std::vector<Result> test_narrow_batch() {
+  std::vector<Result> out;
+  const int V = 201088, at = 17;
+  const std::vector<float> crowd = logits_of(64, V, 9090u, false);
+  const float* row = crowd.data() + size_t(at) * V;
+  const Narrowed a0 = run_narrow(row, 1, V, 0, false), a5 = run_narrow(row, 1, V, 5, false);
+  struct Case { int k; bool one_block; };
+  for (const Case& c : {Case{5, false}, Case{20, false}, Case{50, false}, Case{20, true}}) {
+    const Narrowed b = run_narrow(crowd.data(), 64, V, c.k, c.one_block);
+    double bad = (b.argmax[at] != a0.argmax[0]) + (b.argmax[at] != a5.argmax[0]) + (a0.lse[0] != a5.lse[0]);
+    if (!c.one_block) bad += b.lse[at] != a0.lse[0];  // the variant sums in another order: its own bits
+    for (int i = 0; i < 5; i++)
+      bad += (b.ids[size_t(at) * c.k + i] != a5.ids[i]) + (b.top[size_t(at) * c.k + i] != a5.top[i]);
+    Result res;
+    res.params = "V=201088 row 17 of 64 (top_k " + std::to_string(c.k) + (c.one_block ? ", one block a row" : "") +
+                 ") vs alone (top_k 0, 5)";
+    res.metric = "exact";
+    res.error = bad;
+    res.tolerance = 0;
+    out.push_back(res);
+  }
+  return out;
+}
+HM_OP_TEST("narrow_batch", test_narrow_batch);
+
 std::vector<Result> bench_sample() {
   const char* env = std::getenv("HM_OP_BENCH");
   if (!env || std::strcmp(env, "1") != 0) return {};
   const int V = 201088;
   std::printf("-- sample_rows timings (us per call, V=201088; all stages a combination needs) --\n");
-  for (int rows : {1, 8, 64}) {
+  for (int rows : {1, 8, 64, 256}) {
     for (int c : {0, 1, 2, 3, 4}) {
       Batch b = make_batch(rows, V, 77, false, 0);
       for (int r = 0; r < rows; r++) {
@@ -264,8 +360,15 @@ std::vector<Result> bench_sample() {
       const float us = time_us([&] { cuda::sample_rows(p, nullptr); });
       static const char* names[] = {"t=1", "t=1 top_p=0.9", "t=0.7 top_k=50 min_p=0.05", "t=1 pen", "greedy+rep"};
       std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, names[c], p.stages, us);
+      if (p.stages & cuda::kStageTopP) {
+        p.top_p_three_passes = true;
+        const float us3 = time_us([&] { cuda::sample_rows(p, nullptr); });
+        std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, "  (previous: 3 top_p passes)", p.stages, us3);
+      }
     }
-    for (int k : {0, 5, 20, 50}) {
+    for (int k : {0, 5, 20, 50, -20, -50}) {  // negative: the one-block-per-row variant (the previous kernel)
+      const bool one_block = k < 0;
+      k = std::abs(k);
       Batch b = make_batch(rows, V, 78, false, 0);
       Buf<float> x(b.x.size()), mx(rows), lse(rows), tl(size_t(rows) * std::max(k, 1));
       Buf<int32_t> am(rows), ti(size_t(rows) * std::max(k, 1));
@@ -274,8 +377,9 @@ std::vector<Result> bench_sample() {
       cuda::NarrowLogitsParams p;
       p.logits = x.p, p.rows = rows, p.vocab = V, p.ld = V, p.top_k = k, p.argmax = am.p, p.max_logit = mx.p;
       p.logsumexp = lse.p, p.top_ids = ti.p, p.top_logits = tl.p, p.workspace = ws.p, p.workspace_bytes = ws.n;
+      p.one_block_stats = one_block;
       const float us = time_us([&] { cuda::narrow_logits(p, nullptr); });
-      std::printf("narrow_logits rows=%-3d top_k=%-2d: %8.1f us\n", rows, k, us);
+      std::printf("narrow_logits rows=%-3d top_k=%-2d%s: %8.1f us\n", rows, k, one_block ? " one block a row" : "", us);
     }
   }
   return {};
