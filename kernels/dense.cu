@@ -604,20 +604,23 @@ int device_attr(cudaDeviceAttr a) {
   return v;
 }
 
-// The staged GEMV with S chunks per lane; shared memory past 48 KB is opted into once per device.
+// The staged GEMV with S chunks per lane. Once per device: shared memory past 48 KB opted into, and the carveout
+// set to the most shared memory, so that blocks need no SM reconfiguration to sit beside a draining predecessor
+// that runs with the same carveout (an SM changes its L1 / shared split only when idle).
 template <int NT, int S, bool kNorm>
 void launch_staged(const DenseParams& p, cudaStream_t s) {
   constexpr int kWarps = 8, kBytes = kWarps * S * 32 * 16;
   auto* kernel = staged_gemv<NT, S, kNorm>;
-  if (kBytes > 48 * 1024) {
-    static std::atomic<uint64_t> opted{0};  // one bit per device ordinal
-    int dev = 0;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    const uint64_t bit = 1ull << (dev & 63);
-    if (!(opted.load() & bit)) {
+  static std::atomic<uint64_t> configured{0};  // one bit per device ordinal
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  const uint64_t bit = 1ull << (dev & 63);
+  if (!(configured.load() & bit)) {
+    if (kBytes > 48 * 1024)
       CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes));
-      opted |= bit;
-    }
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                    int(cudaSharedmemCarveoutMaxShared)));
+    configured |= bit;
   }
   launch(kernel, dim3(ceil_div(p.N, kWarps)), dim3(32 * kWarps), kBytes, s, p.pdl, p.x, p.x_lo, p.ldx, p.norm_x,
          p.norm_w, p.norm_eps, p.norm_out, p.W, p.b, p.y, p.ldy, p.N, p.K, p.accumulate);

@@ -451,7 +451,8 @@ HM_OP_TEST("dense_decode", test_dense_decode);
 // spin kernel (waits on its predecessor, triggers at once), the weights rotated over enough copies (>= 256 MB) that
 // none is L2-resident. Printed per launch: "alone" (a graph of back-to-back launches of the variant, PDL between
 // them) and "+after spin" (graph of spin + variant minus a graph of the spins alone: what the projection adds to
-// the step when its predecessor leaves it time to stream its weights before pdl_wait).
+// the step when its predecessor leaves it time to stream its weights before pdl_wait). HM_BENCH_SPIN_MAXSMEM=1 runs
+// the spin kernel with the most shared memory in its carveout, as the staged kernels do.
 __global__ void spin_kernel(long long cycles) {
   cuda::pdl_wait();
   cuda::pdl_trigger();
@@ -508,7 +509,14 @@ std::vector<Result> bench_dense() {
   C_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, dev));
   const long long spin_cycles = 10LL * khz / 1000;  // ~10 us
   auto spin = [&] { cuda::launch(spin_kernel, dim3(132), dim3(64), 0, s, true, spin_cycles); };
-  std::printf("-- decode GEMV timings (graph + PDL, weights rotated past L2; us per launch) --\n");
+  // The spin kernel at the default carveout, then ("spin@maxsmem") at the most shared memory: a predecessor whose
+  // L1 / shared split differs from the projection's may keep its blocks off the SM until it drains.
+  const bool smem_spin = std::getenv("HM_BENCH_SPIN_MAXSMEM") != nullptr;
+  if (smem_spin)
+    C_CHECK(cudaFuncSetAttribute(spin_kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                 int(cudaSharedmemCarveoutMaxShared)));
+  std::printf("-- decode GEMV timings (graph + PDL, weights rotated past L2; us per launch; spin carveout %s) --\n",
+              smem_spin ? "max shared" : "default");
   for (const Shape& sh : shapes) {
     const size_t wbytes = size_t(sh.N) * sh.K * 2;
     const int copies = int(std::max<size_t>(2, (size_t(256) << 20) / wbytes + 1));
