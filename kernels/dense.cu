@@ -308,8 +308,9 @@ __device__ __forceinline__ void dot_chunk(const uint4& wv, int c, const uint16_t
 // per row as bf16_gemv / rmsnorm_bf16_gemv, but each lane first issues cp.async copies of its first S chunks
 // (c = lane + 32 j, j < S) into shared memory, so the previous kernel's drain overlaps this one's stream; shared
 // memory holds them at no register cost (the register-held 8 / 12 chunks lost occupancy, bench/cuda_notes.md).
-// After the wait the chunks past 32 S stream through registers U at a time, the first batch issued before the
-// staged chunks are consumed. Each lane consumes its chunks in ascending order, as the unstaged kernels do.
+// The chunks past 32 S stream through registers U at a time, the first batch also issued before the wait (q/k/v at
+// S = 8: 8 + 4 chunks per lane, the whole 2880-wide row in flight before pdl_wait). Each lane consumes its chunks
+// in ascending order, as the unstaged kernels do (same bits).
 template <int NT, int S, bool kNorm>
 __global__ void __launch_bounds__(256) staged_gemv(const uint16_t* __restrict__ x, const uint16_t* __restrict__ x_lo,
                                                    int ldx, const float* __restrict__ nx,
@@ -331,15 +332,15 @@ __global__ void __launch_bounds__(256) staged_gemv(const uint16_t* __restrict__ 
   for (int j = 0; j < S; j++)
     if (j * 32 + lane < nchunks) cp_async16(mine + j * 32, w4 + j * 32 + lane, true);
   cp_async_commit();
+  int c0 = 32 * S + lane;
+  uint4 wv[U];
+#pragma unroll
+  for (int u = 0; u < U; u++) wv[u] = c0 + u * 32 < nchunks ? ld_stream16(w4 + c0 + u * 32) : make_uint4(0, 0, 0, 0);
   pdl_wait();
   pdl_trigger();
   float acc[NT], ss[NT];
 #pragma unroll
   for (int t = 0; t < NT; t++) acc[t] = ss[t] = 0.f;
-  int c0 = 32 * S + lane;
-  uint4 wv[U];
-#pragma unroll
-  for (int u = 0; u < U; u++) wv[u] = c0 + u * 32 < nchunks ? ld_stream16(w4 + c0 + u * 32) : make_uint4(0, 0, 0, 0);
   cp_async_wait<0>();
 #pragma unroll
   for (int j = 0; j < S; j++)
