@@ -26,7 +26,6 @@
 namespace hm::cuda {
 namespace {
 
-__device__ __forceinline__ int ceil_div_dev(int a, int b) { return (a + b - 1) / b; }
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   const int n = pred ? 16 : 0;
@@ -400,7 +399,7 @@ __global__ void __launch_bounds__(256) split_gemv(const uint16_t* __restrict__ x
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int row = blockIdx.y * 8 + warp;
   const bool active = row < N;  // warp 0 always is: it carries the sums of squares
-  const int nchunks = K / 8, per = ceil_div_dev(nchunks, kSplitK);
+  const int nchunks = K / 8, per = (nchunks + kSplitK - 1) / kSplitK;
   const int c_begin = min(nchunks, s * per), c_end = min(nchunks, c_begin + per);
   const uint4* w4 = reinterpret_cast<const uint4*>(W + size_t(active ? row : 0) * K);
   uint4 wv[2];
