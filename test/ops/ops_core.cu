@@ -9,6 +9,11 @@
 //   dense_rmsnorm    the decode GEMV with the RMSNorm fused in vs ref::rmsnorm + ref::linear (nmse 1e-6), and its
 //                    bf16 normed rows (nmse 1e-5); the router's shapes (E = 32, 128, H = 2880, T = 1..8) take the
 //                    one-block-per-row GEMV (also in dense, with x + x_lo).
+//   dense_decode     every decode GEMV variant (staged 0/4/8/12/16 chunks, router split_k 1/8) at the real shapes
+//                    (q/k/v 5120x2880 fused norm and x + x_lo, o 2880x4096 +=, routers 128/32 x 2880, lm_head
+//                    201088x2880) and odd ones, T = 1..8, vs ref::rmsnorm + ref::linear: nmse 1e-6 (norm_out 1e-5);
+//                    the staged kernels also bit for bit against the unstaged one.
+//   bench_dense      HM_OP_BENCH=1 only: timings of those variants in a CUDA graph with PDL (prints, no cases).
 //   attention_*      decode (split-K, contexts to 20k, several sequences with permuted block tables) and prefill
 //                    tiles (chunks crossing the 128 window, with a cached prefix) vs ref::attention on the bf16
 //                    cache widened to fp32: nmse 2e-5 (bf16 output).
@@ -25,6 +30,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -34,6 +40,7 @@
 
 #include "attention.h"
 #include "backend.h"
+#include "common.cuh"
 #include "cpu/ref_ops.h"
 #include "dense.h"
 #include "embedding.h"
@@ -349,6 +356,217 @@ std::vector<Result> test_dense_norm() {
   return out;
 }
 HM_OP_TEST("dense_rmsnorm", test_dense_norm);
+
+// ---- decode GEMV variants at the real shapes ----
+// Every GEMV variant (gemv_stage 0 / 4 / 8 / 12 / 16 for N > 256, split_k 1 / 8 for N <= 256) against the CPU twin,
+// T = 1..8, outputs and norm_out poisoned before each launch. The staged kernels consume each lane's chunks in the
+// unstaged kernel's order, so they must also equal it bit for bit ("bits_vs_unstaged").
+struct GemvCase {
+  int N, K;
+  bool norm, lo, acc;
+  std::vector<int> Ts;
+};
+std::vector<Result> test_dense_decode() {
+  std::vector<Result> out;
+  const std::vector<int> all_t = {1, 2, 3, 4, 5, 6, 7, 8};
+  const GemvCase cases[] = {
+      {5120, 2880, true, false, false, all_t},  // q/k/v with the fused norm (decode)
+      {5120, 2880, false, true, false, all_t},  // q/k/v on x + x_lo
+      {2880, 4096, false, false, true, all_t},  // o with the residual add
+      {128, 2880, true, false, false, all_t},   // routers with the fused norm and norm_out
+      {32, 2880, true, false, false, all_t},
+      {128, 2880, false, true, false, all_t},   // routers on x + x_lo
+      {32, 2880, false, true, true, {1, 3, 8}},
+      {201088, 2880, false, false, false, {1, 8}},  // lm_head
+      {333, 2880, true, false, true, {3, 8}},       // odd shapes: last block partial, few chunks, K past 64 x 8
+      {1000, 72, false, true, false, {1, 8}},
+      {257, 4104, false, false, false, {2, 7}},
+      {200, 4104, true, false, false, {1, 5}},
+      {5, 64, true, false, false, {1, 4}},
+      {3, 8, false, true, true, {2}},
+      {256, 4096, false, true, true, {8}}};
+  uint64_t seed = 900;
+  for (const GemvCase& c : cases)
+    for (int T : c.Ts) {
+      const size_t TK = size_t(T) * c.K, TN = size_t(T) * c.N;
+      std::vector<float> xn(TK), want(TN);
+      std::vector<float> xf = uniform(TK, seed++, c.norm ? 3.f : 1.f);
+      auto nw = to_bf16(uniform(c.K, seed++, 0.5f));
+      for (auto& v : nw) v = ref::f32_to_bf16(1.f + ref::bf16_to_f32(v));
+      auto x = to_bf16(xf);
+      std::vector<uint16_t> xlo(TK);
+      for (size_t i = 0; i < TK; i++) xlo[i] = ref::f32_to_bf16(xf[i] - ref::bf16_to_f32(x[i]));
+      if (c.norm) {
+        ref::rmsnorm(xf.data(), nw.data(), T, c.K, 1e-5f, xn.data());
+      } else {
+        xn = widen(x);
+        if (c.lo)
+          for (size_t i = 0; i < TK; i++) xn[i] += ref::bf16_to_f32(xlo[i]);
+      }
+      auto W = to_bf16(uniform(size_t(c.N) * c.K, seed++, std::sqrt(3.f / c.K)));
+      auto b = to_bf16(uniform(c.N, seed++, 0.1f));
+      auto y0 = uniform(TN, seed++);
+      ref::linear(xn.data(), W.data(), b.data(), T, c.K, c.N, want.data());
+      if (c.acc)
+        for (size_t i = 0; i < TN; i++) want[i] += y0[i];
+      Dev<float> dxf(xf), dy(TN);
+      Dev<uint16_t> dx(x), dxlo(xlo), dnw(nw), dW(W), db(b), dnorm(TK);
+      cuda::DenseParams p;
+      if (c.norm) {
+        p.norm_x = dxf.p, p.norm_w = dnw.p, p.norm_eps = 1e-5f, p.norm_out = dnorm.p;
+      } else {
+        p.x = dx.p, p.ldx = c.K;
+        if (c.lo) p.x_lo = dxlo.p;
+      }
+      p.W = dW.p, p.b = db.p, p.y = dy.p, p.T = T, p.N = c.N, p.K = c.K, p.ldy = c.N, p.accumulate = c.acc;
+      p.force_path = 1;
+      const bool few = c.N <= 256;
+      std::vector<int> variants = few ? std::vector<int>{1, 8} : std::vector<int>{0, 4, 8, 12, 16};
+      if (c.N > 100000) variants = {0, 8};
+      std::vector<float> unstaged;
+      for (int v : variants) {
+        (few ? p.split_k : p.gemv_stage) = v;
+        if (c.acc)
+          C_CHECK(cudaMemcpy(dy.p, y0.data(), TN * 4, cudaMemcpyHostToDevice));
+        else
+          dy.poison();
+        dnorm.poison();
+        cuda::dense(p, nullptr);
+        char params[128];
+        std::snprintf(params, sizeof params, "%s=%d T=%d N=%d K=%d%s%s%s", few ? "split_k" : "stage", v, T, c.N, c.K,
+                      c.norm ? " norm" : "", c.lo ? " x+x_lo" : "", c.acc ? " +=" : "");
+        const auto y = dy.get();
+        out.push_back(nmse_result(params, y, want, 1e-6));
+        if (c.norm) out.push_back(nmse_result(std::string(params) + " norm_out", widen(dnorm.get()), xn, 1e-5));
+        if (!few && v == 0) unstaged = y;
+        if (!few && v != 0) {
+          Result r = repeat_bits(std::string(params) + " vs stage=0", unstaged, y);
+          r.metric = "bits_vs_unstaged";
+          out.push_back(r);
+        }
+      }
+    }
+  return out;
+}
+HM_OP_TEST("dense_decode", test_dense_decode);
+
+// ---- decode GEMV timings (HM_OP_BENCH=1) ----
+// Each variant inside a CUDA graph with PDL, as the decode step runs it: `iters` launches, each after a ~10 us
+// spin kernel (waits on its predecessor, triggers at once), the weights rotated over enough copies (>= 256 MB) that
+// none is L2-resident. Printed per launch: "alone" (a graph of back-to-back launches of the variant, PDL between
+// them) and "+after spin" (graph of spin + variant minus a graph of the spins alone: what the projection adds to
+// the step when its predecessor leaves it time to stream its weights before pdl_wait). HM_BENCH_SPIN_MAXSMEM=1 runs
+// the spin kernel with the most shared memory in its carveout, as the staged kernels do.
+__global__ void spin_kernel(long long cycles) {
+  cuda::pdl_wait();
+  cuda::pdl_trigger();
+  const long long t0 = clock64();
+  while (clock64() - t0 < cycles) {
+  }
+}
+
+float graph_us(cudaStream_t s, int iters, const std::function<void(int)>& body) {
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  C_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < iters; i++) body(i);
+  C_CHECK(cudaStreamEndCapture(s, &g));
+  C_CHECK(cudaGraphInstantiate(&ge, g, 0));
+  C_CHECK(cudaGraphLaunch(ge, s));
+  cudaEvent_t e0, e1;
+  C_CHECK(cudaEventCreate(&e0));
+  C_CHECK(cudaEventCreate(&e1));
+  const int reps = 5;
+  C_CHECK(cudaEventRecord(e0, s));
+  for (int r = 0; r < reps; r++) C_CHECK(cudaGraphLaunch(ge, s));
+  C_CHECK(cudaEventRecord(e1, s));
+  C_CHECK(cudaEventSynchronize(e1));
+  float ms = 0;
+  C_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaGraphExecDestroy(ge);
+  cudaGraphDestroy(g);
+  return ms * 1000 / (reps * iters);
+}
+
+std::vector<Result> bench_dense() {
+  const char* env = std::getenv("HM_OP_BENCH");
+  if (!env || std::strcmp(env, "1") != 0) return {};
+  struct Shape {
+    const char* name;
+    int N, K;
+    bool norm, lo, acc;
+    std::vector<int> variants;
+  };
+  const Shape shapes[] = {{"qkv+norm", 5120, 2880, true, false, false, {0, 4, 8, 12}},
+                          {"qkv x+lo", 5120, 2880, false, true, false, {0, 8}},
+                          {"o +=", 2880, 4096, false, false, true, {0, 8, 12, 16}},
+                          {"router128+norm", 128, 2880, true, false, false, {1, 8}},
+                          {"router32+norm", 32, 2880, true, false, false, {1, 8}},
+                          {"router128 x+lo", 128, 2880, false, true, false, {1, 8}},
+                          {"lm_head", 201088, 2880, false, false, false, {0, 4, 8}}};
+  cudaStream_t s;
+  C_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  int dev = 0, khz = 0;
+  C_CHECK(cudaGetDevice(&dev));
+  C_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, dev));
+  const long long spin_cycles = 10LL * khz / 1000;  // ~10 us
+  auto spin = [&] { cuda::launch(spin_kernel, dim3(132), dim3(64), 0, s, true, spin_cycles); };
+  // The spin kernel at the default carveout, then ("spin@maxsmem") at the most shared memory: a predecessor whose
+  // L1 / shared split differs from the projection's may keep its blocks off the SM until it drains.
+  const bool smem_spin = std::getenv("HM_BENCH_SPIN_MAXSMEM") != nullptr;
+  if (smem_spin)
+    C_CHECK(cudaFuncSetAttribute(spin_kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                 int(cudaSharedmemCarveoutMaxShared)));
+  std::printf("-- decode GEMV timings (graph + PDL, weights rotated past L2; us per launch; spin carveout %s) --\n",
+              smem_spin ? "max shared" : "default");
+  for (const Shape& sh : shapes) {
+    const size_t wbytes = size_t(sh.N) * sh.K * 2;
+    const int copies = int(std::max<size_t>(2, (size_t(256) << 20) / wbytes + 1));
+    const int iters = sh.N > 100000 ? 8 : 40;
+    Dev<uint16_t> W(wbytes / 2 * copies), x(8 * size_t(sh.K)), xlo(8 * size_t(sh.K)), nw(sh.K), b(sh.N), norm(8 * size_t(sh.K));
+    Dev<float> xf(8 * size_t(sh.K)), y(8 * size_t(sh.N));
+    C_CHECK(cudaMemset(W.p, 0x3c, W.n * 2));
+    C_CHECK(cudaMemset(x.p, 0x3c, x.n * 2));
+    C_CHECK(cudaMemset(xlo.p, 0x1c, xlo.n * 2));
+    C_CHECK(cudaMemset(nw.p, 0x3f, nw.n * 2));
+    C_CHECK(cudaMemset(b.p, 0, b.n * 2));
+    C_CHECK(cudaMemset(xf.p, 0x3c, xf.n * 4));
+    C_CHECK(cudaMemset(y.p, 0, y.n * 4));
+    for (int T : {1, 8}) {
+      const float t_spin = graph_us(s, iters, [&](int) { spin(); });
+      for (int v : sh.variants) {
+        cuda::DenseParams p;
+        if (sh.norm) {
+          p.norm_x = xf.p, p.norm_w = nw.p, p.norm_out = norm.p;
+        } else {
+          p.x = x.p, p.ldx = sh.K;
+          if (sh.lo) p.x_lo = xlo.p;
+        }
+        p.b = b.p, p.y = y.p, p.T = T, p.N = sh.N, p.K = sh.K, p.ldy = sh.N, p.accumulate = sh.acc, p.pdl = true;
+        p.force_path = 1;
+        (sh.N <= 256 ? p.split_k : p.gemv_stage) = v;
+        auto run = [&](int i) {
+          p.W = W.p + size_t(i % copies) * (wbytes / 2);
+          cuda::dense(p, s);
+        };
+        run(0);  // eager once: any one-time set-up (shared-memory opt-in) outside the capture
+        C_CHECK(cudaStreamSynchronize(s));
+        const float alone = graph_us(s, iters, run);
+        const float after = graph_us(s, iters, [&](int i) {
+          spin();
+          run(i);
+        }) - t_spin;
+        std::printf("%-15s T=%d %s=%-2d: alone %7.2f us (%5.2f TB/s)   +after spin %7.2f us\n", sh.name, T,
+                    sh.N <= 256 ? "split_k" : "stage", v, alone, wbytes / (alone * 1e6), after);
+      }
+    }
+  }
+  C_CHECK(cudaStreamDestroy(s));
+  return {};
+}
+HM_OP_TEST("bench_dense", bench_dense);
 
 // ---- attention ----
 // A paged cache of num_blocks blocks with random bf16 K/V; each sequence gets a permuted run of blocks.
