@@ -340,8 +340,8 @@ struct StepJob {
 };
 
 // HARMONIUM_PROFILE=2 at the addon, for every backend: the backend's idle time between consecutive steps, and for
-// steps submitted only after the one before resolved (unpipelined), where that time goes. Printed when the model
-// is freed.
+// steps submitted only after the one before resolved (unpipelined), where that time goes. Printed on the main
+// thread once the model is closed and its last step delivered.
 struct HostTimer {
   bool on = false;
   std::vector<double> idle, completion, conversion, js, call, handoff;  // ms
@@ -364,8 +364,9 @@ struct HostTimer {
     std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
     return v[v.size() / 2];
   }
-  void print() const {
+  void print() {
     if (!on || idle.empty()) return;
+    on = false;  // once
     double mean = 0;
     for (double d : idle) mean += d;
     std::fprintf(stderr,
@@ -391,7 +392,6 @@ class StepRunner {
     results_.Unref(env);  // keeps the event loop alive only while steps are in flight (submit / deliver)
     std::thread([this] { run(); }).detach();
   }
-  ~StepRunner() { timer_.print(); }
   Backend* backend() { return backend_.get(); }
   bool closed() const { return closing_; }
 
@@ -408,9 +408,12 @@ class StepRunner {
 
   // Main thread: the steps already accepted still run; then the runner frees the backend and exits.
   void close() {
-    std::lock_guard<std::mutex> lock(mu_);
-    closing_ = true;
-    cv_.notify_one();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      closing_ = true;
+      cv_.notify_one();
+    }
+    if (in_flight_ == 0) timer_.print();
   }
 
   // Main thread (the thread-safe function's callback): settles every finished step's promise, in order.
@@ -430,7 +433,10 @@ class StepRunner {
         if (last_done_) timer_.pair(*last_done_, *job);
         last_done_ = std::move(job);
       }
-      if (--in_flight_ == 0) results_.Unref(env);
+      if (--in_flight_ == 0) {
+        results_.Unref(env);
+        if (closing_) timer_.print();
+      }
     }
   }
 

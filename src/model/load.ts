@@ -30,6 +30,8 @@ export interface LoadModelOptions extends Omit<NativeLoadOptions, 'dummy' | 'bac
 /** A model on a backend. Owns the native weights and KV cache; close() frees them. */
 export class LoadedModel {
   private closed = false;
+  /** step() takes a step before the previous one resolved, with previous-step tokens (src/native.ts). */
+  readonly pipelines = true;
 
   constructor(
     readonly config: ModelConfig,
