@@ -97,8 +97,11 @@ export class Engine {
   private readonly scheduler: Scheduler<Pending>;
   private looping = false;
   private closed = false;
-  /** Steps run and tokens they held, and how each sampled row was served (fullLogitRows: the host fallback). */
-  readonly stats = { steps: 0, stepTokens: 0, argmaxRows: 0, deviceRows: 0, fullLogitRows: 0 };
+  /**
+   * Steps run and tokens they held, how many were submitted ahead (pipelined), and how each sampled row was
+   * served (fullLogitRows: the host fallback).
+   */
+  readonly stats = { steps: 0, stepTokens: 0, aheadSteps: 0, argmaxRows: 0, deviceRows: 0, fullLogitRows: 0 };
 
   constructor(model: StepModel, options: EngineOptions) {
     this.model = model;
@@ -278,6 +281,7 @@ export class Engine {
     const plans = this.plan(chunks);
     if (plans.some((plan) => plan!.mode === 'full')) return undefined;
     for (const c of chunks) c.seq.table.ensure(c.start + 1);
+    this.stats.aheadSteps++;
     return this.submit(chunks, plans, prevRows);
   }
 
