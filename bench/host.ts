@@ -6,7 +6,8 @@
 // on the CPU backend, one step per token awaited in turn (append) and pipelined (decode: one step queued ahead),
 // as the addon's HARMONIUM_PROFILE=2 line reports it (the backend's idle time between steps and where it goes).
 //
-//   node node_modules/vite-node/vite-node.mjs bench/host.ts      (no GPU needed; HOST_GAP_STEPS=32)
+//   node node_modules/vite-node/vite-node.mjs bench/host.ts [gap]     (no GPU needed; gap: the host gap only;
+//   HOST_GAP_STEPS=32; the CPU backend runs on one thread, so the host's own thread is not starved of a core)
 import Benchmark from 'benchmark';
 import { GreedySequence, loadModel } from '../src/model/load.js';
 import { ensureTinyModel } from '../src/model/tiny.js';
@@ -67,7 +68,8 @@ const perToken: Record<string, number> = {
   'render request (per prompt token)': renderConversationTokens(request, tokenizer).length,
 };
 
-new Benchmark.Suite('host')
+const gapOnly = process.argv.includes('gap');
+if (!gapOnly) new Benchmark.Suite('host')
   .add('tokenizer encode (per token)', () => tokenizer.encode(text))
   .add('detokenize (per token)', () => {
     const d = new StreamingDetokenizer(tokenizer);
@@ -92,7 +94,7 @@ new Benchmark.Suite('host')
 process.env.HARMONIUM_PROFILE = '2';
 const GAP_STEPS = Number(process.env.HOST_GAP_STEPS ?? 32);
 for (const mode of ['append (awaited in turn)', 'decode (pipelined)']) {
-  const model = await loadModel({ model: await ensureTinyModel(), backend: 'cpu', blockSize: 16, numBlocks: 8, maxSeqs: 1 });
+  const model = await loadModel({ model: await ensureTinyModel(), backend: 'cpu', blockSize: 16, numBlocks: 8, maxSeqs: 1, threads: 1 });
   const seq = new GreedySequence(model, 128);
   let tok = await seq.append(Int32Array.from(ids.slice(0, 16)));
   const t0 = performance.now();

@@ -382,18 +382,20 @@ class StepRunner;
 void deliver_results(Napi::Env env, Napi::Function, StepRunner* runner, void*);
 using ResultFn = Napi::TypedThreadSafeFunction<StepRunner, void, deliver_results>;
 
-class StepRunner {
+// Owned together by its NativeModel, its thread (until it exits) and its thread-safe function (until finalized,
+// after the last result is delivered), so none of them outlives it, whichever lets go first.
+class StepRunner : public std::enable_shared_from_this<StepRunner> {
  public:
-  StepRunner(Napi::Env env, std::unique_ptr<Backend> backend) : backend_(std::move(backend)) {
-    const char* prof = std::getenv("HARMONIUM_PROFILE");
-    timer_.on = prof && std::strcmp(prof, "2") == 0;
-    // The runner thread holds the function's one reference; its finalizer, after the last result, frees this.
-    results_ = ResultFn::New(env, "harmonium step", 0, 1, this, [](Napi::Env, void*, StepRunner* r) { delete r; });
-    results_.Unref(env);  // keeps the event loop alive only while steps are in flight (submit / deliver)
-    std::thread([this] { run(); }).detach();
+  static std::shared_ptr<StepRunner> start(Napi::Env env, std::unique_ptr<Backend> backend) {
+    std::shared_ptr<StepRunner> r(new StepRunner(std::move(backend)));
+    r->results_ = ResultFn::New(env, "harmonium step", 0, 1, r.get(),
+                                [](Napi::Env, std::shared_ptr<StepRunner>* own, StepRunner*) { delete own; },
+                                new std::shared_ptr<StepRunner>(r));
+    r->results_.Unref(env);  // keeps the event loop alive only while steps are in flight (submit / deliver)
+    std::thread([self = r] { self->run(); }).detach();
+    return r;
   }
   Backend* backend() { return backend_.get(); }
-  bool closed() const { return closing_; }
 
   // Main thread. Rows of the last accepted step (previous-step tokens must name one of them).
   int last_rows = -1;
@@ -475,7 +477,7 @@ class StepRunner {
       results_.NonBlockingCall();
     }
     backend_.reset();
-    results_.Release();  // the last call; the function is finalized after its queued calls, freeing this runner
+    results_.Release();  // the function is finalized after its queued calls
   }
 
   // The token a row produced: the step's draw where the row was sampled in the step, else its argmax.
@@ -486,6 +488,11 @@ class StepRunner {
   }
 
   static Napi::Object output_to_js(Napi::Env env, const hm::StepOutput& out);
+
+  explicit StepRunner(std::unique_ptr<Backend> backend) : backend_(std::move(backend)) {
+    const char* prof = std::getenv("HARMONIUM_PROFILE");
+    timer_.on = prof && std::strcmp(prof, "2") == 0;
+  }
 
   std::unique_ptr<Backend> backend_;
   ResultFn results_;
@@ -546,13 +553,14 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   explicit NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {}
   ~NativeModel() override { close(); }
 
-  void adopt(Napi::Env env, std::unique_ptr<Backend> b) { runner_ = new StepRunner(env, std::move(b)); }
+  void adopt(Napi::Env env, std::unique_ptr<Backend> b) { runner_ = StepRunner::start(env, std::move(b)); }
 
  private:
-  bool open() const { return runner_ && !runner_->closed(); }
+  bool open() const { return runner_ != nullptr; }
   void close() {
-    // Steps already accepted still run; the runner then frees the backend and itself.
-    if (open()) runner_->close();
+    // Steps already accepted still run; the runner then frees the backend and exits.
+    if (runner_) runner_->close();
+    runner_.reset();
   }
   Napi::Value Step(const Napi::CallbackInfo& info);
   Napi::Value Info(const Napi::CallbackInfo& info) {
@@ -563,7 +571,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     close();
     return info.Env().Undefined();
   }
-  StepRunner* runner_ = nullptr;  // frees itself after close (its thread-safe function's finalizer)
+  std::shared_ptr<StepRunner> runner_;  // null once closed
 };
 Napi::FunctionReference* NativeModel::ctor = nullptr;
 
