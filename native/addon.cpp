@@ -15,7 +15,6 @@
 #include <deque>
 #include <memory>
 #include <mutex>
-#include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -36,7 +35,8 @@ class Fields {
     o_ = v.As<Napi::Object>();
   }
   bool has(const char* key) {
-    seen_.insert(key);
+    if (std::find_if(seen_.begin(), seen_.end(), [&](const char* k) { return std::strcmp(k, key) == 0; }) == seen_.end())
+      seen_.push_back(key);
     return o_.Has(key) && !o_.Get(key).IsUndefined();
   }
   Napi::Value get(const char* key) {
@@ -73,19 +73,20 @@ class Fields {
     return v.As<Napi::Array>();
   }
   // A key the host sends for its own use (the native side has nothing to do with it).
-  void ignore(const char* key) { seen_.insert(key); }
+  void ignore(const char* key) { seen_.push_back(key); }
   void done() {
     Napi::Array keys = o_.GetPropertyNames();
     for (uint32_t i = 0; i < keys.Length(); i++) {
       const std::string k = keys.Get(i).ToString().Utf8Value();
-      if (!seen_.count(k)) throw std::runtime_error(what_ + "." + k + ": unknown key");
+      if (std::find_if(seen_.begin(), seen_.end(), [&](const char* s) { return k == s; }) == seen_.end())
+        throw std::runtime_error(what_ + "." + k + ": unknown key");
     }
   }
 
  private:
   Napi::Object o_;
   std::string what_;
-  std::set<std::string> seen_;
+  std::vector<const char*> seen_;  // keys asked for (string literals): a step's object has a dozen
 };
 
 hm::ModelConfig parse_config(const Napi::Value& v) {
@@ -383,7 +384,9 @@ void deliver_results(Napi::Env env, Napi::Function, StepRunner* runner, void*);
 using ResultFn = Napi::TypedThreadSafeFunction<StepRunner, void, deliver_results>;
 
 // Owned together by its NativeModel, its thread (until it exits) and its thread-safe function (until finalized,
-// after the last result is delivered), so none of them outlives it, whichever lets go first.
+// after the last result is delivered), so none of them outlives it, whichever lets go first. The backend and the
+// function are freed on the main thread (finish()), never by the runner thread, which may still be running when
+// the process exits.
 class StepRunner : public std::enable_shared_from_this<StepRunner> {
  public:
   static std::shared_ptr<StepRunner> start(Napi::Env env, std::unique_ptr<Backend> backend) {
@@ -408,14 +411,14 @@ class StepRunner : public std::enable_shared_from_this<StepRunner> {
     cv_.notify_one();
   }
 
-  // Main thread: the steps already accepted still run; then the runner frees the backend and exits.
+  // Main thread: the steps already accepted still run; the last one delivered frees the backend (finish()).
   void close() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       closing_ = true;
       cv_.notify_one();
     }
-    if (in_flight_ == 0) timer_.print();
+    if (in_flight_ == 0) finish();
   }
 
   // Main thread (the thread-safe function's callback): settles every finished step's promise, in order.
@@ -437,7 +440,7 @@ class StepRunner : public std::enable_shared_from_this<StepRunner> {
       }
       if (--in_flight_ == 0) {
         results_.Unref(env);
-        if (closing_) timer_.print();
+        if (closing_) finish();
       }
     }
   }
@@ -452,7 +455,7 @@ class StepRunner : public std::enable_shared_from_this<StepRunner> {
       {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait(lock, [&] { return !queue_.empty() || closing_; });  // closing: after the queue drains
-        if (queue_.empty()) break;
+        if (queue_.empty()) return;
         job = std::move(queue_.front());
         queue_.pop_front();
       }
@@ -470,14 +473,19 @@ class StepRunner : public std::enable_shared_from_this<StepRunner> {
       job->t_end = Clock::now();
       prev_ok = job->error.empty();
       if (prev_ok) row_tokens(job->out, prev_tokens);
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        done_.push_back(std::move(job));
-      }
+      // The call under the lock: deliver() cannot settle the job (and finish() release the function) before it.
+      std::lock_guard<std::mutex> lock(mu_);
+      done_.push_back(std::move(job));
       results_.NonBlockingCall();
     }
+  }
+
+  // Main thread, once closed with no step in flight: the runner thread has left the backend and the function for
+  // good, so both go here, on the main thread, as a model without a queue would free them.
+  void finish() {
+    timer_.print();
     backend_.reset();
-    results_.Release();  // the function is finalized after its queued calls
+    results_.Release();
   }
 
   // The token a row produced: the step's draw where the row was sampled in the step, else its argmax.
