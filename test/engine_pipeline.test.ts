@@ -1,20 +1,18 @@
 // The engine's pipelined decode (a step submitted while the one before it runs, its tokens named as that step's
-// rows) against the unpipelined engine on the CPU backend with the tiny model: the same tokens and logprobs for
-// greedy and seeded requests, the same ends (stop token, a stop the caller signals, max_tokens, abort) with the
-// extra token of a stopped sequence discarded, and every KV block free afterwards.
+// rows) against the unpipelined engine with the tiny model, on the CPU backend and (with a GPU) the CUDA one: the
+// same tokens and logprobs for greedy and seeded requests, the same ends (stop token, a stop the caller signals,
+// max_tokens, abort) with the extra token of a stopped sequence discarded, and every KV block free afterwards.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine, type GenerationRequest } from '../src/engine/engine.js';
 import { loadModel, type LoadedModel } from '../src/model/load.js';
 import { ensureTinyModel } from '../src/model/tiny.js';
 import { resolveSampling, type SamplingParams } from '../src/sampling/params.js';
 import type { SampledToken } from '../src/sampling/sampler.js';
+import { gpuCount } from './helpers/gpu.js';
 
 const V = 201088;
+const backends: ('cpu' | 'cuda')[] = gpuCount() > 0 ? ['cpu', 'cuda'] : ['cpu'];
 let model: LoadedModel;
-beforeAll(async () => {
-  model = await loadModel({ model: await ensureTinyModel(), backend: 'cpu', maxSeqs: 8, blockSize: 16, numBlocks: 64 });
-}, 120_000);
-afterAll(() => model?.close());
 
 function engine(pipeline: boolean): Engine {
   const info = model.info();
@@ -84,7 +82,12 @@ async function compare(cases: Case[]): Promise<{ piped: Run[]; plain: Run[]; ahe
   return { piped, plain, ahead: pipedEngine.stats.aheadSteps };
 }
 
-describe('pipelined engine decode (CPU backend, tiny model)', () => {
+describe.each(backends)('pipelined engine decode (%s backend, tiny model)', (backend) => {
+  beforeAll(async () => {
+    model = await loadModel({ model: await ensureTinyModel(), backend, maxSeqs: 8, blockSize: 16, numBlocks: 64 });
+  }, 120_000);
+  afterAll(() => model?.close());
+
   it('greedy and seeded requests give the same tokens and logprobs, pipelined or not', async () => {
     const { plain, ahead } = await compare([
       { prompt: prompt(9, 1), p: { temperature: 0, logprobs: true, top_logprobs: 3 }, maxTokens: 10 },

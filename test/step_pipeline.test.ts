@@ -7,14 +7,16 @@ import { ensureTinyModel } from '../src/model/tiny.js';
 import type { NativeStepInput } from '../src/native.js';
 import { resolveSampling } from '../src/sampling/params.js';
 import { SequenceSampler } from '../src/sampling/sampler.js';
+import { gpuCount } from './helpers/gpu.js';
 import { samplingOf } from './helpers/sampling.js';
 
 const V = 201088;
 const PROMPT = [200006, 1428, 200008, 3086, 17, 999, 4242];
 
 let model: LoadedModel;
+let cpuModel: LoadedModel;
 beforeAll(async () => {
-  model = await loadModel({ model: await ensureTinyModel(), backend: 'cpu', maxSeqs: 8, blockSize: 16, numBlocks: 64 });
+  model = cpuModel = await loadModel({ model: await ensureTinyModel(), backend: 'cpu', maxSeqs: 8, blockSize: 16, numBlocks: 64 });
 }, 120_000);
 afterAll(() => model?.close());
 
@@ -33,7 +35,8 @@ function twoSeqs(tokens: number[], pos: number, samplers: SequenceSampler[]): Na
 }
 
 describe('pipelined steps (previous-step tokens)', () => {
-  it('GreedySequence.decode gives the tokens of append() one step at a time', async () => {
+  it.each(gpuCount() > 0 ? ['cpu', 'cuda'] : ['cpu'])('GreedySequence.decode gives the tokens of append() one step at a time (%s)', async (backend) => {
+    const model = backend === 'cpu' ? cpuModel : await loadModel({ model: await ensureTinyModel(), backend: 'cuda', maxSeqs: 8, blockSize: 16, numBlocks: 64 });
     const steps = 12;
     const plain = new GreedySequence(model, 64);
     let tok = await plain.append(Int32Array.from(PROMPT));
@@ -44,6 +47,7 @@ describe('pipelined steps (previous-step tokens)', () => {
     const got: number[] = [];
     for await (const t of piped.decode(steps)) got.push(t);
     expect(got).toEqual(expected);
+    if (model !== cpuModel) model.close();
   });
 
   it('seeded draws and logprobs are bit-identical, pipelined or not', async () => {
