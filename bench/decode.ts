@@ -4,7 +4,7 @@
 // lm_head, KV cache (src/model/sizes.ts), over the H200's measured 4.56 TB/s streaming read) and of the measured
 // floor (ideal read-only kernels in one graph with PDL), with llama.cpp's figures on the same H200 beside ours
 // (docs/performance.md). Also: GPU memory used, and KV-cache tokens left. It drives one sequence through the
-// library (GreedySequence, src/model/load.ts), one model step per token.
+// library (GreedySequence, src/model/load.ts), one model step per token, one step queued ahead (pipelined).
 //
 //   node node_modules/vite-node/vite-node.mjs bench/decode.ts [gpt-oss-20b|gpt-oss-120b ...] [--json FILE]
 // Env: HARMONIUM_BUILD_DIR picks the addon build; BENCH_PROMPT (512: the context the decode starts from, prefilled
@@ -52,15 +52,15 @@ async function bench(name: DummyModelName) {
     for (let run = 0; run < RUNS + 1; run++) { // run 0 warms up
       const seq = new GreedySequence(model, ctx);
       let t = performance.now();
-      let tok = 0;
-      for (let c0 = 0; c0 < PROMPT; c0 += CHUNK) tok = await seq.append(prompt.subarray(c0, Math.min(PROMPT, c0 + CHUNK)));
+      for (let c0 = 0; c0 < PROMPT; c0 += CHUNK) await seq.append(prompt.subarray(c0, Math.min(PROMPT, c0 + CHUNK)));
       const ttft = performance.now() - t;
       const itl: number[] = [];
       const d0 = performance.now();
-      for (let i = 0; i < DECODE; i++) {
-        t = performance.now();
-        tok = await seq.append(Int32Array.of(tok));
-        itl.push(performance.now() - t);
+      t = performance.now();
+      for await (const _token of seq.decode(DECODE)) {
+        const now = performance.now();
+        itl.push(now - t);
+        t = now;
       }
       const decodeMs = performance.now() - d0;
       if (run > 0) runs.push({ ttft, itl, decodeMs });

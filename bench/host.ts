@@ -1,11 +1,17 @@
 // Host-side cost per token of a step, beside the GPU step it must stay well under: tokenizer encode, streaming
 // detokenize, the harmony parser per token, the sampler's TypeScript work for a step of 256 sequences (plan, the
 // step's sampling arrays, accepting the device's tokens), and request rendering. benchmark.js (`benchmark`)
-// times each function with its own statistics (mean, relative margin of error, samples).
+// times each function with its own statistics (mean, relative margin of error, samples). Then the host gap
+// between model steps, which batch-1 decode pays on top of the device's step: one greedy sequence of the tiny model
+// on the CPU backend, one step per token awaited in turn (append) and pipelined (decode: one step queued ahead),
+// as the addon's HARMONIUM_PROFILE=2 line reports it (the backend's idle time between steps and where it goes).
 //
-//   node node_modules/vite-node/vite-node.mjs bench/host.ts [--combos]     (no GPU needed; --combos: also the
-//   sampler's step per issue-9 combination at 1 and 256 sequences)
+//   node node_modules/vite-node/vite-node.mjs bench/host.ts [--combos] [gap]     (no GPU needed; --combos: also
+//   the sampler's step per issue-9 combination at 1 and 256 sequences; gap: the host gap only; HOST_GAP_STEPS=32;
+//   the CPU backend runs on one thread, so the host's own thread is not starved of a core)
 import Benchmark from 'benchmark';
+import { GreedySequence, loadModel } from '../src/model/load.js';
+import { ensureTinyModel } from '../src/model/tiny.js';
 import { SamplingBatch } from '../src/sampling/device.js';
 import { renderConversationTokens } from '../src/harmony/render.js';
 import { HarmonyStreamParser } from '../src/harmony/parser.js';
@@ -102,9 +108,10 @@ const perToken: Record<string, number> = {
   'render request (per prompt token)': renderConversationTokens(request, tokenizer).length,
 };
 
+const gapOnly = process.argv.includes('gap');
 const suite = new Benchmark.Suite('host');
 if (process.argv.includes('--combos')) addComboSteps(suite, perToken);
-suite
+if (!gapOnly) suite
   .add('tokenizer encode (per token)', () => tokenizer.encode(text))
   .add('detokenize (per token)', () => {
     const d = new StreamingDetokenizer(tokenizer);
@@ -124,3 +131,17 @@ suite
     console.log(`${b.name!.padEnd(38)} ${us.toFixed(3).padStart(9)} us  (${(b.stats.mean * 1e3).toFixed(3)} ms per call of ${n}; ±${b.stats.rme.toFixed(1)}%, ${b.stats.sample.length} samples)`);
   })
   .run();
+
+// The host gap: the addon reads HARMONIUM_PROFILE at load and prints its line when the model is closed.
+process.env.HARMONIUM_PROFILE = '2';
+const GAP_STEPS = Number(process.env.HOST_GAP_STEPS ?? 32);
+for (const mode of ['append (awaited in turn)', 'decode (pipelined)']) {
+  const model = await loadModel({ model: await ensureTinyModel(), backend: 'cpu', blockSize: 16, numBlocks: 8, maxSeqs: 1, threads: 1 });
+  const seq = new GreedySequence(model, 128);
+  let tok = await seq.append(Int32Array.from(ids.slice(0, 16)));
+  const t0 = performance.now();
+  if (mode.startsWith('append')) for (let i = 0; i < GAP_STEPS; i++) tok = await seq.append(Int32Array.of(tok));
+  else for await (tok of seq.decode(GAP_STEPS));
+  console.log(`host gap, ${mode}: ${GAP_STEPS} decode steps, ${((performance.now() - t0) / GAP_STEPS).toFixed(3)} ms per step (tiny model, CPU backend)`);
+  model.close();
+}

@@ -4,13 +4,20 @@
 // waits on the math. src/native.ts is the one TypeScript module that declares these exports.
 #include <napi.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
 #include <memory>
-#include <set>
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #include "backend.h"
 #include "weight_layout.h"
@@ -28,7 +35,8 @@ class Fields {
     o_ = v.As<Napi::Object>();
   }
   bool has(const char* key) {
-    seen_.insert(key);
+    if (std::find_if(seen_.begin(), seen_.end(), [&](const char* k) { return std::strcmp(k, key) == 0; }) == seen_.end())
+      seen_.push_back(key);
     return o_.Has(key) && !o_.Get(key).IsUndefined();
   }
   Napi::Value get(const char* key) {
@@ -65,19 +73,20 @@ class Fields {
     return v.As<Napi::Array>();
   }
   // A key the host sends for its own use (the native side has nothing to do with it).
-  void ignore(const char* key) { seen_.insert(key); }
+  void ignore(const char* key) { seen_.push_back(key); }
   void done() {
     Napi::Array keys = o_.GetPropertyNames();
     for (uint32_t i = 0; i < keys.Length(); i++) {
       const std::string k = keys.Get(i).ToString().Utf8Value();
-      if (!seen_.count(k)) throw std::runtime_error(what_ + "." + k + ": unknown key");
+      if (std::find_if(seen_.begin(), seen_.end(), [&](const char* s) { return k == s; }) == seen_.end())
+        throw std::runtime_error(what_ + "." + k + ": unknown key");
     }
   }
 
  private:
   Napi::Object o_;
   std::string what_;
-  std::set<std::string> seen_;
+  std::vector<const char*> seen_;  // keys asked for (string literals): a step's object has a dozen
 };
 
 hm::ModelConfig parse_config(const Napi::Value& v) {
@@ -196,98 +205,12 @@ Napi::Object info_to_js(Napi::Env env, const hm::BackendInfo& i) {
   return o;
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-class NativeModel : public Napi::ObjectWrap<NativeModel> {
- public:
-  static Napi::FunctionReference* ctor;
-  static Napi::Function Init(Napi::Env env) {
-    return DefineClass(env, "NativeModel",
-                       {InstanceMethod("step", &NativeModel::Step), InstanceMethod("info", &NativeModel::Info),
-                        InstanceMethod("close", &NativeModel::Close)});
-  }
-  explicit NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {}
-
-  void adopt(std::unique_ptr<Backend> b) { backend_ = std::move(b); }
-  Backend* backend() { return backend_.get(); }
-  std::atomic<bool> busy{false};
-  bool close_pending = false;
-  void release() { backend_.reset(); }
-
- private:
-  Napi::Value Step(const Napi::CallbackInfo& info);
-  Napi::Value Info(const Napi::CallbackInfo& info) {
-    if (!backend_) throw Napi::Error::New(info.Env(), "model is closed");
-    return info_to_js(info.Env(), backend_->info());
-  }
-  Napi::Value Close(const Napi::CallbackInfo& info) {
-    // A step in flight keeps the backend alive; it is freed when that step finishes.
-    if (busy.load()) close_pending = true;
-    else backend_.reset();
-    return info.Env().Undefined();
-  }
-  std::unique_ptr<Backend> backend_;
-};
-Napi::FunctionReference* NativeModel::ctor = nullptr;
 
 // ---------------------------------------------------------------------------------------------------------------
-class LoadWorker : public Napi::AsyncProgressQueueWorker<uint64_t> {
- public:
-  LoadWorker(Napi::Env env, hm::ModelConfig cfg, hm::TensorMap tensors, hm::LoadOptions opt, Napi::Function progress)
-      : Napi::AsyncProgressQueueWorker<uint64_t>(env),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        cfg_(std::move(cfg)),
-        tensors_(std::move(tensors)),
-        opt_(std::move(opt)) {
-    if (!progress.IsEmpty()) progress_ = Napi::Persistent(progress);
-  }
-  Napi::Promise promise() { return deferred_.Promise(); }
-
-  void Execute(const ExecutionProgress& p) override {
-    try {
-      hm::ProgressFn fn = [&p](uint64_t done, uint64_t total) {
-        uint64_t v[2] = {done, total};
-        p.Send(v, 2);
-      };
-      if (opt_.backend == "cpu") {
-        backend_ = hm::make_cpu_backend(cfg_, tensors_, opt_, fn);
-      } else if (opt_.backend == "cuda") {
-#ifdef HARMONIUM_CUDA
-        backend_ = hm::make_cuda_backend(cfg_, tensors_, opt_, fn);
-#else
-        throw std::runtime_error("this build of harmonium has no CUDA backend (nvcc was not found at build time)");
-#endif
-      }
-    } catch (const std::exception& e) {
-      SetError(e.what());
-    }
-  }
-  void OnProgress(const uint64_t* data, size_t count) override {
-    if (progress_.IsEmpty() || count < 2) return;
-    Napi::HandleScope scope(Env());
-    progress_.Call({Napi::Number::New(Env(), static_cast<double>(data[0])),
-                    Napi::Number::New(Env(), static_cast<double>(data[1]))});
-  }
-  void OnOK() override {
-    Napi::Env env = Env();
-    Napi::Object obj = NativeModel::ctor->New({});
-    NativeModel::Unwrap(obj)->adopt(std::move(backend_));
-    deferred_.Resolve(obj);
-  }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  hm::ModelConfig cfg_;
-  hm::TensorMap tensors_;
-  hm::LoadOptions opt_;
-  Napi::FunctionReference progress_;
-  std::unique_ptr<Backend> backend_;
-};
-
-// ---------------------------------------------------------------------------------------------------------------
-template <typename T, typename A>
+template <typename T, typename A, napi_typedarray_type kType>
 std::vector<T> copy_typed(const Napi::Value& v, const char* what) {
-  if (!v.IsTypedArray()) throw std::runtime_error(std::string("step: ") + what + " must be a typed array");
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != kType)
+    throw std::runtime_error(std::string("step: ") + what + " must be an " + (kType == napi_int32_array ? "Int32Array" : "Uint8Array"));
   auto a = v.As<A>();
   return std::vector<T>(a.Data(), a.Data() + a.ElementLength());
 }
@@ -384,18 +307,26 @@ Napi::Value SampleLogits(const Napi::CallbackInfo& info) {
 }
 // ---- end of sampling in the step --------------------------------------------------------------------------------
 
-class StepWorker : public Napi::AsyncWorker {
- public:
-  StepWorker(Napi::Env env, NativeModel* model, Napi::Object self)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), model_(model) {
-    self_ = Napi::Persistent(self);
-  }
-  Napi::Promise promise() { return deferred_.Promise(); }
+// ---- the model's step queue: one runner thread per model runs its steps in submission order ---------------------
+// A step may name, instead of a token id, the token the step submitted just before it produced for one of its
+// output rows (a "previous-step token", tokens[i] = -1 - row; src/native.ts). So the host submits step N+1 while
+// step N runs, and the runner starts N+1 the moment N's results are read: the device does not wait for the host's
+// round trip (completion, promise, JavaScript, the next call). Results come back through one thread-safe function.
+using Clock = std::chrono::steady_clock;
+
+struct StepJob {
   std::vector<int32_t> tokens, positions, seq_lens, block_tables;
   std::vector<uint8_t> full_logits;
   std::vector<hm::SampleRow> sample_rows;
   std::vector<hm::SampleEntry> sample_entries;
+  std::vector<int32_t> prev_refs;  // (token index, row of the previous step) pairs
   hm::StepBatch batch;
+  hm::StepOutput out;
+  std::string error;
+  Napi::Promise::Deferred deferred;
+  // HARMONIUM_PROFILE=2: the call, queued, backend start and end, result callback, promise resolved
+  Clock::time_point t_call, t_queued, t_start, t_end, t_callback, t_resolved;
+  explicit StepJob(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
 
   void bind_arrays() {
     batch.tokens = tokens.data();
@@ -407,102 +338,366 @@ class StepWorker : public Napi::AsyncWorker {
     batch.sample_entries = sample_entries.data();
     batch.num_sample_entries = static_cast<int>(sample_entries.size());
   }
-  void Execute() override {
-    try {
-      model_->backend()->step(batch, out_);
-    } catch (const std::exception& e) {
-      SetError(e.what());
+};
+
+// HARMONIUM_PROFILE=2 at the addon, for every backend: the backend's idle time between consecutive steps, and for
+// steps submitted only after the one before resolved (unpipelined), where that time goes. Printed on the main
+// thread once the model is closed and its last step delivered.
+struct HostTimer {
+  bool on = false;
+  std::vector<double> idle, completion, conversion, js, call, handoff;  // ms
+  int pipelined = 0;
+  static double ms(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); }
+  void pair(const StepJob& prev, const StepJob& next) {
+    idle.push_back(ms(prev.t_end, next.t_start));
+    if (next.t_call < prev.t_resolved) {
+      pipelined++;
+      return;
     }
+    completion.push_back(ms(prev.t_end, prev.t_callback));
+    conversion.push_back(ms(prev.t_callback, prev.t_resolved));
+    js.push_back(ms(prev.t_resolved, next.t_call));
+    call.push_back(ms(next.t_call, next.t_queued));
+    handoff.push_back(ms(next.t_queued, next.t_start));
   }
-  void finish() {
-    model_->busy.store(false);
-    if (model_->close_pending) model_->release();
+  static double median(std::vector<double> v) {
+    if (v.empty()) return 0;
+    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+    return v[v.size() / 2];
   }
-  void OnOK() override {
-    Napi::Env env = Env();
-    finish();
-    auto o = Napi::Object::New(env);
-    auto i32 = [&](const std::vector<int32_t>& v) {
-      auto a = Napi::Int32Array::New(env, v.size());
-      std::copy(v.begin(), v.end(), a.Data());
-      return a;
-    };
-    auto f32 = [&](const std::vector<float>& v) {
-      auto a = Napi::Float32Array::New(env, v.size());
-      std::copy(v.begin(), v.end(), a.Data());
-      return a;
-    };
-    o.Set("numRows", out_.num_rows);
-    o.Set("vocab", out_.vocab);
-    o.Set("topK", out_.top_k);
-    o.Set("argmax", i32(out_.argmax));
-    o.Set("maxLogit", f32(out_.max_logit));
-    o.Set("logsumexp", f32(out_.logsumexp));
-    o.Set("topIds", i32(out_.top_ids));
-    o.Set("topLogits", f32(out_.top_logits));
-    o.Set("logitsRows", i32(out_.logits_rows));
-    o.Set("logits", f32(out_.logits));
-    o.Set("sampled", i32(out_.sampled));
-    o.Set("sampledLogit", f32(out_.sampled_logit));
-    deferred_.Resolve(o);
+  void print() {
+    if (!on || idle.empty()) return;
+    on = false;  // once
+    double mean = 0;
+    for (double d : idle) mean += d;
+    std::fprintf(stderr,
+                 "[harmonium host] %zu step pairs (%d pipelined): backend idle between steps median %.4f ms, mean %.4f ms;"
+                 " unpipelined medians: worker done -> JS callback %.4f, output conversion %.4f, JS -> next step call"
+                 " %.4f, step call %.4f, queue -> backend start %.4f ms\n",
+                 idle.size(), pipelined, median(idle), mean / idle.size(), median(completion), median(conversion),
+                 median(js), median(call), median(handoff));
   }
-  void OnError(const Napi::Error& e) override {
-    finish();
-    deferred_.Reject(e.Value());
+};
+
+class StepRunner;
+void deliver_results(Napi::Env env, Napi::Function, StepRunner* runner, void*);
+using ResultFn = Napi::TypedThreadSafeFunction<StepRunner, void, deliver_results>;
+
+// Owned together by its NativeModel, its thread (until it exits) and its thread-safe function (until finalized,
+// after the last result is delivered), so none of them outlives it, whichever lets go first. The backend and the
+// function are freed on the main thread (finish()), never by the runner thread, which may still be running when
+// the process exits.
+class StepRunner : public std::enable_shared_from_this<StepRunner> {
+ public:
+  static std::shared_ptr<StepRunner> start(Napi::Env env, std::unique_ptr<Backend> backend) {
+    std::shared_ptr<StepRunner> r(new StepRunner(std::move(backend)));
+    r->results_ = ResultFn::New(env, "harmonium step", 0, 1, r.get(),
+                                [](Napi::Env, std::shared_ptr<StepRunner>* own, StepRunner*) { delete own; },
+                                new std::shared_ptr<StepRunner>(r));
+    r->results_.Unref(env);  // keeps the event loop alive only while steps are in flight (submit / deliver)
+    std::thread([self = r] { self->run(); }).detach();
+    return r;
+  }
+  Backend* backend() { return backend_.get(); }
+
+  // Main thread. Rows of the last accepted step (previous-step tokens must name one of them).
+  int last_rows = -1;
+
+  void submit(Napi::Env env, std::unique_ptr<StepJob> job) {
+    if (in_flight_++ == 0) results_.Ref(env);
+    job->t_queued = Clock::now();
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_back(std::move(job));
+    cv_.notify_one();
+  }
+
+  // Main thread: the steps already accepted still run; the last one delivered frees the backend (finish()).
+  void close() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      closing_ = true;
+      cv_.notify_one();
+    }
+    if (in_flight_ == 0) finish();
+  }
+
+  // Main thread (the thread-safe function's callback): settles every finished step's promise, in order.
+  void deliver(Napi::Env env) {
+    std::deque<std::unique_ptr<StepJob>> done;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done.swap(done_);
+    }
+    for (auto& job : done) {
+      job->t_callback = Clock::now();
+      Napi::HandleScope scope(env);
+      if (job->error.empty()) job->deferred.Resolve(output_to_js(env, job->out));
+      else job->deferred.Reject(Napi::Error::New(env, job->error).Value());
+      job->t_resolved = Clock::now();
+      if (timer_.on) {
+        if (last_done_) timer_.pair(*last_done_, *job);
+        last_done_ = std::move(job);
+      }
+      if (--in_flight_ == 0) {
+        results_.Unref(env);
+        if (closing_) finish();
+      }
+    }
   }
 
  private:
-  Napi::Promise::Deferred deferred_;
-  NativeModel* model_;
-  Napi::ObjectReference self_;  // keeps the model object alive while the step runs
-  hm::StepOutput out_;
+  // The runner thread.
+  void run() {
+    std::vector<int32_t> prev_tokens;  // the token of each output row of the last step run
+    bool prev_ok = false;
+    for (;;) {
+      std::unique_ptr<StepJob> job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return !queue_.empty() || closing_; });  // closing: after the queue drains
+        if (queue_.empty()) return;
+        job = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      job->t_start = Clock::now();
+      if (!job->prev_refs.empty() && !prev_ok) {
+        job->error = "step: its previous-step tokens come from a step that failed";
+      } else {
+        for (size_t i = 0; i < job->prev_refs.size(); i += 2) job->tokens[job->prev_refs[i]] = prev_tokens[job->prev_refs[i + 1]];
+        try {
+          backend_->step(job->batch, job->out);
+        } catch (const std::exception& e) {
+          job->error = e.what();
+        }
+      }
+      job->t_end = Clock::now();
+      prev_ok = job->error.empty();
+      if (prev_ok) row_tokens(job->out, prev_tokens);
+      // The call under the lock: deliver() cannot settle the job (and finish() release the function) before it.
+      std::lock_guard<std::mutex> lock(mu_);
+      done_.push_back(std::move(job));
+      results_.NonBlockingCall();
+    }
+  }
+
+  // Main thread, once closed with no step in flight: the runner thread has left the backend and the function for
+  // good, so both go here, on the main thread, as a model without a queue would free them.
+  void finish() {
+    timer_.print();
+    backend_.reset();
+    results_.Release();
+  }
+
+  // The token a row produced: the step's draw where the row was sampled in the step, else its argmax.
+  static void row_tokens(const hm::StepOutput& out, std::vector<int32_t>& tokens) {
+    tokens.resize(out.num_rows);
+    for (int r = 0; r < out.num_rows; r++)
+      tokens[r] = r < int(out.sampled.size()) && out.sampled[r] >= 0 ? out.sampled[r] : out.argmax[r];
+  }
+
+  static Napi::Object output_to_js(Napi::Env env, const hm::StepOutput& out);
+
+  explicit StepRunner(std::unique_ptr<Backend> backend) : backend_(std::move(backend)) {
+    const char* prof = std::getenv("HARMONIUM_PROFILE");
+    timer_.on = prof && std::strcmp(prof, "2") == 0;
+  }
+
+  std::unique_ptr<Backend> backend_;
+  ResultFn results_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<StepJob>> queue_, done_;
+  std::atomic<bool> closing_{false};
+  int in_flight_ = 0;  // main thread
+  HostTimer timer_;
+  std::unique_ptr<StepJob> last_done_;  // main thread, HARMONIUM_PROFILE=2
 };
+
+// StepRunner's thread-safe function: runs on the main thread after the runner finished one or more steps.
+void deliver_results(Napi::Env env, Napi::Function, StepRunner* runner, void*) {
+  if (env) runner->deliver(env);
+}
+
+// One allocation for the output's arrays: a single ArrayBuffer, each array a view of it.
+Napi::Object StepRunner::output_to_js(Napi::Env env, const hm::StepOutput& out) {
+  const size_t bytes = 4 * (out.argmax.size() + out.max_logit.size() + out.logsumexp.size() + out.top_ids.size() +
+                            out.top_logits.size() + out.logits_rows.size() + out.logits.size() + out.sampled.size() +
+                            out.sampled_logit.size());
+  Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, std::max<size_t>(bytes, 4));
+  char* base = static_cast<char*>(buf.Data());
+  size_t at = 0;
+  auto view = [&](const auto& v, auto tag) {
+    using A = decltype(tag);
+    if (!v.empty()) std::memcpy(base + at, v.data(), 4 * v.size());
+    A a = A::New(env, v.size(), buf, at);
+    at += 4 * v.size();
+    return a;
+  };
+  auto o = Napi::Object::New(env);
+  o.Set("numRows", out.num_rows);
+  o.Set("vocab", out.vocab);
+  o.Set("topK", out.top_k);
+  o.Set("argmax", view(out.argmax, Napi::Int32Array()));
+  o.Set("maxLogit", view(out.max_logit, Napi::Float32Array()));
+  o.Set("logsumexp", view(out.logsumexp, Napi::Float32Array()));
+  o.Set("topIds", view(out.top_ids, Napi::Int32Array()));
+  o.Set("topLogits", view(out.top_logits, Napi::Float32Array()));
+  o.Set("logitsRows", view(out.logits_rows, Napi::Int32Array()));
+  o.Set("logits", view(out.logits, Napi::Float32Array()));
+  o.Set("sampled", view(out.sampled, Napi::Int32Array()));
+  o.Set("sampledLogit", view(out.sampled_logit, Napi::Float32Array()));
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+class NativeModel : public Napi::ObjectWrap<NativeModel> {
+ public:
+  static Napi::FunctionReference* ctor;
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "NativeModel",
+                       {InstanceMethod("step", &NativeModel::Step), InstanceMethod("info", &NativeModel::Info),
+                        InstanceMethod("close", &NativeModel::Close)});
+  }
+  explicit NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {}
+  ~NativeModel() override { close(); }
+
+  void adopt(Napi::Env env, std::unique_ptr<Backend> b) { runner_ = StepRunner::start(env, std::move(b)); }
+
+ private:
+  bool open() const { return runner_ != nullptr; }
+  void close() {
+    // Steps already accepted still run; the runner then frees the backend and exits.
+    if (runner_) runner_->close();
+    runner_.reset();
+  }
+  Napi::Value Step(const Napi::CallbackInfo& info);
+  Napi::Value Info(const Napi::CallbackInfo& info) {
+    if (!open()) throw Napi::Error::New(info.Env(), "model is closed");
+    return info_to_js(info.Env(), runner_->backend()->info());
+  }
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    close();
+    return info.Env().Undefined();
+  }
+  std::shared_ptr<StepRunner> runner_;  // null once closed
+};
+Napi::FunctionReference* NativeModel::ctor = nullptr;
 
 Napi::Value NativeModel::Step(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  const Clock::time_point t_call = Clock::now();
   auto reject = [&](const std::string& msg) {
     auto d = Napi::Promise::Deferred::New(env);
     d.Reject(Napi::Error::New(env, msg).Value());
     return d.Promise();
   };
-  if (!backend_ || close_pending) return reject("model is closed");
+  if (!open()) return reject("model is closed");
   if (info.Length() < 1 || !info[0].IsObject()) return reject("step: expected an input object");
-  bool expected = false;
-  if (!busy.compare_exchange_strong(expected, true)) return reject("step: another step of this model is in flight");
-  auto* w = new StepWorker(env, this, info.This().As<Napi::Object>());
+  auto job = std::make_unique<StepJob>(env);
+  job->t_call = t_call;
+  const int prev_rows = runner_->last_rows;
+  runner_->last_rows = -1;  // a rejected step leaves nothing for the next one to name
   try {
     Fields in(info[0], "step");
-    w->tokens = copy_typed<int32_t, Napi::Int32Array>(in.get("tokens"), "tokens");
-    w->positions = copy_typed<int32_t, Napi::Int32Array>(in.get("positions"), "positions");
-    w->seq_lens = copy_typed<int32_t, Napi::Int32Array>(in.get("seqLens"), "seqLens");
-    w->block_tables = copy_typed<int32_t, Napi::Int32Array>(in.get("blockTables"), "blockTables");
+    job->tokens = copy_typed<int32_t, Napi::Int32Array, napi_int32_array>(in.get("tokens"), "tokens");
+    job->positions = copy_typed<int32_t, Napi::Int32Array, napi_int32_array>(in.get("positions"), "positions");
+    job->seq_lens = copy_typed<int32_t, Napi::Int32Array, napi_int32_array>(in.get("seqLens"), "seqLens");
+    job->block_tables = copy_typed<int32_t, Napi::Int32Array, napi_int32_array>(in.get("blockTables"), "blockTables");
     if (in.has("fullLogits"))
-      w->full_logits = copy_typed<uint8_t, Napi::Uint8Array>(in.get("fullLogits"), "fullLogits");
-    w->batch.num_tokens = static_cast<int>(w->tokens.size());
-    w->batch.num_seqs = static_cast<int>(w->seq_lens.size());
-    w->batch.max_blocks_per_seq = in.integer("maxBlocksPerSeq");
-    w->batch.all_positions = in.flag_or("allPositions", false);
-    w->batch.top_k = in.integer_or("topK", 0);
-    if (in.has("sampling")) parse_sampling(in.get("sampling"), w->seq_lens.size(), w->sample_rows, w->sample_entries);
+      job->full_logits = copy_typed<uint8_t, Napi::Uint8Array, napi_uint8_array>(in.get("fullLogits"), "fullLogits");
+    hm::StepBatch& b = job->batch;
+    b.num_tokens = static_cast<int>(job->tokens.size());
+    b.num_seqs = static_cast<int>(job->seq_lens.size());
+    b.max_blocks_per_seq = in.integer("maxBlocksPerSeq");
+    b.all_positions = in.flag_or("allPositions", false);
+    b.top_k = in.integer_or("topK", 0);
+    if (in.has("sampling")) parse_sampling(in.get("sampling"), job->seq_lens.size(), job->sample_rows, job->sample_entries);
     in.done();
     // The arrays' lengths (the batch itself is checked by validate_step).
-    if (w->positions.size() != w->tokens.size()) throw std::runtime_error("step: positions and tokens differ in length");
-    if (!w->full_logits.empty() && w->full_logits.size() != w->seq_lens.size())
+    if (job->positions.size() != job->tokens.size()) throw std::runtime_error("step: positions and tokens differ in length");
+    if (!job->full_logits.empty() && job->full_logits.size() != job->seq_lens.size())
       throw std::runtime_error("step: fullLogits must have one entry per sequence");
-    if (w->batch.num_seqs > 0 &&
-        w->block_tables.size() != static_cast<size_t>(w->batch.num_seqs) * w->batch.max_blocks_per_seq)
+    if (b.num_seqs > 0 && job->block_tables.size() != static_cast<size_t>(b.num_seqs) * b.max_blocks_per_seq)
       throw std::runtime_error("step: blockTables must hold numSeqs * maxBlocksPerSeq entries");
-    w->bind_arrays();
-    hm::validate_step(w->batch, backend_->limits());
+    // Previous-step tokens: checked against the step accepted just before; validated as token 0, filled in by the
+    // runner from that step's output.
+    for (int i = 0; i < b.num_tokens; i++) {
+      const int32_t v = job->tokens[i];
+      if (v >= 0) continue;
+      const int row = -1 - v;
+      if (row >= prev_rows)
+        throw std::runtime_error("step: token " + std::to_string(i) + " is " + std::to_string(v) + ", the previous step's row " +
+                                 std::to_string(row) + (prev_rows < 0 ? ", but no step was accepted just before it"
+                                                                     : ", but that step has " + std::to_string(prev_rows) + " rows"));
+      job->prev_refs.push_back(i);
+      job->prev_refs.push_back(row);
+      job->tokens[i] = 0;
+    }
+    job->bind_arrays();
+    hm::validate_step(b, runner_->backend()->limits());
+    runner_->last_rows = b.all_positions ? b.num_tokens : b.num_seqs;
   } catch (const std::exception& e) {
-    busy.store(false);
-    delete w;
     return reject(e.what());
   }
-  auto p = w->promise();
-  w->Queue();
+  auto p = job->deferred.Promise();
+  runner_->submit(env, std::move(job));
   return p;
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+class LoadWorker : public Napi::AsyncProgressQueueWorker<uint64_t> {
+ public:
+  LoadWorker(Napi::Env env, hm::ModelConfig cfg, hm::TensorMap tensors, hm::LoadOptions opt, Napi::Function progress)
+      : Napi::AsyncProgressQueueWorker<uint64_t>(env),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        cfg_(std::move(cfg)),
+        tensors_(std::move(tensors)),
+        opt_(std::move(opt)) {
+    if (!progress.IsEmpty()) progress_ = Napi::Persistent(progress);
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+  void Execute(const ExecutionProgress& p) override {
+    try {
+      hm::ProgressFn fn = [&p](uint64_t done, uint64_t total) {
+        uint64_t v[2] = {done, total};
+        p.Send(v, 2);
+      };
+      if (opt_.backend == "cpu") {
+        backend_ = hm::make_cpu_backend(cfg_, tensors_, opt_, fn);
+      } else if (opt_.backend == "cuda") {
+#ifdef HARMONIUM_CUDA
+        backend_ = hm::make_cuda_backend(cfg_, tensors_, opt_, fn);
+#else
+        throw std::runtime_error("this build of harmonium has no CUDA backend (nvcc was not found at build time)");
+#endif
+      }
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnProgress(const uint64_t* data, size_t count) override {
+    if (progress_.IsEmpty() || count < 2) return;
+    Napi::HandleScope scope(Env());
+    progress_.Call({Napi::Number::New(Env(), static_cast<double>(data[0])),
+                    Napi::Number::New(Env(), static_cast<double>(data[1]))});
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Object obj = NativeModel::ctor->New({});
+    NativeModel::Unwrap(obj)->adopt(env, std::move(backend_));
+    deferred_.Resolve(obj);
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  hm::ModelConfig cfg_;
+  hm::TensorMap tensors_;
+  hm::LoadOptions opt_;
+  Napi::FunctionReference progress_;
+  std::unique_ptr<Backend> backend_;
+};
 
 // ---------------------------------------------------------------------------------------------------------------
 Napi::Value LoadModel(const Napi::CallbackInfo& info) {

@@ -40,21 +40,21 @@ void validate_sampling(const StepBatch& b, int vocab) {
     throw std::runtime_error("step: sampling entries must number 0.." + str(kMaxSampleEntries));
   for (int s = 0; s < b.num_seqs; s++) {
     const SampleRow& p = b.sample_rows[s];
-    const std::string where = "step: sampling of sequence " + str(s) + ": ";
-    if (p.mode < kSampleNone || p.mode > kSampleDraw) throw std::runtime_error(where + "unknown mode");
+    auto where = [&] { return "step: sampling of sequence " + str(s) + ": "; };
+    if (p.mode < kSampleNone || p.mode > kSampleDraw) throw std::runtime_error(where() + "unknown mode");
     if (p.entry_begin < 0 || p.entry_end < p.entry_begin || p.entry_end > b.num_sample_entries)
-      throw std::runtime_error(where + "entry range outside the entries");
+      throw std::runtime_error(where() + "entry range outside the entries");
     if (!(p.inv_temperature > 0.f) || !std::isfinite(p.inv_temperature) || p.top_k < 0 || !(p.top_p > 0.f && p.top_p <= 1.f) ||
         !(p.repetition > 0.f) || std::isnan(p.log_min_p) || p.log_min_p > 0.f)
-      throw std::runtime_error(where + "parameter out of range");
+      throw std::runtime_error(where() + "parameter out of range");
     if (b.full_logits && b.full_logits[s] && p.mode != kSampleNone)
-      throw std::runtime_error(where + "a row with full logits is sampled on the host");
+      throw std::runtime_error(where() + "a row with full logits is sampled on the host");
     for (int j = p.entry_begin; j < p.entry_end; j++) {
       const SampleEntry& e = b.sample_entries[j];
-      if (e.id < 0 || e.id >= vocab) throw std::runtime_error(where + "entry token id " + str(e.id) + " outside the vocabulary");
-      if (e.count < 0) throw std::runtime_error(where + "negative count");
+      if (e.id < 0 || e.id >= vocab) throw std::runtime_error(where() + "entry token id " + str(e.id) + " outside the vocabulary");
+      if (e.count < 0) throw std::runtime_error(where() + "negative count");
       if (j > p.entry_begin && e.id <= b.sample_entries[j - 1].id)
-        throw std::runtime_error(where + "entry ids must be strictly increasing");
+        throw std::runtime_error(where() + "entry ids must be strictly increasing");
     }
   }
 }
@@ -77,13 +77,14 @@ void validate_step(const StepBatch& b, const StepLimits& lim) {
     if (n <= 0) throw std::runtime_error("step: sequence " + str(s) + " has no tokens");
     if (t + n > b.num_tokens) throw std::runtime_error("step: seqLens add up to more than the number of tokens");
     for (int i = t; i < t + n; i++) {
-      const std::string where = "step: sequence " + str(s) + " token " + str(i - t);
+      // built only for a message: a prefill checks thousands of tokens per step
+      auto where = [&] { return "step: sequence " + str(s) + " token " + str(i - t); };
       if (b.tokens[i] < 0 || b.tokens[i] >= lim.vocab)
-        throw std::runtime_error(where + ": id " + str(b.tokens[i]) + " is outside the vocabulary 0.." + str(lim.vocab - 1));
+        throw std::runtime_error(where() + ": id " + str(b.tokens[i]) + " is outside the vocabulary 0.." + str(lim.vocab - 1));
       if (b.positions[i] < 0 || b.positions[i] >= lim.max_positions)
-        throw std::runtime_error(where + ": position " + str(b.positions[i]) + " is outside 0.." + str(lim.max_positions - 1));
+        throw std::runtime_error(where() + ": position " + str(b.positions[i]) + " is outside 0.." + str(lim.max_positions - 1));
       if (i > t && b.positions[i] != b.positions[i - 1] + 1)
-        throw std::runtime_error(where + ": positions must be consecutive within a sequence");
+        throw std::runtime_error(where() + ": positions must be consecutive within a sequence");
     }
     const int last_block = b.positions[t + n - 1] / lim.block_size;
     if (last_block >= b.max_blocks_per_seq)

@@ -25,8 +25,17 @@ export interface NativeLoadOptions {
   seed?: number;
 }
 
+/**
+ * One model step. The step contract: steps of a model run one at a time in the order step() was called, and a
+ * step may be called before the one before it resolved (the addon queues it and starts it the moment the device
+ * is free, so the device never waits for the host's round trip). A token that is not yet known is named instead:
+ * `tokens[i] = -1 - r` is the token the step called just before this one (and accepted by step()) produced for
+ * its output row r: its in-step draw where that row was sampled in the step (`sampling` mode 1 or 2), else its
+ * argmax (never a host-side draw from full logits). If that step fails, this one rejects too. Every other check
+ * runs when step() is called, so a bad step rejects without running and leaves no step for the next to name.
+ */
 export interface NativeStepInput {
-  /** All sequences' tokens back to back. */
+  /** All sequences' tokens back to back; a negative value names a token of the previous step (above). */
   tokens: Int32Array;
   /** Absolute position of each token in its sequence. */
   positions: Int32Array;
@@ -117,9 +126,10 @@ export interface NativeModelInfo {
 }
 
 export interface NativeModel {
+  /** Queues one step (NativeStepInput has the contract); resolves when it has run. */
   step(input: NativeStepInput): Promise<NativeStepOutput>;
   info(): NativeModelInfo;
-  /** Frees the weights and the KV cache (deferred until a step in flight finishes). */
+  /** Frees the weights and the KV cache, once the steps already accepted have run; later steps reject. */
   close(): void;
 }
 

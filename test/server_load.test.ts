@@ -83,8 +83,9 @@ describe('server under load', () => {
         const stepsAtAbort = scripted.steps;
         ac.abort();
         await until(() => scripted.model.status().running === 0);
-        // The step in flight when the client left may finish; no further step holds the request.
-        expect(scripted.steps - stepsAtAbort).toBeLessThanOrEqual(1);
+        // The steps in flight when the client left may finish (the one running and the one queued ahead of it:
+        // the engine pipelines decode); no further step holds the request.
+        expect(scripted.steps - stepsAtAbort).toBeLessThanOrEqual(2);
         expect(await metric('vllm:kv_cache_usage_perc')).toBe(0);
         expect(await metric('vllm:num_requests_running')).toBe(0);
       }

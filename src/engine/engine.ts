@@ -2,10 +2,15 @@
 // flight; each step is whatever the scheduler batched (prefill chunks + every decoding sequence). Sampling
 // is planned per sequence before the step (sampler.ts): most draws happen inside the step (native/sampling.h) and the
 // host accepts the token; full logits come back only as a counted fallback.
+// Pipelined decode: while a step runs, the next one is submitted when the device alone decides it (every running
+// sequence decodes one token the step draws or argmaxes, and nothing waits for admission), its tokens named as
+// the running step's rows (src/native.ts's step contract), so the device does not wait for the host between
+// steps. A sequence that stops at the running step gets one token too many computed ahead; it is discarded.
 // A request's failure (bad input, abort) never stops the others.
 import { maxTopK, type NativeStepInput, type NativeStepOutput } from '../native.js';
 import type { ResolvedSampling } from '../sampling/params.js';
 import { SamplingBatch } from '../sampling/device.js';
+import { StepNoise } from '../sampling/rng.js';
 import { SequenceSampler, type LogitsRow, type SamplePlan, type SampledToken } from '../sampling/sampler.js';
 import { KvBlockPool } from './kv_blocks.js';
 import { Scheduler, Sequence, type Chunk } from './scheduler.js';
@@ -13,6 +18,8 @@ import { Scheduler, Sequence, type Chunk } from './scheduler.js';
 /** What the engine needs of a model: one batched step (LoadedModel provides it). */
 export interface StepModel {
   step(input: NativeStepInput): Promise<NativeStepOutput>;
+  /** True when step() takes a step before the previous one resolved, with previous-step tokens (src/native.ts). */
+  readonly pipelines?: boolean;
 }
 
 export interface EngineOptions {
@@ -27,6 +34,8 @@ export interface EngineOptions {
   maxSampleEntries?: number;
   /** Share full KV blocks between sequences with the same prefix (kv_blocks.ts). Default true. */
   prefixCaching?: boolean;
+  /** Submit the next decode step while one runs, where the model pipelines (StepModel.pipelines). Default true. */
+  pipeline?: boolean;
 }
 
 /** A request the engine refuses or cannot finish (defined with the other errors). */
@@ -63,6 +72,14 @@ export interface GenerationResult {
   finishedAt: number;
 }
 
+/** A submitted step and what consume() needs of it. */
+interface StepInFlight {
+  chunks: Chunk<Pending>[];
+  plans: (SamplePlan | undefined)[];
+  tokens: number;
+  out: Promise<NativeStepOutput>;
+}
+
 interface Pending {
   req: GenerationRequest;
   sampler: SequenceSampler;
@@ -80,8 +97,11 @@ export class Engine {
   private readonly scheduler: Scheduler<Pending>;
   private looping = false;
   private closed = false;
-  /** Steps run and tokens they held, and how each sampled row was served (fullLogitRows: the host fallback). */
-  readonly stats = { steps: 0, stepTokens: 0, argmaxRows: 0, deviceRows: 0, fullLogitRows: 0 };
+  /**
+   * Steps run and tokens they held, how many were submitted ahead (pipelined), and how each sampled row was
+   * served (fullLogitRows: the host fallback).
+   */
+  readonly stats = { steps: 0, stepTokens: 0, aheadSteps: 0, argmaxRows: 0, deviceRows: 0, fullLogitRows: 0 };
 
   constructor(model: StepModel, options: EngineOptions) {
     this.model = model;
@@ -191,31 +211,78 @@ export class Engine {
   }
 
   private async loop(): Promise<void> {
+    const pipeline = (this.options.pipeline ?? true) && this.model.pipelines === true;
+    let ahead: StepInFlight | undefined;
     while (!this.closed) {
       this.reapAborted();
-      if (this.scheduler.idle) return;
-      const chunks = this.scheduler.schedule();
-      if (chunks.length === 0) {
-        // Cannot happen while the context fits the cache (checked at load); never spin if it does.
-        for (const seq of [...this.scheduler.waiting])
-          this.fail(seq, new EngineRequestError('kv_cache_full', 'the KV cache cannot hold this request'));
-        continue;
+      let step = ahead;
+      ahead = undefined;
+      if (!step) {
+        if (this.scheduler.idle) return;
+        const chunks = this.scheduler.schedule();
+        if (chunks.length === 0) {
+          // Cannot happen while the context fits the cache (checked at load); never spin if it does.
+          for (const seq of [...this.scheduler.waiting])
+            this.fail(seq, new EngineRequestError('kv_cache_full', 'the KV cache cannot hold this request'));
+          continue;
+        }
+        step = this.submit(chunks, this.plan(chunks));
       }
-      const plans = this.plan(chunks);
-      const input = this.buildStep(chunks, plans);
+      if (pipeline) ahead = this.stepAhead(step);
       let out: NativeStepOutput;
       try {
-        out = await this.model.step(input);
+        out = await step.out;
       } catch (err) {
-        // A failed step fails the requests it held; the rest keep going.
+        // A failed step fails the requests it held (and so the step ahead, which names its tokens); the rest go on.
         const e = err instanceof Error ? err : new Error(String(err));
-        for (const c of chunks) if (c.seq.state !== 'finished') this.fail(c.seq, e);
+        for (const c of step.chunks) if (c.seq.state !== 'finished') this.fail(c.seq, e);
         continue;
       }
       this.stats.steps++;
-      this.stats.stepTokens += input.tokens.length;
-      this.consume(chunks, plans, out);
+      this.stats.stepTokens += step.tokens;
+      this.consume(step.chunks, step.plans, out);
     }
+  }
+
+  /** Submits a step; `prevRows[s]`: chunk s's token is the previous step's row (a step ahead), else known. */
+  private submit(chunks: Chunk<Pending>[], plans: (SamplePlan | undefined)[], prevRows?: number[]): StepInFlight {
+    const input = this.buildStep(chunks, plans, prevRows);
+    const out = this.model.step(input);
+    out.catch(() => {}); // reported where it is awaited; a step ahead may never be (close)
+    return { chunks, plans, tokens: input.tokens.length, out };
+  }
+
+  /**
+   * The step after `running`, submitted before it resolves, when the device alone decides it: nothing waits for
+   * admission, every running sequence samples in `running` from a plan whose draw is the step's own (argmax or
+   * device, without output penalties: their counts would need the token), and its next position has a block
+   * without preempting anyone. Then the unpipelined loop would schedule exactly this step. Else undefined.
+   */
+  private stepAhead(running: StepInFlight): StepInFlight | undefined {
+    const seqs = this.scheduler.running;
+    if (this.scheduler.waiting.length > 0 || seqs.length === 0 || seqs.length > this.options.maxBatchTokens) return undefined;
+    const rowOf = new Map<Sequence<Pending>, number>();
+    running.chunks.forEach((c, r) => c.samples && rowOf.set(c.seq, r));
+    let missing = 0;
+    const chunks: Chunk<Pending>[] = [];
+    const prevRows: number[] = [];
+    for (const seq of seqs) {
+      const r = rowOf.get(seq);
+      const plan = r === undefined ? undefined : running.plans[r];
+      const p = seq.owner.req.sampling;
+      if (!plan || plan.mode === 'full' || p.repetitionPenalty !== 1 || p.frequencyPenalty !== 0 || p.presencePenalty !== 0) return undefined;
+      const start = running.chunks[r!].start + running.chunks[r!].length;
+      if (start + 1 > this.options.contextLength) return undefined;
+      missing += seq.table.missingFor(start + 1);
+      chunks.push({ seq, start, length: 1, samples: true });
+      prevRows.push(r!);
+    }
+    if (missing > this.pool.freeBlocks) return undefined;
+    const plans = this.plan(chunks);
+    if (plans.some((plan) => plan!.mode === 'full')) return undefined;
+    for (const c of chunks) c.seq.table.ensure(c.start + 1);
+    this.stats.aheadSteps++;
+    return this.submit(chunks, plans, prevRows);
   }
 
   /** Each sampling chunk's plan; device draws beyond the step's entry buffer fall back to full logits. */
@@ -234,7 +301,7 @@ export class Engine {
     });
   }
 
-  private buildStep(chunks: Chunk<Pending>[], plans: (SamplePlan | undefined)[]): NativeStepInput {
+  private buildStep(chunks: Chunk<Pending>[], plans: (SamplePlan | undefined)[], prevRows?: number[]): NativeStepInput {
     let numTokens = 0;
     let maxBlocks = 1;
     for (const c of chunks) {
@@ -258,7 +325,7 @@ export class Engine {
     let t = 0;
     chunks.forEach((c, s) => {
       for (let i = 0; i < c.length; i++) {
-        tokens[t] = c.seq.tokens[c.start + i];
+        tokens[t] = prevRows ? -1 - prevRows[s] : c.seq.tokens[c.start + i];
         positions[t] = c.start + i;
         t++;
       }
@@ -271,6 +338,16 @@ export class Engine {
       }
       sampling?.push(plan?.mode === 'device' ? c.seq.owner.sampler : undefined);
     });
+    const native = sampling?.finish();
+    // A step ahead draws with the noise of the sampler's next step: one per accepted token (seq.generated), and
+    // the running step's token is not accepted yet.
+    if (native && prevRows)
+      chunks.forEach((c, s) => {
+        if (plans[s]?.mode !== 'device') return;
+        const noise = new StepNoise(c.seq.owner.sampler.params.seed, c.seq.generated + 1);
+        native.noiseKeys[2 * s] = noise.k1;
+        native.noiseKeys[2 * s + 1] = noise.k2;
+      });
     return {
       tokens,
       positions,
@@ -279,7 +356,7 @@ export class Engine {
       maxBlocksPerSeq: maxBlocks,
       fullLogits,
       topK: Math.min(topK, maxTopK()),
-      sampling: sampling?.finish(),
+      sampling: native,
     };
   }
 

@@ -30,6 +30,8 @@ export interface LoadModelOptions extends Omit<NativeLoadOptions, 'dummy' | 'bac
 /** A model on a backend. Owns the native weights and KV cache; close() frees them. */
 export class LoadedModel {
   private closed = false;
+  /** step() takes a step before the previous one resolved, with previous-step tokens (src/native.ts). */
+  readonly pipelines = true;
 
   constructor(
     readonly config: ModelConfig,
@@ -103,10 +105,16 @@ export async function loadModel(opts: LoadModelOptions): Promise<LoadedModel> {
   return new LoadedModel(config, handle, native.backend, model ?? dummy!);
 }
 
-/** One greedy sequence on KV blocks 0.. of a model serving nothing else: the benchmark's decode loop, one step a call. */
+/**
+ * One greedy sequence on KV blocks 0.. of a model serving nothing else: the benchmark's decode loop, one step a
+ * call. decode() keeps one step queued behind the one running (the step contract in src/native.ts), so the device
+ * never waits for the host between tokens.
+ */
 export class GreedySequence {
   private length = 0;
   private readonly blockTables: Int32Array;
+  /** A decode step's input, reused: step() copies what it is given before it returns. */
+  private readonly next: NativeStepInput;
 
   /** capacity: the most tokens the sequence will hold. */
   constructor(
@@ -115,6 +123,8 @@ export class GreedySequence {
   ) {
     const blocks = Math.ceil(capacity / model.info().blockSize);
     this.blockTables = Int32Array.from({ length: blocks }, (_, i) => i);
+    // -1: the previous step's row 0, i.e. this sequence's last argmax
+    this.next = { tokens: Int32Array.of(-1), positions: new Int32Array(1), seqLens: Int32Array.of(1), blockTables: this.blockTables, maxBlocksPerSeq: blocks, topK: 1 };
   }
 
   /** Appends tokens (a prefill chunk, or one token to decode) in one step; resolves to the argmax after the last. */
@@ -130,6 +140,29 @@ export class GreedySequence {
     });
     this.length += tokens.length;
     return out.argmax[0];
+  }
+
+  /**
+   * Decodes `count` tokens after the last append(), each step's input the token the step before it produced,
+   * with one step queued ahead of the one running; yields each token as its step resolves. The same tokens as
+   * append() of each argmax in turn.
+   */
+  async *decode(count: number): AsyncGenerator<number> {
+    let running = count > 0 ? this.submit() : undefined;
+    for (let i = 0; i < count; i++) {
+      const ahead = i + 1 < count ? this.submit() : undefined;
+      const out = await running!;
+      running = ahead;
+      yield out.argmax[0];
+    }
+  }
+
+  /** Queues the next decode step. Its failure is reported when it is awaited (or not at all if decode() is left early). */
+  private submit(): Promise<NativeStepOutput> {
+    this.next.positions[0] = this.length++;
+    const p = this.model.step(this.next);
+    p.catch(() => {});
+    return p;
   }
 }
 

@@ -20,6 +20,14 @@ export interface ScriptEntry {
 
 const PEAK = 30;
 
+/** The step contract of src/native.ts: tokens[i] = -1 - r is the previous step's row r (its draw, else its argmax). */
+function resolvePrevious(input: NativeStepInput, prev: NativeStepOutput | undefined): NativeStepInput {
+  if (!input.tokens.some((t) => t < 0)) return input;
+  if (!prev) throw new Error('step: previous-step tokens without a previous step');
+  const rowToken = (r: number) => (prev.sampled && prev.sampled[r] >= 0 ? prev.sampled[r] : prev.argmax[r]);
+  return { ...input, tokens: input.tokens.map((t) => (t < 0 ? rowToken(-1 - t) : t)) };
+}
+
 export class ScriptedModel {
   /** Prompts the model saw (decoded), in order, for checks on what the server rendered. */
   readonly prompts: string[] = [];
@@ -30,6 +38,8 @@ export class ScriptedModel {
   private readonly kv: Int32Array;
   private readonly blockSize: number;
   private readonly filler: number;
+  /** The last step called: steps run in call order, and a step's previous-step tokens are its rows' (native.ts). */
+  private last: Promise<NativeStepOutput | undefined> = Promise.resolve(undefined);
 
   constructor(
     readonly model: Harmonium,
@@ -41,7 +51,11 @@ export class ScriptedModel {
     this.filler = model.tokenizer.encode(' x')[0];
     // The engine calls its LoadedModel's step; this instance's step is replaced (the native one is never run).
     const loaded = (model as unknown as { model: LoadedModel }).model;
-    loaded.step = (input) => this.step(input);
+    loaded.step = (input) => {
+      const out = this.last.then((prev) => this.step(resolvePrevious(input, prev)));
+      this.last = out.catch(() => undefined);
+      return out;
+    };
   }
 
   /**
