@@ -1,21 +1,18 @@
 // Dense bf16 projections: y (+)= x W^T + b.
-//   staged_gemv<NT, S, kNorm>: the decode default for N > 256 (q/k/v, o, lm_head): warp per output row, each
+//   staged_gemv<NT, S, kNorm>: the single-token decode default for N > 256 (q/k/v, o): warp per output row, each
 //                  lane's first S 16-byte chunks copied to shared memory (cp.async) BEFORE pdl_wait, so the weights
-//                  stream while the previous kernel drains; the rest through registers. kNorm fuses the RMSNorm
-//                  before the projection (fp32 normed input, the sums of squares accumulated in the same pass;
-//                  block 0 also writes the bf16 normed rows for the experts), saving a launch per norm.
-//   split_gemv<NT, kNorm>: the decode default for N <= 256 (the router): K split over a cluster of 8 blocks, the
-//                  partial dots summed in slice order through distributed shared memory.
-//   bf16_gemv<NT, U>, rmsnorm_bf16_gemv<NT>, rowblock_gemv<NT>: the previous decode kernels (weights loaded after
-//                  pdl_wait; kept as the variants the new ones are timed and checked against): warp per row with U
-//                  chunks per lane in flight, and one block per row for N <= 256.
+//                  stream while the previous kernel drains; the rest through registers. The block builds its fp32
+//                  input once in shared memory; kNorm fuses the RMSNorm before the projection (the block's sums of
+//                  squares scale the dots; block 0 also writes the bf16 normed rows for the experts), saving a
+//                  launch per norm.
+//   bf16_gemv<NT, U>, rmsnorm_bf16_gemv<NT>: the unstaged decode kernels (weights loaded after pdl_wait), the
+//                  default for batches and lm_head: warp per row with U chunks per lane in flight.
+//   rowblock_gemv<NT, kNorm>: few rows (N <= 256, the router): one block per row.
 //   bf16_gemm_mma: 64 x 128 x 32 block tiles, 4 warps of 32 x 64, mma.sync m16n8k16 bf16 with fp32 accumulators,
 //                  3-stage cp.async pipeline, rows padded by 16 bytes so ldmatrix is bank-conflict free. With x_lo
 //                  (the bf16 residual of an fp32 input) a second MMA per tile adds x_lo W^T: fp32-grade inputs at
 //                  twice the tensor work (used for the q/k/v and router projections, where routing near-ties
 //                  made bf16 inputs flip experts against the fp32 oracle).
-
-#include <cooperative_groups.h>
 
 #include <algorithm>
 #include <atomic>
@@ -263,101 +260,105 @@ __global__ void __launch_bounds__(256) rowblock_gemv(const uint16_t* __restrict_
   }
 }
 
-// One 16-byte W chunk (columns 8c .. 8c+7) against every token, in the same fma order as the kernels above (so the
-// staged kernels below give their bits): acc[t] += W . x[t] (x + x_lo when x_lo is set), or with kNorm
-// acc[t] += W . (nw * x[t]) and ss[t] += x[t]^2 over the fp32 rows nx (stride K).
-template <int NT, bool kNorm>
-__device__ __forceinline__ void dot_chunk(const uint4& wv, int c, const uint16_t* __restrict__ x,
-                                          const uint16_t* __restrict__ x_lo, int ldx, const float* __restrict__ nx,
-                                          const uint16_t* __restrict__ nw, int K, float* acc, float* ss) {
-  float wf[8];
-  unpack8(wv, wf);
-  if constexpr (kNorm) {
-    float nf[8];
-    unpack8(__ldg(reinterpret_cast<const uint4*>(nw) + c), nf);
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-      const float4* xp = reinterpret_cast<const float4*>(nx + size_t(t) * K) + 2 * c;
-      const float4 a = __ldg(xp), bq = __ldg(xp + 1);
-      const float xs[8] = {a.x, a.y, a.z, a.w, bq.x, bq.y, bq.z, bq.w};
-#pragma unroll
-      for (int i = 0; i < 8; i++) {
-        acc[t] = fmaf(wf[i], nf[i] * xs[i], acc[t]);
-        ss[t] = fmaf(xs[i], xs[i], ss[t]);
-      }
-    }
-  } else {
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-      float xf[8];
-      unpack8(__ldg(reinterpret_cast<const uint4*>(x + size_t(t) * ldx) + c), xf);
-      if (x_lo) {
-        float lf[8];
-        unpack8(__ldg(reinterpret_cast<const uint4*>(x_lo + size_t(t) * ldx) + c), lf);
-#pragma unroll
-        for (int i = 0; i < 8; i++) xf[i] += lf[i];
-      }
-#pragma unroll
-      for (int i = 0; i < 8; i++) acc[t] = fmaf(wf[i], xf[i], acc[t]);
-    }
-  }
-}
-
 // The decode GEMV with its weights in flight before pdl_wait (the PDL contract allows weight reads there): warp
 // per row as bf16_gemv / rmsnorm_bf16_gemv, but each lane first issues cp.async copies of its first S chunks
 // (c = lane + 32 j, j < S) into shared memory, so the previous kernel's drain overlaps this one's stream; shared
 // memory holds them at no register cost (the register-held 8 / 12 chunks lost occupancy, bench/cuda_notes.md).
 // The chunks past 32 S stream through registers U at a time, the first batch also issued before the wait (q/k/v at
-// S = 8: 8 + 4 chunks per lane, the whole 2880-wide row in flight before pdl_wait). Each lane consumes its chunks
-// in ascending order, as the unstaged kernels do (same bits).
+// S = 8: 8 + 4 chunks per lane, the whole 2880-wide row in flight before pdl_wait).
+// After the wait the block builds its input once in shared memory as fp32 (x, x + x_lo, or nw * x with kNorm),
+// each thread a few chunks, so the row loop has W as its only global stream and reads the input from shared
+// memory (the previous kernel's 8 warps each re-read x and nw from L1 per chunk and waited on them: 21 of 27
+// cycles per instruction, ncu). Each lane consumes its chunks in ascending order as the unstaged kernels do, and
+// the fp32 input values are the same, so the dots have the same bits; with kNorm the sums of squares now run once
+// per block in a fixed order of their own (each thread over its chunks c = tid + 256 i, then the warp's
+// butterfly, then warps 0..7 in order), so the norm scale may differ from the unstaged kernel's in the last bit.
+template <int NT, int S>
+constexpr int staged_min_blocks() {  // q/k/v (S = 8) at 5 blocks per SM, o (S = 12) at 3: the grid resident at once
+  return NT > 1 ? 1 : S <= 8 ? 5 : 3;
+}
 template <int NT, int S, bool kNorm>
-__global__ void __launch_bounds__(256) staged_gemv(const uint16_t* __restrict__ x, const uint16_t* __restrict__ x_lo,
-                                                   int ldx, const float* __restrict__ nx,
-                                                   const uint16_t* __restrict__ nw, float eps,
-                                                   uint16_t* __restrict__ norm_out, const uint16_t* __restrict__ W,
-                                                   const uint16_t* __restrict__ b, float* __restrict__ y, int ldy,
-                                                   int N, int K, bool accumulate) {
+__global__ void __launch_bounds__(256, (staged_min_blocks<NT, S>()))
+    staged_gemv(const uint16_t* __restrict__ x, const uint16_t* __restrict__ x_lo, int ldx,
+                const float* __restrict__ nx, const uint16_t* __restrict__ nw, float eps,
+                uint16_t* __restrict__ norm_out, const uint16_t* __restrict__ W, const uint16_t* __restrict__ b,
+                float* __restrict__ y, int ldy, int N, int K, bool accumulate) {
   constexpr int U = 4;
-  extern __shared__ uint4 staged[];  // [warp][S][32 lanes]: a lane reads back only what it copied
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int row = blockIdx.x * (blockDim.x >> 5) + warp;
+  extern __shared__ uint4 smem[];  // [warp][S][32 lanes] W chunks (a lane reads back only what it copied), then
+                                   // the input: float4 [NT][2 halves of a chunk][nchunks]
+  __shared__ float red[NT][8];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int row = blockIdx.x * 8 + warp;
   const bool active = row < N;
-  // Past N: a plain warp has nothing to do; a norm warp walks row 0 for the sums of squares block 0 needs.
-  if (!kNorm && !active) return;
   const uint4* w4 = reinterpret_cast<const uint4*>(W + size_t(active ? row : 0) * K);
   const int nchunks = K / 8;
-  uint4* mine = staged + warp * S * 32 + lane;
+  uint4* mine = smem + warp * S * 32 + lane;
+  float4* xs = reinterpret_cast<float4*>(smem + 8 * S * 32);
+  if (active) {
 #pragma unroll
-  for (int j = 0; j < S; j++)
-    if (j * 32 + lane < nchunks) cp_async16(mine + j * 32, w4 + j * 32 + lane, true);
+    for (int j = 0; j < S; j++)
+      if (j * 32 + lane < nchunks) cp_async16(mine + j * 32, w4 + j * 32 + lane, true);
+  }
   cp_async_commit();
   int c0 = 32 * S + lane;
   uint4 wv[U];
 #pragma unroll
-  for (int u = 0; u < U; u++) wv[u] = c0 + u * 32 < nchunks ? ld_stream16(w4 + c0 + u * 32) : make_uint4(0, 0, 0, 0);
+  for (int u = 0; u < U; u++)
+    wv[u] = active && c0 + u * 32 < nchunks ? ld_stream16(w4 + c0 + u * 32) : make_uint4(0, 0, 0, 0);
   pdl_wait();
   pdl_trigger();
-  float acc[NT], ss[NT];
+
+  float ss[NT];
 #pragma unroll
-  for (int t = 0; t < NT; t++) acc[t] = ss[t] = 0.f;
-  cp_async_wait<0>();
+  for (int t = 0; t < NT; t++) ss[t] = 0.f;
+#pragma unroll 2
+  for (int c = tid; c < nchunks; c += 256) {
+    float nf[8];
+    if (kNorm) unpack8(__ldg(reinterpret_cast<const uint4*>(nw) + c), nf);
 #pragma unroll
-  for (int j = 0; j < S; j++)
-    if (j * 32 + lane < nchunks) dot_chunk<NT, kNorm>(mine[j * 32], j * 32 + lane, x, x_lo, ldx, nx, nw, K, acc, ss);
-  for (; c0 < nchunks; c0 += 32 * U) {
+    for (int t = 0; t < NT; t++) {
+      float v[8];
+      if (kNorm) {
+        const float4* xp = reinterpret_cast<const float4*>(nx + size_t(t) * K) + 2 * c;
+        const float4 a = __ldg(xp), bq = __ldg(xp + 1);
+        const float xv[8] = {a.x, a.y, a.z, a.w, bq.x, bq.y, bq.z, bq.w};
 #pragma unroll
-    for (int u = 0; u < U; u++)
-      if (c0 + u * 32 < nchunks) dot_chunk<NT, kNorm>(wv[u], c0 + u * 32, x, x_lo, ldx, nx, nw, K, acc, ss);
-    const int next = c0 + 32 * U;
+        for (int i = 0; i < 8; i++) {
+          ss[t] = fmaf(xv[i], xv[i], ss[t]);
+          v[i] = nf[i] * xv[i];
+        }
+      } else {
+        unpack8(__ldg(reinterpret_cast<const uint4*>(x + size_t(t) * ldx) + c), v);
+        if (x_lo) {
+          float lf[8];
+          unpack8(__ldg(reinterpret_cast<const uint4*>(x_lo + size_t(t) * ldx) + c), lf);
 #pragma unroll
-    for (int u = 0; u < U; u++)
-      if (next + u * 32 < nchunks) wv[u] = ld_stream16(w4 + next + u * 32);
+          for (int i = 0; i < 8; i++) v[i] += lf[i];
+        }
+      }
+      xs[(2 * t) * nchunks + c] = make_float4(v[0], v[1], v[2], v[3]);
+      xs[(2 * t + 1) * nchunks + c] = make_float4(v[4], v[5], v[6], v[7]);
+    }
   }
+  if (kNorm) {
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+      const float q = warp_sum(ss[t]);
+      if (lane == 0) red[t][warp] = q;
+    }
+  }
+  __syncthreads();
   float r[NT];
 #pragma unroll
-  for (int t = 0; t < NT; t++) r[t] = kNorm ? rsqrtf(warp_sum(ss[t]) / K + eps) : 1.f;
-  if (kNorm && norm_out && blockIdx.x == 0)  // every warp has the same r (same lanes, same order)
-    for (int e = threadIdx.x; e < NT * K; e += blockDim.x) {
+  for (int t = 0; t < NT; t++) {
+    float q = 0.f;
+    if (kNorm)
+#pragma unroll
+      for (int w = 0; w < 8; w++) q += red[t][w];
+    r[t] = kNorm ? rsqrtf(q / K + eps) : 1.f;
+  }
+  if (kNorm && norm_out && blockIdx.x == 0)
+    for (int e = tid; e < NT * K; e += blockDim.x) {
       float rt = r[0];
 #pragma unroll
       for (int t = 1; t < NT; t++)
@@ -365,6 +366,34 @@ __global__ void __launch_bounds__(256) staged_gemv(const uint16_t* __restrict__ 
       norm_out[e] = __bfloat16_as_ushort(__float2bfloat16(bf2f_bits(nw[e % K]) * (nx[e] * rt)));
     }
   if (!active) return;
+
+  float acc[NT];
+#pragma unroll
+  for (int t = 0; t < NT; t++) acc[t] = 0.f;
+  auto dot = [&](const uint4& wq, int c) {
+    float wf[8];
+    unpack8(wq, wf);
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+      const float4 a = xs[(2 * t) * nchunks + c], bq = xs[(2 * t + 1) * nchunks + c];
+      const float xv[8] = {a.x, a.y, a.z, a.w, bq.x, bq.y, bq.z, bq.w};
+#pragma unroll
+      for (int i = 0; i < 8; i++) acc[t] = fmaf(wf[i], xv[i], acc[t]);
+    }
+  };
+  cp_async_wait<0>();
+#pragma unroll
+  for (int j = 0; j < S; j++)
+    if (j * 32 + lane < nchunks) dot(mine[j * 32], j * 32 + lane);
+  for (; c0 < nchunks; c0 += 32 * U) {
+#pragma unroll
+    for (int u = 0; u < U; u++)
+      if (c0 + u * 32 < nchunks) dot(wv[u], c0 + u * 32);
+    const int next = c0 + 32 * U;
+#pragma unroll
+    for (int u = 0; u < U; u++)
+      if (next + u * 32 < nchunks) wv[u] = ld_stream16(w4 + next + u * 32);
+  }
   const float bias = b ? bf2f_bits(b[row]) : 0.f;
 #pragma unroll
   for (int t = 0; t < NT; t++) {
@@ -374,91 +403,6 @@ __global__ void __launch_bounds__(256) staged_gemv(const uint16_t* __restrict__ 
       *dst = (accumulate ? *dst : 0.f) + s + bias;
     }
   }
-}
-
-// Few output rows (the router, N <= 256) with K split over a cluster of kSplitK blocks: block (s, g) takes rows
-// 8g .. 8g+7 (a warp each) over the s-th K slice, so the 0.74 MB of a 128-expert router streams from 128 SMs, each
-// lane's one or two chunks issued before pdl_wait. The slices' partial dots (and, with kNorm, the slices' sums of
-// squares) meet in the rank-0 block through distributed shared memory, summed in slice order: deterministic, no
-// atomics, no workspace. With kNorm the row-group-0 blocks write their K slice of norm_out.
-constexpr int kSplitK = 8;  // portable cluster size
-template <int NT, bool kNorm>
-__global__ void __launch_bounds__(256) split_gemv(const uint16_t* __restrict__ x, const uint16_t* __restrict__ x_lo,
-                                                  int ldx, const float* __restrict__ nx,
-                                                  const uint16_t* __restrict__ nw, float eps,
-                                                  uint16_t* __restrict__ norm_out, const uint16_t* __restrict__ W,
-                                                  const uint16_t* __restrict__ b, float* __restrict__ y, int ldy,
-                                                  int N, int K, bool accumulate) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  __shared__ float part[NT][8];  // this slice's dot of each (token, row of the group)
-  __shared__ float sq[NT];       // this slice's sum of squares of each token (kNorm)
-  __shared__ float r_s[NT];
-  namespace cg = cooperative_groups;
-  cg::cluster_group cl = cg::this_cluster();
-  const int s = int(cl.block_rank());
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int row = blockIdx.y * 8 + warp;
-  const bool active = row < N;  // warp 0 always is: it carries the sums of squares
-  const int nchunks = K / 8, per = (nchunks + kSplitK - 1) / kSplitK;
-  const int c_begin = min(nchunks, s * per), c_end = min(nchunks, c_begin + per);
-  const uint4* w4 = reinterpret_cast<const uint4*>(W + size_t(active ? row : 0) * K);
-  uint4 wv[2];
-#pragma unroll
-  for (int j = 0; j < 2; j++) {
-    const int c = c_begin + j * 32 + lane;
-    wv[j] = active && c < c_end ? ld_stream16(w4 + c) : make_uint4(0, 0, 0, 0);
-  }
-  pdl_wait();
-  pdl_trigger();
-  float acc[NT], ss[NT];
-#pragma unroll
-  for (int t = 0; t < NT; t++) acc[t] = ss[t] = 0.f;
-  if (active) {
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-      const int c = c_begin + j * 32 + lane;
-      if (c < c_end) dot_chunk<NT, kNorm>(wv[j], c, x, x_lo, ldx, nx, nw, K, acc, ss);
-    }
-    for (int c = c_begin + 64 + lane; c < c_end; c += 32)
-      dot_chunk<NT, kNorm>(ld_stream16(w4 + c), c, x, x_lo, ldx, nx, nw, K, acc, ss);
-  }
-#pragma unroll
-  for (int t = 0; t < NT; t++) {
-    const float a = warp_sum(acc[t]);
-    const float q = kNorm ? warp_sum(ss[t]) : 0.f;
-    if (lane == 0) {
-      part[t][warp] = a;
-      if (warp == 0) sq[t] = q;
-    }
-  }
-  cl.sync();
-  const bool writes_norm = kNorm && norm_out && blockIdx.y == 0;
-  if (kNorm && tid < NT && (s == 0 || writes_norm)) {
-    float q = 0.f;
-    for (int k = 0; k < kSplitK; k++) q += cl.map_shared_rank(&sq[0], k)[tid];
-    r_s[tid] = rsqrtf(q / K + eps);
-  }
-  if (kNorm) __syncthreads();
-  if (s == 0 && tid < 8 * NT) {
-    const int w = tid & 7, t = tid >> 3, r = blockIdx.y * 8 + w;
-    if (r < N) {
-      float a = 0.f;
-      for (int k = 0; k < kSplitK; k++) a += cl.map_shared_rank(&part[0][0], k)[t * 8 + w];
-      if (kNorm) a *= r_s[t];
-      float* dst = y + size_t(t) * ldy + r;
-      *dst = (accumulate ? *dst : 0.f) + a + (b ? bf2f_bits(b[r]) : 0.f);
-    }
-  }
-  if (writes_norm)
-    for (int e = tid; e < NT * (c_end - c_begin) * 8; e += blockDim.x) {
-      const int t = e / ((c_end - c_begin) * 8), k = c_begin * 8 + e % ((c_end - c_begin) * 8);
-      norm_out[size_t(t) * K + k] =
-          __bfloat16_as_ushort(__float2bfloat16(bf2f_bits(nw[k]) * (nx[size_t(t) * K + k] * r_s[t])));
-    }
-  cl.sync();  // the rank-0 block reads the others' shared memory: keep it alive until then
-#else
-  __trap();  // launched only on sm_90+ (the launcher checks)
-#endif
 }
 
 constexpr int BM = 64, BN = 128, BK = 32, LDS = BK + 8, STAGES = 3;
@@ -577,26 +521,6 @@ __global__ void __launch_bounds__(128) bf16_gemm_mma(const uint16_t* __restrict_
       }
 }
 
-// Launches with a cluster of cluster_x blocks along x (and PDL when `pdl`).
-template <typename... KArgs, typename... Args>
-void launch_cluster(void (*kernel)(KArgs...), dim3 grid, dim3 block, int cluster_x, cudaStream_t stream, bool pdl,
-                    Args&&... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = cluster_x;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 2 : 1;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...));
-}
-
 int device_attr(cudaDeviceAttr a) {
   int dev = 0, v = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
@@ -604,37 +528,46 @@ int device_attr(cudaDeviceAttr a) {
   return v;
 }
 
-// The staged GEMV with S chunks per lane. Once per device: shared memory past 48 KB opted into, and the carveout
-// set to the most shared memory, so that blocks need no SM reconfiguration to sit beside a draining predecessor
-// that runs with the same carveout (an SM changes its L1 / shared split only when idle).
+// Dynamic shared memory of staged_gemv: the W chunks of 8 warps, then the fp32 input rows.
+size_t staged_bytes(int S, int T, int K) { return size_t(8) * S * 32 * 16 + size_t(T) * K * 4; }
+
+// The staged GEMV with S chunks per lane. Once per device: dynamic shared memory opted into up to the device's
+// limit, and the carveout set to the most shared memory, so that blocks need no SM reconfiguration to sit beside a
+// draining predecessor that runs with the same carveout (an SM changes its L1 / shared split only when idle).
 template <int NT, int S, bool kNorm>
 void launch_staged(const DenseParams& p, cudaStream_t s) {
-  constexpr int kWarps = 8, kBytes = kWarps * S * 32 * 16;
   auto* kernel = staged_gemv<NT, S, kNorm>;
+  const size_t bytes = staged_bytes(S, NT, p.K);
+  const int optin = device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+  HM_REQUIRE(bytes + sizeof(float) * NT * 8 <= size_t(optin), "dense (gemv_stage: the row does not fit)");
   static std::atomic<uint64_t> configured{0};  // one bit per device ordinal
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   const uint64_t bit = 1ull << (dev & 63);
   if (!(configured.load() & bit)) {
-    if (kBytes > 48 * 1024)
-      CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes));
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    optin - int(sizeof(float)) * NT * 8));
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                     int(cudaSharedmemCarveoutMaxShared)));
     configured |= bit;
   }
-  launch(kernel, dim3(ceil_div(p.N, kWarps)), dim3(32 * kWarps), kBytes, s, p.pdl, p.x, p.x_lo, p.ldx, p.norm_x,
-         p.norm_w, p.norm_eps, p.norm_out, p.W, p.b, p.y, p.ldy, p.N, p.K, p.accumulate);
+  launch(kernel, dim3(ceil_div(p.N, 8)), dim3(256), bytes, s, p.pdl, p.x, p.x_lo, p.ldx, p.norm_x, p.norm_w,
+         p.norm_eps, p.norm_out, p.W, p.b, p.y, p.ldy, p.N, p.K, p.accumulate);
 }
 
-// Chunks per lane to stage by shape: the most (whole rows at most) that keep every block of the grid resident at
-// once in ~200 KB of shared memory per SM (q/k/v 5120 x 2880: 640 blocks, 5 per SM -> 8; o 2880 x 4096: 360
-// blocks, 3 per SM -> 16); grids of many waves (lm_head) take 8.
+// Chunks per lane to stage by shape: single-token grids of at most 6 blocks per SM stage the most chunks (whole
+// rows at most) that keep every block resident at once (q/k/v 5120 x 2880: 640 blocks, 5 per SM -> 8; o
+// 2880 x 4096: 360 blocks, 3 per SM -> 12). Batches and grids of many waves (lm_head) run the unstaged kernel:
+// staging lost there on the H200 (HM_OP_BENCH, 2026-12-01: T = 8 q/k/v 54 vs 50 us, o 29-34 vs 25; lm_head at
+// T = 1 279 / 324 us at 4 / 8 chunks vs 256).
 int stage_for(const DenseParams& p) {
-  const int lane_chunks = ceil_div(p.K / 8, 32);
   const int per_sm = ceil_div(ceil_div(p.N, 8), device_attr(cudaDevAttrMultiProcessorCount));
-  int S = per_sm > 6 ? 8 : std::min(16, 200 * 1024 / (per_sm * 8 * 32 * 16));
-  S = std::min(S, lane_chunks);
-  return S >= 16 ? 16 : S >= 12 ? 12 : S >= 8 ? 8 : S >= 4 ? 4 : 0;
+  if (p.T != 1 || per_sm > 6) return 0;
+  const size_t sm_bytes = size_t(device_attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor));
+  const int lane_chunks = ceil_div(p.K / 8, 32);
+  for (int S : {16, 12, 8, 4})
+    if (S <= lane_chunks && per_sm * (staged_bytes(S, 1, p.K) + 32 + 1024) <= sm_bytes) return S;  // 1 KB per block
+  return 0;                                                                                        // reserved
 }
 
 template <int NT, bool kNorm>
@@ -664,14 +597,6 @@ void launch_gemv_rows(const DenseParams& p, cudaStream_t s) {
 
 template <int NT, bool kNorm>
 void launch_gemv_few(const DenseParams& p, cudaStream_t s) {
-  const int split = p.split_k >= 0 ? p.split_k : device_attr(cudaDevAttrComputeCapabilityMajor) >= 9 ? kSplitK : 1;
-  if (split == kSplitK) {
-    HM_REQUIRE(device_attr(cudaDevAttrComputeCapabilityMajor) >= 9, "dense (split_k needs sm_90)");
-    launch_cluster(split_gemv<NT, kNorm>, dim3(kSplitK, ceil_div(p.N, 8)), dim3(256), kSplitK, s, p.pdl, p.x, p.x_lo,
-                   p.ldx, p.norm_x, p.norm_w, p.norm_eps, p.norm_out, p.W, p.b, p.y, p.ldy, p.N, p.K, p.accumulate);
-    return;
-  }
-  HM_REQUIRE(split == 1, "dense (split_k is 1 or 8)");
   launch(rowblock_gemv<NT, kNorm>, dim3(p.N), dim3(256), 0, s, p.pdl, p.x, p.x_lo, p.ldx, p.norm_x, p.norm_w,
          p.norm_eps, p.norm_out, p.W, p.b, p.y, p.ldy, p.N, p.K, p.accumulate);
 }

@@ -1,6 +1,7 @@
 // Dense bf16 projections with bias: y[T, N] (+)= x[T, K] W^T + b, W bf16 [N, K] as stored in the checkpoint
 // (q/k/v/o projections, router, lm_head). Few tokens take the GEMV path (streams W once with 16-byte loads, every
-// token of the batch reuses each loaded chunk, the first chunks issued before the PDL wait); many tokens take the tensor-core path (mma.sync bf16, fp32 accumulate).
+// token of the batch reuses each loaded chunk; at one token the first chunks are issued before the PDL wait); many
+// tokens take the tensor-core path (mma.sync bf16, fp32 accumulate).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -27,11 +28,9 @@ struct DenseParams {
   bool accumulate = false;  // y += ... (residual add fused) instead of y = ...
   bool pdl = false;
   int force_path = 0;       // 0 = choose by T, 1 = GEMV, 2 = tensor cores (tests)
-  // GEMV variants for tests and timing; -1 picks by shape. gemv_stage (N > 256): chunks per lane copied to shared
-  // memory before pdl_wait, 4 / 8 / 12 / 16, or 0 for the unstaged kernel. split_k (N <= 256): 8 = K split over a
-  // cluster of 8 blocks (sm_90+), 1 = one block per row.
+  // GEMV variant for tests and timing (N > 256); -1 picks by shape: chunks per lane copied to shared memory before
+  // pdl_wait, 4 / 8 / 12 / 16, or 0 for the unstaged kernel.
   int gemv_stage = -1;
-  int split_k = -1;
 };
 // Tokens up to this count take the GEMV path.
 constexpr int kDenseGemvMaxTokens = 8;
