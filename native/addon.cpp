@@ -496,7 +496,6 @@ class StepRunner : public std::enable_shared_from_this<StepRunner> {
     results_.Release();
   }
 
-  // The token a row produced: the step's draw where the row was sampled in the step, else its argmax.
   // The runner thread: each countPrevious row's entries gain one occurrence of its previous-step token (its
   // count + 1, or a new entry in id order), so the backend sees the entries as if the host had known the token.
   static void count_previous(StepJob& job, const std::vector<int32_t>& prev_tokens) {
@@ -526,6 +525,7 @@ class StepRunner : public std::enable_shared_from_this<StepRunner> {
     job.bind_arrays();
   }
 
+  // The token a row produced: the step's draw where the row was sampled in the step, else its argmax.
   static void row_tokens(const hm::StepOutput& out, std::vector<int32_t>& tokens) {
     tokens.resize(out.num_rows);
     for (int r = 0; r < out.num_rows; r++)
@@ -685,7 +685,7 @@ Napi::Value NativeModel::Step(const Napi::CallbackInfo& info) {
       job->count_refs.push_back(job->prev_refs[k + 1]);
     }
     if (job->sample_entries.size() + job->count_refs.size() / 2 > size_t(hm::kMaxSampleEntries))
-      throw std::runtime_error("step: sampling entries with countPrevious's must number 0.." + std::to_string(hm::kMaxSampleEntries));
+      throw std::runtime_error("step: sampling entries, one more per countPrevious row, must number 0.." + std::to_string(hm::kMaxSampleEntries));
     job->bind_arrays();
     hm::validate_step(b, runner_->backend()->limits());
     runner_->last_rows = b.all_positions ? b.num_tokens : b.num_seqs;
