@@ -1,6 +1,7 @@
-// The step contract of src/native.ts on the CPU backend (tiny model): a step submitted before the one before it
-// resolved, its tokens named as "the previous step's row r", gives exactly what the unpipelined run gives; bad
-// references are clear errors at the call; close() lets the steps already accepted run.
+// The step contract of src/native.ts on the CPU backend (tiny model; two cases on CUDA too, with a GPU): a step
+// submitted before the one before it resolved, its tokens named as "the previous step's row r" (and counted in
+// its penalties with countPrevious), gives exactly what the unpipelined run gives; bad references are clear
+// errors at the call; close() lets the steps already accepted run.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GreedySequence, loadModel, type LoadedModel } from '../src/model/load.js';
 import { ensureTinyModel } from '../src/model/tiny.js';
@@ -81,7 +82,8 @@ describe('pipelined steps (previous-step tokens)', () => {
     }
   });
 
-  it('penalized draws count the token in flight (countPrevious): bit-identical to the host knowing it', async () => {
+  it.each(gpuCount() > 0 ? ['cpu', 'cuda'] : ['cpu'])('penalized draws count the token in flight (countPrevious): bit-identical to the host knowing it (%s)', async (backend) => {
+    const model = backend === 'cpu' ? cpuModel : await loadModel({ model: await ensureTinyModel(), backend: 'cuda', maxSeqs: 8, blockSize: 16, numBlocks: 64 });
     // logit_bias makes token 99 likely every step, the penalties take it back: the counts change the draws
     const params = { temperature: 0.8, seed: 21, logit_bias: { 99: 20 }, frequency_penalty: 2, presence_penalty: 1, repetition_penalty: 1.3, logprobs: true, top_logprobs: 3 };
     const mk = () => [0, 1].map((s) => new SequenceSampler(resolveSampling({ ...params, seed: 21 + s }, V, () => 0), PROMPT));
@@ -116,6 +118,7 @@ describe('pipelined steps (previous-step tokens)', () => {
       expect(Array.from(piped[i].sampled!)).toEqual(Array.from(plain[i].sampled!));
       expect(Array.from(piped[i].sampledLogit!)).toEqual(Array.from(plain[i].sampledLogit!));
     }
+    if (model !== cpuModel) model.close();
   });
 
   it('countPrevious on a row without a previous-step token, or not sampled, is a clear error', async () => {
