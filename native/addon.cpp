@@ -227,8 +227,9 @@ A typed_field(Fields& o, const char* key, size_t length) {
   return a;
 }
 
+// `count_previous` (a step's, not sampleLogits'): the rows' countPrevious flags, empty where none is given.
 void parse_sampling(const Napi::Value& v, size_t rows, std::vector<hm::SampleRow>& out,
-                    std::vector<hm::SampleEntry>& entries) {
+                    std::vector<hm::SampleEntry>& entries, std::vector<uint8_t>* count_previous) {
   Fields o(v, "step.sampling");
   auto mode = typed_field<Napi::Uint8Array, napi_uint8_array>(o, "mode", rows);
   auto temperature = typed_field<Napi::Float32Array, napi_float32_array>(o, "temperature", rows);
@@ -245,6 +246,11 @@ void parse_sampling(const Napi::Value& v, size_t rows, std::vector<hm::SampleRow
   auto bias = typed_field<Napi::Float32Array, napi_float32_array>(o, "entryBias", n);
   auto counts = typed_field<Napi::Int32Array, napi_int32_array>(o, "entryCounts", n);
   auto in_prompt = typed_field<Napi::Uint8Array, napi_uint8_array>(o, "entryInPrompt", n);
+  if (o.has("countPrevious")) {
+    if (!count_previous) throw std::runtime_error("sampleLogits: sampling.countPrevious names a previous step, and there is none");
+    auto flags = typed_field<Napi::Uint8Array, napi_uint8_array>(o, "countPrevious", rows);
+    count_previous->assign(flags.Data(), flags.Data() + rows);
+  }
   o.done();
   if (offsets[0] != 0 || size_t(offsets[rows]) != n)
     throw std::runtime_error("step.sampling.entryOffsets: must run from 0 to the number of entries");
@@ -281,7 +287,7 @@ Napi::Value SampleLogits(const Napi::CallbackInfo& info) {
     const size_t rows = logits.ElementLength() / size_t(vocab);
     std::vector<hm::SampleRow> p;
     std::vector<hm::SampleEntry> entries;
-    parse_sampling(info[2], rows, p, entries);
+    parse_sampling(info[2], rows, p, entries, nullptr);
     hm::StepBatch b;
     b.num_seqs = int(rows);
     b.sample_rows = p.data();
@@ -320,6 +326,7 @@ struct StepJob {
   std::vector<hm::SampleRow> sample_rows;
   std::vector<hm::SampleEntry> sample_entries;
   std::vector<int32_t> prev_refs;  // (token index, row of the previous step) pairs
+  std::vector<int32_t> count_refs;  // (sequence, row of the previous step) pairs: countPrevious (src/native.ts)
   hm::StepBatch batch;
   hm::StepOutput out;
   std::string error;
@@ -464,6 +471,7 @@ class StepRunner : public std::enable_shared_from_this<StepRunner> {
         job->error = "step: its previous-step tokens come from a step that failed";
       } else {
         for (size_t i = 0; i < job->prev_refs.size(); i += 2) job->tokens[job->prev_refs[i]] = prev_tokens[job->prev_refs[i + 1]];
+        if (!job->count_refs.empty()) count_previous(*job, prev_tokens);
         try {
           backend_->step(job->batch, job->out);
         } catch (const std::exception& e) {
@@ -486,6 +494,35 @@ class StepRunner : public std::enable_shared_from_this<StepRunner> {
     timer_.print();
     backend_.reset();
     results_.Release();
+  }
+
+  // The runner thread: each countPrevious row's entries gain one occurrence of its previous-step token (its
+  // count + 1, or a new entry in id order), so the backend sees the entries as if the host had known the token.
+  static void count_previous(StepJob& job, const std::vector<int32_t>& prev_tokens) {
+    std::vector<hm::SampleEntry> merged;
+    merged.reserve(job.sample_entries.size() + job.count_refs.size() / 2);
+    size_t next = 0;  // the next count_refs pair (sequences ascending)
+    for (int s = 0; s < int(job.sample_rows.size()); s++) {
+      hm::SampleRow& p = job.sample_rows[s];
+      const hm::SampleEntry* e = job.sample_entries.data() + p.entry_begin;
+      const hm::SampleEntry* end = job.sample_entries.data() + p.entry_end;
+      p.entry_begin = int32_t(merged.size());
+      if (next < job.count_refs.size() && job.count_refs[next] == s) {
+        const int32_t id = prev_tokens[job.count_refs[next + 1]];
+        next += 2;
+        for (; e < end && e->id < id; e++) merged.push_back(*e);
+        if (e < end && e->id == id) {
+          merged.push_back(*e++);
+          merged.back().count++;
+        } else {
+          merged.push_back({id, 0.f, 1, 0});
+        }
+      }
+      merged.insert(merged.end(), e, end);
+      p.entry_end = int32_t(merged.size());
+    }
+    job.sample_entries.swap(merged);
+    job.bind_arrays();
   }
 
   // The token a row produced: the step's draw where the row was sampled in the step, else its argmax.
@@ -611,7 +648,9 @@ Napi::Value NativeModel::Step(const Napi::CallbackInfo& info) {
     b.max_blocks_per_seq = in.integer("maxBlocksPerSeq");
     b.all_positions = in.flag_or("allPositions", false);
     b.top_k = in.integer_or("topK", 0);
-    if (in.has("sampling")) parse_sampling(in.get("sampling"), job->seq_lens.size(), job->sample_rows, job->sample_entries);
+    std::vector<uint8_t> count_previous;
+    if (in.has("sampling"))
+      parse_sampling(in.get("sampling"), job->seq_lens.size(), job->sample_rows, job->sample_entries, &count_previous);
     in.done();
     // The arrays' lengths (the batch itself is checked by validate_step).
     if (job->positions.size() != job->tokens.size()) throw std::runtime_error("step: positions and tokens differ in length");
@@ -633,6 +672,20 @@ Napi::Value NativeModel::Step(const Napi::CallbackInfo& info) {
       job->prev_refs.push_back(row);
       job->tokens[i] = 0;
     }
+    // countPrevious rows: a sampled 1-token sequence whose token is a previous-step token; room for the entry each
+    // adds at the start (validate_step checks the entries the host sent).
+    for (size_t s = 0, t = 0, k = 0; s < count_previous.size(); t += size_t(job->seq_lens[s]), s++) {
+      if (!count_previous[s]) continue;
+      while (k < job->prev_refs.size() && size_t(job->prev_refs[k]) < t) k += 2;  // prev_refs: token order
+      if (job->seq_lens[s] != 1 || k == job->prev_refs.size() || size_t(job->prev_refs[k]) != t)
+        throw std::runtime_error("step.sampling.countPrevious: sequence " + std::to_string(s) + " is flagged, but its token is not one previous-step token");
+      if (job->sample_rows[s].mode == hm::kSampleNone)
+        throw std::runtime_error("step.sampling.countPrevious: sequence " + std::to_string(s) + " is flagged, but it is not sampled in the step");
+      job->count_refs.push_back(int32_t(s));
+      job->count_refs.push_back(job->prev_refs[k + 1]);
+    }
+    if (job->sample_entries.size() + job->count_refs.size() / 2 > size_t(hm::kMaxSampleEntries))
+      throw std::runtime_error("step: sampling entries, one more per countPrevious row, must number 0.." + std::to_string(hm::kMaxSampleEntries));
     job->bind_arrays();
     hm::validate_step(b, runner_->backend()->limits());
     runner_->last_rows = b.all_positions ? b.num_tokens : b.num_seqs;

@@ -114,7 +114,8 @@ struct BackendInfo {
 // StepRunner), so the host can submit step N+1 while step N runs. A token of N+1 that the host does not know yet
 // is named as "the token step N produced for its output row r" (tokens[i] = -1 - r, src/native.ts); the addon
 // fills it in from N's output (sampled[r] where the row was sampled in the step, else argmax[r]) before calling
-// step(), so a backend always sees concrete token ids.
+// step(), and adds it to the entries of a row the host flagged (sampling.countPrevious: its output penalties count
+// it), so a backend always sees concrete token ids and ordinary entries.
 class Backend {
  public:
   virtual ~Backend() = default;

@@ -80,6 +80,13 @@ export interface NativeSampling {
   entryCounts: Int32Array;
   /** 1 = the token occurs in the prompt. */
   entryInPrompt: Uint8Array;
+  /**
+   * Per sequence, for a step submitted ahead: 1 = its one token is a previous-step token (tokens[i] = -1 - r)
+   * that counts as one more occurrence in its output, so the addon adds it to the sequence's entries when the step
+   * starts (that entry's count + 1, or a new entry in id order: no bias, count 1, not in the prompt). The backend
+   * then sees the entries the host would have sent had it known the token. Only for sampled sequences.
+   */
+  countPrevious?: Uint8Array;
 }
 
 export interface NativeStepOutput {

@@ -1,7 +1,11 @@
 // The engine's pipelined decode (a step submitted while the one before it runs, its tokens named as that step's
 // rows) against the unpipelined engine with the tiny model, on the CPU backend and (with a GPU) the CUDA one: the
-// same tokens and logprobs for greedy and seeded requests, the same ends (stop token, a stop the caller signals,
-// max_tokens, abort) with the extra token of a stopped sequence discarded, and every KV block free afterwards.
+// same tokens and logprobs for greedy, seeded and penalized requests, the same ends (stop token, a stop the caller
+// signals, max_tokens, abort) with the extra token of a stopped sequence discarded, and every KV block free after.
+// On the CPU everything is bit-identical. On CUDA tokens are, and logprobs agree to LOGPROB_TOL: a pipelined step
+// may hold one row more than its unpipelined twin (a stopped sequence's discarded token), and the default decode
+// kernels are not batch-invariant (docs/reproducibility.md), so a row's logits move by bf16 rounding with their
+// neighbours (seen: 1.5e-3, e.g. -6.0916 vs -6.0931).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine, type GenerationRequest } from '../src/engine/engine.js';
 import { loadModel, type LoadedModel } from '../src/model/load.js';
@@ -12,7 +16,10 @@ import { gpuCount } from './helpers/gpu.js';
 
 const V = 201088;
 const backends: ('cpu' | 'cuda')[] = gpuCount() > 0 ? ['cpu', 'cuda'] : ['cpu'];
+/** CUDA: about 7x the bf16 noise seen, far below the O(1) gap between the logprobs of different tokens. */
+const LOGPROB_TOL = 1e-2;
 let model: LoadedModel;
+let backend: 'cpu' | 'cuda';
 
 function engine(pipeline: boolean): Engine {
   const info = model.info();
@@ -77,13 +84,39 @@ async function compare(cases: Case[]): Promise<{ piped: Run[]; plain: Run[]; ahe
   expect(plainEngine.stats.aheadSteps).toBe(0);
   const pipedEngine = engine(true);
   const piped = await run(pipedEngine, cases);
-  expect(piped).toEqual(plain);
+  if (backend === 'cpu') expect(piped).toEqual(plain);
+  else expectClose(piped, plain);
   expect(pipedEngine.freeBlocks).toBe(model.info().numBlocks);
   return { piped, plain, ahead: pipedEngine.stats.aheadSteps };
 }
 
-describe.each(backends)('pipelined engine decode (%s backend, tiny model)', (backend) => {
+/**
+ * The same tokens and ends; logprobs, and top_logprobs rank by rank, within LOGPROB_TOL; a top_logprobs id the
+ * same unless its rank is a near-tie (within 2 LOGPROB_TOL of a neighbouring rank), where the noise may swap them.
+ */
+function expectClose(piped: Run[], plain: Run[]): void {
+  const ids = (runs: Run[]) => runs.map((r) => ({ finish: r.finish, tokens: r.tokens.map((t) => t.token) }));
+  expect(ids(piped)).toEqual(ids(plain));
+  let worst = 0;
+  piped.forEach((r, i) =>
+    r.tokens.forEach((t, j) => {
+      const u = plain[i].tokens[j];
+      worst = Math.max(worst, Math.abs((t.logprob ?? 0) - (u.logprob ?? 0)));
+      const top = u.topLogprobs ?? [];
+      expect(t.topLogprobs?.length ?? 0).toBe(top.length);
+      t.topLogprobs?.forEach((c, k) => {
+        worst = Math.max(worst, Math.abs(c.logprob - top[k].logprob));
+        const tie = [k - 1, k + 1].some((n) => n >= 0 && n < top.length && Math.abs(top[n].logprob - top[k].logprob) <= 2 * LOGPROB_TOL);
+        if (!tie) expect(c.token).toBe(top[k].token);
+      });
+    }),
+  );
+  expect(worst).toBeLessThanOrEqual(LOGPROB_TOL);
+}
+
+describe.each(backends)('pipelined engine decode (%s backend, tiny model)', (b) => {
   beforeAll(async () => {
+    backend = b;
     model = await loadModel({ model: await ensureTinyModel(), backend, maxSeqs: 8, blockSize: 16, numBlocks: 64 });
   }, 120_000);
   afterAll(() => model?.close());
@@ -116,8 +149,27 @@ describe.each(backends)('pipelined engine decode (%s backend, tiny model)', (bac
     ]);
   }, 120_000);
 
-  it('a request with output penalties is not pipelined (its step needs the token) and gives the same tokens', async () => {
-    const { ahead } = await compare([{ prompt: prompt(8, 8), p: { temperature: 0.9, seed: 3, presence_penalty: 0.5, repetition_penalty: 1.2 }, maxTokens: 6 }]);
-    expect(ahead).toBe(0);
+  it('requests with output penalties are pipelined (the token in flight counts) and give the same tokens', async () => {
+    const { plain, ahead } = await compare([
+      { prompt: prompt(8, 8), p: { temperature: 0.9, seed: 3, presence_penalty: 0.5, repetition_penalty: 1.2 }, maxTokens: 12 },
+      // greedy with a penalty: no entries before its first token (argmax), then the step counts it (device)
+      { prompt: prompt(6, 9), p: { temperature: 0, frequency_penalty: 1.5, logprobs: true, top_logprobs: 2 }, maxTokens: 12 },
+      { prompt: prompt(7, 10), p: { temperature: 1, seed: 4, frequency_penalty: 0.5, presence_penalty: 0.5, repetition_penalty: 1.1, logit_bias: { 99: 3 } }, maxTokens: 9, stopAfter: 7 },
+    ]);
+    expect(plain.map((r) => r.tokens.length)).toEqual([12, 12, 7]);
+    expect(ahead).toBeGreaterThan(8);
+  }, 120_000);
+
+  it('a greedy penalty changes the tokens, pipelined as unpipelined (the token in flight is counted)', async () => {
+    // A bias makes token 99 the greedy choice every step; the penalties take it back after a few occurrences, so
+    // a pipelined step that missed the count of the token in flight would pick 99 where the unpipelined one does not.
+    const bias = { 99: 20 };
+    const cases = [{ prompt: prompt(6, 11), p: { temperature: 0, logit_bias: bias, frequency_penalty: 2, presence_penalty: 2 }, maxTokens: 16 }];
+    const { plain } = await compare(cases);
+    const free = await run(engine(true), [{ ...cases[0], p: { temperature: 0, logit_bias: bias } }]);
+    expect(free[0].tokens.every((t) => t.token === 99)).toBe(true);
+    const n99 = plain[0].tokens.filter((t) => t.token === 99).length;
+    expect(n99).toBeGreaterThan(1);
+    expect(n99).toBeLessThan(16);
   }, 120_000);
 });

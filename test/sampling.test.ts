@@ -214,6 +214,9 @@ describe('plans', () => {
     for (const p of [{ temperature: 1 }, { top_p: 0.9 }, { temperature: 0, repetition_penalty: 1.2 }, { logit_bias: { '5': 3 } }])
       expect(newSampler(p, vocab, [1, 2], [], 0).plan().mode).toBe('device');
     expect(newSampler({ logprobs: true, top_logprobs: 7 }, vocab, [], [], 0).plan()).toEqual({ mode: 'device', topK: 7 });
+    // a step ahead: a greedy penalty has no entry yet, but the token in flight will be one (countPrevious)
+    const penalized = newSampler({ temperature: 0, frequency_penalty: 1 }, vocab, [1, 2], [], 0);
+    expect([penalized.plan().mode, penalized.plan(true).mode, s.plan(true).mode]).toEqual(['argmax', 'device', 'argmax']);
   });
   it('entries: the touched tokens by id, with bias, counts and the prompt flag', () => {
     const s = newSampler({ repetition_penalty: 1.1, frequency_penalty: 0.2, logit_bias: { '9': -2, '400': 1 } }, vocab, [7, 3, 7], [3, 500, 3], 0);

@@ -1,10 +1,12 @@
-// The step contract of src/native.ts on the CPU backend (tiny model): a step submitted before the one before it
-// resolved, its tokens named as "the previous step's row r", gives exactly what the unpipelined run gives; bad
-// references are clear errors at the call; close() lets the steps already accepted run.
+// The step contract of src/native.ts on the CPU backend (tiny model; two cases on CUDA too, with a GPU): a step
+// submitted before the one before it resolved, its tokens named as "the previous step's row r" (and counted in
+// its penalties with countPrevious), gives exactly what the unpipelined run gives; bad references are clear
+// errors at the call; close() lets the steps already accepted run.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GreedySequence, loadModel, type LoadedModel } from '../src/model/load.js';
 import { ensureTinyModel } from '../src/model/tiny.js';
-import type { NativeStepInput } from '../src/native.js';
+import { loadAddon, type NativeStepInput } from '../src/native.js';
+import { StepNoise } from '../src/sampling/rng.js';
 import { resolveSampling } from '../src/sampling/params.js';
 import { SequenceSampler } from '../src/sampling/sampler.js';
 import { gpuCount } from './helpers/gpu.js';
@@ -78,6 +80,60 @@ describe('pipelined steps (previous-step tokens)', () => {
       expect(Array.from(piped[i].topIds)).toEqual(Array.from(plain[i].topIds));
       expect(Array.from(piped[i].topLogits)).toEqual(Array.from(plain[i].topLogits));
     }
+  });
+
+  it.each(gpuCount() > 0 ? ['cpu', 'cuda'] : ['cpu'])('penalized draws count the token in flight (countPrevious): bit-identical to the host knowing it (%s)', async (backend) => {
+    const model = backend === 'cpu' ? cpuModel : await loadModel({ model: await ensureTinyModel(), backend: 'cuda', maxSeqs: 8, blockSize: 16, numBlocks: 64 });
+    // logit_bias makes token 99 likely every step, the penalties take it back: the counts change the draws
+    const params = { temperature: 0.8, seed: 21, logit_bias: { 99: 20 }, frequency_penalty: 2, presence_penalty: 1, repetition_penalty: 1.3, logprobs: true, top_logprobs: 3 };
+    const mk = () => [0, 1].map((s) => new SequenceSampler(resolveSampling({ ...params, seed: 21 + s }, V, () => 0), PROMPT));
+    const steps = 8;
+    const a = mk();
+    let out = await model.step(twoSeqs([...PROMPT, ...PROMPT], 0, a));
+    const plain = [out];
+    for (let i = 0; i < steps; i++) {
+      const toks = [out.sampled![0], out.sampled![1]];
+      a.forEach((s, j) => s.accept(toks[j]));
+      out = await model.step(twoSeqs(toks, PROMPT.length + i, a));
+      plain.push(out);
+    }
+    expect(plain.flatMap((o) => Array.from(o.sampled!)).filter((t) => t === 99).length).toBeGreaterThan(2);
+    // pipelined: step i + 1's entries hold the tokens up to step i - 1; step i's is counted by the addon
+    const b = mk();
+    const pending = [model.step(twoSeqs([...PROMPT, ...PROMPT], 0, b))];
+    for (let i = 0; i < steps; i++) {
+      if (i > 0) b.forEach((s, j) => s.accept(plain[i - 1].sampled![j]));
+      const input = twoSeqs([-1, -2], PROMPT.length + i, b);
+      input.sampling!.countPrevious = Uint8Array.of(1, 1);
+      // the noise of the step after step i's token (not accepted here)
+      b.forEach((s, j) => {
+        const noise = new StepNoise(s.params.seed, i + 1);
+        input.sampling!.noiseKeys[2 * j] = noise.k1;
+        input.sampling!.noiseKeys[2 * j + 1] = noise.k2;
+      });
+      pending.push(model.step(input));
+    }
+    const piped = await Promise.all(pending);
+    for (let i = 0; i <= steps; i++) {
+      expect(Array.from(piped[i].sampled!)).toEqual(Array.from(plain[i].sampled!));
+      expect(Array.from(piped[i].sampledLogit!)).toEqual(Array.from(plain[i].sampledLogit!));
+    }
+    if (model !== cpuModel) model.close();
+  });
+
+  it('countPrevious on a row without a previous-step token, or not sampled, is a clear error', async () => {
+    const s = new SequenceSampler(resolveSampling({ temperature: 1, seed: 1, presence_penalty: 1 }, V, () => 0), PROMPT);
+    await model.step(twoSeqs([...PROMPT, ...PROMPT], 0, [s, s]));
+    const known = twoSeqs([5, -2], PROMPT.length, [s, s]);
+    known.sampling!.countPrevious = Uint8Array.of(1, 0);
+    await expect(model.step(known)).rejects.toThrow(/countPrevious: sequence 0 is flagged, but its token is not one previous-step token/);
+    await model.step(twoSeqs([...PROMPT, ...PROMPT], 0, [s, s]));
+    const unsampled = twoSeqs([-1, -2], PROMPT.length, [s, s]);
+    unsampled.sampling!.countPrevious = Uint8Array.of(0, 1);
+    unsampled.sampling!.mode[1] = 0;
+    await expect(model.step(unsampled)).rejects.toThrow(/countPrevious: sequence 1 is flagged, but it is not sampled in the step/);
+    const sampling = { ...samplingOf([s]), countPrevious: Uint8Array.of(1) };
+    expect(() => loadAddon().sampleLogits(new Float32Array(V), V, sampling)).toThrow(/names a previous step, and there is none/);
   });
 
   it('bad references and arrays are clear errors at the call, and leave nothing to name', async () => {

@@ -137,13 +137,15 @@ struct StepProfiler {
 // HARMONIUM_PROFILE=2: where a step's wall time goes, with graphs and PDL as configured: GPU time of the launched
 // work (events around it), the addon's step call (plan to readback), and the host gap between one step's readback
 // and the next step's plan (JavaScript: sampling, scheduling, the N-API round trip). Printed when the backend is
-// freed. The gap is what batch-1 decode loses to the host on top of the GPU step.
+// freed. The gap is what batch-1 decode loses to the host on top of the GPU step. Inside the call, the host's work
+// before the step's work is enqueued (plan, upload, graph launch) and after its synchronisation (readback): with
+// the gap, what the GPU idles between two steps, and what enqueuing a step before the last is read back would hide.
 struct StepTimer {
   bool on = false;
   cudaEvent_t ev[2] = {nullptr, nullptr};
-  std::chrono::steady_clock::time_point t0, last_end;
+  std::chrono::steady_clock::time_point t0, t_launched, t_synced, last_end;
   bool have_last = false;
-  double gpu_ms = 0, call_ms = 0, gap_ms = 0;
+  double gpu_ms = 0, call_ms = 0, gap_ms = 0, before_ms = 0, after_ms = 0;
   int steps = 0, gaps = 0;
   void begin(cudaStream_t s) {
     if (!on) return;
@@ -159,7 +161,12 @@ struct StepTimer {
     CUDA_CHECK(cudaEventRecord(ev[0], s));
   }
   void launched(cudaStream_t s) {
-    if (on) CUDA_CHECK(cudaEventRecord(ev[1], s));
+    if (!on) return;
+    t_launched = std::chrono::steady_clock::now();
+    CUDA_CHECK(cudaEventRecord(ev[1], s));
+  }
+  void synced() {
+    if (on) t_synced = std::chrono::steady_clock::now();
   }
   void end() {  // after the step's stream synchronisation
     if (!on) return;
@@ -169,13 +176,18 @@ struct StepTimer {
     last_end = std::chrono::steady_clock::now();
     have_last = true;
     call_ms += std::chrono::duration<double, std::milli>(last_end - t0).count();
+    before_ms += std::chrono::duration<double, std::milli>(t_launched - t0).count();
+    after_ms += std::chrono::duration<double, std::milli>(last_end - t_synced).count();
     steps++;
   }
   ~StepTimer() {
     if (!on) return;
     if (steps)
-      std::fprintf(stderr, "[harmonium timing] steps %d: GPU %.3f ms, addon call %.3f ms, host gap %.3f ms per step\n",
-                   steps, gpu_ms / steps, call_ms / steps, gaps ? gap_ms / gaps : 0.0);
+      std::fprintf(stderr,
+                   "[harmonium timing] steps %d: GPU %.3f ms, addon call %.3f ms (host before the launch %.4f, after "
+                   "the sync %.4f), host gap %.3f ms per step\n",
+                   steps, gpu_ms / steps, call_ms / steps, before_ms / steps, after_ms / steps,
+                   gaps ? gap_ms / gaps : 0.0);
     for (cudaEvent_t e : ev)
       if (e) cudaEventDestroy(e);
   }
@@ -896,6 +908,7 @@ void CudaBackend::launch() {
 void CudaBackend::readback(StepOutput& out) {
   const StepPlan& p = plan_;
   CUDA_CHECK(cudaStreamSynchronize(stream_));
+  timer_.synced();
   CUDA_CHECK(cudaGetLastError());
   prof_.end(p.n_tiles == 0);
   const int rows = p.rows, k = p.top_k;

@@ -255,8 +255,8 @@ export class Engine {
   /**
    * The step after `running`, submitted before it resolves, when the device alone decides it: nothing waits for
    * admission, every running sequence samples in `running` from a plan whose draw is the step's own (argmax or
-   * device, without output penalties: their counts would need the token), and its next position has a block
-   * without preempting anyone. Then the unpipelined loop would schedule exactly this step. Else undefined.
+   * device; output penalties count the token still being drawn through countPrevious), and its next position has
+   * a block without preempting anyone. Then the unpipelined loop would schedule exactly this step. Else undefined.
    */
   private stepAhead(running: StepInFlight): StepInFlight | undefined {
     const seqs = this.scheduler.running;
@@ -269,8 +269,7 @@ export class Engine {
     for (const seq of seqs) {
       const r = rowOf.get(seq);
       const plan = r === undefined ? undefined : running.plans[r];
-      const p = seq.owner.req.sampling;
-      if (!plan || plan.mode === 'full' || p.repetitionPenalty !== 1 || p.frequencyPenalty !== 0 || p.presencePenalty !== 0) return undefined;
+      if (!plan || plan.mode === 'full') return undefined;
       const start = running.chunks[r!].start + running.chunks[r!].length;
       if (start + 1 > this.options.contextLength) return undefined;
       missing += seq.table.missingFor(start + 1);
@@ -278,23 +277,26 @@ export class Engine {
       prevRows.push(r!);
     }
     if (missing > this.pool.freeBlocks) return undefined;
-    const plans = this.plan(chunks);
+    const plans = this.plan(chunks, true);
     if (plans.some((plan) => plan!.mode === 'full')) return undefined;
     for (const c of chunks) c.seq.table.ensure(c.start + 1);
     this.stats.aheadSteps++;
     return this.submit(chunks, plans, prevRows);
   }
 
-  /** Each sampling chunk's plan; device draws beyond the step's entry buffer fall back to full logits. */
-  private plan(chunks: Chunk<Pending>[]): (SamplePlan | undefined)[] {
+  /**
+   * Each sampling chunk's plan; device draws beyond the step's entry buffer fall back to full logits. `ahead`: a
+   * step ahead, whose tokens are not accepted yet (a tracked one adds its entry in the step: countPrevious).
+   */
+  private plan(chunks: Chunk<Pending>[], ahead = false): (SamplePlan | undefined)[] {
     let entries = 0;
     const cap = this.options.maxSampleEntries ?? Infinity;
     return chunks.map((c) => {
       if (!c.samples) return undefined;
       const sampler = c.seq.owner.sampler;
-      const plan = sampler.plan();
+      const plan = sampler.plan(ahead);
       if (plan.mode !== 'device') return plan;
-      const n = sampler.entries().length;
+      const n = sampler.entries().length + (ahead && sampler.tracksOutput ? 1 : 0);
       if (entries + n > cap) return { ...plan, mode: 'full' };
       entries += n;
       return plan;
@@ -336,7 +338,8 @@ export class Engine {
         if (plan.mode === 'full') fullLogits[s] = 1;
         topK = Math.max(topK, plan.topK);
       }
-      sampling?.push(plan?.mode === 'device' ? c.seq.owner.sampler : undefined);
+      const sampler = plan?.mode === 'device' ? c.seq.owner.sampler : undefined;
+      sampling?.push(sampler, prevRows !== undefined && sampler?.tracksOutput === true);
     });
     const native = sampling?.finish();
     // A step ahead draws with the noise of the sampler's next step: one per accepted token (seq.generated), and

@@ -11,11 +11,12 @@ export class SamplingBatch {
   private readonly s: NativeSampling;
   private entries = 0;
   private row = 0;
+  private counted = false;
 
   /** `rows` sequences; `entries` at most (the sum of their entries().length). */
   constructor(rows: number, entries: number) {
-    // One buffer carved into the fourteen views (one allocation a step, not fourteen): 4-byte arrays first.
-    const buf = new ArrayBuffer(4 * (10 * rows + 1 + 3 * entries) + rows + entries);
+    // One buffer carved into the fifteen views (one allocation a step, not fifteen): 4-byte arrays first.
+    const buf = new ArrayBuffer(4 * (10 * rows + 1 + 3 * entries) + 2 * rows + entries);
     let at = 0;
     const take = <T>(make: (b: ArrayBuffer, offset: number, n: number) => T, n: number, size: number): T => {
       const a = make(buf, at, n);
@@ -39,11 +40,15 @@ export class SamplingBatch {
       entryCounts: i32(entries),
       mode: take((b, o, k) => new Uint8Array(b, o, k), rows, 1),
       entryInPrompt: take((b, o, k) => new Uint8Array(b, o, k), entries, 1),
+      countPrevious: take((b, o, k) => new Uint8Array(b, o, k), rows, 1),
     };
   }
 
-  /** The next row: sampled in the step from `sampler`'s state, or not sampled there (undefined). */
-  push(sampler: SequenceSampler | undefined): void {
+  /**
+   * The next row: sampled in the step from `sampler`'s state, or not sampled there (undefined). `countPrevious`:
+   * its input token is the previous step's row, not accepted yet, and counts in its entries (src/native.ts).
+   */
+  push(sampler: SequenceSampler | undefined, countPrevious = false): void {
     const s = this.s;
     const r = this.row++;
     if (sampler) {
@@ -66,16 +71,27 @@ export class SamplingBatch {
       s.entryCounts.set(t.counts.subarray(0, t.length), at);
       s.entryInPrompt.set(t.inPrompt.subarray(0, t.length), at);
       this.entries += t.length;
+      if (countPrevious) {
+        s.countPrevious![r] = 1;
+        this.counted = true;
+      }
     } else {
       s.mode[r] = MODE_NONE;
     }
     s.entryOffsets[r + 1] = this.entries;
   }
 
-  /** The arrays, once every row is pushed; entry arrays cut to what was used. */
+  /** The arrays, once every row is pushed; entry arrays cut to what was used, countPrevious where a row has it. */
   finish(): NativeSampling {
     const s = this.s;
     const n = this.entries;
-    return { ...s, entryIds: s.entryIds.subarray(0, n), entryBias: s.entryBias.subarray(0, n), entryCounts: s.entryCounts.subarray(0, n), entryInPrompt: s.entryInPrompt.subarray(0, n) };
+    return {
+      ...s,
+      entryIds: s.entryIds.subarray(0, n),
+      entryBias: s.entryBias.subarray(0, n),
+      entryCounts: s.entryCounts.subarray(0, n),
+      entryInPrompt: s.entryInPrompt.subarray(0, n),
+      countPrevious: this.counted ? s.countPrevious : undefined,
+    };
   }
 }

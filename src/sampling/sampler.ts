@@ -72,8 +72,8 @@ export interface TouchedTokens {
 
 export class SequenceSampler {
   readonly params: ResolvedSampling;
-  /** Output tokens change the entries (a penalty is on). */
-  private readonly tracksOutput: boolean;
+  /** Output tokens change the entries (a penalty is on): a step ahead counts its unknown token (countPrevious). */
+  readonly tracksOutput: boolean;
   private readonly touched: TouchedTokens;
   /** Tokens sampled so far (the step index of the noise). */
   step = 0;
@@ -103,10 +103,11 @@ export class SequenceSampler {
     return this.touched;
   }
 
-  plan(): SamplePlan {
+  /** `ahead`: for a step whose input token is not accepted yet (one more output token, an entry when tracked). */
+  plan(ahead = false): SamplePlan {
     const p = this.params;
     const topK = p.logprobs ? p.topLogprobs : 0;
-    if (p.greedy && this.touched.length === 0) return { mode: 'argmax', topK };
+    if (p.greedy && this.touched.length === 0 && !(ahead && this.tracksOutput)) return { mode: 'argmax', topK };
     return { mode: 'device', topK };
   }
 
