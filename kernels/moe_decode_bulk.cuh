@@ -84,8 +84,9 @@ __device__ __forceinline__ int bulk_row_of(int g, bool swz) {
   return swz ? (g & 4) | ((g & 1) << 1) | ((g >> 1) & 1) : g;
 }
 
-template <bool GATE_UP, int NCW, int NST, int MT>
-__global__ void __launch_bounds__((NCW + 1) * 32) moe_decode_bulk(DecodeArgs a) {
+// MINB: the blocks per SM the register budget must allow (a few more registers can cost a resident block).
+template <bool GATE_UP, int NCW, int NST, int MT, int MINB>
+__global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_decode_bulk(DecodeArgs a) {
   extern __shared__ __align__(128) uint8_t smem[];
   __shared__ DecodeRouting rt;
   const int rows = a.W.rows, K = a.W.K, kb = K >> 5, ntiles = rows >> 4, nchunks = (K + 127) >> 7;
@@ -159,7 +160,7 @@ __global__ void __launch_bounds__((NCW + 1) * 32) moe_decode_bulk(DecodeArgs a) 
     const int s = j % NST;
     int u, grp;
     item(j, u, grp);
-    const int mc = min(MT, ntiles - grp * MT);
+    const int mc = MT == 1 ? 1 : min(MT, ntiles - grp * MT);
     int xr;  // the activation row of token g for this expert, or -1
     if (GATE_UP) {
       xr = g < a.n ? g : -1;
@@ -170,7 +171,7 @@ __global__ void __launch_bounds__((NCW + 1) * 32) moe_decode_bulk(DecodeArgs a) 
     mbar_wait(&full[s], uint32_t(j / NST) & 1u);
     const uint8_t* st = smem + s * stage_bytes;
     const uint8_t* sc = st + MT * tile_bytes;
-#pragma unroll 2
+#pragma unroll(MT == 1 ? 2 : 1)  // (two chunks of MT >= 2 tiles spill registers)
     for (int c = warp; c < nchunks; c += NCW) {
       const int blk = c * 4 + t;
       const bool ok = blk < kb;
@@ -320,7 +321,7 @@ bool bulk_ok(const WMat& gu, const WMat& dn) {
 // nuniq_max: the most unique experts the routing can have (gate_up's grid covers them all).
 template <bool GATE_UP, typename C>
 void launch_bulk_kernel(const DecodeArgs& a, int nuniq_max, cudaStream_t stream, bool pdl) {
-  auto kern = moe_decode_bulk<GATE_UP, C::NCW, C::NST, C::MT>;
+  auto kern = moe_decode_bulk<GATE_UP, C::NCW, C::NST, C::MT, (C::BPS > 0 ? C::BPS : 1)>;
   const int threads = (C::NCW + 1) * 32;
   const size_t smem = bulk_smem_bytes(a.W.K, C::NCW, C::NST, C::MT);
   const int ngroups = ((a.W.rows >> 4) + C::MT - 1) / C::MT;
