@@ -85,7 +85,9 @@ __device__ __forceinline__ int bulk_row_of(int g, bool swz) {
 }
 
 // MINB: the blocks per SM the register budget must allow (a few more registers can cost a resident block).
-template <bool GATE_UP, int NCW, int NST, int MT, int MINB>
+// PROBE (bench/moe_playground only, wrong output): the weight bits go to the MMA undecoded, so the lab can time
+// the kernel without the E2M1 decode and the scale factors (how much of the time the decode costs).
+template <bool GATE_UP, int NCW, int NST, int MT, int MINB, bool PROBE>
 __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_decode_bulk(DecodeArgs a) {
   extern __shared__ __align__(128) uint8_t smem[];
   __shared__ DecodeRouting rt;
@@ -190,8 +192,16 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_decode_bulk(DecodeAr
         ra.s = ok ? sc[ra_row * kb + blk] : 127u;
         rb.s = ok ? sc[rb_row * kb + blk] : 127u;
         uint32_t pa[16], pb[16];
-        ra.decode(pa);
-        rb.decode(pb);
+        if constexpr (PROBE) {
+#pragma unroll
+          for (int i = 0; i < 16; i += 4) {
+            pa[i] = ra.q.x + ra.s, pa[i + 1] = ra.q.y, pa[i + 2] = ra.q.z, pa[i + 3] = ra.q.w;
+            pb[i] = rb.q.x + rb.s, pb[i + 1] = rb.q.y, pb[i + 2] = rb.q.z, pb[i + 3] = rb.q.w;
+          }
+        } else {
+          ra.decode(pa);
+          rb.decode(pb);
+        }
         mma_chunk(acc[m], pa, pb, px);
       }
     }
@@ -283,10 +293,12 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_decode_bulk(DecodeAr
 }
 
 // A configuration of the bulk kernels: NCW consumer warps, NST stages, at most BPS blocks per SM (0: as many as
-// fit), MT 16-row tiles per work item (sharing each chunk's activations). Chosen by bench/moe_playground.
-template <int NCW_, int NST_, int BPS_, int MT_>
+// fit), MT 16-row tiles per work item (sharing each chunk's activations). Chosen by bench/moe_playground
+// (PROBE: see moe_decode_bulk; the lab's timing probe only).
+template <int NCW_, int NST_, int BPS_, int MT_, bool PROBE_ = false>
 struct BulkCfg {
   static constexpr int NCW = NCW_, NST = NST_, BPS = BPS_, MT = MT_;
+  static constexpr bool PROBE = PROBE_;
 };
 
 // The device facts the launcher needs, read once per device.
@@ -321,7 +333,7 @@ bool bulk_ok(const WMat& gu, const WMat& dn) {
 // nuniq_max: the most unique experts the routing can have (gate_up's grid covers them all).
 template <bool GATE_UP, typename C>
 void launch_bulk_kernel(const DecodeArgs& a, int nuniq_max, cudaStream_t stream, bool pdl) {
-  auto kern = moe_decode_bulk<GATE_UP, C::NCW, C::NST, C::MT, (C::BPS > 0 ? C::BPS : 1)>;
+  auto kern = moe_decode_bulk<GATE_UP, C::NCW, C::NST, C::MT, (C::BPS > 0 ? C::BPS : 1), C::PROBE>;
   const int threads = (C::NCW + 1) * 32;
   const size_t smem = bulk_smem_bytes(a.W.K, C::NCW, C::NST, C::MT);
   const int ngroups = ((a.W.rows >> 4) + C::MT - 1) / C::MT;
