@@ -9,13 +9,15 @@
 //   decode  (n <= kMoeDecodeMaxTokens): two kernels (gate_up+SwiGLU, down+combine); only the selected experts'
 //           weights are read, each once, feeding mma.sync with the tokens as the 8-wide N dimension. Fixed grid,
 //           no host sync, no allocation: capturable in a CUDA graph (checked by bench/moe_playground).
-//           MXFP4 on sm_90+ (moe_decode_bulk.cuh): a persistent grid whose blocks pull whole 16-row tiles of an
+//           MXFP4 on sm_90+ (moe_decode_bulk.cuh): a persistent grid whose blocks pull runs of whole 16-row tiles of an
 //           expert (one contiguous 23 KB range of blocks + 1.4 KB of scales at H = 2880) with 1-D bulk copies into
 //           a ring of shared-memory stages completing on mbarriers, consumer warps splitting each tile's K. With
 //           `logits` the kernels also do the routing (router_topk_softmax's result, computed by every block), so
 //           the router's top-k launch disappears. PDL: gate_up sets up its barriers before pdl_wait(); down
-//           routes and starts its weight stream before pdl_wait(). Expected (not yet measured on the H200): about
-//           15-20 us per layer at one token (52.9 MB: 2.6-3.5 TB/s of the 4.56 TB/s measured stream read).
+//           routes and starts its weight stream before pdl_wait(). Measured on the H200 (2026-12-01, one tile per
+//           item, before the conflict-free rows): 37.0 us per layer at one token, graph + PDL (1.43 TB/s), the
+//           same as the register kernels; 205 vs 232 us at 8 tokens, E = 128. Issue-bound, not byte-bound
+//           (about 4.6 thread-instructions per weight; bench/moe_playground/NOTES.md, runs 6 and 7).
 //           Otherwise (bf16, older GPUs, MoePath::kDecodeRegs): the register-streaming kernels, 16-byte loads
 //           straight into registers. Measured on the H200 at one token, E = 128: 36.7 us per layer (graph + PDL,
 //           1.44 TB/s): each warp's chain of dependent loads, not the bytes, limits it (NOTES.md).

@@ -13,10 +13,14 @@
 // chunks (warp w: chunks w, w + NCW, ...; the A/B fragment layout of the register kernels, A read from the stage),
 // and the item's epilogue warp (a fixed function of the item's place in the block's sequence) sums the NCW
 // partials in warp order: the result does not depend on the grid, on timing or on which warp finishes first.
-//   gate_up: item = (unique expert u, 16-row tile); epilogue = bias + SwiGLU x routing weight -> act (bf16).
-//   down:    a block owns whole 16-row tiles and streams the tile of every selected expert in turn (items
-//            (tile, u = 0 .. nuniq-1)); the warps accumulate over u, the epilogue adds the weighted biases and
+// An item is a group of MT consecutive 16-row tiles of one expert (still one contiguous range): each chunk's
+// activations (4 global loads + 16 PRMTs per lane, the B fragments) are loaded once and used by all MT tiles.
+//   gate_up: item = (unique expert u, tile group); epilogue = bias + SwiGLU x routing weight -> act (bf16).
+//   down:    a block owns whole tile groups and streams the group of every selected expert in turn (items
+//            (group, u = 0 .. nuniq-1)); the warps accumulate over u, the epilogue adds the weighted biases and
 //            writes y once: the combine of the k experts stays in the accumulators (no atomics).
+// Shared memory without bank conflicts: each lane group reads its stage rows in the order of bulk_row_of, and
+// the partial sums are stored as one float4 per lane.
 // Barriers per stage: full (the producer's expect_tx + the copies), empty (every consumer lane has read it);
 // per reduction slot: red (every consumer lane has written its partial). A reduction slot r is reused NST
 // "last" items later, by which time the producer has refilled a stage only after the epilogue warp's read
@@ -63,25 +67,38 @@ __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t by
 #endif
 }
 
-// Shared-memory layout of a block (dynamic): NST stages, then 3 x NST mbarriers, then NST reduction slots.
-__host__ __device__ inline uint32_t bulk_stage_bytes(int K) {
-  return (uint32_t(16 * K / 2 + 16 * K / 32) + 127u) & ~127u;
+// Shared-memory layout of a block (dynamic): NST stages of MT 16-row tiles (blocks, then scales), NST
+// reduction slots (float4 per lane: conflict-free), then 3 x NST mbarriers.
+__host__ __device__ inline uint32_t bulk_stage_bytes(int K, int MT) {
+  return (uint32_t(MT * 16 * K / 2 + MT * 16 * K / 32) + 127u) & ~127u;
 }
-inline size_t bulk_smem_bytes(int K, int NCW, int NST) {
-  return size_t(NST) * bulk_stage_bytes(K) + 3 * NST * 8 + size_t(NST) * NCW * 32 * 4 * 4;
+inline size_t bulk_smem_bytes(int K, int NCW, int NST, int MT) {
+  return size_t(NST) * bulk_stage_bytes(K, MT) + size_t(NST) * MT * NCW * 32 * 16 + 3 * NST * 8;
 }
 
-template <bool GATE_UP, int NCW, int NST>
-__global__ void __launch_bounds__((NCW + 1) * 32) moe_decode_bulk(DecodeArgs a) {
+// The stage row a lane of group g reads as its MMA row g. A warp's 16-byte shared loads are served 8 lanes at
+// a time (rows g, g+1: 64 bytes each); they are conflict-free when those two rows start 64 bytes apart modulo
+// 128. Rows are kb * 16 bytes long; for kb = 2 (mod 4) (the real shapes: kb = 90, 1440-byte rows) that holds
+// for rows 2 apart, so the lanes of group g read row g with bits 0 and 1 swapped (0,2,1,3,4,6,5,7).
+__device__ __forceinline__ int bulk_row_of(int g, bool swz) {
+  return swz ? (g & 4) | ((g & 1) << 1) | ((g >> 1) & 1) : g;
+}
+
+// MINB: the blocks per SM the register budget must allow (a few more registers can cost a resident block).
+// PROBE (bench/moe_playground only, wrong output): the weight bits go to the MMA undecoded, so the lab can time
+// the kernel without the E2M1 decode and the scale factors (how much of the time the decode costs).
+template <bool GATE_UP, int NCW, int NST, int MT, int MINB, bool PROBE>
+__global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_decode_bulk(DecodeArgs a) {
   extern __shared__ __align__(128) uint8_t smem[];
   __shared__ DecodeRouting rt;
   const int rows = a.W.rows, K = a.W.K, kb = K >> 5, ntiles = rows >> 4, nchunks = (K + 127) >> 7;
-  const uint32_t blk_bytes = uint32_t(16 * kb * 16), sc_bytes = uint32_t(16 * kb);
-  const uint32_t stage_bytes = bulk_stage_bytes(K);
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem + NST * stage_bytes);
+  const int ngroups = (ntiles + MT - 1) / MT;  // an item = up to MT consecutive 16-row tiles of one expert
+  const uint32_t tile_bytes = uint32_t(16 * kb * 16), tile_sc = uint32_t(16 * kb);
+  const uint32_t stage_bytes = bulk_stage_bytes(K, MT);
+  float4(*red)[MT][NCW][32] = reinterpret_cast<float4(*)[MT][NCW][32]>(smem + NST * stage_bytes);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + NST * stage_bytes + size_t(NST) * MT * NCW * 32 * 16);
   uint64_t* empty = full + NST;
   uint64_t* redbar = empty + NST;
-  float(*red)[NCW][32][4] = reinterpret_cast<float(*)[NCW][32][4]>(redbar + NST);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (threadIdx.x == 0) {
     for (int s = 0; s < NST; s++) {
@@ -95,19 +112,19 @@ __global__ void __launch_bounds__((NCW + 1) * 32) moe_decode_bulk(DecodeArgs a) 
   build_routing(a, rt);     // (its __syncthreads also publishes the barrier init)
   if (GATE_UP) pdl_trigger();
 
-  // The block's item sequence j = 0 .. nitems-1 -> (unique expert slot u, tile, last item of its tile?).
+  // The block's item sequence j = 0 .. nitems-1 -> (unique expert slot u, tile group, last item of its group?).
   const int nu = rt.nuniq, G = gridDim.x, b = blockIdx.x;
-  const int nitems = GATE_UP ? (b < nu * ntiles ? (nu * ntiles - 1 - b) / G + 1 : 0)
-                             : (b < ntiles ? ((ntiles - 1 - b) / G + 1) * nu : 0);
-  auto item = [&](int j, int& u, int& tile) {
+  const int nitems = GATE_UP ? (b < nu * ngroups ? (nu * ngroups - 1 - b) / G + 1 : 0)
+                             : (b < ngroups ? ((ngroups - 1 - b) / G + 1) * nu : 0);
+  auto item = [&](int j, int& u, int& grp) {
     if (GATE_UP) {
       const int f = b + j * G;
-      u = f / ntiles;
-      tile = f - u * ntiles;
+      u = f / ngroups;
+      grp = f - u * ngroups;
     } else {
       const int q = j / nu;
       u = j - q * nu;
-      tile = b + q * G;
+      grp = b + q * G;
     }
   };
 
@@ -116,13 +133,14 @@ __global__ void __launch_bounds__((NCW + 1) * 32) moe_decode_bulk(DecodeArgs a) 
       for (int j = 0; j < nitems; j++) {
         const int s = j % NST;
         if (j >= NST) mbar_wait(&empty[s], uint32_t(j / NST - 1) & 1u);
-        int u, tile;
-        item(j, u, tile);
-        const size_t row0 = size_t(rt.uniq[u]) * rows + size_t(tile) * 16;
+        int u, grp;
+        item(j, u, grp);
+        const uint32_t mc = uint32_t(min(MT, ntiles - grp * MT));
+        const size_t row0 = size_t(rt.uniq[u]) * rows + size_t(grp) * MT * 16;
         uint8_t* st = smem + s * stage_bytes;
-        mbar_expect_tx(&full[s], blk_bytes + sc_bytes);
-        bulk_g2s(st, static_cast<const uint8_t*>(a.W.data) + row0 * kb * 16, blk_bytes, &full[s]);
-        bulk_g2s(st + blk_bytes, a.W.scales + row0 * kb, sc_bytes, &full[s]);
+        mbar_expect_tx(&full[s], mc * (tile_bytes + tile_sc));
+        bulk_g2s(st, static_cast<const uint8_t*>(a.W.data) + row0 * kb * 16, mc * tile_bytes, &full[s]);
+        bulk_g2s(st + MT * tile_bytes, a.W.scales + row0 * kb, mc * tile_sc, &full[s]);
       }
     }
     if (!GATE_UP) pdl_trigger();
@@ -134,12 +152,17 @@ __global__ void __launch_bounds__((NCW + 1) * 32) moe_decode_bulk(DecodeArgs a) 
   }
 
   const int g = lane >> 2, t = lane & 3;
-  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  const bool swz = (kb & 3) == 2;
+  const int pr = bulk_row_of(g, swz);  // this lane's stage rows: pr and pr + 8 of each tile
+  float acc[MT][4];
+#pragma unroll
+  for (int m = 0; m < MT; m++) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.f;
   int nlast = 0;  // "last" items done: picks the reduction slot and its barrier phase
   for (int j = 0; j < nitems; j++) {
     const int s = j % NST;
-    int u, tile;
-    item(j, u, tile);
+    int u, grp;
+    item(j, u, grp);
+    const int mc = MT == 1 ? 1 : min(MT, ntiles - grp * MT);
     int xr;  // the activation row of token g for this expert, or -1
     if (GATE_UP) {
       xr = g < a.n ? g : -1;
@@ -149,24 +172,38 @@ __global__ void __launch_bounds__((NCW + 1) * 32) moe_decode_bulk(DecodeArgs a) 
     }
     mbar_wait(&full[s], uint32_t(j / NST) & 1u);
     const uint8_t* st = smem + s * stage_bytes;
-    const uint8_t* sc = st + blk_bytes;
-#pragma unroll 2
+    const uint8_t* sc = st + MT * tile_bytes;
+#pragma unroll(MT == 1 ? 2 : 1)  // (two chunks of MT >= 2 tiles spill registers)
     for (int c = warp; c < nchunks; c += NCW) {
       const int blk = c * 4 + t;
       const bool ok = blk < kb;
-      RowChunk<WFmt::kMxfp4> ra, rb;
-      ra.q = ok ? *reinterpret_cast<const uint4*>(st + (g * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
-      rb.q = ok ? *reinterpret_cast<const uint4*>(st + ((g + 8) * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
-      ra.s = ok ? sc[g * kb + blk] : 127u;
-      rb.s = ok ? sc[(g + 8) * kb + blk] : 127u;
+      // The activations (B fragments) of this chunk: loaded and permuted once, used by all MT tiles.
       uint32_t px[16];
       const uint4* src = reinterpret_cast<const uint4*>(a.x + size_t(xr) * a.ldx + blk * 32);
 #pragma unroll
       for (int q = 0; q < 4; q++) perm8(ok && xr >= 0 ? __ldg(src + q) : make_uint4(0, 0, 0, 0), px + 4 * q);
-      uint32_t pa[16], pb[16];
-      ra.decode(pa);
-      rb.decode(pb);
-      mma_chunk(acc, pa, pb, px);
+#pragma unroll
+      for (int m = 0; m < MT; m++) {
+        if (m >= mc) break;
+        const int ra_row = m * 16 + pr, rb_row = ra_row + 8;
+        RowChunk<WFmt::kMxfp4> ra, rb;
+        ra.q = ok ? *reinterpret_cast<const uint4*>(st + (ra_row * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
+        rb.q = ok ? *reinterpret_cast<const uint4*>(st + (rb_row * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
+        ra.s = ok ? sc[ra_row * kb + blk] : 127u;
+        rb.s = ok ? sc[rb_row * kb + blk] : 127u;
+        uint32_t pa[16], pb[16];
+        if constexpr (PROBE) {
+#pragma unroll
+          for (int i = 0; i < 16; i += 4) {
+            pa[i] = ra.q.x + ra.s, pa[i + 1] = ra.q.y, pa[i + 2] = ra.q.z, pa[i + 3] = ra.q.w;
+            pb[i] = rb.q.x + rb.s, pb[i + 1] = rb.q.y, pb[i + 2] = rb.q.z, pb[i + 3] = rb.q.w;
+          }
+        } else {
+          ra.decode(pa);
+          rb.decode(pb);
+        }
+        mma_chunk(acc[m], pa, pb, px);
+      }
     }
     const bool last = GATE_UP || u == nu - 1;
     if (!last) {
@@ -175,78 +212,93 @@ __global__ void __launch_bounds__((NCW + 1) * 32) moe_decode_bulk(DecodeArgs a) 
     }
     const int r = nlast % NST;
     const uint32_t rphase = uint32_t(nlast / NST) & 1u;
-    const int ew = nlast % NCW;  // the epilogue warp of this tile
+    const int ew = nlast % NCW;  // the epilogue warp of this group
     nlast++;
 #pragma unroll
-    for (int i = 0; i < 4; i++) red[r][warp][lane][i] = acc[i];
+    for (int m = 0; m < MT; m++) red[r][m][warp][lane] = make_float4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
     mbar_arrive(&redbar[r]);
     if (warp != ew) {
       mbar_arrive(&empty[s]);
 #pragma unroll
-      for (int i = 0; i < 4; i++) acc[i] = 0.f;
+      for (int m = 0; m < MT; m++) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.f;
       continue;
     }
     mbar_wait(&redbar[r], rphase);
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-      float v = 0.f;
+    for (int m = 0; m < MT; m++) {
+      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-      for (int q = 0; q < NCW; q++) v += red[r][q][lane][i];
-      acc[i] = v;
+      for (int q = 0; q < NCW; q++) {
+        const float4 p = red[r][m][q][lane];
+        v.x += p.x;
+        v.y += p.y;
+        v.z += p.z;
+        v.w += p.w;
+      }
+      acc[m][0] = v.x;
+      acc[m][1] = v.y;
+      acc[m][2] = v.z;
+      acc[m][3] = v.w;
     }
     mbar_arrive(&empty[s]);
-    const int r0 = tile * 16;
-    // acc: [0] (row g, token 2t) [1] (row g, token 2t+1) [2] (row g+8, token 2t) [3] (row g+8, token 2t+1).
-    if (GATE_UP) {
-      // Rows alternate gate/up, so lane g^1 (lane ^ 4) holds the partner row.
-      const int e = rt.uniq[u], I = rows >> 1;
-      float partner[4];
 #pragma unroll
-      for (int i = 0; i < 4; i++) partner[i] = __shfl_xor_sync(0xffffffffu, acc[i], 4);
-      if (!(g & 1)) {
+    for (int m = 0; m < MT; m++) {
+      if (m >= mc) break;
+      const int r0 = (grp * MT + m) * 16;
+      // acc[m]: [0] (row pr, token 2t) [1] (row pr, token 2t+1) [2] (row pr+8, token 2t) [3] (row pr+8, 2t+1).
+      if (GATE_UP) {
+        // Rows alternate gate/up: the partner row pr ^ 1 is in lane group g ^ 1 (g ^ 2 with the swapped rows).
+        const int e = rt.uniq[u], I = rows >> 1;
+        float partner[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) partner[i] = __shfl_xor_sync(0xffffffffu, acc[m][i], swz ? 8 : 4);
+        if (!(pr & 1)) {
+#pragma unroll
+          for (int h = 0; h < 2; h++) {
+            const int row = r0 + pr + 8 * h;
+            const float bg = bf2f_bits(a.W.bias[size_t(e) * rows + row]);
+            const float bu = bf2f_bits(a.W.bias[size_t(e) * rows + row + 1]);
+#pragma unroll
+            for (int q = 0; q < 2; q++) {
+              const int tok = 2 * t + q;
+              const int slot = tok < a.n ? rt.slot[u][tok] : -1;
+              if (slot < 0) continue;
+              const float gate = acc[m][2 * h + q] * kTwoPow63 + bg;
+              const float up = partner[2 * h + q] * kTwoPow63 + bu;
+              const float v = swiglu1(gate, up, a.limit) * rt.w[tok * a.k + slot];
+              a.act[size_t(tok * a.k + slot) * I + (row >> 1)] = f2bf_bits(v);
+            }
+          }
+        }
+      } else {
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-          const int row = r0 + g + 8 * h;
-          const float bg = bf2f_bits(a.W.bias[size_t(e) * rows + row]);
-          const float bu = bf2f_bits(a.W.bias[size_t(e) * rows + row + 1]);
+          const int row = r0 + pr + 8 * h;
 #pragma unroll
           for (int q = 0; q < 2; q++) {
             const int tok = 2 * t + q;
-            const int slot = tok < a.n ? rt.slot[u][tok] : -1;
-            if (slot < 0) continue;
-            const float gate = acc[2 * h + q] * kTwoPow63 + bg;
-            const float up = partner[2 * h + q] * kTwoPow63 + bu;
-            const float v = swiglu1(gate, up, a.limit) * rt.w[tok * a.k + slot];
-            a.act[size_t(tok * a.k + slot) * I + (row >> 1)] = f2bf_bits(v);
+            if (tok >= a.n) continue;
+            float v = acc[m][2 * h + q] * kTwoPow63;
+            for (int jj = 0; jj < a.k; jj++)
+              v += rt.w[tok * a.k + jj] * bf2f_bits(a.W.bias[size_t(rt.ids[tok * a.k + jj]) * rows + row]);
+            float* dst = a.y + size_t(tok) * a.ldy + row;
+            *dst = a.accumulate ? *dst + v : v;
           }
-        }
-      }
-    } else {
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        const int row = r0 + g + 8 * h;
-#pragma unroll
-        for (int q = 0; q < 2; q++) {
-          const int tok = 2 * t + q;
-          if (tok >= a.n) continue;
-          float v = acc[2 * h + q] * kTwoPow63;
-          for (int jj = 0; jj < a.k; jj++)
-            v += rt.w[tok * a.k + jj] * bf2f_bits(a.W.bias[size_t(rt.ids[tok * a.k + jj]) * rows + row]);
-          float* dst = a.y + size_t(tok) * a.ldy + row;
-          *dst = a.accumulate ? *dst + v : v;
         }
       }
     }
 #pragma unroll
-    for (int i = 0; i < 4; i++) acc[i] = 0.f;
+    for (int m = 0; m < MT; m++) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.f;
   }
 }
 
 // A configuration of the bulk kernels: NCW consumer warps, NST stages, at most BPS blocks per SM (0: as many as
-// fit). Chosen by bench/moe_playground.
-template <int NCW_, int NST_, int BPS_>
+// fit), MT 16-row tiles per work item (sharing each chunk's activations). Chosen by bench/moe_playground
+// (PROBE: see moe_decode_bulk; the lab's timing probe only).
+template <int NCW_, int NST_, int BPS_, int MT_, bool PROBE_ = false>
 struct BulkCfg {
-  static constexpr int NCW = NCW_, NST = NST_, BPS = BPS_;
+  static constexpr int NCW = NCW_, NST = NST_, BPS = BPS_, MT = MT_;
+  static constexpr bool PROBE = PROBE_;
 };
 
 // The device facts the launcher needs, read once per device.
@@ -274,15 +326,18 @@ bool bulk_ok(const WMat& gu, const WMat& dn) {
   const BulkDevice& d = bulk_device();
   return d.major >= 9 && reinterpret_cast<uintptr_t>(gu.scales) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(dn.scales) % 16 == 0 &&
-         bulk_smem_bytes(gu.K, Gu::NCW, Gu::NST) <= size_t(d.smem_optin) &&
-         bulk_smem_bytes(dn.K, Dn::NCW, Dn::NST) <= size_t(d.smem_optin);
+         bulk_smem_bytes(gu.K, Gu::NCW, Gu::NST, Gu::MT) <= size_t(d.smem_optin) &&
+         bulk_smem_bytes(dn.K, Dn::NCW, Dn::NST, Dn::MT) <= size_t(d.smem_optin);
 }
 
+// nuniq_max: the most unique experts the routing can have (gate_up's grid covers them all).
 template <bool GATE_UP, typename C>
-void launch_bulk_kernel(const DecodeArgs& a, int nwork, cudaStream_t stream, bool pdl) {
-  auto kern = moe_decode_bulk<GATE_UP, C::NCW, C::NST>;
+void launch_bulk_kernel(const DecodeArgs& a, int nuniq_max, cudaStream_t stream, bool pdl) {
+  auto kern = moe_decode_bulk<GATE_UP, C::NCW, C::NST, C::MT, (C::BPS > 0 ? C::BPS : 1), C::PROBE>;
   const int threads = (C::NCW + 1) * 32;
-  const size_t smem = bulk_smem_bytes(a.W.K, C::NCW, C::NST);
+  const size_t smem = bulk_smem_bytes(a.W.K, C::NCW, C::NST, C::MT);
+  const int ngroups = ((a.W.rows >> 4) + C::MT - 1) / C::MT;
+  const int nwork = GATE_UP ? nuniq_max * ngroups : ngroups;
   static int occ_K = -1, occ = 0;  // the occupancy for the last K seen (one model per process in practice)
   if (occ_K != a.W.K) {
     CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
@@ -301,13 +356,13 @@ void launch_decode_bulk(const MoeParams& p, const WMat& gu, const WMat& dn, cons
                p.logits,    p.ld_logits,   p.ids_out, p.weights_out,  gu,   ws.act, p.y,        p.ldy,
                p.accumulate};
   const int nuniq_max = p.n * p.k < p.E ? p.n * p.k : p.E;
-  launch_bulk_kernel<true, Gu>(a, nuniq_max * (gu.rows >> 4), stream, p.pdl);
+  launch_bulk_kernel<true, Gu>(a, nuniq_max, stream, p.pdl);
   a.x = ws.act;
   a.ldx = p.I;
   a.W = dn;
   a.ids_out = nullptr;
   a.weights_out = nullptr;
-  launch_bulk_kernel<false, Dn>(a, dn.rows >> 4, stream, p.pdl);
+  launch_bulk_kernel<false, Dn>(a, nuniq_max, stream, p.pdl);
 }
 
 }  // namespace

@@ -699,9 +699,10 @@ using GuMxfp4 = DecodeCfg<2, 4, 1, 4>;
 using DnMxfp4 = DecodeCfg<1, 16, 1, 2>;
 using GuBf16 = DecodeCfg<4, 2, 1, 1>;
 using DnBf16 = DecodeCfg<1, 8, 1, 1>;
-// The bulk kernels (moe_decode_bulk.cuh): expected, not measured yet; bench/moe_playground times the variants.
-using GuBulk = BulkCfg<8, 3, 2>;
-using DnBulk = BulkCfg<8, 3, 2>;
+// The bulk kernels (moe_decode_bulk.cuh): B6 of the H200 lab run of 2026-12-01 (NOTES.md, run 6; one tile per
+// item): gate_up 24.9 us at one token (B5 24.2 but 134 vs 118 us at 8 tokens), down 17.2 us, E = 32.
+using GuBulk = BulkCfg<8, 2, 3, 1>;
+using DnBulk = BulkCfg<8, 2, 3, 1>;
 
 template <WFmt F, typename G, typename Dn>
 void launch_decode(const MoeParams& p, const WMat& gu, const WMat& dn, const Workspace& ws, cudaStream_t stream) {

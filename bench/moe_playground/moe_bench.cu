@@ -261,12 +261,12 @@ void bulk_variant(const char* name, const Layer& L, const Routing& R, const uint
     moe::DecodeArgs a{R.n,    L.E, L.k, 7.f, x, L.H, R.ids_of(i), R.w_of(i), nullptr, 0, nullptr, nullptr,
                       gu,     w.act, y, L.H, false};
     if (GATE_UP) {
-      moe::launch_bulk_kernel<true, C>(a, nu * (gu.rows >> 4), 0, false);
+      moe::launch_bulk_kernel<true, C>(a, nu, 0, false);
     } else {
       a.x = w.act;
       a.ldx = L.I;
       a.W = dn;
-      moe::launch_bulk_kernel<false, C>(a, dn.rows >> 4, 0, false);
+      moe::launch_bulk_kernel<false, C>(a, nu, 0, false);
     }
   };
   const float t = time_us(go);
@@ -276,9 +276,9 @@ void bulk_variant(const char* name, const Layer& L, const Routing& R, const uint
   const double err = GATE_UP ? nmse_bf16_dev(w.act, g_act_ref, size_t(R.n) * L.k * L.I)
                              : nmse_dev(y, g_y_ref, size_t(R.n) * L.H);
   const double b = bytes * (GATE_UP ? 2.0 / 3.0 : 1.0 / 3.0);
-  std::printf("  %-8s %-36s %7.1f us  %6.0f GB/s  (nmse vs launcher %.1e)\n", GATE_UP ? "gate_up" : "down", name, t,
-              b / t * 1e-3, err);
-  if (!(err <= 1e-5)) {
+  std::printf("  %-8s %-36s %7.1f us  %6.0f GB/s  (nmse vs launcher %.1e%s)\n", GATE_UP ? "gate_up" : "down", name, t,
+              b / t * 1e-3, err, C::PROBE ? ", probe: not checked" : "");
+  if (!C::PROBE && !(err <= 1e-5)) {
     std::fprintf(stderr, "moe_bench: bulk variant %s disagrees with the launcher (nmse %.2e)\n", name, err);
     std::exit(1);
   }
@@ -313,30 +313,34 @@ void decode_variants(const Layer& L, const Routing& R, const uint16_t* x, float*
   // activations prefetched with the weights (XP): both slower, removed (NOTES.md). Run 4 tried activations staged
   // in shared memory (no faster, removed) and the block shapes below with the division-free item loop.
   using moe::BulkCfg;
-  bulk_variant<true, BulkCfg<8, 3, 2>>("B1 NCW8 NST3 BPS2 (default)", L, R, x, y, ws, bytes);
-  bulk_variant<true, BulkCfg<4, 4, 2>>("B2 NCW4 NST4 BPS2", L, R, x, y, ws, bytes);
-  bulk_variant<true, BulkCfg<8, 4, 1>>("B3 NCW8 NST4 BPS1", L, R, x, y, ws, bytes);
-  bulk_variant<true, BulkCfg<8, 6, 1>>("B4 NCW8 NST6 BPS1", L, R, x, y, ws, bytes);
-  bulk_variant<true, BulkCfg<4, 2, 4>>("B5 NCW4 NST2 BPS4", L, R, x, y, ws, bytes);
-  bulk_variant<true, BulkCfg<8, 2, 3>>("B6 NCW8 NST2 BPS3", L, R, x, y, ws, bytes);
-  bulk_variant<true, BulkCfg<16, 6, 1>>("B7 NCW16 NST6 BPS1", L, R, x, y, ws, bytes);
-  bulk_variant<false, BulkCfg<8, 3, 2>>("B1 NCW8 NST3 BPS2 (default)", L, R, x, y, ws, bytes);
-  bulk_variant<false, BulkCfg<4, 4, 2>>("B2 NCW4 NST4 BPS2", L, R, x, y, ws, bytes);
-  bulk_variant<false, BulkCfg<8, 4, 1>>("B3 NCW8 NST4 BPS1", L, R, x, y, ws, bytes);
-  bulk_variant<false, BulkCfg<8, 6, 1>>("B4 NCW8 NST6 BPS1", L, R, x, y, ws, bytes);
-  bulk_variant<false, BulkCfg<4, 2, 4>>("B5 NCW4 NST2 BPS4", L, R, x, y, ws, bytes);
-  bulk_variant<false, BulkCfg<8, 2, 3>>("B6 NCW8 NST2 BPS3", L, R, x, y, ws, bytes);
-  bulk_variant<false, BulkCfg<16, 6, 1>>("B7 NCW16 NST6 BPS1", L, R, x, y, ws, bytes);
-  bulk_variant<false, BulkCfg<2, 2, 8>>("B8 NCW2 NST2 BPS8", L, R, x, y, ws, bytes);
+  // Run 6 (H200) lost clearly and removed: NCW4 NST4 BPS2, NCW8 NST4/NST6 BPS1, NCW16 NST6 BPS1, NCW2 NST2 BPS8.
+  // Run 7: MT tiles per item (one activation load per chunk for MT tiles), conflict-free rows, float4 reduction.
+  bulk_variant<true, BulkCfg<8, 2, 3, 1>>("B6 NCW8 NST2 BPS3 MT1 (default)", L, R, x, y, ws, bytes);
+  bulk_variant<true, BulkCfg<4, 2, 4, 1>>("B5 NCW4 NST2 BPS4 MT1", L, R, x, y, ws, bytes);
+  bulk_variant<true, BulkCfg<8, 3, 2, 1>>("B1 NCW8 NST3 BPS2 MT1", L, R, x, y, ws, bytes);
+  bulk_variant<true, BulkCfg<4, 2, 2, 2>>("B9 NCW4 NST2 BPS2 MT2", L, R, x, y, ws, bytes);
+  bulk_variant<true, BulkCfg<8, 2, 1, 2>>("B10 NCW8 NST2 BPS1 MT2", L, R, x, y, ws, bytes);
+  bulk_variant<true, BulkCfg<8, 3, 1, 2>>("B11 NCW8 NST3 BPS1 MT2", L, R, x, y, ws, bytes);
+  bulk_variant<true, BulkCfg<8, 2, 1, 4>>("B12 NCW8 NST2 BPS1 MT4", L, R, x, y, ws, bytes);
+  bulk_variant<false, BulkCfg<8, 2, 3, 1>>("B6 NCW8 NST2 BPS3 MT1 (default)", L, R, x, y, ws, bytes);
+  bulk_variant<false, BulkCfg<4, 2, 4, 1>>("B5 NCW4 NST2 BPS4 MT1", L, R, x, y, ws, bytes);
+  bulk_variant<false, BulkCfg<8, 3, 2, 1>>("B1 NCW8 NST3 BPS2 MT1", L, R, x, y, ws, bytes);
+  bulk_variant<false, BulkCfg<4, 2, 2, 2>>("B9 NCW4 NST2 BPS2 MT2", L, R, x, y, ws, bytes);
+  bulk_variant<false, BulkCfg<8, 2, 1, 2>>("B10 NCW8 NST2 BPS1 MT2", L, R, x, y, ws, bytes);
+  bulk_variant<false, BulkCfg<8, 3, 1, 2>>("B11 NCW8 NST3 BPS1 MT2", L, R, x, y, ws, bytes);
+  bulk_variant<false, BulkCfg<8, 2, 1, 4>>("B12 NCW8 NST2 BPS1 MT4", L, R, x, y, ws, bytes);
+  // Probes (wrong output, unchecked): the default and B9 without the E2M1 decode and scale factors.
+  bulk_variant<true, BulkCfg<8, 2, 3, 1, true>>("P6 = B6 without decode (probe)", L, R, x, y, ws, bytes);
+  bulk_variant<true, BulkCfg<4, 2, 2, 2, true>>("P9 = B9 without decode (probe)", L, R, x, y, ws, bytes);
+  bulk_variant<false, BulkCfg<8, 2, 3, 1, true>>("P6 = B6 without decode (probe)", L, R, x, y, ws, bytes);
+  bulk_variant<false, BulkCfg<4, 2, 2, 2, true>>("P9 = B9 without decode (probe)", L, R, x, y, ws, bytes);
   decode_variant<true, 2, 4, 1, 4>("G1 MT2 KS4 D1 MINB4 (regs default)", L, R, x, y, ws, bytes);
   decode_variant<true, 2, 2, 1, 8>("G2 MT2 KS2 D1 MINB8", L, R, x, y, ws, bytes);
   decode_variant<true, 4, 2, 1, 4>("G3 MT4 KS2 D1 MINB4", L, R, x, y, ws, bytes);
   decode_variant<true, 1, 4, 1, 8>("G4 MT1 KS4 D1 MINB8", L, R, x, y, ws, bytes);
   decode_variant<false, 1, 16, 1, 2>("D1 MT1 KS16 D1 MINB2 (regs default)", L, R, x, y, ws, bytes);
   decode_variant<false, 1, 8, 2, 2>("D2 MT1 KS8 D2 MINB2 (run-3 default)", L, R, x, y, ws, bytes);
-  decode_variant<false, 1, 16, 1, 3>("D3 MT1 KS16 D1 MINB3", L, R, x, y, ws, bytes);
   decode_variant<false, 1, 8, 1, 4>("D4 MT1 KS8 D1 MINB4", L, R, x, y, ws, bytes);
-  decode_variant<false, 1, 24, 1, 1>("D5 MT1 KS24 D1 MINB1", L, R, x, y, ws, bytes);
   cudaFree(g_act_ref);
   cudaFree(g_y_ref);
 }
