@@ -232,32 +232,41 @@ struct Pick {
   int keep_all;            // fewer survivors than the weight asked: keep them all
 };
 
-// Warp 0: the bucket of `hist` (descending) where the cumulative weight reaches `need` (nucleus: top_p of the
-// total, at level 0); lane L sums buckets L*per .. from the top.
+// The whole block (every thread calls it; `out` is read after a barrier): the bucket of `hist` (descending) where
+// the cumulative weight reaches `need` (nucleus: top_p of the total, at level 0). Thread t sums the `per` buckets
+// t*per .. from the top, a block scan of those sums finds the one thread whose run crosses `need`, and it walks its
+// run; in one warp with 64 buckets a lane (a stride that hit one shared bank), it was a serial tail of the pass.
 __device__ void pick_bucket(const u64* hist, int level, bool nucleus, float top_p, u64 need, uint32_t prefix,
                             uint32_t mask, Pick* out) {
-  const int lane = threadIdx.x & 31;
+  __shared__ u64 warp_sum[NT / 32];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int shift = level_shift(level);
   const uint32_t width = level_width(level);
-  const int nb = int(width) + 1, per = nb / 32;
-  u64 lane_sum = 0;
-  for (int j = 0; j < per; j++) lane_sum += hist[nb - 1 - (lane * per + j)];
-  u64 incl = lane_sum;
+  const int nb = int(width) + 1, per = nb / NT;  // 4 or 2
+  u64 mine = 0;
+  for (int j = 0; j < per; j++) mine += hist[nb - 1 - (tid * per + j)];
+  u64 incl = mine;
   for (int o = 1; o < 32; o <<= 1) {
     const u64 v = __shfl_up_sync(0xffffffffu, incl, o);
     if (lane >= o) incl += v;
   }
-  const u64 total = __shfl_sync(0xffffffffu, incl, 31);
+  if (lane == 31) warp_sum[warp] = incl;
+  __syncthreads();
+  u64 before = 0, total = 0;
+  for (int j = 0; j < NT / 32; j++) {
+    if (j < warp) before += warp_sum[j];
+    total += warp_sum[j];
+  }
+  incl += before;
+  const u64 excl = incl - mine;
   if (level == 0 && nucleus) need = u64(ceil(double(top_p) * double(total)));
-  const bool short_ = level == 0 && total < need;
-  const uint32_t ball = __ballot_sync(0xffffffffu, incl >= need);
-  const int first = short_ ? -1 : __ffs(ball) - 1;  // -1 past level 0: not reached (the level before guarantees it)
-  if (lane == 0) out->keep_all = first < 0;
-  if (lane == first) {
-    u64 cum = incl - lane_sum;
-    int bk = nb - 1 - (lane * per + per - 1);
+  const bool keep_all = total < need;  // past level 0 not reached: the level before guarantees it
+  if (tid == 0) out->keep_all = keep_all;
+  if (!keep_all && incl >= need && (tid == 0 || excl < need)) {  // the first thread whose run reaches need
+    u64 cum = excl;
+    int bk = nb - 1 - (tid * per + per - 1);
     for (int j = 0; j < per; j++) {
-      const int bi = nb - 1 - (lane * per + j);
+      const int bi = nb - 1 - (tid * per + j);
       if (cum + hist[bi] >= need) {
         bk = bi;
         break;
@@ -309,7 +318,7 @@ __global__ void __launch_bounds__(NT) sample_select(const float* __restrict__ lo
   __shared__ Pick pick;
   pdl_wait();
   pdl_trigger();
-  const int row = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int row = blockIdx.y, tid = threadIdx.x, lane = tid & 31;
   const SampleRow p = params[row];
   if (p.mode != kSampleDraw) return;
   StageState* sp = &w.state[row].st[stage];
@@ -358,7 +367,7 @@ __global__ void __launch_bounds__(NT) sample_select(const float* __restrict__ lo
     g[i] = 0;  // for the next pass
   }
   __syncthreads();
-  if (warp == 0) pick_bucket(hist, level, stage == 1, p.top_p, st.need, st.prefix, st.mask, &pick);
+  pick_bucket(hist, level, stage == 1, p.top_p, st.need, st.prefix, st.mask, &pick);
   __syncthreads();
   if (pick.keep_all) {
     if (tid == 0) {
@@ -497,7 +506,7 @@ __global__ void __launch_bounds__(NT) sample_gumbel(const float* __restrict__ lo
           atomicAdd(&hist[(key >> shift) & width], mass_q(s_rel(key_float(key), amax, p.inv_temperature)));
       }
       __syncthreads();
-      if (warp == 0) pick_bucket(hist, level, true, p.top_p, need, prefix, mask, &pick);
+      pick_bucket(hist, level, true, p.top_p, need, prefix, mask, &pick);
       __syncthreads();
       keep_all = pick.keep_all;
       need = pick.need, at_w = pick.at, prefix = pick.prefix, mask = pick.mask;
