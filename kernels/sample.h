@@ -19,6 +19,7 @@ enum SampleStage : int {
   kStageTopK = 4,
   kStageTopP = 8,
   kStageDraw = 16,
+  kStageGreedy = 32,  // some row is sampled greedily
 };
 int sample_stages(const SampleRow* rows, int n);
 
@@ -33,8 +34,15 @@ struct SampleRowsParams {
   void* workspace = nullptr;           // sample_workspace_bytes(rows)
   size_t workspace_bytes = 0;
   int stages = 0;                      // sample_stages() of the rows
+  // [rows] narrow_logits' argmax of these logits (optional): where no row has entries or is greedy, it stands for
+  // the max pass (one launch fewer); the same results.
+  const int32_t* argmax = nullptr;
   bool pdl = false;
   bool top_p_three_passes = false;     // the previous top_p select, three passes over the row (op benchmark, tests)
+  // Op benchmark variants (the result is the same): blocks a row (0: the default, at most 256), and the select
+  // histogram by one shared atomic a token instead of a warp's lanes of one bucket adding first.
+  int blocks_per_row = 0;
+  bool plain_hist = false;
 };
 size_t sample_workspace_bytes(int rows);
 void sample_rows(const SampleRowsParams& p, cudaStream_t stream);

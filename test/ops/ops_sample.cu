@@ -4,12 +4,15 @@
 //                    rows always), and its raw logit exactly; rows 1/3/64/256, V = 201088 and odd V, every
 //                    combination of the issue mixed in one batch, entries (bias, prompt, counts), tied logits.
 //                    The params column prints how many rows were compared and how many near-ties were skipped.
-//                    Also bit for bit against top_p's previous three select passes (top_p_three_passes).
+//                    Run as the engine does (narrow_logits' argmax given: no max pass where no row has entries
+//                    or is greedy); also bit for bit against the max pass, top_p's previous three select passes
+//                    and, up to 8 rows, the benchmark's variants (1, 32 and 256 blocks a row; an atomic a token).
 //   sample_flat      rows of equal logits: top_p's open bucket overflows the gumbel pass's list, ties at the cut.
 //   sample_batch     the same row alone and inside a batch of 64 rows of other parameters: the same token, bit
 //                    for bit (the device's own determinism, no margin rule).
 //   narrow_batch     narrow_logits of a row alone (top_k 0, 5) and inside 64 rows (top_k 5, 20, 50, and the
-//                    one-block-per-row variant's top-k): the same argmax, logsumexp bits and top-k ids and logits.
+//                    one-block-per-row variant's top-k) and 256 rows (top_k 20): the same argmax, logsumexp bits
+//                    and top-k ids and logits (64 x 50 and 256 x 20 take narrow_rows alone).
 // HM_OP_BENCH=1 times sample_rows per stage set, and narrow_logits per top_k (logprobs; also the one-block-per-row
 // variant), at V = 201088 (rows 1, 8, 64, 256).
 #include <cuda_runtime.h>
@@ -139,9 +142,25 @@ float time_us(Launch launch) {
   return ms * 1000 / iters;
 }
 
+// The row argmax narrow_logits gives (the engine hands it to sample_rows: SampleRowsParams::argmax).
+void narrow_argmax(const float* x, int rows, int V, int32_t* argmax) {
+  Buf<float> mx(rows), lse(rows);
+  Buf<char> ws(cuda::narrow_workspace_bytes(rows, V));
+  cuda::NarrowLogitsParams p;
+  p.logits = x, p.rows = rows, p.vocab = V, p.ld = V, p.argmax = argmax, p.max_logit = mx.p, p.logsumexp = lse.p;
+  p.workspace = ws.p, p.workspace_bytes = ws.n;
+  cuda::narrow_logits(p, nullptr);
+  S_CHECK(cudaDeviceSynchronize());
+}
+
+// How run_device calls sample_rows: by default as the engine does (narrow_logits' argmax given).
+struct Variant {
+  bool three_passes = false, max_pass = false, plain_hist = false;
+  int blocks_per_row = 0;
+};
+
 // Runs sample_rows on a batch; returns tokens and raw logits.
-void run_device(const Batch& b, int V, std::vector<int32_t>* token, std::vector<float>* logit,
-                bool top_p_three_passes = false) {
+void run_device(const Batch& b, int V, std::vector<int32_t>* token, std::vector<float>* logit, const Variant& v = {}) {
   const int rows = int(b.rows.size());
   Buf<float> x(b.x.size()), saved(std::max<size_t>(1, b.entries.size())), lg(rows);
   Buf<SampleRow> pr(rows);
@@ -152,11 +171,15 @@ void run_device(const Batch& b, int V, std::vector<int32_t>* token, std::vector<
   pr.put(b.rows.data(), rows);
   if (!b.entries.empty()) en.put(b.entries.data(), b.entries.size());
   S_CHECK(cudaMemset(tk.p, 0xff, rows * 4));
+  Buf<int32_t> am(rows);
+  narrow_argmax(x.p, rows, V, am.p);
   cuda::SampleRowsParams p;
   p.logits = x.p, p.rows = rows, p.vocab = V, p.ld = V, p.params = pr.p, p.entries = en.p, p.saved = saved.p;
   p.token = tk.p, p.raw_logit = lg.p, p.workspace = ws.p, p.workspace_bytes = ws.n;
   p.stages = cuda::sample_stages(b.rows.data(), rows);
-  p.top_p_three_passes = top_p_three_passes;
+  p.argmax = v.max_pass ? nullptr : am.p;
+  p.top_p_three_passes = v.three_passes;
+  p.blocks_per_row = v.blocks_per_row, p.plain_hist = v.plain_hist;
   cuda::sample_rows(p, nullptr);
   *token = tk.get();
   *logit = lg.get();
@@ -174,10 +197,16 @@ std::vector<Result> test_sample() {
       run_device(b, c.V, &tok, &lg);
       std::vector<int32_t> tok3;
       std::vector<float> lg3;
-      run_device(b, c.V, &tok3, &lg3, true);
       double mismatches = 0;
       int compared = 0, near = 0, diff3 = 0;
-      for (int r = 0; r < c.rows; r++) diff3 += tok3[r] != tok[r] || lg3[r] != lg[r];
+      // The previous paths (three top_p passes, the max pass) and, up to 8 rows, the benchmark's variants.
+      std::vector<Variant> variants = {Variant{true, true, false, 0}, Variant{false, true, false, 0}};
+      if (c.rows <= 8)
+        for (int blocks : {1, 32, 256}) variants.push_back(Variant{false, false, blocks == 256, blocks});
+      for (const Variant& v : variants) {
+        run_device(b, c.V, &tok3, &lg3, v);
+        for (int r = 0; r < c.rows; r++) diff3 += tok3[r] != tok[r] || lg3[r] != lg[r];
+      }
       mismatches += diff3;
       bool bad = false;
       std::string first;
@@ -202,7 +231,7 @@ std::vector<Result> test_sample() {
         }
       }
       char params[192];
-      std::snprintf(params, sizeof params, "rows=%d V=%d%s shift=%d cmp=%d near=%d 3pass-diff=%d", c.rows, c.V,
+      std::snprintf(params, sizeof params, "rows=%d V=%d%s shift=%d cmp=%d near=%d variant-diff=%d", c.rows, c.V,
                     c.ties ? " ties" : "", shift, compared, near, diff3);
       Result res;
       res.params = params + first;
@@ -235,7 +264,7 @@ std::vector<Result> test_sample_flat() {
     std::vector<int32_t> tok, tok3;
     std::vector<float> lg, lg3;
     run_device(b, V, &tok, &lg);
-    run_device(b, V, &tok3, &lg3, true);
+    run_device(b, V, &tok3, &lg3, Variant{true, true, false, 0});
     double bad = 0;
     int near = 0;
     for (int r = 0; r < rows; r++) {
@@ -309,19 +338,21 @@ Narrowed run_narrow(const float* x, int rows, int V, int k, bool one_block) {
 std::vector<Result> test_narrow_batch() {
   std::vector<Result> out;
   const int V = 201088, at = 17;
-  const std::vector<float> crowd = logits_of(64, V, 9090u, false);
+  const std::vector<float> crowd = logits_of(256, V, 9090u, false);
   const float* row = crowd.data() + size_t(at) * V;
   const Narrowed a0 = run_narrow(row, 1, V, 0, false), a5 = run_narrow(row, 1, V, 5, false);
-  struct Case { int k; bool one_block; };
-  for (const Case& c : {Case{5, false}, Case{20, false}, Case{50, false}, Case{20, true}}) {
-    const Narrowed b = run_narrow(crowd.data(), 64, V, c.k, c.one_block);
+  // rows * top_k >= 3200 takes narrow_rows alone (its statistics replayed in the split order), below the split passes.
+  struct Case { int rows, k; bool one_block; };
+  for (const Case& c : {Case{64, 5, false}, Case{64, 20, false}, Case{64, 50, false}, Case{256, 20, false},
+                        Case{64, 20, true}}) {
+    const Narrowed b = run_narrow(crowd.data(), c.rows, V, c.k, c.one_block);
     double bad = (b.argmax[at] != a0.argmax[0]) + (b.argmax[at] != a5.argmax[0]) + (a0.lse[0] != a5.lse[0]);
     if (!c.one_block) bad += b.lse[at] != a0.lse[0];  // the variant sums in another order: its own bits
     for (int i = 0; i < 5; i++)
       bad += (b.ids[size_t(at) * c.k + i] != a5.ids[i]) + (b.top[size_t(at) * c.k + i] != a5.top[i]);
     Result res;
-    res.params = "V=201088 row 17 of 64 (top_k " + std::to_string(c.k) + (c.one_block ? ", one block a row" : "") +
-                 ") vs alone (top_k 0, 5)";
+    res.params = "V=201088 row 17 of " + std::to_string(c.rows) + " (top_k " + std::to_string(c.k) +
+                 (c.one_block ? ", one block a row" : "") + ") vs alone (top_k 0, 5)";
     res.metric = "exact";
     res.error = bad;
     res.tolerance = 0;
@@ -357,13 +388,33 @@ std::vector<Result> bench_sample() {
       p.logits = x.p, p.rows = rows, p.vocab = V, p.ld = V, p.params = pr.p, p.entries = en.p, p.saved = saved.p;
       p.token = tk.p, p.raw_logit = lg.p, p.workspace = ws.p, p.workspace_bytes = ws.n;
       p.stages = cuda::sample_stages(b.rows.data(), rows);
+      Buf<int32_t> am(rows);
+      narrow_argmax(x.p, rows, V, am.p);
+      p.argmax = am.p;  // as the engine
       const float us = time_us([&] { cuda::sample_rows(p, nullptr); });
       static const char* names[] = {"t=1", "t=1 top_p=0.9", "t=0.7 top_k=50 min_p=0.05", "t=1 pen", "greedy+rep"};
       std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, names[c], p.stages, us);
       if (p.stages & cuda::kStageTopP) {
         p.top_p_three_passes = true;
+        p.argmax = nullptr;
         const float us3 = time_us([&] { cuda::sample_rows(p, nullptr); });
         std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, "  (previous: 3 top_p passes)", p.stages, us3);
+        p.top_p_three_passes = false;
+        const float usm = time_us([&] { cuda::sample_rows(p, nullptr); });
+        std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, "  (previous: the max pass)", p.stages, usm);
+        p.argmax = am.p;
+        // Variants (the same tokens): blocks a row, and the select histogram by one shared atomic a token.
+        struct Variant { int blocks; bool plain; };
+        for (const Variant& v : {Variant{0, true}, Variant{32, false}, Variant{64, false}, Variant{256, false}, Variant{256, true}}) {
+          if (rows > 8 && v.blocks) continue;
+          p.blocks_per_row = v.blocks, p.plain_hist = v.plain;
+          const float usv = time_us([&] { cuda::sample_rows(p, nullptr); });
+          char name[64];
+          std::snprintf(name, sizeof name, "  (%s%d blocks a row%s)", v.blocks ? "" : "default ", v.blocks,
+                        v.plain ? ", atomic a token" : "");
+          std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, name, p.stages, usv);
+        }
+        p.blocks_per_row = 0, p.plain_hist = false;
       }
     }
     for (int k : {0, 5, 20, 50, -20, -50}) {  // negative: the one-block-per-row variant (the previous kernel)
