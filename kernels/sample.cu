@@ -341,7 +341,7 @@ __device__ int tie_cut(const float* x, int vocab, uint32_t key, u64 n, Alive ali
 
 __global__ void __launch_bounds__(NT) sample_select(const float* __restrict__ logits, int vocab, int ld,
                                                     const SampleRow* __restrict__ params, Work w, int B, int stage, int level,
-                                                    bool plain_hist, const int32_t* __restrict__ argmax,
+                                                    bool match_hist, const int32_t* __restrict__ argmax,
                                                     int32_t* __restrict__ token, float* __restrict__ raw_logit) {
   __shared__ u64 hist[kSampleBuckets];
   __shared__ Pick pick;
@@ -369,8 +369,9 @@ __global__ void __launch_bounds__(NT) sample_select(const float* __restrict__ lo
   __syncthreads();
   int lo, hi;
   slice(vocab, B, &lo, &hi);
-  // Lanes of a warp that hit the same bucket add their weights first (flat rows put most tokens in a few level-0
-  // buckets): one 64-bit shared atomic per bucket per warp. Weights split in 22-bit halves for the 32-bit reduce.
+  // One shared atomic a token, except where the whole warp hits one bucket (flat rows crowd a few level-0 buckets):
+  // then one for the warp, the weights summed in 22-bit halves by the 32-bit reduce. The previous way (match_hist)
+  // added every bucket's lanes first: a match and two reduces per distinct bucket of the warp.
   for (int base = lo; base < hi; base += NT) {
     const int i = base + tid;
     uint32_t bucket = 0xffffffffu;
@@ -383,8 +384,17 @@ __global__ void __launch_bounds__(NT) sample_select(const float* __restrict__ lo
         wq = stage == 0 ? 1ull : mass_q(s_rel(a, amax, p.inv_temperature));
       }
     }
-    if (plain_hist) {
-      if (bucket != 0xffffffffu) atomicAdd(&hist[bucket], wq);
+    if (!match_hist) {
+      const uint32_t b0 = __shfl_sync(0xffffffffu, bucket, 0);
+      if (__all_sync(0xffffffffu, bucket == b0)) {
+        if (b0 != 0xffffffffu) {
+          const uint32_t lo_sum = __reduce_add_sync(0xffffffffu, uint32_t(wq & 0x3fffffu));
+          const uint32_t hi_sum = __reduce_add_sync(0xffffffffu, uint32_t(wq >> 22));
+          if (lane == 0) atomicAdd(&hist[b0], (u64(hi_sum) << 22) + lo_sum);
+        }
+      } else if (bucket != 0xffffffffu) {
+        atomicAdd(&hist[bucket], wq);
+      }
       continue;
     }
     const uint32_t peers = __match_any_sync(0xffffffffu, bucket);
@@ -631,7 +641,7 @@ void sample_rows(const SampleRowsParams& p, cudaStream_t stream) {
     const int levels = stage == 1 && !p.top_p_three_passes ? 1 : kSampleLevels;
     for (int level = 0; level < levels; level++) {
       launch(sample_select, grid, dim3(NT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, p.params, w, B, stage, level,
-             p.plain_hist, argmax, p.token, p.raw_logit);
+             p.match_hist, argmax, p.token, p.raw_logit);
       argmax = nullptr;  // the first pass stored the state
     }
   }

@@ -39,10 +39,10 @@ struct SampleRowsParams {
   const int32_t* argmax = nullptr;
   bool pdl = false;
   bool top_p_three_passes = false;     // the previous top_p select, three passes over the row (op benchmark, tests)
-  // Op benchmark variants (the result is the same): blocks a row (0: the default, at most 256), and the select
-  // histogram by one shared atomic a token instead of a warp's lanes of one bucket adding first.
+  // Op benchmark variants (the result is the same): blocks a row (0: the default, at most 256), and the previous
+  // select histogram (a warp's lanes of one bucket add first, by __match_any_sync).
   int blocks_per_row = 0;
-  bool plain_hist = false;
+  bool match_hist = false;
 };
 size_t sample_workspace_bytes(int rows);
 void sample_rows(const SampleRowsParams& p, cudaStream_t stream);

@@ -6,7 +6,7 @@
 //                    The params column prints how many rows were compared and how many near-ties were skipped.
 //                    Run as the engine does (narrow_logits' argmax given: no max pass where no row has entries
 //                    or is greedy); also bit for bit against the max pass, top_p's previous three select passes
-//                    and, up to 8 rows, the benchmark's variants (1, 32 and 256 blocks a row; an atomic a token).
+//                    and, up to 8 rows, the benchmark's variants (1, 32 and 256 blocks a row; the match_any histogram).
 //   sample_flat      rows of equal logits: top_p's open bucket overflows the gumbel pass's list, ties at the cut.
 //   sample_batch     the same row alone and inside a batch of 64 rows of other parameters: the same token, bit
 //                    for bit (the device's own determinism, no margin rule).
@@ -155,7 +155,7 @@ void narrow_argmax(const float* x, int rows, int V, int32_t* argmax) {
 
 // How run_device calls sample_rows: by default as the engine does (narrow_logits' argmax given).
 struct Variant {
-  bool three_passes = false, max_pass = false, plain_hist = false;
+  bool three_passes = false, max_pass = false, match_hist = false;
   int blocks_per_row = 0;
 };
 
@@ -179,7 +179,7 @@ void run_device(const Batch& b, int V, std::vector<int32_t>* token, std::vector<
   p.stages = cuda::sample_stages(b.rows.data(), rows);
   p.argmax = v.max_pass ? nullptr : am.p;
   p.top_p_three_passes = v.three_passes;
-  p.blocks_per_row = v.blocks_per_row, p.plain_hist = v.plain_hist;
+  p.blocks_per_row = v.blocks_per_row, p.match_hist = v.match_hist;
   cuda::sample_rows(p, nullptr);
   *token = tk.get();
   *logit = lg.get();
@@ -199,8 +199,9 @@ std::vector<Result> test_sample() {
       std::vector<float> lg3;
       double mismatches = 0;
       int compared = 0, near = 0, diff3 = 0;
-      // The previous paths (three top_p passes, the max pass) and, up to 8 rows, the benchmark's variants.
-      std::vector<Variant> variants = {Variant{true, true, false, 0}, Variant{false, true, false, 0}};
+      // The previous path (the max pass, three top_p passes, the match_any histogram), the max pass alone and, up
+      // to 8 rows, the benchmark's variants.
+      std::vector<Variant> variants = {Variant{true, true, true, 0}, Variant{false, true, false, 0}};
       if (c.rows <= 8)
         for (int blocks : {1, 32, 256}) variants.push_back(Variant{false, false, blocks == 256, blocks});
       for (const Variant& v : variants) {
@@ -395,26 +396,27 @@ std::vector<Result> bench_sample() {
       static const char* names[] = {"t=1", "t=1 top_p=0.9", "t=0.7 top_k=50 min_p=0.05", "t=1 pen", "greedy+rep"};
       std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, names[c], p.stages, us);
       if (p.stages & cuda::kStageTopP) {
-        p.top_p_three_passes = true;
+        p.top_p_three_passes = true, p.match_hist = true;  // round 1's path
         p.argmax = nullptr;
         const float us3 = time_us([&] { cuda::sample_rows(p, nullptr); });
-        std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, "  (previous: 3 top_p passes)", p.stages, us3);
-        p.top_p_three_passes = false;
+        std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, "  (previous: 3 passes, match)", p.stages, us3);
+        p.top_p_three_passes = false, p.match_hist = false;
         const float usm = time_us([&] { cuda::sample_rows(p, nullptr); });
         std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, "  (previous: the max pass)", p.stages, usm);
         p.argmax = am.p;
-        // Variants (the same tokens): blocks a row, and the select histogram by one shared atomic a token.
-        struct Variant { int blocks; bool plain; };
-        for (const Variant& v : {Variant{0, true}, Variant{32, false}, Variant{64, false}, Variant{256, false}, Variant{256, true}}) {
+        // Variants (the same tokens): blocks a row, and the previous select histogram (match_any aggregation).
+        struct BenchVariant { int blocks; bool match; };
+        for (const BenchVariant& v : {BenchVariant{0, true}, BenchVariant{32, false}, BenchVariant{64, false},
+                                      BenchVariant{256, false}, BenchVariant{256, true}}) {
           if (rows > 8 && v.blocks) continue;
-          p.blocks_per_row = v.blocks, p.plain_hist = v.plain;
+          p.blocks_per_row = v.blocks, p.match_hist = v.match;
           const float usv = time_us([&] { cuda::sample_rows(p, nullptr); });
           char name[64];
           std::snprintf(name, sizeof name, "  (%s%d blocks a row%s)", v.blocks ? "" : "default ", v.blocks,
-                        v.plain ? ", atomic a token" : "");
+                        v.match ? ", match_any" : "");
           std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, name, p.stages, usv);
         }
-        p.blocks_per_row = 0, p.plain_hist = false;
+        p.blocks_per_row = 0, p.match_hist = false;
       }
     }
     for (int k : {0, 5, 20, 50, -20, -50}) {  // negative: the one-block-per-row variant (the previous kernel)
