@@ -36,15 +36,16 @@ bool split_topk(int vocab, int k) { return k > 1 && k <= kSplitMaxK && split_blo
 
 size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
 
+// -0 keyed as +0 (the reference compares floats: they tie, the lower id first).
 __device__ __forceinline__ uint32_t order_key(float f) {
+  f = __fadd_rn(f, 0.f);
   const uint32_t u = __float_as_uint(f);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-// The canonical order as one integer: larger = earlier (logit desc, id asc); 0 is no token. -0 counts as +0 (the
-// reference compares floats: they tie, the lower id first).
+// The canonical order as one integer: larger = earlier (logit desc, id asc); 0 is no token.
 __device__ __forceinline__ u64 composite(float v, int id) {
-  return (u64(order_key(__fadd_rn(v, 0.f))) << 32) | (0xffffffffu - uint32_t(id));
+  return (u64(order_key(v)) << 32) | (0xffffffffu - uint32_t(id));
 }
 __device__ __forceinline__ int composite_id(u64 c) { return int(0xffffffffu - uint32_t(c & 0xffffffffu)); }
 
@@ -68,8 +69,7 @@ constexpr int kRowsMaxSlices = 256;  // slices narrow_rows replays itself (V <= 
 // The whole block of narrow_rows: argmax, max and logsumexp of the row bit for bit as narrow_slices + narrow_merge
 // give them. Its four groups of 256 threads each reduce a slice (group g slices g, g + 4, ...) with narrow_slices'
 // operations in its order, then warps 0-7 combine the B slices with narrow_merge's.
-__device__ void sliced_stats(const float* x, int vocab, int B, int row, int k, int32_t* argmax, float* max_logit,
-                             float* lse, int32_t* top_ids, float* top_logits) {
+__device__ void sliced_stats(const float* x, int vocab, int B, int row, int32_t* argmax, float* max_logit, float* lse) {
   constexpr int G = NT / kSplitNT, W = kSplitNT / 32;
   __shared__ float g_m[G][W], g_s[G][W];
   __shared__ u64 g_b[G][W];
@@ -127,10 +127,6 @@ __device__ void sliced_stats(const float* x, int vocab, int B, int row, int k, i
     argmax[row] = id;
     max_logit[row] = x[id];
     lse[row] = M + logf(S);
-    if (k == 1) {
-      top_ids[row] = id;
-      top_logits[row] = x[id];
-    }
   }
 }
 
@@ -150,7 +146,7 @@ __global__ void __launch_bounds__(NT) narrow_rows(const float* __restrict__ logi
   const int row = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const float* x = logits + size_t(row) * ld;
 
-  if (stats == kStatsSliced) sliced_stats(x, vocab, B, row, k, argmax, max_logit, lse, top_ids, top_logits);
+  if (stats == kStatsSliced) sliced_stats(x, vocab, B, row, argmax, max_logit, lse);  // k > 1 (rows_path)
   // The previous statistics (one_block_stats): max / argmax / sum of exp, online per thread.
   if (stats == kStatsOnline) {
     float m = -INFINITY, s = 0.f;

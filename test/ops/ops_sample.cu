@@ -13,6 +13,7 @@
 //   narrow_batch     narrow_logits of a row alone (top_k 0, 5) and inside 64 rows (top_k 5, 20, 50, and the
 //                    one-block-per-row variant's top-k) and 256 rows (top_k 20): the same argmax, logsumexp bits
 //                    and top-k ids and logits (64 x 50 and 256 x 20 take narrow_rows alone).
+//   narrow_zeros     top-k ids of rows topped by +0 / -0 ties against hm::narrow_logits_row, on both paths.
 // HM_OP_BENCH=1 times sample_rows per stage set, and narrow_logits per top_k (logprobs; also the one-block-per-row
 // variant), at V = 201088 (rows 1, 8, 64, 256).
 #include <cuda_runtime.h>
@@ -26,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "backend.h"  // narrow_logits_row
 #include "logits.h"
 #include "op_test.h"
 #include "sample.h"
@@ -362,6 +364,40 @@ std::vector<Result> test_narrow_batch() {
   return out;
 }
 HM_OP_TEST("narrow_batch", test_narrow_batch);
+
+// Rows whose top is a run of +0 and -0 (they tie, the lower id first): top-k ids against the CPU reference on both
+// paths (8 rows x top_k 20: the split passes; 64 x 50: narrow_rows alone).
+std::vector<Result> test_narrow_zeros() {
+  std::vector<Result> out;
+  const int V = 201088;
+  std::vector<float> x(size_t(64) * V);
+  for (size_t i = 0; i < x.size(); i++) {
+    const int id = int(i % size_t(V));
+    x[i] = id % 997 == 5 ? (id % 2 ? -0.f : 0.f) : -1.f - float(mix(uint32_t(i)) >> 8) / 16777216.f;
+  }
+  for (const int rows : {8, 64}) {
+    const int k = rows == 8 ? 20 : 50;
+    const Narrowed d = run_narrow(x.data(), rows, V, k, false);
+    double bad = 0;
+    for (int r = 0; r < rows; r++) {
+      std::vector<int32_t> ids(k);
+      std::vector<float> tl(k);
+      int32_t am;
+      float mx, lse;
+      narrow_logits_row(x.data() + size_t(r) * V, V, k, ids.data(), tl.data(), &am, &mx, &lse);
+      bad += d.argmax[r] != am;
+      for (int i = 0; i < k; i++) bad += d.ids[size_t(r) * k + i] != ids[i];
+    }
+    Result res;
+    res.params = "V=201088 rows=" + std::to_string(rows) + " top_k " + std::to_string(k) + ": +0/-0 ties at the top";
+    res.metric = "exact";
+    res.error = bad;
+    res.tolerance = 0;
+    out.push_back(res);
+  }
+  return out;
+}
+HM_OP_TEST("narrow_zeros", test_narrow_zeros);
 
 std::vector<Result> bench_sample() {
   const char* env = std::getenv("HM_OP_BENCH");
