@@ -14,8 +14,9 @@
 //                    one-block-per-row variant's top-k) and 256 rows (top_k 20): the same argmax, logsumexp bits
 //                    and top-k ids and logits (64 x 50 and 256 x 20 take narrow_rows alone).
 //   narrow_zeros     top-k ids of rows topped by +0 / -0 ties against hm::narrow_logits_row, on both paths.
-// HM_OP_BENCH=1 times sample_rows per stage set, and narrow_logits per top_k (logprobs; also the one-block-per-row
-// variant), at V = 201088 (rows 1, 8, 64, 256).
+// HM_OP_BENCH=1 times sample_rows per stage set as the engine calls it (narrow_logits' argmax given; top_p also
+// round 1's path, the max pass, and up to 8 rows other blocks a row and the match_any histogram), and narrow_logits
+// per top_k (logprobs; also the one-block-per-row variant), at V = 201088 (rows 1, 8, 64, 256).
 #include <cuda_runtime.h>
 
 #include <algorithm>
