@@ -6,8 +6,9 @@
 //               skipped where no row has entries or is greedy and narrow_logits' argmax of the same logits is
 //               given (SampleRowsParams::argmax): the first pass then takes the row's state from it;
 //   select      top_k, then top_p: radix levels (11 + 11 + 10 key bits) of a 2048-bucket histogram of
-//               counts (top_k) or fixed-point mass (top_p) over the row's survivors (warp-aggregated shared
-//               atomics: flat rows crowd a few level-0 buckets); a tie run at the boundary
+//               counts (top_k) or fixed-point mass (top_p) over the row's survivors (native 32-bit shared
+//               atomics on three pieces of a weight; one a warp where the whole warp hits one bucket: flat rows
+//               crowd a few level-0 buckets); a tie run at the boundary
 //               key is cut by an ordered scan of the row (rare: fp32 logits seldom tie). top_k runs its three
 //               levels as passes; top_p only level 0: the gumbel pass settles its open bucket (below). Tried and
 //               not kept (branch issue-9c): level 0 binned by value over [row min, max] so flat rows spread over the
@@ -341,9 +342,10 @@ __device__ int tie_cut(const float* x, int vocab, uint32_t key, u64 n, Alive ali
 
 __global__ void __launch_bounds__(NT) sample_select(const float* __restrict__ logits, int vocab, int ld,
                                                     const SampleRow* __restrict__ params, Work w, int B, int stage, int level,
-                                                    bool match_hist, const int32_t* __restrict__ argmax,
+                                                    int hist_mode, const int32_t* __restrict__ argmax,
                                                     int32_t* __restrict__ token, float* __restrict__ raw_logit) {
-  __shared__ u64 hist[kSampleBuckets];
+  __shared__ u64 hist[kSampleBuckets * 3 / 2];  // kHistPieces: three uint32 histograms in the same bytes
+  uint32_t* piece = reinterpret_cast<uint32_t*>(hist);
   __shared__ Pick pick;
   pdl_wait();
   pdl_trigger();
@@ -365,13 +367,15 @@ __global__ void __launch_bounds__(NT) sample_select(const float* __restrict__ lo
     return s_rel(a, amax, p.inv_temperature) >= p.log_min_p &&
            (stage == 0 || u64(sample_composite(sample_order_key(a), i)) >= bound_k);
   };
-  for (int i = tid; i < kSampleBuckets; i += NT) hist[i] = 0;
+  for (int i = tid; i < kSampleBuckets * 3 / 2; i += NT) hist[i] = 0;
   __syncthreads();
   int lo, hi;
   slice(vocab, B, &lo, &hi);
-  // One shared atomic a token, except where the whole warp hits one bucket (flat rows crowd a few level-0 buckets):
-  // then one for the warp, the weights summed in 22-bit halves by the 32-bit reduce. The previous way (match_hist)
-  // added every bucket's lanes first: a match and two reduces per distinct bucket of the warp.
+  // kHistPieces: a weight (< 2^45) as three pieces of 16, 16 and 13 bits into three uint32 histograms by native
+  // 32-bit shared atomics (a piece's sum over a slice of <= 65536 tokens fits), summed exactly at the flush.
+  // kHist64: one 64-bit shared atomic a token. Both: one for the warp where the whole warp hits one bucket (flat
+  // rows crowd a few level-0 buckets). kHistMatch (round 1): every bucket's lanes add first, a match and two
+  // reduces per distinct bucket of the warp (22-bit halves for the 32-bit reduce).
   for (int base = lo; base < hi; base += NT) {
     const int i = base + tid;
     uint32_t bucket = 0xffffffffu;
@@ -384,7 +388,27 @@ __global__ void __launch_bounds__(NT) sample_select(const float* __restrict__ lo
         wq = stage == 0 ? 1ull : mass_q(s_rel(a, amax, p.inv_temperature));
       }
     }
-    if (!match_hist) {
+    if (hist_mode == kHistPieces) {
+      const uint32_t w0 = uint32_t(wq & 0xffffu), w1 = uint32_t(wq >> 16) & 0xffffu, w2 = uint32_t(wq >> 32);
+      const uint32_t b0 = __shfl_sync(0xffffffffu, bucket, 0);
+      if (__all_sync(0xffffffffu, bucket == b0)) {
+        if (b0 != 0xffffffffu) {
+          const uint32_t s0 = __reduce_add_sync(0xffffffffu, w0), s1 = __reduce_add_sync(0xffffffffu, w1);
+          const uint32_t s2 = __reduce_add_sync(0xffffffffu, w2);
+          if (lane == 0) {
+            if (s0) atomicAdd(&piece[b0], s0);
+            if (s1) atomicAdd(&piece[kSampleBuckets + b0], s1);
+            if (s2) atomicAdd(&piece[2 * kSampleBuckets + b0], s2);
+          }
+        }
+      } else if (bucket != 0xffffffffu) {
+        if (w0) atomicAdd(&piece[bucket], w0);
+        if (w1) atomicAdd(&piece[kSampleBuckets + bucket], w1);
+        if (w2) atomicAdd(&piece[2 * kSampleBuckets + bucket], w2);
+      }
+      continue;
+    }
+    if (hist_mode == kHist64) {
       const uint32_t b0 = __shfl_sync(0xffffffffu, bucket, 0);
       if (__all_sync(0xffffffffu, bucket == b0)) {
         if (b0 != 0xffffffffu) {
@@ -404,8 +428,12 @@ __global__ void __launch_bounds__(NT) sample_select(const float* __restrict__ lo
   }
   __syncthreads();
   u64* g = w.hist + size_t(row) * kSampleBuckets;
-  for (int i = tid; i <= int(width); i += NT)
-    if (hist[i]) atomicAdd(&g[i], hist[i]);
+  for (int i = tid; i <= int(width); i += NT) {
+    const u64 v = hist_mode == kHistPieces ? u64(piece[i]) + (u64(piece[kSampleBuckets + i]) << 16) +
+                                                 (u64(piece[2 * kSampleBuckets + i]) << 32)
+                                           : hist[i];
+    if (v) atomicAdd(&g[i], v);
+  }
   if (!last_block(w.counter + row, B)) return;
   for (int i = tid; i <= int(width); i += NT) {
     hist[i] = __ldcg(&g[i]);
@@ -620,6 +648,9 @@ void sample_rows(const SampleRowsParams& p, cudaStream_t stream) {
   HM_REQUIRE(p.workspace_bytes >= sample_workspace_bytes(p.rows), "sample_rows");
   HM_REQUIRE(p.blocks_per_row >= 0 && p.blocks_per_row <= kPartBlocks, "sample_rows");
   const int B = p.blocks_per_row ? p.blocks_per_row : blocks_per_row(p.rows);
+  const bool pieces_fit = (p.vocab + B - 1) / B <= 65536;  // a block's slice (slice()): a piece's sum fits 32 bits
+  const int hist_mode = p.select_hist != kHistAuto ? p.select_hist : pieces_fit ? kHistPieces : kHist64;
+  HM_REQUIRE(hist_mode != kHistPieces || pieces_fit, "sample_rows");
   size_t bytes = 0;
   const Work w = carve(p.workspace, p.rows, &bytes);
   const bool selects = p.stages & (kStageTopK | kStageTopP);
@@ -641,7 +672,7 @@ void sample_rows(const SampleRowsParams& p, cudaStream_t stream) {
     const int levels = stage == 1 && !p.top_p_three_passes ? 1 : kSampleLevels;
     for (int level = 0; level < levels; level++) {
       launch(sample_select, grid, dim3(NT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, p.params, w, B, stage, level,
-             p.match_hist, argmax, p.token, p.raw_logit);
+             hist_mode, argmax, p.token, p.raw_logit);
       argmax = nullptr;  // the first pass stored the state
     }
   }

@@ -23,6 +23,10 @@ enum SampleStage : int {
 };
 int sample_stages(const SampleRow* rows, int n);
 
+// A select pass's block histogram (kernels/sample.cu): auto = pieces where a block's slice is <= 65536 tokens,
+// else 64-bit atomics; match = round 1's warp aggregation by __match_any_sync.
+enum SampleHist : int { kHistAuto = 0, kHistPieces = 1, kHist64 = 2, kHistMatch = 3 };
+
 struct SampleRowsParams {
   float* logits = nullptr;             // fp32 [rows, ld], adjusted in place where sampled
   int rows = 0, vocab = 0, ld = 0;
@@ -39,10 +43,10 @@ struct SampleRowsParams {
   const int32_t* argmax = nullptr;
   bool pdl = false;
   bool top_p_three_passes = false;     // the previous top_p select, three passes over the row (op benchmark, tests)
-  // Op benchmark variants (the result is the same): blocks a row (0: the default, at most 256), and the previous
-  // select histogram (a warp's lanes of one bucket add first, by __match_any_sync).
+  // Op benchmark variants (the result is the same): blocks a row (0: the default, at most 256), and how a select
+  // pass builds its block histogram (SampleHist).
   int blocks_per_row = 0;
-  bool match_hist = false;
+  int select_hist = 0;
 };
 size_t sample_workspace_bytes(int rows);
 void sample_rows(const SampleRowsParams& p, cudaStream_t stream);

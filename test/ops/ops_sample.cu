@@ -6,7 +6,7 @@
 //                    The params column prints how many rows were compared and how many near-ties were skipped.
 //                    Run as the engine does (narrow_logits' argmax given: no max pass where no row has entries
 //                    or is greedy); also bit for bit against the max pass, top_p's previous three select passes
-//                    and, up to 8 rows, the benchmark's variants (1, 32 and 256 blocks a row; the match_any histogram).
+//                    and, up to 8 rows, the benchmark's variants (1, 32 and 256 blocks a row; the select histograms).
 //   sample_flat      rows of equal logits: top_p's open bucket overflows the gumbel pass's list, ties at the cut.
 //   sample_batch     the same row alone and inside a batch of 64 rows of other parameters: the same token, bit
 //                    for bit (the device's own determinism, no margin rule).
@@ -15,7 +15,7 @@
 //                    and top-k ids and logits (64 x 50 and 256 x 20 take narrow_rows alone).
 //   narrow_zeros     top-k ids of rows topped by +0 / -0 ties against hm::narrow_logits_row, on both paths.
 // HM_OP_BENCH=1 times sample_rows per stage set as the engine calls it (narrow_logits' argmax given; top_p also
-// round 1's path, the max pass, and up to 8 rows other blocks a row and the match_any histogram), and narrow_logits
+// round 1's path, the max pass, the select histogram variants, and up to 8 rows other blocks a row), and narrow_logits
 // per top_k (logprobs; also the one-block-per-row variant), at V = 201088 (rows 1, 8, 64, 256).
 #include <cuda_runtime.h>
 
@@ -158,8 +158,8 @@ void narrow_argmax(const float* x, int rows, int V, int32_t* argmax) {
 
 // How run_device calls sample_rows: by default as the engine does (narrow_logits' argmax given).
 struct Variant {
-  bool three_passes = false, max_pass = false, match_hist = false;
-  int blocks_per_row = 0;
+  bool three_passes = false, max_pass = false;
+  int select_hist = cuda::kHistAuto, blocks_per_row = 0;
 };
 
 // Runs sample_rows on a batch; returns tokens and raw logits.
@@ -182,7 +182,7 @@ void run_device(const Batch& b, int V, std::vector<int32_t>* token, std::vector<
   p.stages = cuda::sample_stages(b.rows.data(), rows);
   p.argmax = v.max_pass ? nullptr : am.p;
   p.top_p_three_passes = v.three_passes;
-  p.blocks_per_row = v.blocks_per_row, p.match_hist = v.match_hist;
+  p.blocks_per_row = v.blocks_per_row, p.select_hist = v.select_hist;
   cuda::sample_rows(p, nullptr);
   *token = tk.get();
   *logit = lg.get();
@@ -202,11 +202,11 @@ std::vector<Result> test_sample() {
       std::vector<float> lg3;
       double mismatches = 0;
       int compared = 0, near = 0, diff3 = 0;
-      // The previous path (the max pass, three top_p passes, the match_any histogram), the max pass alone and, up
-      // to 8 rows, the benchmark's variants.
-      std::vector<Variant> variants = {Variant{true, true, true, 0}, Variant{false, true, false, 0}};
+      // Round 1's path (the max pass, three top_p passes, the match_any histogram), the max pass with 64-bit
+      // histogram atomics and, up to 8 rows, the benchmark's variants (1 block a row: a slice too long for pieces).
+      std::vector<Variant> variants = {Variant{true, true, cuda::kHistMatch, 0}, Variant{false, true, cuda::kHist64, 0}};
       if (c.rows <= 8)
-        for (int blocks : {1, 32, 256}) variants.push_back(Variant{false, false, blocks == 256, blocks});
+        for (int blocks : {1, 32, 256}) variants.push_back(Variant{false, false, blocks == 256 ? cuda::kHistMatch : cuda::kHistAuto, blocks});
       for (const Variant& v : variants) {
         run_device(b, c.V, &tok3, &lg3, v);
         for (int r = 0; r < c.rows; r++) diff3 += tok3[r] != tok[r] || lg3[r] != lg[r];
@@ -268,7 +268,7 @@ std::vector<Result> test_sample_flat() {
     std::vector<int32_t> tok, tok3;
     std::vector<float> lg, lg3;
     run_device(b, V, &tok, &lg);
-    run_device(b, V, &tok3, &lg3, Variant{true, true, false, 0});
+    run_device(b, V, &tok3, &lg3, Variant{true, true, cuda::kHist64, 0});
     double bad = 0;
     int near = 0;
     for (int r = 0; r < rows; r++) {
@@ -433,27 +433,28 @@ std::vector<Result> bench_sample() {
       static const char* names[] = {"t=1", "t=1 top_p=0.9", "t=0.7 top_k=50 min_p=0.05", "t=1 pen", "greedy+rep"};
       std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, names[c], p.stages, us);
       if (p.stages & cuda::kStageTopP) {
-        p.top_p_three_passes = true, p.match_hist = true;  // round 1's path
+        p.top_p_three_passes = true, p.select_hist = cuda::kHistMatch;  // round 1's path
         p.argmax = nullptr;
         const float us3 = time_us([&] { cuda::sample_rows(p, nullptr); });
         std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, "  (previous: 3 passes, match)", p.stages, us3);
-        p.top_p_three_passes = false, p.match_hist = false;
+        p.top_p_three_passes = false, p.select_hist = cuda::kHistAuto;
         const float usm = time_us([&] { cuda::sample_rows(p, nullptr); });
         std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, "  (previous: the max pass)", p.stages, usm);
         p.argmax = am.p;
-        // Variants (the same tokens): blocks a row, and the previous select histogram (match_any aggregation).
-        struct BenchVariant { int blocks; bool match; };
-        for (const BenchVariant& v : {BenchVariant{0, true}, BenchVariant{32, false}, BenchVariant{64, false},
-                                      BenchVariant{256, false}, BenchVariant{256, true}}) {
+        // Variants (the same tokens): the select histogram (SampleHist), blocks a row.
+        struct BenchVariant { int blocks, hist; };
+        static const char* hist_names[] = {"pieces/auto", "pieces", "64-bit atomics", "match_any"};
+        for (const BenchVariant& v : {BenchVariant{0, cuda::kHist64}, BenchVariant{0, cuda::kHistMatch},
+                                      BenchVariant{32, 0}, BenchVariant{64, 0}, BenchVariant{256, 0}}) {
           if (rows > 8 && v.blocks) continue;
-          p.blocks_per_row = v.blocks, p.match_hist = v.match;
+          p.blocks_per_row = v.blocks, p.select_hist = v.hist;
           const float usv = time_us([&] { cuda::sample_rows(p, nullptr); });
           char name[64];
-          std::snprintf(name, sizeof name, "  (%s%d blocks a row%s)", v.blocks ? "" : "default ", v.blocks,
-                        v.match ? ", match_any" : "");
+          std::snprintf(name, sizeof name, "  (%s blocks a row, %s)", v.blocks ? std::to_string(v.blocks).c_str() : "default",
+                        hist_names[v.hist]);
           std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, name, p.stages, usv);
         }
-        p.blocks_per_row = 0, p.match_hist = false;
+        p.blocks_per_row = 0, p.select_hist = cuda::kHistAuto;
       }
     }
     for (int k : {0, 5, 20, 50, -20, -50}) {  // negative: the one-block-per-row variant (the previous kernel)
