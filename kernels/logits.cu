@@ -12,6 +12,8 @@
 // Measured on the H200 (HM_OP_BENCH=1, V = 201088, rows 1 / 64, us): the previous one-block-per-row statistics
 // pass (NarrowLogitsParams::one_block_stats, kept to compare) 27 / 40; narrow_rows' top-k 163 / 217 whatever k;
 // the previous split merge (a binary search per slice list per candidate) k = 5 66 / 125, k = 20 246 / 416.
+// Where rows * top_k is large (rows_path) narrow_rows alone serves the batch: it replays the split passes'
+// statistics in their order (sliced_stats), so a row's logsumexp keeps its bits whichever path its batch takes.
 #include <climits>
 
 #include "common.cuh"
@@ -34,12 +36,101 @@ bool split_topk(int vocab, int k) { return k > 1 && k <= kSplitMaxK && split_blo
 
 size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
 
+// -0 keyed as +0 (the reference compares floats: they tie, the lower id first).
 __device__ __forceinline__ uint32_t order_key(float f) {
+  f = __fadd_rn(f, 0.f);
   const uint32_t u = __float_as_uint(f);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-__global__ void __launch_bounds__(NT) narrow_rows(const float* __restrict__ logits, int vocab, int ld, int k, bool stats,
+// The canonical order as one integer: larger = earlier (logit desc, id asc); 0 is no token.
+__device__ __forceinline__ u64 composite(float v, int id) {
+  return (u64(order_key(v)) << 32) | (0xffffffffu - uint32_t(id));
+}
+__device__ __forceinline__ int composite_id(u64 c) { return int(0xffffffffu - uint32_t(c & 0xffffffffu)); }
+
+__device__ __forceinline__ u64 warp_max(u64 v) {
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// (max, sum of exp(v - max)) of two parts; commutative, so both lanes of a shuffle pair agree.
+__device__ __forceinline__ void combine_ms(float& m, float& s, float om, float os) {
+  const float nm = fmaxf(m, om);
+  s = (m == -INFINITY ? 0.f : s * __expf(m - nm)) + (om == -INFINITY ? 0.f : os * __expf(om - nm));
+  m = nm;
+}
+
+// narrow_rows' statistics: none (the split passes ran), online per thread (the previous kernel), or narrow_slices
+// and narrow_merge's tree replayed in the block (the same bits as the split passes).
+enum RowsStats : int { kStatsNone = 0, kStatsOnline = 1, kStatsSliced = 2 };
+constexpr int kRowsMaxSlices = 256;  // slices narrow_rows replays itself (V <= 524288)
+
+// The whole block of narrow_rows: argmax, max and logsumexp of the row bit for bit as narrow_slices + narrow_merge
+// give them. Its four groups of 256 threads each reduce a slice (group g slices g, g + 4, ...) with narrow_slices'
+// operations in its order, then warps 0-7 combine the B slices with narrow_merge's.
+__device__ void sliced_stats(const float* x, int vocab, int B, int row, int32_t* argmax, float* max_logit, float* lse) {
+  constexpr int G = NT / kSplitNT, W = kSplitNT / 32;
+  __shared__ float g_m[G][W], g_s[G][W];
+  __shared__ u64 g_b[G][W];
+  __shared__ float sl_m[kRowsMaxSlices], sl_s[kRowsMaxSlices];
+  __shared__ u64 sl_b[kRowsMaxSlices];
+  const int tid = threadIdx.x, g = tid / kSplitNT, t = tid % kSplitNT, lane = tid & 31, wg = t >> 5;
+  for (int b0 = 0; b0 < B; b0 += G) {
+    const int b = b0 + g, lo = b * kSplitSlice;  // b >= B: lo >= vocab, no token
+    float v[kSplitPer];
+    u64 best = 0;
+    float m = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kSplitPer; j++) {
+      const int i = lo + j * kSplitNT + t;
+      v[j] = i < vocab ? x[i] : -INFINITY;
+      best = max(best, i < vocab ? composite(v[j], i) : 0ull);
+      m = fmaxf(m, v[j]);
+    }
+    float s = 0.f;
+    if (m != -INFINITY) {
+#pragma unroll
+      for (int j = 0; j < kSplitPer; j++) s += __expf(v[j] - m);
+    }
+    for (int o = 16; o > 0; o >>= 1) combine_ms(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+    const u64 wb = warp_max(best);
+    if (lane == 0) g_m[g][wg] = m, g_s[g][wg] = s, g_b[g][wg] = wb;
+    __syncthreads();
+    if (t == 0 && b < B) {
+      float M = g_m[g][0], S = g_s[g][0];
+      u64 Bc = g_b[g][0];
+      for (int q = 1; q < W; q++) combine_ms(M, S, g_m[g][q], g_s[g][q]), Bc = max(Bc, g_b[g][q]);
+      sl_m[b] = M;
+      sl_s[b] = S;
+      sl_b[b] = Bc;
+    }
+    __syncthreads();
+  }
+  if (tid < kSplitNT) {  // narrow_merge's block
+    float m = -INFINITY, s = 0.f;
+    u64 best = 0;
+    for (int b = tid; b < B; b += kSplitNT) {
+      combine_ms(m, s, sl_m[b], sl_s[b]);
+      best = max(best, sl_b[b]);
+    }
+    for (int o = 16; o > 0; o >>= 1) combine_ms(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+    best = warp_max(best);
+    if (lane == 0) g_m[0][wg] = m, g_s[0][wg] = s, g_b[0][wg] = best;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    float M = g_m[0][0], S = g_s[0][0];
+    u64 Bc = g_b[0][0];
+    for (int q = 1; q < W; q++) combine_ms(M, S, g_m[0][q], g_s[0][q]), Bc = max(Bc, g_b[0][q]);
+    const int id = composite_id(Bc);
+    argmax[row] = id;
+    max_logit[row] = x[id];
+    lse[row] = M + logf(S);
+  }
+}
+
+__global__ void __launch_bounds__(NT) narrow_rows(const float* __restrict__ logits, int vocab, int ld, int k, int stats, int B,
                                                   int32_t* __restrict__ argmax, float* __restrict__ max_logit,
                                                   float* __restrict__ lse, int32_t* __restrict__ top_ids,
                                                   float* __restrict__ top_logits) {
@@ -55,8 +146,9 @@ __global__ void __launch_bounds__(NT) narrow_rows(const float* __restrict__ logi
   const int row = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const float* x = logits + size_t(row) * ld;
 
-  // The statistics, when this kernel computes them (one_block_stats): max / argmax / sum of exp, online per thread.
-  if (stats) {
+  if (stats == kStatsSliced) sliced_stats(x, vocab, B, row, argmax, max_logit, lse);  // k > 1 (rows_path)
+  // The previous statistics (one_block_stats): max / argmax / sum of exp, online per thread.
+  if (stats == kStatsOnline) {
     float m = -INFINITY, s = 0.f;
     int bi = INT_MAX;
     for (int i = tid; i < vocab; i += NT) {
@@ -220,25 +312,6 @@ __global__ void __launch_bounds__(NT) narrow_rows(const float* __restrict__ logi
     top_ids[size_t(row) * k + i] = id == INT_MAX ? -1 : id;
     top_logits[size_t(row) * k + i] = id == INT_MAX ? -INFINITY : x[id];
   }
-}
-
-// The canonical order as one integer: larger = earlier (logit desc, id asc); 0 is no token. -0 counts as +0 (the
-// reference compares floats: they tie, the lower id first).
-__device__ __forceinline__ u64 composite(float v, int id) {
-  return (u64(order_key(__fadd_rn(v, 0.f))) << 32) | (0xffffffffu - uint32_t(id));
-}
-__device__ __forceinline__ int composite_id(u64 c) { return int(0xffffffffu - uint32_t(c & 0xffffffffu)); }
-
-__device__ __forceinline__ u64 warp_max(u64 v) {
-  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// (max, sum of exp(v - max)) of two parts; commutative, so both lanes of a shuffle pair agree.
-__device__ __forceinline__ void combine_ms(float& m, float& s, float om, float os) {
-  const float nm = fmaxf(m, om);
-  s = (m == -INFINITY ? 0.f : s * __expf(m - nm)) + (om == -INFINITY ? 0.f : os * __expf(om - nm));
-  m = nm;
 }
 
 // Per-slice partials of narrow_slices, read by narrow_merge.
@@ -426,6 +499,13 @@ __global__ void __launch_bounds__(kSplitNT) narrow_merge(const float* __restrict
   }
 }
 
+// One launch of narrow_rows (its statistics replayed in the split order: the same bits) instead of the split passes
+// where a batch's top-k work is large. Measured on the H200 (HM_OP_BENCH=1, us, split / narrow_rows with the
+// previous online statistics): 64 rows top_k 50 270 / 225, top_k 20 186 / 220; 256 rows top_k 20 697 / 398, top_k
+// 50 678 / 614; 8 rows top_k 50 157 / 174.
+constexpr int kRowsPathWork = 64 * 50;  // rows * top_k
+bool rows_path(int rows, int B, int k) { return k > 1 && B <= kRowsMaxSlices && rows * k >= kRowsPathWork; }
+
 }  // namespace
 
 size_t narrow_workspace_bytes(int rows, int vocab) {
@@ -442,22 +522,27 @@ void narrow_logits(const NarrowLogitsParams& p, cudaStream_t stream) {
   HM_REQUIRE(p.rows <= 65535, "narrow_logits");
   if (p.rows == 0) return;
   if (p.one_block_stats) {
-    launch(narrow_rows, dim3(p.rows), dim3(NT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, p.top_k, true, p.argmax,
-           p.max_logit, p.logsumexp, p.top_ids, p.top_logits);
+    launch(narrow_rows, dim3(p.rows), dim3(NT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, p.top_k, int(kStatsOnline), 0,
+           p.argmax, p.max_logit, p.logsumexp, p.top_ids, p.top_logits);
     return;
   }
   HM_REQUIRE(p.workspace && p.workspace_bytes >= narrow_workspace_bytes(p.rows, p.vocab), "narrow_logits");
+  const int B = split_blocks(p.vocab);
+  if (rows_path(p.rows, B, p.top_k)) {
+    launch(narrow_rows, dim3(p.rows), dim3(NT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, p.top_k, int(kStatsSliced), B,
+           p.argmax, p.max_logit, p.logsumexp, p.top_ids, p.top_logits);
+    return;
+  }
   const bool split = p.top_k <= 1 || split_topk(p.vocab, p.top_k);
   const int k = split ? p.top_k : 0;
   size_t bytes = 0;
   const Parts w = carve(p.workspace, p.rows, p.vocab, &bytes);
-  const int B = split_blocks(p.vocab);
   launch(narrow_slices, dim3(B, p.rows), dim3(kSplitNT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, k, w);
   launch(narrow_merge, dim3(p.rows), dim3(kSplitNT), 0, stream, p.pdl, p.logits, p.ld, k, B, w, p.argmax, p.max_logit,
          p.logsumexp, p.top_ids, p.top_logits);
   if (!split)
-    launch(narrow_rows, dim3(p.rows), dim3(NT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, p.top_k, false, p.argmax,
-           p.max_logit, p.logsumexp, p.top_ids, p.top_logits);
+    launch(narrow_rows, dim3(p.rows), dim3(NT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, p.top_k, int(kStatsNone), B,
+           p.argmax, p.max_logit, p.logsumexp, p.top_ids, p.top_logits);
 }
 
 }  // namespace hm::cuda

@@ -3,9 +3,12 @@
 // each, only those some row of the batch needs (SampleStage):
 //   adjust      one block per row: bias and penalties on the row's entries, in place (raw values to `saved`);
 //   max         the best adjusted logit as the largest 64-bit canonical composite (greedy rows are done here);
+//               skipped where no row has entries or is greedy and narrow_logits' argmax of the same logits is
+//               given (SampleRowsParams::argmax): the first pass then takes the row's state from it;
 //   select      top_k, then top_p: radix levels (11 + 11 + 10 key bits) of a 2048-bucket histogram of
-//               counts (top_k) or fixed-point mass (top_p) over the row's survivors (warp-aggregated shared
-//               atomics: flat rows crowd a few level-0 buckets); a tie run at the boundary
+//               counts (top_k) or fixed-point mass (top_p) over the row's survivors (native 32-bit shared
+//               atomics on three pieces of a weight; one a warp where the whole warp hits one bucket: flat rows
+//               crowd a few level-0 buckets); a tie run at the boundary
 //               key is cut by an ordered scan of the row (rare: fp32 logits seldom tie). top_k runs its three
 //               levels as passes; top_p only level 0: the gumbel pass settles its open bucket (below). Tried and
 //               not kept (branch issue-9c): level 0 binned by value over [row min, max] so flat rows spread over the
@@ -38,6 +41,8 @@ constexpr int NT = 512;
 constexpr int kMaxBlocksPerRow = 128;
 constexpr int kFewRowsBlocks = 256;
 constexpr int kManyRowsPerRow = 16, kManyRowsBlocks = 1024;
+
+constexpr int kPartBlocks = 256;  // the most blocks a row (the op benchmark's SampleRowsParams::blocks_per_row)
 
 int blocks_per_row(int rows) {
   rows = std::max(rows, 1);
@@ -73,7 +78,7 @@ struct Work {
 
 size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
 
-Work carve(void* ws, int rows, int B, size_t* bytes) {
+Work carve(void* ws, int rows, size_t* bytes) {
   char* p = static_cast<char*>(ws);
   size_t at = 0;
   auto take = [&](size_t n) {
@@ -86,7 +91,7 @@ Work carve(void* ws, int rows, int B, size_t* bytes) {
   w.counter = reinterpret_cast<uint32_t*>(take(4 * size_t(rows)));  // counter, nlist and hist adjacent: one memset
   w.nlist = reinterpret_cast<uint32_t*>(take(4 * size_t(rows)));
   w.hist = reinterpret_cast<u64*>(take(8 * size_t(rows) * kSampleBuckets));
-  w.part = reinterpret_cast<u64*>(take(8 * size_t(rows) * B));
+  w.part = reinterpret_cast<u64*>(take(8 * size_t(rows) * kPartBlocks));
   w.list = reinterpret_cast<u64*>(take(8 * size_t(rows) * kListCap));
   *bytes = at;
   return w;
@@ -140,6 +145,34 @@ __device__ StageState load_stage(const StageState* s) {
   r.done = __ldcg(&s->done);
   r.pad = 0;
   return r;
+}
+
+// A row's state after the max pass: its best token and the stages' starting points.
+__device__ RowState fresh_state(const SampleRow& p, const float* x, int best) {
+  RowState s;
+  s.amax = x[best];
+  s.best = best;
+  const bool draw = p.mode == kSampleDraw;
+  s.st[0] = StageState{u64(max(p.top_k, 0)), 0ull, 0u, 0u, !(draw && p.top_k > 0), 0};
+  s.st[1] = StageState{0ull, 0ull, 0u, 0u, !(draw && p.top_p < 1.f), 0};
+  return s;
+}
+
+// The first pass when the max pass is skipped (SampleRowsParams::argmax): the row's state from narrow_logits'
+// argmax, which block 0 stores for the passes after (before its arrival, so before the last block's update), and
+// a row not sampled gets its outputs.
+__device__ RowState first_pass_state(const SampleRow& p, const float* x, const int32_t* argmax, int row, Work w,
+                                     int32_t* token, float* raw_logit) {
+  const RowState s = fresh_state(p, x, __ldg(&argmax[row]));
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    if (p.mode == kSampleNone) {
+      token[row] = -1;
+      raw_logit[row] = NAN;
+    } else {
+      w.state[row] = s;
+    }
+  }
+  return s;
 }
 
 // The raw logit of a token after the adjust pass: its saved value if it is an entry (ids ascending), else the row.
@@ -213,13 +246,8 @@ __global__ void __launch_bounds__(NT) sample_max(const float* __restrict__ logit
   if (tid != 0) return;
   for (int j = 1; j < NT / 32; j++) M = max(M, red[j]);
   const int best = int(0xffffffffu - uint32_t(M & 0xffffffffu));
-  RowState& s = w.state[row];
-  s.amax = x[best];
-  s.best = best;
-  const bool draw = p.mode == kSampleDraw;
-  s.st[0] = StageState{u64(max(p.top_k, 0)), 0ull, 0u, 0u, !(draw && p.top_k > 0), 0};
-  s.st[1] = StageState{0ull, 0ull, 0u, 0u, !(draw && p.top_p < 1.f), 0};
-  if (!draw) {
+  w.state[row] = fresh_state(p, x, best);
+  if (p.mode != kSampleDraw) {
     token[row] = best;
     raw_logit[row] = raw_of(x, p, entries, saved, best);
   }
@@ -232,32 +260,41 @@ struct Pick {
   int keep_all;            // fewer survivors than the weight asked: keep them all
 };
 
-// Warp 0: the bucket of `hist` (descending) where the cumulative weight reaches `need` (nucleus: top_p of the
-// total, at level 0); lane L sums buckets L*per .. from the top.
+// The whole block (every thread calls it; `out` is read after a barrier): the bucket of `hist` (descending) where
+// the cumulative weight reaches `need` (nucleus: top_p of the total, at level 0). Thread t sums the `per` buckets
+// t*per .. from the top, a block scan of those sums finds the one thread whose run crosses `need`, and it walks its
+// run; in one warp with 64 buckets a lane (a stride that hit one shared bank), it was a serial tail of the pass.
 __device__ void pick_bucket(const u64* hist, int level, bool nucleus, float top_p, u64 need, uint32_t prefix,
                             uint32_t mask, Pick* out) {
-  const int lane = threadIdx.x & 31;
+  __shared__ u64 warp_sum[NT / 32];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int shift = level_shift(level);
   const uint32_t width = level_width(level);
-  const int nb = int(width) + 1, per = nb / 32;
-  u64 lane_sum = 0;
-  for (int j = 0; j < per; j++) lane_sum += hist[nb - 1 - (lane * per + j)];
-  u64 incl = lane_sum;
+  const int nb = int(width) + 1, per = nb / NT;  // 4 or 2
+  u64 mine = 0;
+  for (int j = 0; j < per; j++) mine += hist[nb - 1 - (tid * per + j)];
+  u64 incl = mine;
   for (int o = 1; o < 32; o <<= 1) {
     const u64 v = __shfl_up_sync(0xffffffffu, incl, o);
     if (lane >= o) incl += v;
   }
-  const u64 total = __shfl_sync(0xffffffffu, incl, 31);
+  if (lane == 31) warp_sum[warp] = incl;
+  __syncthreads();
+  u64 before = 0, total = 0;
+  for (int j = 0; j < NT / 32; j++) {
+    if (j < warp) before += warp_sum[j];
+    total += warp_sum[j];
+  }
+  incl += before;
+  const u64 excl = incl - mine;
   if (level == 0 && nucleus) need = u64(ceil(double(top_p) * double(total)));
-  const bool short_ = level == 0 && total < need;
-  const uint32_t ball = __ballot_sync(0xffffffffu, incl >= need);
-  const int first = short_ ? -1 : __ffs(ball) - 1;  // -1 past level 0: not reached (the level before guarantees it)
-  if (lane == 0) out->keep_all = first < 0;
-  if (lane == first) {
-    u64 cum = incl - lane_sum;
-    int bk = nb - 1 - (lane * per + per - 1);
+  const bool keep_all = total < need;  // past level 0 not reached: the level before guarantees it
+  if (tid == 0) out->keep_all = keep_all;
+  if (!keep_all && incl >= need && (tid == 0 || excl < need)) {  // the first thread whose run reaches need
+    u64 cum = excl;
+    int bk = nb - 1 - (tid * per + per - 1);
     for (int j = 0; j < per; j++) {
-      const int bi = nb - 1 - (lane * per + j);
+      const int bi = nb - 1 - (tid * per + j);
       if (cum + hist[bi] >= need) {
         bk = bi;
         break;
@@ -304,33 +341,41 @@ __device__ int tie_cut(const float* x, int vocab, uint32_t key, u64 n, Alive ali
 }
 
 __global__ void __launch_bounds__(NT) sample_select(const float* __restrict__ logits, int vocab, int ld,
-                                                    const SampleRow* __restrict__ params, Work w, int B, int stage, int level) {
-  __shared__ u64 hist[kSampleBuckets];
+                                                    const SampleRow* __restrict__ params, Work w, int B, int stage, int level,
+                                                    int hist_mode, const int32_t* __restrict__ argmax,
+                                                    int32_t* __restrict__ token, float* __restrict__ raw_logit) {
+  __shared__ u64 hist[kSampleBuckets * 3 / 2];  // kHistPieces: three uint32 histograms in the same bytes
+  uint32_t* piece = reinterpret_cast<uint32_t*>(hist);
   __shared__ Pick pick;
   pdl_wait();
   pdl_trigger();
-  const int row = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int row = blockIdx.y, tid = threadIdx.x, lane = tid & 31;
   const SampleRow p = params[row];
+  const float* x = logits + size_t(row) * ld;
+  RowState first;
+  if (argmax) first = first_pass_state(p, x, argmax, row, w, token, raw_logit);
   if (p.mode != kSampleDraw) return;
   StageState* sp = &w.state[row].st[stage];
-  const StageState st = load_stage(sp);
+  const StageState st = argmax ? (stage == 0 ? first.st[0] : first.st[1]) : load_stage(sp);
   if (st.done) return;
-  const float amax = __ldcg(&w.state[row].amax);
-  const u64 bound_k = stage == 1 ? __ldcg(&w.state[row].st[0].bound) : 0ull;
+  const float amax = argmax ? first.amax : __ldcg(&w.state[row].amax);
+  const u64 bound_k = stage == 1 && !argmax ? __ldcg(&w.state[row].st[0].bound) : 0ull;
   const int shift = level_shift(level);
   const uint32_t width = level_width(level);
-  const float* x = logits + size_t(row) * ld;
   // A survivor of the filters before this stage (min_p; for top_p also top_k).
   auto alive = [&](int i, float a) {
     return s_rel(a, amax, p.inv_temperature) >= p.log_min_p &&
            (stage == 0 || u64(sample_composite(sample_order_key(a), i)) >= bound_k);
   };
-  for (int i = tid; i < kSampleBuckets; i += NT) hist[i] = 0;
+  for (int i = tid; i < kSampleBuckets * 3 / 2; i += NT) hist[i] = 0;
   __syncthreads();
   int lo, hi;
   slice(vocab, B, &lo, &hi);
-  // Lanes of a warp that hit the same bucket add their weights first (flat rows put most tokens in a few level-0
-  // buckets): one 64-bit shared atomic per bucket per warp. Weights split in 22-bit halves for the 32-bit reduce.
+  // kHistPieces: a weight (< 2^45) as three pieces of 16, 16 and 13 bits into three uint32 histograms by native
+  // 32-bit shared atomics (a piece's sum over a slice of <= 65536 tokens fits), summed exactly at the flush.
+  // kHist64: one 64-bit shared atomic a token. Both: one for the warp where the whole warp hits one bucket (flat
+  // rows crowd a few level-0 buckets). kHistMatch (round 1): every bucket's lanes add first, a match and two
+  // reduces per distinct bucket of the warp (22-bit halves for the 32-bit reduce).
   for (int base = lo; base < hi; base += NT) {
     const int i = base + tid;
     uint32_t bucket = 0xffffffffu;
@@ -343,6 +388,39 @@ __global__ void __launch_bounds__(NT) sample_select(const float* __restrict__ lo
         wq = stage == 0 ? 1ull : mass_q(s_rel(a, amax, p.inv_temperature));
       }
     }
+    if (hist_mode == kHistPieces) {
+      const uint32_t w0 = uint32_t(wq & 0xffffu), w1 = uint32_t(wq >> 16) & 0xffffu, w2 = uint32_t(wq >> 32);
+      const uint32_t b0 = __shfl_sync(0xffffffffu, bucket, 0);
+      if (__all_sync(0xffffffffu, bucket == b0)) {
+        if (b0 != 0xffffffffu) {
+          const uint32_t s0 = __reduce_add_sync(0xffffffffu, w0), s1 = __reduce_add_sync(0xffffffffu, w1);
+          const uint32_t s2 = __reduce_add_sync(0xffffffffu, w2);
+          if (lane == 0) {
+            if (s0) atomicAdd(&piece[b0], s0);
+            if (s1) atomicAdd(&piece[kSampleBuckets + b0], s1);
+            if (s2) atomicAdd(&piece[2 * kSampleBuckets + b0], s2);
+          }
+        }
+      } else if (bucket != 0xffffffffu) {
+        if (w0) atomicAdd(&piece[bucket], w0);
+        if (w1) atomicAdd(&piece[kSampleBuckets + bucket], w1);
+        if (w2) atomicAdd(&piece[2 * kSampleBuckets + bucket], w2);
+      }
+      continue;
+    }
+    if (hist_mode == kHist64) {
+      const uint32_t b0 = __shfl_sync(0xffffffffu, bucket, 0);
+      if (__all_sync(0xffffffffu, bucket == b0)) {
+        if (b0 != 0xffffffffu) {
+          const uint32_t lo_sum = __reduce_add_sync(0xffffffffu, uint32_t(wq & 0x3fffffu));
+          const uint32_t hi_sum = __reduce_add_sync(0xffffffffu, uint32_t(wq >> 22));
+          if (lane == 0) atomicAdd(&hist[b0], (u64(hi_sum) << 22) + lo_sum);
+        }
+      } else if (bucket != 0xffffffffu) {
+        atomicAdd(&hist[bucket], wq);
+      }
+      continue;
+    }
     const uint32_t peers = __match_any_sync(0xffffffffu, bucket);
     const uint32_t lo_sum = __reduce_add_sync(peers, uint32_t(wq & 0x3fffffu));
     const uint32_t hi_sum = __reduce_add_sync(peers, uint32_t(wq >> 22));
@@ -350,15 +428,19 @@ __global__ void __launch_bounds__(NT) sample_select(const float* __restrict__ lo
   }
   __syncthreads();
   u64* g = w.hist + size_t(row) * kSampleBuckets;
-  for (int i = tid; i <= int(width); i += NT)
-    if (hist[i]) atomicAdd(&g[i], hist[i]);
+  for (int i = tid; i <= int(width); i += NT) {
+    const u64 v = hist_mode == kHistPieces ? u64(piece[i]) + (u64(piece[kSampleBuckets + i]) << 16) +
+                                                 (u64(piece[2 * kSampleBuckets + i]) << 32)
+                                           : hist[i];
+    if (v) atomicAdd(&g[i], v);
+  }
   if (!last_block(w.counter + row, B)) return;
   for (int i = tid; i <= int(width); i += NT) {
     hist[i] = __ldcg(&g[i]);
     g[i] = 0;  // for the next pass
   }
   __syncthreads();
-  if (warp == 0) pick_bucket(hist, level, stage == 1, p.top_p, st.need, st.prefix, st.mask, &pick);
+  pick_bucket(hist, level, stage == 1, p.top_p, st.need, st.prefix, st.mask, &pick);
   __syncthreads();
   if (pick.keep_all) {
     if (tid == 0) {
@@ -408,7 +490,8 @@ __device__ __forceinline__ u64 block_max(u64 v, u64* red) {
 __global__ void __launch_bounds__(NT) sample_gumbel(const float* __restrict__ logits, int vocab, int ld,
                                                     const SampleRow* __restrict__ params, const SampleEntry* __restrict__ entries,
                                                     const float* __restrict__ saved, int32_t* __restrict__ token,
-                                                    float* __restrict__ raw_logit, Work w, int B) {
+                                                    float* __restrict__ raw_logit, Work w, int B,
+                                                    const int32_t* __restrict__ argmax) {
   __shared__ u64 red[NT / 32];
   __shared__ u64 hist[kSampleBuckets];
   __shared__ Pick pick;
@@ -417,13 +500,15 @@ __global__ void __launch_bounds__(NT) sample_gumbel(const float* __restrict__ lo
   pdl_trigger();
   const int row = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const SampleRow p = params[row];
+  const float* x = logits + size_t(row) * ld;
+  RowState first;
+  if (argmax) first = first_pass_state(p, x, argmax, row, w, token, raw_logit);
   if (p.mode != kSampleDraw) return;
-  const float amax = __ldcg(&w.state[row].amax);
-  const u64 bound_k = __ldcg(&w.state[row].st[0].bound);
-  const StageState sp = load_stage(&w.state[row].st[1]);
+  const float amax = argmax ? first.amax : __ldcg(&w.state[row].amax);
+  const u64 bound_k = argmax ? 0ull : __ldcg(&w.state[row].st[0].bound);
+  const StageState sp = argmax ? first.st[1] : load_stage(&w.state[row].st[1]);
   const bool open = !sp.done;
   const u64 bound = max(bound_k, open ? 0ull : sp.bound);
-  const float* x = logits + size_t(row) * ld;
   u64* list = w.list + size_t(row) * kListCap;
   // 1 kept, 0 dropped, 2 in the open bucket.
   auto fate = [&](int i, float a) {
@@ -497,7 +582,7 @@ __global__ void __launch_bounds__(NT) sample_gumbel(const float* __restrict__ lo
           atomicAdd(&hist[(key >> shift) & width], mass_q(s_rel(key_float(key), amax, p.inv_temperature)));
       }
       __syncthreads();
-      if (warp == 0) pick_bucket(hist, level, true, p.top_p, need, prefix, mask, &pick);
+      pick_bucket(hist, level, true, p.top_p, need, prefix, mask, &pick);
       __syncthreads();
       keep_all = pick.keep_all;
       need = pick.need, at_w = pick.at, prefix = pick.prefix, mask = pick.mask;
@@ -523,7 +608,7 @@ __global__ void __launch_bounds__(NT) sample_gumbel(const float* __restrict__ lo
     best = max(best, block_max(b2, red));
   }
   if (tid != 0) return;
-  const int bi = best ? int(0xffffffffu - uint32_t(best & 0xffffffffu)) : __ldcg(&w.state[row].best);  // not reached: the best token always survives
+  const int bi = best ? int(0xffffffffu - uint32_t(best & 0xffffffffu)) : argmax ? first.best : __ldcg(&w.state[row].best);  // not reached: the best token always survives
   token[row] = bi;
   raw_logit[row] = raw_of(x, p, entries, saved, bi);
 }
@@ -537,7 +622,10 @@ int sample_stages(const SampleRow* rows, int n) {
     if (p.mode == kSampleNone) continue;
     s |= kStageSample;
     if (p.entry_end > p.entry_begin) s |= kStageAdjust;
-    if (p.mode != kSampleDraw) continue;
+    if (p.mode != kSampleDraw) {
+      s |= kStageGreedy;
+      continue;
+    }
     s |= kStageDraw;
     if (p.top_k > 0) s |= kStageTopK;
     if (p.top_p < 1.f) s |= kStageTopP;
@@ -547,7 +635,7 @@ int sample_stages(const SampleRow* rows, int n) {
 
 size_t sample_workspace_bytes(int rows) {
   size_t bytes = 0;
-  carve(nullptr, rows, blocks_per_row(rows), &bytes);
+  carve(nullptr, rows, &bytes);
   return bytes;
 }
 
@@ -558,9 +646,13 @@ void sample_rows(const SampleRowsParams& p, cudaStream_t stream) {
   HM_REQUIRE(!(p.stages & kStageAdjust) || (p.entries && p.saved), "sample_rows");
   HM_REQUIRE(p.rows <= 65535, "sample_rows");
   HM_REQUIRE(p.workspace_bytes >= sample_workspace_bytes(p.rows), "sample_rows");
-  const int B = blocks_per_row(p.rows);
+  HM_REQUIRE(p.blocks_per_row >= 0 && p.blocks_per_row <= kPartBlocks, "sample_rows");
+  const int B = p.blocks_per_row ? p.blocks_per_row : blocks_per_row(p.rows);
+  const bool pieces_fit = (p.vocab + B - 1) / B <= 65536;  // a block's slice (slice()): a piece's sum fits 32 bits
+  const int hist_mode = p.select_hist != kHistAuto ? p.select_hist : pieces_fit ? kHistPieces : kHist64;
+  HM_REQUIRE(hist_mode != kHistPieces || pieces_fit, "sample_rows");
   size_t bytes = 0;
-  const Work w = carve(p.workspace, p.rows, B, &bytes);
+  const Work w = carve(p.workspace, p.rows, &bytes);
   const bool selects = p.stages & (kStageTopK | kStageTopP);
   const char* zero_end = selects ? reinterpret_cast<char*>(w.hist + size_t(p.rows) * kSampleBuckets)
                                 : reinterpret_cast<char*>(w.counter + p.rows);
@@ -568,18 +660,25 @@ void sample_rows(const SampleRowsParams& p, cudaStream_t stream) {
   const dim3 grid(B, p.rows);
   if (p.stages & kStageAdjust)
     launch(sample_adjust_rows, dim3(p.rows), dim3(NT), 0, stream, p.pdl, p.logits, p.ld, p.params, p.entries, p.saved);
-  launch(sample_max, grid, dim3(NT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, p.params, p.entries, p.saved, p.token,
-         p.raw_logit, w, B);
+  // Logits as narrow_logits saw them and only draw rows: its argmax is the max pass's result (the value and, what a
+  // draw uses, the kept sets, are the same; greedy rows keep the pass: narrow ties -0 with +0, the definition not).
+  const int32_t* argmax = p.argmax && !(p.stages & (kStageAdjust | kStageGreedy)) ? p.argmax : nullptr;
+  if (!argmax)
+    launch(sample_max, grid, dim3(NT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, p.params, p.entries, p.saved, p.token,
+           p.raw_logit, w, B);
   for (int stage = 0; stage < 2; stage++) {
     if (!(p.stages & (stage == 0 ? kStageTopK : kStageTopP))) continue;
     // top_p's levels 1 and 2 run in the gumbel pass's last block, over the listed tokens of its open bucket.
     const int levels = stage == 1 && !p.top_p_three_passes ? 1 : kSampleLevels;
-    for (int level = 0; level < levels; level++)
-      launch(sample_select, grid, dim3(NT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, p.params, w, B, stage, level);
+    for (int level = 0; level < levels; level++) {
+      launch(sample_select, grid, dim3(NT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, p.params, w, B, stage, level,
+             hist_mode, argmax, p.token, p.raw_logit);
+      argmax = nullptr;  // the first pass stored the state
+    }
   }
   if (p.stages & kStageDraw)
     launch(sample_gumbel, grid, dim3(NT), 0, stream, p.pdl, p.logits, p.vocab, p.ld, p.params, p.entries, p.saved,
-           p.token, p.raw_logit, w, B);
+           p.token, p.raw_logit, w, B, argmax);
 }
 
 }  // namespace hm::cuda

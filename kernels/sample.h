@@ -19,8 +19,13 @@ enum SampleStage : int {
   kStageTopK = 4,
   kStageTopP = 8,
   kStageDraw = 16,
+  kStageGreedy = 32,  // some row is sampled greedily
 };
 int sample_stages(const SampleRow* rows, int n);
+
+// A select pass's block histogram (kernels/sample.cu): auto = pieces where a block's slice is <= 65536 tokens,
+// else 64-bit atomics; match = round 1's warp aggregation by __match_any_sync.
+enum SampleHist : int { kHistAuto = 0, kHistPieces = 1, kHist64 = 2, kHistMatch = 3 };
 
 struct SampleRowsParams {
   float* logits = nullptr;             // fp32 [rows, ld], adjusted in place where sampled
@@ -33,8 +38,15 @@ struct SampleRowsParams {
   void* workspace = nullptr;           // sample_workspace_bytes(rows)
   size_t workspace_bytes = 0;
   int stages = 0;                      // sample_stages() of the rows
+  // [rows] narrow_logits' argmax of these logits (optional): where no row has entries or is greedy, it stands for
+  // the max pass (one launch fewer); the same results.
+  const int32_t* argmax = nullptr;
   bool pdl = false;
   bool top_p_three_passes = false;     // the previous top_p select, three passes over the row (op benchmark, tests)
+  // Op benchmark variants (the result is the same): blocks a row (0: the default, at most 256), and how a select
+  // pass builds its block histogram (SampleHist).
+  int blocks_per_row = 0;
+  int select_hist = 0;
 };
 size_t sample_workspace_bytes(int rows);
 void sample_rows(const SampleRowsParams& p, cudaStream_t stream);

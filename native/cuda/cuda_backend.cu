@@ -698,6 +698,7 @@ void CudaBackend::logits_rows(int first_row, int rows, int top_k, int sample_sta
     sp.workspace = sample_ws_;
     sp.workspace_bytes = sample_ws_bytes_;
     sp.stages = sample_stages;
+    sp.argmax = d_argmax_ + first_row;  // the raw logits' argmax, just narrowed
     sp.pdl = pdl_;
     sample_rows(sp, stream_);
   }

@@ -4,14 +4,19 @@
 //                    rows always), and its raw logit exactly; rows 1/3/64/256, V = 201088 and odd V, every
 //                    combination of the issue mixed in one batch, entries (bias, prompt, counts), tied logits.
 //                    The params column prints how many rows were compared and how many near-ties were skipped.
-//                    Also bit for bit against top_p's previous three select passes (top_p_three_passes).
+//                    Run as the engine does (narrow_logits' argmax given: no max pass where no row has entries
+//                    or is greedy); also bit for bit against the max pass, top_p's previous three select passes
+//                    and, up to 8 rows, the benchmark's variants (1, 32 and 256 blocks a row; the select histograms).
 //   sample_flat      rows of equal logits: top_p's open bucket overflows the gumbel pass's list, ties at the cut.
 //   sample_batch     the same row alone and inside a batch of 64 rows of other parameters: the same token, bit
 //                    for bit (the device's own determinism, no margin rule).
 //   narrow_batch     narrow_logits of a row alone (top_k 0, 5) and inside 64 rows (top_k 5, 20, 50, and the
-//                    one-block-per-row variant's top-k): the same argmax, logsumexp bits and top-k ids and logits.
-// HM_OP_BENCH=1 times sample_rows per stage set, and narrow_logits per top_k (logprobs; also the one-block-per-row
-// variant), at V = 201088 (rows 1, 8, 64, 256).
+//                    one-block-per-row variant's top-k) and 256 rows (top_k 20): the same argmax, logsumexp bits
+//                    and top-k ids and logits (64 x 50 and 256 x 20 take narrow_rows alone).
+//   narrow_zeros     top-k ids of rows topped by +0 / -0 ties against hm::narrow_logits_row, on both paths.
+// HM_OP_BENCH=1 times sample_rows per stage set as the engine calls it (narrow_logits' argmax given; top_p also
+// round 1's path, the max pass, the select histogram variants, and up to 8 rows other blocks a row), and narrow_logits
+// per top_k (logprobs; also the one-block-per-row variant), at V = 201088 (rows 1, 8, 64, 256).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -23,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "backend.h"  // narrow_logits_row
 #include "logits.h"
 #include "op_test.h"
 #include "sample.h"
@@ -139,9 +145,25 @@ float time_us(Launch launch) {
   return ms * 1000 / iters;
 }
 
+// The row argmax narrow_logits gives (the engine hands it to sample_rows: SampleRowsParams::argmax).
+void narrow_argmax(const float* x, int rows, int V, int32_t* argmax) {
+  Buf<float> mx(rows), lse(rows);
+  Buf<char> ws(cuda::narrow_workspace_bytes(rows, V));
+  cuda::NarrowLogitsParams p;
+  p.logits = x, p.rows = rows, p.vocab = V, p.ld = V, p.argmax = argmax, p.max_logit = mx.p, p.logsumexp = lse.p;
+  p.workspace = ws.p, p.workspace_bytes = ws.n;
+  cuda::narrow_logits(p, nullptr);
+  S_CHECK(cudaDeviceSynchronize());
+}
+
+// How run_device calls sample_rows: by default as the engine does (narrow_logits' argmax given).
+struct Variant {
+  bool three_passes = false, max_pass = false;
+  int select_hist = cuda::kHistAuto, blocks_per_row = 0;
+};
+
 // Runs sample_rows on a batch; returns tokens and raw logits.
-void run_device(const Batch& b, int V, std::vector<int32_t>* token, std::vector<float>* logit,
-                bool top_p_three_passes = false) {
+void run_device(const Batch& b, int V, std::vector<int32_t>* token, std::vector<float>* logit, const Variant& v = {}) {
   const int rows = int(b.rows.size());
   Buf<float> x(b.x.size()), saved(std::max<size_t>(1, b.entries.size())), lg(rows);
   Buf<SampleRow> pr(rows);
@@ -152,11 +174,15 @@ void run_device(const Batch& b, int V, std::vector<int32_t>* token, std::vector<
   pr.put(b.rows.data(), rows);
   if (!b.entries.empty()) en.put(b.entries.data(), b.entries.size());
   S_CHECK(cudaMemset(tk.p, 0xff, rows * 4));
+  Buf<int32_t> am(rows);
+  narrow_argmax(x.p, rows, V, am.p);
   cuda::SampleRowsParams p;
   p.logits = x.p, p.rows = rows, p.vocab = V, p.ld = V, p.params = pr.p, p.entries = en.p, p.saved = saved.p;
   p.token = tk.p, p.raw_logit = lg.p, p.workspace = ws.p, p.workspace_bytes = ws.n;
   p.stages = cuda::sample_stages(b.rows.data(), rows);
-  p.top_p_three_passes = top_p_three_passes;
+  p.argmax = v.max_pass ? nullptr : am.p;
+  p.top_p_three_passes = v.three_passes;
+  p.blocks_per_row = v.blocks_per_row, p.select_hist = v.select_hist;
   cuda::sample_rows(p, nullptr);
   *token = tk.get();
   *logit = lg.get();
@@ -174,10 +200,17 @@ std::vector<Result> test_sample() {
       run_device(b, c.V, &tok, &lg);
       std::vector<int32_t> tok3;
       std::vector<float> lg3;
-      run_device(b, c.V, &tok3, &lg3, true);
       double mismatches = 0;
       int compared = 0, near = 0, diff3 = 0;
-      for (int r = 0; r < c.rows; r++) diff3 += tok3[r] != tok[r] || lg3[r] != lg[r];
+      // Round 1's path (the max pass, three top_p passes, the match_any histogram), the max pass with 64-bit
+      // histogram atomics and, up to 8 rows, the benchmark's variants (1 block a row: a slice too long for pieces).
+      std::vector<Variant> variants = {Variant{true, true, cuda::kHistMatch, 0}, Variant{false, true, cuda::kHist64, 0}};
+      if (c.rows <= 8)
+        for (int blocks : {1, 32, 256}) variants.push_back(Variant{false, false, blocks == 256 ? cuda::kHistMatch : cuda::kHistAuto, blocks});
+      for (const Variant& v : variants) {
+        run_device(b, c.V, &tok3, &lg3, v);
+        for (int r = 0; r < c.rows; r++) diff3 += tok3[r] != tok[r] || lg3[r] != lg[r];
+      }
       mismatches += diff3;
       bool bad = false;
       std::string first;
@@ -202,7 +235,7 @@ std::vector<Result> test_sample() {
         }
       }
       char params[192];
-      std::snprintf(params, sizeof params, "rows=%d V=%d%s shift=%d cmp=%d near=%d 3pass-diff=%d", c.rows, c.V,
+      std::snprintf(params, sizeof params, "rows=%d V=%d%s shift=%d cmp=%d near=%d variant-diff=%d", c.rows, c.V,
                     c.ties ? " ties" : "", shift, compared, near, diff3);
       Result res;
       res.params = params + first;
@@ -235,7 +268,7 @@ std::vector<Result> test_sample_flat() {
     std::vector<int32_t> tok, tok3;
     std::vector<float> lg, lg3;
     run_device(b, V, &tok, &lg);
-    run_device(b, V, &tok3, &lg3, true);
+    run_device(b, V, &tok3, &lg3, Variant{true, true, cuda::kHist64, 0});
     double bad = 0;
     int near = 0;
     for (int r = 0; r < rows; r++) {
@@ -309,19 +342,21 @@ Narrowed run_narrow(const float* x, int rows, int V, int k, bool one_block) {
 std::vector<Result> test_narrow_batch() {
   std::vector<Result> out;
   const int V = 201088, at = 17;
-  const std::vector<float> crowd = logits_of(64, V, 9090u, false);
+  const std::vector<float> crowd = logits_of(256, V, 9090u, false);
   const float* row = crowd.data() + size_t(at) * V;
   const Narrowed a0 = run_narrow(row, 1, V, 0, false), a5 = run_narrow(row, 1, V, 5, false);
-  struct Case { int k; bool one_block; };
-  for (const Case& c : {Case{5, false}, Case{20, false}, Case{50, false}, Case{20, true}}) {
-    const Narrowed b = run_narrow(crowd.data(), 64, V, c.k, c.one_block);
+  // rows * top_k >= 3200 takes narrow_rows alone (its statistics replayed in the split order), below the split passes.
+  struct Case { int rows, k; bool one_block; };
+  for (const Case& c : {Case{64, 5, false}, Case{64, 20, false}, Case{64, 50, false}, Case{256, 20, false},
+                        Case{64, 20, true}}) {
+    const Narrowed b = run_narrow(crowd.data(), c.rows, V, c.k, c.one_block);
     double bad = (b.argmax[at] != a0.argmax[0]) + (b.argmax[at] != a5.argmax[0]) + (a0.lse[0] != a5.lse[0]);
     if (!c.one_block) bad += b.lse[at] != a0.lse[0];  // the variant sums in another order: its own bits
     for (int i = 0; i < 5; i++)
       bad += (b.ids[size_t(at) * c.k + i] != a5.ids[i]) + (b.top[size_t(at) * c.k + i] != a5.top[i]);
     Result res;
-    res.params = "V=201088 row 17 of 64 (top_k " + std::to_string(c.k) + (c.one_block ? ", one block a row" : "") +
-                 ") vs alone (top_k 0, 5)";
+    res.params = "V=201088 row 17 of " + std::to_string(c.rows) + " (top_k " + std::to_string(c.k) +
+                 (c.one_block ? ", one block a row" : "") + ") vs alone (top_k 0, 5)";
     res.metric = "exact";
     res.error = bad;
     res.tolerance = 0;
@@ -330,6 +365,40 @@ std::vector<Result> test_narrow_batch() {
   return out;
 }
 HM_OP_TEST("narrow_batch", test_narrow_batch);
+
+// Rows whose top is a run of +0 and -0 (they tie, the lower id first): top-k ids against the CPU reference on both
+// paths (8 rows x top_k 20: the split passes; 64 x 50: narrow_rows alone).
+std::vector<Result> test_narrow_zeros() {
+  std::vector<Result> out;
+  const int V = 201088;
+  std::vector<float> x(size_t(64) * V);
+  for (size_t i = 0; i < x.size(); i++) {
+    const int id = int(i % size_t(V));
+    x[i] = id % 997 == 5 ? (id % 2 ? -0.f : 0.f) : -1.f - float(mix(uint32_t(i)) >> 8) / 16777216.f;
+  }
+  for (const int rows : {8, 64}) {
+    const int k = rows == 8 ? 20 : 50;
+    const Narrowed d = run_narrow(x.data(), rows, V, k, false);
+    double bad = 0;
+    for (int r = 0; r < rows; r++) {
+      std::vector<int32_t> ids(k);
+      std::vector<float> tl(k);
+      int32_t am;
+      float mx, lse;
+      narrow_logits_row(x.data() + size_t(r) * V, V, k, ids.data(), tl.data(), &am, &mx, &lse);
+      bad += d.argmax[r] != am;
+      for (int i = 0; i < k; i++) bad += d.ids[size_t(r) * k + i] != ids[i];
+    }
+    Result res;
+    res.params = "V=201088 rows=" + std::to_string(rows) + " top_k " + std::to_string(k) + ": +0/-0 ties at the top";
+    res.metric = "exact";
+    res.error = bad;
+    res.tolerance = 0;
+    out.push_back(res);
+  }
+  return out;
+}
+HM_OP_TEST("narrow_zeros", test_narrow_zeros);
 
 std::vector<Result> bench_sample() {
   const char* env = std::getenv("HM_OP_BENCH");
@@ -357,13 +426,35 @@ std::vector<Result> bench_sample() {
       p.logits = x.p, p.rows = rows, p.vocab = V, p.ld = V, p.params = pr.p, p.entries = en.p, p.saved = saved.p;
       p.token = tk.p, p.raw_logit = lg.p, p.workspace = ws.p, p.workspace_bytes = ws.n;
       p.stages = cuda::sample_stages(b.rows.data(), rows);
+      Buf<int32_t> am(rows);
+      narrow_argmax(x.p, rows, V, am.p);
+      p.argmax = am.p;  // as the engine
       const float us = time_us([&] { cuda::sample_rows(p, nullptr); });
       static const char* names[] = {"t=1", "t=1 top_p=0.9", "t=0.7 top_k=50 min_p=0.05", "t=1 pen", "greedy+rep"};
       std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, names[c], p.stages, us);
       if (p.stages & cuda::kStageTopP) {
-        p.top_p_three_passes = true;
+        p.top_p_three_passes = true, p.select_hist = cuda::kHistMatch;  // round 1's path
+        p.argmax = nullptr;
         const float us3 = time_us([&] { cuda::sample_rows(p, nullptr); });
-        std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, "  (previous: 3 top_p passes)", p.stages, us3);
+        std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, "  (previous: 3 passes, match)", p.stages, us3);
+        p.top_p_three_passes = false, p.select_hist = cuda::kHistAuto;
+        const float usm = time_us([&] { cuda::sample_rows(p, nullptr); });
+        std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, "  (previous: the max pass)", p.stages, usm);
+        p.argmax = am.p;
+        // Variants (the same tokens): the select histogram (SampleHist), blocks a row.
+        struct BenchVariant { int blocks, hist; };
+        static const char* hist_names[] = {"pieces/auto", "pieces", "64-bit atomics", "match_any"};
+        for (const BenchVariant& v : {BenchVariant{0, cuda::kHist64}, BenchVariant{0, cuda::kHistMatch},
+                                      BenchVariant{32, 0}, BenchVariant{64, 0}, BenchVariant{256, 0}}) {
+          if (rows > 8 && v.blocks) continue;
+          p.blocks_per_row = v.blocks, p.select_hist = v.hist;
+          const float usv = time_us([&] { cuda::sample_rows(p, nullptr); });
+          char name[64];
+          std::snprintf(name, sizeof name, "  (%s blocks a row, %s)", v.blocks ? std::to_string(v.blocks).c_str() : "default",
+                        hist_names[v.hist]);
+          std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, name, p.stages, usv);
+        }
+        p.blocks_per_row = 0, p.select_hist = cuda::kHistAuto;
       }
     }
     for (int k : {0, 5, 20, 50, -20, -50}) {  // negative: the one-block-per-row variant (the previous kernel)
