@@ -281,7 +281,13 @@ __global__ void attn_decode_combine(AttentionCommon c, const int32_t* __restrict
 // Why head slices: at batch 1 the grid has ~128 blocks, one per SM, and each warp's instructions run as one serial
 // chain (ncu of the previous kernel: 4.6% issue busy, ~8 cycles an instruction). Splitting the G heads over HS
 // slices divides a warp's score, softmax, p * V and group-merge work by HS and puts HS times the warps on each SM
-// (HS 4: 16 warps, 124 registers); the prologue's eight sincosf a lane became one plus shuffles. CHAIN_NOTE
+// (HS 4: 16 warps, 120 registers); the prologue's eight sincosf a lane became one plus shuffles, the slot walk one
+// division a chunk. Counted by hand per warp for one 64-key chunk (G 8, D 64, fused; batch 1 at 1k: 16 splits;
+// PTX, no cuobjdump here): HS 1: sincosf 8 x ~30, q 160, scores 288 + 192 shuffle/add, softmax 240, p * V 288,
+// group merge 560, block merge 50, last-block merge 16 splits ~240: ~2.3 K (ncu of the previous pair: 2.1 K). HS 4:
+// sincosf+shuffles ~50, q 60, scores 96 + 48, softmax 60, p * V 96, group merge 140, block merge 50, last-block
+// merge 4 splits a thread ~100, indices ~60: ~0.8 K. At ~8 cycles an instruction (ncu's serial chain) that is ~18 K
+// cycles (9.5 us at 1.9 GHz, as measured) before and ~6.5 K (~3.5 us + ~1 us of dependent index/K loads) after.
 template <int G, int HD, int HS>
 __global__ void __launch_bounds__(128 * HS) attn_decode_merged(AttentionCommon c, const int32_t* __restrict__ tokens,
                                                                int keys_per_split, int max_splits,
