@@ -33,9 +33,10 @@ constexpr int kDecodeChunk = 64;  // keys staged per iteration; splits are multi
 constexpr int kDecodeBlocksPerSm = 2;
 // The planner's head slices for the merged kernel (1, 2, 4; HM_OP_BENCH=1 times each).
 constexpr int kDecodeHeadSlices = 4;
-// Up to this many decode tokens the planner takes attn_decode_merged; above, the previous pair (variant 1), which
-// won from 64 tokens up on the H200 (merged at 2 blocks/SM: 116 vs 105 us at T=64 ctx 1k, 527 vs 336 at T=256).
-constexpr int kMergedMaxTokens = 16;
+// Up to this many decode tokens the planner takes attn_decode_merged; above, the split + combine pair (variant 1).
+// H200, merged with one head slice vs the pair: T=8 mixed 49.1 vs 50.2 us (full), 9.2 vs 11.3 (sliding); T=64 ctx
+// 1k 116 vs 105 and 22.8 vs 18.4; T=256 527 vs 336. T=16 unmeasured (HM_OP_BENCH=1 times it), so the cut is 8.
+constexpr int kMergedMaxTokens = 8;
 
 __device__ __forceinline__ void key_range(int pos, int window, int* lo, int* hi) {
   *hi = pos;

@@ -842,8 +842,9 @@ std::vector<Result> test_attention_prefill() {
 HM_OP_TEST("attention_prefill", test_attention_prefill);
 
 // ---- HM_OP_BENCH=1: decode attention timings ----
-// The previous kernel pair (variant 1, with the planner's previous split rule) against attn_decode_merged at the
-// planner's split count and at half and twice it, gpt-oss shape (64 q / 8 KV heads, D 64, fused RoPE + KV write as
+// The split + combine pair (variant 1, with its split rule) against attn_decode_merged with 1 head slice (fill
+// rule at 2 blocks/SM, half and twice its splits, the pair's splits) and 2 or 4 head slices (fill rule at 1 block/SM;
+// 4: also half and twice), then the planner's choice (attention_decode_plan), gpt-oss shape (64 q / 8 KV heads, D 64, fused RoPE + KV write as
 // on decode-only steps). Each row: a graph of 24 launches cycling over 8 layers' caches (the KV is read from HBM,
 // not L2), replayed 20 times; the median replay / 24 is the time per layer, without and with PDL between launches.
 // GB/s counts the K and V rows the layer must read.
@@ -967,6 +968,7 @@ std::vector<Result> bench_attention_decode() {
   std::vector<Case> cases;
   for (int c : {512, 1024, 8192, 32768}) cases.push_back({"T=1 ctx=" + std::to_string(c), {c}});
   cases.push_back({"T=8 ctx=1..4096 mixed", ragged(8, 4096, 76)});
+  cases.push_back({"T=16 ctx=1..4096 mixed", ragged(16, 4096, 79)});
   cases.push_back({"T=64 ctx=1024", std::vector<int>(64, 1024)});
   cases.push_back({"T=64 ctx=1..2048 mixed", ragged(64, 2048, 77)});
   cases.push_back({"T=256 ctx=1..2048 mixed", ragged(256, 2048, 78)});
