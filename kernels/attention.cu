@@ -1,10 +1,10 @@
 // Attention kernels (see attention.h for the two paths). Both are written for head dims 16, 32 and 64 (HD) and a GQA group of
 // G = nq / nkv query heads per KV head (templated: 1, 2, 4, 8, 16), so each K/V row read serves G heads.
-//   attn_decode_merged:  grid (tokens, nkv, splits), 128 threads, the decode path: per-lane K/V rows in registers,
-//                        no block barrier in the key loop, and the split merge done by the token's last split to
-//                        finish (one launch). See the comment above the kernel.
-//   attn_decode_split + attn_decode_combine: the previous pair (AttentionDecodeParams::variant 1), kept for the
-//                        HM_OP_BENCH comparison:
+//   attn_decode_merged:  grid (tokens, nkv, splits), 128 * HS threads (HS head slices), the decode path for few
+//                        tokens: per-lane K/V rows in registers, no block barrier in the key loop, and the split
+//                        merge done by the token's last split to finish (one launch). See the comment above it.
+//   attn_decode_split + attn_decode_combine: the pair (AttentionDecodeParams::variant 1) the planner takes for
+//                        batches above kMergedMaxTokens, where its 55-register blocks fill the SMs better:
 //   attn_decode_split:   grid (tokens, nkv, splits), 128 threads. Per 64-key chunk: K and V rows staged in shared
 //                        memory by independent 16-byte loads (padded rows), two threads per key score the G heads,
 //                        per-head online softmax (warp per head), then a thread per (head, dim pair) accumulates
@@ -27,9 +27,16 @@ namespace hm::cuda {
 namespace {
 
 constexpr int kDecodeChunk = 64;  // keys staged per iteration; splits are multiples of it
-// Decode blocks the planner aims for per SM: attn_decode_merged<8, 64> takes 255 registers (-Xptxas -v), so two
-// 128-thread blocks are resident per SM; HM_OP_BENCH=1 times split counts around it.
+// Decode blocks the planner aims for per SM with one head slice: attn_decode_merged<8, 64, 1> takes 255 registers
+// (-Xptxas -v), so two 128-thread blocks are resident per SM; HM_OP_BENCH=1 times split counts around it. With head
+// slices the planner aims for one (512-thread) block per SM.
 constexpr int kDecodeBlocksPerSm = 2;
+// The planner's head slices for the merged kernel (1, 2, 4; HM_OP_BENCH=1 times each).
+constexpr int kDecodeHeadSlices = 4;
+// Up to this many decode tokens the planner takes attn_decode_merged; above, the split + combine pair (variant 1).
+// H200, merged with one head slice vs the pair: T=8 mixed 49.1 vs 50.2 us (full), 9.2 vs 11.3 (sliding); T=64 ctx
+// 1k 116 vs 105 and 22.8 vs 18.4; T=256 527 vs 336. T=16 unmeasured (HM_OP_BENCH=1 times it), so the cut is 8.
+constexpr int kMergedMaxTokens = 8;
 
 __device__ __forceinline__ void key_range(int pos, int window, int* lo, int* hi) {
   *hi = pos;
@@ -263,24 +270,36 @@ __global__ void attn_decode_combine(AttentionCommon c, const int32_t* __restrict
   c.out[size_t(t) * nq * HD + h * HD + d] = __bfloat16_as_ushort(__float2bfloat16(acc / L));
 }
 
-// Decode attention in one launch. Block = 4 warps over one (token, KV head, split); each warp holds GPW key groups
-// of LPK = HD/8 lanes, a lane owning 8 dims (one 16-byte K and V load per key) with the G heads' q dims and
-// accumulators in registers, so no shared memory or block barrier in the key loop: a group scores its key for the
+// Decode attention in one launch. Block = 4 * HS warps over one (token, KV head, split): warp w takes key quarter
+// w % 4 for the GH = G / HS heads of slice w / 4 (the slices read the same K/V rows, the repeats served by L1).
+// Each warp holds GPW key groups of LPK = HD/8 lanes, a lane owning 8 dims (one 16-byte K and V load per key) with
+// its GH heads' q dims and accumulators in registers, so no shared memory or block barrier in the key loop: a group scores its key for the
 // G heads (FMAs, then a butterfly over its LPK lanes), keeps its own online softmax and accumulates p * V. The
 // next chunk's K loads are issued before this chunk's softmax and its V loads before the next scores (one chunk of
 // loads always in flight). The split's groups merge through shuffles and shared memory; a token's single split
 // writes the output with the sink, otherwise the split writes its partial and the last of the token's splits to
 // arrive (counter) merges them all in split order, so the result does not depend on arrival order.
-template <int G, int HD>
-__global__ void __launch_bounds__(128) attn_decode_merged(AttentionCommon c, const int32_t* __restrict__ tokens,
-                                                          int keys_per_split, int max_splits, float* __restrict__ ws,
-                                                          uint32_t* __restrict__ counters,
-                                                          const float* __restrict__ inv_freq, float attn_factor,
-                                                          const int32_t* __restrict__ slot) {
+// Why head slices: at batch 1 the grid has ~128 blocks, one per SM, and each warp's instructions run as one serial
+// chain (ncu of the previous kernel: 4.6% issue busy, ~8 cycles an instruction). Splitting the G heads over HS
+// slices divides a warp's score, softmax, p * V and group-merge work by HS and puts HS times the warps on each SM
+// (HS 4: 16 warps, 120 registers); the prologue's eight sincosf a lane became one plus shuffles, the slot walk one
+// division a chunk. Counted by hand per warp for one 64-key chunk (G 8, D 64, fused; batch 1 at 1k: 16 splits;
+// PTX, no cuobjdump here): HS 1: sincosf 8 x ~30, q 160, scores 288 + 192 shuffle/add, softmax 240, p * V 288,
+// group merge 560, block merge 50, last-block merge 16 splits ~240: ~2.3 K (ncu of the previous pair: 2.1 K). HS 4:
+// sincosf+shuffles ~50, q 60, scores 96 + 48, softmax 60, p * V 96, group merge 140, block merge 50, last-block
+// merge 4 splits a thread ~100, indices ~60: ~0.8 K. At ~8 cycles an instruction (ncu's serial chain) that is ~18 K
+// cycles (9.5 us at 1.9 GHz, as measured) before and ~6.5 K (~3.5 us + ~1 us of dependent index/K loads) after.
+template <int G, int HD, int HS>
+__global__ void __launch_bounds__(128 * HS) attn_decode_merged(AttentionCommon c, const int32_t* __restrict__ tokens,
+                                                               int keys_per_split, int max_splits,
+                                                               float* __restrict__ ws, uint32_t* __restrict__ counters,
+                                                               const float* __restrict__ inv_freq, float attn_factor,
+                                                               const int32_t* __restrict__ slot) {
   constexpr int LPK = HD / 8;                  // lanes per key
   constexpr int GPW = 32 / LPK;                // key groups per warp
   constexpr int U = kDecodeChunk / (4 * GPW);  // keys per group per chunk: 64 keys per block per chunk
   constexpr int HALF = HD / 2;
+  constexpr int GH = G / HS;         // heads per warp
   constexpr int UNITS = G * HD / 4;  // float4 output units of the block (merge phases)
   __shared__ __align__(16) uint16_t k_own[HD], v_own[HD];
   __shared__ float wm[4][G], wl[4][G];
@@ -288,6 +307,7 @@ __global__ void __launch_bounds__(128) attn_decode_merged(AttentionCommon c, con
   __shared__ int is_last;
   const int i = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int kw = warp & 3, h0 = (warp >> 2) * GH;  // the warp's key quarter and first head of the group
   const int part = lane % LPK, grp = lane / LPK;
   // Before pdl_wait: the sinks (weights), the step's index arrays and, with inv_freq, the cached K/V of earlier
   // positions. All were written before this step's first kernel started (the index upload precedes it, earlier
@@ -308,14 +328,16 @@ __global__ void __launch_bounds__(128) attn_decode_merged(AttentionCommon c, con
   const size_t kv_row = size_t(c.nkv) * HD;
   const uint16_t* kbase = c.k_cache + size_t(kvh) * HD + part * 8;
   const uint16_t* vbase = c.v_cache + size_t(kvh) * HD + part * 8;
-  const int key0 = (warp * GPW + grp) * U;  // the group's first key in each chunk
+  const int key0 = (kw * GPW + grp) * U;  // the group's first key in each chunk
   int sl[U];
   uint4 kr[U], vr[U];
-  auto load_slots = [&](int c0) {
+  auto load_slots = [&](int c0) {  // one division per chunk: the group's U keys are consecutive
+    const int bs = c.block_size, j0 = c0 + key0;
+    int bq = j0 / bs, br = j0 - bq * bs;
 #pragma unroll
     for (int u = 0; u < U; u++) {
-      const int j = c0 + key0 + u;
-      sl[u] = j < s_end ? bt[j / c.block_size] * c.block_size + j % c.block_size : -1;
+      sl[u] = j0 + u < s_end ? bt[bq] * bs + br : -1;
+      if (++br == bs) br = 0, bq++;
     }
   };
   auto load_k = [&] {
@@ -340,33 +362,42 @@ __global__ void __launch_bounds__(128) attn_decode_merged(AttentionCommon c, con
     load_v();
   }
 
-  // q: the lane's 8 dims of the group's G heads, rotated once (fused: the same expressions as rope_kv_write) and
-  // scaled.
+  // q: the lane's 8 dims of the warp's GH heads, rotated once (fused: the same expressions as rope_kv_write) and
+  // scaled. Each lane computes one sincosf (frequency lane % HALF) and takes its 8 dims' from the lanes by shuffle:
+  // one sincosf a lane instead of eight. The k head rotation (threads tid < HD, frequency tid % HALF = lane % HALF)
+  // uses the lane's own.
   const float* qrow = c.q + size_t(t) * c.ldq;
   const float p = float(hi);
-  float q[G][8];
+  float q[GH][8];
+  float cs_l = 0.f, sn_l = 0.f;
   if (fuse) {
+    sincosf(p * inv_freq[lane % HALF], &sn_l, &cs_l);
+    cs_l *= attn_factor;
+    sn_l *= attn_factor;
+    const int f0 = (part * 8) % HALF;
+    const bool lo_half = part * 8 < HALF;
     float cs[8], sn[8];
 #pragma unroll
     for (int e = 0; e < 8; e++) {
-      sincosf(p * inv_freq[(part * 8 + e) % HALF], &sn[e], &cs[e]);
-      cs[e] *= attn_factor;
-      sn[e] *= attn_factor;
+      cs[e] = __shfl_sync(0xffffffffu, cs_l, f0 + e);
+      sn[e] = __shfl_sync(0xffffffffu, sn_l, f0 + e);
     }
 #pragma unroll
-    for (int h = 0; h < G; h++) {
-      const float* qh = qrow + (kvh * G + h) * HD;
+    for (int h = 0; h < GH; h++) {
+      const float* qh = qrow + (kvh * G + h0 + h) * HD;
+      const float4 a0 = *reinterpret_cast<const float4*>(qh + f0), a1 = *reinterpret_cast<const float4*>(qh + f0 + 4);
+      const float4 b0 = *reinterpret_cast<const float4*>(qh + f0 + HALF);
+      const float4 b1 = *reinterpret_cast<const float4*>(qh + f0 + HALF + 4);
+      const float x1[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+      const float x2[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
 #pragma unroll
-      for (int e = 0; e < 8; e++) {
-        const int d = part * 8 + e, f = d % HALF;
-        const float x1 = qh[f], x2 = qh[f + HALF];
-        q[h][e] = (d < HALF ? x1 * cs[e] - x2 * sn[e] : x2 * cs[e] + x1 * sn[e]) * c.scale;
-      }
+      for (int e = 0; e < 8; e++)
+        q[h][e] = (lo_half ? x1[e] * cs[e] - x2[e] * sn[e] : x2[e] * cs[e] + x1[e] * sn[e]) * c.scale;
     }
   } else {
 #pragma unroll
-    for (int h = 0; h < G; h++) {
-      const float4* qh = reinterpret_cast<const float4*>(qrow + (kvh * G + h) * HD + part * 8);
+    for (int h = 0; h < GH; h++) {
+      const float4* qh = reinterpret_cast<const float4*>(qrow + (kvh * G + h0 + h) * HD + part * 8);
       const float4 a = qh[0], b = qh[1];
       q[h][0] = a.x * c.scale, q[h][1] = a.y * c.scale, q[h][2] = a.z * c.scale, q[h][3] = a.w * c.scale;
       q[h][4] = b.x * c.scale, q[h][5] = b.y * c.scale, q[h][6] = b.z * c.scale, q[h][7] = b.w * c.scale;
@@ -378,7 +409,10 @@ __global__ void __launch_bounds__(128) attn_decode_merged(AttentionCommon c, con
     if (tid < HD) {
       const float* kh = qrow + size_t(c.nq + kvh) * HD;
       const float* vh = qrow + size_t(c.nq + c.nkv + kvh) * HD;
-      const uint16_t kb = __bfloat16_as_ushort(__float2bfloat16(rope_elem<HD>(kh, tid, p, inv_freq, attn_factor)));
+      const int f = tid % HALF;
+      const float x1 = kh[f], x2 = kh[f + HALF];
+      const float kr0 = tid < HALF ? x1 * cs_l - x2 * sn_l : x2 * cs_l + x1 * sn_l;
+      const uint16_t kb = __bfloat16_as_ushort(__float2bfloat16(kr0));
       const uint16_t vb = __bfloat16_as_ushort(__float2bfloat16(vh[tid]));
       k_own[tid] = kb;
       v_own[tid] = vb;
@@ -392,9 +426,9 @@ __global__ void __launch_bounds__(128) attn_decode_merged(AttentionCommon c, con
     __syncthreads();
   }
 
-  float m[G], l[G], acc[G][8];
+  float m[GH], l[GH], acc[GH][8];
 #pragma unroll
-  for (int h = 0; h < G; h++) {
+  for (int h = 0; h < GH; h++) {
     m[h] = -INFINITY;
     l[h] = 0.f;
 #pragma unroll
@@ -410,13 +444,13 @@ __global__ void __launch_bounds__(128) attn_decode_merged(AttentionCommon c, con
           vr[u] = *reinterpret_cast<const uint4*>(&v_own[part * 8]);
         }
     }
-    float s[U][G];
+    float s[U][GH];
 #pragma unroll
     for (int u = 0; u < U; u++) {
       float kf[8];
       unpack8(kr[u], kf);
 #pragma unroll
-      for (int h = 0; h < G; h++) {
+      for (int h = 0; h < GH; h++) {
         float dot = 0.f;
 #pragma unroll
         for (int e = 0; e < 8; e++) dot = fmaf(q[h][e], kf[e], dot);
@@ -431,14 +465,14 @@ __global__ void __launch_bounds__(128) attn_decode_merged(AttentionCommon c, con
     for (int u = 0; u < U; u++) {
       const bool valid = c0 + key0 + u < s_end;
 #pragma unroll
-      for (int h = 0; h < G; h++) {
+      for (int h = 0; h < GH; h++) {
 #pragma unroll
         for (int o = 1; o < LPK; o <<= 1) s[u][h] += __shfl_xor_sync(0xffffffffu, s[u][h], o);
         if (!valid) s[u][h] = -INFINITY;
       }
     }
 #pragma unroll
-    for (int h = 0; h < G; h++) {
+    for (int h = 0; h < GH; h++) {
       float mx = m[h];
 #pragma unroll
       for (int u = 0; u < U; u++) mx = fmaxf(mx, s[u][h]);
@@ -464,7 +498,7 @@ __global__ void __launch_bounds__(128) attn_decode_merged(AttentionCommon c, con
       float vf[8];
       unpack8(vr[u], vf);
 #pragma unroll
-      for (int h = 0; h < G; h++)
+      for (int h = 0; h < GH; h++)
 #pragma unroll
         for (int e = 0; e < 8; e++) acc[h][e] = fmaf(s[u][h], vf[e], acc[h][e]);
     }
@@ -475,7 +509,7 @@ __global__ void __launch_bounds__(128) attn_decode_merged(AttentionCommon c, con
 #pragma unroll
   for (int o = LPK; o < 32; o <<= 1) {
 #pragma unroll
-    for (int h = 0; h < G; h++) {
+    for (int h = 0; h < GH; h++) {
       const float mo = __shfl_xor_sync(0xffffffffu, m[h], o), lo2 = __shfl_xor_sync(0xffffffffu, l[h], o);
       const float M = fmaxf(m[h], mo);
       const float wa = m[h] == -INFINITY ? 0.f : __expf(m[h] - M), wb = mo == -INFINITY ? 0.f : __expf(mo - M);
@@ -487,12 +521,12 @@ __global__ void __launch_bounds__(128) attn_decode_merged(AttentionCommon c, con
   }
   if (grp == 0) {
 #pragma unroll
-    for (int h = 0; h < G; h++) {
-      *reinterpret_cast<float4*>(&wo[warp][h][part * 8]) = make_float4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]);
-      *reinterpret_cast<float4*>(&wo[warp][h][part * 8 + 4]) = make_float4(acc[h][4], acc[h][5], acc[h][6], acc[h][7]);
+    for (int h = 0; h < GH; h++) {
+      *reinterpret_cast<float4*>(&wo[kw][h0 + h][part * 8]) = make_float4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]);
+      *reinterpret_cast<float4*>(&wo[kw][h0 + h][part * 8 + 4]) = make_float4(acc[h][4], acc[h][5], acc[h][6], acc[h][7]);
       if (part == 0) {
-        wm[warp][h] = m[h];
-        wl[warp][h] = l[h];
+        wm[kw][h0 + h] = m[h];
+        wl[kw][h0 + h] = l[h];
       }
     }
   }
@@ -548,24 +582,58 @@ __global__ void __launch_bounds__(128) attn_decode_merged(AttentionCommon c, con
   __syncthreads();
   if (!is_last) return;
   __threadfence();
-  // The last split merges all of the token's splits with the sink, in split order (L2 reads: other blocks wrote them).
-  for (int e = tid; e < UNITS; e += blockDim.x) {
+  // The last split merges all of the token's splits with the sink (L2 reads: other blocks wrote them). With threads
+  // to spare (head slices), SUBS threads per output unit each merge a contiguous range of splits and the first
+  // merges their results in order, so the order never depends on arrival.
+  constexpr int NT = 128 * HS;
+  constexpr int SUBS = NT / UNITS >= 4 ? 4 : NT / UNITS >= 2 ? 2 : 1;
+  for (int x = tid; x < UNITS * SUBS; x += NT) {
+    const int e = x % UNITS, sub = x / UNITS;
     const int h = e * 4 / HD, d = e * 4 % HD;
-    const float sink = e == tid ? sink_first : c.sinks[kvh * G + h];
     const size_t base = (size_t(i) * nq + kvh * G + h) * max_splits;
-    float M = sink;
-    for (int s = 0; s < nsplit; s++) M = fmaxf(M, __ldcg(wsml + (base + s) * 2));
-    float L = __expf(sink - M);
+    const int sa = sub * nsplit / SUBS, sb = (sub + 1) * nsplit / SUBS;
+    float M = -INFINITY;
+    for (int s = sa; s < sb; s++) M = fmaxf(M, __ldcg(wsml + (base + s) * 2));
+    float L = 0.f;
     float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll 4
-    for (int s = 0; s < nsplit; s++) {
+    for (int s = sa; s < sb; s++) {
       const float2 ml = __ldcg(reinterpret_cast<const float2*>(wsml + (base + s) * 2));
-      const float4 x = __ldcg(reinterpret_cast<const float4*>(wso + (base + s) * HD + d));
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(wso + (base + s) * HD + d));
       const float w = __expf(ml.x - M);
       L += ml.y * w;
-      O.x += x.x * w, O.y += x.y * w, O.z += x.z * w, O.w += x.w * w;
+      O.x += v.x * w, O.y += v.y * w, O.z += v.z * w, O.w += v.w * w;
     }
-    store_out(e, O, 1.f / L);
+    if (SUBS == 1) {
+      const float sink = e == tid ? sink_first : c.sinks[kvh * G + h];
+      const float M2 = fmaxf(M, sink);
+      const float w = __expf(M - M2);
+      store_out(e, O, w / (L * w + __expf(sink - M2)));
+    } else {
+      *reinterpret_cast<float4*>(&wo[sub][h][d]) = O;
+      if (d == 0) {
+        wm[sub][h] = M;
+        wl[sub][h] = L;
+      }
+    }
+  }
+  if (SUBS == 1) return;
+  __syncthreads();
+  if (tid < UNITS) {
+    const int h = tid * 4 / HD, d = tid * 4 % HD;
+    float M = sink_first;
+#pragma unroll
+    for (int sub = 0; sub < SUBS; sub++) M = fmaxf(M, wm[sub][h]);
+    float L = __expf(sink_first - M);
+    float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int sub = 0; sub < SUBS; sub++) {
+      const float w = __expf(wm[sub][h] - M);  // an empty range: -inf, weight 0
+      const float4 v = *reinterpret_cast<const float4*>(&wo[sub][h][d]);
+      L += wl[sub][h] * w;
+      O.x += v.x * w, O.y += v.y * w, O.z += v.z * w, O.w += v.w * w;
+    }
+    store_out(tid, O, 1.f / L);
   }
 }
 
@@ -704,10 +772,26 @@ int attention_keys_per_split(int max_keys, int max_splits) {
   return std::max(kDecodeChunk, (per + kDecodeChunk - 1) / kDecodeChunk * kDecodeChunk);
 }
 
-int attention_decode_keys_per_split(int max_keys, int num_tokens, int nkv, int num_sms, int max_splits) {
+int attention_decode_keys_per_split(int max_keys, int num_tokens, int nkv, int num_sms, int max_splits,
+                                    int blocks_per_sm) {
   const int rows = std::max(1, num_tokens * nkv);
-  const int fill = (kDecodeBlocksPerSm * std::max(1, num_sms) + rows - 1) / rows;
+  const int fill = (std::max(1, blocks_per_sm) * std::max(1, num_sms) + rows - 1) / rows;
   return attention_keys_per_split(max_keys, std::max(1, std::min(fill, max_splits)));
+}
+
+AttentionDecodePlan attention_decode_plan(int max_keys, int num_tokens, int nq, int nkv, int num_sms,
+                                          int max_splits) {
+  AttentionDecodePlan p;
+  if (num_tokens > kMergedMaxTokens) {  // the previous pair's rule: one split up to 128 keys, else the cap
+    p.variant = 1;
+    p.keys_per_split = max_keys <= 128 ? 128 : attention_keys_per_split(max_keys, max_splits);
+  } else {
+    p.head_slices = std::min(kDecodeHeadSlices, nq / std::max(1, nkv));
+    p.keys_per_split = attention_decode_keys_per_split(max_keys, num_tokens, nkv, num_sms, max_splits,
+                                                       p.head_slices > 1 ? 1 : kDecodeBlocksPerSm);
+  }
+  p.splits = (max_keys + p.keys_per_split - 1) / p.keys_per_split;
+  return p;
 }
 
 // Instantiates KERNEL<G, D> for the supported GQA groups and head dims and launches it.
@@ -740,8 +824,35 @@ void attention_decode(const AttentionDecodeParams& p, cudaStream_t stream) {
   const int G = p.c.nq / p.c.nkv;
   if (p.variant == 0) {
     HM_REQUIRE(p.max_splits == 1 || p.counters, "attention_decode (counters)");
-    HM_ATTN_DISPATCH(attn_decode_merged, G, p.c.D, grid, dim3(128), 0, stream, p.c.pdl, p.c, p.tokens,
-                     p.keys_per_split, p.max_splits, p.workspace, p.counters, p.inv_freq, p.attn_factor, p.slot);
+    HM_REQUIRE(p.head_slices == 1 || p.head_slices == 2 || p.head_slices == 4, "attention_decode (head_slices)");
+    const int hs = std::min(p.head_slices, G);
+    auto go = [&](auto g, auto d) {
+      constexpr int GG = decltype(g)::value, DD = decltype(d)::value;
+      auto run = [&](auto k) {
+        constexpr int HS = decltype(k)::value;
+        launch(attn_decode_merged<GG, DD, HS>, grid, dim3(128 * HS), 0, stream, p.c.pdl, p.c, p.tokens,
+               p.keys_per_split, p.max_splits, p.workspace, p.counters, p.inv_freq, p.attn_factor, p.slot);
+      };
+      if constexpr (GG >= 4) {
+        if (hs == 4) return run(std::integral_constant<int, 4>{});
+      }
+      if constexpr (GG >= 2) {
+        if (hs >= 2) return run(std::integral_constant<int, 2>{});
+      }
+      run(std::integral_constant<int, 1>{});
+    };
+    auto by_d = [&](auto g) {
+      if (p.c.D == 16) go(g, std::integral_constant<int, 16>{});
+      else if (p.c.D == 32) go(g, std::integral_constant<int, 32>{});
+      else go(g, std::integral_constant<int, 64>{});
+    };
+    switch (G) {
+      case 1: by_d(std::integral_constant<int, 1>{}); break;
+      case 2: by_d(std::integral_constant<int, 2>{}); break;
+      case 4: by_d(std::integral_constant<int, 4>{}); break;
+      case 8: by_d(std::integral_constant<int, 8>{}); break;
+      default: by_d(std::integral_constant<int, 16>{}); break;
+    }
     return;
   }
   HM_ATTN_DISPATCH(attn_decode_split, G, p.c.D, grid, dim3(128), 0, stream, p.c.pdl, p.c, p.tokens,

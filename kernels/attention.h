@@ -38,9 +38,16 @@ struct AttentionCommon {
 size_t attention_decode_workspace_floats(int num_tokens, int nq, int D, int max_splits);
 // Keys per split for a context of up to max_keys keys when at most max_splits splits fit (multiple of 64).
 int attention_keys_per_split(int max_keys, int max_splits);
-// The decode planner's keys per split: enough splits that num_tokens * nkv * splits blocks fill num_sms SMs
-// (kDecodeBlocksPerSm resident each), never more than max_splits nor one per 64 keys.
-int attention_decode_keys_per_split(int max_keys, int num_tokens, int nkv, int num_sms, int max_splits);
+// Keys per split that give num_tokens * nkv * splits blocks enough to fill num_sms SMs at blocks_per_sm resident
+// each, never more than max_splits splits nor one per 64 keys.
+int attention_decode_keys_per_split(int max_keys, int num_tokens, int nkv, int num_sms, int max_splits,
+                                    int blocks_per_sm);
+// The decode planner: per batch, the kernel that was fastest on the H200 (few tokens: attn_decode_merged with head
+// slices, its splits filling the SMs; larger batches: the split + combine pair) and its keys per split.
+struct AttentionDecodePlan {
+  int variant = 0, head_slices = 1, keys_per_split = 64, splits = 1;
+};
+AttentionDecodePlan attention_decode_plan(int max_keys, int num_tokens, int nq, int nkv, int num_sms, int max_splits);
 
 struct AttentionDecodeParams {
   AttentionCommon c;
@@ -51,9 +58,12 @@ struct AttentionDecodeParams {
   float* workspace = nullptr;  // attention_decode_workspace_floats(num_tokens, nq, D, max_splits)
   // [num_tokens * nkv] arrival counters: zero before the first launch; every launch leaves them zero.
   uint32_t* counters = nullptr;
-  // 1: the previous kernel pair (split, then a combine launch; no counters), kept for the HM_OP_BENCH
-  // comparison only (round 2 removes it).
+  // 0: attn_decode_merged (one launch); 1: the split kernel, then a combine launch (no counters), faster for
+  // large batches (attention_decode_plan picks).
   int variant = 0;
+  // variant 0: the G heads of a KV head spread over this many groups of 4 warps (1, 2, 4; clamped to G): fewer
+  // registers and a shorter serial chain per warp, K/V rows read once per slice (L1).
+  int head_slices = 1;
   // RoPE + KV-cache write fused in (decode steps whose every token is the only new token of its sequence; one
   // launch less per layer than rope_kv_write): c.q then holds the unrotated qkv rows (q heads, k heads, v heads;
   // row stride ldq), the query heads are rotated as they load, and the block whose split holds the token's own

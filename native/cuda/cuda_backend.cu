@@ -288,6 +288,7 @@ class CudaBackend final : public Backend {
     int sample_stages = 0;  // their SampleStage mask: which sampling kernels run (0 = none)
     // split-K decode attention shape per layer kind (index 0: full layers, 1: sliding layers)
     int dec_kps[2] = {0, 0}, dec_splits[2] = {0, 0};
+    int dec_variant = 0, dec_slices = 1;  // attention_decode_plan's kernel (a function of n_decode)
   };
   void plan_step(const StepBatch& b);
   void upload(const StepBatch& b);
@@ -616,6 +617,8 @@ void CudaBackend::forward_layers(int T) {
       ad.num_tokens = plan_.n_decode;
       ad.keys_per_split = plan_.dec_kps[window ? 1 : 0];
       ad.max_splits = plan_.dec_splits[window ? 1 : 0];
+      ad.variant = plan_.dec_variant;
+      ad.head_slices = plan_.dec_slices;
       ad.workspace = attn_ws_;
       ad.counters = attn_counters_;
       if (fuse_rope) {
@@ -776,8 +779,12 @@ void CudaBackend::plan_step(const StepBatch& b) {
     const int cap = int(std::min<size_t>(1024, std::max<size_t>(1, kAttnWorkspaceFloats / per_split)));
     for (int kind = 0; kind < 2; kind++) {
       const int max_keys = kind ? max_keys_sliding : max_keys_full;
-      p.dec_kps[kind] = attention_decode_keys_per_split(max_keys, p.n_decode, c.num_kv_heads, num_sms_, cap);
-      p.dec_splits[kind] = (max_keys + p.dec_kps[kind] - 1) / p.dec_kps[kind];
+      const AttentionDecodePlan d =
+          attention_decode_plan(max_keys, p.n_decode, c.num_heads, c.num_kv_heads, num_sms_, cap);
+      p.dec_kps[kind] = d.keys_per_split;
+      p.dec_splits[kind] = d.splits;
+      p.dec_variant = d.variant;
+      p.dec_slices = d.head_slices;
     }
   }
   for (int r = 0; r < p.rows; r++)

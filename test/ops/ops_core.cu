@@ -19,7 +19,8 @@
 //                    cache widened to fp32: nmse 2e-5 (bf16 output).
 //   attention_decode_rope  decode attention with RoPE + KV write fused in vs rope_kv_write + attention_decode:
 //                    outputs, caches and the untouched qkv rows (observed identical, nmse 0).
-//   attention_decode also runs the previous kernel pair (variant 1) and checks the arrival counters are left zero;
+//   attention_decode runs the merged kernel with 1, 2 and 4 head slices and the split + combine pair (variant 1),
+//                    checks the merged kernel leaves its arrival counters zero;
 //                    batch 1 at contexts 1..32768 and ragged batches of 8 and 64 sequences, sliding and full.
 //   bench_attention_decode  HM_OP_BENCH=1 only: us per layer of the decode kernels (see above the case).
 //   narrow_logits    argmax / top-k ids exact against hm::narrow_logits_row (ties included), lse rel 1e-5.
@@ -659,11 +660,16 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
   Dev<int32_t> dtoks(toks);
   Dev<uint32_t> counters(size_t(T) * nkv);
   C_CHECK(cudaMemset(counters.p, 0, counters.n * 4));
-  // one split, a few, as many as the context needs, and the planner's choice on an H200 (132 SMs)
-  const int planned = cuda::attention_decode_keys_per_split(max_keys, T, nkv, 132, 1024);
-  const int kps_cases[] = {cuda::attention_keys_per_split(max_keys, 1), cuda::attention_keys_per_split(max_keys, 7),
-                           cuda::attention_keys_per_split(max_keys, 1024), planned};
-  for (int variant : {0, 1})
+  // one split, a few, as many as the context needs, and the fill rule on an H200 (132 SMs); the merged kernel with
+  // 1, 2 and 4 head slices and the previous pair
+  struct Kernel {
+    int variant, slices;
+  };
+  for (const Kernel kn : {Kernel{0, 1}, Kernel{0, 2}, Kernel{0, 4}, Kernel{1, 1}}) {
+    const int variant = kn.variant;
+    const int planned = cuda::attention_decode_keys_per_split(max_keys, T, nkv, 132, 1024, kn.slices > 1 ? 1 : 2);
+    const int kps_cases[] = {cuda::attention_keys_per_split(max_keys, 1), cuda::attention_keys_per_split(max_keys, 7),
+                             cuda::attention_keys_per_split(max_keys, 1024), planned};
     for (int k = 0; k < (variant ? 3 : 4); k++) {
       const int kps = kps_cases[k];
       cuda::AttentionDecodeParams p;
@@ -673,6 +679,7 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
       p.keys_per_split = kps;
       p.max_splits = (max_keys + p.keys_per_split - 1) / p.keys_per_split;
       p.variant = variant;
+      p.head_slices = kn.slices;
       p.counters = counters.p;
       Dev<float> ws(cuda::attention_decode_workspace_floats(T, nq, D, p.max_splits));
       p.workspace = ws.p;
@@ -680,7 +687,8 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
       C_CHECK(cudaMemset(ws.p, 0xff, ws.n * sizeof(float)));
       cuda::attention_decode(p, nullptr);
       const auto o = dout.get();
-      const std::string ps = params + " splits=" + std::to_string(p.max_splits) + (variant ? " (previous kernel)" : "");
+      const std::string ps = params + " splits=" + std::to_string(p.max_splits) +
+                             (variant ? " (previous kernel)" : " slices=" + std::to_string(kn.slices));
       out.push_back(nmse_result(ps, widen(o), want, 2e-5));
       dout.poison();
       C_CHECK(cudaMemset(ws.p, 0, ws.n * sizeof(float)));
@@ -695,6 +703,7 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
         out.push_back(r);
       }
     }
+  }
   return out;
 }
 
@@ -755,7 +764,8 @@ std::vector<Result> run_attention_rope(int nq, int nkv, int D, int window, const
   Dev<int32_t> dbt(f.bt), dseq(tok_seq), dpos(pos), dslot(slot), dtoks(toks);
   int max_keys = 1;
   for (int p : pos) max_keys = std::max(max_keys, window ? std::min(p + 1, window) : p + 1);
-  for (int variant : {0, 1}) for (int cap : {1, 7, 1024}) {
+  for (int kn : {0, 2, 4, 1}) for (int cap : {1, 7, 1024}) {  // merged with 1 (0), 2, 4 head slices; previous (1)
+    const int variant = kn == 1 ? 1 : 0;
     Dev<uint16_t> k1(f.k16), v1(f.v16), k2(f.k16), v2(f.v16), o1(size_t(T) * nq * D), o2(size_t(T) * nq * D);
     o1.poison();
     o2.poison();
@@ -773,6 +783,7 @@ std::vector<Result> run_attention_rope(int nq, int nkv, int D, int window, const
     C_CHECK(cudaMemset(counters.p, 0, counters.n * 4));
     p.counters = counters.p;
     p.variant = variant;
+    p.head_slices = std::max(1, kn);
     // the chain
     cuda::RopeKvParams r;
     r.qkv = dq_chain.p, r.pos = dpos.p, r.slot = dslot.p, r.inv_freq = dinv.p, r.attn_factor = af;
@@ -789,7 +800,8 @@ std::vector<Result> run_attention_rope(int nq, int nkv, int D, int window, const
     const std::string params = "D=" + std::to_string(D) + " nq=" + std::to_string(nq) + " nkv=" +
                                std::to_string(nkv) + " W=" + std::to_string(window) + " ctx=" +
                                std::to_string(*std::max_element(ctx.begin(), ctx.end())) + " T=" + std::to_string(T) +
-                               " splits=" + std::to_string(p.max_splits) + (variant ? " (previous kernel)" : "");
+                               " splits=" + std::to_string(p.max_splits) +
+                               (variant ? " (previous kernel)" : " slices=" + std::to_string(p.head_slices));
     out.push_back(nmse_result(params + " out vs chain", widen(o2.get()), widen(o1.get()), 1e-8));
     out.push_back(nmse_result(params + " k cache vs chain", widen(k2.get()), widen(k1.get()), 1e-9));
     out.push_back(nmse_result(params + " v cache vs chain", widen(v2.get()), widen(v1.get()), 0.0));
@@ -831,8 +843,9 @@ std::vector<Result> test_attention_prefill() {
 HM_OP_TEST("attention_prefill", test_attention_prefill);
 
 // ---- HM_OP_BENCH=1: decode attention timings ----
-// The previous kernel pair (variant 1, with the planner's previous split rule) against attn_decode_merged at the
-// planner's split count and at half and twice it, gpt-oss shape (64 q / 8 KV heads, D 64, fused RoPE + KV write as
+// The split + combine pair (variant 1, with its split rule) against attn_decode_merged with 1 head slice (fill
+// rule at 2 blocks/SM, half and twice its splits, the pair's splits) and 2 or 4 head slices (fill rule at 1 block/SM;
+// 4: also half and twice), then the planner's choice (attention_decode_plan), gpt-oss shape (64 q / 8 KV heads, D 64, fused RoPE + KV write as
 // on decode-only steps). Each row: a graph of 24 launches cycling over 8 layers' caches (the KV is read from HBM,
 // not L2), replayed 20 times; the median replay / 24 is the time per layer, without and with PDL between launches.
 // GB/s counts the K and V rows the layer must read.
@@ -895,25 +908,25 @@ struct BenchDecode {
     for (auto* p : k) cudaFree(p);
     for (auto* p : v) cudaFree(p);
   }
-  cuda::AttentionDecodeParams params(int variant, int kps, bool pdl) const {
+  cuda::AttentionDecodeParams params(int variant, int slices, int kps, bool pdl) const {
     cuda::AttentionDecodeParams p;
     p.c.q = qkv->p, p.c.ldq = (nq + 2 * nkv) * D, p.c.block_tables = bt->p, p.c.max_blocks_per_seq = mbps;
     p.c.block_size = 16, p.c.tok_seq = seq->p, p.c.pos = pos->p, p.c.sinks = sinks->p, p.c.out = out->p;
     p.c.nq = nq, p.c.nkv = nkv, p.c.D = D, p.c.window = window, p.c.scale = 0.125f, p.c.pdl = pdl;
     p.tokens = toks->p, p.num_tokens = T, p.keys_per_split = kps, p.max_splits = (max_keys + kps - 1) / kps;
-    p.workspace = ws->p, p.counters = counters->p, p.variant = variant;
+    p.workspace = ws->p, p.counters = counters->p, p.variant = variant, p.head_slices = slices;
     p.inv_freq = inv->p, p.attn_factor = af, p.slot = slot->p;
     return p;
   }
   // Median microseconds per launch of a 24-launch graph.
-  float time_us(int variant, int kps, bool pdl) {
+  float time_us(int variant, int slices, int kps, bool pdl) {
     cudaStream_t s;
     C_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
     cudaGraph_t g;
     cudaGraphExec_t ge;
     C_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
     for (int i = 0; i < kLaunches; i++) {
-      cuda::AttentionDecodeParams p = params(variant, kps, pdl);
+      cuda::AttentionDecodeParams p = params(variant, slices, kps, pdl);
       p.c.k_cache = k[i % kLayers], p.c.v_cache = v[i % kLayers];
       cuda::attention_decode(p, s);
     }
@@ -948,7 +961,7 @@ std::vector<Result> bench_attention_decode() {
   int sms = 0;
   C_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   std::printf("-- decode attention (us per layer; nq 64, nkv 8, D 64, fused RoPE + KV write; %d SMs) --\n", sms);
-  std::printf("%-30s %-24s %6s %9s %9s %9s\n", "batch / context", "kernel", "splits", "us", "us (pdl)", "KV GB/s");
+  std::printf("%-30s %-25s %6s %9s %9s %9s\n", "batch / context", "kernel", "splits", "us", "us (pdl)", "KV GB/s");
   struct Case {
     std::string name;
     std::vector<int> ctx;
@@ -956,6 +969,7 @@ std::vector<Result> bench_attention_decode() {
   std::vector<Case> cases;
   for (int c : {512, 1024, 8192, 32768}) cases.push_back({"T=1 ctx=" + std::to_string(c), {c}});
   cases.push_back({"T=8 ctx=1..4096 mixed", ragged(8, 4096, 76)});
+  cases.push_back({"T=16 ctx=1..4096 mixed", ragged(16, 4096, 79)});
   cases.push_back({"T=64 ctx=1024", std::vector<int>(64, 1024)});
   cases.push_back({"T=64 ctx=1..2048 mixed", ragged(64, 2048, 77)});
   cases.push_back({"T=256 ctx=1..2048 mixed", ragged(256, 2048, 78)});
@@ -967,21 +981,31 @@ std::vector<Result> bench_attention_decode() {
       const size_t per_split = cuda::attention_decode_workspace_floats(b.T, b.nq, b.D, 1);
       const int cap = int(std::min<size_t>(1024, std::max<size_t>(1, (16ull << 20) / per_split)));
       const int old_kps = b.max_keys <= 128 ? 128 : cuda::attention_keys_per_split(b.max_keys, cap);
-      const int planned = cuda::attention_decode_keys_per_split(b.max_keys, b.T, b.nkv, sms, 1024);
+      const int planned = cuda::attention_decode_keys_per_split(b.max_keys, b.T, b.nkv, sms, 1024, 2);
       const int splits = (b.max_keys + planned - 1) / planned;
+      const int planned4 = cuda::attention_decode_keys_per_split(b.max_keys, b.T, b.nkv, sms, 1024, 1);
+      const int splits4 = (b.max_keys + planned4 - 1) / planned4;
+      const cuda::AttentionDecodePlan plan = cuda::attention_decode_plan(b.max_keys, b.T, b.nq, b.nkv, sms, cap);
       struct Row {
         const char* kernel;
-        int variant, kps;
+        int variant, slices, kps;
       };
-      const Row rows[] = {{"previous (split+combine)", 1, old_kps},
-                          {"merged, planned", 0, planned},
-                          {"merged, half the splits", 0, cuda::attention_keys_per_split(b.max_keys, std::max(1, splits / 2))},
-                          {"merged, twice the splits", 0, cuda::attention_keys_per_split(b.max_keys, splits * 2)},
-                          {"merged, previous splits", 0, old_kps}};
+      const Row rows[] = {
+          {"previous (split+combine)", 1, 1, old_kps},
+          {"merged, planned", 0, 1, planned},
+          {"merged, half the splits", 0, 1, cuda::attention_keys_per_split(b.max_keys, std::max(1, splits / 2))},
+          {"merged, twice the splits", 0, 1, cuda::attention_keys_per_split(b.max_keys, splits * 2)},
+          {"merged, previous splits", 0, 1, old_kps},
+          {"merged 2 slices, planned", 0, 2, planned4},
+          {"merged 4 slices, planned", 0, 4, planned4},
+          {"merged 4 sl, half splits", 0, 4, cuda::attention_keys_per_split(b.max_keys, std::max(1, splits4 / 2))},
+          {"merged 4 sl, twice splits", 0, 4, cuda::attention_keys_per_split(b.max_keys, splits4 * 2)},
+          {"planner's choice", plan.variant, plan.head_slices, plan.keys_per_split}};
       for (const Row& r : rows) {
-        const float us = b.time_us(r.variant, r.kps, false), us_pdl = b.time_us(r.variant, r.kps, true);
-        std::printf("%-30s %-24s %6d %9.2f %9.2f %9.0f\n", name.c_str(), r.kernel, (b.max_keys + r.kps - 1) / r.kps, us,
-                    us_pdl, b.kv_bytes / (us * 1e3));
+        const float us = b.time_us(r.variant, r.slices, r.kps, false);
+        const float us_pdl = b.time_us(r.variant, r.slices, r.kps, true);
+        std::printf("%-30s %-25s %6d %9.2f %9.2f %9.0f\n", name.c_str(), r.kernel, (b.max_keys + r.kps - 1) / r.kps,
+                    us, us_pdl, b.kv_bytes / (us * 1e3));
       }
     }
   return {};
