@@ -118,7 +118,7 @@ async function bench(name: DummyModelName) {
     );
     return result;
   } finally {
-    model.close();
+    await model.close();
   }
 }
 

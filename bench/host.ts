@@ -143,5 +143,5 @@ for (const mode of ['append (awaited in turn)', 'decode (pipelined)']) {
   if (mode.startsWith('append')) for (let i = 0; i < GAP_STEPS; i++) tok = await seq.append(Int32Array.of(tok));
   else for await (tok of seq.decode(GAP_STEPS));
   console.log(`host gap, ${mode}: ${GAP_STEPS} decode steps, ${((performance.now() - t0) / GAP_STEPS).toFixed(3)} ms per step (tiny model, CPU backend)`);
-  model.close();
+  await model.close();
 }

@@ -207,7 +207,7 @@ async function main() {
   console.log(`engine: prefix cache queries ${s.prefixCacheQueries} tokens, hits ${s.prefixCacheHits} (${pct(s.prefixCacheHits, s.prefixCacheQueries)}), preemptions ${s.preemptions}, KV blocks free ${s.kvBlocksFree} of ${s.kvBlocksTotal}`);
 
   if (jsonFile) writeFileSync(jsonFile, JSON.stringify({ model: modelName, device: info.deviceName, backend, preset: P, render, turnsOn, turnsOff, off, on, speedup, hashShareOn, hashShareOff }, null, 2));
-  model.close();
+  await model.close();
 }
 
 /** n token ids from a seed, away from the special tokens (the o200k ids above 199997). */

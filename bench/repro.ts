@@ -105,5 +105,5 @@ try {
     out({ check: 'time', what: 'prefill T=2048', ms: median(ms.slice(1)) });
   }
 } finally {
-  m.model.close();
+  await m.model.close();
 }

@@ -112,7 +112,7 @@ for (const name of models) {
       }
     }
   } finally {
-    model.close();
+    await model.close();
   }
 }
 console.log(`\n${backend}: prompt ${PROMPT} tokens, ${DECODE} decoded per sequence, best of ${RUNS} run(s); total host fallbacks: ${cells.reduce((a, c) => a + c.fallbacks, 0)}`);

@@ -419,13 +419,16 @@ class StepRunner : public std::enable_shared_from_this<StepRunner> {
   }
 
   // Main thread: the steps already accepted still run; the last one delivered frees the backend (finish()).
-  void close() {
+  // `freed` resolves once it is freed, so a caller can await the memory before loading another model.
+  // (No promise from a finalizer: `freed` is null there.)
+  void close(Napi::Env env, const Napi::Promise::Deferred* freed) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       closing_ = true;
       cv_.notify_one();
     }
-    if (in_flight_ == 0) finish();
+    if (freed) freed_.push_back(*freed);
+    if (in_flight_ == 0) finish(env);
   }
 
   // Main thread (the thread-safe function's callback): settles every finished step's promise, in order.
@@ -447,7 +450,7 @@ class StepRunner : public std::enable_shared_from_this<StepRunner> {
       }
       if (--in_flight_ == 0) {
         results_.Unref(env);
-        if (closing_) finish();
+        if (closing_) finish(env);
       }
     }
   }
@@ -490,10 +493,12 @@ class StepRunner : public std::enable_shared_from_this<StepRunner> {
 
   // Main thread, once closed with no step in flight: the runner thread has left the backend and the function for
   // good, so both go here, on the main thread, as a model without a queue would free them.
-  void finish() {
+  void finish(Napi::Env env) {
     timer_.print();
     backend_.reset();
     results_.Release();
+    for (auto& d : freed_) d.Resolve(env.Undefined());
+    freed_.clear();
   }
 
   // The runner thread: each countPrevious row's entries gain one occurrence of its previous-step token (its
@@ -548,6 +553,7 @@ class StepRunner : public std::enable_shared_from_this<StepRunner> {
   int in_flight_ = 0;  // main thread
   HostTimer timer_;
   std::unique_ptr<StepJob> last_done_;  // main thread, HARMONIUM_PROFILE=2
+  std::vector<Napi::Promise::Deferred> freed_;  // main thread: close() calls waiting for finish()
 };
 
 // StepRunner's thread-safe function: runs on the main thread after the runner finished one or more steps.
@@ -596,15 +602,16 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
                         InstanceMethod("close", &NativeModel::Close)});
   }
   explicit NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {}
-  ~NativeModel() override { close(); }
+  ~NativeModel() override { close(Env(), nullptr); }
 
   void adopt(Napi::Env env, std::unique_ptr<Backend> b) { runner_ = StepRunner::start(env, std::move(b)); }
 
  private:
   bool open() const { return runner_ != nullptr; }
-  void close() {
+  void close(Napi::Env env, const Napi::Promise::Deferred* freed) {
     // Steps already accepted still run; the runner then frees the backend and exits.
-    if (runner_) runner_->close();
+    if (runner_) runner_->close(env, freed);
+    else if (freed) freed->Resolve(env.Undefined());  // closed before (LoadedModel.close returns that first promise)
     runner_.reset();
   }
   Napi::Value Step(const Napi::CallbackInfo& info);
@@ -612,9 +619,11 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     if (!open()) throw Napi::Error::New(info.Env(), "model is closed");
     return info_to_js(info.Env(), runner_->backend()->info());
   }
+  // Resolves once the backend (weights, KV cache) is freed: after the steps already accepted have run.
   Napi::Value Close(const Napi::CallbackInfo& info) {
-    close();
-    return info.Env().Undefined();
+    auto freed = Napi::Promise::Deferred::New(info.Env());
+    close(info.Env(), &freed);
+    return freed.Promise();
   }
   std::shared_ptr<StepRunner> runner_;  // null once closed
 };

@@ -135,7 +135,7 @@ export class Harmonium {
       const source = tiny ? 'tiny' : (opts.model ?? opts.dummyWeights!);
       return new Harmonium(model, engine, contextLength, source, opts.defaultMaxTokens ?? (noise ? NOISE_MODEL_MAX_TOKENS : undefined));
     } catch (err) {
-      model.close();
+      await model.close();
       throw err;
     }
   }
@@ -189,7 +189,7 @@ export class Harmonium {
         prefillMs,
       };
     } finally {
-      model.close();
+      await model.close();
     }
   }
 
@@ -325,17 +325,21 @@ export class Harmonium {
     return withResult(channel, call, result);
   }
 
-  /** Frees the model (weights and KV cache on its device). Calls in flight reject. Safe to call twice. */
-  close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    this.engine.close();
-    this.model.close();
+  /**
+   * Frees the model (weights and KV cache on its device). Calls in flight reject. Resolves once the memory is
+   * freed. Safe to call twice.
+   */
+  close(): Promise<void> {
+    if (!this.closed) {
+      this.closed = true;
+      this.engine.close();
+    }
+    return this.model.close();
   }
 
   /** `await using model = await Harmonium.load()` closes the model at the end of the scope. */
   async [Symbol.asyncDispose](): Promise<void> {
-    this.close();
+    await this.close();
   }
 
   private resolve(request: ChatCompletionRequest) {

@@ -136,8 +136,11 @@ export interface NativeModel {
   /** Queues one step (NativeStepInput has the contract); resolves when it has run. */
   step(input: NativeStepInput): Promise<NativeStepOutput>;
   info(): NativeModelInfo;
-  /** Frees the weights and the KV cache, once the steps already accepted have run; later steps reject. */
-  close(): void;
+  /**
+   * Frees the weights and the KV cache, once the steps already accepted have run; later steps reject. Resolves
+   * when they are freed (await it before loading another model into the same device memory).
+   */
+  close(): Promise<void>;
 }
 
 export interface NativeAddon {

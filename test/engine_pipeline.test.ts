@@ -91,8 +91,9 @@ async function compare(cases: Case[]): Promise<{ piped: Run[]; plain: Run[]; ahe
 }
 
 /**
- * The same tokens and ends; logprobs, and top_logprobs rank by rank, within LOGPROB_TOL; a top_logprobs id the
- * same unless its rank is a near-tie (within 2 LOGPROB_TOL of a neighbouring rank), where the noise may swap them.
+ * The same tokens and ends; logprobs, and top_logprobs rank by rank, within LOGPROB_TOL. A top_logprobs id found in
+ * both lists agrees within LOGPROB_TOL wherever it ranks (near-ties may swap); one found in one list only must sit at
+ * the other's end (within 2 LOGPROB_TOL of its last), where noise may trade it for the next token outside the list.
  */
 function expectClose(piped: Run[], plain: Run[]): void {
   const ids = (runs: Run[]) => runs.map((r) => ({ finish: r.finish, tokens: r.tokens.map((t) => t.token) }));
@@ -106,8 +107,9 @@ function expectClose(piped: Run[], plain: Run[]): void {
       expect(t.topLogprobs?.length ?? 0).toBe(top.length);
       t.topLogprobs?.forEach((c, k) => {
         worst = Math.max(worst, Math.abs(c.logprob - top[k].logprob));
-        const tie = [k - 1, k + 1].some((n) => n >= 0 && n < top.length && Math.abs(top[n].logprob - top[k].logprob) <= 2 * LOGPROB_TOL);
-        if (!tie) expect(c.token).toBe(top[k].token);
+        const same = top.find((x) => x.token === c.token);
+        if (same) worst = Math.max(worst, Math.abs(c.logprob - same.logprob));
+        else expect(c.logprob).toBeLessThanOrEqual(top[top.length - 1].logprob + 2 * LOGPROB_TOL);
       });
     }),
   );
@@ -119,7 +121,9 @@ describe.each(backends)('pipelined engine decode (%s backend, tiny model)', (b) 
     backend = b;
     model = await loadModel({ model: await ensureTinyModel(), backend, maxSeqs: 8, blockSize: 16, numBlocks: 64 });
   }, 120_000);
-  afterAll(() => model?.close());
+  afterAll(async () => {
+    await model?.close();
+  });
 
   it('greedy and seeded requests give the same tokens and logprobs, pipelined or not', async () => {
     const { plain, ahead } = await compare([

@@ -166,4 +166,22 @@ describe('pipelined steps (previous-step tokens)', () => {
     await expect(rest.next()).rejects.toThrow(/model is closed/); // the third decode step came after close()
     await expect(m.step({ tokens: Int32Array.of(1), positions: Int32Array.of(0), seqLens: Int32Array.of(1), blockTables: Int32Array.of(0), maxBlocksPerSeq: 1 })).rejects.toThrow(/closed/);
   });
+
+  // A pipelined caller can leave a step queued ahead when it closes: the memory comes back only after that step,
+  // so close() resolves then (and a second load waits for it: on the GPU, two full models do not fit at once).
+  it('close() resolves once the steps queued ahead have run and the backend is freed', async () => {
+    const m = await loadModel({ model: await ensureTinyModel(), backend: 'cpu', maxSeqs: 2, blockSize: 16, numBlocks: 4 });
+    const seq = new GreedySequence(m, 32);
+    const settled: string[] = [];
+    const first = seq.append(Int32Array.from(PROMPT)).then(() => settled.push('prefill'));
+    const ahead = seq.decode(2)[Symbol.asyncIterator]().next().then(() => settled.push('decode'));
+    await new Promise((r) => setTimeout(r, 0));
+    const closing = m.close();
+    expect(m.close()).toBe(closing); // the same promise
+    await closing;
+    expect(settled).toEqual(['prefill', 'decode']); // both delivered before the backend was freed
+    await Promise.all([first, ahead]);
+    const again = await loadModel({ model: await ensureTinyModel(), backend: 'cpu', maxSeqs: 2, blockSize: 16, numBlocks: 4 });
+    await again.close();
+  });
 });

@@ -30,7 +30,7 @@ export function registerChat(program: Command): void {
     try {
       await chatLoop(model, flags);
     } finally {
-      model.close();
+      await model.close();
     }
   });
 }

@@ -48,7 +48,7 @@ export function registerRun(program: Command): void {
       throw new CliExit(INTERRUPTED);
     } finally {
       process.off('SIGINT', onSigint);
-      model?.close();
+      await model?.close();
     }
   });
 }

@@ -85,6 +85,6 @@ export function registerServe(program: Command): void {
     });
     process.stderr.write('harmonium: stopping\n');
     await server.close();
-    model.close();
+    await model.close();
   });
 }

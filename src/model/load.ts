@@ -76,15 +76,28 @@ export class LoadedModel {
     return { logits: out.logits, logsumexp: out.logsumexp, prefillMs };
   }
 
-  /** Frees the weights and the KV cache (after a step in flight, if any). Safe to call twice. */
-  close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    this.native.close();
+  /**
+   * Frees the weights and the KV cache (after the steps in flight, if any: a pipelined caller may have one queued
+   * ahead). Resolves once they are freed; safe to call twice (the same promise). loadModel() waits for every close
+   * still freeing, so a caller that does not await this still gets the memory back before the next load.
+   */
+  close(): Promise<void> {
+    if (!this.freed) {
+      this.closed = true;
+      const freed = this.native.close();
+      freeing.add(freed);
+      this.freed = freed.finally(() => freeing.delete(freed));
+    }
+    return this.freed;
   }
+  private freed?: Promise<void>;
 }
 
+/** Closes still freeing their device memory (LoadedModel.close). */
+const freeing = new Set<Promise<void>>();
+
 export async function loadModel(opts: LoadModelOptions): Promise<LoadedModel> {
+  await Promise.all(freeing);
   const { model, dummy, onProgress, ...native } = opts;
   if ((model === undefined) === (dummy === undefined)) {
     throw new Error('loadModel: give exactly one of model (a checkpoint directory) or dummy (a built-in config name)');
