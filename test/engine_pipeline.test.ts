@@ -2,10 +2,10 @@
 // rows) against the unpipelined engine with the tiny model, on the CPU backend and (with a GPU) the CUDA one: the
 // same tokens and logprobs for greedy, seeded and penalized requests, the same ends (stop token, a stop the caller
 // signals, max_tokens, abort) with the extra token of a stopped sequence discarded, and every KV block free after.
-// On the CPU everything is bit-identical. On CUDA tokens are, and logprobs agree to LOGPROB_TOL: a pipelined step
-// may hold one row more than its unpipelined twin (a stopped sequence's discarded token), and the default decode
-// kernels are not batch-invariant (docs/reproducibility.md), so a row's logits move by bf16 rounding with their
-// neighbours (seen: 1.5e-3, e.g. -6.0916 vs -6.0931).
+// Everything is bit-identical, on CUDA too: a pipelined step may hold one row more than its unpipelined twin (a
+// stopped sequence's discarded token), and the default CUDA decode kernels are not batch-invariant (a row's logits
+// move with its neighbours by bf16 rounding: one top_logprobs entry moved 0.09 nats on the H200), so the CUDA model
+// is loaded with HARMONIUM_BATCH_INVARIANT=1 (docs/reproducibility.md), whose rows do not depend on the batch.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine, type GenerationRequest } from '../src/engine/engine.js';
 import { loadModel, type LoadedModel } from '../src/model/load.js';
@@ -16,8 +16,6 @@ import { gpuCount } from './helpers/gpu.js';
 
 const V = 201088;
 const backends: ('cpu' | 'cuda')[] = gpuCount() > 0 ? ['cpu', 'cuda'] : ['cpu'];
-/** CUDA: about 7x the bf16 noise seen, far below the O(1) gap between the logprobs of different tokens. */
-const LOGPROB_TOL = 1e-2;
 let model: LoadedModel;
 let backend: 'cpu' | 'cuda';
 
@@ -84,42 +82,22 @@ async function compare(cases: Case[]): Promise<{ piped: Run[]; plain: Run[]; ahe
   expect(plainEngine.stats.aheadSteps).toBe(0);
   const pipedEngine = engine(true);
   const piped = await run(pipedEngine, cases);
-  if (backend === 'cpu') expect(piped).toEqual(plain);
-  else expectClose(piped, plain);
+  expect(piped).toEqual(plain);
   expect(pipedEngine.freeBlocks).toBe(model.info().numBlocks);
   return { piped, plain, ahead: pipedEngine.stats.aheadSteps };
-}
-
-/**
- * The same tokens and ends; logprobs, and top_logprobs rank by rank, within LOGPROB_TOL. A top_logprobs id found in
- * both lists agrees within LOGPROB_TOL wherever it ranks (near-ties may swap); one found in one list only must sit at
- * the other's end (within 2 LOGPROB_TOL of its last), where noise may trade it for the next token outside the list.
- */
-function expectClose(piped: Run[], plain: Run[]): void {
-  const ids = (runs: Run[]) => runs.map((r) => ({ finish: r.finish, tokens: r.tokens.map((t) => t.token) }));
-  expect(ids(piped)).toEqual(ids(plain));
-  let worst = 0;
-  piped.forEach((r, i) =>
-    r.tokens.forEach((t, j) => {
-      const u = plain[i].tokens[j];
-      worst = Math.max(worst, Math.abs((t.logprob ?? 0) - (u.logprob ?? 0)));
-      const top = u.topLogprobs ?? [];
-      expect(t.topLogprobs?.length ?? 0).toBe(top.length);
-      t.topLogprobs?.forEach((c, k) => {
-        worst = Math.max(worst, Math.abs(c.logprob - top[k].logprob));
-        const same = top.find((x) => x.token === c.token);
-        if (same) worst = Math.max(worst, Math.abs(c.logprob - same.logprob));
-        else expect(c.logprob).toBeLessThanOrEqual(top[top.length - 1].logprob + 2 * LOGPROB_TOL);
-      });
-    }),
-  );
-  expect(worst).toBeLessThanOrEqual(LOGPROB_TOL);
 }
 
 describe.each(backends)('pipelined engine decode (%s backend, tiny model)', (b) => {
   beforeAll(async () => {
     backend = b;
-    model = await loadModel({ model: await ensureTinyModel(), backend, maxSeqs: 8, blockSize: 16, numBlocks: 64 });
+    const invariant = process.env.HARMONIUM_BATCH_INVARIANT;
+    if (b === 'cuda') process.env.HARMONIUM_BATCH_INVARIANT = '1'; // read by the CUDA backend when it is created
+    try {
+      model = await loadModel({ model: await ensureTinyModel(), backend, maxSeqs: 8, blockSize: 16, numBlocks: 64 });
+    } finally {
+      if (invariant === undefined) delete process.env.HARMONIUM_BATCH_INVARIANT;
+      else process.env.HARMONIUM_BATCH_INVARIANT = invariant;
+    }
   }, 120_000);
   afterAll(async () => {
     await model?.close();
