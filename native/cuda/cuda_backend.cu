@@ -655,28 +655,7 @@ void CudaBackend::forward_layers(int T) {
     dense(rd, stream_);
     prof_.mark(StepProfiler::kRouter);
 
-    MoeParams mp = moe_params(T);
-    if (T == 1 && !batch_invariant_) {
-      // One token: a top-k launch and the register-streaming kernels measured 1.2-2.0 us a layer faster than the
-      // bulk kernels routing from the logits (hm_moe_lab on the H200, 2026-12-01, graph + PDL: 39.1 vs 41.1 us at
-      // E = 32, 39.9 vs 41.1 at E = 128); from two tokens the bulk kernels win (58.6 vs 63.9 us at 2, 94 vs 109 at 4).
-      RouterTopkParams rt;
-      rt.logits = router_logits_;
-      rt.ld_logits = c.num_experts;
-      rt.n = T;
-      rt.E = c.num_experts;
-      rt.k = c.experts_per_token;
-      rt.ids = expert_ids_;
-      rt.weights = expert_w_;
-      rt.pdl = pdl_;
-      router_topk_softmax(rt, stream_);
-      mp.logits = nullptr;
-      mp.ids = expert_ids_;
-      mp.weights = expert_w_;
-      mp.ids_out = nullptr;
-      mp.weights_out = nullptr;
-      mp.path = MoePath::kDecodeRegs;
-    }
+    const MoeParams mp = moe_params(T);
     if (w_.mxfp4)
       moe_mxfp4_forward(mp, L.mxfp4, stream_);
     else
