@@ -34,8 +34,9 @@ constexpr int kDecodeBlocksPerSm = 2;
 // The planner's head slices for the merged kernel (1, 2, 4; HM_OP_BENCH=1 times each).
 constexpr int kDecodeHeadSlices = 4;
 // Up to this many decode tokens the planner takes attn_decode_merged; above, the split + combine pair (variant 1).
-// H200, merged with one head slice vs the pair: T=8 mixed 49.1 vs 50.2 us (full), 9.2 vs 11.3 (sliding); T=64 ctx
-// 1k 116 vs 105 and 22.8 vs 18.4; T=256 527 vs 336. T=16 unmeasured (HM_OP_BENCH=1 times it), so the cut is 8.
+// H200 (2026-12-01, us per layer with PDL), merged with 4 head slices vs the pair: T=1 at 1k 6.7 vs 10.6 (full),
+// 5.6 vs 10.6 (sliding), at 32k 76 vs 156; T=8 mixed 52.8 vs 50.4 (full), 6.5 vs 11.3 (sliding); T=16 mixed 127
+// vs 72 (full), 11.6 vs 13.3 (sliding); T=64 at 1k 146 vs 105 (full). So the cut is 8.
 constexpr int kMergedMaxTokens = 8;
 
 __device__ __forceinline__ void key_range(int pos, int window, int* lo, int* hi) {
