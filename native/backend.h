@@ -110,7 +110,7 @@ struct BackendInfo {
   uint64_t device_free_bytes = 0;
 };
 
-// The addon runs a model's steps one at a time, in submission order, on one thread of its own (addon.cpp's
+// The addon runs a model's steps one at a time, in submission order, on one thread of its own (step_runner.h's
 // StepRunner), so the host can submit step N+1 while step N runs. A token of N+1 that the host does not know yet
 // is named as "the token step N produced for its output row r" (tokens[i] = -1 - r, src/native.ts); the addon
 // fills it in from N's output (sampled[r] where the row was sampled in the step, else argmax[r]) before calling
