@@ -20,7 +20,9 @@ let cpuModel: LoadedModel;
 beforeAll(async () => {
   model = cpuModel = await loadModel({ model: await ensureTinyModel(), backend: 'cpu', maxSeqs: 8, blockSize: 16, numBlocks: 64 });
 }, 120_000);
-afterAll(() => model?.close());
+afterAll(async () => {
+  await model?.close();
+});
 
 /** Two sequences (blocks 0 and 1 / 2 and 3): the prompt's prefill, or one decode token each at `pos`. */
 function twoSeqs(tokens: number[], pos: number, samplers: SequenceSampler[]): NativeStepInput {
@@ -36,9 +38,32 @@ function twoSeqs(tokens: number[], pos: number, samplers: SequenceSampler[]): Na
   };
 }
 
+const BACKENDS: ('cpu' | 'cuda')[] = gpuCount() > 0 ? ['cpu', 'cuda'] : ['cpu'];
+
+/** The shared CPU model, or a CUDA one of the same shape (freed by `release`). */
+async function modelOn(backend: 'cpu' | 'cuda'): Promise<LoadedModel> {
+  return backend === 'cpu' ? cpuModel : loadModel({ model: await ensureTinyModel(), backend: 'cuda', maxSeqs: 8, blockSize: 16, numBlocks: 64 });
+}
+async function release(m: LoadedModel): Promise<void> {
+  if (m !== cpuModel) await m.close();
+}
+
+/** The unpipelined run of two sequences: the prefill, then `steps` steps whose tokens are the draws read back. */
+async function plainRun(m: LoadedModel, samplers: SequenceSampler[], steps: number) {
+  let out = await m.step(twoSeqs([...PROMPT, ...PROMPT], 0, samplers));
+  const outs = [out];
+  for (let i = 0; i < steps; i++) {
+    const toks = [out.sampled![0], out.sampled![1]];
+    samplers.forEach((s, j) => s.accept(toks[j]));
+    out = await m.step(twoSeqs(toks, PROMPT.length + i, samplers));
+    outs.push(out);
+  }
+  return outs;
+}
+
 describe('pipelined steps (previous-step tokens)', () => {
-  it.each(gpuCount() > 0 ? ['cpu', 'cuda'] : ['cpu'])('GreedySequence.decode gives the tokens of append() one step at a time (%s)', async (backend) => {
-    const model = backend === 'cpu' ? cpuModel : await loadModel({ model: await ensureTinyModel(), backend: 'cuda', maxSeqs: 8, blockSize: 16, numBlocks: 64 });
+  it.each(BACKENDS)('GreedySequence.decode gives the tokens of append() one step at a time (%s)', async (backend) => {
+    const model = await modelOn(backend);
     const steps = 12;
     const plain = new GreedySequence(model, 64);
     let tok = await plain.append(Int32Array.from(PROMPT));
@@ -49,22 +74,13 @@ describe('pipelined steps (previous-step tokens)', () => {
     const got: number[] = [];
     for await (const t of piped.decode(steps)) got.push(t);
     expect(got).toEqual(expected);
-    if (model !== cpuModel) model.close();
+    await release(model);
   });
 
   it('seeded draws and logprobs are bit-identical, pipelined or not', async () => {
     const mk = () => [0, 1].map((s) => new SequenceSampler(resolveSampling({ temperature: 0.8, top_p: 0.9, seed: 11 + s, logprobs: true, top_logprobs: 5 }, V, () => 0), PROMPT));
     const steps = 6;
-    // unpipelined: each step's tokens are the previous step's draws, read on the host
-    const a = mk();
-    let out = await model.step(twoSeqs([...PROMPT, ...PROMPT], 0, a));
-    const plain = [out];
-    for (let i = 0; i < steps; i++) {
-      const toks = [out.sampled![0], out.sampled![1]];
-      a.forEach((s, j) => s.accept(toks[j]));
-      out = await model.step(twoSeqs(toks, PROMPT.length + i, a));
-      plain.push(out);
-    }
+    const plain = await plainRun(model, mk(), steps);
     // pipelined: every step submitted before the one before it resolved, its tokens named as rows 0 and 1
     const b = mk();
     const pending = [model.step(twoSeqs([...PROMPT, ...PROMPT], 0, b))];
@@ -82,21 +98,13 @@ describe('pipelined steps (previous-step tokens)', () => {
     }
   });
 
-  it.each(gpuCount() > 0 ? ['cpu', 'cuda'] : ['cpu'])('penalized draws count the token in flight (countPrevious): bit-identical to the host knowing it (%s)', async (backend) => {
-    const model = backend === 'cpu' ? cpuModel : await loadModel({ model: await ensureTinyModel(), backend: 'cuda', maxSeqs: 8, blockSize: 16, numBlocks: 64 });
+  it.each(BACKENDS)('penalized draws count the token in flight (countPrevious): bit-identical to the host knowing it (%s)', async (backend) => {
+    const model = await modelOn(backend);
     // logit_bias makes token 99 likely every step, the penalties take it back: the counts change the draws
     const params = { temperature: 0.8, seed: 21, logit_bias: { 99: 20 }, frequency_penalty: 2, presence_penalty: 1, repetition_penalty: 1.3, logprobs: true, top_logprobs: 3 };
     const mk = () => [0, 1].map((s) => new SequenceSampler(resolveSampling({ ...params, seed: 21 + s }, V, () => 0), PROMPT));
     const steps = 8;
-    const a = mk();
-    let out = await model.step(twoSeqs([...PROMPT, ...PROMPT], 0, a));
-    const plain = [out];
-    for (let i = 0; i < steps; i++) {
-      const toks = [out.sampled![0], out.sampled![1]];
-      a.forEach((s, j) => s.accept(toks[j]));
-      out = await model.step(twoSeqs(toks, PROMPT.length + i, a));
-      plain.push(out);
-    }
+    const plain = await plainRun(model, mk(), steps);
     expect(plain.flatMap((o) => Array.from(o.sampled!)).filter((t) => t === 99).length).toBeGreaterThan(2);
     // pipelined: step i + 1's entries hold the tokens up to step i - 1; step i's is counted by the addon
     const b = mk();
@@ -118,7 +126,7 @@ describe('pipelined steps (previous-step tokens)', () => {
       expect(Array.from(piped[i].sampled!)).toEqual(Array.from(plain[i].sampled!));
       expect(Array.from(piped[i].sampledLogit!)).toEqual(Array.from(plain[i].sampledLogit!));
     }
-    if (model !== cpuModel) model.close();
+    await release(model);
   });
 
   it('countPrevious on a row without a previous-step token, or not sampled, is a clear error', async () => {
