@@ -29,7 +29,8 @@ export interface LoadModelOptions extends Omit<NativeLoadOptions, 'dummy' | 'bac
 
 /** A model on a backend. Owns the native weights and KV cache; close() frees them. */
 export class LoadedModel {
-  private closed = false;
+  /** Set by close(): resolves once the native model is freed. */
+  private freed?: Promise<void>;
   /** step() takes a step before the previous one resolved, with previous-step tokens (src/native.ts). */
   readonly pipelines = true;
 
@@ -42,12 +43,12 @@ export class LoadedModel {
   ) {}
 
   step(input: NativeStepInput): Promise<NativeStepOutput> {
-    if (this.closed) return Promise.reject(new Error('model is closed'));
+    if (this.freed) return Promise.reject(new Error('model is closed'));
     return this.native.step(input);
   }
 
   info(): NativeModelInfo {
-    if (this.closed) throw new Error('model is closed');
+    if (this.freed) throw new Error('model is closed');
     return this.native.info();
   }
 
@@ -83,14 +84,12 @@ export class LoadedModel {
    */
   close(): Promise<void> {
     if (!this.freed) {
-      this.closed = true;
       const freed = this.native.close();
       freeing.add(freed);
       this.freed = freed.finally(() => freeing.delete(freed));
     }
     return this.freed;
   }
-  private freed?: Promise<void>;
 }
 
 /** Closes still freeing their device memory (LoadedModel.close). */
