@@ -875,11 +875,11 @@ void attention_decode(const AttentionDecodeParams& p, cudaStream_t stream) {
 void attention_prefill(const AttentionPrefillParams& p, cudaStream_t stream) {
   check_common(p.c, "attention_prefill");
   HM_REQUIRE(p.tiles, "attention_prefill");
-  HM_REQUIRE(p.variant >= kPrefillMma && p.variant <= kPrefillMma2, "attention_prefill");
+  HM_REQUIRE(p.variant >= kPrefillMma && p.variant <= kPrefillMmaQlo, "attention_prefill");
   if (p.variant != kPrefillTile && p.c.D == 64) {
     const int G = p.c.nq / p.c.nkv;
-    if (p.variant == kPrefillMma || G != 8) return attention_prefill_mma(p, 1, G <= 8 ? 2 : 1, stream);
-    return attention_prefill_mma(p, p.variant == kPrefillMma2 ? 2 : 1, 1, stream);
+    if (p.variant == kPrefillMma || G != 8) return attention_prefill_mma(p, 1, G <= 8 ? 2 : 1, false, stream);
+    return attention_prefill_mma(p, p.variant == kPrefillMma2 ? 2 : 1, 1, p.variant == kPrefillMmaQlo, stream);
   }
   if (p.num_tiles == 0) return;
   const dim3 grid(p.num_tiles, p.c.nkv);
@@ -891,7 +891,8 @@ void attention_prefill(const AttentionPrefillParams& p, cudaStream_t stream) {
 int attention_prefill_env_variant() {
   static const int v = [] {
     const char* e = std::getenv("HARMONIUM_ATTN_PREFILL");
-    return e && std::strcmp(e, "tile") == 0 ? kPrefillTile : kPrefillMma;
+    if (e && std::strcmp(e, "tile") == 0) return kPrefillTile;
+    return e && std::strcmp(e, "qlo") == 0 ? kPrefillMmaQlo : kPrefillMma;
   }();
   return v;
 }

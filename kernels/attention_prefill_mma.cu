@@ -71,8 +71,9 @@ __device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx: exp2(-inf)
 // 8x8 matrix reads sit in 8 different bank groups.
 __device__ __forceinline__ int swz(int row, int chunk) { return row * kHD + ((chunk ^ (row & 7)) << 3); }
 
-// MINB: blocks per SM the registers are capped for (2: 128 registers at 8 warps, 16 warps per SM).
-template <int G, int HPW, int MINB>
+// MINB: blocks per SM the registers are capped for (2: 128 registers at 8 warps, 16 warps per SM). QLO: q as
+// two bf16 terms (hi + lo, fp32-grade scores for twice the S = Q K^T work; the accuracy option, not the default).
+template <int G, int HPW, int MINB, bool QLO>
 __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(AttentionCommon c,
                                                                        const int32_t* __restrict__ tiles,
                                                                        int num_tiles) {
@@ -114,14 +115,18 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
 
   // Stages key tile k0 (keys outside [t_lo, t_hi] zero-filled: never read from the cache).
   const int* bt = c.block_tables + size_t(seq) * c.max_blocks_per_seq;
+  const int bs = c.block_size;
+  const int bs_shift = (bs & (bs - 1)) == 0 ? __ffs(bs) - 1 : -1;  // power-of-two block sizes: shifts, no division
   auto load_tile = [&](int k0, int st) {
+#pragma unroll
     for (int e = tid; e < kKeys * kChunks; e += NT) {
       const int row = e / kChunks, ch = e % kChunks;
       const int key = k0 + row;
       const bool ok = key >= t_lo && key <= t_hi;
       size_t off = 0;
       if (ok) {
-        const size_t slot = size_t(bt[key / c.block_size]) * c.block_size + key % c.block_size;
+        const int blk = bs_shift >= 0 ? key >> bs_shift : key / bs;
+        const size_t slot = size_t(bt[blk]) * bs + (key - blk * bs);
         off = (slot * c.nkv + kvh) * kHD + ch * 8;
       }
       cp_async16_zfill(&Ks[st][swz(row, ch)], c.k_cache + off, ok);
@@ -133,7 +138,7 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
   load_tile(k_begin, 0);
 
   // q fragments (A operand, 16 rows x 64 dims per head, bf16), straight from the fp32 rows.
-  uint32_t qf[HPW][4][4];
+  uint32_t qf[HPW][4][4], ql[QLO ? HPW : 1][4][4];
 #pragma unroll
   for (int hw = 0; hw < HPW; hw++) {
     const int h = kvh * G + warp * HPW + hw;
@@ -148,6 +153,10 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
           float2 v = make_float2(0.f, 0.f);
           if (ti < count) v = *reinterpret_cast<const float2*>(qrow + ks * 16 + half * 8 + 2 * tg);
           qf[hw][ks][r + 2 * half] = pack_bf16(v.x, v.y);
+          if constexpr (QLO) {
+            const __nv_bfloat162 hi = __floats2bfloat162_rn(v.x, v.y);
+            ql[hw][ks][r + 2 * half] = pack_bf16(v.x - __low2float(hi), v.y - __high2float(hi));
+          }
         }
     }
   }
@@ -189,6 +198,10 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
         for (int hw = 0; hw < HPW; hw++) {
           mma_bf16_16816(s[hw][j], qf[hw][2 * p], b[0], b[1]);
           mma_bf16_16816(s[hw][j], qf[hw][2 * p + 1], b[2], b[3]);
+          if constexpr (QLO) {
+            mma_bf16_16816(s[hw][j], ql[hw][2 * p], b[0], b[1]);
+            mma_bf16_16816(s[hw][j], ql[hw][2 * p + 1], b[2], b[3]);
+          }
         }
       }
     }
@@ -289,7 +302,7 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
 
 }  // namespace
 
-void attention_prefill_mma(const AttentionPrefillParams& p, int heads_per_warp, int min_blocks,
+void attention_prefill_mma(const AttentionPrefillParams& p, int heads_per_warp, int min_blocks, bool q_lo,
                            cudaStream_t stream) {
   const AttentionCommon& c = p.c;
   HM_REQUIRE(c.D == kHD, "attention_prefill_mma");
@@ -298,9 +311,9 @@ void attention_prefill_mma(const AttentionPrefillParams& p, int heads_per_warp, 
   HM_REQUIRE(G == 1 || G == 2 || G == 4 || G == 8 || G == 16, "attention_prefill_mma");
   // The default shape (1 head per warp, registers for 2 blocks per SM up to 8 warps); the others only for
   // gpt-oss's G = 8 (the bench compares them).
-  const bool dflt = heads_per_warp == 1 && min_blocks == (G <= 8 ? 2 : 1);
-  HM_REQUIRE(dflt || (G == 8 && ((heads_per_warp == 1 && min_blocks == 1) || (heads_per_warp == 2 && min_blocks == 1))),
-             "attention_prefill_mma (heads_per_warp, min_blocks)");
+  const bool dflt = heads_per_warp == 1 && min_blocks == (G <= 8 ? 2 : 1) && !q_lo;
+  HM_REQUIRE(dflt || (G == 8 && min_blocks == 1 && (heads_per_warp == 1 || (heads_per_warp == 2 && !q_lo))),
+             "attention_prefill_mma (heads_per_warp, min_blocks, q_lo)");
   HM_REQUIRE(size_t(p.num_tiles) * c.nkv <= size_t(INT_MAX), "attention_prefill_mma");
   if (p.num_tiles == 0) return;
   const dim3 grid(p.num_tiles * c.nkv);
@@ -308,14 +321,15 @@ void attention_prefill_mma(const AttentionPrefillParams& p, int heads_per_warp, 
     launch(kernel, grid, dim3(threads), 0, stream, c.pdl, c, p.tiles, p.num_tiles);
   };
   switch (G) {
-    case 1: go(attn_prefill_mma<1, 1, 2>, 32); break;
-    case 2: go(attn_prefill_mma<2, 1, 2>, 64); break;
-    case 4: go(attn_prefill_mma<4, 1, 2>, 128); break;
-    case 16: go(attn_prefill_mma<16, 1, 1>, 512); break;
+    case 1: go(attn_prefill_mma<1, 1, 2, false>, 32); break;
+    case 2: go(attn_prefill_mma<2, 1, 2, false>, 64); break;
+    case 4: go(attn_prefill_mma<4, 1, 2, false>, 128); break;
+    case 16: go(attn_prefill_mma<16, 1, 1, false>, 512); break;
     default:
-      if (dflt) go(attn_prefill_mma<8, 1, 2>, 256);
-      else if (heads_per_warp == 1) go(attn_prefill_mma<8, 1, 1>, 256);
-      else go(attn_prefill_mma<8, 2, 1>, 128);
+      if (dflt) go(attn_prefill_mma<8, 1, 2, false>, 256);
+      else if (q_lo) go(attn_prefill_mma<8, 1, 1, true>, 256);
+      else if (heads_per_warp == 1) go(attn_prefill_mma<8, 1, 1, false>, 256);
+      else go(attn_prefill_mma<8, 2, 1, false>, 128);
   }
 }
 
