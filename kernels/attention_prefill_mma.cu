@@ -119,8 +119,8 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
   const int bs_shift = (bs & (bs - 1)) == 0 ? __ffs(bs) - 1 : -1;  // power-of-two block sizes: shifts, no division
   auto load_tile = [&](int k0, int st) {
 #pragma unroll
-    for (int e = tid; e < kKeys * kChunks; e += NT) {
-      const int row = e / kChunks, ch = e % kChunks;
+    for (int i = 0; i < kKeys * kChunks / NT; i++) {
+      const int e = tid + i * NT, row = e / kChunks, ch = e % kChunks;
       const int key = k0 + row;
       const bool ok = key >= t_lo && key <= t_hi;
       size_t off = 0;
