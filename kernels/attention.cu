@@ -13,11 +13,14 @@
 //                        With inv_freq (decode-only steps) it also does rope_kv_write's job: q rotated on load, the
 //                        token's own k/v row rotated, cached and staged by the split that holds its position.
 //   attn_decode_combine: grid (tokens, nq), D threads: merges the splits and the sink column, writes bf16.
-//   attn_prefill_tile:   grid (tiles, nkv), 16 * G threads, one per (query token, head) row holding q, the output
+//   attn_prefill_tile:   (head dims 16 and 32, and the comparison kernel for attn_prefill_mma, which has its own
+//                        file) grid (tiles, nkv), 16 * G threads, one per (query token, head) row holding q, the output
 //                        accumulator and 32 scores in registers; K/V tiles of 32 keys in shared memory (fp32).
 #include <algorithm>
 #include <cfloat>
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "attention.h"
@@ -872,11 +875,26 @@ void attention_decode(const AttentionDecodeParams& p, cudaStream_t stream) {
 void attention_prefill(const AttentionPrefillParams& p, cudaStream_t stream) {
   check_common(p.c, "attention_prefill");
   HM_REQUIRE(p.tiles, "attention_prefill");
+  HM_REQUIRE(p.variant >= kPrefillMma && p.variant <= kPrefillMmaQlo, "attention_prefill");
+  if (p.variant != kPrefillTile && p.c.D == 64) {
+    const int G = p.c.nq / p.c.nkv;
+    if (p.variant == kPrefillMma || G != 8) return attention_prefill_mma(p, 1, G <= 8 ? 2 : 1, false, stream);
+    return attention_prefill_mma(p, p.variant == kPrefillMma2 ? 2 : 1, 1, p.variant == kPrefillMmaQlo, stream);
+  }
   if (p.num_tiles == 0) return;
   const dim3 grid(p.num_tiles, p.c.nkv);
   const int G = p.c.nq / p.c.nkv;
   HM_ATTN_DISPATCH(attn_prefill_tile, G, p.c.D, grid, dim3(kPrefillTileTokens * G), 0, stream, p.c.pdl, p.c,
                    p.tiles);
+}
+
+int attention_prefill_env_variant() {
+  static const int v = [] {
+    const char* e = std::getenv("HARMONIUM_ATTN_PREFILL");
+    if (e && std::strcmp(e, "tile") == 0) return kPrefillTile;
+    return e && std::strcmp(e, "qlo") == 0 ? kPrefillMmaQlo : kPrefillMma;
+  }();
+  return v;
 }
 
 }  // namespace hm::cuda

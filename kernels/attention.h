@@ -4,9 +4,9 @@
 //                      split into chunks of keys_per_split processed by separate blocks; the last block of a
 //                      token's KV head to finish merges the partial softmaxes with the sink (an arrival counter,
 //                      merge in split order), no second launch. Stays parallel at 100k+ tokens of context.
-//   attention_prefill: tiles of up to 16 consecutive query tokens of one sequence; K/V tiles of 64 keys staged
-//                      in shared memory and reused by all the tile's query rows (flash-style online softmax, no
-//                      T x T matrix anywhere).
+//   attention_prefill: tiles of up to 16 consecutive query tokens of one sequence; K/V tiles staged in shared
+//                      memory and reused by all the tile's query rows (flash-style online softmax, no T x T matrix
+//                      anywhere): on tensor cores for head dim 64 (attention_prefill_mma.cu), else in fp32.
 // The cache must already hold the keys of every visible position (rope_kv_write runs first), except each decode
 // token's own key when attention_decode does the RoPE + KV write itself (AttentionDecodeParams::inv_freq).
 #pragma once
@@ -79,8 +79,22 @@ struct AttentionPrefillParams {
   AttentionCommon c;
   const int32_t* tiles = nullptr;  // [num_tiles, 2]: first token index, token count (1..16), one sequence each
   int num_tiles = 0;
+  // kPrefillMma (default): attn_prefill_mma (tensor cores) for head dim 64, attn_prefill_tile for 16 and 32;
+  // kPrefillTile: attn_prefill_tile (fp32, the comparison kernel); for the bench (G = 8 only, else as kPrefillMma):
+  // kPrefillMma1b, registers uncapped (one block per SM); kPrefillMma2, 2 heads per warp; kPrefillMmaQlo, q as
+  // bf16 hi + lo (fp32-grade scores, twice the Q K^T work).
+  int variant = 0;
 };
 constexpr int kPrefillTileTokens = 16;
+constexpr int kPrefillMma = 0, kPrefillTile = 1, kPrefillMma1b = 2, kPrefillMma2 = 3, kPrefillMmaQlo = 4;
 void attention_prefill(const AttentionPrefillParams& p, cudaStream_t stream);
+// The variant HARMONIUM_ATTN_PREFILL names (read once): "tile" -> kPrefillTile, "qlo" -> kPrefillMmaQlo, else
+// kPrefillMma.
+int attention_prefill_env_variant();
+// attention_prefill's tensor-core kernel (kernels/attention_prefill_mma.cu): head dim 64 only; heads_per_warp
+// (the rows of one warp: 16 tokens x that many query heads), min_blocks (blocks per SM its registers are capped
+// for) and q_lo: 1, 2 (1 for G = 16), false; for G = 8 also 1, 1, false / 2, 1, false / 1, 1, true.
+void attention_prefill_mma(const AttentionPrefillParams& p, int heads_per_warp, int min_blocks, bool q_lo,
+                           cudaStream_t stream);
 
 }  // namespace hm::cuda

@@ -607,6 +607,7 @@ void CudaBackend::forward_layers(int T) {
       ap.c = ac;
       ap.tiles = d_tiles_;
       ap.num_tiles = plan_.n_tiles;
+      ap.variant = attention_prefill_env_variant();  // HARMONIUM_ATTN_PREFILL=tile: the fp32 kernel, to compare
       attention_prefill(ap, stream_);
       prof_.mark(StepProfiler::kAttn);
     }

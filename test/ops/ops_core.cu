@@ -602,7 +602,8 @@ struct CacheFixture {
 };
 
 std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector<int>& ctx,
-                                  const std::vector<int>& new_tokens, bool prefill, uint64_t seed, int D = 64) {
+                                  const std::vector<int>& new_tokens, bool prefill, uint64_t seed, int D = 64,
+                                  bool all_prefill_variants = false) {
   // Sequence s has ctx[s] positions in total, the last new_tokens[s] of them are this step's query tokens.
   CacheFixture f(nq, nkv, ctx, seed, D);
   std::vector<int32_t> tok_seq, pos;
@@ -632,25 +633,58 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
   std::string params = "D=" + std::to_string(D) + " nq=" + std::to_string(nq) + " nkv=" + std::to_string(nkv) + " W=" + std::to_string(window) +
                        " ctx=" + std::to_string(*std::max_element(ctx.begin(), ctx.end())) + " T=" + std::to_string(T);
   if (prefill) {
-    std::vector<int32_t> tiles;
-    t0 = 0;
-    for (size_t s = 0; s < ctx.size(); s++) {
-      for (int i = 0; i < new_tokens[s]; i += cuda::kPrefillTileTokens) {
-        tiles.push_back(t0 + i);
-        tiles.push_back(std::min(cuda::kPrefillTileTokens, new_tokens[s] - i));
+    // Tilings of each sequence's new tokens: the backend's (16 tokens), 1-token tiles (HARMONIUM_BATCH_INVARIANT=1
+    // decode) and a first tile of 5 then 16s (a prompt continued in chunks); the other two must give the first's
+    // bits (metric "tile_bits": elements that differ, tolerance 0).
+    auto tiling = [&](int head, int size) {
+      std::vector<int32_t> tiles;
+      int at = 0;
+      for (size_t s = 0; s < ctx.size(); s++) {
+        for (int i = 0; i < new_tokens[s];) {
+          const int n = std::min(i == 0 && head ? head : size, new_tokens[s] - i);
+          tiles.push_back(at + i);
+          tiles.push_back(n);
+          i += n;
+        }
+        at += new_tokens[s];
       }
-      t0 += new_tokens[s];
+      return tiles;
+    };
+    const std::vector<int32_t> tilings[3] = {tiling(0, cuda::kPrefillTileTokens), tiling(0, 1),
+                                             tiling(5, cuda::kPrefillTileTokens)};
+    std::vector<Result> out;
+    std::vector<int> variants = {cuda::kPrefillTile};
+    if (D == 64) variants.insert(variants.begin(), cuda::kPrefillMma);  // other head dims: the tile kernel only
+    if (D == 64 && all_prefill_variants)
+      variants.insert(variants.end(), {cuda::kPrefillMma1b, cuda::kPrefillMma2, cuda::kPrefillMmaQlo});
+    const char* names[] = {" (mma)", " (tile kernel)", " (mma, 1 block/SM)", " (mma, 2 heads/warp)", " (mma, q hi+lo)"};
+    for (int variant : variants) {
+      const std::string ps = params + names[variant];
+      std::vector<uint16_t> first;
+      for (int k = 0; k < 3; k++) {
+        Dev<int32_t> dtiles(tilings[k]);
+        cuda::AttentionPrefillParams p;
+        p.c = c;
+        p.tiles = dtiles.p;
+        p.num_tiles = int(tilings[k].size() / 2);
+        p.variant = variant;
+        dout.poison();
+        cuda::attention_prefill(p, nullptr);
+        const auto o = dout.get();
+        if (k == 0) {
+          first = o;
+          out.push_back(nmse_result(ps, widen(o), want, 2e-5));
+          dout.poison();
+          cuda::attention_prefill(p, nullptr);
+          out.push_back(repeat_bits(ps, o, dout.get()));
+        } else {
+          Result r = repeat_bits(ps + (k == 1 ? " 1-token tiles" : " tiles 5+16"), first, o);
+          r.metric = "tile_bits";
+          out.push_back(r);
+        }
+      }
     }
-    Dev<int32_t> dtiles(tiles);
-    cuda::AttentionPrefillParams p;
-    p.c = c;
-    p.tiles = dtiles.p;
-    p.num_tiles = int(tiles.size() / 2);
-    cuda::attention_prefill(p, nullptr);
-    const auto o = dout.get();
-    dout.poison();
-    cuda::attention_prefill(p, nullptr);
-    return {nmse_result(params, widen(o), want, 2e-5), repeat_bits(params, o, dout.get())};
+    return out;
   }
   std::vector<Result> out;
   std::vector<int32_t> toks(T);
@@ -831,16 +865,106 @@ HM_OP_TEST("attention_decode_rope", test_attention_decode_rope);
 std::vector<Result> test_attention_prefill() {
   std::vector<Result> out;
   auto add = [&](std::vector<Result> r) { out.insert(out.end(), r.begin(), r.end()); };
-  add(run_attention(64, 8, 0, {37}, {37}, true, 700));
-  add(run_attention(64, 8, 128, {300}, {300}, true, 800));
+  add(run_attention(64, 8, 0, {37}, {37}, true, 700, 64, true));
+  add(run_attention(64, 8, 128, {300}, {300}, true, 800, 64, true));
   add(run_attention(64, 8, 0, {300}, {300}, true, 900));
   add(run_attention(64, 8, 128, {250, 40}, {70, 40}, true, 1000));  // cached prefix of 180, then a new sequence
   add(run_attention(6, 3, 0, {45}, {19}, true, 1100));
   add(run_attention(8, 2, 128, {200}, {200}, true, 1200, 16));
   add(run_attention(8, 1, 16, {80}, {80}, true, 1300, 32));
+  // one prompt of each length (the tile and key-tile edges), full, sliding and a short window
+  for (int window : {0, 128, 16})
+    for (int n : {1, 3, 17, 64, 255, 1000}) add(run_attention(64, 8, window, {n}, {n}, true, 1400 + n + window));
+  // several sequences in one call, most continuing a cached prefix (positions not starting at 0, nor at a
+  // multiple of 64)
+  for (int window : {0, 128, 16}) {
+    add(run_attention(64, 8, window, {1000, 300, 40, 5, 129}, {255, 300, 17, 3, 1}, true, 1500 + window));
+    add(run_attention(64, 8, window, {1200}, {64}, true, 1600 + window, 64, true));
+  }
+  // other GQA groups at head dim 64: 16, 4, 1 query heads per KV head
+  add(run_attention(64, 4, 0, {200, 77}, {200, 30}, true, 1700));
+  add(run_attention(16, 4, 128, {300}, {150}, true, 1800));
+  add(run_attention(4, 4, 16, {90}, {90}, true, 1900));
   return out;
 }
 HM_OP_TEST("attention_prefill", test_attention_prefill);
+
+// ---- HM_OP_BENCH=1: prefill attention timings ----
+// One sequence of ctx positions whose last n are this call's query tokens (n = ctx: a whole prompt in one step; n
+// = 2048 at ctx 32768: the last chunk of a 32k prompt at the CUDA backend's default maxBatchTokens), gpt-oss shape
+// (64 q / 8 KV heads, D 64), full and sliding (128) layers; every prefill kernel on the same inputs. Per row: the
+// mean of R back-to-back launches (R from a first timed launch: about 30 ms of work, at least 1), microseconds per
+// layer and TFLOP/s counting 4 * nq * D FLOPs per visible (query, key) pair.
+std::vector<Result> bench_attention_prefill() {
+  const char* env = std::getenv("HM_OP_BENCH");
+  if (!env || std::strcmp(env, "1") != 0) return {};
+  constexpr int nq = 64, nkv = 8, D = 64, bs = 16;
+  std::printf("-- prefill attention (us per layer; nq 64, nkv 8, D 64) --\n");
+  std::printf("%-24s %-24s %12s %9s %8s\n", "case", "kernel", "us", "TFLOP/s", "vs tile");
+  struct Case {
+    int ctx, n;
+  };
+  for (const Case cs : {Case{512, 512}, Case{2048, 2048}, Case{8192, 8192}, Case{32768, 32768}, Case{32768, 2048}}) {
+    const int blocks = cs.ctx / bs;
+    std::vector<int32_t> bt(blocks), seq(cs.n, 0), pos(cs.n), tiles;
+    std::iota(bt.begin(), bt.end(), 0);
+    for (int i = 0; i < cs.n; i++) pos[i] = cs.ctx - cs.n + i;
+    for (int i = 0; i < cs.n; i += cuda::kPrefillTileTokens) {
+      tiles.push_back(i);
+      tiles.push_back(std::min(cuda::kPrefillTileTokens, cs.n - i));
+    }
+    const size_t elems = size_t(cs.ctx) * nkv * D;
+    Dev<uint16_t> dk(to_bf16(uniform(elems, 11, 2.f))), dv(to_bf16(uniform(elems, 12, 1.f)));
+    Dev<uint16_t> dout(size_t(cs.n) * nq * D);
+    Dev<float> dq(uniform(size_t(cs.n) * nq * D, 13, 1.f)), dsinks(uniform(nq, 14, 2.f));
+    Dev<int32_t> dbt(bt), dseq(seq), dpos(pos), dtiles(tiles);
+    for (int window : {0, 128}) {
+      double pairs = 0;
+      for (int p : pos) pairs += window ? std::min(p + 1, window) : p + 1;
+      const double flops = 4.0 * nq * D * pairs;
+      cuda::AttentionPrefillParams p;
+      p.c.q = dq.p, p.c.ldq = nq * D, p.c.k_cache = dk.p, p.c.v_cache = dv.p, p.c.block_tables = dbt.p;
+      p.c.max_blocks_per_seq = blocks, p.c.block_size = bs, p.c.tok_seq = dseq.p, p.c.pos = dpos.p;
+      p.c.sinks = dsinks.p, p.c.out = dout.p, p.c.nq = nq, p.c.nkv = nkv, p.c.D = D, p.c.window = window;
+      p.c.scale = 0.125f;
+      p.tiles = dtiles.p, p.num_tiles = int(tiles.size() / 2);
+      const std::string name = "ctx=" + std::to_string(cs.ctx) + " n=" + std::to_string(cs.n) + (window ? " slide" : " full");
+      struct Row {
+        const char* kernel;
+        int variant;
+      };
+      float tile_us = 0;
+      for (const Row r : {Row{"tile (fp32, previous)", cuda::kPrefillTile}, Row{"mma (default)", cuda::kPrefillMma},
+                          Row{"mma, 1 block/SM", cuda::kPrefillMma1b}, Row{"mma, 2 heads/warp", cuda::kPrefillMma2},
+                          Row{"mma, q hi+lo", cuda::kPrefillMmaQlo}}) {
+        p.variant = r.variant;
+        cudaEvent_t e0, e1;
+        C_CHECK(cudaEventCreate(&e0));
+        C_CHECK(cudaEventCreate(&e1));
+        auto time_ms = [&](int reps) {
+          C_CHECK(cudaEventRecord(e0, nullptr));
+          for (int i = 0; i < reps; i++) cuda::attention_prefill(p, nullptr);
+          C_CHECK(cudaEventRecord(e1, nullptr));
+          C_CHECK(cudaEventSynchronize(e1));
+          float ms = 0;
+          C_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+          return ms;
+        };
+        time_ms(1);  // warm-up
+        const float first = time_ms(1);
+        const int reps = std::max(1, std::min(200, int(30.f / std::max(first, 1e-3f))));
+        const float us = time_ms(reps) * 1000.f / reps;
+        if (r.variant == cuda::kPrefillTile) tile_us = us;
+        std::printf("%-24s %-24s %12.1f %9.1f %7.2fx\n", name.c_str(), r.kernel, us, flops / (us * 1e6),
+                    tile_us / us);
+        cudaEventDestroy(e0);
+        cudaEventDestroy(e1);
+      }
+    }
+  }
+  return {};
+}
+HM_OP_TEST("bench_attention_prefill", bench_attention_prefill);
 
 // ---- HM_OP_BENCH=1: decode attention timings ----
 // The split + combine pair (variant 1, with its split rule) against attn_decode_merged with 1 head slice (fill
