@@ -1,0 +1,341 @@
+// The grouped streaming MXFP4 expert kernels (moe.h, "grouped"): the regime of a few tokens per expert (9 to a
+// few hundred tokens a call: batched decode, chunked prefill), included by moe_impl.cuh after the decode kernels.
+// sm_90+ (cp.async.bulk).
+//
+// Why: from 64 tokens the prefill GEMM's 64-row M tiles are mostly padding (64 tokens, E = 128: about 2 tokens an
+// expert) and it decodes the weights once per tile, streaming at 0.87 TB/s. Here, as in the decode bulk kernels
+// (moe_decode_bulk.cuh), a work item is one 16-row tile of one expert (one contiguous range of blocks + one of
+// scales, 24.5 KB at K = 2880) brought by one producer thread into a ring of NST shared-memory stages completing
+// on mbarriers, so every expert's weights are read ONCE per call. The consumer warps split the item's K in
+// 128-column chunks; a lane decodes its chunk's weight fragment once and multiplies it by ALL of the expert's
+// tokens, 8 at a time (the 8-wide N of mma.sync m16n8k16), up to NTB N-tiles per pass with their accumulators in
+// registers (an expert with more than 8 NTB tokens takes more passes over the same stage, decoding again once per
+// 8 NTB tokens).
+//
+// Tokens arrive grouped by expert (moe_route_sort: sorted rows, offsets[E + 1]); every block reads the offsets
+// and lists the experts with tokens (in id order), so the items are (listed expert u, tile) flattened u-major and
+// block b takes items b, b + grid, ...: the grid is persistent and sized from n alone (fixed for a given n,
+// no host sync: capturable). Heavy experts' items carry more N-tiles; the interleaving spreads them.
+//   gate_up: epilogue = bias + clamped SwiGLU x routing weight -> act[sorted row] (bf16, as the prefill path);
+//   down:    epilogue = + routing weight x bias -> out[sorted row] (fp32), then moe_combine sums each token's k
+//            rows in slot order (deterministic, no atomics).
+// Deterministic: a warp's partials follow its fixed chunk order; after one named barrier of the consumer warps
+// (double-buffered partial slots, so one barrier per pass suffices: a warp writing slot b again has passed the
+// next pass's barrier, which every warp reaches only after reading slot b), the warp of N-tile nt (nt % NCW)
+// sums the NCW partials in warp order. Nothing depends on the grid or on timing.
+// PDL: gate_up initialises its barriers before pdl_wait() (the offsets come from moe_route_sort). down lists
+// its experts and streams its weights before pdl_wait() (its predecessor is gate_up, which triggers only after
+// its own wait, so the offsets are complete by then, as in the decode bulk kernels); the SwiGLU rows wait.
+//
+// The mbarrier / bulk-copy helpers are copies of moe_decode_bulk.cuh's (grp_ prefix), kept apart while that file
+// is rewritten; dedup once both settle.
+#pragma once
+#include "moe_impl.cuh"
+
+namespace hm::cuda::moe {
+namespace {
+
+__device__ __forceinline__ uint32_t grp_smem_u32(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ void grp_mbar_init(uint64_t* b, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(grp_smem_u32(b)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void grp_mbar_expect_tx(uint64_t* b, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(grp_smem_u32(b)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void grp_mbar_arrive(uint64_t* b) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(grp_smem_u32(b)) : "memory");
+}
+__device__ __forceinline__ void grp_mbar_wait(uint64_t* b, uint32_t parity) {
+  asm volatile(
+      "{\n\t.reg .pred P1;\n"
+      "GRP_WAIT:\n\t"
+      "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n\t"
+      "@!P1 bra GRP_WAIT;\n}" ::"r"(grp_smem_u32(b)),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void grp_bulk_g2s(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   grp_smem_u32(dst)),
+               "l"(src), "r"(bytes), "r"(grp_smem_u32(bar))
+               : "memory");
+#else
+  __trap();  // the launcher takes this path only on sm_90+
+#endif
+}
+// The consumer warps only (the producer warp has left): barrier 1, NCW warps.
+__device__ __forceinline__ void grp_consumer_sync(int nthreads) {
+  asm volatile("bar.sync 1, %0;" ::"r"(nthreads) : "memory");
+}
+
+// Shared memory of a block (dynamic): NST stages of one 16-row tile (blocks, then scales), two partial-sum slots
+// of NCW x NTB float4 per lane, 2 x NST mbarriers.
+__host__ __device__ inline uint32_t grouped_stage_bytes(int K) {
+  return (uint32_t(16 * K / 2 + 16 * K / 32) + 127u) & ~127u;
+}
+inline size_t grouped_smem_bytes(int K, int NCW, int NST, int NTB) {
+  return size_t(NST) * grouped_stage_bytes(K) + size_t(2) * NCW * NTB * 32 * 16 + 2 * NST * 8;
+}
+
+// The experts with tokens, in id order: expert id, first sorted row, token count.
+struct GroupedList {
+  int nu;
+  int e[256], start[256], cnt[256];
+};
+
+struct GroupedArgs {
+  WMat W;               // rows x K per expert
+  const uint16_t* x;    // gate_up: x [n, H] (row = perm[sorted row] / k); down: act [P, I] by sorted row
+  int ldx, k, E;
+  const float* weights;  // [P] routing weights by pair
+  float limit;
+  Workspace ws;          // perm, offsets (moe_route_sort); act (gate_up writes), out (down writes)
+};
+
+// MINB: the blocks per SM the register budget must allow.
+template <bool GATE_UP, int NCW, int NST, int NTB, int MINB>
+__global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(GroupedArgs a) {
+  static_assert(NTB <= NCW, "one epilogue N-tile per warp");
+  extern __shared__ __align__(128) uint8_t smem[];
+  __shared__ GroupedList gl;
+  const int rows = a.W.rows, K = a.W.K, kb = K >> 5, ntiles = rows >> 4, nchunks = (K + 127) >> 7;
+  const uint32_t tile_bytes = uint32_t(16 * kb * 16), tile_sc = uint32_t(16 * kb);
+  const uint32_t stage_bytes = grouped_stage_bytes(K);
+  float4(*red)[NCW][NTB][32] = reinterpret_cast<float4(*)[NCW][NTB][32]>(smem + NST * stage_bytes);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + NST * stage_bytes + size_t(2) * NCW * NTB * 32 * 16);
+  uint64_t* empty = full + NST;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < NST; s++) {
+      grp_mbar_init(&full[s], 1);
+      grp_mbar_init(&empty[s], NCW * 32);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  if (GATE_UP) pdl_wait();  // the offsets come from moe_route_sort
+  if (warp == 0) {
+    int nu = 0;
+    for (int e0 = 0; e0 < a.E; e0 += 32) {
+      const int e = e0 + lane;
+      const int s = e < a.E ? a.ws.offsets[e] : 0;
+      const int c = e < a.E ? a.ws.offsets[e + 1] - s : 0;
+      const unsigned m = __ballot_sync(0xffffffffu, c > 0);
+      if (c > 0) {
+        const int u = nu + __popc(m & ((1u << lane) - 1u));
+        gl.e[u] = e;
+        gl.start[u] = s;
+        gl.cnt[u] = c;
+      }
+      nu += __popc(m);
+    }
+    if (lane == 0) gl.nu = nu;
+  }
+  __syncthreads();  // (also publishes the barrier init)
+  if (GATE_UP) pdl_trigger();
+
+  const int G = gridDim.x, b = blockIdx.x, total = gl.nu * ntiles;
+  const int nitems = b < total ? (total - 1 - b) / G + 1 : 0;
+
+  if (warp == NCW) {  // producer
+    if (lane == 0) {
+      for (int j = 0; j < nitems; j++) {
+        const int s = j % NST;
+        if (j >= NST) grp_mbar_wait(&empty[s], uint32_t(j / NST - 1) & 1u);
+        const int f = b + j * G, u = f / ntiles, tile = f - u * ntiles;
+        const size_t row0 = size_t(gl.e[u]) * rows + size_t(tile) * 16;
+        uint8_t* st = smem + s * stage_bytes;
+        grp_mbar_expect_tx(&full[s], tile_bytes + tile_sc);
+        grp_bulk_g2s(st, static_cast<const uint8_t*>(a.W.data) + row0 * kb * 16, tile_bytes, &full[s]);
+        grp_bulk_g2s(st + tile_bytes, a.W.scales + row0 * kb, tile_sc, &full[s]);
+      }
+    }
+    if (!GATE_UP) pdl_trigger();
+    return;
+  }
+  if (!GATE_UP) {
+    pdl_wait();  // the SwiGLU rows come from gate_up
+    pdl_trigger();
+  }
+
+  const int g = lane >> 2, t = lane & 3;
+  // This lane group's stage rows, pr and pr + 8: moe_decode_bulk.cuh's conflict-free order (bits 0 and 1 of g
+  // swapped when kb = 2 mod 4, the real shapes), whose gate/up partner row pr ^ 1 is then lane ^ 8.
+  const bool swz = (kb & 3) == 2;
+  const int pr = swz ? (g & 4) | ((g & 1) << 1) | ((g >> 1) & 1) : g;
+  int rbuf = 0;
+  for (int j = 0; j < nitems; j++) {
+    const int s = j % NST;
+    const int f = b + j * G, u = f / ntiles, tile = f - u * ntiles;
+    const int e = gl.e[u], start = gl.start[u], cnt = gl.cnt[u], r0 = tile * 16;
+    grp_mbar_wait(&full[s], uint32_t(j / NST) & 1u);
+    const uint8_t* st = smem + s * stage_bytes;
+    const uint8_t* sc = st + tile_bytes;
+    for (int base = 0; base < cnt; base += 8 * NTB) {  // passes of up to NTB N-tiles of 8 tokens
+      const int nnt = min(NTB, (cnt - base + 7) >> 3);
+      int xr[NTB];  // the activation row of this lane's token (column g) of each N-tile, or -1
+#pragma unroll
+      for (int nt = 0; nt < NTB; nt++) {
+        const int i = base + nt * 8 + g;
+        xr[nt] = i < cnt ? (GATE_UP ? a.ws.perm[start + i] / a.k : start + i) : -1;
+      }
+      float acc[NTB][4];
+#pragma unroll
+      for (int nt = 0; nt < NTB; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+      for (int c = warp; c < nchunks; c += NCW) {
+        const int blk = c * 4 + t;
+        const bool ok = blk < kb;
+        const uint4 qa = ok ? *reinterpret_cast<const uint4*>(st + (pr * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
+        const uint4 qb = ok ? *reinterpret_cast<const uint4*>(st + ((pr + 8) * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
+        const uint32_t fa = mx_factor(ok ? sc[pr * kb + blk] : 127u), fb = mx_factor(ok ? sc[(pr + 8) * kb + blk] : 127u);
+        const uint32_t wa[4] = {qa.x, qa.y, qa.z, qa.w}, wb[4] = {qb.x, qb.y, qb.z, qb.w};
+        // Word i of the block (32 columns in 4 words of 8) is two k16 steps: decoded once for every N-tile, one
+        // word at a time (a whole chunk's fragments decoded up front cost 32 live registers more: spills).
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+          uint32_t pa[4], pb[4];
+          decode_word(wa[i], fa, pa);
+          decode_word(wb[i], fb, pb);
+#pragma unroll
+          for (int nt = 0; nt < NTB; nt++) {
+            if (nt >= nnt) break;
+            uint32_t px[4];
+            perm8(ok && xr[nt] >= 0 ? __ldg(reinterpret_cast<const uint4*>(a.x + size_t(xr[nt]) * a.ldx + blk * 32) + i)
+                                    : make_uint4(0, 0, 0, 0),
+                  px);
+            mma16816(acc[nt], pa[0], pb[0], pa[1], pb[1], px[0], px[1]);
+            mma16816(acc[nt], pa[2], pb[2], pa[3], pb[3], px[2], px[3]);
+          }
+        }
+      }
+      if (base + 8 * NTB >= cnt) grp_mbar_arrive(&empty[s]);  // the item's last pass has read the stage
+#pragma unroll
+      for (int nt = 0; nt < NTB; nt++)
+        if (nt < nnt) red[rbuf][warp][nt][lane] = make_float4(acc[nt][0], acc[nt][1], acc[nt][2], acc[nt][3]);
+      grp_consumer_sync(NCW * 32);
+      if (warp < nnt) {  // this warp's N-tile: nt = warp
+        const int nt = warp;
+        float v[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int q = 0; q < NCW; q++) {
+          const float4 p = red[rbuf][q][nt][lane];
+          v[0] += p.x;
+          v[1] += p.y;
+          v[2] += p.z;
+          v[3] += p.w;
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) v[i] *= kTwoPow63;
+        // v: [0] (row pr, token 2t) [1] (row pr, token 2t+1) [2] (row pr+8, token 2t) [3] (row pr+8, 2t+1).
+        const int i0 = base + nt * 8 + 2 * t;  // the expert's token of column 2t
+        if (GATE_UP) {
+          float partner[4];
+#pragma unroll
+          for (int i = 0; i < 4; i++) partner[i] = __shfl_xor_sync(0xffffffffu, v[i], swz ? 8 : 4);
+          if (!(pr & 1)) {
+            const int I = rows >> 1;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+              const int row = r0 + pr + 8 * h;  // even: gate row; row + 1 (the partner's) is up
+              const float bg = bf2f_bits(a.W.bias[size_t(e) * rows + row]);
+              const float bu = bf2f_bits(a.W.bias[size_t(e) * rows + row + 1]);
+#pragma unroll
+              for (int q = 0; q < 2; q++) {
+                if (i0 + q >= cnt) continue;
+                const int srow = start + i0 + q;
+                const float wr = a.weights[a.ws.perm[srow]];
+                const float act = swiglu1(v[2 * h + q] + bg, partner[2 * h + q] + bu, a.limit) * wr;
+                a.ws.act[size_t(srow) * I + (row >> 1)] = f2bf_bits(act);
+              }
+            }
+          }
+        } else {
+#pragma unroll
+          for (int h = 0; h < 2; h++) {
+            const int row = r0 + pr + 8 * h;
+            const float bias = bf2f_bits(a.W.bias[size_t(e) * rows + row]);
+#pragma unroll
+            for (int q = 0; q < 2; q++) {
+              if (i0 + q >= cnt) continue;
+              const int srow = start + i0 + q;
+              a.ws.out[size_t(srow) * rows + row] = v[2 * h + q] + a.weights[a.ws.perm[srow]] * bias;
+            }
+          }
+        }
+      }
+      rbuf ^= 1;
+    }
+  }
+}
+
+// A configuration of the grouped kernels: NCW consumer warps, NST stages, NTB N-tiles (8 tokens each) per pass,
+// at most BPS blocks per SM (also the register budget's minimum). Chosen by bench/moe_playground.
+template <int NCW_, int NST_, int NTB_, int BPS_>
+struct GroupedCfg {
+  static constexpr int NCW = NCW_, NST = NST_, NTB = NTB_, BPS = BPS_;
+};
+
+struct GroupedDevice {
+  int sms = 0, smem_optin = 0, major = 0;
+};
+inline const GroupedDevice& grouped_device() {
+  static GroupedDevice d[16];
+  static bool done[16] = {};
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  dev &= 15;
+  if (!done[dev]) {
+    CUDA_CHECK(cudaDeviceGetAttribute(&d[dev].sms, cudaDevAttrMultiProcessorCount, dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&d[dev].smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&d[dev].major, cudaDevAttrComputeCapabilityMajor, dev));
+    done[dev] = true;
+  }
+  return d[dev];
+}
+
+// Whether the grouped kernels apply: sm_90+, both scale tensors 16-byte aligned (the copies' rule), stages fit.
+template <typename C>
+bool grouped_ok(const WMat& gu, const WMat& dn) {
+  const GroupedDevice& d = grouped_device();
+  return d.major >= 9 && reinterpret_cast<uintptr_t>(gu.scales) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(dn.scales) % 16 == 0 &&
+         grouped_smem_bytes(gu.K, C::NCW, C::NST, C::NTB) + sizeof(GroupedList) <= size_t(d.smem_optin) &&
+         grouped_smem_bytes(dn.K, C::NCW, C::NST, C::NTB) + sizeof(GroupedList) <= size_t(d.smem_optin);
+}
+
+// nuniq_max: the most experts the routing can touch (min(n k, E)); the grid is at most what is resident.
+template <bool GATE_UP, typename C>
+void launch_grouped_kernel(const GroupedArgs& a, int nuniq_max, cudaStream_t stream, bool pdl) {
+  auto kern = moe_grouped_mxfp4<GATE_UP, C::NCW, C::NST, C::NTB, C::BPS>;
+  const int threads = (C::NCW + 1) * 32;
+  const size_t smem = grouped_smem_bytes(a.W.K, C::NCW, C::NST, C::NTB);
+  static int occ_K = -1, occ = 0;  // the occupancy for the last K seen (one model per process in practice)
+  if (occ_K != a.W.K) {
+    CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, threads, smem));
+    occ_K = a.W.K;
+  }
+  const int per_sm = C::BPS < occ ? C::BPS : occ;
+  const int nwork = nuniq_max * (a.W.rows >> 4);
+  const int cap = grouped_device().sms * (per_sm < 1 ? 1 : per_sm);
+  const int grid = nwork < cap ? nwork : cap;
+  launch(kern, dim3(grid < 1 ? 1 : grid), dim3(threads), smem, stream, pdl, a);
+}
+
+// gate_up + SwiGLU, then down, over the rows moe_route_sort grouped by expert (the caller runs it before and
+// moe_combine after).
+template <typename C>
+void launch_grouped(const MoeParams& p, const WMat& gu, const WMat& dn, const float* weights, const Workspace& ws,
+                    cudaStream_t stream) {
+  const int nuniq_max = p.n * p.k < p.E ? p.n * p.k : p.E;
+  GroupedArgs a{gu, p.x, p.ldx, p.k, p.E, weights, p.swiglu_limit, ws};
+  launch_grouped_kernel<true, C>(a, nuniq_max, stream, p.pdl);
+  a.W = dn;
+  a.x = ws.act;
+  a.ldx = p.I;
+  launch_grouped_kernel<false, C>(a, nuniq_max, stream, p.pdl);
+}
+
+}  // namespace
+}  // namespace hm::cuda::moe
