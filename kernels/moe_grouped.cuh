@@ -23,7 +23,10 @@
 // (double-buffered partial slots, so one barrier per pass suffices: a warp writing slot b again has passed the
 // next pass's barrier, which every warp reaches only after reading slot b), the warp of N-tile nt (nt % NCW)
 // sums the NCW partials in warp order. Nothing depends on the grid or on timing.
-// PDL: gate_up initialises its barriers before pdl_wait() (the offsets come from moe_route_sort). down lists
+// Activations in the k-permutation (XP, the default): moe_permute_x writes x permuted once per token and gate_up
+// writes act permuted, so a lane's 16-byte load is its B fragment as is (16 PRMTs fewer per N-tile and chunk).
+// PDL: gate_up initialises its barriers before pdl_wait() (the offsets come from moe_route_sort, which completed
+// before moe_permute_x's blocks passed their own pdl_wait). down lists
 // its experts and streams its weights before pdl_wait() (its predecessor is gate_up, which triggers only after
 // its own wait, so the offsets are complete by then, as in the decode bulk kernels); the SwiGLU rows wait.
 //
@@ -94,8 +97,30 @@ struct GroupedArgs {
   Workspace ws;          // perm, offsets (moe_route_sort); act (gate_up writes), out (down writes)
 };
 
-// MINB: the blocks per SM the register budget must allow.
-template <bool GATE_UP, int NCW, int NST, int NTB, int MINB>
+// xp[t] = x[t] with every 8 columns in the k-permutation (moe_impl.cuh's top): one 16-byte load of xp is then a
+// lane's 4 B-fragment registers, no PRMT per use (each row is used by every tile of its k experts).
+__global__ void __launch_bounds__(256) moe_permute_x(const uint16_t* __restrict__ x, int ldx, int H,
+                                                     uint16_t* __restrict__ xp) {
+  pdl_wait();
+  pdl_trigger();
+  const int tok = blockIdx.x;
+  for (int c = threadIdx.x * 8; c < H; c += blockDim.x * 8) {
+    uint32_t p[4];
+    perm8(*reinterpret_cast<const uint4*>(x + size_t(tok) * ldx + c), p);
+    *reinterpret_cast<uint4*>(xp + size_t(tok) * H + c) = make_uint4(p[0], p[1], p[2], p[3]);
+  }
+}
+
+// The place of column c within its group of 8 in the k-permutation (0,4,1,5,2,6,3,7).
+__device__ __forceinline__ int kperm_pos(int c) {
+  const int r = c & 7;
+  return (c & ~7) | (r < 4 ? 2 * r : 2 * r - 7);
+}
+
+// MINB: the blocks per SM the register budget must allow. XP: the activations are stored in the k-permutation
+// (gate_up reads xp, moe_permute_x's output, and writes act permuted; down reads act as is), else gate_up reads x
+// and both permute each 16-byte load (the first version, kept for the lab).
+template <bool GATE_UP, int NCW, int NST, int NTB, int MINB, bool XP>
 __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(GroupedArgs a) {
   static_assert(NTB <= NCW, "one epilogue N-tile per warp");
   extern __shared__ __align__(128) uint8_t smem[];
@@ -200,10 +225,11 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
 #pragma unroll
           for (int nt = 0; nt < NTB; nt++) {
             if (nt >= nnt) break;
-            uint32_t px[4];
-            perm8(ok && xr[nt] >= 0 ? __ldg(reinterpret_cast<const uint4*>(a.x + size_t(xr[nt]) * a.ldx + blk * 32) + i)
-                                    : make_uint4(0, 0, 0, 0),
-                  px);
+            const uint4 v = ok && xr[nt] >= 0
+                                ? __ldg(reinterpret_cast<const uint4*>(a.x + size_t(xr[nt]) * a.ldx + blk * 32) + i)
+                                : make_uint4(0, 0, 0, 0);
+            uint32_t px[4] = {v.x, v.y, v.z, v.w};
+            if (!XP) perm8(v, px);
             mma16816(acc[nt], pa[0], pb[0], pa[1], pb[1], px[0], px[1]);
             mma16816(acc[nt], pa[2], pb[2], pa[3], pb[3], px[2], px[3]);
           }
@@ -246,7 +272,7 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
                 const int srow = start + i0 + q;
                 const float wr = a.weights[a.ws.perm[srow]];
                 const float act = swiglu1(v[2 * h + q] + bg, partner[2 * h + q] + bu, a.limit) * wr;
-                a.ws.act[size_t(srow) * I + (row >> 1)] = f2bf_bits(act);
+                a.ws.act[size_t(srow) * I + (XP ? kperm_pos(row >> 1) : row >> 1)] = f2bf_bits(act);
               }
             }
           }
@@ -270,10 +296,12 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
 }
 
 // A configuration of the grouped kernels: NCW consumer warps, NST stages, NTB N-tiles (8 tokens each) per pass,
-// at most BPS blocks per SM (also the register budget's minimum). Chosen by bench/moe_playground.
-template <int NCW_, int NST_, int NTB_, int BPS_>
+// at most BPS blocks per SM (also the register budget's minimum), XP (see moe_grouped_mxfp4). Chosen by
+// bench/moe_playground.
+template <int NCW_, int NST_, int NTB_, int BPS_, bool XP_ = true>
 struct GroupedCfg {
   static constexpr int NCW = NCW_, NST = NST_, NTB = NTB_, BPS = BPS_;
+  static constexpr bool XP = XP_;
 };
 
 struct GroupedDevice {
@@ -307,7 +335,7 @@ bool grouped_ok(const WMat& gu, const WMat& dn) {
 // nuniq_max: the most experts the routing can touch (min(n k, E)); the grid is at most what is resident.
 template <bool GATE_UP, typename C>
 void launch_grouped_kernel(const GroupedArgs& a, int nuniq_max, cudaStream_t stream, bool pdl) {
-  auto kern = moe_grouped_mxfp4<GATE_UP, C::NCW, C::NST, C::NTB, C::BPS>;
+  auto kern = moe_grouped_mxfp4<GATE_UP, C::NCW, C::NST, C::NTB, C::BPS, C::XP>;
   const int threads = (C::NCW + 1) * 32;
   const size_t smem = grouped_smem_bytes(a.W.K, C::NCW, C::NST, C::NTB);
   static int occ_K = -1, occ = 0;  // the occupancy for the last K seen (one model per process in practice)
@@ -323,13 +351,18 @@ void launch_grouped_kernel(const GroupedArgs& a, int nuniq_max, cudaStream_t str
   launch(kern, dim3(grid < 1 ? 1 : grid), dim3(threads), smem, stream, pdl, a);
 }
 
-// gate_up + SwiGLU, then down, over the rows moe_route_sort grouped by expert (the caller runs it before and
-// moe_combine after).
+// (XP: x permuted,) gate_up + SwiGLU, then down, over the rows moe_route_sort grouped by expert (the caller runs it
+// before and moe_combine after).
 template <typename C>
 void launch_grouped(const MoeParams& p, const WMat& gu, const WMat& dn, const float* weights, const Workspace& ws,
                     cudaStream_t stream) {
   const int nuniq_max = p.n * p.k < p.E ? p.n * p.k : p.E;
   GroupedArgs a{gu, p.x, p.ldx, p.k, p.E, weights, p.swiglu_limit, ws};
+  if (C::XP) {
+    launch(moe_permute_x, dim3(p.n), dim3(256), 0, stream, p.pdl, p.x, p.ldx, p.H, ws.xp);
+    a.x = ws.xp;
+    a.ldx = p.H;
+  }
   launch_grouped_kernel<true, C>(a, nuniq_max, stream, p.pdl);
   a.W = dn;
   a.x = ws.act;

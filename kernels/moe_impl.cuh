@@ -428,6 +428,7 @@ struct Workspace {
   int32_t* tile_r0;    // [max_tiles]
   int32_t* offsets;    // [E + 1]
   int32_t* num_tiles;  // [1]
+  uint16_t* xp;        // bf16 [n, H]: x in the k-permutation (the grouped path's gate_up operand)
   size_t bytes;
 };
 inline int max_tiles(int P, int E) { return (P + kBM - 1) / kBM + (E < P ? E : P); }
@@ -450,6 +451,7 @@ inline Workspace carve(void* base, int n, int H, int I, int E, int k) {
   w.tile_r0 = reinterpret_cast<int32_t*>(take(size_t(T) * 4));
   w.offsets = reinterpret_cast<int32_t*>(take(size_t(E + 1) * 4));
   w.num_tiles = reinterpret_cast<int32_t*>(take(4));
+  w.xp = reinterpret_cast<uint16_t*>(take(size_t(n) * H * 2));
   w.bytes = off;
   return w;
 }
