@@ -73,13 +73,14 @@ __device__ __forceinline__ void grp_consumer_sync(int nthreads) {
   asm volatile("bar.sync 1, %0;" ::"r"(nthreads) : "memory");
 }
 
-// Shared memory of a block (dynamic): NST stages of one 16-row tile (blocks, then scales), two partial-sum slots
-// of NCW x NTB float4 per lane, 2 x NST mbarriers.
-__host__ __device__ inline uint32_t grouped_stage_bytes(int K) {
-  return (uint32_t(16 * K / 2 + 16 * K / 32) + 127u) & ~127u;
+// Shared memory of a block (dynamic): NST stages of MT 16-row tiles (blocks, then scales), two partial-sum slots
+// of NCW x NTB x MT float4 per lane, 2 x NST mbarriers.
+__host__ __device__ inline uint32_t grouped_stage_bytes(int K, int MT) {
+  return (uint32_t(MT * 16 * K / 2 + MT * 16 * K / 32) + 127u) & ~127u;
 }
-inline size_t grouped_smem_bytes(int K, int NCW, int NST, int NTB) {
-  return size_t(NST) * grouped_stage_bytes(K) + size_t(2) * NCW * NTB * 32 * 16 + 2 * NST * 8;
+__host__ __device__ inline size_t grouped_red_bytes(int NCW, int NTB, int MT) { return size_t(2) * NCW * NTB * MT * 32 * 16; }
+inline size_t grouped_smem_bytes(int K, int NCW, int NST, int NTB, int MT) {
+  return size_t(NST) * grouped_stage_bytes(K, MT) + grouped_red_bytes(NCW, NTB, MT) + 2 * NST * 8;
 }
 
 // The experts with tokens, in id order: expert id, first sorted row, token count.
@@ -120,16 +121,18 @@ __device__ __forceinline__ int kperm_pos(int c) {
 // MINB: the blocks per SM the register budget must allow. XP: the activations are stored in the k-permutation
 // (gate_up reads xp, moe_permute_x's output, and writes act permuted; down reads act as is), else gate_up reads x
 // and both permute each 16-byte load (the first version, kept for the lab).
-template <bool GATE_UP, int NCW, int NST, int NTB, int MINB, bool XP>
+// MT: 16-row tiles per item (consecutive, one contiguous range), each N-tile's activations loaded once for all MT.
+template <bool GATE_UP, int NCW, int NST, int NTB, int MT, int MINB, bool XP>
 __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(GroupedArgs a) {
   static_assert(NTB <= NCW, "one epilogue N-tile per warp");
   extern __shared__ __align__(128) uint8_t smem[];
   __shared__ GroupedList gl;
   const int rows = a.W.rows, K = a.W.K, kb = K >> 5, ntiles = rows >> 4, nchunks = (K + 127) >> 7;
+  const int ngroups = (ntiles + MT - 1) / MT;  // an item: up to MT consecutive tiles of one expert
   const uint32_t tile_bytes = uint32_t(16 * kb * 16), tile_sc = uint32_t(16 * kb);
-  const uint32_t stage_bytes = grouped_stage_bytes(K);
-  float4(*red)[NCW][NTB][32] = reinterpret_cast<float4(*)[NCW][NTB][32]>(smem + NST * stage_bytes);
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem + NST * stage_bytes + size_t(2) * NCW * NTB * 32 * 16);
+  const uint32_t stage_bytes = grouped_stage_bytes(K, MT);
+  float4(*red)[NCW][NTB][MT][32] = reinterpret_cast<float4(*)[NCW][NTB][MT][32]>(smem + NST * stage_bytes);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + NST * stage_bytes + grouped_red_bytes(NCW, NTB, MT));
   uint64_t* empty = full + NST;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (threadIdx.x == 0) {
@@ -160,7 +163,7 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
   __syncthreads();  // (also publishes the barrier init)
   if (GATE_UP) pdl_trigger();
 
-  const int G = gridDim.x, b = blockIdx.x, total = gl.nu * ntiles;
+  const int G = gridDim.x, b = blockIdx.x, total = gl.nu * ngroups;
   const int nitems = b < total ? (total - 1 - b) / G + 1 : 0;
 
   if (warp == NCW) {  // producer
@@ -168,12 +171,13 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
       for (int j = 0; j < nitems; j++) {
         const int s = j % NST;
         if (j >= NST) grp_mbar_wait(&empty[s], uint32_t(j / NST - 1) & 1u);
-        const int f = b + j * G, u = f / ntiles, tile = f - u * ntiles;
-        const size_t row0 = size_t(gl.e[u]) * rows + size_t(tile) * 16;
+        const int f = b + j * G, u = f / ngroups, grp = f - u * ngroups;
+        const uint32_t mc = uint32_t(min(MT, ntiles - grp * MT));
+        const size_t row0 = size_t(gl.e[u]) * rows + size_t(grp) * MT * 16;
         uint8_t* st = smem + s * stage_bytes;
-        grp_mbar_expect_tx(&full[s], tile_bytes + tile_sc);
-        grp_bulk_g2s(st, static_cast<const uint8_t*>(a.W.data) + row0 * kb * 16, tile_bytes, &full[s]);
-        grp_bulk_g2s(st + tile_bytes, a.W.scales + row0 * kb, tile_sc, &full[s]);
+        grp_mbar_expect_tx(&full[s], mc * (tile_bytes + tile_sc));
+        grp_bulk_g2s(st, static_cast<const uint8_t*>(a.W.data) + row0 * kb * 16, mc * tile_bytes, &full[s]);
+        grp_bulk_g2s(st + MT * tile_bytes, a.W.scales + row0 * kb, mc * tile_sc, &full[s]);
       }
     }
     if (!GATE_UP) pdl_trigger();
@@ -192,11 +196,12 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
   int rbuf = 0;
   for (int j = 0; j < nitems; j++) {
     const int s = j % NST;
-    const int f = b + j * G, u = f / ntiles, tile = f - u * ntiles;
-    const int e = gl.e[u], start = gl.start[u], cnt = gl.cnt[u], r0 = tile * 16;
+    const int f = b + j * G, u = f / ngroups, grp = f - u * ngroups;
+    const int e = gl.e[u], start = gl.start[u], cnt = gl.cnt[u];
+    const int mc = MT == 1 ? 1 : min(MT, ntiles - grp * MT);
     grp_mbar_wait(&full[s], uint32_t(j / NST) & 1u);
     const uint8_t* st = smem + s * stage_bytes;
-    const uint8_t* sc = st + tile_bytes;
+    const uint8_t* sc = st + MT * tile_bytes;
     for (int base = 0; base < cnt; base += 8 * NTB) {  // passes of up to NTB N-tiles of 8 tokens
       const int nnt = min(NTB, (cnt - base + 7) >> 3);
       int xr[NTB];  // the activation row of this lane's token (column g) of each N-tile, or -1
@@ -205,23 +210,36 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
         const int i = base + nt * 8 + g;
         xr[nt] = i < cnt ? (GATE_UP ? a.ws.perm[start + i] / a.k : start + i) : -1;
       }
-      float acc[NTB][4];
+      float acc[NTB][MT][4];
 #pragma unroll
-      for (int nt = 0; nt < NTB; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+      for (int nt = 0; nt < NTB; nt++)
+#pragma unroll
+        for (int m = 0; m < MT; m++) acc[nt][m][0] = acc[nt][m][1] = acc[nt][m][2] = acc[nt][m][3] = 0.f;
       for (int c = warp; c < nchunks; c += NCW) {
         const int blk = c * 4 + t;
         const bool ok = blk < kb;
-        const uint4 qa = ok ? *reinterpret_cast<const uint4*>(st + (pr * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
-        const uint4 qb = ok ? *reinterpret_cast<const uint4*>(st + ((pr + 8) * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
-        const uint32_t fa = mx_factor(ok ? sc[pr * kb + blk] : 127u), fb = mx_factor(ok ? sc[(pr + 8) * kb + blk] : 127u);
-        const uint32_t wa[4] = {qa.x, qa.y, qa.z, qa.w}, wb[4] = {qb.x, qb.y, qb.z, qb.w};
+        uint32_t wa[MT][4], wb[MT][4], fa[MT], fb[MT];  // rows pr, pr + 8 of each tile: words and scale factors
+#pragma unroll
+        for (int m = 0; m < MT; m++) {
+          const int ra = m * 16 + pr, rb = ra + 8;
+          const bool okm = ok && m < mc;
+          const uint4 qa = okm ? *reinterpret_cast<const uint4*>(st + (ra * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
+          const uint4 qb = okm ? *reinterpret_cast<const uint4*>(st + (rb * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
+          fa[m] = mx_factor(okm ? sc[ra * kb + blk] : 127u);
+          fb[m] = mx_factor(okm ? sc[rb * kb + blk] : 127u);
+          wa[m][0] = qa.x, wa[m][1] = qa.y, wa[m][2] = qa.z, wa[m][3] = qa.w;
+          wb[m][0] = qb.x, wb[m][1] = qb.y, wb[m][2] = qb.z, wb[m][3] = qb.w;
+        }
         // Word i of the block (32 columns in 4 words of 8) is two k16 steps: decoded once for every N-tile, one
         // word at a time (a whole chunk's fragments decoded up front cost 32 live registers more: spills).
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-          uint32_t pa[4], pb[4];
-          decode_word(wa[i], fa, pa);
-          decode_word(wb[i], fb, pb);
+          uint32_t pa[MT][4], pb[MT][4];
+#pragma unroll
+          for (int m = 0; m < MT; m++) {
+            decode_word(wa[m][i], fa[m], pa[m]);
+            decode_word(wb[m][i], fb[m], pb[m]);
+          }
 #pragma unroll
           for (int nt = 0; nt < NTB; nt++) {
             if (nt >= nnt) break;
@@ -230,22 +248,30 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
                                 : make_uint4(0, 0, 0, 0);
             uint32_t px[4] = {v.x, v.y, v.z, v.w};
             if (!XP) perm8(v, px);
-            mma16816(acc[nt], pa[0], pb[0], pa[1], pb[1], px[0], px[1]);
-            mma16816(acc[nt], pa[2], pb[2], pa[3], pb[3], px[2], px[3]);
+#pragma unroll
+            for (int m = 0; m < MT; m++) {
+              if (m >= mc) break;
+              mma16816(acc[nt][m], pa[m][0], pb[m][0], pa[m][1], pb[m][1], px[0], px[1]);
+              mma16816(acc[nt][m], pa[m][2], pb[m][2], pa[m][3], pb[m][3], px[2], px[3]);
+            }
           }
         }
       }
       if (base + 8 * NTB >= cnt) grp_mbar_arrive(&empty[s]);  // the item's last pass has read the stage
 #pragma unroll
       for (int nt = 0; nt < NTB; nt++)
-        if (nt < nnt) red[rbuf][warp][nt][lane] = make_float4(acc[nt][0], acc[nt][1], acc[nt][2], acc[nt][3]);
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+          if (nt < nnt && m < mc)
+            red[rbuf][warp][nt][m][lane] = make_float4(acc[nt][m][0], acc[nt][m][1], acc[nt][m][2], acc[nt][m][3]);
       grp_consumer_sync(NCW * 32);
-      if (warp < nnt) {  // this warp's N-tile: nt = warp
-        const int nt = warp;
+      // This warp's N-tile: nt = warp, every tile m of the item.
+      for (int m = 0; m < mc && warp < nnt; m++) {
+        const int nt = warp, r0 = (grp * MT + m) * 16;
         float v[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
         for (int q = 0; q < NCW; q++) {
-          const float4 p = red[rbuf][q][nt][lane];
+          const float4 p = red[rbuf][q][nt][m][lane];
           v[0] += p.x;
           v[1] += p.y;
           v[2] += p.z;
@@ -296,11 +322,11 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
 }
 
 // A configuration of the grouped kernels: NCW consumer warps, NST stages, NTB N-tiles (8 tokens each) per pass,
-// at most BPS blocks per SM (also the register budget's minimum), XP (see moe_grouped_mxfp4). Chosen by
+// at most BPS blocks per SM (also the register budget's minimum), MT and XP (see moe_grouped_mxfp4). Chosen by
 // bench/moe_playground.
-template <int NCW_, int NST_, int NTB_, int BPS_, bool XP_ = true>
+template <int NCW_, int NST_, int NTB_, int BPS_, int MT_ = 1, bool XP_ = true>
 struct GroupedCfg {
-  static constexpr int NCW = NCW_, NST = NST_, NTB = NTB_, BPS = BPS_;
+  static constexpr int NCW = NCW_, NST = NST_, NTB = NTB_, BPS = BPS_, MT = MT_;
   static constexpr bool XP = XP_;
 };
 
@@ -328,16 +354,16 @@ bool grouped_ok(const WMat& gu, const WMat& dn) {
   const GroupedDevice& d = grouped_device();
   return d.major >= 9 && reinterpret_cast<uintptr_t>(gu.scales) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(dn.scales) % 16 == 0 &&
-         grouped_smem_bytes(gu.K, C::NCW, C::NST, C::NTB) + sizeof(GroupedList) <= size_t(d.smem_optin) &&
-         grouped_smem_bytes(dn.K, C::NCW, C::NST, C::NTB) + sizeof(GroupedList) <= size_t(d.smem_optin);
+         grouped_smem_bytes(gu.K, C::NCW, C::NST, C::NTB, C::MT) + sizeof(GroupedList) <= size_t(d.smem_optin) &&
+         grouped_smem_bytes(dn.K, C::NCW, C::NST, C::NTB, C::MT) + sizeof(GroupedList) <= size_t(d.smem_optin);
 }
 
 // nuniq_max: the most experts the routing can touch (min(n k, E)); the grid is at most what is resident.
 template <bool GATE_UP, typename C>
 void launch_grouped_kernel(const GroupedArgs& a, int nuniq_max, cudaStream_t stream, bool pdl) {
-  auto kern = moe_grouped_mxfp4<GATE_UP, C::NCW, C::NST, C::NTB, C::BPS, C::XP>;
+  auto kern = moe_grouped_mxfp4<GATE_UP, C::NCW, C::NST, C::NTB, C::MT, C::BPS, C::XP>;
   const int threads = (C::NCW + 1) * 32;
-  const size_t smem = grouped_smem_bytes(a.W.K, C::NCW, C::NST, C::NTB);
+  const size_t smem = grouped_smem_bytes(a.W.K, C::NCW, C::NST, C::NTB, C::MT);
   static int occ_K = -1, occ = 0;  // the occupancy for the last K seen (one model per process in practice)
   if (occ_K != a.W.K) {
     CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
@@ -345,7 +371,7 @@ void launch_grouped_kernel(const GroupedArgs& a, int nuniq_max, cudaStream_t str
     occ_K = a.W.K;
   }
   const int per_sm = C::BPS < occ ? C::BPS : occ;
-  const int nwork = nuniq_max * (a.W.rows >> 4);
+  const int nwork = nuniq_max * (((a.W.rows >> 4) + C::MT - 1) / C::MT);
   const int cap = grouped_device().sms * (per_sm < 1 ? 1 : per_sm);
   const int grid = nwork < cap ? nwork : cap;
   launch(kern, dim3(grid < 1 ? 1 : grid), dim3(threads), smem, stream, pdl, a);

@@ -3,9 +3,10 @@
 // Before it times a shape, it checks the launchers' output there against the CPU twin (ref::expert_mlp_mxfp4,
 // native/cpu/ref_ops.h) and stops if they disagree; the numbered decode variants are then checked against the
 // launcher. Random (never zero) weights. MOE_DECODE_ONLY=1 skips the prefill and grouped timings;
-// MOE_GROUPED_ONLY=1 runs only the grouped section: at n = 8 .. 2048, E = 32 and 128, the launcher's kAuto, the prefill
-// GEMM and every grouped configuration V0-V7 (moe_grouped.cuh; all XP but V7), checked (CPU twin at n = 16 and 64, and against the
-// prefill path at every n), then timed as whole layers in a CUDA graph; its table (GB/s, TFLOP/s, crossover) comes last.
+// MOE_GROUPED_ONLY=1 runs only the grouped section: at n = 8 .. 2048, E = 32 and 128, the launcher's kAuto, the
+// prefill GEMM and every grouped configuration V0-V10 (moe_grouped.cuh; all XP but V7; MT2: V8-V10), checked
+// (CPU twin at n = 16 and 64, and against the prefill path at every n), then timed as whole layers in a CUDA
+// graph; its table (GB/s, TFLOP/s, crossover) comes last.
 // Decode layers timed: "bulk" (the default MXFP4 decode: bulk copies into shared memory, moe_decode_bulk.cuh),
 // "bulk+route" (the same with the routing computed from router logits inside the kernels, as the engine calls
 // it), "regs" (the register-streaming kernels of before, MoePath::kDecodeRegs). Variants: B* = bulk kernel
@@ -478,8 +479,10 @@ std::vector<GroupedRow> g_grouped;
 const char* const kGroupedNames[] = {"V0 NCW8 NST2 NTB4 BPS2 (default)", "V1 NCW8 NST2 NTB2 BPS3",
                                      "V2 NCW8 NST3 NTB4 BPS2",           "V3 NCW8 NST2 NTB8 BPS1",
                                      "V4 NCW4 NST2 NTB4 BPS4",           "V5 NCW8 NST4 NTB4 BPS1",
-                                     "V6 NCW4 NST3 NTB2 BPS4",           "V7 = V0 without XP (x permuted per load)"};
-constexpr int kGroupedVariants = 8;
+                                     "V6 NCW4 NST3 NTB2 BPS4",           "V7 = V0 without XP (x permuted per load)",
+                                     "V8 NCW8 NST2 NTB2 MT2 BPS1",       "V9 NCW8 NST2 NTB4 MT2 BPS1",
+                                     "V10 NCW4 NST2 NTB1 MT2 BPS2"};
+constexpr int kGroupedVariants = 11;
 void grouped_variant_call(int v, const MoeParams& p, const Layer& L, cudaStream_t st) {
   using moe::GroupedCfg;
   switch (v) {
@@ -490,7 +493,10 @@ void grouped_variant_call(int v, const MoeParams& p, const Layer& L, cudaStream_
     case 4: return grouped_layer<GroupedCfg<4, 2, 4, 4>>(p, L, st);
     case 5: return grouped_layer<GroupedCfg<8, 4, 4, 1>>(p, L, st);
     case 6: return grouped_layer<GroupedCfg<4, 3, 2, 4>>(p, L, st);
-    default: return grouped_layer<GroupedCfg<8, 2, 4, 2, false>>(p, L, st);
+    case 7: return grouped_layer<GroupedCfg<8, 2, 4, 2, 1, false>>(p, L, st);
+    case 8: return grouped_layer<GroupedCfg<8, 2, 2, 1, 2>>(p, L, st);
+    case 9: return grouped_layer<GroupedCfg<8, 2, 4, 1, 2>>(p, L, st);
+    default: return grouped_layer<GroupedCfg<4, 2, 1, 2, 2>>(p, L, st);
   }
 }
 
