@@ -4,31 +4,31 @@
 //
 // Why: from 64 tokens the prefill GEMM's 64-row M tiles are mostly padding (64 tokens, E = 128: about 2 tokens an
 // expert) and it decodes the weights once per tile, streaming at 0.87 TB/s. Here, as in the decode bulk kernels
-// (moe_decode_bulk.cuh), a work item is one 16-row tile of one expert (one contiguous range of blocks + one of
-// scales, 24.5 KB at K = 2880) brought by one producer thread into a ring of NST shared-memory stages completing
-// on mbarriers, so every expert's weights are read ONCE per call. The consumer warps split the item's K in
-// 128-column chunks; a lane decodes its chunk's weight fragment once and multiplies it by ALL of the expert's
-// tokens, 8 at a time (the 8-wide N of mma.sync m16n8k16), up to NTB N-tiles per pass with their accumulators in
-// registers (an expert with more than 8 NTB tokens takes more passes over the same stage, decoding again once per
-// 8 NTB tokens).
+// (moe_decode_bulk.cuh), a work item is MT consecutive 16-row tiles of one expert (one contiguous range of blocks
+// + one of scales, 24.5 KB a tile at K = 2880) brought by one producer thread into a ring of NST shared-memory
+// stages completing on mbarriers, so every expert's weights are read ONCE per call. The consumer warps split the
+// item's K in 128-column chunks; a lane decodes its chunk's weight fragments once and multiplies them by ALL of
+// the expert's tokens, 8 at a time (the 8-wide N of mma.sync m16n8k16), up to NTB N-tiles per pass with their
+// accumulators in registers (an expert with more than 8 NTB tokens takes more passes over the same stage,
+// decoding again once per 8 NTB tokens); each N-tile's activation loads serve the item's MT tiles.
 //
 // Tokens arrive grouped by expert (moe_route_sort: sorted rows, offsets[E + 1]); every block reads the offsets
-// and lists the experts with tokens (in id order), so the items are (listed expert u, tile) flattened u-major and
-// block b takes items b, b + grid, ...: the grid is persistent and sized from n alone (fixed for a given n,
-// no host sync: capturable). Heavy experts' items carry more N-tiles; the interleaving spreads them.
+// and lists the experts with tokens (in id order), so the items are (listed expert u, tile group) flattened
+// u-major and block b takes items b, b + grid, ...: the grid is persistent and sized from n alone (fixed for a
+// given n, no host sync: capturable). Heavy experts' items carry more N-tiles; the interleaving spreads them.
 //   gate_up: epilogue = bias + clamped SwiGLU x routing weight -> act[sorted row] (bf16, as the prefill path);
 //   down:    epilogue = + routing weight x bias -> out[sorted row] (fp32), then moe_combine sums each token's k
 //            rows in slot order (deterministic, no atomics).
 // Deterministic: a warp's partials follow its fixed chunk order; after one named barrier of the consumer warps
 // (double-buffered partial slots, so one barrier per pass suffices: a warp writing slot b again has passed the
-// next pass's barrier, which every warp reaches only after reading slot b), the warp of N-tile nt (nt % NCW)
-// sums the NCW partials in warp order. Nothing depends on the grid or on timing.
+// next pass's barrier, which every warp reaches only after reading slot b), warp nt sums N-tile nt's NCW
+// partials in warp order. Nothing depends on the grid, on timing or on the other tokens of the N-tile.
 // Activations in the k-permutation (XP, the default): moe_permute_x writes x permuted once per token and gate_up
 // writes act permuted, so a lane's 16-byte load is its B fragment as is (16 PRMTs fewer per N-tile and chunk).
-// PDL: gate_up initialises its barriers before pdl_wait() (the offsets come from moe_route_sort, which completed
-// before moe_permute_x's blocks passed their own pdl_wait). down lists
-// its experts and streams its weights before pdl_wait() (its predecessor is gate_up, which triggers only after
-// its own wait, so the offsets are complete by then, as in the decode bulk kernels); the SwiGLU rows wait.
+// PDL: gate_up initialises its barriers before pdl_wait() (the offsets come from moe_route_sort, complete once
+// moe_permute_x's blocks, which wait for it, have finished). down lists its experts and streams its weights before
+// pdl_wait() (its predecessor is gate_up, which triggers only after its own wait, so the offsets are complete by
+// then, as in the decode bulk kernels); the SwiGLU rows wait.
 //
 // The mbarrier / bulk-copy helpers are copies of moe_decode_bulk.cuh's (grp_ prefix), kept apart while that file
 // is rewritten; dedup once both settle.
@@ -78,7 +78,9 @@ __device__ __forceinline__ void grp_consumer_sync(int nthreads) {
 __host__ __device__ inline uint32_t grouped_stage_bytes(int K, int MT) {
   return (uint32_t(MT * 16 * K / 2 + MT * 16 * K / 32) + 127u) & ~127u;
 }
-__host__ __device__ inline size_t grouped_red_bytes(int NCW, int NTB, int MT) { return size_t(2) * NCW * NTB * MT * 32 * 16; }
+__host__ __device__ inline size_t grouped_red_bytes(int NCW, int NTB, int MT) {
+  return size_t(2) * NCW * NTB * MT * 32 * 16;
+}
 inline size_t grouped_smem_bytes(int K, int NCW, int NST, int NTB, int MT) {
   return size_t(NST) * grouped_stage_bytes(K, MT) + grouped_red_bytes(NCW, NTB, MT) + 2 * NST * 8;
 }

@@ -501,8 +501,9 @@ void grouped_variant_call(int v, const MoeParams& p, const Layer& L, cudaStream_
 }
 
 // Every n: the launcher's kAuto and kGrouped layers and every grouped configuration checked against the prefill
-// path (nmse 1e-5), the prefill and grouped launchers against the CPU twin at n = 64 (grouped also at 16), then the layer (fused routing, accumulate) timed in a graph
-// for kAuto, kPrefill and every grouped configuration.
+// path (nmse 1e-5), the prefill and grouped launchers against the CPU twin at n = 64 (grouped also at 16), then
+// the layer (routing from the router logits included) timed in a graph for kAuto, kPrefill and every grouped
+// configuration.
 void grouped_section(const Layer& L, const uint16_t* x, float* y, void* ws, size_t ws_bytes) {
   for (int n : {8, 16, 32, 64, 128, 256, 512, 1024, 2048}) {
     const int sets = 2;
