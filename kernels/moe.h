@@ -22,11 +22,12 @@
 //           straight into registers. Measured on the H200 at one token, E = 128: 36.7 us per layer (graph + PDL,
 //           1.44 TB/s): each warp's chain of dependent loads, not the bytes, limits it (NOTES.md).
 //   grouped (MXFP4 on sm_90+, n > kMoeDecodeMaxTokens and at most kMoeGroupedMaxPairsPerExpert tokens an expert
-//           on average; moe_grouped.cuh): the prefill path's sort by expert, then the decode bulk kernels' weight
-//           stream generalised: persistent grids over (expert, 16-row tile) items, each expert's weights read once
-//           into a shared-memory ring, a weight fragment decoded once and multiplied by all of the expert's tokens
-//           (N-tiles of 8); gate_up + SwiGLU writes the prefill path's act rows, down + bias its out rows, and the
-//           prefill path's combine sums them. Deterministic, fixed grid, capturable. Not measured yet.
+//           on average; moe_grouped.cuh): the prefill path's sort by expert (and x permuted once), then the decode
+//           bulk kernels' weight stream generalised: persistent grids over (expert, 16-row tiles) items, each
+//           expert's weights read once into a shared-memory ring, a weight fragment decoded once and multiplied by
+//           all of the expert's tokens (N-tiles of 8); gate_up + SwiGLU writes the prefill path's act rows, down +
+//           bias its out rows, and the prefill path's combine sums them. Deterministic, fixed grid, capturable.
+//           Not measured yet.
 //   prefill (many tokens): (token, expert) pairs counted, scanned and scattered by expert on the GPU (a stable
 //           scatter: the same row order every run), then grouped GEMMs on tensor cores (mma.sync bf16, fp32
 //           accumulate, MXFP4 decoded into shared memory as the exact bf16 weights, so both formats give the same
