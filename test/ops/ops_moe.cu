@@ -6,7 +6,8 @@
 //                 register-streaming ones, "decode_regs") and prefill paths, real and odd shapes, and the fused
 //                 routing ("+logits": router logits in, ids/weights out, checked against ref::router_topk).
 //                 Tolerance: nmse 1e-4 (the SwiGLU output is rounded to bf16 between the matmuls: about 1e-6 expected).
-//   moe_grouped_* the grouped path (MoePath::kGrouped; also run by moe_experts_* at their token counts) at the
+//   moe_grouped_* the grouped path (MoePath::kGrouped; also run by moe_experts_* at their token counts, with the
+//                 prefill path's "halves alone" bit check) at the
 //                 batched-decode / chunked-prefill sizes (n = 9 .. 512, E = 32 and 128) and with forced ragged loads
 //                 (1, 3, 17 or 255 tokens on one expert), against a per-expert batched CPU reference (the same
 //                 ref::linear_mxfp4 + ref::swiglu math as ref::expert_mlp_mxfp4); nmse 1e-4, the same bits over
@@ -350,9 +351,9 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
           Result rep = repeat_bits(params, y, y);
           rep.error = double(diff);
           out.push_back(rep);
-          if (v.path == cuda::MoePath::kPrefill && n >= 2) {
+          if ((v.path == cuda::MoePath::kPrefill || v.path == cuda::MoePath::kGrouped) && n >= 2) {
             // Batch invariance: the first n/2 tokens alone, and the others alone (their rows then sit elsewhere in
-            // their experts' groups and tiles), give the bits they gave side by side.
+            // their experts' groups and tiles or N-tiles), give the bits they gave side by side.
             const int half = n / 2;
             const size_t cut = size_t(half) * H;
             const auto y_first = run(0x00, half);
@@ -365,8 +366,8 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
             inv.metric = "prefix_bits";
             out.push_back(inv);
             // The prefill path stages the MXFP4 weights as their exact bf16 values: the same bits as the bf16 path.
-            if (!v.bf16) y_mxfp4_prefill = y;
-            if (v.bf16 && !y_mxfp4_prefill.empty()) {
+            if (v.path == cuda::MoePath::kPrefill && !v.bf16) y_mxfp4_prefill = y;
+            if (v.path == cuda::MoePath::kPrefill && v.bf16 && !y_mxfp4_prefill.empty()) {
               Result same = repeat_bits(std::string(params) + " vs mxfp4", y_mxfp4_prefill, y);
               same.metric = "format_bits";
               out.push_back(same);
