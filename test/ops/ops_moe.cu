@@ -7,11 +7,10 @@
 //                 routing ("+logits": router logits in, ids/weights out, checked against ref::router_topk).
 //                 Tolerance: nmse 1e-4 (the SwiGLU output is rounded to bf16 between the matmuls: about 1e-6 expected).
 //   moe_grouped_* the grouped path (MoePath::kGrouped; also run by moe_experts_* at their token counts, with the
-//                 prefill path's "halves alone" bit check) at the
-//                 batched-decode / chunked-prefill sizes (n = 9 .. 512, E = 32 and 128) and with forced ragged loads
-//                 (1, 3, 17 or 255 tokens on one expert), against a per-expert batched CPU reference (the same
-//                 ref::linear_mxfp4 + ref::swiglu math as ref::expert_mlp_mxfp4); nmse 1e-4, the same bits over
-//                 four workspace fills, fused routing ids exact.
+//                 prefill path's "halves alone" bit check) at the batched-decode / chunked-prefill sizes (n = 9 ..
+//                 512, E = 32 and 128) and with forced ragged loads (1, 3, 17 or 255 tokens on one expert), against
+//                 a per-expert batched CPU reference (the same ref::linear_mxfp4 + ref::swiglu math as
+//                 ref::expert_mlp_mxfp4); nmse 1e-4, the same bits over four workspace fills, fused routing ids exact.
 //   moe_fused_routing  the decode kernels' own top-k + softmax (ties, NaN) vs ref::router_topk: ids exact, weights.
 // Outputs are poisoned with NaN before each launch, so an unwritten element fails the case.
 #include <cuda_runtime.h>
