@@ -28,6 +28,9 @@
 // mma.sync bf16 from ldmatrix, operands double-buffered in shared memory through registers (the weights are
 // decoded on the way in), SwiGLU (x routing weight) fused into the gate_up epilogue, bias (x routing weight)
 // into the down epilogue, then a combine that sums each token's k rows in slot order.
+//
+// Grouped path (MXFP4, sm_90+; moe_grouped.cuh): the same sort and combine around two streaming kernels in place
+// of the GEMMs (each expert's weights read once, a fragment decoded once for all of the expert's tokens).
 #pragma once
 #include "common.cuh"
 #include "moe.h"
@@ -425,6 +428,7 @@ struct Workspace {
   int32_t* tile_r0;    // [max_tiles]
   int32_t* offsets;    // [E + 1]
   int32_t* num_tiles;  // [1]
+  uint16_t* xp;        // bf16 [n, H]: x in the k-permutation (the grouped path's gate_up operand)
   size_t bytes;
 };
 inline int max_tiles(int P, int E) { return (P + kBM - 1) / kBM + (E < P ? E : P); }
@@ -447,6 +451,7 @@ inline Workspace carve(void* base, int n, int H, int I, int E, int k) {
   w.tile_r0 = reinterpret_cast<int32_t*>(take(size_t(T) * 4));
   w.offsets = reinterpret_cast<int32_t*>(take(size_t(E + 1) * 4));
   w.num_tiles = reinterpret_cast<int32_t*>(take(4));
+  w.xp = reinterpret_cast<uint16_t*>(take(size_t(n) * H * 2));
   w.bytes = off;
   return w;
 }
@@ -682,6 +687,7 @@ __global__ void __launch_bounds__(256) moe_combine(Workspace w, int H, int k, fl
 }  // namespace
 }  // namespace hm::cuda::moe
 #include "moe_decode_bulk.cuh"  // the MXFP4 decode kernels through shared memory (they use the helpers above)
+#include "moe_grouped.cuh"      // the MXFP4 grouped streaming kernels (a few tokens per expert)
 namespace hm::cuda::moe {
 namespace {
 
@@ -703,6 +709,9 @@ using DnBf16 = DecodeCfg<1, 8, 1, 1>;
 // item): gate_up 24.9 us at one token (B5 24.2 but 134 vs 118 us at 8 tokens), down 17.2 us, E = 32.
 using GuBulk = BulkCfg<8, 2, 3, 1>;
 using DnBulk = BulkCfg<8, 2, 3, 1>;
+// The grouped kernels (moe_grouped.cuh): predicted, not measured yet (bench/moe_playground/NOTES.md, "grouped
+// path"); the lab's variant table picks the configuration.
+using GroupedDefault = GroupedCfg<8, 2, 4, 2>;
 
 template <WFmt F, typename G, typename Dn>
 void launch_decode(const MoeParams& p, const WMat& gu, const WMat& dn, const Workspace& ws, cudaStream_t stream) {
@@ -750,9 +759,13 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
     }
     return;
   }
+  bool grouped = false;
+  if constexpr (F == WFmt::kMxfp4)
+    grouped = (p.path == MoePath::kGrouped || (p.path == MoePath::kAuto && moe_grouped_auto(p.n, p.k, p.E))) &&
+              grouped_ok<GroupedDefault>(gu, dn);
   const int32_t* ids = p.ids;
   const float* weights = p.weights;
-  if (p.logits) {  // prefill routes first
+  if (p.logits) {  // prefill and grouped route first
     HM_REQUIRE(p.ids_out && p.weights_out, who);
     RouterTopkParams rt;
     rt.logits = p.logits;
@@ -769,13 +782,17 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
   }
   const int P = p.n * p.k;
   launch(moe_route_sort, dim3(1), dim3(1024), 0, stream, p.pdl, ids, P, p.E, ws);
-  const int T = max_tiles(P, p.E);
-  GemmArgs g{gu, p.x, p.ldx, p.k, weights, p.swiglu_limit, ws};
-  launch(moe_grouped_gemm<F, true>, dim3(ceil_div(2 * p.I, kBN), T), dim3(256), 0, stream, p.pdl, g);
-  g.W = dn;
-  g.A = ws.act;
-  g.lda = p.I;
-  launch(moe_grouped_gemm<F, false>, dim3(ceil_div(p.H, kBN), T), dim3(256), 0, stream, p.pdl, g);
+  if (grouped) {
+    launch_grouped<GroupedDefault>(p, gu, dn, weights, ws, stream);
+  } else {
+    const int T = max_tiles(P, p.E);
+    GemmArgs g{gu, p.x, p.ldx, p.k, weights, p.swiglu_limit, ws};
+    launch(moe_grouped_gemm<F, true>, dim3(ceil_div(2 * p.I, kBN), T), dim3(256), 0, stream, p.pdl, g);
+    g.W = dn;
+    g.A = ws.act;
+    g.lda = p.I;
+    launch(moe_grouped_gemm<F, false>, dim3(ceil_div(p.H, kBN), T), dim3(256), 0, stream, p.pdl, g);
+  }
   launch(moe_combine, dim3(p.n), dim3(256), 0, stream, p.pdl, ws, p.H, p.k, p.y, p.ldy, p.accumulate);
 }
 

@@ -2,7 +2,11 @@
 // configurations of the decode kernels at the real gpt-oss shapes (H = I = 2880, top-4, E = 32 and 128).
 // Before it times a shape, it checks the launchers' output there against the CPU twin (ref::expert_mlp_mxfp4,
 // native/cpu/ref_ops.h) and stops if they disagree; the numbered decode variants are then checked against the
-// launcher. Random (never zero) weights. MOE_DECODE_ONLY=1 skips the prefill timings.
+// launcher. Random (never zero) weights. MOE_DECODE_ONLY=1 skips the prefill and grouped timings;
+// MOE_GROUPED_ONLY=1 runs only the grouped section: at n = 8 .. 2048, E = 32 and 128, the launcher's kAuto, the
+// prefill GEMM and every grouped configuration V0-V10 (moe_grouped.cuh; all XP but V7; MT2: V8-V10), checked
+// (CPU twin at n = 16 and 64, and against the prefill path at every n), then timed as whole layers in a CUDA
+// graph; its table (GB/s, TFLOP/s, crossover) comes last.
 // Decode layers timed: "bulk" (the default MXFP4 decode: bulk copies into shared memory, moe_decode_bulk.cuh),
 // "bulk+route" (the same with the routing computed from router logits inside the kernels, as the engine calls
 // it), "regs" (the register-streaming kernels of before, MoePath::kDecodeRegs). Variants: B* = bulk kernel
@@ -421,6 +425,195 @@ void check_cpu_twin(const char* what, const Layer& L, const MoeParams& p, F&& la
   }
 }
 
+// ---- the grouped path (moe_grouped.cuh) against the prefill GEMM, 8 .. 2048 tokens ----
+
+// One grouped layer with configuration C, as forward() runs it (router_topk_softmax, moe_route_sort, launch_grouped:
+// moe_permute_x where XP and the two grouped kernels, moe_combine), so the configurations compare in one run.
+template <typename C>
+void grouped_layer(const MoeParams& p, const Layer& L, cudaStream_t st) {
+  const MoeMxfp4Weights w = L.mx();
+  const moe::WMat gu{w.gu_blocks, w.gu_scales, w.gu_bias, 2 * p.I, p.H};
+  const moe::WMat dn{w.dn_blocks, w.dn_scales, w.dn_bias, p.H, p.I};
+  const moe::Workspace ws = moe::carve(p.workspace, p.n, p.H, p.I, p.E, p.k);
+  RouterTopkParams rt;
+  rt.logits = p.logits;
+  rt.ld_logits = p.ld_logits;
+  rt.n = p.n;
+  rt.E = p.E;
+  rt.k = p.k;
+  rt.ids = p.ids_out;
+  rt.weights = p.weights_out;
+  rt.pdl = p.pdl;
+  router_topk_softmax(rt, st);
+  launch(moe::moe_route_sort, dim3(1), dim3(1024), 0, st, p.pdl, p.ids_out, p.n * p.k, p.E, ws);
+  moe::launch_grouped<C>(p, gu, dn, p.weights_out, ws, st);
+  launch(moe::moe_combine, dim3(p.n), dim3(256), 0, st, p.pdl, ws, p.H, p.k, p.y, p.ldy, p.accumulate);
+}
+
+// Median time of one layer call inside a CUDA graph of `sets` calls (routing set i each), with PDL.
+float graph_us(int sets, const std::function<void(int, cudaStream_t)>& call, int iters) {
+  cudaStream_t s;
+  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  call(0, s);  // first call outside the capture (kernel attributes, occupancy queries)
+  CK(cudaStreamSynchronize(s));
+  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < sets; i++) call(i, s);
+  CK(cudaStreamEndCapture(s, &g));
+  CK(cudaGraphInstantiate(&ge, g, 0));
+  const float t = time_us([&](int) { CK(cudaGraphLaunch(ge, s)); }, iters, 5, s) / sets;
+  CK(cudaGraphExecDestroy(ge));
+  CK(cudaGraphDestroy(g));
+  CK(cudaStreamDestroy(s));
+  return t;
+}
+
+struct GroupedRow {
+  int E, n, uniq;
+  double mb, gflop;
+  float t_auto, t_prefill;
+  std::vector<float> t_var;
+};
+std::vector<GroupedRow> g_grouped;
+const char* const kGroupedNames[] = {"V0 NCW8 NST2 NTB4 BPS2 (default)", "V1 NCW8 NST2 NTB2 BPS3",
+                                     "V2 NCW8 NST3 NTB4 BPS2",           "V3 NCW8 NST2 NTB8 BPS1",
+                                     "V4 NCW4 NST2 NTB4 BPS4",           "V5 NCW8 NST4 NTB4 BPS1",
+                                     "V6 NCW4 NST3 NTB2 BPS4",           "V7 = V0 without XP (x permuted per load)",
+                                     "V8 NCW8 NST2 NTB2 MT2 BPS1",       "V9 NCW8 NST2 NTB4 MT2 BPS1",
+                                     "V10 NCW4 NST2 NTB1 MT2 BPS2"};
+constexpr int kGroupedVariants = 11;
+void grouped_variant_call(int v, const MoeParams& p, const Layer& L, cudaStream_t st) {
+  using moe::GroupedCfg;
+  switch (v) {
+    case 0: return grouped_layer<GroupedCfg<8, 2, 4, 2>>(p, L, st);
+    case 1: return grouped_layer<GroupedCfg<8, 2, 2, 3>>(p, L, st);
+    case 2: return grouped_layer<GroupedCfg<8, 3, 4, 2>>(p, L, st);
+    case 3: return grouped_layer<GroupedCfg<8, 2, 8, 1>>(p, L, st);
+    case 4: return grouped_layer<GroupedCfg<4, 2, 4, 4>>(p, L, st);
+    case 5: return grouped_layer<GroupedCfg<8, 4, 4, 1>>(p, L, st);
+    case 6: return grouped_layer<GroupedCfg<4, 3, 2, 4>>(p, L, st);
+    case 7: return grouped_layer<GroupedCfg<8, 2, 4, 2, 1, false>>(p, L, st);
+    case 8: return grouped_layer<GroupedCfg<8, 2, 2, 1, 2>>(p, L, st);
+    case 9: return grouped_layer<GroupedCfg<8, 2, 4, 1, 2>>(p, L, st);
+    default: return grouped_layer<GroupedCfg<4, 2, 1, 2, 2>>(p, L, st);
+  }
+}
+
+// Every n: the launcher's kAuto and kGrouped layers and every grouped configuration checked against the prefill
+// path (nmse 1e-5), the prefill and grouped launchers against the CPU twin at n = 64 (grouped also at 16), then
+// the layer (routing from the router logits included) timed in a graph for kAuto, kPrefill and every grouped
+// configuration.
+void grouped_section(const Layer& L, const uint16_t* x, float* y, void* ws, size_t ws_bytes) {
+  for (int n : {8, 16, 32, 64, 128, 256, 512, 1024, 2048}) {
+    const int sets = 2;
+    Routing R(sets, n, L.k, L.E, true);
+    std::vector<int32_t> h(size_t(n) * L.k);
+    CK(cudaMemcpy(h.data(), R.ids_of(0), h.size() * 4, cudaMemcpyDeviceToHost));
+    std::sort(h.begin(), h.end());
+    const int uniq = int(std::unique(h.begin(), h.end()) - h.begin());
+    int32_t* ids_out = dalloc<int32_t>(size_t(n) * L.k);
+    float* w_out = dalloc<float>(size_t(n) * L.k);
+    auto params = [&](MoePath path, int i, bool pdl) {
+      MoeParams p;
+      p.n = n;
+      p.H = L.H;
+      p.I = L.I;
+      p.E = L.E;
+      p.k = L.k;
+      p.x = x;
+      p.ldx = L.H;
+      p.logits = R.logits_of(i);
+      p.ld_logits = L.E;
+      p.ids_out = ids_out;
+      p.weights_out = w_out;
+      p.y = y;
+      p.ldy = L.H;
+      p.accumulate = false;
+      p.workspace = ws;
+      p.workspace_bytes = ws_bytes;
+      p.path = path;
+      p.pdl = pdl;
+      return p;
+    };
+    const size_t ny = size_t(n) * L.H;
+    float* y_prefill = dalloc<float>(ny);
+    {
+      const MoeParams q = params(MoePath::kPrefill, 0, false);
+      if (n == 64) check_cpu_twin("prefill mxfp4", L, q, [&] { moe_mxfp4_forward(q, L.mx(), 0); });
+      moe_mxfp4_forward(q, L.mx(), 0);
+      CK(cudaDeviceSynchronize());
+      CK(cudaMemcpy(y_prefill, y, ny * 4, cudaMemcpyDeviceToDevice));
+    }
+    auto check_vs_prefill = [&](const char* what, const std::function<void()>& launch_it) {
+      CK(cudaMemset(y, 0xFF, ny * 4));
+      launch_it();
+      CK(cudaDeviceSynchronize());
+      const double err = nmse_dev(y, y_prefill, ny);
+      std::printf("  check %s n=%d E=%d vs prefill: nmse %.2e\n", what, n, L.E, err);
+      if (!(err <= 1e-5)) {
+        std::fprintf(stderr, "moe_bench: %s n=%d E=%d disagrees with the prefill path (nmse %.2e)\n", what, n, L.E,
+                     err);
+        std::exit(1);
+      }
+    };
+    for (MoePath path : {MoePath::kAuto, MoePath::kGrouped}) {
+      const MoeParams q = params(path, 0, false);
+      const char* name = path == MoePath::kAuto ? "auto" : "grouped";
+      if (path == MoePath::kGrouped && (n == 16 || n == 64))
+        check_cpu_twin(name, L, q, [&] { moe_mxfp4_forward(q, L.mx(), 0); });
+      check_vs_prefill(name, [&] { moe_mxfp4_forward(q, L.mx(), 0); });
+    }
+    for (int v = 0; v < kGroupedVariants; v++)
+      check_vs_prefill(kGroupedNames[v], [&] { grouped_variant_call(v, params(MoePath::kGrouped, 0, false), L, 0); });
+
+    const int iters = n >= 1024 ? 4 : n >= 256 ? 10 : 20;
+    GroupedRow r{L.E, n, uniq, uniq * L.expert_bytes_mx() * 1e-6, double(n) * L.k * L.flops_per_pair() * 1e-9,
+                 0.f, 0.f, {}};
+    auto launcher = [&](MoePath path) {
+      return graph_us(sets, [&](int i, cudaStream_t st) { moe_mxfp4_forward(params(path, i, true), L.mx(), st); },
+                      iters);
+    };
+    r.t_auto = launcher(MoePath::kAuto);
+    r.t_prefill = launcher(MoePath::kPrefill);
+    for (int v = 0; v < kGroupedVariants; v++)
+      r.t_var.push_back(graph_us(
+          sets, [&](int i, cudaStream_t st) { grouped_variant_call(v, params(MoePath::kGrouped, i, true), L, st); },
+          iters));
+    std::printf("grouped n=%d E=%d (%d experts, %.0f MB): auto %.1f us | prefill %.1f us | grouped", n, L.E, uniq,
+                r.mb, r.t_auto, r.t_prefill);
+    for (float t : r.t_var) std::printf(" %.1f", t);
+    std::printf(" us\n");
+    g_grouped.push_back(r);
+    cudaFree(y_prefill);
+    cudaFree(ids_out);
+    cudaFree(w_out);
+  }
+}
+
+void grouped_summary() {
+  if (g_grouped.empty()) return;
+  std::printf("\n== grouped path (one layer: routing + gate_up + SwiGLU + down + combine, graph + PDL; GB/s of the "
+              "unique experts' MXFP4 bytes) ==\n");
+  for (int v = 0; v < kGroupedVariants; v++) std::printf("V%d = %s\n", v, kGroupedNames[v]);
+  std::printf("| E | n | experts | MB | auto us | prefill us | V0 us | best | best us | best GB/s | best TFLOP/s | "
+              "prefill / best |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  for (const GroupedRow& r : g_grouped) {
+    int b = 0;
+    for (int v = 1; v < kGroupedVariants; v++)
+      if (r.t_var[v] < r.t_var[b]) b = v;
+    std::printf("| %d | %d | %d | %.0f | %.1f | %.1f | %.1f | V%d | %.1f | %.0f | %.1f | %.2f |\n", r.E, r.n, r.uniq,
+                r.mb, r.t_auto, r.t_prefill, r.t_var[0], b, r.t_var[b], r.mb / r.t_var[b] * 1e3,
+                r.gflop / r.t_var[b] * 1e-3, r.t_prefill / r.t_var[b]);
+  }
+  for (int E : {32, 128}) {  // the largest n at which the default grouped configuration still beats the GEMM
+    int cross = 0;
+    for (const GroupedRow& r : g_grouped)
+      if (r.E == E && r.t_var[0] < r.t_prefill) cross = r.n;
+    std::printf("E=%d: grouped (V0) faster than prefill up to n = %d of those timed\n", E, cross);
+  }
+}
+
 int main() {
   int dev = 0;
   cudaDeviceProp prop;
@@ -439,7 +632,8 @@ int main() {
 
   const int n_prefill = 2048;
   for (int E : {32, 128}) {
-    Layer L(E, true);
+    const bool grouped_only = std::getenv("MOE_GROUPED_ONLY") != nullptr;
+    Layer L(E, !grouped_only);
     const size_t ws_bytes = moe_workspace_bytes(n_prefill, L.H, L.I, L.E, L.k);
     void* ws = dalloc<uint8_t>(ws_bytes);
     uint16_t* x = dalloc<uint16_t>(size_t(n_prefill) * L.H);
@@ -449,6 +643,7 @@ int main() {
     std::printf("\n== E=%d, H=I=2880, k=4 ==\n", E);
 
     for (int n : {1, 2, 4, 8}) {
+      if (grouped_only) break;
       const int sets = std::max(2, E / std::min(E, n * L.k)) * 4;
       Routing R(sets, n, L.k, E, n > 1);
       // Bytes a step must read: the union of the experts (consecutive sets are disjoint for n = 1).
@@ -545,7 +740,7 @@ int main() {
     }
 
     for (int n : {64, 512, n_prefill}) {
-      if (std::getenv("MOE_DECODE_ONLY")) break;  // decode-only runs (run 4)
+      if (std::getenv("MOE_DECODE_ONLY") || grouped_only) break;  // decode-only runs (run 4), grouped-only runs
       Routing R(2, n, L.k, E, true);
       MoeParams p;
       p.n = n;
@@ -583,6 +778,7 @@ int main() {
       std::printf("prefill n=%d: mxfp4 %.0f us (%.1f TFLOP/s, %.0f tok/s per layer) | bf16 %.0f us (%.1f TFLOP/s)\n",
                   n, t_mx, flops / t_mx * 1e-6, n / t_mx * 1e6, t_bf, flops / t_bf * 1e-6);
     }
+    if (!std::getenv("MOE_DECODE_ONLY")) grouped_section(L, x, y, ws, ws_bytes);
     cudaFree(ws);
     cudaFree(x);
     cudaFree(y);
@@ -591,5 +787,6 @@ int main() {
   std::printf("\n== summary (decode; bytes = the selected experts' MXFP4 weights; kernels alone split 2/3 gate_up, 1/3 down) ==\n");
   std::printf("| what | E | n | us | GB/s |\n|---|---|---|---|---|\n");
   for (const Row& r : g_rows) std::printf("| %s | %d | %d | %.1f | %.0f |\n", r.what.c_str(), r.E, r.n, r.us, r.gbs);
+  grouped_summary();
   return 0;
 }

@@ -6,6 +6,11 @@
 //                 register-streaming ones, "decode_regs") and prefill paths, real and odd shapes, and the fused
 //                 routing ("+logits": router logits in, ids/weights out, checked against ref::router_topk).
 //                 Tolerance: nmse 1e-4 (the SwiGLU output is rounded to bf16 between the matmuls: about 1e-6 expected).
+//   moe_grouped_* the grouped path (MoePath::kGrouped; also run by moe_experts_* at their token counts, with the
+//                 prefill path's "halves alone" bit check) at the batched-decode / chunked-prefill sizes (n = 9 ..
+//                 512, E = 32 and 128) and with forced ragged loads (1, 3, 17 or 255 tokens on one expert), against
+//                 a per-expert batched CPU reference (the same ref::linear_mxfp4 + ref::swiglu math as
+//                 ref::expert_mlp_mxfp4); nmse 1e-4, the same bits over four workspace fills, fused routing ids exact.
 //   moe_fused_routing  the decode kernels' own top-k + softmax (ties, NaN) vs ref::router_topk: ids exact, weights.
 // Outputs are poisoned with NaN before each launch, so an unwritten element fails the case.
 #include <cuda_runtime.h>
@@ -273,6 +278,7 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
         if (decode_ok && f == 0) vs.push_back({false, cuda::MoePath::kDecodeRegs, false, false});
         if (decode_ok) vs.push_back({f == 1, cuda::MoePath::kDecode, false, true});
         vs.push_back({f == 1, cuda::MoePath::kPrefill, false, false});
+        if (f == 0) vs.push_back({false, cuda::MoePath::kGrouped, false, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kAuto, true, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kAuto, true, true});
       }
@@ -282,6 +288,7 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
         const char* path = v.path == cuda::MoePath::kDecode       ? "decode"
                            : v.path == cuda::MoePath::kDecodeRegs ? "decode_regs"
                            : v.path == cuda::MoePath::kPrefill    ? "prefill"
+                           : v.path == cuda::MoePath::kGrouped    ? "grouped"
                                                                   : "auto";
         std::snprintf(params, sizeof params, "%s %s%s n=%d %s%s", v.bf16 ? "bf16" : "mxfp4", path,
                       v.fused ? "+logits" : "", n, shape, v.acc ? " accumulate" : "");
@@ -343,9 +350,9 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
           Result rep = repeat_bits(params, y, y);
           rep.error = double(diff);
           out.push_back(rep);
-          if (v.path == cuda::MoePath::kPrefill && n >= 2) {
+          if ((v.path == cuda::MoePath::kPrefill || v.path == cuda::MoePath::kGrouped) && n >= 2) {
             // Batch invariance: the first n/2 tokens alone, and the others alone (their rows then sit elsewhere in
-            // their experts' groups and tiles), give the bits they gave side by side.
+            // their experts' groups and tiles or N-tiles), give the bits they gave side by side.
             const int half = n / 2;
             const size_t cut = size_t(half) * H;
             const auto y_first = run(0x00, half);
@@ -358,8 +365,8 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
             inv.metric = "prefix_bits";
             out.push_back(inv);
             // The prefill path stages the MXFP4 weights as their exact bf16 values: the same bits as the bf16 path.
-            if (!v.bf16) y_mxfp4_prefill = y;
-            if (v.bf16 && !y_mxfp4_prefill.empty()) {
+            if (v.path == cuda::MoePath::kPrefill && !v.bf16) y_mxfp4_prefill = y;
+            if (v.path == cuda::MoePath::kPrefill && v.bf16 && !y_mxfp4_prefill.empty()) {
               Result same = repeat_bits(std::string(params) + " vs mxfp4", y_mxfp4_prefill, y);
               same.metric = "format_bits";
               out.push_back(same);
@@ -367,6 +374,159 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
           }
         } catch (const std::exception& e) {
           out.push_back(fail(params, e.what()));
+          cudaGetLastError();
+        }
+      }
+    }
+  } catch (const std::exception& e) {
+    out.push_back(fail(shape, e.what()));
+  }
+  return out;
+}
+
+// Reference by expert: each expert's tokens through ref::linear_mxfp4 at once (its rows decoded once, not once per
+// token; the same per-row math as ref::expert_mlp_mxfp4), then y[t] = sum_j w[t, j] * out[t, j] in slot order.
+std::vector<float> moe_ref_by_expert(const Experts& X, const std::vector<float>& x, const std::vector<int32_t>& ids,
+                                     const std::vector<float>& w, int n, int k, float limit) {
+  const int H = X.H, I = X.I;
+  const size_t gu_rb = size_t(2) * I * H / 2, gu_rs = size_t(2) * I * H / 32;
+  const size_t dn_rb = size_t(H) * I / 2, dn_rs = size_t(H) * I / 32;
+  std::vector<float> out(size_t(n) * k * H);
+  for (int e = 0; e < X.E; e++) {
+    std::vector<int> pairs;
+    for (int p = 0; p < n * k; p++)
+      if (ids[p] == e) pairs.push_back(p);
+    if (pairs.empty()) continue;
+    const int m = int(pairs.size());
+    std::vector<float> xe(size_t(m) * H), gu(size_t(m) * 2 * I), a(size_t(m) * I), ye(size_t(m) * H);
+    for (int i = 0; i < m; i++)
+      std::copy_n(x.data() + size_t(pairs[i] / k) * H, H, xe.data() + size_t(i) * H);
+    ref::linear_mxfp4(xe.data(), X.gu_blocks.data() + e * gu_rb, X.gu_scales.data() + e * gu_rs,
+                      X.gu_bias.data() + size_t(e) * 2 * I, m, H, 2 * I, gu.data());
+    for (int i = 0; i < m; i++) ref::swiglu(gu.data() + size_t(i) * 2 * I, I, limit, a.data() + size_t(i) * I);
+    ref::linear_mxfp4(a.data(), X.dn_blocks.data() + e * dn_rb, X.dn_scales.data() + e * dn_rs,
+                      X.dn_bias.data() + size_t(e) * H, m, I, H, ye.data());
+    for (int i = 0; i < m; i++) std::copy_n(ye.data() + size_t(i) * H, H, out.data() + size_t(pairs[i]) * H);
+  }
+  std::vector<float> y(size_t(n) * H, 0.f);
+  for (int t = 0; t < n; t++)
+    for (int j = 0; j < k; j++)
+      for (int h = 0; h < H; h++) y[size_t(t) * H + h] += w[size_t(t) * k + j] * out[(size_t(t) * k + j) * H + h];
+  return y;
+}
+
+// The grouped path at one expert set. heavy >= 0 forces the routing: tokens 0 .. heavy-1 take expert 0 (in slot
+// t % k), every other choice is among experts 1 .. E-1, so expert 0 holds exactly `heavy` tokens.
+struct GroupedCase {
+  int n, heavy;
+};
+std::vector<Result> grouped_cases(int E, int H, int I, int k, const std::vector<GroupedCase>& cs, uint64_t seed) {
+  std::vector<Result> out;
+  char shape[96];
+  std::snprintf(shape, sizeof shape, "E=%d H=%d I=%d k=%d", E, H, I, k);
+  try {
+    const float limit = 7.0f;
+    const Experts X(E, H, I, seed);
+    DevBuf<uint8_t> gu_b(X.gu_blocks), gu_s(X.gu_scales), dn_b(X.dn_blocks), dn_s(X.dn_scales);
+    DevBuf<uint16_t> gu_bias(X.gu_bias), dn_bias(X.dn_bias);
+    const cuda::MoeMxfp4Weights wm{gu_b.p, gu_s.p, gu_bias.p, dn_b.p, dn_s.p, dn_bias.p};
+    int n_max = 1;
+    for (const GroupedCase& c : cs) n_max = std::max(n_max, c.n);
+    DevBuf<uint8_t> ws(cuda::moe_workspace_bytes(n_max, H, I, E, k));
+    for (const GroupedCase& c : cs) {
+      const int n = c.n;
+      XorShift rng(seed + 1000 + n * 7 + c.heavy);
+      const auto x16 = to_bf16(randn(size_t(n) * H, seed + 10 + n));
+      std::vector<int32_t> ids(size_t(n) * k);
+      std::vector<float> wts(ids.size());
+      for (int t = 0; t < n; t++) {
+        const bool on0 = t < c.heavy;
+        const int lo = c.heavy >= 0 ? 1 : 0;  // forced: expert 0 only where chosen above
+        std::vector<int> perm;
+        for (int e = lo; e < E; e++) perm.push_back(e);
+        for (int j = 0; j < k; j++) std::swap(perm[j], perm[j + rng.next() % (perm.size() - j)]);
+        const auto l = randn(k, rng.next());
+        float s = 0.f;
+        for (int j = 0; j < k; j++) s += std::exp(l[j]);
+        for (int j = 0; j < k; j++) {
+          ids[size_t(t) * k + j] = on0 && j == t % k ? 0 : perm[j];
+          wts[size_t(t) * k + j] = std::exp(l[j]) / s;
+        }
+      }
+      const auto y_ref = moe_ref_by_expert(X, from_bf16(x16), ids, wts, n, k, limit);
+      const auto y0 = randn(size_t(n) * H, seed + 20 + n);
+      auto y_ref_acc = y_ref;
+      for (size_t i = 0; i < y_ref_acc.size(); i++) y_ref_acc[i] += y0[i];
+      // Router logits whose top-k is (ids, weights), as in moe_cases.
+      std::vector<float> logits(size_t(n) * E);
+      for (int t = 0; t < n; t++) {
+        for (int e = 0; e < E; e++) logits[size_t(t) * E + e] = -5.f - float(rng.next() % 1000) * 1e-3f;
+        for (int j = 0; j < k; j++)
+          logits[size_t(t) * E + ids[size_t(t) * k + j]] = 10.f + std::log(wts[size_t(t) * k + j]);
+      }
+      std::vector<int32_t> ids_routed(ids.size());
+      std::vector<float> wts_routed(ids.size());
+      ref::router_topk(logits.data(), n, E, k, ids_routed.data(), wts_routed.data());
+      DevBuf<uint16_t> d_x(x16);
+      DevBuf<int32_t> d_ids(ids), d_ids_out(ids.size());
+      DevBuf<float> d_w(wts), d_y(size_t(n) * H), d_logits(logits), d_w_out(ids.size());
+      for (int fused = 0; fused < 2; fused++) {  // fused: router logits in, accumulate into y
+        char params[160];
+        std::snprintf(params, sizeof params, "mxfp4 grouped%s n=%d %s%s", fused ? "+logits" : "", n, shape,
+                      fused ? " accumulate" : "");
+        std::string pr = params;
+        if (c.heavy >= 0) pr += " heavy=" + std::to_string(c.heavy);
+        try {
+          cuda::MoeParams p;
+          p.n = n;
+          p.H = H;
+          p.I = I;
+          p.E = E;
+          p.k = k;
+          p.swiglu_limit = limit;
+          p.x = d_x.p;
+          p.ldx = H;
+          if (fused) {
+            p.logits = d_logits.p;
+            p.ld_logits = E;
+            p.ids_out = d_ids_out.p;
+            p.weights_out = d_w_out.p;
+          } else {
+            p.ids = d_ids.p;
+            p.weights = d_w.p;
+          }
+          p.y = d_y.p;
+          p.ldy = H;
+          p.accumulate = fused == 1;
+          p.workspace = ws.p;
+          p.workspace_bytes = ws.n;
+          p.path = cuda::MoePath::kGrouped;
+          auto run = [&](int ws_byte) {
+            T_CHECK(cudaMemset(ws.p, ws_byte, ws.n));
+            if (fused) {
+              d_ids_out.poison();
+              d_w_out.poison();
+              d_y.upload(y0);
+            } else {
+              d_y.poison();
+            }
+            cuda::moe_mxfp4_forward(p, wm, 0);
+            T_CHECK(cudaDeviceSynchronize());
+            return d_y.download();
+          };
+          const auto y = run(0xFF);
+          out.push_back(close(pr, "nmse", y, fused ? y_ref_acc : y_ref, 1e-4));
+          if (fused) {
+            out.push_back(exact_ids(pr + " ids_out", d_ids_out.download(), ids_routed));
+            out.push_back(close(pr + " weights_out", "max_abs_rel", d_w_out.download(), wts_routed, 1e-6));
+          }
+          size_t diff = 0;
+          for (int ws_byte : {0x00, 0x7F, 0xFF}) diff += size_t(repeat_bits(pr, y, run(ws_byte)).error);
+          Result rep = repeat_bits(pr, y, y);
+          rep.error = double(diff);
+          out.push_back(rep);
+        } catch (const std::exception& e) {
+          out.push_back(fail(pr, e.what()));
           cudaGetLastError();
         }
       }
@@ -478,6 +638,25 @@ HM_OP_TEST("moe_experts_small", [] {
   for (auto& r : moe_cases(4, 32, 32, 4, {1, 9}, 13, true)) out.push_back(r);
   for (auto& r : moe_cases(9, 384, 256, 1, {5, 130}, 14, true)) out.push_back(r);
   return out;
+});
+HM_OP_TEST("moe_grouped_small", [] {
+  std::vector<Result> out;
+  for (auto& r : grouped_cases(8, 160, 224, 3, {{9, -1}, {40, -1}, {40, 33}, {90, 1}}, 31)) out.push_back(r);
+  for (auto& r : grouped_cases(5, 96, 64, 2, {{17, -1}, {64, 3}}, 32)) out.push_back(r);
+  for (auto& r : grouped_cases(9, 384, 256, 1, {{100, -1}, {100, 17}}, 33)) out.push_back(r);
+  return out;
+});
+HM_OP_TEST("moe_grouped_real_e32", [] {
+  return grouped_cases(32, 2880, 2880, 4,
+                       {{9, -1}, {17, -1}, {64, -1}, {255, -1}, {256, -1}, {512, -1}, {256, 1}, {256, 3}, {256, 17},
+                        {256, 255}},
+                       41);
+});
+HM_OP_TEST("moe_grouped_real_e128", [] {
+  return grouped_cases(128, 2880, 2880, 4,
+                       {{9, -1}, {17, -1}, {64, -1}, {255, -1}, {256, -1}, {512, -1}, {256, 1}, {256, 3}, {256, 17},
+                        {256, 255}},
+                       42);
 });
 HM_OP_TEST("moe_experts_real_e32", [] { return moe_cases(32, 2880, 2880, 4, {1, 2, 3, 5, 7, 8, 64, 300}, 21, false); });
 HM_OP_TEST("moe_experts_real_e128",
