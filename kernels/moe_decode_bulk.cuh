@@ -151,27 +151,42 @@ __device__ __forceinline__ uint4 fp8_split8(const uint4& v, float f) {
 }
 
 // The consumer warps (threads 0 .. 32 NCW - 1) fill the split activations from rows x + (tok * J + j) * ldx
-// and tsc[tok] = 2^6 / f_tok (the accumulators' unit), where f_tok puts the token's largest |x| (over its J rows) in [128, 256)
-// (clamped to 2^-64 .. 2^127, so tsc stays finite). xmax[0 .. n) must be 0 on entry. Ends with the consumer
-// warps' barrier.
+// and tsc[tok] = 2^6 / f_tok (the accumulators' unit), where f_tok puts the token's largest |x| (over its J
+// rows) in [128, 256) (clamped to 2^-64 .. 2^127, so tsc stays finite). Pass 1: one warp per row, its loads
+// all in flight at once, the row's max |x| (bf16 bits) into pmax; pass 2: every thread splits 16-byte pieces
+// (L1-resident by then). No atomics, a fixed result. Ends with the consumer warps' barrier.
 template <int NCW>
-__device__ void fp8_prep(const uint16_t* x, int ldx, int n, int J, int K, uint4* xs, unsigned* xmax, float* tsc) {
-  const int tid = threadIdx.x, q8 = K >> 3, R = J * n, kb = K >> 5, total = R * q8;
-  for (int i = tid; i < total; i += NCW * 32) {  // pass 1: max |x| (bf16 bits) per token, order-free
-    const int p = i / q8, q = i - p * q8;
-    const uint4 v = __ldg(reinterpret_cast<const uint4*>(x + size_t(p) * ldx) + q);
-    const uint32_t m = __vmaxu2(__vmaxu2(v.x & 0x7FFF7FFFu, v.y & 0x7FFF7FFFu),
-                                __vmaxu2(v.z & 0x7FFF7FFFu, v.w & 0x7FFF7FFFu));
-    atomicMax(&xmax[p / J], max(m & 0xFFFFu, m >> 16));
+__device__ void fp8_prep(const uint16_t* x, int ldx, int n, int J, int K, uint4* xs, unsigned* pmax, float* tsc) {
+  constexpr int kBatch = 12;  // 16-byte loads per lane in flight: a whole 2880-column row in one round trip
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, q8 = K >> 3, R = J * n, kb = K >> 5;
+  for (int p = warp; p < R; p += NCW) {
+    const uint4* src = reinterpret_cast<const uint4*>(x + size_t(p) * ldx);
+    uint32_t m = 0;
+    for (int q0 = lane; q0 < q8; q0 += 32 * kBatch) {
+      uint4 v[kBatch];
+#pragma unroll
+      for (int b = 0; b < kBatch; b++) v[b] = q0 + 32 * b < q8 ? __ldg(src + q0 + 32 * b) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int b = 0; b < kBatch; b++)
+        m = __vmaxu2(m, __vmaxu2(__vmaxu2(v[b].x & 0x7FFF7FFFu, v[b].y & 0x7FFF7FFFu),
+                                 __vmaxu2(v[b].z & 0x7FFF7FFFu, v[b].w & 0x7FFF7FFFu)));
+    }
+    m = __reduce_max_sync(0xffffffffu, max(m & 0xFFFFu, m >> 16));
+    if (lane == 0) pmax[p] = m;
   }
   for (int i = tid; i < kb * 4; i += NCW * 32) xs[((i >> 2) * (R + 1) + R) * 4 + (i & 3)] = make_uint4(0, 0, 0, 0);
   asm volatile("bar.sync 1, %0;" ::"r"(NCW * 32) : "memory");
-  for (int i = tid; i < total; i += NCW * 32) {  // pass 2: split (the rows are L1-resident now)
+  auto ex_of = [&](int tok) {  // the token's power of two
+    uint32_t m = 0;
+    for (int j = 0; j < J; j++) m = max(m, pmax[tok * J + j]);
+    return min(max(7 - (int((m >> 7) & 0xFFu) - 127), -64), 127);
+  };
+  if (tid < n) tsc[tid] = __uint_as_float(uint32_t(133 - ex_of(tid)) << 23);
+  for (int i = tid; i < R * q8; i += NCW * 32) {
     const int p = i / q8, q = i - p * q8, tok = p / J, j = p - tok * J;
-    const int ex = min(max(7 - (int((xmax[tok] >> 7) & 0xFFu) - 127), -64), 127);
     const uint4 v = __ldg(reinterpret_cast<const uint4*>(x + size_t(p) * ldx) + q);
-    xs[((q >> 2) * (R + 1) + j * n + tok) * 4 + (q & 3)] = fp8_split8(v, __uint_as_float(uint32_t(ex + 127) << 23));
-    if (j == 0 && q == 0) tsc[tok] = __uint_as_float(uint32_t(133 - ex) << 23);
+    xs[((q >> 2) * (R + 1) + j * n + tok) * 4 + (q & 3)] =
+        fp8_split8(v, __uint_as_float(uint32_t(ex_of(tok) + 127) << 23));
   }
   asm volatile("bar.sync 1, %0;" ::"r"(NCW * 32) : "memory");
 }
@@ -190,8 +205,8 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_decode_bulk(DecodeAr
   constexpr bool FP8 = MMA == BulkMma::kFp8;
   extern __shared__ __align__(128) uint8_t smem[];
   __shared__ DecodeRouting rt;
-  __shared__ unsigned xmax[kMoeDecodeMaxTokens];  // kFp8: per token, max |x| as bf16 bits
-  __shared__ float tsc[kMoeDecodeMaxTokens];      // kFp8: per token, the accumulators' unit (fp8_prep)
+  __shared__ unsigned pmax[kMoeDecodeMaxTokens * 8];  // kFp8: per source row, max |x| as bf16 bits
+  __shared__ float tsc[kMoeDecodeMaxTokens];          // kFp8: per token, the accumulators' unit (fp8_prep)
   const int rows = a.W.rows, K = a.W.K, kb = K >> 5, ntiles = rows >> 4, nchunks = (K + 127) >> 7;
   const int ngroups = (ntiles + MT - 1) / MT;  // an item = up to MT consecutive 16-row tiles of one expert
   const uint32_t tile_bytes = uint32_t(16 * kb * 16), tile_sc = uint32_t(16 * kb);
@@ -203,7 +218,6 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_decode_bulk(DecodeAr
   uint4* xs = reinterpret_cast<uint4*>(smem + bulk_base_bytes(K, NCW, NST, MT));  // kFp8 (fp8_prep_bytes)
   const int J = GATE_UP ? 1 : a.k;  // kFp8: source rows per token
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (FP8 && threadIdx.x < kMoeDecodeMaxTokens) xmax[threadIdx.x] = 0u;  // (published by build_routing)
   if (threadIdx.x == 0) {
     for (int s = 0; s < NST; s++) {
       mbar_init(&full[s], 1);
@@ -254,7 +268,9 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_decode_bulk(DecodeAr
     pdl_wait();  // the SwiGLU rows come from gate_up
     pdl_trigger();
   }
-  if constexpr (FP8) fp8_prep<NCW>(a.x, a.ldx, a.n, J, K, xs, xmax, tsc);
+  if constexpr (FP8) {
+    if (nitems > 0) fp8_prep<NCW>(a.x, a.ldx, a.n, J, K, xs, pmax, tsc);  // (gate_up's grid covers nuniq_max)
+  }
 
   const int g = lane >> 2, t = lane & 3;
   const bool swz = (kb & 3) == 2;
