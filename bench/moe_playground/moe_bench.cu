@@ -606,5 +606,28 @@ int main() {
   std::printf("\n== summary (decode; bytes = the selected experts' MXFP4 weights; kernels alone split 2/3 gate_up, 1/3 down) ==\n");
   std::printf("| what | E | n | us | GB/s |\n|---|---|---|---|---|\n");
   for (const Row& r : g_rows) std::printf("| %s | %d | %d | %.1f | %.0f |\n", r.what.c_str(), r.E, r.n, r.us, r.gbs);
+  // Run 8's question in one table: the fp8 inner loop (F*, "bulk") against the bf16 one (B*, "bulk-bf16"), the
+  // best configuration of each per kernel.
+  auto best = [](const std::string& prefix, int E, int n, std::string* name) {
+    float t = INFINITY;
+    for (const Row& r : g_rows)
+      if (r.E == E && r.n == n && r.what.compare(0, prefix.size(), prefix) == 0 && r.us < t) {
+        t = r.us;
+        *name = r.what.substr(prefix.size(), r.what.find(' ', prefix.size()) - prefix.size());
+      }
+    return t;
+  };
+  std::printf("\n== fp8 vs bf16 inner loop (us; layers graph+pdl; kernels: the best variant) ==\n");
+  std::printf("| E | n | layer bulk+route | layer bulk-bf16+route | gate_up F | gate_up B | down F | down B |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
+  for (int E : {32, 128})
+    for (int n : {1, 2, 4, 8}) {
+      std::string a, b, c, d, e, f;
+      const float l8 = best("layer bulk+route graph+pdl", E, n, &a), l16 = best("layer bulk-bf16+route graph+pdl", E, n, &b);
+      const float gf = best("gate_up F", E, n, &c), gb = best("gate_up B", E, n, &d);
+      const float df = best("down F", E, n, &e), db = best("down B", E, n, &f);
+      std::printf("| %d | %d | %.1f | %.1f | %.1f (F%s) | %.1f (B%s) | %.1f (F%s) | %.1f (B%s) |\n", E, n, l8, l16, gf,
+                  c.c_str(), gb, d.c_str(), df, e.c_str(), db, f.c_str());
+    }
   return 0;
 }
