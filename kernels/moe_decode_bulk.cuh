@@ -50,6 +50,8 @@
 //          x (one power of two per token), down from the SwiGLU rows (one per token over its k rows, so the
 //          accumulation over the experts shares it). Down takes kFp8 only while that copy is small
 //          (BulkCfg::DN_PREP_KB; more tokens fall back to kBf16 for down).
+//   kFp8Padded: kFp8 with padded stage rows (bulk_row_bytes: one copy per row) so its 4-byte weight loads are
+//          free of bank conflicts (2-way otherwise at K = 2880).
 #pragma once
 #include <cuda_fp8.h>
 
@@ -90,16 +92,24 @@ __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t by
 #endif
 }
 
-// Shared-memory layout of a block (dynamic): NST stages of MT 16-row tiles (blocks, then scales), NST
-// reduction slots (float4 per lane: conflict-free), 3 x NST mbarriers, then (kFp8) the split activations.
-__host__ __device__ inline uint32_t bulk_stage_bytes(int K, int MT) {
-  return (uint32_t(MT * 16 * K / 2 + MT * 16 * K / 32) + 127u) & ~127u;
-}
-__host__ __device__ inline uint32_t bulk_base_bytes(int K, int NCW, int NST, int MT) {
-  return (uint32_t(NST) * bulk_stage_bytes(K, MT) + uint32_t(NST * MT * NCW * 32 * 16) + 3u * NST * 8u + 15u) & ~15u;
-}
+enum class BulkMma { kBf16, kFp8, kFp8Padded };  // the inner loop (see the top)
 
-enum class BulkMma { kBf16, kFp8 };  // the inner loop (see the top)
+// The byte stride of a stage row: K/2 bytes, or with kFp8Padded 16 more whenever K/32 is even, so that 8
+// consecutive rows start at 8 different 16-byte bank groups (1456-byte rows at K = 2880: rows r and r+4 no
+// longer share banks) and the fp8 loop's 4-byte loads of rows g = 0..7 are conflict-free. Padded rows are
+// copied one bulk copy per row.
+__host__ __device__ inline uint32_t bulk_row_bytes(int K, BulkMma mma) {
+  return uint32_t(K / 2) + (mma == BulkMma::kFp8Padded && (K / 32) % 2 == 0 ? 16u : 0u);
+}
+// Shared-memory layout of a block (dynamic): NST stages of MT 16-row tiles (blocks, then scales), NST
+// reduction slots (float4 per lane: conflict-free), 3 x NST mbarriers, then (kFp8*) the split activations.
+__host__ __device__ inline uint32_t bulk_stage_bytes(int K, int MT, BulkMma mma) {
+  return (uint32_t(MT * 16) * bulk_row_bytes(K, mma) + uint32_t(MT * 16 * K / 32) + 127u) & ~127u;
+}
+__host__ __device__ inline uint32_t bulk_base_bytes(int K, int NCW, int NST, int MT, BulkMma mma) {
+  return (uint32_t(NST) * bulk_stage_bytes(K, MT, mma) + uint32_t(NST * MT * NCW * 32 * 16) + 3u * NST * 8u + 15u) &
+         ~15u;
+}
 
 // ---- kFp8 ----
 
@@ -202,7 +212,7 @@ __device__ __forceinline__ int bulk_row_of(int g, bool swz) {
 // MINB: the blocks per SM the register budget must allow (a few more registers can cost a resident block).
 template <bool GATE_UP, int NCW, int NST, int MT, int MINB, BulkMma MMA>
 __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_decode_bulk(DecodeArgs a) {
-  constexpr bool FP8 = MMA == BulkMma::kFp8;
+  constexpr bool FP8 = MMA != BulkMma::kBf16;
   extern __shared__ __align__(128) uint8_t smem[];
   __shared__ DecodeRouting rt;
   __shared__ unsigned pmax[kMoeDecodeMaxTokens * 8];  // kFp8: per source row, max |x| as bf16 bits
@@ -210,12 +220,13 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_decode_bulk(DecodeAr
   const int rows = a.W.rows, K = a.W.K, kb = K >> 5, ntiles = rows >> 4, nchunks = (K + 127) >> 7;
   const int ngroups = (ntiles + MT - 1) / MT;  // an item = up to MT consecutive 16-row tiles of one expert
   const uint32_t tile_bytes = uint32_t(16 * kb * 16), tile_sc = uint32_t(16 * kb);
-  const uint32_t stage_bytes = bulk_stage_bytes(K, MT);
+  const uint32_t rs = bulk_row_bytes(K, MMA);  // a stage row's stride (bytes)
+  const uint32_t stage_bytes = bulk_stage_bytes(K, MT, MMA);
   float4(*red)[MT][NCW][32] = reinterpret_cast<float4(*)[MT][NCW][32]>(smem + NST * stage_bytes);
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + NST * stage_bytes + size_t(NST) * MT * NCW * 32 * 16);
   uint64_t* empty = full + NST;
   uint64_t* redbar = empty + NST;
-  uint4* xs = reinterpret_cast<uint4*>(smem + bulk_base_bytes(K, NCW, NST, MT));  // kFp8 (fp8_prep_bytes)
+  uint4* xs = reinterpret_cast<uint4*>(smem + bulk_base_bytes(K, NCW, NST, MT, MMA));  // kFp8* (fp8_prep_bytes)
   const int J = GATE_UP ? 1 : a.k;  // kFp8: source rows per token
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (threadIdx.x == 0) {
@@ -257,8 +268,13 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_decode_bulk(DecodeAr
         const size_t row0 = size_t(rt.uniq[u]) * rows + size_t(grp) * MT * 16;
         uint8_t* st = smem + s * stage_bytes;
         mbar_expect_tx(&full[s], mc * (tile_bytes + tile_sc));
-        bulk_g2s(st, static_cast<const uint8_t*>(a.W.data) + row0 * kb * 16, mc * tile_bytes, &full[s]);
-        bulk_g2s(st + MT * tile_bytes, a.W.scales + row0 * kb, mc * tile_sc, &full[s]);
+        const uint8_t* src = static_cast<const uint8_t*>(a.W.data) + row0 * kb * 16;
+        if (rs == uint32_t(kb * 16)) {
+          bulk_g2s(st, src, mc * tile_bytes, &full[s]);
+        } else {
+          for (uint32_t r = 0; r < mc * 16; r++) bulk_g2s(st + r * rs, src + r * kb * 16, uint32_t(kb * 16), &full[s]);
+        }
+        bulk_g2s(st + MT * 16 * rs, a.W.scales + row0 * kb, mc * tile_sc, &full[s]);
       }
     }
     if (!GATE_UP) pdl_trigger();
@@ -293,7 +309,7 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_decode_bulk(DecodeAr
     }
     mbar_wait(&full[s], uint32_t(j / NST) & 1u);
     const uint8_t* st = smem + s * stage_bytes;
-    const uint8_t* sc = st + MT * tile_bytes;
+    const uint8_t* sc = st + MT * 16 * rs;
     if constexpr (FP8) {
       // This lane's B registers: its token's row (or the zero row), part t, of every block.
       const int R = J * a.n;
@@ -304,9 +320,10 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_decode_bulk(DecodeAr
 #pragma unroll
         for (int m = 0; m < MT; m++) {
           if (m >= mc) break;
-          const int ra = (m * 16 + pr) * kb + blk, rb = ra + 8 * kb;
-          const uint32_t wa = *reinterpret_cast<const uint32_t*>(st + ra * 16 + t * 4);
-          const uint32_t wb = *reinterpret_cast<const uint32_t*>(st + rb * 16 + t * 4);
+          const int ra = (m * 16 + pr) * kb + blk, rb = ra + 8 * kb;  // (scale indices)
+          const uint8_t* wp = st + (m * 16 + pr) * rs + blk * 16 + t * 4;
+          const uint32_t wa = *reinterpret_cast<const uint32_t*>(wp);
+          const uint32_t wb = *reinterpret_cast<const uint32_t*>(wp + 8 * rs);
           const float fa = fp8_block_scale(sc[ra]), fb = fp8_block_scale(sc[rb]);
           float d[4];
           mma_e4m3(d, e2m1_even_e4m3(wa), e2m1_even_e4m3(wb), xv.x, xv.y, 0.f, 0.f, 0.f, 0.f);
@@ -475,16 +492,16 @@ bool bulk_ok(const WMat& gu, const WMat& dn) {
   const BulkDevice& d = bulk_device();
   return d.major >= 9 && reinterpret_cast<uintptr_t>(gu.scales) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(dn.scales) % 16 == 0 &&
-         bulk_base_bytes(gu.K, Gu::NCW, Gu::NST, Gu::MT) <= size_t(d.smem_optin) &&
-         bulk_base_bytes(dn.K, Dn::NCW, Dn::NST, Dn::MT) <= size_t(d.smem_optin);
+         bulk_base_bytes(gu.K, Gu::NCW, Gu::NST, Gu::MT, Gu::MMA) <= size_t(d.smem_optin) &&
+         bulk_base_bytes(dn.K, Dn::NCW, Dn::NST, Dn::MT, Dn::MMA) <= size_t(d.smem_optin);
 }
 
 // nuniq_max: the most unique experts the routing can have (gate_up's grid covers them all).
 template <bool GATE_UP, typename C>
 void launch_bulk_kernel(const DecodeArgs& a, int nuniq_max, cudaStream_t stream, bool pdl) {
-  const uint32_t prep = C::MMA == BulkMma::kFp8 ? fp8_prep_bytes(a.W.K, a.n, GATE_UP ? 1 : a.k) : 0u;
-  const size_t smem = size_t(bulk_base_bytes(a.W.K, C::NCW, C::NST, C::MT)) + prep;
-  if constexpr (C::MMA == BulkMma::kFp8) {
+  const uint32_t prep = C::MMA != BulkMma::kBf16 ? fp8_prep_bytes(a.W.K, a.n, GATE_UP ? 1 : a.k) : 0u;
+  const size_t smem = size_t(bulk_base_bytes(a.W.K, C::NCW, C::NST, C::MT, C::MMA)) + prep;
+  if constexpr (C::MMA != BulkMma::kBf16) {
     if ((!GATE_UP && prep > uint32_t(C::DN_PREP_KB) * 1024u) || smem > size_t(bulk_device().smem_optin)) {
       launch_bulk_kernel<GATE_UP, BulkCfg<C::NCW, C::NST, C::BPS, C::MT, BulkMma::kBf16>>(a, nuniq_max, stream, pdl);
       return;

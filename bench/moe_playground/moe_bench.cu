@@ -7,9 +7,10 @@
 // the default inner loop kBulkMma), "bulk+route" (the same with the routing computed from router logits inside
 // the kernels, as the engine calls it), "bulk-bf16"/"bulk-bf16+route" (the bulk kernels with the bf16-HMMA inner
 // loop of run 7, whatever kBulkMma says), "regs" (the register-streaming kernels, MoePath::kDecodeRegs).
-// Variants, each kernel alone: B* = bulk configurations with the bf16 inner loop, F* = with the fp8 one (run 8;
-// their down kernels keep fp8 up to 256 KB of split activations, so n = 4 runs fp8 where it fits), G*/D* =
-// register kernel configurations. A summary table is printed last.
+// Variants, each kernel alone: B* = bulk configurations with the bf16 inner loop, F* = with the fp8 one, FP* = fp8
+// with padded stage rows (run 8; their down kernels keep fp8 up to 256 KB of split activations, so n = 4 runs fp8
+// where it fits; n = 8 does not fit and runs bf16), G*/D* = register kernel configurations. A summary table and
+// the fp8-vs-bf16 table are printed last.
 //
 // Decode bytes count only what must be read: the selected experts' MXFP4 blocks, scales and biases
 // (13.24 MB per expert). The routing rotates over disjoint expert sets so no iteration finds its experts in L2.
@@ -318,7 +319,7 @@ void decode_variants(const Layer& L, const Routing& R, const uint16_t* x, float*
   // activations prefetched with the weights (XP): both slower, removed (NOTES.md). Run 4 tried activations staged
   // in shared memory (no faster, removed) and the block shapes below with the division-free item loop.
   using moe::BulkCfg;
-  constexpr auto kB = moe::BulkMma::kBf16, kF = moe::BulkMma::kFp8;
+  constexpr auto kB = moe::BulkMma::kBf16, kF = moe::BulkMma::kFp8, kP = moe::BulkMma::kFp8Padded;
   // Run 6 (H200) lost clearly and removed: NCW4 NST4 BPS2, NCW8 NST4/NST6 BPS1, NCW16 NST6 BPS1, NCW2 NST2 BPS8.
   // Run 7: MT tiles per item (one activation load per chunk for MT tiles), conflict-free rows, float4 reduction.
   // Run 8: the fp8 inner loop (F*), the same shapes as the B* that won run 7 plus deeper rings; probes removed.
@@ -331,6 +332,8 @@ void decode_variants(const Layer& L, const Routing& R, const uint16_t* x, float*
   bulk_variant<true, BulkCfg<4, 3, 3, 1, kF, 256>>("F13 NCW4 NST3 BPS3 MT1", L, R, x, y, ws, bytes);
   bulk_variant<true, BulkCfg<4, 2, 2, 2, kF, 256>>("F9 NCW4 NST2 BPS2 MT2", L, R, x, y, ws, bytes);
   bulk_variant<true, BulkCfg<8, 2, 1, 2, kF, 256>>("F10 NCW8 NST2 BPS1 MT2", L, R, x, y, ws, bytes);
+  bulk_variant<true, BulkCfg<8, 2, 3, 1, kP, 256>>("FP6 = F6 padded rows", L, R, x, y, ws, bytes);
+  bulk_variant<true, BulkCfg<4, 2, 2, 2, kP, 256>>("FP9 = F9 padded rows", L, R, x, y, ws, bytes);
   bulk_variant<false, BulkCfg<8, 2, 3, 1, kB>>("B6 NCW8 NST2 BPS3 MT1 (run-7 default)", L, R, x, y, ws, bytes);
   bulk_variant<false, BulkCfg<4, 2, 4, 1, kB>>("B5 NCW4 NST2 BPS4 MT1", L, R, x, y, ws, bytes);
   bulk_variant<false, BulkCfg<4, 2, 2, 2, kB>>("B9 NCW4 NST2 BPS2 MT2", L, R, x, y, ws, bytes);
@@ -340,6 +343,8 @@ void decode_variants(const Layer& L, const Routing& R, const uint16_t* x, float*
   bulk_variant<false, BulkCfg<4, 3, 3, 1, kF, 256>>("F13 NCW4 NST3 BPS3 MT1", L, R, x, y, ws, bytes);
   bulk_variant<false, BulkCfg<4, 2, 2, 2, kF, 256>>("F9 NCW4 NST2 BPS2 MT2", L, R, x, y, ws, bytes);
   bulk_variant<false, BulkCfg<8, 2, 1, 2, kF, 256>>("F10 NCW8 NST2 BPS1 MT2", L, R, x, y, ws, bytes);
+  bulk_variant<false, BulkCfg<8, 2, 3, 1, kP, 256>>("FP6 = F6 padded rows", L, R, x, y, ws, bytes);
+  bulk_variant<false, BulkCfg<4, 2, 2, 2, kP, 256>>("FP9 = F9 padded rows", L, R, x, y, ws, bytes);
   decode_variant<true, 2, 4, 1, 4>("G1 MT2 KS4 D1 MINB4 (regs default)", L, R, x, y, ws, bytes);
   decode_variant<true, 2, 2, 1, 8>("G2 MT2 KS2 D1 MINB8", L, R, x, y, ws, bytes);
   decode_variant<true, 4, 2, 1, 4>("G3 MT4 KS2 D1 MINB4", L, R, x, y, ws, bytes);
