@@ -17,7 +17,10 @@
 //           routes and starts its weight stream before pdl_wait(). Measured on the H200 (2026-12-01, one tile per
 //           item, before the conflict-free rows): 37.0 us per layer at one token, graph + PDL (1.43 TB/s), the
 //           same as the register kernels; 205 vs 232 us at 8 tokens, E = 128. Issue-bound, not byte-bound
-//           (about 4.6 thread-instructions per weight; bench/moe_playground/NOTES.md, runs 6 and 7).
+//           (about 4.6 thread-instructions per weight; bench/moe_playground/NOTES.md, runs 6 and 7). Since run 8
+//           their inner loop is fp8 tensor cores by default (kBulkMma in moe_impl.cuh; the bf16 loop stays as
+//           the alternative): the weights as exact e4m3, the activations split exactly into hi + lo e4m3 after a
+//           per-token power of two, the block scale applied to the fp32 MMA result (moe_decode_bulk.cuh).
 //           Otherwise (bf16, older GPUs, MoePath::kDecodeRegs): the register-streaming kernels, 16-byte loads
 //           straight into registers. Measured on the H200 at one token, E = 128: 36.7 us per layer (graph + PDL,
 //           1.44 TB/s): each warp's chain of dependent loads, not the bytes, limits it (NOTES.md).
@@ -45,7 +48,8 @@
 // Requirements: H % 32 == 0, I % 32 == 0, 1 <= k <= 8, k <= E <= 256, all pointers 16-byte aligned, expert ids
 // in [0, E) and distinct within a token (what the router produces; others are clamped, never a fault, but give
 // meaningless output). MXFP4 decode is exact for E8M0 scale bytes 65..191 (block scales 2^-62 .. 2^64, far beyond
-// any trained weight); bytes outside are clamped to that range.
+// any trained weight); bytes outside are clamped to that range (the fp8 bulk loop clamps nothing: byte 0 gives 0,
+// bytes far below 65 underflow towards 0 in the fp32 accumulators).
 //
 // Launchers check shapes (throwing std::invalid_argument), never allocate, never synchronise; CUDA launch errors
 // throw std::runtime_error (kernels/common.cuh). The caller owns every buffer, including the workspace, sized

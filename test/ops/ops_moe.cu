@@ -11,6 +11,9 @@
 //                 512, E = 32 and 128) and with forced ragged loads (1, 3, 17 or 255 tokens on one expert), against
 //                 a per-expert batched CPU reference (the same ref::linear_mxfp4 + ref::swiglu math as
 //                 ref::expert_mlp_mxfp4); nmse 1e-4, the same bits over four workspace fills, fused routing ids exact.
+//   moe_experts_wide_range  the same over activations whose range stresses the fp8 decode's hi + lo split
+//                 (moe_decode_bulk.cuh, kFp8): rows with one huge value, tiny rows, rows mixing normal values with
+//                 ones 2^-14 smaller and zeros, zero rows; checked per token (the worst token's nmse, 1e-4).
 //   moe_fused_routing  the decode kernels' own top-k + softmax (ties, NaN) vs ref::router_topk: ids exact, weights.
 // Outputs are poisoned with NaN before each launch, so an unwritten element fails the case.
 #include <cuda_runtime.h>
@@ -208,9 +211,38 @@ std::vector<float> moe_ref(const Experts& X, const std::vector<float>& x, const 
   return y;
 }
 
+// Activations [n, H]: randn, or (wide) token t by t % 4: one value 1000 among randn, randn x 1e-12, randn with
+// every other value x 2^-14 and every 7th 0, all 0.
+std::vector<float> activations(int n, int H, uint64_t seed, bool wide) {
+  std::vector<float> x = randn(size_t(n) * H, seed);
+  if (!wide) return x;
+  for (int t = 0; t < n; t++) {
+    float* r = x.data() + size_t(t) * H;
+    for (int h = 0; h < H; h++) {
+      if (t % 4 == 1) r[h] *= 1e-12f;
+      if (t % 4 == 2) r[h] = h % 7 == 0 ? 0.f : h % 2 ? r[h] * 0x1p-14f : r[h];
+      if (t % 4 == 3) r[h] = 0.f;
+    }
+    if (t % 4 == 0) r[(t * 977 + 13) % H] = 1000.f;
+  }
+  return x;
+}
+
+// The worst token's nmse (wide-range activations: one token's large output must not hide another's error).
+Result token_nmse(const std::string& params, const std::vector<float>& y, const std::vector<float>& want, int n,
+                  int H, double tol) {
+  Result r;
+  r.params = params;
+  r.metric = "token_nmse_max";
+  r.tolerance = tol;
+  for (int t = 0; t < n; t++)
+    r.error = std::max(r.error, nmse(y.data() + size_t(t) * H, want.data() + size_t(t) * H, size_t(H), &r.nan_or_inf));
+  return r;
+}
+
 // Runs every token count of one expert set through both formats and, where allowed, both paths.
 std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>& ns, uint64_t seed,
-                              bool bf16_all) {
+                              bool bf16_all, bool wide = false) {
   std::vector<Result> out;
   char shape[96];
   std::snprintf(shape, sizeof shape, "E=%d H=%d I=%d k=%d", E, H, I, k);
@@ -230,7 +262,7 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
 
     for (int n : ns) {
       // Tokens choose k distinct random experts with softmax weights.
-      const auto x16 = to_bf16(randn(size_t(n) * H, seed + 10 + n));
+      const auto x16 = to_bf16(activations(n, H, seed + 10 + n, wide));
       const auto xf = from_bf16(x16);
       std::vector<int32_t> ids(size_t(n) * k);
       std::vector<float> wts(ids.size());
@@ -290,8 +322,8 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
                            : v.path == cuda::MoePath::kPrefill    ? "prefill"
                            : v.path == cuda::MoePath::kGrouped    ? "grouped"
                                                                   : "auto";
-        std::snprintf(params, sizeof params, "%s %s%s n=%d %s%s", v.bf16 ? "bf16" : "mxfp4", path,
-                      v.fused ? "+logits" : "", n, shape, v.acc ? " accumulate" : "");
+        std::snprintf(params, sizeof params, "%s %s%s n=%d %s%s%s", v.bf16 ? "bf16" : "mxfp4", path,
+                      v.fused ? "+logits" : "", n, shape, v.acc ? " accumulate" : "", wide ? " wide" : "");
         try {
           cuda::MoeParams p;
           p.n = n;
@@ -339,7 +371,8 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
             return d_y.download();
           };
           const auto y = run(0xFF);
-          out.push_back(close(params, "nmse", y, v.acc ? y_ref_acc : y_ref, 1e-4));
+          out.push_back(wide ? token_nmse(params, y, v.acc ? y_ref_acc : y_ref, n, H, 1e-4)
+                             : close(params, "nmse", y, v.acc ? y_ref_acc : y_ref, 1e-4));
           if (v.fused) {
             out.push_back(exact_ids(std::string(params) + " ids_out", d_ids_out.download(), ids_routed));
             out.push_back(
@@ -657,6 +690,12 @@ HM_OP_TEST("moe_grouped_real_e128", [] {
                        {{9, -1}, {17, -1}, {64, -1}, {255, -1}, {256, -1}, {512, -1}, {256, 1}, {256, 3}, {256, 17},
                         {256, 255}},
                        42);
+});
+HM_OP_TEST("moe_experts_wide_range", [] {
+  std::vector<Result> out;
+  for (auto& r : moe_cases(32, 2880, 2880, 4, {1, 2, 4, 8}, 31, false, true)) out.push_back(r);
+  for (auto& r : moe_cases(5, 96, 64, 2, {4, 8}, 32, true, true)) out.push_back(r);
+  return out;
 });
 HM_OP_TEST("moe_experts_real_e32", [] { return moe_cases(32, 2880, 2880, 4, {1, 2, 3, 5, 7, 8, 64, 300}, 21, false); });
 HM_OP_TEST("moe_experts_real_e128",
