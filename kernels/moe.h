@@ -25,11 +25,12 @@
 //           straight into registers. Measured on the H200 at one token, E = 128: 36.7 us per layer (graph + PDL,
 //           1.44 TB/s): each warp's chain of dependent loads, not the bytes, limits it (NOTES.md).
 //   grouped (MXFP4 on sm_90+, n > kMoeDecodeMaxTokens and at most kMoeGroupedMaxPairsPerExpert tokens an expert
-//           on average; moe_grouped.cuh): the prefill path's sort by expert (and x permuted once), then the decode
-//           bulk kernels' weight stream generalised: persistent grids over (expert, 16-row tiles) items, each
-//           expert's weights read once into a shared-memory ring, a weight fragment decoded once and multiplied by
-//           all of the expert's tokens (N-tiles of 8); gate_up + SwiGLU writes the prefill path's act rows, down +
-//           bias its out rows, and the prefill path's combine sums them. Deterministic, fixed grid, capturable.
+//           on average; moe_grouped.cuh): the prefill path's sort by expert, then the decode bulk kernels' weight
+//           stream generalised: persistent grids over (expert, 16-row tiles) items, each expert's weights read
+//           once into a shared-memory ring, a weight fragment decoded once and multiplied by all of the expert's
+//           tokens (N-tiles of 8) on fp8 tensor cores (E2M1 placed as exact e4m3, activation rows split once into
+//           hi + lo e4m3; kGroupedBf16: bf16 mma.sync); gate_up + SwiGLU writes the prefill path's act rows, down
+//           + bias its out rows, and the prefill path's combine sums them. Deterministic, fixed grid, capturable.
 //           Not measured yet.
 //   prefill (many tokens): (token, expert) pairs counted, scanned and scattered by expert on the GPU (a stable
 //           scatter: the same row order every run), then grouped GEMMs on tensor cores (mma.sync bf16, fp32
@@ -83,8 +84,9 @@ constexpr int kMoeDecodeMaxTokens = 8;
 
 // kDecode takes the bulk-copy kernels where they apply (MXFP4 on sm_90+, see the top), else the register-streaming
 // ones; kDecodeRegs forces the register-streaming ones (the comparison variant of tests and the lab). kGrouped
-// takes the grouped kernels where they apply (MXFP4 on sm_90+; any n), else the prefill path.
-enum class MoePath : int { kAuto = 0, kDecode = 1, kPrefill = 2, kDecodeRegs = 3, kGrouped = 4 };
+// takes the grouped kernels where they apply (MXFP4 on sm_90+; any n), else the prefill path; kGroupedBf16 the
+// same with their bf16 inner loop (the comparison variant).
+enum class MoePath : int { kAuto = 0, kDecode = 1, kPrefill = 2, kDecodeRegs = 3, kGrouped = 4, kGroupedBf16 = 5 };
 
 // kAuto takes the grouped path above the decode path while the tokens per expert, n k / E, stay at most this
 // (E = 32: n <= 256; E = 128: n <= 1024). A prediction (bench/moe_playground/NOTES.md, "grouped path"); the lab's

@@ -428,7 +428,8 @@ struct Workspace {
   int32_t* tile_r0;    // [max_tiles]
   int32_t* offsets;    // [E + 1]
   int32_t* num_tiles;  // [1]
-  uint16_t* xp;        // bf16 [n, H]: x in the k-permutation (the grouped path's gate_up operand)
+  uint16_t* xp;        // [n, H] 2-byte: x in the k-permutation or split (the grouped path's gate_up operand)
+  float* unit;         // [n + P]: the grouped kFp8 loop's accumulator units, per token then per sorted row
   size_t bytes;
 };
 inline int max_tiles(int P, int E) { return (P + kBM - 1) / kBM + (E < P ? E : P); }
@@ -452,6 +453,7 @@ inline Workspace carve(void* base, int n, int H, int I, int E, int k) {
   w.offsets = reinterpret_cast<int32_t*>(take(size_t(E + 1) * 4));
   w.num_tiles = reinterpret_cast<int32_t*>(take(4));
   w.xp = reinterpret_cast<uint16_t*>(take(size_t(n) * H * 2));
+  w.unit = reinterpret_cast<float*>(take((size_t(n) + P) * 4));
   w.bytes = off;
   return w;
 }
@@ -712,8 +714,11 @@ constexpr BulkMma kBulkMma = BulkMma::kFp8;
 using GuBulk = BulkCfg<8, 2, 3, 1, kBulkMma>;
 using DnBulk = BulkCfg<8, 2, 3, 1, kBulkMma>;
 // The grouped kernels (moe_grouped.cuh): predicted, not measured yet (bench/moe_playground/NOTES.md, "grouped
-// path"); the lab's variant table picks the configuration.
-using GroupedDefault = GroupedCfg<8, 2, 4, 2>;
+// path"); the lab's variant table picks the configuration. The default takes the fp8 inner loop (predicted
+// faster at 1-8 tokens an expert, ~25% fewer instructions; within ~15% either way at 32, where both are bound by
+// the activations' L1 traffic); GroupedBf16 is round 1's bf16 loop (MoePath::kGroupedBf16).
+using GroupedDefault = GroupedCfg<8, 2, 4, 2, 1, true, GroupedMma::kFp8>;
+using GroupedBf16 = GroupedCfg<8, 2, 4, 2>;
 
 template <WFmt F, typename G, typename Dn>
 void launch_decode(const MoeParams& p, const WMat& gu, const WMat& dn, const Workspace& ws, cudaStream_t stream) {
@@ -761,10 +766,13 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
     }
     return;
   }
-  bool grouped = false;
-  if constexpr (F == WFmt::kMxfp4)
-    grouped = (p.path == MoePath::kGrouped || (p.path == MoePath::kAuto && moe_grouped_auto(p.n, p.k, p.E))) &&
-              grouped_ok<GroupedDefault>(gu, dn);
+  int grouped = 0;  // 1: GroupedDefault, 2: GroupedBf16 (where they apply; else the GEMMs)
+  if constexpr (F == WFmt::kMxfp4) {
+    if (p.path == MoePath::kGroupedBf16)
+      grouped = grouped_ok<GroupedBf16>(gu, dn) ? 2 : 0;
+    else if (p.path == MoePath::kGrouped || (p.path == MoePath::kAuto && moe_grouped_auto(p.n, p.k, p.E)))
+      grouped = grouped_ok<GroupedDefault>(gu, dn) ? 1 : 0;
+  }
   const int32_t* ids = p.ids;
   const float* weights = p.weights;
   if (p.logits) {  // prefill and grouped route first
@@ -784,8 +792,10 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
   }
   const int P = p.n * p.k;
   launch(moe_route_sort, dim3(1), dim3(1024), 0, stream, p.pdl, ids, P, p.E, ws);
-  if (grouped) {
+  if (grouped == 1) {
     launch_grouped<GroupedDefault>(p, gu, dn, weights, ws, stream);
+  } else if (grouped == 2) {
+    launch_grouped<GroupedBf16>(p, gu, dn, weights, ws, stream);
   } else {
     const int T = max_tiles(P, p.E);
     GemmArgs g{gu, p.x, p.ldx, p.k, weights, p.swiglu_limit, ws};

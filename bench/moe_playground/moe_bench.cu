@@ -4,9 +4,10 @@
 // native/cpu/ref_ops.h) and stops if they disagree; the numbered decode variants are then checked against the
 // launcher. Random (never zero) weights. MOE_DECODE_ONLY=1 skips the prefill and grouped timings;
 // MOE_GROUPED_ONLY=1 runs only the grouped section: at n = 8 .. 2048, E = 32 and 128, the launcher's kAuto, the
-// prefill GEMM and every grouped configuration V0-V10 (moe_grouped.cuh; all XP but V7; MT2: V8-V10), checked
-// (CPU twin at n = 16 and 64, and against the prefill path at every n), then timed as whole layers in a CUDA
-// graph; its table (GB/s, TFLOP/s, crossover) comes last.
+// prefill GEMM and every grouped configuration, V0-V10 with the bf16 inner loop (moe_grouped.cuh; all XP but V7;
+// MT2: V8-V10) and F0-F5 with the fp8 one (F0 = the launcher's default), checked (CPU twin at n = 16 and 64, and
+// against the prefill path at every n), then timed as whole layers in a CUDA graph; its tables (GB/s, TFLOP/s,
+// crossover; fp8 vs bf16 loop by tokens an expert) come last.
 // Decode layers timed: "bulk" (the default MXFP4 decode: bulk copies into shared memory, moe_decode_bulk.cuh, with
 // the default inner loop kBulkMma), "bulk+route" (the same with the routing computed from router logits inside
 // the kernels, as the engine calls it), "bulk-bf16"/"bulk-bf16+route" (the bulk kernels with the bf16-HMMA inner
@@ -439,7 +440,8 @@ void check_cpu_twin(const char* what, const Layer& L, const MoeParams& p, F&& la
 // ---- the grouped path (moe_grouped.cuh) against the prefill GEMM, 8 .. 2048 tokens ----
 
 // One grouped layer with configuration C, as forward() runs it (router_topk_softmax, moe_route_sort, launch_grouped:
-// moe_permute_x where XP and the two grouped kernels, moe_combine), so the configurations compare in one run.
+// moe_permute_x where XP, or the two moe_split_rows of kFp8, and the two grouped kernels, moe_combine), so the
+// configurations compare in one run.
 template <typename C>
 void grouped_layer(const MoeParams& p, const Layer& L, cudaStream_t st) {
   const MoeMxfp4Weights w = L.mx();
@@ -481,21 +483,38 @@ float graph_us(int sets, const std::function<void(int, cudaStream_t)>& call, int
 }
 
 struct GroupedRow {
-  int E, n, uniq;
+  int E, n, k, uniq;
   double mb, gflop;
   float t_auto, t_prefill;
   std::vector<float> t_var;
 };
 std::vector<GroupedRow> g_grouped;
-const char* const kGroupedNames[] = {"V0 NCW8 NST2 NTB4 BPS2 (default)", "V1 NCW8 NST2 NTB2 BPS3",
-                                     "V2 NCW8 NST3 NTB4 BPS2",           "V3 NCW8 NST2 NTB8 BPS1",
-                                     "V4 NCW4 NST2 NTB4 BPS4",           "V5 NCW8 NST4 NTB4 BPS1",
-                                     "V6 NCW4 NST3 NTB2 BPS4",           "V7 = V0 without XP (x permuted per load)",
-                                     "V8 NCW8 NST2 NTB2 MT2 BPS1",       "V9 NCW8 NST2 NTB4 MT2 BPS1",
-                                     "V10 NCW4 NST2 NTB1 MT2 BPS2"};
-constexpr int kGroupedVariants = 11;
+const char* const kGroupedNames[] = {"V0 NCW8 NST2 NTB4 BPS2 (bf16 loop, kGroupedBf16)",
+                                     "V1 NCW8 NST2 NTB2 BPS3",
+                                     "V2 NCW8 NST3 NTB4 BPS2",
+                                     "V3 NCW8 NST2 NTB8 BPS1",
+                                     "V4 NCW4 NST2 NTB4 BPS4",
+                                     "V5 NCW8 NST4 NTB4 BPS1",
+                                     "V6 NCW4 NST3 NTB2 BPS4",
+                                     "V7 = V0 without XP (x permuted per load)",
+                                     "V8 NCW8 NST2 NTB2 MT2 BPS1",
+                                     "V9 NCW8 NST2 NTB4 MT2 BPS1",
+                                     "V10 NCW4 NST2 NTB1 MT2 BPS2",
+                                     "F0 NCW8 NST2 NTB4 BPS2 fp8 (default, kGrouped)",
+                                     "F1 NCW8 NST2 NTB2 BPS3 fp8",
+                                     "F2 NCW8 NST2 NTB8 BPS1 fp8",
+                                     "F3 NCW4 NST2 NTB4 BPS4 fp8",
+                                     "F4 NCW8 NST3 NTB4 BPS2 fp8",
+                                     "F5 NCW8 NST2 NTB4 MT2 BPS1 fp8"};
+constexpr int kGroupedVariants = 17, kBf16V0 = 0, kFp8F0 = 11;
+// The label of variant v ("V3", "F0").
+std::string grouped_label(int v) {
+  const std::string s = kGroupedNames[v];
+  return s.substr(0, s.find(' '));
+}
 void grouped_variant_call(int v, const MoeParams& p, const Layer& L, cudaStream_t st) {
   using moe::GroupedCfg;
+  constexpr moe::GroupedMma F8 = moe::GroupedMma::kFp8;
   switch (v) {
     case 0: return grouped_layer<GroupedCfg<8, 2, 4, 2>>(p, L, st);
     case 1: return grouped_layer<GroupedCfg<8, 2, 2, 3>>(p, L, st);
@@ -507,7 +526,13 @@ void grouped_variant_call(int v, const MoeParams& p, const Layer& L, cudaStream_
     case 7: return grouped_layer<GroupedCfg<8, 2, 4, 2, 1, false>>(p, L, st);
     case 8: return grouped_layer<GroupedCfg<8, 2, 2, 1, 2>>(p, L, st);
     case 9: return grouped_layer<GroupedCfg<8, 2, 4, 1, 2>>(p, L, st);
-    default: return grouped_layer<GroupedCfg<4, 2, 1, 2, 2>>(p, L, st);
+    case 10: return grouped_layer<GroupedCfg<4, 2, 1, 2, 2>>(p, L, st);
+    case 11: return grouped_layer<GroupedCfg<8, 2, 4, 2, 1, true, F8>>(p, L, st);
+    case 12: return grouped_layer<GroupedCfg<8, 2, 2, 3, 1, true, F8>>(p, L, st);
+    case 13: return grouped_layer<GroupedCfg<8, 2, 8, 1, 1, true, F8>>(p, L, st);
+    case 14: return grouped_layer<GroupedCfg<4, 2, 4, 4, 1, true, F8>>(p, L, st);
+    case 15: return grouped_layer<GroupedCfg<8, 3, 4, 2, 1, true, F8>>(p, L, st);
+    default: return grouped_layer<GroupedCfg<8, 2, 4, 1, 2, true, F8>>(p, L, st);
   }
 }
 
@@ -568,10 +593,10 @@ void grouped_section(const Layer& L, const uint16_t* x, float* y, void* ws, size
         std::exit(1);
       }
     };
-    for (MoePath path : {MoePath::kAuto, MoePath::kGrouped}) {
+    for (MoePath path : {MoePath::kAuto, MoePath::kGrouped, MoePath::kGroupedBf16}) {
       const MoeParams q = params(path, 0, false);
-      const char* name = path == MoePath::kAuto ? "auto" : "grouped";
-      if (path == MoePath::kGrouped && (n == 16 || n == 64))
+      const char* name = path == MoePath::kAuto ? "auto" : path == MoePath::kGrouped ? "grouped" : "grouped_bf16";
+      if (path != MoePath::kAuto && (n == 16 || n == 64))
         check_cpu_twin(name, L, q, [&] { moe_mxfp4_forward(q, L.mx(), 0); });
       check_vs_prefill(name, [&] { moe_mxfp4_forward(q, L.mx(), 0); });
     }
@@ -579,7 +604,7 @@ void grouped_section(const Layer& L, const uint16_t* x, float* y, void* ws, size
       check_vs_prefill(kGroupedNames[v], [&] { grouped_variant_call(v, params(MoePath::kGrouped, 0, false), L, 0); });
 
     const int iters = n >= 1024 ? 4 : n >= 256 ? 10 : 20;
-    GroupedRow r{L.E, n, uniq, uniq * L.expert_bytes_mx() * 1e-6, double(n) * L.k * L.flops_per_pair() * 1e-9,
+    GroupedRow r{L.E, n, L.k, uniq, uniq * L.expert_bytes_mx() * 1e-6, double(n) * L.k * L.flops_per_pair() * 1e-9,
                  0.f, 0.f, {}};
     auto launcher = [&](MoePath path) {
       return graph_us(sets, [&](int i, cudaStream_t st) { moe_mxfp4_forward(params(path, i, true), L.mx(), st); },
@@ -606,22 +631,38 @@ void grouped_summary() {
   if (g_grouped.empty()) return;
   std::printf("\n== grouped path (one layer: routing + gate_up + SwiGLU + down + combine, graph + PDL; GB/s of the "
               "unique experts' MXFP4 bytes) ==\n");
-  for (int v = 0; v < kGroupedVariants; v++) std::printf("V%d = %s\n", v, kGroupedNames[v]);
-  std::printf("| E | n | experts | MB | auto us | prefill us | V0 us | best | best us | best GB/s | best TFLOP/s | "
-              "prefill / best |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-  for (const GroupedRow& r : g_grouped) {
-    int b = 0;
-    for (int v = 1; v < kGroupedVariants; v++)
+  for (int v = 0; v < kGroupedVariants; v++) std::printf("%s\n", kGroupedNames[v]);
+  std::printf("| E | n | tokens/expert | experts | MB | auto us | prefill us | V0 us | F0 us | best | best us | best GB/s "
+              "| best TFLOP/s | prefill / best |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  auto best_of = [](const GroupedRow& r, int lo, int hi) {
+    int b = lo;
+    for (int v = lo + 1; v < hi; v++)
       if (r.t_var[v] < r.t_var[b]) b = v;
-    std::printf("| %d | %d | %d | %.0f | %.1f | %.1f | %.1f | V%d | %.1f | %.0f | %.1f | %.2f |\n", r.E, r.n, r.uniq,
-                r.mb, r.t_auto, r.t_prefill, r.t_var[0], b, r.t_var[b], r.mb / r.t_var[b] * 1e3,
-                r.gflop / r.t_var[b] * 1e-3, r.t_prefill / r.t_var[b]);
+    return b;
+  };
+  for (const GroupedRow& r : g_grouped) {
+    const int b = best_of(r, 0, kGroupedVariants);
+    std::printf("| %d | %d | %.1f | %d | %.0f | %.1f | %.1f | %.1f | %.1f | %s | %.1f | %.0f | %.1f | %.2f |\n", r.E,
+                r.n, double(r.n) * r.k / r.E, r.uniq, r.mb, r.t_auto, r.t_prefill, r.t_var[kBf16V0], r.t_var[kFp8F0],
+                grouped_label(b).c_str(), r.t_var[b], r.mb / r.t_var[b] * 1e3, r.gflop / r.t_var[b] * 1e-3,
+                r.t_prefill / r.t_var[b]);
   }
-  for (int E : {32, 128}) {  // the largest n at which the default grouped configuration still beats the GEMM
-    int cross = 0;
-    for (const GroupedRow& r : g_grouped)
-      if (r.E == E && r.t_var[0] < r.t_prefill) cross = r.n;
-    std::printf("E=%d: grouped (V0) faster than prefill up to n = %d of those timed\n", E, cross);
+  std::printf("\n== fp8 vs bf16 inner loop (layer us; ratio < 1: fp8 faster) ==\n| E | n | tokens/expert | V0 | F0 | "
+              "F0 / V0 | best V | best F | best F / best V |\n|---|---|---|---|---|---|---|---|---|\n");
+  for (const GroupedRow& r : g_grouped) {
+    const int bv = best_of(r, 0, kFp8F0), bf = best_of(r, kFp8F0, kGroupedVariants);
+    std::printf("| %d | %d | %.1f | %.1f | %.1f | %.2f | %s %.1f | %s %.1f | %.2f |\n", r.E, r.n, double(r.n) * r.k / r.E,
+                r.t_var[kBf16V0], r.t_var[kFp8F0], r.t_var[kFp8F0] / r.t_var[kBf16V0], grouped_label(bv).c_str(),
+                r.t_var[bv], grouped_label(bf).c_str(), r.t_var[bf], r.t_var[bf] / r.t_var[bv]);
+  }
+  for (int E : {32, 128}) {  // the largest n at which each loop's default configuration still beats the GEMM
+    int cross_v = 0, cross_f = 0;
+    for (const GroupedRow& r : g_grouped) {
+      if (r.E == E && r.t_var[kBf16V0] < r.t_prefill) cross_v = r.n;
+      if (r.E == E && r.t_var[kFp8F0] < r.t_prefill) cross_f = r.n;
+    }
+    std::printf("E=%d: faster than prefill up to n = %d (F0, fp8) / %d (V0, bf16) of those timed\n", E, cross_f,
+                cross_v);
   }
 }
 

@@ -6,11 +6,15 @@
 //                 register-streaming ones, "decode_regs") and prefill paths, real and odd shapes, and the fused
 //                 routing ("+logits": router logits in, ids/weights out, checked against ref::router_topk).
 //                 Tolerance: nmse 1e-4 (the SwiGLU output is rounded to bf16 between the matmuls: about 1e-6 expected).
-//   moe_grouped_* the grouped path (MoePath::kGrouped; also run by moe_experts_* at their token counts, with the
+//   moe_grouped_* the grouped path, both inner loops ("grouped": MoePath::kGrouped, fp8 e4m3 tensor cores;
+//                 "grouped_bf16": kGroupedBf16; both also run by moe_experts_* at their token counts, with the
 //                 prefill path's "halves alone" bit check) at the batched-decode / chunked-prefill sizes (n = 9 ..
 //                 512, E = 32 and 128) and with forced ragged loads (1, 3, 17 or 255 tokens on one expert), against
 //                 a per-expert batched CPU reference (the same ref::linear_mxfp4 + ref::swiglu math as
-//                 ref::expert_mlp_mxfp4); nmse 1e-4, the same bits over four workspace fills, fused routing ids exact.
+//                 ref::expert_mlp_mxfp4); nmse 1e-4 for both loops (fp8: the hi + lo split of the activations is
+//                 exact down to 2^-9 of each row's largest |x|, below within 2^-18 of it, plus the fp8 MMA's own
+//                 accumulation: expected ~1e-6 like bf16, dominated by the bf16 SwiGLU rows), the same bits over
+//                 four workspace fills, fused routing ids exact.
 //   moe_experts_wide_range  the same over activations whose range stresses the fp8 decode's hi + lo split
 //                 (moe_decode_bulk.cuh, kFp8): rows with one huge value, tiny rows, rows mixing normal values with
 //                 ones 2^-14 smaller and zeros, zero rows; checked per token (the worst token's nmse, 1e-4).
@@ -311,6 +315,7 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
         if (decode_ok) vs.push_back({f == 1, cuda::MoePath::kDecode, false, true});
         vs.push_back({f == 1, cuda::MoePath::kPrefill, false, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kGrouped, false, false});
+        if (f == 0) vs.push_back({false, cuda::MoePath::kGroupedBf16, false, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kAuto, true, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kAuto, true, true});
       }
@@ -321,6 +326,7 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
                            : v.path == cuda::MoePath::kDecodeRegs ? "decode_regs"
                            : v.path == cuda::MoePath::kPrefill    ? "prefill"
                            : v.path == cuda::MoePath::kGrouped    ? "grouped"
+                           : v.path == cuda::MoePath::kGroupedBf16 ? "grouped_bf16"
                                                                   : "auto";
         std::snprintf(params, sizeof params, "%s %s%s n=%d %s%s%s", v.bf16 ? "bf16" : "mxfp4", path,
                       v.fused ? "+logits" : "", n, shape, v.acc ? " accumulate" : "", wide ? " wide" : "");
@@ -383,7 +389,9 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
           Result rep = repeat_bits(params, y, y);
           rep.error = double(diff);
           out.push_back(rep);
-          if ((v.path == cuda::MoePath::kPrefill || v.path == cuda::MoePath::kGrouped) && n >= 2) {
+          if ((v.path == cuda::MoePath::kPrefill || v.path == cuda::MoePath::kGrouped ||
+               v.path == cuda::MoePath::kGroupedBf16) &&
+              n >= 2) {
             // Batch invariance: the first n/2 tokens alone, and the others alone (their rows then sit elsewhere in
             // their experts' groups and tiles or N-tiles), give the bits they gave side by side.
             const int half = n / 2;
@@ -449,9 +457,11 @@ std::vector<float> moe_ref_by_expert(const Experts& X, const std::vector<float>&
 }
 
 // The grouped path at one expert set. heavy >= 0 forces the routing: tokens 0 .. heavy-1 take expert 0 (in slot
-// t % k), every other choice is among experts 1 .. E-1, so expert 0 holds exactly `heavy` tokens.
+// t % k), every other choice is among experts 1 .. E-1, so expert 0 holds exactly `heavy` tokens. wide: every third
+// value of x times 2^-14 (rows of a wide range: the fp8 loop's hi + lo split is inexact below 2^-9 of a row's max).
 struct GroupedCase {
   int n, heavy;
+  bool wide = false;
 };
 std::vector<Result> grouped_cases(int E, int H, int I, int k, const std::vector<GroupedCase>& cs, uint64_t seed) {
   std::vector<Result> out;
@@ -469,7 +479,10 @@ std::vector<Result> grouped_cases(int E, int H, int I, int k, const std::vector<
     for (const GroupedCase& c : cs) {
       const int n = c.n;
       XorShift rng(seed + 1000 + n * 7 + c.heavy);
-      const auto x16 = to_bf16(randn(size_t(n) * H, seed + 10 + n));
+      auto xf = randn(size_t(n) * H, seed + 10 + n);
+      if (c.wide)
+        for (size_t i = 0; i < xf.size(); i += 3) xf[i] *= 1.f / 16384.f;
+      const auto x16 = to_bf16(xf);
       std::vector<int32_t> ids(size_t(n) * k);
       std::vector<float> wts(ids.size());
       for (int t = 0; t < n; t++) {
@@ -503,12 +516,15 @@ std::vector<Result> grouped_cases(int E, int H, int I, int k, const std::vector<
       DevBuf<uint16_t> d_x(x16);
       DevBuf<int32_t> d_ids(ids), d_ids_out(ids.size());
       DevBuf<float> d_w(wts), d_y(size_t(n) * H), d_logits(logits), d_w_out(ids.size());
-      for (int fused = 0; fused < 2; fused++) {  // fused: router logits in, accumulate into y
+      for (int run_i = 0; run_i < 4; run_i++) {  // (fused: router logits in, accumulate into y) x both loops
+        const int fused = run_i & 1;
+        const bool bf16_loop = run_i >= 2;
         char params[160];
-        std::snprintf(params, sizeof params, "mxfp4 grouped%s n=%d %s%s", fused ? "+logits" : "", n, shape,
-                      fused ? " accumulate" : "");
+        std::snprintf(params, sizeof params, "mxfp4 grouped%s%s n=%d %s%s", bf16_loop ? "_bf16" : "",
+                      fused ? "+logits" : "", n, shape, fused ? " accumulate" : "");
         std::string pr = params;
         if (c.heavy >= 0) pr += " heavy=" + std::to_string(c.heavy);
+        if (c.wide) pr += " wide";
         try {
           cuda::MoeParams p;
           p.n = n;
@@ -533,7 +549,7 @@ std::vector<Result> grouped_cases(int E, int H, int I, int k, const std::vector<
           p.accumulate = fused == 1;
           p.workspace = ws.p;
           p.workspace_bytes = ws.n;
-          p.path = cuda::MoePath::kGrouped;
+          p.path = bf16_loop ? cuda::MoePath::kGroupedBf16 : cuda::MoePath::kGrouped;
           auto run = [&](int ws_byte) {
             T_CHECK(cudaMemset(ws.p, ws_byte, ws.n));
             if (fused) {
@@ -674,7 +690,8 @@ HM_OP_TEST("moe_experts_small", [] {
 });
 HM_OP_TEST("moe_grouped_small", [] {
   std::vector<Result> out;
-  for (auto& r : grouped_cases(8, 160, 224, 3, {{9, -1}, {40, -1}, {40, 33}, {90, 1}}, 31)) out.push_back(r);
+  for (auto& r : grouped_cases(8, 160, 224, 3, {{9, -1}, {40, -1}, {40, 33}, {90, 1}, {40, -1, true}}, 31))
+    out.push_back(r);
   for (auto& r : grouped_cases(5, 96, 64, 2, {{17, -1}, {64, 3}}, 32)) out.push_back(r);
   for (auto& r : grouped_cases(9, 384, 256, 1, {{100, -1}, {100, 17}}, 33)) out.push_back(r);
   return out;
@@ -682,7 +699,7 @@ HM_OP_TEST("moe_grouped_small", [] {
 HM_OP_TEST("moe_grouped_real_e32", [] {
   return grouped_cases(32, 2880, 2880, 4,
                        {{9, -1}, {17, -1}, {64, -1}, {255, -1}, {256, -1}, {512, -1}, {256, 1}, {256, 3}, {256, 17},
-                        {256, 255}},
+                        {256, 255}, {64, -1, true}},
                        41);
 });
 HM_OP_TEST("moe_grouped_real_e128", [] {
