@@ -94,4 +94,22 @@ __device__ __forceinline__ float warp_max(float v) {
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
+// Carves a workspace into consecutive parts, each 256-byte aligned (whole cache sectors, vector loads of any
+// width). Over a null base it only sizes: the launcher's `*_workspace_bytes` is the same carve's bytes().
+class WorkspaceCarve {
+ public:
+  explicit WorkspaceCarve(void* base) : base_(static_cast<char*>(base)) {}
+  template <typename T>
+  T* take(size_t bytes) {
+    char* q = base_ ? base_ + at_ : nullptr;
+    at_ += (bytes + 255) & ~size_t(255);
+    return reinterpret_cast<T*>(q);
+  }
+  size_t bytes() const { return at_; }
+
+ private:
+  char* base_;
+  size_t at_ = 0;
+};
+
 }  // namespace hm::cuda

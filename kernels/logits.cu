@@ -34,8 +34,6 @@ constexpr int kSplitMaxCand = 4096;                // candidates of a row the me
 int split_blocks(int vocab) { return (vocab + kSplitSlice - 1) / kSplitSlice; }
 bool split_topk(int vocab, int k) { return k > 1 && k <= kSplitMaxK && split_blocks(vocab) * k <= kSplitMaxCand; }
 
-size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
-
 // -0 keyed as +0 (the reference compares floats: they tie, the lower id first).
 __device__ __forceinline__ uint32_t order_key(float f) {
   f = __fadd_rn(f, 0.f);
@@ -334,20 +332,14 @@ struct Parts {
 };
 
 Parts carve(void* ws, int rows, int vocab, size_t* bytes) {
-  char* p = static_cast<char*>(ws);
   const size_t n = size_t(rows) * split_blocks(vocab);
-  size_t at = 0;
-  auto take = [&](size_t b) {
-    char* q = p ? p + at : nullptr;
-    at += align256(b);
-    return q;
-  };
+  WorkspaceCarve c(ws);
   Parts w;
-  w.m = reinterpret_cast<float*>(take(4 * n));
-  w.s = reinterpret_cast<float*>(take(4 * n));
-  w.best = reinterpret_cast<u64*>(take(8 * n));
-  w.cand = reinterpret_cast<u64*>(take(8 * n * kSplitMaxK));
-  *bytes = at;
+  w.m = c.take<float>(4 * n);
+  w.s = c.take<float>(4 * n);
+  w.best = c.take<u64>(8 * n);
+  w.cand = c.take<u64>(8 * n * kSplitMaxK);
+  *bytes = c.bytes();
   return w;
 }
 
