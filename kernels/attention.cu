@@ -16,12 +16,16 @@
 //   attn_decode_mma:     grid (tokens, nkv, splits), 8 warps (variant 2, head dims 32 and 64): the merged kernel's
 //                        protocol (one launch, last split merges; decode_merge_tail is shared) with the scores and
 //                        p * V on tensor cores, a 16-key tile per warp, fragments loaded straight from the cache.
+//                        Variant 3: the same with a token's splits (at most 8) as one thread block cluster, merged
+//                        through distributed shared memory (decode_merge_cluster).
 //   attn_prefill_tile:   grid (tiles, nkv), 16 * G threads, one per (query token, head) row holding q, the output
 //                        accumulator and 32 scores in registers; K/V tiles of 32 keys in shared memory (fp32).
 #include <algorithm>
 #include <cfloat>
 #include <climits>
 #include <type_traits>
+
+#include <cooperative_groups.h>
 
 #include "attention.h"
 #include "common.cuh"
@@ -274,6 +278,25 @@ __global__ void attn_decode_combine(AttentionCommon c, const int32_t* __restrict
   c.out[size_t(t) * nq * HD + h * HD + d] = __bfloat16_as_ushort(__float2bfloat16(acc / L));
 }
 
+// Output unit e (head e * 4 / HD, dims e * 4 % HD .. + 3) of a block's NW warp partials, merged in warp order.
+template <int G, int HD, int NW>
+__device__ __forceinline__ void merge_warps(int e, const float (&wo)[NW][G][HD], const float (&wm)[NW][G],
+                                            const float (&wl)[NW][G], float& M, float& L, float4& O) {
+  const int h = e * 4 / HD, d = e * 4 % HD;
+  M = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < NW; w++) M = fmaxf(M, wm[w][h]);
+  L = 0.f;
+  O = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+  for (int w = 0; w < NW; w++) {
+    const float wt = wm[w][h] == -INFINITY ? 0.f : __expf(wm[w][h] - M);
+    const float4 x = *reinterpret_cast<const float4*>(&wo[w][h][d]);
+    L += wl[w][h] * wt;
+    O.x += x.x * wt, O.y += x.y * wt, O.z += x.z * wt, O.w += x.w * wt;
+  }
+}
+
 // The end of a decode block: its NW warps' partials over their keys (wo, wm, wl) merged per output unit (G * HD / 4
 // float4 units, NT threads); a token's single split writes the output with the sink, otherwise the split writes its
 // partial and the last of the token's splits to arrive (counter) merges them all in split order, so the result
@@ -301,18 +324,9 @@ __device__ __forceinline__ void decode_merge_tail(const AttentionCommon& c, int 
   };
   for (int e = tid; e < UNITS; e += blockDim.x) {
     const int h = e * 4 / HD, d = e * 4 % HD;
-    float M = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < NW; w++) M = fmaxf(M, wm[w][h]);
-    float L = 0.f;
-    float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-    for (int w = 0; w < NW; w++) {
-      const float wt = wm[w][h] == -INFINITY ? 0.f : __expf(wm[w][h] - M);
-      const float4 x = *reinterpret_cast<const float4*>(&wo[w][h][d]);
-      L += wl[w][h] * wt;
-      O.x += x.x * wt, O.y += x.y * wt, O.z += x.z * wt, O.w += x.w * wt;
-    }
+    float M, L;
+    float4 O;
+    merge_warps<G, HD, NW>(e, wo, wm, wl, M, L, O);
     if (nsplit == 1) {  // the token's only split: fold in the sink and write the output
       const float sink = e == tid ? sink_first : c.sinks[kvh * G + h];
       const float M2 = fmaxf(M, sink);
@@ -657,6 +671,57 @@ __global__ void __launch_bounds__(128 * HS) attn_decode_merged(AttentionCommon c
                                         is_last);
 }
 
+// The split merge inside a thread block cluster (variant 3: a (token, KV head)'s splits are one cluster along z, at
+// most 8): each block merges its warps per unit into its own shared memory (wo[0], bm, bl); after a cluster barrier
+// block r merges units r, r + S, ... over the S blocks' partials in rank (= split) order through distributed shared
+// memory, with the sink; a second barrier keeps every block's partials alive until they are read. No workspace,
+// counter, fence or global round trip.
+template <int G, int HD, int NW>
+__device__ __forceinline__ void decode_merge_cluster(const AttentionCommon& c, int t, int kvh, float (&wo)[NW][G][HD],
+                                                     float (&wm)[NW][G], float (&wl)[NW][G], float (&bm)[G],
+                                                     float (&bl)[G]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int UNITS = G * HD / 4;
+  const cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+  const int tid = threadIdx.x;
+  for (int e = tid; e < UNITS; e += blockDim.x) {
+    const int h = e * 4 / HD, d = e * 4 % HD;
+    float M, L;
+    float4 O;
+    merge_warps<G, HD, NW>(e, wo, wm, wl, M, L, O);
+    *reinterpret_cast<float4*>(&wo[0][h][d]) = O;  // unit e of wo[0] is this thread's alone
+    if (d == 0) bm[h] = M, bl[h] = L;
+  }
+  cluster.sync();
+  const int S = int(cluster.num_blocks()), r = int(cluster.block_rank());
+  uint16_t* out = c.out + size_t(t) * c.nq * HD + size_t(kvh) * G * HD;
+  for (int e = r + S * tid; e < UNITS; e += S * int(blockDim.x)) {
+    const int h = e * 4 / HD, d = e * 4 % HD;
+    const float sink = c.sinks[kvh * G + h];
+    float M = sink;
+    for (int s = 0; s < S; s++) M = fmaxf(M, cluster.map_shared_rank(&bm[0], s)[h]);
+    float L = __expf(sink - M);
+    float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int s = 0; s < S; s++) {
+      const float w = __expf(cluster.map_shared_rank(&bm[0], s)[h] - M);  // a split without keys: -inf, weight 0
+      const float4 v = *reinterpret_cast<const float4*>(cluster.map_shared_rank(&wo[0][h][d], s));
+      L += cluster.map_shared_rank(&bl[0], s)[h] * w;
+      O.x += v.x * w, O.y += v.y * w, O.z += v.z * w, O.w += v.w * w;
+    }
+    const float inv = 1.f / L;
+    const __nv_bfloat162 a = __floats2bfloat162_rn(O.x * inv, O.y * inv);
+    const __nv_bfloat162 b = __floats2bfloat162_rn(O.z * inv, O.w * inv);
+    uint2 pk;
+    pk.x = *reinterpret_cast<const uint32_t*>(&a);
+    pk.y = *reinterpret_cast<const uint32_t*>(&b);
+    *reinterpret_cast<uint2*>(out + e * 4) = pk;
+  }
+  cluster.sync();
+#else
+  __trap();  // clusters need sm_90; the launcher never takes variant 3 elsewhere
+#endif
+}
+
 // mma.sync m16n8k16, bf16 operands, fp32 accumulators: d += a * b (fragment layouts as in the PTX ISA).
 __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
@@ -676,6 +741,8 @@ __device__ __forceinline__ void split_bf16x2(float x0, float x1, uint32_t& hi, u
 
 constexpr int kMmaWarps = 8;               // warps of attn_decode_mma
 constexpr int kMmaChunk = 16 * kMmaWarps;  // keys a block takes per iteration: a 16-key tile per warp
+constexpr int kMmaBlocksPerSm = 2;         // resident per SM at 128 registers (__launch_bounds__ below)
+constexpr int kMaxClusterSplits = 8;       // variant 3: the splits of a (token, KV head) in one portable cluster
 
 // Decode attention on tensor cores (AttentionDecodeParams::variant 2), grid (tokens, nkv, splits), 8 warps. The
 // G <= 16 heads of a KV head are the 16 rows of the mma (rows past G zero), so a warp's 16-key tile is S = Q K^T as
@@ -687,9 +754,10 @@ constexpr int kMmaChunk = 16 * kMmaWarps;  // keys a block takes per iteration: 
 // g * HD/8 ...) of each of its keys 2 q4, 2 q4 + 1, 8 + 2 q4, 9 + 2 q4 and pairs their halves by byte_perm. Online
 // softmax per row (head) over the 4 lanes of a row group; warp w takes tile w of each 128-key chunk, its next
 // chunk's K issued before this one's softmax, its V before the next scores. Before pdl_wait: indices, sinks, the
-// RoPE sines and (fused) the cached K/V; after it: q, the own token's k/v, the math, then decode_merge_tail.
-template <int G, int HD>
-__global__ void __launch_bounds__(32 * kMmaWarps, 2) attn_decode_mma(AttentionCommon c, const int32_t* __restrict__ tokens,
+// RoPE sines and (fused) the cached K/V; after it: q, the own token's k/v, the math, then decode_merge_tail or,
+// CLUSTER (variant 3), decode_merge_cluster.
+template <int G, int HD, bool CLUSTER>
+__global__ void __launch_bounds__(32 * kMmaWarps, kMmaBlocksPerSm) attn_decode_mma(AttentionCommon c, const int32_t* __restrict__ tokens,
                                                                     int keys_per_split, int max_splits,
                                                                     float* __restrict__ ws, uint32_t* __restrict__ counters,
                                                                     const float* __restrict__ inv_freq, float attn_factor,
@@ -706,6 +774,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps, 2) attn_decode_mma(AttentionCo
   __shared__ __align__(16) float wo[NW][G][HD];
   __shared__ float wm[NW][G], wl[NW][G];
   __shared__ int is_last;
+  __shared__ float bm[G], bl[G];  // CLUSTER: the block's merged partial (max, sum) per head
   const int i = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, q4 = lane & 3;
@@ -716,10 +785,12 @@ __global__ void __launch_bounds__(32 * kMmaWarps, 2) attn_decode_mma(AttentionCo
   key_range(c.pos[t], c.window, &lo, &hi);
   const int nsplit = (hi - lo + keys_per_split) / keys_per_split;
   const int s_begin = lo + split * keys_per_split;
-  if (s_begin > hi) return;
-  const int s_end = min(hi + 1, s_begin + keys_per_split);
+  // A split past the token's keys: gone, except in a cluster, where it still meets the barriers with an empty part.
+  const bool empty = s_begin > hi;
+  if (!CLUSTER && empty) return;
+  const int s_end = empty ? s_begin : min(hi + 1, s_begin + keys_per_split);
   const bool fuse = inv_freq != nullptr;
-  const bool own = fuse && s_end == hi + 1;
+  const bool own = fuse && !empty && s_end == hi + 1;
   const int32_t* bt = c.block_tables + size_t(seq) * c.max_blocks_per_seq;
   const size_t kv_row = size_t(c.nkv) * HD;
   const uint16_t* kbase = c.k_cache + size_t(kvh) * HD;
@@ -937,8 +1008,11 @@ __global__ void __launch_bounds__(32 * kMmaWarps, 2) attn_decode_mma(AttentionCo
     }
   }
   __syncthreads();
-  decode_merge_tail<G, HD, NW, NT>(c, i, t, kvh, split, nsplit, max_splits, ws, counters, sink_first, wo, wm, wl,
-                                   is_last);
+  if constexpr (CLUSTER)
+    decode_merge_cluster<G, HD, NW>(c, t, kvh, wo, wm, wl, bm, bl);
+  else
+    decode_merge_tail<G, HD, NW, NT>(c, i, t, kvh, split, nsplit, max_splits, ws, counters, sink_first, wo, wm, wl,
+                                     is_last);
 }
 
 constexpr int KT = 32;
@@ -1138,19 +1212,26 @@ void attention_decode(const AttentionDecodeParams& p, cudaStream_t stream) {
   HM_REQUIRE(p.tokens && p.workspace && p.keys_per_split > 0 && p.keys_per_split % kDecodeChunk == 0,
              "attention_decode");
   HM_REQUIRE(p.max_splits >= 1 && p.max_splits <= 65535, "attention_decode");
-  HM_REQUIRE(p.variant >= 0 && p.variant <= 2, "attention_decode");
-  HM_REQUIRE(p.variant != 2 || p.c.D >= 32, "attention_decode (variant 2: head dim 32 or 64)");
+  HM_REQUIRE(p.variant >= 0 && p.variant <= 3, "attention_decode");
+  HM_REQUIRE(p.variant < 2 || p.c.D >= 32, "attention_decode (variants 2, 3: head dim 32 or 64)");
+  HM_REQUIRE(p.variant != 3 || p.max_splits <= kMaxClusterSplits, "attention_decode (variant 3: at most 8 splits)");
   HM_REQUIRE(!p.inv_freq || p.slot, "attention_decode (fused rope)");
   if (p.num_tokens == 0) return;
   const dim3 grid(p.num_tokens, p.c.nkv, p.max_splits);
   const int G = p.c.nq / p.c.nkv;
-  HM_REQUIRE(p.variant == 1 || p.max_splits == 1 || p.counters, "attention_decode (counters)");
-  if (p.variant == 2) {
+  HM_REQUIRE(p.variant == 1 || p.variant == 3 || p.max_splits == 1 || p.counters, "attention_decode (counters)");
+  if (p.variant >= 2) {
     auto go = [&](auto g, auto d) {
       constexpr int GG = decltype(g)::value, DD = decltype(d)::value;
-      if constexpr (DD >= 32)
-        launch(attn_decode_mma<GG, DD>, grid, dim3(32 * kMmaWarps), 0, stream, p.c.pdl, p.c, p.tokens,
-               p.keys_per_split, p.max_splits, p.workspace, p.counters, p.inv_freq, p.attn_factor, p.slot);
+      if constexpr (DD >= 32) {
+        if (p.variant == 3)
+          launch_clustered(attn_decode_mma<GG, DD, true>, grid, dim3(32 * kMmaWarps), 0, stream, p.c.pdl,
+                           unsigned(p.max_splits), p.c, p.tokens, p.keys_per_split, p.max_splits, p.workspace,
+                           p.counters, p.inv_freq, p.attn_factor, p.slot);
+        else
+          launch(attn_decode_mma<GG, DD, false>, grid, dim3(32 * kMmaWarps), 0, stream, p.c.pdl, p.c, p.tokens,
+                 p.keys_per_split, p.max_splits, p.workspace, p.counters, p.inv_freq, p.attn_factor, p.slot);
+      }
     };
     with_group_and_dim(G, p.c.D, go);
     return;

@@ -20,8 +20,8 @@
 //   attention_decode_rope  decode attention with RoPE + KV write fused in vs rope_kv_write + attention_decode:
 //                    outputs, caches and the untouched qkv rows (observed identical, nmse 0).
 //   attention_decode runs the merged kernel with 1, 2 and 4 head slices, the split + combine pair (variant 1) and
-//                    the tensor-core kernel (variant 2, head dims 32 and 64), checks the one-launch kernels leave
-//                    their arrival counters zero;
+//                    the tensor-core kernel (variant 2, head dims 32 and 64; variant 3 its cluster merge, up to 8
+//                    splits), checks the one-launch kernels leave their arrival counters zero;
 //                    batch 1 at contexts 1..32768 and ragged batches of 8 and 64 sequences, sliding and full.
 //   bench_attention_decode  HM_OP_BENCH=1 only: us per layer of the decode kernels (see above the case).
 //   narrow_logits    argmax / top-k ids exact against hm::narrow_logits_row (ties included), lse rel 1e-5.
@@ -666,14 +666,15 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
   struct Kernel {
     int variant, slices;
   };
-  for (const Kernel kn : {Kernel{0, 1}, Kernel{0, 2}, Kernel{0, 4}, Kernel{1, 1}, Kernel{2, 1}}) {
+  for (const Kernel kn : {Kernel{0, 1}, Kernel{0, 2}, Kernel{0, 4}, Kernel{1, 1}, Kernel{2, 1}, Kernel{3, 1}}) {
     const int variant = kn.variant;
-    if (variant == 2 && D < 32) continue;  // the tensor-core kernel takes head dims 32 and 64
+    if (variant >= 2 && D < 32) continue;  // the tensor-core kernels take head dims 32 and 64
     const int planned = cuda::attention_decode_keys_per_split(max_keys, T, nkv, 132, 1024, kn.slices > 1 ? 1 : 2);
     const int kps_cases[] = {cuda::attention_keys_per_split(max_keys, 1), cuda::attention_keys_per_split(max_keys, 7),
                              cuda::attention_keys_per_split(max_keys, 1024), planned};
     for (int k = 0; k < (variant == 1 ? 3 : 4); k++) {
       const int kps = kps_cases[k];
+      if (variant == 3 && (max_keys + kps - 1) / kps > 8) continue;  // one cluster: at most 8 splits
       cuda::AttentionDecodeParams p;
       p.c = c;
       p.tokens = dtoks.p;
@@ -692,6 +693,7 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
       const std::string ps = params + " splits=" + std::to_string(p.max_splits) +
                              (variant == 1   ? " (previous kernel)"
                               : variant == 2 ? " (mma)"
+                              : variant == 3 ? " (mma, cluster)"
                                              : " slices=" + std::to_string(kn.slices));
       out.push_back(nmse_result(ps, widen(o), want, 2e-5));
       dout.poison();
@@ -768,10 +770,11 @@ std::vector<Result> run_attention_rope(int nq, int nkv, int D, int window, const
   Dev<int32_t> dbt(f.bt), dseq(tok_seq), dpos(pos), dslot(slot), dtoks(toks);
   int max_keys = 1;
   for (int p : pos) max_keys = std::max(max_keys, window ? std::min(p + 1, window) : p + 1);
-  // merged with 1 (0), 2, 4 head slices; the previous pair (1); the tensor-core kernel (3, head dims 32 and 64)
-  for (int kn : {0, 2, 4, 1, 3}) for (int cap : {1, 7, 1024}) {
-    if (kn == 3 && D < 32) continue;
-    const int variant = kn == 1 ? 1 : kn == 3 ? 2 : 0;
+  // merged with 1 (0), 2, 4 head slices; the previous pair (1); the tensor-core kernel (3, head dims 32 and 64) and
+  // its cluster variant (5, up to 8 splits)
+  for (int kn : {0, 2, 4, 1, 3, 5}) for (int cap : {1, 7, 1024}) {
+    if (kn >= 3 && D < 32) continue;
+    const int variant = kn == 1 ? 1 : kn == 3 ? 2 : kn == 5 ? 3 : 0;
     Dev<uint16_t> k1(f.k16), v1(f.v16), k2(f.k16), v2(f.v16), o1(size_t(T) * nq * D), o2(size_t(T) * nq * D);
     o1.poison();
     o2.poison();
@@ -783,6 +786,7 @@ std::vector<Result> run_attention_rope(int nq, int nkv, int D, int window, const
     p.tokens = dtoks.p, p.num_tokens = T;
     p.keys_per_split = cuda::attention_keys_per_split(max_keys, cap);
     p.max_splits = (max_keys + p.keys_per_split - 1) / p.keys_per_split;
+    if (variant == 3 && p.max_splits > 8) continue;
     Dev<float> ws(cuda::attention_decode_workspace_floats(T, nq, D, p.max_splits));
     p.workspace = ws.p;
     Dev<uint32_t> counters(size_t(T) * nkv);
@@ -809,6 +813,7 @@ std::vector<Result> run_attention_rope(int nq, int nkv, int D, int window, const
                                " splits=" + std::to_string(p.max_splits) +
                                (variant == 1   ? " (previous kernel)"
                                 : variant == 2 ? " (mma)"
+                                : variant == 3 ? " (mma, cluster)"
                                                : " slices=" + std::to_string(p.head_slices));
     out.push_back(nmse_result(params + " out vs chain", widen(o2.get()), widen(o1.get()), 1e-8));
     out.push_back(nmse_result(params + " k cache vs chain", widen(k2.get()), widen(k1.get()), 1e-9));
@@ -854,7 +859,8 @@ HM_OP_TEST("attention_prefill", test_attention_prefill);
 // The split + combine pair (variant 1, with its split rule) against attn_decode_merged with 1 head slice (fill
 // rule at 2 blocks/SM, half and twice its splits, the pair's splits) and 2 or 4 head slices (fill rule at 1 block/SM;
 // 4: also half and twice), then the planner's choice (attention_decode_plan), then the tensor-core kernel (variant
-// 2: fill rule at 2 and 1 blocks/SM, twice the splits, 128 and 256 keys a split), and a summary, gpt-oss shape (64 q / 8 KV heads, D 64, fused RoPE + KV write as
+// 2: fill rule at 2 and 1 blocks/SM, twice the splits, 128 and 256 keys a split; variant 3, its splits one cluster:
+// 128 keys a split, 4 and 8 splits, where at most 8), and a summary, gpt-oss shape (64 q / 8 KV heads, D 64, fused RoPE + KV write as
 // on decode-only steps). Each row: a graph of 24 launches cycling over 8 layers' caches (the KV is read from HBM,
 // not L2), replayed 20 times; the median replay / 24 is the time per layer, without and with PDL between launches.
 // GB/s counts the K and V rows the layer must read.
@@ -988,6 +994,7 @@ std::vector<Result> bench_attention_decode() {
     float plan, best_old, best_mma;
     int mma_splits;
     double kv_bytes;
+    std::string mma_row;
   };
   std::vector<Summary> summary;
   for (const Case& cs : cases)
@@ -1022,28 +1029,33 @@ std::vector<Result> bench_attention_decode() {
           {"mma, 1/SM", 2, 1, planned4},
           {"mma, twice the splits", 2, 1, cuda::attention_keys_per_split(b.max_keys, splits * 2)},
           {"mma, 128 keys a split", 2, 1, 128},
-          {"mma, 256 keys a split", 2, 1, 256}};
+          {"mma, 256 keys a split", 2, 1, 256},
+          {"mma+cluster, 128 keys", 3, 1, 128},
+          {"mma+cluster, 4 splits", 3, 1, cuda::attention_keys_per_split(b.max_keys, 4)},
+          {"mma+cluster, 8 splits", 3, 1, cuda::attention_keys_per_split(b.max_keys, 8)}};
       float best_old = 1e30f, best_mma = 1e30f, plan_us = 0;
       int best_mma_splits = 0;
+      const char* best_mma_row = "";
       for (const Row& r : rows) {
         const int nsplits = (b.max_keys + r.kps - 1) / r.kps;
+        if (r.variant == 3 && nsplits > 8) continue;  // one cluster a (token, KV head)
         const float us = b.time_us(r.variant, r.slices, r.kps, false);
         const float us_pdl = b.time_us(r.variant, r.slices, r.kps, true);
         std::printf("%-30s %-25s %6d %9.2f %9.2f %9.0f\n", name.c_str(), r.kernel, nsplits, us, us_pdl,
                     b.kv_bytes / (us * 1e3));
-        if (r.variant == 2 && us_pdl < best_mma) best_mma = us_pdl, best_mma_splits = nsplits;
-        if (r.variant != 2) best_old = std::min(best_old, us_pdl);
+        if (r.variant >= 2 && us_pdl < best_mma) best_mma = us_pdl, best_mma_splits = nsplits, best_mma_row = r.kernel;
+        if (r.variant < 2) best_old = std::min(best_old, us_pdl);
         if (std::strcmp(r.kernel, "planner's choice") == 0) plan_us = us_pdl;
       }
-      summary.push_back({name, plan_us, best_old, best_mma, best_mma_splits, b.kv_bytes});
+      summary.push_back({name, plan_us, best_old, best_mma, best_mma_splits, b.kv_bytes, best_mma_row});
     }
   // One line per case (us per layer with PDL): the planner's choice today, the best of the previous kernels, the
   // best tensor-core row and its splits, and the KV rate of that row.
-  std::printf("-- summary (us per layer with PDL) --\n%-30s %9s %9s %9s %6s %9s\n", "batch / context", "planned",
-              "best old", "best mma", "splits", "mma GB/s");
+  std::printf("-- summary (us per layer with PDL) --\n%-30s %9s %9s %9s %6s %9s  %s\n", "batch / context", "planned",
+              "best old", "best mma", "splits", "mma GB/s", "best mma row");
   for (const Summary& x : summary)
-    std::printf("%-30s %9.2f %9.2f %9.2f %6d %9.0f\n", x.name.c_str(), x.plan, x.best_old, x.best_mma, x.mma_splits,
-                x.kv_bytes / (x.best_mma * 1e3));
+    std::printf("%-30s %9.2f %9.2f %9.2f %6d %9.0f  %s\n", x.name.c_str(), x.plan, x.best_old, x.best_mma,
+                x.mma_splits, x.kv_bytes / (x.best_mma * 1e3), x.mma_row.c_str());
   return {};
 }
 HM_OP_TEST("bench_attention_decode", bench_attention_decode);
