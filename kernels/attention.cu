@@ -1157,12 +1157,16 @@ int attention_decode_keys_per_split(int max_keys, int num_tokens, int nkv, int n
   return attention_keys_per_split(max_keys, std::max(1, std::min(fill, max_splits)));
 }
 
-AttentionDecodePlan attention_decode_plan(int max_keys, int num_tokens, int nq, int nkv, int num_sms,
+AttentionDecodePlan attention_decode_plan(int max_keys, int num_tokens, int nq, int nkv, int D, int num_sms,
                                           int max_splits) {
   AttentionDecodePlan p;
   if (num_tokens > kMergedMaxTokens) {  // the previous pair's rule: one split up to 128 keys, else the cap
     p.variant = 1;
     p.keys_per_split = max_keys <= 128 ? 128 : attention_keys_per_split(max_keys, max_splits);
+  } else if (D >= 32) {  // the tensor-core kernel: its fill rule, whole 128-key chunks a split (no idle warp)
+    p.variant = 2;
+    const int kps = attention_decode_keys_per_split(max_keys, num_tokens, nkv, num_sms, max_splits, kMmaBlocksPerSm);
+    p.keys_per_split = (kps + kMmaChunk - 1) / kMmaChunk * kMmaChunk;
   } else {
     p.head_slices = std::min(kDecodeHeadSlices, nq / std::max(1, nkv));
     p.keys_per_split = attention_decode_keys_per_split(max_keys, num_tokens, nkv, num_sms, max_splits,

@@ -1009,7 +1009,7 @@ std::vector<Result> bench_attention_decode() {
       const int splits = (b.max_keys + planned - 1) / planned;
       const int planned4 = cuda::attention_decode_keys_per_split(b.max_keys, b.T, b.nkv, sms, 1024, 1);
       const int splits4 = (b.max_keys + planned4 - 1) / planned4;
-      const cuda::AttentionDecodePlan plan = cuda::attention_decode_plan(b.max_keys, b.T, b.nq, b.nkv, sms, cap);
+      const cuda::AttentionDecodePlan plan = cuda::attention_decode_plan(b.max_keys, b.T, b.nq, b.nkv, b.D, sms, cap);
       struct Row {
         const char* kernel;
         int variant, slices, kps;
