@@ -602,6 +602,16 @@ struct CacheFixture {
   }
 };
 
+// A launch the device refuses (the launcher throws) fails its case instead of ending the table.
+Result launch_failure(const std::string& params, const char* what) {
+  Result r;
+  r.params = params + " launch: " + what;
+  r.metric = "launch";
+  r.error = 1;
+  r.tolerance = 0;
+  return r;
+}
+
 std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector<int>& ctx,
                                   const std::vector<int>& new_tokens, bool prefill, uint64_t seed, int D = 64) {
   // Sequence s has ctx[s] positions in total, the last new_tokens[s] of them are this step's query tokens.
@@ -688,13 +698,18 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
       p.workspace = ws.p;
       dout.poison();
       C_CHECK(cudaMemset(ws.p, 0xff, ws.n * sizeof(float)));
-      cuda::attention_decode(p, nullptr);
-      const auto o = dout.get();
       const std::string ps = params + " splits=" + std::to_string(p.max_splits) +
                              (variant == 1   ? " (previous kernel)"
                               : variant == 2 ? " (mma)"
                               : variant == 3 ? " (mma, cluster)"
                                              : " slices=" + std::to_string(kn.slices));
+      try {
+        cuda::attention_decode(p, nullptr);
+      } catch (const std::exception& e) {
+        out.push_back(launch_failure(ps, e.what()));
+        continue;
+      }
+      const auto o = dout.get();
       out.push_back(nmse_result(ps, widen(o), want, 2e-5));
       dout.poison();
       C_CHECK(cudaMemset(ws.p, 0, ws.n * sizeof(float)));
@@ -801,12 +816,21 @@ std::vector<Result> run_attention_rope(int nq, int nkv, int D, int window, const
     cuda::rope_kv_write(r, nullptr);
     cuda::AttentionDecodeParams a = p;
     a.c.q = dq_chain.p, a.c.k_cache = k1.p, a.c.v_cache = v1.p, a.c.out = o1.p;
-    cuda::attention_decode(a, nullptr);
+    std::string failed;
+    try {
+      cuda::attention_decode(a, nullptr);
+    } catch (const std::exception& e) {
+      failed = e.what();
+    }
     // fused
     cuda::AttentionDecodeParams b = p;
     b.c.q = dq_fused.p, b.c.k_cache = k2.p, b.c.v_cache = v2.p, b.c.out = o2.p;
     b.inv_freq = dinv.p, b.attn_factor = af, b.slot = dslot.p;
-    cuda::attention_decode(b, nullptr);
+    try {
+      if (failed.empty()) cuda::attention_decode(b, nullptr);
+    } catch (const std::exception& e) {
+      failed = e.what();
+    }
     const std::string params = "D=" + std::to_string(D) + " nq=" + std::to_string(nq) + " nkv=" +
                                std::to_string(nkv) + " W=" + std::to_string(window) + " ctx=" +
                                std::to_string(*std::max_element(ctx.begin(), ctx.end())) + " T=" + std::to_string(T) +
@@ -815,6 +839,10 @@ std::vector<Result> run_attention_rope(int nq, int nkv, int D, int window, const
                                 : variant == 2 ? " (mma)"
                                 : variant == 3 ? " (mma, cluster)"
                                                : " slices=" + std::to_string(p.head_slices));
+    if (!failed.empty()) {
+      out.push_back(launch_failure(params, failed.c_str()));
+      continue;
+    }
     out.push_back(nmse_result(params + " out vs chain", widen(o2.get()), widen(o1.get()), 1e-8));
     out.push_back(nmse_result(params + " k cache vs chain", widen(k2.get()), widen(k1.get()), 1e-9));
     out.push_back(nmse_result(params + " v cache vs chain", widen(v2.get()), widen(v1.get()), 0.0));
@@ -940,10 +968,17 @@ struct BenchDecode {
     cudaGraph_t g;
     cudaGraphExec_t ge;
     C_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < kLaunches; i++) {
-      cuda::AttentionDecodeParams p = params(variant, slices, kps, pdl);
-      p.c.k_cache = k[i % kLayers], p.c.v_cache = v[i % kLayers];
-      cuda::attention_decode(p, s);
+    try {
+      for (int i = 0; i < kLaunches; i++) {
+        cuda::AttentionDecodeParams p = params(variant, slices, kps, pdl);
+        p.c.k_cache = k[i % kLayers], p.c.v_cache = v[i % kLayers];
+        cuda::attention_decode(p, s);
+      }
+    } catch (...) {  // a refused launch: close the capture, the caller prints the row as failed
+      if (cudaStreamEndCapture(s, &g) == cudaSuccess && g) cudaGraphDestroy(g);
+      cudaGetLastError();
+      cudaStreamDestroy(s);
+      throw;
     }
     C_CHECK(cudaStreamEndCapture(s, &g));
     C_CHECK(cudaGraphInstantiate(&ge, g, 0));
@@ -1039,8 +1074,14 @@ std::vector<Result> bench_attention_decode() {
       for (const Row& r : rows) {
         const int nsplits = (b.max_keys + r.kps - 1) / r.kps;
         if (r.variant == 3 && nsplits > 8) continue;  // one cluster a (token, KV head)
-        const float us = b.time_us(r.variant, r.slices, r.kps, false);
-        const float us_pdl = b.time_us(r.variant, r.slices, r.kps, true);
+        float us = 0, us_pdl = 0;
+        try {
+          us = b.time_us(r.variant, r.slices, r.kps, false);
+          us_pdl = b.time_us(r.variant, r.slices, r.kps, true);
+        } catch (const std::exception& e) {
+          std::printf("%-30s %-25s %6d launch failed: %s\n", name.c_str(), r.kernel, nsplits, e.what());
+          continue;
+        }
         std::printf("%-30s %-25s %6d %9.2f %9.2f %9.0f\n", name.c_str(), r.kernel, nsplits, us, us_pdl,
                     b.kv_bytes / (us * 1e3));
         if (r.variant >= 2 && us_pdl < best_mma) best_mma = us_pdl, best_mma_splits = nsplits, best_mma_row = r.kernel;
