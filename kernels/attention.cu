@@ -13,6 +13,11 @@
 //                        With inv_freq (decode-only steps) it also does rope_kv_write's job: q rotated on load, the
 //                        token's own k/v row rotated, cached and staged by the split that holds its position.
 //   attn_decode_combine: grid (tokens, nq), D threads: merges the splits and the sink column, writes bf16.
+//   attn_decode_mma:     grid (tokens, nkv, splits), 8 warps (variant 2, head dims 32 and 64): the merged kernel's
+//                        protocol (one launch, last split merges; decode_merge_tail is shared) with the scores and
+//                        p * V on tensor cores, a 16-key tile per warp, fragments loaded straight from the cache.
+//                        Variant 3: the same with a token's splits (at most 8) as one thread block cluster, merged
+//                        through distributed shared memory (decode_merge_cluster).
 //   attn_prefill_tile:   (head dims 16 and 32, and the comparison kernel for attn_prefill_mma, which has its own
 //                        file) grid (tiles, nkv), 16 * G threads, one per (query token, head) row holding q, the output
 //                        accumulator and 32 scores in registers; K/V tiles of 32 keys in shared memory (fp32).
@@ -22,6 +27,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
+
+#include <cooperative_groups.h>
 
 #include "attention.h"
 #include "common.cuh"
@@ -272,6 +279,134 @@ __global__ void attn_decode_combine(AttentionCommon c, const int32_t* __restrict
     acc += o[(base + s) * HD + d] * w;
   }
   c.out[size_t(t) * nq * HD + h * HD + d] = __bfloat16_as_ushort(__float2bfloat16(acc / L));
+}
+
+// Output unit e (head e * 4 / HD, dims e * 4 % HD .. + 3) of a block's NW warp partials, merged in warp order.
+template <int G, int HD, int NW>
+__device__ __forceinline__ void merge_warps(int e, const float (&wo)[NW][G][HD], const float (&wm)[NW][G],
+                                            const float (&wl)[NW][G], float& M, float& L, float4& O) {
+  const int h = e * 4 / HD, d = e * 4 % HD;
+  M = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < NW; w++) M = fmaxf(M, wm[w][h]);
+  L = 0.f;
+  O = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+  for (int w = 0; w < NW; w++) {
+    const float wt = wm[w][h] == -INFINITY ? 0.f : __expf(wm[w][h] - M);
+    const float4 x = *reinterpret_cast<const float4*>(&wo[w][h][d]);
+    L += wl[w][h] * wt;
+    O.x += x.x * wt, O.y += x.y * wt, O.z += x.z * wt, O.w += x.w * wt;
+  }
+}
+
+// The end of a decode block: its NW warps' partials over their keys (wo, wm, wl) merged per output unit (G * HD / 4
+// float4 units, NT threads); a token's single split writes the output with the sink, otherwise the split writes its
+// partial and the last of the token's splits to arrive (counter) merges them all in split order, so the result
+// does not depend on arrival order. sink_first: the sink of unit tid's head (tid < units).
+template <int G, int HD, int NW, int NT>
+__device__ __forceinline__ void decode_merge_tail(const AttentionCommon& c, int i, int t, int kvh, int split, int nsplit,
+                                                  int max_splits, float* __restrict__ ws,
+                                                  uint32_t* __restrict__ counters, float sink_first,
+                                                  float (&wo)[NW][G][HD], float (&wm)[NW][G], float (&wl)[NW][G],
+                                                  int& is_last) {
+  constexpr int UNITS = G * HD / 4;
+  static_assert(NW >= 4, "the split merge reuses wo[sub] for up to 4 sub-ranges");
+  const int tid = threadIdx.x;
+  const size_t nq = size_t(c.nq);
+  float* wso = ws;
+  float* wsml = ws + size_t(gridDim.x) * nq * max_splits * HD;
+  uint16_t* out = c.out + size_t(t) * nq * HD + size_t(kvh) * G * HD;
+  auto store_out = [&](int e, float4 o, float scale) {
+    const __nv_bfloat162 a = __floats2bfloat162_rn(o.x * scale, o.y * scale);
+    const __nv_bfloat162 b = __floats2bfloat162_rn(o.z * scale, o.w * scale);
+    uint2 pk;
+    pk.x = *reinterpret_cast<const uint32_t*>(&a);
+    pk.y = *reinterpret_cast<const uint32_t*>(&b);
+    *reinterpret_cast<uint2*>(out + e * 4) = pk;
+  };
+  for (int e = tid; e < UNITS; e += blockDim.x) {
+    const int h = e * 4 / HD, d = e * 4 % HD;
+    float M, L;
+    float4 O;
+    merge_warps<G, HD, NW>(e, wo, wm, wl, M, L, O);
+    if (nsplit == 1) {  // the token's only split: fold in the sink and write the output
+      const float sink = e == tid ? sink_first : c.sinks[kvh * G + h];
+      const float M2 = fmaxf(M, sink);
+      const float w = __expf(M - M2);
+      store_out(e, O, w / (L * w + __expf(sink - M2)));
+    } else {  // partial layout: o [tokens, nq, max_splits, D], then ml [tokens, nq, max_splits, 2]
+      const size_t row = (size_t(i) * nq + kvh * G + h) * max_splits + split;
+      *reinterpret_cast<float4*>(wso + row * HD + d) = O;
+      if (d == 0) {
+        wsml[row * 2] = M;
+        wsml[row * 2 + 1] = L;
+      }
+    }
+  }
+  if (nsplit == 1) return;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    uint32_t* ctr = counters + size_t(i) * c.nkv + kvh;
+    is_last = atomicAdd(ctr, 1u) == uint32_t(nsplit - 1);
+    if (is_last) *ctr = 0;  // every split has arrived: ready for the next launch
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  // The last split merges all of the token's splits with the sink (L2 reads: other blocks wrote them). With threads
+  // to spare (head slices), SUBS threads per output unit each merge a contiguous range of splits and the first
+  // merges their results in order, so the order never depends on arrival.
+  constexpr int SUBS = NT / UNITS >= 4 ? 4 : NT / UNITS >= 2 ? 2 : 1;
+  for (int x = tid; x < UNITS * SUBS; x += NT) {
+    const int e = x % UNITS, sub = x / UNITS;
+    const int h = e * 4 / HD, d = e * 4 % HD;
+    const size_t base = (size_t(i) * nq + kvh * G + h) * max_splits;
+    const int sa = sub * nsplit / SUBS, sb = (sub + 1) * nsplit / SUBS;
+    float M = -INFINITY;
+    for (int s = sa; s < sb; s++) M = fmaxf(M, __ldcg(wsml + (base + s) * 2));
+    float L = 0.f;
+    float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+    for (int s = sa; s < sb; s++) {
+      const float2 ml = __ldcg(reinterpret_cast<const float2*>(wsml + (base + s) * 2));
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(wso + (base + s) * HD + d));
+      const float w = __expf(ml.x - M);
+      L += ml.y * w;
+      O.x += v.x * w, O.y += v.y * w, O.z += v.z * w, O.w += v.w * w;
+    }
+    if (SUBS == 1) {
+      const float sink = e == tid ? sink_first : c.sinks[kvh * G + h];
+      const float M2 = fmaxf(M, sink);
+      const float w = __expf(M - M2);
+      store_out(e, O, w / (L * w + __expf(sink - M2)));
+    } else {
+      *reinterpret_cast<float4*>(&wo[sub][h][d]) = O;
+      if (d == 0) {
+        wm[sub][h] = M;
+        wl[sub][h] = L;
+      }
+    }
+  }
+  if (SUBS == 1) return;
+  __syncthreads();
+  if (tid < UNITS) {
+    const int h = tid * 4 / HD, d = tid * 4 % HD;
+    float M = sink_first;
+#pragma unroll
+    for (int sub = 0; sub < SUBS; sub++) M = fmaxf(M, wm[sub][h]);
+    float L = __expf(sink_first - M);
+    float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int sub = 0; sub < SUBS; sub++) {
+      const float w = __expf(wm[sub][h] - M);  // an empty range: -inf, weight 0
+      const float4 v = *reinterpret_cast<const float4*>(&wo[sub][h][d]);
+      L += wl[sub][h] * w;
+      O.x += v.x * w, O.y += v.y * w, O.z += v.z * w, O.w += v.w * w;
+    }
+    store_out(tid, O, 1.f / L);
+  }
 }
 
 // Decode attention in one launch. Block = 4 * HS warps over one (token, KV head, split): warp w takes key quarter
@@ -535,110 +670,352 @@ __global__ void __launch_bounds__(128 * HS) attn_decode_merged(AttentionCommon c
     }
   }
   __syncthreads();
-  const size_t nq = size_t(c.nq);
-  float* wso = ws;
-  float* wsml = ws + size_t(gridDim.x) * nq * max_splits * HD;
-  uint16_t* out = c.out + size_t(t) * nq * HD + size_t(kvh) * G * HD;
-  auto store_out = [&](int e, float4 o, float scale) {
-    const __nv_bfloat162 a = __floats2bfloat162_rn(o.x * scale, o.y * scale);
-    const __nv_bfloat162 b = __floats2bfloat162_rn(o.z * scale, o.w * scale);
+  decode_merge_tail<G, HD, 4, 128 * HS>(c, i, t, kvh, split, nsplit, max_splits, ws, counters, sink_first, wo, wm, wl,
+                                        is_last);
+}
+
+// The split merge inside a thread block cluster (variant 3: a (token, KV head)'s splits are one cluster along z, at
+// most 8): each block merges its warps per unit into its own shared memory (wo[0], bm, bl); after a cluster barrier
+// block r merges units r, r + S, ... over the S blocks' partials in rank (= split) order through distributed shared
+// memory, with the sink; a second barrier keeps every block's partials alive until they are read. No workspace,
+// counter, fence or global round trip.
+template <int G, int HD, int NW>
+__device__ __forceinline__ void decode_merge_cluster(const AttentionCommon& c, int t, int kvh, float (&wo)[NW][G][HD],
+                                                     float (&wm)[NW][G], float (&wl)[NW][G], float (&bm)[G],
+                                                     float (&bl)[G]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int UNITS = G * HD / 4;
+  const cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+  const int tid = threadIdx.x;
+  for (int e = tid; e < UNITS; e += blockDim.x) {
+    const int h = e * 4 / HD, d = e * 4 % HD;
+    float M, L;
+    float4 O;
+    merge_warps<G, HD, NW>(e, wo, wm, wl, M, L, O);
+    *reinterpret_cast<float4*>(&wo[0][h][d]) = O;  // unit e of wo[0] is this thread's alone
+    if (d == 0) bm[h] = M, bl[h] = L;
+  }
+  cluster.sync();
+  const int S = int(cluster.num_blocks()), r = int(cluster.block_rank());
+  uint16_t* out = c.out + size_t(t) * c.nq * HD + size_t(kvh) * G * HD;
+  for (int e = r + S * tid; e < UNITS; e += S * int(blockDim.x)) {
+    const int h = e * 4 / HD, d = e * 4 % HD;
+    const float sink = c.sinks[kvh * G + h];
+    float M = sink;
+    for (int s = 0; s < S; s++) M = fmaxf(M, cluster.map_shared_rank(&bm[0], s)[h]);
+    float L = __expf(sink - M);
+    float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int s = 0; s < S; s++) {
+      const float w = __expf(cluster.map_shared_rank(&bm[0], s)[h] - M);  // a split without keys: -inf, weight 0
+      const float4 v = *reinterpret_cast<const float4*>(cluster.map_shared_rank(&wo[0][h][d], s));
+      L += cluster.map_shared_rank(&bl[0], s)[h] * w;
+      O.x += v.x * w, O.y += v.y * w, O.z += v.z * w, O.w += v.w * w;
+    }
+    const float inv = 1.f / L;
+    const __nv_bfloat162 a = __floats2bfloat162_rn(O.x * inv, O.y * inv);
+    const __nv_bfloat162 b = __floats2bfloat162_rn(O.z * inv, O.w * inv);
     uint2 pk;
     pk.x = *reinterpret_cast<const uint32_t*>(&a);
     pk.y = *reinterpret_cast<const uint32_t*>(&b);
     *reinterpret_cast<uint2*>(out + e * 4) = pk;
+  }
+  cluster.sync();
+#else
+  __trap();  // clusters need sm_90; the launcher never takes variant 3 elsewhere
+#endif
+}
+
+// mma.sync m16n8k16, bf16 operands, fp32 accumulators: d += a * b (fragment layouts as in the PTX ISA).
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats as a bf16 pair (the first in the low half) and the bf16 pair of what that leaves: hi + lo keeps about
+// 16 bits of each, so an fp32 operand enters the mma as two bf16 ones and the products stay fp32-grade.
+__device__ __forceinline__ void split_bf16x2(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+  const float2 hf = __bfloat1622float2(h);
+  const __nv_bfloat162 l = __floats2bfloat162_rn(x0 - hf.x, x1 - hf.y);
+  hi = *reinterpret_cast<const uint32_t*>(&h);
+  lo = *reinterpret_cast<const uint32_t*>(&l);
+}
+
+constexpr int kMmaWarps = 8;               // warps of attn_decode_mma
+constexpr int kMmaChunk = 16 * kMmaWarps;  // keys a block takes per iteration: a 16-key tile per warp
+constexpr int kMmaBlocksPerSm = 2;         // resident per SM at 128 registers (__launch_bounds__ below)
+constexpr int kMaxClusterSplits = 8;       // variant 3: the splits of a (token, KV head) in one portable cluster
+
+// Decode attention on tensor cores (AttentionDecodeParams::variant 2), grid (tokens, nkv, splits), 8 warps. The
+// G <= 16 heads of a KV head are the 16 rows of the mma (rows past G zero), so a warp's 16-key tile is S = Q K^T as
+// 2 n-tiles x HD/16 k-steps and O += P V as HD/8 n-tiles x 1 k-step, with q and p entering as bf16 hi + lo (two
+// mmas each, fp32-grade: K and V are bf16 already). No operand goes through shared memory: the contraction and
+// output orders are free, so a thread loads exactly its fragments. Scores: thread (g, q4) = (lane / 4, lane % 4)
+// holds the K row of key 8 n + g, dims of chunks q4 and q4 + 4 (16-byte loads; q in the same dim order).
+// P V: output column g of n-tile j is dim g * HD/8 + j, so the thread loads one 16-byte V chunk (dims
+// g * HD/8 ...) of each of its keys 2 q4, 2 q4 + 1, 8 + 2 q4, 9 + 2 q4 and pairs their halves by byte_perm. Online
+// softmax per row (head) over the 4 lanes of a row group; warp w takes tile w of each 128-key chunk, its next
+// chunk's K issued before this one's softmax, its V before the next scores. Before pdl_wait: indices, sinks, the
+// RoPE sines and (fused) the cached K/V; after it: q, the own token's k/v, the math, then decode_merge_tail or,
+// CLUSTER (variant 3), decode_merge_cluster.
+template <int G, int HD, bool CLUSTER>
+__global__ void __launch_bounds__(32 * kMmaWarps, kMmaBlocksPerSm) attn_decode_mma(AttentionCommon c, const int32_t* __restrict__ tokens,
+                                                                    int keys_per_split, int max_splits,
+                                                                    float* __restrict__ ws, uint32_t* __restrict__ counters,
+                                                                    const float* __restrict__ inv_freq, float attn_factor,
+                                                                    const int32_t* __restrict__ slot) {
+  static_assert(G <= 16 && (HD == 32 || HD == 64), "attn_decode_mma: G <= 16, HD 32 or 64");
+  constexpr int NW = kMmaWarps, NT = 32 * NW;
+  constexpr int HALF = HD / 2;
+  constexpr int KS = HD / 16;  // k-steps of the scores
+  constexpr int KW = HD / 8;   // 32-bit K words a thread holds per key row (dims of chunks q4, q4 + 4)
+  constexpr int NJ = HD / 8;   // n-tiles of P V
+  constexpr int VW = NJ / 2;   // 32-bit V words a thread holds per key (NJ dims)
+  constexpr int UNITS = G * HD / 4;
+  __shared__ __align__(16) uint16_t k_own[HD], v_own[HD];
+  __shared__ __align__(16) float wo[NW][G][HD];
+  __shared__ float wm[NW][G], wl[NW][G];
+  __shared__ int is_last;
+  __shared__ float bm[G], bl[G];  // CLUSTER: the block's merged partial (max, sum) per head
+  const int i = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, q4 = lane & 3;
+  const float sink_first = tid < UNITS ? c.sinks[kvh * G + tid * 4 / HD] : 0.f;
+  const int t = tokens[i];
+  const int seq = c.tok_seq[t];
+  int lo, hi;
+  key_range(c.pos[t], c.window, &lo, &hi);
+  const int nsplit = (hi - lo + keys_per_split) / keys_per_split;
+  const int s_begin = lo + split * keys_per_split;
+  // A split past the token's keys: gone, except in a cluster, where it still meets the barriers with an empty part.
+  const bool empty = s_begin > hi;
+  if (!CLUSTER && empty) return;
+  const int s_end = empty ? s_begin : min(hi + 1, s_begin + keys_per_split);
+  const bool fuse = inv_freq != nullptr;
+  const bool own = fuse && !empty && s_end == hi + 1;
+  const int32_t* bt = c.block_tables + size_t(seq) * c.max_blocks_per_seq;
+  const size_t kv_row = size_t(c.nkv) * HD;
+  const uint16_t* kbase = c.k_cache + size_t(kvh) * HD;
+  const uint16_t* vbase = c.v_cache + size_t(kvh) * HD;
+  // Keys of the thread in the chunk at c0 (tile base b = c0 + 16 warp): K rows b + 8 n + g (n = 0, 1), V rows
+  // b + vkey(u) (u = 0..3); past s_end: zeros (their scores are masked).
+  auto vkey = [&](int u) { return (u >> 1) * 8 + 2 * q4 + (u & 1); };
+  auto slot_at = [&](int j) { return j < s_end ? bt[j / c.block_size] * c.block_size + j % c.block_size : -1; };
+  uint32_t kr[2][KW], vr[4][VW];
+  auto load_k = [&](int c0) {
+#pragma unroll
+    for (int n = 0; n < 2; n++) {
+      const int sl = slot_at(c0 + 16 * warp + 8 * n + g);
+#pragma unroll
+      for (int v = 0; v < KW / 4; v++) {
+        const uint4 x = sl >= 0 ? __ldg(reinterpret_cast<const uint4*>(kbase + size_t(sl) * kv_row + 8 * (q4 + 4 * v)))
+                                : make_uint4(0, 0, 0, 0);
+        kr[n][4 * v] = x.x, kr[n][4 * v + 1] = x.y, kr[n][4 * v + 2] = x.z, kr[n][4 * v + 3] = x.w;
+      }
+    }
   };
-  for (int e = tid; e < UNITS; e += blockDim.x) {
-    const int h = e * 4 / HD, d = e * 4 % HD;
-    float M = -INFINITY;
+  auto load_v = [&](int c0) {
 #pragma unroll
-    for (int w = 0; w < 4; w++) M = fmaxf(M, wm[w][h]);
-    float L = 0.f;
-    float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-    for (int w = 0; w < 4; w++) {
-      const float wt = wm[w][h] == -INFINITY ? 0.f : __expf(wm[w][h] - M);
-      const float4 x = *reinterpret_cast<const float4*>(&wo[w][h][d]);
-      L += wl[w][h] * wt;
-      O.x += x.x * wt, O.y += x.y * wt, O.z += x.z * wt, O.w += x.w * wt;
-    }
-    if (nsplit == 1) {  // the token's only split: fold in the sink and write the output
-      const float sink = e == tid ? sink_first : c.sinks[kvh * G + h];
-      const float M2 = fmaxf(M, sink);
-      const float w = __expf(M - M2);
-      store_out(e, O, w / (L * w + __expf(sink - M2)));
-    } else {  // partial layout: o [tokens, nq, max_splits, D], then ml [tokens, nq, max_splits, 2]
-      const size_t row = (size_t(i) * nq + kvh * G + h) * max_splits + split;
-      *reinterpret_cast<float4*>(wso + row * HD + d) = O;
-      if (d == 0) {
-        wsml[row * 2] = M;
-        wsml[row * 2 + 1] = L;
+    for (int u = 0; u < 4; u++) {
+      const int sl = slot_at(c0 + 16 * warp + vkey(u));
+      const uint16_t* src = vbase + size_t(sl) * kv_row + g * NJ;
+      if constexpr (VW == 4) {
+        const uint4 x = sl >= 0 ? __ldg(reinterpret_cast<const uint4*>(src)) : make_uint4(0, 0, 0, 0);
+        vr[u][0] = x.x, vr[u][1] = x.y, vr[u][2] = x.z, vr[u][3] = x.w;
+      } else {
+        const uint2 x = sl >= 0 ? __ldg(reinterpret_cast<const uint2*>(src)) : make_uint2(0, 0);
+        vr[u][0] = x.x, vr[u][1] = x.y;
       }
     }
-  }
-  if (nsplit == 1) return;
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) {
-    uint32_t* ctr = counters + size_t(i) * c.nkv + kvh;
-    is_last = atomicAdd(ctr, 1u) == uint32_t(nsplit - 1);
-    if (is_last) *ctr = 0;  // every split has arrived: ready for the next launch
-  }
-  __syncthreads();
-  if (!is_last) return;
-  __threadfence();
-  // The last split merges all of the token's splits with the sink (L2 reads: other blocks wrote them). With threads
-  // to spare (head slices), SUBS threads per output unit each merge a contiguous range of splits and the first
-  // merges their results in order, so the order never depends on arrival.
-  constexpr int NT = 128 * HS;
-  constexpr int SUBS = NT / UNITS >= 4 ? 4 : NT / UNITS >= 2 ? 2 : 1;
-  for (int x = tid; x < UNITS * SUBS; x += NT) {
-    const int e = x % UNITS, sub = x / UNITS;
-    const int h = e * 4 / HD, d = e * 4 % HD;
-    const size_t base = (size_t(i) * nq + kvh * G + h) * max_splits;
-    const int sa = sub * nsplit / SUBS, sb = (sub + 1) * nsplit / SUBS;
-    float M = -INFINITY;
-    for (int s = sa; s < sb; s++) M = fmaxf(M, __ldcg(wsml + (base + s) * 2));
-    float L = 0.f;
-    float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 4
-    for (int s = sa; s < sb; s++) {
-      const float2 ml = __ldcg(reinterpret_cast<const float2*>(wsml + (base + s) * 2));
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(wso + (base + s) * HD + d));
-      const float w = __expf(ml.x - M);
-      L += ml.y * w;
-      O.x += v.x * w, O.y += v.y * w, O.z += v.z * w, O.w += v.w * w;
+  };
+  // RoPE (fused): the thread's q dims are chunks q4 (+ 4): frequencies f0 + e with one f0 for both chunks; the own
+  // k head's thread tid < HD needs frequency tid % HALF. The same expressions as rope_kv_write.
+  const float p = float(hi);
+  const int f0 = (8 * q4) % HALF;
+  float cs[8], sn[8], cs_k = 0.f, sn_k = 0.f;
+  if (fuse) {
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+      sincosf(p * inv_freq[f0 + e], &sn[e], &cs[e]);
+      cs[e] *= attn_factor;
+      sn[e] *= attn_factor;
     }
-    if (SUBS == 1) {
-      const float sink = e == tid ? sink_first : c.sinks[kvh * G + h];
-      const float M2 = fmaxf(M, sink);
-      const float w = __expf(M - M2);
-      store_out(e, O, w / (L * w + __expf(sink - M2)));
-    } else {
-      *reinterpret_cast<float4*>(&wo[sub][h][d]) = O;
-      if (d == 0) {
-        wm[sub][h] = M;
-        wl[sub][h] = L;
+    if (own && tid < HD) {
+      sincosf(p * inv_freq[tid % HALF], &sn_k, &cs_k);
+      cs_k *= attn_factor;
+      sn_k *= attn_factor;
+    }
+    load_k(s_begin);
+    load_v(s_begin);
+  }
+  pdl_wait();
+  pdl_trigger();
+  if (!fuse) {
+    load_k(s_begin);
+    load_v(s_begin);
+  }
+
+  // q as the A fragments: rows g and g + 8 (heads kvh * G + row; zero past G), the K words' dims, scaled.
+  const float* qrow = c.q + size_t(t) * c.ldq;
+  uint32_t qh[2][KW], ql[2][KW];
+#pragma unroll
+  for (int rr = 0; rr < 2; rr++) {
+    const int h = g + 8 * rr;
+#pragma unroll
+    for (int v = 0; v < KW / 4; v++) {
+      const int ch = q4 + 4 * v;
+      float x[8];
+      if (h < G) {
+        const float* qh_ = qrow + (kvh * G + h) * HD;
+        if (fuse) {
+          const bool lo_half = 8 * ch < HALF;
+          const float4 a0 = *reinterpret_cast<const float4*>(qh_ + f0), a1 = *reinterpret_cast<const float4*>(qh_ + f0 + 4);
+          const float4 b0 = *reinterpret_cast<const float4*>(qh_ + f0 + HALF);
+          const float4 b1 = *reinterpret_cast<const float4*>(qh_ + f0 + HALF + 4);
+          const float x1[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+          const float x2[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+          for (int e = 0; e < 8; e++)
+            x[e] = (lo_half ? x1[e] * cs[e] - x2[e] * sn[e] : x2[e] * cs[e] + x1[e] * sn[e]) * c.scale;
+        } else {
+          const float4 a = *reinterpret_cast<const float4*>(qh_ + 8 * ch);
+          const float4 b = *reinterpret_cast<const float4*>(qh_ + 8 * ch + 4);
+          x[0] = a.x * c.scale, x[1] = a.y * c.scale, x[2] = a.z * c.scale, x[3] = a.w * c.scale;
+          x[4] = b.x * c.scale, x[5] = b.y * c.scale, x[6] = b.z * c.scale, x[7] = b.w * c.scale;
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; e++) x[e] = 0.f;
+      }
+#pragma unroll
+      for (int w = 0; w < 4; w++) split_bf16x2(x[2 * w], x[2 * w + 1], qh[rr][4 * v + w], ql[rr][4 * v + w]);
+    }
+  }
+  // Fused rope: the split holding the token's own position rotates its k head and writes k and v to the cache slot;
+  // the threads holding that key take them from shared memory (the cache rows they loaded are stale).
+  if (own) {
+    if (tid < HD) {
+      const float* kh = qrow + size_t(c.nq + kvh) * HD;
+      const float* vh = qrow + size_t(c.nq + c.nkv + kvh) * HD;
+      const int f = tid % HALF;
+      const float x1 = kh[f], x2 = kh[f + HALF];
+      const float kr0 = tid < HALF ? x1 * cs_k - x2 * sn_k : x2 * cs_k + x1 * sn_k;
+      const uint16_t kb = __bfloat16_as_ushort(__float2bfloat16(kr0));
+      const uint16_t vb = __bfloat16_as_ushort(__float2bfloat16(vh[tid]));
+      k_own[tid] = kb;
+      v_own[tid] = vb;
+      const int s = slot[t];
+      if (s >= 0) {
+        const size_t off = (size_t(s) * c.nkv + kvh) * HD + tid;
+        const_cast<uint16_t*>(c.k_cache)[off] = kb;
+        const_cast<uint16_t*>(c.v_cache)[off] = vb;
       }
     }
+    __syncthreads();
   }
-  if (SUBS == 1) return;
-  __syncthreads();
-  if (tid < UNITS) {
-    const int h = tid * 4 / HD, d = tid * 4 % HD;
-    float M = sink_first;
+
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, acc[NJ][4];
 #pragma unroll
-    for (int sub = 0; sub < SUBS; sub++) M = fmaxf(M, wm[sub][h]);
-    float L = __expf(sink_first - M);
-    float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int j = 0; j < NJ; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  for (int c0 = s_begin; c0 < s_end; c0 += kMmaChunk) {
+    const bool more = c0 + kMmaChunk < s_end;
+    const int b = c0 + 16 * warp;
+    if (own) {
 #pragma unroll
-    for (int sub = 0; sub < SUBS; sub++) {
-      const float w = __expf(wm[sub][h] - M);  // an empty range: -inf, weight 0
-      const float4 v = *reinterpret_cast<const float4*>(&wo[sub][h][d]);
-      L += wl[sub][h] * w;
-      O.x += v.x * w, O.y += v.y * w, O.z += v.z * w, O.w += v.w * w;
+      for (int n = 0; n < 2; n++)
+        if (b + 8 * n + g == hi) {
+#pragma unroll
+          for (int v = 0; v < KW / 4; v++) {
+            const uint4 x = *reinterpret_cast<const uint4*>(&k_own[8 * (q4 + 4 * v)]);
+            kr[n][4 * v] = x.x, kr[n][4 * v + 1] = x.y, kr[n][4 * v + 2] = x.z, kr[n][4 * v + 3] = x.w;
+          }
+        }
+#pragma unroll
+      for (int u = 0; u < 4; u++)
+        if (b + vkey(u) == hi) {
+#pragma unroll
+          for (int w = 0; w < VW; w++) vr[u][w] = *reinterpret_cast<const uint32_t*>(&v_own[g * NJ + 2 * w]);
+        }
     }
-    store_out(tid, O, 1.f / L);
+    // S = Q K^T: s[n] = rows g, g + 8 x keys b + 8 n + 2 q4 (+1).
+    float s[2][4];
+#pragma unroll
+    for (int n = 0; n < 2; n++) {
+      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+      for (int k = 0; k < KS; k++) {
+        const uint32_t ah[4] = {qh[0][2 * k], qh[1][2 * k], qh[0][2 * k + 1], qh[1][2 * k + 1]};
+        const uint32_t al[4] = {ql[0][2 * k], ql[1][2 * k], ql[0][2 * k + 1], ql[1][2 * k + 1]};
+        mma_bf16_16816(s[n], ah, kr[n][2 * k], kr[n][2 * k + 1]);
+        mma_bf16_16816(s[n], al, kr[n][2 * k], kr[n][2 * k + 1]);
+      }
+    }
+    if (more) load_k(c0 + kMmaChunk);
+    // Online softmax per row over the row group's 4 lanes (16 keys).
+#pragma unroll
+    for (int n = 0; n < 2; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++)
+        if (b + 8 * n + 2 * q4 + (e & 1) >= s_end) s[n][e] = -INFINITY;
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+      float mx = fmaxf(fmaxf(s[0][2 * rr], s[0][2 * rr + 1]), fmaxf(s[1][2 * rr], s[1][2 * rr + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float mn = fmaxf(m[rr], mx);
+      const bool none = mn == -INFINITY;  // no key of the row so far
+      const float al = none ? 1.f : __expf(m[rr] - mn);
+      float sum = 0.f;
+#pragma unroll
+      for (int n = 0; n < 2; n++)
+#pragma unroll
+        for (int e = 2 * rr; e < 2 * rr + 2; e++) {
+          s[n][e] = none ? 0.f : __expf(s[n][e] - mn);
+          sum += s[n][e];
+        }
+      l[rr] = l[rr] * al + sum;
+      m[rr] = mn;
+#pragma unroll
+      for (int j = 0; j < NJ; j++) acc[j][2 * rr] *= al, acc[j][2 * rr + 1] *= al;
+    }
+    // O += P V: P's A fragment is the two score tiles' accumulators (rows g, g + 8; keys 2 q4.., 8 + 2 q4..).
+    uint32_t ph[4], pl[4];
+    split_bf16x2(s[0][0], s[0][1], ph[0], pl[0]);
+    split_bf16x2(s[0][2], s[0][3], ph[1], pl[1]);
+    split_bf16x2(s[1][0], s[1][1], ph[2], pl[2]);
+    split_bf16x2(s[1][2], s[1][3], ph[3], pl[3]);
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+      const uint32_t sel = (j & 1) ? 0x7632u : 0x5410u;
+      const uint32_t b0 = __byte_perm(vr[0][j >> 1], vr[1][j >> 1], sel);
+      const uint32_t b1 = __byte_perm(vr[2][j >> 1], vr[3][j >> 1], sel);
+      mma_bf16_16816(acc[j], ph, b0, b1);
+      mma_bf16_16816(acc[j], pl, b0, b1);
+    }
+    if (more) load_v(c0 + kMmaChunk);
   }
+  // The warp's partial: row sums over the row group, then acc[j][2 rr + x] is head g + 8 rr, dim (2 q4 + x) NJ + j.
+#pragma unroll
+  for (int rr = 0; rr < 2; rr++) {
+    l[rr] += __shfl_xor_sync(0xffffffffu, l[rr], 1);
+    l[rr] += __shfl_xor_sync(0xffffffffu, l[rr], 2);
+    const int h = g + 8 * rr;
+    if (h < G) {
+#pragma unroll
+      for (int j = 0; j < NJ; j++) {
+        wo[warp][h][2 * q4 * NJ + j] = acc[j][2 * rr];
+        wo[warp][h][(2 * q4 + 1) * NJ + j] = acc[j][2 * rr + 1];
+      }
+      if (q4 == 0) wm[warp][h] = m[rr], wl[warp][h] = l[rr];
+    }
+  }
+  __syncthreads();
+  if constexpr (CLUSTER)
+    decode_merge_cluster<G, HD, NW>(c, t, kvh, wo, wm, wl, bm, bl);
+  else
+    decode_merge_tail<G, HD, NW, NT>(c, i, t, kvh, split, nsplit, max_splits, ws, counters, sink_first, wo, wm, wl,
+                                     is_last);
 }
 
 constexpr int KT = 32;
@@ -783,12 +1160,16 @@ int attention_decode_keys_per_split(int max_keys, int num_tokens, int nkv, int n
   return attention_keys_per_split(max_keys, std::max(1, std::min(fill, max_splits)));
 }
 
-AttentionDecodePlan attention_decode_plan(int max_keys, int num_tokens, int nq, int nkv, int num_sms,
+AttentionDecodePlan attention_decode_plan(int max_keys, int num_tokens, int nq, int nkv, int D, int num_sms,
                                           int max_splits) {
   AttentionDecodePlan p;
   if (num_tokens > kMergedMaxTokens) {  // the previous pair's rule: one split up to 128 keys, else the cap
     p.variant = 1;
     p.keys_per_split = max_keys <= 128 ? 128 : attention_keys_per_split(max_keys, max_splits);
+  } else if (D >= 32) {  // the tensor-core kernel: its fill rule, whole 128-key chunks a split (no idle warp)
+    p.variant = 2;
+    const int kps = attention_decode_keys_per_split(max_keys, num_tokens, nkv, num_sms, max_splits, kMmaBlocksPerSm);
+    p.keys_per_split = (kps + kMmaChunk - 1) / kMmaChunk * kMmaChunk;
   } else {
     p.head_slices = std::min(kDecodeHeadSlices, nq / std::max(1, nkv));
     p.keys_per_split = attention_decode_keys_per_split(max_keys, num_tokens, nkv, num_sms, max_splits,
@@ -816,18 +1197,53 @@ AttentionDecodePlan attention_decode_plan(int max_keys, int num_tokens, int nq, 
     }                                                                                    \
   } while (0)
 
+// Calls f(G, D) with both as integral constants (GQA groups 1, 2, 4, 8, 16; head dims 16, 32, 64).
+template <class F>
+void with_group_and_dim(int G, int D, F&& f) {
+  auto by_d = [&](auto g) {
+    if (D == 16) f(g, std::integral_constant<int, 16>{});
+    else if (D == 32) f(g, std::integral_constant<int, 32>{});
+    else f(g, std::integral_constant<int, 64>{});
+  };
+  switch (G) {
+    case 1: by_d(std::integral_constant<int, 1>{}); break;
+    case 2: by_d(std::integral_constant<int, 2>{}); break;
+    case 4: by_d(std::integral_constant<int, 4>{}); break;
+    case 8: by_d(std::integral_constant<int, 8>{}); break;
+    default: by_d(std::integral_constant<int, 16>{}); break;
+  }
+}
+
 void attention_decode(const AttentionDecodeParams& p, cudaStream_t stream) {
   check_common(p.c, "attention_decode");
   HM_REQUIRE(p.tokens && p.workspace && p.keys_per_split > 0 && p.keys_per_split % kDecodeChunk == 0,
              "attention_decode");
   HM_REQUIRE(p.max_splits >= 1 && p.max_splits <= 65535, "attention_decode");
-  HM_REQUIRE(p.variant == 0 || p.variant == 1, "attention_decode");
+  HM_REQUIRE(p.variant >= 0 && p.variant <= 3, "attention_decode");
+  HM_REQUIRE(p.variant < 2 || p.c.D >= 32, "attention_decode (variants 2, 3: head dim 32 or 64)");
+  HM_REQUIRE(p.variant != 3 || p.max_splits <= kMaxClusterSplits, "attention_decode (variant 3: at most 8 splits)");
   HM_REQUIRE(!p.inv_freq || p.slot, "attention_decode (fused rope)");
   if (p.num_tokens == 0) return;
   const dim3 grid(p.num_tokens, p.c.nkv, p.max_splits);
   const int G = p.c.nq / p.c.nkv;
+  HM_REQUIRE(p.variant == 1 || p.variant == 3 || p.max_splits == 1 || p.counters, "attention_decode (counters)");
+  if (p.variant >= 2) {
+    auto go = [&](auto g, auto d) {
+      constexpr int GG = decltype(g)::value, DD = decltype(d)::value;
+      if constexpr (DD >= 32) {
+        if (p.variant == 3)
+          launch_clustered(attn_decode_mma<GG, DD, true>, grid, dim3(32 * kMmaWarps), 0, stream, p.c.pdl,
+                           unsigned(p.max_splits), p.c, p.tokens, p.keys_per_split, p.max_splits, p.workspace,
+                           p.counters, p.inv_freq, p.attn_factor, p.slot);
+        else
+          launch(attn_decode_mma<GG, DD, false>, grid, dim3(32 * kMmaWarps), 0, stream, p.c.pdl, p.c, p.tokens,
+                 p.keys_per_split, p.max_splits, p.workspace, p.counters, p.inv_freq, p.attn_factor, p.slot);
+      }
+    };
+    with_group_and_dim(G, p.c.D, go);
+    return;
+  }
   if (p.variant == 0) {
-    HM_REQUIRE(p.max_splits == 1 || p.counters, "attention_decode (counters)");
     HM_REQUIRE(p.head_slices == 1 || p.head_slices == 2 || p.head_slices == 4, "attention_decode (head_slices)");
     const int hs = std::min(p.head_slices, G);
     auto go = [&](auto g, auto d) {
@@ -845,18 +1261,7 @@ void attention_decode(const AttentionDecodeParams& p, cudaStream_t stream) {
       }
       run(std::integral_constant<int, 1>{});
     };
-    auto by_d = [&](auto g) {
-      if (p.c.D == 16) go(g, std::integral_constant<int, 16>{});
-      else if (p.c.D == 32) go(g, std::integral_constant<int, 32>{});
-      else go(g, std::integral_constant<int, 64>{});
-    };
-    switch (G) {
-      case 1: by_d(std::integral_constant<int, 1>{}); break;
-      case 2: by_d(std::integral_constant<int, 2>{}); break;
-      case 4: by_d(std::integral_constant<int, 4>{}); break;
-      case 8: by_d(std::integral_constant<int, 8>{}); break;
-      default: by_d(std::integral_constant<int, 16>{}); break;
-    }
+    with_group_and_dim(G, p.c.D, go);
     return;
   }
   HM_ATTN_DISPATCH(attn_decode_split, G, p.c.D, grid, dim3(128), 0, stream, p.c.pdl, p.c, p.tokens,

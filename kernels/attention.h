@@ -42,12 +42,14 @@ int attention_keys_per_split(int max_keys, int max_splits);
 // each, never more than max_splits splits nor one per 64 keys.
 int attention_decode_keys_per_split(int max_keys, int num_tokens, int nkv, int num_sms, int max_splits,
                                     int blocks_per_sm);
-// The decode planner: per batch, the kernel that was fastest on the H200 (few tokens: attn_decode_merged with head
-// slices, its splits filling the SMs; larger batches: the split + combine pair) and its keys per split.
+// The decode planner: per batch, its kernel (few tokens: attn_decode_mma for head dims 32 and 64, else
+// attn_decode_merged with head slices, their splits filling the SMs; larger batches: the split + combine pair) and
+// its keys per split.
 struct AttentionDecodePlan {
   int variant = 0, head_slices = 1, keys_per_split = 64, splits = 1;
 };
-AttentionDecodePlan attention_decode_plan(int max_keys, int num_tokens, int nq, int nkv, int num_sms, int max_splits);
+AttentionDecodePlan attention_decode_plan(int max_keys, int num_tokens, int nq, int nkv, int D, int num_sms,
+                                          int max_splits);
 
 struct AttentionDecodeParams {
   AttentionCommon c;
@@ -59,7 +61,9 @@ struct AttentionDecodeParams {
   // [num_tokens * nkv] arrival counters: zero before the first launch; every launch leaves them zero.
   uint32_t* counters = nullptr;
   // 0: attn_decode_merged (one launch); 1: the split kernel, then a combine launch (no counters), faster for
-  // large batches (attention_decode_plan picks).
+  // large batches; 2: attn_decode_mma (one launch like 0, scores and p * V on tensor cores; head dims 32 and 64);
+  // 3: attn_decode_mma with a token's splits (max_splits <= 8) one thread block cluster, merged in distributed
+  // shared memory (no counters; sm_90+). attention_decode_plan picks.
   int variant = 0;
   // variant 0: the G heads of a KV head spread over this many groups of 4 warps (1, 2, 4; clamped to G): fewer
   // registers and a shorter serial chain per warp, K/V rows read once per slice (L1).

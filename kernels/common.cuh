@@ -59,6 +59,32 @@ inline void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
   CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...));
 }
 
+// launch() with the blocks grouped along z in thread block clusters of cluster_z (sm_90+; 1: no cluster).
+template <typename... KArgs, typename... Args>
+inline void launch_clustered(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                             bool pdl, unsigned cluster_z, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  int n = 0;
+  if (pdl) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster_z > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = 1;
+    attr[n].val.clusterDim.y = 1;
+    attr[n++].val.clusterDim.z = cluster_z;
+  }
+  cfg.attrs = attr;
+  cfg.numAttrs = n;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...));
+}
+
 __device__ __forceinline__ float bf2f(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float bf2f_bits(uint16_t v) { return __uint_as_float(uint32_t(v) << 16); }
 
@@ -93,5 +119,23 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// Carves a workspace into consecutive parts, each 256-byte aligned (whole cache sectors, vector loads of any
+// width). Over a null base it only sizes: the launcher's `*_workspace_bytes` is the same carve's bytes().
+class WorkspaceCarve {
+ public:
+  explicit WorkspaceCarve(void* base) : base_(static_cast<char*>(base)) {}
+  template <typename T>
+  T* take(size_t bytes) {
+    char* q = base_ ? base_ + at_ : nullptr;
+    at_ += (bytes + 255) & ~size_t(255);
+    return reinterpret_cast<T*>(q);
+  }
+  size_t bytes() const { return at_; }
+
+ private:
+  char* base_;
+  size_t at_ = 0;
+};
 
 }  // namespace hm::cuda

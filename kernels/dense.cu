@@ -263,7 +263,7 @@ __global__ void __launch_bounds__(256) rowblock_gemv(const uint16_t* __restrict_
 // The decode GEMV with its weights in flight before pdl_wait (the PDL contract allows weight reads there): warp
 // per row as bf16_gemv / rmsnorm_bf16_gemv, but each lane first issues cp.async copies of its first S chunks
 // (c = lane + 32 j, j < S) into shared memory, so the previous kernel's drain overlaps this one's stream; shared
-// memory holds them at no register cost (the register-held 8 / 12 chunks lost occupancy, bench/cuda_notes.md).
+// memory holds them at no register cost (the register-held 8 / 12 chunks lost occupancy, docs/performance.md).
 // The chunks past 32 S stream through registers U at a time, the first batch also issued before the wait (q/k/v at
 // S = 8: 8 + 4 chunks per lane, the whole 2880-wide row in flight before pdl_wait).
 // After the wait the block builds its input once in shared memory as fp32 (x, x + x_lo, or nw * x with kNorm),
@@ -583,7 +583,7 @@ void launch_gemv_rows(const DenseParams& p, cudaStream_t s) {
   HM_REQUIRE(S == 0, "dense (gemv_stage is 0, 4, 8, 12 or 16)");
   // The unstaged kernel: warp per row, 8 rows per block, 4 16-byte chunks per lane in flight (more lose
   // occupancy: 58-80 registers, and run slower). Single-token decode skips the L2 prefetch of the weight row
-  // before pdl_wait: measured on the H100 (bench/cuda_notes.md) it runs 1.3-2.6 us faster per launch without it;
+  // before pdl_wait: measured on the H100 (docs/performance.md) it runs 1.3-2.6 us faster per launch without it;
   // batches keep it, their x reuse already lengthening each pass.
   const bool prefetch = NT != 1;
   const dim3 grid(ceil_div(p.N, 8)), block(32 * 8);

@@ -34,8 +34,6 @@ constexpr int kSplitMaxCand = 4096;                // candidates of a row the me
 int split_blocks(int vocab) { return (vocab + kSplitSlice - 1) / kSplitSlice; }
 bool split_topk(int vocab, int k) { return k > 1 && k <= kSplitMaxK && split_blocks(vocab) * k <= kSplitMaxCand; }
 
-size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
-
 // -0 keyed as +0 (the reference compares floats: they tie, the lower id first).
 __device__ __forceinline__ uint32_t order_key(float f) {
   f = __fadd_rn(f, 0.f);
@@ -61,6 +59,38 @@ __device__ __forceinline__ void combine_ms(float& m, float& s, float om, float o
   m = nm;
 }
 
+// The slice pass both narrow_slices and sliced_stats run, so their statistics are the same bits: thread t of a
+// slice block takes tokens lo + j * kSplitNT + t (its values as composites in c, 0 past the vocabulary, and their
+// best), then its warp's (max, sum of exp(v - max), best composite) by shuffles, in every lane.
+__device__ __forceinline__ void slice_pass(const float* x, int vocab, int lo, int t, u64 (&c)[kSplitPer], u64& best,
+                                           float& m, float& s, u64& warp_best) {
+  float v[kSplitPer];
+  best = 0;
+  m = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < kSplitPer; j++) {
+    const int i = lo + j * kSplitNT + t;
+    v[j] = i < vocab ? x[i] : -INFINITY;
+    c[j] = i < vocab ? composite(v[j], i) : 0ull;
+    best = max(best, c[j]);
+    m = fmaxf(m, v[j]);
+  }
+  s = 0.f;
+  if (m != -INFINITY) {
+#pragma unroll
+    for (int j = 0; j < kSplitPer; j++) s += __expf(v[j] - m);
+  }
+  for (int o = 16; o > 0; o >>= 1) combine_ms(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+  warp_best = warp_max(best);
+}
+
+// A block's warp partials (n of them, in shared memory) combined in warp order: one thread's fixed loop.
+__device__ __forceinline__ void combine_warps(const float* wm, const float* ws, const u64* wb, int n, float& M, float& S,
+                                              u64& B) {
+  M = wm[0], S = ws[0], B = wb[0];
+  for (int q = 1; q < n; q++) combine_ms(M, S, wm[q], ws[q]), B = max(B, wb[q]);
+}
+
 // narrow_rows' statistics: none (the split passes ran), online per thread (the previous kernel), or narrow_slices
 // and narrow_merge's tree replayed in the block (the same bits as the split passes).
 enum RowsStats : int { kStatsNone = 0, kStatsOnline = 1, kStatsSliced = 2 };
@@ -77,34 +107,13 @@ __device__ void sliced_stats(const float* x, int vocab, int B, int row, int32_t*
   __shared__ u64 sl_b[kRowsMaxSlices];
   const int tid = threadIdx.x, g = tid / kSplitNT, t = tid % kSplitNT, lane = tid & 31, wg = t >> 5;
   for (int b0 = 0; b0 < B; b0 += G) {
-    const int b = b0 + g, lo = b * kSplitSlice;  // b >= B: lo >= vocab, no token
-    float v[kSplitPer];
-    u64 best = 0;
-    float m = -INFINITY;
-#pragma unroll
-    for (int j = 0; j < kSplitPer; j++) {
-      const int i = lo + j * kSplitNT + t;
-      v[j] = i < vocab ? x[i] : -INFINITY;
-      best = max(best, i < vocab ? composite(v[j], i) : 0ull);
-      m = fmaxf(m, v[j]);
-    }
-    float s = 0.f;
-    if (m != -INFINITY) {
-#pragma unroll
-      for (int j = 0; j < kSplitPer; j++) s += __expf(v[j] - m);
-    }
-    for (int o = 16; o > 0; o >>= 1) combine_ms(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
-    const u64 wb = warp_max(best);
+    const int b = b0 + g;  // b >= B: its tokens lie past the vocabulary, none
+    u64 c[kSplitPer], best, wb;
+    float m, s;
+    slice_pass(x, vocab, b * kSplitSlice, t, c, best, m, s, wb);
     if (lane == 0) g_m[g][wg] = m, g_s[g][wg] = s, g_b[g][wg] = wb;
     __syncthreads();
-    if (t == 0 && b < B) {
-      float M = g_m[g][0], S = g_s[g][0];
-      u64 Bc = g_b[g][0];
-      for (int q = 1; q < W; q++) combine_ms(M, S, g_m[g][q], g_s[g][q]), Bc = max(Bc, g_b[g][q]);
-      sl_m[b] = M;
-      sl_s[b] = S;
-      sl_b[b] = Bc;
-    }
+    if (t == 0 && b < B) combine_warps(g_m[g], g_s[g], g_b[g], W, sl_m[b], sl_s[b], sl_b[b]);
     __syncthreads();
   }
   if (tid < kSplitNT) {  // narrow_merge's block
@@ -120,9 +129,9 @@ __device__ void sliced_stats(const float* x, int vocab, int B, int row, int32_t*
   }
   __syncthreads();
   if (tid == 0) {
-    float M = g_m[0][0], S = g_s[0][0];
-    u64 Bc = g_b[0][0];
-    for (int q = 1; q < W; q++) combine_ms(M, S, g_m[0][q], g_s[0][q]), Bc = max(Bc, g_b[0][q]);
+    float M, S;
+    u64 Bc;
+    combine_warps(g_m[0], g_s[0], g_b[0], W, M, S, Bc);
     const int id = composite_id(Bc);
     argmax[row] = id;
     max_logit[row] = x[id];
@@ -323,20 +332,14 @@ struct Parts {
 };
 
 Parts carve(void* ws, int rows, int vocab, size_t* bytes) {
-  char* p = static_cast<char*>(ws);
   const size_t n = size_t(rows) * split_blocks(vocab);
-  size_t at = 0;
-  auto take = [&](size_t b) {
-    char* q = p ? p + at : nullptr;
-    at += align256(b);
-    return q;
-  };
+  WorkspaceCarve c(ws);
   Parts w;
-  w.m = reinterpret_cast<float*>(take(4 * n));
-  w.s = reinterpret_cast<float*>(take(4 * n));
-  w.best = reinterpret_cast<u64*>(take(8 * n));
-  w.cand = reinterpret_cast<u64*>(take(8 * n * kSplitMaxK));
-  *bytes = at;
+  w.m = c.take<float>(4 * n);
+  w.s = c.take<float>(4 * n);
+  w.best = c.take<u64>(8 * n);
+  w.cand = c.take<u64>(8 * n * kSplitMaxK);
+  *bytes = c.bytes();
   return w;
 }
 
@@ -351,33 +354,16 @@ __global__ void __launch_bounds__(kSplitNT) narrow_slices(const float* __restric
   pdl_trigger();
   const int row = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, B = gridDim.x;
   const float* x = logits + size_t(row) * ld;
-  const int lo = blockIdx.x * kSplitSlice;
-  float v[kSplitPer];
-  u64 c[kSplitPer];
-  u64 best = 0;
-  float m = -INFINITY;
-#pragma unroll
-  for (int j = 0; j < kSplitPer; j++) {
-    const int i = lo + j * kSplitNT + tid;
-    v[j] = i < vocab ? x[i] : -INFINITY;
-    c[j] = i < vocab ? composite(v[j], i) : 0ull;
-    best = max(best, c[j]);
-    m = fmaxf(m, v[j]);
-  }
-  float s = 0.f;
-  if (m != -INFINITY) {
-#pragma unroll
-    for (int j = 0; j < kSplitPer; j++) s += __expf(v[j] - m);
-  }
-  for (int o = 16; o > 0; o >>= 1) combine_ms(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
-  const u64 wb = warp_max(best);
+  u64 c[kSplitPer], best, wb;
+  float m, s;
+  slice_pass(x, vocab, blockIdx.x * kSplitSlice, tid, c, best, m, s, wb);
   if (lane == 0) red_m[warp] = m, red_s[warp] = s, red[1][warp] = wb;
   __syncthreads();
   const size_t part = size_t(row) * B + blockIdx.x;
   if (tid == 0) {
-    float M = red_m[0], S = red_s[0];
-    u64 Bc = red[1][0];
-    for (int q = 1; q < kSplitNT / 32; q++) combine_ms(M, S, red_m[q], red_s[q]), Bc = max(Bc, red[1][q]);
+    float M, S;
+    u64 Bc;
+    combine_warps(red_m, red_s, red[1], kSplitNT / 32, M, S, Bc);
     w.m[part] = M;
     w.s[part] = S;
     w.best[part] = Bc;
@@ -436,9 +422,9 @@ __global__ void __launch_bounds__(kSplitNT) narrow_merge(const float* __restrict
   if (lane == 0) red_m[warp] = m, red_s[warp] = s, red[warp] = best;
   __syncthreads();
   if (tid == 0) {
-    float M = red_m[0], S = red_s[0];
-    u64 Bc = red[0];
-    for (int q = 1; q < kSplitNT / 32; q++) combine_ms(M, S, red_m[q], red_s[q]), Bc = max(Bc, red[q]);
+    float M, S;
+    u64 Bc;
+    combine_warps(red_m, red_s, red, kSplitNT / 32, M, S, Bc);
     const int id = composite_id(Bc);
     argmax[row] = id;
     max_logit[row] = x[id];

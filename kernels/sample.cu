@@ -76,24 +76,16 @@ struct Work {
   u64* list;          // [rows * kListCap] the open top_p bucket's tokens as composites (key and id: all it needs)
 };
 
-size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
-
 Work carve(void* ws, int rows, size_t* bytes) {
-  char* p = static_cast<char*>(ws);
-  size_t at = 0;
-  auto take = [&](size_t n) {
-    char* q = p ? p + at : nullptr;
-    at += align256(n);
-    return q;
-  };
+  WorkspaceCarve c(ws);
   Work w;
-  w.state = reinterpret_cast<RowState*>(take(sizeof(RowState) * rows));
-  w.counter = reinterpret_cast<uint32_t*>(take(4 * size_t(rows)));  // counter, nlist and hist adjacent: one memset
-  w.nlist = reinterpret_cast<uint32_t*>(take(4 * size_t(rows)));
-  w.hist = reinterpret_cast<u64*>(take(8 * size_t(rows) * kSampleBuckets));
-  w.part = reinterpret_cast<u64*>(take(8 * size_t(rows) * kPartBlocks));
-  w.list = reinterpret_cast<u64*>(take(8 * size_t(rows) * kListCap));
-  *bytes = at;
+  w.state = c.take<RowState>(sizeof(RowState) * rows);
+  w.counter = c.take<uint32_t>(4 * size_t(rows));  // counter, nlist and hist adjacent: one memset
+  w.nlist = c.take<uint32_t>(4 * size_t(rows));
+  w.hist = c.take<u64>(8 * size_t(rows) * kSampleBuckets);
+  w.part = c.take<u64>(8 * size_t(rows) * kPartBlocks);
+  w.list = c.take<u64>(8 * size_t(rows) * kListCap);
+  *bytes = c.bytes();
   return w;
 }
 

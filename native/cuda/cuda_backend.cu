@@ -781,7 +781,7 @@ void CudaBackend::plan_step(const StepBatch& b) {
     for (int kind = 0; kind < 2; kind++) {
       const int max_keys = kind ? max_keys_sliding : max_keys_full;
       const AttentionDecodePlan d =
-          attention_decode_plan(max_keys, p.n_decode, c.num_heads, c.num_kv_heads, num_sms_, cap);
+          attention_decode_plan(max_keys, p.n_decode, c.num_heads, c.num_kv_heads, c.head_dim, num_sms_, cap);
       p.dec_kps[kind] = d.keys_per_split;
       p.dec_splits[kind] = d.splits;
       p.dec_variant = d.variant;

@@ -19,8 +19,9 @@
 //                    cache widened to fp32: nmse 2e-5 (bf16 output).
 //   attention_decode_rope  decode attention with RoPE + KV write fused in vs rope_kv_write + attention_decode:
 //                    outputs, caches and the untouched qkv rows (observed identical, nmse 0).
-//   attention_decode runs the merged kernel with 1, 2 and 4 head slices and the split + combine pair (variant 1),
-//                    checks the merged kernel leaves its arrival counters zero;
+//   attention_decode runs the merged kernel with 1, 2 and 4 head slices, the split + combine pair (variant 1) and
+//                    the tensor-core kernel (variant 2, head dims 32 and 64; variant 3 its cluster merge, up to 8
+//                    splits), checks the one-launch kernels leave their arrival counters zero;
 //                    batch 1 at contexts 1..32768 and ragged batches of 8 and 64 sequences, sliding and full.
 //   bench_attention_decode  HM_OP_BENCH=1 only: us per layer of the decode kernels (see above the case).
 //   narrow_logits    argmax / top-k ids exact against hm::narrow_logits_row (ties included), lse rel 1e-5.
@@ -601,6 +602,16 @@ struct CacheFixture {
   }
 };
 
+// A launch the device refuses (the launcher throws) fails its case instead of ending the table.
+Result launch_failure(const std::string& params, const char* what) {
+  Result r;
+  r.params = params + " launch: " + what;
+  r.metric = "launch";
+  r.error = 1;
+  r.tolerance = 0;
+  return r;
+}
+
 std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector<int>& ctx,
                                   const std::vector<int>& new_tokens, bool prefill, uint64_t seed, int D = 64,
                                   bool all_prefill_variants = false) {
@@ -695,17 +706,19 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
   Dev<uint32_t> counters(size_t(T) * nkv);
   C_CHECK(cudaMemset(counters.p, 0, counters.n * 4));
   // one split, a few, as many as the context needs, and the fill rule on an H200 (132 SMs); the merged kernel with
-  // 1, 2 and 4 head slices and the previous pair
+  // 1, 2 and 4 head slices, the previous pair and the tensor-core kernel (variant 2)
   struct Kernel {
     int variant, slices;
   };
-  for (const Kernel kn : {Kernel{0, 1}, Kernel{0, 2}, Kernel{0, 4}, Kernel{1, 1}}) {
+  for (const Kernel kn : {Kernel{0, 1}, Kernel{0, 2}, Kernel{0, 4}, Kernel{1, 1}, Kernel{2, 1}, Kernel{3, 1}}) {
     const int variant = kn.variant;
+    if (variant >= 2 && D < 32) continue;  // the tensor-core kernels take head dims 32 and 64
     const int planned = cuda::attention_decode_keys_per_split(max_keys, T, nkv, 132, 1024, kn.slices > 1 ? 1 : 2);
     const int kps_cases[] = {cuda::attention_keys_per_split(max_keys, 1), cuda::attention_keys_per_split(max_keys, 7),
                              cuda::attention_keys_per_split(max_keys, 1024), planned};
-    for (int k = 0; k < (variant ? 3 : 4); k++) {
+    for (int k = 0; k < (variant == 1 ? 3 : 4); k++) {
       const int kps = kps_cases[k];
+      if (variant == 3 && (max_keys + kps - 1) / kps > 8) continue;  // one cluster: at most 8 splits
       cuda::AttentionDecodeParams p;
       p.c = c;
       p.tokens = dtoks.p;
@@ -719,16 +732,24 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
       p.workspace = ws.p;
       dout.poison();
       C_CHECK(cudaMemset(ws.p, 0xff, ws.n * sizeof(float)));
-      cuda::attention_decode(p, nullptr);
-      const auto o = dout.get();
       const std::string ps = params + " splits=" + std::to_string(p.max_splits) +
-                             (variant ? " (previous kernel)" : " slices=" + std::to_string(kn.slices));
+                             (variant == 1   ? " (previous kernel)"
+                              : variant == 2 ? " (mma)"
+                              : variant == 3 ? " (mma, cluster)"
+                                             : " slices=" + std::to_string(kn.slices));
+      try {
+        cuda::attention_decode(p, nullptr);
+      } catch (const std::exception& e) {
+        out.push_back(launch_failure(ps, e.what()));
+        continue;
+      }
+      const auto o = dout.get();
       out.push_back(nmse_result(ps, widen(o), want, 2e-5));
       dout.poison();
       C_CHECK(cudaMemset(ws.p, 0, ws.n * sizeof(float)));
       cuda::attention_decode(p, nullptr);
       out.push_back(repeat_bits(ps, o, dout.get()));
-      if (variant == 0) {  // the arrival counters are left zero for the next launch
+      if (variant != 1) {  // the arrival counters are left zero for the next launch
         const auto ctr = counters.get();
         Result r;
         r.params = ps + " counters";
@@ -798,8 +819,11 @@ std::vector<Result> run_attention_rope(int nq, int nkv, int D, int window, const
   Dev<int32_t> dbt(f.bt), dseq(tok_seq), dpos(pos), dslot(slot), dtoks(toks);
   int max_keys = 1;
   for (int p : pos) max_keys = std::max(max_keys, window ? std::min(p + 1, window) : p + 1);
-  for (int kn : {0, 2, 4, 1}) for (int cap : {1, 7, 1024}) {  // merged with 1 (0), 2, 4 head slices; previous (1)
-    const int variant = kn == 1 ? 1 : 0;
+  // merged with 1 (0), 2, 4 head slices; the previous pair (1); the tensor-core kernel (3, head dims 32 and 64) and
+  // its cluster variant (5, up to 8 splits)
+  for (int kn : {0, 2, 4, 1, 3, 5}) for (int cap : {1, 7, 1024}) {
+    if (kn >= 3 && D < 32) continue;
+    const int variant = kn == 1 ? 1 : kn == 3 ? 2 : kn == 5 ? 3 : 0;
     Dev<uint16_t> k1(f.k16), v1(f.v16), k2(f.k16), v2(f.v16), o1(size_t(T) * nq * D), o2(size_t(T) * nq * D);
     o1.poison();
     o2.poison();
@@ -811,13 +835,14 @@ std::vector<Result> run_attention_rope(int nq, int nkv, int D, int window, const
     p.tokens = dtoks.p, p.num_tokens = T;
     p.keys_per_split = cuda::attention_keys_per_split(max_keys, cap);
     p.max_splits = (max_keys + p.keys_per_split - 1) / p.keys_per_split;
+    if (variant == 3 && p.max_splits > 8) continue;
     Dev<float> ws(cuda::attention_decode_workspace_floats(T, nq, D, p.max_splits));
     p.workspace = ws.p;
     Dev<uint32_t> counters(size_t(T) * nkv);
     C_CHECK(cudaMemset(counters.p, 0, counters.n * 4));
     p.counters = counters.p;
     p.variant = variant;
-    p.head_slices = std::max(1, kn);
+    p.head_slices = variant == 0 ? std::max(1, kn) : 1;
     // the chain
     cuda::RopeKvParams r;
     r.qkv = dq_chain.p, r.pos = dpos.p, r.slot = dslot.p, r.inv_freq = dinv.p, r.attn_factor = af;
@@ -825,17 +850,33 @@ std::vector<Result> run_attention_rope(int nq, int nkv, int D, int window, const
     cuda::rope_kv_write(r, nullptr);
     cuda::AttentionDecodeParams a = p;
     a.c.q = dq_chain.p, a.c.k_cache = k1.p, a.c.v_cache = v1.p, a.c.out = o1.p;
-    cuda::attention_decode(a, nullptr);
+    std::string failed;
+    try {
+      cuda::attention_decode(a, nullptr);
+    } catch (const std::exception& e) {
+      failed = e.what();
+    }
     // fused
     cuda::AttentionDecodeParams b = p;
     b.c.q = dq_fused.p, b.c.k_cache = k2.p, b.c.v_cache = v2.p, b.c.out = o2.p;
     b.inv_freq = dinv.p, b.attn_factor = af, b.slot = dslot.p;
-    cuda::attention_decode(b, nullptr);
+    try {
+      if (failed.empty()) cuda::attention_decode(b, nullptr);
+    } catch (const std::exception& e) {
+      failed = e.what();
+    }
     const std::string params = "D=" + std::to_string(D) + " nq=" + std::to_string(nq) + " nkv=" +
                                std::to_string(nkv) + " W=" + std::to_string(window) + " ctx=" +
                                std::to_string(*std::max_element(ctx.begin(), ctx.end())) + " T=" + std::to_string(T) +
                                " splits=" + std::to_string(p.max_splits) +
-                               (variant ? " (previous kernel)" : " slices=" + std::to_string(p.head_slices));
+                               (variant == 1   ? " (previous kernel)"
+                                : variant == 2 ? " (mma)"
+                                : variant == 3 ? " (mma, cluster)"
+                                               : " slices=" + std::to_string(p.head_slices));
+    if (!failed.empty()) {
+      out.push_back(launch_failure(params, failed.c_str()));
+      continue;
+    }
     out.push_back(nmse_result(params + " out vs chain", widen(o2.get()), widen(o1.get()), 1e-8));
     out.push_back(nmse_result(params + " k cache vs chain", widen(k2.get()), widen(k1.get()), 1e-9));
     out.push_back(nmse_result(params + " v cache vs chain", widen(v2.get()), widen(v1.get()), 0.0));
@@ -969,7 +1010,9 @@ HM_OP_TEST("bench_attention_prefill", bench_attention_prefill);
 // ---- HM_OP_BENCH=1: decode attention timings ----
 // The split + combine pair (variant 1, with its split rule) against attn_decode_merged with 1 head slice (fill
 // rule at 2 blocks/SM, half and twice its splits, the pair's splits) and 2 or 4 head slices (fill rule at 1 block/SM;
-// 4: also half and twice), then the planner's choice (attention_decode_plan), gpt-oss shape (64 q / 8 KV heads, D 64, fused RoPE + KV write as
+// 4: also half and twice), then the planner's choice (attention_decode_plan), then the tensor-core kernel (variant
+// 2: fill rule at 2 and 1 blocks/SM, twice the splits, 128 and 256 keys a split; variant 3, its splits one cluster:
+// 128 keys a split, 4 and 8 splits, where at most 8), and a summary, gpt-oss shape (64 q / 8 KV heads, D 64, fused RoPE + KV write as
 // on decode-only steps). Each row: a graph of 24 launches cycling over 8 layers' caches (the KV is read from HBM,
 // not L2), replayed 20 times; the median replay / 24 is the time per layer, without and with PDL between launches.
 // GB/s counts the K and V rows the layer must read.
@@ -1049,10 +1092,17 @@ struct BenchDecode {
     cudaGraph_t g;
     cudaGraphExec_t ge;
     C_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < kLaunches; i++) {
-      cuda::AttentionDecodeParams p = params(variant, slices, kps, pdl);
-      p.c.k_cache = k[i % kLayers], p.c.v_cache = v[i % kLayers];
-      cuda::attention_decode(p, s);
+    try {
+      for (int i = 0; i < kLaunches; i++) {
+        cuda::AttentionDecodeParams p = params(variant, slices, kps, pdl);
+        p.c.k_cache = k[i % kLayers], p.c.v_cache = v[i % kLayers];
+        cuda::attention_decode(p, s);
+      }
+    } catch (...) {  // a refused launch: close the capture, the caller prints the row as failed
+      if (cudaStreamEndCapture(s, &g) == cudaSuccess && g) cudaGraphDestroy(g);
+      cudaGetLastError();
+      cudaStreamDestroy(s);
+      throw;
     }
     C_CHECK(cudaStreamEndCapture(s, &g));
     C_CHECK(cudaGraphInstantiate(&ge, g, 0));
@@ -1092,11 +1142,20 @@ std::vector<Result> bench_attention_decode() {
   };
   std::vector<Case> cases;
   for (int c : {512, 1024, 8192, 32768}) cases.push_back({"T=1 ctx=" + std::to_string(c), {c}});
+  for (int c : {1024, 8192}) cases.push_back({"T=8 ctx=" + std::to_string(c), std::vector<int>(8, c)});
   cases.push_back({"T=8 ctx=1..4096 mixed", ragged(8, 4096, 76)});
   cases.push_back({"T=16 ctx=1..4096 mixed", ragged(16, 4096, 79)});
   cases.push_back({"T=64 ctx=1024", std::vector<int>(64, 1024)});
   cases.push_back({"T=64 ctx=1..2048 mixed", ragged(64, 2048, 77)});
   cases.push_back({"T=256 ctx=1..2048 mixed", ragged(256, 2048, 78)});
+  struct Summary {
+    std::string name;
+    float plan, best_old, best_mma;
+    int mma_splits;
+    double kv_bytes;
+    std::string mma_row;
+  };
+  std::vector<Summary> summary;
   for (const Case& cs : cases)
     for (int window : {0, 128}) {
       BenchDecode b(cs.ctx, window);
@@ -1109,7 +1168,7 @@ std::vector<Result> bench_attention_decode() {
       const int splits = (b.max_keys + planned - 1) / planned;
       const int planned4 = cuda::attention_decode_keys_per_split(b.max_keys, b.T, b.nkv, sms, 1024, 1);
       const int splits4 = (b.max_keys + planned4 - 1) / planned4;
-      const cuda::AttentionDecodePlan plan = cuda::attention_decode_plan(b.max_keys, b.T, b.nq, b.nkv, sms, cap);
+      const cuda::AttentionDecodePlan plan = cuda::attention_decode_plan(b.max_keys, b.T, b.nq, b.nkv, b.D, sms, cap);
       struct Row {
         const char* kernel;
         int variant, slices, kps;
@@ -1124,14 +1183,44 @@ std::vector<Result> bench_attention_decode() {
           {"merged 4 slices, planned", 0, 4, planned4},
           {"merged 4 sl, half splits", 0, 4, cuda::attention_keys_per_split(b.max_keys, std::max(1, splits4 / 2))},
           {"merged 4 sl, twice splits", 0, 4, cuda::attention_keys_per_split(b.max_keys, splits4 * 2)},
-          {"planner's choice", plan.variant, plan.head_slices, plan.keys_per_split}};
+          {"planner's choice", plan.variant, plan.head_slices, plan.keys_per_split},
+          {"mma, planned (2/SM)", 2, 1, planned},
+          {"mma, 1/SM", 2, 1, planned4},
+          {"mma, twice the splits", 2, 1, cuda::attention_keys_per_split(b.max_keys, splits * 2)},
+          {"mma, 128 keys a split", 2, 1, 128},
+          {"mma, 256 keys a split", 2, 1, 256},
+          {"mma+cluster, 128 keys", 3, 1, 128},
+          {"mma+cluster, 4 splits", 3, 1, cuda::attention_keys_per_split(b.max_keys, 4)},
+          {"mma+cluster, 8 splits", 3, 1, cuda::attention_keys_per_split(b.max_keys, 8)}};
+      float best_old = 1e30f, best_mma = 1e30f, plan_us = 0;
+      int best_mma_splits = 0;
+      const char* best_mma_row = "";
       for (const Row& r : rows) {
-        const float us = b.time_us(r.variant, r.slices, r.kps, false);
-        const float us_pdl = b.time_us(r.variant, r.slices, r.kps, true);
-        std::printf("%-30s %-25s %6d %9.2f %9.2f %9.0f\n", name.c_str(), r.kernel, (b.max_keys + r.kps - 1) / r.kps,
-                    us, us_pdl, b.kv_bytes / (us * 1e3));
+        const int nsplits = (b.max_keys + r.kps - 1) / r.kps;
+        if (r.variant == 3 && nsplits > 8) continue;  // one cluster a (token, KV head)
+        float us = 0, us_pdl = 0;
+        try {
+          us = b.time_us(r.variant, r.slices, r.kps, false);
+          us_pdl = b.time_us(r.variant, r.slices, r.kps, true);
+        } catch (const std::exception& e) {
+          std::printf("%-30s %-25s %6d launch failed: %s\n", name.c_str(), r.kernel, nsplits, e.what());
+          continue;
+        }
+        std::printf("%-30s %-25s %6d %9.2f %9.2f %9.0f\n", name.c_str(), r.kernel, nsplits, us, us_pdl,
+                    b.kv_bytes / (us * 1e3));
+        if (r.variant >= 2 && us_pdl < best_mma) best_mma = us_pdl, best_mma_splits = nsplits, best_mma_row = r.kernel;
+        if (r.variant < 2) best_old = std::min(best_old, us_pdl);
+        if (std::strcmp(r.kernel, "planner's choice") == 0) plan_us = us_pdl;
       }
+      summary.push_back({name, plan_us, best_old, best_mma, best_mma_splits, b.kv_bytes, best_mma_row});
     }
+  // One line per case (us per layer with PDL): the planner's choice today, the best of the previous kernels, the
+  // best tensor-core row and its splits, and the KV rate of that row.
+  std::printf("-- summary (us per layer with PDL) --\n%-30s %9s %9s %9s %6s %9s  %s\n", "batch / context", "planned",
+              "best old", "best mma", "splits", "mma GB/s", "best mma row");
+  for (const Summary& x : summary)
+    std::printf("%-30s %9.2f %9.2f %9.2f %6d %9.0f  %s\n", x.name.c_str(), x.plan, x.best_old, x.best_mma,
+                x.mma_splits, x.kv_bytes / (x.best_mma * 1e3), x.mma_row.c_str());
   return {};
 }
 HM_OP_TEST("bench_attention_decode", bench_attention_decode);

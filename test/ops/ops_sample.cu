@@ -162,30 +162,41 @@ struct Variant {
   int select_hist = cuda::kHistAuto, blocks_per_row = 0;
 };
 
+// A batch on the device and the sample_rows parameters the engine passes for it (narrow_logits' argmax given);
+// the op test and the benchmark both start from these.
+struct DeviceBatch {
+  const int rows;
+  Buf<float> x, saved, lg;
+  Buf<SampleRow> pr;
+  Buf<SampleEntry> en;
+  Buf<int32_t> tk, am;
+  Buf<char> ws;
+  cuda::SampleRowsParams p;
+  DeviceBatch(const Batch& b, int V)
+      : rows(int(b.rows.size())), x(b.x.size()), saved(std::max<size_t>(1, b.entries.size())), lg(rows), pr(rows),
+        en(std::max<size_t>(1, b.entries.size())), tk(rows), am(rows), ws(cuda::sample_workspace_bytes(rows)) {
+    x.put(b.x.data(), b.x.size());
+    pr.put(b.rows.data(), rows);
+    if (!b.entries.empty()) en.put(b.entries.data(), b.entries.size());
+    S_CHECK(cudaMemset(tk.p, 0xff, rows * 4));
+    narrow_argmax(x.p, rows, V, am.p);
+    p.logits = x.p, p.rows = rows, p.vocab = V, p.ld = V, p.params = pr.p, p.entries = en.p, p.saved = saved.p;
+    p.token = tk.p, p.raw_logit = lg.p, p.workspace = ws.p, p.workspace_bytes = ws.n;
+    p.stages = cuda::sample_stages(b.rows.data(), rows);
+    p.argmax = am.p;
+  }
+};
+
 // Runs sample_rows on a batch; returns tokens and raw logits.
 void run_device(const Batch& b, int V, std::vector<int32_t>* token, std::vector<float>* logit, const Variant& v = {}) {
-  const int rows = int(b.rows.size());
-  Buf<float> x(b.x.size()), saved(std::max<size_t>(1, b.entries.size())), lg(rows);
-  Buf<SampleRow> pr(rows);
-  Buf<SampleEntry> en(std::max<size_t>(1, b.entries.size()));
-  Buf<int32_t> tk(rows);
-  Buf<char> ws(cuda::sample_workspace_bytes(rows));
-  x.put(b.x.data(), b.x.size());
-  pr.put(b.rows.data(), rows);
-  if (!b.entries.empty()) en.put(b.entries.data(), b.entries.size());
-  S_CHECK(cudaMemset(tk.p, 0xff, rows * 4));
-  Buf<int32_t> am(rows);
-  narrow_argmax(x.p, rows, V, am.p);
-  cuda::SampleRowsParams p;
-  p.logits = x.p, p.rows = rows, p.vocab = V, p.ld = V, p.params = pr.p, p.entries = en.p, p.saved = saved.p;
-  p.token = tk.p, p.raw_logit = lg.p, p.workspace = ws.p, p.workspace_bytes = ws.n;
-  p.stages = cuda::sample_stages(b.rows.data(), rows);
-  p.argmax = v.max_pass ? nullptr : am.p;
+  DeviceBatch d(b, V);
+  cuda::SampleRowsParams& p = d.p;
+  if (v.max_pass) p.argmax = nullptr;
   p.top_p_three_passes = v.three_passes;
   p.blocks_per_row = v.blocks_per_row, p.select_hist = v.select_hist;
   cuda::sample_rows(p, nullptr);
-  *token = tk.get();
-  *logit = lg.get();
+  *token = d.tk.get();
+  *logit = d.lg.get();
 }
 
 std::vector<Result> test_sample() {
@@ -414,21 +425,8 @@ std::vector<Result> bench_sample() {
         b.rows[r].top_p = q.top_p, b.rows[r].log_min_p = q.log_min_p, b.rows[r].repetition = q.repetition;
         b.rows[r].frequency = q.frequency, b.rows[r].presence = q.presence;
       }
-      Buf<float> x(b.x.size()), saved(std::max<size_t>(1, b.entries.size())), lg(rows);
-      Buf<SampleRow> pr(rows);
-      Buf<SampleEntry> en(std::max<size_t>(1, b.entries.size()));
-      Buf<int32_t> tk(rows);
-      Buf<char> ws(cuda::sample_workspace_bytes(rows));
-      x.put(b.x.data(), b.x.size());
-      pr.put(b.rows.data(), rows);
-      if (!b.entries.empty()) en.put(b.entries.data(), b.entries.size());
-      cuda::SampleRowsParams p;
-      p.logits = x.p, p.rows = rows, p.vocab = V, p.ld = V, p.params = pr.p, p.entries = en.p, p.saved = saved.p;
-      p.token = tk.p, p.raw_logit = lg.p, p.workspace = ws.p, p.workspace_bytes = ws.n;
-      p.stages = cuda::sample_stages(b.rows.data(), rows);
-      Buf<int32_t> am(rows);
-      narrow_argmax(x.p, rows, V, am.p);
-      p.argmax = am.p;  // as the engine
+      DeviceBatch d(b, V);
+      cuda::SampleRowsParams& p = d.p;
       const float us = time_us([&] { cuda::sample_rows(p, nullptr); });
       static const char* names[] = {"t=1", "t=1 top_p=0.9", "t=0.7 top_k=50 min_p=0.05", "t=1 pen", "greedy+rep"};
       std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, names[c], p.stages, us);
@@ -440,7 +438,7 @@ std::vector<Result> bench_sample() {
         p.top_p_three_passes = false, p.select_hist = cuda::kHistAuto;
         const float usm = time_us([&] { cuda::sample_rows(p, nullptr); });
         std::printf("sample_rows rows=%-3d %-28s stages=%-2d: %8.1f us\n", rows, "  (previous: the max pass)", p.stages, usm);
-        p.argmax = am.p;
+        p.argmax = d.am.p;
         // Variants (the same tokens): the select histogram (SampleHist), blocks a row.
         struct BenchVariant { int blocks, hist; };
         static const char* hist_names[] = {"pieces/auto", "pieces", "64-bit atomics", "match_any"};
