@@ -870,6 +870,7 @@ void CudaBackend::launch() {
                      dec_splits_[1], sample_stages_};
   const bool graphed =
       graphable && graphs_.run(key, stream_, timer_, [&] { run_forward(p.T, p.rows, p.top_k, sample_stages_); });
+  if (!graphs_.enabled) plan_opt_.pad = false;  // a capture failed: no more padding for graphs that never come
   if (!graphed && one_chunk) run_forward(p.T, p.rows, p.top_k, sample_stages_);
   if (!graphed && !one_chunk) forward_layers(p.T);
   size_t fi = 0;
