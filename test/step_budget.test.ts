@@ -5,6 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { Harmonium } from '../src/api.js';
 import { KvBlockPool } from '../src/engine/kv_blocks.js';
 import { Scheduler, Sequence, stepBudget } from '../src/engine/scheduler.js';
 import { packageRoot } from '../src/util/package_root.js';
@@ -17,6 +18,11 @@ describe('step budget', () => {
     expect(stepBudget({ maxSeqs: 8, maxBatchTokens: 2048, stepTokens: 512 })).toEqual({ stepTokens: 512, prefillChunk: 512 });
     expect(stepBudget({ maxSeqs: 8, maxBatchTokens: 2048, stepTokens: 4096, prefillChunk: 256 })).toEqual({ stepTokens: 2048, prefillChunk: 256 });
     expect(stepBudget({ maxSeqs: 8, maxBatchTokens: 1024, prefillChunk: 4096 })).toEqual({ stepTokens: 1024, prefillChunk: 1024 });
+  });
+
+  it('load() refuses a step budget or chunk that is not a positive integer', async () => {
+    await expect(Harmonium.load({ stepTokens: 0 })).rejects.toThrow(/stepTokens: must be an integer >= 1, got 0/);
+    await expect(Harmonium.load({ prefillChunk: 1.5 })).rejects.toThrow(/prefillChunk: must be an integer >= 1/);
   });
 
   it('prefills each prompt in chunks of prefillChunk within stepTokens, decoders first', () => {
