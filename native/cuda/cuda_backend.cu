@@ -2,9 +2,9 @@
 // activation workspace sized once at load. A step is four parts: plan_step (host: index arrays, prefill tiles,
 // split-K shapes, which sampling kernels run), upload (the batch's small index arrays in one copy, the sampling
 // rows and entries in their own buffers), launch (the forward pass as a fixed sequence of kernel launches on one
-// stream, PDL-chained on sm_90+; a decode-only step is captured once per batch shape as a CUDA graph and replayed;
-// the logits narrowed on the GPU, then sampled there: kernels/sample.h) and readback (one synchronisation, then the
-// narrowed results and the sampled tokens). HARMONIUM_PDL=0 / HARMONIUM_CUDA_GRAPHS=0 turn either off.
+// stream, PDL-chained on sm_90+; a decode-only step is padded to its bucket (native/step_plan.h), captured once
+// per bucket as a CUDA graph and replayed; the logits narrowed on the GPU, then sampled there: kernels/sample.h)
+// and readback (one synchronisation, then the narrowed results and the sampled tokens). HARMONIUM_PDL=0 / HARMONIUM_CUDA_GRAPHS=0 turn either off.
 // HARMONIUM_BATCH_INVARIANT=1: every step runs the prefill-shaped kernels for every row (tensor-core GEMMs, the
 // grouped expert GEMM, decode tokens as 1-token attention tiles), so a sequence's logits do not depend on what else
 // is in the batch nor on how its prompt was chunked; it costs decode throughput (docs/reproducibility.md).
