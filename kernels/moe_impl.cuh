@@ -709,8 +709,10 @@ using GuBf16 = DecodeCfg<4, 2, 1, 1>;
 using DnBf16 = DecodeCfg<1, 8, 1, 1>;
 // The bulk kernels (moe_decode_bulk.cuh): B6 of the H200 lab run of 2026-12-01 (NOTES.md, run 6; one tile per
 // item): gate_up 24.9 us at one token (B5 24.2 but 134 vs 118 us at 8 tokens), down 17.2 us, E = 32, with the
-// bf16 inner loop. kBulkMma picks the inner loop of both (NOTES.md, run 8: fp8 tensor cores, not measured yet).
-constexpr BulkMma kBulkMma = BulkMma::kFp8;
+// bf16 inner loop. kBulkMma picks the inner loop of both. The fp8 loop (NOTES.md, run 8) passed the op tests but
+// measured slower on the H200: n = 1, E = 32 layer (graph + PDL, bulk+route) 46.0 us vs 41.3 with bf16; Nsight
+// Compute shows both loops latency-bound (issue slots 40-47%, DRAM 29-31%), so the loop is not the limit.
+constexpr BulkMma kBulkMma = BulkMma::kBf16;
 using GuBulk = BulkCfg<8, 2, 3, 1, kBulkMma>;
 using DnBulk = BulkCfg<8, 2, 3, 1, kBulkMma>;
 // The grouped kernels (moe_grouped.cuh): predicted, not measured yet (bench/moe_playground/NOTES.md, "grouped

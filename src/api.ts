@@ -84,6 +84,9 @@ export class Harmonium {
       throw new LoadOptionError('dummyWeights', `dummyWeights: unknown dummy weights ${JSON.stringify(opts.dummyWeights)} (expected gpt-oss-20b or gpt-oss-120b)`);
     if (opts.contextLength !== undefined && !(Number.isInteger(opts.contextLength) && opts.contextLength >= 2))
       throw new LoadOptionError('contextLength', `contextLength: must be an integer >= 2, got ${opts.contextLength}`);
+    for (const k of ['stepTokens', 'prefillChunk'] as const)
+      if (opts[k] !== undefined && !(Number.isInteger(opts[k]) && opts[k]! >= 1))
+        throw new LoadOptionError(k, `${k}: must be an integer >= 1, got ${opts[k]}`);
     opts.signal?.throwIfAborted();
     if (backend === 'cuda') {
       const devices = loadAddon().cudaDevices();
@@ -127,6 +130,8 @@ export class Harmonium {
         blockSize: info.blockSize,
         maxSeqs: info.limits.maxSeqs,
         maxBatchTokens: info.limits.maxBatchTokens,
+        stepTokens: opts.stepTokens,
+        prefillChunk: opts.prefillChunk,
         contextLength,
         maxSampleEntries: info.limits.maxSampleEntries,
         prefixCaching: opts.prefixCaching,

@@ -2,9 +2,9 @@
 // activation workspace sized once at load. A step is four parts: plan_step (host: index arrays, prefill tiles,
 // split-K shapes, which sampling kernels run), upload (the batch's small index arrays in one copy, the sampling
 // rows and entries in their own buffers), launch (the forward pass as a fixed sequence of kernel launches on one
-// stream, PDL-chained on sm_90+; a decode-only step is captured once per batch shape as a CUDA graph and replayed;
-// the logits narrowed on the GPU, then sampled there: kernels/sample.h) and readback (one synchronisation, then the
-// narrowed results and the sampled tokens). HARMONIUM_PDL=0 / HARMONIUM_CUDA_GRAPHS=0 turn either off.
+// stream, PDL-chained on sm_90+; a decode-only step is padded to its bucket (native/step_plan.h), captured once
+// per bucket as a CUDA graph and replayed; the logits narrowed on the GPU, then sampled there: kernels/sample.h)
+// and readback (one synchronisation, then the narrowed results and the sampled tokens). HARMONIUM_PDL=0 / HARMONIUM_CUDA_GRAPHS=0 turn either off.
 // HARMONIUM_BATCH_INVARIANT=1: every step runs the prefill-shaped kernels for every row (tensor-core GEMMs, the
 // grouped expert GEMM, decode tokens as 1-token attention tiles), so a sequence's logits do not depend on what else
 // is in the batch nor on how its prompt was chunked; it costs decode throughput (docs/reproducibility.md).
@@ -26,6 +26,7 @@
 
 #include "../backend.h"
 #include "../cpu/ref_ops.h"
+#include "../step_plan.h"
 #include "attention.h"
 #include "common.cuh"
 #include "dense.h"
@@ -41,7 +42,9 @@ namespace {
 
 using namespace hm::cuda;
 
-constexpr int kLogitRowsPerChunk = 64;  // lm_head rows per pass: 64 x 201088 fp32 = 51 MB of logits
+// lm_head rows per pass: at least 64 (64 x 201088 fp32 = 51 MB of logits), up to the padded decode batch (at 256
+// sequences one pass reads the 1.16 GB of lm_head once instead of four times: ~0.75 ms a step at 4.5 TB/s).
+constexpr int kMinLogitRows = 64, kMaxLogitRows = 256;
 constexpr uint64_t kHeadroomBytes = 1536ull << 20;  // left free after the KV cache (cudart, graphs, fragmentation)
 constexpr size_t kAttnWorkspaceFloats = 16ull << 20;  // 64 MB of split-K partials
 
@@ -134,19 +137,20 @@ struct StepProfiler {
   }
 };
 
-// HARMONIUM_PROFILE=2: where a step's wall time goes, with graphs and PDL as configured: GPU time of the launched
-// work (events around it), the addon's step call (plan to readback), and the host gap between one step's readback
-// and the next step's plan (JavaScript: sampling, scheduling, the N-API round trip). Printed when the backend is
-// freed. The gap is what batch-1 decode loses to the host on top of the GPU step. Inside the call, the host's work
-// before the step's work is enqueued (plan, upload, graph launch) and after its synchronisation (readback): with
-// the gap, what the GPU idles between two steps, and what enqueuing a step before the last is read back would hide.
+// HARMONIUM_PROFILE=2: what the backend adds inside a step, with graphs and PDL as configured: GPU time of the
+// launched work (events around it), the host's work before the step's work is enqueued (plan, upload, graph
+// launch) and after its synchronisation (readback), and the CUDA graphs captured (count, host time: the cost of a
+// new bucket). The host's idle time between steps is the addon's (native/step_runner.h's HostTimer). Printed when
+// the backend is freed.
 struct StepTimer {
   bool on = false;
   cudaEvent_t ev[2] = {nullptr, nullptr};
-  std::chrono::steady_clock::time_point t0, t_launched, t_synced, last_end;
-  bool have_last = false;
-  double gpu_ms = 0, call_ms = 0, gap_ms = 0, before_ms = 0, after_ms = 0;
-  int steps = 0, gaps = 0;
+  std::chrono::steady_clock::time_point t0, t_launched, t_synced;
+  double gpu_ms = 0, before_ms = 0, after_ms = 0, capture_ms = 0;
+  int steps = 0, captures = 0;
+  static double since(std::chrono::steady_clock::time_point a) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count();
+  }
   void begin(cudaStream_t s) {
     if (!on) return;
     if (!ev[0]) {
@@ -154,10 +158,6 @@ struct StepTimer {
       CUDA_CHECK(cudaEventCreate(&ev[1]));
     }
     t0 = std::chrono::steady_clock::now();
-    if (have_last) {
-      gap_ms += std::chrono::duration<double, std::milli>(t0 - last_end).count();
-      gaps++;
-    }
     CUDA_CHECK(cudaEventRecord(ev[0], s));
   }
   void launched(cudaStream_t s) {
@@ -173,21 +173,18 @@ struct StepTimer {
     float t = 0;
     CUDA_CHECK(cudaEventElapsedTime(&t, ev[0], ev[1]));
     gpu_ms += t;
-    last_end = std::chrono::steady_clock::now();
-    have_last = true;
-    call_ms += std::chrono::duration<double, std::milli>(last_end - t0).count();
     before_ms += std::chrono::duration<double, std::milli>(t_launched - t0).count();
-    after_ms += std::chrono::duration<double, std::milli>(last_end - t_synced).count();
+    after_ms += since(t_synced);
     steps++;
   }
   ~StepTimer() {
     if (!on) return;
     if (steps)
       std::fprintf(stderr,
-                   "[harmonium timing] steps %d: GPU %.3f ms, addon call %.3f ms (host before the launch %.4f, after "
-                   "the sync %.4f), host gap %.3f ms per step\n",
-                   steps, gpu_ms / steps, call_ms / steps, before_ms / steps, after_ms / steps,
-                   gaps ? gap_ms / gaps : 0.0);
+                   "[harmonium timing] steps %d: GPU %.3f ms, host before the launch %.4f ms, after the sync %.4f ms "
+                   "per step; %d CUDA graphs captured, %.2f ms each\n",
+                   steps, gpu_ms / steps, before_ms / steps, after_ms / steps, captures,
+                   captures ? capture_ms / captures : 0.0);
     for (cudaEvent_t e : ev)
       if (e) cudaEventDestroy(e);
   }
@@ -248,8 +245,8 @@ class CudaBackend final : public Backend {
   size_t moe_ws_bytes_ = 0;
   float* attn_ws_ = nullptr;
   uint32_t* attn_counters_ = nullptr;  // [Tmax * nkv] decode attention arrival counters, left zero by each launch
-  uint16_t* xf_ = nullptr;     // bf16 [kLogitRowsPerChunk, H] final-normed rows
-  float* logits_ = nullptr;    // fp32 [kLogitRowsPerChunk, V]
+  uint16_t* xf_ = nullptr;     // bf16 [logit_rows_, H] final-normed rows
+  float* logits_ = nullptr;    // fp32 [logit_rows_, V]
   // narrowed outputs, [Tmax] rows
   int32_t* d_argmax_ = nullptr;
   float* d_maxl_ = nullptr;
@@ -276,25 +273,19 @@ class CudaBackend final : public Backend {
   bool fused_rope_ = true;  // decode-only steps rotate and write the KV cache inside attention (HARMONIUM_FUSED_ROPE=0: off)
 
   // ---- one step, in four parts: plan (host), upload, launch (graph or eager), readback ----
-  struct StepPlan {
-    std::vector<int32_t> tok_seq, slot;  // [T] each token's sequence and KV cache slot
-    std::vector<int32_t> decode;         // tokens that are the one new token of their sequence
-    std::vector<int32_t> tiles;          // prefill tiles: (first token, count) pairs
-    std::vector<int32_t> out_rows;       // the token of each output row
-    std::vector<int32_t> full_rows;      // output rows whose full logits go to the host
-    int T = 0, S = 0, max_bps = 0, rows = 0, top_k = 0;
-    int n_decode = 0, n_tiles = 0;
-    bool sampled = false;   // the batch has sample rows (the output carries sampled / sampled_logit)
-    int sample_stages = 0;  // their SampleStage mask: which sampling kernels run (0 = none)
-    // split-K decode attention shape per layer kind (index 0: full layers, 1: sliding layers)
-    int dec_kps[2] = {0, 0}, dec_splits[2] = {0, 0};
-    int dec_variant = 0, dec_slices = 1;  // attention_decode_plan's kernel (a function of n_decode)
-  };
+  StepPlanOptions plan_opt_;  // set at load (native/step_plan.h: padding of decode-only steps when graphs are on)
+  StepPlan plan_;             // the step in flight (its vectors are reused, step after step)
+  // What plan_step adds to the host plan for the launches: the sampling kernels and the decode attention shape.
+  bool sampled_ = false;   // the batch has sample rows (the output carries sampled / sampled_logit)
+  int sample_stages_ = 0;  // their SampleStage mask: which sampling kernels run (0 = none)
+  // split-K decode attention shape per layer kind (index 0: full layers, 1: sliding layers); with padding a
+  // function of the bucket (plan_.max_keys), so of the graph key
+  int dec_kps_[2] = {0, 0}, dec_splits_[2] = {0, 0};
+  int dec_variant_ = 0, dec_slices_ = 1;  // attention_decode_plan's kernel (a function of n_decode)
   void plan_step(const StepBatch& b);
   void upload(const StepBatch& b);
   void launch();
   void readback(StepOutput& out);
-  StepPlan plan_;  // the step in flight (its vectors are reused, step after step)
 
   // params builders for forward_layers / logits_rows: the fields every launch of a kind shares
   DenseParams dense_params(const uint16_t* x, int ldx, const uint16_t* W, const uint16_t* b, float* y, int ldy, int T,
@@ -303,30 +294,41 @@ class CudaBackend final : public Backend {
   AttentionCommon attention_params(const LayerWeights& L, uint16_t* kc, uint16_t* vc, int window) const;
   MoeParams moe_params(int T) const;
 
-  // CUDA graph of the last decode-only step shape, replayed while the shape holds (one host launch per step).
+  // CUDA graphs of decode-only steps, one per launch shape (padded to its bucket: native/step_plan.h), captured on
+  // first use and kept, least recently used dropped beyond kMaxGraphs. Everything a step changes within a shape
+  // (tokens, positions, slots, block tables, sampling rows) is in device buffers the graph reads.
   struct GraphKey {
     int T, S, mbps, rows, top_k, kps0, splits0, kps1, splits1, sample_stages;
     bool operator==(const GraphKey& o) const { return std::memcmp(this, &o, sizeof o) == 0; }
   };
   class GraphCache {
    public:
-    ~GraphCache() { drop(); }
-    bool enabled = true;
-    // Replays the graph of `key`, capturing `record` first when the shape changed. False when graphs are off or
-    // the capture failed (then logged once, and graphs stay off for this model): the caller runs eagerly.
-    template <typename F>
-    bool run(const GraphKey& key, cudaStream_t stream, F&& record);
-    void drop() {
-      if (exec_) cudaGraphExecDestroy(exec_);
-      exec_ = nullptr;
+    // A few dozen: 23 token buckets up to 256 sequences times the block-table buckets a run passes through; an
+    // executable graph costs host memory only.
+    static constexpr int kMaxGraphs = 48;
+    ~GraphCache() {
+      for (Entry& e : entries_) cudaGraphExecDestroy(e.exec);
     }
+    bool enabled = true;
+    // Replays the graph of `key`, capturing `record` first when it is new (timed into `timer`). False when graphs
+    // are off or the capture failed (then logged once, and graphs stay off for this model): the caller runs eagerly.
+    template <typename F>
+    bool run(const GraphKey& key, cudaStream_t stream, StepTimer& timer, F&& record);
 
    private:
-    GraphKey key_{};
-    cudaGraphExec_t exec_ = nullptr;
+    struct Entry {
+      GraphKey key;
+      cudaGraphExec_t exec;
+      uint64_t used;  // the step it last ran in
+    };
+    std::vector<Entry> entries_;
+    uint64_t clock_ = 0;
   };
   GraphCache graphs_;
+  // The forward pass and the logits of every output row (all chunks: the chunks' full-logits copies are the
+  // caller's, so only a step without them, or with one chunk, runs all of this in one graph).
   void run_forward(int T, int rows, int top_k, int sample_stages);
+  int logit_rows_ = 0;  // output rows per lm_head pass (the logits buffer's rows)
   StepProfiler prof_;
   StepTimer timer_;
 };
@@ -383,6 +385,16 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   const int E = cfg.num_experts, K = cfg.experts_per_token;
   qkv_width_ = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim;
   const std::string what = "activations of " + std::to_string(Tm) + " tokens (maxBatchTokens)";
+  // Decode-only steps are padded to their bucket when graphs are on, up to the bucket of maxSeqs (within Tm).
+  plan_opt_.block_size = opt.block_size;
+  plan_opt_.sliding_window = cfg.sliding_window;
+  plan_opt_.batch_invariant = batch_invariant_;
+  plan_opt_.pad = graphs_.enabled;
+  plan_opt_.max_pad_tokens = std::min(Tm, decode_bucket(opt.max_seqs));
+  plan_opt_.max_blocks_per_seq = step_limits(cfg, opt, 0).max_blocks_per_seq;
+  plan_opt_.prefill_tile = kPrefillTileTokens;
+  const int max_rows_seqs = std::max(opt.max_seqs, plan_opt_.max_pad_tokens);  // sequences of a padded step
+  logit_rows_ = std::clamp(plan_opt_.max_pad_tokens, kMinLogitRows, kMaxLogitRows);
   size_t before_free = 0, total = 0;
   cudaMemGetInfo(&before_free, &total);
   x_ = mem_.alloc<float>(size_t(Tm) * H, what);
@@ -398,23 +410,22 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   attn_ws_ = mem_.alloc<float>(kAttnWorkspaceFloats, what);
   attn_counters_ = mem_.alloc<uint32_t>(size_t(Tm) * cfg.num_kv_heads, what);
   CUDA_CHECK(cudaMemset(attn_counters_, 0, size_t(Tm) * cfg.num_kv_heads * 4));
-  xf_ = mem_.alloc<uint16_t>(size_t(kLogitRowsPerChunk) * H, what);
-  logits_ = mem_.alloc<float>(size_t(kLogitRowsPerChunk) * cfg.vocab, what);
+  xf_ = mem_.alloc<uint16_t>(size_t(logit_rows_) * H, what);
+  logits_ = mem_.alloc<float>(size_t(logit_rows_) * cfg.vocab, what);
   d_argmax_ = mem_.alloc<int32_t>(Tm, what);
   d_maxl_ = mem_.alloc<float>(Tm, what);
   d_lse_ = mem_.alloc<float>(Tm, what);
   d_top_ids_ = mem_.alloc<int32_t>(size_t(Tm) * kMaxTopK, what);
   d_top_logits_ = mem_.alloc<float>(size_t(Tm) * kMaxTopK, what);
-  d_sample_rows_ = mem_.alloc<SampleRow>(opt.max_seqs, what);
+  d_sample_rows_ = mem_.alloc<SampleRow>(max_rows_seqs, what);
   d_sample_entries_ = mem_.alloc<SampleEntry>(kMaxSampleEntries, what);
   d_sample_saved_ = mem_.alloc<float>(kMaxSampleEntries, what);
   d_sampled_ = mem_.alloc<int32_t>(Tm, what);
   d_sampled_logit_ = mem_.alloc<float>(Tm, what);
   // One scratch for the logits stage: the narrowing uses it, then the sampling after it on the same stream.
-  sample_ws_bytes_ = std::max(sample_workspace_bytes(kLogitRowsPerChunk), narrow_workspace_bytes(kLogitRowsPerChunk, cfg.vocab));
+  sample_ws_bytes_ = std::max(sample_workspace_bytes(logit_rows_), narrow_workspace_bytes(logit_rows_, cfg.vocab));
   sample_ws_ = mem_.alloc<char>(sample_ws_bytes_, what);
-  const int max_blocks_per_seq = step_limits(cfg, opt, 0).max_blocks_per_seq;
-  idx_cap_ = size_t(Tm) * 6 + size_t(opt.max_seqs) * max_blocks_per_seq + 2 * size_t(Tm) + 64;
+  idx_cap_ = size_t(Tm) * 6 + size_t(max_rows_seqs) * plan_opt_.max_blocks_per_seq + 2 * size_t(Tm) + 64;
   d_idx_ = mem_.alloc<int32_t>(idx_cap_, what);
   inv_freq_ = mem_.alloc<float>(cfg.head_dim / 2, what);
   {
@@ -616,10 +627,10 @@ void CudaBackend::forward_layers(int T) {
       ad.c = ac;
       ad.tokens = d_decode_;
       ad.num_tokens = plan_.n_decode;
-      ad.keys_per_split = plan_.dec_kps[window ? 1 : 0];
-      ad.max_splits = plan_.dec_splits[window ? 1 : 0];
-      ad.variant = plan_.dec_variant;
-      ad.head_slices = plan_.dec_slices;
+      ad.keys_per_split = dec_kps_[window ? 1 : 0];
+      ad.max_splits = dec_splits_[window ? 1 : 0];
+      ad.variant = dec_variant_;
+      ad.head_slices = dec_slices_;
       ad.workspace = attn_ws_;
       ad.counters = attn_counters_;
       if (fuse_rope) {
@@ -666,7 +677,7 @@ void CudaBackend::forward_layers(int T) {
 }
 
 // Final norm, lm_head, narrowing and sampling for output rows [first_row, first_row + rows)
-// (rows <= kLogitRowsPerChunk).
+// (rows <= logit_rows_).
 void CudaBackend::logits_rows(int first_row, int rows, int top_k, int sample_stages) {
   RmsNormParams n = rmsnorm_params(w_.final_norm, rows);
   n.rows = d_out_rows_ + first_row;
@@ -709,12 +720,13 @@ void CudaBackend::logits_rows(int first_row, int rows, int top_k, int sample_sta
   prof_.mark(StepProfiler::kLogits);
 }
 
-// The device work of one step up to the narrowed and sampled logits of the first chunk of output rows (a fixed
-// launch sequence for a given batch shape and sample_stages, so it can be captured in a CUDA graph; the sampling
-// values live in device buffers that upload() refills each step).
+// The device work of one step up to the narrowed and sampled logits of every output row (a fixed launch sequence
+// for a given batch shape and sample_stages, so it can be captured in a CUDA graph; the sampling values live in
+// device buffers that upload() refills each step). Chunks after the first reuse the logits buffer: only a step
+// without full-logits rows, or with one chunk, may run them here (launch()).
 void CudaBackend::run_forward(int T, int rows, int top_k, int sample_stages) {
   forward_layers(T);
-  logits_rows(0, std::min(kLogitRowsPerChunk, rows), top_k, sample_stages);
+  for (int r0 = 0; r0 < rows; r0 += logit_rows_) logits_rows(r0, std::min(logit_rows_, rows - r0), top_k, sample_stages);
 }
 
 // A step: validated by the addon (validate_step) before it gets here.
@@ -729,101 +741,60 @@ void CudaBackend::step(const StepBatch& b, StepOutput& out) {
   timer_.end();
 }
 
-// Host planning: each token's sequence and cache slot, the decode list, prefill tiles, output rows, the rows whose
-// full logits are wanted, and the split-K shape of decode attention.
+// Host planning (native/step_plan.h: index arrays, tiles, output rows, padding), then what the launches add: the
+// split-K shape of decode attention and which sampling kernels run.
 void CudaBackend::plan_step(const StepBatch& b) {
   const ModelConfig& c = cfg_;
-  const int T = b.num_tokens, S = b.num_seqs, bs = opt_.block_size;
-  StepPlan& p = plan_;
-  p.T = T;
-  p.S = S;
-  p.max_bps = b.max_blocks_per_seq;
-  p.top_k = b.top_k;
-  p.tok_seq.resize(T);
-  p.slot.resize(T);
-  p.decode.clear();
-  p.tiles.clear();
-  p.out_rows.clear();
-  p.full_rows.clear();
-  int max_keys_full = 1, max_keys_sliding = 1;
-  int t = 0;
-  for (int s = 0; s < S; s++) {
-    const int n = b.seq_lens[s];
-    const int32_t* bt = b.block_tables + size_t(s) * b.max_blocks_per_seq;
-    for (int i = 0; i < n; i++, t++) {
-      const int pos = b.positions[t];
-      p.tok_seq[t] = s;
-      p.slot[t] = bt[pos / bs] * bs + pos % bs;
-      if (b.all_positions) p.out_rows.push_back(t);
-    }
-    if (!b.all_positions) p.out_rows.push_back(t - 1);
-    if (n == 1 && batch_invariant_) {  // a 1-token prefill tile: the same attention kernel as a prompt's rows
-      p.tiles.push_back(t - 1);
-      p.tiles.push_back(1);
-    } else if (n == 1) {
-      p.decode.push_back(t - 1);
-      const int pos = b.positions[t - 1];
-      max_keys_full = std::max(max_keys_full, pos + 1);
-      max_keys_sliding = std::max(max_keys_sliding, c.sliding_window > 0 ? std::min(pos + 1, c.sliding_window) : pos + 1);
-    } else {
-      for (int f = t - n; f < t; f += kPrefillTileTokens) {
-        p.tiles.push_back(f);
-        p.tiles.push_back(std::min(kPrefillTileTokens, t - f));
-      }
-    }
-  }
-  p.n_decode = int(p.decode.size());
-  p.n_tiles = int(p.tiles.size() / 2);
-  p.rows = int(p.out_rows.size());
+  hm::plan_step(b, plan_opt_, plan_);
+  const StepPlan& p = plan_;
   if (p.n_decode > 0) {
     const size_t per_split = attention_decode_workspace_floats(p.n_decode, c.num_heads, c.head_dim, 1);
     const int cap = int(std::min<size_t>(1024, std::max<size_t>(1, kAttnWorkspaceFloats / per_split)));
     for (int kind = 0; kind < 2; kind++) {
-      const int max_keys = kind ? max_keys_sliding : max_keys_full;
       const AttentionDecodePlan d =
-          attention_decode_plan(max_keys, p.n_decode, c.num_heads, c.num_kv_heads, c.head_dim, num_sms_, cap);
-      p.dec_kps[kind] = d.keys_per_split;
-      p.dec_splits[kind] = d.splits;
-      p.dec_variant = d.variant;
-      p.dec_slices = d.head_slices;
+          attention_decode_plan(p.max_keys[kind], p.n_decode, c.num_heads, c.num_kv_heads, c.head_dim, num_sms_, cap);
+      dec_kps_[kind] = d.keys_per_split;
+      dec_splits_[kind] = d.splits;
+      dec_variant_ = d.variant;
+      dec_slices_ = d.head_slices;
     }
   }
-  for (int r = 0; r < p.rows; r++)
-    if (b.full_logits && b.full_logits[p.tok_seq[p.out_rows[r]]]) p.full_rows.push_back(r);
-  p.sampled = b.sample_rows != nullptr;
-  p.sample_stages = p.sampled ? cuda::sample_stages(b.sample_rows, S) : 0;
+  sampled_ = b.sample_rows != nullptr;
+  sample_stages_ = sampled_ ? cuda::sample_stages(b.sample_rows, b.num_seqs) : 0;
 }
 
-// One host-to-device copy of every index array, through pinned memory; points the d_* views into it. Then the
-// sampling rows and their entries, when some row is sampled (into fixed buffers: a graph reads them, never bakes
+// One host-to-device copy of every index array, through pinned memory; points the d_* views into it (their offsets
+// are a function of the padded shape, so a graph's baked-in pointers stay right). Then the sampling rows (pad rows
+// not sampled) and their entries, when some row is sampled (into fixed buffers: a graph reads them, never bakes
 // them in).
 void CudaBackend::upload(const StepBatch& b) {
   const StepPlan& p = plan_;
-  const size_t bt_n = size_t(p.S) * p.max_bps;
-  const size_t total = 4 * size_t(p.T) + bt_n + p.decode.size() + p.tiles.size() + p.out_rows.size();
+  const size_t total = 4 * size_t(p.T) + p.block_tables.size() + p.decode.size() + p.tiles.size() + p.out_rows.size();
   if (total > idx_cap_) throw std::runtime_error("step: batch index arrays exceed the workspace");
   h_idx_.reserve(total * 4);
   int32_t* h = static_cast<int32_t*>(h_idx_.p);
   size_t at = 0;
-  auto put = [&](const int32_t* src, size_t n, int32_t** dev) {
-    std::memcpy(h + at, src, n * 4);
+  auto put = [&](const std::vector<int32_t>& src, int32_t** dev) {
+    if (!src.empty()) std::memcpy(h + at, src.data(), src.size() * 4);
     *dev = d_idx_ + at;
-    at += n;
+    at += src.size();
   };
-  put(b.tokens, p.T, &d_tokens_);
-  put(b.positions, p.T, &d_pos_);
-  put(p.slot.data(), p.T, &d_slot_);
-  put(p.tok_seq.data(), p.T, &d_tok_seq_);
-  put(b.block_tables, bt_n, &d_bt_);
-  put(p.decode.data(), p.decode.size(), &d_decode_);
-  put(p.tiles.data(), p.tiles.size(), &d_tiles_);
-  put(p.out_rows.data(), p.out_rows.size(), &d_out_rows_);
+  put(p.tokens, &d_tokens_);
+  put(p.positions, &d_pos_);
+  put(p.slot, &d_slot_);
+  put(p.tok_seq, &d_tok_seq_);
+  put(p.block_tables, &d_bt_);
+  put(p.decode, &d_decode_);
+  put(p.tiles, &d_tiles_);
+  put(p.out_rows, &d_out_rows_);
   CUDA_CHECK(cudaMemcpyAsync(d_idx_, h, at * 4, cudaMemcpyHostToDevice, stream_));
-  if (p.sample_stages) {
+  if (sample_stages_) {
     const size_t row_bytes = size_t(p.S) * sizeof(SampleRow), entry_bytes = size_t(b.num_sample_entries) * sizeof(SampleEntry);
     h_sample_.reserve(row_bytes + entry_bytes);
     char* hs = static_cast<char*>(h_sample_.p);
-    std::memcpy(hs, b.sample_rows, row_bytes);
+    std::memcpy(hs, b.sample_rows, size_t(p.real_S) * sizeof(SampleRow));
+    SampleRow* pad_rows = reinterpret_cast<SampleRow*>(hs) + p.real_S;
+    std::fill(pad_rows, pad_rows + (p.S - p.real_S), SampleRow{});  // mode none: not sampled, no entries
     if (entry_bytes) std::memcpy(hs + row_bytes, b.sample_entries, entry_bytes);
     CUDA_CHECK(cudaMemcpyAsync(d_sample_rows_, hs, row_bytes, cudaMemcpyHostToDevice, stream_));
     if (entry_bytes)
@@ -832,82 +803,101 @@ void CudaBackend::upload(const StepBatch& b) {
 }
 
 template <typename F>
-bool CudaBackend::GraphCache::run(const GraphKey& key, cudaStream_t stream, F&& record) {
+bool CudaBackend::GraphCache::run(const GraphKey& key, cudaStream_t stream, StepTimer& timer, F&& record) {
   if (!enabled) return false;
-  if (!exec_ || !(key == key_)) {
-    drop();
-    cudaGraph_t g = nullptr;
-    std::string why;
-    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    try {
-      record();
-    } catch (const std::exception& e) {
-      // A launch that cannot be captured; errors that are not about capturing show up again in the eager run
-      // and are thrown there.
-      why = e.what();
+  clock_++;
+  for (Entry& e : entries_)
+    if (e.key == key) {
+      e.used = clock_;
+      CUDA_CHECK(cudaGraphLaunch(e.exec, stream));
+      return true;
     }
-    const cudaError_t ee = cudaStreamEndCapture(stream, &g);
-    if (why.empty() && ee != cudaSuccess) why = std::string("cudaStreamEndCapture: ") + cudaGetErrorString(ee);
-    if (why.empty() && g) {
-      const cudaError_t ie = cudaGraphInstantiate(&exec_, g, 0);
-      if (ie != cudaSuccess) {
-        exec_ = nullptr;
-        why = std::string("cudaGraphInstantiate: ") + cudaGetErrorString(ie);
-      }
-    }
-    if (g) cudaGraphDestroy(g);
-    if (!exec_) {
-      if (why.empty()) why = "the capture produced no graph";
-      enabled = false;
-      cudaGetLastError();
-      std::fprintf(stderr, "harmonium: CUDA graph capture failed (%s); this model runs its steps without graphs\n",
-                   why.c_str());
-      return false;
-    }
-    key_ = key;
+  const auto t0 = std::chrono::steady_clock::now();
+  cudaGraph_t g = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  std::string why;
+  CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  try {
+    record();
+  } catch (const std::exception& e) {
+    // A launch that cannot be captured; errors that are not about capturing show up again in the eager run
+    // and are thrown there.
+    why = e.what();
   }
-  CUDA_CHECK(cudaGraphLaunch(exec_, stream));
+  const cudaError_t ee = cudaStreamEndCapture(stream, &g);
+  if (why.empty() && ee != cudaSuccess) why = std::string("cudaStreamEndCapture: ") + cudaGetErrorString(ee);
+  if (why.empty() && g) {
+    const cudaError_t ie = cudaGraphInstantiate(&exec, g, 0);
+    if (ie != cudaSuccess) {
+      exec = nullptr;
+      why = std::string("cudaGraphInstantiate: ") + cudaGetErrorString(ie);
+    }
+  }
+  if (g) cudaGraphDestroy(g);
+  if (!exec) {
+    if (why.empty()) why = "the capture produced no graph";
+    enabled = false;
+    cudaGetLastError();
+    std::fprintf(stderr, "harmonium: CUDA graph capture failed (%s); this model runs its steps without graphs\n",
+                 why.c_str());
+    return false;
+  }
+  if (int(entries_.size()) == kMaxGraphs) {
+    auto lru = std::min_element(entries_.begin(), entries_.end(),
+                                [](const Entry& a, const Entry& b) { return a.used < b.used; });
+    cudaGraphExecDestroy(lru->exec);
+    entries_.erase(lru);
+  }
+  entries_.push_back({key, exec, clock_});
+  if (timer.on) {
+    timer.captures++;
+    timer.capture_ms += StepTimer::since(t0);
+  }
+  CUDA_CHECK(cudaGraphLaunch(exec, stream));
   return true;
 }
 
-// The device work: the forward pass (replayed from a graph for decode-only shapes), later chunks of output rows,
+// The device work: the forward pass (replayed from a graph for decode-only shapes), the logits of every output row,
 // and the copies of the results to pinned host memory. Nothing here synchronises.
 void CudaBackend::launch() {
   const StepPlan& p = plan_;
   const ModelConfig& c = cfg_;
   prof_.begin(stream_);
   h_logits_.reserve(std::max<size_t>(1, p.full_rows.size()) * size_t(c.vocab) * 4);
-  // Batch-invariant decode-only steps (one 1-token tile per token) have a launch sequence fixed by T as well.
-  const bool decode_only = p.n_tiles == 0 || (batch_invariant_ && p.n_tiles == p.T);
-  const bool graphable = decode_only && p.T <= kMoeDecodeMaxTokens && p.rows <= kLogitRowsPerChunk;
-  const GraphKey key{p.T, p.S, p.max_bps, p.rows, p.top_k, p.dec_kps[0], p.dec_splits[0], p.dec_kps[1],
-                     p.dec_splits[1], p.sample_stages};
-  if (!graphable || !graphs_.run(key, stream_, [&] { run_forward(p.T, p.rows, p.top_k, p.sample_stages); }))
-    run_forward(p.T, p.rows, p.top_k, p.sample_stages);
+  // A graph holds every logits chunk, so its full-logits copies (which must run between chunks) need one chunk.
+  const bool one_chunk = p.rows <= logit_rows_;
+  const bool graphable = p.decode_only && (one_chunk || p.full_rows.empty());
+  const GraphKey key{p.T, p.S, p.max_bps, p.rows, p.top_k, dec_kps_[0], dec_splits_[0], dec_kps_[1],
+                     dec_splits_[1], sample_stages_};
+  const bool graphed =
+      graphable && graphs_.run(key, stream_, timer_, [&] { run_forward(p.T, p.rows, p.top_k, sample_stages_); });
+  if (!graphs_.enabled) plan_opt_.pad = false;  // a capture failed: no more padding for graphs that never come
+  if (!graphed && one_chunk) run_forward(p.T, p.rows, p.top_k, sample_stages_);
+  if (!graphed && !one_chunk) forward_layers(p.T);
   size_t fi = 0;
-  for (int r0 = 0; r0 < p.rows; r0 += kLogitRowsPerChunk) {
-    const int n = std::min(kLogitRowsPerChunk, p.rows - r0);
-    // later chunks reuse the logits buffer, after the copies of the last one
-    if (r0 > 0) logits_rows(r0, n, p.top_k, p.sample_stages);
+  for (int r0 = 0; r0 < p.real_rows; r0 += logit_rows_) {
+    const int n = std::min(logit_rows_, p.rows - r0);
+    if (!graphed && !one_chunk) logits_rows(r0, n, p.top_k, sample_stages_);
     for (; fi < p.full_rows.size() && p.full_rows[fi] < r0 + n; fi++)
       CUDA_CHECK(cudaMemcpyAsync(static_cast<float*>(h_logits_.p) + fi * size_t(c.vocab),
                                  logits_ + size_t(p.full_rows[fi] - r0) * c.vocab, size_t(c.vocab) * 4,
                                  cudaMemcpyDeviceToHost, stream_));
   }
-  // narrowed results: argmax, max, lse, top ids, top logits; then the sampled tokens and their raw logits
-  const int rows = p.rows, k = p.top_k;
+  // narrowed results of the real rows: argmax, max, lse, top ids, top logits; then the sampled tokens and their
+  // raw logits
+  const int rows = p.real_rows, k = p.top_k;
   const size_t narrowed_bytes = size_t(rows) * (12 + 8 * size_t(k));
   h_out_.reserve(narrowed_bytes + size_t(rows) * 8);
   char* ho = static_cast<char*>(h_out_.p);
   CUDA_CHECK(cudaMemcpyAsync(ho, d_argmax_, rows * 4, cudaMemcpyDeviceToHost, stream_));
   CUDA_CHECK(cudaMemcpyAsync(ho + rows * 4, d_maxl_, rows * 4, cudaMemcpyDeviceToHost, stream_));
   CUDA_CHECK(cudaMemcpyAsync(ho + rows * 8, d_lse_, rows * 4, cudaMemcpyDeviceToHost, stream_));
-  if (k > 0) {
+  if (k > 0) {  // [rows, k] contiguous: the pad rows' candidates come after the real rows'
     CUDA_CHECK(cudaMemcpyAsync(ho + rows * 12, d_top_ids_, size_t(rows) * k * 4, cudaMemcpyDeviceToHost, stream_));
     CUDA_CHECK(cudaMemcpyAsync(ho + rows * 12 + size_t(rows) * k * 4, d_top_logits_, size_t(rows) * k * 4,
                                cudaMemcpyDeviceToHost, stream_));
   }
-  if (p.sample_stages) {
+  if (sample_stages_) {
     CUDA_CHECK(cudaMemcpyAsync(ho + narrowed_bytes, d_sampled_, rows * 4, cudaMemcpyDeviceToHost, stream_));
     CUDA_CHECK(cudaMemcpyAsync(ho + narrowed_bytes + rows * 4, d_sampled_logit_, rows * 4, cudaMemcpyDeviceToHost, stream_));
   }
@@ -920,7 +910,7 @@ void CudaBackend::readback(StepOutput& out) {
   timer_.synced();
   CUDA_CHECK(cudaGetLastError());
   prof_.end(p.n_tiles == 0);
-  const int rows = p.rows, k = p.top_k;
+  const int rows = p.real_rows, k = p.top_k;
   const char* ho = static_cast<const char*>(h_out_.p);
   out.num_rows = rows;
   out.vocab = cfg_.vocab;
@@ -944,10 +934,10 @@ void CudaBackend::readback(StepOutput& out) {
   const size_t narrowed_bytes = size_t(rows) * (12 + 8 * size_t(k));
   out.sampled.clear();
   out.sampled_logit.clear();
-  if (p.sample_stages) {
+  if (sample_stages_) {
     out.sampled = i32(narrowed_bytes, rows);
     out.sampled_logit = f32(narrowed_bytes + rows * 4, rows);
-  } else if (p.sampled) {  // sample rows, none of them sampled on the device
+  } else if (sampled_) {  // sample rows, none of them sampled on the device
     out.sampled.assign(rows, -1);
     out.sampled_logit.assign(rows, NAN);
   }

@@ -23,6 +23,14 @@ export interface HarmoniumLoadOptions {
   /** Sequences and tokens per engine step (defaults: buildInfo().defaults[backend]). */
   maxSeqs?: number;
   maxBatchTokens?: number;
+  /**
+   * The scheduler's token budget of one step (decoding sequences first, then prompt chunks), at most
+   * maxBatchTokens (its default), and the prompt tokens one request prefills per step at most (default: the step
+   * budget). Smaller steps keep running requests' inter-token latency low while prompts are read; larger ones read
+   * prompts faster.
+   */
+  stepTokens?: number;
+  prefillChunk?: number;
   /** CUDA only: 'mxfp4' (sm_90+) or 'bf16' experts. */
   expertFormat?: 'mxfp4' | 'bf16';
   /** CPU threads (0 = all cores). */

@@ -28,6 +28,10 @@ export interface EngineOptions {
   blockSize: number;
   maxSeqs: number;
   maxBatchTokens: number;
+  /** The token budget of one step, at most maxBatchTokens (scheduler.ts's SchedulerLimits). Default maxBatchTokens. */
+  stepTokens?: number;
+  /** Prompt tokens one sequence prefills per step at most (scheduler.ts). Default the step budget. */
+  prefillChunk?: number;
   /** Longest sequence (prompt + generated) allowed. */
   contextLength: number;
   /** The most sampling entries one step carries (the addon's buildInfo().maxSampleEntries); default unlimited. */
@@ -260,7 +264,7 @@ export class Engine {
    */
   private stepAhead(running: StepInFlight): StepInFlight | undefined {
     const seqs = this.scheduler.running;
-    if (this.scheduler.waiting.length > 0 || seqs.length === 0 || seqs.length > this.options.maxBatchTokens) return undefined;
+    if (this.scheduler.waiting.length > 0 || seqs.length === 0 || seqs.length > this.scheduler.budget.stepTokens) return undefined;
     const rowOf = new Map<Sequence<Pending>, number>();
     running.chunks.forEach((c, r) => c.samples && rowOf.set(c.seq, r));
     let missing = 0;

@@ -1,5 +1,6 @@
 // A simple continuous-batching scheduler: each step holds every decoding sequence (one token each) plus prefill
-// chunks of sequences still reading their prompt, within a token budget. New requests are admitted in arrival
+// chunks of sequences still reading their prompt (each at most prefillChunk tokens), within a token budget
+// (stepTokens). New requests are admitted in arrival
 // order as blocks and slots allow. When a decoding sequence needs a block and none is free, the most recently
 // admitted sequence is preempted: its blocks are freed and it goes back to the front of the queue to recompute its
 // tokens later (vLLM's recompute preemption), so the oldest requests always make progress.
@@ -12,6 +13,20 @@ export interface SchedulerLimits {
   maxSeqs: number;
   /** Tokens per step (the native max_batch_tokens). */
   maxBatchTokens: number;
+  /**
+   * The token budget of one step (decode tokens first, then prefill chunks), at most maxBatchTokens; default
+   * maxBatchTokens. Smaller keeps decoding sequences' steps short while prompts are read (ITL), larger reads
+   * prompts in fewer steps (TTFT, prefill throughput).
+   */
+  stepTokens?: number;
+  /** Prompt tokens one sequence prefills in one step at most; default the step budget. */
+  prefillChunk?: number;
+}
+
+/** The step budget and prefill chunk the limits resolve to (defaults filled, each within its bound). */
+export function stepBudget(limits: SchedulerLimits): { stepTokens: number; prefillChunk: number } {
+  const stepTokens = Math.max(1, Math.min(limits.stepTokens ?? limits.maxBatchTokens, limits.maxBatchTokens));
+  return { stepTokens, prefillChunk: Math.max(1, Math.min(limits.prefillChunk ?? stepTokens, stepTokens)) };
 }
 
 export class Sequence<T = unknown> {
@@ -54,6 +69,8 @@ export interface Chunk<T> {
 export class Scheduler<T = unknown> {
   private readonly pool: KvBlockPool;
   private readonly limits: SchedulerLimits;
+  /** Tokens per step and prompt tokens per sequence per step (stepBudget). */
+  readonly budget: { stepTokens: number; prefillChunk: number };
   /** Admission order; preempted sequences return to the front. */
   readonly waiting: Sequence<T>[] = [];
   /** Admission order (oldest first). */
@@ -66,6 +83,7 @@ export class Scheduler<T = unknown> {
   constructor(pool: KvBlockPool, limits: SchedulerLimits) {
     this.pool = pool;
     this.limits = limits;
+    this.budget = stepBudget(limits);
   }
 
   get idle(): boolean {
@@ -137,7 +155,8 @@ export class Scheduler<T = unknown> {
 
   private trySchedule(): Chunk<T>[] {
     const chunks: Chunk<T>[] = [];
-    let budget = this.limits.maxBatchTokens;
+    let budget = this.budget.stepTokens;
+    const chunk = this.budget.prefillChunk;
     // Decoding sequences first, oldest first: a long prefill must not stall them.
     for (const seq of [...this.running]) {
       if (seq.state !== 'running' || seq.tokens.length - seq.computed !== 1 || budget < 1) continue;
@@ -149,7 +168,7 @@ export class Scheduler<T = unknown> {
     for (const seq of this.running) {
       const need = seq.tokens.length - seq.computed;
       if (need <= 1 || budget < 1) continue;
-      const len = Math.min(need, budget);
+      const len = Math.min(need, budget, chunk);
       if (seq.table.missingFor(seq.computed + len) > this.pool.freeBlocks) continue;
       seq.table.ensure(seq.computed + len);
       chunks.push({ seq, start: seq.computed, length: len, samples: len === need });
@@ -161,7 +180,7 @@ export class Scheduler<T = unknown> {
       const hit = this.cachedPrefix(seq);
       const start = hit.length * this.pool.blockSize;
       const need = seq.tokens.length - start;
-      const len = Math.min(need, budget);
+      const len = Math.min(need, budget, chunk);
       if (this.pool.blocksFor(start + len) - hit.length + this.pool.idleAmong(hit) > this.pool.freeBlocks) break;
       seq.table.adopt(hit);
       seq.computed = start;
