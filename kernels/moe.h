@@ -25,6 +25,9 @@
 //           scatter: the same row order every run), then grouped GEMMs on tensor cores (mma.sync bf16, fp32
 //           accumulate, MXFP4 decoded into shared memory as the exact bf16 weights, so both formats give the same
 //           bits), SwiGLU fused into the gate_up epilogue, then a deterministic combine of each token's k rows.
+//           MXFP4 (moe_prefill_mma.cuh): 128 x 128 tiles fed by a cp.async ring of activations and raw MXFP4
+//           bytes, each k-tile's weights decoded once in shared memory; the same bits as v1 (kept for bf16 and
+//           as MoePath::kPrefillV1).
 //           A token's rows do not depend on the other tokens of the call (docs/reproducibility.md).
 //
 // Activation dtypes (the same as kernels/dense.h): x is bf16 [n, H] (the RMSNorm output), y is fp32 [n, H], the
@@ -71,8 +74,10 @@ void router_topk_softmax(const RouterTopkParams& p, cudaStream_t stream);
 constexpr int kMoeDecodeMaxTokens = 8;
 
 // kDecode takes the bulk-copy kernels where they apply (MXFP4 on sm_90+, see the top), else the register-streaming
-// ones; kDecodeRegs forces the register-streaming ones (the comparison variant of tests and the lab).
-enum class MoePath : int { kAuto = 0, kDecode = 1, kPrefill = 2, kDecodeRegs = 3 };
+// ones; kDecodeRegs forces the register-streaming ones (the comparison variant of tests and the lab). kPrefill
+// takes moe_prefill_mma.cuh's GEMM for MXFP4 weights, kPrefillV1 forces the v1 GEMM (the same bits; the bf16
+// weights always take v1).
+enum class MoePath : int { kAuto = 0, kDecode = 1, kPrefill = 2, kDecodeRegs = 3, kPrefillV1 = 4 };
 
 struct MoeMxfp4Weights {
   const uint8_t* gu_blocks = nullptr;  // [E, 2I, H/32, 16]
