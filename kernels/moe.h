@@ -36,6 +36,9 @@
 //           scatter: the same row order every run), then grouped GEMMs on tensor cores (mma.sync bf16, fp32
 //           accumulate, MXFP4 decoded into shared memory as the exact bf16 weights, so both formats give the same
 //           bits), SwiGLU fused into the gate_up epilogue, then a deterministic combine of each token's k rows.
+//           MXFP4 (moe_prefill_mma.cuh): 128 x 128 tiles fed by a cp.async ring of activations and raw MXFP4
+//           bytes, each k-tile's weights decoded once in shared memory; the same bits as v1 (kept for bf16 and
+//           as MoePath::kPrefillV1).
 //           A token's rows do not depend on the other tokens of the call (docs/reproducibility.md).
 //
 // Activation dtypes (the same as kernels/dense.h): x is bf16 [n, H] (the RMSNorm output), y is fp32 [n, H], the
@@ -85,8 +88,11 @@ constexpr int kMoeDecodeMaxTokens = 8;
 // kDecode takes the bulk-copy kernels where they apply (MXFP4 on sm_90+, see the top), else the register-streaming
 // ones; kDecodeRegs forces the register-streaming ones (the comparison variant of tests and the lab). kGrouped
 // takes the grouped kernels where they apply (MXFP4 on sm_90+; any n), else the prefill path; kGroupedBf16 the
-// same with their bf16 inner loop (the comparison variant).
-enum class MoePath : int { kAuto = 0, kDecode = 1, kPrefill = 2, kDecodeRegs = 3, kGrouped = 4, kGroupedBf16 = 5 };
+// same with their bf16 inner loop (the comparison variant). kPrefill takes moe_prefill_mma.cuh's GEMM for MXFP4
+// weights, kPrefillV1 forces the v1 GEMM (the same bits; the bf16 weights always take v1).
+enum class MoePath : int {
+  kAuto = 0, kDecode = 1, kPrefill = 2, kDecodeRegs = 3, kGrouped = 4, kGroupedBf16 = 5, kPrefillV1 = 6
+};
 
 // kAuto takes the grouped path above the decode path while the tokens per expert, n k / E, stay at most this
 // (E = 32: n <= 256; E = 128: n <= 1024). A prediction (bench/moe_playground/NOTES.md, "grouped path"); the lab's

@@ -690,6 +690,7 @@ __global__ void __launch_bounds__(256) moe_combine(Workspace w, int H, int k, fl
 }  // namespace hm::cuda::moe
 #include "moe_decode_bulk.cuh"  // the MXFP4 decode kernels through shared memory (they use the helpers above)
 #include "moe_grouped.cuh"      // the MXFP4 grouped streaming kernels (a few tokens per expert)
+#include "moe_prefill_mma.cuh"  // the MXFP4 prefill GEMM through a cp.async ring (it uses v1's pieces above)
 namespace hm::cuda::moe {
 namespace {
 
@@ -799,13 +800,20 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
   } else if (grouped == 2) {
     launch_grouped<GroupedBf16>(p, gu, dn, weights, ws, stream);
   } else {
-    const int T = max_tiles(P, p.E);
     GemmArgs g{gu, p.x, p.ldx, p.k, weights, p.swiglu_limit, ws};
-    launch(moe_grouped_gemm<F, true>, dim3(ceil_div(2 * p.I, kBN), T), dim3(256), 0, stream, p.pdl, g);
-    g.W = dn;
-    g.A = ws.act;
-    g.lda = p.I;
-    launch(moe_grouped_gemm<F, false>, dim3(ceil_div(p.H, kBN), T), dim3(256), 0, stream, p.pdl, g);
+    bool v2 = false;  // the MXFP4 GEMM of moe_prefill_mma.cuh (v1's bits); v1 for bf16 and kPrefillV1
+    if constexpr (F == WFmt::kMxfp4) {
+      v2 = p.path != MoePath::kPrefillV1 && prefill_mma_fits(p.n, p.ldx, P, p.I);
+      if (v2) launch_prefill_mma_pair(g, gu, dn, ws.act, p.I, P, p.E, stream, p.pdl);
+    }
+    if (!v2) {
+      const int T = max_tiles(P, p.E);
+      launch(moe_grouped_gemm<F, true>, dim3(ceil_div(2 * p.I, kBN), T), dim3(256), 0, stream, p.pdl, g);
+      g.W = dn;
+      g.A = ws.act;
+      g.lda = p.I;
+      launch(moe_grouped_gemm<F, false>, dim3(ceil_div(p.H, kBN), T), dim3(256), 0, stream, p.pdl, g);
+    }
   }
   launch(moe_combine, dim3(p.n), dim3(256), 0, stream, p.pdl, ws, p.H, p.k, p.y, p.ldy, p.accumulate);
 }

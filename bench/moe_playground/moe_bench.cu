@@ -2,7 +2,8 @@
 // configurations of the decode kernels at the real gpt-oss shapes (H = I = 2880, top-4, E = 32 and 128).
 // Before it times a shape, it checks the launchers' output there against the CPU twin (ref::expert_mlp_mxfp4,
 // native/cpu/ref_ops.h) and stops if they disagree; the numbered decode variants are then checked against the
-// launcher. Random (never zero) weights. MOE_DECODE_ONLY=1 skips the prefill and grouped timings;
+// launcher. Random (never zero) weights. MOE_DECODE_ONLY=1 skips the prefill and grouped timings,
+// MOE_PREFILL_ONLY=1 the decode and grouped ones;
 // MOE_GROUPED_ONLY=1 runs only the grouped section: at n = 8 .. 2048, E = 32 and 128, the launcher's kAuto, the
 // prefill GEMM and every grouped configuration, V0-V10 with the bf16 inner loop (moe_grouped.cuh; all XP but V7;
 // MT2: V8-V10) and F0-F5 with the fp8 one (F0 = the launcher's default), checked (CPU twin at n = 16 and 64, and
@@ -16,6 +17,9 @@
 // with padded stage rows (run 8; their down kernels keep fp8 up to 256 KB of split activations, so n = 4 runs fp8
 // where it fits; n = 8 does not fit and runs bf16), G*/D* = register kernel configurations. A summary table and
 // the fp8-vs-bf16 table are printed last.
+// Prefill: v1 (MoePath::kPrefillV1), the default MXFP4 GEMM (moe_prefill_mma.cuh) and its configurations M*, at
+// 64 .. 8192 tokens, each checked against the CPU twin (all tokens at 64, the first 16 above) and against v1's bits
+// on every token before it is timed; "route sort + combine only" is the layer without its two GEMMs.
 //
 // Decode bytes count only what must be read: the selected experts' MXFP4 blocks, scales and biases
 // (13.24 MB per expert). The routing rotates over disjoint expert sets so no iteration finds its experts in L2.
@@ -418,18 +422,19 @@ std::vector<float> moe_on_cpu(const Layer& L, const int32_t* d_ids, const float*
 // Runs `launch` (which writes p.y for routing set 0) and stops the program unless it matches the CPU twin (the
 // op-test tolerance: nmse 1e-4, the SwiGLU output being rounded to bf16 between the matmuls).
 // With fused routing (p.logits), the routing the kernels wrote to p.ids_out / p.weights_out is the twin's input.
+// With rows < p.n only the first `rows` tokens are checked (the twin of thousands of tokens would take minutes).
 template <typename F>
-void check_cpu_twin(const char* what, const Layer& L, const MoeParams& p, F&& launch) {
+void check_cpu_twin(const char* what, const Layer& L, const MoeParams& p, F&& launch, int rows = -1) {
   CK(cudaMemset(p.y, 0xFF, size_t(p.n) * L.H * 4));
   launch();
   CK(cudaDeviceSynchronize());
-  const std::vector<float> want =
-      moe_on_cpu(L, p.logits ? p.ids_out : p.ids, p.logits ? p.weights_out : p.weights, p.x, p.n);
+  const std::vector<float> want = moe_on_cpu(L, p.logits ? p.ids_out : p.ids, p.logits ? p.weights_out : p.weights,
+                                             p.x, rows < 0 ? p.n : rows);
   float* d_want = dalloc<float>(want.size());
   CK(cudaMemcpy(d_want, want.data(), want.size() * 4, cudaMemcpyHostToDevice));
   const double err = nmse_dev(p.y, d_want, want.size());
   cudaFree(d_want);
-  std::printf("  check %s n=%d E=%d vs CPU twin: nmse %.2e\n", what, p.n, L.E, err);
+  std::printf("  check %s n=%d E=%d vs CPU twin (%zu tokens): nmse %.2e\n", what, p.n, L.E, want.size() / L.H, err);
   if (!(err <= 1e-4)) {
     std::fprintf(stderr, "moe_bench: %s n=%d disagrees with ref::expert_mlp_mxfp4 (nmse %.2e): not timing it\n", what,
                  p.n, err);
@@ -663,6 +668,115 @@ void grouped_summary() {
     }
     std::printf("E=%d: faster than prefill up to n = %d (F0, fp8) / %d (V0, bf16) of those timed\n", E, cross_f,
                 cross_v);
+MoeParams with_path(MoeParams q, MoePath path) {
+  q.path = path;
+  return q;
+}
+
+// ---- prefill: v1 (moe_grouped_gemm) against the cp.async-ring GEMM (moe_prefill_mma.cuh) and its configurations ----
+
+struct PrefillRow {
+  std::string what;
+  int E, n;
+  float us;
+  double tflops;
+};
+std::vector<PrefillRow> g_prefill_rows;
+
+// One layer through a chosen moe_prefill_mma configuration (both matrices), as moe::forward runs the prefill path.
+template <typename C>
+void prefill_mma_layer(const Layer& L, const MoeParams& q) {
+  const moe::Workspace w = moe::carve(q.workspace, q.n, L.H, L.I, L.E, L.k);
+  const int P = q.n * L.k;
+  const moe::WMat gu{L.gu_b, L.gu_s, L.gu_bias, 2 * L.I, L.H}, dn{L.dn_b, L.dn_s, L.dn_bias, L.H, L.I};
+  launch(moe::moe_route_sort, dim3(1), dim3(1024), 0, 0, false, q.ids, P, L.E, w);
+  moe::GemmArgs g{gu, q.x, q.ldx, q.k, q.weights, q.swiglu_limit, w};
+  moe::launch_prefill_mma_pair<C, C>(g, gu, dn, w.act, L.I, P, L.E, 0, false);
+  launch(moe::moe_combine, dim3(q.n), dim3(256), 0, 0, false, w, L.H, L.k, q.y, q.ldy, false);
+}
+// What is not a GEMM: the route sort and the combine (the layer minus both GEMMs).
+void prefill_overhead(const Layer& L, const MoeParams& q) {
+  const moe::Workspace w = moe::carve(q.workspace, q.n, L.H, L.I, L.E, L.k);
+  launch(moe::moe_route_sort, dim3(1), dim3(1024), 0, 0, false, q.ids, q.n * L.k, L.E, w);
+  launch(moe::moe_combine, dim3(q.n), dim3(256), 0, 0, false, w, L.H, L.k, q.y, q.ldy, false);
+}
+
+std::vector<float> download(const float* d, size_t n) {
+  std::vector<float> h(n);
+  CK(cudaMemcpy(h.data(), d, n * 4, cudaMemcpyDeviceToHost));
+  return h;
+}
+
+// Checks (CPU twin on all tokens at n = 64, on the first 16 above; every variant bit-identical to v1 on all
+// tokens), then times v1, the launcher's default and the configurations; random routing.
+void prefill_section(const Layer& L, int n, const uint16_t* x, float* y, void* ws, size_t ws_bytes) {
+  Routing R(2, n, L.k, L.E, true);
+  MoeParams p;
+  p.n = n;
+  p.H = L.H;
+  p.I = L.I;
+  p.E = L.E;
+  p.k = L.k;
+  p.x = x;
+  p.ldx = L.H;
+  p.y = y;
+  p.ldy = L.H;
+  p.workspace = ws;
+  p.workspace_bytes = ws_bytes;
+  p.ids = R.ids_of(0);
+  p.weights = R.w_of(0);
+  const double flops = double(n) * L.k * L.flops_per_pair();
+  const int rows = n <= 64 ? -1 : 16;
+  auto with = [&](MoePath path) {
+    MoeParams q = p;
+    q.path = path;
+    return q;
+  };
+  check_cpu_twin("prefill mxfp4 v1", L, with(MoePath::kPrefillV1),
+                 [&] { moe_mxfp4_forward(with(MoePath::kPrefillV1), L.mx(), 0); }, rows);
+  const std::vector<float> y_v1 = download(y, size_t(n) * L.H);
+  check_cpu_twin("prefill mxfp4 (default: moe_prefill_mma)", L, with(MoePath::kPrefill),
+                 [&] { moe_mxfp4_forward(with(MoePath::kPrefill), L.mx(), 0); }, rows);
+  if (n <= 64) check_cpu_twin("prefill bf16", L, with(MoePath::kPrefill), [&] { moe_bf16_forward(with(MoePath::kPrefill), L.bf(), 0); });
+
+  struct V {
+    const char* name;
+    std::function<void(const MoeParams&)> call;
+  };
+  const std::vector<V> vs = {
+      {"v1 mxfp4 (kPrefillV1)", [&](const MoeParams& q) { moe_mxfp4_forward(with_path(q, MoePath::kPrefillV1), L.mx(), 0); }},
+      {"default (kPrefill)", [&](const MoeParams& q) { moe_mxfp4_forward(with_path(q, MoePath::kPrefill), L.mx(), 0); }},
+      {"M1 BK32 NST4", [&](const MoeParams& q) { prefill_mma_layer<moe::PrefillCfg<32, 4>>(L, q); }},
+      {"M2 BK32 NST6", [&](const MoeParams& q) { prefill_mma_layer<moe::PrefillCfg<32, 6>>(L, q); }},
+      {"M3 BK64 NST3", [&](const MoeParams& q) { prefill_mma_layer<moe::PrefillCfg<64, 3>>(L, q); }},
+      {"M4 BK64 NST4 (1 block/SM)", [&](const MoeParams& q) { prefill_mma_layer<moe::PrefillCfg<64, 4>>(L, q); }},
+      {"bf16 v1", [&](const MoeParams& q) { moe_bf16_forward(with_path(q, MoePath::kPrefill), L.bf(), 0); }},
+      {"route sort + combine only", [&](const MoeParams& q) { prefill_overhead(L, q); }},
+  };
+  for (const V& v : vs) {
+    const bool is_overhead = std::strcmp(v.name, "route sort + combine only") == 0;
+    if (!is_overhead) {  // every variant gives v1's bits on every token
+      CK(cudaMemset(y, 0xFF, size_t(n) * L.H * 4));
+      v.call(p);
+      CK(cudaDeviceSynchronize());
+      const std::vector<float> got = download(y, size_t(n) * L.H);
+      size_t diff = 0;
+      for (size_t i = 0; i < got.size(); i++) diff += std::memcmp(&got[i], &y_v1[i], 4) != 0;
+      if (diff) {
+        std::fprintf(stderr, "moe_bench: prefill %s n=%d E=%d: %zu elements differ from v1's bits\n", v.name, n, L.E,
+                     diff);
+        std::exit(1);
+      }
+    }
+    const float t = time_us([&](int i) {
+      MoeParams q = p;
+      q.ids = R.ids_of(i);
+      q.weights = R.w_of(i);
+      v.call(q);
+    }, 10, 5);
+    std::printf("prefill n=%d E=%d %-28s %8.0f us  %6.1f TFLOP/s  %8.0f tok/s per layer%s\n", n, L.E, v.name, t,
+                is_overhead ? 0.0 : flops / t * 1e-6, n / t * 1e6, is_overhead ? "" : "  (v1 bits)");
+    g_prefill_rows.push_back({v.name, L.E, n, t, is_overhead ? 0.0 : flops / t * 1e-6});
   }
 }
 
@@ -682,7 +796,7 @@ int main() {
     cudaFree(b);
   }
 
-  const int n_prefill = 2048;
+  const int n_prefill = 8192;
   for (int E : {32, 128}) {
     const bool grouped_only = std::getenv("MOE_GROUPED_ONLY") != nullptr;
     Layer L(E, !grouped_only);
@@ -695,7 +809,7 @@ int main() {
     std::printf("\n== E=%d, H=I=2880, k=4 ==\n", E);
 
     for (int n : {1, 2, 4, 8}) {
-      if (grouped_only) break;
+      if (grouped_only || std::getenv("MOE_PREFILL_ONLY")) break;  // grouped-only and prefill-only runs
       const int sets = std::max(2, E / std::min(E, n * L.k)) * 4;
       Routing R(sets, n, L.k, E, n > 1);
       // Bytes a step must read: the union of the experts (consecutive sets are disjoint for n = 1).
@@ -800,46 +914,11 @@ int main() {
       decode_variants(L, R, x, y, ws, bytes_mx);
     }
 
-    for (int n : {64, 512, n_prefill}) {
-      if (std::getenv("MOE_DECODE_ONLY") || grouped_only) break;  // decode-only runs (run 4), grouped-only runs
-      Routing R(2, n, L.k, E, true);
-      MoeParams p;
-      p.n = n;
-      p.H = L.H;
-      p.I = L.I;
-      p.E = E;
-      p.k = L.k;
-      p.x = x;
-      p.ldx = L.H;
-      p.y = y;
-      p.ldy = L.H;
-      p.workspace = ws;
-      p.workspace_bytes = ws_bytes;
-      p.path = MoePath::kPrefill;
-      const double flops = double(n) * L.k * L.flops_per_pair();
-      if (n == 64) {  // the prefill path's shapes; larger n only time (the CPU twin would take minutes)
-        MoeParams q = p;
-        q.ids = R.ids_of(0);
-        q.weights = R.w_of(0);
-        check_cpu_twin("prefill mxfp4", L, q, [&] { moe_mxfp4_forward(q, L.mx(), 0); });
-        check_cpu_twin("prefill bf16", L, q, [&] { moe_bf16_forward(q, L.bf(), 0); });
-      }
-      const float t_mx = time_us([&](int i) {
-        MoeParams q = p;
-        q.ids = R.ids_of(i);
-        q.weights = R.w_of(i);
-        moe_mxfp4_forward(q, L.mx(), 0);
-      }, 10, 5);
-      const float t_bf = time_us([&](int i) {
-        MoeParams q = p;
-        q.ids = R.ids_of(i);
-        q.weights = R.w_of(i);
-        moe_bf16_forward(q, L.bf(), 0);
-      }, 10, 5);
-      std::printf("prefill n=%d: mxfp4 %.0f us (%.1f TFLOP/s, %.0f tok/s per layer) | bf16 %.0f us (%.1f TFLOP/s)\n",
-                  n, t_mx, flops / t_mx * 1e-6, n / t_mx * 1e6, t_bf, flops / t_bf * 1e-6);
+    for (int n : {64, 256, 512, 2048, n_prefill}) {
+      if (std::getenv("MOE_DECODE_ONLY") || grouped_only) break;  // decode-only (run 4), grouped-only runs
+      prefill_section(L, n, x, y, ws, ws_bytes);
     }
-    if (!std::getenv("MOE_DECODE_ONLY")) grouped_section(L, x, y, ws, ws_bytes);
+    if (!std::getenv("MOE_DECODE_ONLY") && !std::getenv("MOE_PREFILL_ONLY")) grouped_section(L, x, y, ws, ws_bytes);
     cudaFree(ws);
     cudaFree(x);
     cudaFree(y);
@@ -872,5 +951,11 @@ int main() {
       std::printf("| %d | %d | %.1f | %.1f | %.1f (F%s) | %.1f (B%s) | %.1f (F%s) | %.1f (B%s) |\n", E, n, l8, l16, gf,
                   c.c_str(), gb, d.c_str(), df, e.c_str(), db, f.c_str());
     }
+  if (!g_prefill_rows.empty()) {
+    std::printf("\n== summary (prefill, whole layer: route sort + gate_up + down + combine; FLOPs of both GEMMs) ==\n");
+    std::printf("| what | E | n | us | TFLOP/s |\n|---|---|---|---|---|\n");
+    for (const PrefillRow& r : g_prefill_rows)
+      std::printf("| %s | %d | %d | %.0f | %.1f |\n", r.what.c_str(), r.E, r.n, r.us, r.tflops);
+  }
   return 0;
 }

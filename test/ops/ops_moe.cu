@@ -6,6 +6,7 @@
 //                 register-streaming ones, "decode_regs") and prefill paths, real and odd shapes, and the fused
 //                 routing ("+logits": router logits in, ids/weights out, checked against ref::router_topk).
 //                 Tolerance: nmse 1e-4 (the SwiGLU output is rounded to bf16 between the matmuls: about 1e-6 expected).
+//                 MXFP4 prefill also through MoePath::kPrefillV1 (v1's GEMM): the same bits as kPrefill ("v1_bits").
 //   moe_grouped_* the grouped path, both inner loops ("grouped": MoePath::kGrouped, fp8 e4m3 tensor cores;
 //                 "grouped_bf16": kGroupedBf16; both also run by moe_experts_* at their token counts, with the
 //                 prefill path's "halves alone" bit check) at the batched-decode / chunked-prefill sizes (n = 9 ..
@@ -18,6 +19,9 @@
 //   moe_experts_wide_range  the same over activations whose range stresses the fp8 decode's hi + lo split
 //                 (moe_decode_bulk.cuh, kFp8): rows with one huge value, tiny rows, rows mixing normal values with
 //                 ones 2^-14 smaller and zeros, zero rows; checked per token (the worst token's nmse, 1e-4).
+//   moe_prefill_ragged  the MXFP4 prefill GEMM at real shapes, n = 64 .. 4096, with expert group sizes 0, 1, 3, 17,
+//                 128, 129, 255 (tile edges of both GEMMs): v1's bits on every token, the CPU twin on 16 of them
+//                 (nmse 1e-4), run-to-run bits.
 //   moe_fused_routing  the decode kernels' own top-k + softmax (ties, NaN) vs ref::router_topk: ids exact, weights.
 // Outputs are poisoned with NaN before each launch, so an unwritten element fails the case.
 #include <cuda_runtime.h>
@@ -316,6 +320,7 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
         vs.push_back({f == 1, cuda::MoePath::kPrefill, false, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kGrouped, false, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kGroupedBf16, false, false});
+        if (f == 0) vs.push_back({false, cuda::MoePath::kPrefillV1, false, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kAuto, true, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kAuto, true, true});
       }
@@ -327,6 +332,7 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
                            : v.path == cuda::MoePath::kPrefill    ? "prefill"
                            : v.path == cuda::MoePath::kGrouped    ? "grouped"
                            : v.path == cuda::MoePath::kGroupedBf16 ? "grouped_bf16"
+                           : v.path == cuda::MoePath::kPrefillV1  ? "prefill_v1"
                                                                   : "auto";
         std::snprintf(params, sizeof params, "%s %s%s n=%d %s%s%s", v.bf16 ? "bf16" : "mxfp4", path,
                       v.fused ? "+logits" : "", n, shape, v.acc ? " accumulate" : "", wide ? " wide" : "");
@@ -389,6 +395,13 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
           Result rep = repeat_bits(params, y, y);
           rep.error = double(diff);
           out.push_back(rep);
+          if (v.path == cuda::MoePath::kPrefill && !v.bf16) y_mxfp4_prefill = y;
+          if (v.path == cuda::MoePath::kPrefillV1 && !y_mxfp4_prefill.empty()) {
+            // The MXFP4 prefill GEMM (moe_prefill_mma.cuh) computes v1's bits.
+            Result same = repeat_bits(std::string(params) + " vs prefill", y_mxfp4_prefill, y);
+            same.metric = "v1_bits";
+            out.push_back(same);
+          }
           if ((v.path == cuda::MoePath::kPrefill || v.path == cuda::MoePath::kGrouped ||
                v.path == cuda::MoePath::kGroupedBf16) &&
               n >= 2) {
@@ -406,7 +419,6 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
             inv.metric = "prefix_bits";
             out.push_back(inv);
             // The prefill path stages the MXFP4 weights as their exact bf16 values: the same bits as the bf16 path.
-            if (v.path == cuda::MoePath::kPrefill && !v.bf16) y_mxfp4_prefill = y;
             if (v.path == cuda::MoePath::kPrefill && v.bf16 && !y_mxfp4_prefill.empty()) {
               Result same = repeat_bits(std::string(params) + " vs mxfp4", y_mxfp4_prefill, y);
               same.metric = "format_bits";
@@ -677,6 +689,121 @@ std::vector<Result> fused_routing_cases() {
   return out;
 }
 
+// Routing with prescribed expert group sizes: expert e takes the pairs [start_e, start_e + c_e) of the n k pairs
+// laid out slot-major (pair q = slot q / n of token q % n), so with every c_e <= n a token never gets an expert
+// twice and has exactly k. Even experts take the sizes in turn (clamped to n) while they fit; the other pairs are
+// spread evenly over the odd experts (then over any expert with room).
+std::vector<int32_t> ragged_ids(int n, int k, int E, const std::vector<int>& sizes) {
+  const int P = n * k;
+  std::vector<int> c(E, 0);
+  int used = 0;
+  for (int e = 0; e < E; e += 2) {
+    const int want = std::min(sizes[(e / 2) % sizes.size()], n);
+    if (used + want > P) break;
+    c[e] = want;
+    used += want;
+  }
+  for (int pass = 0; pass < 2; pass++)
+    for (int e = 1 - pass, step = 2 - pass, idle = 0; used < P && idle < E; e = (e + step) % E) {
+      if (c[e] < n) {
+        c[e]++;
+        used++;
+        idle = 0;
+      } else {
+        idle++;
+      }
+    }
+  std::vector<int32_t> ids(static_cast<size_t>(P));
+  int q = 0;
+  for (int e = 0; e < E; e++)
+    for (int i = 0; i < c[e]; i++, q++) ids[size_t(q % n) * k + q / n] = e;
+  return ids;
+}
+
+std::vector<Result> prefill_ragged_cases(int E, uint64_t seed) {
+  std::vector<Result> out;
+  const int H = 2880, I = 2880, k = 4;
+  const float limit = 7.0f;
+  const std::vector<int> ns = {64, 512, 2048, 4096};
+  try {
+    const Experts X(E, H, I, seed);
+    DevBuf<uint8_t> gu_b(X.gu_blocks), gu_s(X.gu_scales), dn_b(X.dn_blocks), dn_s(X.dn_scales);
+    DevBuf<uint16_t> gu_bias(X.gu_bias), dn_bias(X.dn_bias);
+    const cuda::MoeMxfp4Weights wm{gu_b.p, gu_s.p, gu_bias.p, dn_b.p, dn_s.p, dn_bias.p};
+    DevBuf<uint8_t> ws(cuda::moe_workspace_bytes(ns.back(), H, I, E, k));
+    for (int n : ns) {
+      char params[96];
+      std::snprintf(params, sizeof params, "n=%d E=%d H=%d I=%d k=%d sizes 0,1,3,17,128,129,255", n, E, H, I, k);
+      try {
+        const auto x16 = to_bf16(randn(size_t(n) * H, seed + 10 + n));
+        const auto ids = ragged_ids(n, k, E, {1, 3, 17, 255, 0, 128, 129});
+        std::vector<float> wts(ids.size());
+        XorShift rng(seed + 1000 + n);
+        for (int t = 0; t < n; t++) {
+          const auto l = randn(k, rng.next());
+          float sum = 0.f;
+          for (int j = 0; j < k; j++) sum += std::exp(l[j]);
+          for (int j = 0; j < k; j++) wts[size_t(t) * k + j] = std::exp(l[j]) / sum;
+        }
+        DevBuf<uint16_t> d_x(x16);
+        DevBuf<int32_t> d_ids(ids);
+        DevBuf<float> d_w(wts), d_y(size_t(n) * H);
+        auto run = [&](cuda::MoePath path, int ws_byte) {
+          cuda::MoeParams p;
+          p.n = n;
+          p.H = H;
+          p.I = I;
+          p.E = E;
+          p.k = k;
+          p.swiglu_limit = limit;
+          p.x = d_x.p;
+          p.ldx = H;
+          p.ids = d_ids.p;
+          p.weights = d_w.p;
+          p.y = d_y.p;
+          p.ldy = H;
+          p.workspace = ws.p;
+          p.workspace_bytes = ws.n;
+          p.path = path;
+          T_CHECK(cudaMemset(ws.p, ws_byte, ws.n));
+          d_y.poison();
+          cuda::moe_mxfp4_forward(p, wm, 0);
+          T_CHECK(cudaDeviceSynchronize());
+          return d_y.download();
+        };
+        const auto y = run(cuda::MoePath::kPrefill, 0xFF);
+        Result same = repeat_bits(std::string(params) + " vs prefill_v1", y, run(cuda::MoePath::kPrefillV1, 0x00));
+        same.metric = "v1_bits";
+        out.push_back(same);
+        out.push_back(repeat_bits(params, y, run(cuda::MoePath::kPrefill, 0x7F)));
+        // The CPU twin on the first and last 8 tokens.
+        std::vector<int> toks;
+        for (int t = 0; t < 8; t++) toks.push_back(t);
+        for (int t = n - 8; t < n; t++) toks.push_back(t);
+        const int m = int(toks.size());
+        std::vector<float> xs(size_t(m) * H), ys(size_t(m) * H);
+        std::vector<int32_t> is(size_t(m) * k);
+        std::vector<float> wsub(is.size());
+        const auto xf = from_bf16(x16);
+        for (int i = 0; i < m; i++) {
+          std::copy_n(xf.begin() + size_t(toks[i]) * H, H, xs.begin() + size_t(i) * H);
+          std::copy_n(y.begin() + size_t(toks[i]) * H, H, ys.begin() + size_t(i) * H);
+          std::copy_n(ids.begin() + size_t(toks[i]) * k, k, is.begin() + size_t(i) * k);
+          std::copy_n(wts.begin() + size_t(toks[i]) * k, k, wsub.begin() + size_t(i) * k);
+        }
+        out.push_back(close(std::string(params) + " 16 tokens vs CPU", "nmse", ys, moe_ref(X, xs, is, wsub, m, k, limit),
+                            1e-4));
+      } catch (const std::exception& e) {
+        out.push_back(fail(params, e.what()));
+        cudaGetLastError();
+      }
+    }
+  } catch (const std::exception& e) {
+    out.push_back(fail("moe_prefill_ragged", e.what()));
+  }
+  return out;
+}
+
 HM_OP_TEST("router_topk", router_topk_cases);
 HM_OP_TEST("moe_fused_routing", fused_routing_cases);
 HM_OP_TEST("moe_mxfp4_to_bf16", mxfp4_to_bf16_cases);
@@ -717,6 +844,12 @@ HM_OP_TEST("moe_experts_wide_range", [] {
 HM_OP_TEST("moe_experts_real_e32", [] { return moe_cases(32, 2880, 2880, 4, {1, 2, 3, 5, 7, 8, 64, 300}, 21, false); });
 HM_OP_TEST("moe_experts_real_e128",
            [] { return moe_cases(128, 2880, 2880, 4, {1, 2, 3, 5, 7, 8, 64, 300}, 22, false); });
+HM_OP_TEST("moe_prefill_ragged", [] {
+  std::vector<Result> out;
+  for (int E : {32, 128})
+    for (auto& r : prefill_ragged_cases(E, 31 + E)) out.push_back(r);
+  return out;
+});
 
 }  // namespace
 }  // namespace hm::optest
