@@ -668,6 +668,9 @@ void grouped_summary() {
     }
     std::printf("E=%d: faster than prefill up to n = %d (F0, fp8) / %d (V0, bf16) of those timed\n", E, cross_f,
                 cross_v);
+  }
+}
+
 MoeParams with_path(MoeParams q, MoePath path) {
   q.path = path;
   return q;
