@@ -17,10 +17,10 @@
 //           routes and starts its weight stream before pdl_wait(). Measured on the H200 (2026-12-01, one tile per
 //           item, before the conflict-free rows): 37.0 us per layer at one token, graph + PDL (1.43 TB/s), the
 //           same as the register kernels; 205 vs 232 us at 8 tokens, E = 128. Issue-bound, not byte-bound
-//           (about 4.6 thread-instructions per weight; bench/moe_playground/NOTES.md, runs 6 and 7). Since run 8
-//           their inner loop is fp8 tensor cores by default (kBulkMma in moe_impl.cuh; the bf16 loop stays as
-//           the alternative): the weights as exact e4m3, the activations split exactly into hi + lo e4m3 after a
-//           per-token power of two, the block scale applied to the fp32 MMA result (moe_decode_bulk.cuh).
+//           (about 4.6 thread-instructions per weight; bench/moe_playground/NOTES.md, runs 6 and 7). The fp8
+//           inner loop of run 8 (BulkMma::kFp8: weights as exact e4m3, activations split into hi + lo e4m3, the
+//           block scale on the fp32 result) passed the op tests but measured slower (46.0 vs 41.3 us a layer at one
+//           token), so kBulkMma (moe_impl.cuh) keeps the bf16 loop; Nsight Compute has both latency-bound.
 //           Otherwise (bf16, older GPUs, MoePath::kDecodeRegs): the register-streaming kernels, 16-byte loads
 //           straight into registers. Measured on the H200 at one token, E = 128: 36.7 us per layer (graph + PDL,
 //           1.44 TB/s): each warp's chain of dependent loads, not the bytes, limits it (NOTES.md).
@@ -28,10 +28,10 @@
 //           on average; moe_grouped.cuh): the prefill path's sort by expert, then the decode bulk kernels' weight
 //           stream generalised: persistent grids over (expert, 16-row tiles) items, each expert's weights read
 //           once into a shared-memory ring, a weight fragment decoded once and multiplied by all of the expert's
-//           tokens (N-tiles of 8) on fp8 tensor cores (E2M1 placed as exact e4m3, activation rows split once into
-//           hi + lo e4m3; kGroupedBf16: bf16 mma.sync); gate_up + SwiGLU writes the prefill path's act rows, down
-//           + bias its out rows, and the prefill path's combine sums them. Deterministic, fixed grid, capturable.
-//           Not measured yet.
+//           tokens (N-tiles of 8) with bf16 mma.sync (an fp8 loop exists as a lab variant: slower); gate_up +
+//           SwiGLU writes the prefill path's act rows, down + bias its out rows, and the prefill path's combine
+//           sums them. Deterministic, fixed grid, capturable. Measured on the H200 (one layer, graph + PDL): 64
+//           tokens E = 32 361 us (prefill GEMM 526), 256 tokens E = 128 1399 us (1968).
 //   prefill (many tokens): (token, expert) pairs counted, scanned and scattered by expert on the GPU (a stable
 //           scatter: the same row order every run), then grouped GEMMs on tensor cores (mma.sync bf16, fp32
 //           accumulate, MXFP4 decoded into shared memory as the exact bf16 weights, so both formats give the same
@@ -95,9 +95,9 @@ enum class MoePath : int {
 };
 
 // kAuto takes the grouped path above the decode path while the tokens per expert, n k / E, stay at most this
-// (E = 32: n <= 256; E = 128: n <= 1024). A prediction (bench/moe_playground/NOTES.md, "grouped path"); the lab's
-// crossover table against the prefill GEMM sets it.
-constexpr int kMoeGroupedMaxPairsPerExpert = 32;
+// (E = 32: n <= 64; E = 128: n <= 256): the H200 lab's crossover against the prefill GEMM (grouped V1 361 vs 526 us
+// at 64 tokens E = 32, 1399 vs 1968 at 256 E = 128; the GEMM ahead at 128 and 512).
+constexpr int kMoeGroupedMaxPairsPerExpert = 8;
 constexpr bool moe_grouped_auto(int n, int k, int E) {
   return n > kMoeDecodeMaxTokens && n * k <= kMoeGroupedMaxPairsPerExpert * E;
 }

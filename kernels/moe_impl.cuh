@@ -716,11 +716,11 @@ using DnBf16 = DecodeCfg<1, 8, 1, 1>;
 constexpr BulkMma kBulkMma = BulkMma::kBf16;
 using GuBulk = BulkCfg<8, 2, 3, 1, kBulkMma>;
 using DnBulk = BulkCfg<8, 2, 3, 1, kBulkMma>;
-// The grouped kernels (moe_grouped.cuh): predicted, not measured yet (bench/moe_playground/NOTES.md, "grouped
-// path"); the lab's variant table picks the configuration. The default takes the fp8 inner loop (predicted
-// faster at 1-8 tokens an expert, ~25% fewer instructions; within ~15% either way at 32, where both are bound by
-// the activations' L1 traffic); GroupedBf16 is round 1's bf16 loop (MoePath::kGroupedBf16).
-using GroupedDefault = GroupedCfg<8, 2, 4, 2, 1, true, GroupedMma::kFp8>;
+// The grouped kernels (moe_grouped.cuh), from the H200 lab (NOTES.md, "grouped path"; MOE_GROUPED_ONLY=1): V1
+// (bf16 loop, NCW8 NST2 NTB2 BPS3) was the fastest configuration at every n from 8 to 2048, E = 32 and 128; the fp8
+// loop (lab F0-F5) measured 2-31% slower than the bf16 one at the same configuration, so it stays a lab variant.
+// GroupedBf16 (MoePath::kGroupedBf16) is round 1's configuration V0, the comparison variant of the op tests.
+using GroupedDefault = GroupedCfg<8, 2, 2, 3>;
 using GroupedBf16 = GroupedCfg<8, 2, 4, 2>;
 
 template <WFmt F, typename G, typename Dn>
@@ -803,7 +803,10 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
     GemmArgs g{gu, p.x, p.ldx, p.k, weights, p.swiglu_limit, ws};
     bool v2 = false;  // the MXFP4 GEMM of moe_prefill_mma.cuh (v1's bits); v1 for bf16 and kPrefillV1
     if constexpr (F == WFmt::kMxfp4) {
-      v2 = p.path != MoePath::kPrefillV1 && prefill_mma_fits(p.n, p.ldx, P, p.I);
+      // v2 wins from ~128 tokens an expert (H200 lab: 2186 vs 2449 us at 2048 tokens E = 32, 8615 vs 9642 at 8192
+      // E = 128) and loses below 64 (742 vs 526 at 64 tokens E = 32); kPrefill forces it, for the tests.
+      v2 = p.path != MoePath::kPrefillV1 && prefill_mma_fits(p.n, p.ldx, P, p.I) &&
+           (p.path == MoePath::kPrefill || P >= 128 * p.E);
       if (v2) launch_prefill_mma_pair(g, gu, dn, ws.act, p.I, P, p.E, stream, p.pdl);
     }
     if (!v2) {
