@@ -1161,7 +1161,7 @@ int attention_decode_keys_per_split(int max_keys, int num_tokens, int nkv, int n
 }
 
 AttentionDecodePlan attention_decode_plan(int max_keys, int num_tokens, int nq, int nkv, int D, int num_sms,
-                                          int max_splits) {
+                                          int max_splits, bool clusters) {
   AttentionDecodePlan p;
   if (num_tokens > kMergedMaxTokens) {  // the previous pair's rule: one split up to 128 keys, else the cap
     p.variant = 1;
@@ -1170,6 +1170,11 @@ AttentionDecodePlan attention_decode_plan(int max_keys, int num_tokens, int nq, 
     p.variant = 2;
     const int kps = attention_decode_keys_per_split(max_keys, num_tokens, nkv, num_sms, max_splits, kMmaBlocksPerSm);
     p.keys_per_split = (kps + kMmaChunk - 1) / kMmaChunk * kMmaChunk;
+    // Batch 1, 2..8 splits: the same splits merged in one cluster beat the workspace merge on the H200 (2026-12-01,
+    // us per layer with PDL, full layers: 512 keys 4.45 vs 5.52, 1024 keys 5.18 vs 5.53); one split: no merge to
+    // save (3.80 vs 3.71 sliding); at batch 8 the clusters lost (4 splits at 1024 keys: 21.1 vs 12.7).
+    const int splits = (max_keys + p.keys_per_split - 1) / p.keys_per_split;
+    if (clusters && num_tokens == 1 && splits >= 2 && splits <= kMaxClusterSplits) p.variant = 3;
   } else {
     p.head_slices = std::min(kDecodeHeadSlices, nq / std::max(1, nkv));
     p.keys_per_split = attention_decode_keys_per_split(max_keys, num_tokens, nkv, num_sms, max_splits,

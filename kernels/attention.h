@@ -42,14 +42,15 @@ int attention_keys_per_split(int max_keys, int max_splits);
 // each, never more than max_splits splits nor one per 64 keys.
 int attention_decode_keys_per_split(int max_keys, int num_tokens, int nkv, int num_sms, int max_splits,
                                     int blocks_per_sm);
-// The decode planner: per batch, its kernel (few tokens: attn_decode_mma for head dims 32 and 64, else
-// attn_decode_merged with head slices, their splits filling the SMs; larger batches: the split + combine pair) and
-// its keys per split.
+// The decode planner: per batch and layer kind (max_keys), its kernel (few tokens: attn_decode_mma for head dims 32
+// and 64, as one cluster a token (variant 3) at batch 1 with 2..8 splits when the device has clusters (sm_90+),
+// else attn_decode_merged with head slices, their splits filling the SMs; larger batches: the split + combine pair)
+// and its keys per split.
 struct AttentionDecodePlan {
   int variant = 0, head_slices = 1, keys_per_split = 64, splits = 1;
 };
 AttentionDecodePlan attention_decode_plan(int max_keys, int num_tokens, int nq, int nkv, int D, int num_sms,
-                                          int max_splits);
+                                          int max_splits, bool clusters);
 
 struct AttentionDecodeParams {
   AttentionCommon c;

@@ -281,7 +281,8 @@ class CudaBackend final : public Backend {
   // split-K decode attention shape per layer kind (index 0: full layers, 1: sliding layers); with padding a
   // function of the bucket (plan_.max_keys), so of the graph key
   int dec_kps_[2] = {0, 0}, dec_splits_[2] = {0, 0};
-  int dec_variant_ = 0, dec_slices_ = 1;  // attention_decode_plan's kernel (a function of n_decode)
+  int dec_variant_[2] = {0, 0}, dec_slices_ = 1;  // attention_decode_plan's kernel per layer kind (full, sliding)
+  bool clusters_ = false;                          // sm_90+: thread block clusters (decode variant 3)
   void plan_step(const StepBatch& b);
   void upload(const StepBatch& b);
   void launch();
@@ -348,6 +349,7 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   device_name_ = prop.name;
   num_sms_ = prop.multiProcessorCount;
   const int cc = prop.major * 10 + prop.minor;
+  clusters_ = cc >= 90;
   if (cc < 80)
     throw std::runtime_error("cuda backend: " + device_name_ + " (sm_" + std::to_string(cc) +
                              ") is not supported: bf16 kernels need compute capability 8.0 or newer");
@@ -629,7 +631,7 @@ void CudaBackend::forward_layers(int T) {
       ad.num_tokens = plan_.n_decode;
       ad.keys_per_split = dec_kps_[window ? 1 : 0];
       ad.max_splits = dec_splits_[window ? 1 : 0];
-      ad.variant = dec_variant_;
+      ad.variant = dec_variant_[window ? 1 : 0];
       ad.head_slices = dec_slices_;
       ad.workspace = attn_ws_;
       ad.counters = attn_counters_;
@@ -752,10 +754,11 @@ void CudaBackend::plan_step(const StepBatch& b) {
     const int cap = int(std::min<size_t>(1024, std::max<size_t>(1, kAttnWorkspaceFloats / per_split)));
     for (int kind = 0; kind < 2; kind++) {
       const AttentionDecodePlan d =
-          attention_decode_plan(p.max_keys[kind], p.n_decode, c.num_heads, c.num_kv_heads, c.head_dim, num_sms_, cap);
+          attention_decode_plan(p.max_keys[kind], p.n_decode, c.num_heads, c.num_kv_heads, c.head_dim, num_sms_, cap,
+                                clusters_);
       dec_kps_[kind] = d.keys_per_split;
       dec_splits_[kind] = d.splits;
-      dec_variant_ = d.variant;
+      dec_variant_[kind] = d.variant;
       dec_slices_ = d.head_slices;
     }
   }

@@ -6,6 +6,9 @@
 
 int main(int argc, char** argv) {
   const char* filter = argc > 1 ? argv[1] : "";
+  // Line-buffered even into a file: a case that aborts leaves every line before it in the log (fully buffered, the
+  // log of a crash stops at a 4 KiB boundary, rows short of the one that crashed).
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   int failed = 0, total = 0;
   std::printf("%-34s %-44s %-12s %12s %12s  %s\n", "op", "params", "metric", "error", "tolerance", "result");
   for (auto& [name, fn] : hm::optest::Registry::all()) {

@@ -705,19 +705,26 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
   Dev<int32_t> dtoks(toks);
   Dev<uint32_t> counters(size_t(T) * nkv);
   C_CHECK(cudaMemset(counters.p, 0, counters.n * 4));
-  // one split, a few, as many as the context needs, and the fill rule on an H200 (132 SMs); the merged kernel with
-  // 1, 2 and 4 head slices, the previous pair and the tensor-core kernel (variant 2)
+  // one split, a few, as many as the context needs, the fill rule on an H200 (132 SMs) and the bench's fixed 256
+  // keys a split (more than a sliding layer's keys at times); the merged kernel with 1, 2 and 4 head slices, the
+  // previous pair and the tensor-core kernel (variant 2) and its cluster variant (3); then the planner's own plan
+  // (attention_decode_plan at 132 SMs with clusters: its variant, head slices and keys per split)
   struct Kernel {
     int variant, slices;
   };
-  for (const Kernel kn : {Kernel{0, 1}, Kernel{0, 2}, Kernel{0, 4}, Kernel{1, 1}, Kernel{2, 1}, Kernel{3, 1}}) {
-    const int variant = kn.variant;
+  const cuda::AttentionDecodePlan plan = cuda::attention_decode_plan(max_keys, T, nq, nkv, D, 132, 1024, true);
+  for (const Kernel kn : {Kernel{0, 1}, Kernel{0, 2}, Kernel{0, 4}, Kernel{1, 1}, Kernel{2, 1}, Kernel{3, 1},
+                          Kernel{-1, 0}}) {
+    const bool planner = kn.variant < 0;
+    const int variant = planner ? plan.variant : kn.variant;
+    const int slices = planner ? plan.head_slices : kn.slices;
     if (variant >= 2 && D < 32) continue;  // the tensor-core kernels take head dims 32 and 64
-    const int planned = cuda::attention_decode_keys_per_split(max_keys, T, nkv, 132, 1024, kn.slices > 1 ? 1 : 2);
+    const int planned = cuda::attention_decode_keys_per_split(max_keys, T, nkv, 132, 1024, slices > 1 ? 1 : 2);
     const int kps_cases[] = {cuda::attention_keys_per_split(max_keys, 1), cuda::attention_keys_per_split(max_keys, 7),
-                             cuda::attention_keys_per_split(max_keys, 1024), planned};
-    for (int k = 0; k < (variant == 1 ? 3 : 4); k++) {
-      const int kps = kps_cases[k];
+                             cuda::attention_keys_per_split(max_keys, 1024), planned, 256};
+    for (int k = 0; k < (planner ? 1 : 5); k++) {
+      if (!planner && variant == 1 && k == 3) continue;  // the pair has its own split rule, not the fill rule
+      const int kps = planner ? plan.keys_per_split : kps_cases[k];
       if (variant == 3 && (max_keys + kps - 1) / kps > 8) continue;  // one cluster: at most 8 splits
       cuda::AttentionDecodeParams p;
       p.c = c;
@@ -726,7 +733,7 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
       p.keys_per_split = kps;
       p.max_splits = (max_keys + p.keys_per_split - 1) / p.keys_per_split;
       p.variant = variant;
-      p.head_slices = kn.slices;
+      p.head_slices = slices;
       p.counters = counters.p;
       Dev<float> ws(cuda::attention_decode_workspace_floats(T, nq, D, p.max_splits));
       p.workspace = ws.p;
@@ -736,7 +743,8 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
                              (variant == 1   ? " (previous kernel)"
                               : variant == 2 ? " (mma)"
                               : variant == 3 ? " (mma, cluster)"
-                                             : " slices=" + std::to_string(kn.slices));
+                                             : " slices=" + std::to_string(slices)) +
+                             (planner ? " planned" : "");
       try {
         cuda::attention_decode(p, nullptr);
       } catch (const std::exception& e) {
@@ -793,6 +801,11 @@ std::vector<Result> test_attention_decode() {
     add(run_attention(64, 8, window, c8, std::vector<int>(c8.size(), 1), false, 2100 + window));
     add(run_attention(64, 8, window, c64, std::vector<int>(c64.size(), 1), false, 2200 + window));
   }
+  // the decode bench's batches of 8 (HM_OP_BENCH=1 bench_attention_decode): 1024 keys sliding and full, 8192 full
+  // (128 splits of 64 keys)
+  const std::vector<int> one8(8, 1);
+  for (int window : {0, 128}) add(run_attention(64, 8, window, std::vector<int>(8, 1024), one8, false, 2300 + window));
+  add(run_attention(64, 8, 0, std::vector<int>(8, 8192), one8, false, 2400));
   return out;
 }
 HM_OP_TEST("attention_decode", test_attention_decode);
@@ -898,6 +911,7 @@ std::vector<Result> test_attention_decode_rope() {
     for (int ctx : {1, 17, 128, 129, 1000, 4096, 32768}) add(run_attention_rope(64, 8, 64, window, {ctx}, 3000 + ctx + window));
     add(run_attention_rope(64, 8, 64, window, ragged(8, 4096, 51 + window), 3100 + window));
     add(run_attention_rope(64, 8, 64, window, ragged(64, 2048, 52 + window), 3200 + window));
+    add(run_attention_rope(64, 8, 64, window, std::vector<int>(8, 1024), 3300 + window));  // the bench's T=8 ctx=1024
   }
   return out;
 }
@@ -1028,7 +1042,7 @@ struct BenchDecode {
   std::unique_ptr<Dev<uint32_t>> counters;
   float af = 1.f;
   double kv_bytes = 0;
-  int max_keys = 1;
+  int max_keys = 1, ws_splits = 1;
   BenchDecode(const std::vector<int>& c, int w) : T(int(c.size())), window(w), ctx(c) {
     std::vector<int32_t> tb, ts(T), tp(T), tsl(T), tt(T);
     for (int x : ctx) mbps = std::max(mbps, (x + 15) / 16);
@@ -1065,8 +1079,10 @@ struct BenchDecode {
     std::vector<float> f(D / 2);
     ref::rope_inv_freq(gpt_oss_rope(), D, f.data(), &af);
     inv = std::make_unique<Dev<float>>(f);
-    // splits: up to one per 64 keys at batch 1 (the previous planner at 32k), up to 64 at larger batches
-    ws = std::make_unique<Dev<float>>(cuda::attention_decode_workspace_floats(T, nq, D, T == 1 ? 1024 : 64));
+    // splits: every row takes at least 64 keys a split (the launcher's unit), so at most one per 64 keys (the
+    // previous pair at T=8 ctx=8192 takes 128; a 64-split workspace let it write past the end)
+    ws_splits = (max_keys + 63) / 64;
+    ws = std::make_unique<Dev<float>>(cuda::attention_decode_workspace_floats(T, nq, D, ws_splits));
     out = std::make_unique<Dev<uint16_t>>(size_t(T) * nq * D);
     counters = std::make_unique<Dev<uint32_t>>(size_t(T) * nkv);
     C_CHECK(cudaMemset(counters->p, 0, counters->n * 4));
@@ -1081,6 +1097,7 @@ struct BenchDecode {
     p.c.block_size = 16, p.c.tok_seq = seq->p, p.c.pos = pos->p, p.c.sinks = sinks->p, p.c.out = out->p;
     p.c.nq = nq, p.c.nkv = nkv, p.c.D = D, p.c.window = window, p.c.scale = 0.125f, p.c.pdl = pdl;
     p.tokens = toks->p, p.num_tokens = T, p.keys_per_split = kps, p.max_splits = (max_keys + kps - 1) / kps;
+    if (p.max_splits > ws_splits) throw std::runtime_error("bench workspace holds fewer splits than the row takes");
     p.workspace = ws->p, p.counters = counters->p, p.variant = variant, p.head_slices = slices;
     p.inv_freq = inv->p, p.attn_factor = af, p.slot = slot->p;
     return p;
@@ -1134,6 +1151,8 @@ std::vector<Result> bench_attention_decode() {
   if (!env || std::strcmp(env, "1") != 0) return {};
   int sms = 0;
   C_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  int cc_major = 0;
+  C_CHECK(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, 0));
   std::printf("-- decode attention (us per layer; nq 64, nkv 8, D 64, fused RoPE + KV write; %d SMs) --\n", sms);
   std::printf("%-30s %-25s %6s %9s %9s %9s\n", "batch / context", "kernel", "splits", "us", "us (pdl)", "KV GB/s");
   struct Case {
@@ -1168,7 +1187,8 @@ std::vector<Result> bench_attention_decode() {
       const int splits = (b.max_keys + planned - 1) / planned;
       const int planned4 = cuda::attention_decode_keys_per_split(b.max_keys, b.T, b.nkv, sms, 1024, 1);
       const int splits4 = (b.max_keys + planned4 - 1) / planned4;
-      const cuda::AttentionDecodePlan plan = cuda::attention_decode_plan(b.max_keys, b.T, b.nq, b.nkv, b.D, sms, cap);
+      const cuda::AttentionDecodePlan plan =
+          cuda::attention_decode_plan(b.max_keys, b.T, b.nq, b.nkv, b.D, sms, cap, cc_major >= 9);
       struct Row {
         const char* kernel;
         int variant, slices, kps;
