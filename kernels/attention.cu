@@ -1288,7 +1288,7 @@ void attention_prefill(const AttentionPrefillParams& p, cudaStream_t stream) {
   HM_REQUIRE(p.variant >= kPrefillMma && p.variant <= kPrefillMmaQlo, "attention_prefill");
   if (p.variant != kPrefillTile && p.c.D == 64) {
     const int G = p.c.nq / p.c.nkv;
-    if (p.variant == kPrefillMma || G != 8) return attention_prefill_mma(p, 1, G <= 8 ? 2 : 1, false, stream);
+    if (p.variant == kPrefillMma || G != 8) return attention_prefill_mma(p, 1, G <= 8 ? 2 : 1, G != 8, stream);
     return attention_prefill_mma(p, p.variant == kPrefillMma2 ? 2 : 1, 1, p.variant == kPrefillMmaQlo, stream);
   }
   if (p.num_tiles == 0) return;

@@ -86,8 +86,8 @@ struct AttentionPrefillParams {
   int num_tiles = 0;
   // kPrefillMma (default): attn_prefill_mma (tensor cores) for head dim 64, attn_prefill_tile for 16 and 32;
   // kPrefillTile: attn_prefill_tile (fp32, the comparison kernel); for the bench (G = 8 only, else as kPrefillMma):
-  // kPrefillMma1b, registers uncapped (one block per SM); kPrefillMma2, 2 heads per warp; kPrefillMmaQlo, q as
-  // bf16 hi + lo (fp32-grade scores, twice the Q K^T work).
+  // kPrefillMma1b, registers uncapped (one block per SM); kPrefillMma2, 2 heads per warp; kPrefillMmaQlo, q and P
+  // as bf16 hi + lo (fp32-grade scores and weights, twice the mma work: the default at every other G).
   int variant = 0;
 };
 constexpr int kPrefillTileTokens = 16;
@@ -98,8 +98,9 @@ void attention_prefill(const AttentionPrefillParams& p, cudaStream_t stream);
 int attention_prefill_env_variant();
 // attention_prefill's tensor-core kernel (kernels/attention_prefill_mma.cu): head dim 64 only; heads_per_warp
 // (the rows of one warp: 16 tokens x that many query heads), min_blocks (blocks per SM its registers are capped
-// for) and q_lo: 1, 2 (1 for G = 16), false; for G = 8 also 1, 1, false / 2, 1, false / 1, 1, true.
-void attention_prefill_mma(const AttentionPrefillParams& p, int heads_per_warp, int min_blocks, bool q_lo,
+// for) and lo (q and P as bf16 hi + lo): 1, 2 (1 for G = 16), G != 8; for G = 8 also 1, 1, false / 2, 1, false /
+// 1, 1, true.
+void attention_prefill_mma(const AttentionPrefillParams& p, int heads_per_warp, int min_blocks, bool lo,
                            cudaStream_t stream);
 
 }  // namespace hm::cuda

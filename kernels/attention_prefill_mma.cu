@@ -8,6 +8,13 @@
 //   O += P V        P rounded to bf16 straight from the S accumulators (the C layout of S is the A layout of P),
 //                   V through ldmatrix.trans; O fp32, rescaled by the running max.
 // The sink joins the normaliser at the end, as in attn_prefill_tile.
+// LO (the default for G != 8): q and P each enter as two bf16 terms (hi + lo), so scores and weights are
+// fp32-grade (the products of K and V's bf16 values are exact in the fp32 accumulators) for twice the mma work.
+// Why: bf16 q and P move a layer's attention output enough to flip a routing near-tie of the hd64-realyarn-3shards
+// fixture (token 96, layer 1: the gap between its 3rd and 4th expert logits, 0.021 in fp32, shrinks to 0.0003 with
+// bf16 q and P emulated on the CPU reference; on the GPU that token's KL against the oracle rose to 0.26, an
+// expert flip's size). G = 8 (gpt-oss) keeps the bf16 kernel as its default until the bench compares the two
+// (kPrefillMmaQlo is LO there).
 //
 // Batch invariance (docs/reproducibility.md): key tiles start at multiples of 64 (absolute key index) and run in
 // order, a row's scores, max, sums and P V products depend on its own q and keys only (a tensor-core output element
@@ -62,9 +69,9 @@ __device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx: exp2(-inf)
 // 8x8 matrix reads sit in 8 different bank groups.
 __device__ __forceinline__ int swz(int row, int chunk) { return row * kHD + ((chunk ^ (row & 7)) << 3); }
 
-// MINB: blocks per SM the registers are capped for (2: 128 registers at 8 warps, 16 warps per SM). QLO: q as
-// two bf16 terms (hi + lo, fp32-grade scores for twice the S = Q K^T work; the accuracy option, not the default).
-template <int G, int HPW, int MINB, bool QLO>
+// MINB: blocks per SM the registers are capped for (2: 128 registers at 8 warps, 16 warps per SM). LO: q and P
+// as two bf16 terms each (hi + lo: fp32-grade scores and weights, see the top).
+template <int G, int HPW, int MINB, bool LO>
 __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(AttentionCommon c,
                                                                        const int32_t* __restrict__ tiles,
                                                                        int num_tiles) {
@@ -129,7 +136,7 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
   load_tile(k_begin, 0);
 
   // q fragments (A operand, 16 rows x 64 dims per head, bf16), straight from the fp32 rows.
-  uint32_t qf[HPW][4][4], ql[QLO ? HPW : 1][4][4];
+  uint32_t qf[HPW][4][4], ql[LO ? HPW : 1][4][4];
 #pragma unroll
   for (int hw = 0; hw < HPW; hw++) {
     const int h = kvh * G + warp * HPW + hw;
@@ -144,7 +151,7 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
           float2 v = make_float2(0.f, 0.f);
           if (ti < count) v = *reinterpret_cast<const float2*>(qrow + ks * 16 + half * 8 + 2 * tg);
           qf[hw][ks][r + 2 * half] = pack_bf16(v.x, v.y);
-          if constexpr (QLO) {
+          if constexpr (LO) {
             const __nv_bfloat162 hi = __floats2bfloat162_rn(v.x, v.y);
             ql[hw][ks][r + 2 * half] = pack_bf16(v.x - __low2float(hi), v.y - __high2float(hi));
           }
@@ -189,7 +196,7 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
         for (int hw = 0; hw < HPW; hw++) {
           mma_bf16_16816(s[hw][j], qf[hw][2 * p], b[0], b[1]);
           mma_bf16_16816(s[hw][j], qf[hw][2 * p + 1], b[2], b[3]);
-          if constexpr (QLO) {
+          if constexpr (LO) {
             mma_bf16_16816(s[hw][j], ql[hw][2 * p], b[0], b[1]);
             mma_bf16_16816(s[hw][j], ql[hw][2 * p + 1], b[2], b[3]);
           }
@@ -199,7 +206,7 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
 
     // Online softmax (base 2). Element e of s[.][j] is key k0 + 8j + 2tg + (e & 1) of row g + 8 * (e >> 1).
     const bool full = k0 >= t_lo_max && k0 + kKeys - 1 <= t_hi_min;  // every key visible to every active row
-    uint32_t pf[HPW][4][4];
+    uint32_t pf[HPW][4][4], pl[LO ? HPW : 1][4][4];
 #pragma unroll
     for (int hw = 0; hw < HPW; hw++) {
 #pragma unroll
@@ -244,12 +251,16 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
       }
       // P as the A operand of k-step kk (keys 16kk .. 16kk + 15): column blocks 2kk and 2kk + 1.
 #pragma unroll
-      for (int kk = 0; kk < 4; kk++) {
-        pf[hw][kk][0] = pack_bf16(s[hw][2 * kk][0], s[hw][2 * kk][1]);
-        pf[hw][kk][1] = pack_bf16(s[hw][2 * kk][2], s[hw][2 * kk][3]);
-        pf[hw][kk][2] = pack_bf16(s[hw][2 * kk + 1][0], s[hw][2 * kk + 1][1]);
-        pf[hw][kk][3] = pack_bf16(s[hw][2 * kk + 1][2], s[hw][2 * kk + 1][3]);
-      }
+      for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+        for (int a = 0; a < 4; a++) {  // a: the A register (rows g / g + 8, keys 16kk + 2tg / + 8)
+          const float* sp = &s[hw][2 * kk + (a >> 1)][2 * (a & 1)];
+          pf[hw][kk][a] = pack_bf16(sp[0], sp[1]);
+          if constexpr (LO) {
+            const __nv_bfloat162 hi = __floats2bfloat162_rn(sp[0], sp[1]);
+            pl[hw][kk][a] = pack_bf16(sp[0] - __low2float(hi), sp[1] - __high2float(hi));
+          }
+        }
     }
 
     // O += P V: per 8-dim column block n, two ldmatrix.x4.trans give the B fragments of the 4 k-steps (keys).
@@ -263,6 +274,10 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
         for (int hw = 0; hw < HPW; hw++) {
           mma_bf16_16816(o[hw][n], pf[hw][2 * q2], b[0], b[1]);
           mma_bf16_16816(o[hw][n], pf[hw][2 * q2 + 1], b[2], b[3]);
+          if constexpr (LO) {
+            mma_bf16_16816(o[hw][n], pl[hw][2 * q2], b[0], b[1]);
+            mma_bf16_16816(o[hw][n], pl[hw][2 * q2 + 1], b[2], b[3]);
+          }
         }
       }
     __syncthreads();  // every warp is done with stage st before the next iteration's load overwrites it
@@ -293,18 +308,18 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
 
 }  // namespace
 
-void attention_prefill_mma(const AttentionPrefillParams& p, int heads_per_warp, int min_blocks, bool q_lo,
+void attention_prefill_mma(const AttentionPrefillParams& p, int heads_per_warp, int min_blocks, bool lo,
                            cudaStream_t stream) {
   const AttentionCommon& c = p.c;
   HM_REQUIRE(c.D == kHD, "attention_prefill_mma");
   HM_REQUIRE(c.nkv > 0 && c.nq % c.nkv == 0, "attention_prefill_mma");
   const int G = c.nq / c.nkv;
   HM_REQUIRE(G == 1 || G == 2 || G == 4 || G == 8 || G == 16, "attention_prefill_mma");
-  // The default shape (1 head per warp, registers for 2 blocks per SM up to 8 warps); the others only for
-  // gpt-oss's G = 8 (the bench compares them).
-  const bool dflt = heads_per_warp == 1 && min_blocks == (G <= 8 ? 2 : 1) && !q_lo;
-  HM_REQUIRE(dflt || (G == 8 && min_blocks == 1 && (heads_per_warp == 1 || (heads_per_warp == 2 && !q_lo))),
-             "attention_prefill_mma (heads_per_warp, min_blocks, q_lo)");
+  // The default shape (1 head per warp, registers for 2 blocks per SM up to 8 warps; hi + lo except at G = 8); the
+  // others only for gpt-oss's G = 8 (the bench compares them).
+  const bool dflt = heads_per_warp == 1 && min_blocks == (G <= 8 ? 2 : 1) && lo == (G != 8);
+  HM_REQUIRE(dflt || (G == 8 && min_blocks == 1 && (heads_per_warp == 1 || (heads_per_warp == 2 && !lo))),
+             "attention_prefill_mma (heads_per_warp, min_blocks, lo)");
   HM_REQUIRE(size_t(p.num_tiles) * c.nkv <= size_t(INT_MAX), "attention_prefill_mma");
   if (p.num_tiles == 0) return;
   const dim3 grid(p.num_tiles * c.nkv);
@@ -312,13 +327,13 @@ void attention_prefill_mma(const AttentionPrefillParams& p, int heads_per_warp, 
     launch(kernel, grid, dim3(threads), 0, stream, c.pdl, c, p.tiles, p.num_tiles);
   };
   switch (G) {
-    case 1: go(attn_prefill_mma<1, 1, 2, false>, 32); break;
-    case 2: go(attn_prefill_mma<2, 1, 2, false>, 64); break;
-    case 4: go(attn_prefill_mma<4, 1, 2, false>, 128); break;
-    case 16: go(attn_prefill_mma<16, 1, 1, false>, 512); break;
+    case 1: go(attn_prefill_mma<1, 1, 2, true>, 32); break;
+    case 2: go(attn_prefill_mma<2, 1, 2, true>, 64); break;
+    case 4: go(attn_prefill_mma<4, 1, 2, true>, 128); break;
+    case 16: go(attn_prefill_mma<16, 1, 1, true>, 512); break;
     default:
       if (dflt) go(attn_prefill_mma<8, 1, 2, false>, 256);
-      else if (q_lo) go(attn_prefill_mma<8, 1, 1, true>, 256);
+      else if (lo) go(attn_prefill_mma<8, 1, 1, true>, 256);
       else if (heads_per_warp == 1) go(attn_prefill_mma<8, 1, 1, false>, 256);
       else go(attn_prefill_mma<8, 2, 1, false>, 128);
   }
