@@ -1285,11 +1285,12 @@ void attention_decode(const AttentionDecodeParams& p, cudaStream_t stream) {
 void attention_prefill(const AttentionPrefillParams& p, cudaStream_t stream) {
   check_common(p.c, "attention_prefill");
   HM_REQUIRE(p.tiles, "attention_prefill");
-  HM_REQUIRE(p.variant >= kPrefillMma && p.variant <= kPrefillMmaQlo, "attention_prefill");
+  HM_REQUIRE(p.variant >= kPrefillMma && p.variant <= kPrefillMmaBf16, "attention_prefill");
   if (p.variant != kPrefillTile && p.c.D == 64) {
     const int G = p.c.nq / p.c.nkv;
-    if (p.variant == kPrefillMma || G != 8) return attention_prefill_mma(p, 1, G <= 8 ? 2 : 1, G != 8, stream);
-    return attention_prefill_mma(p, p.variant == kPrefillMma2 ? 2 : 1, 1, p.variant == kPrefillMmaQlo, stream);
+    if (p.variant == kPrefillMma || G != 8) return attention_prefill_mma(p, 1, G < 8 ? 2 : 1, true, stream);
+    return attention_prefill_mma(p, p.variant == kPrefillMma2 ? 2 : 1, p.variant == kPrefillMmaBf16 ? 2 : 1, false,
+                                 stream);
   }
   if (p.num_tiles == 0) return;
   const dim3 grid(p.num_tiles, p.c.nkv);
@@ -1302,7 +1303,7 @@ int attention_prefill_env_variant() {
   static const int v = [] {
     const char* e = std::getenv("HARMONIUM_ATTN_PREFILL");
     if (e && std::strcmp(e, "tile") == 0) return kPrefillTile;
-    return e && std::strcmp(e, "qlo") == 0 ? kPrefillMmaQlo : kPrefillMma;
+    return e && std::strcmp(e, "bf16") == 0 ? kPrefillMmaBf16 : kPrefillMma;
   }();
   return v;
 }

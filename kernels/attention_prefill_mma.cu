@@ -8,13 +8,13 @@
 //   O += P V        P rounded to bf16 straight from the S accumulators (the C layout of S is the A layout of P),
 //                   V through ldmatrix.trans; O fp32, rescaled by the running max.
 // The sink joins the normaliser at the end, as in attn_prefill_tile.
-// LO (the default for G != 8): q and P each enter as two bf16 terms (hi + lo), so scores and weights are
+// LO (the default at every G): q and P each enter as two bf16 terms (hi + lo), so scores and weights are
 // fp32-grade (the products of K and V's bf16 values are exact in the fp32 accumulators) for twice the mma work.
 // Why: bf16 q and P move a layer's attention output enough to flip a routing near-tie of the hd64-realyarn-3shards
 // fixture (token 96, layer 1: the gap between its 3rd and 4th expert logits, 0.021 in fp32, shrinks to 0.0003 with
 // bf16 q and P emulated on the CPU reference; on the GPU that token's KL against the oracle rose to 0.26, an
-// expert flip's size). G = 8 (gpt-oss) keeps the bf16 kernel as its default until the bench compares the two
-// (kPrefillMmaQlo is LO there).
+// expert flip's size). The bf16 kernels stay as G = 8 bench variants (kPrefillMmaBf16, kPrefillMma1b,
+// kPrefillMma2): on the H200 bf16 q alone (without P) cost 20-25% at 8k-32k against the bf16 default.
 //
 // Batch invariance (docs/reproducibility.md): key tiles start at multiples of 64 (absolute key index) and run in
 // order, a row's scores, max, sums and P V products depend on its own q and keys only (a tensor-core output element
@@ -315,10 +315,10 @@ void attention_prefill_mma(const AttentionPrefillParams& p, int heads_per_warp, 
   HM_REQUIRE(c.nkv > 0 && c.nq % c.nkv == 0, "attention_prefill_mma");
   const int G = c.nq / c.nkv;
   HM_REQUIRE(G == 1 || G == 2 || G == 4 || G == 8 || G == 16, "attention_prefill_mma");
-  // The default shape (1 head per warp, registers for 2 blocks per SM up to 8 warps; hi + lo except at G = 8); the
-  // others only for gpt-oss's G = 8 (the bench compares them).
-  const bool dflt = heads_per_warp == 1 && min_blocks == (G <= 8 ? 2 : 1) && lo == (G != 8);
-  HM_REQUIRE(dflt || (G == 8 && min_blocks == 1 && (heads_per_warp == 1 || (heads_per_warp == 2 && !lo))),
+  // The default shape: 1 head per warp, q and P hi + lo, registers for 2 blocks per SM below 8 warps (one at 8 and
+  // 16). The bf16 shapes only for gpt-oss's G = 8 (the bench compares them).
+  const bool dflt = heads_per_warp == 1 && min_blocks == (G < 8 ? 2 : 1) && lo;
+  HM_REQUIRE(dflt || (G == 8 && !lo && (min_blocks == 1 || (min_blocks == 2 && heads_per_warp == 1))),
              "attention_prefill_mma (heads_per_warp, min_blocks, lo)");
   HM_REQUIRE(size_t(p.num_tiles) * c.nkv <= size_t(INT_MAX), "attention_prefill_mma");
   if (p.num_tiles == 0) return;
@@ -332,8 +332,8 @@ void attention_prefill_mma(const AttentionPrefillParams& p, int heads_per_warp, 
     case 4: go(attn_prefill_mma<4, 1, 2, true>, 128); break;
     case 16: go(attn_prefill_mma<16, 1, 1, true>, 512); break;
     default:
-      if (dflt) go(attn_prefill_mma<8, 1, 2, false>, 256);
-      else if (lo) go(attn_prefill_mma<8, 1, 1, true>, 256);
+      if (dflt) go(attn_prefill_mma<8, 1, 1, true>, 256);
+      else if (min_blocks == 2) go(attn_prefill_mma<8, 1, 2, false>, 256);
       else if (heads_per_warp == 1) go(attn_prefill_mma<8, 1, 1, false>, 256);
       else go(attn_prefill_mma<8, 2, 1, false>, 128);
   }

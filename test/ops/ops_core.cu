@@ -671,7 +671,7 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
     std::vector<int> variants = {cuda::kPrefillTile};
     if (D == 64) variants.insert(variants.begin(), cuda::kPrefillMma);  // other head dims: the tile kernel only
     if (D == 64 && all_prefill_variants)
-      variants.insert(variants.end(), {cuda::kPrefillMma1b, cuda::kPrefillMma2, cuda::kPrefillMmaQlo});
+      variants.insert(variants.end(), {cuda::kPrefillMma1b, cuda::kPrefillMma2, cuda::kPrefillMmaBf16});
     const char* names[] = {" (mma)", " (tile kernel)", " (mma, 1 block/SM)", " (mma, 2 heads/warp)", " (mma, q and P hi+lo)"};
     for (int variant : variants) {
       const std::string ps = params + names[variant];
@@ -688,9 +688,9 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
         const auto o = dout.get();
         if (k == 0) {
           first = o;
-          // The mma kernel with q and P as hi + lo (every G but 8, and kPrefillMmaQlo) leaves only the bf16 output
-          // rounding (~2.7e-6, as the fp32 tile kernel); bf16 q and P measured 4.1e-6 .. 6.4e-6.
-          const bool lo = variant == cuda::kPrefillMmaQlo || (variant != cuda::kPrefillTile && nq / nkv != 8);
+          // The mma kernel with q and P as hi + lo (the default, and every variant at G != 8) leaves only the bf16
+          // output rounding (~2.7e-6, as the fp32 tile kernel); bf16 q and P (the G = 8 bench variants) 4.1e-6 .. 6.4e-6.
+          const bool lo = variant == cuda::kPrefillMma || (variant != cuda::kPrefillTile && nq / nkv != 8);
           out.push_back(nmse_result(ps, widen(o), want, lo && q_amp == 1.f ? 4e-6 : prefill_tol));
           dout.poison();
           cuda::attention_prefill(p, nullptr);
@@ -1012,7 +1012,7 @@ std::vector<Result> bench_attention_prefill() {
       float tile_us = 0;
       for (const Row r : {Row{"tile (fp32, previous)", cuda::kPrefillTile}, Row{"mma (default)", cuda::kPrefillMma},
                           Row{"mma, 1 block/SM", cuda::kPrefillMma1b}, Row{"mma, 2 heads/warp", cuda::kPrefillMma2},
-                          Row{"mma, q and P hi+lo", cuda::kPrefillMmaQlo}}) {
+                          Row{"mma, q and P bf16", cuda::kPrefillMmaBf16}}) {
         p.variant = r.variant;
         cudaEvent_t e0, e1;
         C_CHECK(cudaEventCreate(&e0));
