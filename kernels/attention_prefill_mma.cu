@@ -14,7 +14,7 @@
 // fixture (token 96, layer 1: the gap between its 3rd and 4th expert logits, 0.021 in fp32, shrinks to 0.0003 with
 // bf16 q and P emulated on the CPU reference; on the GPU that token's KL against the oracle rose to 0.26, an
 // expert flip's size). The bf16 kernels stay as G = 8 bench variants (kPrefillMmaBf16, kPrefillMma1b,
-// kPrefillMma2): on the H200 bf16 q alone (without P) cost 20-25% at 8k-32k against the bf16 default.
+// kPrefillMma2): on the H200 q alone as hi + lo cost about 20% at 8k-32k against the bf16 kernel.
 //
 // Batch invariance (docs/reproducibility.md): key tiles start at multiples of 64 (absolute key index) and run in
 // order, a row's scores, max, sums and P V products depend on its own q and keys only (a tensor-core output element
