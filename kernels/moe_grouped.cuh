@@ -39,91 +39,22 @@
 //          row's experts reads it), the block scale applied to the fp32 result: 4 FFMA per lane, block, tile and
 //          N-tile. gate_up writes its SwiGLU rows in bf16 into ws.out's bytes (a scratch until down writes out:
 //          P I 2 <= P H 4 bytes while I <= 2 H), moe_split_rows splits them into ws.act for down.
-// The mbarrier / bulk-copy / fp8 helpers are copies of moe_decode_bulk.cuh's (grp_ prefix), kept apart while that
-// file is rewritten; dedup once both settle.
+// The mbarrier / bulk-copy / fp8 helpers are moe_bulk_ops.cuh's, shared with moe_decode_bulk.cuh.
 #pragma once
 #include <cuda_fp8.h>
 
+#include "moe_bulk_ops.cuh"
 #include "moe_impl.cuh"
 
 namespace hm::cuda::moe {
 namespace {
 
-__device__ __forceinline__ uint32_t grp_smem_u32(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
-__device__ __forceinline__ void grp_mbar_init(uint64_t* b, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(grp_smem_u32(b)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void grp_mbar_expect_tx(uint64_t* b, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(grp_smem_u32(b)), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void grp_mbar_arrive(uint64_t* b) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(grp_smem_u32(b)) : "memory");
-}
-__device__ __forceinline__ void grp_mbar_wait(uint64_t* b, uint32_t parity) {
-  asm volatile(
-      "{\n\t.reg .pred P1;\n"
-      "GRP_WAIT:\n\t"
-      "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n\t"
-      "@!P1 bra GRP_WAIT;\n}" ::"r"(grp_smem_u32(b)),
-      "r"(parity)
-      : "memory");
-}
-__device__ __forceinline__ void grp_bulk_g2s(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   grp_smem_u32(dst)),
-               "l"(src), "r"(bytes), "r"(grp_smem_u32(bar))
-               : "memory");
-#else
-  __trap();  // the launcher takes this path only on sm_90+
-#endif
-}
 // The consumer warps only (the producer warp has left): barrier 1, NCW warps.
 __device__ __forceinline__ void grp_consumer_sync(int nthreads) {
   asm volatile("bar.sync 1, %0;" ::"r"(nthreads) : "memory");
 }
 
-// ---- kFp8 helpers (moe_decode_bulk.cuh's, see its header for the exactness argument) ----
-
-__device__ __forceinline__ void grp_mma_e4m3(float* d, uint32_t a0, uint32_t a1, uint32_t b0, uint32_t b1, float c0,
-                                             float c1, float c2, float c3) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%4,%5}, {%6,%7}, "
-      "{%8,%9,%10,%11};"
-      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-      : "r"(a0), "r"(a1), "r"(b0), "r"(b1), "f"(c0), "f"(c1), "f"(c2), "f"(c3));
-}
-// A word of 8 E2M1 nibbles -> the e4m3 bytes (v x 2^-6) of its even (0, 2, 4, 6) and odd (1, 3, 5, 7) nibbles.
-__device__ __forceinline__ uint32_t grp_e2m1_even(uint32_t w) {
-  return ((w << 2) & 0x1C1C1C1Cu) | ((w << 4) & 0x80808080u);
-}
-__device__ __forceinline__ uint32_t grp_e2m1_odd(uint32_t w) { return ((w >> 2) & 0x1C1C1C1Cu) | (w & 0x80808080u); }
-// E8M0 byte s -> 2^(s - 127) as float bits (s = 0 gives 0).
-__device__ __forceinline__ float grp_block_scale(uint32_t s) { return __uint_as_float(s << 23); }
-// Two floats (exact in bf16, already scaled) -> hi = rn_e4m3 (low byte: a), lo = rn_e4m3(x - hi).
-__device__ __forceinline__ uint32_t grp_split2(float a, float b, uint32_t& lo) {
-  const __nv_fp8x2_storage_t h = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
-  const __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2(h, __NV_E4M3);
-  __half_raw ha, hb;
-  ha.x = hr.x;
-  hb.x = hr.y;
-  lo = __nv_cvt_float2_to_fp8x2(make_float2(a - __half2float(__half(ha)), b - __half2float(__half(hb))),
-                                __NV_SATFINITE, __NV_E4M3);
-  return h;
-}
-// 8 bf16 columns c0..c7 (memory order) times the power of two f -> {hi (c0,c2,c4,c6), lo (same), hi (c1,c3,c5,c7),
-// lo (same)}: a lane's two B registers of the even-nibble MMA, then of the odd-nibble one.
-__device__ __forceinline__ uint4 grp_split8(const uint4& v, float f) {
-  float c[8];
-  unpack8(v, c);
-  uint32_t l[4], h[4];
-#pragma unroll
-  for (int i = 0; i < 4; i++) h[i] = grp_split2(c[(i & 1) + 4 * (i >> 1)] * f, c[(i & 1) + 4 * (i >> 1) + 2] * f, l[i]);
-  return make_uint4(h[0] | (h[2] << 16), l[0] | (l[2] << 16), h[1] | (h[3] << 16), l[1] | (l[3] << 16));
-}
-
-// kFp8's activation rows: x [R, K] bf16 (row stride ld) -> xs [R, K / 8] uint4 (grp_split8 of columns 8q..8q+7 at
+// kFp8's activation rows: x [R, K] bf16 (row stride ld) -> xs [R, K / 8] uint4 (fp8_split8 of columns 8q..8q+7 at
 // q; the same 2 bytes a column as bf16), unit[r] = 2^6 / f_r, where the power of two f_r puts row r's largest |x|
 // in [128, 256) (clamped to 2^-64 .. 2^127): the accumulators' unit. One block per row; the second pass finds the
 // row in L1. A row's bits depend on that row alone.
@@ -147,7 +78,7 @@ __global__ void __launch_bounds__(128) moe_split_rows(const uint16_t* __restrict
   const int ex = min(max(7 - (int((m >> 7) & 0xFFu) - 127), -64), 127);
   if (threadIdx.x == 0) unit[r] = __uint_as_float(uint32_t(133 - ex) << 23);
   const float f = __uint_as_float(uint32_t(ex + 127) << 23);
-  for (int q = threadIdx.x; q < q8; q += 128) xs[size_t(r) * q8 + q] = grp_split8(__ldg(src + q), f);
+  for (int q = threadIdx.x; q < q8; q += 128) xs[size_t(r) * q8 + q] = fp8_split8(__ldg(src + q), f);
 }
 
 // Shared memory of a block (dynamic): NST stages of MT 16-row tiles (blocks, then scales), two partial-sum slots
@@ -222,8 +153,8 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (threadIdx.x == 0) {
     for (int s = 0; s < NST; s++) {
-      grp_mbar_init(&full[s], 1);
-      grp_mbar_init(&empty[s], NCW * 32);
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], NCW * 32);
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
@@ -255,14 +186,14 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
     if (lane == 0) {
       for (int j = 0; j < nitems; j++) {
         const int s = j % NST;
-        if (j >= NST) grp_mbar_wait(&empty[s], uint32_t(j / NST - 1) & 1u);
+        if (j >= NST) mbar_wait(&empty[s], uint32_t(j / NST - 1) & 1u);
         const int f = b + j * G, u = f / ngroups, grp = f - u * ngroups;
         const uint32_t mc = uint32_t(min(MT, ntiles - grp * MT));
         const size_t row0 = size_t(gl.e[u]) * rows + size_t(grp) * MT * 16;
         uint8_t* st = smem + s * stage_bytes;
-        grp_mbar_expect_tx(&full[s], mc * (tile_bytes + tile_sc));
-        grp_bulk_g2s(st, static_cast<const uint8_t*>(a.W.data) + row0 * kb * 16, mc * tile_bytes, &full[s]);
-        grp_bulk_g2s(st + MT * tile_bytes, a.W.scales + row0 * kb, mc * tile_sc, &full[s]);
+        mbar_expect_tx(&full[s], mc * (tile_bytes + tile_sc));
+        bulk_g2s(st, static_cast<const uint8_t*>(a.W.data) + row0 * kb * 16, mc * tile_bytes, &full[s]);
+        bulk_g2s(st + MT * tile_bytes, a.W.scales + row0 * kb, mc * tile_sc, &full[s]);
       }
     }
     if (!GATE_UP) pdl_trigger();
@@ -284,7 +215,7 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
     const int f = b + j * G, u = f / ngroups, grp = f - u * ngroups;
     const int e = gl.e[u], start = gl.start[u], cnt = gl.cnt[u];
     const int mc = MT == 1 ? 1 : min(MT, ntiles - grp * MT);
-    grp_mbar_wait(&full[s], uint32_t(j / NST) & 1u);
+    mbar_wait(&full[s], uint32_t(j / NST) & 1u);
     const uint8_t* st = smem + s * stage_bytes;
     const uint8_t* sc = st + MT * tile_bytes;
     for (int base = 0; base < cnt; base += 8 * NTB) {  // passes of up to NTB N-tiles of 8 tokens
@@ -317,12 +248,12 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
             const int ra = (m * 16 + pr) * kb + blk, rb = ra + 8 * kb;
             const uint32_t wa = *reinterpret_cast<const uint32_t*>(st + ra * 16 + t * 4);
             const uint32_t wb = *reinterpret_cast<const uint32_t*>(st + rb * 16 + t * 4);
-            ea[m] = grp_e2m1_even(wa);
-            eb[m] = grp_e2m1_even(wb);
-            oa[m] = grp_e2m1_odd(wa);
-            ob[m] = grp_e2m1_odd(wb);
-            fa[m] = grp_block_scale(sc[ra]);
-            fb[m] = grp_block_scale(sc[rb]);
+            ea[m] = e2m1_even_e4m3(wa);
+            eb[m] = e2m1_even_e4m3(wb);
+            oa[m] = e2m1_odd_e4m3(wa);
+            ob[m] = e2m1_odd_e4m3(wb);
+            fa[m] = fp8_block_scale(sc[ra]);
+            fb[m] = fp8_block_scale(sc[rb]);
           }
 #pragma unroll
           for (int nt = 0; nt < NTB; nt++) {
@@ -332,8 +263,8 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
             for (int m = 0; m < MT; m++) {
               if (m >= mc) break;
               float d[4];
-              grp_mma_e4m3(d, ea[m], eb[m], xv.x, xv.y, 0.f, 0.f, 0.f, 0.f);
-              grp_mma_e4m3(d, oa[m], ob[m], xv.z, xv.w, d[0], d[1], d[2], d[3]);
+              mma_e4m3(d, ea[m], eb[m], xv.x, xv.y, 0.f, 0.f, 0.f, 0.f);
+              mma_e4m3(d, oa[m], ob[m], xv.z, xv.w, d[0], d[1], d[2], d[3]);
               acc[nt][m][0] = fmaf(d[0], fa[m], acc[nt][m][0]);
               acc[nt][m][1] = fmaf(d[1], fa[m], acc[nt][m][1]);
               acc[nt][m][2] = fmaf(d[2], fb[m], acc[nt][m][2]);
@@ -394,7 +325,7 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
           }
         }
       }
-      if (base + 8 * NTB >= cnt) grp_mbar_arrive(&empty[s]);  // the item's last pass has read the stage
+      if (base + 8 * NTB >= cnt) mbar_arrive(&empty[s]);  // the item's last pass has read the stage
 #pragma unroll
       for (int nt = 0; nt < NTB; nt++)
 #pragma unroll
