@@ -1,7 +1,7 @@
 // Device helpers of the MXFP4 bulk-copy expert kernels (moe_decode_bulk.cuh, moe_grouped.cuh): the mbarrier and
 // 1-D bulk-copy primitives of their shared-memory rings, and the fp8 (e4m3) tensor-core pieces of their fp8 inner
 // loops (E2M1 placed as exact e4m3, activations split hi + lo; moe_decode_bulk.cuh's header has the exactness
-// argument).
+// argument), and the device facts their launchers read.
 #pragma once
 #include <cuda_fp8.h>
 
@@ -79,6 +79,25 @@ __device__ __forceinline__ uint4 fp8_split8(const uint4& v, float f) {
 #pragma unroll
   for (int i = 0; i < 4; i++) h[i] = fp8_split2(c[(i & 1) + 4 * (i >> 1)] * f, c[(i & 1) + 4 * (i >> 1) + 2] * f, l[i]);
   return make_uint4(h[0] | (h[2] << 16), l[0] | (l[2] << 16), h[1] | (h[3] << 16), l[1] | (l[3] << 16));
+}
+
+// The device facts their launchers need, read once per device.
+struct BulkDevice {
+  int sms = 0, smem_optin = 0, major = 0;
+};
+inline const BulkDevice& bulk_device() {
+  static BulkDevice d[16];
+  static bool done[16] = {};
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  dev &= 15;
+  if (!done[dev]) {
+    CUDA_CHECK(cudaDeviceGetAttribute(&d[dev].sms, cudaDevAttrMultiProcessorCount, dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&d[dev].smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&d[dev].major, cudaDevAttrComputeCapabilityMajor, dev));
+    done[dev] = true;
+  }
+  return d[dev];
 }
 
 }  // namespace

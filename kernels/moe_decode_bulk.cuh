@@ -397,25 +397,6 @@ struct BulkCfg {
   static constexpr BulkMma MMA = MMA_;
 };
 
-// The device facts the launcher needs, read once per device.
-struct BulkDevice {
-  int sms = 0, smem_optin = 0, major = 0;
-};
-inline const BulkDevice& bulk_device() {
-  static BulkDevice d[16];
-  static bool done[16] = {};
-  int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  dev &= 15;
-  if (!done[dev]) {
-    CUDA_CHECK(cudaDeviceGetAttribute(&d[dev].sms, cudaDevAttrMultiProcessorCount, dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&d[dev].smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&d[dev].major, cudaDevAttrComputeCapabilityMajor, dev));
-    done[dev] = true;
-  }
-  return d[dev];
-}
-
 // Whether the bulk kernels apply: sm_90+, both scale tensors 16-byte aligned (the copies' rule), the stages fit.
 template <typename Gu, typename Dn>
 bool bulk_ok(const WMat& gu, const WMat& dn) {

@@ -409,29 +409,11 @@ struct GroupedCfg {
   static constexpr GroupedMma MMA = MMA_;
 };
 
-struct GroupedDevice {
-  int sms = 0, smem_optin = 0, major = 0;
-};
-inline const GroupedDevice& grouped_device() {
-  static GroupedDevice d[16];
-  static bool done[16] = {};
-  int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  dev &= 15;
-  if (!done[dev]) {
-    CUDA_CHECK(cudaDeviceGetAttribute(&d[dev].sms, cudaDevAttrMultiProcessorCount, dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&d[dev].smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&d[dev].major, cudaDevAttrComputeCapabilityMajor, dev));
-    done[dev] = true;
-  }
-  return d[dev];
-}
-
 // Whether the grouped kernels apply: sm_90+, both scale tensors 16-byte aligned (the copies' rule), stages fit;
 // kFp8: the SwiGLU rows fit in ws.out's bytes (I <= 2 H).
 template <typename C>
 bool grouped_ok(const WMat& gu, const WMat& dn) {
-  const GroupedDevice& d = grouped_device();
+  const BulkDevice& d = bulk_device();
   return d.major >= 9 && (C::MMA != GroupedMma::kFp8 || dn.K <= 2 * dn.rows) &&
          reinterpret_cast<uintptr_t>(gu.scales) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(dn.scales) % 16 == 0 &&
@@ -453,7 +435,7 @@ void launch_grouped_kernel(const GroupedArgs& a, int nuniq_max, cudaStream_t str
   }
   const int per_sm = C::BPS < occ ? C::BPS : occ;
   const int nwork = nuniq_max * (((a.W.rows >> 4) + C::MT - 1) / C::MT);
-  const int cap = grouped_device().sms * (per_sm < 1 ? 1 : per_sm);
+  const int cap = bulk_device().sms * (per_sm < 1 ? 1 : per_sm);
   const int grid = nwork < cap ? nwork : cap;
   launch(kern, dim3(grid < 1 ? 1 : grid), dim3(threads), smem, stream, pdl, a);
 }
