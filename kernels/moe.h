@@ -88,7 +88,8 @@ constexpr int kMoeDecodeMaxTokens = 8;
 // kDecode takes the bulk-copy kernels where they apply (MXFP4 on sm_90+, see the top), else the register-streaming
 // ones; kDecodeRegs forces the register-streaming ones (the comparison variant of tests and the lab). kGrouped
 // takes the grouped kernels where they apply (MXFP4 on sm_90+; any n), else the prefill path; kGroupedBf16 the
-// same with their bf16 inner loop (the comparison variant). kPrefill takes moe_prefill_mma.cuh's GEMM for MXFP4
+// same in round 1's configuration V0 (the comparison variant; named when the default was to be the fp8 loop, now
+// a lab variant: moe_impl.cuh). kPrefill takes moe_prefill_mma.cuh's GEMM for MXFP4
 // weights, kPrefillV1 forces the v1 GEMM (the same bits; the bf16 weights always take v1).
 enum class MoePath : int {
   kAuto = 0, kDecode = 1, kPrefill = 2, kDecodeRegs = 3, kGrouped = 4, kGroupedBf16 = 5, kPrefillV1 = 6

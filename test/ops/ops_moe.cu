@@ -7,18 +7,16 @@
 //                 routing ("+logits": router logits in, ids/weights out, checked against ref::router_topk).
 //                 Tolerance: nmse 1e-4 (the SwiGLU output is rounded to bf16 between the matmuls: about 1e-6 expected).
 //                 MXFP4 prefill also through MoePath::kPrefillV1 (v1's GEMM): the same bits as kPrefill ("v1_bits").
-//   moe_grouped_* the grouped path, both inner loops ("grouped": MoePath::kGrouped, fp8 e4m3 tensor cores;
-//                 "grouped_bf16": kGroupedBf16; both also run by moe_experts_* at their token counts, with the
-//                 prefill path's "halves alone" bit check) at the batched-decode / chunked-prefill sizes (n = 9 ..
-//                 512, E = 32 and 128) and with forced ragged loads (1, 3, 17 or 255 tokens on one expert), against
-//                 a per-expert batched CPU reference (the same ref::linear_mxfp4 + ref::swiglu math as
-//                 ref::expert_mlp_mxfp4); nmse 1e-4 for both loops (fp8: the hi + lo split of the activations is
-//                 exact down to 2^-9 of each row's largest |x|, below within 2^-18 of it, plus the fp8 MMA's own
-//                 accumulation: expected ~1e-6 like bf16, dominated by the bf16 SwiGLU rows), the same bits over
-//                 four workspace fills, fused routing ids exact.
-//   moe_experts_wide_range  the same over activations whose range stresses the fp8 decode's hi + lo split
-//                 (moe_decode_bulk.cuh, kFp8): rows with one huge value, tiny rows, rows mixing normal values with
-//                 ones 2^-14 smaller and zeros, zero rows; checked per token (the worst token's nmse, 1e-4).
+//   moe_grouped_* the grouped path in two configurations ("grouped": MoePath::kGrouped, the default V1;
+//                 "grouped_bf16": kGroupedBf16, round 1's V0; both bf16 mma.sync, both also run by moe_experts_* at
+//                 their token counts, with the prefill path's "halves alone" bit check) at the batched-decode /
+//                 chunked-prefill sizes (n = 9 .. 512, E = 32 and 128) and with forced ragged loads (1, 3, 17 or 255
+//                 tokens on one expert), against a per-expert batched CPU reference (the same ref::linear_mxfp4 +
+//                 ref::swiglu math as ref::expert_mlp_mxfp4); nmse 1e-4, the same bits over four workspace fills,
+//                 fused routing ids exact. (The fp8 inner loops, slower on the H200, are reached only by the MoE lab.)
+//   moe_experts_wide_range  the same over activations with a wide range (written for the fp8 loops' hi + lo split):
+//                 rows with one huge value, tiny rows, rows mixing normal values with ones 2^-14 smaller and zeros,
+//                 zero rows; checked per token (the worst token's nmse, 1e-4).
 //   moe_prefill_ragged  the MXFP4 prefill GEMM at real shapes, n = 64 .. 4096, with expert group sizes 0, 1, 3, 17,
 //                 128, 129, 255 (tile edges of both GEMMs): v1's bits on every token, the CPU twin on 16 of them
 //                 (nmse 1e-4), run-to-run bits.
