@@ -9,7 +9,13 @@
 //   decode  (n <= kMoeDecodeMaxTokens): two kernels (gate_up+SwiGLU, down+combine); only the selected experts'
 //           weights are read, each once, feeding mma.sync with the tokens as the 8-wide N dimension. Fixed grid,
 //           no host sync, no allocation: capturable in a CUDA graph (checked by bench/moe_playground).
-//           MXFP4 on sm_90+ (moe_decode_bulk.cuh): a persistent grid whose blocks pull runs of whole 16-row tiles of an
+//           MXFP4 on sm_90+ at one token (moe_decode_split.cuh, kAuto's choice): persistent grids of 8-warp blocks,
+//           a 16-row tile at a time, every warp's loads in flight before its first multiply, the routing computed
+//           by every warp (warp_topk on redux.sync); down split by expert, each tile's k partials summed by its
+//           last block in slot order; gate_up launched without PDL (launched early it lost its gain to the
+//           blocks' placement). H200: 34.1 us a layer alone (bulk 40.9), 55.8 vs 60.0 us in the engine-like lab
+//           chain, tg128 560 / 391 tok/s against 515 / 363 (NOTES.md, session 5).
+//           MXFP4 on sm_90+, 2-8 tokens (moe_decode_bulk.cuh): a persistent grid whose blocks pull runs of whole 16-row tiles of an
 //           expert (one contiguous 23 KB range of blocks + 1.4 KB of scales at H = 2880) with 1-D bulk copies into
 //           a ring of shared-memory stages completing on mbarriers, consumer warps splitting each tile's K. With
 //           `logits` the kernels also do the routing (router_topk_softmax's result, computed by every block), so
@@ -85,6 +91,8 @@ void router_topk_softmax(const RouterTopkParams& p, cudaStream_t stream);
 // Token counts up to this take the decode path (the 8-wide N of one mma.sync tile).
 constexpr int kMoeDecodeMaxTokens = 8;
 
+// kAuto at one token takes the split kernels (MXFP4 on sm_90+, moe_decode_split.cuh: 8 warps a tile, down split
+// by expert and summed by a tile's last block); kDecodeSplit forces them where they apply (n = 1), else kDecode.
 // kDecode takes the bulk-copy kernels where they apply (MXFP4 on sm_90+, see the top), else the register-streaming
 // ones; kDecodeRegs forces the register-streaming ones (the comparison variant of tests and the lab). kGrouped
 // takes the grouped kernels where they apply (MXFP4 on sm_90+; any n), else the prefill path; kGroupedBf16 the
@@ -92,7 +100,8 @@ constexpr int kMoeDecodeMaxTokens = 8;
 // a lab variant: moe_impl.cuh). kPrefill takes moe_prefill_mma.cuh's GEMM for MXFP4
 // weights, kPrefillV1 forces the v1 GEMM (the same bits; the bf16 weights always take v1).
 enum class MoePath : int {
-  kAuto = 0, kDecode = 1, kPrefill = 2, kDecodeRegs = 3, kGrouped = 4, kGroupedBf16 = 5, kPrefillV1 = 6
+  kAuto = 0, kDecode = 1, kPrefill = 2, kDecodeRegs = 3, kGrouped = 4, kGroupedBf16 = 5, kPrefillV1 = 6,
+  kDecodeSplit = 7
 };
 
 // kAuto takes the grouped path above the decode path while the tokens per expert, n k / E, stay at most this

@@ -448,9 +448,7 @@ void launch_bulk_kernel(const DecodeArgs& a, int nuniq_max, cudaStream_t stream,
 template <typename Gu, typename Dn>
 void launch_decode_bulk(const MoeParams& p, const WMat& gu, const WMat& dn, const Workspace& ws,
                         cudaStream_t stream) {
-  DecodeArgs a{p.n,         p.E,           p.k,       p.swiglu_limit, p.x,  p.ldx,  p.ids,      p.weights,
-               p.logits,    p.ld_logits,   p.ids_out, p.weights_out,  gu,   ws.act, p.y,        p.ldy,
-               p.accumulate};
+  DecodeArgs a = decode_args(p, gu, ws.act);
   const int nuniq_max = p.n * p.k < p.E ? p.n * p.k : p.E;
   launch_bulk_kernel<true, Gu>(a, nuniq_max, stream, p.pdl);
   a.x = ws.act;

@@ -188,6 +188,12 @@ struct DecodeArgs {
   bool accumulate;
 };
 
+// A decode launch's arguments for gate_up (x in, act out); the launchers then point them at down.
+inline DecodeArgs decode_args(const MoeParams& p, const WMat& gu, uint16_t* act) {
+  return DecodeArgs{p.n,      p.E,         p.k,       p.swiglu_limit, p.x,   p.ldx, p.ids,  p.weights, p.logits,
+                    p.ld_logits, p.ids_out, p.weights_out, gu,        act,   p.y,   p.ldy,  p.accumulate};
+}
+
 // The routing (ids clamped, weights), the unique experts of the batch in order of first appearance, and per
 // (unique expert, token) the slot (or -1). Built by every block in parallel (one warp per token for the top-k,
 // one thread per (token, slot) pair after): a serial loop here cost more than the matmul at 8 tokens.
@@ -430,6 +436,7 @@ struct Workspace {
   int32_t* num_tiles;  // [1]
   uint16_t* xp;        // [n, H] 2-byte: x in the k-permutation or split (the grouped path's gate_up operand)
   float* unit;         // [n + P]: the grouped kFp8 loop's accumulator units, per token then per sorted row
+  unsigned* count;     // [H / 16]: the split decode's per-tile counters (cleared by its gate_up every call)
   size_t bytes;
 };
 inline int max_tiles(int P, int E) { return (P + kBM - 1) / kBM + (E < P ? E : P); }
@@ -454,6 +461,7 @@ inline Workspace carve(void* base, int n, int H, int I, int E, int k) {
   w.num_tiles = reinterpret_cast<int32_t*>(take(4));
   w.xp = reinterpret_cast<uint16_t*>(take(size_t(n) * H * 2));
   w.unit = reinterpret_cast<float*>(take((size_t(n) + P) * 4));
+  w.count = reinterpret_cast<unsigned*>(take(size_t(H / 16 + 1) * 4));
   w.bytes = off;
   return w;
 }
@@ -691,6 +699,7 @@ __global__ void __launch_bounds__(256) moe_combine(Workspace w, int H, int k, fl
 #include "moe_decode_bulk.cuh"  // the MXFP4 decode kernels through shared memory (they use the helpers above)
 #include "moe_grouped.cuh"      // the MXFP4 grouped streaming kernels (a few tokens per expert)
 #include "moe_prefill_mma.cuh"  // the MXFP4 prefill GEMM through a cp.async ring (it uses v1's pieces above)
+#include "moe_decode_split.cuh"  // the one-token MXFP4 decode kernels (register fragments, down split by expert)
 namespace hm::cuda::moe {
 namespace {
 
@@ -715,6 +724,12 @@ using DnBf16 = DecodeCfg<1, 8, 1, 1>;
 // Compute shows both loops latency-bound (issue slots 40-47%, DRAM 29-31%), so the loop is not the limit.
 constexpr BulkMma kBulkMma = BulkMma::kBf16;
 using GuBulk = BulkCfg<8, 2, 3, 1, kBulkMma>;
+// The split kernels (moe_decode_split.cuh) at one token: 8 warps a tile, 3 chunks a warp (K <= 3072), from
+// bench/moe_playground/stream_probe.cu (KS 8 D 3: 16.1 us for gate_up's stream against the bulk kernel's 24) and
+// the lab (layer with routing, graph + PDL: 34.1 us against bulk's 40.9; KS 4/6/12/16 and one block an item slower;
+// the engine-like chain 55.8 against 60.0 us a layer; NOTES.md, session 5).
+using GuSplit = SplitCfg<8, 3>;
+using DnSplit = SplitCfg<8, 3>;
 using DnBulk = BulkCfg<8, 2, 3, 1, kBulkMma>;
 // The grouped kernels (moe_grouped.cuh), from the H200 lab (NOTES.md, "grouped path"; MOE_GROUPED_ONLY=1): V1
 // (bf16 loop, NCW8 NST2 NTB2 BPS3) was the fastest configuration at every n from 8 to 2048, E = 32 and 128; the fp8
@@ -725,9 +740,7 @@ using GroupedBf16 = GroupedCfg<8, 2, 4, 2>;
 
 template <WFmt F, typename G, typename Dn>
 void launch_decode(const MoeParams& p, const WMat& gu, const WMat& dn, const Workspace& ws, cudaStream_t stream) {
-  DecodeArgs a{p.n,         p.E,           p.k,       p.swiglu_limit, p.x,  p.ldx,  p.ids,      p.weights,
-               p.logits,    p.ld_logits,   p.ids_out, p.weights_out,  gu,   ws.act, p.y,        p.ldy,
-               p.accumulate};
+  DecodeArgs a = decode_args(p, gu, ws.act);
   const int nuniq_max = p.n * p.k < p.E ? p.n * p.k : p.E;
   launch(moe_decode_gate_up<F, G::MT, G::KS, G::D, G::MINB>, dim3(ceil_div(2 * p.I, 16 * G::MT), nuniq_max),
          dim3(G::MT * G::KS * 32), 0, stream, p.pdl, a);
@@ -753,14 +766,17 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
   HM_REQUIRE(reinterpret_cast<uintptr_t>(p.workspace) % 256 == 0, who);
   HM_REQUIRE(p.workspace_bytes >= moe_workspace_bytes(p.n, p.H, p.I, p.E, p.k), who);
   if (p.n == 0) return;
-  const bool decode = p.path == MoePath::kDecode || p.path == MoePath::kDecodeRegs ||
+  const bool decode = p.path == MoePath::kDecode || p.path == MoePath::kDecodeRegs || p.path == MoePath::kDecodeSplit ||
                       (p.path == MoePath::kAuto && p.n <= kMoeDecodeMaxTokens);
   HM_REQUIRE(!decode || p.n <= kMoeDecodeMaxTokens, who);
   const Workspace ws = carve(p.workspace, p.n, p.H, p.I, p.E, p.k);
 
   if (decode) {
     if constexpr (F == WFmt::kMxfp4) {
-      if (p.path != MoePath::kDecodeRegs && bulk_ok<GuBulk, DnBulk>(gu, dn))
+      if ((p.path == MoePath::kAuto || p.path == MoePath::kDecodeSplit) && split_ok<GuSplit>(p, gu, dn) &&
+          split_ok<DnSplit>(p, gu, dn))
+        launch_decode_split<GuSplit, DnSplit>(p, gu, dn, ws, stream);
+      else if (p.path != MoePath::kDecodeRegs && bulk_ok<GuBulk, DnBulk>(gu, dn))
         launch_decode_bulk<GuBulk, DnBulk>(p, gu, dn, ws, stream);
       else
         launch_decode<F, GuMxfp4, DnMxfp4>(p, gu, dn, ws, stream);

@@ -12,42 +12,47 @@ namespace {
 
 constexpr int kMaxE = 256;       // 8 logits per lane
 
+// An order-preserving key of a logit: larger logit, larger key; NaN ranks as -inf (0x007FFFFF), so every valid
+// key is above 0, which marks a taken or absent expert.
+__device__ __forceinline__ uint32_t topk_key(float l) {
+  const uint32_t b = __float_as_uint(l == l ? (l == 0.f ? 0.f : l) : -INFINITY);  // -0 ties with +0
+  return (b & 0x80000000u) ? ~b : b | 0x80000000u;
+}
+__device__ __forceinline__ float topk_value(uint32_t key) {
+  return __uint_as_float((key & 0x80000000u) ? key & 0x7FFFFFFFu : ~key);
+}
+
 // The warp's top-k over one row of logits (E <= kMaxE); lane 0 writes ids and softmax weights (global or shared
-// memory). Every lane of the warp must call it.
+// memory). Every lane of the warp must call it. Each of the k rounds is one warp max of the keys (redux.sync) and
+// a ballot per 32 experts for the lowest id holding it: the decode expert kernels run this in every block, and
+// the shuffle tree it replaced (5 levels of value + id per round) cost the one-token layer several us.
 __device__ __forceinline__ void warp_topk(const float* logits, int E, int k, int32_t* ids, float* weights) {
   const int lane = threadIdx.x & 31;
-  float v[kMaxE / 32];
+  uint32_t key[kMaxE / 32];
 #pragma unroll
   for (int i = 0; i < kMaxE / 32; i++) {
     const int e = i * 32 + lane;
-    const float l = e < E ? logits[e] : -INFINITY;
-    v[i] = l == l ? l : -INFINITY;  // NaN ranks last, so k valid ids are always chosen
+    key[i] = e < E ? topk_key(logits[e]) : 0u;
   }
-  uint32_t taken = 0;
   float top[8], m = 0.f, sum = 0.f;
 #pragma unroll
   for (int j = 0; j < 8; j++) {  // unrolled so top[] stays in registers
     if (j >= k) break;
-    float bv = -INFINITY;
-    int be = INT_MAX;
+    uint32_t mine = 0;
 #pragma unroll
-    for (int i = 0; i < kMaxE / 32; i++) {
-      const int e = i * 32 + lane;
-      if (e < E && !(taken >> i & 1u) && (v[i] > bv || (v[i] == bv && e < be))) {
-        bv = v[i];
-        be = e;
+    for (int i = 0; i < kMaxE / 32; i++) mine = max(mine, key[i]);
+    const uint32_t best = __reduce_max_sync(0xffffffffu, mine);
+    int be = 0;
+#pragma unroll
+    for (int i = 0; i < kMaxE / 32; i++) {  // the lowest expert id holding the best key (ties: lower id first)
+      const uint32_t hit = __ballot_sync(0xffffffffu, key[i] == best);
+      if (hit) {
+        be = i * 32 + __ffs(hit) - 1;
+        if ((be & 31) == lane) key[i] = 0u;
+        break;
       }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-      const int oe = __shfl_xor_sync(0xffffffffu, be, o);
-      if (ov > bv || (ov == bv && oe < be)) {
-        bv = ov;
-        be = oe;
-      }
-    }
-    if ((be & 31) == lane) taken |= 1u << (be >> 5);
+    const float bv = topk_value(best);
     if (j == 0) m = bv;
     top[j] = bv;
     sum += expf(bv - m);

@@ -4,7 +4,7 @@
 // native/cpu/ref_ops.h) and stops if they disagree; the numbered decode variants are then checked against the
 // launcher. Random (never zero) weights. MOE_DECODE_ONLY=1 skips the prefill and grouped timings,
 // MOE_PREFILL_ONLY=1 the decode and grouped ones;
-// MOE_GROUPED_ONLY=1 runs only the grouped section: at n = 8 .. 2048, E = 32 and 128, the launcher's kAuto, the
+// MOE_CHAIN_ONLY=1 only the engine-like one-token chain (chain_section). MOE_GROUPED_ONLY=1 runs only the grouped section: at n = 8 .. 2048, E = 32 and 128, the launcher's kAuto, the
 // prefill GEMM and every grouped configuration, V0-V10 with the bf16 inner loop (moe_grouped.cuh; all XP but V7;
 // MT2: V8-V10) and F0-F5 with the fp8 one (F0 = the launcher's default), checked (CPU twin at n = 16 and 64, and
 // against the prefill path at every n), then timed as whole layers in a CUDA graph; its tables (GB/s, TFLOP/s,
@@ -12,7 +12,8 @@
 // Decode layers timed: "bulk" (the default MXFP4 decode: bulk copies into shared memory, moe_decode_bulk.cuh, with
 // the default inner loop kBulkMma), "bulk+route" (the same with the routing computed from router logits inside
 // the kernels, as the engine calls it), "bulk-bf16"/"bulk-bf16+route" (the bulk kernels with the bf16-HMMA inner
-// loop of run 7, whatever kBulkMma says), "regs" (the register-streaming kernels, MoePath::kDecodeRegs).
+// loop of run 7, whatever kBulkMma says), "regs" (the register-streaming kernels, MoePath::kDecodeRegs), at n = 1
+// "split"/"split+route" (moe_decode_split.cuh, MoePath::kDecodeSplit) and its configurations KS*/CPW*.
 // Variants, each kernel alone: B* = bulk configurations with the bf16 inner loop, F* = with the fp8 one, FP* = fp8
 // with padded stage rows (run 8; their down kernels keep fp8 up to 256 KB of split activations, so n = 4 runs fp8
 // where it fits; n = 8 does not fit and runs bf16), G*/D* = register kernel configurations. A summary table and
@@ -36,29 +37,14 @@
 #include <vector>
 
 #include "cpu/ref_ops.h"
+#include "dense.h"
+#include "lab_common.h"
 #include "moe.h"
 #include "moe_impl.cuh"
 
 using namespace hm::cuda;
 
-#define CK(x)                                                                                    \
-  do {                                                                                           \
-    cudaError_t e_ = (x);                                                                        \
-    if (e_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));   \
-      std::exit(1);                                                                              \
-    }                                                                                            \
-  } while (0)
 
-__global__ void fill_bytes(uint8_t* p, size_t n, uint64_t seed, int lo, int span) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-    uint64_t h = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
-    h ^= h >> 31;
-    h *= 0xBF58476D1CE4E5B9ull;
-    h ^= h >> 29;
-    p[i] = span ? uint8_t(lo + int(h % span)) : uint8_t(h);
-  }
-}
 __global__ void fill_bf16(uint16_t* p, size_t n, uint64_t seed, float scale) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     uint64_t h = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
@@ -81,34 +67,7 @@ void row(const std::string& what, int E, int n, float us, double bytes) {
   g_rows.push_back({what, E, n, us, bytes / us * 1e-3});
 }
 
-template <typename T>
-T* dalloc(size_t n) {
-  T* p;
-  CK(cudaMalloc(&p, n * sizeof(T)));
-  return p;
-}
 
-// Median of `reps` timings, each the mean over `iters` calls of fn(i).
-float time_us(const std::function<void(int)>& fn, int iters = 50, int reps = 7, cudaStream_t st = 0) {
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  for (int i = 0; i < 5; i++) fn(i);
-  CK(cudaDeviceSynchronize());
-  std::vector<float> ts;
-  for (int r = 0; r < reps; r++) {
-    CK(cudaEventRecord(a, st));
-    for (int i = 0; i < iters; i++) fn(i);
-    CK(cudaEventRecord(b, st));
-    CK(cudaEventSynchronize(b));
-    float ms;
-    CK(cudaEventElapsedTime(&ms, a, b));
-    ts.push_back(ms * 1000.f / iters);
-  }
-  CK(cudaGetLastError());
-  std::sort(ts.begin(), ts.end());
-  return ts[ts.size() / 2];
-}
 
 struct Layer {
   int E, H = 2880, I = 2880, k = 4;
@@ -783,6 +742,100 @@ void prefill_section(const Layer& L, int n, const uint16_t* x, float* y, void* w
   }
 }
 
+// The one-token layer as the engine runs it, attention left out: q/k/v GEMV (RMSNorm fused, 2880 -> 5120), o GEMV
+// (4096 -> 2880, residual add), router GEMV (RMSNorm fused, writing the experts' input), the MoE layer routing
+// from the logits (y += into the residual), each launched with PDL, 8 layers of distinct weights in one graph.
+// What the MoE kernels' neighbours do to them: the bulk and split paths both ways (MOE_DECODE_ONLY runs it).
+void chain_section(const Layer& L, void* ws, size_t ws_bytes) {
+  constexpr int kLayers = 8, H = 2880, Q = 5120, O = 4096;
+  std::vector<uint16_t*> wq(kLayers), wo(kLayers), wr(kLayers);
+  for (int l = 0; l < kLayers; l++) {
+    wq[l] = dalloc<uint16_t>(size_t(Q) * H);
+    wo[l] = dalloc<uint16_t>(size_t(H) * O);
+    wr[l] = dalloc<uint16_t>(size_t(L.E) * H);
+    fill_bf16<<<256, 256>>>(wq[l], size_t(Q) * H, 100 + l, 0.05f);
+    fill_bf16<<<256, 256>>>(wo[l], size_t(H) * O, 200 + l, 0.05f);
+    fill_bf16<<<256, 256>>>(wr[l], size_t(L.E) * H, 300 + l, 0.5f);
+  }
+  uint16_t *nw = dalloc<uint16_t>(H), *xn = dalloc<uint16_t>(H), *attn = dalloc<uint16_t>(O);
+  float *resid = dalloc<float>(H), *qkv = dalloc<float>(Q), *logits = dalloc<float>(L.E), *w_out = dalloc<float>(8);
+  int32_t* ids_out = dalloc<int32_t>(8);
+  fill_bf16<<<16, 256>>>(nw, H, 400, 2.f);
+  fill_bf16<<<16, 256>>>(attn, O, 401, 2.f);
+  CK(cudaMemset(resid, 0, H * 4));
+  CK(cudaDeviceSynchronize());
+  std::vector<float*> lstat(kLayers);  // without the router: fixed logits per layer (other experts each layer)
+  for (int l = 0; l < kLayers; l++) {
+    std::vector<float> h(L.E);
+    for (int e = 0; e < L.E; e++) h[e] = float((e * 37 + l * 11) % L.E);
+    lstat[l] = dalloc<float>(L.E);
+    CK(cudaMemcpy(lstat[l], h.data(), L.E * 4, cudaMemcpyHostToDevice));
+  }
+  // mask: 1 q/k/v, 2 o, 4 router (without it the MoE takes lstat[l] and x = xn as last written)
+  // 8: q/k/v launched without PDL; 16: the MoE kernels launched without PDL
+  for (int mask : {7, 1, 2, 4, 0, 1 | 8, 1 | 16})
+  for (MoePath path : {MoePath::kDecode, MoePath::kDecodeSplit}) {
+    auto layer = [&](int l, cudaStream_t st) {
+      // One token's GEMV y (+)= W x (x bf16, or the RMSNorm of the fp32 residual when normed).
+      auto gemv = [&](const uint16_t* W, const uint16_t* x, bool normed, float* y, int N, int K, bool acc,
+                      uint16_t* norm_out, bool pdl) {
+        DenseParams d;
+        d.T = 1;
+        d.pdl = pdl;
+        d.x = normed ? nullptr : x;
+        d.norm_x = normed ? resid : nullptr;
+        d.norm_w = normed ? nw : nullptr;
+        d.norm_out = norm_out;
+        d.W = W;
+        d.y = y;
+        d.N = N;
+        d.K = K;
+        d.ldx = K;
+        d.ldy = N;
+        d.accumulate = acc;
+        dense(d, st);
+      };
+      if (mask & 1) gemv(wq[l], nullptr, true, qkv, Q, H, false, nullptr, !(mask & 8));
+      if (mask & 2) gemv(wo[l], attn, false, resid, H, O, true, nullptr, true);
+      if (mask & 4) gemv(wr[l], nullptr, true, logits, L.E, H, false, xn, true);
+      MoeParams m;
+      m.n = 1;
+      m.H = H;
+      m.I = L.I;
+      m.E = L.E;
+      m.k = L.k;
+      m.x = xn;
+      m.ldx = H;
+      m.logits = mask & 4 ? logits : lstat[l];
+      m.ld_logits = L.E;
+      m.ids_out = ids_out;
+      m.weights_out = w_out;
+      m.y = resid;
+      m.ldy = H;
+      m.accumulate = true;
+      m.workspace = ws;
+      m.workspace_bytes = ws_bytes;
+      m.path = path;
+      m.pdl = !(mask & 16);
+      moe_mxfp4_forward(m, L.mx(), st);
+    };
+    const float t = graph_us(kLayers, layer, 20);
+    std::printf("chain E=%d (%s%s%sMoE%s, one token, graph + PDL) %s: %.1f us per layer\n", L.E,
+                mask & 1 ? (mask & 8 ? "qkv no-PDL + " : "qkv + ") : "", mask & 2 ? "o + " : "",
+                mask & 4 ? "router + " : "", mask & 16 ? " no-PDL" : "",
+                path == MoePath::kDecode ? "bulk " : "split", t);
+  }
+  for (float* q : lstat) cudaFree(q);
+  for (int l = 0; l < kLayers; l++) {
+    cudaFree(wq[l]);
+    cudaFree(wo[l]);
+    cudaFree(wr[l]);
+  }
+  for (void* q : {(void*)nw, (void*)xn, (void*)attn, (void*)resid, (void*)qkv, (void*)logits, (void*)w_out,
+                  (void*)ids_out})
+    cudaFree(q);
+}
+
 int main() {
   int dev = 0;
   cudaDeviceProp prop;
@@ -811,6 +864,13 @@ int main() {
     CK(cudaDeviceSynchronize());
     std::printf("\n== E=%d, H=I=2880, k=4 ==\n", E);
 
+    if (std::getenv("MOE_CHAIN_ONLY")) {  // the engine-like chain alone (chain_section)
+      chain_section(L, ws, ws_bytes);
+      cudaFree(ws);
+      cudaFree(x);
+      cudaFree(y);
+      continue;
+    }
     for (int n : {1, 2, 4, 8}) {
       if (grouped_only || std::getenv("MOE_PREFILL_ONLY")) break;  // grouped-only and prefill-only runs
       const int sets = std::max(2, E / std::min(E, n * L.k)) * 4;
@@ -840,11 +900,11 @@ int main() {
       // (the bulk kernels with the run-7 inner loop, launched directly: 1 vs 4 and 2 vs 5 are run 8's change).
       auto params = [&](int v, int i, bool pdl) {
         MoeParams q = p;
-        q.path = v == 0 || v == 3 ? MoePath::kDecodeRegs : MoePath::kDecode;
+        q.path = v == 0 || v == 3 ? MoePath::kDecodeRegs : v >= 6 ? MoePath::kDecodeSplit : MoePath::kDecode;
         if (v == 3) {
           q.ids = ids_out;
           q.weights = w_out;
-        } else if (v == 2 || v == 5) {
+        } else if (v == 2 || v == 5 || v == 7) {
           q.logits = R.logits_of(i);
           q.ld_logits = E;
           q.ids_out = ids_out;
@@ -869,7 +929,7 @@ int main() {
           rt.pdl = pdl;
           router_topk_softmax(rt, st);
         }
-        if (v >= 4) {
+        if (v == 4 || v == 5) {
           using Bf = moe::BulkCfg<8, 2, 3, 1, moe::BulkMma::kBf16>;
           const MoeParams q = params(v, i, pdl);
           moe::launch_decode_bulk<Bf, Bf>(q, moe::WMat{L.gu_b, L.gu_s, L.gu_bias, 2 * L.I, L.H},
@@ -879,15 +939,17 @@ int main() {
         }
         moe_mxfp4_forward(params(v, i, pdl), L.mx(), st);
       };
-      const char* names[6] = {"regs", "bulk", "bulk+route", "router+regs", "bulk-bf16", "bulk-bf16+route"};
-      for (int v = 0; v < 6; v++)
+      const char* names[8] = {"regs",      "bulk",           "bulk+route", "router+regs",
+                              "bulk-bf16", "bulk-bf16+route", "split",      "split+route"};
+      const int nv = n == 1 ? 8 : 6;  // the split kernels: one token
+      for (int v = 0; v < nv; v++)
         check_cpu_twin((std::string("decode mxfp4 ") + names[v]).c_str(), L, params(v, 0, false),
                        [&] { call(v, 0, false, 0); });
       {
         MoeParams q = params(0, 0, false);
         check_cpu_twin("decode bf16", L, q, [&] { moe_bf16_forward(q, L.bf(), 0); });
       }
-      for (int v = 0; v < 6; v++) {
+      for (int v = 0; v < nv; v++) {
         const float t_mx = time_us([&](int i) { call(v, i, false, 0); });
         const float t_mx_pdl = time_us([&](int i) { call(v, i, true, 0); });
         // The same calls captured in a CUDA graph (one graph = `sets` layers of different experts).
@@ -910,6 +972,26 @@ int main() {
         row(std::string("layer ") + names[v], E, n, t_mx, bytes_mx);
         row(std::string("layer ") + names[v] + " graph+pdl", E, n, t_graph, bytes_mx);
       }
+      if (n == 1) {  // the split kernels' configurations (whole layer, routing from logits, graph + PDL)
+        auto split_cfg = [&](const char* name, auto cfg) {
+          using C = decltype(cfg);
+          const float t = graph_us(R.sets, [&](int i, cudaStream_t st) {
+            const MoeParams q = params(7, i, true);
+            moe::launch_decode_split<C, C>(q, moe::WMat{L.gu_b, L.gu_s, L.gu_bias, 2 * L.I, L.H},
+                                           moe::WMat{L.dn_b, L.dn_s, L.dn_bias, L.H, L.I},
+                                           moe::carve(q.workspace, q.n, L.H, L.I, L.E, L.k), st);
+          }, 10);
+          std::printf("decode n=1 split+route %-20s graph+pdl %.1f us (%.0f GB/s)\n", name, t, bytes_mx / t * 1e-3);
+          row(std::string("layer split+route ") + name + " graph+pdl", E, n, t, bytes_mx);
+        };
+        split_cfg("KS8 CPW3", moe::SplitCfg<8, 3>{});
+        split_cfg("KS8 CPW3 grid=items", moe::SplitCfg<8, 3, false>{});
+        split_cfg("KS6 CPW4 grid=items", moe::SplitCfg<6, 4, false>{});
+        split_cfg("KS4 CPW6", moe::SplitCfg<4, 6>{});
+        split_cfg("KS6 CPW4", moe::SplitCfg<6, 4>{});
+        split_cfg("KS12 CPW2", moe::SplitCfg<12, 2>{});
+        split_cfg("KS16 CPW2", moe::SplitCfg<16, 2>{});
+      }
       const float t_bf = time_us([&](int i) { moe_bf16_forward(params(0, i, false), L.bf(), 0); });
       std::printf("decode n=%d bf16: %.1f us (%.0f GB/s of %.1f MB)\n", n, t_bf, bytes_bf / t_bf * 1e-3, bytes_bf * 1e-6);
       cudaFree(ids_out);
@@ -917,6 +999,7 @@ int main() {
       decode_variants(L, R, x, y, ws, bytes_mx);
     }
 
+    if (std::getenv("MOE_DECODE_ONLY")) chain_section(L, ws, ws_bytes);
     for (int n : {64, 256, 512, 2048, n_prefill}) {
       if (std::getenv("MOE_DECODE_ONLY") || grouped_only) break;  // decode-only (run 4), grouped-only runs
       prefill_section(L, n, x, y, ws, ws_bytes);

@@ -270,6 +270,7 @@ class CudaBackend final : public Backend {
   int32_t *d_tokens_ = nullptr, *d_pos_ = nullptr, *d_slot_ = nullptr, *d_tok_seq_ = nullptr, *d_bt_ = nullptr,
           *d_decode_ = nullptr, *d_tiles_ = nullptr, *d_out_rows_ = nullptr;
   bool batch_invariant_ = false;  // HARMONIUM_BATCH_INVARIANT=1 (see the top of this file)
+  MoePath moe_decode_path_ = MoePath::kAuto;  // HARMONIUM_MOE_DECODE=split|bulk|regs: the one-token expert kernels (A/B)
   bool fused_rope_ = true;  // decode-only steps rotate and write the KV cache inside attention (HARMONIUM_FUSED_ROPE=0: off)
 
   // ---- one step, in four parts: plan (host), upload, launch (graph or eager), readback ----
@@ -365,6 +366,13 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   fused_rope_ = !(rope_env && std::strcmp(rope_env, "0") == 0);
   const char* inv_env = std::getenv("HARMONIUM_BATCH_INVARIANT");
   batch_invariant_ = inv_env && std::strcmp(inv_env, "1") == 0;
+  if (const char* moe_env = std::getenv("HARMONIUM_MOE_DECODE")) {
+    const std::string m = moe_env;
+    if (m == "bulk") moe_decode_path_ = MoePath::kDecode;
+    else if (m == "regs") moe_decode_path_ = MoePath::kDecodeRegs;
+    else if (m != "split" && m != "auto" && !m.empty())
+      throw std::runtime_error("HARMONIUM_MOE_DECODE must be split, bulk, regs or auto (got '" + m + "')");
+  }
   const char* prof_env = std::getenv("HARMONIUM_PROFILE");
   prof_.on = prof_env && std::strcmp(prof_env, "1") == 0;
   if (prof_.on) graphs_.enabled = false;
@@ -549,6 +557,7 @@ MoeParams CudaBackend::moe_params(int T) const {
   mp.workspace_bytes = moe_ws_bytes_;
   mp.pdl = pdl_;
   if (batch_invariant_) mp.path = MoePath::kPrefill;
+  else if (T <= kMoeDecodeMaxTokens) mp.path = moe_decode_path_;
   return mp;
 }
 

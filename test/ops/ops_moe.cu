@@ -3,7 +3,7 @@
 //   moe_mxfp4_to_bf16  the loader conversion vs ref::mxfp4_decode_row, exact.
 //   moe_experts_* moe_mxfp4_forward and moe_bf16_forward (weights converted on the GPU) vs the sum over the k
 //                 experts of weight * ref::expert_mlp_mxfp4, decode (MXFP4: the bulk-copy kernels, "decode", and the
-//                 register-streaming ones, "decode_regs") and prefill paths, real and odd shapes, and the fused
+//                 register-streaming ones, "decode_regs"; at n = 1 also the split kernels, "decode_split") and prefill paths, real and odd shapes, and the fused
 //                 routing ("+logits": router logits in, ids/weights out, checked against ref::router_topk).
 //                 Tolerance: nmse 1e-4 (the SwiGLU output is rounded to bf16 between the matmuls: about 1e-6 expected).
 //                 MXFP4 prefill also through MoePath::kPrefillV1 (v1's GEMM): the same bits as kPrefill ("v1_bits").
@@ -314,6 +314,8 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
         if (f == 1 && !bf16_all && n != ns.front() && n != ns.back()) continue;
         if (decode_ok) vs.push_back({f == 1, cuda::MoePath::kDecode, false, false});
         if (decode_ok && f == 0) vs.push_back({false, cuda::MoePath::kDecodeRegs, false, false});
+        if (n == 1 && f == 0) vs.push_back({false, cuda::MoePath::kDecodeSplit, false, false});
+        if (n == 1 && f == 0) vs.push_back({false, cuda::MoePath::kDecodeSplit, true, true});
         if (decode_ok) vs.push_back({f == 1, cuda::MoePath::kDecode, false, true});
         vs.push_back({f == 1, cuda::MoePath::kPrefill, false, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kGrouped, false, false});
@@ -327,6 +329,7 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
         char params[160];
         const char* path = v.path == cuda::MoePath::kDecode       ? "decode"
                            : v.path == cuda::MoePath::kDecodeRegs ? "decode_regs"
+                           : v.path == cuda::MoePath::kDecodeSplit ? "decode_split"
                            : v.path == cuda::MoePath::kPrefill    ? "prefill"
                            : v.path == cuda::MoePath::kGrouped    ? "grouped"
                            : v.path == cuda::MoePath::kGroupedBf16 ? "grouped_bf16"
@@ -630,7 +633,8 @@ std::vector<Result> fused_routing_cases() {
   std::vector<Result> out;
   struct C { int E, k, n; bool ties, nans; };
   const C cases[] = {{32, 4, 1, true, false}, {32, 4, 8, true, true}, {128, 4, 5, true, true},
-                     {128, 4, 3, false, true}, {256, 8, 8, true, true}, {5, 2, 7, true, true}, {4, 4, 2, false, true}};
+                     {128, 4, 3, false, true}, {256, 8, 8, true, true}, {5, 2, 7, true, true}, {4, 4, 2, false, true},
+                     {128, 4, 1, true, true}, {256, 8, 1, false, true}};
   const int H = 64, I = 32;
   uint64_t seed = 500;
   for (const C& c : cases) {
@@ -654,8 +658,11 @@ std::vector<Result> fused_routing_cases() {
       DevBuf<float> d_logits(logits), d_w(ids_ref.size()), d_y(size_t(c.n) * H);
       DevBuf<int32_t> d_ids(ids_ref.size());
       DevBuf<uint8_t> ws(cuda::moe_workspace_bytes(c.n, H, I, c.E, c.k));
-      for (cuda::MoePath path : {cuda::MoePath::kDecode, cuda::MoePath::kDecodeRegs}) {
-        const std::string pr = std::string(params) + (path == cuda::MoePath::kDecode ? " decode" : " decode_regs");
+      for (cuda::MoePath path : {cuda::MoePath::kDecode, cuda::MoePath::kDecodeRegs, cuda::MoePath::kDecodeSplit}) {
+        if (path == cuda::MoePath::kDecodeSplit && c.n != 1) continue;
+        const std::string pr = std::string(params) + (path == cuda::MoePath::kDecode       ? " decode"
+                                                      : path == cuda::MoePath::kDecodeRegs ? " decode_regs"
+                                                                                           : " decode_split");
         d_ids.poison();
         d_w.poison();
         cuda::MoeParams p;
@@ -808,9 +815,9 @@ HM_OP_TEST("moe_mxfp4_to_bf16", mxfp4_to_bf16_cases);
 HM_OP_TEST("moe_experts_small", [] {
   std::vector<Result> out;
   for (auto& r : moe_cases(5, 96, 64, 2, {1, 3, 8, 37}, 11, true)) out.push_back(r);
-  for (auto& r : moe_cases(8, 160, 224, 3, {2, 8, 21}, 12, true)) out.push_back(r);
+  for (auto& r : moe_cases(8, 160, 224, 3, {1, 2, 8, 21}, 12, true)) out.push_back(r);
   for (auto& r : moe_cases(4, 32, 32, 4, {1, 9}, 13, true)) out.push_back(r);
-  for (auto& r : moe_cases(9, 384, 256, 1, {5, 130}, 14, true)) out.push_back(r);
+  for (auto& r : moe_cases(9, 384, 256, 1, {1, 5, 130}, 14, true)) out.push_back(r);
   return out;
 });
 HM_OP_TEST("moe_grouped_small", [] {

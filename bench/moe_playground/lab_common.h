@@ -1,0 +1,62 @@
+// What the MoE lab's programs share (moe_bench.cu, stream_probe.cu): a CUDA check that exits, device
+// allocation, deterministic byte fill, and the median-of-repetitions timer.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <vector>
+
+#define CK(x)                                                                                    \
+  do {                                                                                           \
+    cudaError_t e_ = (x);                                                                        \
+    if (e_ != cudaSuccess) {                                                                     \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));   \
+      std::exit(1);                                                                              \
+    }                                                                                            \
+  } while (0)
+
+// Bytes from a hash of their index: lo + h % span, or any byte with span 0.
+__global__ void fill_bytes(uint8_t* p, size_t n, uint64_t seed, int lo, int span) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint64_t h = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
+    h ^= h >> 31;
+    h *= 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 29;
+    p[i] = span ? uint8_t(lo + int(h % span)) : uint8_t(h);
+  }
+}
+
+template <typename T>
+T* dalloc(size_t n) {
+  T* p;
+  CK(cudaMalloc(&p, n * sizeof(T)));
+  return p;
+}
+
+// Median of `reps` timings, each the mean over `iters` calls of fn(i).
+inline float time_us(const std::function<void(int)>& fn, int iters = 50, int reps = 7, cudaStream_t st = 0) {
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  for (int i = 0; i < 5; i++) fn(i);
+  CK(cudaDeviceSynchronize());
+  std::vector<float> ts;
+  for (int r = 0; r < reps; r++) {
+    CK(cudaEventRecord(a, st));
+    for (int i = 0; i < iters; i++) fn(i);
+    CK(cudaEventRecord(b, st));
+    CK(cudaEventSynchronize(b));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    ts.push_back(ms * 1000.f / iters);
+  }
+  CK(cudaEventDestroy(a));
+  CK(cudaEventDestroy(b));
+  CK(cudaGetLastError());
+  std::sort(ts.begin(), ts.end());
+  return ts[ts.size() / 2];
+}

@@ -1,0 +1,229 @@
+// The one-token MXFP4 decode kernels (MoePath::kDecodeSplit; kAuto's choice at n = 1 on sm_90+), included by
+// moe_impl.cuh after the register-streaming decode kernels whose fragments and routing they share.
+//
+// Why a third pair: bench/moe_playground/stream_probe.cu took gate_up's one-token stream apart on the H200. A
+// plain read of its 35 MB takes 10.7-11 us, the register kernels' loads alone 12.1 us, their decode + mma alone
+// 8-14 us, both ~16 us in the best split of K (8 warps a tile, all 3 chunks of a warp in flight at once), while
+// the bulk kernels (a shared-memory ring fed by one producer warp) took 24 us. And down had only 180 output
+// tiles for 132 SMs, each tile streaming all k experts (17 us for 17.6 MB): here down's work is (expert, tile),
+// k times as many blocks, and the k partial tiles are summed by whichever block of a tile finishes last, in
+// expert order, so the result does not depend on timing.
+//
+// Block: KS warps, one 16-row tile at a time; warp w owns the 128-column chunks w, w + KS, ... (at most CPW),
+// lane (g, t) MXFP4 block 4c + t of rows g and g + 8 (the register kernels' fragments, RowChunk / mma_chunk),
+// every load of the warp issued before the first multiply. The KS partial sums meet in shared memory, summed in
+// warp order. Items: (slot u, tile), block b takes b, b + grid, ...; the grid is at most what is resident.
+//   gate_up: expert ids[u]; epilogue bias + SwiGLU x routing weight -> act[u] (bf16), as the other decode
+//            kernels. Block 0 also clears down's tile counters and publishes the routing (ids_out). Its weights
+//            wait for the routing, which waits for the router: pdl_wait first. Every warp computes the routing
+//            itself (moe_topk.cuh's warp_topk), so no block barrier precedes the loads.
+//   down:    routes from the router's logits (complete before gate_up triggered), issues its first item's loads,
+//            then pdl_wait() for act; writes each fp32 partial to ws.out[u], then counts the tile; the k-th
+//            block to finish a tile adds the k partials in slot order plus the weighted biases into y (= or +=).
+// Only n = 1 (the token's k slots; a repeated id is simply computed twice) and K <= 128 KS CPW.
+#pragma once
+#include "moe_impl.cuh"
+
+namespace hm::cuda::moe {
+namespace {
+
+// KS warps a block, at most CPW chunks a warp; PERSIST: a grid of at most what is resident (else one block an
+// item, the lab's comparison).
+template <int KS_, int CPW_, bool PERSIST_ = true>
+struct SplitCfg {
+  static constexpr int KS = KS_, CPW = CPW_;
+  static constexpr bool PERSIST = PERSIST_;
+};
+
+// The routing of the one token, computed by every warp into its own slot (no block barrier before the loads).
+__device__ __forceinline__ void split_route(const DecodeArgs& a, int32_t* ids, float* w) {
+  const int lane = threadIdx.x & 31;
+  if (a.logits) {
+    warp_topk(a.logits, a.E, a.k, ids, w);
+  } else if (lane < a.k) {
+    ids[lane] = clamp_id(a.ids[lane], a.E);
+    w[lane] = a.weights[lane];
+  }
+  __syncwarp();
+}
+
+// One warp's chunks of one tile: loads all CPW chunks (rows g, g + 8), then multiplies them by the token's
+// activations x_row (lanes g = 0; B column 0). `between` runs after the loads are issued, before the activations
+// are read (down's pdl_wait).
+template <int KS, int CPW, typename Between>
+__device__ __forceinline__ void split_tile(float* acc, const WMat& W, size_t row_a, const uint16_t* x_row, int warp,
+                                           int g, int t, Between between) {
+  const int kb = W.K >> 5, nchunks = (W.K + 127) >> 7;
+  RowChunk<WFmt::kMxfp4> ca[CPW], cb[CPW];
+#pragma unroll
+  for (int i = 0; i < CPW; i++) {
+    const int c = warp + KS * i, blk = c * 4 + t;
+    const bool ok = c < nchunks && blk < kb;
+    ca[i].load(W, row_a, blk, ok);
+    cb[i].load(W, row_a + 8, blk, ok);
+  }
+  between();
+#pragma unroll
+  for (int i = 0; i < CPW; i++) {
+    const int c = warp + KS * i, blk = c * 4 + t;
+    if (c >= nchunks) break;
+    uint32_t px[16];
+    const uint4* src = reinterpret_cast<const uint4*>(x_row + blk * 32);
+#pragma unroll
+    for (int q = 0; q < 4; q++) perm8(g == 0 && blk < kb ? __ldg(src + q) : make_uint4(0, 0, 0, 0), px + 4 * q);
+    uint32_t pa[16], pb[16];
+    ca[i].decode(pa);
+    cb[i].decode(pb);
+    mma_chunk(acc, pa, pb, px);
+  }
+}
+
+// The KS partials of the block's tile, summed in warp order; true in warp 0, which holds the sum. red is double
+// buffered by the caller (item j uses red[j & 1]): warp 0 reads buffer j & 1 before it reaches the barrier of
+// item j + 1, after which the others may write it again (item j + 2).
+template <int KS>
+__device__ __forceinline__ bool split_reduce(float* acc, float4 (*red)[32], int warp, int lane) {
+  red[warp][lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+  __syncthreads();
+  if (warp != 0) return false;
+  float4 v = red[0][lane];
+#pragma unroll
+  for (int q = 1; q < KS; q++) {
+    const float4 p = red[q][lane];
+    v.x += p.x;
+    v.y += p.y;
+    v.z += p.z;
+    v.w += p.w;
+  }
+  acc[0] = v.x, acc[1] = v.y, acc[2] = v.z, acc[3] = v.w;
+  return true;
+}
+
+// Both kernels loop over their items (block b: items b, b + grid, ...; the grid is at most what is resident, so
+// every block has triggered the next kernel's launch early, as the persistent bulk kernels do, and the routing is
+// computed once per block).
+template <int KS, int CPW>
+__global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsigned* tile_count, int dn_tiles) {
+  __shared__ int32_t s_ids[KS][8];
+  __shared__ float s_w[KS][8];
+  __shared__ float4 red[2][KS][32];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int rows = a.W.rows, ntiles = rows >> 4, I = rows >> 1;
+  pdl_wait();  // the routing and x come from the router kernel
+  split_route(a, s_ids[warp], s_w[warp]);
+  pdl_trigger();
+  if (blockIdx.x == 0) {
+    for (int i = threadIdx.x; i < dn_tiles; i += blockDim.x) tile_count[i] = 0u;  // down counts after its pdl_wait
+    if (a.ids_out && threadIdx.x < a.k) {
+      a.ids_out[threadIdx.x] = s_ids[0][threadIdx.x];
+      a.weights_out[threadIdx.x] = s_w[0][threadIdx.x];
+    }
+  }
+  int j = 0;
+  for (int item = blockIdx.x; item < a.k * ntiles; item += gridDim.x, j++) {
+    const int u = item / ntiles, r0 = (item - u * ntiles) * 16;
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    split_tile<KS, CPW>(acc, a.W, size_t(s_ids[warp][u]) * rows + r0 + g, a.x, warp, g, t, [] {});
+    if (!split_reduce<KS>(acc, red[j & 1], warp, lane)) continue;
+    // acc[0]: (row g, token 0), acc[2]: (row g + 8, token 0) in lanes t = 0. Rows alternate gate / up: the
+    // partner row g ^ 1 sits in lane group g ^ 1 (lane ^ 4).
+    float partner[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) partner[i] = __shfl_xor_sync(0xffffffffu, acc[i], 4);
+    if (t != 0 || (g & 1)) continue;
+    const int e = s_ids[0][u];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int row = r0 + g + 8 * h;
+      const float gate = acc[2 * h] * kTwoPow63 + bf2f_bits(a.W.bias[size_t(e) * rows + row]);
+      const float up = partner[2 * h] * kTwoPow63 + bf2f_bits(a.W.bias[size_t(e) * rows + row + 1]);
+      a.act[size_t(u) * I + (row >> 1)] = f2bf_bits(swiglu1(gate, up, a.limit) * s_w[0][u]);
+    }
+  }
+}
+
+// Down's tile epilogue runs in warp 0 alone: its lanes t = 0 store the partial, lane 0 counts the tile, and in the
+// tile's last block lanes 0-15 add the k partials (slot order) and the weighted biases into y.
+template <int KS, int CPW>
+__global__ void __launch_bounds__(KS * 32) moe_split_down(DecodeArgs a, float* part, unsigned* tile_count) {
+  __shared__ int32_t s_ids[KS][8];
+  __shared__ float s_w[KS][8];
+  __shared__ float4 red[2][KS][32];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int rows = a.W.rows, ntiles = rows >> 4;
+  split_route(a, s_ids[warp], s_w[warp]);  // the router's logits: complete once gate_up has triggered
+  int j = 0;
+  for (int item = blockIdx.x; item < a.k * ntiles; item += gridDim.x, j++) {
+    const int u = item / ntiles, tile = item - u * ntiles, r0 = tile * 16;
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    split_tile<KS, CPW>(acc, a.W, size_t(s_ids[warp][u]) * rows + r0 + g, a.x + size_t(u) * a.ldx, warp, g, t,
+                        [&] {
+                          if (j == 0) {
+                            pdl_wait();  // act comes from gate_up (the first item's loads are in flight)
+                            pdl_trigger();
+                          }
+                        });
+    if (!split_reduce<KS>(acc, red[j & 1], warp, lane)) continue;
+    if (t == 0) {
+      part[size_t(u) * rows + r0 + g] = acc[0];
+      part[size_t(u) * rows + r0 + g + 8] = acc[2];
+    }
+    __threadfence();
+    __syncwarp();
+    unsigned last = 0;
+    if (lane == 0) last = atomicAdd(&tile_count[tile], 1u) == unsigned(a.k - 1);
+    if (!__shfl_sync(0xffffffffu, last, 0) || lane >= 16) continue;
+    __threadfence();  // the other slots' partials of this tile
+    const int row = r0 + lane;
+    float v = 0.f;
+    for (int q = 0; q < a.k; q++) v += __ldcg(part + size_t(q) * rows + row);
+    v *= kTwoPow63;
+    for (int q = 0; q < a.k; q++) v += s_w[0][q] * bf2f_bits(a.W.bias[size_t(s_ids[0][q]) * rows + row]);
+    float* dst = a.y + row;
+    *dst = a.accumulate ? *dst + v : v;
+  }
+}
+
+// sm_90+ (the launcher's PDL ordering is what makes down's early routing safe; older GPUs keep the register
+// kernels), n = 1, and both K within one block's chunks.
+template <typename C>
+bool split_ok(const MoeParams& p, const WMat& gu, const WMat& dn) {
+  const int most = 128 * C::KS * C::CPW;
+  return bulk_device().major >= 9 && p.n == 1 && p.k <= 8 && gu.K <= most && dn.K <= most;
+}
+
+// The grid of a split kernel: its items, at most what is resident at once (occupancy cached per kernel).
+template <typename K>
+int split_grid(K kern, int threads, int items, bool persist) {
+  if (!persist) return items;
+  static int per_sm = 0;  // one instantiation per kernel
+  if (per_sm == 0) CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, threads, 0));
+  const int most = bulk_device().sms * (per_sm > 0 ? per_sm : 1);
+  return items < most ? items : most;
+}
+
+template <typename Gu, typename Dn>
+void launch_decode_split(const MoeParams& p, const WMat& gu, const WMat& dn, const Workspace& ws,
+                         cudaStream_t stream) {
+  DecodeArgs a = decode_args(p, gu, ws.act);
+  const int dn_tiles = dn.rows >> 4;
+  auto gk = moe_split_gate_up<Gu::KS, Gu::CPW>;
+  auto dk = moe_split_down<Dn::KS, Dn::CPW>;
+  // gate_up goes without the PDL attribute: it cannot read a weight before the routing is known, and launched
+  // early (while the router and the o projection drain) its persistent blocks were placed on the SMs as they
+  // freed, each with a fixed share of the items: the engine-like lab chain (moe_bench.cu chain_section) measured
+  // 60.9 us a layer that way and 55.8 without; the engine's tg128 went from 512 / 356 to 553 / 388 tok/s.
+  // Down keeps it: it streams its first item before pdl_wait and lets the next layer's q/k/v start early.
+  launch(gk, dim3(split_grid(gk, Gu::KS * 32, p.k * (gu.rows >> 4), Gu::PERSIST)), dim3(Gu::KS * 32), 0, stream,
+         false, a, ws.count, dn_tiles);
+  a.x = ws.act;
+  a.ldx = p.I;
+  a.W = dn;
+  a.ids_out = nullptr;
+  a.weights_out = nullptr;
+  launch(dk, dim3(split_grid(dk, Dn::KS * 32, p.k * dn_tiles, Dn::PERSIST)), dim3(Dn::KS * 32), 0, stream, p.pdl, a,
+         ws.out, ws.count);
+}
+
+}  // namespace
+}  // namespace hm::cuda::moe
