@@ -219,6 +219,12 @@ class CudaBackend final : public Backend {
   int num_sms_ = 1;  // the decode attention planner fills them
   std::string device_name_;
   bool pdl_ = false;
+  std::string pdl_off_;  // HARMONIUM_PDL_OFF=dense,attn,moe,norm,rope,embed,narrow,sample: launch those without PDL (A/B)
+  bool pdl_for(const char* op) const {
+    if (!pdl_) return false;
+    if (pdl_off_.empty()) return true;
+    return ("," + pdl_off_ + ",").find(std::string(",") + op + ",") == std::string::npos;
+  }
   StreamOwner stream_owner_;
   cudaStream_t stream_ = nullptr;
   GpuWeights w_;
@@ -360,6 +366,7 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
                              " is sm_" + std::to_string(cc) + ": load with expertFormat 'bf16'");
   const char* pdl_env = std::getenv("HARMONIUM_PDL");
   pdl_ = cc >= 90 && !(pdl_env && std::strcmp(pdl_env, "0") == 0);
+  if (const char* off = std::getenv("HARMONIUM_PDL_OFF")) pdl_off_ = off;
   const char* graph_env = std::getenv("HARMONIUM_CUDA_GRAPHS");
   graphs_.enabled = !(graph_env && std::strcmp(graph_env, "0") == 0);
   const char* rope_env = std::getenv("HARMONIUM_FUSED_ROPE");
@@ -496,7 +503,7 @@ DenseParams CudaBackend::dense_params(const uint16_t* x, int ldx, const uint16_t
   d.T = T;
   d.N = N;
   d.K = K;
-  d.pdl = pdl_;
+  d.pdl = pdl_for("dense");
   if (batch_invariant_) d.force_path = 2;  // the tensor-core GEMM at every T: a row's bits never depend on T
   return d;
 }
@@ -508,7 +515,7 @@ RmsNormParams CudaBackend::rmsnorm_params(const uint16_t* w, int T) const {
   n.T = T;
   n.H = cfg_.hidden;
   n.eps = cfg_.rms_eps;
-  n.pdl = pdl_;
+  n.pdl = pdl_for("norm");
   return n;
 }
 
@@ -530,7 +537,7 @@ AttentionCommon CudaBackend::attention_params(const LayerWeights& L, uint16_t* k
   ac.D = cfg_.head_dim;
   ac.window = window;
   ac.scale = 1.0f / std::sqrt(float(cfg_.head_dim));
-  ac.pdl = pdl_;
+  ac.pdl = pdl_for("attn");
   return ac;
 }
 
@@ -555,7 +562,7 @@ MoeParams CudaBackend::moe_params(int T) const {
   mp.accumulate = true;
   mp.workspace = moe_ws_;
   mp.workspace_bytes = moe_ws_bytes_;
-  mp.pdl = pdl_;
+  mp.pdl = pdl_for("moe");
   if (batch_invariant_) mp.path = MoePath::kPrefill;
   else if (T <= kMoeDecodeMaxTokens) mp.path = moe_decode_path_;
   return mp;
@@ -572,7 +579,7 @@ void CudaBackend::forward_layers(int T) {
     p.T = T;
     p.H = H;
     p.V = c.vocab;
-    p.pdl = pdl_;
+    p.pdl = pdl_for("embed");
     embedding(p, stream_);
     prof_.mark(StepProfiler::kEmbed);
   }
@@ -618,7 +625,7 @@ void CudaBackend::forward_layers(int T) {
       r.nq = c.num_heads;
       r.nkv = c.num_kv_heads;
       r.D = c.head_dim;
-      r.pdl = pdl_;
+      r.pdl = pdl_for("rope");
       rope_kv_write(r, stream_);
       prof_.mark(StepProfiler::kRope);
     }
@@ -709,7 +716,7 @@ void CudaBackend::logits_rows(int first_row, int rows, int top_k, int sample_sta
   nl.top_logits = d_top_logits_ + size_t(first_row) * top_k;
   nl.workspace = sample_ws_;
   nl.workspace_bytes = sample_ws_bytes_;
-  nl.pdl = pdl_;
+  nl.pdl = pdl_for("narrow");
   narrow_logits(nl, stream_);
   if (sample_stages) {  // after the raw narrowing: it adjusts the sampled rows in place (output row r = sequence r)
     SampleRowsParams sp;
@@ -725,7 +732,7 @@ void CudaBackend::logits_rows(int first_row, int rows, int top_k, int sample_sta
     sp.workspace_bytes = sample_ws_bytes_;
     sp.stages = sample_stages;
     sp.argmax = d_argmax_ + first_row;  // the raw logits' argmax, just narrowed
-    sp.pdl = pdl_;
+    sp.pdl = pdl_for("sample");
     sample_rows(sp, stream_);
   }
   prof_.mark(StepProfiler::kLogits);
