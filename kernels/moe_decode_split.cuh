@@ -15,8 +15,9 @@
 // warp order. Items: (slot u, tile), block b takes b, b + grid, ...; the grid is at most what is resident.
 //   gate_up: expert ids[u]; epilogue bias + SwiGLU x routing weight -> act[u] (bf16), as the other decode
 //            kernels. Block 0 also clears down's tile counters and publishes the routing (ids_out). Its weights
-//            wait for the routing, which waits for the router: pdl_wait first. Every warp computes the routing
-//            itself (moe_topk.cuh's warp_topk), so no block barrier precedes the loads.
+//            wait for the routing, which waits for the router, so it is launched without PDL (the launcher says
+//            why) and starts once the router is done. Every warp computes the routing itself (moe_topk.cuh's
+//            warp_topk), so no block barrier precedes the loads.
 //   down:    routes from the router's logits (complete before gate_up triggered), issues its first item's loads,
 //            then pdl_wait() for act; writes each fp32 partial to ws.out[u], then counts the tile; the k-th
 //            block to finish a tile adds the k partials in slot order plus the weighted biases into y (= or +=).
