@@ -193,11 +193,12 @@ bool split_ok(const MoeParams& p, const WMat& gu, const WMat& dn) {
   return bulk_device().major >= 9 && p.n == 1 && p.k <= 8 && gu.K <= most && dn.K <= most;
 }
 
-// The grid of a split kernel: its items, at most what is resident at once (occupancy cached per kernel).
-template <typename K>
-int split_grid(K kern, int threads, int items, bool persist) {
-  if (!persist) return items;
-  static int per_sm = 0;  // one instantiation per kernel
+// The grid of a split kernel: its items, at most what is resident at once (occupancy cached per kernel: C and
+// GATE_UP name it, since kernels of one signature share the type K).
+template <typename C, bool GATE_UP, typename K>
+int split_grid(K kern, int threads, int items) {
+  if (!C::PERSIST) return items;
+  static int per_sm = 0;
   if (per_sm == 0) CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, threads, 0));
   const int most = bulk_device().sms * (per_sm > 0 ? per_sm : 1);
   return items < most ? items : most;
@@ -215,14 +216,14 @@ void launch_decode_split(const MoeParams& p, const WMat& gu, const WMat& dn, con
   // freed, each with a fixed share of the items: the engine-like lab chain (moe_bench.cu chain_section) measured
   // 60.9 us a layer that way and 55.8 without; the engine's tg128 went from 512 / 356 to 553 / 388 tok/s.
   // Down keeps it: it streams its first item before pdl_wait and lets the next layer's q/k/v start early.
-  launch(gk, dim3(split_grid(gk, Gu::KS * 32, p.k * (gu.rows >> 4), Gu::PERSIST)), dim3(Gu::KS * 32), 0, stream,
+  launch(gk, dim3(split_grid<Gu, true>(gk, Gu::KS * 32, p.k * (gu.rows >> 4))), dim3(Gu::KS * 32), 0, stream,
          false, a, ws.count, dn_tiles);
   a.x = ws.act;
   a.ldx = p.I;
   a.W = dn;
   a.ids_out = nullptr;
   a.weights_out = nullptr;
-  launch(dk, dim3(split_grid(dk, Dn::KS * 32, p.k * dn_tiles, Dn::PERSIST)), dim3(Dn::KS * 32), 0, stream, p.pdl, a,
+  launch(dk, dim3(split_grid<Dn, false>(dk, Dn::KS * 32, p.k * dn_tiles)), dim3(Dn::KS * 32), 0, stream, p.pdl, a,
          ws.out, ws.count);
 }
 
