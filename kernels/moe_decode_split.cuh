@@ -186,11 +186,11 @@ __global__ void __launch_bounds__(KS * 32) moe_split_down(DecodeArgs a, float* p
 }
 
 // sm_90+ (the launcher's PDL ordering is what makes down's early routing safe; older GPUs keep the register
-// kernels), n = 1, and both K within one block's chunks.
-template <typename C>
+// kernels), n = 1, and each K within one block's chunks.
+template <typename Gu, typename Dn>
 bool split_ok(const MoeParams& p, const WMat& gu, const WMat& dn) {
-  const int most = 128 * C::KS * C::CPW;
-  return bulk_device().major >= 9 && p.n == 1 && p.k <= 8 && gu.K <= most && dn.K <= most;
+  return bulk_device().major >= 9 && p.n == 1 && p.k <= 8 && gu.K <= 128 * Gu::KS * Gu::CPW &&
+         dn.K <= 128 * Dn::KS * Dn::CPW;
 }
 
 // The grid of a split kernel: its items, at most what is resident at once (occupancy cached per kernel: C and

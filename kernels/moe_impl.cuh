@@ -773,8 +773,7 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
 
   if (decode) {
     if constexpr (F == WFmt::kMxfp4) {
-      if ((p.path == MoePath::kAuto || p.path == MoePath::kDecodeSplit) && split_ok<GuSplit>(p, gu, dn) &&
-          split_ok<DnSplit>(p, gu, dn))
+      if ((p.path == MoePath::kAuto || p.path == MoePath::kDecodeSplit) && split_ok<GuSplit, DnSplit>(p, gu, dn))
         launch_decode_split<GuSplit, DnSplit>(p, gu, dn, ws, stream);
       else if (p.path != MoePath::kDecodeRegs && bulk_ok<GuBulk, DnBulk>(gu, dn))
         launch_decode_bulk<GuBulk, DnBulk>(p, gu, dn, ws, stream);

@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -219,11 +220,15 @@ class CudaBackend final : public Backend {
   int num_sms_ = 1;  // the decode attention planner fills them
   std::string device_name_;
   bool pdl_ = false;
-  std::string pdl_off_;  // HARMONIUM_PDL_OFF=dense,attn,moe,norm,rope,embed,narrow,sample: launch those without PDL (A/B)
+  // HARMONIUM_PDL_OFF=dense,attn,moe,norm,rope,embed,narrow,sample: launch those op families without PDL (A/B);
+  // parsed once at construction into one bit per family (kPdlFamilies order).
+  static constexpr const char* kPdlFamilies[] = {"dense", "attn", "moe", "norm", "rope", "embed", "narrow", "sample"};
+  unsigned pdl_off_ = 0;
   bool pdl_for(const char* op) const {
-    if (!pdl_) return false;
-    if (pdl_off_.empty()) return true;
-    return ("," + pdl_off_ + ",").find(std::string(",") + op + ",") == std::string::npos;
+    if (!pdl_ || pdl_off_ == 0) return pdl_;
+    for (unsigned i = 0; i < std::size(kPdlFamilies); i++)
+      if (std::strcmp(op, kPdlFamilies[i]) == 0) return !(pdl_off_ >> i & 1u);
+    return true;
   }
   StreamOwner stream_owner_;
   cudaStream_t stream_ = nullptr;
@@ -366,7 +371,11 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
                              " is sm_" + std::to_string(cc) + ": load with expertFormat 'bf16'");
   const char* pdl_env = std::getenv("HARMONIUM_PDL");
   pdl_ = cc >= 90 && !(pdl_env && std::strcmp(pdl_env, "0") == 0);
-  if (const char* off = std::getenv("HARMONIUM_PDL_OFF")) pdl_off_ = off;
+  if (const char* off = std::getenv("HARMONIUM_PDL_OFF")) {
+    const std::string list = std::string(",") + off + ",";
+    for (unsigned i = 0; i < std::size(kPdlFamilies); i++)
+      if (list.find(std::string(",") + kPdlFamilies[i] + ",") != std::string::npos) pdl_off_ |= 1u << i;
+  }
   const char* graph_env = std::getenv("HARMONIUM_CUDA_GRAPHS");
   graphs_.enabled = !(graph_env && std::strcmp(graph_env, "0") == 0);
   const char* rope_env = std::getenv("HARMONIUM_FUSED_ROPE");
