@@ -34,6 +34,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/ref_ops.h"
@@ -291,28 +292,22 @@ void decode_variants(const Layer& L, const Routing& R, const uint16_t* x, float*
   // Run 6 (H200) lost clearly and removed: NCW4 NST4 BPS2, NCW8 NST4/NST6 BPS1, NCW16 NST6 BPS1, NCW2 NST2 BPS8.
   // Run 7: MT tiles per item (one activation load per chunk for MT tiles), conflict-free rows, float4 reduction.
   // Run 8: the fp8 inner loop (F*), the same shapes as the B* that won run 7 plus deeper rings; probes removed.
-  bulk_variant<true, BulkCfg<8, 2, 3, 1, kB>>("B6 NCW8 NST2 BPS3 MT1 (run-7 default)", L, R, x, y, ws, bytes);
-  bulk_variant<true, BulkCfg<4, 2, 4, 1, kB>>("B5 NCW4 NST2 BPS4 MT1", L, R, x, y, ws, bytes);
-  bulk_variant<true, BulkCfg<4, 2, 2, 2, kB>>("B9 NCW4 NST2 BPS2 MT2", L, R, x, y, ws, bytes);
-  bulk_variant<true, BulkCfg<8, 2, 3, 1, kF, 256>>("F6 NCW8 NST2 BPS3 MT1 (default)", L, R, x, y, ws, bytes);
-  bulk_variant<true, BulkCfg<4, 2, 4, 1, kF, 256>>("F5 NCW4 NST2 BPS4 MT1", L, R, x, y, ws, bytes);
-  bulk_variant<true, BulkCfg<8, 3, 2, 1, kF, 256>>("F1 NCW8 NST3 BPS2 MT1", L, R, x, y, ws, bytes);
-  bulk_variant<true, BulkCfg<4, 3, 3, 1, kF, 256>>("F13 NCW4 NST3 BPS3 MT1", L, R, x, y, ws, bytes);
-  bulk_variant<true, BulkCfg<4, 2, 2, 2, kF, 256>>("F9 NCW4 NST2 BPS2 MT2", L, R, x, y, ws, bytes);
-  bulk_variant<true, BulkCfg<8, 2, 1, 2, kF, 256>>("F10 NCW8 NST2 BPS1 MT2", L, R, x, y, ws, bytes);
-  bulk_variant<true, BulkCfg<8, 2, 3, 1, kP, 256>>("FP6 = F6 padded rows", L, R, x, y, ws, bytes);
-  bulk_variant<true, BulkCfg<4, 2, 2, 2, kP, 256>>("FP9 = F9 padded rows", L, R, x, y, ws, bytes);
-  bulk_variant<false, BulkCfg<8, 2, 3, 1, kB>>("B6 NCW8 NST2 BPS3 MT1 (run-7 default)", L, R, x, y, ws, bytes);
-  bulk_variant<false, BulkCfg<4, 2, 4, 1, kB>>("B5 NCW4 NST2 BPS4 MT1", L, R, x, y, ws, bytes);
-  bulk_variant<false, BulkCfg<4, 2, 2, 2, kB>>("B9 NCW4 NST2 BPS2 MT2", L, R, x, y, ws, bytes);
-  bulk_variant<false, BulkCfg<8, 2, 3, 1, kF, 256>>("F6 NCW8 NST2 BPS3 MT1 (default)", L, R, x, y, ws, bytes);
-  bulk_variant<false, BulkCfg<4, 2, 4, 1, kF, 256>>("F5 NCW4 NST2 BPS4 MT1", L, R, x, y, ws, bytes);
-  bulk_variant<false, BulkCfg<8, 3, 2, 1, kF, 256>>("F1 NCW8 NST3 BPS2 MT1", L, R, x, y, ws, bytes);
-  bulk_variant<false, BulkCfg<4, 3, 3, 1, kF, 256>>("F13 NCW4 NST3 BPS3 MT1", L, R, x, y, ws, bytes);
-  bulk_variant<false, BulkCfg<4, 2, 2, 2, kF, 256>>("F9 NCW4 NST2 BPS2 MT2", L, R, x, y, ws, bytes);
-  bulk_variant<false, BulkCfg<8, 2, 1, 2, kF, 256>>("F10 NCW8 NST2 BPS1 MT2", L, R, x, y, ws, bytes);
-  bulk_variant<false, BulkCfg<8, 2, 3, 1, kP, 256>>("FP6 = F6 padded rows", L, R, x, y, ws, bytes);
-  bulk_variant<false, BulkCfg<4, 2, 2, 2, kP, 256>>("FP9 = F9 padded rows", L, R, x, y, ws, bytes);
+  auto bulk_all = [&](auto gate_up) {  // the same configurations for gate_up and for down
+    constexpr bool GU = decltype(gate_up)::value;
+    bulk_variant<GU, BulkCfg<8, 2, 3, 1, kB>>("B6 NCW8 NST2 BPS3 MT1 (run-7 default)", L, R, x, y, ws, bytes);
+    bulk_variant<GU, BulkCfg<4, 2, 4, 1, kB>>("B5 NCW4 NST2 BPS4 MT1", L, R, x, y, ws, bytes);
+    bulk_variant<GU, BulkCfg<4, 2, 2, 2, kB>>("B9 NCW4 NST2 BPS2 MT2", L, R, x, y, ws, bytes);
+    bulk_variant<GU, BulkCfg<8, 2, 3, 1, kF, 256>>("F6 NCW8 NST2 BPS3 MT1 (default)", L, R, x, y, ws, bytes);
+    bulk_variant<GU, BulkCfg<4, 2, 4, 1, kF, 256>>("F5 NCW4 NST2 BPS4 MT1", L, R, x, y, ws, bytes);
+    bulk_variant<GU, BulkCfg<8, 3, 2, 1, kF, 256>>("F1 NCW8 NST3 BPS2 MT1", L, R, x, y, ws, bytes);
+    bulk_variant<GU, BulkCfg<4, 3, 3, 1, kF, 256>>("F13 NCW4 NST3 BPS3 MT1", L, R, x, y, ws, bytes);
+    bulk_variant<GU, BulkCfg<4, 2, 2, 2, kF, 256>>("F9 NCW4 NST2 BPS2 MT2", L, R, x, y, ws, bytes);
+    bulk_variant<GU, BulkCfg<8, 2, 1, 2, kF, 256>>("F10 NCW8 NST2 BPS1 MT2", L, R, x, y, ws, bytes);
+    bulk_variant<GU, BulkCfg<8, 2, 3, 1, kP, 256>>("FP6 = F6 padded rows", L, R, x, y, ws, bytes);
+    bulk_variant<GU, BulkCfg<4, 2, 2, 2, kP, 256>>("FP9 = F9 padded rows", L, R, x, y, ws, bytes);
+  };
+  bulk_all(std::true_type{});
+  bulk_all(std::false_type{});
   decode_variant<true, 2, 4, 1, 4>("G1 MT2 KS4 D1 MINB4 (regs default)", L, R, x, y, ws, bytes);
   decode_variant<true, 2, 2, 1, 8>("G2 MT2 KS2 D1 MINB8", L, R, x, y, ws, bytes);
   decode_variant<true, 4, 2, 1, 4>("G3 MT4 KS2 D1 MINB4", L, R, x, y, ws, bytes);

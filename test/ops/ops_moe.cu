@@ -246,6 +246,26 @@ Result token_nmse(const std::string& params, const std::vector<float>& y, const 
   return r;
 }
 
+// The MoeParams every case starts from: n tokens of x [n, H] into y [n, H], the shape, the workspace, the path
+// (routing, limit and accumulate are the caller's).
+cuda::MoeParams base_params(int n, int H, int I, int E, int k, const uint16_t* x, float* y, const DevBuf<uint8_t>& ws,
+                            cuda::MoePath path) {
+  cuda::MoeParams p;
+  p.n = n;
+  p.H = H;
+  p.I = I;
+  p.E = E;
+  p.k = k;
+  p.x = x;
+  p.ldx = H;
+  p.y = y;
+  p.ldy = H;
+  p.workspace = ws.p;
+  p.workspace_bytes = ws.n;
+  p.path = path;
+  return p;
+}
+
 // Runs every token count of one expert set through both formats and, where allowed, both paths.
 std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>& ns, uint64_t seed,
                               bool bf16_all, bool wide = false) {
@@ -338,23 +358,11 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
         std::snprintf(params, sizeof params, "%s %s%s n=%d %s%s%s", v.bf16 ? "bf16" : "mxfp4", path,
                       v.fused ? "+logits" : "", n, shape, v.acc ? " accumulate" : "", wide ? " wide" : "");
         try {
-          cuda::MoeParams p;
-          p.n = n;
-          p.H = H;
-          p.I = I;
-          p.E = E;
-          p.k = k;
+          cuda::MoeParams p = base_params(n, H, I, E, k, d_x.p, d_y.p, ws, v.path);
           p.swiglu_limit = limit;
-          p.x = d_x.p;
-          p.ldx = H;
           p.ids = d_ids.p;
           p.weights = d_w.p;
-          p.y = d_y.p;
-          p.ldy = H;
           p.accumulate = v.acc;
-          p.workspace = ws.p;
-          p.workspace_bytes = ws.n;
-          p.path = v.path;
           auto run = [&](int ws_byte, int rows = -1, int first = 0) {  // tokens [first, first + rows)
             p.n = rows < 0 ? n : rows;
             p.x = d_x.p + size_t(first) * H;
@@ -539,15 +547,9 @@ std::vector<Result> grouped_cases(int E, int H, int I, int k, const std::vector<
         if (c.heavy >= 0) pr += " heavy=" + std::to_string(c.heavy);
         if (c.wide) pr += " wide";
         try {
-          cuda::MoeParams p;
-          p.n = n;
-          p.H = H;
-          p.I = I;
-          p.E = E;
-          p.k = k;
+          cuda::MoeParams p = base_params(n, H, I, E, k, d_x.p, d_y.p, ws,
+                                          bf16_loop ? cuda::MoePath::kGroupedBf16 : cuda::MoePath::kGrouped);
           p.swiglu_limit = limit;
-          p.x = d_x.p;
-          p.ldx = H;
           if (fused) {
             p.logits = d_logits.p;
             p.ld_logits = E;
@@ -557,12 +559,7 @@ std::vector<Result> grouped_cases(int E, int H, int I, int k, const std::vector<
             p.ids = d_ids.p;
             p.weights = d_w.p;
           }
-          p.y = d_y.p;
-          p.ldy = H;
           p.accumulate = fused == 1;
-          p.workspace = ws.p;
-          p.workspace_bytes = ws.n;
-          p.path = bf16_loop ? cuda::MoePath::kGroupedBf16 : cuda::MoePath::kGrouped;
           auto run = [&](int ws_byte) {
             T_CHECK(cudaMemset(ws.p, ws_byte, ws.n));
             if (fused) {
@@ -665,23 +662,11 @@ std::vector<Result> fused_routing_cases() {
                                                                                            : " decode_split");
         d_ids.poison();
         d_w.poison();
-        cuda::MoeParams p;
-        p.n = c.n;
-        p.H = H;
-        p.I = I;
-        p.E = c.E;
-        p.k = c.k;
-        p.x = d_x.p;
-        p.ldx = H;
+        cuda::MoeParams p = base_params(c.n, H, I, c.E, c.k, d_x.p, d_y.p, ws, path);
         p.logits = d_logits.p;
         p.ld_logits = c.E;
         p.ids_out = d_ids.p;
         p.weights_out = d_w.p;
-        p.y = d_y.p;
-        p.ldy = H;
-        p.workspace = ws.p;
-        p.workspace_bytes = ws.n;
-        p.path = path;
         cuda::moe_mxfp4_forward(p, {gu_b.p, gu_s.p, gu_bias.p, dn_b.p, dn_s.p, dn_bias.p}, 0);
         T_CHECK(cudaDeviceSynchronize());
         out.push_back(exact_ids(pr, d_ids.download(), ids_ref));
@@ -754,22 +739,10 @@ std::vector<Result> prefill_ragged_cases(int E, uint64_t seed) {
         DevBuf<int32_t> d_ids(ids);
         DevBuf<float> d_w(wts), d_y(size_t(n) * H);
         auto run = [&](cuda::MoePath path, int ws_byte) {
-          cuda::MoeParams p;
-          p.n = n;
-          p.H = H;
-          p.I = I;
-          p.E = E;
-          p.k = k;
+          cuda::MoeParams p = base_params(n, H, I, E, k, d_x.p, d_y.p, ws, path);
           p.swiglu_limit = limit;
-          p.x = d_x.p;
-          p.ldx = H;
           p.ids = d_ids.p;
           p.weights = d_w.p;
-          p.y = d_y.p;
-          p.ldy = H;
-          p.workspace = ws.p;
-          p.workspace_bytes = ws.n;
-          p.path = path;
           T_CHECK(cudaMemset(ws.p, ws_byte, ws.n));
           d_y.poison();
           cuda::moe_mxfp4_forward(p, wm, 0);
