@@ -124,7 +124,8 @@ async function main() {
     backend,
     ...(modelName === 'tiny' ? {} : { dummyWeights: modelName as 'gpt-oss-20b' | 'gpt-oss-120b' }),
     maxSeqs: Math.max(P.concurrency, 16),
-    ...(backend === 'cpu' ? { numBlocks: Math.ceil((tokenCap * 1.25) / 16) } : {}),
+    // Window KV's blocks are half size: twice as many in the same memory (the windows come out of them too).
+    ...(backend === 'cpu' ? { numBlocks: 2 * Math.ceil((tokenCap * 1.25) / 16) } : {}),
     defaultMaxTokens: P.output,
   });
   const engine = (model as unknown as { engine: Engine }).engine; // the step count, for the hashing share

@@ -70,7 +70,7 @@ async function run(engine: Engine, vocab: number, seqs: number, p: SamplingParam
 const cells: Cell[] = [];
 for (const name of models) {
   const maxSeqs = Math.max(...seqsList);
-  const common = { backend, blockSize: 16, maxSeqs, maxBatchTokens: 2048 };
+  const common = { backend, blockSize: 16, maxSeqs, maxBatchTokens: 2048, windowKv: true };
   const model =
     name === 'tiny'
       ? await loadModel({ model: await ensureTinyModel(), ...common })
@@ -86,6 +86,7 @@ for (const name of models) {
       maxBatchTokens: 2048,
       contextLength: PROMPT + DECODE + 16,
       maxSampleEntries: info.limits.maxSampleEntries,
+      kvWindow: info.limits.kvWindow,
     });
     for (const seqs of seqsList) {
       await run(engine, cfg.vocabSize, seqs, COMBOS[0].p, 1); // warm-up: CUDA graphs of this batch shape

@@ -112,7 +112,9 @@ async function runBatch(engine: Engine, vocab: number, S: number, promptLen: num
 async function bench(name: DummyModelName) {
   const cfg = dummyConfig(name);
   const maxSeqs = Math.max(...SEQS);
-  const model = await loadModel({ dummy: name, backend: 'cuda', expertFormat: 'mxfp4', seed: 1, blockSize: 16, maxSeqs, maxBatchTokens: STEP_TOKENS });
+  // BENCH_WINDOW_KV=0: every layer in one block table (the layout before window KV), to compare.
+  const windowKv = process.env.BENCH_WINDOW_KV !== '0';
+  const model = await loadModel({ dummy: name, backend: 'cuda', expertFormat: 'mxfp4', seed: 1, blockSize: 16, maxSeqs, maxBatchTokens: STEP_TOKENS, windowKv });
   const out: Record<string, unknown>[] = [];
   try {
     const info = model.info();
@@ -125,11 +127,12 @@ async function bench(name: DummyModelName) {
       prefillChunk: PREFILL_CHUNK,
       contextLength: Math.max(PROMPT + DECODE, ...PREFILL) + 16,
       maxSampleEntries: info.limits.maxSampleEntries,
+      kvWindow: info.limits.kvWindow,
     });
     const budget = { stepTokens: STEP_TOKENS, prefillChunk: PREFILL_CHUNK ?? STEP_TOKENS };
     console.log(
       `\n${name} on ${info.deviceName} (dummy weights, greedy, CUDA graphs ${process.env.HARMONIUM_CUDA_GRAPHS === '0' ? 'off' : 'on'}, ` +
-        `step budget ${budget.stepTokens} tokens, prefill chunk ${budget.prefillChunk}, KV ${fmt(info.numBlocks * info.blockSize)} tokens)`,
+        `step budget ${budget.stepTokens} tokens, prefill chunk ${budget.prefillChunk}, KV ${fmt(info.numBlocks)} blocks of ${info.blockSize}, ${(info.kvBytes / 2 ** 30).toFixed(1)} GiB, ${info.limits.kvWindow ? 'window KV' : 'one table'})`,
     );
     await runBatch(engine, cfg.vocabSize, 1, 64, 8, 999_999); // warm-up: the first kernels and graphs
     const sizes = modelSizes(cfg);

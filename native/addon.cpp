@@ -179,6 +179,7 @@ hm::LoadOptions parse_options(const Napi::Value& v) {
   opt.threads = o.integer_or("threads", opt.threads);
   opt.device = o.integer_or("device", opt.device);
   opt.dummy = o.flag_or("dummy", opt.dummy);
+  opt.window_kv = o.flag_or("windowKv", opt.window_kv);
   if (o.has("seed")) opt.seed = static_cast<uint64_t>(o.num("seed"));
   o.done();
   hm::validate_load_options(opt);
@@ -190,6 +191,7 @@ Napi::Object limits_to_js(Napi::Env env, const hm::StepLimits& l) {
   o.Set("maxBatchTokens", l.max_batch_tokens);
   o.Set("maxSeqs", l.max_seqs);
   o.Set("maxBlocksPerSeq", l.max_blocks_per_seq);
+  o.Set("kvWindow", l.window);
   o.Set("maxTopK", hm::kMaxTopK);
   o.Set("maxSampleEntries", hm::kMaxSampleEntries);
   return o;
@@ -375,6 +377,10 @@ Napi::Value NativeModel::Step(const Napi::CallbackInfo& info) {
     job->positions = copy_typed<int32_t, Napi::Int32Array, napi_int32_array>(in.get("positions"), "positions");
     job->seq_lens = copy_typed<int32_t, Napi::Int32Array, napi_int32_array>(in.get("seqLens"), "seqLens");
     job->block_tables = copy_typed<int32_t, Napi::Int32Array, napi_int32_array>(in.get("blockTables"), "blockTables");
+    if (in.has("windowTables")) {
+      job->window_tables = copy_typed<int32_t, Napi::Int32Array, napi_int32_array>(in.get("windowTables"), "windowTables");
+      job->has_window_tables = true;
+    }
     if (in.has("fullLogits"))
       job->full_logits = copy_typed<uint8_t, Napi::Uint8Array, napi_uint8_array>(in.get("fullLogits"), "fullLogits");
     hm::StepBatch& b = job->batch;
@@ -393,6 +399,8 @@ Napi::Value NativeModel::Step(const Napi::CallbackInfo& info) {
       throw std::runtime_error("step: fullLogits must have one entry per sequence");
     if (b.num_seqs > 0 && job->block_tables.size() != static_cast<size_t>(b.num_seqs) * b.max_blocks_per_seq)
       throw std::runtime_error("step: blockTables must hold numSeqs * maxBlocksPerSeq entries");
+    if (job->has_window_tables && job->window_tables.size() != job->block_tables.size())
+      throw std::runtime_error("step: windowTables must hold numSeqs * maxBlocksPerSeq entries, as blockTables");
     // Previous-step tokens: checked against the step accepted just before; validated as token 0, filled in by the
     // runner from that step's output.
     for (int i = 0; i < b.num_tokens; i++) {
@@ -526,6 +534,7 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
     b.Set("maxSeqs", d.max_seqs);
     b.Set("maxBatchTokens", d.max_batch_tokens);
     b.Set("expertFormat", d.expert_format);
+    b.Set("windowKv", d.window_kv);
     defaults.Set(backend, b);
   }
   o.Set("defaults", defaults);

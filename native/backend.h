@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "hm_limits.h"
+#include "kv_layout.h"
 #include "model_config.h"
 #include "sampling.h"
 #include "tensor_source.h"
@@ -17,6 +18,9 @@ namespace hm {
 // tokens (a prefill chunk, or 1 for decode). positions[i] is token i's absolute position in its sequence; the
 // cache already holds positions 0 .. positions[first token of s] - 1 for that sequence. Sequence s's KV lives in
 // the blocks block_tables[s * max_blocks_per_seq + j] (position p is in block p / block_size, slot p % block_size).
+// A model with sliding-window layers (StepLimits::window > 0, kv_layout.h) keeps their KV in other blocks, named
+// by window_tables (the same shape and addressing): only the entries the window reads or the step writes are
+// looked at (blocks of positions first - window + 1 .. last of each sequence), so the host may give the rest back.
 struct StepBatch {
   const int32_t* tokens = nullptr;
   const int32_t* positions = nullptr;
@@ -24,6 +28,7 @@ struct StepBatch {
   const int32_t* seq_lens = nullptr;
   int num_seqs = 0;
   const int32_t* block_tables = nullptr;
+  const int32_t* window_tables = nullptr;  // required iff the model's limits have window > 0, else null
   int max_blocks_per_seq = 0;
   // Output rows: every token when all_positions (scoring), else one row per sequence (its last token).
   bool all_positions = false;
@@ -65,6 +70,7 @@ struct LoadOptions {
   int threads = 0;                      // cpu: 0 = hardware concurrency
   int device = 0;
   bool dummy = false;                   // fill weights with random values instead of reading tensors
+  bool window_kv = false;               // sliding layers page through window_tables (kv_layout.h); false: one table
   uint64_t seed = 0;
 };
 
@@ -89,8 +95,9 @@ struct StepLimits {
   int block_size = 0;
   int vocab = 0;
   int max_positions = 0;
+  int window = 0;  // > 0: steps carry window_tables for the sliding layers, read over this many positions
 };
-StepLimits step_limits(const ModelConfig& cfg, const LoadOptions& opt, int num_blocks);
+StepLimits step_limits(const ModelConfig& cfg, const LoadOptions& opt, const KvLayout& kv, int num_blocks);
 
 // Throws std::runtime_error naming the first field of the batch that breaks the limits or the batch's own rules
 // (consecutive positions per sequence, block ids in the pool for every position read). Every check runs before a

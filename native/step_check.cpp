@@ -21,7 +21,7 @@ void validate_load_options(const LoadOptions& o) {
     throw std::runtime_error("options: numBlocks, threads and device must be >= 0");
 }
 
-StepLimits step_limits(const ModelConfig& cfg, const LoadOptions& opt, int num_blocks) {
+StepLimits step_limits(const ModelConfig& cfg, const LoadOptions& opt, const KvLayout& kv, int num_blocks) {
   StepLimits l;
   l.max_batch_tokens = opt.max_batch_tokens;
   l.max_seqs = opt.max_seqs;
@@ -30,6 +30,7 @@ StepLimits step_limits(const ModelConfig& cfg, const LoadOptions& opt, int num_b
   l.num_blocks = num_blocks;
   l.vocab = cfg.vocab;
   l.max_positions = cfg.max_positions;
+  l.window = kv.window;
   return l;
 }
 
@@ -62,6 +63,10 @@ void validate_sampling(const StepBatch& b, int vocab) {
 void validate_step(const StepBatch& b, const StepLimits& lim) {
   if (b.num_tokens <= 0 || b.num_seqs <= 0) throw std::runtime_error("step: empty batch");
   if (!b.tokens || !b.positions || !b.seq_lens || !b.block_tables) throw std::runtime_error("step: missing batch arrays");
+  if (lim.window > 0 && !b.window_tables)
+    throw std::runtime_error("step: windowTables missing (the model's sliding-window layers keep their KV in blocks of their own)");
+  if (lim.window == 0 && b.window_tables)
+    throw std::runtime_error("step: windowTables given, but the model has no sliding-window layers");
   if (b.num_tokens > lim.max_batch_tokens)
     throw std::runtime_error("step: " + str(b.num_tokens) + " tokens exceed maxBatchTokens " + str(lim.max_batch_tokens));
   if (b.num_seqs > lim.max_seqs)
@@ -91,11 +96,19 @@ void validate_step(const StepBatch& b, const StepLimits& lim) {
       throw std::runtime_error("step: sequence " + str(s) + ": position " + str(b.positions[t + n - 1]) +
                                " needs block table entry " + str(last_block) + " but the table holds " +
                                str(b.max_blocks_per_seq));
-    const int32_t* table = b.block_tables + size_t(s) * b.max_blocks_per_seq;
-    for (int j = 0; j <= last_block; j++)
-      if (table[j] < 0 || table[j] >= lim.num_blocks)
-        throw std::runtime_error("step: sequence " + str(s) + ": block id " + str(table[j]) + " is outside the pool 0.." +
-                                 str(lim.num_blocks - 1));
+    auto check_table = [&](const int32_t* tables, int lo, const char* name) {
+      const int32_t* table = tables + size_t(s) * b.max_blocks_per_seq;
+      for (int j = lo; j <= last_block; j++)
+        if (table[j] < 0 || table[j] >= lim.num_blocks)
+          throw std::runtime_error("step: sequence " + str(s) + ": block id " + str(table[j]) + " is outside the pool 0.." +
+                                   str(lim.num_blocks - 1) + " (" + name + " entry " + str(j) + ")");
+    };
+    check_table(b.block_tables, 0, "blockTables");
+    if (lim.window > 0) {
+      int lo = 0, hi = 0;
+      window_blocks(b.positions[t], b.positions[t + n - 1], lim.window, lim.block_size, &lo, &hi);
+      check_table(b.window_tables, lo, "windowTables");
+    }
     t += n;
   }
   if (t != b.num_tokens) throw std::runtime_error("step: seqLens do not add up to the number of tokens");

@@ -35,23 +35,31 @@ void plan_step(const StepBatch& b, const StepPlanOptions& o, StepPlan& p) {
   p.positions.resize(Tb);
   p.tok_seq.resize(Tb);
   p.slot.resize(Tb);
-  p.block_tables.resize(size_t(p.S) * p.max_bps);
   p.decode.clear();
   p.tiles.clear();
   p.out_rows.clear();
   p.full_rows.clear();
   std::memcpy(p.tokens.data(), b.tokens, size_t(T) * 4);
   std::memcpy(p.positions.data(), b.positions, size_t(T) * 4);
-  if (p.max_bps == b.max_blocks_per_seq) {
-    std::memcpy(p.block_tables.data(), b.block_tables, size_t(S) * p.max_bps * 4);
-  } else {
-    for (int s = 0; s < S; s++) {
-      int32_t* row = p.block_tables.data() + size_t(s) * p.max_bps;
-      std::memcpy(row, b.block_tables + size_t(s) * b.max_blocks_per_seq, size_t(b.max_blocks_per_seq) * 4);
-      std::fill(row + b.max_blocks_per_seq, row + p.max_bps, 0);  // past every position: never read
+  // Pad rows use a real row's table (their tok_seq), so their rows of the tables are never read.
+  auto copy_tables = [&](const int32_t* src, std::vector<int32_t>& dst) {
+    dst.resize(size_t(p.S) * p.max_bps);
+    if (p.max_bps == b.max_blocks_per_seq) {
+      std::memcpy(dst.data(), src, size_t(S) * p.max_bps * 4);
+    } else {
+      for (int s = 0; s < S; s++) {
+        int32_t* row = dst.data() + size_t(s) * p.max_bps;
+        std::memcpy(row, src + size_t(s) * b.max_blocks_per_seq, size_t(b.max_blocks_per_seq) * 4);
+        std::fill(row + b.max_blocks_per_seq, row + p.max_bps, 0);  // past every position: never read
+      }
     }
-  }
-  std::fill(p.block_tables.begin() + size_t(S) * p.max_bps, p.block_tables.end(), 0);  // pad rows use a real row's
+    std::fill(dst.begin() + size_t(S) * p.max_bps, dst.end(), 0);
+  };
+  copy_tables(b.block_tables, p.block_tables);
+  const bool windowed = b.window_tables != nullptr;
+  if (windowed) copy_tables(b.window_tables, p.window_tables);
+  else p.window_tables.clear();
+  p.slot_window.resize(windowed ? Tb : 0);
 
   const int W = o.sliding_window;
   int max_keys_full = 1, max_keys_sliding = 1;
@@ -69,10 +77,12 @@ void plan_step(const StepBatch& b, const StepPlanOptions& o, StepPlan& p) {
   for (int s = 0; s < S; s++) {
     const int n = b.seq_lens[s];
     const int32_t* bt = b.block_tables + size_t(s) * b.max_blocks_per_seq;
+    const int32_t* wt = windowed ? b.window_tables + size_t(s) * b.max_blocks_per_seq : nullptr;
     for (int i = 0; i < n; i++, t++) {
       const int pos = b.positions[t];
       p.tok_seq[t] = s;
       p.slot[t] = bt[pos / bs] * bs + pos % bs;
+      if (windowed) p.slot_window[t] = wt[pos / bs] * bs + pos % bs;
       if (b.all_positions) p.out_rows.push_back(t);
     }
     if (!b.all_positions) p.out_rows.push_back(t - 1);
@@ -99,6 +109,7 @@ void plan_step(const StepBatch& b, const StepPlanOptions& o, StepPlan& p) {
     p.positions[t] = p.positions[twin];
     p.tok_seq[t] = p.tok_seq[twin];
     p.slot[t] = -1;
+    if (windowed) p.slot_window[t] = -1;
     p.out_rows.push_back(t);
     one_token(t);
   }

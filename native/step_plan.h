@@ -44,6 +44,8 @@ struct StepPlan {
   std::vector<int32_t> tokens, positions;  // [T]
   std::vector<int32_t> tok_seq, slot;      // [T] each token's sequence and KV cache slot (-1: not written)
   std::vector<int32_t> block_tables;       // [S, max_bps]
+  std::vector<int32_t> window_tables;      // [S, max_bps] the sliding layers' (kv_layout.h); empty when none
+  std::vector<int32_t> slot_window;        // [T] each token's cache slot in the sliding layers; empty when none
   std::vector<int32_t> decode;             // tokens that are the one new token of their sequence
   std::vector<int32_t> tiles;              // prefill tiles: (first token, count) pairs
   std::vector<int32_t> out_rows;           // the token of each output row

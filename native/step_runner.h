@@ -28,11 +28,12 @@ namespace hm::addon {
 using Clock = std::chrono::steady_clock;
 
 struct StepJob {
-  std::vector<int32_t> tokens, positions, seq_lens, block_tables;
+  std::vector<int32_t> tokens, positions, seq_lens, block_tables, window_tables;
   std::vector<uint8_t> full_logits;
   std::vector<hm::SampleRow> sample_rows;
   std::vector<hm::SampleEntry> sample_entries;
   std::vector<int32_t> prev_refs;  // (token index, row of the previous step) pairs
+  bool has_window_tables = false;  // windowTables given (an empty one is still given)
   std::vector<int32_t> count_refs;  // (sequence, row of the previous step) pairs: countPrevious (src/native.ts)
   hm::StepBatch batch;
   hm::StepOutput out;
@@ -47,6 +48,7 @@ struct StepJob {
     batch.positions = positions.data();
     batch.seq_lens = seq_lens.data();
     batch.block_tables = block_tables.data();
+    batch.window_tables = has_window_tables ? window_tables.data() : nullptr;
     batch.full_logits = full_logits.empty() ? nullptr : full_logits.data();
     batch.sample_rows = sample_rows.empty() ? nullptr : sample_rows.data();
     batch.sample_entries = sample_entries.data();

@@ -20,6 +20,8 @@ import type {
 } from './api/types.js';
 import { checkChatRequest } from './api/validate.js';
 import { Engine, type GenerationResult } from './engine/engine.js';
+import { kvCapacity } from './engine/kv_blocks.js';
+import { stepBudget } from './engine/scheduler.js';
 import { DeviceError, EngineRequestError, LoadOptionError, RequestError } from './errors.js';
 import { renderConversationTokens } from './harmony/render.js';
 import type { ChatRequest } from './harmony/types.js';
@@ -105,6 +107,7 @@ export class Harmonium {
       backend,
       blockSize: opts.blockSize,
       numBlocks: opts.numBlocks,
+      windowKv: opts.windowKv ?? true,
       maxSeqs: opts.maxSeqs,
       maxBatchTokens: opts.maxBatchTokens,
       expertFormat: opts.expertFormat,
@@ -114,13 +117,16 @@ export class Harmonium {
     try {
       opts.signal?.throwIfAborted();
       const info = model.info();
-      const capacity = info.numBlocks * info.blockSize;
+      const kvWindow = info.limits.kvWindow;
+      const { prefillChunk } = stepBudget({ maxSeqs: info.limits.maxSeqs, maxBatchTokens: info.limits.maxBatchTokens, stepTokens: opts.stepTokens, prefillChunk: opts.prefillChunk });
+      // One sequence's most positions: with window KV its window's blocks (for a whole prefill chunk) come out of the same pool.
+      const capacity = kvCapacity(info.numBlocks, info.blockSize, kvWindow, prefillChunk);
       let contextLength = Math.min(model.config.maxPositions, capacity);
       if (opts.contextLength !== undefined) {
         if (opts.contextLength > capacity)
           throw new LoadOptionError(
             'contextLength',
-            `contextLength: ${opts.contextLength} does not fit the KV cache (${info.numBlocks} blocks of ${info.blockSize} = ${capacity} positions)`,
+            `contextLength: ${opts.contextLength} does not fit the KV cache (${info.numBlocks} blocks of ${info.blockSize}: ${capacity} positions for one sequence${kvWindow ? `, its sliding window's blocks included` : ''})`,
           );
         contextLength = Math.min(opts.contextLength, model.config.maxPositions);
       }
@@ -132,6 +138,7 @@ export class Harmonium {
         maxBatchTokens: info.limits.maxBatchTokens,
         stepTokens: opts.stepTokens,
         prefillChunk: opts.prefillChunk,
+        kvWindow,
         contextLength,
         maxSampleEntries: info.limits.maxSampleEntries,
         prefixCaching: opts.prefixCaching,

@@ -22,6 +22,12 @@ export interface NativeLoadOptions {
   device?: number;
   /** Fill the weights with random values on the device instead of reading tensors. */
   dummy?: boolean;
+  /**
+   * Sliding-window layers keep their KV in blocks of their own (steps carry windowTables), so a sequence holds
+   * only its window's blocks for them and a block is half as large: the same memory holds about twice the
+   * context (native/kv_layout.h). Default false: one block table serves every layer.
+   */
+  windowKv?: boolean;
   seed?: number;
 }
 
@@ -43,6 +49,12 @@ export interface NativeStepInput {
   seqLens: Int32Array;
   /** [numSeqs * maxBlocksPerSeq] KV block ids per sequence. */
   blockTables: Int32Array;
+  /**
+   * Required when limits.kvWindow > 0 (a windowKv load), else absent: the sliding layers' block ids, the same
+   * shape and addressing. Only the entries of a sequence's window and chunk are read (positions first -
+   * kvWindow + 1 .. last), so the others may name anything (given back to the pool).
+   */
+  windowTables?: Int32Array;
   maxBlocksPerSeq: number;
   /** One output row per token (scoring) instead of one per sequence (its last token). */
   allPositions?: boolean;
@@ -114,6 +126,8 @@ export interface NativeStepLimits {
   maxBatchTokens: number;
   maxSeqs: number;
   maxBlocksPerSeq: number;
+  /** > 0: the model was loaded with windowKv and steps carry windowTables for windows of this many positions. */
+  kvWindow: number;
   maxTopK: number;
   /** The most sampling entries one step may carry. */
   maxSampleEntries: number;
@@ -163,6 +177,7 @@ export interface NativeLoadDefaults {
   maxSeqs: number;
   maxBatchTokens: number;
   expertFormat: 'mxfp4' | 'bf16';
+  windowKv: boolean;
 }
 
 export interface NativeBuildInfo {

@@ -324,6 +324,65 @@ describe('CPU backend on a small seeded checkpoint', () => {
     expect(diffRatio(c, a)).toBeGreaterThan(1e-2);
   });
 
+  it('window KV: sliding layers on a ring of window blocks give the logits of one table, and steps are checked', async () => {
+    const win = await loadModel({ model: dir, backend: 'cpu', blockSize: BLOCK, numBlocks: 64, windowKv: true });
+    try {
+      const info = win.info();
+      expect(info.limits.kvWindow).toBe(6);
+      expect(model.info().limits.kvWindow).toBe(0);
+      // 2 sliding layers and 1 full: a block holds two layer slots.
+      expect(info.kvBytes).toBe(2 * 2 * 64 * BLOCK * TINY.kvHeads * TINY.headDim * 4);
+      const want = await sequenceLogits(model, tokens, 'prefill', blocksFor(tokens.length));
+      const V = TINY.vocab;
+      const n = Math.ceil(tokens.length / BLOCK);
+      const full = Int32Array.from({ length: n }, (_, i) => i);
+      // Each step at position p reads positions p - 5 .. p, in at most 3 blocks, so block j lives on page
+      // 40 + j % 3: a 10-token prefill fills pages 40..42, and decode reuses each page once the window has left
+      // it. Entries the window has left are -1: never read, never checked.
+      const got = new Float32Array(tokens.length * V);
+      const prefill = 10;
+      const w = new Int32Array(n).fill(-1);
+      w.set([40, 41, 42]);
+      let r = await win.step({
+        tokens: Int32Array.from(tokens.slice(0, prefill)),
+        positions: Int32Array.from({ length: prefill }, (_, i) => i),
+        seqLens: Int32Array.of(prefill),
+        blockTables: full,
+        windowTables: w,
+        maxBlocksPerSeq: n,
+        allPositions: true,
+        fullLogits: Uint8Array.of(1),
+      });
+      got.set(r.logits, 0);
+      for (let p = prefill; p < tokens.length; p++) {
+        const row = new Int32Array(n).fill(-1);
+        for (let j = Math.floor(Math.max(0, p - 5) / BLOCK); j <= Math.floor(p / BLOCK); j++) row[j] = 40 + (j % 3);
+        r = await win.step({
+          tokens: Int32Array.of(tokens[p]),
+          positions: Int32Array.of(p),
+          seqLens: Int32Array.of(1),
+          blockTables: full,
+          windowTables: row,
+          maxBlocksPerSeq: n,
+          allPositions: true,
+          fullLogits: Uint8Array.of(1),
+        });
+        got.set(r.logits, p * V);
+      }
+      expect(diffRatio(got, want)).toBeLessThanOrEqual(1e-6);
+
+      const step = { tokens: Int32Array.of(1), positions: Int32Array.of(20), seqLens: Int32Array.of(1), blockTables: full, maxBlocksPerSeq: n };
+      await expect(win.step(step)).rejects.toThrow(/windowTables missing/);
+      await expect(model.step({ ...step, windowTables: full })).rejects.toThrow(/no sliding-window layers/);
+      // Position 20 reads 15..20: entries 3..5; entry 3 outside the pool is refused, entries 0..2 are not looked at.
+      const bad = Int32Array.of(-1, -1, 99, 64, 5, 6);
+      await expect(win.step({ ...step, windowTables: bad })).rejects.toThrow(/block id 64 is outside the pool 0\.\.63 \(windowTables entry 3\)/);
+      await expect(win.step({ ...step, windowTables: Int32Array.of(1, 2) })).rejects.toThrow(/windowTables must hold/);
+    } finally {
+      await win.close();
+    }
+  });
+
   it('refuses dummy weights too large for the CPU reference', async () => {
     await expect(loadModel({ dummy: 'gpt-oss-20b', backend: 'cpu' })).rejects.toThrow(/GiB in fp32/);
   });

@@ -9,9 +9,9 @@ import { FakeModel } from './helpers/fake_model.js';
 
 const VOCAB = 300;
 
-function setup(numBlocks = 64, blockSize = 4, maxBatchTokens = 64, contextLength = 200) {
-  const model = new FakeModel(VOCAB, numBlocks, blockSize);
-  const engine = new Engine(model, { vocabSize: VOCAB, numBlocks, blockSize, maxSeqs: 8, maxBatchTokens, contextLength });
+function setup(numBlocks = 64, blockSize = 4, maxBatchTokens = 64, contextLength = 200, window = 0) {
+  const model = new FakeModel(VOCAB, numBlocks, blockSize, window);
+  const engine = new Engine(model, { vocabSize: VOCAB, numBlocks, blockSize, maxSeqs: 8, maxBatchTokens, contextLength, kvWindow: window });
   return { model, engine };
 }
 
@@ -36,8 +36,8 @@ const prompts = [
 ];
 const params: SamplingParams[] = [{ temperature: 0 }, { seed: 1, top_k: 20 }, { seed: 2, top_p: 0.9 }, { seed: 3, repetition_penalty: 1.3 }];
 
-async function solo(i: number, maxTokens: number): Promise<number[]> {
-  const { engine } = setup();
+async function solo(i: number, maxTokens: number, window = 0): Promise<number[]> {
+  const { engine } = setup(64, 4, 64, 200, window);
   const r = request(engine, prompts[i], params[i], maxTokens);
   await r.done;
   return r.tokens;
@@ -152,5 +152,48 @@ describe('engine on a fake model', () => {
       onToken: (t) => void tokens.push(t.token),
     });
     expect(small.stats.fullLogitRows).toBe(2);
+  });
+});
+
+// Window KV: the sliding layers' blocks come out of the same pool and go back to it as each window passes (the
+// fake model reads the last `window` positions through the window table, in the same block memory).
+describe('engine on a fake model with window KV', () => {
+  it('batches, and under a small cache preempts and recomputes, each request getting what it gets alone', async () => {
+    for (const window of [5, 8, 13]) {
+      const expected = await Promise.all(prompts.map((_, i) => solo(i, 40, window)));
+      const big = setup(64, 4, 64, 200, window);
+      const rs = prompts.map((p, i) => request(big.engine, p, params[i], 40));
+      await Promise.all(rs.map((r) => r.done));
+      rs.forEach((r, i) => expect(r.tokens).toEqual(expected[i]));
+      expect(big.engine.freeBlocks).toBe(64);
+      const small = setup(40, 4, 32, 200, window);
+      const again = prompts.map((p, i) => request(small.engine, p, params[i], 40));
+      await Promise.all(again.map((r) => r.done));
+      again.forEach((r, i) => expect(r.tokens).toEqual(expected[i]));
+      expect(small.engine.preemptions).toBeGreaterThan(0);
+      expect(small.engine.freeBlocks).toBe(40);
+    }
+  });
+
+  it('a long sequence holds its full blocks and only its window of the others', async () => {
+    const { engine, model } = setup(64, 4, 64, 200, 8);
+    const held: number[] = [];
+    const r = engine.generate({
+      prompt: Array.from({ length: 30 }, (_, i) => i + 1),
+      sampling: resolveSampling({ temperature: 0, logit_bias: { '299': -100 } }, VOCAB, () => 0),
+      maxTokens: 60,
+      stopTokenIds: new Set(),
+      onToken: () => void held.push(64 - engine.freeBlocks),
+    });
+    await r;
+    // When token i arrives, positions 0 .. c - 1 (c = 30 + i) hold KV: full blocks ceil(c / 4), and the window
+    // blocks from the one of position c - 7 (the next step's window) on: exactly the entries in between.
+    held.forEach((n, i) => {
+      const c = 30 + i;
+      const full = Math.ceil(c / 4);
+      expect(n - full).toBe(full - Math.floor((c - 7) / 4));
+    });
+    expect(model.steps.every((s) => s.windowTables!.length === s.blockTables.length)).toBe(true);
+    expect(engine.freeBlocks).toBe(64);
   });
 });

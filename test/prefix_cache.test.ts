@@ -12,8 +12,8 @@ import { FakeModel } from './helpers/fake_model.js';
 const VOCAB = 300;
 const BS = 4;
 
-function setup(numBlocks = 64, opts: { maxBatchTokens?: number; prefixCaching?: boolean; maxSeqs?: number } = {}) {
-  const model = new FakeModel(VOCAB, numBlocks, BS);
+function setup(numBlocks = 64, opts: { maxBatchTokens?: number; prefixCaching?: boolean; maxSeqs?: number; window?: number } = {}) {
+  const model = new FakeModel(VOCAB, numBlocks, BS, opts.window ?? 0);
   const engine = new Engine(model, {
     vocabSize: VOCAB,
     numBlocks,
@@ -22,6 +22,7 @@ function setup(numBlocks = 64, opts: { maxBatchTokens?: number; prefixCaching?: 
     maxBatchTokens: opts.maxBatchTokens ?? 64,
     contextLength: 400,
     prefixCaching: opts.prefixCaching,
+    kvWindow: opts.window,
   });
   const badWrites: number[] = [];
   model.onWrite = (b) => {
@@ -50,8 +51,8 @@ function request(engine: Engine, prompt: number[], maxTokens: number, p: Samplin
 
 const seq = (n: number, mul: number, add = 0) => Array.from({ length: n }, (_, i) => (i * mul + add) % 290);
 /** What a request would generate alone on a fresh engine without caching. */
-async function cold(prompt: number[], maxTokens: number, p: SamplingParams = { temperature: 0 }): Promise<number[]> {
-  const { engine } = setup(64, { prefixCaching: false });
+async function cold(prompt: number[], maxTokens: number, p: SamplingParams = { temperature: 0 }, window = 0): Promise<number[]> {
+  const { engine } = setup(64, { prefixCaching: false, window });
   const r = request(engine, prompt, maxTokens, p);
   await r.done;
   return r.tokens;
@@ -151,9 +152,14 @@ describe('block pool with prefix caching', () => {
   });
 });
 
-describe('engine with prefix caching (fake model)', () => {
+// Window KV (6 positions, blocks of 4): the sliding layers' blocks come from the same pool, are given back as the
+// window passes, and are cached as twins of the full blocks; the fake model reads the window through them.
+for (const window of [0, 6])
+describe(`engine with prefix caching (fake model${window ? `, window KV of ${window}` : ''})`, () => {
+  const setupW = (numBlocks = 64, opts: Parameters<typeof setup>[1] = {}) => setup(numBlocks, { ...opts, window });
+  const coldW = (prompt: number[], maxTokens: number, p?: SamplingParams) => cold(prompt, maxTokens, p, window);
   it('a second request with the same prefix reads the same blocks and prefills only the rest', async () => {
-    const { engine, model, badWrites } = setup();
+    const { engine, model, badWrites } = setupW();
     const shared = seq(4 * BS, 7);
     const pa = [...shared, 11, 12];
     const pb = [...shared, 21, 22, 23];
@@ -172,17 +178,18 @@ describe('engine with prefix caching (fake model)', () => {
     expect(rb.cachedTokens).toBe(4 * BS);
     expect(ra.cachedTokens).toBe(0);
     expect(engine.prefixCache).toEqual({ queries: pa.length + pb.length, hits: 4 * BS });
-    // While both ran, B added one block of its own (its tail) and not a copy of the prefix.
-    expect(usedByA).toBe(Math.ceil((pa.length + 1) / BS));
-    expect(a.tokens).toEqual(await cold(pa, 30));
-    expect(b.tokens).toEqual(await cold(pb, 5));
+    // While both ran, B added one block of its own (its tail) and not a copy of the prefix. With window KV A also
+    // holds the window blocks of positions 13..18 (entries 3 and 4).
+    expect(usedByA).toBe(Math.ceil((pa.length + 1) / BS) + (window ? 2 : 0));
+    expect(a.tokens).toEqual(await coldW(pa, 30));
+    expect(b.tokens).toEqual(await coldW(pb, 5));
     expect(badWrites).toEqual([]);
     expect(engine.freeBlocks).toBe(64);
     expect(engine.inFlight).toBe(0);
   });
 
   it('a wholly cached prompt still computes its last token, in a block of its own', async () => {
-    const { engine, model, badWrites } = setup();
+    const { engine, model, badWrites } = setupW();
     const p = seq(3 * BS, 5);
     const first = request(engine, p, 4);
     await first.done;
@@ -198,7 +205,7 @@ describe('engine with prefix caching (fake model)', () => {
   });
 
   it('a new turn reuses the previous turn, generated tokens included', async () => {
-    const { engine, badWrites } = setup();
+    const { engine, badWrites } = setupW();
     const turn1 = seq(10, 3);
     const r1 = request(engine, turn1, 9);
     await r1.done;
@@ -206,17 +213,17 @@ describe('engine with prefix caching (fake model)', () => {
     const r2 = request(engine, turn2, 6);
     // turn1 + all but the last generated token have KV: 18 positions, 4 full blocks.
     expect((await r2.done).cachedTokens).toBe(4 * BS);
-    expect(r2.tokens).toEqual(await cold(turn2, 6));
+    expect(r2.tokens).toEqual(await coldW(turn2, 6));
     expect(badWrites).toEqual([]);
   });
 
   it('cache_salt keeps requests apart; turning caching off shares nothing', async () => {
-    const { engine } = setup();
+    const { engine } = setupW();
     const p = seq(5 * BS, 9);
     await request(engine, p, 2, undefined, { cacheSalt: 'tenant-a' }).done;
     expect((await request(engine, p, 2, undefined, { cacheSalt: 'tenant-b' }).done).cachedTokens).toBe(0);
     expect((await request(engine, p, 2, undefined, { cacheSalt: 'tenant-a' }).done).cachedTokens).toBe(4 * BS);
-    const off = setup(64, { prefixCaching: false }).engine;
+    const off = setupW(64, { prefixCaching: false }).engine;
     await request(off, p, 2).done;
     expect((await request(off, p, 2).done).cachedTokens).toBe(0);
     expect(off.pool.cachedBlocks).toBe(0);
@@ -225,10 +232,10 @@ describe('engine with prefix caching (fake model)', () => {
 
   it('eviction under pressure keeps every live sequence right', async () => {
     // 40 blocks: the cache fills with the first wave's prefixes, the second wave evicts them while others read theirs.
-    const { engine, badWrites } = setup(40, { maxBatchTokens: 32 });
+    const { engine, badWrites } = setupW(40, { maxBatchTokens: 32 });
     const prefixes = [seq(6 * BS, 7), seq(6 * BS, 11), seq(6 * BS, 13)];
     const prompts = Array.from({ length: 12 }, (_, i) => [...prefixes[i % 3], ...seq(1 + (i % 5), 17, i)]);
-    const expected = await Promise.all(prompts.map((p, i) => cold(p, 10 + i, { seed: i, top_k: 20 })));
+    const expected = await Promise.all(prompts.map((p, i) => coldW(p, 10 + i, { seed: i, top_k: 20 })));
     for (let wave = 0; wave < 2; wave++) {
       const rs = prompts.map((p, i) => request(engine, p, 10 + i, { seed: i, top_k: 20 }));
       await Promise.all(rs.map((r) => r.done));
@@ -241,11 +248,11 @@ describe('engine with prefix caching (fake model)', () => {
   });
 
   it('abort and preemption with shared blocks leave no leak and no double free', async () => {
-    const { engine, model, badWrites } = setup(24, { maxBatchTokens: 16 });
+    const { engine, model, badWrites } = setupW(24, { maxBatchTokens: 16 });
     model.delayMs = 1;
     const shared = seq(4 * BS, 3);
     const prompts = Array.from({ length: 6 }, (_, i) => [...shared, ...seq(2 + i, 5, i)]);
-    const expected = await Promise.all(prompts.map((p) => cold(p, 20)));
+    const expected = await Promise.all(prompts.map((p) => coldW(p, 20)));
     await request(engine, shared.concat([1]), 1).done;
     const acs = prompts.map(() => new AbortController());
     const rs = prompts.map((p, i) => request(engine, p, 20, undefined, { signal: acs[i].signal }));

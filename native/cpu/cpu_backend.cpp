@@ -23,7 +23,8 @@ using cpu::ModelWeights;
 constexpr uint64_t kDefaultKvBytes = 1ull << 30;  // num_blocks = 0: as many blocks as fit in 1 GiB of KV
 constexpr int kLogitsRowsPerPass = 32;            // lm_head rows computed at once (bounds the [rows, V] scratch)
 
-// fp32 K or V of every layer: [layers][num_blocks][block_size][nkv][D]. calloc so untouched pages cost nothing.
+// fp32 K or V of every layer slot (kv_layout.h): [slots][num_blocks][block_size][nkv][D]. calloc so untouched
+// pages cost nothing.
 struct KvArena {
   float* data = nullptr;
   size_t per_layer = 0;  // floats
@@ -44,23 +45,23 @@ std::string str(long long v) { return std::to_string(v); }
 class CpuBackend : public Backend {
  public:
   CpuBackend(const ModelConfig& cfg, ModelWeights w, const LoadOptions& opt)
-      : cfg_(cfg), w_(std::move(w)), opt_(opt), inv_freq_(cfg.head_dim / 2) {
+      : cfg_(cfg), w_(std::move(w)), opt_(opt), kv_(kv_layout(cfg, opt.window_kv)), inv_freq_(cfg.head_dim / 2) {
     const size_t slot_floats = static_cast<size_t>(cfg.num_kv_heads) * cfg.head_dim;
-    const uint64_t block_bytes = 2ull * cfg.num_layers * opt.block_size * slot_floats * sizeof(float);
+    const uint64_t block_bytes = 2ull * kv_.slots * opt.block_size * slot_floats * sizeof(float);
     num_blocks_ = opt.num_blocks;
     if (num_blocks_ == 0) {
       uint64_t fit = std::max<uint64_t>(1, kDefaultKvBytes / block_bytes);
       uint64_t useful = static_cast<uint64_t>(std::max(1, opt.max_seqs)) *
-                        ((static_cast<uint64_t>(cfg.max_positions) + opt.block_size - 1) / opt.block_size);
+                        blocks_per_sequence(kv_, cfg.max_positions, opt.block_size, opt.max_batch_tokens);
       num_blocks_ = static_cast<int>(std::min<uint64_t>({fit, useful, 1u << 30}));
     }
     const size_t per_layer = static_cast<size_t>(num_blocks_) * opt.block_size * slot_floats;
-    k_cache_.allocate(cfg.num_layers, per_layer);
-    v_cache_.allocate(cfg.num_layers, per_layer);
+    k_cache_.allocate(kv_.slots, per_layer);
+    v_cache_.allocate(kv_.slots, per_layer);
     kv_bytes_ = block_bytes * static_cast<uint64_t>(num_blocks_);
     ref::rope_inv_freq(cfg.rope, cfg.head_dim, inv_freq_.data(), &attn_factor_);
     threads_ = cpu::num_threads();
-    limits_ = step_limits(cfg, opt, num_blocks_);
+    limits_ = step_limits(cfg, opt, kv_, num_blocks_);
   }
 
   BackendInfo info() const override {
@@ -106,14 +107,17 @@ class CpuBackend : public Backend {
     ref::rope(q.data(), b.positions, T, nq, D, inv_freq_.data(), attn_factor_);
     ref::rope(k.data(), b.positions, T, nkv, D, inv_freq_.data(), attn_factor_);
     const int window = cfg_.layer_sliding[l] ? cfg_.sliding_window : 0;
+    // A sliding layer's KV lives in the blocks of the window tables when the layout keeps the kinds apart.
+    const int32_t* tables = window > 0 && kv_.window > 0 ? b.window_tables : b.block_tables;
+    float* kc = k_cache_.layer(kv_.slot_of_layer[l]);
+    float* vc = v_cache_.layer(kv_.slot_of_layer[l]);
     std::vector<float> attn(q.size());
     for (int s = 0; s < b.num_seqs; s++) {
       const int t0 = seq_start[s], n = b.seq_lens[s];
-      const int32_t* table = b.block_tables + static_cast<size_t>(s) * b.max_blocks_per_seq;
+      const int32_t* table = tables + static_cast<size_t>(s) * b.max_blocks_per_seq;
       const size_t kv_off = static_cast<size_t>(t0) * nkv * D;
-      ref::kv_write(k_cache_.layer(l), v_cache_.layer(l), k.data() + kv_off, v.data() + kv_off, b.positions + t0, table,
-                    opt_.block_size, n, nkv, D);
-      ref::attention(q.data() + static_cast<size_t>(t0) * nq * D, k_cache_.layer(l), v_cache_.layer(l), table, opt_.block_size,
+      ref::kv_write(kc, vc, k.data() + kv_off, v.data() + kv_off, b.positions + t0, table, opt_.block_size, n, nkv, D);
+      ref::attention(q.data() + static_cast<size_t>(t0) * nq * D, kc, vc, table, opt_.block_size,
                      b.positions + t0, n, nq, nkv, D, window, L.sinks.data(), attn.data() + static_cast<size_t>(t0) * nq * D);
     }
     std::vector<float> o(static_cast<size_t>(T) * H);
@@ -232,6 +236,7 @@ class CpuBackend : public Backend {
   ModelConfig cfg_;
   ModelWeights w_;
   LoadOptions opt_;
+  KvLayout kv_;
   int num_blocks_ = 0;
   StepLimits limits_;
   uint64_t kv_bytes_ = 0;

@@ -238,7 +238,8 @@ class CudaBackend final : public Backend {
   int num_blocks_ = 0;
   StepLimits limits_;
   uint16_t* kv_ = nullptr;
-  size_t kv_layer_elems_ = 0;  // elements of K (or V) of one layer
+  KvLayout kv_layout_;         // which slot of a block each layer's KV lives in (kv_layout.h)
+  size_t kv_layer_elems_ = 0;  // elements of K (or V) of one layer slot
   float attn_factor_ = 1.f;
   float* inv_freq_ = nullptr;
 
@@ -280,6 +281,8 @@ class CudaBackend final : public Backend {
   // per-step views into d_idx_ (set by upload())
   int32_t *d_tokens_ = nullptr, *d_pos_ = nullptr, *d_slot_ = nullptr, *d_tok_seq_ = nullptr, *d_bt_ = nullptr,
           *d_decode_ = nullptr, *d_tiles_ = nullptr, *d_out_rows_ = nullptr;
+  // the sliding layers' block tables and cache slots, when the layout keeps them apart (else the ones above)
+  int32_t *d_bt_window_ = nullptr, *d_slot_window_ = nullptr;
   bool batch_invariant_ = false;  // HARMONIUM_BATCH_INVARIANT=1 (see the top of this file)
   MoePath moe_decode_path_ = MoePath::kAuto;  // HARMONIUM_MOE_DECODE=split|bulk|regs: the one-token expert kernels (A/B)
   bool fused_rope_ = true;  // decode-only steps rotate and write the KV cache inside attention (HARMONIUM_FUSED_ROPE=0: off)
@@ -304,7 +307,8 @@ class CudaBackend final : public Backend {
   DenseParams dense_params(const uint16_t* x, int ldx, const uint16_t* W, const uint16_t* b, float* y, int ldy, int T,
                            int N, int K) const;
   RmsNormParams rmsnorm_params(const uint16_t* w, int T) const;
-  AttentionCommon attention_params(const LayerWeights& L, uint16_t* kc, uint16_t* vc, int window) const;
+  AttentionCommon attention_params(const LayerWeights& L, uint16_t* kc, uint16_t* vc, const int32_t* tables,
+                                   int window) const;
   MoeParams moe_params(int T) const;
 
   // CUDA graphs of decode-only steps, one per launch shape (padded to its bucket: native/step_plan.h), captured on
@@ -417,7 +421,8 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   plan_opt_.batch_invariant = batch_invariant_;
   plan_opt_.pad = graphs_.enabled;
   plan_opt_.max_pad_tokens = std::min(Tm, decode_bucket(opt.max_seqs));
-  plan_opt_.max_blocks_per_seq = step_limits(cfg, opt, 0).max_blocks_per_seq;
+  kv_layout_ = kv_layout(cfg, opt.window_kv);
+  plan_opt_.max_blocks_per_seq = step_limits(cfg, opt, kv_layout_, 0).max_blocks_per_seq;
   plan_opt_.prefill_tile = kPrefillTileTokens;
   const int max_rows_seqs = std::max(opt.max_seqs, plan_opt_.max_pad_tokens);  // sequences of a padded step
   logit_rows_ = std::clamp(plan_opt_.max_pad_tokens, kMinLogitRows, kMaxLogitRows);
@@ -451,7 +456,8 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   // One scratch for the logits stage: the narrowing uses it, then the sampling after it on the same stream.
   sample_ws_bytes_ = std::max(sample_workspace_bytes(logit_rows_), narrow_workspace_bytes(logit_rows_, cfg.vocab));
   sample_ws_ = mem_.alloc<char>(sample_ws_bytes_, what);
-  idx_cap_ = size_t(Tm) * 6 + size_t(max_rows_seqs) * plan_opt_.max_blocks_per_seq + 2 * size_t(Tm) + 64;
+  // tokens, positions, slots (two kinds), tok_seq, decode, out_rows, tiles; block tables of two kinds
+  idx_cap_ = size_t(Tm) * 7 + 2 * size_t(max_rows_seqs) * plan_opt_.max_blocks_per_seq + 2 * size_t(Tm) + 64;
   d_idx_ = mem_.alloc<int32_t>(idx_cap_, what);
   inv_freq_ = mem_.alloc<float>(cfg.head_dim / 2, what);
   {
@@ -463,9 +469,9 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   cudaMemGetInfo(&after_free, &total);
   ws_bytes_ = before_free > after_free ? before_free - after_free : 0;
 
-  // ---- paged KV cache: every layer holds [num_blocks * block_size, nkv, D] bf16 for K and for V ----
+  // ---- paged KV cache: every layer slot (kv_layout.h) holds [num_blocks * block_size, nkv, D] bf16 for K and V ----
   const uint64_t per_block =
-      uint64_t(cfg.num_layers) * 2 * opt.block_size * cfg.num_kv_heads * cfg.head_dim * sizeof(uint16_t);
+      uint64_t(kv_layout_.slots) * 2 * opt.block_size * cfg.num_kv_heads * cfg.head_dim * sizeof(uint16_t);
   size_t free_b = 0;
   CUDA_CHECK(cudaMemGetInfo(&free_b, &total));
   num_blocks_ = opt.num_blocks;
@@ -479,7 +485,7 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   kv_ = mem_.alloc<uint16_t>(kv_bytes_ / 2, "the KV cache (" + std::to_string(num_blocks_) + " blocks of " +
                                                 std::to_string(opt.block_size) + " tokens)");
   kv_layer_elems_ = size_t(num_blocks_) * opt.block_size * cfg.num_kv_heads * cfg.head_dim;
-  limits_ = step_limits(cfg, opt, num_blocks_);
+  limits_ = step_limits(cfg, opt, kv_layout_, num_blocks_);
   CUDA_CHECK(cudaDeviceSynchronize());
 }
 
@@ -528,13 +534,14 @@ RmsNormParams CudaBackend::rmsnorm_params(const uint16_t* w, int T) const {
   return n;
 }
 
-AttentionCommon CudaBackend::attention_params(const LayerWeights& L, uint16_t* kc, uint16_t* vc, int window) const {
+AttentionCommon CudaBackend::attention_params(const LayerWeights& L, uint16_t* kc, uint16_t* vc,
+                                              const int32_t* tables, int window) const {
   AttentionCommon ac;
   ac.q = qkv_;
   ac.ldq = qkv_width_;
   ac.k_cache = kc;
   ac.v_cache = vc;
-  ac.block_tables = d_bt_;
+  ac.block_tables = tables;
   ac.max_blocks_per_seq = plan_.max_bps;
   ac.block_size = opt_.block_size;
   ac.tok_seq = d_tok_seq_;
@@ -599,9 +606,13 @@ void CudaBackend::forward_layers(int T) {
   const bool fuse_rope = fused_rope_ && plan_.n_tiles == 0 && plan_.n_decode == T;
   for (int l = 0; l < c.num_layers; l++) {
     const LayerWeights& L = w_.layers[l];
-    uint16_t* kc = kv_ + size_t(l) * 2 * kv_layer_elems_;
+    uint16_t* kc = kv_ + size_t(kv_layout_.slot_of_layer[l]) * 2 * kv_layer_elems_;
     uint16_t* vc = kc + kv_layer_elems_;
     const int window = c.layer_sliding[l] ? c.sliding_window : 0;
+    // A sliding layer's KV lives in the blocks of the window tables when the layout keeps the kinds apart.
+    const bool own_tables = window > 0 && kv_layout_.window > 0;
+    const int32_t* tables = own_tables ? d_bt_window_ : d_bt_;
+    const int32_t* slots = own_tables ? d_slot_window_ : d_slot_;
 
     RmsNormParams n1 = rmsnorm_params(L.input_norm, T);
     n1.out = xn_;
@@ -625,7 +636,7 @@ void CudaBackend::forward_layers(int T) {
       RopeKvParams r;
       r.qkv = qkv_;
       r.pos = d_pos_;
-      r.slot = d_slot_;
+      r.slot = slots;
       r.inv_freq = inv_freq_;
       r.attn_factor = attn_factor_;
       r.k_cache = kc;
@@ -639,7 +650,7 @@ void CudaBackend::forward_layers(int T) {
       prof_.mark(StepProfiler::kRope);
     }
 
-    const AttentionCommon ac = attention_params(L, kc, vc, window);
+    const AttentionCommon ac = attention_params(L, kc, vc, tables, window);
     if (plan_.n_tiles > 0) {
       AttentionPrefillParams ap;
       ap.c = ac;
@@ -663,7 +674,7 @@ void CudaBackend::forward_layers(int T) {
       if (fuse_rope) {
         ad.inv_freq = inv_freq_;
         ad.attn_factor = attn_factor_;
-        ad.slot = d_slot_;
+        ad.slot = slots;
       }
       attention_decode(ad, stream_);
       prof_.mark(StepProfiler::kAttn);
@@ -797,7 +808,8 @@ void CudaBackend::plan_step(const StepBatch& b) {
 // them in).
 void CudaBackend::upload(const StepBatch& b) {
   const StepPlan& p = plan_;
-  const size_t total = 4 * size_t(p.T) + p.block_tables.size() + p.decode.size() + p.tiles.size() + p.out_rows.size();
+  const size_t total = 4 * size_t(p.T) + p.slot_window.size() + p.block_tables.size() + p.window_tables.size() +
+                       p.decode.size() + p.tiles.size() + p.out_rows.size();
   if (total > idx_cap_) throw std::runtime_error("step: batch index arrays exceed the workspace");
   h_idx_.reserve(total * 4);
   int32_t* h = static_cast<int32_t*>(h_idx_.p);
@@ -812,6 +824,8 @@ void CudaBackend::upload(const StepBatch& b) {
   put(p.slot, &d_slot_);
   put(p.tok_seq, &d_tok_seq_);
   put(p.block_tables, &d_bt_);
+  put(p.slot_window, &d_slot_window_);
+  put(p.window_tables, &d_bt_window_);
   put(p.decode, &d_decode_);
   put(p.tiles, &d_tiles_);
   put(p.out_rows, &d_out_rows_);

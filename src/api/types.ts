@@ -20,6 +20,12 @@ export interface HarmoniumLoadOptions {
   /** KV cache blocks (0 = as many as the backend's memory allows) and positions per block (defaults: buildInfo()). */
   numBlocks?: number;
   blockSize?: number;
+  /**
+   * Sliding-window layers keep only their window's KV (128 positions on gpt-oss) in blocks of their own, so
+   * blocks are half as large and the same memory holds about twice the context. Default true; false gives every
+   * layer a slot in one block table (the layout before it, kept for A/B runs).
+   */
+  windowKv?: boolean;
   /** Sequences and tokens per engine step (defaults: buildInfo().defaults[backend]). */
   maxSeqs?: number;
   maxBatchTokens?: number;

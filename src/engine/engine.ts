@@ -36,6 +36,11 @@ export interface EngineOptions {
   contextLength: number;
   /** The most sampling entries one step carries (the addon's buildInfo().maxSampleEntries); default unlimited. */
   maxSampleEntries?: number;
+  /**
+   * > 0: the model keeps its sliding layers' KV in blocks of their own (a windowKv load; its limits.kvWindow):
+   * every step carries window tables, and each sequence holds only its window's blocks for those layers.
+   */
+  kvWindow?: number;
   /** Share full KV blocks between sequences with the same prefix (kv_blocks.ts). Default true. */
   prefixCaching?: boolean;
   /** Submit the next decode step while one runs, where the model pipelines (StepModel.pipelines). Default true. */
@@ -161,7 +166,7 @@ export class Engine {
         resolve: (r) => (detach(), resolve(r)),
         reject: (e) => (detach(), reject(e)),
       };
-      this.scheduler.add(new Sequence(req.prompt, this.pool, p, req.cacheSalt));
+      this.scheduler.add(new Sequence(req.prompt, this.pool, p, req.cacheSalt, this.options.kvWindow));
       req.signal?.addEventListener('abort', onAbort, { once: true });
       this.kick();
     });
@@ -276,14 +281,14 @@ export class Engine {
       if (!plan || plan.mode === 'full') return undefined;
       const start = running.chunks[r!].start + running.chunks[r!].length;
       if (start + 1 > this.options.contextLength) return undefined;
-      missing += seq.table.missingFor(start + 1);
+      missing += seq.missingFor(start + 1);
       chunks.push({ seq, start, length: 1, samples: true });
       prevRows.push(r!);
     }
     if (missing > this.pool.freeBlocks) return undefined;
     const plans = this.plan(chunks, true);
     if (plans.some((plan) => plan!.mode === 'full')) return undefined;
-    for (const c of chunks) c.seq.table.ensure(c.start + 1);
+    for (const c of chunks) c.seq.ensure(c.start + 1);
     this.stats.aheadSteps++;
     return this.submit(chunks, plans, prevRows);
   }
@@ -312,12 +317,13 @@ export class Engine {
     let maxBlocks = 1;
     for (const c of chunks) {
       numTokens += c.length;
-      maxBlocks = Math.max(maxBlocks, c.seq.table.blocks.length);
+      maxBlocks = Math.max(maxBlocks, c.seq.table.blocks.length, c.seq.window?.blocks.length ?? 0);
     }
     const tokens = new Int32Array(numTokens);
     const positions = new Int32Array(numTokens);
     const seqLens = new Int32Array(chunks.length);
     const blockTables = new Int32Array(chunks.length * maxBlocks);
+    const windowTables = this.options.kvWindow ? new Int32Array(chunks.length * maxBlocks) : undefined;
     const fullLogits = new Uint8Array(chunks.length);
     let entries = 0;
     let device = false;
@@ -337,6 +343,7 @@ export class Engine {
       }
       seqLens[s] = c.length;
       c.seq.table.writeRow(blockTables, s, maxBlocks);
+      if (windowTables) c.seq.window!.writeRow(windowTables, s, maxBlocks);
       const plan = plans[s];
       if (plan) {
         if (plan.mode === 'full') fullLogits[s] = 1;
@@ -360,6 +367,7 @@ export class Engine {
       positions,
       seqLens,
       blockTables,
+      ...(windowTables ? { windowTables } : {}),
       maxBlocksPerSeq: maxBlocks,
       fullLogits,
       topK: Math.min(topK, maxTopK()),

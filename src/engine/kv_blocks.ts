@@ -8,6 +8,12 @@
 // or the cache salt for a first block): a match compares both, exactly, so sharing never depends on a hash being
 // free of collisions. The hash chain (BlockKeys) only finds the candidate. A shared block is never written:
 // sequences write only positions past their cached prefix, which lie in blocks of their own.
+//
+// Window KV (a windowKv load, native/kv_layout.h): the sliding-window layers keep their KV in blocks of the same
+// pool, through a second table per sequence (WindowTable) that gives back every block its window has left. Such a
+// block is cached as the "twin" of the full block with the same positions: its content is named by that block's
+// content serial (the same prefix of tokens), so a prefix is found in the cache when its full blocks and the twins
+// of the blocks its window still reads are.
 
 export class KvCacheFullError extends Error {
   constructor(wanted: number, free: number, total: number) {
@@ -41,6 +47,9 @@ export class KvBlockPool {
   private readonly tokensOf: Int32Array;
   private readonly keyOf: Float64Array;
   private readonly byKey = new Map<number, number>();
+  /** Per block: the content serial of the full block it is the window twin of (0: none), and the reverse map. */
+  private readonly twinOf: Float64Array;
+  private readonly twins = new Map<number, number>();
   private serials = 0;
 
   constructor(numBlocks: number, blockSize: number, opts: { caching?: boolean } = {}) {
@@ -56,6 +65,7 @@ export class KvBlockPool {
     this.saltOf = new Array<string | undefined>(numBlocks);
     this.tokensOf = new Int32Array(this.caching ? numBlocks * blockSize : 0);
     this.keyOf = new Float64Array(numBlocks);
+    this.twinOf = new Float64Array(numBlocks);
   }
 
   /** Blocks a sequence can take now: the empty ones and the cached ones nobody reads. */
@@ -63,9 +73,9 @@ export class KvBlockPool {
     return this.freeList.length + this.idle.size;
   }
 
-  /** Blocks holding cached content (read by sequences or idle). */
+  /** Blocks holding cached content (read by sequences or idle): full blocks and window twins. */
   get cachedBlocks(): number {
-    return this.byKey.size;
+    return this.byKey.size + this.twins.size;
   }
 
   /** Blocks needed to hold `tokens` positions. */
@@ -75,7 +85,7 @@ export class KvBlockPool {
 
   /** Whether a step may write block b: one sequence holds it and it is not cached (an invariant tests check). */
   writable(b: number): boolean {
-    return this.refs[b] === 1 && this.serial[b] === 0;
+    return this.refs[b] === 1 && this.serial[b] === 0 && this.twinOf[b] === 0;
   }
 
   /** Takes n blocks, all or none: empty ones first, then the least recently used cached ones (their content is dropped). */
@@ -97,7 +107,7 @@ export class KvBlockPool {
     for (const b of blocks) {
       if (!(b >= 0 && b < this.numBlocks) || this.refs[b] === 0) throw new Error(`KV cache: block ${b} released twice or never allocated`);
       if (--this.refs[b] > 0) continue;
-      if (this.serial[b] !== 0) this.idle.add(b);
+      if (this.serial[b] !== 0 || this.twinOf[b] !== 0) this.idle.add(b);
       else this.freeList.push(b);
     }
   }
@@ -133,7 +143,7 @@ export class KvBlockPool {
   /** Takes a reference to each cached block (from match). */
   acquire(blocks: readonly number[]): void {
     for (const b of blocks) {
-      if (this.serial[b] === 0) throw new Error(`KV cache: block ${b} holds no cached content`);
+      if (this.serial[b] === 0 && this.twinOf[b] === 0) throw new Error(`KV cache: block ${b} holds no cached content`);
       if (this.refs[b]++ === 0) this.idle.delete(b);
     }
   }
@@ -167,6 +177,23 @@ export class KvBlockPool {
     return this.serial[b];
   }
 
+  /**
+   * Caches window block b (in use, its KV written) as the twin of the full content `serial`, unless that content
+   * has a twin already (b then stays private) or caching is off.
+   */
+  registerTwin(b: number, serial: number): void {
+    if (this.refs[b] === 0) throw new Error(`KV cache: block ${b} registered while free`);
+    if (!this.caching || serial === 0 || this.twinOf[b] !== 0 || this.twins.has(serial)) return;
+    if (this.serial[b] !== 0) throw new Error(`KV cache: block ${b} holds full-layer content`);
+    this.twinOf[b] = serial;
+    this.twins.set(serial, b);
+  }
+
+  /** The cached window block twinning the full content `serial`, if any. */
+  twin(serial: number): number | undefined {
+    return serial === 0 ? undefined : this.twins.get(serial);
+  }
+
   /** Whether cached block b holds tokens[from .. from + blockSize) after the content `parent` (and `salt`). */
   private holds(b: number, tokens: readonly number[], from: number, parent: number, salt: string): boolean {
     if (this.parent[b] !== parent || (parent === ROOT && this.saltOf[b] !== salt)) return false;
@@ -176,6 +203,11 @@ export class KvBlockPool {
   }
 
   private uncache(b: number): void {
+    if (this.twinOf[b] !== 0) {
+      this.twins.delete(this.twinOf[b]);
+      this.twinOf[b] = 0;
+      return;
+    }
     this.byKey.delete(this.keyOf[b]);
     this.serial[b] = 0;
     this.saltOf[b] = undefined;
@@ -266,6 +298,11 @@ export class BlockTable {
     for (const b of cached) this.contents.push(this.pool.serialOf(b));
   }
 
+  /** The serial of the cached content block i holds (0: not cached, or not registered yet). */
+  contentOf(i: number): number {
+    return this.contents[i] ?? 0;
+  }
+
   /** Caches blocks 0 .. full-1 (full, their KV written) with the pool, under the sequence's keys. */
   register(keys: BlockKeys, tokens: readonly number[], full: number): void {
     if (full > keys.keys.length || full > this.blocks.length) throw new Error(`KV cache: ${full} full blocks, ${keys.keys.length} keys, ${this.blocks.length} blocks`);
@@ -287,4 +324,101 @@ export class BlockTable {
   writeRow(out: Int32Array, seq: number, maxBlocksPerSeq: number): void {
     out.set(this.blocks, seq * maxBlocksPerSeq);
   }
+}
+
+/**
+ * One sequence's window table (window KV): the blocks of its sliding-window layers, addressed as the full table
+ * (position p in entry p / blockSize), of which it holds only those a step can still read: a step at positions
+ * first.. reads its window from first - window + 1 (native/kv_layout.h's window_blocks). Given-back entries are -1
+ * here and 0 in a step's array (never read there).
+ */
+export class WindowTable {
+  readonly blocks: number[] = [];
+  readonly window: number;
+  private readonly pool: KvBlockPool;
+  /** Entries before this one are given back. */
+  private first = 0;
+  /** Entries before this one were offered to the cache as twins. */
+  private registered = 0;
+
+  constructor(pool: KvBlockPool, window: number) {
+    if (!Number.isInteger(window) || window < 1) throw new Error(`KV cache: window must be >= 1, got ${window}`);
+    this.pool = pool;
+    this.window = window;
+  }
+
+  /** The first entry a step from position `first` on reads. */
+  firstEntry(first: number): number {
+    return Math.floor(Math.max(0, first - this.window + 1) / this.pool.blockSize);
+  }
+
+  /** Blocks still to allocate so that positions up to tokens-1 have a home. */
+  missingFor(tokens: number): number {
+    return Math.max(0, this.pool.blocksFor(tokens) - this.blocks.length);
+  }
+
+  /** Makes room for `tokens` positions; throws KvCacheFullError (taking nothing) when the pool cannot. */
+  ensure(tokens: number): void {
+    const n = this.missingFor(tokens);
+    if (n > 0) this.blocks.push(...this.pool.allocate(n));
+  }
+
+  /**
+   * Starts an empty table with cached twins: `twins` hold entries from .. from + twins.length - 1, the ones a step
+   * after the cached prefix reads (earlier entries given back). Takes a reference to each.
+   */
+  adopt(twins: readonly number[], from: number): void {
+    if (this.blocks.length > 0) throw new Error('KV cache: adopt() on a window table that holds blocks');
+    this.pool.acquire(twins);
+    for (let i = 0; i < from; i++) this.blocks.push(-1);
+    this.blocks.push(...twins);
+    this.first = this.registered = from;
+  }
+
+  /**
+   * After a step: offers entries 0 .. full-1 (full, their KV written) to the cache as twins of the full table's
+   * cached content, then gives back every entry a step from position `next` on does not read.
+   */
+  advance(table: BlockTable, full: number, next: number): void {
+    for (; this.registered < full; this.registered++) {
+      const b = this.blocks[this.registered];
+      if (b >= 0) this.pool.registerTwin(b, table.contentOf(this.registered));
+    }
+    const keep = Math.min(this.firstEntry(next), this.blocks.length);
+    if (keep <= this.first) return;
+    const out = this.blocks.slice(this.first, keep).filter((b) => b >= 0).reverse();
+    for (let i = this.first; i < keep; i++) this.blocks[i] = -1;
+    this.first = keep;
+    this.registered = Math.max(this.registered, keep);
+    this.pool.release(out);
+  }
+
+  /** Blocks held now. */
+  get held(): number {
+    return this.blocks.length - this.first;
+  }
+
+  /** Gives every block back, the last first. */
+  free(): void {
+    this.pool.release(this.blocks.slice(this.first).reverse());
+    this.blocks.length = 0;
+    this.first = this.registered = 0;
+  }
+
+  /** Writes this table into a step's array at row `seq` (given-back entries as 0, unused entries stay 0). */
+  writeRow(out: Int32Array, seq: number, maxBlocksPerSeq: number): void {
+    const at = seq * maxBlocksPerSeq;
+    for (let i = this.first; i < this.blocks.length; i++) out[at + i] = this.blocks[i];
+  }
+}
+
+/**
+ * The most positions one sequence can hold in a pool of numBlocks (window KV: its full table, and its window
+ * table's blocks for a prefill chunk of `chunk` tokens and the window before it).
+ */
+export function kvCapacity(numBlocks: number, blockSize: number, window = 0, chunk = 1): number {
+  if (window <= 0) return numBlocks * blockSize;
+  const windowBlocks = Math.ceil((window - 1 + chunk) / blockSize) + 1;
+  // Up to windowBlocks blocks long, the window table holds every block the full one does; beyond, windowBlocks.
+  return Math.max(numBlocks - windowBlocks, Math.floor(numBlocks / 2)) * blockSize;
 }

@@ -6,7 +6,9 @@
 // tokens later (vLLM's recompute preemption), so the oldest requests always make progress.
 // A sequence being admitted first takes the cached blocks its tokens start with (prefix caching, kv_blocks.ts)
 // and prefills only the rest; as its blocks fill they are registered for others to share.
-import { BlockKeys, BlockTable, type KvBlockPool } from './kv_blocks.js';
+// With window KV (kvWindow > 0) each sequence also has a window table for the sliding layers: it grows with the
+// sequence and gives back what its window has left after every step (kv_blocks.ts's WindowTable).
+import { BlockKeys, BlockTable, WindowTable, type KvBlockPool } from './kv_blocks.js';
 
 export interface SchedulerLimits {
   /** Sequences per step (the native max_seqs). */
@@ -21,6 +23,8 @@ export interface SchedulerLimits {
   stepTokens?: number;
   /** Prompt tokens one sequence prefills in one step at most; default the step budget. */
   prefillChunk?: number;
+  /** > 0: the model keeps the sliding layers' KV apart (window KV), for windows of this many positions. */
+  kvWindow?: number;
 }
 
 /** The step budget and prefill chunk the limits resolve to (defaults filled, each within its bound). */
@@ -36,6 +40,8 @@ export class Sequence<T = unknown> {
   /** Positions whose KV is in the cache. */
   computed = 0;
   readonly table: BlockTable;
+  /** The sliding layers' blocks (window KV), else undefined. */
+  readonly window: WindowTable | undefined;
   /** Chain keys of its full blocks (computed as they are needed). */
   readonly keys: BlockKeys;
   /** Prompt tokens found in the prefix cache at its first admission (usage's cached_tokens). */
@@ -44,11 +50,15 @@ export class Sequence<T = unknown> {
   /** What the engine keeps with the sequence. */
   readonly owner: T;
 
-  /** `cacheSalt` keeps tenants apart: sequences share cached blocks only under the same salt. */
-  constructor(prompt: readonly number[], pool: KvBlockPool, owner: T, cacheSalt?: string) {
+  /**
+   * `cacheSalt` keeps tenants apart: sequences share cached blocks only under the same salt. `kvWindow` > 0: the
+   * model's window KV (a window table beside the full one).
+   */
+  constructor(prompt: readonly number[], pool: KvBlockPool, owner: T, cacheSalt?: string, kvWindow = 0) {
     this.tokens = [...prompt];
     this.promptLength = prompt.length;
     this.table = new BlockTable(pool);
+    this.window = kvWindow > 0 ? new WindowTable(pool, kvWindow) : undefined;
     this.keys = new BlockKeys(pool.blockSize, cacheSalt);
     this.owner = owner;
   }
@@ -56,6 +66,36 @@ export class Sequence<T = unknown> {
   get generated(): number {
     return this.tokens.length - this.promptLength;
   }
+
+  /** Blocks still to allocate so that positions 0 .. tokens-1 have a home in both tables. */
+  missingFor(tokens: number): number {
+    return this.table.missingFor(tokens) + (this.window?.missingFor(tokens) ?? 0);
+  }
+
+  /** Makes room for `tokens` positions in both tables (the caller checked missingFor against the free blocks). */
+  ensure(tokens: number): void {
+    this.table.ensure(tokens);
+    this.window?.ensure(tokens);
+  }
+
+  /** Gives every block back. */
+  free(): void {
+    this.table.free();
+    this.window?.free();
+  }
+
+  /** Whether it holds any block. */
+  get holdsBlocks(): boolean {
+    return this.table.blocks.length > 0 || (this.window?.held ?? 0) > 0;
+  }
+}
+
+/** The cached blocks a waiting sequence starts with: full blocks, and (window KV) the twins its window reads. */
+interface CachedPrefix {
+  blocks: number[];
+  twins: number[];
+  /** The window table entry of twins[0]. */
+  twinsFrom: number;
 }
 
 /** Part of a step: `length` tokens of `seq` from position `start`; `samples` when it reaches the sequence's end. */
@@ -100,32 +140,51 @@ export class Scheduler<T = unknown> {
       const i = list.indexOf(seq);
       if (i >= 0) list.splice(i, 1);
     }
-    if (seq.table.blocks.length) seq.table.free();
+    if (seq.holdsBlocks) seq.free();
     seq.state = 'finished';
   }
 
   /** Records that positions 0 .. computed-1 of `seq` hold KV now; its blocks that are full become shareable. */
   advance(seq: Sequence<T>, computed: number): void {
     seq.computed = computed;
-    if (!this.pool.caching) return;
-    seq.keys.extend(seq.tokens, computed);
-    seq.table.register(seq.keys, seq.tokens, Math.floor(computed / this.pool.blockSize));
+    const full = Math.floor(computed / this.pool.blockSize);
+    if (this.pool.caching) {
+      seq.keys.extend(seq.tokens, computed);
+      seq.table.register(seq.keys, seq.tokens, full);
+    }
+    // The window's twins are registered with the content just cached, then what the window has left is given back.
+    seq.window?.advance(seq.table, full, computed);
   }
 
   /**
    * The cached blocks `seq` starts with. Only blocks before the one holding its last token: that token is always
    * computed (its logits are sampled), and its KV must land in a block of the sequence's own.
    */
-  private cachedPrefix(seq: Sequence<T>): number[] {
-    if (!this.pool.caching) return [];
-    const usable = Math.floor((seq.tokens.length - 1) / this.pool.blockSize);
-    seq.keys.extend(seq.tokens, usable * this.pool.blockSize);
-    return this.pool.match(seq.keys.keys, seq.tokens, seq.keys.salt, usable);
+  private cachedPrefix(seq: Sequence<T>): CachedPrefix {
+    const none = { blocks: [], twins: [], twinsFrom: 0 };
+    if (!this.pool.caching) return none;
+    const bs = this.pool.blockSize;
+    const usable = Math.floor((seq.tokens.length - 1) / bs);
+    seq.keys.extend(seq.tokens, usable * bs);
+    const blocks = this.pool.match(seq.keys.keys, seq.tokens, seq.keys.salt, usable);
+    if (!seq.window) return { blocks, twins: [], twinsFrom: 0 };
+    // The longest of these prefixes whose window (the blocks a step after it reads) is cached too.
+    for (let h = blocks.length; h > 0; h--) {
+      const from = seq.window.firstEntry(h * bs);
+      const twins: number[] = [];
+      for (let i = from; i < h; i++) {
+        const t = this.pool.twin(this.pool.serialOf(blocks[i]));
+        if (t === undefined) break;
+        twins.push(t);
+      }
+      if (twins.length === h - from) return { blocks: blocks.slice(0, h), twins, twinsFrom: from };
+    }
+    return none;
   }
 
   private preempt(seq: Sequence<T>): void {
     this.running.splice(this.running.indexOf(seq), 1);
-    seq.table.free();
+    seq.free();
     seq.computed = 0;
     seq.state = 'waiting';
     this.waiting.unshift(seq);
@@ -134,12 +193,12 @@ export class Scheduler<T = unknown> {
 
   /** Makes room for a decoding sequence, preempting the newest sequences; false when `seq` itself was preempted. */
   private reserveDecode(seq: Sequence<T>, tokens: number): boolean {
-    while (seq.table.missingFor(tokens) > this.pool.freeBlocks) {
+    while (seq.missingFor(tokens) > this.pool.freeBlocks) {
       const victim = this.running[this.running.length - 1];
       this.preempt(victim);
       if (victim === seq) return false;
     }
-    seq.table.ensure(tokens);
+    seq.ensure(tokens);
     return true;
   }
 
@@ -169,8 +228,8 @@ export class Scheduler<T = unknown> {
       const need = seq.tokens.length - seq.computed;
       if (need <= 1 || budget < 1) continue;
       const len = Math.min(need, budget, chunk);
-      if (seq.table.missingFor(seq.computed + len) > this.pool.freeBlocks) continue;
-      seq.table.ensure(seq.computed + len);
+      if (seq.missingFor(seq.computed + len) > this.pool.freeBlocks) continue;
+      seq.ensure(seq.computed + len);
       chunks.push({ seq, start: seq.computed, length: len, samples: len === need });
       budget -= len;
     }
@@ -178,13 +237,16 @@ export class Scheduler<T = unknown> {
       const seq = this.waiting[0];
       // Waiting sequences hold no blocks (new, or preempted).
       const hit = this.cachedPrefix(seq);
-      const start = hit.length * this.pool.blockSize;
+      const start = hit.blocks.length * this.pool.blockSize;
       const need = seq.tokens.length - start;
       const len = Math.min(need, budget, chunk);
-      if (this.pool.blocksFor(start + len) - hit.length + this.pool.idleAmong(hit) > this.pool.freeBlocks) break;
-      seq.table.adopt(hit);
+      const fresh = this.pool.blocksFor(start + len) - hit.blocks.length;
+      const wanted = fresh * (seq.window ? 2 : 1) + this.pool.idleAmong(hit.blocks) + this.pool.idleAmong(hit.twins);
+      if (wanted > this.pool.freeBlocks) break;
+      seq.table.adopt(hit.blocks);
+      seq.window?.adopt(hit.twins, hit.twinsFrom);
       seq.computed = start;
-      seq.table.ensure(start + len);
+      seq.ensure(start + len);
       if (seq.cachedTokens === undefined && this.pool.caching) {
         this.prefixQueries += seq.promptLength;
         this.prefixHits += start;

@@ -2,7 +2,13 @@
 // "KV cache" stores each position's token in the slot the block table names, and a row's logits are a hash of the
 // whole history read back through the block table. A wrong block table or a lost position changes the logits.
 // Sampling in the step is the native CPU reference (sampleLogits) on those logits.
+// With a window (window KV, a windowKv load's kvWindow), each position is also written through the window table,
+// tagged, into the same block memory (a block serves either table, as on the real backends), and the logits mix
+// in the last `window` positions read back through it: a stale, shared or overwritten window block changes them.
 import { loadAddon, type NativeStepInput, type NativeStepOutput } from '../../src/native.js';
+
+/** Added to a token written through the window table: a full-table read of it (or the reverse) shows. */
+const WINDOW_TAG = 1 << 20;
 
 function mix(h: number, x: number): number {
   h = Math.imul(h ^ x, 0x9e3779b1);
@@ -24,6 +30,8 @@ export class FakeModel {
     readonly vocab: number,
     readonly numBlocks: number,
     readonly blockSize: number,
+    /** > 0: window KV for windows of this many positions (steps must carry windowTables). */
+    readonly window = 0,
   ) {
     this.kv = new Int32Array(numBlocks * blockSize).fill(-1);
   }
@@ -32,6 +40,11 @@ export class FakeModel {
   logitsFor(history: number[]): Float32Array {
     let h = 0x12345;
     for (const t of history) h = mix(h, t);
+    if (this.window > 0) for (let p = Math.max(0, history.length - this.window); p < history.length; p++) h = mix(h, history[p] + WINDOW_TAG);
+    return this.logitsOf(h);
+  }
+
+  private logitsOf(h: number): Float32Array {
     const out = new Float32Array(this.vocab);
     for (let i = 0; i < this.vocab; i++) out[i] = ((mix(h, i) % 10007) / 10007) * 8 - 4;
     return out;
@@ -47,6 +60,7 @@ export class FakeModel {
     }
     const n = input.seqLens.length;
     const k = input.topK ?? 0;
+    if ((this.window > 0) !== (input.windowTables !== undefined)) throw new Error(`fake model: windowTables ${input.windowTables ? 'given without' : 'missing with'} a window`);
     const out: NativeStepOutput = {
       numRows: n,
       vocab: this.vocab,
@@ -68,15 +82,26 @@ export class FakeModel {
         const b = input.blockTables[s * input.maxBlocksPerSeq + Math.floor(pos / this.blockSize)];
         return b * this.blockSize + (pos % this.blockSize);
       };
+      const windowSlot = (pos: number) => {
+        const b = input.windowTables![s * input.maxBlocksPerSeq + Math.floor(pos / this.blockSize)];
+        return b * this.blockSize + (pos % this.blockSize);
+      };
       let last = 0;
       for (let i = 0; i < input.seqLens[s]; i++, t++) {
-        this.onWrite?.(input.blockTables[s * input.maxBlocksPerSeq + Math.floor(input.positions[t] / this.blockSize)]);
-        this.kv[slot(input.positions[t])] = input.tokens[t];
-        last = input.positions[t];
+        const pos = input.positions[t];
+        this.onWrite?.(input.blockTables[s * input.maxBlocksPerSeq + Math.floor(pos / this.blockSize)]);
+        this.kv[slot(pos)] = input.tokens[t];
+        if (this.window > 0) {
+          this.onWrite?.(input.windowTables![s * input.maxBlocksPerSeq + Math.floor(pos / this.blockSize)]);
+          this.kv[windowSlot(pos)] = input.tokens[t] + WINDOW_TAG;
+        }
+        last = pos;
       }
-      const history: number[] = [];
-      for (let p = 0; p <= last; p++) history.push(this.kv[slot(p)]);
-      const logits = this.logitsFor(history);
+      let h = 0x12345;
+      for (let p = 0; p <= last; p++) h = mix(h, this.kv[slot(p)]);
+      // Only the window's entries are read (the others may name given-back blocks).
+      if (this.window > 0) for (let p = Math.max(0, last - this.window + 1); p <= last; p++) h = mix(h, this.kv[windowSlot(p)]);
+      const logits = this.logitsOf(h);
       all.set(logits, s * this.vocab);
       const ids = Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a] || a - b);
       out.argmax[s] = ids[0];

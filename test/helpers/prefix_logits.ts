@@ -30,16 +30,19 @@ export interface HitVsCold {
   engine: Engine;
 }
 
-/** The model must serve nothing else; numBlocks is what it was loaded with. */
-export async function hitVsCold(model: LoadedModel, numBlocks: number, decode = 4): Promise<HitVsCold> {
+/**
+ * The model must serve nothing else; numBlocks is what it was loaded with. The shared prefix is sharedBlocks
+ * blocks and 2 tokens (longer than the sliding window, a hit on a window-KV model needs the window's twins too).
+ */
+export async function hitVsCold(model: LoadedModel, numBlocks: number, decode = 4, sharedBlocks = 3): Promise<HitVsCold> {
   const { blockSize, limits } = model.info();
   const vocab = model.config.vocabSize;
   const ids = (n: number, mul: number) => Array.from({ length: n }, (_, i) => 1000 + ((i * mul) % 5000));
-  const shared = ids(3 * blockSize + 2, 7);
+  const shared = ids(sharedBlocks * blockSize + 2, 7);
   const prompt = [...shared, ...ids(9, 13)];
   const other = [...shared, ...ids(5, 17)];
   const engine = (rec: Recorder, prefixCaching: boolean) =>
-    new Engine(rec, { vocabSize: vocab, numBlocks, blockSize, maxSeqs: limits.maxSeqs, maxBatchTokens: limits.maxBatchTokens, contextLength: numBlocks * blockSize, prefixCaching });
+    new Engine(rec, { vocabSize: vocab, numBlocks, blockSize, maxSeqs: limits.maxSeqs, maxBatchTokens: limits.maxBatchTokens, contextLength: numBlocks * blockSize, prefixCaching, kvWindow: limits.kvWindow });
   const run = async (e: Engine, p: number[]) => {
     const tokens: number[] = [];
     const r = await e.generate({ prompt: p, sampling: resolveSampling({ temperature: 0 }, vocab, () => 0), maxTokens: decode, stopTokenIds: new Set(), onToken: (t) => void tokens.push(t.token) });

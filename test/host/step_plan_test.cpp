@@ -23,12 +23,14 @@ void check(bool ok, const std::string& what) {
 }
 
 // A batch of S sequences, sequence s at context ctx(s) (decode: one token at that position; prefill: `chunk`
-// tokens ending there), each owning blocks [s * per_seq, (s + 1) * per_seq).
+// tokens ending there), each owning blocks [s * per_seq, (s + 1) * per_seq), and with window KV its window table
+// the blocks kWindowBase + the same.
+constexpr int32_t kWindowBase = 1 << 20;
 struct Batch {
-  std::vector<int32_t> tokens, positions, seq_lens, block_tables;
+  std::vector<int32_t> tokens, positions, seq_lens, block_tables, window_tables;
   std::vector<uint8_t> full;
   hm::StepBatch b;
-  Batch(int S, int ctx0, int chunk, int bs) {
+  Batch(int S, int ctx0, int chunk, int bs, bool window = false) {
     int max_pos = 0;
     std::vector<int> ctx(S);
     for (int s = 0; s < S; s++) ctx[s] = ctx0 + (s * 37) % 200, max_pos = std::max(max_pos, ctx[s]);
@@ -40,6 +42,7 @@ struct Batch {
       }
       seq_lens.push_back(chunk);
       for (int j = 0; j < mbps; j++) block_tables.push_back(s * per_seq + j);
+      for (int j = 0; window && j < mbps; j++) window_tables.push_back(kWindowBase + s * per_seq + j);
       full.push_back(s % 5 == 0);
     }
     b.tokens = tokens.data();
@@ -48,6 +51,7 @@ struct Batch {
     b.seq_lens = seq_lens.data();
     b.num_seqs = S;
     b.block_tables = block_tables.data();
+    b.window_tables = window ? window_tables.data() : nullptr;
     b.max_blocks_per_seq = mbps;
     b.full_logits = full.data();
     b.top_k = 8;
@@ -87,9 +91,9 @@ void check_buckets() {
 }
 
 // A padded decode step against the unpadded plan of the same batch.
-void check_padded(int S, bool invariant) {
-  const std::string at = "S " + std::to_string(S) + (invariant ? " invariant" : "") + ": ";
-  Batch B(S, 1024, 1, 16);
+void check_padded(int S, bool invariant, bool window) {
+  const std::string at = "S " + std::to_string(S) + (invariant ? " invariant" : "") + (window ? " window KV" : "") + ": ";
+  Batch B(S, 1024, 1, 16, window);
   hm::StepPlan a, p;
   hm::plan_step(B.b, options(false, invariant), a);
   hm::plan_step(B.b, options(true, invariant), p);
@@ -107,7 +111,18 @@ void check_padded(int S, bool invariant) {
       const int32_t want = j < a.max_bps ? a.block_tables[size_t(t) * a.max_bps + j] : 0;
       if (p.block_tables[size_t(t) * mb + j] != want) check(false, at + "block table row " + std::to_string(t));
     }
+    if (window) {
+      const int pos = B.positions[t];
+      const int32_t slot = B.window_tables[size_t(t) * B.b.max_blocks_per_seq + pos / 16] * 16 + pos % 16;
+      check(a.slot_window[t] == slot && p.slot_window[t] == slot, at + "window slot of token " + std::to_string(t));
+      for (int j = 0; j < mb; j++) {
+        const int32_t want = j < a.max_bps ? a.window_tables[size_t(t) * a.max_bps + j] : 0;
+        if (p.window_tables[size_t(t) * mb + j] != want) check(false, at + "window table row " + std::to_string(t));
+      }
+    }
   }
+  check(window == !p.window_tables.empty() && window == !p.slot_window.empty(), at + "window arrays only with window KV");
+  if (window) check(p.window_tables.size() == p.block_tables.size() && int(p.slot_window.size()) == Tb, at + "window arrays' shape");
   int twin = 0;  // the shortest context
   for (int t = 0; t < S; t++)
     if (B.positions[t] < B.positions[twin]) twin = t;
@@ -115,6 +130,7 @@ void check_padded(int S, bool invariant) {
     check(p.tokens[t] == B.tokens[twin] && p.positions[t] == B.positions[twin] && p.tok_seq[t] == twin &&
               p.slot[t] == -1 && p.out_rows[t] == t,
           at + "pad token " + std::to_string(t) + " repeats real row " + std::to_string(twin) + " without a KV write");
+  for (int t = S; window && t < Tb; t++) check(p.slot_window[t] == -1, at + "pad token " + std::to_string(t) + ": no window write");
   if (invariant) {
     check(p.n_decode == 0 && p.n_tiles == Tb, at + "every token a 1-token tile");
     for (int t = 0; t < Tb; t++) check(p.tiles[2 * t] == t && p.tiles[2 * t + 1] == 1, at + "tile " + std::to_string(t));
@@ -160,7 +176,8 @@ int main(int argc, char** argv) {
   if (!time_only) {
     check_buckets();
     for (int S : {1, 5, 8, 9, 17, 63, 64, 65, 100, 200, 255, 256})
-      for (bool inv : {false, true}) check_padded(S, inv);
+      for (bool inv : {false, true})
+        for (bool window : {false, true}) check_padded(S, inv, window);
     check_not_padded();
     std::printf("step plan: %d checks, %d failed\n", checks, failures);
   }

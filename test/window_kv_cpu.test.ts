@@ -1,0 +1,109 @@
+// Window KV on the real CPU backend (tiny model, window 128): the sliding layers keep only their window's blocks,
+// given back and reused as sequences move on, and cached as twins of the full blocks. Requests longer than the
+// window, several at once in a pool small enough to preempt, give bit for bit the tokens and logprobs of the
+// one-table layout; a prefix-cache hit past the window gives the logits of a cold prefill. The fake-model tests
+// (engine_fake, prefix_cache) cover the bookkeeping's corners; this is the real attention reading those blocks.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Engine, type GenerationRequest } from '../src/engine/engine.js';
+import { kvCapacity } from '../src/engine/kv_blocks.js';
+import { loadModel, type LoadedModel } from '../src/model/load.js';
+import { ensureTinyModel } from '../src/model/tiny.js';
+import { resolveSampling, type SamplingParams } from '../src/sampling/params.js';
+import type { SampledToken } from '../src/sampling/sampler.js';
+import { hitVsCold } from './helpers/prefix_logits.js';
+
+const V = 201088;
+const BS = 16;
+let shared: LoadedModel;
+let windowed: LoadedModel;
+
+beforeAll(async () => {
+  const dir = await ensureTinyModel();
+  shared = await loadModel({ model: dir, backend: 'cpu', maxSeqs: 4, blockSize: BS, numBlocks: 96, maxBatchTokens: 256 });
+  windowed = await loadModel({ model: dir, backend: 'cpu', maxSeqs: 4, blockSize: BS, numBlocks: 96, maxBatchTokens: 256, windowKv: true });
+}, 120_000);
+
+afterAll(async () => {
+  await shared?.close();
+  await windowed?.close();
+});
+
+function engine(model: LoadedModel, opts: { numBlocks?: number; prefixCaching?: boolean } = {}): Engine {
+  const info = model.info();
+  return new Engine(model, {
+    vocabSize: V,
+    numBlocks: opts.numBlocks ?? info.numBlocks,
+    blockSize: info.blockSize,
+    maxSeqs: info.limits.maxSeqs,
+    maxBatchTokens: info.limits.maxBatchTokens,
+    stepTokens: 96,
+    contextLength: 600,
+    prefixCaching: opts.prefixCaching,
+    kvWindow: info.limits.kvWindow,
+  });
+}
+
+const prompt = (n: number, k: number) => Array.from({ length: n }, (_, i) => (i * 7919 + k * 104729) % V);
+
+async function run(e: Engine, cases: { prompt: number[]; p: SamplingParams; maxTokens: number }[]): Promise<SampledToken[][]> {
+  return Promise.all(
+    cases.map(async (c) => {
+      const tokens: SampledToken[] = [];
+      const req: GenerationRequest = {
+        prompt: c.prompt,
+        sampling: resolveSampling(c.p, V, () => 0),
+        maxTokens: c.maxTokens,
+        stopTokenIds: new Set(),
+        onToken: (t) => void tokens.push(t),
+      };
+      await e.generate(req);
+      return tokens;
+    }),
+  );
+}
+
+describe('window KV on the CPU backend (tiny model)', () => {
+  it('loads with half-size blocks and publishes its window', () => {
+    const a = shared.info();
+    const b = windowed.info();
+    expect(a.limits.kvWindow).toBe(0);
+    expect(b.limits.kvWindow).toBe(128);
+    // 2 sliding and 2 full layers: a block holds 2 layer slots instead of 4.
+    expect(b.kvBytes * 2).toBe(a.kvBytes);
+    // 96 blocks: 1,536 positions for one sequence in one table; with window KV, 96 half-size blocks hold
+    // (96 - 15) * 16 positions at 96-token chunks (15 window blocks), in half the memory.
+    expect(kvCapacity(96, BS, 128, 96)).toBe(81 * BS);
+  });
+
+  it('long requests, several at once and preempted, give the tokens and logprobs of one table, bit for bit', async () => {
+    const cases = [
+      { prompt: prompt(300, 1), p: { temperature: 0, logprobs: true, top_logprobs: 2 }, maxTokens: 40 },
+      { prompt: prompt(170, 2), p: { temperature: 0.8, seed: 3, logprobs: true }, maxTokens: 60 },
+      { prompt: prompt(140, 3), p: { temperature: 0, logprobs: true }, maxTokens: 30 },
+    ];
+    const want = await run(engine(shared), cases);
+    // 96 half-size blocks hold all three; 50 make the newest give way (each holds up to ~28 blocks).
+    const roomy = engine(windowed);
+    expect(await run(roomy, cases)).toEqual(want);
+    expect(roomy.freeBlocks).toBe(96);
+    const tight = engine(windowed, { numBlocks: 50, prefixCaching: false });
+    expect(await run(tight, cases)).toEqual(want);
+    expect(tight.preemptions).toBeGreaterThan(0);
+    expect(tight.freeBlocks).toBe(50);
+  }, 300_000);
+
+  it('a prefix-cache hit past the window (its twins cached) gives the logits of a cold prefill, bit for bit', async () => {
+    // A shared prefix of 10 blocks + 2 tokens: the hit's window reads blocks 2..9 through their twins.
+    const r = await hitVsCold(windowed, 96, 4, 10);
+    expect(r.cachedWarm).toBe(10 * BS);
+    expect(r.cachedAgain).toBe(Math.floor((r.promptLength - 1) / BS) * BS);
+    expect(r.tokens.warm).toEqual(r.tokens.cold);
+    expect(r.tokens.again).toEqual(r.tokens.cold);
+    const same = (a: Float32Array, b: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+    for (const rows of [r.warm, r.again]) {
+      expect(rows).toHaveLength(4);
+      rows.forEach((row, i) => expect(same(row, r.cold[i])).toBe(true));
+    }
+    expect(r.engine.freeBlocks).toBe(96);
+  }, 300_000);
+});
