@@ -1,18 +1,20 @@
 // The harmonium command end to end, as a user runs it: compiled with tsc, run with node, on the embedded tiny
 // model (random weights: the answer is noise, so the checks are on structure, determinism and the summary line).
-import { execFileSync, spawnSync } from 'node:child_process';
+// Compiled into a private folder (test/helpers/private_build.ts).
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { renderConversationTokens } from '../src/harmony/render.js';
 import { HarmonyTokenizer } from '../src/tokenizer/tokenizer.js';
+import { privateBuild, root, type PrivateBuild } from './helpers/private_build.js';
 
-const root = join(import.meta.dirname, '..');
+let cli: PrivateBuild;
 const casesDir = join(root, '..', 'shared', 'spec', 'harmony-cases');
 
 function harmonium(...args: string[]) {
-  const r = spawnSync(process.execPath, [join(root, 'bin', 'harmonium.js'), ...args], { cwd: root, encoding: 'utf8', timeout: 120_000 });
+  const r = spawnSync(process.execPath, [cli.bin, ...args], { cwd: root, encoding: 'utf8', env: cli.env, timeout: 120_000 });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -29,7 +31,7 @@ const H4_REQUEST = {
 };
 
 beforeAll(() => {
-  execFileSync('npx', ['tsc', '-p', '.'], { cwd: root, stdio: 'inherit' });
+  cli = privateBuild('e2e');
 }, 180_000);
 
 describe('harmonium run', () => {
@@ -64,10 +66,11 @@ describe('harmonium run', () => {
 
 describe('harmonium chat', () => {
   it('keeps the conversation across turns; /reset starts over', () => {
-    const r = spawnSync(process.execPath, [join(root, 'bin', 'harmonium.js'), 'chat', '--max-tokens', '4', '--seed', '2'], {
+    const r = spawnSync(process.execPath, [cli.bin, 'chat', '--max-tokens', '4', '--seed', '2'], {
       cwd: root,
       encoding: 'utf8',
       input: 'first question\nsecond question\n/reset\nsecond question\n/exit\n',
+      env: cli.env,
       timeout: 120_000,
     });
     expect(r.status).toBe(0);

@@ -1,16 +1,14 @@
 // The command at its edges (issue 8), run as a user runs it (compiled, through bin/harmonium.js): pipes that
-// close early, Ctrl-C, bad flags, stdin, --json and --version. Compiled into a private folder (with copies of the
-// launcher and package.json) so that it neither depends on nor disturbs the shared dist/ other suites rebuild.
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, readFileSync } from 'node:fs';
+// close early, Ctrl-C, bad flags, stdin, --json and --version. Compiled into a private folder
+// (test/helpers/private_build.ts: copies of the launcher and package.json, the checkout's addon).
+import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { privateBuild, root } from './helpers/private_build.js';
 
-const root = join(import.meta.dirname, '..');
-const outDir = join(root, 'build-cli-test');
-const bin = join(outDir, 'bin', 'harmonium.js');
-// The private folder has a package.json (for --version) but no addon: point at the checkout's.
-const env = { ...process.env, HARMONIUM_BUILD_DIR: process.env.HARMONIUM_BUILD_DIR ?? join(root, 'build') };
+let bin = '';
+let env: NodeJS.ProcessEnv = process.env;
 
 function harmonium(args: string[], input?: string) {
   const r = spawnSync(process.execPath, [bin, ...args], { cwd: root, encoding: 'utf8', input, env, timeout: 120_000 });
@@ -18,10 +16,7 @@ function harmonium(args: string[], input?: string) {
 }
 
 beforeAll(() => {
-  execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', root, '--outDir', join(outDir, 'dist')], { stdio: 'inherit' });
-  mkdirSync(join(outDir, 'bin'), { recursive: true });
-  copyFileSync(join(root, 'bin', 'harmonium.js'), bin);
-  copyFileSync(join(root, 'package.json'), join(outDir, 'package.json'));
+  ({ bin, env } = privateBuild('cli'));
 }, 180_000);
 
 describe('pipes and signals', () => {

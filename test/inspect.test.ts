@@ -1,42 +1,27 @@
 // `harmonium inspect`: the sizes of the real gpt-oss models (docs/model.md's figures), the embedded tiny model, and
 // the CLI's one-line errors with exit code 1. The CLI is compiled into a private folder and run through a copy of
-// bin/harmonium.js, so this test does not depend on (or disturb) the shared dist/.
+// bin/harmonium.js (test/helpers/private_build.ts), so this test does not depend on (or disturb) the shared dist/.
 import { describe, expect, it, beforeAll } from 'vitest';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspectReport, runInspect } from '../src/cli/inspect.js';
 import { dummyConfig, dummyTensors } from '../src/model/dummy.js';
 import { expectedTensors } from '../src/model/checkpoint.js';
 import { ensureTinyModel, TINY_CONFIG_JSON } from '../src/model/tiny.js';
+import { privateBuild } from './helpers/private_build.js';
 
-const root = join(import.meta.dirname, '..');
-const outDir = join(root, 'build-inspect-test');
-const bin = join(outDir, 'bin', 'harmonium.js');
+let bin = '';
+let env: NodeJS.ProcessEnv = process.env;
 
 function cli(...args: string[]) {
-  return spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8' });
+  return spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', env });
 }
 
 beforeAll(() => {
-  // tsc reports other modules' type errors too; emitting still succeeds, and only our entry point matters here.
-  try {
-    execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', root, '--outDir', join(outDir, 'dist')], {
-      stdio: 'pipe',
-    });
-  } catch {
-    /* checked below */
-  }
-  expect(existsSync(join(outDir, 'dist', 'cli', 'main.js'))).toBe(true);
+  ({ bin, env } = privateBuild('inspect'));
 }, 300_000);
-
-beforeAll(async () => {
-  await mkdir(join(outDir, 'bin'), { recursive: true });
-  const launcher = await readFile(join(root, 'bin', 'harmonium.js'), 'utf8');
-  await writeFile(bin, launcher);
-});
 
 describe('inspect', () => {
   it('gpt-oss-120b: ~116.8 B total, ~5.1 B active, 5.0 GB read per decoded token', async () => {

@@ -1,22 +1,24 @@
 // `harmonium serve` and `harmonium bench serve` as a user runs them (compiled, run with node, the tiny model):
 // the server listens, /health turns 200, the benchmark prints vLLM's block and writes its JSON, Ctrl-C stops the
 // server cleanly; a public address without a key is refused. The metric definitions are checked on known data.
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RequestOutput } from '../src/bench/serve_client.js';
 import { computeMetrics, formatBlock, percentile } from '../src/bench/serve_metrics.js';
+import { privateBuild, root } from './helpers/private_build.js';
 
-const root = join(import.meta.dirname, '..');
-const bin = join(root, 'bin', 'harmonium.js');
+// A private compiled copy (test/helpers/private_build.ts): the shared dist/ is npm pack's.
+let bin = '';
+let env: NodeJS.ProcessEnv = process.env;
 let server: ChildProcess | undefined;
 let url = '';
 
 beforeAll(async () => {
-  execFileSync('npx', ['tsc', '-p', '.'], { cwd: root, stdio: 'inherit' });
-  server = spawn(process.execPath, [bin, 'serve', '--port', '0', '--max-num-seqs', '4'], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] });
+  ({ bin, env } = privateBuild('serve'));
+  server = spawn(process.execPath, [bin, 'serve', '--port', '0', '--max-num-seqs', '4'], { cwd: root, env, stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   url = await new Promise<string>((resolve, reject) => {
     server!.stderr!.on('data', (d: Buffer) => {
@@ -40,7 +42,7 @@ describe('harmonium serve + bench serve', () => {
     const r = spawnSync(
       process.execPath,
       [bin, 'bench', 'serve', '--base-url', url, '--num-prompts', '8', '--random-input-len', '32', '--random-output-len', '8', '--max-concurrency', '4', '--ignore-eos', '--save-result', file, '--disable-tqdm'],
-      { cwd: root, encoding: 'utf8', timeout: 120_000 },
+      { cwd: root, env, encoding: 'utf8', timeout: 120_000 },
     );
     expect(r.status, r.stderr).toBe(0);
     for (const line of ['Successful requests:                     8', 'Failed requests:                         0', 'Maximum request concurrency:             4', 'Total generated tokens:                  64', 'Mean TTFT (ms):', 'P99 TPOT (ms):', 'Median ITL (ms):', 'P99 E2EL (ms):'])
@@ -55,7 +57,7 @@ describe('harmonium serve + bench serve', () => {
   });
 
   it('refuses a public address without --api-key, before loading anything', () => {
-    const r = spawnSync(process.execPath, [bin, 'serve', '--host', '0.0.0.0'], { cwd: root, encoding: 'utf8', timeout: 60_000 });
+    const r = spawnSync(process.execPath, [bin, 'serve', '--host', '0.0.0.0'], { cwd: root, env, encoding: 'utf8', timeout: 60_000 });
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/refusing to listen on 0\.0\.0\.0 without --api-key/);
   });
