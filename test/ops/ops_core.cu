@@ -15,7 +15,8 @@
 //                    the staged kernels also bit for bit against the unstaged one (without the fused norm).
 //   bench_dense      HM_OP_BENCH=1 only: timings of those variants in a CUDA graph with PDL (prints, no cases).
 //   attention_*      decode (split-K, contexts to 20k, several sequences with permuted block tables) and prefill
-//                    tiles (chunks crossing the 128 window, with a cached prefix) vs ref::attention on the bf16
+//                    tiles (chunks crossing the 128 window, with a cached prefix); sliding cases name a block of
+//                    NaNs for every table entry before the window (window KV gives those back) vs ref::attention on the bf16
 //                    cache widened to fp32: nmse 2e-5 (bf16 output).
 //   attention_decode_rope  decode attention with RoPE + KV write fused in vs rope_kv_write + attention_decode:
 //                    outputs, caches and the untouched qkv rows (observed identical, nmse 0).
@@ -574,7 +575,7 @@ HM_OP_TEST("bench_dense", bench_dense);
 // ---- attention ----
 // A paged cache of num_blocks blocks with random bf16 K/V; each sequence gets a permuted run of blocks.
 struct CacheFixture {
-  int nq, nkv, D, bs = 16, num_blocks, mbps;
+  int nq, nkv, D, bs = 16, num_blocks, mbps, spare = 0;
   std::vector<uint16_t> k16, v16;
   std::vector<float> kf, vf;
   std::vector<int32_t> bt;  // [seqs, mbps]
@@ -594,11 +595,26 @@ struct CacheFixture {
     int at = 0;
     for (size_t s = 0; s < ctx.size(); s++)
       for (int j = 0; j < (ctx[s] + bs - 1) / bs; j++) bt[s * mbps + j] = perm[at++];
+    spare = perm[at];
     const size_t elems = size_t(num_blocks) * bs * nkv * D;
     k16 = to_bf16(uniform(elems, seed + 1, 2.f));
     v16 = to_bf16(uniform(elems, seed + 2, 1.f));
     kf = widen(k16);
     vf = widen(v16);
+  }
+  // Window KV (native/kv_layout.h): a sliding layer's table entries that a step does not read (blocks wholly
+  // before each sequence's window) name blocks given back to the pool, holding anything. Here they name a spare
+  // block of NaNs, so a kernel that reads one (even masked: 0 x NaN) fails its case. firsts[s]: sequence s's first
+  // query position. The reference reads only the window.
+  void poison_outside_window(int window, const std::vector<int>& firsts) {
+    if (window <= 0) return;
+    const size_t per = size_t(bs) * nkv * D, at = size_t(spare) * per;
+    std::fill(k16.begin() + at, k16.begin() + at + per, uint16_t(0x7FC0));
+    std::fill(v16.begin() + at, v16.begin() + at + per, uint16_t(0x7FC0));
+    std::fill(kf.begin() + at, kf.begin() + at + per, NAN);
+    std::fill(vf.begin() + at, vf.begin() + at + per, NAN);
+    for (size_t s = 0; s < firsts.size(); s++)
+      for (int j = 0; j < std::max(0, firsts[s] - window + 1) / bs; j++) bt[s * mbps + j] = spare;
   }
 };
 
@@ -617,6 +633,9 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
                                   bool all_prefill_variants = false, float q_amp = 1.f) {
   // Sequence s has ctx[s] positions in total, the last new_tokens[s] of them are this step's query tokens.
   CacheFixture f(nq, nkv, ctx, seed, D);
+  std::vector<int> firsts;
+  for (size_t s = 0; s < ctx.size(); s++) firsts.push_back(ctx[s] - new_tokens[s]);
+  f.poison_outside_window(window, firsts);
   std::vector<int32_t> tok_seq, pos;
   for (size_t s = 0; s < ctx.size(); s++)
     for (int i = ctx[s] - new_tokens[s]; i < ctx[s]; i++) {
@@ -823,6 +842,9 @@ HM_OP_TEST("attention_decode", test_attention_decode);
 std::vector<Result> run_attention_rope(int nq, int nkv, int D, int window, const std::vector<int>& ctx, uint64_t seed) {
   std::vector<Result> out;
   CacheFixture f(nq, nkv, ctx, seed, D);
+  std::vector<int> firsts;
+  for (int c : ctx) firsts.push_back(c - 1);
+  f.poison_outside_window(window, firsts);
   const RopeConfig rc = gpt_oss_rope();
   std::vector<float> inv(D / 2);
   float af = 1.f;
