@@ -98,10 +98,11 @@ constexpr int kMoeDecodeMaxTokens = 8;
 // takes the grouped kernels where they apply (MXFP4 on sm_90+; any n), else the prefill path; kGroupedBf16 the
 // same in round 1's configuration V0 (the comparison variant; named when the default was to be the fp8 loop, now
 // a lab variant: moe_impl.cuh). kPrefill takes moe_prefill_mma.cuh's GEMM for MXFP4
-// weights, kPrefillV1 forces the v1 GEMM (the same bits; the bf16 weights always take v1).
+// weights, kPrefillV1 forces the v1 GEMM (the same bits; the bf16 weights always take v1). kPrefillWgmma takes
+// moe_prefill_wgmma.cuh's GEMM (MXFP4 on an sm_90 device, shapes it takes; else kPrefill's): opt-in until measured.
 enum class MoePath : int {
   kAuto = 0, kDecode = 1, kPrefill = 2, kDecodeRegs = 3, kGrouped = 4, kGroupedBf16 = 5, kPrefillV1 = 6,
-  kDecodeSplit = 7
+  kDecodeSplit = 7, kPrefillWgmma = 8
 };
 
 // kAuto takes the grouped path above the decode path while the tokens per expert, n k / E, stay at most this

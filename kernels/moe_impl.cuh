@@ -699,6 +699,7 @@ __global__ void __launch_bounds__(256) moe_combine(Workspace w, int H, int k, fl
 #include "moe_decode_bulk.cuh"  // the MXFP4 decode kernels through shared memory (they use the helpers above)
 #include "moe_grouped.cuh"      // the MXFP4 grouped streaming kernels (a few tokens per expert)
 #include "moe_prefill_mma.cuh"  // the MXFP4 prefill GEMM through a cp.async ring (it uses v1's pieces above)
+#include "moe_prefill_wgmma.cuh"  // the MXFP4 prefill GEMM on wgmma (sm_90a; its tile list is moe_prefill_mma.cuh's)
 #include "moe_decode_split.cuh"  // the one-token MXFP4 decode kernels (register fragments, down split by expert)
 namespace hm::cuda::moe {
 namespace {
@@ -818,6 +819,11 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
     GemmArgs g{gu, p.x, p.ldx, p.k, weights, p.swiglu_limit, ws};
     bool v2 = false;  // the MXFP4 GEMM of moe_prefill_mma.cuh (v1's bits); v1 for bf16 and kPrefillV1
     if constexpr (F == WFmt::kMxfp4) {
+      if (p.path == MoePath::kPrefillWgmma && prefill_wgmma_device() && prefill_wgmma_ok(gu, dn, p.n, p.H, p.I, P)) {
+        launch_prefill_wgmma_pair(p, g, gu, dn, ws, P, stream);
+        launch(moe_combine, dim3(p.n), dim3(256), 0, stream, p.pdl, ws, p.H, p.k, p.y, p.ldy, p.accumulate);
+        return;
+      }
       // v2 wins from ~128 tokens an expert (H200 lab: 2186 vs 2449 us at 2048 tokens E = 32, 8615 vs 9642 at 8192
       // E = 128) and loses below 64 (742 vs 526 at 64 tokens E = 32); kPrefill forces it, for the tests.
       v2 = p.path != MoePath::kPrefillV1 && prefill_mma_fits(p.n, p.ldx, P, p.I) &&

@@ -285,6 +285,7 @@ class CudaBackend final : public Backend {
   int32_t *d_bt_window_ = nullptr, *d_slot_window_ = nullptr;
   bool batch_invariant_ = false;  // HARMONIUM_BATCH_INVARIANT=1 (see the top of this file)
   MoePath moe_decode_path_ = MoePath::kAuto;  // HARMONIUM_MOE_DECODE=split|bulk|regs: the one-token expert kernels (A/B)
+  MoePath moe_prefill_path_ = MoePath::kAuto;  // HARMONIUM_MOE_PREFILL=wgmma: every step above 8 tokens on the wgmma GEMM (A/B)
   bool fused_rope_ = true;  // decode-only steps rotate and write the KV cache inside attention (HARMONIUM_FUSED_ROPE=0: off)
 
   // ---- one step, in four parts: plan (host), upload, launch (graph or eager), readback ----
@@ -392,6 +393,12 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
     else if (m == "regs") moe_decode_path_ = MoePath::kDecodeRegs;
     else if (m != "split" && m != "auto" && !m.empty())
       throw std::runtime_error("HARMONIUM_MOE_DECODE must be split, bulk, regs or auto (got '" + m + "')");
+  }
+  if (const char* env = std::getenv("HARMONIUM_MOE_PREFILL")) {
+    const std::string m = env;
+    if (m == "wgmma") moe_prefill_path_ = MoePath::kPrefillWgmma;
+    else if (m != "auto" && !m.empty())
+      throw std::runtime_error("HARMONIUM_MOE_PREFILL must be wgmma or auto (got '" + m + "')");
   }
   const char* prof_env = std::getenv("HARMONIUM_PROFILE");
   prof_.on = prof_env && std::strcmp(prof_env, "1") == 0;
@@ -581,6 +588,7 @@ MoeParams CudaBackend::moe_params(int T) const {
   mp.pdl = pdl_for("moe");
   if (batch_invariant_) mp.path = MoePath::kPrefill;
   else if (T <= kMoeDecodeMaxTokens) mp.path = moe_decode_path_;
+  else mp.path = moe_prefill_path_;
   return mp;
 }
 

@@ -19,7 +19,8 @@
 //                 zero rows; checked per token (the worst token's nmse, 1e-4).
 //   moe_prefill_ragged  the MXFP4 prefill GEMM at real shapes, n = 64 .. 4096, with expert group sizes 0, 1, 3, 17,
 //                 128, 129, 255 (tile edges of both GEMMs): v1's bits on every token, the CPU twin on 16 of them
-//                 (nmse 1e-4), run-to-run bits.
+//                 (nmse 1e-4), run-to-run bits; the same for the wgmma GEMM ("prefill_wgmma": nmse 1e-5 against v2
+//                 on every token instead of v1's bits). moe_experts_* run it too where K is a multiple of 64.
 //   moe_fused_routing  the decode kernels' own top-k + softmax (ties, NaN) vs ref::router_topk: ids exact, weights.
 // Outputs are poisoned with NaN before each launch, so an unwritten element fails the case.
 #include <cuda_runtime.h>
@@ -341,6 +342,7 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
         if (f == 0) vs.push_back({false, cuda::MoePath::kGrouped, false, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kGroupedBf16, false, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kPrefillV1, false, false});
+        if (f == 0) vs.push_back({false, cuda::MoePath::kPrefillWgmma, false, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kAuto, true, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kAuto, true, true});
       }
@@ -354,6 +356,7 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
                            : v.path == cuda::MoePath::kGrouped    ? "grouped"
                            : v.path == cuda::MoePath::kGroupedBf16 ? "grouped_bf16"
                            : v.path == cuda::MoePath::kPrefillV1  ? "prefill_v1"
+                           : v.path == cuda::MoePath::kPrefillWgmma ? "prefill_wgmma"
                                                                   : "auto";
         std::snprintf(params, sizeof params, "%s %s%s n=%d %s%s%s", v.bf16 ? "bf16" : "mxfp4", path,
                       v.fused ? "+logits" : "", n, shape, v.acc ? " accumulate" : "", wide ? " wide" : "");
@@ -412,7 +415,7 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
             out.push_back(same);
           }
           if ((v.path == cuda::MoePath::kPrefill || v.path == cuda::MoePath::kGrouped ||
-               v.path == cuda::MoePath::kGroupedBf16) &&
+               v.path == cuda::MoePath::kGroupedBf16 || v.path == cuda::MoePath::kPrefillWgmma) &&
               n >= 2) {
             // Batch invariance: the first n/2 tokens alone, and the others alone (their rows then sit elsewhere in
             // their experts' groups and tiles or N-tiles), give the bits they gave side by side.
@@ -769,8 +772,16 @@ std::vector<Result> prefill_ragged_cases(int E, uint64_t seed) {
           std::copy_n(ids.begin() + size_t(toks[i]) * k, k, is.begin() + size_t(i) * k);
           std::copy_n(wts.begin() + size_t(toks[i]) * k, k, wsub.begin() + size_t(i) * k);
         }
-        out.push_back(close(std::string(params) + " 16 tokens vs CPU", "nmse", ys, moe_ref(X, xs, is, wsub, m, k, limit),
-                            1e-4));
+        const auto want = moe_ref(X, xs, is, wsub, m, k, limit);
+        out.push_back(close(std::string(params) + " 16 tokens vs CPU", "nmse", ys, want, 1e-4));
+        // The wgmma GEMM (moe_prefill_wgmma.cuh): against v2 on every token (other k16 summation order, so not its
+        // bits: the bf16 SwiGLU rounding between the matmuls leaves ~1e-6), the CPU twin on the same 16, repeat bits.
+        const std::string pw = std::string(params) + " prefill_wgmma";
+        const auto yw = run(cuda::MoePath::kPrefillWgmma, 0xFF);
+        out.push_back(close(pw + " vs prefill", "nmse", yw, y, 1e-5));
+        out.push_back(repeat_bits(pw, yw, run(cuda::MoePath::kPrefillWgmma, 0x7F)));
+        for (int i = 0; i < m; i++) std::copy_n(yw.begin() + size_t(toks[i]) * H, H, ys.begin() + size_t(i) * H);
+        out.push_back(close(pw + " 16 tokens vs CPU", "nmse", ys, want, 1e-4));
       } catch (const std::exception& e) {
         out.push_back(fail(params, e.what()));
         cudaGetLastError();

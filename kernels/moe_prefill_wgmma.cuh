@@ -1,0 +1,261 @@
+// The prefill path's grouped GEMM for MXFP4 experts on Hopper's warpgroup MMA (wgmma), MoePath::kPrefillWgmma:
+// opt-in (HARMONIUM_MOE_PREFILL=wgmma in the CUDA backend, the op tests' "prefill_wgmma" rows) until the H200
+// measures it against moe_prefill_mma.cuh. sm_90a only (wgmma does not exist elsewhere; other devices take v2).
+//
+// The GEMM is computed transposed, D[weight row][token] = W[e] x X^T, so the decoded weights are the A operand,
+// straight from registers (no bf16 copy of any weight in shared memory), and the tokens of a tile are wgmma's N:
+//   - a block: 128 weight rows (two warpgroups of 64) x 128 sorted pair-rows (one expert, the tile list of
+//     moe_prefill_mma.cuh), 256 threads, every thread a loader and a consumer;
+//   - k-tiles of 64 columns through a ring of kWgStages stages by cp.async: the tokens' bf16 rows (gathered by
+//     sorted row, 128 bytes a row, stored in the 128-byte swizzle wgmma's descriptor reads) and the weights' raw
+//     MXFP4 bytes (32 a row, rows padded to 48 bytes so a quad's 8-byte reads of 8 rows do not conflict);
+//   - per k16 step each lane decodes its A fragment from the raw bytes: lane (g, t) of warp q takes nibbles t and
+//     t + 4 of the k-step's two words of rows 16q + g and 16q + g + 8 (decode_word's pair t, one shift more), in
+//     the k-permutation of moe_impl.cuh, so the tokens' rows must be in it too: gate_up reads ws.xp
+//     (moe_permute_x) and writes act permuted (kperm_pos), down reads act as is;
+//   - one wgmma m64n128k16 per warpgroup and k16 step, fp32 accumulators in registers (64 a thread); the weights
+//     carry decode_word's 2^-63, multiplied back in the epilogue;
+//   - epilogues as v2's: SwiGLU x routing weight into act (gate and up rows are neighbours, lanes l and l ^ 4),
+//     bias x routing weight into ws.out.
+// Bits: every output element is a dot product over the same k order for any batch (a token's column does not
+// depend on the other columns of its tile), so a row's result does not move with its batch; they are not v1's
+// bits (wgmma's k16 step sums in its own order), so kPrefill does not switch to it by size.
+#pragma once
+
+namespace hm::cuda::moe {
+namespace {
+
+constexpr int kWgBM = 128;             // weight rows a block (two warpgroups of 64)
+constexpr int kWgBN = kPfBM;           // sorted pair-rows a block: wgmma's N, the tile list's tiles
+constexpr int kWgBK = 64;              // columns a k-tile: one 128-byte swizzle atom a token row
+constexpr int kWgThreads = 256;
+constexpr int kWgStages = 4;
+constexpr int kWgXBytes = kWgBN * kWgBK * 2;     // 16 KB of token rows
+constexpr int kWgRowBytes = 48;                  // a weight row's 32 raw bytes, padded
+constexpr int kWgStageBytes = kWgXBytes + kWgBM * kWgRowBytes;  // 22 KB: each stage's token rows stay 1024-aligned
+constexpr size_t kWgSmem = size_t(kWgStages) * kWgStageBytes + 1024;  // + the alignment of the ring
+static_assert(kWgStageBytes % 1024 == 0, "the swizzled token tiles must start 1024-aligned");
+
+// Shapes the kernel takes: K a multiple of the k-tile, rows in pairs, I in groups of 8 (kperm_pos), offsets in 32 bits.
+inline bool prefill_wgmma_ok(const WMat& gu, const WMat& dn, int n, int H, int I, int P) {
+  return gu.K % kWgBK == 0 && dn.K % kWgBK == 0 && gu.rows % 2 == 0 && I % 8 == 0 && prefill_mma_fits(n, H, P, I);
+}
+
+// Whether the current device runs the kernel (compute capability 9.0: the sm_90a code of this build).
+inline bool prefill_wgmma_device() {
+  static int cached[64];  // per device: 0 unknown, 1 yes, 2 no
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  if (cached[dev] == 0) {
+    int major = 0, minor = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    cached[dev] = major == 9 && minor == 0 ? 1 : 2;
+  }
+  return cached[dev] == 1;
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// K-major operand in the 128-byte swizzle: rows of 128 bytes, 8-row groups 1024 bytes apart (the stride byte
+// offset); the leading byte offset is unused (a k16 step stays inside the swizzle atom).
+__device__ __forceinline__ uint64_t wg_desc_sw128(uint32_t smem_addr) {
+  return uint64_t((smem_addr & 0x3FFFFu) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) |
+         (uint64_t(1) << 62);
+}
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving accumulator reads or writes across the asynchronous MMAs.
+__device__ __forceinline__ void wg_fence_acc(float (&d)[64]) {
+#pragma unroll
+  for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+// D[64 x 128] += A[64 x 16] (registers, bf16) x B[16 x 128] (shared memory, K-major, bf16).
+__device__ __forceinline__ void wg_mma_m64n128k16(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "{%64, %65, %66, %67}, %68, p, 1, 1, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+}
+#endif
+
+// Pair t of a word's decode (decode_word's p[t]): nibbles t and t + 4, times the factor.
+__device__ __forceinline__ uint32_t decode_pair(uint32_t w, int t, uint32_t f) {
+  w >>= 4 * t;
+  return bf16x2_mul(((w << 6) & 0x01C001C0u) | ((w << 12) & 0x80008000u), f);
+}
+
+// Grid: (ceil(N / kWgBM), prefill_max_tiles(P, E)); blocks past the last tile exit. Dynamic shared memory kWgSmem.
+template <bool GATE_UP>
+__global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, int E) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(16) unsigned char wg_smem[];
+  // The ring starts at the first 1024-aligned shared address (the tile list's static words come first).
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(wg_smem));
+  const uint32_t ring = (raw + 1023u) & ~1023u;
+  unsigned char* ring_p = wg_smem + (ring - raw);
+  pdl_wait();
+  pdl_trigger();
+  int e, m0, m_end;
+  if (!prefill_tile(a.ws.offsets, E, int(blockIdx.y), e, m0, m_end)) return;
+  const int N = a.W.rows, K = a.W.K, kb = K >> 5, KT = K / kWgBK, n0 = blockIdx.x * kWgBM;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wgi = warp >> 2, wq = warp & 3;
+  const int g = lane >> 2, t = lane & 3;
+
+  // Token-row copies: 16-byte chunk xc of rows xr0 + 32 i (i < 4), into the swizzled slot of (row, chunk).
+  const int xc = tid & 7, xr0 = tid >> 3;
+  uint32_t x_off[4];
+  bool x_ok[4];
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const int r = m0 + xr0 + 32 * i;
+    x_ok[i] = r < m_end;
+    x_off[i] = x_ok[i] ? uint32_t(GATE_UP ? a.ws.perm[r] / a.k : r) * uint32_t(a.lda) + uint32_t(xc * 8) : 0u;
+  }
+  // Raw weight copies: chunk wc (16 bytes, 32 columns) of row wr.
+  const int wr = tid >> 1, wc = tid & 1;
+  const bool w_ok = n0 + wr < N;
+  const uint8_t* w_src = static_cast<const uint8_t*>(a.W.data) + ((size_t(e) * N + (w_ok ? n0 + wr : 0)) * kb + wc) * 16;
+  auto issue = [&](int kt) {  // k-tile kt into stage kt % kWgStages (always one group, empty past the end)
+    if (kt < KT) {
+      unsigned char* st = ring_p + (kt % kWgStages) * kWgStageBytes;
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        const int r = xr0 + 32 * i;
+        cp_async16_zfill(st + r * 128 + ((xc ^ (r & 7)) << 4), a.A + x_off[i] + kt * kWgBK, x_ok[i]);
+      }
+      cp_async16_zfill(st + kWgXBytes + wr * kWgRowBytes + wc * 16, w_src + size_t(kt) * 32, w_ok);
+    }
+    cp_async_commit();
+  };
+
+  // This lane's two weight rows (fragment rows g and g + 8 of its warp's 16) and their scales, a k-tile ahead.
+  const int lr0 = wgi * 64 + wq * 16 + g, lr1 = lr0 + 8;
+  const bool ok0 = n0 + lr0 < N, ok1 = n0 + lr1 < N;
+  const uint8_t* s0 = a.W.scales + (size_t(e) * N + (ok0 ? n0 + lr0 : 0)) * kb;
+  const uint8_t* s1 = a.W.scales + (size_t(e) * N + (ok1 ? n0 + lr1 : 0)) * kb;
+  auto scales = [&](int kt, uint32_t* s) {  // the k-tile's two 32-column blocks of both rows
+    const bool in = kt < KT;
+    s[0] = ok0 && in ? __ldg(s0 + 2 * kt) : 127u;
+    s[1] = ok0 && in ? __ldg(s0 + 2 * kt + 1) : 127u;
+    s[2] = ok1 && in ? __ldg(s1 + 2 * kt) : 127u;
+    s[3] = ok1 && in ? __ldg(s1 + 2 * kt + 1) : 127u;
+  };
+
+  float acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; i++) acc[i] = 0.f;
+  uint32_t sc[4], sc_next[4];
+  for (int s = 0; s < kWgStages - 1; s++) issue(s);
+  scales(0, sc);
+  for (int kt = 0; kt < KT; kt++) {
+    cp_async_wait<kWgStages - 2>();  // this thread's copies of k-tile kt have landed
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // visible to wgmma's operand reads
+    __syncthreads();                 // everyone's; every warpgroup is past its MMAs of kt - 1 (waited below)
+    issue(kt + kWgStages - 1);       // into the stage of kt - 1
+    scales(kt + 1, sc_next);
+    const unsigned char* st = ring_p + (kt % kWgStages) * kWgStageBytes;
+    const uint32_t x_addr = ring + uint32_t((kt % kWgStages) * kWgStageBytes);
+    const unsigned char* wrow0 = st + kWgXBytes + lr0 * kWgRowBytes;
+    const unsigned char* wrow1 = st + kWgXBytes + lr1 * kWgRowBytes;
+    wg_fence_acc(acc);
+#pragma unroll
+    for (int kk = 0; kk < kWgBK / 16; kk++) {
+      const uint2 q0 = *reinterpret_cast<const uint2*>(wrow0 + kk * 8);  // words 2 kk, 2 kk + 1 of row lr0
+      const uint2 q1 = *reinterpret_cast<const uint2*>(wrow1 + kk * 8);
+      const uint32_t f0 = mx_factor(sc[kk >> 1]), f1 = mx_factor(sc[2 + (kk >> 1)]);
+      uint32_t af[4];
+      af[0] = decode_pair(q0.x, t, f0);  // (row g, k 2t, 2t+1)
+      af[1] = decode_pair(q1.x, t, f1);  // (row g+8, k 2t, 2t+1)
+      af[2] = decode_pair(q0.y, t, f0);  // (row g, k 2t+8, 2t+9)
+      af[3] = decode_pair(q1.y, t, f1);  // (row g+8, k 2t+8, 2t+9)
+      wg_fence();
+      wg_mma_m64n128k16(acc, af, wg_desc_sw128(x_addr + uint32_t(kk * 32)));
+      wg_commit();
+    }
+    wg_wait<0>();
+    wg_fence_acc(acc);
+#pragma unroll
+    for (int i = 0; i < 4; i++) sc[i] = sc_next[i];
+  }
+
+  // Epilogue. acc[4 j + 2 h + c]: weight row lr0 + 8 h, token column 8 j + 2 t + c (wgmma's D fragment).
+  const uint16_t* bias = a.W.bias + size_t(e) * N;
+  if constexpr (GATE_UP) {
+    // Gate row 2i and up row 2i + 1 sit in lanes l and l ^ 4 (g and g + 1): an even-g lane takes the pair of its
+    // first row (its own gate, the partner's up), an odd-g lane the pair of its second (the partner's gate, its up).
+    const bool odd = g & 1;
+    const int grow = n0 + (odd ? lr1 - 1 : lr0);  // the pair's gate row
+    const bool ok = grow + 1 < N;
+    const float bg = ok ? bf2f_bits(bias[grow]) : 0.f, bu = ok ? bf2f_bits(bias[grow + 1]) : 0.f;
+    const int I = N >> 1, col = kperm_pos(grow >> 1);
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+#pragma unroll
+      for (int c = 0; c < 2; c++) {
+        const float mine0 = acc[4 * j + c], mine1 = acc[4 * j + 2 + c];
+        const float other = __shfl_xor_sync(0xffffffffu, odd ? mine0 : mine1, 4);
+        const int row = m0 + 8 * j + 2 * t + c;
+        if (!ok || row >= m_end) continue;
+        const float gate = (odd ? other : mine0) * kTwoPow63 + bg;
+        const float up = (odd ? mine1 : other) * kTwoPow63 + bu;
+        const float wr_ = a.weights[a.ws.perm[row]];
+        a.ws.act[size_t(row) * I + col] = f2bf_bits(swiglu1(gate, up, a.limit) * wr_);
+      }
+  } else {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int wrow = n0 + lr0 + 8 * h;
+      if (wrow >= N) continue;
+      const float b = bf2f_bits(bias[wrow]);
+#pragma unroll
+      for (int j = 0; j < 16; j++)
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+          const int row = m0 + 8 * j + 2 * t + c;
+          if (row >= m_end) continue;
+          const float wr_ = a.weights[a.ws.perm[row]];
+          a.ws.out[size_t(row) * N + wrow] = acc[4 * j + 2 * h + c] * kTwoPow63 + wr_ * b;
+        }
+    }
+  }
+#endif
+}
+
+template <bool GATE_UP>
+void launch_prefill_wgmma(const GemmArgs& g, int E, int T, cudaStream_t stream, bool pdl) {
+  auto kern = moe_prefill_wgmma<GATE_UP>;
+  static const bool attr_set = [&] {  // once per instantiation (the dynamic shared memory is above 48 KB)
+    CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWgSmem)));
+    return true;
+  }();
+  (void)attr_set;
+  launch(kern, dim3(ceil_div(g.W.rows, kWgBM), T), dim3(kWgThreads), kWgSmem, stream, pdl, g, E);
+}
+
+// x into the k-permutation (ws.xp), gate_up, down (after route_sort, before the combine).
+void launch_prefill_wgmma_pair(const MoeParams& p, GemmArgs g, const WMat& gu, const WMat& dn, const Workspace& ws,
+                               int P, cudaStream_t stream) {
+  const int T = prefill_max_tiles(P, p.E);
+  launch(moe_permute_x, dim3(p.n), dim3(256), 0, stream, p.pdl, p.x, p.ldx, p.H, ws.xp);
+  g.W = gu;
+  g.A = ws.xp;
+  g.lda = p.H;
+  launch_prefill_wgmma<true>(g, p.E, T, stream, p.pdl);
+  g.W = dn;
+  g.A = ws.act;
+  g.lda = p.I;
+  launch_prefill_wgmma<false>(g, p.E, T, stream, p.pdl);
+}
+
+}  // namespace
+}  // namespace hm::cuda::moe
