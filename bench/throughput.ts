@@ -14,7 +14,8 @@
 //   node node_modules/vite-node/vite-node.mjs bench/throughput.ts [20b|120b ...] [--json FILE]
 // Env: BENCH_MODELS (20b,120b; arguments win), BENCH_SEQS, BENCH_PROMPT, BENCH_DECODE, BENCH_PREFILL, BENCH_RUNS (1:
 // decode run 2 and each prefill repeated, the best kept), BENCH_STEP_TOKENS (2048: maxBatchTokens and the
-// scheduler's step budget), BENCH_PREFILL_CHUNK (default: the step budget); HARMONIUM_BUILD_DIR picks the addon;
+// scheduler's step budget), BENCH_PREFILL_CHUNK (default: the step budget), BENCH_WINDOW_KV=0 (one block table for
+// every layer instead of window KV); HARMONIUM_BUILD_DIR picks the addon; HARMONIUM_MOE_PREFILL=wgmma the wgmma GEMMs;
 // HARMONIUM_CUDA_GRAPHS=0 compares without graphs; HARMONIUM_PROFILE=1 (GPU time per op family, graphs off) or
 // HARMONIUM_PROFILE=2 (GPU time, host work and graph captures per step) print their shares when each model closes.
 // Without a CUDA device it says so and exits 0 (a benchmark, not a test).
@@ -50,7 +51,7 @@ const named = argv.filter((a, i) => /^(gpt-oss-)?(20b|120b)$/.test(a) && i !== j
 const models = (named.length ? named : (process.env.BENCH_MODELS ?? '20b,120b').split(',')).map(
   (m) => `gpt-oss-${m.replace(/^gpt-oss-/, '')}` as DummyModelName,
 );
-const list = (env: string, def: string) => (process.env[env] ?? def).split(',').map(Number);
+const list = (env: string, def: string) => (process.env[env] ?? def).split(',').filter((s) => s.trim() !== '').map(Number);  // empty: none
 const SEQS = list('BENCH_SEQS', '1,8,64,256');
 const PREFILL = list('BENCH_PREFILL', '512,2048,8192');
 const PROMPT = Number(process.env.BENCH_PROMPT ?? 1024);
