@@ -4,15 +4,12 @@
 // one-table layout; a prefix-cache hit past the window gives the logits of a cold prefill. The fake-model tests
 // (engine_fake, prefix_cache) cover the bookkeeping's corners; this is the real attention reading those blocks.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Engine, type GenerationRequest } from '../src/engine/engine.js';
 import { kvCapacity } from '../src/engine/kv_blocks.js';
 import { loadModel, type LoadedModel } from '../src/model/load.js';
 import { ensureTinyModel } from '../src/model/tiny.js';
-import { resolveSampling, type SamplingParams } from '../src/sampling/params.js';
-import type { SampledToken } from '../src/sampling/sampler.js';
 import { hitVsCold } from './helpers/prefix_logits.js';
+import { expectLayoutsAgree } from './helpers/window_kv.js';
 
-const V = 201088;
 const BS = 16;
 let shared: LoadedModel;
 let windowed: LoadedModel;
@@ -28,40 +25,6 @@ afterAll(async () => {
   await windowed?.close();
 });
 
-function engine(model: LoadedModel, opts: { numBlocks?: number; prefixCaching?: boolean } = {}): Engine {
-  const info = model.info();
-  return new Engine(model, {
-    vocabSize: V,
-    numBlocks: opts.numBlocks ?? info.numBlocks,
-    blockSize: info.blockSize,
-    maxSeqs: info.limits.maxSeqs,
-    maxBatchTokens: info.limits.maxBatchTokens,
-    stepTokens: 96,
-    contextLength: 600,
-    prefixCaching: opts.prefixCaching,
-    kvWindow: info.limits.kvWindow,
-  });
-}
-
-const prompt = (n: number, k: number) => Array.from({ length: n }, (_, i) => (i * 7919 + k * 104729) % V);
-
-async function run(e: Engine, cases: { prompt: number[]; p: SamplingParams; maxTokens: number }[]): Promise<SampledToken[][]> {
-  return Promise.all(
-    cases.map(async (c) => {
-      const tokens: SampledToken[] = [];
-      const req: GenerationRequest = {
-        prompt: c.prompt,
-        sampling: resolveSampling(c.p, V, () => 0),
-        maxTokens: c.maxTokens,
-        stopTokenIds: new Set(),
-        onToken: (t) => void tokens.push(t),
-      };
-      await e.generate(req);
-      return tokens;
-    }),
-  );
-}
-
 describe('window KV on the CPU backend (tiny model)', () => {
   it('loads with half-size blocks and publishes its window', () => {
     const a = shared.info();
@@ -76,20 +39,8 @@ describe('window KV on the CPU backend (tiny model)', () => {
   });
 
   it('long requests, several at once and preempted, give the tokens and logprobs of one table, bit for bit', async () => {
-    const cases = [
-      { prompt: prompt(300, 1), p: { temperature: 0, logprobs: true, top_logprobs: 2 }, maxTokens: 40 },
-      { prompt: prompt(170, 2), p: { temperature: 0.8, seed: 3, logprobs: true }, maxTokens: 60 },
-      { prompt: prompt(140, 3), p: { temperature: 0, logprobs: true }, maxTokens: 30 },
-    ];
-    const want = await run(engine(shared), cases);
     // 96 half-size blocks hold all three; 50 make the newest give way (each holds up to ~28 blocks).
-    const roomy = engine(windowed);
-    expect(await run(roomy, cases)).toEqual(want);
-    expect(roomy.freeBlocks).toBe(96);
-    const tight = engine(windowed, { numBlocks: 50, prefixCaching: false });
-    expect(await run(tight, cases)).toEqual(want);
-    expect(tight.preemptions).toBeGreaterThan(0);
-    expect(tight.freeBlocks).toBe(50);
+    await expectLayoutsAgree(shared, windowed, 50);
   }, 300_000);
 
   it('a prefix-cache hit past the window (its twins cached) gives the logits of a cold prefill, bit for bit', async () => {

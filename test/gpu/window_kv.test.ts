@@ -5,16 +5,13 @@
 // one-table layout. Dummy gpt-oss-20b: a prefix-cache hit past the window matches a cold prefill within bf16 noise.
 // Skips without a CUDA device; the CPU twin is test/window_kv_cpu.test.ts.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Engine, type GenerationRequest } from '../../src/engine/engine.js';
 import { loadModel, type LoadedModel } from '../../src/model/load.js';
 import { ensureTinyModel } from '../../src/model/tiny.js';
-import { resolveSampling, type SamplingParams } from '../../src/sampling/params.js';
-import type { SampledToken } from '../../src/sampling/sampler.js';
 import { gpuCount } from '../helpers/gpu.js';
 import { hitVsCold, relMaxDiff } from '../helpers/prefix_logits.js';
+import { expectLayoutsAgree } from '../helpers/window_kv.js';
 
 const gpus = gpuCount();
-const V = 201088;
 
 async function withInvariance<T>(f: () => Promise<T>): Promise<T> {
   const before = process.env.HARMONIUM_BATCH_INVARIANT;
@@ -26,34 +23,6 @@ async function withInvariance<T>(f: () => Promise<T>): Promise<T> {
     else process.env.HARMONIUM_BATCH_INVARIANT = before;
   }
 }
-
-function engine(model: LoadedModel, numBlocks?: number): Engine {
-  const info = model.info();
-  return new Engine(model, {
-    vocabSize: V,
-    numBlocks: numBlocks ?? info.numBlocks,
-    blockSize: info.blockSize,
-    maxSeqs: info.limits.maxSeqs,
-    maxBatchTokens: info.limits.maxBatchTokens,
-    stepTokens: 96,
-    contextLength: 600,
-    kvWindow: info.limits.kvWindow,
-    prefixCaching: numBlocks === undefined,
-  });
-}
-
-async function run(e: Engine, cases: { prompt: number[]; p: SamplingParams; maxTokens: number }[]): Promise<SampledToken[][]> {
-  return Promise.all(
-    cases.map(async (c) => {
-      const tokens: SampledToken[] = [];
-      const req: GenerationRequest = { prompt: c.prompt, sampling: resolveSampling(c.p, V, () => 0), maxTokens: c.maxTokens, stopTokenIds: new Set(), onToken: (t) => void tokens.push(t) };
-      await e.generate(req);
-      return tokens;
-    }),
-  );
-}
-
-const prompt = (n: number, k: number) => Array.from({ length: n }, (_, i) => (i * 7919 + k * 104729) % V);
 
 describe.skipIf(gpus === 0)('window KV on the CUDA backend', () => {
   let shared: LoadedModel;
@@ -72,19 +41,7 @@ describe.skipIf(gpus === 0)('window KV on the CUDA backend', () => {
   it('long requests, several at once and preempted, give the tokens and logprobs of one table', async () => {
     expect(windowed.info().limits.kvWindow).toBe(128);
     expect(windowed.info().kvBytes * 2).toBe(shared.info().kvBytes);
-    const cases = [
-      { prompt: prompt(300, 1), p: { temperature: 0, logprobs: true, top_logprobs: 2 }, maxTokens: 40 },
-      { prompt: prompt(170, 2), p: { temperature: 0.8, seed: 3, logprobs: true }, maxTokens: 60 },
-      { prompt: prompt(140, 3), p: { temperature: 0, logprobs: true }, maxTokens: 30 },
-    ];
-    const want = await run(engine(shared), cases);
-    const roomy = engine(windowed);
-    expect(await run(roomy, cases)).toEqual(want);
-    expect(roomy.freeBlocks).toBe(96);
-    const tight = engine(windowed, 50);
-    expect(await run(tight, cases)).toEqual(want);
-    expect(tight.preemptions).toBeGreaterThan(0);
-    expect(tight.freeBlocks).toBe(50);
+    await expectLayoutsAgree(shared, windowed, 50);
   }, 300_000);
 });
 
