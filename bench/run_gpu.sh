@@ -28,13 +28,14 @@ HARMONIUM_PROFILE=1 BENCH_RUNS=1 timeout 120 $BENCH > "$OUT/profile.log" 2>&1; e
 timeout 240 node node_modules/vite-node/vite-node.mjs bench/sampling.ts --quick --json "$OUT/sampling.json" > "$OUT/sampling.log" 2>&1; echo "sampling rc=$?" >> "$OUT/sampling.log"
 
 # The wgmma expert GEMMs (kernels/moe_prefill_wgmma.cuh, opt-in): the lab's prefill rows (each checked against the
-# CPU twin before it is timed), then prefill through the engine with and without them.
+# CPU twin before it is timed), then prefill and batched decode (every step above 8 tokens takes them) through the
+# engine with and without them.
 if [ -x "$BIN/hm_moe_lab" ]; then
   MOE_PREFILL_ONLY=1 timeout 240 "$BIN/hm_moe_lab" > "$OUT/moe_prefill.log" 2>&1; echo "moe lab prefill rc=$?" >> "$OUT/moe_prefill.log"
 fi
 TP="node node_modules/vite-node/vite-node.mjs bench/throughput.ts"
 for v in "" HARMONIUM_MOE_PREFILL=wgmma; do
-  env $v BENCH_SEQS= BENCH_PREFILL=2048,8192 timeout 240 $TP >> "$OUT/prefill_ab.log" 2>&1; echo "[${v:-default}] throughput rc=$?" >> "$OUT/prefill_ab.log"
+  env $v BENCH_SEQS=64,256 BENCH_PREFILL=2048,8192 timeout 300 $TP >> "$OUT/prefill_ab.log" 2>&1; echo "[${v:-default}] throughput rc=$?" >> "$OUT/prefill_ab.log"
 done
 
 # The CLI end to end on the GPU (needs dist/ carried: the GPU machine has no TypeScript compiler).
@@ -65,6 +66,6 @@ CLI="node bin/harmonium.js"
   grep -E "harmonium profile|^  [a-z]" "$OUT/profile.log"
   grep -vE "^\s*$" "$OUT/cli.log" | cut -c1-400 | tail -40
   grep -E "prefill n=|twin|FAIL|rc=" "$OUT/moe_prefill.log" 2>/dev/null | cut -c1-200
-  grep -E "prefill|rc=" "$OUT/prefill_ab.log" 2>/dev/null | cut -c1-200
+  grep -E "prefill|decode|rc=" "$OUT/prefill_ab.log" 2>/dev/null | cut -c1-200
 } > "$OUT/digest.txt"
 cat "$OUT/digest.txt"

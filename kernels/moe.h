@@ -152,6 +152,7 @@ struct MoeParams {
   void* workspace = nullptr;       // moe_workspace_bytes(n_max, ...) bytes, 256-byte aligned; no init needed
   size_t workspace_bytes = 0;
   MoePath path = MoePath::kAuto;
+  int wgmma_tile = 0;              // kPrefillWgmma: tokens a tile (16, 32, 64, 128); 0 = by the tokens an expert
   bool pdl = false;
 };
 

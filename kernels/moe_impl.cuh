@@ -820,7 +820,7 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
     bool v2 = false;  // the MXFP4 GEMM of moe_prefill_mma.cuh (v1's bits); v1 for bf16 and kPrefillV1
     if constexpr (F == WFmt::kMxfp4) {
       if (p.path == MoePath::kPrefillWgmma && prefill_wgmma_device() && prefill_wgmma_ok(gu, dn, p.n, p.H, p.I, P)) {
-        launch_prefill_wgmma_pair(p, g, gu, dn, ws, P, stream);
+        launch_prefill_wgmma_pair(p, g, gu, dn, ws, P, stream, p.wgmma_tile);
         launch(moe_combine, dim3(p.n), dim3(256), 0, stream, p.pdl, ws, p.H, p.k, p.y, p.ldy, p.accumulate);
         return;
       }

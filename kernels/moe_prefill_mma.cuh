@@ -45,10 +45,12 @@ inline bool prefill_mma_fits(int n, int ldx, int P, int I) {
   return uint64_t(n) * uint64_t(ldx) < (uint64_t(1) << 32) && uint64_t(P) * uint64_t(I) < (uint64_t(1) << 32);
 }
 
-inline int prefill_max_tiles(int P, int E) { return (P + kPfBM - 1) / kPfBM + (E < P ? E : P); }
+// Tiles of `rows` sorted rows (kPfBM here; moe_prefill_wgmma.cuh's narrower ones too).
+inline int prefill_max_tiles(int P, int E, int rows = kPfBM) { return (P + rows - 1) / rows + (E < P ? E : P); }
 
-// Block t's tile among the tiles of kPfBM rows of each expert in expert order (counted from route_sort's
+// Block t's tile among the tiles of ROWS rows of each expert in expert order (counted from route_sort's
 // offsets): expert, first row, end of the expert's rows. False past the last tile. Every thread must call it.
+template <int ROWS = kPfBM>
 __device__ __forceinline__ bool prefill_tile(const int32_t* offsets, int E, int t, int& e, int& m0, int& m_end) {
   __shared__ int s_tile[3];
   if (threadIdx.x < 32) {
@@ -56,7 +58,7 @@ __device__ __forceinline__ bool prefill_tile(const int32_t* offsets, int E, int 
     int local = 0;
     for (int i = 0; i < per; i++) {
       const int x = lane * per + i;
-      if (x < E) local += (offsets[x + 1] - offsets[x] + kPfBM - 1) / kPfBM;
+      if (x < E) local += (offsets[x + 1] - offsets[x] + ROWS - 1) / ROWS;
     }
     int incl = local;
 #pragma unroll
@@ -71,10 +73,10 @@ __device__ __forceinline__ bool prefill_tile(const int32_t* offsets, int E, int 
       int rest = t - (incl - local);
       for (int i = 0; i < per; i++) {
         const int x = lane * per + i;
-        const int nt = (offsets[x + 1] - offsets[x] + kPfBM - 1) / kPfBM;
+        const int nt = (offsets[x + 1] - offsets[x] + ROWS - 1) / ROWS;
         if (rest < nt) {
           s_tile[0] = x;
-          s_tile[1] = offsets[x] + rest * kPfBM;
+          s_tile[1] = offsets[x] + rest * ROWS;
           s_tile[2] = offsets[x + 1];
           break;
         }

@@ -3,38 +3,53 @@
 // measures it against moe_prefill_mma.cuh. sm_90a only (wgmma does not exist elsewhere; other devices take v2).
 //
 // The GEMM is computed transposed, D[weight row][token] = W[e] x X^T, so the decoded weights are the A operand,
-// straight from registers (no bf16 copy of any weight in shared memory), and the tokens of a tile are wgmma's N:
-//   - a block: 128 weight rows (two warpgroups of 64) x 128 sorted pair-rows (one expert, the tile list of
-//     moe_prefill_mma.cuh), 256 threads, every thread a loader and a consumer;
-//   - k-tiles of 64 columns through a ring of kWgStages stages by cp.async: the tokens' bf16 rows (gathered by
+// straight from registers (no bf16 copy of any weight in shared memory), and the tokens of a tile are wgmma's N,
+// which may be as narrow as 8: so the same kernel serves an expert's 16 tokens (a batched decode step) and its
+// thousands (a prompt), at the tile width BN (16, 32, 64 or 128) picked per call from the tokens an expert:
+//   - a block: 128 weight rows (two warpgroups of 64) x BN sorted pair-rows (one expert, the tile list of
+//     moe_prefill_mma.cuh at BN rows), 256 threads, every thread a loader and a consumer;
+//   - k-tiles of 64 columns through a ring of WgCfg<BN>::STAGES stages by cp.async: the tokens' bf16 rows (gathered by
 //     sorted row, 128 bytes a row, stored in the 128-byte swizzle wgmma's descriptor reads) and the weights' raw
 //     MXFP4 bytes (32 a row, rows padded to 48 bytes so a quad's 8-byte reads of 8 rows do not conflict);
 //   - per k16 step each lane decodes its A fragment from the raw bytes: lane (g, t) of warp q takes nibbles t and
 //     t + 4 of the k-step's two words of rows 16q + g and 16q + g + 8 (decode_word's pair t, one shift more), in
 //     the k-permutation of moe_impl.cuh, so the tokens' rows must be in it too: gate_up reads ws.xp
 //     (moe_permute_x) and writes act permuted (kperm_pos), down reads act as is;
-//   - one wgmma m64n128k16 per warpgroup and k16 step, fp32 accumulators in registers (64 a thread); the weights
-//     carry decode_word's 2^-63, multiplied back in the epilogue;
+//   - one wgmma m64nBNk16 per warpgroup and k16 step, fp32 accumulators in registers (BN / 2 a thread); the
+//     weights carry decode_word's 2^-63, multiplied back in the epilogue; narrow tiles keep a deeper ring (the
+//     weights' bytes in flight: they stream once per token tile);
 //   - epilogues as v2's: SwiGLU x routing weight into act (gate and up rows are neighbours, lanes l and l ^ 4),
 //     bias x routing weight into ws.out.
-// Bits: every output element is a dot product over the same k order for any batch (a token's column does not
-// depend on the other columns of its tile), so a row's result does not move with its batch; they are not v1's
-// bits (wgmma's k16 step sums in its own order), so kPrefill does not switch to it by size.
+// Bits: not v1's (wgmma's k16 step sums in its own order), so kPrefill does not switch to it by size; nor claimed
+// to be the same across tile widths, so HARMONIUM_BATCH_INVARIANT=1 keeps kPrefill.
 #pragma once
 
 namespace hm::cuda::moe {
 namespace {
 
 constexpr int kWgBM = 128;             // weight rows a block (two warpgroups of 64)
-constexpr int kWgBN = kPfBM;           // sorted pair-rows a block: wgmma's N, the tile list's tiles
 constexpr int kWgBK = 64;              // columns a k-tile: one 128-byte swizzle atom a token row
 constexpr int kWgThreads = 256;
-constexpr int kWgStages = 4;
-constexpr int kWgXBytes = kWgBN * kWgBK * 2;     // 16 KB of token rows
-constexpr int kWgRowBytes = 48;                  // a weight row's 32 raw bytes, padded
-constexpr int kWgStageBytes = kWgXBytes + kWgBM * kWgRowBytes;  // 22 KB: each stage's token rows stay 1024-aligned
-constexpr size_t kWgSmem = size_t(kWgStages) * kWgStageBytes + 1024;  // + the alignment of the ring
-static_assert(kWgStageBytes % 1024 == 0, "the swizzled token tiles must start 1024-aligned");
+constexpr int kWgRowBytes = 48;        // a weight row's 32 raw bytes a k-tile, padded
+constexpr int kWgWBytes = kWgBM * kWgRowBytes;
+
+// The ring for BN tokens a tile: stages of BN token rows (128 bytes each, 1024-aligned: the swizzle's period) and
+// the weights' raw bytes; deeper when narrow.
+template <int BN>
+struct WgCfg {
+  static_assert(BN == 16 || BN == 32 || BN == 64 || BN == 128, "WgCfg: BN 16, 32, 64 or 128");
+  static constexpr int STAGES = BN == 128 ? 4 : 8;
+  static constexpr int X_BYTES = BN * kWgBK * 2;
+  static constexpr int STAGE_BYTES = X_BYTES + kWgWBytes;
+  static constexpr size_t SMEM = size_t(STAGES) * STAGE_BYTES + 1024;  // + the alignment of the ring
+  static_assert(STAGE_BYTES % 1024 == 0, "the swizzled token tiles must start 1024-aligned");
+};
+
+// The tile width for P pairs over E experts: the narrowest of 16 .. 128 holding the mean tokens an expert.
+inline int prefill_wgmma_bn(int P, int E) {
+  const int mean = (P + E - 1) / E;
+  return mean <= 16 ? 16 : mean <= 32 ? 32 : mean <= 64 ? 64 : 128;
+}
 
 // Shapes the kernel takes: K a multiple of the k-tile, rows in pairs, I in groups of 8 (kperm_pos), offsets in 32 bits.
 inline bool prefill_wgmma_ok(const WMat& gu, const WMat& dn, int n, int H, int I, int P) {
@@ -69,12 +84,49 @@ __device__ __forceinline__ void wg_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 // Keeps the compiler from moving accumulator reads or writes across the asynchronous MMAs.
-__device__ __forceinline__ void wg_fence_acc(float (&d)[64]) {
+template <int NACC>
+__device__ __forceinline__ void wg_fence_acc(float (&d)[NACC]) {
 #pragma unroll
-  for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < NACC; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
-// D[64 x 128] += A[64 x 16] (registers, bf16) x B[16 x 128] (shared memory, K-major, bf16).
-__device__ __forceinline__ void wg_mma_m64n128k16(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
+// D[64 x N] += A[64 x 16] (registers, bf16) x B[16 x N] (shared memory, K-major, bf16), N = 2 x the accumulators.
+__device__ __forceinline__ void wg_mma_k16(float (&d)[8], const uint32_t (&a)[4], uint64_t desc_b) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %13, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7}, "
+      "{%8, %9, %10, %11}, %12, p, 1, 1, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+}
+__device__ __forceinline__ void wg_mma_k16(float (&d)[16], const uint32_t (&a)[4], uint64_t desc_b) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+}
+__device__ __forceinline__ void wg_mma_k16(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+}
+__device__ __forceinline__ void wg_mma_k16(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
   asm volatile(
       "{\n"
       ".reg .pred p;\n"
@@ -94,9 +146,12 @@ __device__ __forceinline__ uint32_t decode_pair(uint32_t w, int t, uint32_t f) {
   return bf16x2_mul(((w << 6) & 0x01C001C0u) | ((w << 12) & 0x80008000u), f);
 }
 
-// Grid: (ceil(N / kWgBM), prefill_max_tiles(P, E)); blocks past the last tile exit. Dynamic shared memory kWgSmem.
-template <bool GATE_UP>
+// Grid: (ceil(N / kWgBM), prefill_max_tiles(P, E, BN)); blocks past the last tile exit. Dynamic shared memory
+// WgCfg<BN>::SMEM.
+template <bool GATE_UP, int BN>
 __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, int E) {
+  using C = WgCfg<BN>;
+  constexpr int NST = C::STAGES, NACC = BN / 2, XR = (BN * 8 + kWgThreads - 1) / kWgThreads;  // token-row copies a thread
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(16) unsigned char wg_smem[];
   // The ring starts at the first 1024-aligned shared address (the tile list's static words come first).
@@ -106,34 +161,34 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, i
   pdl_wait();
   pdl_trigger();
   int e, m0, m_end;
-  if (!prefill_tile(a.ws.offsets, E, int(blockIdx.y), e, m0, m_end)) return;
+  if (!prefill_tile<BN>(a.ws.offsets, E, int(blockIdx.y), e, m0, m_end)) return;
   const int N = a.W.rows, K = a.W.K, kb = K >> 5, KT = K / kWgBK, n0 = blockIdx.x * kWgBM;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wgi = warp >> 2, wq = warp & 3;
   const int g = lane >> 2, t = lane & 3;
 
-  // Token-row copies: 16-byte chunk xc of rows xr0 + 32 i (i < 4), into the swizzled slot of (row, chunk).
+  // Token-row copies: 16-byte chunk xc of rows xr0 + 32 i (those below BN), into the swizzled slot of (row, chunk).
   const int xc = tid & 7, xr0 = tid >> 3;
-  uint32_t x_off[4];
-  bool x_ok[4];
+  uint32_t x_off[XR];
+  bool x_ok[XR];
 #pragma unroll
-  for (int i = 0; i < 4; i++) {
+  for (int i = 0; i < XR; i++) {
     const int r = m0 + xr0 + 32 * i;
-    x_ok[i] = r < m_end;
+    x_ok[i] = r < m_end && xr0 + 32 * i < BN;
     x_off[i] = x_ok[i] ? uint32_t(GATE_UP ? a.ws.perm[r] / a.k : r) * uint32_t(a.lda) + uint32_t(xc * 8) : 0u;
   }
   // Raw weight copies: chunk wc (16 bytes, 32 columns) of row wr.
   const int wr = tid >> 1, wc = tid & 1;
   const bool w_ok = n0 + wr < N;
   const uint8_t* w_src = static_cast<const uint8_t*>(a.W.data) + ((size_t(e) * N + (w_ok ? n0 + wr : 0)) * kb + wc) * 16;
-  auto issue = [&](int kt) {  // k-tile kt into stage kt % kWgStages (always one group, empty past the end)
+  auto issue = [&](int kt) {  // k-tile kt into stage kt % NST (always one group, empty past the end)
     if (kt < KT) {
-      unsigned char* st = ring_p + (kt % kWgStages) * kWgStageBytes;
+      unsigned char* st = ring_p + (kt % NST) * C::STAGE_BYTES;
 #pragma unroll
-      for (int i = 0; i < 4; i++) {
+      for (int i = 0; i < XR; i++) {
         const int r = xr0 + 32 * i;
-        cp_async16_zfill(st + r * 128 + ((xc ^ (r & 7)) << 4), a.A + x_off[i] + kt * kWgBK, x_ok[i]);
+        if (r < BN) cp_async16_zfill(st + r * 128 + ((xc ^ (r & 7)) << 4), a.A + x_off[i] + kt * kWgBK, x_ok[i]);
       }
-      cp_async16_zfill(st + kWgXBytes + wr * kWgRowBytes + wc * 16, w_src + size_t(kt) * 32, w_ok);
+      cp_async16_zfill(st + C::X_BYTES + wr * kWgRowBytes + wc * 16, w_src + size_t(kt) * 32, w_ok);
     }
     cp_async_commit();
   };
@@ -151,22 +206,22 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, i
     s[3] = ok1 && in ? __ldg(s1 + 2 * kt + 1) : 127u;
   };
 
-  float acc[64];
+  float acc[NACC];
 #pragma unroll
-  for (int i = 0; i < 64; i++) acc[i] = 0.f;
+  for (int i = 0; i < NACC; i++) acc[i] = 0.f;
   uint32_t sc[4], sc_next[4];
-  for (int s = 0; s < kWgStages - 1; s++) issue(s);
+  for (int s = 0; s < NST - 1; s++) issue(s);
   scales(0, sc);
   for (int kt = 0; kt < KT; kt++) {
-    cp_async_wait<kWgStages - 2>();  // this thread's copies of k-tile kt have landed
+    cp_async_wait<NST - 2>();        // this thread's copies of k-tile kt have landed
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // visible to wgmma's operand reads
     __syncthreads();                 // everyone's; every warpgroup is past its MMAs of kt - 1 (waited below)
-    issue(kt + kWgStages - 1);       // into the stage of kt - 1
+    issue(kt + NST - 1);             // into the stage of kt - 1
     scales(kt + 1, sc_next);
-    const unsigned char* st = ring_p + (kt % kWgStages) * kWgStageBytes;
-    const uint32_t x_addr = ring + uint32_t((kt % kWgStages) * kWgStageBytes);
-    const unsigned char* wrow0 = st + kWgXBytes + lr0 * kWgRowBytes;
-    const unsigned char* wrow1 = st + kWgXBytes + lr1 * kWgRowBytes;
+    const unsigned char* st = ring_p + (kt % NST) * C::STAGE_BYTES;
+    const uint32_t x_addr = ring + uint32_t((kt % NST) * C::STAGE_BYTES);
+    const unsigned char* wrow0 = st + C::X_BYTES + lr0 * kWgRowBytes;
+    const unsigned char* wrow1 = st + C::X_BYTES + lr1 * kWgRowBytes;
     wg_fence_acc(acc);
 #pragma unroll
     for (int kk = 0; kk < kWgBK / 16; kk++) {
@@ -179,7 +234,7 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, i
       af[2] = decode_pair(q0.y, t, f0);  // (row g, k 2t+8, 2t+9)
       af[3] = decode_pair(q1.y, t, f1);  // (row g+8, k 2t+8, 2t+9)
       wg_fence();
-      wg_mma_m64n128k16(acc, af, wg_desc_sw128(x_addr + uint32_t(kk * 32)));
+      wg_mma_k16(acc, af, wg_desc_sw128(x_addr + uint32_t(kk * 32)));
       wg_commit();
     }
     wg_wait<0>();
@@ -199,7 +254,7 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, i
     const float bg = ok ? bf2f_bits(bias[grow]) : 0.f, bu = ok ? bf2f_bits(bias[grow + 1]) : 0.f;
     const int I = N >> 1, col = kperm_pos(grow >> 1);
 #pragma unroll
-    for (int j = 0; j < 16; j++)
+    for (int j = 0; j < BN / 8; j++)
 #pragma unroll
       for (int c = 0; c < 2; c++) {
         const float mine0 = acc[4 * j + c], mine1 = acc[4 * j + 2 + c];
@@ -218,7 +273,7 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, i
       if (wrow >= N) continue;
       const float b = bf2f_bits(bias[wrow]);
 #pragma unroll
-      for (int j = 0; j < 16; j++)
+      for (int j = 0; j < BN / 8; j++)
 #pragma unroll
         for (int c = 0; c < 2; c++) {
           const int row = m0 + 8 * j + 2 * t + c;
@@ -231,30 +286,42 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, i
 #endif
 }
 
-template <bool GATE_UP>
+template <bool GATE_UP, int BN>
 void launch_prefill_wgmma(const GemmArgs& g, int E, int T, cudaStream_t stream, bool pdl) {
-  auto kern = moe_prefill_wgmma<GATE_UP>;
+  auto kern = moe_prefill_wgmma<GATE_UP, BN>;
   static const bool attr_set = [&] {  // once per instantiation (the dynamic shared memory is above 48 KB)
-    CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWgSmem)));
+    CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(WgCfg<BN>::SMEM)));
     return true;
   }();
   (void)attr_set;
-  launch(kern, dim3(ceil_div(g.W.rows, kWgBM), T), dim3(kWgThreads), kWgSmem, stream, pdl, g, E);
+  launch(kern, dim3(ceil_div(g.W.rows, kWgBM), T), dim3(kWgThreads), WgCfg<BN>::SMEM, stream, pdl, g, E);
 }
 
-// x into the k-permutation (ws.xp), gate_up, down (after route_sort, before the combine).
-void launch_prefill_wgmma_pair(const MoeParams& p, GemmArgs g, const WMat& gu, const WMat& dn, const Workspace& ws,
+template <int BN>
+void launch_prefill_wgmma_both(GemmArgs g, const WMat& gu, const WMat& dn, const MoeParams& p, const Workspace& ws,
                                int P, cudaStream_t stream) {
-  const int T = prefill_max_tiles(P, p.E);
-  launch(moe_permute_x, dim3(p.n), dim3(256), 0, stream, p.pdl, p.x, p.ldx, p.H, ws.xp);
+  const int T = prefill_max_tiles(P, p.E, BN);
   g.W = gu;
   g.A = ws.xp;
   g.lda = p.H;
-  launch_prefill_wgmma<true>(g, p.E, T, stream, p.pdl);
+  launch_prefill_wgmma<true, BN>(g, p.E, T, stream, p.pdl);
   g.W = dn;
   g.A = ws.act;
   g.lda = p.I;
-  launch_prefill_wgmma<false>(g, p.E, T, stream, p.pdl);
+  launch_prefill_wgmma<false, BN>(g, p.E, T, stream, p.pdl);
+}
+
+// x into the k-permutation (ws.xp), gate_up, down (after route_sort, before the combine), at the tile width for
+// the mean tokens an expert (prefill_wgmma_bn) unless `bn` names one.
+void launch_prefill_wgmma_pair(const MoeParams& p, const GemmArgs& g, const WMat& gu, const WMat& dn,
+                               const Workspace& ws, int P, cudaStream_t stream, int bn = 0) {
+  launch(moe_permute_x, dim3(p.n), dim3(256), 0, stream, p.pdl, p.x, p.ldx, p.H, ws.xp);
+  switch (bn > 0 ? bn : prefill_wgmma_bn(P, p.E)) {
+    case 16: return launch_prefill_wgmma_both<16>(g, gu, dn, p, ws, P, stream);
+    case 32: return launch_prefill_wgmma_both<32>(g, gu, dn, p, ws, P, stream);
+    case 64: return launch_prefill_wgmma_both<64>(g, gu, dn, p, ws, P, stream);
+    default: return launch_prefill_wgmma_both<128>(g, gu, dn, p, ws, P, stream);
+  }
 }
 
 }  // namespace

@@ -630,6 +630,11 @@ MoeParams with_path(MoeParams q, MoePath path) {
   q.path = path;
   return q;
 }
+MoeParams with_wgmma_tile(MoeParams q, int tile) {
+  q.path = MoePath::kPrefillWgmma;
+  q.wgmma_tile = tile;
+  return q;
+}
 
 // ---- prefill: v1 (moe_grouped_gemm) against the cp.async-ring GEMM (moe_prefill_mma.cuh) and its configurations ----
 
@@ -712,6 +717,10 @@ void prefill_section(const Layer& L, int n, const uint16_t* x, float* y, void* w
       {"M4 BK64 NST4 (1 block/SM)", [&](const MoeParams& q) { prefill_mma_layer<moe::PrefillCfg<64, 4>>(L, q); }},
       {"bf16 v1", [&](const MoeParams& q) { moe_bf16_forward(with_path(q, MoePath::kPrefill), L.bf(), 0); }},
       {"wgmma (kPrefillWgmma)", [&](const MoeParams& q) { moe_mxfp4_forward(with_path(q, MoePath::kPrefillWgmma), L.mx(), 0); }},
+      {"wgmma tile 16", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 16), L.mx(), 0); }},
+      {"wgmma tile 32", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 32), L.mx(), 0); }},
+      {"wgmma tile 64", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 64), L.mx(), 0); }},
+      {"wgmma tile 128", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 128), L.mx(), 0); }},
       {"route sort + combine only", [&](const MoeParams& q) { prefill_overhead(L, q); }},
   };
   for (const V& v : vs) {

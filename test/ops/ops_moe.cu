@@ -19,8 +19,9 @@
 //                 zero rows; checked per token (the worst token's nmse, 1e-4).
 //   moe_prefill_ragged  the MXFP4 prefill GEMM at real shapes, n = 64 .. 4096, with expert group sizes 0, 1, 3, 17,
 //                 128, 129, 255 (tile edges of both GEMMs): v1's bits on every token, the CPU twin on 16 of them
-//                 (nmse 1e-4), run-to-run bits; the same for the wgmma GEMM ("prefill_wgmma": nmse 1e-5 against v2
-//                 on every token instead of v1's bits). moe_experts_* run it too where K is a multiple of 64.
+//                 (nmse 1e-4), run-to-run bits; the same for the wgmma GEMM at each tile width ("prefill_wgmma tile
+//                 16 .. 128": nmse 1e-5 against v2 on every token instead of v1's bits). moe_experts_* run it too
+//                 (its own tile width) where K is a multiple of 64.
 //   moe_fused_routing  the decode kernels' own top-k + softmax (ties, NaN) vs ref::router_topk: ids exact, weights.
 // Outputs are poisoned with NaN before each launch, so an unwritten element fails the case.
 #include <cuda_runtime.h>
@@ -741,9 +742,10 @@ std::vector<Result> prefill_ragged_cases(int E, uint64_t seed) {
         DevBuf<uint16_t> d_x(x16);
         DevBuf<int32_t> d_ids(ids);
         DevBuf<float> d_w(wts), d_y(size_t(n) * H);
-        auto run = [&](cuda::MoePath path, int ws_byte) {
+        auto run = [&](cuda::MoePath path, int ws_byte, int tile = 0) {
           cuda::MoeParams p = base_params(n, H, I, E, k, d_x.p, d_y.p, ws, path);
           p.swiglu_limit = limit;
+          p.wgmma_tile = tile;
           p.ids = d_ids.p;
           p.weights = d_w.p;
           T_CHECK(cudaMemset(ws.p, ws_byte, ws.n));
@@ -774,14 +776,17 @@ std::vector<Result> prefill_ragged_cases(int E, uint64_t seed) {
         }
         const auto want = moe_ref(X, xs, is, wsub, m, k, limit);
         out.push_back(close(std::string(params) + " 16 tokens vs CPU", "nmse", ys, want, 1e-4));
-        // The wgmma GEMM (moe_prefill_wgmma.cuh): against v2 on every token (other k16 summation order, so not its
-        // bits: the bf16 SwiGLU rounding between the matmuls leaves ~1e-6), the CPU twin on the same 16, repeat bits.
-        const std::string pw = std::string(params) + " prefill_wgmma";
-        const auto yw = run(cuda::MoePath::kPrefillWgmma, 0xFF);
-        out.push_back(close(pw + " vs prefill", "nmse", yw, y, 1e-5));
-        out.push_back(repeat_bits(pw, yw, run(cuda::MoePath::kPrefillWgmma, 0x7F)));
-        for (int i = 0; i < m; i++) std::copy_n(yw.begin() + size_t(toks[i]) * H, H, ys.begin() + size_t(i) * H);
-        out.push_back(close(pw + " 16 tokens vs CPU", "nmse", ys, want, 1e-4));
+        // The wgmma GEMM (moe_prefill_wgmma.cuh) at each tile width: against v2 on every token (another k16
+        // summation order, so not its bits: the bf16 SwiGLU rounding between the matmuls leaves ~1e-6), the CPU
+        // twin on the same 16, repeat bits.
+        for (int tile : {16, 32, 64, 128}) {
+          const std::string pw = std::string(params) + " prefill_wgmma tile " + std::to_string(tile);
+          const auto yw = run(cuda::MoePath::kPrefillWgmma, 0xFF, tile);
+          out.push_back(close(pw + " vs prefill", "nmse", yw, y, 1e-5));
+          out.push_back(repeat_bits(pw, yw, run(cuda::MoePath::kPrefillWgmma, 0x7F, tile)));
+          for (int i = 0; i < m; i++) std::copy_n(yw.begin() + size_t(toks[i]) * H, H, ys.begin() + size_t(i) * H);
+          out.push_back(close(pw + " 16 tokens vs CPU", "nmse", ys, want, 1e-4));
+        }
       } catch (const std::exception& e) {
         out.push_back(fail(params, e.what()));
         cudaGetLastError();
