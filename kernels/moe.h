@@ -98,8 +98,10 @@ constexpr int kMoeDecodeMaxTokens = 8;
 // takes the grouped kernels where they apply (MXFP4 on sm_90+; any n), else the prefill path; kGroupedBf16 the
 // same in round 1's configuration V0 (the comparison variant; named when the default was to be the fp8 loop, now
 // a lab variant: moe_impl.cuh). kPrefill takes moe_prefill_mma.cuh's GEMM for MXFP4
-// weights, kPrefillV1 forces the v1 GEMM (the same bits; the bf16 weights always take v1). kPrefillWgmma takes
-// moe_prefill_wgmma.cuh's GEMM (MXFP4 on an sm_90 device, shapes it takes; else kPrefill's): opt-in until measured.
+// weights, kPrefillV1 forces the v1 GEMM (the same bits; the bf16 weights always take v1). On an sm_90 device
+// kPrefill (and kAuto's GEMM) take moe_prefill_wgmma.cuh's GEMMs where their shapes allow (the same bits again);
+// MoeParams::wgmma = false keeps them out (moe_prefill_mma.cuh's or v1, what other devices run: A/B and tests),
+// kPrefillWgmma names them.
 enum class MoePath : int {
   kAuto = 0, kDecode = 1, kPrefill = 2, kDecodeRegs = 3, kGrouped = 4, kGroupedBf16 = 5, kPrefillV1 = 6,
   kDecodeSplit = 7, kPrefillWgmma = 8
@@ -152,7 +154,8 @@ struct MoeParams {
   void* workspace = nullptr;       // moe_workspace_bytes(n_max, ...) bytes, 256-byte aligned; no init needed
   size_t workspace_bytes = 0;
   MoePath path = MoePath::kAuto;
-  int wgmma_tile = 0;              // kPrefillWgmma: tokens a tile (16, 32, 64, 128); 0 = by the tokens an expert
+  bool wgmma = true;               // sm_90: kPrefill / kAuto's GEMM on the wgmma kernels where they apply (see MoePath)
+  int wgmma_tile = 0;              // their tokens a tile (16, 32, 64, 128); 0 = by the tokens an expert
   bool pdl = false;
 };
 

@@ -819,13 +819,18 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
     GemmArgs g{gu, p.x, p.ldx, p.k, weights, p.swiglu_limit, ws};
     bool v2 = false;  // the MXFP4 GEMM of moe_prefill_mma.cuh (v1's bits); v1 for bf16 and kPrefillV1
     if constexpr (F == WFmt::kMxfp4) {
-      if (p.path == MoePath::kPrefillWgmma && prefill_wgmma_device() && prefill_wgmma_ok(gu, dn, p.n, p.H, p.I, P)) {
+      // The wgmma GEMMs (v1's bits too) wherever they run: on the H200 lab they beat v2 and v1 at every size
+      // timed (E = 32: 318 vs 563 us at 64 tokens, 1362 vs 2187 at 2048; E = 128: 2123 vs 3141 at 2048).
+      const bool gemm = (p.wgmma && (p.path == MoePath::kAuto || p.path == MoePath::kPrefill)) ||
+                        p.path == MoePath::kPrefillWgmma;
+      if (gemm && prefill_wgmma_device() && prefill_wgmma_ok(gu, dn, p.n, p.H, p.I, P)) {
         launch_prefill_wgmma_pair(p, g, gu, dn, ws, P, stream, p.wgmma_tile);
         launch(moe_combine, dim3(p.n), dim3(256), 0, stream, p.pdl, ws, p.H, p.k, p.y, p.ldy, p.accumulate);
         return;
       }
-      // v2 wins from ~128 tokens an expert (H200 lab: 2186 vs 2449 us at 2048 tokens E = 32, 8615 vs 9642 at 8192
-      // E = 128) and loses below 64 (742 vs 526 at 64 tokens E = 32); kPrefill forces it, for the tests.
+      // Elsewhere (not sm_90, or shapes it does not take): v2 wins from ~128 tokens an expert (H200 lab: 2186 vs
+      // 2449 us at 2048 tokens E = 32, 8615 vs 9642 at 8192 E = 128) and loses below 64 (742 vs 526 at 64 tokens
+      // E = 32); kPrefill forces it, for the tests.
       v2 = p.path != MoePath::kPrefillV1 && prefill_mma_fits(p.n, p.ldx, P, p.I) &&
            (p.path == MoePath::kPrefill || P >= 128 * p.E);
       if (v2) launch_prefill_mma_pair(g, gu, dn, ws.act, p.I, P, p.E, stream, p.pdl);

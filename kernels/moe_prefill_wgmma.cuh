@@ -1,6 +1,7 @@
-// The prefill path's grouped GEMM for MXFP4 experts on Hopper's warpgroup MMA (wgmma), MoePath::kPrefillWgmma:
-// opt-in (HARMONIUM_MOE_PREFILL=wgmma in the CUDA backend, the op tests' "prefill_wgmma" rows) until the H200
-// measures it against moe_prefill_mma.cuh. sm_90a only (wgmma does not exist elsewhere; other devices take v2).
+// The prefill path's grouped GEMM for MXFP4 experts on Hopper's warpgroup MMA (wgmma): kPrefill's and kAuto's
+// GEMM on an sm_90 device (MoePath::kPrefillWgmma names it; kPrefillMma forces moe_prefill_mma.cuh's, the one
+// every other device runs: wgmma exists on sm_90a only). H200 lab, one layer: 1,362 us at 2048 tokens E = 32
+// (299 TFLOP/s; v2 2,187), 5,426 at 8192 E = 128 (300; v2 8,682), 318 at 64 tokens E = 32 (v1 563).
 //
 // The GEMM is computed transposed, D[weight row][token] = W[e] x X^T, so the decoded weights are the A operand,
 // straight from registers (no bf16 copy of any weight in shared memory), and the tokens of a tile are wgmma's N,
@@ -20,8 +21,8 @@
 //     weights' bytes in flight: they stream once per token tile);
 //   - epilogues as v2's: SwiGLU x routing weight into act (gate and up rows are neighbours, lanes l and l ^ 4),
 //     bias x routing weight into ws.out.
-// Bits: not v1's (wgmma's k16 step sums in its own order), so kPrefill does not switch to it by size; nor claimed
-// to be the same across tile widths, so HARMONIUM_BATCH_INVARIANT=1 keeps kPrefill.
+// Bits: v1's, at every tile width (op tests "v1_bits": the H200's wgmma sums a k16 step as its mma.sync does, the
+// weights are exact and 2^-63 is exact), so the batch-invariance argument of v1 carries over.
 #pragma once
 
 namespace hm::cuda::moe {
@@ -38,17 +39,20 @@ constexpr int kWgWBytes = kWgBM * kWgRowBytes;
 template <int BN>
 struct WgCfg {
   static_assert(BN == 16 || BN == 32 || BN == 64 || BN == 128, "WgCfg: BN 16, 32, 64 or 128");
-  static constexpr int STAGES = BN == 128 ? 4 : 8;
+  static constexpr int STAGES = BN >= 64 ? 4 : 8;  // 8 stages at 64 left one block an SM (1.8x slower in the lab)
   static constexpr int X_BYTES = BN * kWgBK * 2;
   static constexpr int STAGE_BYTES = X_BYTES + kWgWBytes;
   static constexpr size_t SMEM = size_t(STAGES) * STAGE_BYTES + 1024;  // + the alignment of the ring
   static_assert(STAGE_BYTES % 1024 == 0, "the swizzled token tiles must start 1024-aligned");
 };
 
-// The tile width for P pairs over E experts: the narrowest of 16 .. 128 holding the mean tokens an expert.
+// The tile width for P pairs over E experts. A tile's weight decode costs the same at any width, so wide tiles win
+// once an expert fills them; narrow ones while it cannot. H200 lab, one layer, the best width by mean tokens an
+// expert: 2 and 8 -> 16 (E = 128: 983 vs 1,619 us at 128), 16 -> 32 (1,450 vs 1,583 at 16), 32 -> 64 (E = 32:
+// 445 vs 521 at 128), 64 and up -> 128 (557 vs 648 at 64).
 inline int prefill_wgmma_bn(int P, int E) {
   const int mean = (P + E - 1) / E;
-  return mean <= 16 ? 16 : mean <= 32 ? 32 : mean <= 64 ? 64 : 128;
+  return mean <= 12 ? 16 : mean <= 24 ? 32 : mean <= 48 ? 64 : 128;
 }
 
 // Shapes the kernel takes: K a multiple of the k-tile, rows in pairs, I in groups of 8 (kperm_pos), offsets in 32 bits.

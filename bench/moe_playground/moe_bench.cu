@@ -18,8 +18,8 @@
 // with padded stage rows (run 8; their down kernels keep fp8 up to 256 KB of split activations, so n = 4 runs fp8
 // where it fits; n = 8 does not fit and runs bf16), G*/D* = register kernel configurations. A summary table and
 // the fp8-vs-bf16 table are printed last.
-// Prefill: v1 (MoePath::kPrefillV1), the default MXFP4 GEMM (moe_prefill_mma.cuh) and its configurations M*, the
-// wgmma GEMM (moe_prefill_wgmma.cuh, checked against the CPU twin rather than v1's bits), at
+// Prefill: v1 (MoePath::kPrefillV1), the default MXFP4 GEMM (the wgmma one of moe_prefill_wgmma.cuh on sm_90, and
+// each of its tile widths), v2 (moe_prefill_mma.cuh: MoeParams::wgmma off) and its configurations M*, at
 // 64 .. 8192 tokens, each checked against the CPU twin (all tokens at 64, the first 16 above) and against v1's bits
 // on every token before it is timed; "route sort + combine only" is the layer without its two GEMMs.
 //
@@ -698,7 +698,7 @@ void prefill_section(const Layer& L, int n, const uint16_t* x, float* y, void* w
   check_cpu_twin("prefill mxfp4 v1", L, with(MoePath::kPrefillV1),
                  [&] { moe_mxfp4_forward(with(MoePath::kPrefillV1), L.mx(), 0); }, rows);
   const std::vector<float> y_v1 = download(y, size_t(n) * L.H);
-  check_cpu_twin("prefill mxfp4 (default: moe_prefill_mma)", L, with(MoePath::kPrefill),
+  check_cpu_twin("prefill mxfp4 (default: kPrefill)", L, with(MoePath::kPrefill),
                  [&] { moe_mxfp4_forward(with(MoePath::kPrefill), L.mx(), 0); }, rows);
   if (n <= 64) check_cpu_twin("prefill bf16", L, with(MoePath::kPrefill), [&] { moe_bf16_forward(with(MoePath::kPrefill), L.bf(), 0); });
   check_cpu_twin("prefill mxfp4 wgmma (moe_prefill_wgmma)", L, with(MoePath::kPrefillWgmma),
@@ -711,6 +711,11 @@ void prefill_section(const Layer& L, int n, const uint16_t* x, float* y, void* w
   const std::vector<V> vs = {
       {"v1 mxfp4 (kPrefillV1)", [&](const MoeParams& q) { moe_mxfp4_forward(with_path(q, MoePath::kPrefillV1), L.mx(), 0); }},
       {"default (kPrefill)", [&](const MoeParams& q) { moe_mxfp4_forward(with_path(q, MoePath::kPrefill), L.mx(), 0); }},
+      {"v2 (kPrefill, wgmma off)", [&](const MoeParams& q) {
+         MoeParams r = with_path(q, MoePath::kPrefill);
+         r.wgmma = false;
+         moe_mxfp4_forward(r, L.mx(), 0);
+       }},
       {"M1 BK32 NST4", [&](const MoeParams& q) { prefill_mma_layer<moe::PrefillCfg<32, 4>>(L, q); }},
       {"M2 BK32 NST6", [&](const MoeParams& q) { prefill_mma_layer<moe::PrefillCfg<32, 6>>(L, q); }},
       {"M3 BK64 NST3", [&](const MoeParams& q) { prefill_mma_layer<moe::PrefillCfg<64, 3>>(L, q); }},
@@ -725,8 +730,7 @@ void prefill_section(const Layer& L, int n, const uint16_t* x, float* y, void* w
   };
   for (const V& v : vs) {
     const bool is_overhead = std::strcmp(v.name, "route sort + combine only") == 0;
-    // every variant but wgmma's (its own k16 order; checked against the CPU twin above) gives v1's bits
-    if (!is_overhead && std::strncmp(v.name, "wgmma", 5) != 0) {
+    if (!is_overhead) {  // every variant gives v1's bits on every token (the wgmma ones too)
       CK(cudaMemset(y, 0xFF, size_t(n) * L.H * 4));
       v.call(p);
       CK(cudaDeviceSynchronize());
@@ -747,7 +751,7 @@ void prefill_section(const Layer& L, int n, const uint16_t* x, float* y, void* w
     }, 10, 5);
     std::printf("prefill n=%d E=%d %-28s %8.0f us  %6.1f TFLOP/s  %8.0f tok/s per layer%s\n", n, L.E, v.name, t,
                 is_overhead ? 0.0 : flops / t * 1e-6, n / t * 1e6,
-                is_overhead ? "" : std::strncmp(v.name, "wgmma", 5) == 0 ? "  (CPU twin)" : "  (v1 bits)");
+                is_overhead ? "" : "  (v1 bits)");
     g_prefill_rows.push_back({v.name, L.E, n, t, is_overhead ? 0.0 : flops / t * 1e-6});
   }
 }

@@ -285,7 +285,10 @@ class CudaBackend final : public Backend {
   int32_t *d_bt_window_ = nullptr, *d_slot_window_ = nullptr;
   bool batch_invariant_ = false;  // HARMONIUM_BATCH_INVARIANT=1 (see the top of this file)
   MoePath moe_decode_path_ = MoePath::kAuto;  // HARMONIUM_MOE_DECODE=split|bulk|regs: the one-token expert kernels (A/B)
-  MoePath moe_prefill_path_ = MoePath::kAuto;  // HARMONIUM_MOE_PREFILL=wgmma: every step above 8 tokens on the wgmma GEMM (A/B)
+  // HARMONIUM_MOE_PREFILL (A/B): wgmma = every step above 8 tokens on the wgmma GEMMs (no grouped path); mma = no
+  // wgmma GEMMs (moe_prefill_mma.cuh / v1, the kernels before them); auto (default).
+  MoePath moe_prefill_path_ = MoePath::kAuto;
+  bool moe_wgmma_ = true;
   bool fused_rope_ = true;  // decode-only steps rotate and write the KV cache inside attention (HARMONIUM_FUSED_ROPE=0: off)
 
   // ---- one step, in four parts: plan (host), upload, launch (graph or eager), readback ----
@@ -397,8 +400,9 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   if (const char* env = std::getenv("HARMONIUM_MOE_PREFILL")) {
     const std::string m = env;
     if (m == "wgmma") moe_prefill_path_ = MoePath::kPrefillWgmma;
+    else if (m == "mma") moe_wgmma_ = false;
     else if (m != "auto" && !m.empty())
-      throw std::runtime_error("HARMONIUM_MOE_PREFILL must be wgmma or auto (got '" + m + "')");
+      throw std::runtime_error("HARMONIUM_MOE_PREFILL must be wgmma, mma or auto (got '" + m + "')");
   }
   const char* prof_env = std::getenv("HARMONIUM_PROFILE");
   prof_.on = prof_env && std::strcmp(prof_env, "1") == 0;
@@ -589,6 +593,7 @@ MoeParams CudaBackend::moe_params(int T) const {
   if (batch_invariant_) mp.path = MoePath::kPrefill;
   else if (T <= kMoeDecodeMaxTokens) mp.path = moe_decode_path_;
   else mp.path = moe_prefill_path_;
+  mp.wgmma = moe_wgmma_;
   return mp;
 }
 

@@ -6,7 +6,8 @@
 //                 register-streaming ones, "decode_regs"; at n = 1 also the split kernels, "decode_split") and prefill paths, real and odd shapes, and the fused
 //                 routing ("+logits": router logits in, ids/weights out, checked against ref::router_topk).
 //                 Tolerance: nmse 1e-4 (the SwiGLU output is rounded to bf16 between the matmuls: about 1e-6 expected).
-//                 MXFP4 prefill also through MoePath::kPrefillV1 (v1's GEMM): the same bits as kPrefill ("v1_bits").
+//                 MXFP4 prefill also through MoePath::kPrefillV1 (v1's GEMM) and with MoeParams::wgmma off
+//                 ("prefill_mma", moe_prefill_mma.cuh): the same bits as kPrefill, the wgmma GEMMs ("v1_bits").
 //   moe_grouped_* the grouped path in two configurations ("grouped": MoePath::kGrouped, the default V1;
 //                 "grouped_bf16": kGroupedBf16, round 1's V0; both bf16 mma.sync, both also run by moe_experts_* at
 //                 their token counts, with the prefill path's "halves alone" bit check) at the batched-decode /
@@ -19,9 +20,8 @@
 //                 zero rows; checked per token (the worst token's nmse, 1e-4).
 //   moe_prefill_ragged  the MXFP4 prefill GEMM at real shapes, n = 64 .. 4096, with expert group sizes 0, 1, 3, 17,
 //                 128, 129, 255 (tile edges of both GEMMs): v1's bits on every token, the CPU twin on 16 of them
-//                 (nmse 1e-4), run-to-run bits; the same for the wgmma GEMM at each tile width ("prefill_wgmma tile
-//                 16 .. 128": nmse 1e-5 against v2 on every token instead of v1's bits). moe_experts_* run it too
-//                 (its own tile width) where K is a multiple of 64.
+//                 (nmse 1e-4), run-to-run bits; for kPrefill (the wgmma GEMMs), moe_prefill_mma.cuh's (wgmma off)
+//                 and the wgmma GEMMs at each tile width ("prefill_wgmma tile 16 .. 128").
 //   moe_fused_routing  the decode kernels' own top-k + softmax (ties, NaN) vs ref::router_topk: ids exact, weights.
 // Outputs are poisoned with NaN before each launch, so an unwritten element fails the case.
 #include <cuda_runtime.h>
@@ -329,7 +329,7 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
       DevBuf<float> d_logits(logits), d_w_out(ids.size());
       DevBuf<int32_t> d_ids_out(ids.size());
 
-      struct Variant { bool bf16; cuda::MoePath path; bool acc; bool fused; };
+      struct Variant { bool bf16; cuda::MoePath path; bool acc; bool fused; bool mma = false; };  // mma: no wgmma
       std::vector<Variant> vs;
       const bool decode_ok = n <= cuda::kMoeDecodeMaxTokens;
       for (int f = 0; f < 2; f++) {
@@ -343,7 +343,7 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
         if (f == 0) vs.push_back({false, cuda::MoePath::kGrouped, false, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kGroupedBf16, false, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kPrefillV1, false, false});
-        if (f == 0) vs.push_back({false, cuda::MoePath::kPrefillWgmma, false, false});
+        if (f == 0) vs.push_back({false, cuda::MoePath::kPrefill, false, false, true});
         if (f == 0) vs.push_back({false, cuda::MoePath::kAuto, true, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kAuto, true, true});
       }
@@ -353,7 +353,7 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
         const char* path = v.path == cuda::MoePath::kDecode       ? "decode"
                            : v.path == cuda::MoePath::kDecodeRegs ? "decode_regs"
                            : v.path == cuda::MoePath::kDecodeSplit ? "decode_split"
-                           : v.path == cuda::MoePath::kPrefill    ? "prefill"
+                           : v.path == cuda::MoePath::kPrefill    ? (v.mma ? "prefill_mma" : "prefill")
                            : v.path == cuda::MoePath::kGrouped    ? "grouped"
                            : v.path == cuda::MoePath::kGroupedBf16 ? "grouped_bf16"
                            : v.path == cuda::MoePath::kPrefillV1  ? "prefill_v1"
@@ -364,6 +364,7 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
         try {
           cuda::MoeParams p = base_params(n, H, I, E, k, d_x.p, d_y.p, ws, v.path);
           p.swiglu_limit = limit;
+          p.wgmma = !v.mma;
           p.ids = d_ids.p;
           p.weights = d_w.p;
           p.accumulate = v.acc;
@@ -408,15 +409,15 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
           Result rep = repeat_bits(params, y, y);
           rep.error = double(diff);
           out.push_back(rep);
-          if (v.path == cuda::MoePath::kPrefill && !v.bf16) y_mxfp4_prefill = y;
-          if (v.path == cuda::MoePath::kPrefillV1 && !y_mxfp4_prefill.empty()) {
+          if (v.path == cuda::MoePath::kPrefill && !v.bf16 && !v.mma) y_mxfp4_prefill = y;
+          if ((v.path == cuda::MoePath::kPrefillV1 || v.mma) && !y_mxfp4_prefill.empty()) {
             // The MXFP4 prefill GEMM (moe_prefill_mma.cuh) computes v1's bits.
             Result same = repeat_bits(std::string(params) + " vs prefill", y_mxfp4_prefill, y);
             same.metric = "v1_bits";
             out.push_back(same);
           }
           if ((v.path == cuda::MoePath::kPrefill || v.path == cuda::MoePath::kGrouped ||
-               v.path == cuda::MoePath::kGroupedBf16 || v.path == cuda::MoePath::kPrefillWgmma) &&
+               v.path == cuda::MoePath::kGroupedBf16) &&
               n >= 2) {
             // Batch invariance: the first n/2 tokens alone, and the others alone (their rows then sit elsewhere in
             // their experts' groups and tiles or N-tiles), give the bits they gave side by side.
@@ -742,9 +743,10 @@ std::vector<Result> prefill_ragged_cases(int E, uint64_t seed) {
         DevBuf<uint16_t> d_x(x16);
         DevBuf<int32_t> d_ids(ids);
         DevBuf<float> d_w(wts), d_y(size_t(n) * H);
-        auto run = [&](cuda::MoePath path, int ws_byte, int tile = 0) {
+        auto run = [&](cuda::MoePath path, int ws_byte, int tile = 0, bool wgmma = true) {
           cuda::MoeParams p = base_params(n, H, I, E, k, d_x.p, d_y.p, ws, path);
           p.swiglu_limit = limit;
+          p.wgmma = wgmma;
           p.wgmma_tile = tile;
           p.ids = d_ids.p;
           p.weights = d_w.p;
@@ -758,6 +760,9 @@ std::vector<Result> prefill_ragged_cases(int E, uint64_t seed) {
         Result same = repeat_bits(std::string(params) + " vs prefill_v1", y, run(cuda::MoePath::kPrefillV1, 0x00));
         same.metric = "v1_bits";
         out.push_back(same);
+        Result same2 = repeat_bits(std::string(params) + " prefill_mma vs prefill_v1", y, run(cuda::MoePath::kPrefill, 0x00, 0, false));
+        same2.metric = "v1_bits";
+        out.push_back(same2);
         out.push_back(repeat_bits(params, y, run(cuda::MoePath::kPrefill, 0x7F)));
         // The CPU twin on the first and last 8 tokens.
         std::vector<int> toks;
@@ -776,13 +781,14 @@ std::vector<Result> prefill_ragged_cases(int E, uint64_t seed) {
         }
         const auto want = moe_ref(X, xs, is, wsub, m, k, limit);
         out.push_back(close(std::string(params) + " 16 tokens vs CPU", "nmse", ys, want, 1e-4));
-        // The wgmma GEMM (moe_prefill_wgmma.cuh) at each tile width: against v2 on every token (another k16
-        // summation order, so not its bits: the bf16 SwiGLU rounding between the matmuls leaves ~1e-6), the CPU
-        // twin on the same 16, repeat bits.
+        // The wgmma GEMMs (moe_prefill_wgmma.cuh, kPrefill's on the H200) at each tile width: v1's bits on every
+        // token, the CPU twin on the same 16, repeat bits.
         for (int tile : {16, 32, 64, 128}) {
           const std::string pw = std::string(params) + " prefill_wgmma tile " + std::to_string(tile);
           const auto yw = run(cuda::MoePath::kPrefillWgmma, 0xFF, tile);
-          out.push_back(close(pw + " vs prefill", "nmse", yw, y, 1e-5));
+          Result bits = repeat_bits(pw + " vs prefill_v1", y, yw);
+          bits.metric = "v1_bits";
+          out.push_back(bits);
           out.push_back(repeat_bits(pw, yw, run(cuda::MoePath::kPrefillWgmma, 0x7F, tile)));
           for (int i = 0; i < m; i++) std::copy_n(yw.begin() + size_t(toks[i]) * H, H, ys.begin() + size_t(i) * H);
           out.push_back(close(pw + " 16 tokens vs CPU", "nmse", ys, want, 1e-4));
