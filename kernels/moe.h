@@ -107,12 +107,15 @@ enum class MoePath : int {
   kDecodeSplit = 7, kPrefillWgmma = 8
 };
 
-// kAuto takes the grouped path above the decode path while the tokens per expert, n k / E, stay at most this
-// (E = 32: n <= 64; E = 128: n <= 256): the H200 lab's crossover against the prefill GEMM (grouped V1 361 vs 526 us
-// at 64 tokens E = 32, 1399 vs 1968 at 256 E = 128; the GEMM ahead at 128 and 512).
-constexpr int kMoeGroupedMaxPairsPerExpert = 8;
-constexpr bool moe_grouped_auto(int n, int k, int E) {
-  return n > kMoeDecodeMaxTokens && n * k <= kMoeGroupedMaxPairsPerExpert * E;
+// kAuto takes the grouped path above the decode path while the tokens per expert, n k / E, stay at most this:
+// against the wgmma GEMMs (sm_90) 4, against the older GEMMs 8 (E = 32: n <= 64; E = 128: n <= 256). H200, the
+// engine's batched decode at 1k context (tok/s, grouped / wgmma): 2 pairs an expert 1,444 / 1,334 (20b, S = 16)
+// and 1,753 / 1,717 (120b, S = 64); 8 pairs 3,700 / 3,988 (20b, S = 64) and 3,549 / 4,201 (120b, S = 256). The
+// older GEMMs lost at 8 (lab: grouped V1 361 vs 526 us at 64 tokens E = 32, 1399 vs 1968 at 256 E = 128).
+constexpr int kMoeGroupedMaxPairsPerExpert = 8, kMoeGroupedMaxPairsBesideWgmma = 4;
+constexpr bool moe_grouped_auto(int n, int k, int E, bool wgmma = false) {
+  return n > kMoeDecodeMaxTokens &&
+         n * k <= (wgmma ? kMoeGroupedMaxPairsBesideWgmma : kMoeGroupedMaxPairsPerExpert) * E;
 }
 
 struct MoeMxfp4Weights {

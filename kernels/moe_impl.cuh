@@ -789,7 +789,9 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
   if constexpr (F == WFmt::kMxfp4) {
     if (p.path == MoePath::kGroupedBf16)
       grouped = grouped_ok<GroupedBf16>(gu, dn) ? 2 : 0;
-    else if (p.path == MoePath::kGrouped || (p.path == MoePath::kAuto && moe_grouped_auto(p.n, p.k, p.E)))
+    else if (p.path == MoePath::kGrouped ||
+             (p.path == MoePath::kAuto && moe_grouped_auto(p.n, p.k, p.E, p.wgmma && prefill_wgmma_device() &&
+                                                                   prefill_wgmma_ok(gu, dn, p.n, p.H, p.I, p.n * p.k))))
       grouped = grouped_ok<GroupedDefault>(gu, dn) ? 1 : 0;
   }
   const int32_t* ids = p.ids;
