@@ -112,7 +112,7 @@ async function runBatch(engine: Engine, vocab: number, S: number, promptLen: num
 
 async function bench(name: DummyModelName) {
   const cfg = dummyConfig(name);
-  const maxSeqs = Math.max(...SEQS);
+  const maxSeqs = Math.max(1, ...SEQS);  // 1 when only prefill runs (BENCH_SEQS empty)
   // BENCH_WINDOW_KV=0: every layer in one block table (the layout before window KV), to compare.
   const windowKv = process.env.BENCH_WINDOW_KV !== '0';
   const model = await loadModel({ dummy: name, backend: 'cuda', expertFormat: 'mxfp4', seed: 1, blockSize: 16, maxSeqs, maxBatchTokens: STEP_TOKENS, windowKv });
