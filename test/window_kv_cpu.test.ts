@@ -5,7 +5,7 @@
 // (engine_fake, prefix_cache) cover the bookkeeping's corners; this is the real attention reading those blocks.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { kvCapacity } from '../src/engine/kv_blocks.js';
-import { loadModel, type LoadedModel } from '../src/model/load.js';
+import { GreedySequence, loadModel, type LoadedModel } from '../src/model/load.js';
 import { ensureTinyModel } from '../src/model/tiny.js';
 import { hitVsCold } from './helpers/prefix_logits.js';
 import { expectLayoutsAgree } from './helpers/window_kv.js';
@@ -56,5 +56,19 @@ describe('window KV on the CPU backend (tiny model)', () => {
       rows.forEach((row, i) => expect(same(row, r.cold[i])).toBe(true));
     }
     expect(r.engine.freeBlocks).toBe(96);
+  }, 300_000);
+
+  it('score() and GreedySequence run on a window-KV model (the sliding layers on the blocks after the full ones)', async () => {
+    const tokens = Array.from({ length: 200 }, (_, i) => (i * 7919 + 13) % 201088);
+    const a = await shared.score(tokens);
+    const b = await windowed.score(tokens);
+    expect(Buffer.from(b.logits.buffer).equals(Buffer.from(a.logits.buffer))).toBe(true);
+    const decode = async (m: LoadedModel) => {
+      const seq = new GreedySequence(m, 240);
+      const out = [await seq.append(Int32Array.from(tokens.slice(0, 150)))];
+      for await (const t of seq.decode(20)) out.push(t);
+      return out;
+    };
+    expect(await decode(windowed)).toEqual(await decode(shared));
   }, 300_000);
 });

@@ -54,7 +54,8 @@ export class LoadedModel {
 
   /**
    * Runs `tokens` as one sequence in ONE prefill at positions 0..T-1 on KV blocks 0.. (the model must not be
-   * serving anything else) and returns every position's full fp32 logits [T * V] and their logsumexp [T].
+   * serving anything else; with window KV the sliding layers take the blocks after those) and returns every
+   * position's full fp32 logits [T * V] and their logsumexp [T].
    */
   async score(tokens: readonly number[]): Promise<{ logits: Float32Array; logsumexp: Float32Array; prefillMs: number }> {
     const T = tokens.length;
@@ -65,7 +66,7 @@ export class LoadedModel {
       tokens: Int32Array.from(tokens),
       positions: Int32Array.from(tokens, (_, i) => i),
       seqLens: Int32Array.of(T),
-      blockTables: Int32Array.from({ length: blocks }, (_, i) => i),
+      ...soloTables(this, blocks),
       maxBlocksPerSeq: blocks,
       allPositions: true,
       fullLogits: Uint8Array.of(1),
@@ -125,6 +126,7 @@ export async function loadModel(opts: LoadModelOptions): Promise<LoadedModel> {
 export class GreedySequence {
   private length = 0;
   private readonly blockTables: Int32Array;
+  private readonly tables: SoloTables;
   /** A decode step's input, reused: step() copies what it is given before it returns. */
   private readonly next: NativeStepInput;
 
@@ -134,9 +136,10 @@ export class GreedySequence {
     capacity: number,
   ) {
     const blocks = Math.ceil(capacity / model.info().blockSize);
-    this.blockTables = Int32Array.from({ length: blocks }, (_, i) => i);
+    this.tables = soloTables(model, blocks);
+    this.blockTables = this.tables.blockTables;
     // -1: the previous step's row 0, i.e. this sequence's last argmax
-    this.next = { tokens: Int32Array.of(-1), positions: new Int32Array(1), seqLens: Int32Array.of(1), blockTables: this.blockTables, maxBlocksPerSeq: blocks, topK: 1 };
+    this.next = { tokens: Int32Array.of(-1), positions: new Int32Array(1), seqLens: Int32Array.of(1), ...this.tables, maxBlocksPerSeq: blocks, topK: 1 };
   }
 
   /** Appends tokens (a prefill chunk, or one token to decode) in one step; resolves to the argmax after the last. */
@@ -146,7 +149,7 @@ export class GreedySequence {
       tokens,
       positions: Int32Array.from(tokens, (_, i) => first + i),
       seqLens: Int32Array.of(tokens.length),
-      blockTables: this.blockTables,
+      ...this.tables,
       maxBlocksPerSeq: this.blockTables.length,
       topK: 1,
     });
@@ -186,4 +189,19 @@ export function loadDefaults(backend: 'cpu' | 'cuda'): NativeLoadDefaults {
 /** CUDA devices this build can use: 0 with the reason when none (no GPU, no driver, or a CPU-only build). */
 export function cudaDeviceCount(): { count: number; reason: string } {
   return cudaDevices();
+}
+
+interface SoloTables {
+  blockTables: Int32Array;
+  windowTables?: Int32Array;
+}
+
+/**
+ * One sequence's tables on a model serving nothing else: blocks 0 .. n-1, and with window KV (limits.kvWindow > 0)
+ * n .. 2n-1 for the sliding layers (every block kept: the pool must hold 2n).
+ */
+function soloTables(model: LoadedModel, blocks: number): SoloTables {
+  const blockTables = Int32Array.from({ length: blocks }, (_, i) => i);
+  if (!model.info().limits.kvWindow) return { blockTables };
+  return { blockTables, windowTables: Int32Array.from({ length: blocks }, (_, i) => blocks + i) };
 }
