@@ -94,6 +94,7 @@ __device__ __forceinline__ void wg_fence_acc(float (&d)[NACC]) {
   for (int i = 0; i < NACC; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
 // D[64 x N] += A[64 x 16] (registers, bf16) x B[16 x N] (shared memory, K-major, bf16), N = 2 x the accumulators.
+// One overload per N: an asm statement spells out its operand list (N / 2 accumulators), so it cannot be a template.
 __device__ __forceinline__ void wg_mma_k16(float (&d)[8], const uint32_t (&a)[4], uint64_t desc_b) {
   asm volatile(
       "{\n"
