@@ -155,9 +155,9 @@ __device__ __forceinline__ uint32_t decode_pair(uint32_t w, int t, uint32_t f) {
 // WgCfg<BN>::SMEM.
 template <bool GATE_UP, int BN>
 __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, int E) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using C = WgCfg<BN>;
   constexpr int NST = C::STAGES, NACC = BN / 2, XR = (BN * 8 + kWgThreads - 1) / kWgThreads;  // token-row copies a thread
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(16) unsigned char wg_smem[];
   // The ring starts at the first 1024-aligned shared address (the tile list's static words come first).
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(wg_smem));
