@@ -23,8 +23,6 @@ export interface SchedulerLimits {
   stepTokens?: number;
   /** Prompt tokens one sequence prefills in one step at most; default the step budget. */
   prefillChunk?: number;
-  /** > 0: the model keeps the sliding layers' KV apart (window KV), for windows of this many positions. */
-  kvWindow?: number;
 }
 
 /** The step budget and prefill chunk the limits resolve to (defaults filled, each within its bound). */
