@@ -99,11 +99,10 @@ constexpr int kMoeDecodeMaxTokens = 8;
 // ones; kDecodeRegs forces the register-streaming ones (the comparison variant of tests and the lab). kGrouped
 // takes the grouped kernels where they apply (MXFP4 on sm_90+; any n), else the prefill path; kGroupedBf16 the
 // same in round 1's configuration V0 (the comparison variant; named when the default was to be the fp8 loop, now
-// a lab variant: moe_impl.cuh). kPrefill takes moe_prefill_mma.cuh's GEMM for MXFP4
-// weights, kPrefillV1 forces the v1 GEMM (the same bits; the bf16 weights always take v1). On an sm_90 device
-// kPrefill (and kAuto's GEMM) take moe_prefill_wgmma.cuh's GEMMs where their shapes allow (the same bits again);
-// MoeParams::wgmma = false keeps them out (moe_prefill_mma.cuh's or v1, what other devices run: A/B and tests),
-// kPrefillWgmma names them.
+// a lab variant: moe_impl.cuh). kPrefill takes the MXFP4 GEMM: moe_prefill_wgmma.cuh's on an sm_90 device where
+// its shapes allow, else moe_prefill_mma.cuh's (kAuto's GEMM the same); MoeParams::wgmma = false keeps the wgmma
+// ones out (what other devices run: A/B and tests), kPrefillWgmma names them. kPrefillV1 forces the v1 GEMM. All
+// give the same bits; the bf16 weights always take v1.
 enum class MoePath : int {
   kAuto = 0, kDecode = 1, kPrefill = 2, kDecodeRegs = 3, kGrouped = 4, kGroupedBf16 = 5, kPrefillV1 = 6,
   kDecodeSplit = 7, kPrefillWgmma = 8

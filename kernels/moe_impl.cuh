@@ -785,13 +785,17 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
     }
     return;
   }
+  const int P = p.n * p.k;
+  // Whether the wgmma GEMMs run here (MXFP4 on an sm_90 device, shapes they take): kAuto's switch to the grouped
+  // kernels and the GEMM choice below both follow it.
+  bool wgmma_here = false;
+  if constexpr (F == WFmt::kMxfp4) wgmma_here = prefill_wgmma_device() && prefill_wgmma_ok(gu, dn, p.n, p.H, p.I, P);
   int grouped = 0;  // 1: GroupedDefault, 2: GroupedBf16 (where they apply; else the GEMMs)
   if constexpr (F == WFmt::kMxfp4) {
     if (p.path == MoePath::kGroupedBf16)
       grouped = grouped_ok<GroupedBf16>(gu, dn) ? 2 : 0;
     else if (p.path == MoePath::kGrouped ||
-             (p.path == MoePath::kAuto && moe_grouped_auto(p.n, p.k, p.E, p.wgmma && prefill_wgmma_device() &&
-                                                                   prefill_wgmma_ok(gu, dn, p.n, p.H, p.I, p.n * p.k))))
+             (p.path == MoePath::kAuto && moe_grouped_auto(p.n, p.k, p.E, p.wgmma && wgmma_here)))
       grouped = grouped_ok<GroupedDefault>(gu, dn) ? 1 : 0;
   }
   const int32_t* ids = p.ids;
@@ -811,7 +815,6 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
     ids = p.ids_out;
     weights = p.weights_out;
   }
-  const int P = p.n * p.k;
   launch(moe_route_sort, dim3(1), dim3(1024), 0, stream, p.pdl, ids, P, p.E, ws);
   if (grouped == 1) {
     launch_grouped<GroupedDefault>(p, gu, dn, weights, ws, stream);
@@ -825,7 +828,7 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
       // timed (E = 32: 318 vs 563 us at 64 tokens, 1362 vs 2187 at 2048; E = 128: 2123 vs 3141 at 2048).
       const bool gemm = (p.wgmma && (p.path == MoePath::kAuto || p.path == MoePath::kPrefill)) ||
                         p.path == MoePath::kPrefillWgmma;
-      if (gemm && prefill_wgmma_device() && prefill_wgmma_ok(gu, dn, p.n, p.H, p.I, P)) {
+      if (gemm && wgmma_here) {
         launch_prefill_wgmma_pair(p, g, gu, dn, ws, P, stream, p.wgmma_tile);
         launch(moe_combine, dim3(p.n), dim3(256), 0, stream, p.pdl, ws, p.H, p.k, p.y, p.ldy, p.accumulate);
         return;

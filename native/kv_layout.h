@@ -5,6 +5,7 @@
 // alternates the two kinds, so a page is half a whole-model block, and a long sequence needs its full table's
 // pages plus about window / block_size + 1 more: the same memory holds about twice the context.
 #pragma once
+#include <algorithm>
 #include <vector>
 
 #include "model_config.h"
@@ -20,11 +21,11 @@ struct KvLayout {
 // window_kv: the load option; without it (or without sliding layers) every layer has a slot and one table serves all.
 KvLayout kv_layout(const ModelConfig& cfg, bool window_kv);
 
-// The window table entries a chunk of positions [first, last] reads or writes: blocks lo .. hi.
-inline void window_blocks(int first, int last, int window, int block_size, int* lo, int* hi) {
+// The first window table entry a chunk starting at position `first` reads (its window's first position's block);
+// the chunk then reads and writes every entry up to its last position's.
+inline int window_first_block(int first, int window, int block_size) {
   const int from = first - window + 1;
-  *lo = from > 0 ? from / block_size : 0;
-  *hi = last / block_size;
+  return from > 0 ? from / block_size : 0;
 }
 
 // Blocks one sequence of up to `positions` positions holds at most while it steps `chunk` tokens at a time: its
@@ -33,7 +34,7 @@ inline long long blocks_per_sequence(const KvLayout& k, int positions, int block
   const long long full = (positions + block_size - 1) / block_size;
   if (k.window == 0) return full;
   const long long window = (k.window - 1 + chunk + block_size - 1) / block_size + 1;
-  return full + (window < full ? window : full);
+  return full + std::min(window, full);
 }
 
 }  // namespace hm

@@ -104,11 +104,8 @@ void validate_step(const StepBatch& b, const StepLimits& lim) {
                                    str(lim.num_blocks - 1) + " (" + name + " entry " + str(j) + ")");
     };
     check_table(b.block_tables, 0, "blockTables");
-    if (lim.window > 0) {
-      int lo = 0, hi = 0;
-      window_blocks(b.positions[t], b.positions[t + n - 1], lim.window, lim.block_size, &lo, &hi);
-      check_table(b.window_tables, lo, "windowTables");
-    }
+    if (lim.window > 0)
+      check_table(b.window_tables, window_first_block(b.positions[t], lim.window, lim.block_size), "windowTables");
     t += n;
   }
   if (t != b.num_tokens) throw std::runtime_error("step: seqLens do not add up to the number of tokens");

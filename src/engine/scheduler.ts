@@ -81,11 +81,6 @@ export class Sequence<T = unknown> {
     this.table.free();
     this.window?.free();
   }
-
-  /** Whether it holds any block. */
-  get holdsBlocks(): boolean {
-    return this.table.blocks.length > 0 || (this.window?.held ?? 0) > 0;
-  }
 }
 
 /** The cached blocks a waiting sequence starts with: full blocks, and (window KV) the twins its window reads. */
@@ -138,7 +133,7 @@ export class Scheduler<T = unknown> {
       const i = list.indexOf(seq);
       if (i >= 0) list.splice(i, 1);
     }
-    if (seq.holdsBlocks) seq.free();
+    if (seq.table.blocks.length) seq.free();  // (its window table holds blocks only while this one does)
     seq.state = 'finished';
   }
 

@@ -125,7 +125,6 @@ export async function loadModel(opts: LoadModelOptions): Promise<LoadedModel> {
  */
 export class GreedySequence {
   private length = 0;
-  private readonly blockTables: Int32Array;
   private readonly tables: SoloTables;
   /** A decode step's input, reused: step() copies what it is given before it returns. */
   private readonly next: NativeStepInput;
@@ -137,7 +136,6 @@ export class GreedySequence {
   ) {
     const blocks = Math.ceil(capacity / model.info().blockSize);
     this.tables = soloTables(model, blocks);
-    this.blockTables = this.tables.blockTables;
     // -1: the previous step's row 0, i.e. this sequence's last argmax
     this.next = { tokens: Int32Array.of(-1), positions: new Int32Array(1), seqLens: Int32Array.of(1), ...this.tables, maxBlocksPerSeq: blocks, topK: 1 };
   }
@@ -150,7 +148,7 @@ export class GreedySequence {
       positions: Int32Array.from(tokens, (_, i) => first + i),
       seqLens: Int32Array.of(tokens.length),
       ...this.tables,
-      maxBlocksPerSeq: this.blockTables.length,
+      maxBlocksPerSeq: this.tables.blockTables.length,
       topK: 1,
     });
     this.length += tokens.length;
