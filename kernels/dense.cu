@@ -13,26 +13,18 @@
 //                  (the bf16 residual of an fp32 input) a second MMA per tile adds x_lo W^T: fp32-grade inputs at
 //                  twice the tensor work (used for the q/k/v and router projections, where routing near-ties
 //                  made bf16 inputs flip experts against the fp32 oracle).
+//   dense_wgmma:   the same GEMM on wgmma (dense_wgmma.cuh), the tensor-core path on sm_90 when K % 64 == 0: the
+//                  same bits, tiles from 64 weight rows x 16 tokens (batched decode) to 128 x 128 (prefill).
 
 #include <algorithm>
 #include <atomic>
 
 #include "common.cuh"
 #include "dense.h"
+#include "dense_wgmma.cuh"
 
 namespace hm::cuda {
 namespace {
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  const int n = pred ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N));
-}
 
 template <int NT, int U>
 __global__ void __launch_bounds__(256) bf16_gemv(const uint16_t* __restrict__ x, const uint16_t* __restrict__ x_lo,
@@ -297,7 +289,7 @@ __global__ void __launch_bounds__(256, (staged_min_blocks<NT, S>()))
   if (active) {
 #pragma unroll
     for (int j = 0; j < S; j++)
-      if (j * 32 + lane < nchunks) cp_async16(mine + j * 32, w4 + j * 32 + lane, true);
+      if (j * 32 + lane < nchunks) cp_async16_zfill(mine + j * 32, w4 + j * 32 + lane, true);
   }
   cp_async_commit();
   int c0 = 32 * S + lane;
@@ -444,15 +436,15 @@ __global__ void __launch_bounds__(128) bf16_gemm_mma(const uint16_t* __restrict_
       const int idx = tid + i * 128, r = idx >> 2, c = idx & 3;
       const int gm = m0 + r, gk = k0 + c * 8;
       const bool ok = gm < M && gk < K;
-      cp_async16(&As[stage][0][r][c * 8], ok ? x + size_t(gm) * ldx + gk : x, ok);
-      if (kLo) cp_async16(&As[stage][kLo ? 1 : 0][r][c * 8], ok ? x_lo + size_t(gm) * ldx + gk : x_lo, ok);
+      cp_async16_zfill(&As[stage][0][r][c * 8], ok ? x + size_t(gm) * ldx + gk : x, ok);
+      if (kLo) cp_async16_zfill(&As[stage][kLo ? 1 : 0][r][c * 8], ok ? x_lo + size_t(gm) * ldx + gk : x_lo, ok);
     }
 #pragma unroll
     for (int i = 0; i < 4; i++) {  // B: 128 rows x 4 chunks
       const int idx = tid + i * 128, r = idx >> 2, c = idx & 3;
       const int gn = n0 + r, gk = k0 + c * 8;
       const bool ok = gn < N && gk < K;
-      cp_async16(&Bs[stage][r][c * 8], ok ? W + size_t(gn) * K + gk : W, ok);
+      cp_async16_zfill(&Bs[stage][r][c * 8], ok ? W + size_t(gn) * K + gk : W, ok);
     }
   };
 
@@ -615,7 +607,42 @@ void launch_gemv(const DenseParams& p, cudaStream_t s) {
   }
 }
 
+template <int NWG, int BN, bool LO>
+void launch_dense_wgmma(const DenseParams& p, cudaStream_t s) {
+  using C = DwCfg<NWG, BN, LO>;
+  auto* kernel = dense_wgmma<NWG, BN, LO>;
+  static std::atomic<uint64_t> configured{0};  // one bit per device ordinal (the opt-in is per device)
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  const uint64_t bit = 1ull << (dev & 63);
+  if (!(configured.load() & bit)) {
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::SMEM)));
+    configured |= bit;
+  }
+  launch(kernel, dim3(ceil_div(p.T, BN), ceil_div(p.N, C::BM)), dim3(C::THREADS), C::SMEM, s, p.pdl, p.x, p.x_lo,
+         p.ldx, p.W, p.b, p.y, p.ldy, p.T, p.N, p.K, p.accumulate);
+}
+
+template <bool LO>
+void launch_dense_wgmma_tile(const DenseParams& p, int tile, cudaStream_t s) {
+  switch (tile) {
+    case 0: return launch_dense_wgmma<2, 128, LO>(p, s);
+    case 1: return launch_dense_wgmma<2, 64, LO>(p, s);
+    case 2: return launch_dense_wgmma<1, 64, LO>(p, s);
+    case 3: return launch_dense_wgmma<1, 32, LO>(p, s);
+    default: return launch_dense_wgmma<1, 16, LO>(p, s);
+  }
+}
+
 }  // namespace
+
+bool dense_wgmma_ok(const DenseParams& p) { return p.gemm != 1 && p.K % kDwBK == 0 && wgmma_device(); }
+int dense_wgmma_tiles() { return kDwTileCount; }
+void dense_wgmma_tile_shape(int i, int& warpgroups, int& tokens) {
+  HM_REQUIRE(i >= 0 && i < kDwTileCount, "dense_wgmma_tile_shape");
+  warpgroups = kDwTiles[i].nwg;
+  tokens = kDwTiles[i].bn;
+}
 
 void dense(const DenseParams& p, cudaStream_t stream) {
   HM_REQUIRE((p.x || p.norm_x) && p.W && p.y, "dense");
@@ -641,6 +668,19 @@ void dense(const DenseParams& p, cudaStream_t stream) {
       case 7: launch_gemv<7>(p, stream); break;
       default: launch_gemv<8>(p, stream); break;
     }
+    return;
+  }
+  const bool wgmma = dense_wgmma_ok(p);
+  HM_REQUIRE(p.gemm != 2 || wgmma, "dense (gemm 2: wgmma needs an sm_90 device and K % 64 == 0)");
+  HM_REQUIRE(p.wgmma_tile < kDwTileCount, "dense (wgmma_tile)");
+  if (wgmma) {
+    HM_REQUIRE(ceil_div(p.N, 64) <= 65535, "dense (rows per call)");
+    const int tile = p.wgmma_tile >= 0 ? p.wgmma_tile
+                                       : dense_wgmma_tile(p.T, p.N, device_attr(cudaDevAttrMultiProcessorCount));
+    if (p.x_lo)
+      launch_dense_wgmma_tile<true>(p, tile, stream);
+    else
+      launch_dense_wgmma_tile<false>(p, tile, stream);
     return;
   }
   const dim3 grid(ceil_div(p.N, BN), ceil_div(p.T, BM));

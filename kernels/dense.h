@@ -1,7 +1,8 @@
 // Dense bf16 projections with bias: y[T, N] (+)= x[T, K] W^T + b, W bf16 [N, K] as stored in the checkpoint
 // (q/k/v/o projections, router, lm_head). Few tokens take the GEMV path (streams W once with 16-byte loads, every
 // token of the batch reuses each loaded chunk; at one token the first chunks are issued before the PDL wait); many
-// tokens take the tensor-core path (mma.sync bf16, fp32 accumulate).
+// tokens take the tensor-core path: wgmma on sm_90 (dense_wgmma.cuh) where K is a multiple of 64, else mma.sync
+// (bf16, fp32 accumulate; both give the same bits).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -28,6 +29,8 @@ struct DenseParams {
   bool accumulate = false;  // y += ... (residual add fused) instead of y = ...
   bool pdl = false;
   int force_path = 0;       // 0 = choose by T, 1 = GEMV, 2 = tensor cores (tests)
+  int gemm = 0;             // the tensor-core kernel: 0 = by device and shape, 1 = mma.sync, 2 = wgmma (sm_90a)
+  int wgmma_tile = -1;      // wgmma tile shape for tests and timing (kDwTiles index); -1 picks by T and N
   // GEMV variant for tests and timing (N > 256); -1 picks by shape: chunks per lane copied to shared memory before
   // pdl_wait, 4 / 8 / 12 / 16, or 0 for the unstaged kernel.
   int gemv_stage = -1;
@@ -35,5 +38,10 @@ struct DenseParams {
 // Tokens up to this count take the GEMV path.
 constexpr int kDenseGemvMaxTokens = 8;
 void dense(const DenseParams& p, cudaStream_t stream);
+// Whether dense() would run the wgmma GEMM for p at many tokens (gemm 0 or 2): an sm_90 device, K % 64 == 0.
+bool dense_wgmma_ok(const DenseParams& p);
+// The wgmma GEMM's tile shapes (tests and timing): how many, and their warpgroups (64 weight rows each) and tokens.
+int dense_wgmma_tiles();
+void dense_wgmma_tile_shape(int i, int& warpgroups, int& tokens);
 
 }  // namespace hm::cuda

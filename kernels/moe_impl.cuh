@@ -789,7 +789,7 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
   // Whether the wgmma GEMMs run here (MXFP4 on an sm_90 device, shapes they take): kAuto's switch to the grouped
   // kernels and the GEMM choice below both follow it.
   bool wgmma_here = false;
-  if constexpr (F == WFmt::kMxfp4) wgmma_here = prefill_wgmma_device() && prefill_wgmma_ok(gu, dn, p.n, p.H, p.I, P);
+  if constexpr (F == WFmt::kMxfp4) wgmma_here = wgmma_device() && prefill_wgmma_ok(gu, dn, p.n, p.H, p.I, P);
   int grouped = 0;  // 1: GroupedDefault, 2: GroupedBf16 (where they apply; else the GEMMs)
   if constexpr (F == WFmt::kMxfp4) {
     if (p.path == MoePath::kGroupedBf16)

@@ -289,6 +289,7 @@ class CudaBackend final : public Backend {
   // wgmma GEMMs (moe_prefill_mma.cuh / v1, the kernels before them); auto (default).
   MoePath moe_prefill_path_ = MoePath::kAuto;
   bool moe_wgmma_ = true;
+  int dense_gemm_ = 0;  // HARMONIUM_DENSE=mma|wgmma (A/B): the dense projections' tensor-core kernel (DenseParams::gemm)
   bool fused_rope_ = true;  // decode-only steps rotate and write the KV cache inside attention (HARMONIUM_FUSED_ROPE=0: off)
 
   // ---- one step, in four parts: plan (host), upload, launch (graph or eager), readback ----
@@ -403,6 +404,13 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
     else if (m == "mma") moe_wgmma_ = false;
     else if (m != "auto" && !m.empty())
       throw std::runtime_error("HARMONIUM_MOE_PREFILL must be wgmma, mma or auto (got '" + m + "')");
+  }
+  if (const char* env = std::getenv("HARMONIUM_DENSE")) {
+    const std::string m = env;
+    if (m == "mma") dense_gemm_ = 1;
+    else if (m == "wgmma") dense_gemm_ = 2;
+    else if (m != "auto" && !m.empty())
+      throw std::runtime_error("HARMONIUM_DENSE must be wgmma, mma or auto (got '" + m + "')");
   }
   const char* prof_env = std::getenv("HARMONIUM_PROFILE");
   prof_.on = prof_env && std::strcmp(prof_env, "1") == 0;
@@ -530,6 +538,7 @@ DenseParams CudaBackend::dense_params(const uint16_t* x, int ldx, const uint16_t
   d.N = N;
   d.K = K;
   d.pdl = pdl_for("dense");
+  d.gemm = dense_gemm_;
   if (batch_invariant_) d.force_path = 2;  // the tensor-core GEMM at every T: a row's bits never depend on T
   return d;
 }

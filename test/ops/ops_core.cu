@@ -14,6 +14,9 @@
 //                    201088x2880) and odd ones, T = 1..8, vs ref::rmsnorm + ref::linear: nmse 1e-6 (norm_out 1e-5);
 //                    the staged kernels also bit for bit against the unstaged one (without the fused norm).
 //   bench_dense      HM_OP_BENCH=1 only: timings of those variants in a CUDA graph with PDL (prints, no cases).
+//   dense_wgmma      sm_90 only: the wgmma GEMM at every tile shape bit for bit against the mma.sync one (mma_bits),
+//                    vs ref::linear (nmse 1e-6) where quick; real shapes at T = 9 .. 2048 and ragged ones.
+//   bench_dense_gemm HM_OP_BENCH=1 only: mma.sync vs wgmma (every tile) at T = 16, 64, 256, 2048.
 //   attention_*      decode (split-K, contexts to 20k, several sequences with permuted block tables) and prefill
 //                    tiles (chunks crossing the 128 window, with a cached prefix); sliding cases name a block of
 //                    NaNs for every table entry before the window (window KV gives those back) vs ref::attention on the bf16
@@ -320,6 +323,84 @@ std::vector<Result> test_dense() {
 }
 HM_OP_TEST("dense", test_dense);
 
+// ---- dense on wgmma (sm_90 only) ----
+// Every tile shape against the mma.sync kernel bit for bit (metric mma_bits, tolerance 0: the claim that lets
+// batch-invariant mode take either), vs ref::linear (nmse 1e-6) where the CPU reference is quick, and repeat bits.
+// Real shapes (q/k/v with x + x_lo, o +=, routers 32 / 128, lm_head rows) at batched-decode and prefill token
+// counts, and ragged ones (odd N, T not a multiple of any tile).
+std::vector<Result> test_dense_wgmma() {
+  std::vector<Result> out;
+  {
+    cuda::DenseParams probe;
+    probe.K = 64;
+    if (!cuda::dense_wgmma_ok(probe)) return out;  // not an sm_90 device: nothing to compare
+  }
+  struct Case { int T, N, K; bool acc, lo; };
+  const Case cases[] = {{9, 5120, 2880, false, true},   {17, 2880, 4096, true, false},  {64, 5120, 2880, false, true},
+                        {64, 2880, 4096, true, false},  {64, 32, 2880, false, true},    {255, 128, 2880, false, true},
+                        {256, 5120, 2880, false, true}, {130, 1000, 128, false, false}, {33, 333, 64, true, false},
+                        {2048, 5120, 2880, false, true}, {2048, 2880, 4096, true, false}, {2048, 32, 2880, false, true},
+                        {17, 201088, 2880, false, false}};
+  uint64_t seed = 900;
+  for (const Case& c : cases) {
+    const auto xf = uniform(size_t(c.T) * c.K, seed++);
+    auto x = to_bf16(xf);
+    std::vector<uint16_t> xlo(x.size());
+    for (size_t i = 0; i < x.size(); i++) xlo[i] = ref::f32_to_bf16(xf[i] - ref::bf16_to_f32(x[i]));
+    auto W = to_bf16(uniform(size_t(c.N) * c.K, seed++, std::sqrt(3.f / c.K)));
+    auto b = to_bf16(uniform(c.N, seed++, 0.1f));
+    auto y0 = uniform(size_t(c.T) * c.N, seed++);
+    Dev<uint16_t> dx(x), dxlo(xlo), dW(W), db(b);
+    Dev<float> dy(y0);
+    cuda::DenseParams p;
+    if (c.lo) p.x_lo = dxlo.p;
+    p.x = dx.p, p.W = dW.p, p.b = db.p, p.y = dy.p, p.T = c.T, p.N = c.N, p.K = c.K, p.ldx = c.K, p.ldy = c.N;
+    p.accumulate = c.acc;
+    p.force_path = 2;
+    auto run = [&](int gemm, int tile) {
+      if (c.acc)
+        C_CHECK(cudaMemcpy(dy.p, y0.data(), y0.size() * 4, cudaMemcpyHostToDevice));
+      else
+        dy.poison();
+      p.gemm = gemm;
+      p.wgmma_tile = tile;
+      cuda::dense(p, nullptr);
+      return dy.get();
+    };
+    const auto want_bits = run(1, -1);
+    char base[96];
+    std::snprintf(base, sizeof base, "T=%d N=%d K=%d%s%s", c.T, c.N, c.K, c.acc ? " +=" : "", c.lo ? " x+x_lo" : "");
+    if (double(c.T) * c.N * c.K <= 1.5e9) {
+      std::vector<float> xin = widen(x);
+      if (c.lo)
+        for (size_t i = 0; i < x.size(); i++) xin[i] += ref::bf16_to_f32(xlo[i]);
+      std::vector<float> want(size_t(c.T) * c.N);
+      ref::linear(xin.data(), W.data(), b.data(), c.T, c.K, c.N, want.data());
+      if (c.acc)
+        for (size_t i = 0; i < want.size(); i++) want[i] += y0[i];
+      out.push_back(nmse_result(std::string("wgmma auto ") + base, run(2, -1), want, 1e-6));
+    }
+    for (int tile = -1; tile < cuda::dense_wgmma_tiles(); tile++) {
+      int nwg = 0, bn = 0;
+      if (tile >= 0) cuda::dense_wgmma_tile_shape(tile, nwg, bn);
+      char params[128];
+      if (tile < 0)
+        std::snprintf(params, sizeof params, "wgmma auto %s", base);
+      else
+        std::snprintf(params, sizeof params, "wgmma %dx%d %s", 64 * nwg, bn, base);
+      const auto got = run(2, tile);
+      Result r = repeat_bits(params, want_bits, got);
+      r.metric = "mma_bits";
+      for (float v : got)
+        if (!std::isfinite(v)) r.nan_or_inf = true;
+      out.push_back(r);
+      if (tile < 0) out.push_back(repeat_bits(params, got, run(2, tile)));
+    }
+  }
+  return out;
+}
+HM_OP_TEST("dense_wgmma", test_dense_wgmma);
+
 // ---- dense with the RMSNorm fused in (decode path) ----
 std::vector<Result> test_dense_norm() {
   std::vector<Result> out;
@@ -571,6 +652,69 @@ std::vector<Result> bench_dense() {
   return {};
 }
 HM_OP_TEST("bench_dense", bench_dense);
+
+// HM_OP_BENCH=1 only: the tensor-core GEMMs at batched-decode and prefill token counts, mma.sync against wgmma
+// (auto tile and every tile), in a CUDA graph with PDL, weights rotated past L2: us, TB/s of the weights, TFLOP/s
+// (the x_lo shapes count their second MMA: the tensor work they do).
+std::vector<Result> bench_dense_gemm() {
+  const char* env = std::getenv("HM_OP_BENCH");
+  if (!env || std::strcmp(env, "1") != 0) return {};
+  struct Shape {
+    const char* name;
+    int N, K;
+    bool lo, acc;
+  };
+  const Shape shapes[] = {{"qkv x+lo", 5120, 2880, true, false}, {"o +=", 2880, 4096, false, true},
+                          {"router32 x+lo", 32, 2880, true, false}, {"router128 x+lo", 128, 2880, true, false}};
+  cudaStream_t s;
+  C_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  std::printf("-- dense tensor-core GEMMs (graph + PDL, weights rotated past L2; us per launch) --\n");
+  const int maxT = 2048;
+  for (const Shape& sh : shapes) {
+    const size_t wbytes = size_t(sh.N) * sh.K * 2;
+    const int copies = int(std::max<size_t>(2, (size_t(256) << 20) / wbytes + 1));
+    Dev<uint16_t> W(wbytes / 2 * copies), x(maxT * size_t(sh.K)), xlo(maxT * size_t(sh.K)), b(sh.N);
+    Dev<float> y(maxT * size_t(sh.N));
+    C_CHECK(cudaMemset(W.p, 0x3c, W.n * 2));
+    C_CHECK(cudaMemset(x.p, 0x3c, x.n * 2));
+    C_CHECK(cudaMemset(xlo.p, 0x1c, xlo.n * 2));
+    C_CHECK(cudaMemset(b.p, 0, b.n * 2));
+    C_CHECK(cudaMemset(y.p, 0, y.n * 4));
+    for (int T : {16, 64, 256, 2048}) {
+      const int iters = T >= 2048 ? 10 : 40;
+      for (int v = -2; v < cuda::dense_wgmma_tiles(); v++) {  // -2: mma.sync, -1: wgmma's pick, else that tile
+        cuda::DenseParams p;
+        p.x = x.p, p.ldx = sh.K;
+        if (sh.lo) p.x_lo = xlo.p;
+        p.b = b.p, p.y = y.p, p.T = T, p.N = sh.N, p.K = sh.K, p.ldy = sh.N, p.accumulate = sh.acc, p.pdl = true;
+        p.force_path = 2;
+        p.gemm = v == -2 ? 1 : 2;
+        p.wgmma_tile = v >= 0 ? v : -1;
+        auto run = [&](int i) {
+          p.W = W.p + size_t(i % copies) * (wbytes / 2);
+          cuda::dense(p, s);
+        };
+        run(0);
+        C_CHECK(cudaStreamSynchronize(s));
+        const float us = graph_us(s, iters, run);
+        const double flop = 2.0 * T * sh.N * sh.K * (sh.lo ? 2 : 1);
+        char what[24];
+        if (v == -2) std::snprintf(what, sizeof what, "mma.sync");
+        else if (v == -1) std::snprintf(what, sizeof what, "wgmma auto");
+        else {
+          int nwg = 0, bn = 0;
+          cuda::dense_wgmma_tile_shape(v, nwg, bn);
+          std::snprintf(what, sizeof what, "wgmma %dx%d", 64 * nwg, bn);
+        }
+        std::printf("%-15s T=%-5d %-12s %8.2f us  %5.2f TB/s  %6.1f TFLOP/s\n", sh.name, T, what, us,
+                    wbytes / (us * 1e6), flop / (us * 1e6));
+      }
+    }
+  }
+  C_CHECK(cudaStreamDestroy(s));
+  return {};
+}
+HM_OP_TEST("bench_dense_gemm", bench_dense_gemm);
 
 // ---- attention ----
 // A paged cache of num_blocks blocks with random bf16 K/V; each sequence gets a permuted run of blocks.

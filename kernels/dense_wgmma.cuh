@@ -1,0 +1,167 @@
+// The dense projections' GEMM on Hopper's warpgroup MMA (sm_90a): y[T, N] (+)= x[T, K] W^T + b for T above the
+// GEMV's 8 tokens (q/k/v, o, router, lm_head rows of a prefill or a batched decode step). dense() takes it on an
+// sm_90 device when K is a multiple of 64; bf16_gemm_mma (mma.sync) everywhere else.
+//
+// Computed transposed, D[weight row][token] = W x^T: the weights are wgmma's A (M = 64 rows a warpgroup), the
+// tokens its N (16 .. 128), so a step of 64 tokens still fills whole MMAs while streaming each weight once.
+//   - a block: NWG warpgroups of 64 weight rows (BM = 64 NWG) x BN tokens, 128 NWG threads, all loaders;
+//   - k-tiles of 64 columns (one 128-byte row, the swizzle atom) through a ring of DwCfg::STAGES stages by
+//     cp.async: the weights' and the tokens' rows (and x_lo's) stored in the 128-byte swizzle both descriptors
+//     read; the ring runs STAGES - 2 tiles ahead so that a k-tile's MMAs may still run (wait_group 1) while the
+//     next tile's are issued: a stage is refilled two tiles after its MMAs were issued, when they have retired;
+//   - the first tiles' weights are issued before pdl_wait (they do not depend on the previous kernel);
+//   - blockIdx.x walks the token tiles, so the blocks that share a weight tile run together and read it from L2.
+// Bits: bf16_gemm_mma's. Per k16 step the same products are summed into the same fp32 accumulator in the same
+// order (x, then x_lo), and the H200's wgmma sums a k16 step as its mma.sync does (moe_prefill_wgmma.cuh found
+// the same); the op tests check it bit for bit ("mma_bits"), so batch-invariant mode may take either kernel.
+#pragma once
+
+#include "wgmma.cuh"
+
+namespace hm::cuda {
+namespace {
+
+constexpr int kDwBK = 64;  // columns a k-tile: one 128-byte swizzle atom a row
+
+// The tile shapes, most rows and tokens first (dense_wgmma_tile picks one): {warpgroups, tokens}.
+struct DwTile {
+  int nwg, bn;
+};
+constexpr DwTile kDwTiles[] = {{2, 128}, {2, 64}, {1, 64}, {1, 32}, {1, 16}};
+constexpr int kDwTileCount = int(sizeof(kDwTiles) / sizeof(kDwTiles[0]));
+
+template <int NWG, int BN, bool LO>
+struct DwCfg {
+  static constexpr int BM = 64 * NWG, THREADS = 128 * NWG;
+  static constexpr int W_BYTES = BM * 128, X_BYTES = BN * 128;
+  static constexpr int STAGE_BYTES = W_BYTES + X_BYTES * (LO ? 2 : 1);
+  // As many stages as fit about 192 KB (3 .. 8): the narrow tiles are bound by the weights' bytes in flight.
+  static constexpr int STAGES = 196608 / STAGE_BYTES > 8 ? 8 : 196608 / STAGE_BYTES < 3 ? 3 : 196608 / STAGE_BYTES;
+  static constexpr int AHEAD = STAGES - 2;  // k-tiles in flight
+  static constexpr size_t SMEM = size_t(STAGES) * STAGE_BYTES + 1024;  // + the ring's 1024-byte alignment
+  static_assert(STAGE_BYTES % 1024 == 0, "swizzled tiles start 1024-aligned");
+  static_assert(BN == 16 || BN == 32 || BN == 64 || BN == 128, "wg_mma_ss_k16 has N 16, 32, 64, 128");
+};
+
+// The widest tile (kDwTiles order) no wider than the tokens that gives 3/5 of a block an SM, else the narrowest
+// with the most blocks. H200 (HM_OP_BENCH bench_dense_gemm, us; the pick against the rule "first tile with a block
+// an SM"): q/k/v x + x_lo T = 16 64x16 12.6 (64x64 21.0), T = 64 64x64 21.2 (64x32 29.6), T = 256 128x128 40.1
+// (128x64 49.1); o T = 16 64x16 14.9 (26.5), T = 256 128x64 36.5 (65.7); 128x128 at T = 2048 (q/k/v 199 us, 608
+// TFLOP/s; o 168); routers 64x16 (11.7 at T = 64, mma.sync 55).
+inline int dense_wgmma_tile(int T, int N, int sms) {
+  const int widest = T <= 16 ? 16 : ceil_div(T, 16) * 16;
+  int best = kDwTileCount - 1;
+  long best_blocks = 0;
+  for (int i = 0; i < kDwTileCount; i++) {
+    if (kDwTiles[i].bn > widest) continue;
+    const long blocks = long(ceil_div(N, 64 * kDwTiles[i].nwg)) * ceil_div(T, kDwTiles[i].bn);
+    if (blocks * 5 >= long(sms) * 3) return i;
+    if (blocks >= best_blocks) best = i, best_blocks = blocks;
+  }
+  return best;
+}
+
+// Grid (ceil(T / BN), ceil(N / BM)), DwCfg::THREADS threads, DwCfg::SMEM bytes of dynamic shared memory.
+template <int NWG, int BN, bool LO>
+__global__ void __launch_bounds__(128 * NWG) dense_wgmma(const uint16_t* __restrict__ x,
+                                                        const uint16_t* __restrict__ x_lo, int ldx,
+                                                        const uint16_t* __restrict__ W,
+                                                        const uint16_t* __restrict__ b, float* __restrict__ y,
+                                                        int ldy, int M, int N, int K, bool accumulate) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using C = DwCfg<NWG, BN, LO>;
+  constexpr int NST = C::STAGES, AHEAD = C::AHEAD, NACC = BN / 2;
+  constexpr int WR = C::BM * 8 / C::THREADS;                    // weight-row chunks a thread (4)
+  constexpr int XR = (BN * 8 + C::THREADS - 1) / C::THREADS;     // token-row chunks a thread
+  extern __shared__ __align__(16) unsigned char dw_smem[];
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(dw_smem));
+  const uint32_t ring = (raw + 1023u) & ~1023u;
+  unsigned char* ring_p = dw_smem + (ring - raw);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wgi = warp >> 2, wq = warp & 3;
+  const int g = lane >> 2, t = lane & 3;
+  const int m0 = blockIdx.x * BN, n0 = blockIdx.y * C::BM, KT = K / kDwBK;
+
+  // Chunk c (16 bytes) of row r goes to r * 128 + ((c ^ (r & 7)) << 4): the 128-byte swizzle.
+  auto issue_w = [&](int kt) {
+    unsigned char* st = ring_p + (kt % NST) * C::STAGE_BYTES;
+#pragma unroll
+    for (int i = 0; i < WR; i++) {
+      const int idx = tid + i * C::THREADS, r = idx >> 3, c = idx & 7;
+      const bool ok = n0 + r < N;
+      cp_async16_zfill(st + r * 128 + ((c ^ (r & 7)) << 4), ok ? W + size_t(n0 + r) * K + kt * kDwBK + c * 8 : W,
+                       ok);
+    }
+  };
+  auto issue_x = [&](int kt) {
+    unsigned char* st = ring_p + (kt % NST) * C::STAGE_BYTES + C::W_BYTES;
+#pragma unroll
+    for (int i = 0; i < XR; i++) {
+      const int idx = tid + i * C::THREADS, r = idx >> 3, c = idx & 7;
+      if (r >= BN) break;
+      const bool ok = m0 + r < M;
+      const size_t off = size_t(ok ? m0 + r : 0) * ldx + kt * kDwBK + c * 8;
+      cp_async16_zfill(st + r * 128 + ((c ^ (r & 7)) << 4), x + off, ok);
+      if (LO) cp_async16_zfill(st + C::X_BYTES + r * 128 + ((c ^ (r & 7)) << 4), x_lo + off, ok);
+    }
+  };
+
+  // The first AHEAD tiles' weights before the wait (in the first group with tile 0's tokens), then one group a tile.
+  for (int s = 0; s < AHEAD; s++)
+    if (s < KT) issue_w(s);
+  pdl_wait();
+  pdl_trigger();
+  for (int s = 0; s < AHEAD; s++) {
+    if (s < KT) issue_x(s);
+    cp_async_commit();
+  }
+
+  float acc[NACC];
+#pragma unroll
+  for (int i = 0; i < NACC; i++) acc[i] = 0.f;
+  for (int kt = 0; kt < KT; kt++) {
+    cp_async_wait<AHEAD - 1>();  // this thread's copies of tile kt have landed
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // visible to wgmma's operand reads
+    __syncthreads();  // everyone's; every warpgroup's MMAs of tile kt - 2 have retired (wait_group 1 below)
+    if (kt + AHEAD < KT) {  // into the stage of tile kt - 2
+      issue_w(kt + AHEAD);
+      issue_x(kt + AHEAD);
+    }
+    cp_async_commit();
+    const uint32_t st = ring + uint32_t((kt % NST) * C::STAGE_BYTES);
+    const uint32_t a_addr = st + uint32_t(wgi * 64 * 128), x_addr = st + uint32_t(C::W_BYTES);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < kDwBK / 16; kk++) {
+      const uint64_t da = wg_desc_sw128(a_addr + uint32_t(kk * 32));
+      wg_mma_ss_k16(acc, da, wg_desc_sw128(x_addr + uint32_t(kk * 32)));
+      if (LO) wg_mma_ss_k16(acc, da, wg_desc_sw128(x_addr + uint32_t(C::X_BYTES + kk * 32)));
+    }
+    wg_commit();
+    wg_wait<1>();
+  }
+  wg_wait<0>();
+  wg_fence_acc(acc);
+  cp_async_wait<0>();
+
+  // acc[4 j + 2 h + c]: weight row 16 wq + g + 8 h of the warpgroup's 64, token column 8 j + 2 t + c (wgmma's D).
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    const int n = n0 + wgi * 64 + wq * 16 + g + 8 * h;
+    if (n >= N) continue;
+    const float bias = b ? bf2f_bits(b[n]) : 0.f;
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+      for (int c = 0; c < 2; c++) {
+        const int m = m0 + 8 * j + 2 * t + c;
+        if (m >= M) continue;
+        float* dst = y + size_t(m) * ldy + n;
+        const float v = acc[4 * j + 2 * h + c] + bias;  // bf16_gemm_mma's expressions, for its bits
+        *dst = accumulate ? *dst + v : v;
+      }
+  }
+#endif
+}
+
+}  // namespace
+}  // namespace hm::cuda
