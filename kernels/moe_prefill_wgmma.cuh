@@ -4,9 +4,10 @@
 // (299 TFLOP/s; v2 2,187), 5,426 at 8192 E = 128 (300; v2 8,682), 318 at 64 tokens E = 32 (v1 563).
 //
 // The GEMM is computed transposed, D[weight row][token] = W[e] x X^T, so the decoded weights are the A operand,
-// straight from registers (no bf16 copy of any weight in shared memory), and the tokens of a tile are wgmma's N,
-// which may be as narrow as 8: so the same kernel serves an expert's 16 tokens (a batched decode step) and its
-// thousands (a prompt), at the tile width BN (16, 32, 64 or 128) picked per call from the tokens an expert:
+// straight from registers (moe_prefill_wgmma: no bf16 copy of any weight in shared memory), and the tokens of a
+// tile are wgmma's N, which may be as narrow as 8: so the same kernel serves an expert's 16 tokens (a batched
+// decode step) and its thousands (a prompt), at the tile width BN (16, 32, 64 or 128) picked per call from the
+// tokens an expert:
 //   - a block: 128 weight rows (two warpgroups of 64) x BN sorted pair-rows (one expert, the tile list of
 //     moe_prefill_mma.cuh at BN rows), 256 threads, every thread a loader and a consumer;
 //   - k-tiles of 64 columns through a ring of WgCfg<BN>::STAGES stages by cp.async: the tokens' bf16 rows (gathered by
@@ -21,8 +22,11 @@
 //     weights' bytes in flight: they stream once per token tile);
 //   - epilogues as v2's: SwiGLU x routing weight into act (gate and up rows are neighbours, lanes l and l ^ 4),
 //     bias x routing weight into ws.out.
-// Bits: v1's, at every tile width (op tests "v1_bits": the H200's wgmma sums a k16 step as its mma.sync does, the
-// weights are exact and 2^-63 is exact), so the batch-invariance argument of v1 carries over.
+// moe_prefill_wgmma_ss is the same GEMM with each k-tile's weights decoded into a bf16 tile in shared memory
+// (both operands by descriptor, the next k-tile decoded while this one's MMAs run; still no bf16 copy in global
+// memory): the default up to 64 tokens a tile (kWgSmemMaxBN).
+// Bits: v1's, at every tile width and either operand (op tests "v1_bits": the H200's wgmma sums a k16 step as its
+// mma.sync does, the weights are exact and 2^-63 is exact), so the batch-invariance argument of v1 carries over.
 #pragma once
 
 #include "wgmma.cuh"  // the wgmma PTX wrappers
@@ -68,6 +72,56 @@ __device__ __forceinline__ uint32_t decode_pair(uint32_t w, int t, uint32_t f) {
   w >>= 4 * t;
   return bf16x2_mul(((w << 6) & 0x01C001C0u) | ((w << 12) & 0x80008000u), f);
 }
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// The epilogue of both kernels. acc[4 j + 2 h + c]: weight row lr0 + 8 h, token column 8 j + 2 t + c of the tile
+// (wgmma's D fragment); gate_up: SwiGLU x routing weight into act, down: + bias x routing weight into ws.out.
+template <bool GATE_UP, int BN>
+__device__ __forceinline__ void wg_epilogue(const GemmArgs& a, const float (&acc)[BN / 2], int e, int m0, int m_end,
+                                            int n0, int lr0, int lr1, int g, int t) {
+  const int N = a.W.rows;
+  const uint16_t* bias = a.W.bias + size_t(e) * N;
+  if constexpr (GATE_UP) {
+    // Gate row 2i and up row 2i + 1 sit in lanes l and l ^ 4 (g and g + 1): an even-g lane takes the pair of its
+    // first row (its own gate, the partner's up), an odd-g lane the pair of its second (the partner's gate, its up).
+    const bool odd = g & 1;
+    const int grow = n0 + (odd ? lr1 - 1 : lr0);  // the pair's gate row
+    const bool ok = grow + 1 < N;
+    const float bg = ok ? bf2f_bits(bias[grow]) : 0.f, bu = ok ? bf2f_bits(bias[grow + 1]) : 0.f;
+    const int I = N >> 1, col = kperm_pos(grow >> 1);
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+      for (int c = 0; c < 2; c++) {
+        const float mine0 = acc[4 * j + c], mine1 = acc[4 * j + 2 + c];
+        const float other = __shfl_xor_sync(0xffffffffu, odd ? mine0 : mine1, 4);
+        const int row = m0 + 8 * j + 2 * t + c;
+        if (!ok || row >= m_end) continue;
+        const float gate = (odd ? other : mine0) * kTwoPow63 + bg;
+        const float up = (odd ? mine1 : other) * kTwoPow63 + bu;
+        const float wr_ = a.weights[a.ws.perm[row]];
+        a.ws.act[size_t(row) * I + col] = f2bf_bits(swiglu1(gate, up, a.limit) * wr_);
+      }
+  } else {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int wrow = n0 + lr0 + 8 * h;
+      if (wrow >= N) continue;
+      const float b = bf2f_bits(bias[wrow]);
+#pragma unroll
+      for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+          const int row = m0 + 8 * j + 2 * t + c;
+          if (row >= m_end) continue;
+          const float wr_ = a.weights[a.ws.perm[row]];
+          a.ws.out[size_t(row) * N + wrow] = acc[4 * j + 2 * h + c] * kTwoPow63 + wr_ * b;
+        }
+    }
+  }
+}
+
+#endif
 
 // Grid: (ceil(N / kWgBM), prefill_max_tiles(P, E, BN)); blocks past the last tile exit. Dynamic shared memory
 // WgCfg<BN>::SMEM.
@@ -166,46 +220,7 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, i
     for (int i = 0; i < 4; i++) sc[i] = sc_next[i];
   }
 
-  // Epilogue. acc[4 j + 2 h + c]: weight row lr0 + 8 h, token column 8 j + 2 t + c (wgmma's D fragment).
-  const uint16_t* bias = a.W.bias + size_t(e) * N;
-  if constexpr (GATE_UP) {
-    // Gate row 2i and up row 2i + 1 sit in lanes l and l ^ 4 (g and g + 1): an even-g lane takes the pair of its
-    // first row (its own gate, the partner's up), an odd-g lane the pair of its second (the partner's gate, its up).
-    const bool odd = g & 1;
-    const int grow = n0 + (odd ? lr1 - 1 : lr0);  // the pair's gate row
-    const bool ok = grow + 1 < N;
-    const float bg = ok ? bf2f_bits(bias[grow]) : 0.f, bu = ok ? bf2f_bits(bias[grow + 1]) : 0.f;
-    const int I = N >> 1, col = kperm_pos(grow >> 1);
-#pragma unroll
-    for (int j = 0; j < BN / 8; j++)
-#pragma unroll
-      for (int c = 0; c < 2; c++) {
-        const float mine0 = acc[4 * j + c], mine1 = acc[4 * j + 2 + c];
-        const float other = __shfl_xor_sync(0xffffffffu, odd ? mine0 : mine1, 4);
-        const int row = m0 + 8 * j + 2 * t + c;
-        if (!ok || row >= m_end) continue;
-        const float gate = (odd ? other : mine0) * kTwoPow63 + bg;
-        const float up = (odd ? mine1 : other) * kTwoPow63 + bu;
-        const float wr_ = a.weights[a.ws.perm[row]];
-        a.ws.act[size_t(row) * I + col] = f2bf_bits(swiglu1(gate, up, a.limit) * wr_);
-      }
-  } else {
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const int wrow = n0 + lr0 + 8 * h;
-      if (wrow >= N) continue;
-      const float b = bf2f_bits(bias[wrow]);
-#pragma unroll
-      for (int j = 0; j < BN / 8; j++)
-#pragma unroll
-        for (int c = 0; c < 2; c++) {
-          const int row = m0 + 8 * j + 2 * t + c;
-          if (row >= m_end) continue;
-          const float wr_ = a.weights[a.ws.perm[row]];
-          a.ws.out[size_t(row) * N + wrow] = acc[4 * j + 2 * h + c] * kTwoPow63 + wr_ * b;
-        }
-    }
-  }
+  wg_epilogue<GATE_UP, BN>(a, acc, e, m0, m_end, n0, lr0, lr1, g, t);
 #endif
 }
 
@@ -220,30 +235,174 @@ void launch_prefill_wgmma(const GemmArgs& g, int E, int T, cudaStream_t stream, 
   launch(kern, dim3(ceil_div(g.W.rows, kWgBM), T), dim3(kWgThreads), WgCfg<BN>::SMEM, stream, pdl, g, E);
 }
 
+// The same GEMM with the weights decoded into shared memory (MoeParams::wgmma_a 2): a k-tile's MXFP4 bytes are
+// decoded by all 256 threads (thread = one row's 32-column block: its 16 raw bytes, its scale) into a bf16 tile in
+// the 128-byte swizzle, and both wgmma operands come from shared memory, so one k-tile's MMAs run while the next
+// tile is decoded (two decoded tiles, wait_group 1), which the register operand cannot do (its registers must live
+// until the MMA retires). Per decoded word the columns are decode_pair's, as the register kernel's fragments, so
+// every k16 step sums the same products: v1's bits again (op tests).
+template <int BN>
+struct WgSsCfg {
+  static constexpr int STAGES = 6;  // ring of (token rows, raw weight bytes): 3 blocks an SM at BN = 16, 2 to 64
+  static constexpr int X_BYTES = BN * kWgBK * 2;
+  static constexpr int RAW_BYTES = kWgBM * 32;      // a row's 32 raw bytes a k-tile
+  static constexpr int STAGE_BYTES = X_BYTES + RAW_BYTES;
+  static constexpr int A_BYTES = kWgBM * 128;       // the decoded tile: 128 rows x 64 bf16
+  static constexpr size_t SMEM = size_t(STAGES) * STAGE_BYTES + 2 * A_BYTES + 1024;
+  static_assert(STAGE_BYTES % 1024 == 0, "the swizzled token tiles must start 1024-aligned");
+};
+
+template <bool GATE_UP, int BN>
+__global__ void __launch_bounds__(kWgThreads, 1) moe_prefill_wgmma_ss(GemmArgs a, int E) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using C = WgSsCfg<BN>;
+  constexpr int NST = C::STAGES, NACC = BN / 2, XR = (BN * 8 + kWgThreads - 1) / kWgThreads;
+  extern __shared__ __align__(16) unsigned char wg_smem[];
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(wg_smem));
+  const uint32_t ring = (raw + 1023u) & ~1023u;
+  unsigned char* ring_p = wg_smem + (ring - raw);
+  const uint32_t a_tiles = ring + uint32_t(NST * C::STAGE_BYTES);  // two decoded tiles after the ring
+  unsigned char* a_tiles_p = ring_p + NST * C::STAGE_BYTES;
+  const int tid = threadIdx.x;
+  const int N = a.W.rows, K = a.W.K, kb = K >> 5, KT = K / kWgBK, n0 = blockIdx.x * kWgBM;
+  // Raw weight copies and their decode: chunk wc (16 bytes, 32 columns) of row wr, the same thread both.
+  const int wr = tid >> 1, wc = tid & 1;
+  const bool w_ok = n0 + wr < N;
+  const uint8_t* w_src = static_cast<const uint8_t*>(a.W.data);  // set below, once the tile's expert is known
+  const uint8_t* s_src = a.W.scales;
+  pdl_wait();
+  pdl_trigger();
+  int e, m0, m_end;
+  if (!prefill_tile<BN>(a.ws.offsets, E, int(blockIdx.y), e, m0, m_end)) return;
+  w_src += ((size_t(e) * N + (w_ok ? n0 + wr : 0)) * kb + wc) * 16;
+  s_src += (size_t(e) * N + (w_ok ? n0 + wr : 0)) * kb + wc;
+
+  const int xc = tid & 7, xr0 = tid >> 3;
+  uint32_t x_off[XR];
+  bool x_ok[XR];
+#pragma unroll
+  for (int i = 0; i < XR; i++) {
+    const int r = m0 + xr0 + 32 * i;
+    x_ok[i] = r < m_end && xr0 + 32 * i < BN;
+    x_off[i] = x_ok[i] ? uint32_t(GATE_UP ? a.ws.perm[r] / a.k : r) * uint32_t(a.lda) + uint32_t(xc * 8) : 0u;
+  }
+  auto issue = [&](int kt) {  // k-tile kt into stage kt % NST (always one group, empty past the end)
+    if (kt < KT) {
+      unsigned char* st = ring_p + (kt % NST) * C::STAGE_BYTES;
+#pragma unroll
+      for (int i = 0; i < XR; i++) {
+        const int r = xr0 + 32 * i;
+        if (r < BN) cp_async16_zfill(st + r * 128 + ((xc ^ (r & 7)) << 4), a.A + x_off[i] + kt * kWgBK, x_ok[i]);
+      }
+      cp_async16_zfill(st + C::X_BYTES + wr * 32 + wc * 16, w_src + size_t(kt) * 32, w_ok);
+    }
+    cp_async_commit();
+  };
+  // Decodes this thread's 16 raw bytes of k-tile kt (scale sc) into words 4 wc .. 4 wc + 3 of its row: word w is
+  // 16-byte chunk w of the row (k16 step w / 2, columns 8 (w & 1) ..), pairs t at columns 2t, 2t + 1.
+  auto decode = [&](int kt, uint32_t sc) {
+    const uint4 q = *reinterpret_cast<const uint4*>(ring_p + (kt % NST) * C::STAGE_BYTES + C::X_BYTES + wr * 32 +
+                                                    wc * 16);
+    const uint32_t f = mx_factor(sc);
+    unsigned char* dst = a_tiles_p + (kt & 1) * C::A_BYTES + wr * 128;
+    const uint32_t wv[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const int w = 4 * wc + i;
+      uint4 o;
+      o.x = decode_pair(wv[i], 0, f);
+      o.y = decode_pair(wv[i], 1, f);
+      o.z = decode_pair(wv[i], 2, f);
+      o.w = decode_pair(wv[i], 3, f);
+      *reinterpret_cast<uint4*>(dst + ((w ^ (wr & 7)) << 4)) = o;
+    }
+  };
+  auto scale = [&](int kt) { return w_ok && kt < KT ? uint32_t(__ldg(s_src + 2 * kt)) : 127u; };
+
+  const int lane = tid & 31, warp = tid >> 5, wgi = warp >> 2, wq = warp & 3, g = lane >> 2, t = lane & 3;
+  float acc[NACC];
+#pragma unroll
+  for (int i = 0; i < NACC; i++) acc[i] = 0.f;
+  for (int s = 0; s < NST - 1; s++) issue(s);
+  uint32_t sc_next = scale(1), sc_next2 = scale(2);
+  cp_async_wait<NST - 2>();  // tile 0 (this thread's raw bytes)
+  decode(0, scale(0));
+  for (int kt = 0; kt < KT; kt++) {
+    // Tile kt is decoded by this thread; tile kt + 1's copies: this thread's have landed.
+    cp_async_wait<NST - 3>();
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // decoded tile kt and token rows: to wgmma
+    __syncthreads();  // everyone's; every warpgroup's MMAs of tile kt - 1 have retired (waited below)
+    issue(kt + NST - 1);  // into the stage of tile kt - 1
+    const uint32_t x_addr = ring + uint32_t((kt % NST) * C::STAGE_BYTES);
+    const uint32_t a_addr = a_tiles + uint32_t((kt & 1) * C::A_BYTES + wgi * 64 * 128);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < kWgBK / 16; kk++)
+      wg_mma_ss_k16(acc, wg_desc_sw128(a_addr + uint32_t(kk * 32)), wg_desc_sw128(x_addr + uint32_t(kk * 32)));
+    wg_commit();
+    // Tile kt + 1 into the other decoded buffer (its MMAs, of tile kt - 1, retired before the barrier).
+    if (kt + 1 < KT) decode(kt + 1, sc_next);
+    sc_next = sc_next2;
+    sc_next2 = scale(kt + 3);
+    wg_wait<0>();
+  }
+  wg_fence_acc(acc);
+  cp_async_wait<0>();
+  const int lr0 = wgi * 64 + wq * 16 + g, lr1 = lr0 + 8;
+  wg_epilogue<GATE_UP, BN>(a, acc, e, m0, m_end, n0, lr0, lr1, g, t);
+#endif
+}
+
+template <bool GATE_UP, int BN>
+void launch_prefill_wgmma_ss(const GemmArgs& g, int E, int T, cudaStream_t stream, bool pdl) {
+  auto kern = moe_prefill_wgmma_ss<GATE_UP, BN>;
+  static const bool attr_set = [&] {  // once per instantiation (the dynamic shared memory is above 48 KB)
+    CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(WgSsCfg<BN>::SMEM)));
+    return true;
+  }();
+  (void)attr_set;
+  launch(kern, dim3(ceil_div(g.W.rows, kWgBM), T), dim3(kWgThreads), WgSsCfg<BN>::SMEM, stream, pdl, g, E);
+}
+
 template <int BN>
 void launch_prefill_wgmma_both(GemmArgs g, const WMat& gu, const WMat& dn, const MoeParams& p, const Workspace& ws,
-                               int P, cudaStream_t stream) {
+                               int P, bool smem_a, cudaStream_t stream) {
   const int T = prefill_max_tiles(P, p.E, BN);
   g.W = gu;
   g.A = ws.xp;
   g.lda = p.H;
-  launch_prefill_wgmma<true, BN>(g, p.E, T, stream, p.pdl);
+  if (smem_a)
+    launch_prefill_wgmma_ss<true, BN>(g, p.E, T, stream, p.pdl);
+  else
+    launch_prefill_wgmma<true, BN>(g, p.E, T, stream, p.pdl);
   g.W = dn;
   g.A = ws.act;
   g.lda = p.I;
-  launch_prefill_wgmma<false, BN>(g, p.E, T, stream, p.pdl);
+  if (smem_a)
+    launch_prefill_wgmma_ss<false, BN>(g, p.E, T, stream, p.pdl);
+  else
+    launch_prefill_wgmma<false, BN>(g, p.E, T, stream, p.pdl);
 }
 
+// The widest tile that decodes the weights into shared memory by default (MoeParams::wgmma_a 0). H200 lab, one
+// layer, us, registers / shared memory: E = 32 64 tokens (tile 16) 320 / 295, 256 tokens (tile 64) 426 / 415;
+// E = 128 64 tokens 986 / 918, 512 tokens (tile 32) 1,410 / 1,250; but at tile 128 (2048 tokens) 1,364 / 1,759
+// and 2,118 / 2,732: there the register kernel keeps two blocks an SM and the shared one only one.
+constexpr int kWgSmemMaxBN = 64;
+
 // x into the k-permutation (ws.xp), gate_up, down (after route_sort, before the combine), at the tile width for
-// the mean tokens an expert (prefill_wgmma_bn) unless `bn` names one.
+// the mean tokens an expert (prefill_wgmma_bn) unless `bn` names one; the weights' operand decoded into shared
+// memory up to kWgSmemMaxBN, from registers above (MoeParams::wgmma_a forces either).
 void launch_prefill_wgmma_pair(const MoeParams& p, const GemmArgs& g, const WMat& gu, const WMat& dn,
                                const Workspace& ws, int P, cudaStream_t stream, int bn = 0) {
   launch(moe_permute_x, dim3(p.n), dim3(256), 0, stream, p.pdl, p.x, p.ldx, p.H, ws.xp);
-  switch (bn > 0 ? bn : prefill_wgmma_bn(P, p.E)) {
-    case 16: return launch_prefill_wgmma_both<16>(g, gu, dn, p, ws, P, stream);
-    case 32: return launch_prefill_wgmma_both<32>(g, gu, dn, p, ws, P, stream);
-    case 64: return launch_prefill_wgmma_both<64>(g, gu, dn, p, ws, P, stream);
-    default: return launch_prefill_wgmma_both<128>(g, gu, dn, p, ws, P, stream);
+  const int width = bn > 0 ? bn : prefill_wgmma_bn(P, p.E);
+  const bool smem_a = p.wgmma_a == 2 || (p.wgmma_a == 0 && width <= kWgSmemMaxBN);
+  switch (width) {
+    case 16: return launch_prefill_wgmma_both<16>(g, gu, dn, p, ws, P, smem_a, stream);
+    case 32: return launch_prefill_wgmma_both<32>(g, gu, dn, p, ws, P, smem_a, stream);
+    case 64: return launch_prefill_wgmma_both<64>(g, gu, dn, p, ws, P, smem_a, stream);
+    default: return launch_prefill_wgmma_both<128>(g, gu, dn, p, ws, P, smem_a, stream);
   }
 }
 

@@ -630,9 +630,10 @@ MoeParams with_path(MoeParams q, MoePath path) {
   q.path = path;
   return q;
 }
-MoeParams with_wgmma_tile(MoeParams q, int tile) {
+MoeParams with_wgmma_tile(MoeParams q, int tile, int wgmma_a = 0) {
   q.path = MoePath::kPrefillWgmma;
   q.wgmma_tile = tile;
+  q.wgmma_a = wgmma_a;
   return q;
 }
 
@@ -726,6 +727,10 @@ void prefill_section(const Layer& L, int n, const uint16_t* x, float* y, void* w
       {"wgmma tile 32", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 32), L.mx(), 0); }},
       {"wgmma tile 64", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 64), L.mx(), 0); }},
       {"wgmma tile 128", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 128), L.mx(), 0); }},
+      {"wgmma smem-A tile 16", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 16, 2), L.mx(), 0); }},
+      {"wgmma smem-A tile 32", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 32, 2), L.mx(), 0); }},
+      {"wgmma smem-A tile 64", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 64, 2), L.mx(), 0); }},
+      {"wgmma smem-A tile 128", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 128, 2), L.mx(), 0); }},
       {"route sort + combine only", [&](const MoeParams& q) { prefill_overhead(L, q); }},
   };
   for (const V& v : vs) {

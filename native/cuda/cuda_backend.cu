@@ -289,6 +289,7 @@ class CudaBackend final : public Backend {
   // wgmma GEMMs (moe_prefill_mma.cuh / v1, the kernels before them); auto (default).
   MoePath moe_prefill_path_ = MoePath::kAuto;
   bool moe_wgmma_ = true;
+  int moe_wgmma_a_ = 0;  // HARMONIUM_MOE_WGMMA_A=regs|smem (A/B): the wgmma GEMMs' weight operand (MoeParams::wgmma_a)
   int dense_gemm_ = 0;  // HARMONIUM_DENSE=mma|wgmma (A/B): the dense projections' tensor-core kernel (DenseParams::gemm)
   bool fused_rope_ = true;  // decode-only steps rotate and write the KV cache inside attention (HARMONIUM_FUSED_ROPE=0: off)
 
@@ -404,6 +405,13 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
     else if (m == "mma") moe_wgmma_ = false;
     else if (m != "auto" && !m.empty())
       throw std::runtime_error("HARMONIUM_MOE_PREFILL must be wgmma, mma or auto (got '" + m + "')");
+  }
+  if (const char* env = std::getenv("HARMONIUM_MOE_WGMMA_A")) {
+    const std::string m = env;
+    if (m == "regs") moe_wgmma_a_ = 1;
+    else if (m == "smem") moe_wgmma_a_ = 2;
+    else if (m != "auto" && !m.empty())
+      throw std::runtime_error("HARMONIUM_MOE_WGMMA_A must be regs, smem or auto (got '" + m + "')");
   }
   if (const char* env = std::getenv("HARMONIUM_DENSE")) {
     const std::string m = env;
@@ -603,6 +611,7 @@ MoeParams CudaBackend::moe_params(int T) const {
   else if (T <= kMoeDecodeMaxTokens) mp.path = moe_decode_path_;
   else mp.path = moe_prefill_path_;
   mp.wgmma = moe_wgmma_;
+  mp.wgmma_a = moe_wgmma_a_;
   return mp;
 }
 
