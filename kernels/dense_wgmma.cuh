@@ -39,6 +39,7 @@ struct DwCfg {
   static constexpr int STAGES = 196608 / STAGE_BYTES > 8 ? 8 : 196608 / STAGE_BYTES < 3 ? 3 : 196608 / STAGE_BYTES;
   static constexpr int AHEAD = STAGES - 2;  // k-tiles in flight
   static constexpr size_t SMEM = size_t(STAGES) * STAGE_BYTES + 1024;  // + the ring's 1024-byte alignment
+  static_assert(SMEM <= 227 * 1024, "a block's shared memory");
   static_assert(STAGE_BYTES % 1024 == 0, "swizzled tiles start 1024-aligned");
   static_assert(BN == 16 || BN == 32 || BN == 64 || BN == 128, "wg_mma_ss_k16 has N 16, 32, 64, 128");
 };

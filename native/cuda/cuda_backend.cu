@@ -290,6 +290,7 @@ class CudaBackend final : public Backend {
   MoePath moe_prefill_path_ = MoePath::kAuto;
   bool moe_wgmma_ = true;
   int moe_wgmma_a_ = 0;  // HARMONIUM_MOE_WGMMA_A=regs|smem (A/B): the wgmma GEMMs' weight operand (MoeParams::wgmma_a)
+  int moe_wgmma_tile_ = 0;  // HARMONIUM_MOE_WGMMA_TILE=16|32|64|128 (A/B): one tile width for every step
   int dense_gemm_ = 0;  // HARMONIUM_DENSE=mma|wgmma (A/B): the dense projections' tensor-core kernel (DenseParams::gemm)
   bool fused_rope_ = true;  // decode-only steps rotate and write the KV cache inside attention (HARMONIUM_FUSED_ROPE=0: off)
 
@@ -412,6 +413,12 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
     else if (m == "smem") moe_wgmma_a_ = 2;
     else if (m != "auto" && !m.empty())
       throw std::runtime_error("HARMONIUM_MOE_WGMMA_A must be regs, smem or auto (got '" + m + "')");
+  }
+  if (const char* env = std::getenv("HARMONIUM_MOE_WGMMA_TILE")) {
+    moe_wgmma_tile_ = std::atoi(env);
+    if (moe_wgmma_tile_ != 0 && moe_wgmma_tile_ != 16 && moe_wgmma_tile_ != 32 && moe_wgmma_tile_ != 64 &&
+        moe_wgmma_tile_ != 128)
+      throw std::runtime_error(std::string("HARMONIUM_MOE_WGMMA_TILE must be 16, 32, 64 or 128 (got '") + env + "')");
   }
   if (const char* env = std::getenv("HARMONIUM_DENSE")) {
     const std::string m = env;
@@ -612,6 +619,7 @@ MoeParams CudaBackend::moe_params(int T) const {
   else mp.path = moe_prefill_path_;
   mp.wgmma = moe_wgmma_;
   mp.wgmma_a = moe_wgmma_a_;
+  mp.wgmma_tile = moe_wgmma_tile_;
   return mp;
 }
 
