@@ -4,7 +4,8 @@
 //                        tokens: per-lane K/V rows in registers, no block barrier in the key loop, and the split
 //                        merge done by the token's last split to finish (one launch). See the comment above it.
 //   attn_decode_split + attn_decode_combine: the pair (AttentionDecodeParams::variant 1) the planner takes for
-//                        batches above kMergedMaxTokens, where its 55-register blocks fill the SMs better:
+//                        batches above kMmaManyMaxTokens whose sequences read at most 128 keys (sliding layers),
+//                        where its 55-register blocks fill the SMs better:
 //   attn_decode_split:   grid (tokens, nkv, splits), 128 threads. Per 64-key chunk: K and V rows staged in shared
 //                        memory by independent 16-byte loads (padded rows), two threads per key score the G heads,
 //                        per-head online softmax (warp per head), then a thread per (head, dim pair) accumulates
@@ -48,6 +49,9 @@ constexpr int kDecodeHeadSlices = 4;
 // 5.6 vs 10.6 (sliding), at 32k 76 vs 156; T=8 mixed 52.8 vs 50.4 (full), 6.5 vs 11.3 (sliding); T=16 mixed 127
 // vs 72 (full), 11.6 vs 13.3 (sliding); T=64 at 1k 146 vs 105 (full). So the cut is 8.
 constexpr int kMergedMaxTokens = 8;
+// Above kMergedMaxTokens: up to this many tokens the tensor-core kernel at any context, above it only where some
+// sequence reads more than 128 keys (attention_decode_plan).
+constexpr int kMmaManyMaxTokens = 64;
 
 __device__ __forceinline__ void key_range(int pos, int window, int* lo, int* hi) {
   *hi = pos;
@@ -1163,7 +1167,13 @@ int attention_decode_keys_per_split(int max_keys, int num_tokens, int nkv, int n
 AttentionDecodePlan attention_decode_plan(int max_keys, int num_tokens, int nq, int nkv, int D, int num_sms,
                                           int max_splits, bool clusters) {
   AttentionDecodePlan p;
-  if (num_tokens > kMergedMaxTokens) {  // the previous pair's rule: one split up to 128 keys, else the cap
+  // The tensor-core kernel also wins for many tokens, except where every sequence reads at most 128 keys at the
+  // largest batch timed (H200, HM_OP_BENCH bench_attention_decode, us per layer with PDL, split + combine against
+  // the tensor-core kernel at its fill rule): T = 16 ctx 1..4096 full 72.2 / 38.4, sliding 13.2 / 4.4; T = 64
+  // ctx 1024 full 104.8 / 58.2, sliding 18.4 / 13.6; T = 256 ctx 1..2048 full 337.7 / 266.1 but sliding 49.8 /
+  // 55.8. Between 64 and 256 tokens at 128 keys: unmeasured, the pair kept.
+  const bool mma_many = D >= 32 && (num_tokens <= kMmaManyMaxTokens || max_keys > 128);
+  if (num_tokens > kMergedMaxTokens && !mma_many) {  // the previous pair's rule: one split up to 128 keys, else the cap
     p.variant = 1;
     p.keys_per_split = max_keys <= 128 ? 128 : attention_keys_per_split(max_keys, max_splits);
   } else if (D >= 32) {  // the tensor-core kernel: its fill rule, whole 128-key chunks a split (no idle warp)

@@ -44,8 +44,9 @@ int attention_decode_keys_per_split(int max_keys, int num_tokens, int nkv, int n
                                     int blocks_per_sm);
 // The decode planner: per batch and layer kind (max_keys), its kernel (few tokens: attn_decode_mma for head dims 32
 // and 64, as one cluster a token (variant 3) at batch 1 with 2..8 splits when the device has clusters (sm_90+),
-// else attn_decode_merged with head slices, their splits filling the SMs; larger batches: the split + combine pair)
-// and its keys per split.
+// else attn_decode_merged with head slices, their splits filling the SMs; larger batches: attn_decode_mma too up
+// to 64 tokens, and above where a sequence reads more than 128 keys, else the split + combine pair) and its keys
+// per split.
 struct AttentionDecodePlan {
   int variant = 0, head_slices = 1, keys_per_split = 64, splits = 1;
 };

@@ -26,7 +26,7 @@
 //   attention_decode runs the merged kernel with 1, 2 and 4 head slices, the split + combine pair (variant 1) and
 //                    the tensor-core kernel (variant 2, head dims 32 and 64; variant 3 its cluster merge, up to 8
 //                    splits), checks the one-launch kernels leave their arrival counters zero;
-//                    batch 1 at contexts 1..32768 and ragged batches of 8 and 64 sequences, sliding and full.
+//                    batch 1 at contexts 1..32768 and ragged batches of 8, 64 and 256 sequences, sliding and full.
 //   bench_attention_decode  HM_OP_BENCH=1 only: us per layer of the decode kernels (see above the case).
 //   narrow_logits    argmax / top-k ids exact against hm::narrow_logits_row (ties included), lse rel 1e-5.
 // Outputs are poisoned with NaN before each launch, so an unwritten element fails the case.
@@ -965,11 +965,14 @@ std::vector<Result> test_attention_decode() {
   for (int window : {0, 128})
     for (int ctx : {1, 17, 128, 129, 1000, 4096, 32768})
       add(run_attention(64, 8, window, {ctx}, {1}, false, 2000 + ctx + window));
-  // ragged batches: 8 and 64 sequences of mixed lengths
+  // ragged batches: 8, 64 and 256 sequences of mixed lengths (the planner takes the tensor-core kernel for the
+  // 256 full-layer ones, the split + combine pair for their sliding layer)
   for (int window : {0, 128}) {
     const auto c8 = ragged(8, 4096, 41 + window), c64 = ragged(64, 2048, 42 + window);
+    const auto c256 = ragged(256, 1200, 43 + window);
     add(run_attention(64, 8, window, c8, std::vector<int>(c8.size(), 1), false, 2100 + window));
     add(run_attention(64, 8, window, c64, std::vector<int>(c64.size(), 1), false, 2200 + window));
+    add(run_attention(64, 8, window, c256, std::vector<int>(c256.size(), 1), false, 2250 + window));
   }
   // the decode bench's batches of 8 (HM_OP_BENCH=1 bench_attention_decode): 1024 keys sliding and full, 8192 full
   // (128 splits of 64 keys)
