@@ -23,10 +23,10 @@
 //           routes and starts its weight stream before pdl_wait(). Measured on the H200 (2026-12-01, one tile per
 //           item, before the conflict-free rows): 37.0 us per layer at one token, graph + PDL (1.43 TB/s), the
 //           same as the register kernels; 205 vs 232 us at 8 tokens, E = 128. Issue-bound, not byte-bound
-//           (about 4.6 thread-instructions per weight; bench/moe_playground/NOTES.md, runs 6 and 7). The fp8
-//           inner loop of run 8 (BulkMma::kFp8: weights as exact e4m3, activations split into hi + lo e4m3, the
-//           block scale on the fp32 result) passed the op tests but measured slower (46.0 vs 41.3 us a layer at one
-//           token), so kBulkMma (moe_impl.cuh) keeps the bf16 loop; Nsight Compute has both latency-bound.
+//           (about 4.6 thread-instructions per weight; bench/moe_playground/NOTES.md, runs 6 and 7). An fp8
+//           inner loop (run 8: weights as exact e4m3, activations split into hi + lo e4m3, the block scale on the
+//           fp32 result) passed the op tests but measured slower (46.0 vs 41.3 us a layer at one token) and was
+//           removed; Nsight Compute had both latency-bound.
 //           Otherwise (bf16, older GPUs, MoePath::kDecodeRegs): the register-streaming kernels, 16-byte loads
 //           straight into registers. Measured on the H200 at one token, E = 128: 36.7 us per layer (graph + PDL,
 //           1.44 TB/s): each warp's chain of dependent loads, not the bytes, limits it (NOTES.md).
@@ -34,7 +34,7 @@
 //           on average; moe_grouped.cuh): the prefill path's sort by expert, then the decode bulk kernels' weight
 //           stream generalised: persistent grids over (expert, 16-row tiles) items, each expert's weights read
 //           once into a shared-memory ring, a weight fragment decoded once and multiplied by all of the expert's
-//           tokens (N-tiles of 8) with bf16 mma.sync (an fp8 loop exists as a lab variant: slower); gate_up +
+//           tokens (N-tiles of 8) with bf16 mma.sync (an fp8 loop was measured slower and removed); gate_up +
 //           SwiGLU writes the prefill path's act rows, down + bias its out rows, and the prefill path's combine
 //           sums them. Deterministic, fixed grid, capturable. Measured on the H200 (one layer, graph + PDL): 64
 //           tokens E = 32 361 us (prefill GEMM 526), 256 tokens E = 128 1399 us (1968).
@@ -60,8 +60,7 @@
 // Requirements: H % 32 == 0, I % 32 == 0, 1 <= k <= 8, k <= E <= 256, all pointers 16-byte aligned, expert ids
 // in [0, E) and distinct within a token (what the router produces; others are clamped, never a fault, but give
 // meaningless output). MXFP4 decode is exact for E8M0 scale bytes 65..191 (block scales 2^-62 .. 2^64, far beyond
-// any trained weight); bytes outside are clamped to that range (the fp8 bulk loop clamps nothing: byte 0 gives 0,
-// bytes far below 65 underflow towards 0 in the fp32 accumulators).
+// any trained weight); bytes outside are clamped to that range.
 //
 // Launchers check shapes (throwing std::invalid_argument), never allocate, never synchronise; CUDA launch errors
 // throw std::runtime_error (kernels/common.cuh). The caller owns every buffer, including the workspace, sized
@@ -98,8 +97,8 @@ constexpr int kMoeDecodeMaxTokens = 8;
 // kDecode takes the bulk-copy kernels where they apply (MXFP4 on sm_90+, see the top), else the register-streaming
 // ones; kDecodeRegs forces the register-streaming ones (the comparison variant of tests and the lab). kGrouped
 // takes the grouped kernels where they apply (MXFP4 on sm_90+; any n), else the prefill path; kGroupedBf16 the
-// same in round 1's configuration V0 (the comparison variant; named when the default was to be the fp8 loop, now
-// a lab variant: moe_impl.cuh). kPrefill takes the MXFP4 GEMM: moe_prefill_wgmma.cuh's on an sm_90 device where
+// same in round 1's configuration V0 (the comparison variant; named when the default was to be an fp8 loop, since
+// removed: moe_impl.cuh). kPrefill takes the MXFP4 GEMM: moe_prefill_wgmma.cuh's on an sm_90 device where
 // its shapes allow, else moe_prefill_mma.cuh's (kAuto's GEMM the same); MoeParams::wgmma = false keeps the wgmma
 // ones out (what other devices run: A/B and tests), kPrefillWgmma names them. kPrefillV1 forces the v1 GEMM. All
 // give the same bits; the bf16 weights always take v1.

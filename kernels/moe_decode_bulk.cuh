@@ -30,105 +30,25 @@
 // down computes the routing (from the router logits, complete once gate_up has triggered, as in the register
 // path) and streams its weights before pdl_wait(); only the SwiGLU rows wait.
 //
-// Two inner loops (BulkMma), the rest shared:
-//   kBf16: the E2M1 nibbles decoded to bf16 and multiplied by the block scale (HMUL2), 8 mma.sync m16n8k16 per
-//          128-column chunk and tile (the register kernels' fragments). About 2-2.4 instructions per weight for
-//          the decode alone: issue-bound (NOTES.md, runs 6 and 7).
-//   kFp8:  fp8 tensor cores, mma.sync m16n8k32 e4m3 x e4m3 -> f32, one 32-column MXFP4 block per k-step, so the
-//          block's E8M0 scale multiplies the fp32 MMA result once (4 FFMA per lane and block) and the weights
-//          need no multiply: an E2M1 nibble s.e1e0.m placed as the e4m3 byte s.0000.e1e0.m.00 (2 shifts and
-//          masks per 4 nibbles) is exactly v x 2^-6 (e = 0: e4m3 subnormals 0 and 0.5 x 2^-6). Lane (g, t) takes
-//          word t of the block of rows g and g+8: its even nibbles (columns 8t, 8t+2, 8t+4, 8t+6) are the A
-//          registers of one MMA, its odd ones of a second. The activations are split exactly into hi + lo e4m3
-//          (bf16's 8 significant bits = 4 + 4, after a per-token power of two that puts the token's largest
-//          |x| in [128, 256)); the same A register is passed as a0/a2 (row g) and a1/a3 (row g+8), hi in b0, lo
-//          in b1, so one MMA sums w (hi + lo) over 16 distinct columns: 256 weights per MMA, all 8 N columns
-//          real tokens. Exact except for values more than 2^-9 (hi/lo granularity) below the token's largest,
-//          which keep fewer bits (absolute error <= 2^-18 of the token's max |x|), and for the fp8 MMA's own
-//          accumulation of 32 products (the op tests bound both). The split activations are prepared once per
-//          block in shared memory (every block needs the whole K of every token), after pdl_wait: gate_up from
-//          x (one power of two per token), down from the SwiGLU rows (one per token over its k rows, so the
-//          accumulation over the experts shares it). Down takes kFp8 only while that copy is small
-//          (BulkCfg::DN_PREP_KB; more tokens fall back to kBf16 for down).
-//   kFp8Padded: kFp8 with padded stage rows (bulk_row_bytes: one copy per row) so its 4-byte weight loads are
-//          free of bank conflicts (2-way otherwise at K = 2880).
+// The inner loop: the E2M1 nibbles decoded to bf16 and multiplied by the block scale (HMUL2), 8 mma.sync m16n8k16
+// per 128-column chunk and tile (the register kernels' fragments). About 2-2.4 instructions per weight for the
+// decode alone: issue-bound (NOTES.md, runs 6 and 7). An fp8 inner loop (e4m3 MMAs on the E2M1 nibbles placed as
+// exact e4m3 bytes, activations split into hi + lo e4m3) passed the op tests and lost on the H200 (NOTES.md, run
+// 8); it is gone from the code.
 #pragma once
-#include <cuda_fp8.h>
-
 #include "moe_bulk_ops.cuh"
 #include "moe_impl.cuh"
 
 namespace hm::cuda::moe {
 namespace {
 
-enum class BulkMma { kBf16, kFp8, kFp8Padded };  // the inner loop (see the top)
-
-// The byte stride of a stage row: K/2 bytes, or with kFp8Padded 16 more whenever K/32 is even, so that 8
-// consecutive rows start at 8 different 16-byte bank groups (1456-byte rows at K = 2880: rows r and r+4 no
-// longer share banks) and the fp8 loop's 4-byte loads of rows g = 0..7 are conflict-free. Padded rows are
-// copied one bulk copy per row.
-__host__ __device__ inline uint32_t bulk_row_bytes(int K, BulkMma mma) {
-  return uint32_t(K / 2) + (mma == BulkMma::kFp8Padded && (K / 32) % 2 == 0 ? 16u : 0u);
-}
 // Shared-memory layout of a block (dynamic): NST stages of MT 16-row tiles (blocks, then scales), NST
-// reduction slots (float4 per lane: conflict-free), 3 x NST mbarriers, then (kFp8*) the split activations.
-__host__ __device__ inline uint32_t bulk_stage_bytes(int K, int MT, BulkMma mma) {
-  return (uint32_t(MT * 16) * bulk_row_bytes(K, mma) + uint32_t(MT * 16 * K / 32) + 127u) & ~127u;
+// reduction slots (float4 per lane: conflict-free), then 3 x NST mbarriers.
+__host__ __device__ inline uint32_t bulk_stage_bytes(int K, int MT) {
+  return (uint32_t(MT * 16) * uint32_t(K / 2) + uint32_t(MT * 16 * K / 32) + 127u) & ~127u;
 }
-__host__ __device__ inline uint32_t bulk_base_bytes(int K, int NCW, int NST, int MT, BulkMma mma) {
-  return (uint32_t(NST) * bulk_stage_bytes(K, MT, mma) + uint32_t(NST * MT * NCW * 32 * 16) + 3u * NST * 8u + 15u) &
-         ~15u;
-}
-
-// ---- kFp8 ----
-
-// The split activations in shared memory: [block b][row r][t] uint4 = {hi even, lo even, hi odd, lo odd}, the
-// e4m3 bytes of columns 32b + 8t + (0, 2, 4, 6) and 32b + 8t + (1, 3, 5, 7): lane (g, t)'s B registers of the
-// two MMAs of block b. Rows r = j * n + tok for the J source rows of each token (gate_up: J = 1, x; down:
-// J = k, the token's SwiGLU rows tok * k + j), then one zero row (r = J * n: a token without the expert).
-__host__ __device__ inline uint32_t fp8_prep_bytes(int K, int n, int J) {
-  return uint32_t(K / 32) * uint32_t(J * n + 1) * 64u;
-}
-
-// The consumer warps (threads 0 .. 32 NCW - 1) fill the split activations from rows x + (tok * J + j) * ldx
-// and tsc[tok] = 2^6 / f_tok (the accumulators' unit), where f_tok puts the token's largest |x| (over its J
-// rows) in [128, 256) (clamped to 2^-64 .. 2^127, so tsc stays finite). Pass 1: one warp per row, its loads
-// all in flight at once, the row's max |x| (bf16 bits) into pmax; pass 2: every thread splits 16-byte pieces
-// (L1-resident by then). No atomics, a fixed result. Ends with the consumer warps' barrier.
-template <int NCW>
-__device__ void fp8_prep(const uint16_t* x, int ldx, int n, int J, int K, uint4* xs, unsigned* pmax, float* tsc) {
-  constexpr int kBatch = 12;  // 16-byte loads per lane in flight: a whole 2880-column row in one round trip
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, q8 = K >> 3, R = J * n, kb = K >> 5;
-  for (int p = warp; p < R; p += NCW) {
-    const uint4* src = reinterpret_cast<const uint4*>(x + size_t(p) * ldx);
-    uint32_t m = 0;
-    for (int q0 = lane; q0 < q8; q0 += 32 * kBatch) {
-      uint4 v[kBatch];
-#pragma unroll
-      for (int b = 0; b < kBatch; b++) v[b] = q0 + 32 * b < q8 ? __ldg(src + q0 + 32 * b) : make_uint4(0, 0, 0, 0);
-#pragma unroll
-      for (int b = 0; b < kBatch; b++)
-        m = __vmaxu2(m, __vmaxu2(__vmaxu2(v[b].x & 0x7FFF7FFFu, v[b].y & 0x7FFF7FFFu),
-                                 __vmaxu2(v[b].z & 0x7FFF7FFFu, v[b].w & 0x7FFF7FFFu)));
-    }
-    m = __reduce_max_sync(0xffffffffu, max(m & 0xFFFFu, m >> 16));
-    if (lane == 0) pmax[p] = m;
-  }
-  for (int i = tid; i < kb * 4; i += NCW * 32) xs[((i >> 2) * (R + 1) + R) * 4 + (i & 3)] = make_uint4(0, 0, 0, 0);
-  asm volatile("bar.sync 1, %0;" ::"r"(NCW * 32) : "memory");
-  auto ex_of = [&](int tok) {  // the token's power of two
-    uint32_t m = 0;
-    for (int j = 0; j < J; j++) m = max(m, pmax[tok * J + j]);
-    return min(max(7 - (int((m >> 7) & 0xFFu) - 127), -64), 127);
-  };
-  if (tid < n) tsc[tid] = __uint_as_float(uint32_t(133 - ex_of(tid)) << 23);
-  for (int i = tid; i < R * q8; i += NCW * 32) {
-    const int p = i / q8, q = i - p * q8, tok = p / J, j = p - tok * J;
-    const uint4 v = __ldg(reinterpret_cast<const uint4*>(x + size_t(p) * ldx) + q);
-    xs[((q >> 2) * (R + 1) + j * n + tok) * 4 + (q & 3)] =
-        fp8_split8(v, __uint_as_float(uint32_t(ex_of(tok) + 127) << 23));
-  }
-  asm volatile("bar.sync 1, %0;" ::"r"(NCW * 32) : "memory");
+__host__ __device__ inline uint32_t bulk_base_bytes(int K, int NCW, int NST, int MT) {
+  return (uint32_t(NST) * bulk_stage_bytes(K, MT) + uint32_t(NST * MT * NCW * 32 * 16) + 3u * NST * 8u + 15u) & ~15u;
 }
 
 // The stage row a lane of group g reads as its MMA row g. A warp's 16-byte shared loads are served 8 lanes at
@@ -140,24 +60,19 @@ __device__ __forceinline__ int bulk_row_of(int g, bool swz) {
 }
 
 // MINB: the blocks per SM the register budget must allow (a few more registers can cost a resident block).
-template <bool GATE_UP, int NCW, int NST, int MT, int MINB, BulkMma MMA>
+template <bool GATE_UP, int NCW, int NST, int MT, int MINB>
 __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_decode_bulk(DecodeArgs a) {
-  constexpr bool FP8 = MMA != BulkMma::kBf16;
   extern __shared__ __align__(128) uint8_t smem[];
   __shared__ DecodeRouting rt;
-  __shared__ unsigned pmax[kMoeDecodeMaxTokens * 8];  // kFp8: per source row, max |x| as bf16 bits
-  __shared__ float tsc[kMoeDecodeMaxTokens];          // kFp8: per token, the accumulators' unit (fp8_prep)
   const int rows = a.W.rows, K = a.W.K, kb = K >> 5, ntiles = rows >> 4, nchunks = (K + 127) >> 7;
   const int ngroups = (ntiles + MT - 1) / MT;  // an item = up to MT consecutive 16-row tiles of one expert
   const uint32_t tile_bytes = uint32_t(16 * kb * 16), tile_sc = uint32_t(16 * kb);
-  const uint32_t rs = bulk_row_bytes(K, MMA);  // a stage row's stride (bytes)
-  const uint32_t stage_bytes = bulk_stage_bytes(K, MT, MMA);
+  const uint32_t rs = uint32_t(K / 2);  // a stage row's bytes
+  const uint32_t stage_bytes = bulk_stage_bytes(K, MT);
   float4(*red)[MT][NCW][32] = reinterpret_cast<float4(*)[MT][NCW][32]>(smem + NST * stage_bytes);
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + NST * stage_bytes + size_t(NST) * MT * NCW * 32 * 16);
   uint64_t* empty = full + NST;
   uint64_t* redbar = empty + NST;
-  uint4* xs = reinterpret_cast<uint4*>(smem + bulk_base_bytes(K, NCW, NST, MT, MMA));  // kFp8* (fp8_prep_bytes)
-  const int J = GATE_UP ? 1 : a.k;  // kFp8: source rows per token
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (threadIdx.x == 0) {
     for (int s = 0; s < NST; s++) {
@@ -198,12 +113,7 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_decode_bulk(DecodeAr
         const size_t row0 = size_t(rt.uniq[u]) * rows + size_t(grp) * MT * 16;
         uint8_t* st = smem + s * stage_bytes;
         mbar_expect_tx(&full[s], mc * (tile_bytes + tile_sc));
-        const uint8_t* src = static_cast<const uint8_t*>(a.W.data) + row0 * kb * 16;
-        if (rs == uint32_t(kb * 16)) {
-          bulk_g2s(st, src, mc * tile_bytes, &full[s]);
-        } else {
-          for (uint32_t r = 0; r < mc * 16; r++) bulk_g2s(st + r * rs, src + r * kb * 16, uint32_t(kb * 16), &full[s]);
-        }
+        bulk_g2s(st, static_cast<const uint8_t*>(a.W.data) + row0 * kb * 16, mc * tile_bytes, &full[s]);
         bulk_g2s(st + MT * 16 * rs, a.W.scales + row0 * kb, mc * tile_sc, &full[s]);
       }
     }
@@ -213,9 +123,6 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_decode_bulk(DecodeAr
   if (!GATE_UP) {
     pdl_wait();  // the SwiGLU rows come from gate_up
     pdl_trigger();
-  }
-  if constexpr (FP8) {
-    if (nitems > 0) fp8_prep<NCW>(a.x, a.ldx, a.n, J, K, xs, pmax, tsc);  // (gate_up's grid covers nuniq_max)
   }
 
   const int g = lane >> 2, t = lane & 3;
@@ -240,63 +147,28 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_decode_bulk(DecodeAr
     mbar_wait(&full[s], uint32_t(j / NST) & 1u);
     const uint8_t* st = smem + s * stage_bytes;
     const uint8_t* sc = st + MT * 16 * rs;
-    if constexpr (FP8) {
-      // This lane's B registers: its token's row (or the zero row), part t, of every block.
-      const int R = J * a.n;
-      const int xrow = xr < 0 ? R : GATE_UP ? g : (xr - g * a.k) * a.n + g;
-      const uint4* xl = xs + xrow * 4 + t;
-      auto block = [&](int blk) {  // the 32 columns of block blk, every tile of the item
-        const uint4 xv = xl[blk * (R + 1) * 4];
-#pragma unroll
-        for (int m = 0; m < MT; m++) {
-          if (m >= mc) break;
-          const int ra = (m * 16 + pr) * kb + blk, rb = ra + 8 * kb;  // (scale indices)
-          const uint8_t* wp = st + (m * 16 + pr) * rs + blk * 16 + t * 4;
-          const uint32_t wa = *reinterpret_cast<const uint32_t*>(wp);
-          const uint32_t wb = *reinterpret_cast<const uint32_t*>(wp + 8 * rs);
-          const float fa = fp8_block_scale(sc[ra]), fb = fp8_block_scale(sc[rb]);
-          float d[4];
-          mma_e4m3(d, e2m1_even_e4m3(wa), e2m1_even_e4m3(wb), xv.x, xv.y, 0.f, 0.f, 0.f, 0.f);
-          mma_e4m3(d, e2m1_odd_e4m3(wa), e2m1_odd_e4m3(wb), xv.z, xv.w, d[0], d[1], d[2], d[3]);
-          acc[m][0] = fmaf(d[0], fa, acc[m][0]);
-          acc[m][1] = fmaf(d[1], fa, acc[m][1]);
-          acc[m][2] = fmaf(d[2], fb, acc[m][2]);
-          acc[m][3] = fmaf(d[3], fb, acc[m][3]);
-        }
-      };
-#pragma unroll 1
-      for (int c = warp; c < nchunks; c += NCW) {
-        if (c * 4 + 4 <= kb) {
-#pragma unroll
-          for (int q = 0; q < 4; q++) block(c * 4 + q);
-        } else {
-          for (int blk = c * 4; blk < kb; blk++) block(blk);
-        }
-      }
-    } else {
 #pragma unroll(MT == 1 ? 2 : 1)  // (two chunks of MT >= 2 tiles spill registers)
-      for (int c = warp; c < nchunks; c += NCW) {
-        const int blk = c * 4 + t;
-        const bool ok = blk < kb;
-        // The activations (B fragments) of this chunk: loaded and permuted once, used by all MT tiles.
-        uint32_t px[16];
-        const uint4* src = reinterpret_cast<const uint4*>(a.x + size_t(xr) * a.ldx + blk * 32);
+    for (int c = warp; c < nchunks; c += NCW) {
+      const int blk = c * 4 + t;
+      const bool ok = blk < kb;
+      // The activations (B fragments) of this chunk: loaded and permuted once, used by all MT tiles.
+      uint32_t px[16];
+      const uint4* src = reinterpret_cast<const uint4*>(a.x + size_t(xr) * a.ldx + blk * 32);
 #pragma unroll
-        for (int q = 0; q < 4; q++) perm8(ok && xr >= 0 ? __ldg(src + q) : make_uint4(0, 0, 0, 0), px + 4 * q);
+      for (int q = 0; q < 4; q++) perm8(ok && xr >= 0 ? __ldg(src + q) : make_uint4(0, 0, 0, 0), px + 4 * q);
 #pragma unroll
-        for (int m = 0; m < MT; m++) {
-          if (m >= mc) break;
-          const int ra_row = m * 16 + pr, rb_row = ra_row + 8;
-          RowChunk<WFmt::kMxfp4> ra, rb;
-          ra.q = ok ? *reinterpret_cast<const uint4*>(st + (ra_row * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
-          rb.q = ok ? *reinterpret_cast<const uint4*>(st + (rb_row * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
-          ra.s = ok ? sc[ra_row * kb + blk] : 127u;
-          rb.s = ok ? sc[rb_row * kb + blk] : 127u;
-          uint32_t pa[16], pb[16];
-          ra.decode(pa);
-          rb.decode(pb);
-          mma_chunk(acc[m], pa, pb, px);
-        }
+      for (int m = 0; m < MT; m++) {
+        if (m >= mc) break;
+        const int ra_row = m * 16 + pr, rb_row = ra_row + 8;
+        RowChunk<WFmt::kMxfp4> ra, rb;
+        ra.q = ok ? *reinterpret_cast<const uint4*>(st + (ra_row * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
+        rb.q = ok ? *reinterpret_cast<const uint4*>(st + (rb_row * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
+        ra.s = ok ? sc[ra_row * kb + blk] : 127u;
+        rb.s = ok ? sc[rb_row * kb + blk] : 127u;
+        uint32_t pa[16], pb[16];
+        ra.decode(pa);
+        rb.decode(pb);
+        mma_chunk(acc[m], pa, pb, px);
       }
     }
     const bool last = GATE_UP || u == nu - 1;
@@ -357,9 +229,8 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_decode_bulk(DecodeAr
               const int tok = 2 * t + q;
               const int slot = tok < a.n ? rt.slot[u][tok] : -1;
               if (slot < 0) continue;
-              const float unit = FP8 ? tsc[tok] : kTwoPow63;  // the accumulators' unit
-              const float gate = acc[m][2 * h + q] * unit + bg;
-              const float up = partner[2 * h + q] * unit + bu;
+              const float gate = acc[m][2 * h + q] * kTwoPow63 + bg;
+              const float up = partner[2 * h + q] * kTwoPow63 + bu;
               const float v = swiglu1(gate, up, a.limit) * rt.w[tok * a.k + slot];
               a.act[size_t(tok * a.k + slot) * I + (row >> 1)] = f2bf_bits(v);
             }
@@ -373,7 +244,7 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_decode_bulk(DecodeAr
           for (int q = 0; q < 2; q++) {
             const int tok = 2 * t + q;
             if (tok >= a.n) continue;
-            float v = acc[m][2 * h + q] * (FP8 ? tsc[tok] : kTwoPow63);
+            float v = acc[m][2 * h + q] * kTwoPow63;
             for (int jj = 0; jj < a.k; jj++)
               v += rt.w[tok * a.k + jj] * bf2f_bits(a.W.bias[size_t(rt.ids[tok * a.k + jj]) * rows + row]);
             float* dst = a.y + size_t(tok) * a.ldy + row;
@@ -388,13 +259,10 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_decode_bulk(DecodeAr
 }
 
 // A configuration of the bulk kernels: NCW consumer warps, NST stages, at most BPS blocks per SM (0: as many as
-// fit), MT 16-row tiles per work item (sharing each chunk's activations), the inner loop, and for kFp8 down the
-// largest split-activation copy in KB (fp8_prep_bytes: 23 KB a token at I = 2880, k = 4; a larger one costs
-// resident blocks): above it, down runs kBf16. Chosen by bench/moe_playground.
-template <int NCW_, int NST_, int BPS_, int MT_, BulkMma MMA_, int DN_PREP_KB_ = 64>
+// fit), MT 16-row tiles per work item (sharing each chunk's activations). Chosen by bench/moe_playground.
+template <int NCW_, int NST_, int BPS_, int MT_>
 struct BulkCfg {
-  static constexpr int NCW = NCW_, NST = NST_, BPS = BPS_, MT = MT_, DN_PREP_KB = DN_PREP_KB_;
-  static constexpr BulkMma MMA = MMA_;
+  static constexpr int NCW = NCW_, NST = NST_, BPS = BPS_, MT = MT_;
 };
 
 // Whether the bulk kernels apply: sm_90+, both scale tensors 16-byte aligned (the copies' rule), the stages fit.
@@ -403,27 +271,20 @@ bool bulk_ok(const WMat& gu, const WMat& dn) {
   const BulkDevice& d = bulk_device();
   return d.major >= 9 && reinterpret_cast<uintptr_t>(gu.scales) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(dn.scales) % 16 == 0 &&
-         bulk_base_bytes(gu.K, Gu::NCW, Gu::NST, Gu::MT, Gu::MMA) <= size_t(d.smem_optin) &&
-         bulk_base_bytes(dn.K, Dn::NCW, Dn::NST, Dn::MT, Dn::MMA) <= size_t(d.smem_optin);
+         bulk_base_bytes(gu.K, Gu::NCW, Gu::NST, Gu::MT) <= size_t(d.smem_optin) &&
+         bulk_base_bytes(dn.K, Dn::NCW, Dn::NST, Dn::MT) <= size_t(d.smem_optin);
 }
 
 // nuniq_max: the most unique experts the routing can have (gate_up's grid covers them all).
 template <bool GATE_UP, typename C>
 void launch_bulk_kernel(const DecodeArgs& a, int nuniq_max, cudaStream_t stream, bool pdl) {
-  const uint32_t prep = C::MMA != BulkMma::kBf16 ? fp8_prep_bytes(a.W.K, a.n, GATE_UP ? 1 : a.k) : 0u;
-  const size_t smem = size_t(bulk_base_bytes(a.W.K, C::NCW, C::NST, C::MT, C::MMA)) + prep;
-  if constexpr (C::MMA != BulkMma::kBf16) {
-    if ((!GATE_UP && prep > uint32_t(C::DN_PREP_KB) * 1024u) || smem > size_t(bulk_device().smem_optin)) {
-      launch_bulk_kernel<GATE_UP, BulkCfg<C::NCW, C::NST, C::BPS, C::MT, BulkMma::kBf16>>(a, nuniq_max, stream, pdl);
-      return;
-    }
-  }
-  auto kern = moe_decode_bulk<GATE_UP, C::NCW, C::NST, C::MT, (C::BPS > 0 ? C::BPS : 1), C::MMA>;
+  const size_t smem = size_t(bulk_base_bytes(a.W.K, C::NCW, C::NST, C::MT));
+  auto kern = moe_decode_bulk<GATE_UP, C::NCW, C::NST, C::MT, (C::BPS > 0 ? C::BPS : 1)>;
   const int threads = (C::NCW + 1) * 32;
   const int ngroups = ((a.W.rows >> 4) + C::MT - 1) / C::MT;
   const int nwork = GATE_UP ? nuniq_max * ngroups : ngroups;
-  // The occupancy per shared-memory size seen (kFp8's depends on K and the token count; one model per process
-  // in practice, so a handful of sizes).
+  // The occupancy per shared-memory size seen (it depends on K; one model per process in practice, so a
+  // handful of sizes).
   static size_t occ_smem[16], attr_smem = 0;
   static int occ_val[16], occ_used = 0;
   int occ = -1;

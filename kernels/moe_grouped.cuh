@@ -30,19 +30,10 @@
 // pdl_wait() (its predecessor is gate_up, which triggers only after its own wait, so the offsets are complete by
 // then, as in the decode bulk kernels); the SwiGLU rows wait.
 //
-// Two inner loops (GroupedMma), the rest shared:
-//   kBf16: the E2M1 nibbles decoded to bf16 x the block scale (HMUL2), mma.sync m16n8k16, 16-byte stage loads.
-//   kFp8:  the decode bulk kernels' fp8 loop (moe_decode_bulk.cuh, kFp8): mma.sync m16n8k32 e4m3, one 32-column
-//          block per MMA pair, an E2M1 nibble placed as the exact e4m3 byte v x 2^-6 (a few integer ops per 8
-//          weights, decoded once for every N-tile), the activations split exactly into hi + lo e4m3 after a
-//          power of two per activation row (moe_split_rows, once per row into global memory: every tile of the
-//          row's experts reads it), the block scale applied to the fp32 result: 4 FFMA per lane, block, tile and
-//          N-tile. gate_up writes its SwiGLU rows in bf16 into ws.out's bytes (a scratch until down writes out:
-//          P I 2 <= P H 4 bytes while I <= 2 H), moe_split_rows splits them into ws.act for down.
-// The mbarrier / bulk-copy / fp8 helpers are moe_bulk_ops.cuh's, shared with moe_decode_bulk.cuh.
+// The inner loop: the E2M1 nibbles decoded to bf16 x the block scale (HMUL2), mma.sync m16n8k16, 16-byte stage
+// loads. (An fp8 loop, the decode bulk kernels' of NOTES.md run 8, lost here too and is gone.)
+// The mbarrier / bulk-copy helpers are moe_bulk_ops.cuh's, shared with moe_decode_bulk.cuh.
 #pragma once
-#include <cuda_fp8.h>
-
 #include "moe_bulk_ops.cuh"
 #include "moe_impl.cuh"
 
@@ -52,33 +43,6 @@ namespace {
 // The consumer warps only (the producer warp has left): barrier 1, NCW warps.
 __device__ __forceinline__ void grp_consumer_sync(int nthreads) {
   asm volatile("bar.sync 1, %0;" ::"r"(nthreads) : "memory");
-}
-
-// kFp8's activation rows: x [R, K] bf16 (row stride ld) -> xs [R, K / 8] uint4 (fp8_split8 of columns 8q..8q+7 at
-// q; the same 2 bytes a column as bf16), unit[r] = 2^6 / f_r, where the power of two f_r puts row r's largest |x|
-// in [128, 256) (clamped to 2^-64 .. 2^127): the accumulators' unit. One block per row; the second pass finds the
-// row in L1. A row's bits depend on that row alone.
-__global__ void __launch_bounds__(128) moe_split_rows(const uint16_t* __restrict__ x, int ld, int K,
-                                                      uint4* __restrict__ xs, float* __restrict__ unit) {
-  __shared__ uint32_t wmax[4];
-  pdl_wait();
-  pdl_trigger();
-  const int r = blockIdx.x, q8 = K >> 3, lane = threadIdx.x & 31;
-  const uint4* src = reinterpret_cast<const uint4*>(x + size_t(r) * ld);
-  uint32_t m = 0;  // max |x| as bf16 bits, two at a time
-  for (int q = threadIdx.x; q < q8; q += 128) {
-    const uint4 v = __ldg(src + q);
-    m = __vmaxu2(m, __vmaxu2(__vmaxu2(v.x & 0x7FFF7FFFu, v.y & 0x7FFF7FFFu),
-                             __vmaxu2(v.z & 0x7FFF7FFFu, v.w & 0x7FFF7FFFu)));
-  }
-  m = __reduce_max_sync(0xffffffffu, max(m & 0xFFFFu, m >> 16));
-  if (lane == 0) wmax[threadIdx.x >> 5] = m;
-  __syncthreads();
-  m = max(max(wmax[0], wmax[1]), max(wmax[2], wmax[3]));
-  const int ex = min(max(7 - (int((m >> 7) & 0xFFu) - 127), -64), 127);
-  if (threadIdx.x == 0) unit[r] = __uint_as_float(uint32_t(133 - ex) << 23);
-  const float f = __uint_as_float(uint32_t(ex + 127) << 23);
-  for (int q = threadIdx.x; q < q8; q += 128) xs[size_t(r) * q8 + q] = fp8_split8(__ldg(src + q), f);
 }
 
 // Shared memory of a block (dynamic): NST stages of MT 16-row tiles (blocks, then scales), two partial-sum slots
@@ -99,15 +63,12 @@ struct GroupedList {
   int e[256], start[256], cnt[256];
 };
 
-enum class GroupedMma { kBf16, kFp8 };  // the inner loop (see the top)
-
 struct GroupedArgs {
   WMat W;               // rows x K per expert
-  const uint16_t* x;    // gate_up: x [n, H] (row = perm[sorted row] / k); down: act [P, I] by sorted row; kFp8:
-  int ldx, k, E;        //   the rows split by moe_split_rows (the same element stride)
+  const uint16_t* x;    // gate_up: x [n, H] (row = perm[sorted row] / k); down: act [P, I] by sorted row
+  int ldx, k, E;
   const float* weights;  // [P] routing weights by pair
   float limit;
-  const float* unit;     // kFp8: the accumulators' unit per row of x (moe_split_rows)
   uint16_t* act;         // gate_up: where the SwiGLU rows go, bf16 [P, I] by sorted row
   Workspace ws;          // perm, offsets (moe_route_sort); out (down writes)
 };
@@ -136,11 +97,9 @@ __device__ __forceinline__ int kperm_pos(int c) {
 // (gate_up reads xp, moe_permute_x's output, and writes act permuted; down reads act as is), else gate_up reads x
 // and both permute each 16-byte load (the first version, kept for the lab).
 // MT: 16-row tiles per item (consecutive, one contiguous range), each N-tile's activations loaded once for all MT.
-// MMA: the inner loop (kFp8 ignores XP: its split rows have their own order).
-template <bool GATE_UP, int NCW, int NST, int NTB, int MT, int MINB, bool XP, GroupedMma MMA>
+template <bool GATE_UP, int NCW, int NST, int NTB, int MT, int MINB, bool XP>
 __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(GroupedArgs a) {
   static_assert(NTB <= NCW, "one epilogue N-tile per warp");
-  constexpr bool FP8 = MMA == GroupedMma::kFp8;
   extern __shared__ __align__(128) uint8_t smem[];
   __shared__ GroupedList gl;
   const int rows = a.W.rows, K = a.W.K, kb = K >> 5, ntiles = rows >> 4, nchunks = (K + 127) >> 7;
@@ -231,96 +190,44 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
       for (int nt = 0; nt < NTB; nt++)
 #pragma unroll
         for (int m = 0; m < MT; m++) acc[nt][m][0] = acc[nt][m][1] = acc[nt][m][2] = acc[nt][m][3] = 0.f;
-      if constexpr (FP8) {
-        // This lane's split row of each N-tile (a lane past the expert's tokens reads the pass's first token's
-        // row, valid, into a column the epilogue drops), at part t of every block.
-        const int x0 = GATE_UP ? a.ws.perm[start + base] / a.k : start + base;
-        const uint4* xb = reinterpret_cast<const uint4*>(a.x);
-        int xq[NTB];  // in 16-byte units (32-bit: half the registers of pointers)
+      for (int c = warp; c < nchunks; c += NCW) {
+        const int blk = c * 4 + t;
+        const bool ok = blk < kb;
+        uint32_t wa[MT][4], wb[MT][4], fa[MT], fb[MT];  // rows pr, pr + 8 of each tile: words and scale factors
 #pragma unroll
-        for (int nt = 0; nt < NTB; nt++) xq[nt] = (xr[nt] >= 0 ? xr[nt] : x0) * (a.ldx >> 3) + t;
-        auto block = [&](int blk) {  // the 32 columns of block blk: every tile of the item, every N-tile
-          uint32_t ea[MT], eb[MT], oa[MT], ob[MT];
-          float fa[MT], fb[MT];
+        for (int m = 0; m < MT; m++) {
+          const int ra = m * 16 + pr, rb = ra + 8;
+          const bool okm = ok && m < mc;
+          const uint4 qa = okm ? *reinterpret_cast<const uint4*>(st + (ra * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
+          const uint4 qb = okm ? *reinterpret_cast<const uint4*>(st + (rb * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
+          fa[m] = mx_factor(okm ? sc[ra * kb + blk] : 127u);
+          fb[m] = mx_factor(okm ? sc[rb * kb + blk] : 127u);
+          wa[m][0] = qa.x, wa[m][1] = qa.y, wa[m][2] = qa.z, wa[m][3] = qa.w;
+          wb[m][0] = qb.x, wb[m][1] = qb.y, wb[m][2] = qb.z, wb[m][3] = qb.w;
+        }
+        // Word i of the block (32 columns in 4 words of 8) is two k16 steps: decoded once for every N-tile, one
+        // word at a time (a whole chunk's fragments decoded up front cost 32 live registers more: spills).
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+          uint32_t pa[MT][4], pb[MT][4];
 #pragma unroll
           for (int m = 0; m < MT; m++) {
-            if (m >= mc) break;
-            const int ra = (m * 16 + pr) * kb + blk, rb = ra + 8 * kb;
-            const uint32_t wa = *reinterpret_cast<const uint32_t*>(st + ra * 16 + t * 4);
-            const uint32_t wb = *reinterpret_cast<const uint32_t*>(st + rb * 16 + t * 4);
-            ea[m] = e2m1_even_e4m3(wa);
-            eb[m] = e2m1_even_e4m3(wb);
-            oa[m] = e2m1_odd_e4m3(wa);
-            ob[m] = e2m1_odd_e4m3(wb);
-            fa[m] = fp8_block_scale(sc[ra]);
-            fb[m] = fp8_block_scale(sc[rb]);
+            decode_word(wa[m][i], fa[m], pa[m]);
+            decode_word(wb[m][i], fb[m], pb[m]);
           }
 #pragma unroll
           for (int nt = 0; nt < NTB; nt++) {
             if (nt >= nnt) break;
-            const uint4 xv = __ldg(xb + (xq[nt] + blk * 4));
+            const uint4 v = ok && xr[nt] >= 0
+                                ? __ldg(reinterpret_cast<const uint4*>(a.x + size_t(xr[nt]) * a.ldx + blk * 32) + i)
+                                : make_uint4(0, 0, 0, 0);
+            uint32_t px[4] = {v.x, v.y, v.z, v.w};
+            if (!XP) perm8(v, px);
 #pragma unroll
             for (int m = 0; m < MT; m++) {
               if (m >= mc) break;
-              float d[4];
-              mma_e4m3(d, ea[m], eb[m], xv.x, xv.y, 0.f, 0.f, 0.f, 0.f);
-              mma_e4m3(d, oa[m], ob[m], xv.z, xv.w, d[0], d[1], d[2], d[3]);
-              acc[nt][m][0] = fmaf(d[0], fa[m], acc[nt][m][0]);
-              acc[nt][m][1] = fmaf(d[1], fa[m], acc[nt][m][1]);
-              acc[nt][m][2] = fmaf(d[2], fb[m], acc[nt][m][2]);
-              acc[nt][m][3] = fmaf(d[3], fb[m], acc[nt][m][3]);
-            }
-          }
-        };
-#pragma unroll 1
-        for (int c = warp; c < nchunks; c += NCW) {
-          if (c * 4 + 4 <= kb) {
-#pragma unroll
-            for (int q = 0; q < 4; q++) block(c * 4 + q);
-          } else {
-            for (int blk = c * 4; blk < kb; blk++) block(blk);
-          }
-        }
-      } else {
-        for (int c = warp; c < nchunks; c += NCW) {
-          const int blk = c * 4 + t;
-          const bool ok = blk < kb;
-          uint32_t wa[MT][4], wb[MT][4], fa[MT], fb[MT];  // rows pr, pr + 8 of each tile: words and scale factors
-#pragma unroll
-          for (int m = 0; m < MT; m++) {
-            const int ra = m * 16 + pr, rb = ra + 8;
-            const bool okm = ok && m < mc;
-            const uint4 qa = okm ? *reinterpret_cast<const uint4*>(st + (ra * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
-            const uint4 qb = okm ? *reinterpret_cast<const uint4*>(st + (rb * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
-            fa[m] = mx_factor(okm ? sc[ra * kb + blk] : 127u);
-            fb[m] = mx_factor(okm ? sc[rb * kb + blk] : 127u);
-            wa[m][0] = qa.x, wa[m][1] = qa.y, wa[m][2] = qa.z, wa[m][3] = qa.w;
-            wb[m][0] = qb.x, wb[m][1] = qb.y, wb[m][2] = qb.z, wb[m][3] = qb.w;
-          }
-          // Word i of the block (32 columns in 4 words of 8) is two k16 steps: decoded once for every N-tile, one
-          // word at a time (a whole chunk's fragments decoded up front cost 32 live registers more: spills).
-#pragma unroll
-          for (int i = 0; i < 4; i++) {
-            uint32_t pa[MT][4], pb[MT][4];
-#pragma unroll
-            for (int m = 0; m < MT; m++) {
-              decode_word(wa[m][i], fa[m], pa[m]);
-              decode_word(wb[m][i], fb[m], pb[m]);
-            }
-#pragma unroll
-            for (int nt = 0; nt < NTB; nt++) {
-              if (nt >= nnt) break;
-              const uint4 v = ok && xr[nt] >= 0
-                                  ? __ldg(reinterpret_cast<const uint4*>(a.x + size_t(xr[nt]) * a.ldx + blk * 32) + i)
-                                  : make_uint4(0, 0, 0, 0);
-              uint32_t px[4] = {v.x, v.y, v.z, v.w};
-              if (!XP) perm8(v, px);
-#pragma unroll
-              for (int m = 0; m < MT; m++) {
-                if (m >= mc) break;
-                mma16816(acc[nt][m], pa[m][0], pb[m][0], pa[m][1], pb[m][1], px[0], px[1]);
-                mma16816(acc[nt][m], pa[m][2], pb[m][2], pa[m][3], pb[m][3], px[2], px[3]);
-              }
+              mma16816(acc[nt][m], pa[m][0], pb[m][0], pa[m][1], pb[m][1], px[0], px[1]);
+              mma16816(acc[nt][m], pa[m][2], pb[m][2], pa[m][3], pb[m][3], px[2], px[3]);
             }
           }
         }
@@ -347,18 +254,8 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
         }
         // v: [0] (row pr, token 2t) [1] (row pr, token 2t+1) [2] (row pr+8, token 2t) [3] (row pr+8, 2t+1).
         const int i0 = base + nt * 8 + 2 * t;  // the expert's token of column 2t
-        if constexpr (FP8) {  // each token column's own unit (the partner lane, lane ^ 8 or ^ 4, has the same t)
 #pragma unroll
-          for (int q = 0; q < 2; q++) {
-            const int i = min(i0 + q, cnt - 1);
-            const float u = a.unit[GATE_UP ? a.ws.perm[start + i] / a.k : start + i];
-            v[q] *= u;
-            v[2 + q] *= u;
-          }
-        } else {
-#pragma unroll
-          for (int i = 0; i < 4; i++) v[i] *= kTwoPow63;
-        }
+        for (int i = 0; i < 4; i++) v[i] *= kTwoPow63;
         if (GATE_UP) {
           float partner[4];
 #pragma unroll
@@ -376,7 +273,7 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
                 const int srow = start + i0 + q;
                 const float wr = a.weights[a.ws.perm[srow]];
                 const float act = swiglu1(v[2 * h + q] + bg, partner[2 * h + q] + bu, a.limit) * wr;
-                a.act[size_t(srow) * I + (XP && !FP8 ? kperm_pos(row >> 1) : row >> 1)] = f2bf_bits(act);
+                a.act[size_t(srow) * I + (XP ? kperm_pos(row >> 1) : row >> 1)] = f2bf_bits(act);
               }
             }
           }
@@ -400,21 +297,19 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
 }
 
 // A configuration of the grouped kernels: NCW consumer warps, NST stages, NTB N-tiles (8 tokens each) per pass,
-// at most BPS blocks per SM (also the register budget's minimum), MT, XP and the inner loop (see
-// moe_grouped_mxfp4). Chosen by bench/moe_playground.
-template <int NCW_, int NST_, int NTB_, int BPS_, int MT_ = 1, bool XP_ = true, GroupedMma MMA_ = GroupedMma::kBf16>
+// at most BPS blocks per SM (also the register budget's minimum), MT and XP (see moe_grouped_mxfp4). Chosen by
+// bench/moe_playground.
+template <int NCW_, int NST_, int NTB_, int BPS_, int MT_ = 1, bool XP_ = true>
 struct GroupedCfg {
   static constexpr int NCW = NCW_, NST = NST_, NTB = NTB_, BPS = BPS_, MT = MT_;
   static constexpr bool XP = XP_;
-  static constexpr GroupedMma MMA = MMA_;
 };
 
-// Whether the grouped kernels apply: sm_90+, both scale tensors 16-byte aligned (the copies' rule), stages fit;
-// kFp8: the SwiGLU rows fit in ws.out's bytes (I <= 2 H).
+// Whether the grouped kernels apply: sm_90+, both scale tensors 16-byte aligned (the copies' rule), stages fit.
 template <typename C>
 bool grouped_ok(const WMat& gu, const WMat& dn) {
   const BulkDevice& d = bulk_device();
-  return d.major >= 9 && (C::MMA != GroupedMma::kFp8 || dn.K <= 2 * dn.rows) &&
+  return d.major >= 9 &&
          reinterpret_cast<uintptr_t>(gu.scales) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(dn.scales) % 16 == 0 &&
          grouped_smem_bytes(gu.K, C::NCW, C::NST, C::NTB, C::MT) + sizeof(GroupedList) <= size_t(d.smem_optin) &&
@@ -424,7 +319,7 @@ bool grouped_ok(const WMat& gu, const WMat& dn) {
 // nuniq_max: the most experts the routing can touch (min(n k, E)); the grid is at most what is resident.
 template <bool GATE_UP, typename C>
 void launch_grouped_kernel(const GroupedArgs& a, int nuniq_max, cudaStream_t stream, bool pdl) {
-  auto kern = moe_grouped_mxfp4<GATE_UP, C::NCW, C::NST, C::NTB, C::MT, C::BPS, C::XP, C::MMA>;
+  auto kern = moe_grouped_mxfp4<GATE_UP, C::NCW, C::NST, C::NTB, C::MT, C::BPS, C::XP>;
   const int threads = (C::NCW + 1) * 32;
   const size_t smem = grouped_smem_bytes(a.W.K, C::NCW, C::NST, C::NTB, C::MT);
   static int occ_K = -1, occ = 0;  // the occupancy for the last K seen (one model per process in practice)
@@ -440,33 +335,19 @@ void launch_grouped_kernel(const GroupedArgs& a, int nuniq_max, cudaStream_t str
   launch(kern, dim3(grid < 1 ? 1 : grid), dim3(threads), smem, stream, pdl, a);
 }
 
-// (XP: x permuted; kFp8: x split,) gate_up + SwiGLU, (kFp8: its rows split,) then down, over the rows
+// (XP: x permuted,) gate_up + SwiGLU, then down, over the rows
 // moe_route_sort grouped by expert (the caller runs it before and moe_combine after).
 template <typename C>
 void launch_grouped(const MoeParams& p, const WMat& gu, const WMat& dn, const float* weights, const Workspace& ws,
                     cudaStream_t stream) {
   const int nuniq_max = p.n * p.k < p.E ? p.n * p.k : p.E;
-  GroupedArgs a{gu, p.x, p.ldx, p.k, p.E, weights, p.swiglu_limit, nullptr, ws.act, ws};
-  if constexpr (C::MMA == GroupedMma::kFp8) {
-    uint16_t* rows = reinterpret_cast<uint16_t*>(ws.out);  // the SwiGLU rows, bf16 [P, I], until down writes out
-    launch(moe_split_rows, dim3(p.n), dim3(128), 0, stream, p.pdl, p.x, p.ldx, p.H, reinterpret_cast<uint4*>(ws.xp),
-           ws.unit);
+  GroupedArgs a{gu, p.x, p.ldx, p.k, p.E, weights, p.swiglu_limit, ws.act, ws};
+  if (C::XP) {
+    launch(moe_permute_x, dim3(p.n), dim3(256), 0, stream, p.pdl, p.x, p.ldx, p.H, ws.xp);
     a.x = ws.xp;
     a.ldx = p.H;
-    a.unit = ws.unit;
-    a.act = rows;
-    launch_grouped_kernel<true, C>(a, nuniq_max, stream, p.pdl);
-    launch(moe_split_rows, dim3(p.n * p.k), dim3(128), 0, stream, p.pdl, rows, p.I, p.I,
-           reinterpret_cast<uint4*>(ws.act), ws.unit + p.n);
-    a.unit = ws.unit + p.n;
-  } else {
-    if (C::XP) {
-      launch(moe_permute_x, dim3(p.n), dim3(256), 0, stream, p.pdl, p.x, p.ldx, p.H, ws.xp);
-      a.x = ws.xp;
-      a.ldx = p.H;
-    }
-    launch_grouped_kernel<true, C>(a, nuniq_max, stream, p.pdl);
   }
+  launch_grouped_kernel<true, C>(a, nuniq_max, stream, p.pdl);
   a.W = dn;
   a.x = ws.act;
   a.ldx = p.I;

@@ -434,8 +434,7 @@ struct Workspace {
   int32_t* tile_r0;    // [max_tiles]
   int32_t* offsets;    // [E + 1]
   int32_t* num_tiles;  // [1]
-  uint16_t* xp;        // [n, H] 2-byte: x in the k-permutation or split (the grouped path's gate_up operand)
-  float* unit;         // [n + P]: the grouped kFp8 loop's accumulator units, per token then per sorted row
+  uint16_t* xp;        // [n, H]: x in the k-permutation (the grouped and wgmma paths' gate_up operand)
   unsigned* count;     // [H / 16]: the split decode's per-tile counters (cleared by its gate_up every call)
   size_t bytes;
 };
@@ -460,7 +459,6 @@ inline Workspace carve(void* base, int n, int H, int I, int E, int k) {
   w.offsets = reinterpret_cast<int32_t*>(take(size_t(E + 1) * 4));
   w.num_tiles = reinterpret_cast<int32_t*>(take(4));
   w.xp = reinterpret_cast<uint16_t*>(take(size_t(n) * H * 2));
-  w.unit = reinterpret_cast<float*>(take((size_t(n) + P) * 4));
   w.count = reinterpret_cast<unsigned*>(take(size_t(H / 16 + 1) * 4));
   w.bytes = off;
   return w;
@@ -720,21 +718,20 @@ using GuBf16 = DecodeCfg<4, 2, 1, 1>;
 using DnBf16 = DecodeCfg<1, 8, 1, 1>;
 // The bulk kernels (moe_decode_bulk.cuh): B6 of the H200 lab run of 2026-12-01 (NOTES.md, run 6; one tile per
 // item): gate_up 24.9 us at one token (B5 24.2 but 134 vs 118 us at 8 tokens), down 17.2 us, E = 32, with the
-// bf16 inner loop. kBulkMma picks the inner loop of both. The fp8 loop (NOTES.md, run 8) passed the op tests but
-// measured slower on the H200: n = 1, E = 32 layer (graph + PDL, bulk+route) 46.0 us vs 41.3 with bf16; Nsight
-// Compute shows both loops latency-bound (issue slots 40-47%, DRAM 29-31%), so the loop is not the limit.
-constexpr BulkMma kBulkMma = BulkMma::kBf16;
-using GuBulk = BulkCfg<8, 2, 3, 1, kBulkMma>;
+// bf16 inner loop. An fp8 loop (NOTES.md, run 8) passed the op tests but measured slower on the H200: n = 1,
+// E = 32 layer (graph + PDL, bulk+route) 46.0 us vs 41.3 with bf16; Nsight Compute showed both loops
+// latency-bound (issue slots 40-47%, DRAM 29-31%), so the loop is not the limit; it has been removed.
+using GuBulk = BulkCfg<8, 2, 3, 1>;
 // The split kernels (moe_decode_split.cuh) at one token: 8 warps a tile, 3 chunks a warp (K <= 3072), from
 // bench/moe_playground/stream_probe.cu (KS 8 D 3: 16.1 us for gate_up's stream against the bulk kernel's 24) and
 // the lab (layer with routing, graph + PDL: 34.1 us against bulk's 40.9; KS 4/6/12/16 and one block an item slower;
 // the engine-like chain 55.8 against 60.0 us a layer; NOTES.md, session 5).
 using GuSplit = SplitCfg<8, 3>;
 using DnSplit = SplitCfg<8, 3>;
-using DnBulk = BulkCfg<8, 2, 3, 1, kBulkMma>;
+using DnBulk = BulkCfg<8, 2, 3, 1>;
 // The grouped kernels (moe_grouped.cuh), from the H200 lab (NOTES.md, "grouped path"; MOE_GROUPED_ONLY=1): V1
-// (bf16 loop, NCW8 NST2 NTB2 BPS3) was the fastest configuration at every n from 8 to 2048, E = 32 and 128; the fp8
-// loop (lab F0-F5) measured 2-31% slower than the bf16 one at the same configuration, so it stays a lab variant.
+// (bf16 loop, NCW8 NST2 NTB2 BPS3) was the fastest configuration at every n from 8 to 2048, E = 32 and 128; an fp8
+// loop (lab F0-F5 then) measured 2-31% slower than the bf16 one at the same configuration and has been removed.
 // GroupedBf16 (MoePath::kGroupedBf16) is round 1's configuration V0, the comparison variant of the op tests.
 using GroupedDefault = GroupedCfg<8, 2, 2, 3>;
 using GroupedBf16 = GroupedCfg<8, 2, 4, 2>;

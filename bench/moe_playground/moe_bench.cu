@@ -5,19 +5,16 @@
 // launcher. Random (never zero) weights. MOE_DECODE_ONLY=1 skips the prefill and grouped timings,
 // MOE_PREFILL_ONLY=1 the decode and grouped ones;
 // MOE_CHAIN_ONLY=1 only the engine-like one-token chain (chain_section). MOE_GROUPED_ONLY=1 runs only the grouped section: at n = 8 .. 2048, E = 32 and 128, the launcher's kAuto, the
-// prefill GEMM and every grouped configuration, V0-V10 with the bf16 inner loop (moe_grouped.cuh; all XP but V7;
-// MT2: V8-V10) and F0-F5 with the fp8 one (F0 = the launcher's default), checked (CPU twin at n = 16 and 64, and
-// against the prefill path at every n), then timed as whole layers in a CUDA graph; its tables (GB/s, TFLOP/s,
-// crossover; fp8 vs bf16 loop by tokens an expert) come last.
-// Decode layers timed: "bulk" (the default MXFP4 decode: bulk copies into shared memory, moe_decode_bulk.cuh, with
-// the default inner loop kBulkMma), "bulk+route" (the same with the routing computed from router logits inside
-// the kernels, as the engine calls it), "bulk-bf16"/"bulk-bf16+route" (the bulk kernels with the bf16-HMMA inner
-// loop of run 7, whatever kBulkMma says), "regs" (the register-streaming kernels, MoePath::kDecodeRegs), at n = 1
-// "split"/"split+route" (moe_decode_split.cuh, MoePath::kDecodeSplit) and its configurations KS*/CPW*.
-// Variants, each kernel alone: B* = bulk configurations with the bf16 inner loop, F* = with the fp8 one, FP* = fp8
-// with padded stage rows (run 8; their down kernels keep fp8 up to 256 KB of split activations, so n = 4 runs fp8
-// where it fits; n = 8 does not fit and runs bf16), G*/D* = register kernel configurations. A summary table and
-// the fp8-vs-bf16 table are printed last.
+// prefill GEMM and every grouped configuration V0-V10 (moe_grouped.cuh; all XP but V7; MT2: V8-V10), checked
+// (CPU twin at n = 16 and 64, and against the prefill path at every n), then timed as whole layers in a CUDA graph;
+// its tables (GB/s, TFLOP/s, crossover) come last.
+// Decode layers timed: "bulk" (the default MXFP4 decode: bulk copies into shared memory, moe_decode_bulk.cuh),
+// "bulk+route" (the same with the routing computed from router logits inside the kernels, as the engine calls it),
+// "bulk-direct"/"bulk-direct+route" (the bulk kernels in configuration B6 launched directly, without the launcher),
+// "regs" (the register-streaming kernels, MoePath::kDecodeRegs), at n = 1 "split"/"split+route"
+// (moe_decode_split.cuh, MoePath::kDecodeSplit) and its configurations KS*/CPW*.
+// Variants, each kernel alone: B* = bulk configurations, G*/D* = register kernel configurations. A summary table
+// is printed last. (Run 8's fp8 inner loops, F* / FP*, measured slower and were removed: NOTES.md.)
 // Prefill: v1 (MoePath::kPrefillV1), the default MXFP4 GEMM (the wgmma one of moe_prefill_wgmma.cuh on sm_90, and
 // each of its tile widths), v2 (moe_prefill_mma.cuh: MoeParams::wgmma off) and its configurations M*, at
 // 64 .. 8192 tokens, each checked against the CPU twin (all tokens at 64, the first 16 above) and against v1's bits
@@ -289,23 +286,14 @@ void decode_variants(const Layer& L, const Routing& R, const uint16_t* x, float*
   // activations prefetched with the weights (XP): both slower, removed (NOTES.md). Run 4 tried activations staged
   // in shared memory (no faster, removed) and the block shapes below with the division-free item loop.
   using moe::BulkCfg;
-  constexpr auto kB = moe::BulkMma::kBf16, kF = moe::BulkMma::kFp8, kP = moe::BulkMma::kFp8Padded;
   // Run 6 (H200) lost clearly and removed: NCW4 NST4 BPS2, NCW8 NST4/NST6 BPS1, NCW16 NST6 BPS1, NCW2 NST2 BPS8.
   // Run 7: MT tiles per item (one activation load per chunk for MT tiles), conflict-free rows, float4 reduction.
-  // Run 8: the fp8 inner loop (F*), the same shapes as the B* that won run 7 plus deeper rings; probes removed.
+  // Run 8: an fp8 inner loop (F*, FP*) at the same shapes: slower, removed.
   auto bulk_all = [&](auto gate_up) {  // the same configurations for gate_up and for down
     constexpr bool GU = decltype(gate_up)::value;
-    bulk_variant<GU, BulkCfg<8, 2, 3, 1, kB>>("B6 NCW8 NST2 BPS3 MT1 (run-7 default)", L, R, x, y, ws, bytes);
-    bulk_variant<GU, BulkCfg<4, 2, 4, 1, kB>>("B5 NCW4 NST2 BPS4 MT1", L, R, x, y, ws, bytes);
-    bulk_variant<GU, BulkCfg<4, 2, 2, 2, kB>>("B9 NCW4 NST2 BPS2 MT2", L, R, x, y, ws, bytes);
-    bulk_variant<GU, BulkCfg<8, 2, 3, 1, kF, 256>>("F6 NCW8 NST2 BPS3 MT1 (default)", L, R, x, y, ws, bytes);
-    bulk_variant<GU, BulkCfg<4, 2, 4, 1, kF, 256>>("F5 NCW4 NST2 BPS4 MT1", L, R, x, y, ws, bytes);
-    bulk_variant<GU, BulkCfg<8, 3, 2, 1, kF, 256>>("F1 NCW8 NST3 BPS2 MT1", L, R, x, y, ws, bytes);
-    bulk_variant<GU, BulkCfg<4, 3, 3, 1, kF, 256>>("F13 NCW4 NST3 BPS3 MT1", L, R, x, y, ws, bytes);
-    bulk_variant<GU, BulkCfg<4, 2, 2, 2, kF, 256>>("F9 NCW4 NST2 BPS2 MT2", L, R, x, y, ws, bytes);
-    bulk_variant<GU, BulkCfg<8, 2, 1, 2, kF, 256>>("F10 NCW8 NST2 BPS1 MT2", L, R, x, y, ws, bytes);
-    bulk_variant<GU, BulkCfg<8, 2, 3, 1, kP, 256>>("FP6 = F6 padded rows", L, R, x, y, ws, bytes);
-    bulk_variant<GU, BulkCfg<4, 2, 2, 2, kP, 256>>("FP9 = F9 padded rows", L, R, x, y, ws, bytes);
+    bulk_variant<GU, BulkCfg<8, 2, 3, 1>>("B6 NCW8 NST2 BPS3 MT1 (default)", L, R, x, y, ws, bytes);
+    bulk_variant<GU, BulkCfg<4, 2, 4, 1>>("B5 NCW4 NST2 BPS4 MT1", L, R, x, y, ws, bytes);
+    bulk_variant<GU, BulkCfg<4, 2, 2, 2>>("B9 NCW4 NST2 BPS2 MT2", L, R, x, y, ws, bytes);
   };
   bulk_all(std::true_type{});
   bulk_all(std::false_type{});
@@ -400,7 +388,7 @@ void check_cpu_twin(const char* what, const Layer& L, const MoeParams& p, F&& la
 // ---- the grouped path (moe_grouped.cuh) against the prefill GEMM, 8 .. 2048 tokens ----
 
 // One grouped layer with configuration C, as forward() runs it (router_topk_softmax, moe_route_sort, launch_grouped:
-// moe_permute_x where XP, or the two moe_split_rows of kFp8, and the two grouped kernels, moe_combine), so the
+// moe_permute_x where XP, and the two grouped kernels, moe_combine), so the
 // configurations compare in one run.
 template <typename C>
 void grouped_layer(const MoeParams& p, const Layer& L, cudaStream_t st) {
@@ -459,22 +447,15 @@ const char* const kGroupedNames[] = {"V0 NCW8 NST2 NTB4 BPS2 (bf16 loop, kGroupe
                                      "V7 = V0 without XP (x permuted per load)",
                                      "V8 NCW8 NST2 NTB2 MT2 BPS1",
                                      "V9 NCW8 NST2 NTB4 MT2 BPS1",
-                                     "V10 NCW4 NST2 NTB1 MT2 BPS2",
-                                     "F0 NCW8 NST2 NTB4 BPS2 fp8 (default, kGrouped)",
-                                     "F1 NCW8 NST2 NTB2 BPS3 fp8",
-                                     "F2 NCW8 NST2 NTB8 BPS1 fp8",
-                                     "F3 NCW4 NST2 NTB4 BPS4 fp8",
-                                     "F4 NCW8 NST3 NTB4 BPS2 fp8",
-                                     "F5 NCW8 NST2 NTB4 MT2 BPS1 fp8"};
-constexpr int kGroupedVariants = 17, kBf16V0 = 0, kFp8F0 = 11;
-// The label of variant v ("V3", "F0").
+                                     "V10 NCW4 NST2 NTB1 MT2 BPS2"};
+constexpr int kGroupedVariants = 11, kBf16V0 = 0;
+// The label of variant v ("V3").
 std::string grouped_label(int v) {
   const std::string s = kGroupedNames[v];
   return s.substr(0, s.find(' '));
 }
 void grouped_variant_call(int v, const MoeParams& p, const Layer& L, cudaStream_t st) {
   using moe::GroupedCfg;
-  constexpr moe::GroupedMma F8 = moe::GroupedMma::kFp8;
   switch (v) {
     case 0: return grouped_layer<GroupedCfg<8, 2, 4, 2>>(p, L, st);
     case 1: return grouped_layer<GroupedCfg<8, 2, 2, 3>>(p, L, st);
@@ -486,13 +467,7 @@ void grouped_variant_call(int v, const MoeParams& p, const Layer& L, cudaStream_
     case 7: return grouped_layer<GroupedCfg<8, 2, 4, 2, 1, false>>(p, L, st);
     case 8: return grouped_layer<GroupedCfg<8, 2, 2, 1, 2>>(p, L, st);
     case 9: return grouped_layer<GroupedCfg<8, 2, 4, 1, 2>>(p, L, st);
-    case 10: return grouped_layer<GroupedCfg<4, 2, 1, 2, 2>>(p, L, st);
-    case 11: return grouped_layer<GroupedCfg<8, 2, 4, 2, 1, true, F8>>(p, L, st);
-    case 12: return grouped_layer<GroupedCfg<8, 2, 2, 3, 1, true, F8>>(p, L, st);
-    case 13: return grouped_layer<GroupedCfg<8, 2, 8, 1, 1, true, F8>>(p, L, st);
-    case 14: return grouped_layer<GroupedCfg<4, 2, 4, 4, 1, true, F8>>(p, L, st);
-    case 15: return grouped_layer<GroupedCfg<8, 3, 4, 2, 1, true, F8>>(p, L, st);
-    default: return grouped_layer<GroupedCfg<8, 2, 4, 1, 2, true, F8>>(p, L, st);
+    default: return grouped_layer<GroupedCfg<4, 2, 1, 2, 2>>(p, L, st);
   }
 }
 
@@ -592,37 +567,22 @@ void grouped_summary() {
   std::printf("\n== grouped path (one layer: routing + gate_up + SwiGLU + down + combine, graph + PDL; GB/s of the "
               "unique experts' MXFP4 bytes) ==\n");
   for (int v = 0; v < kGroupedVariants; v++) std::printf("%s\n", kGroupedNames[v]);
-  std::printf("| E | n | tokens/expert | experts | MB | auto us | prefill us | V0 us | F0 us | best | best us | best GB/s "
-              "| best TFLOP/s | prefill / best |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-  auto best_of = [](const GroupedRow& r, int lo, int hi) {
-    int b = lo;
-    for (int v = lo + 1; v < hi; v++)
-      if (r.t_var[v] < r.t_var[b]) b = v;
-    return b;
-  };
+  std::printf("| E | n | tokens/expert | experts | MB | auto us | prefill us | V0 us | best | best us | best GB/s "
+              "| best TFLOP/s | prefill / best |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const GroupedRow& r : g_grouped) {
-    const int b = best_of(r, 0, kGroupedVariants);
-    std::printf("| %d | %d | %.1f | %d | %.0f | %.1f | %.1f | %.1f | %.1f | %s | %.1f | %.0f | %.1f | %.2f |\n", r.E,
-                r.n, double(r.n) * r.k / r.E, r.uniq, r.mb, r.t_auto, r.t_prefill, r.t_var[kBf16V0], r.t_var[kFp8F0],
+    int b = 0;
+    for (int v = 1; v < kGroupedVariants; v++)
+      if (r.t_var[v] < r.t_var[b]) b = v;
+    std::printf("| %d | %d | %.1f | %d | %.0f | %.1f | %.1f | %.1f | %s | %.1f | %.0f | %.1f | %.2f |\n", r.E, r.n,
+                double(r.n) * r.k / r.E, r.uniq, r.mb, r.t_auto, r.t_prefill, r.t_var[kBf16V0],
                 grouped_label(b).c_str(), r.t_var[b], r.mb / r.t_var[b] * 1e3, r.gflop / r.t_var[b] * 1e-3,
                 r.t_prefill / r.t_var[b]);
   }
-  std::printf("\n== fp8 vs bf16 inner loop (layer us; ratio < 1: fp8 faster) ==\n| E | n | tokens/expert | V0 | F0 | "
-              "F0 / V0 | best V | best F | best F / best V |\n|---|---|---|---|---|---|---|---|---|\n");
-  for (const GroupedRow& r : g_grouped) {
-    const int bv = best_of(r, 0, kFp8F0), bf = best_of(r, kFp8F0, kGroupedVariants);
-    std::printf("| %d | %d | %.1f | %.1f | %.1f | %.2f | %s %.1f | %s %.1f | %.2f |\n", r.E, r.n, double(r.n) * r.k / r.E,
-                r.t_var[kBf16V0], r.t_var[kFp8F0], r.t_var[kFp8F0] / r.t_var[kBf16V0], grouped_label(bv).c_str(),
-                r.t_var[bv], grouped_label(bf).c_str(), r.t_var[bf], r.t_var[bf] / r.t_var[bv]);
-  }
-  for (int E : {32, 128}) {  // the largest n at which each loop's default configuration still beats the GEMM
-    int cross_v = 0, cross_f = 0;
-    for (const GroupedRow& r : g_grouped) {
+  for (int E : {32, 128}) {  // the largest n at which V0 still beats the GEMM
+    int cross_v = 0;
+    for (const GroupedRow& r : g_grouped)
       if (r.E == E && r.t_var[kBf16V0] < r.t_prefill) cross_v = r.n;
-      if (r.E == E && r.t_var[kFp8F0] < r.t_prefill) cross_f = r.n;
-    }
-    std::printf("E=%d: faster than prefill up to n = %d (F0, fp8) / %d (V0, bf16) of those timed\n", E, cross_f,
-                cross_v);
+    std::printf("E=%d: faster than prefill up to n = %d (V0) of those timed\n", E, cross_v);
   }
 }
 
@@ -915,8 +875,8 @@ int main() {
       int32_t* ids_out = dalloc<int32_t>(size_t(n) * L.k);
       float* w_out = dalloc<float>(size_t(n) * L.k);
       // One layer call of a decode variant on routing set i: 0 regs, 1 bulk, 2 bulk+route, 3 router_topk_softmax
-      // then regs (what the engine ran before: 2 vs 3 is the engine's change), 4 bulk-bf16, 5 bulk-bf16+route
-      // (the bulk kernels with the run-7 inner loop, launched directly: 1 vs 4 and 2 vs 5 are run 8's change).
+      // then regs (what the engine ran before: 2 vs 3 is the engine's change), 4 bulk-direct, 5 bulk-direct+route
+      // (the bulk kernels in configuration B6 launched directly, without the launcher).
       auto params = [&](int v, int i, bool pdl) {
         MoeParams q = p;
         q.path = v == 0 || v == 3 ? MoePath::kDecodeRegs : v >= 6 ? MoePath::kDecodeSplit : MoePath::kDecode;
@@ -949,7 +909,7 @@ int main() {
           router_topk_softmax(rt, st);
         }
         if (v == 4 || v == 5) {
-          using Bf = moe::BulkCfg<8, 2, 3, 1, moe::BulkMma::kBf16>;
+          using Bf = moe::BulkCfg<8, 2, 3, 1>;
           const MoeParams q = params(v, i, pdl);
           moe::launch_decode_bulk<Bf, Bf>(q, moe::WMat{L.gu_b, L.gu_s, L.gu_bias, 2 * L.I, L.H},
                                           moe::WMat{L.dn_b, L.dn_s, L.dn_bias, L.H, L.I},
@@ -959,7 +919,7 @@ int main() {
         moe_mxfp4_forward(params(v, i, pdl), L.mx(), st);
       };
       const char* names[8] = {"regs",      "bulk",           "bulk+route", "router+regs",
-                              "bulk-bf16", "bulk-bf16+route", "split",      "split+route"};
+                              "bulk-direct", "bulk-direct+route", "split",    "split+route"};
       const int nv = n == 1 ? 8 : 6;  // the split kernels: one token
       for (int v = 0; v < nv; v++)
         check_cpu_twin((std::string("decode mxfp4 ") + names[v]).c_str(), L, params(v, 0, false),
@@ -1033,29 +993,6 @@ int main() {
   std::printf("| what | E | n | us | GB/s |\n|---|---|---|---|---|\n");
   for (const Row& r : g_rows) std::printf("| %s | %d | %d | %.1f | %.0f |\n", r.what.c_str(), r.E, r.n, r.us, r.gbs);
   grouped_summary();
-  // Run 8's question in one table: the fp8 inner loop (F*, "bulk") against the bf16 one (B*, "bulk-bf16"), the
-  // best configuration of each per kernel.
-  auto best = [](const std::string& prefix, int E, int n, std::string* name) {
-    float t = INFINITY;
-    for (const Row& r : g_rows)
-      if (r.E == E && r.n == n && r.what.compare(0, prefix.size(), prefix) == 0 && r.us < t) {
-        t = r.us;
-        *name = r.what.substr(prefix.size(), r.what.find(' ', prefix.size()) - prefix.size());
-      }
-    return t;
-  };
-  std::printf("\n== fp8 vs bf16 inner loop (us; layers graph+pdl; kernels: the best variant) ==\n");
-  std::printf("| E | n | layer bulk+route | layer bulk-bf16+route | gate_up F | gate_up B | down F | down B |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
-  for (int E : {32, 128})
-    for (int n : {1, 2, 4, 8}) {
-      std::string a, b, c, d, e, f;
-      const float l8 = best("layer bulk+route graph+pdl", E, n, &a), l16 = best("layer bulk-bf16+route graph+pdl", E, n, &b);
-      const float gf = best("gate_up F", E, n, &c), gb = best("gate_up B", E, n, &d);
-      const float df = best("down F", E, n, &e), db = best("down B", E, n, &f);
-      std::printf("| %d | %d | %.1f | %.1f | %.1f (F%s) | %.1f (B%s) | %.1f (F%s) | %.1f (B%s) |\n", E, n, l8, l16, gf,
-                  c.c_str(), gb, d.c_str(), df, e.c_str(), db, f.c_str());
-    }
   if (!g_prefill_rows.empty()) {
     std::printf("\n== summary (prefill, whole layer: route sort + gate_up + down + combine; FLOPs of both GEMMs) ==\n");
     std::printf("| what | E | n | us | TFLOP/s |\n|---|---|---|---|---|\n");

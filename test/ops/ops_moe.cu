@@ -14,8 +14,8 @@
 //                 chunked-prefill sizes (n = 9 .. 512, E = 32 and 128) and with forced ragged loads (1, 3, 17 or 255
 //                 tokens on one expert), against a per-expert batched CPU reference (the same ref::linear_mxfp4 +
 //                 ref::swiglu math as ref::expert_mlp_mxfp4); nmse 1e-4, the same bits over four workspace fills,
-//                 fused routing ids exact. (The fp8 inner loops, slower on the H200, are reached only by the MoE lab.)
-//   moe_experts_wide_range  the same over activations with a wide range (written for the fp8 loops' hi + lo split):
+//                 fused routing ids exact.
+//   moe_experts_wide_range  the same over activations with a wide range (written for fp8 loops since removed):
 //                 rows with one huge value, tiny rows, rows mixing normal values with ones 2^-14 smaller and zeros,
 //                 zero rows; checked per token (the worst token's nmse, 1e-4).
 //   moe_prefill_ragged  the MXFP4 prefill GEMM at real shapes, n = 64 .. 4096, with expert group sizes 0, 1, 3, 17,
@@ -485,7 +485,8 @@ std::vector<float> moe_ref_by_expert(const Experts& X, const std::vector<float>&
 
 // The grouped path at one expert set. heavy >= 0 forces the routing: tokens 0 .. heavy-1 take expert 0 (in slot
 // t % k), every other choice is among experts 1 .. E-1, so expert 0 holds exactly `heavy` tokens. wide: every third
-// value of x times 2^-14 (rows of a wide range: the fp8 loop's hi + lo split is inexact below 2^-9 of a row's max).
+// value of x times 2^-14 (rows of a wide range: the removed fp8 loop's hi + lo split was inexact below 2^-9 of a row's
+// max; kept as a wide-range case).
 struct GroupedCase {
   int n, heavy;
   bool wide = false;
