@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything GPU in one call: the op-test table, the GPU vitest files, the decode benchmark (default, 4k context,
-# without CUDA graphs, without PDL), a per-op profile and the CLI end to end. Logs go to $OUT (default ./gpu-logs,
+# without CUDA graphs, without PDL), a per-op profile, the throughput rows and the CLI end to end (about 20 minutes
+# on the H200: more than one 10-minute device call, so run its parts in separate calls). Logs go to $OUT (default ./gpu-logs,
 # which git ignores: run logs are not committed; the figures that matter go to docs/performance.md). Expects
 # HARMONIUM_BUILD_DIR to hold Release/harmonium.node and hm_op_test.
 set -u
@@ -11,7 +12,7 @@ VITEST="node node_modules/vitest/vitest.mjs"
 BENCH="node node_modules/vite-node/vite-node.mjs bench/decode.ts"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/summary.txt" 2>&1
 
-# The table runs directly (6,254 cases, 131 s on the H200 on 2026-12-01), so the GPU vitest files leave out its
+# The table runs directly (6,687 cases, about 130 s on the H200 on 2026-12-01), so the GPU vitest files leave out its
 # wrapper (test/gpu/ops.test.ts runs the same table again).
 timeout 240 "$BIN/hm_op_test" > "$OUT/op_test.log" 2>&1; echo "hm_op_test rc=$?" >> "$OUT/op_test.log"
 timeout 300 $VITEST run test/gpu --exclude test/gpu/ops.test.ts > "$OUT/vitest.log" 2>&1; rc=$?; echo "vitest rc=$rc" >> "$OUT/vitest.log"
@@ -27,15 +28,19 @@ HARMONIUM_CUDA_GRAPHS=0 HARMONIUM_PDL=0 timeout 90 $BENCH gpt-oss-20b >> "$OUT/b
 HARMONIUM_PROFILE=1 BENCH_RUNS=1 timeout 120 $BENCH > "$OUT/profile.log" 2>&1; echo "profile rc=$?" >> "$OUT/profile.log"
 timeout 240 node node_modules/vite-node/vite-node.mjs bench/sampling.ts --quick --json "$OUT/sampling.json" > "$OUT/sampling.log" 2>&1; echo "sampling rc=$?" >> "$OUT/sampling.log"
 
-# The wgmma expert GEMMs (kernels/moe_prefill_wgmma.cuh, opt-in): the lab's prefill rows (each checked against the
-# CPU twin before it is timed), then prefill and batched decode (every step above 8 tokens takes them) through the
-# engine with and without them.
+# The tensor-core kernels of steps above 8 tokens: the lab's MoE prefill rows (each checked against the CPU twin
+# before it is timed), the dense GEMMs and the decode attention kernels alone (HM_OP_BENCH), then issue 11's rows
+# through the engine (both models: decode at 1 / 8 / 64 / 256 requests, prefill to 32k), and an A/B of the older
+# dense and expert GEMMs (HARMONIUM_DENSE=mma, HARMONIUM_MOE_PREFILL=mma) on the 20b.
 if [ -x "$BIN/hm_moe_lab" ]; then
   MOE_PREFILL_ONLY=1 timeout 240 "$BIN/hm_moe_lab" > "$OUT/moe_prefill.log" 2>&1; echo "moe lab prefill rc=$?" >> "$OUT/moe_prefill.log"
 fi
+HM_OP_BENCH=1 timeout 120 "$BIN/hm_op_test" bench_dense_gemm > "$OUT/kernel_bench.log" 2>&1; echo "bench_dense_gemm rc=$?" >> "$OUT/kernel_bench.log"
+HM_OP_BENCH=1 timeout 150 "$BIN/hm_op_test" bench_attention_decode >> "$OUT/kernel_bench.log" 2>&1; echo "bench_attention_decode rc=$?" >> "$OUT/kernel_bench.log"
 TP="node node_modules/vite-node/vite-node.mjs bench/throughput.ts"
-for v in "" HARMONIUM_MOE_PREFILL=wgmma; do
-  env $v BENCH_SEQS=64,256 BENCH_PREFILL=2048,8192 timeout 300 $TP >> "$OUT/prefill_ab.log" 2>&1; echo "[${v:-default}] throughput rc=$?" >> "$OUT/prefill_ab.log"
+BENCH_PREFILL=512,2048,8192,32768 timeout 300 $TP --json "$OUT/throughput.json" > "$OUT/throughput.log" 2>&1; echo "throughput rc=$?" >> "$OUT/throughput.log"
+for v in HARMONIUM_DENSE=mma HARMONIUM_MOE_PREFILL=mma; do
+  env $v BENCH_MODELS=20b BENCH_SEQS=64,256 BENCH_PREFILL=2048,8192 timeout 200 $TP >> "$OUT/prefill_ab.log" 2>&1; echo "[$v] throughput rc=$?" >> "$OUT/prefill_ab.log"
 done
 
 # The CLI end to end on the GPU (needs dist/ carried: the GPU machine has no TypeScript compiler).
@@ -66,6 +71,8 @@ CLI="node bin/harmonium.js"
   grep -E "harmonium profile|^  [a-z]" "$OUT/profile.log"
   grep -vE "^\s*$" "$OUT/cli.log" | cut -c1-400 | tail -40
   grep -E "prefill n=|twin|FAIL|rc=" "$OUT/moe_prefill.log" 2>/dev/null | cut -c1-200
+  grep -E "wgmma auto|mma.sync|summary|planned|rc=" "$OUT/kernel_bench.log" 2>/dev/null | cut -c1-200
+  grep -E "^gpt|prefill pp|decode S=|rc=" "$OUT/throughput.log" 2>/dev/null | cut -c1-200
   grep -E "prefill|decode|rc=" "$OUT/prefill_ab.log" 2>/dev/null | cut -c1-200
 } > "$OUT/digest.txt"
 cat "$OUT/digest.txt"
