@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything GPU in one call: the op-test table, the GPU vitest files, the decode benchmark (default, 4k context,
+# Everything GPU in one script: the op-test table, the GPU vitest files, the decode benchmark (default, 4k context,
 # without CUDA graphs, without PDL), a per-op profile, the throughput rows and the CLI end to end (about 20 minutes
 # on the H200: more than one 10-minute device call, so run its parts in separate calls). Logs go to $OUT (default
 # ./gpu-logs, which git ignores: run logs are not committed; the figures that matter go to docs/performance.md). Expects
