@@ -224,17 +224,6 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, i
 #endif
 }
 
-template <bool GATE_UP, int BN>
-void launch_prefill_wgmma(const GemmArgs& g, int E, int T, cudaStream_t stream, bool pdl) {
-  auto kern = moe_prefill_wgmma<GATE_UP, BN>;
-  static const bool attr_set = [&] {  // once per instantiation (the dynamic shared memory is above 48 KB)
-    CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(WgCfg<BN>::SMEM)));
-    return true;
-  }();
-  (void)attr_set;
-  launch(kern, dim3(ceil_div(g.W.rows, kWgBM), T), dim3(kWgThreads), WgCfg<BN>::SMEM, stream, pdl, g, E);
-}
-
 // The same GEMM with the weights decoded into shared memory (MoeParams::wgmma_a 2): a k-tile's MXFP4 bytes are
 // decoded by all 256 threads (thread = one row's 32-column block: its 16 raw bytes, its scale) into a bf16 tile in
 // the 128-byte swizzle, and both wgmma operands come from shared memory, so one k-tile's MMAs run while the next
@@ -353,15 +342,23 @@ __global__ void __launch_bounds__(kWgThreads, 1) moe_prefill_wgmma_ss(GemmArgs a
 #endif
 }
 
-template <bool GATE_UP, int BN>
-void launch_prefill_wgmma_ss(const GemmArgs& g, int E, int T, cudaStream_t stream, bool pdl) {
-  auto kern = moe_prefill_wgmma_ss<GATE_UP, BN>;
-  static const bool attr_set = [&] {  // once per instantiation (the dynamic shared memory is above 48 KB)
-    CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(WgSsCfg<BN>::SMEM)));
+// Either kernel (KERNEL: moe_prefill_wgmma or moe_prefill_wgmma_ss, SMEM its configuration's), grid
+// (ceil(N / kWgBM), T tile slots).
+template <auto KERNEL, size_t SMEM>
+void launch_prefill_wgmma_kernel(const GemmArgs& g, int E, int T, cudaStream_t stream, bool pdl) {
+  static const bool attr_set = [] {  // once per instantiation (the dynamic shared memory is above 48 KB)
+    CUDA_CHECK(cudaFuncSetAttribute(KERNEL, cudaFuncAttributeMaxDynamicSharedMemorySize, int(SMEM)));
     return true;
   }();
   (void)attr_set;
-  launch(kern, dim3(ceil_div(g.W.rows, kWgBM), T), dim3(kWgThreads), WgSsCfg<BN>::SMEM, stream, pdl, g, E);
+  launch(KERNEL, dim3(ceil_div(g.W.rows, kWgBM), T), dim3(kWgThreads), SMEM, stream, pdl, g, E);
+}
+template <bool GATE_UP, int BN>
+void launch_prefill_wgmma_gemm(const GemmArgs& g, int E, int T, bool smem_a, cudaStream_t stream, bool pdl) {
+  if (smem_a)
+    launch_prefill_wgmma_kernel<moe_prefill_wgmma_ss<GATE_UP, BN>, WgSsCfg<BN>::SMEM>(g, E, T, stream, pdl);
+  else
+    launch_prefill_wgmma_kernel<moe_prefill_wgmma<GATE_UP, BN>, WgCfg<BN>::SMEM>(g, E, T, stream, pdl);
 }
 
 template <int BN>
@@ -371,17 +368,11 @@ void launch_prefill_wgmma_both(GemmArgs g, const WMat& gu, const WMat& dn, const
   g.W = gu;
   g.A = ws.xp;
   g.lda = p.H;
-  if (smem_a)
-    launch_prefill_wgmma_ss<true, BN>(g, p.E, T, stream, p.pdl);
-  else
-    launch_prefill_wgmma<true, BN>(g, p.E, T, stream, p.pdl);
+  launch_prefill_wgmma_gemm<true, BN>(g, p.E, T, smem_a, stream, p.pdl);
   g.W = dn;
   g.A = ws.act;
   g.lda = p.I;
-  if (smem_a)
-    launch_prefill_wgmma_ss<false, BN>(g, p.E, T, stream, p.pdl);
-  else
-    launch_prefill_wgmma<false, BN>(g, p.E, T, stream, p.pdl);
+  launch_prefill_wgmma_gemm<false, BN>(g, p.E, T, smem_a, stream, p.pdl);
 }
 
 // The widest tile that decodes the weights into shared memory by default (MoeParams::wgmma_a 0). H200 lab, one

@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <iterator>
 #include <stdexcept>
 #include <string>
@@ -42,6 +43,20 @@ namespace hm {
 namespace {
 
 using namespace hm::cuda;
+
+// An A/B switch read from the environment: the index of its value among `choices`, or -1 when unset, empty or
+// "auto"; anything else throws, naming the choices.
+int env_choice(const char* name, std::initializer_list<const char*> choices) {
+  const char* env = std::getenv(name);
+  if (!env || !*env || std::strcmp(env, "auto") == 0) return -1;
+  int i = 0;
+  std::string list;
+  for (const char* c : choices) {
+    if (std::strcmp(env, c) == 0) return i;
+    list += std::string(i++ ? ", " : "") + c;
+  }
+  throw std::runtime_error(std::string(name) + " must be " + list + " or auto (got '" + env + "')");
+}
 
 // lm_head rows per pass: at least 64 (64 x 201088 fp32 = 51 MB of logits), up to the padded decode batch (at 256
 // sequences one pass reads the 1.16 GB of lm_head once instead of four times: ~0.75 ms a step at 4.5 TB/s).
@@ -393,40 +408,21 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   fused_rope_ = !(rope_env && std::strcmp(rope_env, "0") == 0);
   const char* inv_env = std::getenv("HARMONIUM_BATCH_INVARIANT");
   batch_invariant_ = inv_env && std::strcmp(inv_env, "1") == 0;
-  if (const char* moe_env = std::getenv("HARMONIUM_MOE_DECODE")) {
-    const std::string m = moe_env;
-    if (m == "bulk") moe_decode_path_ = MoePath::kDecode;
-    else if (m == "regs") moe_decode_path_ = MoePath::kDecodeRegs;
-    else if (m != "split" && m != "auto" && !m.empty())
-      throw std::runtime_error("HARMONIUM_MOE_DECODE must be split, bulk, regs or auto (got '" + m + "')");
-  }
-  if (const char* env = std::getenv("HARMONIUM_MOE_PREFILL")) {
-    const std::string m = env;
-    if (m == "wgmma") moe_prefill_path_ = MoePath::kPrefillWgmma;
-    else if (m == "mma") moe_wgmma_ = false;
-    else if (m != "auto" && !m.empty())
-      throw std::runtime_error("HARMONIUM_MOE_PREFILL must be wgmma, mma or auto (got '" + m + "')");
-  }
-  if (const char* env = std::getenv("HARMONIUM_MOE_WGMMA_A")) {
-    const std::string m = env;
-    if (m == "regs") moe_wgmma_a_ = 1;
-    else if (m == "smem") moe_wgmma_a_ = 2;
-    else if (m != "auto" && !m.empty())
-      throw std::runtime_error("HARMONIUM_MOE_WGMMA_A must be regs, smem or auto (got '" + m + "')");
-  }
+  const int moe_decode = env_choice("HARMONIUM_MOE_DECODE", {"split", "bulk", "regs"});
+  if (moe_decode == 1) moe_decode_path_ = MoePath::kDecode;
+  if (moe_decode == 2) moe_decode_path_ = MoePath::kDecodeRegs;
+  const int moe_prefill = env_choice("HARMONIUM_MOE_PREFILL", {"wgmma", "mma"});
+  if (moe_prefill == 0) moe_prefill_path_ = MoePath::kPrefillWgmma;
+  if (moe_prefill == 1) moe_wgmma_ = false;
+  moe_wgmma_a_ = env_choice("HARMONIUM_MOE_WGMMA_A", {"regs", "smem"}) + 1;  // MoeParams::wgmma_a: 0, 1, 2
   if (const char* env = std::getenv("HARMONIUM_MOE_WGMMA_TILE")) {
     moe_wgmma_tile_ = std::atoi(env);
     if (moe_wgmma_tile_ != 0 && moe_wgmma_tile_ != 16 && moe_wgmma_tile_ != 32 && moe_wgmma_tile_ != 64 &&
         moe_wgmma_tile_ != 128)
       throw std::runtime_error(std::string("HARMONIUM_MOE_WGMMA_TILE must be 16, 32, 64 or 128 (got '") + env + "')");
   }
-  if (const char* env = std::getenv("HARMONIUM_DENSE")) {
-    const std::string m = env;
-    if (m == "mma") dense_gemm_ = 1;
-    else if (m == "wgmma") dense_gemm_ = 2;
-    else if (m != "auto" && !m.empty())
-      throw std::runtime_error("HARMONIUM_DENSE must be wgmma, mma or auto (got '" + m + "')");
-  }
+  const int dense = env_choice("HARMONIUM_DENSE", {"wgmma", "mma"});
+  dense_gemm_ = dense == 0 ? 2 : dense == 1 ? 1 : 0;  // DenseParams::gemm
   const char* prof_env = std::getenv("HARMONIUM_PROFILE");
   prof_.on = prof_env && std::strcmp(prof_env, "1") == 0;
   if (prof_.on) graphs_.enabled = false;
