@@ -44,7 +44,7 @@ constexpr int kWgWBytes = kWgBM * kWgRowBytes;
 // the weights' raw bytes; deeper when narrow.
 template <int BN>
 struct WgCfg {
-  static_assert(BN == 16 || BN == 32 || BN == 64 || BN == 128, "WgCfg: BN 16, 32, 64 or 128");
+  static_assert(BN == 16 || BN == 32 || BN == 64 || BN == 128 || BN == 256, "WgCfg: BN 16 .. 256");
   static constexpr int STAGES = BN >= 64 ? 4 : 8;  // 8 stages at 64 left one block an SM (1.8x slower in the lab)
   static constexpr int X_BYTES = BN * kWgBK * 2;
   static constexpr int STAGE_BYTES = X_BYTES + kWgWBytes;
@@ -125,8 +125,13 @@ __device__ __forceinline__ void wg_epilogue(const GemmArgs& a, const float (&acc
 
 // Grid: (ceil(N / kWgBM), prefill_max_tiles(P, E, BN)); blocks past the last tile exit. Dynamic shared memory
 // WgCfg<BN>::SMEM.
-template <bool GATE_UP, int BN>
-__global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, int E) {
+// PIPE (MoeParams::wgmma_a 3): a k-tile's MMAs stay in flight while the next k-tile is decoded into a second set of
+// A registers (wgmma.wait_group 1, the loads one stage less ahead so no stage is overwritten under a pending MMA);
+// both register sets are kept alive past the wait that retires them (wg_keep), so the compiler cannot hand an
+// in-flight MMA's A registers to the next decode.
+// BN = 256 (pipelined only: 128 accumulators a thread) runs one block an SM.
+template <bool GATE_UP, int BN, bool PIPE = false>
+__global__ void __launch_bounds__(kWgThreads, BN >= 256 ? 1 : 2) moe_prefill_wgmma(GemmArgs a, int E) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using C = WgCfg<BN>;
   constexpr int NST = C::STAGES, NACC = BN / 2, XR = (BN * 8 + kWgThreads - 1) / kWgThreads;  // token-row copies a thread
@@ -187,37 +192,91 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, i
 #pragma unroll
   for (int i = 0; i < NACC; i++) acc[i] = 0.f;
   uint32_t sc[4], sc_next[4];
-  for (int s = 0; s < NST - 1; s++) issue(s);
-  scales(0, sc);
-  for (int kt = 0; kt < KT; kt++) {
-    cp_async_wait<NST - 2>();        // this thread's copies of k-tile kt have landed
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // visible to wgmma's operand reads
-    __syncthreads();                 // everyone's; every warpgroup is past its MMAs of kt - 1 (waited below)
-    issue(kt + NST - 1);             // into the stage of kt - 1
-    scales(kt + 1, sc_next);
-    const unsigned char* st = ring_p + (kt % NST) * C::STAGE_BYTES;
-    const uint32_t x_addr = ring + uint32_t((kt % NST) * C::STAGE_BYTES);
-    const unsigned char* wrow0 = st + C::X_BYTES + lr0 * kWgRowBytes;
-    const unsigned char* wrow1 = st + C::X_BYTES + lr1 * kWgRowBytes;
-    wg_fence_acc(acc);
+  if constexpr (!PIPE) {
+    for (int s = 0; s < NST - 1; s++) issue(s);
+    scales(0, sc);
+    for (int kt = 0; kt < KT; kt++) {
+      cp_async_wait<NST - 2>();        // this thread's copies of k-tile kt have landed
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // visible to wgmma's operand reads
+      __syncthreads();                 // everyone's; every warpgroup is past its MMAs of kt - 1 (waited below)
+      issue(kt + NST - 1);             // into the stage of kt - 1
+      scales(kt + 1, sc_next);
+      const unsigned char* st = ring_p + (kt % NST) * C::STAGE_BYTES;
+      const uint32_t x_lo = wg_desc_lo(ring + uint32_t((kt % NST) * C::STAGE_BYTES));
+      const unsigned char* wrow0 = st + C::X_BYTES + lr0 * kWgRowBytes;
+      const unsigned char* wrow1 = st + C::X_BYTES + lr1 * kWgRowBytes;
+      wg_fence_acc(acc);
 #pragma unroll
-    for (int kk = 0; kk < kWgBK / 16; kk++) {
-      const uint2 q0 = *reinterpret_cast<const uint2*>(wrow0 + kk * 8);  // words 2 kk, 2 kk + 1 of row lr0
-      const uint2 q1 = *reinterpret_cast<const uint2*>(wrow1 + kk * 8);
-      const uint32_t f0 = mx_factor(sc[kk >> 1]), f1 = mx_factor(sc[2 + (kk >> 1)]);
-      uint32_t af[4];
-      af[0] = decode_pair(q0.x, t, f0);  // (row g, k 2t, 2t+1)
-      af[1] = decode_pair(q1.x, t, f1);  // (row g+8, k 2t, 2t+1)
-      af[2] = decode_pair(q0.y, t, f0);  // (row g, k 2t+8, 2t+9)
-      af[3] = decode_pair(q1.y, t, f1);  // (row g+8, k 2t+8, 2t+9)
-      wg_fence();
-      wg_mma_k16(acc, af, wg_desc_sw128(x_addr + uint32_t(kk * 32)));
-      wg_commit();
+      for (int kk = 0; kk < kWgBK / 16; kk++) {
+        const uint2 q0 = *reinterpret_cast<const uint2*>(wrow0 + kk * 8);  // words 2 kk, 2 kk + 1 of row lr0
+        const uint2 q1 = *reinterpret_cast<const uint2*>(wrow1 + kk * 8);
+        const uint32_t f0 = mx_factor(sc[kk >> 1]), f1 = mx_factor(sc[2 + (kk >> 1)]);
+        uint32_t af[4];
+        af[0] = decode_pair(q0.x, t, f0);  // (row g, k 2t, 2t+1)
+        af[1] = decode_pair(q1.x, t, f1);  // (row g+8, k 2t, 2t+1)
+        af[2] = decode_pair(q0.y, t, f0);  // (row g, k 2t+8, 2t+9)
+        af[3] = decode_pair(q1.y, t, f1);  // (row g+8, k 2t+8, 2t+9)
+        wg_fence();
+        wg_mma_k16(acc, af, wg_desc_from_lo(x_lo + uint32_t(2 * kk)));
+        wg_commit();
+      }
+      wg_wait<0>();
+      wg_fence_acc(acc);
+#pragma unroll
+      for (int i = 0; i < 4; i++) sc[i] = sc_next[i];
     }
-    wg_wait<0>();
-    wg_fence_acc(acc);
+  } else {
+    // A fragments of k-tile kt from its stage: 4 k16 steps x 4 registers.
+    auto decode_tile = [&](int kt, const uint32_t* s_, uint32_t (&af)[4][4]) {
+      const unsigned char* st = ring_p + (kt % NST) * C::STAGE_BYTES;
+      const unsigned char* wrow0 = st + C::X_BYTES + lr0 * kWgRowBytes;
+      const unsigned char* wrow1 = st + C::X_BYTES + lr1 * kWgRowBytes;
 #pragma unroll
-    for (int i = 0; i < 4; i++) sc[i] = sc_next[i];
+      for (int kk = 0; kk < kWgBK / 16; kk++) {
+        const uint2 q0 = *reinterpret_cast<const uint2*>(wrow0 + kk * 8);
+        const uint2 q1 = *reinterpret_cast<const uint2*>(wrow1 + kk * 8);
+        const uint32_t f0 = mx_factor(s_[kk >> 1]), f1 = mx_factor(s_[2 + (kk >> 1)]);
+        af[kk][0] = decode_pair(q0.x, t, f0);
+        af[kk][1] = decode_pair(q1.x, t, f1);
+        af[kk][2] = decode_pair(q0.y, t, f0);
+        af[kk][3] = decode_pair(q1.y, t, f1);
+      }
+    };
+    auto mma_tile = [&](int kt, const uint32_t (&af)[4][4]) {
+      const uint32_t x_lo = wg_desc_lo(ring + uint32_t((kt % NST) * C::STAGE_BYTES));
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < kWgBK / 16; kk++) wg_mma_k16(acc, af[kk], wg_desc_from_lo(x_lo + uint32_t(2 * kk)));
+      wg_commit();
+    };
+    uint32_t afa[4][4], afb[4][4];
+    // The loads run NST - 2 tiles ahead: tile kt + NST - 2 goes into the stage of kt - 2, whose MMAs every
+    // warpgroup retired (wait_group 1 in iteration kt - 1) before this iteration's barrier.
+    for (int s_ = 0; s_ < NST - 2; s_++) issue(s_);
+    scales(0, sc);
+    auto step = [&](int kt, uint32_t (&cur)[4][4], uint32_t (&prev)[4][4]) {
+      cp_async_wait<NST - 3>();
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      __syncthreads();
+      issue(kt + NST - 2);
+      scales(kt + 1, sc_next);
+      decode_tile(kt, sc, cur);
+      mma_tile(kt, cur);
+      wg_wait<1>();  // tile kt - 1's MMAs retired: its registers (prev) and its stage are free
+      wg_keep(prev);
+#pragma unroll
+      for (int i = 0; i < 4; i++) sc[i] = sc_next[i];
+    };
+    int kt = 0;
+    for (; kt + 1 < KT; kt += 2) {
+      step(kt, afa, afb);
+      step(kt + 1, afb, afa);
+    }
+    if (kt < KT) step(kt, afa, afb);
+    wg_wait<0>();
+    wg_keep(afa);
+    wg_keep(afb);
+    wg_fence_acc(acc);
   }
 
   wg_epilogue<GATE_UP, BN>(a, acc, e, m0, m_end, n0, lr0, lr1, g, t);
@@ -246,12 +305,11 @@ __global__ void __launch_bounds__(kWgThreads, 1) moe_prefill_wgmma_ss(GemmArgs a
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using C = WgSsCfg<BN>;
   constexpr int NST = C::STAGES, NACC = BN / 2, XR = (BN * 8 + kWgThreads - 1) / kWgThreads;
+  constexpr uint32_t SB = C::STAGE_BYTES, RING = NST * SB;
   extern __shared__ __align__(16) unsigned char wg_smem[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(wg_smem));
   const uint32_t ring = (raw + 1023u) & ~1023u;
-  unsigned char* ring_p = wg_smem + (ring - raw);
-  const uint32_t a_tiles = ring + uint32_t(NST * C::STAGE_BYTES);  // two decoded tiles after the ring
-  unsigned char* a_tiles_p = ring_p + NST * C::STAGE_BYTES;
+  const uint32_t a_tiles = ring + RING;  // two decoded tiles after the ring
   const int tid = threadIdx.x;
   const int N = a.W.rows, K = a.W.K, kb = K >> 5, KT = K / kWgBK, n0 = blockIdx.x * kWgBM;
   // Raw weight copies and their decode: chunk wc (16 bytes, 32 columns) of row wr, the same thread both.
@@ -266,73 +324,83 @@ __global__ void __launch_bounds__(kWgThreads, 1) moe_prefill_wgmma_ss(GemmArgs a
   w_src += ((size_t(e) * N + (w_ok ? n0 + wr : 0)) * kb + wc) * 16;
   s_src += (size_t(e) * N + (w_ok ? n0 + wr : 0)) * kb + wc;
 
+  // Everything a k-tile's copies and decode address is a per-thread offset fixed here, so the loop only adds the
+  // stage's offset (the loop was instruction-bound: ncu, 64 tokens E = 32, 226 instructions a warp a k-tile with
+  // the offsets, swizzles and descriptors rebuilt each time, 73% of issue slots busy).
   const int xc = tid & 7, xr0 = tid >> 3;
-  uint32_t x_off[XR];
+  const uint16_t* x_src[XR];
+  uint32_t x_dst[XR];
   bool x_ok[XR];
 #pragma unroll
   for (int i = 0; i < XR; i++) {
-    const int r = m0 + xr0 + 32 * i;
-    x_ok[i] = r < m_end && xr0 + 32 * i < BN;
-    x_off[i] = x_ok[i] ? uint32_t(GATE_UP ? a.ws.perm[r] / a.k : r) * uint32_t(a.lda) + uint32_t(xc * 8) : 0u;
+    const int r = m0 + xr0 + 32 * i, lr = xr0 + 32 * i;
+    x_ok[i] = r < m_end && lr < BN;
+    x_src[i] = a.A + (x_ok[i] ? size_t(uint32_t(GATE_UP ? a.ws.perm[r] / a.k : r) * uint32_t(a.lda)) : 0) + xc * 8;
+    x_dst[i] = uint32_t(lr * 128 + ((xc ^ (lr & 7)) << 4));
   }
-  auto issue = [&](int kt) {  // k-tile kt into stage kt % NST (always one group, empty past the end)
+  const uint32_t w_dst = uint32_t(C::X_BYTES + wr * 32 + wc * 16);
+  auto issue = [&](int kt, uint32_t st) {  // k-tile kt into the stage at offset st (one group, empty past the end)
     if (kt < KT) {
-      unsigned char* st = ring_p + (kt % NST) * C::STAGE_BYTES;
 #pragma unroll
-      for (int i = 0; i < XR; i++) {
-        const int r = xr0 + 32 * i;
-        if (r < BN) cp_async16_zfill(st + r * 128 + ((xc ^ (r & 7)) << 4), a.A + x_off[i] + kt * kWgBK, x_ok[i]);
-      }
-      cp_async16_zfill(st + C::X_BYTES + wr * 32 + wc * 16, w_src + size_t(kt) * 32, w_ok);
+      for (int i = 0; i < XR; i++)
+        if (xr0 + 32 * i < BN) cp_async16_zfill_s(ring + st + x_dst[i], x_src[i] + kt * kWgBK, x_ok[i]);
+      cp_async16_zfill_s(ring + st + w_dst, w_src + size_t(kt) * 32, w_ok);
     }
     cp_async_commit();
   };
-  // Decodes this thread's 16 raw bytes of k-tile kt (scale sc) into words 4 wc .. 4 wc + 3 of its row: word w is
-  // 16-byte chunk w of the row (k16 step w / 2, columns 8 (w & 1) ..), pairs t at columns 2t, 2t + 1.
-  auto decode = [&](int kt, uint32_t sc) {
-    const uint4 q = *reinterpret_cast<const uint4*>(ring_p + (kt % NST) * C::STAGE_BYTES + C::X_BYTES + wr * 32 +
-                                                    wc * 16);
+  // Decodes this thread's 16 raw bytes of the k-tile in stage st (scale sc) into words 4 wc .. 4 wc + 3 of its row
+  // of the decoded tile at offset at: word w is 16-byte chunk w of the row (k16 step w / 2, columns 8 (w & 1) ..),
+  // pairs t at columns 2t, 2t + 1; chunk w sits at w ^ (row & 7) (the 128-byte swizzle).
+  uint32_t d_dst[4];
+#pragma unroll
+  for (int i = 0; i < 4; i++) d_dst[i] = uint32_t(wr * 128 + (((4 * wc + i) ^ (wr & 7)) << 4));
+  auto decode = [&](uint32_t st, uint32_t at, uint32_t sc) {
+    uint4 q;
+    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(q.x), "=r"(q.y), "=r"(q.z), "=r"(q.w)
+                 : "r"(ring + st + w_dst));
     const uint32_t f = mx_factor(sc);
-    unsigned char* dst = a_tiles_p + (kt & 1) * C::A_BYTES + wr * 128;
     const uint32_t wv[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-      const int w = 4 * wc + i;
-      uint4 o;
-      o.x = decode_pair(wv[i], 0, f);
-      o.y = decode_pair(wv[i], 1, f);
-      o.z = decode_pair(wv[i], 2, f);
-      o.w = decode_pair(wv[i], 3, f);
-      *reinterpret_cast<uint4*>(dst + ((w ^ (wr & 7)) << 4)) = o;
-    }
+    for (int i = 0; i < 4; i++)
+      asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" ::"r"(a_tiles + at + d_dst[i]),
+                   "r"(decode_pair(wv[i], 0, f)), "r"(decode_pair(wv[i], 1, f)), "r"(decode_pair(wv[i], 2, f)),
+                   "r"(decode_pair(wv[i], 3, f))
+                   : "memory");
   };
   auto scale = [&](int kt) { return w_ok && kt < KT ? uint32_t(__ldg(s_src + 2 * kt)) : 127u; };
 
   const int lane = tid & 31, warp = tid >> 5, wgi = warp >> 2, wq = warp & 3, g = lane >> 2, t = lane & 3;
+  const uint32_t x_lo = wg_desc_lo(ring), a_lo = wg_desc_lo(a_tiles + uint32_t(wgi * 64 * 128));
   float acc[NACC];
 #pragma unroll
   for (int i = 0; i < NACC; i++) acc[i] = 0.f;
-  for (int s = 0; s < NST - 1; s++) issue(s);
+  for (int s = 0; s < NST - 1; s++) issue(s, uint32_t(s) * SB);
   uint32_t sc_next = scale(1), sc_next2 = scale(2);
   cp_async_wait<NST - 2>();  // tile 0 (this thread's raw bytes)
-  decode(0, scale(0));
+  decode(0, 0, scale(0));
+  // Stage offsets of tiles kt, kt + 1 and kt + NST - 1, and the decoded tile of kt.
+  uint32_t st_use = 0, st_next = SB, st_issue = (NST - 1) * SB, at = 0;
   for (int kt = 0; kt < KT; kt++) {
     // Tile kt is decoded by this thread; tile kt + 1's copies: this thread's have landed.
     cp_async_wait<NST - 3>();
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // decoded tile kt and token rows: to wgmma
     __syncthreads();  // everyone's; every warpgroup's MMAs of tile kt - 1 have retired (waited below)
-    issue(kt + NST - 1);  // into the stage of tile kt - 1
-    const uint32_t x_addr = ring + uint32_t((kt % NST) * C::STAGE_BYTES);
-    const uint32_t a_addr = a_tiles + uint32_t((kt & 1) * C::A_BYTES + wgi * 64 * 128);
+    issue(kt + NST - 1, st_issue);  // into the stage of tile kt - 1
+    const uint32_t xd = x_lo + (st_use >> 4), ad = a_lo + (at >> 4);
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < kWgBK / 16; kk++)
-      wg_mma_ss_k16(acc, wg_desc_sw128(a_addr + uint32_t(kk * 32)), wg_desc_sw128(x_addr + uint32_t(kk * 32)));
+      wg_mma_ss_k16(acc, wg_desc_from_lo(ad + uint32_t(2 * kk)), wg_desc_from_lo(xd + uint32_t(2 * kk)));
     wg_commit();
     // Tile kt + 1 into the other decoded buffer (its MMAs, of tile kt - 1, retired before the barrier).
-    if (kt + 1 < KT) decode(kt + 1, sc_next);
+    if (kt + 1 < KT) decode(st_next, at ^ uint32_t(C::A_BYTES), sc_next);
     sc_next = sc_next2;
     sc_next2 = scale(kt + 3);
+    st_use = st_next;
+    st_next = st_next + SB == RING ? 0u : st_next + SB;
+    st_issue = st_issue + SB == RING ? 0u : st_issue + SB;
+    at ^= uint32_t(C::A_BYTES);
     wg_wait<0>();
   }
   wg_fence_acc(acc);
@@ -353,26 +421,35 @@ void launch_prefill_wgmma_kernel(const GemmArgs& g, int E, int T, cudaStream_t s
   (void)attr_set;
   launch(KERNEL, dim3(ceil_div(g.W.rows, kWgBM), T), dim3(kWgThreads), SMEM, stream, pdl, g, E);
 }
+// The weights' operand (MoeParams::wgmma_a): registers, decoded into shared memory, registers pipelined.
+enum class WgA { kRegs, kSmem, kRegsPipe };
+
 template <bool GATE_UP, int BN>
-void launch_prefill_wgmma_gemm(const GemmArgs& g, int E, int T, bool smem_a, cudaStream_t stream, bool pdl) {
-  if (smem_a)
+void launch_prefill_wgmma_gemm(const GemmArgs& g, int E, int T, WgA op, cudaStream_t stream, bool pdl) {
+  if constexpr (BN == 256) {  // the pipelined register kernel only
+    (void)op;
+    launch_prefill_wgmma_kernel<moe_prefill_wgmma<GATE_UP, BN, true>, WgCfg<BN>::SMEM>(g, E, T, stream, pdl);
+  } else if (op == WgA::kSmem) {
     launch_prefill_wgmma_kernel<moe_prefill_wgmma_ss<GATE_UP, BN>, WgSsCfg<BN>::SMEM>(g, E, T, stream, pdl);
-  else
+  } else if (op == WgA::kRegsPipe) {
+    launch_prefill_wgmma_kernel<moe_prefill_wgmma<GATE_UP, BN, true>, WgCfg<BN>::SMEM>(g, E, T, stream, pdl);
+  } else {
     launch_prefill_wgmma_kernel<moe_prefill_wgmma<GATE_UP, BN>, WgCfg<BN>::SMEM>(g, E, T, stream, pdl);
+  }
 }
 
 template <int BN>
 void launch_prefill_wgmma_both(GemmArgs g, const WMat& gu, const WMat& dn, const MoeParams& p, const Workspace& ws,
-                               int P, bool smem_a, cudaStream_t stream) {
+                               int P, WgA op, cudaStream_t stream) {
   const int T = prefill_max_tiles(P, p.E, BN);
   g.W = gu;
   g.A = ws.xp;
   g.lda = p.H;
-  launch_prefill_wgmma_gemm<true, BN>(g, p.E, T, smem_a, stream, p.pdl);
+  launch_prefill_wgmma_gemm<true, BN>(g, p.E, T, op, stream, p.pdl);
   g.W = dn;
   g.A = ws.act;
   g.lda = p.I;
-  launch_prefill_wgmma_gemm<false, BN>(g, p.E, T, smem_a, stream, p.pdl);
+  launch_prefill_wgmma_gemm<false, BN>(g, p.E, T, op, stream, p.pdl);
 }
 
 // The widest tile that decodes the weights into shared memory by default (MoeParams::wgmma_a 0). H200 lab, one
@@ -388,12 +465,16 @@ void launch_prefill_wgmma_pair(const MoeParams& p, const GemmArgs& g, const WMat
                                const Workspace& ws, int P, cudaStream_t stream, int bn = 0) {
   launch(moe_permute_x, dim3(p.n), dim3(256), 0, stream, p.pdl, p.x, p.ldx, p.H, ws.xp);
   const int width = bn > 0 ? bn : prefill_wgmma_bn(P, p.E);
-  const bool smem_a = p.wgmma_a == 2 || (p.wgmma_a == 0 && width <= kWgSmemMaxBN);
+  const WgA op = p.wgmma_a == 1   ? WgA::kRegs
+                 : p.wgmma_a == 2 ? WgA::kSmem
+                 : p.wgmma_a == 3 ? WgA::kRegsPipe
+                                  : WgA::kRegsPipe;
   switch (width) {
-    case 16: return launch_prefill_wgmma_both<16>(g, gu, dn, p, ws, P, smem_a, stream);
-    case 32: return launch_prefill_wgmma_both<32>(g, gu, dn, p, ws, P, smem_a, stream);
-    case 64: return launch_prefill_wgmma_both<64>(g, gu, dn, p, ws, P, smem_a, stream);
-    default: return launch_prefill_wgmma_both<128>(g, gu, dn, p, ws, P, smem_a, stream);
+    case 16: return launch_prefill_wgmma_both<16>(g, gu, dn, p, ws, P, op, stream);
+    case 32: return launch_prefill_wgmma_both<32>(g, gu, dn, p, ws, P, op, stream);
+    case 64: return launch_prefill_wgmma_both<64>(g, gu, dn, p, ws, P, op, stream);
+    case 128: return launch_prefill_wgmma_both<128>(g, gu, dn, p, ws, P, op, stream);
+    default: return launch_prefill_wgmma_both<256>(g, gu, dn, p, ws, P, op, stream);
   }
 }
 

@@ -683,10 +683,15 @@ void prefill_section(const Layer& L, int n, const uint16_t* x, float* y, void* w
       {"M4 BK64 NST4 (1 block/SM)", [&](const MoeParams& q) { prefill_mma_layer<moe::PrefillCfg<64, 4>>(L, q); }},
       {"bf16 v1", [&](const MoeParams& q) { moe_bf16_forward(with_path(q, MoePath::kPrefill), L.bf(), 0); }},
       {"wgmma (kPrefillWgmma)", [&](const MoeParams& q) { moe_mxfp4_forward(with_path(q, MoePath::kPrefillWgmma), L.mx(), 0); }},
-      {"wgmma tile 16", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 16), L.mx(), 0); }},
-      {"wgmma tile 32", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 32), L.mx(), 0); }},
-      {"wgmma tile 64", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 64), L.mx(), 0); }},
-      {"wgmma tile 128", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 128), L.mx(), 0); }},
+      {"wgmma regs tile 16", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 16, 1), L.mx(), 0); }},
+      {"wgmma regs-pipe tile 16", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 16, 3), L.mx(), 0); }},
+      {"wgmma regs tile 32", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 32, 1), L.mx(), 0); }},
+      {"wgmma regs-pipe tile 32", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 32, 3), L.mx(), 0); }},
+      {"wgmma regs tile 64", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 64, 1), L.mx(), 0); }},
+      {"wgmma regs-pipe tile 64", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 64, 3), L.mx(), 0); }},
+      {"wgmma regs tile 128", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 128, 1), L.mx(), 0); }},
+      {"wgmma regs-pipe tile 128", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 128, 3), L.mx(), 0); }},
+      {"wgmma regs-pipe tile 256", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 256, 3), L.mx(), 0); }},
       {"wgmma smem-A tile 16", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 16, 2), L.mx(), 0); }},
       {"wgmma smem-A tile 32", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 32, 2), L.mx(), 0); }},
       {"wgmma smem-A tile 64", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 64, 2), L.mx(), 0); }},
@@ -815,6 +820,20 @@ void chain_section(const Layer& L, void* ws, size_t ws_bytes) {
     cudaFree(q);
 }
 
+// A comma list of integers from the environment, or `fallback` when unset or empty.
+static std::vector<int> env_ints(const char* name, std::vector<int> fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  std::vector<int> out;
+  for (const char* p = v; *p;) {
+    char* end = nullptr;
+    out.push_back(int(std::strtol(p, &end, 10)));
+    p = *end == ',' ? end + 1 : end;
+    if (end == p && *p) break;
+  }
+  return out;
+}
+
 int main() {
   int dev = 0;
   cudaDeviceProp prop;
@@ -832,7 +851,12 @@ int main() {
   }
 
   const int n_prefill = 8192;
+  // MOE_E=32|128 runs one expert count; MOE_PREFILL_N=64,256 the prefill section at those token counts only
+  // (both for profiling one shape under ncu).
+  const char* only_e = std::getenv("MOE_E");
+  const std::vector<int> prefill_ns = env_ints("MOE_PREFILL_N", {64, 256, 512, 2048, n_prefill});
   for (int E : {32, 128}) {
+    if (only_e && std::atoi(only_e) != E) continue;
     const bool grouped_only = std::getenv("MOE_GROUPED_ONLY") != nullptr;
     Layer L(E, !grouped_only);
     const size_t ws_bytes = moe_workspace_bytes(n_prefill, L.H, L.I, L.E, L.k);
@@ -979,7 +1003,7 @@ int main() {
     }
 
     if (std::getenv("MOE_DECODE_ONLY")) chain_section(L, ws, ws_bytes);
-    for (int n : {64, 256, 512, 2048, n_prefill}) {
+    for (int n : prefill_ns) {
       if (std::getenv("MOE_DECODE_ONLY") || grouped_only) break;  // decode-only (run 4), grouped-only runs
       prefill_section(L, n, x, y, ws, ws_bytes);
     }

@@ -786,10 +786,11 @@ std::vector<Result> prefill_ragged_cases(int E, uint64_t seed) {
         out.push_back(close(std::string(params) + " 16 tokens vs CPU", "nmse", ys, want, 1e-4));
         // The wgmma GEMMs (moe_prefill_wgmma.cuh, kPrefill's on the H200) at each tile width: v1's bits on every
         // token, the CPU twin on the same 16, repeat bits.
-        for (int a_op : {1, 2})  // the weights' operand from registers, then decoded into shared memory
-          for (int tile : {16, 32, 64, 128}) {
-            const std::string pw = std::string(params) + (a_op == 1 ? " prefill_wgmma tile " : " prefill_wgmma_smem tile ") +
-                                   std::to_string(tile);
+        for (int a_op : {1, 2, 3})  // the weights' operand from registers, decoded into shared memory, pipelined
+          for (int tile : {16, 32, 64, 128, 256}) {
+            if (tile == 256 && a_op != 3) continue;  // 256 tokens a tile: the pipelined kernel only
+            const char* what[] = {"", " prefill_wgmma tile ", " prefill_wgmma_smem tile ", " prefill_wgmma_pipe tile "};
+            const std::string pw = std::string(params) + what[a_op] + std::to_string(tile);
             const auto yw = run(cuda::MoePath::kPrefillWgmma, 0xFF, tile, true, a_op);
             Result bits = repeat_bits(pw + " vs prefill_v1", y, yw);
             bits.metric = "v1_bits";
