@@ -44,7 +44,7 @@ constexpr int kWgWBytes = kWgBM * kWgRowBytes;
 // the weights' raw bytes; deeper when narrow.
 template <int BN>
 struct WgCfg {
-  static_assert(BN == 16 || BN == 32 || BN == 64 || BN == 128 || BN == 256, "WgCfg: BN 16 .. 256");
+  static_assert(BN == 16 || BN == 32 || BN == 64 || BN == 128, "WgCfg: BN 16, 32, 64 or 128");
   static constexpr int STAGES = BN >= 64 ? 4 : 8;  // 8 stages at 64 left one block an SM (1.8x slower in the lab)
   static constexpr int X_BYTES = BN * kWgBK * 2;
   static constexpr int STAGE_BYTES = X_BYTES + kWgWBytes;
@@ -129,9 +129,8 @@ __device__ __forceinline__ void wg_epilogue(const GemmArgs& a, const float (&acc
 // A registers (wgmma.wait_group 1, the loads one stage less ahead so no stage is overwritten under a pending MMA);
 // both register sets are kept alive past the wait that retires them (wg_keep), so the compiler cannot hand an
 // in-flight MMA's A registers to the next decode.
-// BN = 256 (pipelined only: 128 accumulators a thread) runs one block an SM.
 template <bool GATE_UP, int BN, bool PIPE = false>
-__global__ void __launch_bounds__(kWgThreads, BN >= 256 ? 1 : 2) moe_prefill_wgmma(GemmArgs a, int E) {
+__global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, int E) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using C = WgCfg<BN>;
   constexpr int NST = C::STAGES, NACC = BN / 2, XR = (BN * 8 + kWgThreads - 1) / kWgThreads;  // token-row copies a thread
@@ -426,10 +425,7 @@ enum class WgA { kRegs, kSmem, kRegsPipe };
 
 template <bool GATE_UP, int BN>
 void launch_prefill_wgmma_gemm(const GemmArgs& g, int E, int T, WgA op, cudaStream_t stream, bool pdl) {
-  if constexpr (BN == 256) {  // the pipelined register kernel only
-    (void)op;
-    launch_prefill_wgmma_kernel<moe_prefill_wgmma<GATE_UP, BN, true>, WgCfg<BN>::SMEM>(g, E, T, stream, pdl);
-  } else if (op == WgA::kSmem) {
+  if (op == WgA::kSmem) {
     launch_prefill_wgmma_kernel<moe_prefill_wgmma_ss<GATE_UP, BN>, WgSsCfg<BN>::SMEM>(g, E, T, stream, pdl);
   } else if (op == WgA::kRegsPipe) {
     launch_prefill_wgmma_kernel<moe_prefill_wgmma<GATE_UP, BN, true>, WgCfg<BN>::SMEM>(g, E, T, stream, pdl);
@@ -473,8 +469,7 @@ void launch_prefill_wgmma_pair(const MoeParams& p, const GemmArgs& g, const WMat
     case 16: return launch_prefill_wgmma_both<16>(g, gu, dn, p, ws, P, op, stream);
     case 32: return launch_prefill_wgmma_both<32>(g, gu, dn, p, ws, P, op, stream);
     case 64: return launch_prefill_wgmma_both<64>(g, gu, dn, p, ws, P, op, stream);
-    case 128: return launch_prefill_wgmma_both<128>(g, gu, dn, p, ws, P, op, stream);
-    default: return launch_prefill_wgmma_both<256>(g, gu, dn, p, ws, P, op, stream);
+    default: return launch_prefill_wgmma_both<128>(g, gu, dn, p, ws, P, op, stream);
   }
 }
 

@@ -691,7 +691,6 @@ void prefill_section(const Layer& L, int n, const uint16_t* x, float* y, void* w
       {"wgmma regs-pipe tile 64", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 64, 3), L.mx(), 0); }},
       {"wgmma regs tile 128", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 128, 1), L.mx(), 0); }},
       {"wgmma regs-pipe tile 128", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 128, 3), L.mx(), 0); }},
-      {"wgmma regs-pipe tile 256", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 256, 3), L.mx(), 0); }},
       {"wgmma smem-A tile 16", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 16, 2), L.mx(), 0); }},
       {"wgmma smem-A tile 32", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 32, 2), L.mx(), 0); }},
       {"wgmma smem-A tile 64", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 64, 2), L.mx(), 0); }},

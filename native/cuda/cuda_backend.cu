@@ -305,7 +305,7 @@ class CudaBackend final : public Backend {
   MoePath moe_prefill_path_ = MoePath::kAuto;
   bool moe_wgmma_ = true;
   int moe_wgmma_a_ = 0;  // HARMONIUM_MOE_WGMMA_A=regs|smem|pipe (A/B): the wgmma GEMMs' weight operand (MoeParams::wgmma_a)
-  int moe_wgmma_tile_ = 0;  // HARMONIUM_MOE_WGMMA_TILE=16|32|64|128|256 (A/B): one tile width for every step
+  int moe_wgmma_tile_ = 0;  // HARMONIUM_MOE_WGMMA_TILE=16|32|64|128 (A/B): one tile width for every step
   int dense_gemm_ = 0;  // HARMONIUM_DENSE=mma|wgmma (A/B): the dense projections' tensor-core kernel (DenseParams::gemm)
   bool fused_rope_ = true;  // decode-only steps rotate and write the KV cache inside attention (HARMONIUM_FUSED_ROPE=0: off)
 
@@ -418,9 +418,8 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   if (const char* env = std::getenv("HARMONIUM_MOE_WGMMA_TILE")) {
     moe_wgmma_tile_ = std::atoi(env);
     if (moe_wgmma_tile_ != 0 && moe_wgmma_tile_ != 16 && moe_wgmma_tile_ != 32 && moe_wgmma_tile_ != 64 &&
-        moe_wgmma_tile_ != 128 && moe_wgmma_tile_ != 256)
-      throw std::runtime_error(std::string("HARMONIUM_MOE_WGMMA_TILE must be 16, 32, 64, 128 or 256 (got '") + env +
-                               "')");
+        moe_wgmma_tile_ != 128)
+      throw std::runtime_error(std::string("HARMONIUM_MOE_WGMMA_TILE must be 16, 32, 64 or 128 (got '") + env + "')");
   }
   const int dense = env_choice("HARMONIUM_DENSE", {"wgmma", "mma"});
   dense_gemm_ = dense == 0 ? 2 : dense == 1 ? 1 : 0;  // DenseParams::gemm

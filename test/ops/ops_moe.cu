@@ -787,8 +787,7 @@ std::vector<Result> prefill_ragged_cases(int E, uint64_t seed) {
         // The wgmma GEMMs (moe_prefill_wgmma.cuh, kPrefill's on the H200) at each tile width: v1's bits on every
         // token, the CPU twin on the same 16, repeat bits.
         for (int a_op : {1, 2, 3})  // the weights' operand from registers, decoded into shared memory, pipelined
-          for (int tile : {16, 32, 64, 128, 256}) {
-            if (tile == 256 && a_op != 3) continue;  // 256 tokens a tile: the pipelined kernel only
+          for (int tile : {16, 32, 64, 128}) {
             const char* what[] = {"", " prefill_wgmma tile ", " prefill_wgmma_smem tile ", " prefill_wgmma_pipe tile "};
             const std::string pw = std::string(params) + what[a_op] + std::to_string(tile);
             const auto yw = run(cuda::MoePath::kPrefillWgmma, 0xFF, tile, true, a_op);
