@@ -46,7 +46,7 @@
 //           16-128 of an expert's tokens as N (1,365 us for a 20b layer at 2048 tokens, 1.6x v2), v1's bits; on
 //           other devices (moe_prefill_mma.cuh, v2): 128 x 128 tiles fed by a cp.async ring of activations and raw
 //           MXFP4 bytes, each k-tile's weights decoded once in shared memory; the same bits as v1 (kept for bf16
-//           and as MoePath::kPrefillV1). The grouped kernels stop at kMoeGroupedMaxPairsBesideWgmma beside wgmma.
+//           and as MoePath::kPrefillV1). Beside wgmma kAuto takes no grouped kernels (kMoeGroupedMaxPairsBesideWgmma).
 //           A token's rows do not depend on the other tokens of the call (docs/reproducibility.md).
 //
 // Activation dtypes (the same as kernels/dense.h): x is bf16 [n, H] (the RMSNorm output), y is fp32 [n, H], the
@@ -108,11 +108,12 @@ enum class MoePath : int {
 };
 
 // kAuto takes the grouped path above the decode path while the tokens per expert, n k / E, stay at most this:
-// against the wgmma GEMMs (sm_90) 4, against the older GEMMs 8 (E = 32: n <= 64; E = 128: n <= 256). H200, the
-// engine's batched decode at 1k context (tok/s, grouped / wgmma): 2 pairs an expert 1,444 / 1,334 (20b, S = 16)
-// and 1,753 / 1,717 (120b, S = 64); 8 pairs 3,700 / 3,988 (20b, S = 64) and 3,549 / 4,201 (120b, S = 256). The
-// older GEMMs lost at 8 (lab: grouped V1 361 vs 526 us at 64 tokens E = 32, 1399 vs 1968 at 256 E = 128).
-constexpr int kMoeGroupedMaxPairsPerExpert = 8, kMoeGroupedMaxPairsBesideWgmma = 4;
+// against the older GEMMs 8 (E = 32: n <= 64; E = 128: n <= 256), against the wgmma GEMMs never since they keep the
+// next k-tile's decode under the MMAs (session 8). H200, the engine's batched decode at 1k context (tok/s, grouped /
+// pipelined wgmma): 1 pair an expert 1,568 / 1,607 (120b, S = 32); 2 pairs 2,341 / 2,316 (20b, S = 16) and
+// 2,235 / 2,435 (120b, S = 64); 4 pairs 3,636 / 3,934 (20b, S = 32) and 3,136 / 3,724 (120b, S = 128). The older
+// GEMMs lost at 8 (lab: grouped V1 361 vs 526 us at 64 tokens E = 32, 1399 vs 1968 at 256 E = 128).
+constexpr int kMoeGroupedMaxPairsPerExpert = 8, kMoeGroupedMaxPairsBesideWgmma = 0;
 constexpr bool moe_grouped_auto(int n, int k, int E, bool wgmma = false) {
   return n > kMoeDecodeMaxTokens &&
          n * k <= (wgmma ? kMoeGroupedMaxPairsBesideWgmma : kMoeGroupedMaxPairsPerExpert) * E;

@@ -1,11 +1,11 @@
 // Prefix caching on the CUDA backend (dummy gpt-oss-20b): the logits after a cache hit against a cold prefill of the
 // same prompt. In batch-invariant mode (HARMONIUM_BATCH_INVARIANT=1: every step on the same kernels) they must be
 // the same bits, which checks that the hit reads exactly the KV the cold prefill wrote. With the default kernels
-// the 59-token cold prefill and the 11-token hit take different expert kernels (the wgmma GEMMs above 4 pairs an
-// expert, the grouped ones below: kernels/moe.h), so they differ by that kernel path's noise on random weights:
-// 5.7e-2 at the first token on the H200 (2026-12-01; 0 with one kernel family for both, HARMONIUM_MOE_PREFILL=wgmma
-// or mma). The pool is whole at the end. Skips without a CUDA device. Bit-identical on the CPU:
-// prefix_cache_cpu.test.ts.
+// the 59-token cold prefill and the 11-token hit take the same expert GEMMs on an H200 (the wgmma ones at any
+// tokens an expert since session 8: kernels/moe.h), and measured 0 there (2026-12-01; 5.7e-2 when the hit took
+// the grouped kernels). Other devices still give the hit the grouped kernels, so the default bound stays at that
+// kernel path's noise on random weights. The pool is whole at the end. Skips without a CUDA device. Bit-identical
+// on the CPU: prefix_cache_cpu.test.ts.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadModel, type LoadedModel } from '../../src/model/load.js';
 import { gpuCount } from '../helpers/gpu.js';
