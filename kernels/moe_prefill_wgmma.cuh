@@ -1,7 +1,7 @@
 // The prefill path's grouped GEMM for MXFP4 experts on Hopper's warpgroup MMA (wgmma): kPrefill's and kAuto's
 // GEMM on an sm_90 device (MoePath::kPrefillWgmma names it; kPrefillMma forces moe_prefill_mma.cuh's, the one
-// every other device runs: wgmma exists on sm_90a only). H200 lab, one layer: 1,362 us at 2048 tokens E = 32
-// (299 TFLOP/s; v2 2,187), 5,426 at 8192 E = 128 (300; v2 8,682), 318 at 64 tokens E = 32 (v1 563).
+// every other device runs: wgmma exists on sm_90a only). H200 lab, one layer, pipelined (the default): 1,212 us at
+// 2048 tokens E = 32 (336 TFLOP/s; v2 2,190), 4,996 at 8192 E = 128 (326; v2 8,625), 283 at 64 tokens E = 32 (v1 531).
 //
 // The GEMM is computed transposed, D[weight row][token] = W[e] x X^T, so the decoded weights are the A operand,
 // straight from registers (moe_prefill_wgmma: no bf16 copy of any weight in shared memory), and the tokens of a
@@ -20,11 +20,14 @@
 //   - one wgmma m64nBNk16 per warpgroup and k16 step, fp32 accumulators in registers (BN / 2 a thread); the
 //     weights carry decode_word's 2^-63, multiplied back in the epilogue; narrow tiles keep a deeper ring (the
 //     weights' bytes in flight: they stream once per token tile);
+//   - PIPE (the default): k-tile kt is decoded into one of two A register sets while kt - 1's MMAs run (see the
+//     kernel); without it each k-tile's MMAs retire before the next is decoded (MoeParams::wgmma_a 1, for A/B);
 //   - epilogues as v2's: SwiGLU x routing weight into act (gate and up rows are neighbours, lanes l and l ^ 4),
 //     bias x routing weight into ws.out.
 // moe_prefill_wgmma_ss is the same GEMM with each k-tile's weights decoded into a bf16 tile in shared memory
 // (both operands by descriptor, the next k-tile decoded while this one's MMAs run; still no bf16 copy in global
-// memory): the default up to 64 tokens a tile (kWgSmemMaxBN).
+// memory): an A/B path now (MoeParams::wgmma_a 2), bound by shared memory (a 16 KB decoded tile written and read
+// per k-tile beside 4 KB of raw bytes); the pipelined register kernel beats it at every width.
 // Bits: v1's, at every tile width and either operand (op tests "v1_bits": the H200's wgmma sums a k16 step as its
 // mma.sync does, the weights are exact and 2^-63 is exact), so the batch-invariance argument of v1 carries over.
 #pragma once
@@ -448,15 +451,11 @@ void launch_prefill_wgmma_both(GemmArgs g, const WMat& gu, const WMat& dn, const
   launch_prefill_wgmma_gemm<false, BN>(g, p.E, T, op, stream, p.pdl);
 }
 
-// The widest tile that decodes the weights into shared memory by default (MoeParams::wgmma_a 0). H200 lab, one
-// layer, us, registers / shared memory: E = 32 64 tokens (tile 16) 320 / 295, 256 tokens (tile 64) 426 / 415;
-// E = 128 64 tokens 986 / 918, 512 tokens (tile 32) 1,410 / 1,250; but at tile 128 (2048 tokens) 1,364 / 1,759
-// and 2,118 / 2,732: there the register kernel keeps two blocks an SM and the shared one only one.
-constexpr int kWgSmemMaxBN = 64;
-
 // x into the k-permutation (ws.xp), gate_up, down (after route_sort, before the combine), at the tile width for
-// the mean tokens an expert (prefill_wgmma_bn) unless `bn` names one; the weights' operand decoded into shared
-// memory up to kWgSmemMaxBN, from registers above (MoeParams::wgmma_a forces either).
+// the mean tokens an expert (prefill_wgmma_bn) unless `bn` names one; the weights' operand pipelined in registers
+// unless MoeParams::wgmma_a names another. H200 lab, us, unpipelined registers / shared memory / pipelined: E = 32
+// 64 tokens 317 / 287 / 283, 256 422 / 411 / 362, 2048 1,365 / 1,705 / 1,212; E = 128 64 968 / 896 / 858, 2048
+// 2,112 / 2,630 / 1,853.
 void launch_prefill_wgmma_pair(const MoeParams& p, const GemmArgs& g, const WMat& gu, const WMat& dn,
                                const Workspace& ws, int P, cudaStream_t stream, int bn = 0) {
   launch(moe_permute_x, dim3(p.n), dim3(256), 0, stream, p.pdl, p.x, p.ldx, p.H, ws.xp);
