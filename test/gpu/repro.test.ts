@@ -1,6 +1,7 @@
 // Reproducible numbers on the CUDA backend (docs/reproducibility.md), gpt-oss-20b shapes with dummy weights:
 //   run to run   the same step twice gives the same bits (prefill 1..4096 tokens, decode at batch 1..256), always;
-//   invariance   a sequence's logits alone vs beside up to 255 others, and a prompt in one chunk vs several:
+//   invariance   a sequence's logits alone vs beside up to 255 others, a prompt in one chunk vs several, and a long
+//                mixed batch (a prompt's chunks beside 200 decoding sequences, each sequence against itself alone):
 //                bit-identical with HARMONIUM_BATCH_INVARIANT=1; without it the measured difference is printed;
 //   the CLI      `harmonium run --temperature 0` twice prints the same text.
 // Skips without a CUDA device.
@@ -8,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { gpuCount } from '../helpers/gpu.js';
-import { diffBits, diffRows, fullRow, loadReproModel, prompt, step, type ReproModel, type SeqPart } from '../helpers/repro.js';
+import { diffBits, diffRows, fullRow, loadReproModel, prompt, rowBits, step, type ReproModel, type SeqPart } from '../helpers/repro.js';
 
 const gpus = gpuCount();
 const ctx = (s: number) => 16 + ((s * 37) % 200); // sequence s's context before the decode checks
@@ -94,6 +95,36 @@ for (const invariant of [false, true]) {
         console.log(`invariance ${invariant ? 'on' : 'off'}: ${k}: ${d.count} logits differ, max |diff| ${d.maxAbs.toExponential(2)} of max |logit| ${d.scale.toFixed(2)}`);
       }
       if (invariant) for (const [k, d] of Object.entries(diffs)) expect({ k, count: d.count }).toEqual({ k, count: 0 });
+    });
+
+    it(`a long mixed batch, prompt chunks beside 200 decodes, each vs alone: ${invariant ? 'the same bits' : 'the measured difference'}`, async () => {
+      const dec = decodeParts(m, 200);
+      const alone: Float32Array[] = [];
+      for (const d of dec) alone.push(new Float32Array(rowBits(await step(m, [d]), 0).buffer));
+      const P = prompt(512, 91, m.config.vocabSize);
+      const one = await chunkedLast(m, 256, P, []);
+      // The prompt in chunks of 128, every chunk's step beside the same 200 decode rows (rows 1..200 of the step).
+      let at = 0;
+      let last: Float32Array | undefined;
+      const differ = new Set<number>();
+      let maxAbs = 0;
+      for (const c of [128, 256, 384, P.length]) {
+        const o = await step(m, [{ slot: 256, tokens: P.slice(at, c), pos0: at }, ...dec], 8, [0]);
+        last = fullRow(o, 0).slice();
+        dec.forEach((_, s) => {
+          const d = diffBits(new Float32Array(rowBits(o, 1 + s).buffer), alone[s]);
+          if (d.count) differ.add(s);
+          if (Number.isFinite(d.maxAbs)) maxAbs = Math.max(maxAbs, d.maxAbs);
+        });
+        at = c;
+      }
+      const p = diffBits(last!, one);
+      console.log(
+        `invariance ${invariant ? 'on' : 'off'}: mixed batch: ${differ.size} of ${dec.length} decoding sequences differ from alone ` +
+          `(narrowed results, max |diff| ${maxAbs.toExponential(2)}); the prompt: ${p.count} logits differ, max |diff| ` +
+          `${p.maxAbs.toExponential(2)} of max |logit| ${p.scale.toFixed(2)}`,
+      );
+      if (invariant) expect({ prompt: p.count, decodes: differ.size }).toEqual({ prompt: 0, decodes: 0 });
     });
   });
 }
