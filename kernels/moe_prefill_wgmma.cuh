@@ -76,6 +76,17 @@ __device__ __forceinline__ uint32_t decode_pair(uint32_t w, int t, uint32_t f) {
   return bf16x2_mul(((w << 6) & 0x01C001C0u) | ((w << 12) & 0x80008000u), f);
 }
 
+// The same pair by two rotations of lane constants (ROT: one instruction a pair fewer than the shift by 4t, then two
+// shifts): ra = (6 - 4t) & 31 brings nibble t's three low bits to 6..8 (and t + 4's to 22..24), rb = (12 - 4t) & 31
+// its sign to 15 (and 31); the masks drop what the rotation wrapped. The same bits as decode_pair for every word and
+// t (checked for every 32-bit word and t on the host, session 8; op tests v1_bits on the GPU).
+__device__ __forceinline__ uint32_t decode_pair_rot(uint32_t w, uint32_t ra, uint32_t rb, uint32_t f) {
+  return bf16x2_mul((__funnelshift_l(w, w, ra) & 0x01C001C0u) | (__funnelshift_l(w, w, rb) & 0x80008000u), f);
+}
+// mx_factor with the two shifts and the or as one multiply: the clamped exponent + 63 is below 256, so its copies at
+// bits 7 and 23 cannot overlap and (s << 7) | (s << 23) = s * 0x00800080.
+__device__ __forceinline__ uint32_t mx_factor_mul(uint32_t s) { return (min(max(s, 65u), 191u) + 63u) * 0x00800080u; }
+
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // The epilogue of both kernels. acc[4 j + 2 h + c]: weight row lr0 + 8 h, token column 8 j + 2 t + c of the tile
 // (wgmma's D fragment); gate_up: SwiGLU x routing weight into act, down: + bias x routing weight into ws.out.
@@ -132,7 +143,10 @@ __device__ __forceinline__ void wg_epilogue(const GemmArgs& a, const float (&acc
 // A registers (wgmma.wait_group 1, the loads one stage less ahead so no stage is overwritten under a pending MMA);
 // both register sets are kept alive past the wait that retires them (wg_keep), so the compiler cannot hand an
 // in-flight MMA's A registers to the next decode.
-template <bool GATE_UP, int BN, bool PIPE = false>
+// ROT (with PIPE; MoeParams::wgmma_a 4, not yet GPU-run): the pair decode by rotations (decode_pair_rot) and the
+// scale factor by one multiply (mx_factor_mul), the same bits in fewer instructions (bench/moe_playground/NOTES.md,
+// session 8: the tile-16 loop is issue-bound).
+template <bool GATE_UP, int BN, bool PIPE = false, bool ROT = false>
 __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, int E) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using C = WgCfg<BN>;
@@ -228,6 +242,7 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, i
       for (int i = 0; i < 4; i++) sc[i] = sc_next[i];
     }
   } else {
+    const uint32_t ra = uint32_t(6 - 4 * t) & 31u, rb = uint32_t(12 - 4 * t) & 31u;  // decode_pair_rot's rotations
     // A fragments of k-tile kt from its stage: 4 k16 steps x 4 registers.
     auto decode_tile = [&](int kt, const uint32_t* s_, uint32_t (&af)[4][4]) {
       const unsigned char* st = ring_p + (kt % NST) * C::STAGE_BYTES;
@@ -237,11 +252,19 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, i
       for (int kk = 0; kk < kWgBK / 16; kk++) {
         const uint2 q0 = *reinterpret_cast<const uint2*>(wrow0 + kk * 8);
         const uint2 q1 = *reinterpret_cast<const uint2*>(wrow1 + kk * 8);
-        const uint32_t f0 = mx_factor(s_[kk >> 1]), f1 = mx_factor(s_[2 + (kk >> 1)]);
-        af[kk][0] = decode_pair(q0.x, t, f0);
-        af[kk][1] = decode_pair(q1.x, t, f1);
-        af[kk][2] = decode_pair(q0.y, t, f0);
-        af[kk][3] = decode_pair(q1.y, t, f1);
+        if constexpr (ROT) {
+          const uint32_t f0 = mx_factor_mul(s_[kk >> 1]), f1 = mx_factor_mul(s_[2 + (kk >> 1)]);
+          af[kk][0] = decode_pair_rot(q0.x, ra, rb, f0);
+          af[kk][1] = decode_pair_rot(q1.x, ra, rb, f1);
+          af[kk][2] = decode_pair_rot(q0.y, ra, rb, f0);
+          af[kk][3] = decode_pair_rot(q1.y, ra, rb, f1);
+        } else {
+          const uint32_t f0 = mx_factor(s_[kk >> 1]), f1 = mx_factor(s_[2 + (kk >> 1)]);
+          af[kk][0] = decode_pair(q0.x, t, f0);
+          af[kk][1] = decode_pair(q1.x, t, f1);
+          af[kk][2] = decode_pair(q0.y, t, f0);
+          af[kk][3] = decode_pair(q1.y, t, f1);
+        }
       }
     };
     auto mma_tile = [&](int kt, const uint32_t (&af)[4][4]) {
@@ -424,7 +447,7 @@ void launch_prefill_wgmma_kernel(const GemmArgs& g, int E, int T, cudaStream_t s
   launch(KERNEL, dim3(ceil_div(g.W.rows, kWgBM), T), dim3(kWgThreads), SMEM, stream, pdl, g, E);
 }
 // The weights' operand (MoeParams::wgmma_a): registers, decoded into shared memory, registers pipelined.
-enum class WgA { kRegs, kSmem, kRegsPipe };
+enum class WgA { kRegs, kSmem, kRegsPipe, kRegsPipeRot };
 
 template <bool GATE_UP, int BN>
 void launch_prefill_wgmma_gemm(const GemmArgs& g, int E, int T, WgA op, cudaStream_t stream, bool pdl) {
@@ -432,6 +455,9 @@ void launch_prefill_wgmma_gemm(const GemmArgs& g, int E, int T, WgA op, cudaStre
     launch_prefill_wgmma_kernel<moe_prefill_wgmma_ss<GATE_UP, BN>, WgSsCfg<BN>::SMEM>(g, E, T, stream, pdl);
   } else if (op == WgA::kRegsPipe) {
     launch_prefill_wgmma_kernel<moe_prefill_wgmma<GATE_UP, BN, true>, WgCfg<BN>::SMEM>(g, E, T, stream, pdl);
+  } else if (op == WgA::kRegsPipeRot) {  // up to tile 64: at 128 the two rotation registers spill (ptxas)
+    constexpr bool rot = BN <= 64;
+    launch_prefill_wgmma_kernel<moe_prefill_wgmma<GATE_UP, BN, true, rot>, WgCfg<BN>::SMEM>(g, E, T, stream, pdl);
   } else {
     launch_prefill_wgmma_kernel<moe_prefill_wgmma<GATE_UP, BN>, WgCfg<BN>::SMEM>(g, E, T, stream, pdl);
   }
@@ -463,6 +489,7 @@ void launch_prefill_wgmma_pair(const MoeParams& p, const GemmArgs& g, const WMat
   const WgA op = p.wgmma_a == 1   ? WgA::kRegs
                  : p.wgmma_a == 2 ? WgA::kSmem
                  : p.wgmma_a == 3 ? WgA::kRegsPipe
+                 : p.wgmma_a == 4 ? WgA::kRegsPipeRot
                                   : WgA::kRegsPipe;
   switch (width) {
     case 16: return launch_prefill_wgmma_both<16>(g, gu, dn, p, ws, P, op, stream);

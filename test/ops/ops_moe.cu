@@ -786,9 +786,12 @@ std::vector<Result> prefill_ragged_cases(int E, uint64_t seed) {
         out.push_back(close(std::string(params) + " 16 tokens vs CPU", "nmse", ys, want, 1e-4));
         // The wgmma GEMMs (moe_prefill_wgmma.cuh, kPrefill's on the H200) at each tile width: v1's bits on every
         // token, the CPU twin on the same 16, repeat bits.
-        for (int a_op : {1, 2, 3})  // the weights' operand from registers, decoded into shared memory, pipelined
+        // The weights' operand from registers, decoded into shared memory, pipelined, pipelined with the decode by
+        // rotations.
+        for (int a_op : {1, 2, 3, 4})
           for (int tile : {16, 32, 64, 128}) {
-            const char* what[] = {"", " prefill_wgmma tile ", " prefill_wgmma_smem tile ", " prefill_wgmma_pipe tile "};
+            const char* what[] = {"", " prefill_wgmma tile ", " prefill_wgmma_smem tile ", " prefill_wgmma_pipe tile ",
+                                  " prefill_wgmma_pipe_rot tile "};
             const std::string pw = std::string(params) + what[a_op] + std::to_string(tile);
             const auto yw = run(cuda::MoePath::kPrefillWgmma, 0xFF, tile, true, a_op);
             Result bits = repeat_bits(pw + " vs prefill_v1", y, yw);
