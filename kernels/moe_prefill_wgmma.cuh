@@ -350,8 +350,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) moe_prefill_wgmma_ss(GemmArgs a
   s_src += (size_t(e) * N + (w_ok ? n0 + wr : 0)) * kb + wc;
 
   // Everything a k-tile's copies and decode address is a per-thread offset fixed here, so the loop only adds the
-  // stage's offset (the loop was instruction-bound: ncu, 64 tokens E = 32, 226 instructions a warp a k-tile with
-  // the offsets, swizzles and descriptors rebuilt each time, 73% of issue slots busy).
+  // stage's offset (ncu, 64 tokens E = 32: 226 -> about 180 instructions a warp a k-tile, yet 3% faster only: the
+  // kernel is bound by shared memory, not by issue).
   const int xc = tid & 7, xr0 = tid >> 3;
   const uint16_t* x_src[XR];
   uint32_t x_dst[XR];
@@ -446,7 +446,8 @@ void launch_prefill_wgmma_kernel(const GemmArgs& g, int E, int T, cudaStream_t s
   (void)attr_set;
   launch(KERNEL, dim3(ceil_div(g.W.rows, kWgBM), T), dim3(kWgThreads), SMEM, stream, pdl, g, E);
 }
-// The weights' operand (MoeParams::wgmma_a): registers, decoded into shared memory, registers pipelined.
+// The weights' operand (MoeParams::wgmma_a 1 .. 4): registers, decoded into shared memory, registers pipelined,
+// and pipelined with the decode by rotations.
 enum class WgA { kRegs, kSmem, kRegsPipe, kRegsPipeRot };
 
 template <bool GATE_UP, int BN>
