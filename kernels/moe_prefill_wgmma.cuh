@@ -204,6 +204,28 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, i
     s[3] = ok1 && in ? __ldg(s1 + 2 * kt + 1) : 127u;
   };
 
+  // The A fragment of k16 step kk of k-tile kt from its stage (scales s_ of the k-tile): lane (g, t) takes pair t
+  // of words 2 kk and 2 kk + 1 of rows lr0 and lr1.
+  const uint32_t ra = uint32_t(6 - 4 * t) & 31u, rb = uint32_t(12 - 4 * t) & 31u;  // decode_pair_rot's rotations
+  auto fragment = [&](int kt, int kk, const uint32_t* s_, uint32_t (&af)[4]) {
+    const unsigned char* st = ring_p + (kt % NST) * C::STAGE_BYTES;
+    const uint2 q0 = *reinterpret_cast<const uint2*>(st + C::X_BYTES + lr0 * kWgRowBytes + kk * 8);
+    const uint2 q1 = *reinterpret_cast<const uint2*>(st + C::X_BYTES + lr1 * kWgRowBytes + kk * 8);
+    if constexpr (ROT) {
+      const uint32_t f0 = mx_factor_mul(s_[kk >> 1]), f1 = mx_factor_mul(s_[2 + (kk >> 1)]);
+      af[0] = decode_pair_rot(q0.x, ra, rb, f0);
+      af[1] = decode_pair_rot(q1.x, ra, rb, f1);
+      af[2] = decode_pair_rot(q0.y, ra, rb, f0);
+      af[3] = decode_pair_rot(q1.y, ra, rb, f1);
+    } else {
+      const uint32_t f0 = mx_factor(s_[kk >> 1]), f1 = mx_factor(s_[2 + (kk >> 1)]);
+      af[0] = decode_pair(q0.x, t, f0);  // (row g, k 2t, 2t+1)
+      af[1] = decode_pair(q1.x, t, f1);  // (row g+8, k 2t, 2t+1)
+      af[2] = decode_pair(q0.y, t, f0);  // (row g, k 2t+8, 2t+9)
+      af[3] = decode_pair(q1.y, t, f1);  // (row g+8, k 2t+8, 2t+9)
+    }
+  };
+
   float acc[NACC];
 #pragma unroll
   for (int i = 0; i < NACC; i++) acc[i] = 0.f;
@@ -217,21 +239,12 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, i
       __syncthreads();                 // everyone's; every warpgroup is past its MMAs of kt - 1 (waited below)
       issue(kt + NST - 1);             // into the stage of kt - 1
       scales(kt + 1, sc_next);
-      const unsigned char* st = ring_p + (kt % NST) * C::STAGE_BYTES;
       const uint32_t x_lo = wg_desc_lo(ring + uint32_t((kt % NST) * C::STAGE_BYTES));
-      const unsigned char* wrow0 = st + C::X_BYTES + lr0 * kWgRowBytes;
-      const unsigned char* wrow1 = st + C::X_BYTES + lr1 * kWgRowBytes;
       wg_fence_acc(acc);
 #pragma unroll
       for (int kk = 0; kk < kWgBK / 16; kk++) {
-        const uint2 q0 = *reinterpret_cast<const uint2*>(wrow0 + kk * 8);  // words 2 kk, 2 kk + 1 of row lr0
-        const uint2 q1 = *reinterpret_cast<const uint2*>(wrow1 + kk * 8);
-        const uint32_t f0 = mx_factor(sc[kk >> 1]), f1 = mx_factor(sc[2 + (kk >> 1)]);
         uint32_t af[4];
-        af[0] = decode_pair(q0.x, t, f0);  // (row g, k 2t, 2t+1)
-        af[1] = decode_pair(q1.x, t, f1);  // (row g+8, k 2t, 2t+1)
-        af[2] = decode_pair(q0.y, t, f0);  // (row g, k 2t+8, 2t+9)
-        af[3] = decode_pair(q1.y, t, f1);  // (row g+8, k 2t+8, 2t+9)
+        fragment(kt, kk, sc, af);
         wg_fence();
         wg_mma_k16(acc, af, wg_desc_from_lo(x_lo + uint32_t(2 * kk)));
         wg_commit();
@@ -242,30 +255,10 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, i
       for (int i = 0; i < 4; i++) sc[i] = sc_next[i];
     }
   } else {
-    const uint32_t ra = uint32_t(6 - 4 * t) & 31u, rb = uint32_t(12 - 4 * t) & 31u;  // decode_pair_rot's rotations
-    // A fragments of k-tile kt from its stage: 4 k16 steps x 4 registers.
+    // A fragments of k-tile kt: 4 k16 steps x 4 registers.
     auto decode_tile = [&](int kt, const uint32_t* s_, uint32_t (&af)[4][4]) {
-      const unsigned char* st = ring_p + (kt % NST) * C::STAGE_BYTES;
-      const unsigned char* wrow0 = st + C::X_BYTES + lr0 * kWgRowBytes;
-      const unsigned char* wrow1 = st + C::X_BYTES + lr1 * kWgRowBytes;
 #pragma unroll
-      for (int kk = 0; kk < kWgBK / 16; kk++) {
-        const uint2 q0 = *reinterpret_cast<const uint2*>(wrow0 + kk * 8);
-        const uint2 q1 = *reinterpret_cast<const uint2*>(wrow1 + kk * 8);
-        if constexpr (ROT) {
-          const uint32_t f0 = mx_factor_mul(s_[kk >> 1]), f1 = mx_factor_mul(s_[2 + (kk >> 1)]);
-          af[kk][0] = decode_pair_rot(q0.x, ra, rb, f0);
-          af[kk][1] = decode_pair_rot(q1.x, ra, rb, f1);
-          af[kk][2] = decode_pair_rot(q0.y, ra, rb, f0);
-          af[kk][3] = decode_pair_rot(q1.y, ra, rb, f1);
-        } else {
-          const uint32_t f0 = mx_factor(s_[kk >> 1]), f1 = mx_factor(s_[2 + (kk >> 1)]);
-          af[kk][0] = decode_pair(q0.x, t, f0);
-          af[kk][1] = decode_pair(q1.x, t, f1);
-          af[kk][2] = decode_pair(q0.y, t, f0);
-          af[kk][3] = decode_pair(q1.y, t, f1);
-        }
-      }
+      for (int kk = 0; kk < kWgBK / 16; kk++) fragment(kt, kk, s_, af[kk]);
     };
     auto mma_tile = [&](int kt, const uint32_t (&af)[4][4]) {
       const uint32_t x_lo = wg_desc_lo(ring + uint32_t((kt % NST) * C::STAGE_BYTES));
