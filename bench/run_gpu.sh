@@ -31,8 +31,8 @@ timeout 240 node node_modules/vite-node/vite-node.mjs bench/sampling.ts --quick 
 # The tensor-core kernels of steps above 8 tokens: the lab's MoE prefill rows (each checked against the CPU twin
 # before it is timed), the dense GEMMs and the decode attention kernels alone (HM_OP_BENCH), then issue 11's rows
 # through the engine (both models: decode at 1 / 8 / 64 / 256 requests, prefill to 32k), and an A/B of the older
-# dense and expert GEMMs (HARMONIUM_DENSE=mma, HARMONIUM_MOE_PREFILL=mma) and of the unpipelined expert GEMM
-# (HARMONIUM_MOE_WGMMA_A=regs) on the 20b.
+# dense and expert GEMMs (HARMONIUM_DENSE=mma, HARMONIUM_MOE_PREFILL=mma) and of 2048-token steps
+# (BENCH_STEP_TOKENS=2048, the default before session 9) on the 20b.
 if [ -x "$BIN/hm_moe_lab" ]; then
   MOE_PREFILL_ONLY=1 timeout 240 "$BIN/hm_moe_lab" > "$OUT/moe_prefill.log" 2>&1; echo "moe lab prefill rc=$?" >> "$OUT/moe_prefill.log"
 fi
@@ -40,7 +40,7 @@ HM_OP_BENCH=1 timeout 120 "$BIN/hm_op_test" bench_dense_gemm > "$OUT/kernel_benc
 HM_OP_BENCH=1 timeout 150 "$BIN/hm_op_test" bench_attention_decode >> "$OUT/kernel_bench.log" 2>&1; echo "bench_attention_decode rc=$?" >> "$OUT/kernel_bench.log"
 TP="node node_modules/vite-node/vite-node.mjs bench/throughput.ts"
 BENCH_PREFILL=512,2048,8192,32768 timeout 300 $TP --json "$OUT/throughput.json" > "$OUT/throughput.log" 2>&1; echo "throughput rc=$?" >> "$OUT/throughput.log"
-for v in HARMONIUM_DENSE=mma HARMONIUM_MOE_PREFILL=mma HARMONIUM_MOE_WGMMA_A=regs; do
+for v in HARMONIUM_DENSE=mma HARMONIUM_MOE_PREFILL=mma BENCH_STEP_TOKENS=2048; do
   env $v BENCH_MODELS=20b BENCH_SEQS=64,256 BENCH_PREFILL=2048,8192 timeout 200 $TP >> "$OUT/prefill_ab.log" 2>&1; echo "[$v] throughput rc=$?" >> "$OUT/prefill_ab.log"
 done
 

@@ -13,8 +13,8 @@
 //
 //   node node_modules/vite-node/vite-node.mjs bench/throughput.ts [20b|120b ...] [--json FILE]
 // Env: BENCH_MODELS (20b,120b; arguments win), BENCH_SEQS, BENCH_PROMPT, BENCH_DECODE, BENCH_PREFILL, BENCH_RUNS (1:
-// decode run 2 and each prefill repeated, the best kept), BENCH_STEP_TOKENS (2048: maxBatchTokens and the
-// scheduler's step budget), BENCH_PREFILL_CHUNK (default: the step budget), BENCH_WINDOW_KV=0 (one block table for
+// decode run 2 and each prefill repeated, the best kept), BENCH_STEP_TOKENS (maxBatchTokens and the
+// scheduler's step budget; default the CUDA load default, buildInfo().defaults.cuda), BENCH_PREFILL_CHUNK (default: the step budget), BENCH_WINDOW_KV=0 (one block table for
 // every layer instead of window KV); HARMONIUM_BUILD_DIR picks the addon; HARMONIUM_MOE_PREFILL=wgmma the wgmma GEMMs;
 // HARMONIUM_CUDA_GRAPHS=0 compares without graphs; HARMONIUM_PROFILE=1 (GPU time per op family, graphs off) or
 // HARMONIUM_PROFILE=2 (GPU time, host work and graph captures per step) print their shares when each model closes.
@@ -22,7 +22,7 @@
 import { writeFileSync } from 'node:fs';
 import { Engine } from '../src/engine/engine.js';
 import { dummyConfig, type DummyModelName } from '../src/model/dummy.js';
-import { cudaDeviceCount, loadModel } from '../src/model/load.js';
+import { cudaDeviceCount, loadDefaults, loadModel } from '../src/model/load.js';
 import { decodeBytesPerStep, modelSizes } from '../src/model/sizes.js';
 import { resolveSampling } from '../src/sampling/params.js';
 
@@ -57,7 +57,7 @@ const PREFILL = list('BENCH_PREFILL', '512,2048,8192');
 const PROMPT = Number(process.env.BENCH_PROMPT ?? 1024);
 const DECODE = Number(process.env.BENCH_DECODE ?? 128);
 const RUNS = Number(process.env.BENCH_RUNS ?? 1);
-const STEP_TOKENS = Number(process.env.BENCH_STEP_TOKENS ?? 2048);
+const STEP_TOKENS = Number(process.env.BENCH_STEP_TOKENS ?? loadDefaults('cuda').maxBatchTokens);
 const PREFILL_CHUNK = process.env.BENCH_PREFILL_CHUNK ? Number(process.env.BENCH_PREFILL_CHUNK) : undefined;
 
 const sorted = (v: number[]) => [...v].sort((a, b) => a - b);

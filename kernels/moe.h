@@ -160,10 +160,6 @@ struct MoeParams {
   MoePath path = MoePath::kAuto;
   bool wgmma = true;               // sm_90: kPrefill / kAuto's GEMM on the wgmma kernels where they apply (see MoePath)
   int wgmma_tile = 0;              // their tokens a tile (16, 32, 64, 128); 0 = by the tokens an expert
-  int wgmma_a = 0;                 // their weights' operand: 0 = the default (3), 1 = registers, 2 = decoded into
-                                   // shared memory, 3 = registers with the next k-tile decoded under this one's
-                                   // MMAs, 4 = 3 with the decode by rotations (moe_prefill_wgmma.cuh; all the same
-                                   // bits)
   bool pdl = false;
 };
 

@@ -113,7 +113,7 @@ describe('the addon reads strictly and publishes its limits', () => {
     expect(b.maxTopK).toBe(256);
     expect(b.maxSampleEntries).toBe(2 ** 20);
     expect(b.defaults.cpu).toMatchObject({ blockSize: 16, maxSeqs: 16, maxBatchTokens: 512 });
-    expect(b.defaults.cuda).toMatchObject({ blockSize: 16, maxSeqs: 16, maxBatchTokens: 2048 });
+    expect(b.defaults.cuda).toMatchObject({ blockSize: 16, maxSeqs: 16, maxBatchTokens: 8192 });
     const m = await loadModel({ model: join(fixturesDir, fixtureCases()[0]), backend: 'cpu', numBlocks: 4 });
     try {
       const info = m.info();

@@ -590,10 +590,9 @@ MoeParams with_path(MoeParams q, MoePath path) {
   q.path = path;
   return q;
 }
-MoeParams with_wgmma_tile(MoeParams q, int tile, int wgmma_a = 0) {
+MoeParams with_wgmma_tile(MoeParams q, int tile) {
   q.path = MoePath::kPrefillWgmma;
   q.wgmma_tile = tile;
-  q.wgmma_a = wgmma_a;
   return q;
 }
 
@@ -683,22 +682,10 @@ void prefill_section(const Layer& L, int n, const uint16_t* x, float* y, void* w
       {"M4 BK64 NST4 (1 block/SM)", [&](const MoeParams& q) { prefill_mma_layer<moe::PrefillCfg<64, 4>>(L, q); }},
       {"bf16 v1", [&](const MoeParams& q) { moe_bf16_forward(with_path(q, MoePath::kPrefill), L.bf(), 0); }},
       {"wgmma (kPrefillWgmma)", [&](const MoeParams& q) { moe_mxfp4_forward(with_path(q, MoePath::kPrefillWgmma), L.mx(), 0); }},
-      {"wgmma regs tile 16", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 16, 1), L.mx(), 0); }},
-      {"wgmma regs-pipe tile 16", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 16, 3), L.mx(), 0); }},
-      {"wgmma regs-pipe-rot tile 16", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 16, 4), L.mx(), 0); }},
-      {"wgmma regs tile 32", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 32, 1), L.mx(), 0); }},
-      {"wgmma regs-pipe tile 32", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 32, 3), L.mx(), 0); }},
-      {"wgmma regs-pipe-rot tile 32", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 32, 4), L.mx(), 0); }},
-      {"wgmma regs tile 64", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 64, 1), L.mx(), 0); }},
-      {"wgmma regs-pipe tile 64", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 64, 3), L.mx(), 0); }},
-      {"wgmma regs-pipe-rot tile 64", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 64, 4), L.mx(), 0); }},
-      {"wgmma regs tile 128", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 128, 1), L.mx(), 0); }},
-      {"wgmma regs-pipe tile 128", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 128, 3), L.mx(), 0); }},
-      {"wgmma regs-pipe-rot tile 128", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 128, 4), L.mx(), 0); }},
-      {"wgmma smem-A tile 16", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 16, 2), L.mx(), 0); }},
-      {"wgmma smem-A tile 32", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 32, 2), L.mx(), 0); }},
-      {"wgmma smem-A tile 64", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 64, 2), L.mx(), 0); }},
-      {"wgmma smem-A tile 128", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 128, 2), L.mx(), 0); }},
+      {"wgmma tile 16", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 16), L.mx(), 0); }},
+      {"wgmma tile 32", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 32), L.mx(), 0); }},
+      {"wgmma tile 64", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 64), L.mx(), 0); }},
+      {"wgmma tile 128", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 128), L.mx(), 0); }},
       {"route sort + combine only", [&](const MoeParams& q) { prefill_overhead(L, q); }},
   };
   for (const V& v : vs) {

@@ -304,7 +304,6 @@ class CudaBackend final : public Backend {
   // wgmma GEMMs (moe_prefill_mma.cuh / v1, the kernels before them); auto (default).
   MoePath moe_prefill_path_ = MoePath::kAuto;
   bool moe_wgmma_ = true;
-  int moe_wgmma_a_ = 0;  // HARMONIUM_MOE_WGMMA_A=regs|smem|pipe|rot (A/B): the wgmma GEMMs' weight operand (MoeParams::wgmma_a)
   int moe_wgmma_tile_ = 0;  // HARMONIUM_MOE_WGMMA_TILE=16|32|64|128 (A/B): one tile width for every step
   int dense_gemm_ = 0;  // HARMONIUM_DENSE=mma|wgmma (A/B): the dense projections' tensor-core kernel (DenseParams::gemm)
   bool fused_rope_ = true;  // decode-only steps rotate and write the KV cache inside attention (HARMONIUM_FUSED_ROPE=0: off)
@@ -414,7 +413,6 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   const int moe_prefill = env_choice("HARMONIUM_MOE_PREFILL", {"wgmma", "mma"});
   if (moe_prefill == 0) moe_prefill_path_ = MoePath::kPrefillWgmma;
   if (moe_prefill == 1) moe_wgmma_ = false;
-  moe_wgmma_a_ = env_choice("HARMONIUM_MOE_WGMMA_A", {"regs", "smem", "pipe", "rot"}) + 1;  // MoeParams::wgmma_a 0..4
   if (const char* env = std::getenv("HARMONIUM_MOE_WGMMA_TILE")) {
     moe_wgmma_tile_ = std::atoi(env);
     if (moe_wgmma_tile_ != 0 && moe_wgmma_tile_ != 16 && moe_wgmma_tile_ != 32 && moe_wgmma_tile_ != 64 &&
@@ -614,7 +612,6 @@ MoeParams CudaBackend::moe_params(int T) const {
   else if (T <= kMoeDecodeMaxTokens) mp.path = moe_decode_path_;
   else mp.path = moe_prefill_path_;
   mp.wgmma = moe_wgmma_;
-  mp.wgmma_a = moe_wgmma_a_;
   mp.wgmma_tile = moe_wgmma_tile_;
   return mp;
 }

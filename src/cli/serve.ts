@@ -13,6 +13,7 @@ interface ServeFlags extends ModelFlags {
   port: number;
   apiKey?: string;
   maxNumSeqs?: number;
+  maxNumBatchedTokens?: number;
   maxModelLen?: number;
   maxQueue: number;
   servedModelName?: string;
@@ -37,6 +38,7 @@ export function registerServe(program: Command): void {
     .option('--port <n>', 'port (0 picks a free one)', intFlag(0), 8000)
     .option('--api-key <key>', 'require "Authorization: Bearer KEY" on every route but /health')
     .option('--max-num-seqs <n>', 'requests generating at once (default: the library\'s maxSeqs)', intFlag(1))
+    .option('--max-num-batched-tokens <n>', 'tokens one step holds, decodes and prompt chunks (default: the library\'s maxBatchTokens, 8192 on CUDA; 2048 or less keeps inter-token latency low while prompts are read)', intFlag(1))
     .option('--max-model-len <n>', 'longest sequence, prompt + answer (as --context-length)', intFlag(2))
     .option('--max-queue <n>', 'requests waiting beyond --max-num-seqs; more get 429', intFlag(0), DEFAULT_MAX_QUEUE)
     .option('--no-enable-prefix-caching', 'prefill every prompt from its start (no KV blocks kept and shared between requests)')
@@ -47,7 +49,7 @@ export function registerServe(program: Command): void {
   addModelFlags(cmd);
   cmd.action(async (flags: ServeFlags) => {
     if (!isLoopback(flags.host) && !flags.apiKey) throw new Error(`refusing to listen on ${flags.host} without --api-key`);
-    const opts = { ...loadOptions(flags), maxSeqs: flags.maxNumSeqs, prefixCaching: flags.enablePrefixCaching };  // undefined: the library's default
+    const opts = { ...loadOptions(flags), maxSeqs: flags.maxNumSeqs, maxBatchTokens: flags.maxNumBatchedTokens, prefixCaching: flags.enablePrefixCaching };  // undefined: the library's default
     if (flags.maxModelLen !== undefined) opts.contextLength = flags.maxModelLen;
     const name = flags.servedModelName ?? servedName({ source: flags.dummyWeights ?? flags.model ?? 'tiny' });
     const bar = loadProgress(`loading ${modelLabel(flags)}`);

@@ -21,8 +21,7 @@
 //   moe_prefill_ragged  the MXFP4 prefill GEMM at real shapes, n = 64 .. 4096, with expert group sizes 0, 1, 3, 17,
 //                 128, 129, 255 (tile edges of both GEMMs): v1's bits on every token, the CPU twin on 16 of them
 //                 (nmse 1e-4), run-to-run bits; for kPrefill (the wgmma GEMMs), moe_prefill_mma.cuh's (wgmma off)
-//                 and the wgmma GEMMs at each tile width ("prefill_wgmma tile 16 .. 128"), their weights from
-//                 registers and decoded into shared memory ("prefill_wgmma_smem tile ..").
+//                 and the wgmma GEMMs at each tile width ("prefill_wgmma tile 16 .. 128").
 //   moe_fused_routing  the decode kernels' own top-k + softmax (ties, NaN) vs ref::router_topk: ids exact, weights.
 // Outputs are poisoned with NaN before each launch, so an unwritten element fails the case.
 #include <cuda_runtime.h>
@@ -745,12 +744,11 @@ std::vector<Result> prefill_ragged_cases(int E, uint64_t seed) {
         DevBuf<uint16_t> d_x(x16);
         DevBuf<int32_t> d_ids(ids);
         DevBuf<float> d_w(wts), d_y(size_t(n) * H);
-        auto run = [&](cuda::MoePath path, int ws_byte, int tile = 0, bool wgmma = true, int wgmma_a = 0) {
+        auto run = [&](cuda::MoePath path, int ws_byte, int tile = 0, bool wgmma = true) {
           cuda::MoeParams p = base_params(n, H, I, E, k, d_x.p, d_y.p, ws, path);
           p.swiglu_limit = limit;
           p.wgmma = wgmma;
           p.wgmma_tile = tile;
-          p.wgmma_a = wgmma_a;
           p.ids = d_ids.p;
           p.weights = d_w.p;
           T_CHECK(cudaMemset(ws.p, ws_byte, ws.n));
@@ -786,21 +784,16 @@ std::vector<Result> prefill_ragged_cases(int E, uint64_t seed) {
         out.push_back(close(std::string(params) + " 16 tokens vs CPU", "nmse", ys, want, 1e-4));
         // The wgmma GEMMs (moe_prefill_wgmma.cuh, kPrefill's on the H200) at each tile width: v1's bits on every
         // token, the CPU twin on the same 16, repeat bits.
-        // The weights' operand from registers, decoded into shared memory, pipelined, pipelined with the decode by
-        // rotations.
-        for (int a_op : {1, 2, 3, 4})
-          for (int tile : {16, 32, 64, 128}) {
-            const char* what[] = {"", " prefill_wgmma tile ", " prefill_wgmma_smem tile ", " prefill_wgmma_pipe tile ",
-                                  " prefill_wgmma_pipe_rot tile "};
-            const std::string pw = std::string(params) + what[a_op] + std::to_string(tile);
-            const auto yw = run(cuda::MoePath::kPrefillWgmma, 0xFF, tile, true, a_op);
-            Result bits = repeat_bits(pw + " vs prefill_v1", y, yw);
-            bits.metric = "v1_bits";
-            out.push_back(bits);
-            out.push_back(repeat_bits(pw, yw, run(cuda::MoePath::kPrefillWgmma, 0x7F, tile, true, a_op)));
-            for (int i = 0; i < m; i++) std::copy_n(yw.begin() + size_t(toks[i]) * H, H, ys.begin() + size_t(i) * H);
-            out.push_back(close(pw + " 16 tokens vs CPU", "nmse", ys, want, 1e-4));
-          }
+        for (int tile : {16, 32, 64, 128}) {
+          const std::string pw = std::string(params) + " prefill_wgmma tile " + std::to_string(tile);
+          const auto yw = run(cuda::MoePath::kPrefillWgmma, 0xFF, tile);
+          Result bits = repeat_bits(pw + " vs prefill_v1", y, yw);
+          bits.metric = "v1_bits";
+          out.push_back(bits);
+          out.push_back(repeat_bits(pw, yw, run(cuda::MoePath::kPrefillWgmma, 0x7F, tile)));
+          for (int i = 0; i < m; i++) std::copy_n(yw.begin() + size_t(toks[i]) * H, H, ys.begin() + size_t(i) * H);
+          out.push_back(close(pw + " 16 tokens vs CPU", "nmse", ys, want, 1e-4));
+        }
       } catch (const std::exception& e) {
         out.push_back(fail(params, e.what()));
         cudaGetLastError();
