@@ -75,9 +75,8 @@ __device__ __forceinline__ uint32_t decode_pair(uint32_t w, int t, uint32_t f) {
   return bf16x2_mul(((w << 6) & 0x01C001C0u) | ((w << 12) & 0x80008000u), f);
 }
 
-
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// The epilogue of both kernels. acc[4 j + 2 h + c]: weight row lr0 + 8 h, token column 8 j + 2 t + c of the tile
+// The kernel's epilogue. acc[4 j + 2 h + c]: weight row lr0 + 8 h, token column 8 j + 2 t + c of the tile
 // (wgmma's D fragment); gate_up: SwiGLU x routing weight into act, down: + bias x routing weight into ws.out.
 template <bool GATE_UP, int BN>
 __device__ __forceinline__ void wg_epilogue(const GemmArgs& a, const float (&acc)[BN / 2], int e, int m0, int m_end,
