@@ -1,6 +1,6 @@
 // `harmonium serve` and `harmonium bench serve` as a user runs them (compiled, run with node, the tiny model):
 // the server listens, /health turns 200, the benchmark prints vLLM's block and writes its JSON, Ctrl-C stops the
-// server cleanly; a public address without a key is refused. The metric definitions are checked on known data.
+// server cleanly; a public address without a key and a step budget of 0 tokens are refused. The metric definitions are checked on known data.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -18,7 +18,7 @@ let url = '';
 
 beforeAll(async () => {
   ({ bin, env } = privateBuild('serve'));
-  server = spawn(process.execPath, [bin, 'serve', '--port', '0', '--max-num-seqs', '4'], { cwd: root, env, stdio: ['ignore', 'ignore', 'pipe'] });
+  server = spawn(process.execPath, [bin, 'serve', '--port', '0', '--max-num-seqs', '4', '--max-num-batched-tokens', '256'], { cwd: root, env, stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   url = await new Promise<string>((resolve, reject) => {
     server!.stderr!.on('data', (d: Buffer) => {
@@ -54,6 +54,12 @@ describe('harmonium serve + bench serve', () => {
     const exited = new Promise<number | null>((res) => server!.on('exit', (code) => res(code)));
     server!.kill('SIGINT');
     expect(await exited).toBe(0);
+  });
+
+  it('refuses a step budget below one token, before loading anything', () => {
+    const r = spawnSync(process.execPath, [bin, 'serve', '--max-num-batched-tokens', '0'], { cwd: root, env, encoding: 'utf8', timeout: 60_000 });
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/--max-num-batched-tokens.*expected an integer >= 1/);
   });
 
   it('refuses a public address without --api-key, before loading anything', () => {
