@@ -1295,10 +1295,11 @@ void attention_decode(const AttentionDecodeParams& p, cudaStream_t stream) {
 void attention_prefill(const AttentionPrefillParams& p, cudaStream_t stream) {
   check_common(p.c, "attention_prefill");
   HM_REQUIRE(p.tiles, "attention_prefill");
-  HM_REQUIRE(p.variant >= kPrefillMma && p.variant <= kPrefillMmaBf16, "attention_prefill");
+  HM_REQUIRE(p.variant >= kPrefillMma && p.variant <= kPrefillMmaQlo, "attention_prefill");
   if (p.variant != kPrefillTile && p.c.D == 64) {
     const int G = p.c.nq / p.c.nkv;
     if (p.variant == kPrefillMma || G != 8) return attention_prefill_mma(p, 1, G < 8 ? 2 : 1, true, stream);
+    if (p.variant == kPrefillMmaQlo) return attention_prefill_mma(p, 1, 1, true, stream, false);
     return attention_prefill_mma(p, p.variant == kPrefillMma2 ? 2 : 1, p.variant == kPrefillMmaBf16 ? 2 : 1, false,
                                  stream);
   }
@@ -1313,6 +1314,7 @@ int attention_prefill_env_variant() {
   static const int v = [] {
     const char* e = std::getenv("HARMONIUM_ATTN_PREFILL");
     if (e && std::strcmp(e, "tile") == 0) return kPrefillTile;
+    if (e && std::strcmp(e, "qlo") == 0) return kPrefillMmaQlo;
     return e && std::strcmp(e, "bf16") == 0 ? kPrefillMmaBf16 : kPrefillMma;
   }();
   return v;

@@ -14,7 +14,11 @@
 // fixture (token 96, layer 1: the gap between its 3rd and 4th expert logits, 0.021 in fp32, shrinks to 0.0003 with
 // bf16 q and P emulated on the CPU reference; on the GPU that token's KL against the oracle rose to 0.26, an
 // expert flip's size). The bf16 kernels stay as G = 8 bench variants (kPrefillMmaBf16, kPrefillMma1b,
-// kPrefillMma2): on the H200 q alone as hi + lo cost about 20% at 8k-32k against the bf16 kernel.
+// kPrefillMma2), and q hi + lo with P in bf16 (LOP false, kPrefillMmaQlo, HARMONIUM_ATTN_PREFILL=qlo) as an A/B:
+// H200, session 9, full layers at 8k-32k, TFLOP/s, default / qlo / bf16: 128-133 / 152-158 / 187-198; the 20b's
+// pp32768 23,012 -> 25,219 tok/s. Its precision against the oracle is not known yet: the one fixture on this
+// kernel (hd64-realyarn-3shards) has G = 2, where qlo is not built; the next step is to build it at every G and
+// hold it to that fixture before it can be the default.
 //
 // Batch invariance (docs/reproducibility.md): key tiles start at multiples of 64 (absolute key index) and run in
 // order, a row's scores, max, sums and P V products depend on its own q and keys only (a tensor-core output element
@@ -69,9 +73,9 @@ __device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx: exp2(-inf)
 // 8x8 matrix reads sit in 8 different bank groups.
 __device__ __forceinline__ int swz(int row, int chunk) { return row * kHD + ((chunk ^ (row & 7)) << 3); }
 
-// MINB: blocks per SM the registers are capped for (2: 128 registers at 8 warps, 16 warps per SM). LO: q and P
-// as two bf16 terms each (hi + lo: fp32-grade scores and weights, see the top).
-template <int G, int HPW, int MINB, bool LO>
+// MINB: blocks per SM the registers are capped for (2: 128 registers at 8 warps, 16 warps per SM). LO: q as two
+// bf16 terms (hi + lo: fp32-grade scores, see the top); LOP: P as two terms too (fp32-grade weights).
+template <int G, int HPW, int MINB, bool LO, bool LOP = LO>
 __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(AttentionCommon c,
                                                                        const int32_t* __restrict__ tiles,
                                                                        int num_tiles) {
@@ -206,7 +210,7 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
 
     // Online softmax (base 2). Element e of s[.][j] is key k0 + 8j + 2tg + (e & 1) of row g + 8 * (e >> 1).
     const bool full = k0 >= t_lo_max && k0 + kKeys - 1 <= t_hi_min;  // every key visible to every active row
-    uint32_t pf[HPW][4][4], pl[LO ? HPW : 1][4][4];
+    uint32_t pf[HPW][4][4], pl[LOP ? HPW : 1][4][4];
 #pragma unroll
     for (int hw = 0; hw < HPW; hw++) {
 #pragma unroll
@@ -256,7 +260,7 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
         for (int a = 0; a < 4; a++) {  // a: the A register (rows g / g + 8, keys 16kk + 2tg / + 8)
           const float* sp = &s[hw][2 * kk + (a >> 1)][2 * (a & 1)];
           pf[hw][kk][a] = pack_bf16(sp[0], sp[1]);
-          if constexpr (LO) {
+          if constexpr (LOP) {
             const __nv_bfloat162 hi = __floats2bfloat162_rn(sp[0], sp[1]);
             pl[hw][kk][a] = pack_bf16(sp[0] - __low2float(hi), sp[1] - __high2float(hi));
           }
@@ -274,7 +278,7 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
         for (int hw = 0; hw < HPW; hw++) {
           mma_bf16_16816(o[hw][n], pf[hw][2 * q2], b[0], b[1]);
           mma_bf16_16816(o[hw][n], pf[hw][2 * q2 + 1], b[2], b[3]);
-          if constexpr (LO) {
+          if constexpr (LOP) {
             mma_bf16_16816(o[hw][n], pl[hw][2 * q2], b[0], b[1]);
             mma_bf16_16816(o[hw][n], pl[hw][2 * q2 + 1], b[2], b[3]);
           }
@@ -309,14 +313,15 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
 }  // namespace
 
 void attention_prefill_mma(const AttentionPrefillParams& p, int heads_per_warp, int min_blocks, bool lo,
-                           cudaStream_t stream) {
+                           cudaStream_t stream, bool lo_p) {
   const AttentionCommon& c = p.c;
   HM_REQUIRE(c.D == kHD, "attention_prefill_mma");
   HM_REQUIRE(c.nkv > 0 && c.nq % c.nkv == 0, "attention_prefill_mma");
   const int G = c.nq / c.nkv;
   HM_REQUIRE(G == 1 || G == 2 || G == 4 || G == 8 || G == 16, "attention_prefill_mma");
   // The default shape: 1 head per warp, q and P hi + lo, registers for 2 blocks per SM below 8 warps (one at 8 and
-  // 16). The bf16 shapes only for gpt-oss's G = 8 (the bench compares them).
+  // 16). The bf16 shapes, and q hi + lo with P bf16 (!lo_p), only for gpt-oss's G = 8 (the bench compares them).
+  HM_REQUIRE(lo_p || (lo && G == 8 && heads_per_warp == 1 && min_blocks == 1), "attention_prefill_mma (lo_p)");
   const bool dflt = heads_per_warp == 1 && min_blocks == (G < 8 ? 2 : 1) && lo;
   HM_REQUIRE(dflt || (G == 8 && !lo && (min_blocks == 1 || (min_blocks == 2 && heads_per_warp == 1))),
              "attention_prefill_mma (heads_per_warp, min_blocks, lo)");
@@ -332,7 +337,8 @@ void attention_prefill_mma(const AttentionPrefillParams& p, int heads_per_warp, 
     case 4: go(attn_prefill_mma<4, 1, 2, true>, 128); break;
     case 16: go(attn_prefill_mma<16, 1, 1, true>, 512); break;
     default:
-      if (dflt) go(attn_prefill_mma<8, 1, 1, true>, 256);
+      if (dflt && !lo_p) go(attn_prefill_mma<8, 1, 1, true, false>, 256);
+      else if (dflt) go(attn_prefill_mma<8, 1, 1, true>, 256);
       else if (min_blocks == 2) go(attn_prefill_mma<8, 1, 2, false>, 256);
       else if (heads_per_warp == 1) go(attn_prefill_mma<8, 1, 1, false>, 256);
       else go(attn_prefill_mma<8, 2, 1, false>, 128);

@@ -834,8 +834,9 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
     std::vector<int> variants = {cuda::kPrefillTile};
     if (D == 64) variants.insert(variants.begin(), cuda::kPrefillMma);  // other head dims: the tile kernel only
     if (D == 64 && all_prefill_variants)
-      variants.insert(variants.end(), {cuda::kPrefillMma1b, cuda::kPrefillMma2, cuda::kPrefillMmaBf16});
-    const char* names[] = {" (mma)", " (tile kernel)", " (mma, 1 block/SM)", " (mma, 2 heads/warp)", " (mma, q and P hi+lo)"};
+      variants.insert(variants.end(), {cuda::kPrefillMma1b, cuda::kPrefillMma2, cuda::kPrefillMmaBf16, cuda::kPrefillMmaQlo});
+    const char* names[] = {" (mma)", " (tile kernel)", " (mma, 1 block/SM)", " (mma, 2 heads/warp)", " (mma, q and P bf16)",
+                           " (mma, q hi+lo, P bf16)"};
     for (int variant : variants) {
       const std::string ps = params + names[variant];
       std::vector<uint16_t> first;
@@ -1187,7 +1188,7 @@ std::vector<Result> bench_attention_prefill() {
       float tile_us = 0;
       for (const Row r : {Row{"tile (fp32, previous)", cuda::kPrefillTile}, Row{"mma (default)", cuda::kPrefillMma},
                           Row{"mma, 1 block/SM", cuda::kPrefillMma1b}, Row{"mma, 2 heads/warp", cuda::kPrefillMma2},
-                          Row{"mma, q and P bf16", cuda::kPrefillMmaBf16}}) {
+                          Row{"mma, q and P bf16", cuda::kPrefillMmaBf16}, Row{"mma, q hi+lo, P bf16", cuda::kPrefillMmaQlo}}) {
         p.variant = r.variant;
         cudaEvent_t e0, e1;
         C_CHECK(cudaEventCreate(&e0));
