@@ -1298,8 +1298,8 @@ void attention_prefill(const AttentionPrefillParams& p, cudaStream_t stream) {
   HM_REQUIRE(p.variant >= kPrefillMma && p.variant <= kPrefillMmaQlo, "attention_prefill");
   if (p.variant != kPrefillTile && p.c.D == 64) {
     const int G = p.c.nq / p.c.nkv;
+    if (p.variant == kPrefillMmaQlo) return attention_prefill_mma(p, 1, G < 8 ? 2 : 1, true, stream, false);
     if (p.variant == kPrefillMma || G != 8) return attention_prefill_mma(p, 1, G < 8 ? 2 : 1, true, stream);
-    if (p.variant == kPrefillMmaQlo) return attention_prefill_mma(p, 1, 1, true, stream, false);
     return attention_prefill_mma(p, p.variant == kPrefillMma2 ? 2 : 1, p.variant == kPrefillMmaBf16 ? 2 : 1, false,
                                  stream);
   }

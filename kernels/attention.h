@@ -95,14 +95,14 @@ struct AttentionPrefillParams {
 };
 constexpr int kPrefillTileTokens = 16;
 constexpr int kPrefillMma = 0, kPrefillTile = 1, kPrefillMma1b = 2, kPrefillMma2 = 3, kPrefillMmaBf16 = 4,
-              kPrefillMmaQlo = 5;  // kPrefillMmaQlo (A/B, G = 8 only): q hi + lo, P bf16 (attention_prefill_mma.cu)
+              kPrefillMmaQlo = 5;  // kPrefillMmaQlo (A/B, every G): q hi + lo, P bf16 (attention_prefill_mma.cu)
 void attention_prefill(const AttentionPrefillParams& p, cudaStream_t stream);
 // The variant HARMONIUM_ATTN_PREFILL names (read once): "tile" -> kPrefillTile, "bf16" -> kPrefillMmaBf16, "qlo"
 // -> kPrefillMmaQlo, else kPrefillMma.
 int attention_prefill_env_variant();
 // attention_prefill's tensor-core kernel (kernels/attention_prefill_mma.cu): head dim 64 only; heads_per_warp
 // (the rows of one warp: 16 tokens x that many query heads), min_blocks (blocks per SM its registers are capped
-// for), lo (q as bf16 hi + lo) and lo_p (P too; false only with lo at G = 8, 1, 1): 1, 2 (1 for G = 16), G != 8;
+// for), lo (q as bf16 hi + lo) and lo_p (P too; false only in the default shape): 1, 2 (1 for G = 16), G != 8;
 // for G = 8 also 1, 1, false / 2, 1, false / 1, 1, true.
 void attention_prefill_mma(const AttentionPrefillParams& p, int heads_per_warp, int min_blocks, bool lo,
                            cudaStream_t stream, bool lo_p = true);
