@@ -13,11 +13,12 @@
 //
 //   node node_modules/vite-node/vite-node.mjs bench/throughput.ts [20b|120b ...] [--json FILE]
 // Env: BENCH_MODELS (20b,120b; arguments win), BENCH_SEQS, BENCH_PROMPT, BENCH_DECODE, BENCH_PREFILL, BENCH_RUNS (1:
-// decode run 2 and each prefill repeated, the best kept), BENCH_STEP_TOKENS (maxBatchTokens and the
-// scheduler's step budget; default the CUDA load default, buildInfo().defaults.cuda), BENCH_PREFILL_CHUNK (default: the step budget), BENCH_WINDOW_KV=0 (one block table for
-// every layer instead of window KV); HARMONIUM_BUILD_DIR picks the addon; HARMONIUM_MOE_PREFILL=wgmma the wgmma GEMMs;
-// HARMONIUM_CUDA_GRAPHS=0 compares without graphs; HARMONIUM_PROFILE=1 (GPU time per op family, graphs off) or
-// HARMONIUM_PROFILE=2 (GPU time, host work and graph captures per step) print their shares when each model closes.
+// decode run 2 and each prefill repeated, the best kept), BENCH_STEP_TOKENS (maxBatchTokens and the scheduler's
+// step budget; default the CUDA load default, buildInfo().defaults.cuda), BENCH_PREFILL_CHUNK (default: the step
+// budget), BENCH_WINDOW_KV=0 (one block table for every layer instead of window KV); HARMONIUM_BUILD_DIR picks the
+// addon; HARMONIUM_MOE_PREFILL=wgmma the wgmma GEMMs; HARMONIUM_CUDA_GRAPHS=0 compares without graphs;
+// HARMONIUM_PROFILE=1 (GPU time per op family, graphs off) or HARMONIUM_PROFILE=2 (GPU time, host work and graph
+// captures per step) print their shares when each model closes.
 // Without a CUDA device it says so and exits 0 (a benchmark, not a test).
 import { writeFileSync } from 'node:fs';
 import { Engine } from '../src/engine/engine.js';

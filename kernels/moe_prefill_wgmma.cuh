@@ -189,27 +189,24 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, i
     s[3] = ok1 && in ? __ldg(s1 + 2 * kt + 1) : 127u;
   };
 
-  // The A fragment of k16 step kk of k-tile kt from its stage (scales s_ of the k-tile): lane (g, t) takes pair t
-  // of words 2 kk and 2 kk + 1 of rows lr0 and lr1.
-  auto fragment = [&](int kt, int kk, const uint32_t* s_, uint32_t (&af)[4]) {
-    const unsigned char* st = ring_p + (kt % NST) * C::STAGE_BYTES;
-    const uint2 q0 = *reinterpret_cast<const uint2*>(st + C::X_BYTES + lr0 * kWgRowBytes + kk * 8);
-    const uint2 q1 = *reinterpret_cast<const uint2*>(st + C::X_BYTES + lr1 * kWgRowBytes + kk * 8);
-    const uint32_t f0 = mx_factor(s_[kk >> 1]), f1 = mx_factor(s_[2 + (kk >> 1)]);
-    af[0] = decode_pair(q0.x, t, f0);  // (row g, k 2t, 2t+1)
-    af[1] = decode_pair(q1.x, t, f1);  // (row g+8, k 2t, 2t+1)
-    af[2] = decode_pair(q0.y, t, f0);  // (row g, k 2t+8, 2t+9)
-    af[3] = decode_pair(q1.y, t, f1);  // (row g+8, k 2t+8, 2t+9)
-  };
-
   float acc[NACC];
 #pragma unroll
   for (int i = 0; i < NACC; i++) acc[i] = 0.f;
   uint32_t sc[4], sc_next[4];
-  // A fragments of k-tile kt: 4 k16 steps x 4 registers.
+  // The A fragments of k-tile kt from its stage (scales s_ of the k-tile), 4 registers a k16 step kk: lane (g, t)
+  // takes pair t of words 2 kk and 2 kk + 1 of rows lr0 and lr1.
   auto decode_tile = [&](int kt, const uint32_t* s_, uint32_t (&af)[4][4]) {
+    const unsigned char* w = ring_p + (kt % NST) * C::STAGE_BYTES + C::X_BYTES;
 #pragma unroll
-    for (int kk = 0; kk < kWgBK / 16; kk++) fragment(kt, kk, s_, af[kk]);
+    for (int kk = 0; kk < kWgBK / 16; kk++) {
+      const uint2 q0 = *reinterpret_cast<const uint2*>(w + lr0 * kWgRowBytes + kk * 8);
+      const uint2 q1 = *reinterpret_cast<const uint2*>(w + lr1 * kWgRowBytes + kk * 8);
+      const uint32_t f0 = mx_factor(s_[kk >> 1]), f1 = mx_factor(s_[2 + (kk >> 1)]);
+      af[kk][0] = decode_pair(q0.x, t, f0);  // (row g, k 2t, 2t+1)
+      af[kk][1] = decode_pair(q1.x, t, f1);  // (row g+8, k 2t, 2t+1)
+      af[kk][2] = decode_pair(q0.y, t, f0);  // (row g, k 2t+8, 2t+9)
+      af[kk][3] = decode_pair(q1.y, t, f1);  // (row g+8, k 2t+8, 2t+9)
+    }
   };
   auto mma_tile = [&](int kt, const uint32_t (&af)[4][4]) {
     const uint32_t x_lo = wg_desc_lo(ring + uint32_t((kt % NST) * C::STAGE_BYTES));
