@@ -1295,13 +1295,23 @@ void attention_decode(const AttentionDecodeParams& p, cudaStream_t stream) {
 void attention_prefill(const AttentionPrefillParams& p, cudaStream_t stream) {
   check_common(p.c, "attention_prefill");
   HM_REQUIRE(p.tiles, "attention_prefill");
-  HM_REQUIRE(p.variant >= kPrefillMma && p.variant <= kPrefillMmaQlo, "attention_prefill");
+  HM_REQUIRE(p.variant >= kPrefillAuto && p.variant <= kPrefillMma, "attention_prefill");
   if (p.variant != kPrefillTile && p.c.D == 64) {
-    const int G = p.c.nq / p.c.nkv;
-    if (p.variant == kPrefillMmaQlo) return attention_prefill_mma(p, 1, G < 8 ? 2 : 1, true, stream, false);
-    if (p.variant == kPrefillMma || G != 8) return attention_prefill_mma(p, 1, G < 8 ? 2 : 1, true, stream);
-    return attention_prefill_mma(p, p.variant == kPrefillMma2 ? 2 : 1, p.variant == kPrefillMmaBf16 ? 2 : 1, false,
-                                 stream);
+    const int G = p.c.nq / p.c.nkv, minb = G < 8 ? 2 : 1;
+    const bool wg = attention_prefill_wgmma_ok(p.c);
+    switch (p.variant) {
+      case kPrefillAuto:
+      case kPrefillWgmmaQlo:
+        return wg ? attention_prefill_wgmma(p, false, stream) : attention_prefill_mma(p, 1, minb, true, stream, false);
+      case kPrefillWgmma:
+        return wg ? attention_prefill_wgmma(p, true, stream) : attention_prefill_mma(p, 1, minb, true, stream);
+      case kPrefillMmaQlo: return attention_prefill_mma(p, 1, minb, true, stream, false);
+      case kPrefillMma: return attention_prefill_mma(p, 1, minb, true, stream);
+      default:  // the bf16 bench shapes, G = 8 only
+        if (G != 8) return attention_prefill_mma(p, 1, minb, true, stream);
+        return attention_prefill_mma(p, p.variant == kPrefillMma2 ? 2 : 1, p.variant == kPrefillMmaBf16 ? 2 : 1,
+                                     false, stream);
+    }
   }
   if (p.num_tiles == 0) return;
   const dim3 grid(p.num_tiles, p.c.nkv);
@@ -1313,9 +1323,15 @@ void attention_prefill(const AttentionPrefillParams& p, cudaStream_t stream) {
 int attention_prefill_env_variant() {
   static const int v = [] {
     const char* e = std::getenv("HARMONIUM_ATTN_PREFILL");
-    if (e && std::strcmp(e, "tile") == 0) return kPrefillTile;
-    if (e && std::strcmp(e, "qlo") == 0) return kPrefillMmaQlo;
-    return e && std::strcmp(e, "bf16") == 0 ? kPrefillMmaBf16 : kPrefillMma;
+    if (!e) return kPrefillAuto;
+    const struct {
+      const char* name;
+      int variant;
+    } names[] = {{"tile", kPrefillTile},   {"mma", kPrefillMma},     {"qlo", kPrefillMmaQlo},
+                 {"bf16", kPrefillMmaBf16}, {"wgmma", kPrefillWgmma}, {"wgmma_qlo", kPrefillWgmmaQlo}};
+    for (const auto& n : names)
+      if (std::strcmp(e, n.name) == 0) return n.variant;
+    return kPrefillAuto;
   }();
   return v;
 }

@@ -85,20 +85,29 @@ struct AttentionPrefillParams {
   AttentionCommon c;
   const int32_t* tiles = nullptr;  // [num_tiles, 2]: first token index, token count (1..16), one sequence each
   int num_tiles = 0;
-  // kPrefillMma (default): attn_prefill_mma (tensor cores) for head dim 64 with q and P as bf16 hi + lo (fp32-grade
-  // scores and weights, twice the mma work), attn_prefill_tile for 16 and 32. kPrefillTile: attn_prefill_tile
-  // (fp32, the comparison kernel). For the bench (G = 8 only, else as kPrefillMma), q and P in plain bf16:
-  // kPrefillMmaBf16 (2 blocks per SM), kPrefillMma1b (registers uncapped, one block per SM), kPrefillMma2 (2 heads
-  // per warp). Why hi + lo by default: with bf16 q and P a routing near-tie flipped one token of the oracle fixture
-  // hd64-realyarn-3shards (its KL 0.26; prefill KL 2.75e-3 against the bound 1.89e-3; old kernel 1.77e-4).
+  // kPrefillAuto (default), head dim 64: q as bf16 hi + lo (fp32-grade scores), P in bf16, on wgmma
+  // (attention_prefill_wgmma.cu) on sm_90, else on mma.sync (attention_prefill_mma.cu); other head dims: the fp32
+  // tile kernel. H200, session 10, full layers at 8k-32k: 246-251 TFLOP/s on wgmma against 128-133 for the mma.sync
+  // kernel with q and P hi + lo (the default before); the 20b's pp32768 23,052 -> 30,899 tok/s. Precision: P in
+  // bf16 moves the output by the bf16 rounding of the weights only (op tests nmse 4.1e-6 .. 6.0e-6); q stays
+  // hi + lo because with q and P both in bf16 a routing near-tie of the oracle fixture hd64-realyarn-3shards
+  // flipped (token 96: its KL 0.26; prefill KL 2.75e-3 against the bound 1.89e-3); with P alone in bf16 that
+  // fixture's prefill KL is 1.77e-4 (q and P hi + lo: 5.41e-4, a near-tie at token 85 going the other way).
+  // The others, for A/B runs and the bench: kPrefillTile (fp32, the comparison kernel), kPrefillMma (mma.sync, q
+  // and P hi + lo), kPrefillMmaQlo (mma.sync, q hi + lo, P bf16: the default off sm_90), kPrefillWgmma (wgmma, q and
+  // P hi + lo), kPrefillWgmmaQlo (wgmma, q hi + lo, P bf16: the default on sm_90), and at G = 8 only (else as
+  // kPrefillMma) q and P in plain bf16 on mma.sync: kPrefillMmaBf16 (2 blocks per SM), kPrefillMma1b (registers
+  // uncapped, one block per SM), kPrefillMma2 (2 heads per warp). The wgmma variants fall back to the mma.sync ones
+  // where wgmma is absent.
   int variant = 0;
 };
 constexpr int kPrefillTileTokens = 16;
-constexpr int kPrefillMma = 0, kPrefillTile = 1, kPrefillMma1b = 2, kPrefillMma2 = 3, kPrefillMmaBf16 = 4,
-              kPrefillMmaQlo = 5;  // kPrefillMmaQlo (A/B, every G): q hi + lo, P bf16 (attention_prefill_mma.cu)
+constexpr int kPrefillAuto = 0, kPrefillTile = 1, kPrefillMma1b = 2, kPrefillMma2 = 3, kPrefillMmaBf16 = 4,
+              kPrefillMmaQlo = 5, kPrefillWgmma = 6, kPrefillWgmmaQlo = 7, kPrefillMma = 8;
 void attention_prefill(const AttentionPrefillParams& p, cudaStream_t stream);
-// The variant HARMONIUM_ATTN_PREFILL names (read once): "tile" -> kPrefillTile, "bf16" -> kPrefillMmaBf16, "qlo"
-// -> kPrefillMmaQlo, else kPrefillMma.
+// The variant HARMONIUM_ATTN_PREFILL names (read once): "tile" -> kPrefillTile, "mma" -> kPrefillMma, "qlo" ->
+// kPrefillMmaQlo, "bf16" -> kPrefillMmaBf16, "wgmma" -> kPrefillWgmma, "wgmma_qlo" -> kPrefillWgmmaQlo, else
+// kPrefillAuto.
 int attention_prefill_env_variant();
 // attention_prefill's tensor-core kernel (kernels/attention_prefill_mma.cu): head dim 64 only; heads_per_warp
 // (the rows of one warp: 16 tokens x that many query heads), min_blocks (blocks per SM its registers are capped
@@ -106,5 +115,9 @@ int attention_prefill_env_variant();
 // for G = 8 also 1, 1, false / 2, 1, false / 1, 1, true.
 void attention_prefill_mma(const AttentionPrefillParams& p, int heads_per_warp, int min_blocks, bool lo,
                            cudaStream_t stream, bool lo_p = true);
+// The wgmma kernel (kernels/attention_prefill_wgmma.cu): whether it takes these shapes on this device (head dim 64,
+// G in 1, 2, 4, 8, 16, an sm_90 device), and the launch (q hi + lo; P hi + lo when lo_p).
+bool attention_prefill_wgmma_ok(const AttentionCommon& c);
+void attention_prefill_wgmma(const AttentionPrefillParams& p, bool lo_p, cudaStream_t stream);
 
 }  // namespace hm::cuda

@@ -8,17 +8,15 @@
 //   O += P V        P rounded to bf16 straight from the S accumulators (the C layout of S is the A layout of P),
 //                   V through ldmatrix.trans; O fp32, rescaled by the running max.
 // The sink joins the normaliser at the end, as in attn_prefill_tile.
-// LO (the default at every G): q and P each enter as two bf16 terms (hi + lo), so scores and weights are
-// fp32-grade (the products of K and V's bf16 values are exact in the fp32 accumulators) for twice the mma work.
-// Why: bf16 q and P move a layer's attention output enough to flip a routing near-tie of the hd64-realyarn-3shards
-// fixture (token 96, layer 1: the gap between its 3rd and 4th expert logits, 0.021 in fp32, shrinks to 0.0003 with
-// bf16 q and P emulated on the CPU reference; on the GPU that token's KL against the oracle rose to 0.26, an
-// expert flip's size). The bf16 kernels stay as G = 8 bench variants (kPrefillMmaBf16, kPrefillMma1b,
-// kPrefillMma2), and q hi + lo with P in bf16 (LOP false, kPrefillMmaQlo, HARMONIUM_ATTN_PREFILL=qlo) as an A/B:
-// H200, session 9, full layers at 8k-32k, TFLOP/s, default / qlo / bf16: 128-133 / 152-158 / 187-198; the 20b's
-// pp32768 23,012 -> 25,219 tok/s. Its precision against the oracle is not known yet: the one fixture on this
-// kernel (hd64-realyarn-3shards) has G = 2, which qlo reaches since the end of session 9 (not GPU-run at G != 8
-// yet); it must hold that fixture's bound before it can be the default.
+// LO: q enters as two bf16 terms (hi + lo), so scores are fp32-grade (the products of K's bf16 values are exact in
+// the fp32 accumulators); LOP: P too, so weights are fp32-grade, for twice the mma work. Why q hi + lo: bf16 q and P
+// move a layer's attention output enough to flip a routing near-tie of the hd64-realyarn-3shards fixture (token 96,
+// layer 1: the gap between its 3rd and 4th expert logits, 0.021 in fp32, shrinks to 0.0003 with bf16 q and P
+// emulated on the CPU reference; on the GPU that token's KL against the oracle rose to 0.26, an expert flip's size).
+// q hi + lo with P in bf16 (LOP false, kPrefillMmaQlo) is the default where wgmma is absent (on sm_90 the same math
+// runs on attention_prefill_wgmma.cu): that fixture's prefill KL 1.77e-4 (q and P hi + lo: 5.41e-4, bound 1.89e-3);
+// H200, session 9, full layers at 8k-32k, TFLOP/s, q and P hi + lo / qlo / bf16: 128-133 / 152-158 / 187-198. The
+// bf16 kernels stay as G = 8 bench variants (kPrefillMmaBf16, kPrefillMma1b, kPrefillMma2).
 //
 // Batch invariance (docs/reproducibility.md): key tiles start at multiples of 64 (absolute key index) and run in
 // order, a row's scores, max, sums and P V products depend on its own q and keys only (a tensor-core output element
@@ -319,9 +317,8 @@ void attention_prefill_mma(const AttentionPrefillParams& p, int heads_per_warp, 
   HM_REQUIRE(c.nkv > 0 && c.nq % c.nkv == 0, "attention_prefill_mma");
   const int G = c.nq / c.nkv;
   HM_REQUIRE(G == 1 || G == 2 || G == 4 || G == 8 || G == 16, "attention_prefill_mma");
-  // The default shape: 1 head per warp, q and P hi + lo, registers for 2 blocks per SM below 8 warps (one at 8 and
-  // 16); q hi + lo with P bf16 (!lo_p) in the same shape at every G. The bf16 shapes only for gpt-oss's G = 8 (the
-  // bench compares them).
+  // The precise shape: 1 head per warp, q hi + lo (P too when lo_p), registers for 2 blocks per SM below 8 warps
+  // (one at 8 and 16), at every G. The bf16 shapes only for gpt-oss's G = 8 (the bench compares them).
   const bool dflt = heads_per_warp == 1 && min_blocks == (G < 8 ? 2 : 1) && lo;
   HM_REQUIRE(lo_p || dflt, "attention_prefill_mma (lo_p)");
   HM_REQUIRE(dflt || (G == 8 && !lo && (min_blocks == 1 || (min_blocks == 2 && heads_per_warp == 1))),

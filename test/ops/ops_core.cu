@@ -53,6 +53,7 @@
 #include "logits.h"
 #include "norm_rope.h"
 #include "op_test.h"
+#include "wgmma.cuh"
 
 namespace hm::optest {
 namespace {
@@ -831,13 +832,17 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
     const std::vector<int32_t> tilings[3] = {tiling(0, cuda::kPrefillTileTokens), tiling(0, 1),
                                              tiling(5, cuda::kPrefillTileTokens)};
     std::vector<Result> out;
-    std::vector<int> variants = {cuda::kPrefillTile};
-    if (D == 64) variants.insert(variants.begin(), cuda::kPrefillMma);  // other head dims: the tile kernel only
-    if (D == 64) variants.push_back(cuda::kPrefillMmaQlo);              // the A/B, at every G
+    // The default, then every kernel it may pick and the A/B shapes: head dim 64 the mma.sync kernel in both
+    // precisions (q and P hi + lo; q hi + lo, P bf16) and, on sm_90, the wgmma one in both; other head dims the
+    // tile kernel only.
+    std::vector<int> variants = {cuda::kPrefillAuto, cuda::kPrefillTile};
+    if (D == 64) variants.insert(variants.end(), {cuda::kPrefillMma, cuda::kPrefillMmaQlo});
+    if (D == 64 && cuda::wgmma_device()) variants.insert(variants.end(), {cuda::kPrefillWgmma, cuda::kPrefillWgmmaQlo});
     if (D == 64 && all_prefill_variants)
       variants.insert(variants.end(), {cuda::kPrefillMma1b, cuda::kPrefillMma2, cuda::kPrefillMmaBf16});
-    const char* names[] = {" (mma)", " (tile kernel)", " (mma, 1 block/SM)", " (mma, 2 heads/warp)", " (mma, q and P bf16)",
-                           " (mma, q hi+lo, P bf16)"};
+    const char* names[] = {" (default)",          " (tile kernel)",        " (mma, 1 block/SM)",
+                           " (mma, 2 heads/warp)", " (mma, q and P bf16)",  " (mma, q hi+lo, P bf16)",
+                           " (wgmma, q and P hi+lo)", " (wgmma, q hi+lo, P bf16)", " (mma, q and P hi+lo)"};
     for (int variant : variants) {
       const std::string ps = params + names[variant];
       std::vector<uint16_t> first;
@@ -853,11 +858,13 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
         const auto o = dout.get();
         if (k == 0) {
           first = o;
-          // The mma kernel with q and P as hi + lo (the default, and every bench variant at G != 8) leaves only the
-          // bf16 output rounding (~2.7e-6, as the fp32 tile kernel); bf16 q and P (the G = 8 bench variants) 4.1e-6 ..
-          // 6.4e-6, and bf16 P alone (qlo, at G = 8 on the H200) 4.1e-6 .. 6.0e-6.
-          const bool lo = variant == cuda::kPrefillMma ||
-                          (variant != cuda::kPrefillTile && variant != cuda::kPrefillMmaQlo && nq / nkv != 8);
+          // The tensor-core kernels with q and P as hi + lo (and every bf16 bench variant at G != 8, which runs
+          // the mma one so) leave only the bf16 output rounding (~2.7e-6, as the fp32 tile kernel); bf16 q and P (the
+          // G = 8 bench variants) 4.1e-6 .. 6.4e-6, and bf16 P alone (the default) 4.1e-6 .. 6.0e-6.
+          const bool bench_bf16 = variant == cuda::kPrefillMma1b || variant == cuda::kPrefillMma2 ||
+                                  variant == cuda::kPrefillMmaBf16;
+          const bool lo = D == 64 && (variant == cuda::kPrefillMma || variant == cuda::kPrefillWgmma ||
+                                      (bench_bf16 && nq / nkv != 8));
           out.push_back(nmse_result(ps, widen(o), want, lo && q_amp == 1.f ? 4e-6 : prefill_tol));
           dout.poison();
           cuda::attention_prefill(p, nullptr);
@@ -1155,7 +1162,7 @@ std::vector<Result> bench_attention_prefill() {
   if (!env || std::strcmp(env, "1") != 0) return {};
   constexpr int nq = 64, nkv = 8, D = 64, bs = 16;
   std::printf("-- prefill attention (us per layer; nq 64, nkv 8, D 64) --\n");
-  std::printf("%-24s %-24s %12s %9s %8s\n", "case", "kernel", "us", "TFLOP/s", "vs tile");
+  std::printf("%-24s %-34s %12s %9s %8s\n", "case", "kernel", "us", "TFLOP/s", "vs tile");
   struct Case {
     int ctx, n;
   };
@@ -1189,9 +1196,10 @@ std::vector<Result> bench_attention_prefill() {
         int variant;
       };
       float tile_us = 0;
-      for (const Row r : {Row{"tile (fp32, previous)", cuda::kPrefillTile}, Row{"mma (default)", cuda::kPrefillMma},
+      for (const Row r : {Row{"tile (fp32)", cuda::kPrefillTile}, Row{"mma, q and P hi+lo", cuda::kPrefillMma},
                           Row{"mma, 1 block/SM", cuda::kPrefillMma1b}, Row{"mma, 2 heads/warp", cuda::kPrefillMma2},
-                          Row{"mma, q and P bf16", cuda::kPrefillMmaBf16}, Row{"mma, q hi+lo, P bf16", cuda::kPrefillMmaQlo}}) {
+                          Row{"mma, q and P bf16", cuda::kPrefillMmaBf16}, Row{"mma, q hi+lo, P bf16", cuda::kPrefillMmaQlo},
+                          Row{"wgmma, q and P hi+lo", cuda::kPrefillWgmma}, Row{"wgmma, q hi+lo, P bf16 (default)", cuda::kPrefillWgmmaQlo}}) {
         p.variant = r.variant;
         cudaEvent_t e0, e1;
         C_CHECK(cudaEventCreate(&e0));
@@ -1210,7 +1218,7 @@ std::vector<Result> bench_attention_prefill() {
         const int reps = std::max(1, std::min(200, int(30.f / std::max(first, 1e-3f))));
         const float us = time_ms(reps) * 1000.f / reps;
         if (r.variant == cuda::kPrefillTile) tile_us = us;
-        std::printf("%-24s %-24s %12.1f %9.1f %7.2fx\n", name.c_str(), r.kernel, us, flops / (us * 1e6),
+        std::printf("%-24s %-34s %12.1f %9.1f %7.2fx\n", name.c_str(), r.kernel, us, flops / (us * 1e6),
                     tile_us / us);
         cudaEventDestroy(e0);
         cudaEventDestroy(e1);
