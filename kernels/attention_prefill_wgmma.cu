@@ -32,7 +32,6 @@ constexpr int kWKeys = 64;           // keys a tile
 constexpr int kWStages = 4;          // ring depth; the loads run 2 tiles ahead
 constexpr int kWTileBytes = kWKeys * kWHD * 2;  // one K or V tile: 64 rows of 128 bytes
 constexpr int kWQBytes = 64 * kWHD * 2;         // one warpgroup's q rows (64 x 128 bytes)
-constexpr float kWLog2e = 1.4426950408889634f;
 
 __host__ __device__ constexpr int wg_count(int G) { return (G + 3) / 4; }
 // Dynamic shared memory: q (hi, and lo when LO) per warpgroup, the ring of K and V tiles, 1024 bytes of alignment.
@@ -40,6 +39,8 @@ __host__ __device__ constexpr size_t wg_attn_smem(int G, bool lo) {
   return size_t(wg_count(G)) * kWQBytes * (lo ? 2 : 1) + size_t(kWStages) * 2 * kWTileBytes + 1024;
 }
 
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+constexpr float kWLog2e = 1.4426950408889634f;
 __device__ __forceinline__ uint32_t wpack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
@@ -52,7 +53,6 @@ __device__ __forceinline__ float wfast_exp2(float x) {  // ex2.approx: exp2(-inf
 // Byte offset of (row, 16-byte chunk) in a tile of 128-byte rows, 1024-aligned: the 128-byte swizzle.
 __device__ __forceinline__ uint32_t wswz(int row, int chunk) { return uint32_t(row * 128 + ((chunk ^ (row & 7)) << 4)); }
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 template <int N>
 __device__ __forceinline__ void wkeep(const uint32_t (&a)[N][4]) {  // see wg_keep (wgmma.cuh)
 #pragma unroll
