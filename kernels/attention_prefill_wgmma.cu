@@ -19,6 +19,7 @@
 // argument), so a row's bits do not depend on which rows share its tile.
 #include <cfloat>
 #include <climits>
+#include <type_traits>
 
 #include "attention.h"
 #include "common.cuh"
@@ -161,17 +162,10 @@ __global__ void __launch_bounds__(128 * wg_count(G), G <= 8 ? 2 : 1)
   for (int i = 0; i < 32; i++) o[i] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   const uint32_t q_hi = base + uint32_t(wgi) * kWQBytes, q_lo = q_hi + kQLo;
-  uint32_t pf[4][4], pl[LOP ? 4 : 1][4];
-
-  for (int j = 0; j < n_tiles; j++) {
-    const int k0 = k_begin + j * kWKeys;
-    cp_async_wait<1>();  // tile j landed (tile j + 1 may be in flight)
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // cp.async and q stores -> wgmma's reads
-    __syncthreads();
+  float s[32];
+  // S = Q K^T (+ Q_lo K^T) of tile j into s, committed as one group.
+  auto issue_s = [&](int j) {
     const uint32_t kst = base + kRing + uint32_t(j % kWStages) * 2 * kWTileBytes;
-
-    // S = Q K^T (+ Q_lo K^T), retired before the softmax; its wait retires the previous tile's P V too.
-    float s[32];
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; kk++)
@@ -181,17 +175,28 @@ __global__ void __launch_bounds__(128 * wg_count(G), G <= 8 ? 2 : 1)
       for (int kk = 0; kk < 4; kk++) wg_mma_ss_k16(s, wg_desc_sw128(q_lo + 32 * kk), wg_desc_sw128(kst + 32 * kk), 1u);
     }
     wg_commit();
-    // The next loads (issued after the MMAs or before them: the same time on the H200), into the stage of tile
-    // j - 2, whose P V every warpgroup retired in iteration j - 1.
-    load_tile(j + 2);
-    wg_wait<0>();
-    wkeep(pf);
-    if constexpr (LOP) wkeep(pl);
-    wg_fence_acc(s);
-    wg_fence_acc(o);
-
-    // Online softmax (base 2), attn_prefill_mma's: s[4 jj + 2 r + e] is key k0 + 8 jj + 2 tg + e of row g + 8 r.
-    const bool full = k0 >= t_lo_max && k0 + kWKeys - 1 <= t_hi_min;
+  };
+  // O += P V (+ P_lo V) of tile j, committed as one group.
+  auto issue_pv = [&](int j, const uint32_t (&pf)[4][4], const uint32_t (&pl)[LOP ? 4 : 1][4]) {
+    const uint32_t vst = base + kRing + uint32_t(j % kWStages) * 2 * kWTileBytes + kWTileBytes;
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) wg_mma_k16_bmn(o, pf[kk], wg_desc_sw128(vst + 2048 * kk));
+    if constexpr (LOP) {
+#pragma unroll
+      for (int kk = 0; kk < 4; kk++) wg_mma_k16_bmn(o, pl[kk], wg_desc_sw128(vst + 2048 * kk));
+    }
+    wg_commit();
+  };
+  // Online softmax (base 2) of tile j's scores: s becomes P, m and l move on, alpha[r] is the factor the state of
+  // row g + 8 r needs (applied to o by rescale). s[4 jj + 2 r + e] is key k0 + 8 jj + 2 tg + e of row g + 8 r.
+  // MASK: the tile has keys some row must not see (the diagonal, the window's edge); the tiles between run without
+  // the per-key tests (as a branch the compiler predicated them into every tile: 160 of 626 instructions a tile).
+  // The scale enters by one fma with the max (x * sl2 - m): max(x) * sl2 is max(x * sl2) (rounding is monotonic),
+  // and a masked key is -inf in both paths, so a row's bits do not depend on whether its tile needed the mask.
+  auto softmax = [&](int j, float (&alpha)[2], auto mask) {
+    constexpr bool MASK = decltype(mask)::value;
+    const int k0 = k_begin + j * kWKeys;
 #pragma unroll
     for (int r = 0; r < 2; r++) {
       float mx = -INFINITY;
@@ -199,37 +204,45 @@ __global__ void __launch_bounds__(128 * wg_count(G), G <= 8 ? 2 : 1)
       for (int jj = 0; jj < 8; jj++)
 #pragma unroll
         for (int e = 0; e < 2; e++) {
-          float x = __fmul_rn(s[4 * jj + 2 * r + e], sl2);
-          if (!full) {
+          float x = s[4 * jj + 2 * r + e];
+          if constexpr (MASK) {
             const int key = k0 + 8 * jj + 2 * tg + e;
             if (key < lo_r[r] || key > hi_r[r]) x = -INFINITY;
+            s[4 * jj + 2 * r + e] = x;
           }
-          s[4 * jj + 2 * r + e] = x;
           mx = fmaxf(mx, x);
         }
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[r], mx);
+      const float m_new = fmaxf(m[r], mx * sl2);
       const float m_use = m_new == -INFINITY ? 0.f : m_new;
-      const float alpha = wfast_exp2(m[r] - m_use);
+      alpha[r] = wfast_exp2(m[r] - m_use);
       m[r] = m_new;
       float sum = 0.f;
 #pragma unroll
       for (int jj = 0; jj < 8; jj++)
 #pragma unroll
         for (int e = 0; e < 2; e++) {
-          const float p = wfast_exp2(__fsub_rn(s[4 * jj + 2 * r + e], m_use));
+          const float p = wfast_exp2(fmaf(s[4 * jj + 2 * r + e], sl2, -m_use));
           s[4 * jj + 2 * r + e] = p;
           sum += p;
         }
-      l[r] = l[r] * alpha + sum;
-#pragma unroll
-      for (int n = 0; n < 8; n++) {
-        o[4 * n + 2 * r] *= alpha;
-        o[4 * n + 2 * r + 1] *= alpha;
-      }
+      l[r] = l[r] * alpha[r] + sum;
     }
-    // P as the A operand of k16 step kk (keys 16 kk ..): register a is rows g / g + 8, keys 2 tg / + 8.
+  };
+  // o times alpha; skipped when the warp's every row kept its max (alpha exactly 1: the same bits).
+  auto rescale = [&](const float (&alpha)[2]) {
+    if (__all_sync(0xffffffffu, alpha[0] == 1.f && alpha[1] == 1.f)) return;
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int r = 0; r < 2; r++) {
+        o[4 * n + 2 * r] *= alpha[r];
+        o[4 * n + 2 * r + 1] *= alpha[r];
+      }
+  };
+  // P as the A operand of k16 step kk (keys 16 kk ..): register a is rows g / g + 8, keys 2 tg / + 8.
+  auto pack = [&](uint32_t (&pf)[4][4], uint32_t (&pl)[LOP ? 4 : 1][4]) {
 #pragma unroll
     for (int kk = 0; kk < 4; kk++)
 #pragma unroll
@@ -241,17 +254,36 @@ __global__ void __launch_bounds__(128 * wg_count(G), G <= 8 ? 2 : 1)
           pl[kk][a] = wpack_bf16(sp[0] - __low2float(h2), sp[1] - __high2float(h2));
         }
       }
+  };
+  auto ready = [&]() {  // after the cp.async wait: the tile's bytes (and the q stores) visible to every wgmma
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();
+  };
 
-    // O += P V (+ P_lo V), left in flight.
-    const uint32_t vst = kst + kWTileBytes;
-    wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) wg_mma_k16_bmn(o, pf[kk], wg_desc_sw128(vst + 2048 * kk));
-    if constexpr (LOP) {
-#pragma unroll
-      for (int kk = 0; kk < 4; kk++) wg_mma_k16_bmn(o, pl[kk], wg_desc_sw128(vst + 2048 * kk));
-    }
-    wg_commit();
+  uint32_t pf[4][4], pl[LOP ? 4 : 1][4];
+  float alpha[2];
+  using Masked = std::integral_constant<bool, true>;
+  using Full = std::integral_constant<bool, false>;
+  for (int j = 0; j < n_tiles; j++) {
+    cp_async_wait<1>();  // tile j landed (tile j + 1 may be in flight)
+    ready();
+    issue_s(j);  // retired before the softmax; its wait retires the previous tile's P V too
+    // The next loads (issued after the MMAs or before them: the same time on the H200), into the stage of tile
+    // j - 2, whose P V every warpgroup retired in iteration j - 1.
+    load_tile(j + 2);
+    wg_wait<0>();
+    wkeep(pf);
+    if constexpr (LOP) wkeep(pl);
+    wg_fence_acc(s);
+    wg_fence_acc(o);
+    // Every key of the tile visible to every active row: no per-key tests (the window's edge and the diagonal
+    // take them).
+    const int k0 = k_begin + j * kWKeys;
+    if (k0 >= t_lo_max && k0 + kWKeys - 1 <= t_hi_min) softmax(j, alpha, Full{});
+    else softmax(j, alpha, Masked{});
+    rescale(alpha);
+    pack(pf, pl);
+    issue_pv(j, pf, pl);  // left in flight
   }
   wg_wait<0>();
   wkeep(pf);

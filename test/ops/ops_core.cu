@@ -1166,7 +1166,9 @@ std::vector<Result> bench_attention_prefill() {
   struct Case {
     int ctx, n;
   };
+  const char* only = std::getenv("HM_BENCH_ATTN_CTX");  // one context (n = ctx) only, e.g. for a profiler
   for (const Case cs : {Case{512, 512}, Case{2048, 2048}, Case{8192, 8192}, Case{32768, 32768}, Case{32768, 2048}}) {
+    if (only && (cs.ctx != std::atoi(only) || cs.n != cs.ctx)) continue;
     const int blocks = cs.ctx / bs;
     std::vector<int32_t> bt(blocks), seq(cs.n, 0), pos(cs.n), tiles;
     std::iota(bt.begin(), bt.end(), 0);
