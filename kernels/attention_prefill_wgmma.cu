@@ -75,7 +75,8 @@ __global__ void __launch_bounds__(128 * wg_count(G), G <= 8 ? 2 : 1)
   pdl_wait();
   pdl_trigger();
   const int tile = num_tiles - 1 - int(blockIdx.x) / c.nkv, kvh = int(blockIdx.x) % c.nkv;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wgi = warp >> 2;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wgi = __shfl_sync(0xffffffffu, warp >> 2, 0);  // known warp-uniform: its descriptors in uniform registers
   const int g = lane >> 2, tg = lane & 3;
   const int hw = warp;  // this warp's head within the KV head's group (padding when >= G)
   const int first = tiles[2 * tile], count = tiles[2 * tile + 1];
@@ -108,23 +109,29 @@ __global__ void __launch_bounds__(128 * wg_count(G), G <= 8 ? 2 : 1)
   const int bs_shift = (bs & (bs - 1)) == 0 ? __ffs(bs) - 1 : -1;
   const int k_begin = t_lo & ~(kWKeys - 1);
   const int n_tiles = t_hi < k_begin ? 0 : (t_hi - k_begin) / kWKeys + 1;
+  // A thread's chunks of a tile: 16-byte chunk ch of rows row0 + i NT / 8. A key's K (V) row is row
+  // slot * nkv + kvh of the layer's cache, 128 bytes each, counted in 32 bits (2^32 rows of 128 bytes is 512 GiB, past
+  // any layer's cache) so each chunk's address is one wide multiply-add.
+  const int ch = tid & 7, row0 = tid >> 3;
+  const uint32_t bs_nkv = uint32_t(bs) * uint32_t(c.nkv);
+  const char* k_bytes = reinterpret_cast<const char*>(c.k_cache) + ch * 16;
+  const char* v_bytes = reinterpret_cast<const char*>(c.v_cache) + ch * 16;
   auto load_tile = [&](int j) {  // key tile j (keys k_begin + 64 j ..) into stage j % kWStages; always one group
     if (j < n_tiles) {
       const int k0 = k_begin + j * kWKeys;
       unsigned char* kst = base_p + kRing + (j % kWStages) * 2 * kWTileBytes;
 #pragma unroll
       for (int i = 0; i < kWKeys * 8 / NT; i++) {
-        const int e = tid + i * NT, row = e >> 3, ch = e & 7;
-        const int key = k0 + row;
+        const int row = row0 + i * (NT / 8), key = k0 + row;
         const bool ok = key >= t_lo && key <= t_hi;
-        size_t off = 0;
+        uint32_t kv_row = 0;
         if (ok) {
           const int blk = bs_shift >= 0 ? key >> bs_shift : key / bs;
-          const size_t slot = size_t(bt[blk]) * bs + (key - blk * bs);
-          off = (slot * c.nkv + kvh) * kWHD + ch * 8;
+          kv_row = uint32_t(bt[blk]) * bs_nkv + uint32_t(key - blk * bs) * uint32_t(c.nkv) + uint32_t(kvh);
         }
-        cp_async16_zfill(kst + wswz(row, ch), c.k_cache + off, ok);
-        cp_async16_zfill(kst + kWTileBytes + wswz(row, ch), c.v_cache + off, ok);
+        const size_t off = size_t(kv_row) * (kWHD * 2);
+        cp_async16_zfill(kst + wswz(row, ch), k_bytes + off, ok);
+        cp_async16_zfill(kst + kWTileBytes + wswz(row, ch), v_bytes + off, ok);
       }
     }
     cp_async_commit();
@@ -135,10 +142,10 @@ __global__ void __launch_bounds__(128 * wg_count(G), G <= 8 ? 2 : 1)
   // q (bf16 hi, and the remainder when LO) into shared memory: row 16 w + ti of warpgroup wg is token ti of head
   // 4 wg + w; rows of padding heads and of tokens past count are zero.
   for (int e = tid; e < NWG * 64 * 8; e += NT) {
-    const int row = e >> 3, ch = e & 7, wq = row >> 6, r = row & 63, h_in = 4 * wq + (r >> 4), ti = r & 15;
+    const int row = e >> 3, qc = e & 7, wq = row >> 6, r = row & 63, h_in = 4 * wq + (r >> 4), ti = r & 15;
     float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     if (h_in < G && ti < count) {
-      const float* src = c.q + size_t(first + ti) * c.ldq + (kvh * G + h_in) * kWHD + ch * 8;
+      const float* src = c.q + size_t(first + ti) * c.ldq + (kvh * G + h_in) * kWHD + qc * 8;
       const float4 a = *reinterpret_cast<const float4*>(src), b = *reinterpret_cast<const float4*>(src + 4);
       v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
     }
@@ -151,7 +158,7 @@ __global__ void __launch_bounds__(128 * wg_count(G), G <= 8 ? 2 : 1)
       hp[i] = *reinterpret_cast<const uint32_t*>(&h2);
       lp[i] = wpack_bf16(v[2 * i] - __low2float(h2), v[2 * i + 1] - __high2float(h2));
     }
-    const uint32_t off = uint32_t(wq) * kWQBytes + wswz(r, ch);
+    const uint32_t off = uint32_t(wq) * kWQBytes + wswz(r, qc);
     *reinterpret_cast<uint4*>(base_p + off) = hi;
     if constexpr (LO) *reinterpret_cast<uint4*>(base_p + kQLo + off) = lo;
   }
@@ -164,27 +171,30 @@ __global__ void __launch_bounds__(128 * wg_count(G), G <= 8 ? 2 : 1)
   const uint32_t q_hi = base + uint32_t(wgi) * kWQBytes, q_lo = q_hi + kQLo;
   float s[32];
   // S = Q K^T (+ Q_lo K^T) of tile j into s, committed as one group.
+  // The descriptors, built once: a descriptor plus offset / 16 is the descriptor of address + offset (the address
+  // field, bits 0-13, holds any shared address below 256 KB without carrying).
+  const uint64_t qh_desc = wg_desc_sw128(q_hi), ql_desc = wg_desc_sw128(q_lo), ring_desc = wg_desc_sw128(base + kRing);
+  auto stage_desc = [&](int j) { return ring_desc + uint64_t((j % kWStages) * (2 * kWTileBytes / 16)); };
   auto issue_s = [&](int j) {
-    const uint32_t kst = base + kRing + uint32_t(j % kWStages) * 2 * kWTileBytes;
+    const uint64_t kd = stage_desc(j);
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; kk++)
-      wg_mma_ss_k16(s, wg_desc_sw128(q_hi + 32 * kk), wg_desc_sw128(kst + 32 * kk), kk > 0 ? 1u : 0u);
+    for (int kk = 0; kk < 4; kk++) wg_mma_ss_k16(s, qh_desc + 2 * kk, kd + 2 * kk, kk > 0 ? 1u : 0u);
     if constexpr (LO) {
 #pragma unroll
-      for (int kk = 0; kk < 4; kk++) wg_mma_ss_k16(s, wg_desc_sw128(q_lo + 32 * kk), wg_desc_sw128(kst + 32 * kk), 1u);
+      for (int kk = 0; kk < 4; kk++) wg_mma_ss_k16(s, ql_desc + 2 * kk, kd + 2 * kk, 1u);
     }
     wg_commit();
   };
   // O += P V (+ P_lo V) of tile j, committed as one group.
   auto issue_pv = [&](int j, const uint32_t (&pf)[4][4], const uint32_t (&pl)[LOP ? 4 : 1][4]) {
-    const uint32_t vst = base + kRing + uint32_t(j % kWStages) * 2 * kWTileBytes + kWTileBytes;
+    const uint64_t vd = stage_desc(j) + kWTileBytes / 16;
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; kk++) wg_mma_k16_bmn(o, pf[kk], wg_desc_sw128(vst + 2048 * kk));
+    for (int kk = 0; kk < 4; kk++) wg_mma_k16_bmn(o, pf[kk], vd + 2048 / 16 * kk);
     if constexpr (LOP) {
 #pragma unroll
-      for (int kk = 0; kk < 4; kk++) wg_mma_k16_bmn(o, pl[kk], wg_desc_sw128(vst + 2048 * kk));
+      for (int kk = 0; kk < 4; kk++) wg_mma_k16_bmn(o, pl[kk], vd + 2048 / 16 * kk);
     }
     wg_commit();
   };
