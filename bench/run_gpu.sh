@@ -29,19 +29,21 @@ HARMONIUM_PROFILE=1 BENCH_RUNS=1 timeout 120 $BENCH > "$OUT/profile.log" 2>&1; e
 timeout 240 node node_modules/vite-node/vite-node.mjs bench/sampling.ts --quick --json "$OUT/sampling.json" > "$OUT/sampling.log" 2>&1; echo "sampling rc=$?" >> "$OUT/sampling.log"
 
 # The tensor-core kernels of steps above 8 tokens: the lab's MoE prefill rows (each checked against the CPU twin
-# before it is timed), the dense GEMMs and the decode attention kernels alone (HM_OP_BENCH), then issue 11's rows
-# through the engine (both models: decode at 1 / 8 / 64 / 256 requests, prefill to 32k), and an A/B of the older
-# dense and expert GEMMs (HARMONIUM_DENSE=mma, HARMONIUM_MOE_PREFILL=mma) and of 2048-token steps
-# (BENCH_STEP_TOKENS=2048, the default before session 9) on the 20b.
+# before it is timed), the dense GEMMs and the decode and prefill attention kernels alone (HM_OP_BENCH), then issue
+# 11's rows through the engine (both models: decode at 1 / 8 / 64 / 256 requests, prefill to 32k), and an A/B of the
+# older dense GEMM, expert GEMMs and prefill attention (HARMONIUM_DENSE=mma, HARMONIUM_MOE_PREFILL=mma,
+# HARMONIUM_ATTN_PREFILL=mma) and of 2048-token steps (BENCH_STEP_TOKENS=2048, the default before session 9) on the
+# 20b.
 if [ -x "$BIN/hm_moe_lab" ]; then
   MOE_PREFILL_ONLY=1 timeout 240 "$BIN/hm_moe_lab" > "$OUT/moe_prefill.log" 2>&1; echo "moe lab prefill rc=$?" >> "$OUT/moe_prefill.log"
 fi
 HM_OP_BENCH=1 timeout 120 "$BIN/hm_op_test" bench_dense_gemm > "$OUT/kernel_bench.log" 2>&1; echo "bench_dense_gemm rc=$?" >> "$OUT/kernel_bench.log"
 HM_OP_BENCH=1 timeout 150 "$BIN/hm_op_test" bench_attention_decode >> "$OUT/kernel_bench.log" 2>&1; echo "bench_attention_decode rc=$?" >> "$OUT/kernel_bench.log"
+HM_OP_BENCH=1 timeout 150 "$BIN/hm_op_test" bench_attention_prefill >> "$OUT/kernel_bench.log" 2>&1; echo "bench_attention_prefill rc=$?" >> "$OUT/kernel_bench.log"
 TP="node node_modules/vite-node/vite-node.mjs bench/throughput.ts"
 BENCH_PREFILL=512,2048,8192,32768 timeout 300 $TP --json "$OUT/throughput.json" > "$OUT/throughput.log" 2>&1; echo "throughput rc=$?" >> "$OUT/throughput.log"
-for v in HARMONIUM_DENSE=mma HARMONIUM_MOE_PREFILL=mma BENCH_STEP_TOKENS=2048; do
-  env $v BENCH_MODELS=20b BENCH_SEQS=64,256 BENCH_PREFILL=2048,8192 timeout 200 $TP >> "$OUT/prefill_ab.log" 2>&1; echo "[$v] throughput rc=$?" >> "$OUT/prefill_ab.log"
+for v in HARMONIUM_DENSE=mma HARMONIUM_MOE_PREFILL=mma HARMONIUM_ATTN_PREFILL=mma BENCH_STEP_TOKENS=2048; do
+  env $v BENCH_MODELS=20b BENCH_SEQS=64,256 BENCH_PREFILL=2048,8192,32768 timeout 200 $TP >> "$OUT/prefill_ab.log" 2>&1; echo "[$v] throughput rc=$?" >> "$OUT/prefill_ab.log"
 done
 
 # The CLI end to end on the GPU (needs dist/ carried: the GPU machine has no TypeScript compiler).
@@ -72,7 +74,7 @@ CLI="node bin/harmonium.js"
   grep -E "harmonium profile|^  [a-z]" "$OUT/profile.log"
   grep -vE "^\s*$" "$OUT/cli.log" | cut -c1-400 | tail -40
   grep -E "prefill n=|twin|FAIL|rc=" "$OUT/moe_prefill.log" 2>/dev/null | cut -c1-200
-  grep -E "wgmma auto|mma.sync|summary|planned|rc=" "$OUT/kernel_bench.log" 2>/dev/null | cut -c1-200
+  grep -E "wgmma auto|mma.sync|summary|planned|\(default\)|rc=" "$OUT/kernel_bench.log" 2>/dev/null | cut -c1-200
   grep -E "^gpt|prefill pp|decode S=|rc=" "$OUT/throughput.log" 2>/dev/null | cut -c1-200
   grep -E "prefill|decode|rc=" "$OUT/prefill_ab.log" 2>/dev/null | cut -c1-200
 } > "$OUT/digest.txt"
