@@ -163,14 +163,16 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, i
   const int wr = tid >> 1, wc = tid & 1;
   const bool w_ok = n0 + wr < N;
   const uint8_t* w_src = static_cast<const uint8_t*>(a.W.data) + ((size_t(e) * N + (w_ok ? n0 + wr : 0)) * kb + wc) * 16;
+  // Row xr0 + 32 i's swizzled slot is x_dst + 4096 i (32 rows keep the row's low 3 bits, the swizzle's phase), and
+  // a k-tile's token columns one pointer a tile: each copy is an add to those, not a rebuilt address.
+  const uint32_t x_dst = uint32_t(xr0 * 128 + ((xc ^ (xr0 & 7)) << 4));
   auto issue = [&](int kt) {  // k-tile kt into stage kt % NST (always one group, empty past the end)
     if (kt < KT) {
       unsigned char* st = ring_p + (kt % NST) * C::STAGE_BYTES;
+      const uint16_t* xa = a.A + kt * kWgBK;
 #pragma unroll
-      for (int i = 0; i < XR; i++) {
-        const int r = xr0 + 32 * i;
-        if (r < BN) cp_async16_zfill(st + r * 128 + ((xc ^ (r & 7)) << 4), a.A + x_off[i] + kt * kWgBK, x_ok[i]);
-      }
+      for (int i = 0; i < XR; i++)
+        if (32 * (i + 1) <= BN || xr0 + 32 * i < BN) cp_async16_zfill(st + x_dst + 4096 * i, xa + x_off[i], x_ok[i]);
       cp_async16_zfill(st + C::X_BYTES + wr * kWgRowBytes + wc * 16, w_src + size_t(kt) * 32, w_ok);
     }
     cp_async_commit();
