@@ -1,7 +1,7 @@
 // The prefill path's grouped GEMM for MXFP4 experts on Hopper's warpgroup MMA (wgmma): kPrefill's and kAuto's
 // GEMM on an sm_90 device (MoePath::kPrefillWgmma names it; kPrefillMma forces moe_prefill_mma.cuh's, the one
-// every other device runs: wgmma exists on sm_90a only). H200 lab, one layer: 1,214 us at 2048 tokens E = 32
-// (336 TFLOP/s; v2 2,190), 4,996 at 8192 E = 128 (326; v2 8,625), 282 at 64 tokens E = 32 (v1 531).
+// every other device runs: wgmma exists on sm_90a only). H200 lab, one layer: 1,160 us at 2048 tokens E = 32
+// (352 TFLOP/s, session 10; v2 2,190), 4,996 at 8192 E = 128 (326; v2 8,625), 282 at 64 tokens E = 32 (v1 531).
 //
 // The GEMM is computed transposed, D[weight row][token] = W[e] x X^T, so the decoded weights are the A operand,
 // straight from registers (moe_prefill_wgmma: no bf16 copy of any weight in shared memory), and the tokens of a
