@@ -3,7 +3,8 @@
 // why q and P enter as bf16 hi + lo), with the two products as asynchronous wgmma instead of mma.sync:
 //   - a block: one prefill tile of up to 16 query tokens x one KV head; its G query heads in warpgroups of 4 (warp
 //     w of warpgroup wg holds head 4 wg + w for the tile's 16 tokens: the rows of mma.sync's fragments, so the
-//     softmax below is attn_prefill_mma's, register for register); a warp past G is padding (q = 0, writes nothing);
+//     softmax below has attn_prefill_mma's layout register for register, its arithmetic as the softmax lambda
+//     says); a warp past G is padding (q = 0, writes nothing);
 //   - q rounded to bf16 (and its remainder, LO) once into shared memory in the 128-byte swizzle, so S = Q K^T reads
 //     both operands by descriptor (no q registers: the accumulators of S and O and the P fragments fit beside each
 //     other at two blocks an SM);
@@ -13,6 +14,9 @@
 //     A layout (the D layout of S); O += P V by 4 (8) wgmma, left in flight while the next tile's barrier, loads and
 //     S are issued (its wait is S's wait; the ring is one stage deeper than the loads' lead, so no stage is refilled
 //     under a pending MMA).
+// The default on sm_90 is LO without LOP (q hi + lo, P bf16: kPrefillAuto, attention.h). H200, session 10, full
+// layers at 2k / 8k / 32k tokens: 269 / 329 / 333 TFLOP/s (the mma.sync kernel with q and P hi + lo: 113 / 128 / 133);
+// docs/performance.md has how it got there and bench/moe_playground/NOTES.md what was tried.
 // Bits: every score, max, sum and product of a row depends on its own q row and the tile's keys only (a wgmma
 // output element reads one row of A and one column of B, summed in a fixed order), key tiles start at multiples of
 // 64 keys and run in order, and a tile with no visible key leaves a row's state unchanged (attn_prefill_mma's
