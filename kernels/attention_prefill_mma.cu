@@ -29,6 +29,7 @@
 #include <climits>
 
 #include "attention.h"
+#include "attention_prefill_rows.cuh"
 #include "common.cuh"
 
 namespace hm::cuda {
@@ -37,7 +38,6 @@ namespace {
 constexpr int kHD = 64;          // head dim (the only one this kernel takes; attention_prefill routes the others)
 constexpr int kKeys = 64;        // keys per tile
 constexpr int kChunks = kHD / 8; // 16-byte chunks per K/V row
-constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ void ldsm_x4(uint32_t* r, const void* smem) {
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
@@ -57,15 +57,6 @@ __device__ __forceinline__ void mma_bf16_16816(float* c, const uint32_t* a, uint
       "{%0,%1,%2,%3};"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-__device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx: exp2(-inf) = +0, exact 1 at 0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
 }
 // Element (row, 16-byte chunk) of a 64 x 64 bf16 tile: chunks XOR-swizzled by row so the 8 rows an ldmatrix
 // 8x8 matrix reads sit in 8 different bank groups.
@@ -89,29 +80,9 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
   const int first = tiles[2 * tile], count = tiles[2 * tile + 1];
   const int seq = c.tok_seq[first];
 
-  // Key range of each row this lane holds (tokens g and g + 8) and of the whole tile (warp reductions over the
-  // tile's tokens, identical in every warp). An idle row (past count) sees no key.
-  int lo_r[2], hi_r[2];
-#pragma unroll
-  for (int r = 0; r < 2; r++) {
-    const int ti = g + 8 * r;
-    if (ti < count) {
-      hi_r[r] = c.pos[first + ti];
-      lo_r[r] = c.window > 0 ? max(0, hi_r[r] - c.window + 1) : 0;
-    } else {
-      lo_r[r] = INT_MAX, hi_r[r] = -1;
-    }
-  }
-  int t_lo = INT_MAX, t_hi = -1, t_lo_max = -1, t_hi_min = INT_MAX;
-  if (lane < count) {
-    const int p = c.pos[first + lane];
-    const int l0 = c.window > 0 ? max(0, p - c.window + 1) : 0;
-    t_lo = l0, t_hi = p, t_lo_max = l0, t_hi_min = p;
-  }
-  t_lo = __reduce_min_sync(0xffffffffu, t_lo);
-  t_hi = __reduce_max_sync(0xffffffffu, t_hi);
-  t_lo_max = __reduce_max_sync(0xffffffffu, t_lo_max);
-  t_hi_min = __reduce_min_sync(0xffffffffu, t_hi_min);
+  // Key ranges of this lane's rows (tokens g and g + 8) and of the whole tile.
+  const PrefillKeys keys = prefill_keys(c, first, count, g, lane);
+  const int t_lo = keys.t_lo, t_hi = keys.t_hi, t_lo_max = keys.t_lo_max, t_hi_min = keys.t_hi_min;
 
   // Stages key tile k0 (keys outside [t_lo, t_hi] zero-filled: never read from the cache).
   const int* bt = c.block_tables + size_t(seq) * c.max_blocks_per_seq;
@@ -152,15 +123,15 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
         for (int half = 0; half < 2; half++) {
           float2 v = make_float2(0.f, 0.f);
           if (ti < count) v = *reinterpret_cast<const float2*>(qrow + ks * 16 + half * 8 + 2 * tg);
-          qf[hw][ks][r + 2 * half] = pack_bf16(v.x, v.y);
+          qf[hw][ks][r + 2 * half] = prefill_pack_bf16(v.x, v.y);
           if constexpr (LO) {
             const __nv_bfloat162 hi = __floats2bfloat162_rn(v.x, v.y);
-            ql[hw][ks][r + 2 * half] = pack_bf16(v.x - __low2float(hi), v.y - __high2float(hi));
+            ql[hw][ks][r + 2 * half] = prefill_pack_bf16(v.x - __low2float(hi), v.y - __high2float(hi));
           }
         }
     }
   }
-  const float sl2 = c.scale * kLog2e;
+  const float sl2 = c.scale * kPrefillLog2e;
 
   float o[HPW][8][4];
   float m[HPW][2], l[HPW][2];
@@ -223,7 +194,7 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
             float x = __fmul_rn(s[hw][j][2 * r + e], sl2);
             if (!full) {
               const int key = k0 + 8 * j + 2 * tg + e;
-              if (key < lo_r[r] || key > hi_r[r]) x = -INFINITY;
+              if (key < keys.lo[r] || key > keys.hi[r]) x = -INFINITY;
             }
             s[hw][j][2 * r + e] = x;
             mx = fmaxf(mx, x);
@@ -233,14 +204,14 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
         const float m_new = fmaxf(m[hw][r], mx);
         // No visible key yet: subtract 0, so p = 0 and alpha = 0 keep the zero state (never -inf - -inf).
         const float m_use = m_new == -INFINITY ? 0.f : m_new;
-        const float alpha = fast_exp2(m[hw][r] - m_use);
+        const float alpha = prefill_exp2(m[hw][r] - m_use);
         m[hw][r] = m_new;
         float sum = 0.f;
 #pragma unroll
         for (int j = 0; j < 8; j++)
 #pragma unroll
           for (int e = 0; e < 2; e++) {
-            const float p = fast_exp2(__fsub_rn(s[hw][j][2 * r + e], m_use));
+            const float p = prefill_exp2(__fsub_rn(s[hw][j][2 * r + e], m_use));
             s[hw][j][2 * r + e] = p;
             sum += p;
           }
@@ -257,10 +228,10 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
 #pragma unroll
         for (int a = 0; a < 4; a++) {  // a: the A register (rows g / g + 8, keys 16kk + 2tg / + 8)
           const float* sp = &s[hw][2 * kk + (a >> 1)][2 * (a & 1)];
-          pf[hw][kk][a] = pack_bf16(sp[0], sp[1]);
+          pf[hw][kk][a] = prefill_pack_bf16(sp[0], sp[1]);
           if constexpr (LOP) {
             const __nv_bfloat162 hi = __floats2bfloat162_rn(sp[0], sp[1]);
-            pl[hw][kk][a] = pack_bf16(sp[0] - __low2float(hi), sp[1] - __high2float(hi));
+            pl[hw][kk][a] = prefill_pack_bf16(sp[0] - __low2float(hi), sp[1] - __high2float(hi));
           }
         }
     }
@@ -289,7 +260,7 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
 #pragma unroll
   for (int hw = 0; hw < HPW; hw++) {
     const int h = kvh * G + warp * HPW + hw;
-    const float sink = c.sinks[h] * kLog2e;
+    const float sink = c.sinks[h] * kPrefillLog2e;
 #pragma unroll
     for (int r = 0; r < 2; r++) {
       float sum = l[hw][r];
@@ -298,12 +269,12 @@ __global__ void __launch_bounds__(32 * G / HPW, MINB) attn_prefill_mma(Attention
       const int ti = g + 8 * r;
       if (ti >= count) continue;
       const float M = fmaxf(m[hw][r], sink);
-      const float w = fast_exp2(m[hw][r] - M);
-      const float inv = 1.f / (sum * w + fast_exp2(sink - M));
+      const float w = prefill_exp2(m[hw][r] - M);
+      const float inv = 1.f / (sum * w + prefill_exp2(sink - M));
       uint16_t* out = c.out + size_t(first + ti) * c.nq * kHD + h * kHD + 2 * tg;
 #pragma unroll
       for (int n = 0; n < 8; n++)
-        *reinterpret_cast<uint32_t*>(out + 8 * n) = pack_bf16(o[hw][n][2 * r] * w * inv, o[hw][n][2 * r + 1] * w * inv);
+        *reinterpret_cast<uint32_t*>(out + 8 * n) = prefill_pack_bf16(o[hw][n][2 * r] * w * inv, o[hw][n][2 * r + 1] * w * inv);
     }
   }
 }

@@ -26,6 +26,7 @@
 #include <type_traits>
 
 #include "attention.h"
+#include "attention_prefill_rows.cuh"
 #include "common.cuh"
 #include "wgmma.cuh"
 
@@ -45,16 +46,6 @@ __host__ __device__ constexpr size_t wg_attn_smem(int G, bool lo) {
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-constexpr float kWLog2e = 1.4426950408889634f;
-__device__ __forceinline__ uint32_t wpack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-__device__ __forceinline__ float wfast_exp2(float x) {  // ex2.approx: exp2(-inf) = +0, exact 1 at 0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
 // Byte offset of (row, 16-byte chunk) in a tile of 128-byte rows, 1024-aligned: the 128-byte swizzle.
 __device__ __forceinline__ uint32_t wswz(int row, int chunk) { return uint32_t(row * 128 + ((chunk ^ (row & 7)) << 4)); }
 
@@ -86,27 +77,8 @@ __global__ void __launch_bounds__(128 * wg_count(G), G <= 8 ? 2 : 1)
   const int first = tiles[2 * tile], count = tiles[2 * tile + 1];
   const int seq = c.tok_seq[first];
 
-  int lo_r[2], hi_r[2];
-#pragma unroll
-  for (int r = 0; r < 2; r++) {
-    const int ti = g + 8 * r;
-    if (ti < count) {
-      hi_r[r] = c.pos[first + ti];
-      lo_r[r] = c.window > 0 ? max(0, hi_r[r] - c.window + 1) : 0;
-    } else {
-      lo_r[r] = INT_MAX, hi_r[r] = -1;
-    }
-  }
-  int t_lo = INT_MAX, t_hi = -1, t_lo_max = -1, t_hi_min = INT_MAX;
-  if (lane < count) {
-    const int p = c.pos[first + lane];
-    const int l0 = c.window > 0 ? max(0, p - c.window + 1) : 0;
-    t_lo = l0, t_hi = p, t_lo_max = l0, t_hi_min = p;
-  }
-  t_lo = __reduce_min_sync(0xffffffffu, t_lo);
-  t_hi = __reduce_max_sync(0xffffffffu, t_hi);
-  t_lo_max = __reduce_max_sync(0xffffffffu, t_lo_max);
-  t_hi_min = __reduce_min_sync(0xffffffffu, t_hi_min);
+  const PrefillKeys keys = prefill_keys(c, first, count, g, lane);  // this lane's rows' and the tile's key ranges
+  const int t_lo = keys.t_lo, t_hi = keys.t_hi, t_lo_max = keys.t_lo_max, t_hi_min = keys.t_hi_min;
 
   const int* bt = c.block_tables + size_t(seq) * c.max_blocks_per_seq;
   const int bs = c.block_size;
@@ -160,14 +132,14 @@ __global__ void __launch_bounds__(128 * wg_count(G), G <= 8 ? 2 : 1)
     for (int i = 0; i < 4; i++) {
       const __nv_bfloat162 h2 = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
       hp[i] = *reinterpret_cast<const uint32_t*>(&h2);
-      lp[i] = wpack_bf16(v[2 * i] - __low2float(h2), v[2 * i + 1] - __high2float(h2));
+      lp[i] = prefill_pack_bf16(v[2 * i] - __low2float(h2), v[2 * i + 1] - __high2float(h2));
     }
     const uint32_t off = uint32_t(wq) * kWQBytes + wswz(r, qc);
     *reinterpret_cast<uint4*>(base_p + off) = hi;
     if constexpr (LO) *reinterpret_cast<uint4*>(base_p + kQLo + off) = lo;
   }
 
-  const float sl2 = c.scale * kWLog2e;
+  const float sl2 = c.scale * kPrefillLog2e;
   float o[32];
 #pragma unroll
   for (int i = 0; i < 32; i++) o[i] = 0.f;
@@ -221,7 +193,7 @@ __global__ void __launch_bounds__(128 * wg_count(G), G <= 8 ? 2 : 1)
           float x = s[4 * jj + 2 * r + e];
           if constexpr (MASK) {
             const int key = k0 + 8 * jj + 2 * tg + e;
-            if (key < lo_r[r] || key > hi_r[r]) x = -INFINITY;
+            if (key < keys.lo[r] || key > keys.hi[r]) x = -INFINITY;
             s[4 * jj + 2 * r + e] = x;
           }
           mx = fmaxf(mx, x);
@@ -230,14 +202,14 @@ __global__ void __launch_bounds__(128 * wg_count(G), G <= 8 ? 2 : 1)
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float m_new = fmaxf(m[r], mx * sl2);
       const float m_use = m_new == -INFINITY ? 0.f : m_new;
-      alpha[r] = wfast_exp2(m[r] - m_use);
+      alpha[r] = prefill_exp2(m[r] - m_use);
       m[r] = m_new;
       float sum = 0.f;
 #pragma unroll
       for (int jj = 0; jj < 8; jj++)
 #pragma unroll
         for (int e = 0; e < 2; e++) {
-          const float p = wfast_exp2(fmaf(s[4 * jj + 2 * r + e], sl2, -m_use));
+          const float p = prefill_exp2(fmaf(s[4 * jj + 2 * r + e], sl2, -m_use));
           s[4 * jj + 2 * r + e] = p;
           sum += p;
         }
@@ -262,10 +234,10 @@ __global__ void __launch_bounds__(128 * wg_count(G), G <= 8 ? 2 : 1)
 #pragma unroll
       for (int a = 0; a < 4; a++) {
         const float* sp = &s[4 * (2 * kk + (a >> 1)) + 2 * (a & 1)];
-        pf[kk][a] = wpack_bf16(sp[0], sp[1]);
+        pf[kk][a] = prefill_pack_bf16(sp[0], sp[1]);
         if constexpr (LOP) {
           const __nv_bfloat162 h2 = __floats2bfloat162_rn(sp[0], sp[1]);
-          pl[kk][a] = wpack_bf16(sp[0] - __low2float(h2), sp[1] - __high2float(h2));
+          pl[kk][a] = prefill_pack_bf16(sp[0] - __low2float(h2), sp[1] - __high2float(h2));
         }
       }
   };
@@ -306,7 +278,7 @@ __global__ void __launch_bounds__(128 * wg_count(G), G <= 8 ? 2 : 1)
   if (hw >= G) return;
 
   const int h = kvh * G + hw;
-  const float sink = c.sinks[h] * kWLog2e;
+  const float sink = c.sinks[h] * kPrefillLog2e;
 #pragma unroll
   for (int r = 0; r < 2; r++) {
     float sum = l[r];
@@ -315,13 +287,13 @@ __global__ void __launch_bounds__(128 * wg_count(G), G <= 8 ? 2 : 1)
     const int ti = g + 8 * r;
     if (ti >= count) continue;
     const float M = fmaxf(m[r], sink);
-    const float w = wfast_exp2(m[r] - M);
-    const float inv = 1.f / (sum * w + wfast_exp2(sink - M));
+    const float w = prefill_exp2(m[r] - M);
+    const float inv = 1.f / (sum * w + prefill_exp2(sink - M));
     uint16_t* out = c.out + size_t(first + ti) * c.nq * kWHD + h * kWHD + 2 * tg;
 #pragma unroll
     for (int n = 0; n < 8; n++)
       *reinterpret_cast<uint32_t*>(out + 8 * n) =
-          wpack_bf16(o[4 * n + 2 * r] * w * inv, o[4 * n + 2 * r + 1] * w * inv);
+          prefill_pack_bf16(o[4 * n + 2 * r] * w * inv, o[4 * n + 2 * r + 1] * w * inv);
   }
 #endif
 }
