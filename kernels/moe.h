@@ -2,7 +2,8 @@
 // the experts (gate_up with bias -> clamped SwiGLU -> down with bias -> weighted combine of the k experts).
 //
 // Two expert-weight formats, one launcher each:
-//   moe_mxfp4_forward: the checkpoint's MXFP4 bytes as stored; E2M1 values and E8M0 scales are decoded in
+//   moe_mxfp4_forward: the checkpoint's MXFP4 bytes in the layout mxfp4_prepare gives them at load (the same
+//                      bytes, each block's nibbles reordered); E2M1 values and E8M0 scales are decoded in
 //                      registers inside the matmul (no bf16 copy of the expert weights ever exists).
 //   moe_bf16_forward:  the fallback, weights decoded to bf16 once at load (mxfp4_to_bf16), any sm_80+ GPU.
 // Each has two paths, chosen by the token count (or forced, for tests):
@@ -180,5 +181,15 @@ struct Mxfp4ToBf16Params {
   int cols = 0;             // % 32 == 0
 };
 void mxfp4_to_bf16(const Mxfp4ToBf16Params& p, cudaStream_t stream);
+
+// The load-time layout moe_mxfp4_forward reads (kernels/mxfp4_prepare.cu): nblocks 16-byte blocks rewritten in
+// place (a lane's pairs where one mask places them) and their scales clamped to the kernels' range. Run once on
+// every expert tensor the MXFP4 path gets, after its bytes are on the GPU; mxfp4_to_bf16 reads the bytes as stored.
+struct Mxfp4PrepareParams {
+  uint8_t* blocks = nullptr;  // [nblocks, 16]
+  uint8_t* scales = nullptr;  // [nblocks]
+  int64_t nblocks = 0;
+};
+void mxfp4_prepare(const Mxfp4PrepareParams& p, cudaStream_t stream);
 
 }  // namespace hm::cuda

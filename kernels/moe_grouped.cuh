@@ -193,7 +193,8 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
       for (int c = warp; c < nchunks; c += NCW) {
         const int blk = c * 4 + t;
         const bool ok = blk < kb;
-        uint32_t wa[MT][4], wb[MT][4], fa[MT], fb[MT];  // rows pr, pr + 8 of each tile: words and scale factors
+        uint4 wa[MT], wb[MT];  // rows pr, pr + 8 of each tile: the prepared block and its scale factor
+        uint32_t fa[MT], fb[MT];
 #pragma unroll
         for (int m = 0; m < MT; m++) {
           const int ra = m * 16 + pr, rb = ra + 8;
@@ -202,8 +203,8 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
           const uint4 qb = okm ? *reinterpret_cast<const uint4*>(st + (rb * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
           fa[m] = mx_factor(okm ? sc[ra * kb + blk] : 127u);
           fb[m] = mx_factor(okm ? sc[rb * kb + blk] : 127u);
-          wa[m][0] = qa.x, wa[m][1] = qa.y, wa[m][2] = qa.z, wa[m][3] = qa.w;
-          wb[m][0] = qb.x, wb[m][1] = qb.y, wb[m][2] = qb.z, wb[m][3] = qb.w;
+          wa[m] = qa;
+          wb[m] = qb;
         }
         // Word i of the block (32 columns in 4 words of 8) is two k16 steps: decoded once for every N-tile, one
         // word at a time (a whole chunk's fragments decoded up front cost 32 live registers more: spills).
@@ -212,8 +213,8 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
           uint32_t pa[MT][4], pb[MT][4];
 #pragma unroll
           for (int m = 0; m < MT; m++) {
-            decode_word(wa[m][i], fa[m], pa[m]);
-            decode_word(wb[m][i], fb[m], pb[m]);
+            decode_word(wa[m], i, fa[m], pa[m]);
+            decode_word(wb[m], i, fb[m], pb[m]);
           }
 #pragma unroll
           for (int nt = 0; nt < NTB; nt++) {

@@ -92,12 +92,33 @@ __device__ __forceinline__ uint32_t mx_factor(uint32_t s) {
   return (s << 7) | (s << 23);
 }
 
-// One 32-bit word of 8 E2M1 nibbles (columns 8i..8i+7 of a block) -> the permuted pairs, times the factor.
-__device__ __forceinline__ void decode_word(uint32_t w, uint32_t f, uint32_t* p) {
-  p[0] = bf16x2_mul(((w << 6) & 0x01C001C0u) | ((w << 12) & 0x80008000u), f);
-  p[1] = bf16x2_mul(((w << 2) & 0x01C001C0u) | ((w << 8) & 0x80008000u), f);
-  p[2] = bf16x2_mul(((w >> 2) & 0x01C001C0u) | ((w << 4) & 0x80008000u), f);
-  p[3] = bf16x2_mul(((w >> 6) & 0x01C001C0u) | (w & 0x80008000u), f);
+// The E8M0 factor of a prepared scale byte (mxfp4_prepare clamped it to [65, 191]): mx_factor in one multiply-add.
+__device__ __forceinline__ uint32_t mx_factor_fast(uint32_t s) { return s * 0x00800080u + 63u * 0x00800080u; }
+
+// Slot i of a word of a prepared block (mxfp4_prepare.cu): the pair's sign and magnitude bits on bf16x2's, times
+// the factor. Slot i of prepared word t is pair t of the checkpoint's word i (nibbles t and t + 4 of columns
+// 8i..8i+7, the permuted k order). Always called with a constant i (unrolled loops fold the branches).
+__device__ __forceinline__ uint32_t decode_slot(uint32_t w, int i, uint32_t f) {
+  constexpr uint32_t M = 0x81C081C0u;
+  const uint32_t v = i == 0   ? w & M
+                     : i == 1 ? (w << 3) & M
+                     : i == 2 ? (w << 6) & M
+                              : ((w << 1) & 0x80008000u) | ((w >> 5) & 0x01000100u) | ((w >> 4) & 0x00C000C0u);
+  return bf16x2_mul(v, f);
+}
+
+// The pairs of the checkpoint's word i (p[t] = pair t, 8 columns) from a prepared block's four words.
+__device__ __forceinline__ void decode_word(const uint4& q, int i, uint32_t f, uint32_t* p) {
+  p[0] = decode_slot(q.x, i, f);
+  p[1] = decode_slot(q.y, i, f);
+  p[2] = decode_slot(q.z, i, f);
+  p[3] = decode_slot(q.w, i, f);
+}
+
+// A whole prepared block: p[4 i + t] = pair t of the checkpoint's word i.
+__device__ __forceinline__ void decode_block(const uint4& q, uint32_t f, uint32_t* p) {
+#pragma unroll
+  for (int i = 0; i < 4; i++) decode_word(q, i, f, p + 4 * i);
 }
 
 // E2M1 value of a nibble (the loader's conversion; the matmuls never use it).
@@ -139,13 +160,7 @@ struct RowChunk<WFmt::kMxfp4> {
       s = 127;
     }
   }
-  __device__ __forceinline__ void decode(uint32_t* p) const {
-    const uint32_t f = mx_factor(s);
-    decode_word(q.x, f, p);
-    decode_word(q.y, f, p + 4);
-    decode_word(q.z, f, p + 8);
-    decode_word(q.w, f, p + 12);
-  }
+  __device__ __forceinline__ void decode(uint32_t* p) const { decode_block(q, mx_factor(s), p); }
 };
 template <>
 struct RowChunk<WFmt::kBf16> {
@@ -549,16 +564,16 @@ struct BTileRegs<WFmt::kMxfp4> {
   // changed bits when the rows around them in the tile changed (op test, before the stable route sort); the bf16
   // path's did not, and with exact weights this path computes the bf16 path's bits (op test "format_bits").
   // Once per staged tile: the extra multiply is free beside the MMAs.
-  __device__ __forceinline__ void store(uint16_t* dst) const {
+  // dst_block: the tile's 32 columns of this block; this thread's half (prepared words 2 half, 2 half + 1) holds
+  // pairs 2 half and 2 half + 1 of each checkpoint word I, pair 4 I + t at 32-bit offset 4 I + t.
+  __device__ __forceinline__ void store(uint16_t* dst_block, int half) const {
     constexpr uint32_t kTwoPow63x2 = 0x5F005F00u;
     const uint32_t f = mx_factor(s);
-    uint32_t p[8];
-    decode_word(q.x, f, p);
-    decode_word(q.y, f, p + 4);
-#pragma unroll
-    for (int i = 0; i < 8; i++) p[i] = bf16x2_mul(p[i], kTwoPow63x2);
-    reinterpret_cast<uint4*>(dst)[0] = make_uint4(p[0], p[1], p[2], p[3]);
-    reinterpret_cast<uint4*>(dst)[1] = make_uint4(p[4], p[5], p[6], p[7]);
+    uint2* dst = reinterpret_cast<uint2*>(dst_block) + half;
+    dst[0] = make_uint2(bf16x2_mul(decode_slot(q.x, 0, f), kTwoPow63x2), bf16x2_mul(decode_slot(q.y, 0, f), kTwoPow63x2));
+    dst[2] = make_uint2(bf16x2_mul(decode_slot(q.x, 1, f), kTwoPow63x2), bf16x2_mul(decode_slot(q.y, 1, f), kTwoPow63x2));
+    dst[4] = make_uint2(bf16x2_mul(decode_slot(q.x, 2, f), kTwoPow63x2), bf16x2_mul(decode_slot(q.y, 2, f), kTwoPow63x2));
+    dst[6] = make_uint2(bf16x2_mul(decode_slot(q.x, 3, f), kTwoPow63x2), bf16x2_mul(decode_slot(q.y, 3, f), kTwoPow63x2));
   }
 };
 template <>
@@ -570,7 +585,8 @@ struct BTileRegs<WFmt::kBf16> {
     q[0] = ok ? __ldg(src) : make_uint4(0, 0, 0, 0);
     q[1] = ok ? __ldg(src + 1) : make_uint4(0, 0, 0, 0);
   }
-  __device__ __forceinline__ void store(uint16_t* dst) const {
+  __device__ __forceinline__ void store(uint16_t* dst_block, int half) const {
+    uint16_t* dst = dst_block + 16 * half;
     uint32_t p[8];
     perm8(q[0], p);
     perm8(q[1], p + 4);
@@ -611,7 +627,7 @@ __global__ void __launch_bounds__(256) moe_grouped_gemm(GemmArgs a) {
     uint32_t p[4];
     perm8(ra, p);
     *reinterpret_cast<uint4*>(&As[buf][ar][ac]) = make_uint4(p[0], p[1], p[2], p[3]);
-    rb.store(&Bs[buf][br][bh * 16]);
+    rb.store(&Bs[buf][br][0], bh);
   };
 
   float acc[2][4][4] = {};

@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(kPfThreads, 2) moe_prefill_mma(GemmArgs a, int
       BTileRegs<WFmt::kMxfp4> rb;
       rb.q = *reinterpret_cast<const uint2*>(&Rs[st][br][j * 16 + bh * 8]);
       rb.s = sc[j];
-      rb.store(&Bs[kt & 1][br][j * 32 + bh * 16]);
+      rb.store(&Bs[kt & 1][br][j * 32], bh);
     }
   };
 

@@ -13,10 +13,11 @@
 //   - k-tiles of 64 columns through a ring of WgCfg<BN>::STAGES stages by cp.async: the tokens' bf16 rows (gathered by
 //     sorted row, 128 bytes a row, stored in the 128-byte swizzle wgmma's descriptor reads) and the weights' raw
 //     MXFP4 bytes (32 a row, rows padded to 48 bytes so a quad's 8-byte reads of 8 rows do not conflict);
-//   - per k16 step each lane decodes its A fragment from the raw bytes: lane (g, t) of warp q takes nibbles t and
-//     t + 4 of the k-step's two words of rows 16q + g and 16q + g + 8 (decode_word's pair t, one shift more), in
-//     the k-permutation of moe_impl.cuh, so the tokens' rows must be in it too: gate_up reads ws.xp
-//     (moe_permute_x) and writes act permuted (kperm_pos), down reads act as is;
+//   - per k16 step each lane decodes its A fragment from the prepared bytes (mxfp4_prepare.cu): lane (g, t) of
+//     warp q reads prepared word t of its block of rows 16q + g and 16q + g + 8, whose four slots are its pairs
+//     of both k16 steps of the block, in the k-permutation of moe_impl.cuh, so the tokens' rows must be in it
+//     too: gate_up reads ws.xp (moe_permute_x) and writes act permuted (kperm_pos), down reads act as is; the
+//     scales are prepared too (clamped), so a factor is one multiply-add;
 //   - one wgmma m64nBNk16 per warpgroup and k16 step, fp32 accumulators in registers (BN / 2 a thread); the
 //     weights carry decode_word's 2^-63, multiplied back in the epilogue; narrow tiles keep a deeper ring (the
 //     weights' bytes in flight: they stream once per token tile);
@@ -63,17 +64,14 @@ inline int prefill_wgmma_bn(int P, int E) {
   return mean <= 12 ? 16 : mean <= 24 ? 32 : mean <= 48 ? 64 : 128;
 }
 
-// Shapes the kernel takes: K a multiple of the k-tile, rows in pairs, I in groups of 8 (kperm_pos), offsets in 32 bits.
+// Shapes the kernel takes: K a multiple of the k-tile, rows in pairs, I in groups of 8 (kperm_pos), offsets in 32 bits,
+// scales 2-byte aligned (a k-tile's two of a row are one load).
 inline bool prefill_wgmma_ok(const WMat& gu, const WMat& dn, int n, int H, int I, int P) {
-  return gu.K % kWgBK == 0 && dn.K % kWgBK == 0 && gu.rows % 2 == 0 && I % 8 == 0 && prefill_mma_fits(n, H, P, I);
+  const bool scales16 = reinterpret_cast<uintptr_t>(gu.scales) % 2 == 0 && reinterpret_cast<uintptr_t>(dn.scales) % 2 == 0;
+  return gu.K % kWgBK == 0 && dn.K % kWgBK == 0 && gu.rows % 2 == 0 && I % 8 == 0 && scales16 &&
+         prefill_mma_fits(n, H, P, I);
 }
 
-
-// Pair t of a word's decode (decode_word's p[t]): nibbles t and t + 4, times the factor.
-__device__ __forceinline__ uint32_t decode_pair(uint32_t w, int t, uint32_t f) {
-  w >>= 4 * t;
-  return bf16x2_mul(((w << 6) & 0x01C001C0u) | ((w << 12) & 0x80008000u), f);
-}
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // The kernel's epilogue. acc[4 j + 2 h + c]: weight row lr0 + 8 h, token column 8 j + 2 t + c of the tile
@@ -183,12 +181,14 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, i
   const bool ok0 = n0 + lr0 < N, ok1 = n0 + lr1 < N;
   const uint8_t* s0 = a.W.scales + (size_t(e) * N + (ok0 ? n0 + lr0 : 0)) * kb;
   const uint8_t* s1 = a.W.scales + (size_t(e) * N + (ok1 ? n0 + lr1 : 0)) * kb;
-  auto scales = [&](int kt, uint32_t* s) {  // the k-tile's two 32-column blocks of both rows
+  auto scales = [&](int kt, uint32_t* s) {  // the k-tile's two 32-column blocks of both rows: one 16-bit load a row
     const bool in = kt < KT;
-    s[0] = ok0 && in ? __ldg(s0 + 2 * kt) : 127u;
-    s[1] = ok0 && in ? __ldg(s0 + 2 * kt + 1) : 127u;
-    s[2] = ok1 && in ? __ldg(s1 + 2 * kt) : 127u;
-    s[3] = ok1 && in ? __ldg(s1 + 2 * kt + 1) : 127u;
+    const uint32_t u0 = ok0 && in ? __ldg(reinterpret_cast<const uint16_t*>(s0 + 2 * kt)) : 0x7F7Fu;
+    const uint32_t u1 = ok1 && in ? __ldg(reinterpret_cast<const uint16_t*>(s1 + 2 * kt)) : 0x7F7Fu;
+    s[0] = u0 & 0xFFu;
+    s[1] = u0 >> 8;
+    s[2] = u1 & 0xFFu;
+    s[3] = u1 >> 8;
   };
 
   float acc[NACC];
@@ -196,18 +196,23 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, i
   for (int i = 0; i < NACC; i++) acc[i] = 0.f;
   uint32_t sc[4], sc_next[4];
   // The A fragments of k-tile kt from its stage (scales s_ of the k-tile), 4 registers a k16 step kk: lane (g, t)
-  // takes pair t of words 2 kk and 2 kk + 1 of rows lr0 and lr1.
+  // takes prepared word t of rows lr0 and lr1 in each of the k-tile's two blocks b, whose slots 2h and 2h + 1 are
+  // pair t of the checkpoint's words 2h and 2h + 1 (k 2t, 2t + 1 and 2t + 8, 2t + 9 of k16 step kk = 2b + h).
+  // Rows are 48 bytes apart, so a warp's 32 words fall in 32 banks.
   auto decode_tile = [&](int kt, const uint32_t* s_, uint32_t (&af)[4][4]) {
-    const unsigned char* w = ring_p + (kt % NST) * C::STAGE_BYTES + C::X_BYTES;
+    const unsigned char* w = ring_p + (kt % NST) * C::STAGE_BYTES + C::X_BYTES + t * 4;
 #pragma unroll
-    for (int kk = 0; kk < kWgBK / 16; kk++) {
-      const uint2 q0 = *reinterpret_cast<const uint2*>(w + lr0 * kWgRowBytes + kk * 8);
-      const uint2 q1 = *reinterpret_cast<const uint2*>(w + lr1 * kWgRowBytes + kk * 8);
-      const uint32_t f0 = mx_factor(s_[kk >> 1]), f1 = mx_factor(s_[2 + (kk >> 1)]);
-      af[kk][0] = decode_pair(q0.x, t, f0);  // (row g, k 2t, 2t+1)
-      af[kk][1] = decode_pair(q1.x, t, f1);  // (row g+8, k 2t, 2t+1)
-      af[kk][2] = decode_pair(q0.y, t, f0);  // (row g, k 2t+8, 2t+9)
-      af[kk][3] = decode_pair(q1.y, t, f1);  // (row g+8, k 2t+8, 2t+9)
+    for (int b = 0; b < 2; b++) {
+      const uint32_t v0 = *reinterpret_cast<const uint32_t*>(w + lr0 * kWgRowBytes + b * 16);
+      const uint32_t v1 = *reinterpret_cast<const uint32_t*>(w + lr1 * kWgRowBytes + b * 16);
+      const uint32_t f0 = mx_factor_fast(s_[b]), f1 = mx_factor_fast(s_[2 + b]);
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        af[2 * b + h][0] = decode_slot(v0, 2 * h, f0);      // (row g, k 2t, 2t+1)
+        af[2 * b + h][1] = decode_slot(v1, 2 * h, f1);      // (row g+8, k 2t, 2t+1)
+        af[2 * b + h][2] = decode_slot(v0, 2 * h + 1, f0);  // (row g, k 2t+8, 2t+9)
+        af[2 * b + h][3] = decode_slot(v1, 2 * h + 1, f1);  // (row g+8, k 2t+8, 2t+9)
+      }
     }
   };
   auto mma_tile = [&](int kt, const uint32_t (&af)[4][4]) {

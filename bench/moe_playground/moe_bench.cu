@@ -92,6 +92,8 @@ struct Layer {
       mxfp4_to_bf16({gu_b, gu_s, gu_w, int64_t(gr), H}, 0);
       mxfp4_to_bf16({dn_b, dn_s, dn_w, int64_t(dr), I}, 0);
     }
+    mxfp4_prepare({gu_b, gu_s, int64_t(gr) * (H / 32)}, 0);  // the layout the MXFP4 kernels read (after the bf16 copy)
+    mxfp4_prepare({dn_b, dn_s, int64_t(dr) * (I / 32)}, 0);
     CK(cudaDeviceSynchronize());
   }
   ~Layer() {
@@ -321,6 +323,27 @@ double nmse_dev(const float* a, const float* b, size_t n) {
   return num / den;
 }
 
+// The checkpoint's bytes of prepared MXFP4 blocks (the inverse of kernels/mxfp4_prepare.cu's layout), for the CPU
+// twin: slot i of prepared word t holds nibbles t (low half) and t + 4 (high half) of the checkpoint's word i.
+void unprepare_blocks(std::vector<uint8_t>& b) {
+  auto nibble = [](uint32_t v, int slot) {  // v: one 16-bit half
+    switch (slot) {
+      case 0: return ((v >> 15) & 1u) << 3 | ((v >> 6) & 7u);
+      case 1: return ((v >> 12) & 1u) << 3 | ((v >> 3) & 7u);
+      case 2: return ((v >> 9) & 1u) << 3 | (v & 7u);
+      default: return ((v >> 14) & 1u) << 3 | ((v >> 13) & 1u) << 2 | ((v >> 10) & 3u);
+    }
+  };
+  for (size_t off = 0; off + 16 <= b.size(); off += 16) {
+    uint32_t o[4], w[4] = {0u, 0u, 0u, 0u};
+    std::memcpy(o, &b[off], 16);
+    for (int t = 0; t < 4; t++)
+      for (int i = 0; i < 4; i++)
+        w[i] |= nibble(o[t] & 0xFFFFu, i) << (4 * t) | nibble(o[t] >> 16, i) << (4 * t + 16);
+    std::memcpy(&b[off], w, 16);
+  }
+}
+
 // The CPU twin of one MoE call: y[t] = sum over the k chosen experts of weight * ref::expert_mlp_mxfp4(x[t]).
 // Only the experts the routing uses are copied to the host.
 std::vector<float> moe_on_cpu(const Layer& L, const int32_t* d_ids, const float* d_w, const uint16_t* d_x, int n) {
@@ -353,6 +376,8 @@ std::vector<float> moe_on_cpu(const Layer& L, const int32_t* d_ids, const float*
         get(X.dn_b, L.dn_b, size_t(e) * L.H * L.I / 2, size_t(L.H) * L.I / 2);
         get(X.dn_s, L.dn_s, size_t(e) * L.H * L.I / 32, size_t(L.H) * L.I / 32);
         get(X.dn_bias, L.dn_bias, size_t(e) * L.H, size_t(L.H));
+        unprepare_blocks(X.gu_b);
+        unprepare_blocks(X.dn_b);
       }
       hm::ref::expert_mlp_mxfp4(xe.data(), X.gu_b.data(), X.gu_s.data(), X.gu_bias.data(), X.dn_b.data(), X.dn_s.data(),
                                 X.dn_bias.data(), L.H, L.I, 7.f, ye.data());

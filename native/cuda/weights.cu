@@ -389,6 +389,17 @@ void load_gpu_weights(const ModelConfig& cfg, const TensorMap& tensors, const Lo
       }
     }
   }
+  // The MXFP4 experts into the layout their kernels read (mxfp4_prepare: each block's nibbles reordered in place,
+  // the scales clamped to the kernels' range), once every byte is on the GPU.
+  if (expert_mxfp4) {
+    const int64_t E = cfg.num_experts, H = cfg.hidden, I = cfg.intermediate;
+    for (const LayerWeights& L : w.layers) {
+      mxfp4_prepare({const_cast<uint8_t*>(L.mxfp4.gu_blocks), const_cast<uint8_t*>(L.mxfp4.gu_scales), E * 2 * I * (H / 32)},
+                    src.stream());
+      mxfp4_prepare({const_cast<uint8_t*>(L.mxfp4.dn_blocks), const_cast<uint8_t*>(L.mxfp4.dn_scales), E * H * (I / 32)},
+                    src.stream());
+    }
+  }
   src.sync();
 }
 

@@ -195,6 +195,15 @@ struct Experts {
   }
 };
 
+// The expert tensors into the layout the MXFP4 kernels read (mxfp4_prepare), as the loader leaves them; the CPU
+// twins read the checkpoint's bytes (X), so every MXFP4 case below also checks the layout against them.
+void prepare_mxfp4(DevBuf<uint8_t>& gu_b, DevBuf<uint8_t>& gu_s, DevBuf<uint8_t>& dn_b, DevBuf<uint8_t>& dn_s,
+                   const Experts& X) {
+  cuda::mxfp4_prepare({gu_b.p, gu_s.p, int64_t(X.gu_scales.size())}, 0);
+  cuda::mxfp4_prepare({dn_b.p, dn_s.p, int64_t(X.dn_scales.size())}, 0);
+  T_CHECK(cudaDeviceSynchronize());
+}
+
 struct MoeCase {
   int n, k;
   bool decode_ok;  // n <= kMoeDecodeMaxTokens
@@ -283,6 +292,7 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
     cuda::mxfp4_to_bf16({gu_b.p, gu_s.p, gu_w.p, int64_t(E) * 2 * I, H}, 0);
     cuda::mxfp4_to_bf16({dn_b.p, dn_s.p, dn_w.p, int64_t(E) * H, I}, 0);
     T_CHECK(cudaDeviceSynchronize());
+    prepare_mxfp4(gu_b, gu_s, dn_b, dn_s, X);  // after the bf16 copies, which read the bytes as stored
     const cuda::MoeMxfp4Weights wm{gu_b.p, gu_s.p, gu_bias.p, dn_b.p, dn_s.p, dn_bias.p};
     const cuda::MoeBf16Weights wb{gu_w.p, gu_bias.p, dn_w.p, dn_bias.p};
     const int n_max = *std::max_element(ns.begin(), ns.end());
@@ -498,6 +508,7 @@ std::vector<Result> grouped_cases(int E, int H, int I, int k, const std::vector<
     const float limit = 7.0f;
     const Experts X(E, H, I, seed);
     DevBuf<uint8_t> gu_b(X.gu_blocks), gu_s(X.gu_scales), dn_b(X.dn_blocks), dn_s(X.dn_scales);
+    prepare_mxfp4(gu_b, gu_s, dn_b, dn_s, X);
     DevBuf<uint16_t> gu_bias(X.gu_bias), dn_bias(X.dn_bias);
     const cuda::MoeMxfp4Weights wm{gu_b.p, gu_s.p, gu_bias.p, dn_b.p, dn_s.p, dn_bias.p};
     int n_max = 1;
@@ -657,6 +668,7 @@ std::vector<Result> fused_routing_cases() {
       std::vector<float> w_ref(ids_ref.size());
       ref::router_topk(clean.data(), c.n, c.E, c.k, ids_ref.data(), w_ref.data());
       DevBuf<uint8_t> gu_b(X.gu_blocks), gu_s(X.gu_scales), dn_b(X.dn_blocks), dn_s(X.dn_scales);
+      prepare_mxfp4(gu_b, gu_s, dn_b, dn_s, X);
       DevBuf<uint16_t> gu_bias(X.gu_bias), dn_bias(X.dn_bias), d_x(to_bf16(randn(size_t(c.n) * H, seed)));
       DevBuf<float> d_logits(logits), d_w(ids_ref.size()), d_y(size_t(c.n) * H);
       DevBuf<int32_t> d_ids(ids_ref.size());
@@ -724,6 +736,7 @@ std::vector<Result> prefill_ragged_cases(int E, uint64_t seed) {
   try {
     const Experts X(E, H, I, seed);
     DevBuf<uint8_t> gu_b(X.gu_blocks), gu_s(X.gu_scales), dn_b(X.dn_blocks), dn_s(X.dn_scales);
+    prepare_mxfp4(gu_b, gu_s, dn_b, dn_s, X);
     DevBuf<uint16_t> gu_bias(X.gu_bias), dn_bias(X.dn_bias);
     const cuda::MoeMxfp4Weights wm{gu_b.p, gu_s.p, gu_bias.p, dn_b.p, dn_s.p, dn_bias.p};
     DevBuf<uint8_t> ws(cuda::moe_workspace_bytes(ns.back(), H, I, E, k));
