@@ -12,7 +12,10 @@
 // the bf16 multiply keeps). Multiplying by the bf16 2^(s - 64) gives v * 2^(s-127) * 2^-63, exact for every
 // scale byte 65 <= s <= 191 (weights between 2^-62 and 2^64 in magnitude); the fp32 accumulators are multiplied
 // by 2^63 once at the end (decode path; the prefill path rescales the staged weights instead, see BTileRegs).
-// 2 integer ops and half a bf16 multiply per weight.
+// The kernels read the blocks in mxfp4_prepare's layout (kernels/mxfp4_prepare.cu, applied at load): the same
+// nibbles reordered within each 16-byte block so that a pair's bits are one mask, or one shift and a mask, from
+// those positions (one slot in four takes three shifts); about 1.4 integer ops and half a bf16 multiply a weight
+// (the checkpoint's order took 2).
 //
 // Decode path (n <= 8 tokens; for MXFP4 on sm_90+ the kernels of moe_decode_bulk.cuh take it, reusing the
 // fragment layout and routing below): a warp owns 16 weight rows; lane (g = lane/4, t = lane%4) loads, per
