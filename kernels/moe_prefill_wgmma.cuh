@@ -130,7 +130,7 @@ __device__ __forceinline__ void wg_epilogue(const GemmArgs& a, const float (&acc
 // sets are kept alive past the wait that retires them (wg_keep), so the compiler cannot hand an in-flight MMA's A
 // registers to the next decode (session 6's attempt at wait_group 1 had no such guard and failed).
 template <bool GATE_UP, int BN>
-__global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, int E) {
+__global__ void __launch_bounds__(kWgThreads, BN <= 32 ? 3 : 2) moe_prefill_wgmma(GemmArgs a, int E) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using C = WgCfg<BN>;
   constexpr int NST = C::STAGES, NACC = BN / 2, XR = (BN * 8 + kWgThreads - 1) / kWgThreads;  // token-row copies a thread
@@ -164,37 +164,37 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, i
   // Row xr0 + 32 i's swizzled slot is x_dst + 4096 i (32 rows keep the row's low 3 bits, the swizzle's phase), and
   // a k-tile's token columns one pointer a tile: each copy is an add to those, not a rebuilt address.
   const uint32_t x_dst = uint32_t(xr0 * 128 + ((xc ^ (xr0 & 7)) << 4));
-  auto issue = [&](int kt) {  // k-tile kt into stage kt % NST (always one group, empty past the end)
-    if (kt < KT) {
-      unsigned char* st = ring_p + (kt % NST) * C::STAGE_BYTES;
-      const uint16_t* xa = a.A + kt * kWgBK;
+  int kt_next = 0;
+  auto issue = [&]() {  // the next k-tile into stage kt_next % NST (always one group, empty past the end)
+    if (kt_next < KT) {
+      unsigned char* st = ring_p + (kt_next % NST) * C::STAGE_BYTES;
+      const uint16_t* xa = a.A + kt_next * kWgBK;
 #pragma unroll
       for (int i = 0; i < XR; i++)
         if (32 * (i + 1) <= BN || xr0 + 32 * i < BN) cp_async16_zfill(st + x_dst + 4096 * i, xa + x_off[i], x_ok[i]);
-      cp_async16_zfill(st + C::X_BYTES + wr * kWgRowBytes + wc * 16, w_src + size_t(kt) * 32, w_ok);
+      cp_async16_zfill(st + C::X_BYTES + wr * kWgRowBytes + wc * 16, w_src + size_t(kt_next) * 32, w_ok);
     }
     cp_async_commit();
+    kt_next++;
   };
 
-  // This lane's two weight rows (fragment rows g and g + 8 of its warp's 16) and their scales, a k-tile ahead.
+  // This lane's two weight rows (fragment rows g and g + 8 of its warp's 16) and their scales, loaded ahead (a
+  // k-tile's two scales of a row are one 16-bit load; one tile ahead, Nsight Compute had a quarter of the warps'
+  // cycles waiting on them at 64 tokens, BN 16).
   const int lr0 = wgi * 64 + wq * 16 + g, lr1 = lr0 + 8;
   const bool ok0 = n0 + lr0 < N, ok1 = n0 + lr1 < N;
   const uint8_t* s0 = a.W.scales + (size_t(e) * N + (ok0 ? n0 + lr0 : 0)) * kb;
   const uint8_t* s1 = a.W.scales + (size_t(e) * N + (ok1 ? n0 + lr1 : 0)) * kb;
-  auto scales = [&](int kt, uint32_t* s) {  // the k-tile's two 32-column blocks of both rows: one 16-bit load a row
+  auto scales = [&](int kt, uint32_t (&u)[2]) {
     const bool in = kt < KT;
-    const uint32_t u0 = ok0 && in ? __ldg(reinterpret_cast<const uint16_t*>(s0 + 2 * kt)) : 0x7F7Fu;
-    const uint32_t u1 = ok1 && in ? __ldg(reinterpret_cast<const uint16_t*>(s1 + 2 * kt)) : 0x7F7Fu;
-    s[0] = u0 & 0xFFu;
-    s[1] = u0 >> 8;
-    s[2] = u1 & 0xFFu;
-    s[3] = u1 >> 8;
+    u[0] = ok0 && in ? __ldg(reinterpret_cast<const uint16_t*>(s0 + 2 * kt)) : 0x7F7Fu;
+    u[1] = ok1 && in ? __ldg(reinterpret_cast<const uint16_t*>(s1 + 2 * kt)) : 0x7F7Fu;
   };
 
   float acc[NACC];
 #pragma unroll
   for (int i = 0; i < NACC; i++) acc[i] = 0.f;
-  uint32_t sc[4], sc_next[4];
+  uint32_t su[2][2];  // raw scale pairs (a row's two of a k-tile) of the tiles ahead
   // The A fragments of k-tile kt from its stage (scales s_ of the k-tile), 4 registers a k16 step kk: lane (g, t)
   // takes prepared word t of rows lr0 and lr1 in each of the k-tile's two blocks b, whose slots 2h and 2h + 1 are
   // pair t of the checkpoint's words 2h and 2h + 1 (k 2t, 2t + 1 and 2t + 8, 2t + 9 of k16 step kk = 2b + h).
@@ -223,29 +223,65 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma(GemmArgs a, i
     wg_commit();
   };
   uint32_t afa[4][4], afb[4][4];
-  // The loads run NST - 2 tiles ahead: tile kt + NST - 2 goes into the stage of kt - 2, whose MMAs every
-  // warpgroup retired (wait_group 1 in iteration kt - 1) before this iteration's barrier.
-  for (int s_ = 0; s_ < NST - 2; s_++) issue(s_);
-  scales(0, sc);
-  auto step = [&](int kt, uint32_t (&cur)[4][4], uint32_t (&prev)[4][4]) {
-    cp_async_wait<NST - 3>();
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncthreads();
-    issue(kt + NST - 2);
-    scales(kt + 1, sc_next);
-    decode_tile(kt, sc, cur);
-    mma_tile(kt, cur);
-    wg_wait<1>();  // tile kt - 1's MMAs retired: its registers (prev) and its stage are free
-    wg_keep(prev);
-#pragma unroll
-    for (int i = 0; i < 4; i++) sc[i] = sc_next[i];
-  };
   int kt = 0;
-  for (; kt + 1 < KT; kt += 2) {
-    step(kt, afa, afb);
-    step(kt + 1, afb, afa);
+  if constexpr (BN <= 32) {
+    // Narrow tiles are bound by the issue of the decode, not by the MMAs: two k-tiles between barriers (half the
+    // barriers, waits and fences a weight). The loads run NST - 3 tiles ahead: tiles kt + NST - 3 and kt + NST - 2
+    // go into the stages of kt - 3 and kt - 2, retired (wait_group 1 after kt - 1 was committed) before the barrier.
+    for (int s_ = 0; s_ < NST - 3; s_++) issue();
+    scales(0, su[0]);
+    scales(1, su[1]);
+    for (; kt + 1 < KT; kt += 2) {
+      cp_async_wait<NST - 5>();  // tiles kt and kt + 1 have landed
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      __syncthreads();
+      issue();
+      issue();
+      const uint32_t sa[4] = {su[0][0] & 0xFFu, su[0][0] >> 8, su[0][1] & 0xFFu, su[0][1] >> 8};
+      const uint32_t sb[4] = {su[1][0] & 0xFFu, su[1][0] >> 8, su[1][1] & 0xFFu, su[1][1] >> 8};
+      scales(kt + 2, su[0]);
+      scales(kt + 3, su[1]);
+      decode_tile(kt, sa, afa);
+      mma_tile(kt, afa);
+      wg_wait<1>();  // tile kt - 1's MMAs retired: afb is free
+      wg_keep(afb);
+      decode_tile(kt + 1, sb, afb);
+      mma_tile(kt + 1, afb);
+      wg_wait<1>();  // tile kt's MMAs retired: afa is free
+      wg_keep(afa);
+    }
+    if (kt < KT) {
+      cp_async_wait<0>();
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      __syncthreads();
+      const uint32_t sa[4] = {su[0][0] & 0xFFu, su[0][0] >> 8, su[0][1] & 0xFFu, su[0][1] >> 8};
+      decode_tile(kt, sa, afa);
+      mma_tile(kt, afa);
+    }
+  } else {
+    // The loads run NST - 2 tiles ahead: tile kt + NST - 2 goes into the stage of kt - 2, whose MMAs every
+    // warpgroup retired (wait_group 1 in iteration kt - 1) before this iteration's barrier. The scales one tile
+    // ahead (two cost the 128-token tile spills).
+    for (int s_ = 0; s_ < NST - 2; s_++) issue();
+    scales(0, su[0]);
+    auto step = [&](int kt_, uint32_t (&cur)[4][4], uint32_t (&prev)[4][4]) {
+      cp_async_wait<NST - 3>();
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      __syncthreads();
+      issue();  // tile kt_ + NST - 2
+      const uint32_t sc[4] = {su[0][0] & 0xFFu, su[0][0] >> 8, su[0][1] & 0xFFu, su[0][1] >> 8};
+      scales(kt_ + 1, su[0]);
+      decode_tile(kt_, sc, cur);
+      mma_tile(kt_, cur);
+      wg_wait<1>();  // tile kt_ - 1's MMAs retired: its registers (prev) and its stage are free
+      wg_keep(prev);
+    };
+    for (; kt + 1 < KT; kt += 2) {
+      step(kt, afa, afb);
+      step(kt + 1, afb, afa);
+    }
+    if (kt < KT) step(kt, afa, afb);
   }
-  if (kt < KT) step(kt, afa, afb);
   wg_wait<0>();
   wg_keep(afa);
   wg_keep(afb);
