@@ -619,8 +619,18 @@ void launch_dense_wgmma(const DenseParams& p, cudaStream_t s) {
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::SMEM)));
     configured |= bit;
   }
-  launch(kernel, dim3(ceil_div(p.T, BN), ceil_div(p.N, C::BM)), dim3(C::THREADS), C::SMEM, s, p.pdl, p.x, p.x_lo,
-         p.ldx, p.W, p.b, p.y, p.ldy, p.T, p.N, p.K, p.accumulate);
+  static std::atomic<int> per_sm{0};  // resident blocks an SM (the same on every sm_90 device)
+  if (per_sm.load() == 0) {
+    int n = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, C::THREADS, C::SMEM));
+    per_sm = n > 0 ? n : 1;
+  }
+  const dim3 grid(ceil_div(p.T, BN), ceil_div(p.N, C::BM));
+  const int sms = device_attr(cudaDevAttrMultiProcessorCount);
+  const int splits = p.split_k >= 1 ? p.split_k
+                                    : dense_wgmma_splits(long(grid.x) * grid.y, p.K / kDwBK, long(per_sm.load()) * sms, sms);
+  launch_clustered(kernel, dim3(grid.x, grid.y, splits), dim3(C::THREADS), C::SMEM, s, p.pdl, unsigned(splits), p.x,
+                   p.x_lo, p.ldx, p.W, p.b, p.y, p.ldy, p.T, p.N, p.K, p.accumulate);
 }
 
 template <bool LO>
@@ -673,6 +683,7 @@ void dense(const DenseParams& p, cudaStream_t stream) {
   const bool wgmma = dense_wgmma_ok(p);
   HM_REQUIRE(p.gemm != 2 || wgmma, "dense (gemm 2: wgmma needs an sm_90 device and K % 64 == 0)");
   HM_REQUIRE(p.wgmma_tile < kDwTileCount, "dense (wgmma_tile)");
+  HM_REQUIRE(p.split_k >= 0 && p.split_k <= 4, "dense (split_k)");
   if (wgmma) {
     HM_REQUIRE(ceil_div(p.N, 64) <= 65535, "dense (rows per call)");
     const int tile = p.wgmma_tile >= 0 ? p.wgmma_tile

@@ -31,6 +31,10 @@ struct DenseParams {
   int force_path = 0;       // 0 = choose by T, 1 = GEMV, 2 = tensor cores (tests)
   int gemm = 0;             // the tensor-core kernel: 0 = by device and shape, 1 = mma.sync, 2 = wgmma (sm_90a)
   int wgmma_tile = -1;      // wgmma tile shape for tests and timing (kDwTiles index); -1 picks by T and N
+  // wgmma GEMM's K splits (a cluster of blocks a tile, summed in rank order): 0 picks by the tiles' blocks (splits
+  // where they leave SMs idle: batched decode steps; the bits then depend on T), 1 never (mma.sync's bits, batch
+  // invariant), 2..4 forced.
+  int split_k = 0;
   // GEMV variant for tests and timing (N > 256); -1 picks by shape: chunks per lane copied to shared memory before
   // pdl_wait, 4 / 8 / 12 / 16, or 0 for the unstaged kernel.
   int gemv_stage = -1;

@@ -10,11 +10,15 @@
 //     read; the ring runs STAGES - 2 tiles ahead so that a k-tile's MMAs may still run (wait_group 1) while the
 //     next tile's are issued: a stage is refilled two tiles after its MMAs were issued, when they have retired;
 //   - the first tiles' weights are issued before pdl_wait (they do not depend on the previous kernel);
-//   - blockIdx.x walks the token tiles, so the blocks that share a weight tile run together and read it from L2.
-// Bits: bf16_gemm_mma's. Per k16 step the same products are summed into the same fp32 accumulator in the same
+//   - blockIdx.x walks the token tiles, so the blocks that share a weight tile run together and read it from L2;
+//   - where the tiles leave SMs idle (batched decode steps: o at 45 tiles, the routers at 1-16) K is split over a
+//     thread block cluster of 2-4 blocks a tile, summed in rank order (dense_wgmma_splits, DenseParams::split_k).
+// Bits (unsplit, split_k = 1, which batch-invariant mode sets): bf16_gemm_mma's. Per k16 step the same products are summed into the same fp32 accumulator in the same
 // order (x, then x_lo), and the H200's wgmma sums a k16 step as its mma.sync does (moe_prefill_wgmma.cuh found
 // the same); the op tests check it bit for bit ("mma_bits"), so batch-invariant mode may take either kernel.
 #pragma once
+
+#include <cooperative_groups.h>
 
 #include "wgmma.cuh"
 
@@ -62,7 +66,22 @@ inline int dense_wgmma_tile(int T, int N, int sms) {
   return best;
 }
 
-// Grid (ceil(T / BN), ceil(N / BM)), DwCfg::THREADS threads, DwCfg::SMEM bytes of dynamic shared memory.
+// The K splits for `blocks` tiles of KT k-tiles with `resident` blocks of the kernel on the GPU at once: the most
+// (up to 4) that still fit one wave with at least 16 k-tiles a split (8 for grids of a block per 8 SMs or fewer:
+// the routers). H200 (HM_OP_BENCH bench_dense_gemm, us, unsplit -> split): q/k/v x + x_lo T = 16 15.7 -> 11.3 (2;
+// 3 gave 14.8), o T = 16 21.1 -> 10.1 (4), o T = 64 24.1 -> 18.1 (2), routers 15.1 -> 5.4 (4); q/k/v at T = 64 and
+// 256 and o at 256 (a block an SM, 80-92 blocks) got slower split (21.6 -> 24.4, 44.7 -> 51.7, 34.2 -> 50.1): 1.
+inline int dense_wgmma_splits(long blocks, int KT, long resident, int sms) {
+  const int min_kt = blocks * 8 <= sms ? 8 : 16;
+  int s = 1;
+  while (s < 4 && blocks * (s + 1) <= resident && KT / (s + 1) >= min_kt) s++;
+  return s;
+}
+
+// Grid (ceil(T / BN), ceil(N / BM), S), DwCfg::THREADS threads, DwCfg::SMEM bytes of dynamic shared memory. S > 1
+// splits K: the S blocks of a tile are one thread block cluster along z, block z computes the k-tiles
+// [z KT / S, (z + 1) KT / S), and block 0 adds the others' accumulators in rank order (distributed shared memory)
+// before the epilogue: deterministic, but not the unsplit sum's bits (dense_wgmma_splits says when).
 template <int NWG, int BN, bool LO>
 __global__ void __launch_bounds__(128 * NWG) dense_wgmma(const uint16_t* __restrict__ x,
                                                         const uint16_t* __restrict__ x_lo, int ldx,
@@ -80,7 +99,12 @@ __global__ void __launch_bounds__(128 * NWG) dense_wgmma(const uint16_t* __restr
   unsigned char* ring_p = dw_smem + (ring - raw);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wgi = warp >> 2, wq = warp & 3;
   const int g = lane >> 2, t = lane & 3;
-  const int m0 = blockIdx.x * BN, n0 = blockIdx.y * C::BM, KT = K / kDwBK;
+  const int splits = int(gridDim.z), KT_all = K / kDwBK;
+  const int kt0 = KT_all * int(blockIdx.z) / splits, KT = KT_all * (int(blockIdx.z) + 1) / splits - kt0;
+  const int m0 = blockIdx.x * BN, n0 = blockIdx.y * C::BM;
+  W += size_t(kt0) * kDwBK;  // this split's first column (x, x_lo below)
+  x += size_t(kt0) * kDwBK;
+  if (LO) x_lo += size_t(kt0) * kDwBK;
 
   // Chunk c (16 bytes) of row r goes to r * 128 + ((c ^ (r & 7)) << 4): the 128-byte swizzle.
   auto issue_w = [&](int kt) {
@@ -143,6 +167,23 @@ __global__ void __launch_bounds__(128 * NWG) dense_wgmma(const uint16_t* __restr
   wg_wait<0>();
   wg_fence_acc(acc);
   cp_async_wait<0>();
+  if (splits > 1) {  // block 0 of the cluster sums the splits in rank order; the others stop here
+    const cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+    __syncthreads();  // every warpgroup's MMAs have read their stages: the ring is free
+    float* red = reinterpret_cast<float*>(ring_p);  // [NACC][THREADS]
+#pragma unroll
+    for (int i = 0; i < NACC; i++) red[i * C::THREADS + tid] = acc[i];
+    cluster.sync();
+    const int rank = int(cluster.block_rank());
+    if (rank == 0)
+      for (int r = 1; r < splits; r++) {
+        const float* other = cluster.map_shared_rank(red, r);
+#pragma unroll
+        for (int i = 0; i < NACC; i++) acc[i] += other[i * C::THREADS + tid];
+      }
+    cluster.sync();  // the others' shared memory stays until block 0 has read it
+    if (rank != 0) return;
+  }
 
   // acc[4 j + 2 h + c]: weight row 16 wq + g + 8 h of the warpgroup's 64, token column 8 j + 2 t + c (wgmma's D).
 #pragma unroll

@@ -48,7 +48,10 @@ constexpr int kWgWBytes = kWgBM * kWgRowBytes;
 template <int BN>
 struct WgCfg {
   static_assert(BN == 16 || BN == 32 || BN == 64 || BN == 128, "WgCfg: BN 16, 32, 64 or 128");
-  static constexpr int STAGES = BN >= 64 ? 4 : 8;  // 8 stages at 64 left one block an SM (1.8x slower in the lab)
+  // 8 stages at 64 left one block an SM (1.8x slower in the lab); 6 keep two.
+  static constexpr int STAGES = BN >= 128 ? 4 : BN == 64 ? 6 : 8;
+  // Two k-tiles between barriers (the narrow and middle tiles, bound by the decode's issue more than by the MMAs).
+  static constexpr bool PAIRED = BN <= 64;
   static constexpr int X_BYTES = BN * kWgBK * 2;
   static constexpr int STAGE_BYTES = X_BYTES + kWgWBytes;
   static constexpr size_t SMEM = size_t(STAGES) * STAGE_BYTES + 1024;  // + the alignment of the ring
@@ -224,10 +227,10 @@ __global__ void __launch_bounds__(kWgThreads, BN <= 32 ? 3 : 2) moe_prefill_wgmm
   };
   uint32_t afa[4][4], afb[4][4];
   int kt = 0;
-  if constexpr (BN <= 32) {
-    // Narrow tiles are bound by the issue of the decode, not by the MMAs: two k-tiles between barriers (half the
-    // barriers, waits and fences a weight). The loads run NST - 3 tiles ahead: tiles kt + NST - 3 and kt + NST - 2
-    // go into the stages of kt - 3 and kt - 2, retired (wait_group 1 after kt - 1 was committed) before the barrier.
+  if constexpr (C::PAIRED) {
+    // Two k-tiles between barriers: half the barriers, waits and fences a weight. The loads run NST - 3 tiles
+    // ahead: tiles kt + NST - 3 and kt + NST - 2 go into the stages of kt - 3 and kt - 2, retired (wait_group 1
+    // after kt - 1 was committed) before the barrier.
     for (int s_ = 0; s_ < NST - 3; s_++) issue();
     scales(0, su[0]);
     scales(1, su[1]);

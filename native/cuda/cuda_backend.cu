@@ -548,7 +548,10 @@ DenseParams CudaBackend::dense_params(const uint16_t* x, int ldx, const uint16_t
   d.K = K;
   d.pdl = pdl_for("dense");
   d.gemm = dense_gemm_;
-  if (batch_invariant_) d.force_path = 2;  // the tensor-core GEMM at every T: a row's bits never depend on T
+  if (batch_invariant_) {
+    d.force_path = 2;  // the tensor-core GEMM at every T: a row's bits never depend on T
+    d.split_k = 1;     // nor on the split of K a step's tile count would pick
+  }
   return d;
 }
 

@@ -296,6 +296,7 @@ std::vector<Result> test_dense() {
     p.x = dx.p, p.W = dW.p, p.b = db.p, p.y = dy.p, p.T = c.T, p.N = c.N, p.K = c.K, p.ldx = c.K, p.ldy = c.N;
     p.accumulate = c.acc;
     p.force_path = c.path;
+    p.split_k = 1;  // the prefix check below is the batch-invariant claim: no K split (dense_wgmma checks those)
     cuda::dense(p, nullptr);
     char params[96];
     std::snprintf(params, sizeof params, "%s T=%d N=%d K=%d%s%s", c.path == 1 ? "gemv" : "mma", c.T, c.N, c.K,
@@ -358,13 +359,14 @@ std::vector<Result> test_dense_wgmma() {
     p.x = dx.p, p.W = dW.p, p.b = db.p, p.y = dy.p, p.T = c.T, p.N = c.N, p.K = c.K, p.ldx = c.K, p.ldy = c.N;
     p.accumulate = c.acc;
     p.force_path = 2;
-    auto run = [&](int gemm, int tile) {
+    auto run = [&](int gemm, int tile, int split = 1) {
       if (c.acc)
         C_CHECK(cudaMemcpy(dy.p, y0.data(), y0.size() * 4, cudaMemcpyHostToDevice));
       else
         dy.poison();
       p.gemm = gemm;
       p.wgmma_tile = tile;
+      p.split_k = split;
       cuda::dense(p, nullptr);
       return dy.get();
     };
@@ -380,6 +382,14 @@ std::vector<Result> test_dense_wgmma() {
       if (c.acc)
         for (size_t i = 0; i < want.size(); i++) want[i] += y0[i];
       out.push_back(nmse_result(std::string("wgmma auto ") + base, run(2, -1), want, 1e-6));
+      // K split in a cluster (the pick, then 2..4 forced): the reference's tolerance, and the same bits twice.
+      for (int split : {0, 2, 3, 4}) {
+        char params[128];
+        std::snprintf(params, sizeof params, "wgmma split %s %s", split ? std::to_string(split).c_str() : "auto", base);
+        const auto got = run(2, -1, split);
+        out.push_back(nmse_result(params, got, want, 1e-6));
+        out.push_back(repeat_bits(params, got, run(2, -1, split)));
+      }
     }
     for (int tile = -1; tile < cuda::dense_wgmma_tiles(); tile++) {
       int nwg = 0, bn = 0;
@@ -683,7 +693,8 @@ std::vector<Result> bench_dense_gemm() {
     C_CHECK(cudaMemset(y.p, 0, y.n * 4));
     for (int T : {16, 64, 256, 2048}) {
       const int iters = T >= 2048 ? 10 : 40;
-      for (int v = -2; v < cuda::dense_wgmma_tiles(); v++) {  // -2: mma.sync, -1: wgmma's pick, else that tile
+      for (int v = -5; v < cuda::dense_wgmma_tiles(); v++) {  // -5..-3: wgmma's tile split 2..4, -2: mma.sync,
+                                                                // -1: wgmma's pick (split by shape), else that tile
         cuda::DenseParams p;
         p.x = x.p, p.ldx = sh.K;
         if (sh.lo) p.x_lo = xlo.p;
@@ -691,6 +702,7 @@ std::vector<Result> bench_dense_gemm() {
         p.force_path = 2;
         p.gemm = v == -2 ? 1 : 2;
         p.wgmma_tile = v >= 0 ? v : -1;
+        p.split_k = v <= -3 ? v + 7 : v == -1 ? 0 : 1;
         auto run = [&](int i) {
           p.W = W.p + size_t(i % copies) * (wbytes / 2);
           cuda::dense(p, s);
@@ -700,7 +712,8 @@ std::vector<Result> bench_dense_gemm() {
         const float us = graph_us(s, iters, run);
         const double flop = 2.0 * T * sh.N * sh.K * (sh.lo ? 2 : 1);
         char what[24];
-        if (v == -2) std::snprintf(what, sizeof what, "mma.sync");
+        if (v <= -3) std::snprintf(what, sizeof what, "wgmma split %d", v + 7);
+        else if (v == -2) std::snprintf(what, sizeof what, "mma.sync");
         else if (v == -1) std::snprintf(what, sizeof what, "wgmma auto");
         else {
           int nwg = 0, bn = 0;
