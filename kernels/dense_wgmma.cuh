@@ -13,9 +13,10 @@
 //   - blockIdx.x walks the token tiles, so the blocks that share a weight tile run together and read it from L2;
 //   - where the tiles leave SMs idle (batched decode steps: o at 45 tiles, the routers at 1-16) K is split over a
 //     thread block cluster of 2-4 blocks a tile, summed in rank order (dense_wgmma_splits, DenseParams::split_k).
-// Bits (unsplit, split_k = 1, which batch-invariant mode sets): bf16_gemm_mma's. Per k16 step the same products are summed into the same fp32 accumulator in the same
-// order (x, then x_lo), and the H200's wgmma sums a k16 step as its mma.sync does (moe_prefill_wgmma.cuh found
-// the same); the op tests check it bit for bit ("mma_bits"), so batch-invariant mode may take either kernel.
+// Bits, unsplit (split_k = 1, which batch-invariant mode sets): bf16_gemm_mma's. Per k16 step the same products are
+// summed into the same fp32 accumulator in the same order (x, then x_lo), and the H200's wgmma sums a k16 step as
+// its mma.sync does (moe_prefill_wgmma.cuh found the same); the op tests check it bit for bit ("mma_bits"), so
+// batch-invariant mode may take either kernel.
 #pragma once
 
 #include <cooperative_groups.h>

@@ -1,7 +1,8 @@
 // The prefill path's grouped GEMM for MXFP4 experts on Hopper's warpgroup MMA (wgmma): kPrefill's and kAuto's
 // GEMM on an sm_90 device (MoePath::kPrefillWgmma names it; kPrefillMma forces moe_prefill_mma.cuh's, the one
-// every other device runs: wgmma exists on sm_90a only). H200 lab, one layer: 1,160 us at 2048 tokens E = 32
-// (352 TFLOP/s, session 10; v2 2,190), 4,996 at 8192 E = 128 (326; v2 8,625), 282 at 64 tokens E = 32 (v1 531).
+// every other device runs: wgmma exists on sm_90a only). H200 lab, one layer (session 11): 1,114 us at 2048 tokens
+// E = 32 (366 TFLOP/s; v2 2,190), 332 at 256, 241 at 64 (v1 531); E = 128 1,697 / 847 / 721 (session 10: 4,996 at
+// 8192, 326 TFLOP/s; v2 8,625).
 //
 // The GEMM is computed transposed, D[weight row][token] = W[e] x X^T, so the decoded weights are the A operand,
 // straight from registers (moe_prefill_wgmma: no bf16 copy of any weight in shared memory), and the tokens of a
@@ -11,8 +12,8 @@
 //   - a block: 128 weight rows (two warpgroups of 64) x BN sorted pair-rows (one expert, the tile list of
 //     moe_prefill_mma.cuh at BN rows), 256 threads, every thread a loader and a consumer;
 //   - k-tiles of 64 columns through a ring of WgCfg<BN>::STAGES stages by cp.async: the tokens' bf16 rows (gathered by
-//     sorted row, 128 bytes a row, stored in the 128-byte swizzle wgmma's descriptor reads) and the weights' raw
-//     MXFP4 bytes (32 a row, rows padded to 48 bytes so a quad's 8-byte reads of 8 rows do not conflict);
+//     sorted row, 128 bytes a row, stored in the 128-byte swizzle wgmma's descriptor reads) and the weights' prepared
+//     MXFP4 bytes (32 a row, rows padded to 48 bytes so a warp's 32 words of a block fall in 32 banks);
 //   - per k16 step each lane decodes its A fragment from the prepared bytes (mxfp4_prepare.cu): lane (g, t) of
 //     warp q reads prepared word t of its block of rows 16q + g and 16q + g + 8, whose four slots are its pairs
 //     of both k16 steps of the block, in the k-permutation of moe_impl.cuh, so the tokens' rows must be in it
@@ -56,6 +57,7 @@ struct WgCfg {
   static constexpr int STAGE_BYTES = X_BYTES + kWgWBytes;
   static constexpr size_t SMEM = size_t(STAGES) * STAGE_BYTES + 1024;  // + the alignment of the ring
   static_assert(STAGE_BYTES % 1024 == 0, "the swizzled token tiles must start 1024-aligned");
+  static_assert(!PAIRED || STAGES >= 5, "the paired loop keeps NST - 3 tiles ahead and waits for two");
 };
 
 // The tile width for P pairs over E experts. A tile's weight decode costs the same at any width, so wide tiles win
@@ -193,6 +195,13 @@ __global__ void __launch_bounds__(kWgThreads, BN <= 32 ? 3 : 2) moe_prefill_wgmm
     u[0] = ok0 && in ? __ldg(reinterpret_cast<const uint16_t*>(s0 + 2 * kt)) : 0x7F7Fu;
     u[1] = ok1 && in ? __ldg(reinterpret_cast<const uint16_t*>(s1 + 2 * kt)) : 0x7F7Fu;
   };
+  // The four scale bytes decode_tile takes (row lr0's two blocks, then lr1's) from a tile's two loads.
+  auto scale_bytes = [](const uint32_t (&u)[2], uint32_t (&s)[4]) {
+    s[0] = u[0] & 0xFFu;
+    s[1] = u[0] >> 8;
+    s[2] = u[1] & 0xFFu;
+    s[3] = u[1] >> 8;
+  };
 
   float acc[NACC];
 #pragma unroll
@@ -240,8 +249,9 @@ __global__ void __launch_bounds__(kWgThreads, BN <= 32 ? 3 : 2) moe_prefill_wgmm
       __syncthreads();
       issue();
       issue();
-      const uint32_t sa[4] = {su[0][0] & 0xFFu, su[0][0] >> 8, su[0][1] & 0xFFu, su[0][1] >> 8};
-      const uint32_t sb[4] = {su[1][0] & 0xFFu, su[1][0] >> 8, su[1][1] & 0xFFu, su[1][1] >> 8};
+      uint32_t sa[4], sb[4];
+      scale_bytes(su[0], sa);
+      scale_bytes(su[1], sb);
       scales(kt + 2, su[0]);
       scales(kt + 3, su[1]);
       decode_tile(kt, sa, afa);
@@ -257,7 +267,8 @@ __global__ void __launch_bounds__(kWgThreads, BN <= 32 ? 3 : 2) moe_prefill_wgmm
       cp_async_wait<0>();
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
       __syncthreads();
-      const uint32_t sa[4] = {su[0][0] & 0xFFu, su[0][0] >> 8, su[0][1] & 0xFFu, su[0][1] >> 8};
+      uint32_t sa[4];
+      scale_bytes(su[0], sa);
       decode_tile(kt, sa, afa);
       mma_tile(kt, afa);
     }
@@ -272,7 +283,8 @@ __global__ void __launch_bounds__(kWgThreads, BN <= 32 ? 3 : 2) moe_prefill_wgmm
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
       __syncthreads();
       issue();  // tile kt_ + NST - 2
-      const uint32_t sc[4] = {su[0][0] & 0xFFu, su[0][0] >> 8, su[0][1] & 0xFFu, su[0][1] >> 8};
+      uint32_t sc[4];
+      scale_bytes(su[0], sc);
       scales(kt_ + 1, su[0]);
       decode_tile(kt_, sc, cur);
       mma_tile(kt_, cur);
