@@ -184,7 +184,8 @@ void mxfp4_to_bf16(const Mxfp4ToBf16Params& p, cudaStream_t stream);
 
 // The load-time layout moe_mxfp4_forward reads (kernels/mxfp4_prepare.cu): nblocks 16-byte blocks rewritten in
 // place (a lane's pairs where one mask places them) and their scales clamped to the kernels' range. Run once on
-// every expert tensor the MXFP4 path gets, after its bytes are on the GPU; mxfp4_to_bf16 reads the bytes as stored.
+// every expert tensor the MXFP4 path gets, after its bytes are on the GPU (exactly once: a second pass reorders the
+// nibbles again); mxfp4_to_bf16 reads the bytes as stored.
 struct Mxfp4PrepareParams {
   uint8_t* blocks = nullptr;  // [nblocks, 16]
   uint8_t* scales = nullptr;  // [nblocks]
