@@ -627,8 +627,8 @@ void launch_dense_wgmma(const DenseParams& p, cudaStream_t s) {
   }
   const dim3 grid(ceil_div(p.T, BN), ceil_div(p.N, C::BM));
   const int sms = device_attr(cudaDevAttrMultiProcessorCount);
-  const int splits = p.split_k >= 1 ? p.split_k
-                                    : dense_wgmma_splits(long(grid.x) * grid.y, p.K / kDwBK, long(per_sm.load()) * sms, sms);
+  const long blocks = long(grid.x) * grid.y, resident = long(per_sm.load()) * sms;
+  const int splits = p.split_k >= 1 ? p.split_k : dense_wgmma_splits(blocks, p.K / kDwBK, resident, sms);
   launch_clustered(kernel, dim3(grid.x, grid.y, splits), dim3(C::THREADS), C::SMEM, s, p.pdl, unsigned(splits), p.x,
                    p.x_lo, p.ldx, p.W, p.b, p.y, p.ldy, p.T, p.N, p.K, p.accumulate);
 }

@@ -206,8 +206,9 @@ __global__ void __launch_bounds__((NCW + 1) * 32, MINB) moe_grouped_mxfp4(Groupe
           wa[m] = qa;
           wb[m] = qb;
         }
-        // Word i of the block (32 columns in 4 words of 8) is two k16 steps: decoded once for every N-tile, one
-        // word at a time (a whole chunk's fragments decoded up front cost 32 live registers more: spills).
+        // The checkpoint's word i of the block (32 columns in 4 words of 8; its pairs are slot i of the prepared
+        // words) is two k16 steps: decoded once for every N-tile, one word at a time (a whole chunk's fragments
+        // decoded up front cost 32 live registers more: spills).
 #pragma unroll
         for (int i = 0; i < 4; i++) {
           uint32_t pa[MT][4], pb[MT][4];

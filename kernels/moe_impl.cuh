@@ -573,10 +573,10 @@ struct BTileRegs<WFmt::kMxfp4> {
     constexpr uint32_t kTwoPow63x2 = 0x5F005F00u;
     const uint32_t f = mx_factor(s);
     uint2* dst = reinterpret_cast<uint2*>(dst_block) + half;
-    dst[0] = make_uint2(bf16x2_mul(decode_slot(q.x, 0, f), kTwoPow63x2), bf16x2_mul(decode_slot(q.y, 0, f), kTwoPow63x2));
-    dst[2] = make_uint2(bf16x2_mul(decode_slot(q.x, 1, f), kTwoPow63x2), bf16x2_mul(decode_slot(q.y, 1, f), kTwoPow63x2));
-    dst[4] = make_uint2(bf16x2_mul(decode_slot(q.x, 2, f), kTwoPow63x2), bf16x2_mul(decode_slot(q.y, 2, f), kTwoPow63x2));
-    dst[6] = make_uint2(bf16x2_mul(decode_slot(q.x, 3, f), kTwoPow63x2), bf16x2_mul(decode_slot(q.y, 3, f), kTwoPow63x2));
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+      dst[2 * i] = make_uint2(bf16x2_mul(decode_slot(q.x, i, f), kTwoPow63x2),
+                              bf16x2_mul(decode_slot(q.y, i, f), kTwoPow63x2));
   }
 };
 template <>

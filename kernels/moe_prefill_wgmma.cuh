@@ -72,7 +72,8 @@ inline int prefill_wgmma_bn(int P, int E) {
 // Shapes the kernel takes: K a multiple of the k-tile, rows in pairs, I in groups of 8 (kperm_pos), offsets in 32 bits,
 // scales 2-byte aligned (a k-tile's two of a row are one load).
 inline bool prefill_wgmma_ok(const WMat& gu, const WMat& dn, int n, int H, int I, int P) {
-  const bool scales16 = reinterpret_cast<uintptr_t>(gu.scales) % 2 == 0 && reinterpret_cast<uintptr_t>(dn.scales) % 2 == 0;
+  const bool scales16 =
+      reinterpret_cast<uintptr_t>(gu.scales) % 2 == 0 && reinterpret_cast<uintptr_t>(dn.scales) % 2 == 0;
   return gu.K % kWgBK == 0 && dn.K % kWgBK == 0 && gu.rows % 2 == 0 && I % 8 == 0 && scales16 &&
          prefill_mma_fits(n, H, P, I);
 }

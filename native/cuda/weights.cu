@@ -393,11 +393,12 @@ void load_gpu_weights(const ModelConfig& cfg, const TensorMap& tensors, const Lo
   // the scales clamped to the kernels' range), once every byte is on the GPU.
   if (expert_mxfp4) {
     const int64_t E = cfg.num_experts, H = cfg.hidden, I = cfg.intermediate;
+    auto prepare = [&](const uint8_t* blocks, const uint8_t* scales, int64_t nblocks) {
+      mxfp4_prepare({const_cast<uint8_t*>(blocks), const_cast<uint8_t*>(scales), nblocks}, src.stream());
+    };
     for (const LayerWeights& L : w.layers) {
-      mxfp4_prepare({const_cast<uint8_t*>(L.mxfp4.gu_blocks), const_cast<uint8_t*>(L.mxfp4.gu_scales), E * 2 * I * (H / 32)},
-                    src.stream());
-      mxfp4_prepare({const_cast<uint8_t*>(L.mxfp4.dn_blocks), const_cast<uint8_t*>(L.mxfp4.dn_scales), E * H * (I / 32)},
-                    src.stream());
+      prepare(L.mxfp4.gu_blocks, L.mxfp4.gu_scales, E * 2 * I * (H / 32));
+      prepare(L.mxfp4.dn_blocks, L.mxfp4.dn_scales, E * H * (I / 32));
     }
   }
   src.sync();
