@@ -38,6 +38,7 @@
 #include "common.cuh"
 #include "moe.h"
 #include "moe_topk.cuh"
+#include "mxfp4_layout.h"
 
 namespace hm::cuda::moe {
 namespace {  // each including file gets its own copy of the kernels
@@ -102,12 +103,7 @@ __device__ __forceinline__ uint32_t mx_factor_fast(uint32_t s) { return s * 0x00
 // the factor. Slot i of prepared word t is pair t of the checkpoint's word i (nibbles t and t + 4 of columns
 // 8i..8i+7, the permuted k order). Always called with a constant i (unrolled loops fold the branches).
 __device__ __forceinline__ uint32_t decode_slot(uint32_t w, int i, uint32_t f) {
-  constexpr uint32_t M = 0x81C081C0u;
-  const uint32_t v = i == 0   ? w & M
-                     : i == 1 ? (w << 3) & M
-                     : i == 2 ? (w << 6) & M
-                              : ((w << 1) & 0x80008000u) | ((w >> 5) & 0x01000100u) | ((w >> 4) & 0x00C000C0u);
-  return bf16x2_mul(v, f);
+  return bf16x2_mul(mxfp4::slot_bits(w, i), f);
 }
 
 // The pairs of the checkpoint's word i (p[t] = pair t, 8 columns) from a prepared block's four words.

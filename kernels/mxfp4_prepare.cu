@@ -7,8 +7,9 @@
 // The kernels multiply a permuted k order (moe_impl.cuh): their pair t of word i is (nibble t, nibble t + 4), a
 // bf16x2 of (sign << 15 | magnitude << 6) in each half (the magnitude's 3 bits land on the exponent's two low bits
 // and the mantissa's top bit: the E2M1 value times 2^-126, made whole by the scale factor).
-// The prepared block: word t holds pair t of the four checkpoint words, word i's pair in slot i, each slot's bits
-// where one operation puts them on bf16x2's sign and magnitude bits (mask M = 0x81C081C0):
+// The prepared block (the bit arithmetic in mxfp4_layout.h, shared with the host test): word t holds pair t of the
+// four checkpoint words, word i's pair in slot i, each slot's bits where one operation puts them on bf16x2's sign
+// and magnitude bits (mask M = 0x81C081C0):
 //   slot 0: w & M                     (bits 15, 8..6 and 31, 24..22)
 //   slot 1: (w << 3) & M              (bits 12, 5..3 and 28, 21..19)
 //   slot 2: (w << 6) & M              (bits 9, 2..0 and 25, 18..16)
@@ -16,28 +17,15 @@
 // So a whole block is four words of four pairs each (RowChunk), a lane of the wgmma GEMM reads its four pairs of
 // a k16 step pair from one word, and half a block (words 2h, 2h + 1) holds pairs 2h and 2h + 1 of every word.
 // The checkpoint word's decode took 4, 4, 4 and 3 integer operations a pair (the wgmma GEMM one more, for its
-// lane's pair); this one 1, 2, 2 and 6 (v2_pair below).
+// lane's pair); this one 1, 2, 2 and 6 (decode_slot).
 // Scales: mx_factor clamps s to [65, 191] (2^(s - 64) is then an exact bf16 beside the 2^-63 of the decode); the
 // prepared bytes are clamped already, so a kernel may build the factor with one multiply-add (mx_factor_fast).
 #include "common.cuh"
 #include "moe.h"
+#include "mxfp4_layout.h"
 
 namespace hm::cuda {
 namespace {
-
-// Nibble n of the checkpoint's pair (sign bit 3, magnitude bits 2..0) into slot i's positions of a prepared word,
-// low half (h = 0) or high (h = 1).
-__device__ __forceinline__ uint32_t place(uint32_t n, int slot, int h) {
-  const uint32_t s = (n >> 3) & 1u, m = n & 7u;
-  uint32_t v;
-  switch (slot) {
-    case 0: v = (s << 15) | (m << 6); break;
-    case 1: v = (s << 12) | (m << 3); break;
-    case 2: v = (s << 9) | m; break;
-    default: v = (s << 14) | (((m >> 2) & 1u) << 13) | ((m & 3u) << 10); break;
-  }
-  return v << (16 * h);
-}
 
 __global__ void mxfp4_prepare_kernel(uint8_t* __restrict__ blocks, uint8_t* __restrict__ scales, int64_t nblocks) {
   const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -45,14 +33,10 @@ __global__ void mxfp4_prepare_kernel(uint8_t* __restrict__ blocks, uint8_t* __re
   uint4* p = reinterpret_cast<uint4*>(blocks) + b;
   const uint4 q = *p;
   const uint32_t w[4] = {q.x, q.y, q.z, q.w};
-  uint32_t o[4] = {0u, 0u, 0u, 0u};
-#pragma unroll
-  for (int t = 0; t < 4; t++)
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-      o[t] |= place((w[i] >> (4 * t)) & 0xFu, i, 0) | place((w[i] >> (4 * t + 16)) & 0xFu, i, 1);
+  uint32_t o[4];
+  mxfp4::prepare_words(w, o);
   *p = make_uint4(o[0], o[1], o[2], o[3]);
-  scales[b] = uint8_t(min(max(uint32_t(scales[b]), 65u), 191u));
+  scales[b] = uint8_t(mxfp4::clamp_scale(scales[b]));
 }
 
 }  // namespace

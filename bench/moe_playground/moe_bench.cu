@@ -323,23 +323,12 @@ double nmse_dev(const float* a, const float* b, size_t n) {
   return num / den;
 }
 
-// The checkpoint's bytes of prepared MXFP4 blocks (the inverse of kernels/mxfp4_prepare.cu's layout), for the CPU
-// twin: slot i of prepared word t holds nibbles t (low half) and t + 4 (high half) of the checkpoint's word i.
+// The checkpoint's bytes of prepared MXFP4 blocks (mxfp4_layout.h's inverse of the layout), for the CPU twin.
 void unprepare_blocks(std::vector<uint8_t>& b) {
-  auto nibble = [](uint32_t v, int slot) {  // v: one 16-bit half
-    switch (slot) {
-      case 0: return ((v >> 15) & 1u) << 3 | ((v >> 6) & 7u);
-      case 1: return ((v >> 12) & 1u) << 3 | ((v >> 3) & 7u);
-      case 2: return ((v >> 9) & 1u) << 3 | (v & 7u);
-      default: return ((v >> 14) & 1u) << 3 | ((v >> 13) & 1u) << 2 | ((v >> 10) & 3u);
-    }
-  };
   for (size_t off = 0; off + 16 <= b.size(); off += 16) {
-    uint32_t o[4], w[4] = {0u, 0u, 0u, 0u};
+    uint32_t o[4], w[4];
     std::memcpy(o, &b[off], 16);
-    for (int t = 0; t < 4; t++)
-      for (int i = 0; i < 4; i++)
-        w[i] |= nibble(o[t] & 0xFFFFu, i) << (4 * t) | nibble(o[t] >> 16, i) << (4 * t + 16);
+    hm::mxfp4::unprepare_words(o, w);
     std::memcpy(&b[off], w, 16);
   }
 }
