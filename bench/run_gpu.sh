@@ -37,6 +37,9 @@ timeout 240 node node_modules/vite-node/vite-node.mjs bench/sampling.ts --quick 
 if [ -x "$BIN/hm_moe_lab" ]; then
   MOE_PREFILL_ONLY=1 timeout 240 "$BIN/hm_moe_lab" > "$OUT/moe_prefill.log" 2>&1; echo "moe lab prefill rc=$?" >> "$OUT/moe_prefill.log"
 fi
+if [ -x "$BIN/hm_stage_probe" ]; then  # the one-token experts' staged design, memory and barrier only (NOTES.md)
+  timeout 60 "$BIN/hm_stage_probe" > "$OUT/stage_probe.log" 2>&1; echo "stage probe rc=$?" >> "$OUT/stage_probe.log"
+fi
 HM_OP_BENCH=1 timeout 120 "$BIN/hm_op_test" bench_dense_gemm > "$OUT/kernel_bench.log" 2>&1; echo "bench_dense_gemm rc=$?" >> "$OUT/kernel_bench.log"
 HM_OP_BENCH=1 timeout 150 "$BIN/hm_op_test" bench_attention_decode >> "$OUT/kernel_bench.log" 2>&1; echo "bench_attention_decode rc=$?" >> "$OUT/kernel_bench.log"
 HM_OP_BENCH=1 timeout 150 "$BIN/hm_op_test" bench_attention_prefill >> "$OUT/kernel_bench.log" 2>&1; echo "bench_attention_prefill rc=$?" >> "$OUT/kernel_bench.log"

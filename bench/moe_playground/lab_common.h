@@ -1,4 +1,4 @@
-// What the MoE lab's programs share (moe_bench.cu, stream_probe.cu): a CUDA check that exits, device
+// What the MoE lab's programs share (moe_bench.cu, stream_probe.cu, stage_probe.cu): a CUDA check that exits, device
 // allocation, deterministic byte fill, and the median-of-repetitions timer.
 #pragma once
 #include <cuda_runtime.h>
