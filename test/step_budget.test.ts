@@ -1,14 +1,11 @@
 // The scheduler's step budget and prefill chunk (engine options stepTokens / prefillChunk): defaults, bounds, and
 // the steps they give: decoding sequences first, each prompt at most prefillChunk tokens a step, the step at most
 // stepTokens. And the native plan's graph buckets and padding (hm_plan_test, the CPU build's test program).
-import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Harmonium } from '../src/api.js';
 import { KvBlockPool } from '../src/engine/kv_blocks.js';
 import { Scheduler, Sequence, stepBudget } from '../src/engine/scheduler.js';
-import { packageRoot } from '../src/util/package_root.js';
+import { expectHostProgramPasses } from './helpers/host_program.js';
 
 const prompt = (n: number, seed: number) => Array.from({ length: n }, (_, i) => (i * 31 + seed) % 1000);
 
@@ -52,12 +49,6 @@ describe('step budget', () => {
 
 describe('the CUDA step plan on the host (hm_plan_test)', () => {
   it('buckets and pads decode-only steps; prints the plan cost per step', () => {
-    const buildDir = process.env.HARMONIUM_BUILD_DIR ?? join(packageRoot(), 'build');
-    const bin = join(buildDir, 'hm_plan_test');
-    expect(existsSync(bin), `${bin} is missing: build with cmake-js (HARMONIUM_BUILD_TESTS on)`).toBe(true);
-    const r = spawnSync(bin, [], { encoding: 'utf8', timeout: 120_000 });
-    console.log(r.stdout);
-    expect(r.stdout).toMatch(/step plan: \d+ checks, 0 failed/);
-    expect(r.status).toBe(0);
+    expectHostProgramPasses('hm_plan_test', /step plan: \d+ checks, 0 failed/, 120_000);
   }, 130_000);
 });
