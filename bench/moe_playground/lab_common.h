@@ -1,5 +1,5 @@
 // What the MoE lab's programs share (moe_bench.cu, stream_probe.cu, stage_probe.cu): a CUDA check that exits, device
-// allocation, deterministic byte fill, and the median-of-repetitions timer.
+// allocation, deterministic byte fill, the median-of-repetitions timer and a plain streaming read.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <functional>
 #include <vector>
+
+#include "common.cuh"  // ld_stream16
 
 #define CK(x)                                                                                    \
   do {                                                                                           \
@@ -59,4 +61,24 @@ inline float time_us(const std::function<void(int)>& fn, int iters = 50, int rep
   CK(cudaGetLastError());
   std::sort(ts.begin(), ts.end());
   return ts[ts.size() / 2];
+}
+
+// n 16-byte pieces from base, grid-stride, eight loads in flight a thread, XOR-folded so they stay live: a plain
+// streaming read (stream_probe's flat ceiling, stage_probe's register stream).
+__device__ __forceinline__ uint32_t xor_stream(const uint4* base, size_t n) {
+  uint32_t f = 0;
+  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
+  for (; i + 7 * stride < n; i += 8 * stride) {
+    uint4 v[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) v[j] = hm::cuda::ld_stream16(base + i + j * stride);
+#pragma unroll
+    for (int j = 0; j < 8; j++) f ^= v[j].x ^ v[j].y ^ v[j].z ^ v[j].w;
+  }
+  for (; i < n; i += stride) {
+    const uint4 v = hm::cuda::ld_stream16(base + i);
+    f ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  return f;
 }

@@ -69,22 +69,8 @@ __global__ void __launch_bounds__(kThreads, 1) stage_probe(Args a) {
         bulk_g2s(st_smem + off, dn + off, uint32_t(mine - off < kChunk ? mine - off : kChunk), &full);
     }
   }
-  if (MODE != kStage) {
-    const size_t n = size_t(kNu) * kGuBytes / 16, stride = size_t(gridDim.x) * blockDim.x;
-    const uint4* base = reinterpret_cast<const uint4*>(a.gu + size_t(a.e0) * kGuBytes);
-    size_t i = blockIdx.x * size_t(blockDim.x) + tid;
-    for (; i + 7 * stride < n; i += 8 * stride) {
-      uint4 v[8];
-#pragma unroll
-      for (int j = 0; j < 8; j++) v[j] = ld_stream16(base + i + j * stride);
-#pragma unroll
-      for (int j = 0; j < 8; j++) f ^= v[j].x ^ v[j].y ^ v[j].z ^ v[j].w;
-    }
-    for (; i < n; i += stride) {
-      const uint4 v = ld_stream16(base + i);
-      f ^= v.x ^ v.y ^ v.z ^ v.w;
-    }
-  }
+  if (MODE != kStage)
+    f ^= xor_stream(reinterpret_cast<const uint4*>(a.gu + size_t(a.e0) * kGuBytes), size_t(kNu) * kGuBytes / 16);
   if (MODE != kStream) mbar_wait(&full, 0);
   if (MODE == kSkeleton) {
     grid_barrier(a.bar, a.base + gridDim.x);
