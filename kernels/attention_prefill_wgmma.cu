@@ -242,7 +242,7 @@ __global__ void __launch_bounds__(128 * wg_count(G), G <= 8 ? 2 : 1)
       }
   };
   auto ready = [&]() {  // after the cp.async wait: the tile's bytes (and the q stores) visible to every wgmma
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    fence_cp_async_for_wgmma();
     __syncthreads();
   };
 

@@ -146,7 +146,7 @@ __global__ void __launch_bounds__(128 * NWG) dense_wgmma(const uint16_t* __restr
   for (int i = 0; i < NACC; i++) acc[i] = 0.f;
   for (int kt = 0; kt < KT; kt++) {
     cp_async_wait<AHEAD - 1>();  // this thread's copies of tile kt have landed
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // visible to wgmma's operand reads
+    fence_cp_async_for_wgmma();
     __syncthreads();  // everyone's; every warpgroup's MMAs of tile kt - 2 have retired (wait_group 1 below)
     if (kt + AHEAD < KT) {  // into the stage of tile kt - 2
       issue_w(kt + AHEAD);

@@ -246,7 +246,7 @@ __global__ void __launch_bounds__(kWgThreads, BN <= 32 ? 3 : 2) moe_prefill_wgmm
     scales(1, su[1]);
     for (; kt + 1 < KT; kt += 2) {
       cp_async_wait<NST - 5>();  // tiles kt and kt + 1 have landed
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      fence_cp_async_for_wgmma();
       __syncthreads();
       issue();
       issue();
@@ -266,7 +266,7 @@ __global__ void __launch_bounds__(kWgThreads, BN <= 32 ? 3 : 2) moe_prefill_wgmm
     }
     if (kt < KT) {
       cp_async_wait<0>();
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      fence_cp_async_for_wgmma();
       __syncthreads();
       uint32_t sa[4];
       scale_bytes(su[0], sa);
@@ -281,7 +281,7 @@ __global__ void __launch_bounds__(kWgThreads, BN <= 32 ? 3 : 2) moe_prefill_wgmm
     scales(0, su[0]);
     auto step = [&](int kt_, uint32_t (&cur)[4][4], uint32_t (&prev)[4][4]) {
       cp_async_wait<NST - 3>();
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      fence_cp_async_for_wgmma();
       __syncthreads();
       issue();  // tile kt_ + NST - 2
       uint32_t sc[4];

@@ -41,6 +41,11 @@ __device__ __forceinline__ uint64_t wg_desc_from_lo(uint32_t lo) {
   return d;
 }
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+// This thread's cp.async writes to shared memory made visible to the async proxy (wgmma's descriptor reads); a
+// barrier after it makes everyone's.
+__device__ __forceinline__ void fence_cp_async_for_wgmma() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void wg_wait() {
