@@ -4,8 +4,16 @@
 //
 // A checkpoint block: words i = 0..3 (columns 8i..8i+7), nibble j of word i at bits 4j..4j+3 (sign bit 3,
 // magnitude bits 2..0). The kernels' pair t of word i is (nibble t, nibble t + 4): a bf16x2 whose halves are
-// sign << 15 | magnitude << 6 (the E2M1 value times 2^-126; mxfp4_pair_bits). Prepared word t holds pair t of
-// checkpoint word i in slot i, at the positions one operation moves onto those bits (mxfp4_slot_bits).
+// sign << 15 | magnitude << 6 (the E2M1 value times 2^-126; pair_bits). Prepared word t holds pair t of
+// checkpoint word i in slot i, at the positions one operation moves onto those bits (slot_bits; M = kPairMask):
+//   slot 0: w & M                     (bits 15, 8..6 and 31, 24..22)
+//   slot 1: (w << 3) & M              (bits 12, 5..3 and 28, 21..19)
+//   slot 2: (w << 6) & M              (bits 9, 2..0 and 25, 18..16)
+//   slot 3: the bits left, 14 (sign), 13, 11, 10 (magnitude, high to low) and 16 above: three shifts, three masks.
+// So a whole block is four words of four pairs each (RowChunk), a lane of the wgmma GEMM reads its four pairs of a
+// k16 step pair from one word, and half a block (words 2h, 2h + 1) holds pairs 2h and 2h + 1 of every word. The
+// checkpoint word's decode took 4, 4, 4 and 3 integer operations a pair (the wgmma GEMM one more, for its lane's
+// pair); this one 1, 2, 2 and 6.
 #pragma once
 
 #include <cstdint>

@@ -3,21 +3,8 @@
 // clamped to the range the kernels' factor represents. Run once, after the checkpoint's bytes (or the dummy
 // generator's) are on the GPU, on the tensors moe_mxfp4_forward reads; never on the bytes mxfp4_to_bf16 reads.
 //
-// The checkpoint's block: words i = 0..3 (bytes 4i..4i+3, columns 8i..8i+7), nibble j of word i at bits 4j..4j+3.
-// The kernels multiply a permuted k order (moe_impl.cuh): their pair t of word i is (nibble t, nibble t + 4), a
-// bf16x2 of (sign << 15 | magnitude << 6) in each half (the magnitude's 3 bits land on the exponent's two low bits
-// and the mantissa's top bit: the E2M1 value times 2^-126, made whole by the scale factor).
-// The prepared block (the bit arithmetic in mxfp4_layout.h, shared with the host test): word t holds pair t of the
-// four checkpoint words, word i's pair in slot i, each slot's bits where one operation puts them on bf16x2's sign
-// and magnitude bits (mask M = 0x81C081C0):
-//   slot 0: w & M                     (bits 15, 8..6 and 31, 24..22)
-//   slot 1: (w << 3) & M              (bits 12, 5..3 and 28, 21..19)
-//   slot 2: (w << 6) & M              (bits 9, 2..0 and 25, 18..16)
-//   slot 3: the bits left, 14 (sign), 13, 11, 10 (magnitude, high to low) and 16 above: three shifts, three masks.
-// So a whole block is four words of four pairs each (RowChunk), a lane of the wgmma GEMM reads its four pairs of
-// a k16 step pair from one word, and half a block (words 2h, 2h + 1) holds pairs 2h and 2h + 1 of every word.
-// The checkpoint word's decode took 4, 4, 4 and 3 integer operations a pair (the wgmma GEMM one more, for its
-// lane's pair); this one 1, 2, 2 and 6 (decode_slot).
+// The layout and why (its slots, the operations each takes): kernels/mxfp4_layout.h, whose bit arithmetic this
+// kernel, the kernels' decode_slot and the host test share.
 // Scales: mx_factor clamps s to [65, 191] (2^(s - 64) is then an exact bf16 beside the 2^-63 of the decode); the
 // prepared bytes are clamped already, so a kernel may build the factor with one multiply-add (mx_factor_fast).
 #include "common.cuh"
