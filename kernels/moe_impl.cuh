@@ -92,7 +92,7 @@ __device__ __forceinline__ void perm8(const uint4& v, uint32_t* p) {
 
 // E8M0 byte s -> bf16x2 of 2^(s-64) (see the header comment; s clamped to the exact range).
 __device__ __forceinline__ uint32_t mx_factor(uint32_t s) {
-  s = min(max(s, 65u), 191u) + 63u;
+  s = mxfp4::clamp_scale(s) + 63u;  // the range prepared scales are already in
   return (s << 7) | (s << 23);
 }
 
