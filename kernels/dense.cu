@@ -608,7 +608,7 @@ void launch_gemv(const DenseParams& p, cudaStream_t s) {
 }
 
 template <int NWG, int BN, bool LO>
-void launch_dense_wgmma(const DenseParams& p, cudaStream_t s) {
+void launch_dense_wgmma(const DenseParams& p, int sms, cudaStream_t s) {
   using C = DwCfg<NWG, BN, LO>;
   auto* kernel = dense_wgmma<NWG, BN, LO>;
   static std::atomic<uint64_t> configured{0};  // one bit per device ordinal (the opt-in is per device)
@@ -626,7 +626,6 @@ void launch_dense_wgmma(const DenseParams& p, cudaStream_t s) {
     per_sm = n > 0 ? n : 1;
   }
   const dim3 grid(ceil_div(p.T, BN), ceil_div(p.N, C::BM));
-  const int sms = device_attr(cudaDevAttrMultiProcessorCount);
   const long blocks = long(grid.x) * grid.y, resident = long(per_sm.load()) * sms;
   const int splits = p.split_k >= 1 ? p.split_k : dense_wgmma_splits(blocks, p.K / kDwBK, resident, sms);
   launch_clustered(kernel, dim3(grid.x, grid.y, splits), dim3(C::THREADS), C::SMEM, s, p.pdl, unsigned(splits), p.x,
@@ -634,13 +633,13 @@ void launch_dense_wgmma(const DenseParams& p, cudaStream_t s) {
 }
 
 template <bool LO>
-void launch_dense_wgmma_tile(const DenseParams& p, int tile, cudaStream_t s) {
+void launch_dense_wgmma_tile(const DenseParams& p, int tile, int sms, cudaStream_t s) {
   switch (tile) {
-    case 0: return launch_dense_wgmma<2, 128, LO>(p, s);
-    case 1: return launch_dense_wgmma<2, 64, LO>(p, s);
-    case 2: return launch_dense_wgmma<1, 64, LO>(p, s);
-    case 3: return launch_dense_wgmma<1, 32, LO>(p, s);
-    default: return launch_dense_wgmma<1, 16, LO>(p, s);
+    case 0: return launch_dense_wgmma<2, 128, LO>(p, sms, s);
+    case 1: return launch_dense_wgmma<2, 64, LO>(p, sms, s);
+    case 2: return launch_dense_wgmma<1, 64, LO>(p, sms, s);
+    case 3: return launch_dense_wgmma<1, 32, LO>(p, sms, s);
+    default: return launch_dense_wgmma<1, 16, LO>(p, sms, s);
   }
 }
 
@@ -686,12 +685,12 @@ void dense(const DenseParams& p, cudaStream_t stream) {
   HM_REQUIRE(p.split_k >= 0 && p.split_k <= 4, "dense (split_k)");
   if (wgmma) {
     HM_REQUIRE(ceil_div(p.N, 64) <= 65535, "dense (rows per call)");
-    const int tile = p.wgmma_tile >= 0 ? p.wgmma_tile
-                                       : dense_wgmma_tile(p.T, p.N, device_attr(cudaDevAttrMultiProcessorCount));
+    const int sms = device_attr(cudaDevAttrMultiProcessorCount);
+    const int tile = p.wgmma_tile >= 0 ? p.wgmma_tile : dense_wgmma_tile(p.T, p.N, sms);
     if (p.x_lo)
-      launch_dense_wgmma_tile<true>(p, tile, stream);
+      launch_dense_wgmma_tile<true>(p, tile, sms, stream);
     else
-      launch_dense_wgmma_tile<false>(p, tile, stream);
+      launch_dense_wgmma_tile<false>(p, tile, sms, stream);
     return;
   }
   const dim3 grid(ceil_div(p.N, BN), ceil_div(p.T, BM));
