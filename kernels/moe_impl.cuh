@@ -740,7 +740,9 @@ using GuBulk = BulkCfg<8, 2, 3, 1>;
 // The split kernels (moe_decode_split.cuh) at one token: 8 warps a tile, 3 chunks a warp (K <= 3072), from
 // bench/moe_playground/stream_probe.cu (KS 8 D 3: 16.1 us for gate_up's stream against the bulk kernel's 24) and
 // the lab (layer with routing, graph + PDL: 34.1 us against bulk's 40.9; KS 4/6/12/16 and one block an item slower;
-// the engine-like chain 55.8 against 60.0 us a layer; NOTES.md, session 5).
+// the engine-like chain 55.8 against 60.0 us a layer; NOTES.md, session 5). Session 12: 30.7 us (E = 32) with a
+// chain of MMAs a chunk and gate_up's biases loaded with its weights; a persistent kernel staging down in shared
+// memory under gate_up measured 41-42 us and was not kept (NOTES.md, session 12).
 using GuSplit = SplitCfg<8, 3>;
 using DnSplit = SplitCfg<8, 3>;
 using DnBulk = BulkCfg<8, 2, 3, 1>;

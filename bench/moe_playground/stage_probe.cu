@@ -8,7 +8,12 @@
 //   barrier     16 grid barriers (an atomic counter and a spin by one thread a block), per barrier
 //   skeleton    both + one grid barrier + every block reading its staged bytes from shared memory: the layer's
 //               memory and synchronisation with no decode or MMA (the plan's floor, against 32.6 us today)
-// Build: cmake --build build-gpu --target hm_stage_probe. Not yet run (written at the end of session 11).
+// Build: cmake --build build-gpu --target hm_stage_probe. H200, session 12 (plain launches, 132 blocks of 1024
+// threads, 122.7 KB staged a block): stream 11.33 us (33.2 MB, 2.93 TB/s), stage 6.94 us (16.6 MB), both 15.65 us
+// (49.8 MB, 3.18 TB/s), skeleton 17.46 us, a grid barrier 1.13 us. The kernel built on it (NOTES.md, session 12)
+// took 41-42 us a layer against the split kernels' 30.7: gate_up's decode-and-MMA stream, not the bytes, took 24 us
+// of it with the staging beside it, and down from shared memory 6 us after the barrier (its decode has nothing left
+// to overlap with).
 #include <cuda_runtime.h>
 
 #include <cstdio>
