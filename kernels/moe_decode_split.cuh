@@ -49,12 +49,14 @@ __device__ __forceinline__ void split_route(const DecodeArgs& a, int32_t* ids, f
 }
 
 // One warp's chunks of one tile: loads all CPW chunks (rows g, g + 8), then multiplies them by the token's
-// activations x_row (lanes g = 0; B column 0). `between` runs after the loads are issued, before the activations
-// are read (down's pdl_wait). Each chunk accumulates on its own and the chunks are then summed in order: CPW chains
-// of 8 dependent MMAs instead of one of 8 CPW (the layer 33.1 -> 30.7 us with gate_up's bias loaded early, session 12).
-template <int KS, int CPW, typename Between>
-__device__ __forceinline__ void split_tile(float* acc, const WMat& W, size_t row_a, const uint16_t* x_row, int warp,
-                                           int g, int t, Between between) {
+// activations, already in the k-permutation: xfrag(blk, px) gives MXFP4 block blk's 16 pairs (every lane loads them,
+// so B's 8 columns all hold the token; the results read are column 0's). `between` runs after the loads are issued,
+// before the activations are read (down's pdl_wait). Each chunk accumulates on its own and the chunks are then
+// summed in order: CPW chains of 8 dependent MMAs instead of one of 8 CPW (the layer 33.1 -> 30.7 us with gate_up's
+// bias loaded early, session 12).
+template <int KS, int CPW, typename XFrag, typename Between>
+__device__ __forceinline__ void split_tile(float* acc, const WMat& W, size_t row_a, XFrag xfrag, int warp, int t,
+                                           Between between) {
   const int kb = W.K >> 5, nchunks = (W.K + 127) >> 7;
   RowChunk<WFmt::kMxfp4> ca[CPW], cb[CPW];
 #pragma unroll
@@ -72,9 +74,12 @@ __device__ __forceinline__ void split_tile(float* acc, const WMat& W, size_t row
     const int c = warp + KS * i, blk = c * 4 + t;
     if (c >= nchunks) continue;
     uint32_t px[16];
-    const uint4* src = reinterpret_cast<const uint4*>(x_row + blk * 32);
+    if (blk < kb) {
+      xfrag(blk, px);
+    } else {
 #pragma unroll
-    for (int q = 0; q < 4; q++) perm8(g == 0 && blk < kb ? __ldg(src + q) : make_uint4(0, 0, 0, 0), px + 4 * q);
+      for (int q = 0; q < 16; q++) px[q] = 0u;
+    }
     uint32_t pa[16], pb[16];
     ca[i].decode(pa);
     cb[i].decode(pb);
@@ -110,11 +115,23 @@ __device__ __forceinline__ bool split_reduce(float* acc, float4 (*red)[32], int 
 // Both kernels loop over their items (block b: items b, b + grid, ...; the grid is at most what is resident, so
 // every block has triggered the next kernel's launch early, as the persistent bulk kernels do, and the routing is
 // computed once per block).
+// The 16 pairs of MXFP4 block blk from activations stored in the k-permutation (16-byte pieces, 4 a block).
+__device__ __forceinline__ void xfrag_of(const uint4* xp, int blk, uint32_t* px) {
+#pragma unroll
+  for (int q = 0; q < 4; q++) {
+    const uint4 v = xp[blk * 4 + q];
+    px[4 * q] = v.x, px[4 * q + 1] = v.y, px[4 * q + 2] = v.z, px[4 * q + 3] = v.w;
+  }
+}
+// Column c of act in the k-permutation (gate_up writes act so, down reads it with plain loads).
+__device__ __forceinline__ int act_perm(int c) { return (c & ~7) | ((c & 3) << 1) | ((c >> 2) & 1); }
+
 template <int KS, int CPW>
 __global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsigned* tile_count, int dn_tiles) {
   __shared__ int32_t s_ids[KS][8];
   __shared__ float s_w[KS][8];
   __shared__ float4 red[2][KS][32];
+  __shared__ uint4 xs[128 * KS * CPW / 8];  // the token's x in the k-permutation (once a block, not per chunk)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int rows = a.W.rows, ntiles = rows >> 4, I = rows >> 1;
   pdl_wait();  // the routing and x come from the router kernel
@@ -136,12 +153,22 @@ __global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsig
     const size_t row_a = size_t(s_ids[warp][u]) * rows + r0 + g;
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
     uint32_t b0 = 0, b1 = 0;
-    split_tile<KS, CPW>(acc, a.W, row_a, a.x, warp, g, t, [&] {
-      if (bias_lane) {
-        b0 = __ldg(reinterpret_cast<const unsigned*>(a.W.bias + row_a));
-        b1 = __ldg(reinterpret_cast<const unsigned*>(a.W.bias + row_a + 8));
-      }
-    });
+    split_tile<KS, CPW>(
+        acc, a.W, row_a, [&](int blk, uint32_t* px) { xfrag_of(xs, blk, px); }, warp, t,
+        [&] {
+          if (bias_lane) {
+            b0 = __ldg(reinterpret_cast<const unsigned*>(a.W.bias + row_a));
+            b1 = __ldg(reinterpret_cast<const unsigned*>(a.W.bias + row_a + 8));
+          }
+          if (j == 0) {  // x permuted into shared memory while the first tile's weights are in flight
+            for (int i = threadIdx.x; i < (a.W.K >> 3); i += blockDim.x) {
+              uint32_t p[4];
+              perm8(__ldg(reinterpret_cast<const uint4*>(a.x) + i), p);
+              xs[i] = make_uint4(p[0], p[1], p[2], p[3]);
+            }
+            __syncthreads();
+          }
+        });
     if (!split_reduce<KS>(acc, red[j & 1], warp, lane)) continue;
     // acc[0]: (row g, token 0), acc[2]: (row g + 8, token 0) in lanes t = 0. Rows alternate gate / up: the
     // partner row g ^ 1 sits in lane group g ^ 1 (lane ^ 4).
@@ -152,7 +179,7 @@ __global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsig
       const uint32_t b = h ? b1 : b0;
       const float gate = (h ? acc[2] : acc[0]) * kTwoPow63 + bf2f_bits(uint16_t(b & 0xFFFFu));
       const float up = (h ? p1 : p0) * kTwoPow63 + bf2f_bits(uint16_t(b >> 16));
-      a.act[size_t(u) * I + ((r0 + g + 8 * h) >> 1)] = f2bf_bits(swiglu1(gate, up, a.limit) * s_w[0][u]);
+      a.act[size_t(u) * I + act_perm((r0 + g + 8 * h) >> 1)] = f2bf_bits(swiglu1(gate, up, a.limit) * s_w[0][u]);
     }
   }
 }
@@ -171,13 +198,23 @@ __global__ void __launch_bounds__(KS * 32) moe_split_down(DecodeArgs a, float* p
   for (int item = blockIdx.x; item < a.k * ntiles; item += gridDim.x, j++) {
     const int u = item / ntiles, tile = item - u * ntiles, r0 = tile * 16;
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    split_tile<KS, CPW>(acc, a.W, size_t(s_ids[warp][u]) * rows + r0 + g, a.x + size_t(u) * a.ldx, warp, g, t,
-                        [&] {
-                          if (j == 0) {
-                            pdl_wait();  // act comes from gate_up (the first item's loads are in flight)
-                            pdl_trigger();
-                          }
-                        });
+    const uint4* xp = reinterpret_cast<const uint4*>(a.x + size_t(u) * a.ldx);  // act, written permuted
+    split_tile<KS, CPW>(
+        acc, a.W, size_t(s_ids[warp][u]) * rows + r0 + g,
+        [&](int blk, uint32_t* px) {
+#pragma unroll
+          for (int q = 0; q < 4; q++) {
+            const uint4 v = __ldg(xp + blk * 4 + q);
+            px[4 * q] = v.x, px[4 * q + 1] = v.y, px[4 * q + 2] = v.z, px[4 * q + 3] = v.w;
+          }
+        },
+        warp, t,
+        [&] {
+          if (j == 0) {
+            pdl_wait();  // act comes from gate_up (the first item's loads are in flight)
+            pdl_trigger();
+          }
+        });
     if (!split_reduce<KS>(acc, red[j & 1], warp, lane)) continue;
     if (t == 0) {
       part[size_t(u) * rows + r0 + g] = acc[0];
