@@ -23,6 +23,8 @@
 //            block to finish a tile adds the k partials in slot order plus the weighted biases into y (= or +=).
 // Only n = 1 (the token's k slots; a repeated id is simply computed twice) and K <= 128 KS CPW.
 #pragma once
+#include <type_traits>
+
 #include "moe_impl.cuh"
 
 namespace hm::cuda::moe {
@@ -30,10 +32,11 @@ namespace {
 
 // KS warps a block, at most CPW chunks a warp; PERSIST: a grid of at most what is resident (else one block an
 // item, the lab's comparison).
-template <int KS_, int CPW_, bool PERSIST_ = true>
+// ASYNC: the tile's partials summed without a block barrier (split_reduce_async).
+template <int KS_, int CPW_, bool PERSIST_ = true, bool ASYNC_ = false>
 struct SplitCfg {
   static constexpr int KS = KS_, CPW = CPW_;
-  static constexpr bool PERSIST = PERSIST_;
+  static constexpr bool PERSIST = PERSIST_, ASYNC = ASYNC_;
 };
 
 // The routing of the one token, computed by every warp into its own slot (no block barrier before the loads).
@@ -112,9 +115,6 @@ __device__ __forceinline__ bool split_reduce(float* acc, float4 (*red)[32], int 
   return true;
 }
 
-// Both kernels loop over their items (block b: items b, b + grid, ...; the grid is at most what is resident, so
-// every block has triggered the next kernel's launch early, as the persistent bulk kernels do, and the routing is
-// computed once per block).
 // The 16 pairs of MXFP4 block blk from activations stored in the k-permutation (16-byte pieces, 4 a block).
 __device__ __forceinline__ void xfrag_of(const uint4* xp, int blk, uint32_t* px) {
 #pragma unroll
@@ -126,11 +126,71 @@ __device__ __forceinline__ void xfrag_of(const uint4* xp, int blk, uint32_t* px)
 // Column c of act in the k-permutation (gate_up writes act so, down reads it with plain loads).
 __device__ __forceinline__ int act_perm(int c) { return (c & ~7) | ((c & 3) << 1) | ((c >> 2) & 1); }
 
-template <int KS, int CPW>
+// The reduction without a block barrier (SplitCfg::ASYNC, the lab's comparison until measured): S slots of
+// partials, each with its arrivals and its finished sums counted; the warp that brings a tile's KS-th partial sums
+// them in warp order (the same order as split_reduce, so the same bits) and holds the result, the others go on to
+// their next tile. A warp writes slot j % S once tile j - S's sum has been read from it.
+template <int KS>
+struct RedSlots {
+  static constexpr int S = 4;
+  float4 buf[S][KS][32];
+  unsigned arrived[S], done[S];
+  __device__ void init() {
+    if (threadIdx.x < S) arrived[threadIdx.x] = done[threadIdx.x] = 0u;
+  }
+};
+template <int KS>
+__device__ __forceinline__ bool split_reduce_async(float* acc, RedSlots<KS>& r, int j, int warp, int lane) {
+  constexpr int S = RedSlots<KS>::S;
+  const int s = j % S;
+  const unsigned use = unsigned(j / S);
+  while (*reinterpret_cast<volatile unsigned*>(&r.done[s]) != use) {
+  }
+  r.buf[s][warp][lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+  __syncwarp();
+  unsigned last = 0;
+  if (lane == 0) {
+    __threadfence_block();
+    last = atomicAdd(&r.arrived[s], 1u) == use * KS + (KS - 1);
+  }
+  if (!__shfl_sync(0xffffffffu, last, 0)) return false;
+  __threadfence_block();
+  float4 v = r.buf[s][0][lane];
+#pragma unroll
+  for (int q = 1; q < KS; q++) {
+    const float4 p = r.buf[s][q][lane];
+    v.x += p.x;
+    v.y += p.y;
+    v.z += p.z;
+    v.w += p.w;
+  }
+  acc[0] = v.x, acc[1] = v.y, acc[2] = v.z, acc[3] = v.w;
+  __syncwarp();
+  if (lane == 0) {
+    __threadfence_block();
+    atomicAdd(&r.done[s], 1u);
+  }
+  return true;
+}
+
+template <int KS, bool ASYNC, typename Slots>
+__device__ __forceinline__ bool reduce_tile(float* acc, float4 (*red)[32], Slots& slots, int j, int warp, int lane) {
+  if constexpr (ASYNC)
+    return split_reduce_async<KS>(acc, slots, j, warp, lane);
+  else
+    return split_reduce<KS>(acc, red, warp, lane);
+}
+
+// Both kernels loop over their items (block b: items b, b + grid, ...; the grid is at most what is resident, so
+// every block has triggered the next kernel's launch early, as the persistent bulk kernels do, and the routing is
+// computed once per block). The warp that reduces a tile runs its epilogue (warp 0 with split_reduce).
+
+template <int KS, int CPW, bool ASYNC>
 __global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsigned* tile_count, int dn_tiles) {
   __shared__ int32_t s_ids[KS][8];
   __shared__ float s_w[KS][8];
-  __shared__ float4 red[2][KS][32];
+  __shared__ float4 red[ASYNC ? 1 : 2][KS][32];
+  __shared__ std::conditional_t<ASYNC, RedSlots<KS>, char> slots;
   __shared__ uint4 xs[128 * KS * CPW / 8];  // the token's x in the k-permutation (once a block, not per chunk)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int rows = a.W.rows, ntiles = rows >> 4, I = rows >> 1;
@@ -144,9 +204,11 @@ __global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsig
       a.weights_out[threadIdx.x] = s_w[0][threadIdx.x];
     }
   }
-  // Warp 0's lanes t = 0, g even write the SwiGLU rows; their gate / up biases (a bf16 pair: gate row even, up row
-  // odd) are loaded with the tile's weights, not after the reduction (a DRAM latency a tile on warp 0's path).
-  const bool bias_lane = warp == 0 && t == 0 && !(g & 1);
+  if constexpr (ASYNC) slots.init();  // first used after the barrier at item 0
+  // The reducing warp's lanes t = 0, g even write the SwiGLU rows; their gate / up biases (a bf16 pair: gate row
+  // even, up row odd) are loaded with the tile's weights, not after the reduction (a DRAM latency a tile on the
+  // reducing warp's path).
+  const bool bias_lane = (ASYNC || warp == 0) && t == 0 && !(g & 1);
   int j = 0;
   for (int item = blockIdx.x; item < a.k * ntiles; item += gridDim.x, j++) {
     const int u = item / ntiles, r0 = (item - u * ntiles) * 16;
@@ -169,7 +231,7 @@ __global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsig
             __syncthreads();
           }
         });
-    if (!split_reduce<KS>(acc, red[j & 1], warp, lane)) continue;
+    if (!reduce_tile<KS, ASYNC>(acc, red[j & 1], slots, j, warp, lane)) continue;
     // acc[0]: (row g, token 0), acc[2]: (row g + 8, token 0) in lanes t = 0. Rows alternate gate / up: the
     // partner row g ^ 1 sits in lane group g ^ 1 (lane ^ 4).
     const float p0 = __shfl_xor_sync(0xffffffffu, acc[0], 4), p1 = __shfl_xor_sync(0xffffffffu, acc[2], 4);
@@ -179,20 +241,25 @@ __global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsig
       const uint32_t b = h ? b1 : b0;
       const float gate = (h ? acc[2] : acc[0]) * kTwoPow63 + bf2f_bits(uint16_t(b & 0xFFFFu));
       const float up = (h ? p1 : p0) * kTwoPow63 + bf2f_bits(uint16_t(b >> 16));
-      a.act[size_t(u) * I + act_perm((r0 + g + 8 * h) >> 1)] = f2bf_bits(swiglu1(gate, up, a.limit) * s_w[0][u]);
+      a.act[size_t(u) * I + act_perm((r0 + g + 8 * h) >> 1)] = f2bf_bits(swiglu1(gate, up, a.limit) * s_w[warp][u]);
     }
   }
 }
 
 // Down's tile epilogue runs in warp 0 alone: its lanes t = 0 store the partial, lane 0 counts the tile, and in the
 // tile's last block lanes 0-15 add the k partials (slot order) and the weighted biases into y.
-template <int KS, int CPW>
+template <int KS, int CPW, bool ASYNC>
 __global__ void __launch_bounds__(KS * 32) moe_split_down(DecodeArgs a, float* part, unsigned* tile_count) {
   __shared__ int32_t s_ids[KS][8];
   __shared__ float s_w[KS][8];
-  __shared__ float4 red[2][KS][32];
+  __shared__ float4 red[ASYNC ? 1 : 2][KS][32];
+  __shared__ std::conditional_t<ASYNC, RedSlots<KS>, char> slots;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int rows = a.W.rows, ntiles = rows >> 4;
+  if constexpr (ASYNC) {
+    slots.init();
+    __syncthreads();
+  }
   split_route(a, s_ids[warp], s_w[warp]);  // the router's logits: complete once gate_up has triggered
   int j = 0;
   for (int item = blockIdx.x; item < a.k * ntiles; item += gridDim.x, j++) {
@@ -215,7 +282,7 @@ __global__ void __launch_bounds__(KS * 32) moe_split_down(DecodeArgs a, float* p
             pdl_trigger();
           }
         });
-    if (!split_reduce<KS>(acc, red[j & 1], warp, lane)) continue;
+    if (!reduce_tile<KS, ASYNC>(acc, red[j & 1], slots, j, warp, lane)) continue;
     if (t == 0) {
       part[size_t(u) * rows + r0 + g] = acc[0];
       part[size_t(u) * rows + r0 + g + 8] = acc[2];
@@ -230,7 +297,7 @@ __global__ void __launch_bounds__(KS * 32) moe_split_down(DecodeArgs a, float* p
     float v = 0.f;
     for (int q = 0; q < a.k; q++) v += __ldcg(part + size_t(q) * rows + row);
     v *= kTwoPow63;
-    for (int q = 0; q < a.k; q++) v += s_w[0][q] * bf2f_bits(a.W.bias[size_t(s_ids[0][q]) * rows + row]);
+    for (int q = 0; q < a.k; q++) v += s_w[warp][q] * bf2f_bits(a.W.bias[size_t(s_ids[warp][q]) * rows + row]);
     float* dst = a.y + row;
     *dst = a.accumulate ? *dst + v : v;
   }
@@ -260,8 +327,8 @@ void launch_decode_split(const MoeParams& p, const WMat& gu, const WMat& dn, con
                          cudaStream_t stream) {
   DecodeArgs a = decode_args(p, gu, ws.act);
   const int dn_tiles = dn.rows >> 4;
-  auto gk = moe_split_gate_up<Gu::KS, Gu::CPW>;
-  auto dk = moe_split_down<Dn::KS, Dn::CPW>;
+  auto gk = moe_split_gate_up<Gu::KS, Gu::CPW, Gu::ASYNC>;
+  auto dk = moe_split_down<Dn::KS, Dn::CPW, Dn::ASYNC>;
   // gate_up goes without the PDL attribute: it cannot read a weight before the routing is known, and launched
   // early (while the router and the o projection drain) its persistent blocks were placed on the SMs as they
   // freed, each with a fixed share of the items: the engine-like lab chain (moe_bench.cu chain_section) measured

@@ -982,6 +982,14 @@ int main() {
       if (n == 1) {  // the split kernels' configurations (whole layer, routing from logits, graph + PDL)
         auto split_cfg = [&](const char* name, auto cfg) {
           using C = decltype(cfg);
+          {
+            const MoeParams q = params(7, 0, false);
+            check_cpu_twin((std::string("decode mxfp4 split+route ") + name).c_str(), L, q, [&] {
+              moe::launch_decode_split<C, C>(q, moe::WMat{L.gu_b, L.gu_s, L.gu_bias, 2 * L.I, L.H},
+                                             moe::WMat{L.dn_b, L.dn_s, L.dn_bias, L.H, L.I},
+                                             moe::carve(q.workspace, q.n, L.H, L.I, L.E, L.k), 0);
+            });
+          }
           const float t = graph_us(R.sets, [&](int i, cudaStream_t st) {
             const MoeParams q = params(7, i, true);
             moe::launch_decode_split<C, C>(q, moe::WMat{L.gu_b, L.gu_s, L.gu_bias, 2 * L.I, L.H},
@@ -998,6 +1006,8 @@ int main() {
         split_cfg("KS6 CPW4", moe::SplitCfg<6, 4>{});
         split_cfg("KS12 CPW2", moe::SplitCfg<12, 2>{});
         split_cfg("KS16 CPW2", moe::SplitCfg<16, 2>{});
+        split_cfg("KS8 CPW3 async", moe::SplitCfg<8, 3, true, true>{});  // no block barrier a tile (not yet run)
+        split_cfg("KS6 CPW4 async", moe::SplitCfg<6, 4, true, true>{});
       }
       const float t_bf = time_us([&](int i) { moe_bf16_forward(params(0, i, false), L.bf(), 0); });
       std::printf("decode n=%d bf16: %.1f us (%.0f GB/s of %.1f MB)\n", n, t_bf, bytes_bf / t_bf * 1e-3, bytes_bf * 1e-6);
