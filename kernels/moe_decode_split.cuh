@@ -147,14 +147,12 @@ __device__ __forceinline__ bool split_reduce_async(float* acc, RedSlots<KS>& r, 
   while (*reinterpret_cast<volatile unsigned*>(&r.done[s]) != use) {
   }
   r.buf[s][warp][lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+  __threadfence_block();  // every lane's partial before the warp's arrival
   __syncwarp();
   unsigned last = 0;
-  if (lane == 0) {
-    __threadfence_block();
-    last = atomicAdd(&r.arrived[s], 1u) == use * KS + (KS - 1);
-  }
+  if (lane == 0) last = atomicAdd(&r.arrived[s], 1u) == use * KS + (KS - 1);
   if (!__shfl_sync(0xffffffffu, last, 0)) return false;
-  __threadfence_block();
+  __threadfence_block();  // the other warps' partials, fenced before their arrivals
   float4 v = r.buf[s][0][lane];
 #pragma unroll
   for (int q = 1; q < KS; q++) {
@@ -165,11 +163,9 @@ __device__ __forceinline__ bool split_reduce_async(float* acc, RedSlots<KS>& r, 
     v.w += p.w;
   }
   acc[0] = v.x, acc[1] = v.y, acc[2] = v.z, acc[3] = v.w;
+  __threadfence_block();  // every lane's reads of the slot before it is handed back
   __syncwarp();
-  if (lane == 0) {
-    __threadfence_block();
-    atomicAdd(&r.done[s], 1u);
-  }
+  if (lane == 0) atomicAdd(&r.done[s], 1u);
   return true;
 }
 
