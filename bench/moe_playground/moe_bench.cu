@@ -3,7 +3,8 @@
 // Before it times a shape, it checks the launchers' output there against the CPU twin (ref::expert_mlp_mxfp4,
 // native/cpu/ref_ops.h) and stops if they disagree; the numbered decode variants are then checked against the
 // launcher. Random (never zero) weights. MOE_DECODE_ONLY=1 skips the prefill and grouped timings,
-// MOE_PREFILL_ONLY=1 the decode and grouped ones;
+// MOE_PREFILL_ONLY=1 the decode and grouped ones; MOE_DECODE_N=1,8 picks the decode token counts (default 1, 2, 4, 8),
+// MOE_NO_CHAIN=1 leaves MOE_DECODE_ONLY's chain out;
 // MOE_CHAIN_ONLY=1 only the engine-like one-token chain (chain_section). MOE_GROUPED_ONLY=1 runs only the grouped section: at n = 8 .. 2048, E = 32 and 128, the launcher's kAuto, the
 // prefill GEMM and every grouped configuration V0-V10 (moe_grouped.cuh; all XP but V7; MT2: V8-V10), checked
 // (CPU twin at n = 16 and 64, and against the prefill path at every n), then timed as whole layers in a CUDA graph;
@@ -12,7 +13,7 @@
 // "bulk+route" (the same with the routing computed from router logits inside the kernels, as the engine calls it),
 // "bulk-direct"/"bulk-direct+route" (the bulk kernels in configuration B6 launched directly, without the launcher),
 // "regs" (the register-streaming kernels, MoePath::kDecodeRegs), at n = 1 "split"/"split+route"
-// (moe_decode_split.cuh, MoePath::kDecodeSplit) and its configurations KS*/CPW*.
+// (moe_decode_split.cuh, MoePath::kDecodeSplit) and its configurations KS*/CPW* ("async": SplitCfg::ASYNC).
 // Variants, each kernel alone: B* = bulk configurations, G*/D* = register kernel configurations. A summary table
 // is printed last. (Run 8's fp8 inner loops, F* / FP*, measured slower and were removed: NOTES.md.)
 // Prefill: v1 (MoePath::kPrefillV1), the default MXFP4 GEMM (the wgmma one of moe_prefill_wgmma.cuh on sm_90, and
@@ -878,7 +879,7 @@ int main() {
       cudaFree(y);
       continue;
     }
-    for (int n : {1, 2, 4, 8}) {
+    for (int n : env_ints("MOE_DECODE_N", {1, 2, 4, 8})) {
       if (grouped_only || std::getenv("MOE_PREFILL_ONLY")) break;  // grouped-only and prefill-only runs
       const int sets = std::max(2, E / std::min(E, n * L.k)) * 4;
       Routing R(sets, n, L.k, E, n > 1);
@@ -1016,7 +1017,7 @@ int main() {
       decode_variants(L, R, x, y, ws, bytes_mx);
     }
 
-    if (std::getenv("MOE_DECODE_ONLY")) chain_section(L, ws, ws_bytes);
+    if (std::getenv("MOE_DECODE_ONLY") && !std::getenv("MOE_NO_CHAIN")) chain_section(L, ws, ws_bytes);
     for (int n : prefill_ns) {
       if (std::getenv("MOE_DECODE_ONLY") || grouped_only) break;  // decode-only (run 4), grouped-only runs
       prefill_section(L, n, x, y, ws, ws_bytes);
