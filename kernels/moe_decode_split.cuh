@@ -242,8 +242,9 @@ __global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsig
   }
 }
 
-// Down's tile epilogue runs in warp 0 alone: its lanes t = 0 store the partial, lane 0 counts the tile, and in the
-// tile's last block lanes 0-15 add the k partials (slot order) and the weighted biases into y.
+// Down's tile epilogue runs in the warp that reduced the tile (warp 0 without ASYNC): its lanes t = 0 store the
+// partial, lane 0 counts the tile, and in the tile's last block lanes 0-15 add the k partials (slot order) and the
+// weighted biases into y.
 template <int KS, int CPW, bool ASYNC>
 __global__ void __launch_bounds__(KS * 32) moe_split_down(DecodeArgs a, float* part, unsigned* tile_count) {
   __shared__ int32_t s_ids[KS][8];
