@@ -115,11 +115,13 @@ __device__ __forceinline__ bool split_reduce(float* acc, float4 (*red)[32], int 
   return true;
 }
 
-// The 16 pairs of MXFP4 block blk from activations stored in the k-permutation (16-byte pieces, 4 a block).
+// The 16 pairs of MXFP4 block blk from activations stored in the k-permutation (16-byte pieces, 4 a block); NC:
+// global memory written by an earlier kernel, read through the non-coherent cache.
+template <bool NC = false>
 __device__ __forceinline__ void xfrag_of(const uint4* xp, int blk, uint32_t* px) {
 #pragma unroll
   for (int q = 0; q < 4; q++) {
-    const uint4 v = xp[blk * 4 + q];
+    const uint4 v = NC ? __ldg(xp + blk * 4 + q) : xp[blk * 4 + q];
     px[4 * q] = v.x, px[4 * q + 1] = v.y, px[4 * q + 2] = v.z, px[4 * q + 3] = v.w;
   }
 }
@@ -169,12 +171,15 @@ __device__ __forceinline__ bool split_reduce_async(float* acc, RedSlots<KS>& r, 
   return true;
 }
 
-template <int KS, bool ASYNC, typename Slots>
-__device__ __forceinline__ bool reduce_tile(float* acc, float4 (*red)[32], Slots& slots, int j, int warp, int lane) {
+// A kernel's reduction buffer: split_reduce's double buffer, or split_reduce_async's slots.
+template <int KS, bool ASYNC>
+using TileRed = std::conditional_t<ASYNC, RedSlots<KS>, float4[2][KS][32]>;
+template <int KS, bool ASYNC>
+__device__ __forceinline__ bool reduce_tile(float* acc, TileRed<KS, ASYNC>& red, int j, int warp, int lane) {
   if constexpr (ASYNC)
-    return split_reduce_async<KS>(acc, slots, j, warp, lane);
+    return split_reduce_async<KS>(acc, red, j, warp, lane);
   else
-    return split_reduce<KS>(acc, red, warp, lane);
+    return split_reduce<KS>(acc, red[j & 1], warp, lane);
 }
 
 // Both kernels loop over their items (block b: items b, b + grid, ...; the grid is at most what is resident, so
@@ -185,8 +190,7 @@ template <int KS, int CPW, bool ASYNC>
 __global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsigned* tile_count, int dn_tiles) {
   __shared__ int32_t s_ids[KS][8];
   __shared__ float s_w[KS][8];
-  __shared__ float4 red[ASYNC ? 1 : 2][KS][32];
-  __shared__ std::conditional_t<ASYNC, RedSlots<KS>, char> slots;
+  __shared__ TileRed<KS, ASYNC> red;
   __shared__ uint4 xs[128 * KS * CPW / 8];  // the token's x in the k-permutation (once a block, not per chunk)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int rows = a.W.rows, ntiles = rows >> 4, I = rows >> 1;
@@ -200,7 +204,7 @@ __global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsig
       a.weights_out[threadIdx.x] = s_w[0][threadIdx.x];
     }
   }
-  if constexpr (ASYNC) slots.init();  // first used after the barrier at item 0
+  if constexpr (ASYNC) red.init();  // first used after the barrier at item 0
   // The reducing warp's lanes t = 0, g even write the SwiGLU rows; their gate / up biases (a bf16 pair: gate row
   // even, up row odd) are loaded with the tile's weights, not after the reduction (a DRAM latency a tile on the
   // reducing warp's path).
@@ -227,7 +231,7 @@ __global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsig
             __syncthreads();
           }
         });
-    if (!reduce_tile<KS, ASYNC>(acc, red[j & 1], slots, j, warp, lane)) continue;
+    if (!reduce_tile<KS, ASYNC>(acc, red, j, warp, lane)) continue;
     // acc[0]: (row g, token 0), acc[2]: (row g + 8, token 0) in lanes t = 0. Rows alternate gate / up: the
     // partner row g ^ 1 sits in lane group g ^ 1 (lane ^ 4).
     const float p0 = __shfl_xor_sync(0xffffffffu, acc[0], 4), p1 = __shfl_xor_sync(0xffffffffu, acc[2], 4);
@@ -249,12 +253,11 @@ template <int KS, int CPW, bool ASYNC>
 __global__ void __launch_bounds__(KS * 32) moe_split_down(DecodeArgs a, float* part, unsigned* tile_count) {
   __shared__ int32_t s_ids[KS][8];
   __shared__ float s_w[KS][8];
-  __shared__ float4 red[ASYNC ? 1 : 2][KS][32];
-  __shared__ std::conditional_t<ASYNC, RedSlots<KS>, char> slots;
+  __shared__ TileRed<KS, ASYNC> red;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int rows = a.W.rows, ntiles = rows >> 4;
   if constexpr (ASYNC) {
-    slots.init();
+    red.init();
     __syncthreads();
   }
   split_route(a, s_ids[warp], s_w[warp]);  // the router's logits: complete once gate_up has triggered
@@ -264,14 +267,7 @@ __global__ void __launch_bounds__(KS * 32) moe_split_down(DecodeArgs a, float* p
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
     const uint4* xp = reinterpret_cast<const uint4*>(a.x + size_t(u) * a.ldx);  // act, written permuted
     split_tile<KS, CPW>(
-        acc, a.W, size_t(s_ids[warp][u]) * rows + r0 + g,
-        [&](int blk, uint32_t* px) {
-#pragma unroll
-          for (int q = 0; q < 4; q++) {
-            const uint4 v = __ldg(xp + blk * 4 + q);
-            px[4 * q] = v.x, px[4 * q + 1] = v.y, px[4 * q + 2] = v.z, px[4 * q + 3] = v.w;
-          }
-        },
+        acc, a.W, size_t(s_ids[warp][u]) * rows + r0 + g, [&](int blk, uint32_t* px) { xfrag_of<true>(xp, blk, px); },
         warp, t,
         [&] {
           if (j == 0) {
@@ -279,7 +275,7 @@ __global__ void __launch_bounds__(KS * 32) moe_split_down(DecodeArgs a, float* p
             pdl_trigger();
           }
         });
-    if (!reduce_tile<KS, ASYNC>(acc, red[j & 1], slots, j, warp, lane)) continue;
+    if (!reduce_tile<KS, ASYNC>(acc, red, j, warp, lane)) continue;
     if (t == 0) {
       part[size_t(u) * rows + r0 + g] = acc[0];
       part[size_t(u) * rows + r0 + g + 8] = acc[2];

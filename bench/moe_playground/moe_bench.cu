@@ -983,20 +983,14 @@ int main() {
       if (n == 1) {  // the split kernels' configurations (whole layer, routing from logits, graph + PDL)
         auto split_cfg = [&](const char* name, auto cfg) {
           using C = decltype(cfg);
-          {
-            const MoeParams q = params(7, 0, false);
-            check_cpu_twin((std::string("decode mxfp4 split+route ") + name).c_str(), L, q, [&] {
-              moe::launch_decode_split<C, C>(q, moe::WMat{L.gu_b, L.gu_s, L.gu_bias, 2 * L.I, L.H},
-                                             moe::WMat{L.dn_b, L.dn_s, L.dn_bias, L.H, L.I},
-                                             moe::carve(q.workspace, q.n, L.H, L.I, L.E, L.k), 0);
-            });
-          }
-          const float t = graph_us(R.sets, [&](int i, cudaStream_t st) {
-            const MoeParams q = params(7, i, true);
+          auto layer = [&](const MoeParams& q, cudaStream_t st) {
             moe::launch_decode_split<C, C>(q, moe::WMat{L.gu_b, L.gu_s, L.gu_bias, 2 * L.I, L.H},
                                            moe::WMat{L.dn_b, L.dn_s, L.dn_bias, L.H, L.I},
                                            moe::carve(q.workspace, q.n, L.H, L.I, L.E, L.k), st);
-          }, 10);
+          };
+          const MoeParams q0 = params(7, 0, false);
+          check_cpu_twin((std::string("decode mxfp4 split+route ") + name).c_str(), L, q0, [&] { layer(q0, 0); });
+          const float t = graph_us(R.sets, [&](int i, cudaStream_t st) { layer(params(7, i, true), st); }, 10);
           std::printf("decode n=1 split+route %-20s graph+pdl %.1f us (%.0f GB/s)\n", name, t, bytes_mx / t * 1e-3);
           row(std::string("layer split+route ") + name + " graph+pdl", E, n, t, bytes_mx);
         };
