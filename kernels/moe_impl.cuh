@@ -745,7 +745,7 @@ using GuBulk = BulkCfg<8, 2, 3, 1>;
 // memory under gate_up measured 41-42 us and was not kept (NOTES.md, session 12).
 using GuSplit = SplitCfg<8, 3>;
 using DnSplit = SplitCfg<8, 3>;
-using SplitAsync = SplitCfg<8, 3, true, true>;  // MoePath::kDecodeSplitAsync (not yet measured)
+using SplitCols = SplitCfg<8, 3, true, true>;  // MoePath::kDecodeSplitCols (the block-column form; the comparison)
 using DnBulk = BulkCfg<8, 2, 3, 1>;
 // The grouped kernels (moe_grouped.cuh), from the H200 lab (NOTES.md, "grouped path"; MOE_GROUPED_ONLY=1): V1
 // (bf16 loop, NCW8 NST2 NTB2 BPS3) was the fastest configuration at every n from 8 to 2048, E = 32 and 128; an fp8
@@ -783,16 +783,16 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
   HM_REQUIRE(p.workspace_bytes >= moe_workspace_bytes(p.n, p.H, p.I, p.E, p.k), who);
   if (p.n == 0) return;
   const bool decode = p.path == MoePath::kDecode || p.path == MoePath::kDecodeRegs || p.path == MoePath::kDecodeSplit ||
-                      p.path == MoePath::kDecodeSplitAsync ||
+                      p.path == MoePath::kDecodeSplitCols ||
                       (p.path == MoePath::kAuto && p.n <= kMoeDecodeMaxTokens);
   HM_REQUIRE(!decode || p.n <= kMoeDecodeMaxTokens, who);
   const Workspace ws = carve(p.workspace, p.n, p.H, p.I, p.E, p.k);
 
   if (decode) {
     if constexpr (F == WFmt::kMxfp4) {
-      if (p.path == MoePath::kDecodeSplitAsync && split_ok<SplitAsync, SplitAsync>(p, gu, dn))
-        launch_decode_split<SplitAsync, SplitAsync>(p, gu, dn, ws, stream);
-      else if ((p.path == MoePath::kAuto || p.path == MoePath::kDecodeSplit || p.path == MoePath::kDecodeSplitAsync) &&
+      if (p.path == MoePath::kDecodeSplitCols && split_ok<SplitCols, SplitCols>(p, gu, dn))
+        launch_decode_split<SplitCols, SplitCols>(p, gu, dn, ws, stream);
+      else if ((p.path == MoePath::kAuto || p.path == MoePath::kDecodeSplit || p.path == MoePath::kDecodeSplitCols) &&
                split_ok<GuSplit, DnSplit>(p, gu, dn))
         launch_decode_split<GuSplit, DnSplit>(p, gu, dn, ws, stream);
       else if (p.path != MoePath::kDecodeRegs && bulk_ok<GuBulk, DnBulk>(gu, dn))

@@ -4,7 +4,7 @@
 //   moe_experts_* moe_mxfp4_forward and moe_bf16_forward (weights converted on the GPU) vs the sum over the k
 //                 experts of weight * ref::expert_mlp_mxfp4, decode (MXFP4: the bulk-copy kernels, "decode", and the
 //                 register-streaming ones, "decode_regs"; at n = 1 also the split kernels, "decode_split", and
-//                 with their barrier-free reduction, "decode_split_async": split's bits, "split_bits") and prefill
+//                 in their block-column form, "decode_split_cols": block scales applied to the MMAs' sums) and prefill
 //                 paths, real and odd shapes, and the fused
 //                 routing ("+logits": router logits in, ids/weights out, checked against ref::router_topk).
 //                 Tolerance: nmse 1e-4 (the SwiGLU output is rounded to bf16 between the matmuls: about 1e-6 expected).
@@ -350,8 +350,8 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
         if (decode_ok && f == 0) vs.push_back({false, cuda::MoePath::kDecodeRegs, false, false});
         if (n == 1 && f == 0) vs.push_back({false, cuda::MoePath::kDecodeSplit, false, false});
         if (n == 1 && f == 0) vs.push_back({false, cuda::MoePath::kDecodeSplit, true, true});
-        if (n == 1 && f == 0) vs.push_back({false, cuda::MoePath::kDecodeSplitAsync, false, false});
-        if (n == 1 && f == 0) vs.push_back({false, cuda::MoePath::kDecodeSplitAsync, true, true});
+        if (n == 1 && f == 0) vs.push_back({false, cuda::MoePath::kDecodeSplitCols, false, false});
+        if (n == 1 && f == 0) vs.push_back({false, cuda::MoePath::kDecodeSplitCols, true, true});
         if (decode_ok) vs.push_back({f == 1, cuda::MoePath::kDecode, false, true});
         vs.push_back({f == 1, cuda::MoePath::kPrefill, false, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kGrouped, false, false});
@@ -361,13 +361,13 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
         if (f == 0) vs.push_back({false, cuda::MoePath::kAuto, true, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kAuto, true, true});
       }
-      std::vector<float> y_mxfp4_prefill, y_split[2];  // y_split by Variant::fused
+      std::vector<float> y_mxfp4_prefill;
       for (const Variant& v : vs) {
         char params[160];
         const char* path = v.path == cuda::MoePath::kDecode       ? "decode"
                            : v.path == cuda::MoePath::kDecodeRegs ? "decode_regs"
                            : v.path == cuda::MoePath::kDecodeSplit ? "decode_split"
-                           : v.path == cuda::MoePath::kDecodeSplitAsync ? "decode_split_async"
+                           : v.path == cuda::MoePath::kDecodeSplitCols ? "decode_split_cols"
                            : v.path == cuda::MoePath::kPrefill    ? (v.mma ? "prefill_mma" : "prefill")
                            : v.path == cuda::MoePath::kGrouped    ? "grouped"
                            : v.path == cuda::MoePath::kGroupedBf16 ? "grouped_bf16"
@@ -425,13 +425,6 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
           rep.error = double(diff);
           out.push_back(rep);
           if (v.path == cuda::MoePath::kPrefill && !v.bf16 && !v.mma) y_mxfp4_prefill = y;
-          if (v.path == cuda::MoePath::kDecodeSplit) y_split[v.fused] = y;
-          if (v.path == cuda::MoePath::kDecodeSplitAsync && !y_split[v.fused].empty()) {
-            // The barrier-free reduction sums the warps' partials in the same order.
-            Result same = repeat_bits(std::string(params) + " vs decode_split", y_split[v.fused], y);
-            same.metric = "split_bits";
-            out.push_back(same);
-          }
           if ((v.path == cuda::MoePath::kPrefillV1 || v.mma) && !y_mxfp4_prefill.empty()) {
             // The MXFP4 prefill GEMM (moe_prefill_mma.cuh) computes v1's bits.
             Result same = repeat_bits(std::string(params) + " vs prefill", y_mxfp4_prefill, y);
@@ -686,12 +679,12 @@ std::vector<Result> fused_routing_cases() {
       DevBuf<int32_t> d_ids(ids_ref.size());
       DevBuf<uint8_t> ws(cuda::moe_workspace_bytes(c.n, H, I, c.E, c.k));
       for (cuda::MoePath path : {cuda::MoePath::kDecode, cuda::MoePath::kDecodeRegs, cuda::MoePath::kDecodeSplit,
-                                 cuda::MoePath::kDecodeSplitAsync}) {
-        if ((path == cuda::MoePath::kDecodeSplit || path == cuda::MoePath::kDecodeSplitAsync) && c.n != 1) continue;
+                                 cuda::MoePath::kDecodeSplitCols}) {
+        if ((path == cuda::MoePath::kDecodeSplit || path == cuda::MoePath::kDecodeSplitCols) && c.n != 1) continue;
         const std::string pr = std::string(params) + (path == cuda::MoePath::kDecode       ? " decode"
                                                       : path == cuda::MoePath::kDecodeRegs ? " decode_regs"
                                                       : path == cuda::MoePath::kDecodeSplit ? " decode_split"
-                                                                                            : " decode_split_async");
+                                                                                            : " decode_split_cols");
         d_ids.poison();
         d_w.poison();
         cuda::MoeParams p = base_params(c.n, H, I, c.E, c.k, d_x.p, d_y.p, ws, path);
