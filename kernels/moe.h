@@ -95,8 +95,6 @@ constexpr int kMoeDecodeMaxTokens = 8;
 
 // kAuto at one token takes the split kernels (MXFP4 on sm_90+, moe_decode_split.cuh: 8 warps a tile, down split
 // by expert and summed by a tile's last block); kDecodeSplit forces them where they apply (n = 1), else kDecode;
-// kDecodeSplitCols the same kernels in their block-column form (moe_decode_split.cuh's SplitCfg::COLS: block
-// scales applied to the MMAs' fp32 sums; the op tests' and the lab's comparison while kDecodeSplit is the default).
 // kDecode takes the bulk-copy kernels where they apply (MXFP4 on sm_90+, see the top), else the register-streaming
 // ones; kDecodeRegs forces the register-streaming ones (the comparison variant of tests and the lab). kGrouped
 // takes the grouped kernels where they apply (MXFP4 on sm_90+; any n), else the prefill path; kGroupedBf16 the
@@ -107,7 +105,7 @@ constexpr int kMoeDecodeMaxTokens = 8;
 // give the same bits; the bf16 weights always take v1.
 enum class MoePath : int {
   kAuto = 0, kDecode = 1, kPrefill = 2, kDecodeRegs = 3, kGrouped = 4, kGroupedBf16 = 5, kPrefillV1 = 6,
-  kDecodeSplit = 7, kPrefillWgmma = 8, kDecodeSplitCols = 9
+  kDecodeSplit = 7, kPrefillWgmma = 8
 };
 
 // kAuto takes the grouped path above the decode path while the tokens per expert, n k / E, stay at most this:

@@ -29,14 +29,13 @@ namespace hm::cuda::moe {
 namespace {
 
 // KS warps a block, at most CPW chunks a warp; PERSIST: a grid of at most what is resident (else one block an
-// item, the lab's comparison).
-// COLS: the block scales applied after the MMAs (split_tile_cols), not to the decoded weights.
-// (Session 13 measured and removed a third flag, a tile reduction without the block barrier: 30.7 us a layer
-// against the barrier's 30.0 at E = 128; NOTES.md.)
-template <int KS_, int CPW_, bool PERSIST_ = true, bool COLS_ = false>
+// item, the lab's comparison). Session 13 measured two more forms and removed them (NOTES.md; commit c540c60 has
+// them): the tile's partials summed without a block barrier, and the block scales applied to the MMAs' fp32 sums
+// (each of B's 8 columns one block's activations) instead of to the decoded weights. Both were slower.
+template <int KS_, int CPW_, bool PERSIST_ = true>
 struct SplitCfg {
   static constexpr int KS = KS_, CPW = CPW_;
-  static constexpr bool PERSIST = PERSIST_, COLS = COLS_;
+  static constexpr bool PERSIST = PERSIST_;
 };
 
 // The routing of the one token, computed by every warp into its own slot (no block barrier before the loads).
@@ -94,81 +93,6 @@ __device__ __forceinline__ void split_tile(float* acc, const WMat& W, size_t row
     for (int q = 0; q < 4; q++) acc[q] += part[i][q];
 }
 
-// The block-column form of split_tile (SplitCfg::COLS). B's column n holds the activations of one MXFP4 block
-// only: chunk i's block t is column t (i even) or 4 + t (i odd), i.e. lane (g, t) supplies its block's
-// activations where g == t (+ 4) and zeros elsewhere, so each MMA column sums one block of rows g and g + 8 apart
-// from the others. The block's scale then multiplies that fp32 sum (4 FFMA a lane for two chunks) instead of
-// every decoded weight pair (4 HMUL2 a word): the weights enter the MMA as the decode's bare bits, E2M1 x 2^-126
-// (the values 0.5 are bf16 subnormals, which mma.sync keeps: measured, session 13), and the activations scaled by
-// 2^64 (x_at(blk, mine, px): exact, and keeps the products in fp32's normal range), so a column's sum is
-// sum(w x) x 2^-62 / 2^s-127 and the factor 2^(s - 65) is the float bits (s + 62) << 23 of a prepared scale byte
-// (65..191). The result is the plain dot product (no 2^63 left); lanes then add their two columns' shares over t.
-constexpr uint32_t kColsXScale = 0x5F805F80u;  // bf16x2 2^64, 2^64
-__device__ __forceinline__ float cols_factor(uint32_t s) { return __uint_as_float(s * 0x00800000u + 62u * 0x00800000u); }
-
-template <int KS, int CPW, typename XAt, typename Between>
-__device__ __forceinline__ void split_tile_cols(float* acc, const WMat& W, size_t row_a, XAt x_at, int warp, int g,
-                                                int t, Between between) {
-  constexpr int NP = (CPW + 1) / 2;  // chunk pairs: one set of 8 columns each
-  const int kb = W.K >> 5, nchunks = (W.K + 127) >> 7;
-  uint4 qa[CPW], qb[CPW];
-#pragma unroll
-  for (int i = 0; i < CPW; i++) {
-    const int c = warp + KS * i, blk = c * 4 + t;
-    const bool ok = c < nchunks && blk < kb;
-    const uint8_t* base = static_cast<const uint8_t*>(W.data);
-    qa[i] = ok ? ld_stream16(base + (row_a * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
-    qb[i] = ok ? ld_stream16(base + ((row_a + 8) * kb + blk) * 16) : make_uint4(0, 0, 0, 0);
-  }
-  // Lane (g, t) holds columns 2t and 2t + 1 of each pair's result: chunk 2p + t / 2, blocks 2 (t % 2) and + 1.
-  uint32_t sc[NP][4];
-#pragma unroll
-  for (int p = 0; p < NP; p++) {
-    const int c = warp + KS * (2 * p + (t >> 1)), b0 = c * 4 + 2 * (t & 1);
-    const bool live = 2 * p + (t >> 1) < CPW && c < nchunks;
-#pragma unroll
-    for (int q = 0; q < 4; q++) {
-      const int b = b0 + (q & 1);
-      const size_t r = row_a + 8 * (q >> 1);
-      sc[p][q] = live && b < kb ? uint32_t(__ldg(W.scales + r * kb + b)) : 127u;
-    }
-  }
-  between();
-  float part[CPW][4];
-#pragma unroll
-  for (int i = 0; i < CPW; i++) {
-    part[i][0] = part[i][1] = part[i][2] = part[i][3] = 0.f;
-    const int c = warp + KS * i, blk = c * 4 + t;
-    if (c >= nchunks) continue;
-    uint32_t px[16];
-    x_at(blk, blk < kb && g == t + 4 * (i & 1), px);
-    uint32_t pa[16], pb[16];
-#pragma unroll
-    for (int w = 0; w < 4; w++)
-#pragma unroll
-      for (int s = 0; s < 4; s++) {
-        const uint32_t wa = w == 0 ? qa[i].x : w == 1 ? qa[i].y : w == 2 ? qa[i].z : qa[i].w;
-        const uint32_t wb = w == 0 ? qb[i].x : w == 1 ? qb[i].y : w == 2 ? qb[i].z : qb[i].w;
-        pa[4 * s + w] = mxfp4::slot_bits(wa, s);
-        pb[4 * s + w] = mxfp4::slot_bits(wb, s);
-      }
-    mma_chunk(part[i], pa, pb, px);
-  }
-#pragma unroll
-  for (int p = 0; p < NP; p++) {
-    float v[4];
-#pragma unroll
-    for (int q = 0; q < 4; q++) v[q] = part[2 * p][q] + (2 * p + 1 < CPW ? part[2 * p + 1][q] : 0.f);
-    acc[0] += v[0] * cols_factor(sc[p][0]) + v[1] * cols_factor(sc[p][1]);
-    acc[2] += v[2] * cols_factor(sc[p][2]) + v[3] * cols_factor(sc[p][3]);
-  }
-#pragma unroll
-  for (int m = 1; m <= 2; m <<= 1) {
-    acc[0] += __shfl_xor_sync(0xffffffffu, acc[0], m);
-    acc[2] += __shfl_xor_sync(0xffffffffu, acc[2], m);
-  }
-}
-
 // The KS partials of the block's tile, summed in warp order; true in warp 0, which holds the sum. red is double
 // buffered by the caller (item j uses red[j & 1]): warp 0 reads buffer j & 1 before it reaches the barrier of
 // item j + 1, after which the others may write it again (item j + 2).
@@ -203,36 +127,16 @@ __device__ __forceinline__ void xfrag_of(const uint4* xp, int blk, uint32_t* px)
 // Column c of act in the k-permutation (gate_up writes act so, down reads it with plain loads).
 __device__ __forceinline__ int act_perm(int c) { return (c & ~7) | ((c & 3) << 1) | ((c >> 2) & 1); }
 
-// The zero activations of a block's lanes that hold another column (split_tile_cols, down: act is in global memory).
-__device__ const uint4 kColsZeros[4] = {};
-
-// One tile of a split kernel in either form: xs the token's activations in the k-permutation (NC: global memory
-// from an earlier kernel), zs 4 zero pieces for the block-column form.
-template <typename C, bool NC, typename Between>
-__device__ __forceinline__ void split_tile_any(float* acc, const WMat& W, size_t row_a, const uint4* xs,
-                                               const uint4* zs, int warp, int g, int t, Between between) {
-  if constexpr (C::COLS)
-    split_tile_cols<C::KS, C::CPW>(
-        acc, W, row_a, [&](int blk, bool mine, uint32_t* px) { xfrag_of<NC>(mine ? xs + blk * 4 : zs, 0, px); },
-        warp, g, t, between);
-  else
-    split_tile<C::KS, C::CPW>(
-        acc, W, row_a, [&](int blk, uint32_t* px) { xfrag_of<NC>(xs, blk, px); }, warp, t, between);
-}
-
 // Both kernels loop over their items (block b: items b, b + grid, ...; the grid is at most what is resident, so
 // every block has triggered the next kernel's launch early, as the persistent bulk kernels do, and the routing is
 // computed once per block). Warp 0 reduces a tile and runs its epilogue.
-// DNC: down takes the block-column form, so act is written times 2^64 (what its B columns hold).
 
-template <typename C, bool DNC>
-__device__ __forceinline__ void split_gate_up(const DecodeArgs& a, unsigned* tile_count, int dn_tiles) {
-  constexpr int KS = C::KS, CPW = C::CPW;
+template <int KS, int CPW>
+__global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsigned* tile_count, int dn_tiles) {
   __shared__ int32_t s_ids[KS][8];
   __shared__ float s_w[KS][8];
   __shared__ float4 red[2][KS][32];
   __shared__ uint4 xs[128 * KS * CPW / 8];  // the token's x in the k-permutation (once a block, not per chunk)
-  __shared__ uint4 zs[4];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int rows = a.W.rows, ntiles = rows >> 4, I = rows >> 1;
   pdl_wait();  // the routing and x come from the router kernel
@@ -248,32 +152,28 @@ __device__ __forceinline__ void split_gate_up(const DecodeArgs& a, unsigned* til
   // Warp 0's lanes t = 0, g even write the SwiGLU rows; their gate / up biases (a bf16 pair: gate row even, up row
   // odd) are loaded with the tile's weights, not after the reduction (a DRAM latency a tile on warp 0's path).
   const bool bias_lane = warp == 0 && t == 0 && !(g & 1);
-  const float post = C::COLS ? 1.f : kTwoPow63;
   int j = 0;
   for (int item = blockIdx.x; item < a.k * ntiles; item += gridDim.x, j++) {
     const int u = item / ntiles, r0 = (item - u * ntiles) * 16;
     const size_t row_a = size_t(s_ids[warp][u]) * rows + r0 + g;
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
     uint32_t b0 = 0, b1 = 0;
-    split_tile_any<C, false>(acc, a.W, row_a, xs, zs, warp, g, t, [&] {
-      if (bias_lane) {
-        b0 = __ldg(reinterpret_cast<const unsigned*>(a.W.bias + row_a));
-        b1 = __ldg(reinterpret_cast<const unsigned*>(a.W.bias + row_a + 8));
-      }
-      if (j == 0) {  // x permuted into shared memory while the first tile's weights are in flight
-        for (int i = threadIdx.x; i < (a.W.K >> 3); i += blockDim.x) {
-          uint32_t p[4];
-          perm8(__ldg(reinterpret_cast<const uint4*>(a.x) + i), p);
-          if constexpr (C::COLS) {
-#pragma unroll
-            for (int q = 0; q < 4; q++) p[q] = bf16x2_mul(p[q], kColsXScale);
+    split_tile<KS, CPW>(
+        acc, a.W, row_a, [&](int blk, uint32_t* px) { xfrag_of(xs, blk, px); }, warp, t,
+        [&] {
+          if (bias_lane) {
+            b0 = __ldg(reinterpret_cast<const unsigned*>(a.W.bias + row_a));
+            b1 = __ldg(reinterpret_cast<const unsigned*>(a.W.bias + row_a + 8));
           }
-          xs[i] = make_uint4(p[0], p[1], p[2], p[3]);
-        }
-        if (threadIdx.x < 4) zs[threadIdx.x] = make_uint4(0, 0, 0, 0);
-        __syncthreads();
-      }
-    });
+          if (j == 0) {  // x permuted into shared memory while the first tile's weights are in flight
+            for (int i = threadIdx.x; i < (a.W.K >> 3); i += blockDim.x) {
+              uint32_t p[4];
+              perm8(__ldg(reinterpret_cast<const uint4*>(a.x) + i), p);
+              xs[i] = make_uint4(p[0], p[1], p[2], p[3]);
+            }
+            __syncthreads();
+          }
+        });
     if (!split_reduce<KS>(acc, red[j & 1], warp, lane)) continue;
     // acc[0]: (row g, token 0), acc[2]: (row g + 8, token 0) in lanes t = 0. Rows alternate gate / up: the
     // partner row g ^ 1 sits in lane group g ^ 1 (lane ^ 4).
@@ -282,20 +182,17 @@ __device__ __forceinline__ void split_gate_up(const DecodeArgs& a, unsigned* til
 #pragma unroll
     for (int h = 0; h < 2; h++) {
       const uint32_t b = h ? b1 : b0;
-      const float gate = (h ? acc[2] : acc[0]) * post + bf2f_bits(uint16_t(b & 0xFFFFu));
-      const float up = (h ? p1 : p0) * post + bf2f_bits(uint16_t(b >> 16));
-      uint16_t v = f2bf_bits(swiglu1(gate, up, a.limit) * s_w[warp][u]);
-      if constexpr (DNC) v = uint16_t(bf16x2_mul(v, kColsXScale));  // exact: |act| <= (limit + 1) limit
-      a.act[size_t(u) * I + act_perm((r0 + g + 8 * h) >> 1)] = v;
+      const float gate = (h ? acc[2] : acc[0]) * kTwoPow63 + bf2f_bits(uint16_t(b & 0xFFFFu));
+      const float up = (h ? p1 : p0) * kTwoPow63 + bf2f_bits(uint16_t(b >> 16));
+      a.act[size_t(u) * I + act_perm((r0 + g + 8 * h) >> 1)] = f2bf_bits(swiglu1(gate, up, a.limit) * s_w[warp][u]);
     }
   }
 }
 
 // Down's tile epilogue runs in warp 0: its lanes t = 0 store the partial, lane 0 counts the tile, and in the tile's
 // last block lanes 0-15 add the k partials (slot order) and the weighted biases into y.
-template <typename C>
-__device__ __forceinline__ void split_down(const DecodeArgs& a, float* part, unsigned* tile_count) {
-  constexpr int KS = C::KS;
+template <int KS, int CPW>
+__global__ void __launch_bounds__(KS * 32) moe_split_down(DecodeArgs a, float* part, unsigned* tile_count) {
   __shared__ int32_t s_ids[KS][8];
   __shared__ float s_w[KS][8];
   __shared__ float4 red[2][KS][32];
@@ -307,12 +204,15 @@ __device__ __forceinline__ void split_down(const DecodeArgs& a, float* part, uns
     const int u = item / ntiles, tile = item - u * ntiles, r0 = tile * 16;
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
     const uint4* xp = reinterpret_cast<const uint4*>(a.x + size_t(u) * a.ldx);  // act, written permuted
-    split_tile_any<C, true>(acc, a.W, size_t(s_ids[warp][u]) * rows + r0 + g, xp, kColsZeros, warp, g, t, [&] {
-      if (j == 0) {
-        pdl_wait();  // act comes from gate_up (the first item's loads are in flight)
-        pdl_trigger();
-      }
-    });
+    split_tile<KS, CPW>(
+        acc, a.W, size_t(s_ids[warp][u]) * rows + r0 + g, [&](int blk, uint32_t* px) { xfrag_of<true>(xp, blk, px); },
+        warp, t,
+        [&] {
+          if (j == 0) {
+            pdl_wait();  // act comes from gate_up (the first item's loads are in flight)
+            pdl_trigger();
+          }
+        });
     if (!split_reduce<KS>(acc, red[j & 1], warp, lane)) continue;
     if (t == 0) {
       part[size_t(u) * rows + r0 + g] = acc[0];
@@ -327,32 +227,11 @@ __device__ __forceinline__ void split_down(const DecodeArgs& a, float* part, uns
     const int row = r0 + lane;
     float v = 0.f;
     for (int q = 0; q < a.k; q++) v += __ldcg(part + size_t(q) * rows + row);
-    if constexpr (!C::COLS) v *= kTwoPow63;
+    v *= kTwoPow63;
     for (int q = 0; q < a.k; q++) v += s_w[warp][q] * bf2f_bits(a.W.bias[size_t(s_ids[warp][q]) * rows + row]);
     float* dst = a.y + row;
     *dst = a.accumulate ? *dst + v : v;
   }
-}
-
-// The kernels. The block-column form is bounded to about 85 registers a thread (24 warps an SM: unbounded it took
-// 96 / 104, which left 2 blocks an SM instead of 3); the other form keeps the compiler's choice (68 / 80).
-template <typename C, bool DNC>
-__global__ void __launch_bounds__(C::KS * 32) moe_split_gate_up(DecodeArgs a, unsigned* tile_count, int dn_tiles) {
-  split_gate_up<C, DNC>(a, tile_count, dn_tiles);
-}
-template <typename C, bool DNC>
-__global__ void __launch_bounds__(C::KS * 32, 24 / C::KS) moe_split_gate_up_cols(DecodeArgs a, unsigned* tile_count,
-                                                                                 int dn_tiles) {
-  split_gate_up<C, DNC>(a, tile_count, dn_tiles);
-}
-template <typename C>
-__global__ void __launch_bounds__(C::KS * 32) moe_split_down(DecodeArgs a, float* part, unsigned* tile_count) {
-  split_down<C>(a, part, tile_count);
-}
-template <typename C>
-__global__ void __launch_bounds__(C::KS * 32, 24 / C::KS) moe_split_down_cols(DecodeArgs a, float* part,
-                                                                             unsigned* tile_count) {
-  split_down<C>(a, part, tile_count);
 }
 
 // sm_90+ (the launcher's PDL ordering is what makes down's early routing safe; older GPUs keep the register
@@ -379,14 +258,8 @@ void launch_decode_split(const MoeParams& p, const WMat& gu, const WMat& dn, con
                          cudaStream_t stream) {
   DecodeArgs a = decode_args(p, gu, ws.act);
   const int dn_tiles = dn.rows >> 4;
-  auto gk = [] {
-    if constexpr (Gu::COLS) return moe_split_gate_up_cols<Gu, Dn::COLS>;
-    else return moe_split_gate_up<Gu, Dn::COLS>;
-  }();
-  auto dk = [] {
-    if constexpr (Dn::COLS) return moe_split_down_cols<Dn>;
-    else return moe_split_down<Dn>;
-  }();
+  auto gk = moe_split_gate_up<Gu::KS, Gu::CPW>;
+  auto dk = moe_split_down<Dn::KS, Dn::CPW>;
   // gate_up goes without the PDL attribute: it cannot read a weight before the routing is known, and launched
   // early (while the router and the o projection drain) its persistent blocks were placed on the SMs as they
   // freed, each with a fixed share of the items: the engine-like lab chain (moe_bench.cu chain_section) measured

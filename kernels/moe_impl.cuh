@@ -742,10 +742,11 @@ using GuBulk = BulkCfg<8, 2, 3, 1>;
 // the lab (layer with routing, graph + PDL: 34.1 us against bulk's 40.9; KS 4/6/12/16 and one block an item slower;
 // the engine-like chain 55.8 against 60.0 us a layer; NOTES.md, session 5). Session 12: 30.7 us (E = 32) with a
 // chain of MMAs a chunk and gate_up's biases loaded with its weights; a persistent kernel staging down in shared
-// memory under gate_up measured 41-42 us and was not kept (NOTES.md, session 12).
+// memory under gate_up measured 41-42 us and was not kept (NOTES.md, session 12). Session 13: a tile reduction
+// without the block barrier (30.7 against 30.0 us at E = 128) and the block scales applied after the MMAs (31.2
+// against 29.5; about a fifth fewer instructions a weight) were both slower and removed.
 using GuSplit = SplitCfg<8, 3>;
 using DnSplit = SplitCfg<8, 3>;
-using SplitCols = SplitCfg<8, 3, true, true>;  // MoePath::kDecodeSplitCols (the block-column form; the comparison)
 using DnBulk = BulkCfg<8, 2, 3, 1>;
 // The grouped kernels (moe_grouped.cuh), from the H200 lab (NOTES.md, "grouped path"; MOE_GROUPED_ONLY=1): V1
 // (bf16 loop, NCW8 NST2 NTB2 BPS3) was the fastest configuration at every n from 8 to 2048, E = 32 and 128; an fp8
@@ -783,16 +784,13 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
   HM_REQUIRE(p.workspace_bytes >= moe_workspace_bytes(p.n, p.H, p.I, p.E, p.k), who);
   if (p.n == 0) return;
   const bool decode = p.path == MoePath::kDecode || p.path == MoePath::kDecodeRegs || p.path == MoePath::kDecodeSplit ||
-                      p.path == MoePath::kDecodeSplitCols ||
                       (p.path == MoePath::kAuto && p.n <= kMoeDecodeMaxTokens);
   HM_REQUIRE(!decode || p.n <= kMoeDecodeMaxTokens, who);
   const Workspace ws = carve(p.workspace, p.n, p.H, p.I, p.E, p.k);
 
   if (decode) {
     if constexpr (F == WFmt::kMxfp4) {
-      if (p.path == MoePath::kDecodeSplitCols && split_ok<SplitCols, SplitCols>(p, gu, dn))
-        launch_decode_split<SplitCols, SplitCols>(p, gu, dn, ws, stream);
-      else if ((p.path == MoePath::kAuto || p.path == MoePath::kDecodeSplit || p.path == MoePath::kDecodeSplitCols) &&
+      if ((p.path == MoePath::kAuto || p.path == MoePath::kDecodeSplit) &&
                split_ok<GuSplit, DnSplit>(p, gu, dn))
         launch_decode_split<GuSplit, DnSplit>(p, gu, dn, ws, stream);
       else if (p.path != MoePath::kDecodeRegs && bulk_ok<GuBulk, DnBulk>(gu, dn))

@@ -299,7 +299,7 @@ class CudaBackend final : public Backend {
   // the sliding layers' block tables and cache slots, when the layout keeps them apart (else the ones above)
   int32_t *d_bt_window_ = nullptr, *d_slot_window_ = nullptr;
   bool batch_invariant_ = false;  // HARMONIUM_BATCH_INVARIANT=1 (see the top of this file)
-  MoePath moe_decode_path_ = MoePath::kAuto;  // HARMONIUM_MOE_DECODE=split|bulk|regs|cols: the one-token expert kernels (A/B)
+  MoePath moe_decode_path_ = MoePath::kAuto;  // HARMONIUM_MOE_DECODE=split|bulk|regs: the one-token expert kernels (A/B)
   // HARMONIUM_MOE_PREFILL (A/B): wgmma = every step above 8 tokens on the wgmma GEMMs (no grouped path); mma = no
   // wgmma GEMMs (moe_prefill_mma.cuh / v1, the kernels before them); auto (default).
   MoePath moe_prefill_path_ = MoePath::kAuto;
@@ -407,10 +407,9 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   fused_rope_ = !(rope_env && std::strcmp(rope_env, "0") == 0);
   const char* inv_env = std::getenv("HARMONIUM_BATCH_INVARIANT");
   batch_invariant_ = inv_env && std::strcmp(inv_env, "1") == 0;
-  const int moe_decode = env_choice("HARMONIUM_MOE_DECODE", {"split", "bulk", "regs", "cols"});
+  const int moe_decode = env_choice("HARMONIUM_MOE_DECODE", {"split", "bulk", "regs"});
   if (moe_decode == 1) moe_decode_path_ = MoePath::kDecode;
   if (moe_decode == 2) moe_decode_path_ = MoePath::kDecodeRegs;
-  if (moe_decode == 3) moe_decode_path_ = MoePath::kDecodeSplitCols;
   const int moe_prefill = env_choice("HARMONIUM_MOE_PREFILL", {"wgmma", "mma"});
   if (moe_prefill == 0) moe_prefill_path_ = MoePath::kPrefillWgmma;
   if (moe_prefill == 1) moe_wgmma_ = false;

@@ -3,8 +3,7 @@
 //   moe_mxfp4_to_bf16  the loader conversion vs ref::mxfp4_decode_row, exact.
 //   moe_experts_* moe_mxfp4_forward and moe_bf16_forward (weights converted on the GPU) vs the sum over the k
 //                 experts of weight * ref::expert_mlp_mxfp4, decode (MXFP4: the bulk-copy kernels, "decode", and the
-//                 register-streaming ones, "decode_regs"; at n = 1 also the split kernels, "decode_split", and
-//                 in their block-column form, "decode_split_cols": block scales applied to the MMAs' sums) and prefill
+//                 register-streaming ones, "decode_regs"; at n = 1 also the split kernels, "decode_split") and prefill
 //                 paths, real and odd shapes, and the fused
 //                 routing ("+logits": router logits in, ids/weights out, checked against ref::router_topk).
 //                 Tolerance: nmse 1e-4 (the SwiGLU output is rounded to bf16 between the matmuls: about 1e-6 expected).
@@ -350,8 +349,6 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
         if (decode_ok && f == 0) vs.push_back({false, cuda::MoePath::kDecodeRegs, false, false});
         if (n == 1 && f == 0) vs.push_back({false, cuda::MoePath::kDecodeSplit, false, false});
         if (n == 1 && f == 0) vs.push_back({false, cuda::MoePath::kDecodeSplit, true, true});
-        if (n == 1 && f == 0) vs.push_back({false, cuda::MoePath::kDecodeSplitCols, false, false});
-        if (n == 1 && f == 0) vs.push_back({false, cuda::MoePath::kDecodeSplitCols, true, true});
         if (decode_ok) vs.push_back({f == 1, cuda::MoePath::kDecode, false, true});
         vs.push_back({f == 1, cuda::MoePath::kPrefill, false, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kGrouped, false, false});
@@ -367,7 +364,6 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
         const char* path = v.path == cuda::MoePath::kDecode       ? "decode"
                            : v.path == cuda::MoePath::kDecodeRegs ? "decode_regs"
                            : v.path == cuda::MoePath::kDecodeSplit ? "decode_split"
-                           : v.path == cuda::MoePath::kDecodeSplitCols ? "decode_split_cols"
                            : v.path == cuda::MoePath::kPrefill    ? (v.mma ? "prefill_mma" : "prefill")
                            : v.path == cuda::MoePath::kGrouped    ? "grouped"
                            : v.path == cuda::MoePath::kGroupedBf16 ? "grouped_bf16"
@@ -678,13 +674,11 @@ std::vector<Result> fused_routing_cases() {
       DevBuf<float> d_logits(logits), d_w(ids_ref.size()), d_y(size_t(c.n) * H);
       DevBuf<int32_t> d_ids(ids_ref.size());
       DevBuf<uint8_t> ws(cuda::moe_workspace_bytes(c.n, H, I, c.E, c.k));
-      for (cuda::MoePath path : {cuda::MoePath::kDecode, cuda::MoePath::kDecodeRegs, cuda::MoePath::kDecodeSplit,
-                                 cuda::MoePath::kDecodeSplitCols}) {
-        if ((path == cuda::MoePath::kDecodeSplit || path == cuda::MoePath::kDecodeSplitCols) && c.n != 1) continue;
+      for (cuda::MoePath path : {cuda::MoePath::kDecode, cuda::MoePath::kDecodeRegs, cuda::MoePath::kDecodeSplit}) {
+        if (path == cuda::MoePath::kDecodeSplit && c.n != 1) continue;
         const std::string pr = std::string(params) + (path == cuda::MoePath::kDecode       ? " decode"
                                                       : path == cuda::MoePath::kDecodeRegs ? " decode_regs"
-                                                      : path == cuda::MoePath::kDecodeSplit ? " decode_split"
-                                                                                            : " decode_split_cols");
+                                                                                            : " decode_split");
         d_ids.poison();
         d_w.poison();
         cuda::MoeParams p = base_params(c.n, H, I, c.E, c.k, d_x.p, d_y.p, ws, path);
