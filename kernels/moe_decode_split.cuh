@@ -31,13 +31,12 @@ namespace {
 // KS warps a block, at most CPW chunks a warp; PERSIST: a grid of at most what is resident (else one block an
 // item, the lab's comparison). Session 13 measured two more forms and removed them (NOTES.md; commit c540c60 has
 // them): the tile's partials summed without a block barrier, and the block scales applied to the MMAs' fp32 sums
-// (each of B's 8 columns one block's activations) instead of to the decoded weights. Both were slower.
-// PF: a warp loads its next item's weights before it multiplies the current one (two tiles in flight a warp;
-// the lab's comparison until measured).
-template <int KS_, int CPW_, bool PERSIST_ = true, bool PF_ = false>
+// (each of B's 8 columns one block's activations) instead of to the decoded weights. Both were slower, and so was a
+// warp loading its next item's weights before multiplying the current one (f521fcb: 34.7 against 29.4 us).
+template <int KS_, int CPW_, bool PERSIST_ = true>
 struct SplitCfg {
   static constexpr int KS = KS_, CPW = CPW_;
-  static constexpr bool PERSIST = PERSIST_, PF = PF_;
+  static constexpr bool PERSIST = PERSIST_;
 };
 
 // The routing of the one token, computed by every warp into its own slot (no block barrier before the loads).
@@ -58,11 +57,11 @@ __device__ __forceinline__ void split_route(const DecodeArgs& a, int32_t* ids, f
 // before the activations are read (down's pdl_wait). Each chunk accumulates on its own and the chunks are then
 // summed in order: CPW chains of 8 dependent MMAs instead of one of 8 CPW (the layer 33.1 -> 30.7 us with gate_up's
 // bias loaded early, session 12).
-using SplitChunk = RowChunk<WFmt::kMxfp4>;
-template <int KS, int CPW>
-__device__ __forceinline__ void split_load(SplitChunk* ca, SplitChunk* cb, const WMat& W, size_t row_a, int warp,
-                                           int t) {
+template <int KS, int CPW, typename XFrag, typename Between>
+__device__ __forceinline__ void split_tile(float* acc, const WMat& W, size_t row_a, XFrag xfrag, int warp, int t,
+                                           Between between) {
   const int kb = W.K >> 5, nchunks = (W.K + 127) >> 7;
+  RowChunk<WFmt::kMxfp4> ca[CPW], cb[CPW];
 #pragma unroll
   for (int i = 0; i < CPW; i++) {
     const int c = warp + KS * i, blk = c * 4 + t;
@@ -70,11 +69,7 @@ __device__ __forceinline__ void split_load(SplitChunk* ca, SplitChunk* cb, const
     ca[i].load(W, row_a, blk, ok);
     cb[i].load(W, row_a + 8, blk, ok);
   }
-}
-template <int KS, int CPW, typename XFrag>
-__device__ __forceinline__ void split_mult(float* acc, const SplitChunk* ca, const SplitChunk* cb, const WMat& W,
-                                           XFrag xfrag, int warp, int t) {
-  const int kb = W.K >> 5, nchunks = (W.K + 127) >> 7;
+  between();
   float part[CPW][4];
 #pragma unroll
   for (int i = 0; i < CPW; i++) {
@@ -97,40 +92,6 @@ __device__ __forceinline__ void split_mult(float* acc, const SplitChunk* ca, con
   for (int i = 0; i < CPW; i++)
 #pragma unroll
     for (int q = 0; q < 4; q++) acc[q] += part[i][q];
-}
-template <int KS, int CPW, typename XFrag, typename Between>
-__device__ __forceinline__ void split_tile(float* acc, const WMat& W, size_t row_a, XFrag xfrag, int warp, int t,
-                                           Between between) {
-  SplitChunk ca[CPW], cb[CPW];
-  split_load<KS, CPW>(ca, cb, W, row_a, warp, t);
-  between();
-  split_mult<KS, CPW>(acc, ca, cb, W, xfrag, warp, t);
-}
-
-// SplitCfg::PF's item loop: the block's items (b, b + grid, ...) in order, item j + 1's loads issued before item
-// j's multiply (two register buffers, the loop unrolled by two so each keeps its own registers); between(item, j,
-// row) runs after those loads, finish(item, j, acc) after the multiply.
-template <int KS, int CPW, typename RowOf, typename XFrag, typename Between, typename Finish>
-__device__ __forceinline__ void split_items(int total, const WMat& W, RowOf row_of, XFrag xfrag, int warp, int t,
-                                            Between between, Finish finish) {
-  SplitChunk ca0[CPW], cb0[CPW], ca1[CPW], cb1[CPW];
-  int item = blockIdx.x, j = 0;
-  if (item < total) split_load<KS, CPW>(ca0, cb0, W, row_of(item), warp, t);
-  auto step = [&](const SplitChunk* ca, const SplitChunk* cb, SplitChunk* na, SplitChunk* nb) {
-    const int next = item + gridDim.x;
-    if (next < total) split_load<KS, CPW>(na, nb, W, row_of(next), warp, t);
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    between(item, j, row_of(item));
-    split_mult<KS, CPW>(acc, ca, cb, W, xfrag(item), warp, t);
-    finish(item, j, acc);
-    item = next;
-    j++;
-  };
-  while (item < total) {
-    step(ca0, cb0, ca1, cb1);
-    if (item >= total) break;
-    step(ca1, cb1, ca0, cb0);
-  }
 }
 
 // The KS partials of the block's tile, summed in warp order; true in warp 0, which holds the sum. red is double
@@ -171,7 +132,7 @@ __device__ __forceinline__ int act_perm(int c) { return (c & ~7) | ((c & 3) << 1
 // every block has triggered the next kernel's launch early, as the persistent bulk kernels do, and the routing is
 // computed once per block). Warp 0 reduces a tile and runs its epilogue.
 
-template <int KS, int CPW, bool PF>
+template <int KS, int CPW>
 __global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsigned* tile_count, int dn_tiles) {
   __shared__ int32_t s_ids[KS][8];
   __shared__ float s_w[KS][8];
@@ -192,52 +153,15 @@ __global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsig
   // Warp 0's lanes t = 0, g even write the SwiGLU rows; their gate / up biases (a bf16 pair: gate row even, up row
   // odd) are loaded with the tile's weights, not after the reduction (a DRAM latency a tile on warp 0's path).
   const bool bias_lane = warp == 0 && t == 0 && !(g & 1);
-  if constexpr (!PF) {
-    int j = 0;
-    for (int item = blockIdx.x; item < a.k * ntiles; item += gridDim.x, j++) {
-      const int u = item / ntiles, r0 = (item - u * ntiles) * 16;
-      const size_t row_a = size_t(s_ids[warp][u]) * rows + r0 + g;
-      float acc[4] = {0.f, 0.f, 0.f, 0.f};
-      uint32_t b0 = 0, b1 = 0;
-      split_tile<KS, CPW>(
-          acc, a.W, row_a, [&](int blk, uint32_t* px) { xfrag_of(xs, blk, px); }, warp, t,
-          [&] {
-            if (bias_lane) {
-              b0 = __ldg(reinterpret_cast<const unsigned*>(a.W.bias + row_a));
-              b1 = __ldg(reinterpret_cast<const unsigned*>(a.W.bias + row_a + 8));
-            }
-            if (j == 0) {  // x permuted into shared memory while the first tile's weights are in flight
-              for (int i = threadIdx.x; i < (a.W.K >> 3); i += blockDim.x) {
-                uint32_t p[4];
-                perm8(__ldg(reinterpret_cast<const uint4*>(a.x) + i), p);
-                xs[i] = make_uint4(p[0], p[1], p[2], p[3]);
-              }
-              __syncthreads();
-            }
-          });
-      if (!split_reduce<KS>(acc, red[j & 1], warp, lane)) continue;
-      // acc[0]: (row g, token 0), acc[2]: (row g + 8, token 0) in lanes t = 0. Rows alternate gate / up: the
-      // partner row g ^ 1 sits in lane group g ^ 1 (lane ^ 4).
-      const float p0 = __shfl_xor_sync(0xffffffffu, acc[0], 4), p1 = __shfl_xor_sync(0xffffffffu, acc[2], 4);
-      if (!bias_lane) continue;
-  #pragma unroll
-      for (int h = 0; h < 2; h++) {
-        const uint32_t b = h ? b1 : b0;
-        const float gate = (h ? acc[2] : acc[0]) * kTwoPow63 + bf2f_bits(uint16_t(b & 0xFFFFu));
-        const float up = (h ? p1 : p0) * kTwoPow63 + bf2f_bits(uint16_t(b >> 16));
-        a.act[size_t(u) * I + act_perm((r0 + g + 8 * h) >> 1)] = f2bf_bits(swiglu1(gate, up, a.limit) * s_w[warp][u]);
-      }
-    }
-  } else {  // the same items with the next one's loads in flight (split_items)
-    uint32_t b0 = 0, b1 = 0;  // the current item's biases (bias lanes)
-    split_items<KS, CPW>(
-        a.k * ntiles, a.W,
-        [&](int item) {
-          const int u = item / ntiles;
-          return size_t(s_ids[warp][u]) * rows + (item - u * ntiles) * 16 + g;
-        },
-        [&](int) { return [&](int blk, uint32_t* px) { xfrag_of(xs, blk, px); }; }, warp, t,
-        [&](int, int j, size_t row_a) {
+  int j = 0;
+  for (int item = blockIdx.x; item < a.k * ntiles; item += gridDim.x, j++) {
+    const int u = item / ntiles, r0 = (item - u * ntiles) * 16;
+    const size_t row_a = size_t(s_ids[warp][u]) * rows + r0 + g;
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    uint32_t b0 = 0, b1 = 0;
+    split_tile<KS, CPW>(
+        acc, a.W, row_a, [&](int blk, uint32_t* px) { xfrag_of(xs, blk, px); }, warp, t,
+        [&] {
           if (bias_lane) {
             b0 = __ldg(reinterpret_cast<const unsigned*>(a.W.bias + row_a));
             b1 = __ldg(reinterpret_cast<const unsigned*>(a.W.bias + row_a + 8));
@@ -250,29 +174,25 @@ __global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsig
             }
             __syncthreads();
           }
-        },
-        [&](int item, int j, float* acc) {
-          if (!split_reduce<KS>(acc, red[j & 1], warp, lane)) return;
-          const int u = item / ntiles, r0 = (item - u * ntiles) * 16;
-          // acc[0]: (row g, token 0), acc[2]: (row g + 8, token 0) in lanes t = 0. Rows alternate gate / up: the
-          // partner row g ^ 1 sits in lane group g ^ 1 (lane ^ 4).
-          const float p0 = __shfl_xor_sync(0xffffffffu, acc[0], 4), p1 = __shfl_xor_sync(0xffffffffu, acc[2], 4);
-          if (!bias_lane) return;
-  #pragma unroll
-          for (int h = 0; h < 2; h++) {
-            const uint32_t b = h ? b1 : b0;
-            const float gate = (h ? acc[2] : acc[0]) * kTwoPow63 + bf2f_bits(uint16_t(b & 0xFFFFu));
-            const float up = (h ? p1 : p0) * kTwoPow63 + bf2f_bits(uint16_t(b >> 16));
-            a.act[size_t(u) * I + act_perm((r0 + g + 8 * h) >> 1)] =
-                f2bf_bits(swiglu1(gate, up, a.limit) * s_w[warp][u]);
-          }
         });
+    if (!split_reduce<KS>(acc, red[j & 1], warp, lane)) continue;
+    // acc[0]: (row g, token 0), acc[2]: (row g + 8, token 0) in lanes t = 0. Rows alternate gate / up: the
+    // partner row g ^ 1 sits in lane group g ^ 1 (lane ^ 4).
+    const float p0 = __shfl_xor_sync(0xffffffffu, acc[0], 4), p1 = __shfl_xor_sync(0xffffffffu, acc[2], 4);
+    if (!bias_lane) continue;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const uint32_t b = h ? b1 : b0;
+      const float gate = (h ? acc[2] : acc[0]) * kTwoPow63 + bf2f_bits(uint16_t(b & 0xFFFFu));
+      const float up = (h ? p1 : p0) * kTwoPow63 + bf2f_bits(uint16_t(b >> 16));
+      a.act[size_t(u) * I + act_perm((r0 + g + 8 * h) >> 1)] = f2bf_bits(swiglu1(gate, up, a.limit) * s_w[warp][u]);
+    }
   }
 }
 
 // Down's tile epilogue runs in warp 0: its lanes t = 0 store the partial, lane 0 counts the tile, and in the tile's
 // last block lanes 0-15 add the k partials (slot order) and the weighted biases into y.
-template <int KS, int CPW, bool PF>
+template <int KS, int CPW>
 __global__ void __launch_bounds__(KS * 32) moe_split_down(DecodeArgs a, float* part, unsigned* tile_count) {
   __shared__ int32_t s_ids[KS][8];
   __shared__ float s_w[KS][8];
@@ -280,79 +200,38 @@ __global__ void __launch_bounds__(KS * 32) moe_split_down(DecodeArgs a, float* p
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int rows = a.W.rows, ntiles = rows >> 4;
   split_route(a, s_ids[warp], s_w[warp]);  // the router's logits: complete once gate_up has triggered
-  if constexpr (!PF) {
-    int j = 0;
-    for (int item = blockIdx.x; item < a.k * ntiles; item += gridDim.x, j++) {
-      const int u = item / ntiles, tile = item - u * ntiles, r0 = tile * 16;
-      float acc[4] = {0.f, 0.f, 0.f, 0.f};
-      const uint4* xp = reinterpret_cast<const uint4*>(a.x + size_t(u) * a.ldx);  // act, written permuted
-      split_tile<KS, CPW>(
-          acc, a.W, size_t(s_ids[warp][u]) * rows + r0 + g, [&](int blk, uint32_t* px) { xfrag_of<true>(xp, blk, px); },
-          warp, t,
-          [&] {
-            if (j == 0) {
-              pdl_wait();  // act comes from gate_up (the first item's loads are in flight)
-              pdl_trigger();
-            }
-          });
-      if (!split_reduce<KS>(acc, red[j & 1], warp, lane)) continue;
-      if (t == 0) {
-        part[size_t(u) * rows + r0 + g] = acc[0];
-        part[size_t(u) * rows + r0 + g + 8] = acc[2];
-      }
-      __threadfence();
-      __syncwarp();
-      unsigned last = 0;
-      if (lane == 0) last = atomicAdd(&tile_count[tile], 1u) == unsigned(a.k - 1);
-      if (!__shfl_sync(0xffffffffu, last, 0) || lane >= 16) continue;
-      __threadfence();  // the other slots' partials of this tile
-      const int row = r0 + lane;
-      float v = 0.f;
-      for (int q = 0; q < a.k; q++) v += __ldcg(part + size_t(q) * rows + row);
-      v *= kTwoPow63;
-      for (int q = 0; q < a.k; q++) v += s_w[warp][q] * bf2f_bits(a.W.bias[size_t(s_ids[warp][q]) * rows + row]);
-      float* dst = a.y + row;
-      *dst = a.accumulate ? *dst + v : v;
-    }
-  } else {
-    split_items<KS, CPW>(
-        a.k * ntiles, a.W,
-        [&](int item) {
-          const int u = item / ntiles;
-          return size_t(s_ids[warp][u]) * rows + (item - u * ntiles) * 16 + g;
-        },
-        [&](int item) {
-          const uint4* xp = reinterpret_cast<const uint4*>(a.x + size_t(item / ntiles) * a.ldx);  // act, permuted
-          return [xp](int blk, uint32_t* px) { xfrag_of<true>(xp, blk, px); };
-        },
+  int j = 0;
+  for (int item = blockIdx.x; item < a.k * ntiles; item += gridDim.x, j++) {
+    const int u = item / ntiles, tile = item - u * ntiles, r0 = tile * 16;
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    const uint4* xp = reinterpret_cast<const uint4*>(a.x + size_t(u) * a.ldx);  // act, written permuted
+    split_tile<KS, CPW>(
+        acc, a.W, size_t(s_ids[warp][u]) * rows + r0 + g, [&](int blk, uint32_t* px) { xfrag_of<true>(xp, blk, px); },
         warp, t,
-        [&](int, int j, size_t) {
+        [&] {
           if (j == 0) {
             pdl_wait();  // act comes from gate_up (the first item's loads are in flight)
             pdl_trigger();
           }
-        },
-        [&](int item, int j, float* acc) {
-          if (!split_reduce<KS>(acc, red[j & 1], warp, lane)) return;
-          const int u = item / ntiles, tile = item - u * ntiles, r0 = tile * 16;
-          if (t == 0) {
-            part[size_t(u) * rows + r0 + g] = acc[0];
-            part[size_t(u) * rows + r0 + g + 8] = acc[2];
-          }
-          __threadfence();
-          __syncwarp();
-          unsigned last = 0;
-          if (lane == 0) last = atomicAdd(&tile_count[tile], 1u) == unsigned(a.k - 1);
-          if (!__shfl_sync(0xffffffffu, last, 0) || lane >= 16) return;
-          __threadfence();  // the other slots' partials of this tile
-          const int row = r0 + lane;
-          float v = 0.f;
-          for (int q = 0; q < a.k; q++) v += __ldcg(part + size_t(q) * rows + row);
-          v *= kTwoPow63;
-          for (int q = 0; q < a.k; q++) v += s_w[warp][q] * bf2f_bits(a.W.bias[size_t(s_ids[warp][q]) * rows + row]);
-          float* dst = a.y + row;
-          *dst = a.accumulate ? *dst + v : v;
         });
+    if (!split_reduce<KS>(acc, red[j & 1], warp, lane)) continue;
+    if (t == 0) {
+      part[size_t(u) * rows + r0 + g] = acc[0];
+      part[size_t(u) * rows + r0 + g + 8] = acc[2];
+    }
+    __threadfence();
+    __syncwarp();
+    unsigned last = 0;
+    if (lane == 0) last = atomicAdd(&tile_count[tile], 1u) == unsigned(a.k - 1);
+    if (!__shfl_sync(0xffffffffu, last, 0) || lane >= 16) continue;
+    __threadfence();  // the other slots' partials of this tile
+    const int row = r0 + lane;
+    float v = 0.f;
+    for (int q = 0; q < a.k; q++) v += __ldcg(part + size_t(q) * rows + row);
+    v *= kTwoPow63;
+    for (int q = 0; q < a.k; q++) v += s_w[warp][q] * bf2f_bits(a.W.bias[size_t(s_ids[warp][q]) * rows + row]);
+    float* dst = a.y + row;
+    *dst = a.accumulate ? *dst + v : v;
   }
 }
 
@@ -380,8 +259,8 @@ void launch_decode_split(const MoeParams& p, const WMat& gu, const WMat& dn, con
                          cudaStream_t stream) {
   DecodeArgs a = decode_args(p, gu, ws.act);
   const int dn_tiles = dn.rows >> 4;
-  auto gk = moe_split_gate_up<Gu::KS, Gu::CPW, Gu::PF>;
-  auto dk = moe_split_down<Dn::KS, Dn::CPW, Dn::PF>;
+  auto gk = moe_split_gate_up<Gu::KS, Gu::CPW>;
+  auto dk = moe_split_down<Dn::KS, Dn::CPW>;
   // gate_up goes without the PDL attribute: it cannot read a weight before the routing is known, and launched
   // early (while the router and the o projection drain) its persistent blocks were placed on the SMs as they
   // freed, each with a fixed share of the items: the engine-like lab chain (moe_bench.cu chain_section) measured

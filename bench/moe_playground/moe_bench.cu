@@ -13,7 +13,7 @@
 // "bulk+route" (the same with the routing computed from router logits inside the kernels, as the engine calls it),
 // "bulk-direct"/"bulk-direct+route" (the bulk kernels in configuration B6 launched directly, without the launcher),
 // "regs" (the register-streaming kernels, MoePath::kDecodeRegs), at n = 1 "split"/"split+route"
-// (moe_decode_split.cuh, MoePath::kDecodeSplit) and its configurations KS*/CPW* ("pf": SplitCfg::PF).
+// (moe_decode_split.cuh, MoePath::kDecodeSplit) and its configurations KS*/CPW*.
 // Variants, each kernel alone: B* = bulk configurations, G*/D* = register kernel configurations. A summary table
 // is printed last. (Run 8's fp8 inner loops, F* / FP*, measured slower and were removed: NOTES.md.)
 // Prefill: v1 (MoePath::kPrefillV1), the default MXFP4 GEMM (the wgmma one of moe_prefill_wgmma.cuh on sm_90, and
@@ -1001,10 +1001,6 @@ int main() {
         split_cfg("KS6 CPW4", moe::SplitCfg<6, 4>{});
         split_cfg("KS12 CPW2", moe::SplitCfg<12, 2>{});
         split_cfg("KS16 CPW2", moe::SplitCfg<16, 2>{});
-        split_cfg("KS8 CPW3 pf", moe::SplitCfg<8, 3, true, true>{});  // the next item's loads in flight
-        split_cfg("KS6 CPW4 pf", moe::SplitCfg<6, 4, true, true>{});
-        split_cfg("KS12 CPW2 pf", moe::SplitCfg<12, 2, true, true>{});
-        split_cfg("KS4 CPW6 pf", moe::SplitCfg<4, 6, true, true>{});
       }
       const float t_bf = time_us([&](int i) { moe_bf16_forward(params(0, i, false), L.bf(), 0); });
       std::printf("decode n=%d bf16: %.1f us (%.0f GB/s of %.1f MB)\n", n, t_bf, bytes_bf / t_bf * 1e-3, bytes_bf * 1e-6);
