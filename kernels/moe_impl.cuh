@@ -743,8 +743,9 @@ using GuBulk = BulkCfg<8, 2, 3, 1>;
 // the engine-like chain 55.8 against 60.0 us a layer; NOTES.md, session 5). Session 12: 30.7 us (E = 32) with a
 // chain of MMAs a chunk and gate_up's biases loaded with its weights; a persistent kernel staging down in shared
 // memory under gate_up measured 41-42 us and was not kept (NOTES.md, session 12). Session 13: a tile reduction
-// without the block barrier (30.7 against 30.0 us at E = 128) and the block scales applied after the MMAs (31.2
-// against 29.5; about a fifth fewer instructions a weight) were both slower and removed.
+// without the block barrier (30.7 against 30.0 us at E = 128), the block scales applied after the MMAs (31.2
+// against 29.5; about a fifth fewer instructions a weight) and a warp's next item loaded before its current one is
+// multiplied (34.7 against 29.4) were all slower and removed.
 using GuSplit = SplitCfg<8, 3>;
 using DnSplit = SplitCfg<8, 3>;
 using DnBulk = BulkCfg<8, 2, 3, 1>;
@@ -790,8 +791,7 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
 
   if (decode) {
     if constexpr (F == WFmt::kMxfp4) {
-      if ((p.path == MoePath::kAuto || p.path == MoePath::kDecodeSplit) &&
-               split_ok<GuSplit, DnSplit>(p, gu, dn))
+      if ((p.path == MoePath::kAuto || p.path == MoePath::kDecodeSplit) && split_ok<GuSplit, DnSplit>(p, gu, dn))
         launch_decode_split<GuSplit, DnSplit>(p, gu, dn, ws, stream);
       else if (p.path != MoePath::kDecodeRegs && bulk_ok<GuBulk, DnBulk>(gu, dn))
         launch_decode_bulk<GuBulk, DnBulk>(p, gu, dn, ws, stream);
