@@ -48,11 +48,17 @@ inline bool prefill_mma_fits(int n, int ldx, int P, int I) {
 // Tiles of `rows` sorted rows (kPfBM here; moe_prefill_wgmma.cuh's narrower ones too).
 inline int prefill_max_tiles(int P, int E, int rows = kPfBM) { return (P + rows - 1) / rows + (E < P ? E : P); }
 
+// An expert's n rows in fitted tiles (FIT below): as few tiles of at most ROWS rows as hold them, all of one width,
+// the smallest multiple of 16 that holds an equal share (n = 129 at ROWS 128: two tiles of 80, not 128 + 16).
+__host__ __device__ __forceinline__ int fit_tile_width(int n, int tiles) { return ((n + tiles - 1) / tiles + 15) & ~15; }
+
 // Block t's tile among the tiles of ROWS rows of each expert in expert order (counted from route_sort's
 // offsets): expert, first row, end of the expert's rows. False past the last tile. Every thread must call it.
-template <int ROWS = kPfBM>
-__device__ __forceinline__ bool prefill_tile(const int32_t* offsets, int E, int t, int& e, int& m0, int& m_end) {
-  __shared__ int s_tile[3];
+// FIT: the expert's tiles are fitted (fit_tile_width), `width` their width; otherwise ROWS.
+template <int ROWS = kPfBM, bool FIT = false>
+__device__ __forceinline__ bool prefill_tile(const int32_t* offsets, int E, int t, int& e, int& m0, int& m_end,
+                                             int* width = nullptr) {
+  __shared__ int s_tile[4];
   if (threadIdx.x < 32) {
     const int lane = threadIdx.x, per = (E + 31) >> 5;  // lane l counts experts [l per, (l + 1) per)
     int local = 0;
@@ -73,11 +79,13 @@ __device__ __forceinline__ bool prefill_tile(const int32_t* offsets, int E, int 
       int rest = t - (incl - local);
       for (int i = 0; i < per; i++) {
         const int x = lane * per + i;
-        const int nt = (offsets[x + 1] - offsets[x] + ROWS - 1) / ROWS;
+        const int n = offsets[x + 1] - offsets[x], nt = (n + ROWS - 1) / ROWS;
         if (rest < nt) {
+          const int w = FIT ? fit_tile_width(n, nt) : ROWS;
           s_tile[0] = x;
-          s_tile[1] = offsets[x] + rest * ROWS;
+          s_tile[1] = offsets[x] + rest * w;
           s_tile[2] = offsets[x + 1];
+          s_tile[3] = w;
           break;
         }
         rest -= nt;
@@ -88,6 +96,7 @@ __device__ __forceinline__ bool prefill_tile(const int32_t* offsets, int E, int 
   e = s_tile[0];
   m0 = s_tile[1];
   m_end = s_tile[2];
+  if (width) *width = s_tile[3];
   return e >= 0;
 }
 

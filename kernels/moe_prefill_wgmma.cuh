@@ -48,9 +48,10 @@ constexpr int kWgWBytes = kWgBM * kWgRowBytes;
 // the weights' raw bytes; deeper when narrow.
 template <int BN>
 struct WgCfg {
-  static_assert(BN == 16 || BN == 32 || BN == 64 || BN == 128, "WgCfg: BN 16, 32, 64 or 128");
-  // 8 stages at 64 left one block an SM (1.8x slower in the lab); 6 keep two.
-  static constexpr int STAGES = BN >= 128 ? 4 : BN == 64 ? 6 : 8;
+  static_assert(BN % 16 == 0 && BN >= 16 && BN <= 128, "WgCfg: BN a multiple of 16 up to 128");
+  // 8 stages at 64 left one block an SM (1.8x slower in the lab); 6 keep two. The fitted widths between (48, 80, 96,
+  // 112) as deep as about 98 KB allows, so two blocks still share an SM.
+  static constexpr int STAGES = BN >= 112 ? 4 : BN == 96 ? 5 : BN >= 64 ? 6 : 8;
   // Two k-tiles between barriers (the narrow and middle tiles, bound by the decode's issue more than by the MMAs).
   static constexpr bool PAIRED = BN <= 64;
   static constexpr int X_BYTES = BN * kWgBK * 2;
@@ -60,12 +61,18 @@ struct WgCfg {
   static_assert(!PAIRED || STAGES >= 5, "the paired loop keeps NST - 3 tiles ahead and waits for two");
 };
 
-// The tile width for P pairs over E experts. A tile's weight decode costs the same at any width, so wide tiles win
-// once an expert fills them; narrow ones while it cannot. H200 lab, one layer, the best width by mean tokens an
-// expert: 2 and 8 -> 16 (E = 128: 983 vs 1,619 us at 128), 16 -> 32 (1,450 vs 1,583 at 16), 32 -> 64 (E = 32:
-// 445 vs 521 at 128), 64 and up -> 128 (557 vs 648 at 64).
-inline int prefill_wgmma_bn(int P, int E) {
+// MoeParams::wgmma_tile's two names beside a width: the fitted tiles everywhere, the fixed widths by the mean.
+constexpr int kWgTileFit = -1, kWgTileFixed = 1;
+
+// The tiles for P pairs over E experts: a fixed width (16, 32, 64, 128) or 0, the fitted tiles, from `fit_above`
+// tokens an expert on average (-1: the default, kWgFitAbove; 0: always; past P: never). A tile's weight decode costs
+// the same at any width, so wide tiles win once an expert fills them; narrow ones while it cannot. H200 lab, one
+// layer, the best fixed width by mean tokens an expert: 2 and 8 -> 16 (E = 128: 983 vs 1,619 us at 128), 16 -> 32
+// (1,450 vs 1,583 at 16), 32 -> 64 (E = 32: 445 vs 521 at 128), 64 and up -> 128 (557 vs 648 at 64).
+constexpr int kWgFitAbove = 24;
+inline int prefill_wgmma_bn(int P, int E, int fit_above = -1) {
   const int mean = (P + E - 1) / E;
+  if (mean > (fit_above < 0 ? kWgFitAbove : fit_above)) return 0;
   return mean <= 12 ? 16 : mean <= 24 ? 32 : mean <= 48 ? 64 : 128;
 }
 
@@ -127,28 +134,17 @@ __device__ __forceinline__ void wg_epilogue(const GemmArgs& a, const float (&acc
   }
 }
 
-#endif
-
-// Grid: (ceil(N / kWgBM), prefill_max_tiles(P, E, BN)); blocks past the last tile exit. Dynamic shared memory
-// WgCfg<BN>::SMEM.
+// One block's tile: expert e's sorted rows [m0, m0 + BN) below m_end, against the block's 128 weight rows, through
+// the ring at shared address `ring` (ring_p its generic pointer).
 // A k-tile's MMAs stay in flight while the next k-tile is decoded into a second set of A registers
 // (wgmma.wait_group 1, the loads one stage less ahead so no stage is overwritten under a pending MMA); both register
 // sets are kept alive past the wait that retires them (wg_keep), so the compiler cannot hand an in-flight MMA's A
 // registers to the next decode (session 6's attempt at wait_group 1 had no such guard and failed).
 template <bool GATE_UP, int BN>
-__global__ void __launch_bounds__(kWgThreads, BN <= 32 ? 3 : 2) moe_prefill_wgmma(GemmArgs a, int E) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void wg_tile(const GemmArgs& a, uint32_t ring, unsigned char* ring_p, int e, int m0,
+                                        int m_end) {
   using C = WgCfg<BN>;
   constexpr int NST = C::STAGES, NACC = BN / 2, XR = (BN * 8 + kWgThreads - 1) / kWgThreads;  // token-row copies a thread
-  extern __shared__ __align__(16) unsigned char wg_smem[];
-  // The ring starts at the first 1024-aligned shared address (the tile list's static words come first).
-  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(wg_smem));
-  const uint32_t ring = (raw + 1023u) & ~1023u;
-  unsigned char* ring_p = wg_smem + (ring - raw);
-  pdl_wait();
-  pdl_trigger();
-  int e, m0, m_end;
-  if (!prefill_tile<BN>(a.ws.offsets, E, int(blockIdx.y), e, m0, m_end)) return;
   const int N = a.W.rows, K = a.W.K, kb = K >> 5, KT = K / kWgBK, n0 = blockIdx.x * kWgBM;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wgi = warp >> 2, wq = warp & 3;
   const int g = lane >> 2, t = lane & 3;
@@ -304,14 +300,73 @@ __global__ void __launch_bounds__(kWgThreads, BN <= 32 ? 3 : 2) moe_prefill_wgmm
   wg_fence_acc(acc);
 
   wg_epilogue<GATE_UP, BN>(a, acc, e, m0, m_end, n0, lr0, lr1, g, t);
+}
+
+// The ring starts at the first 1024-aligned shared address (the tile list's static words come first).
+__device__ __forceinline__ uint32_t wg_ring(unsigned char* smem, unsigned char*& ring_p) {
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const uint32_t ring = (raw + 1023u) & ~1023u;
+  ring_p = smem + (ring - raw);
+  return ring;
+}
+#endif
+
+// Grid: (ceil(N / kWgBM), prefill_max_tiles(P, E, BN)); blocks past the last tile exit. Dynamic shared memory
+// WgCfg<BN>::SMEM.
+template <bool GATE_UP, int BN>
+__global__ void __launch_bounds__(kWgThreads, BN <= 32 ? 3 : 2) moe_prefill_wgmma(GemmArgs a, int E) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(16) unsigned char wg_smem[];
+  unsigned char* ring_p;
+  const uint32_t ring = wg_ring(wg_smem, ring_p);
+  pdl_wait();
+  pdl_trigger();
+  int e, m0, m_end;
+  if (!prefill_tile<BN>(a.ws.offsets, E, int(blockIdx.y), e, m0, m_end)) return;
+  wg_tile<GATE_UP, BN>(a, ring, ring_p, e, m0, m_end);
 #endif
 }
 
-// Grid (ceil(N / kWgBM), T tile slots).
+// The fitted tiles (prefill_tile<128, true>): each expert's rows in as few tiles as hold them, of the width that
+// holds an equal share (a multiple of 16 up to 128), so the MMAs of a tile run on no more than 15 padding tokens
+// where a fixed width pads up to BN - 1 (at 64 tokens an expert, the fixed 128-token tile multiplies twice the
+// tokens there are). The width is the tile's, chosen at run time: every width's loop is in this kernel, one per
+// block runs. Shared memory and registers are the widest's (two blocks an SM). Bits: a tile's width is the MMA's N,
+// which leaves each output element's k sums as they are (the op tests' v1_bits cover these tiles too).
+constexpr size_t kWgFitSmem = WgCfg<80>::SMEM > WgCfg<128>::SMEM ? WgCfg<80>::SMEM : WgCfg<128>::SMEM;
+static_assert(WgCfg<16>::SMEM <= kWgFitSmem && WgCfg<32>::SMEM <= kWgFitSmem && WgCfg<48>::SMEM <= kWgFitSmem &&
+                  WgCfg<64>::SMEM <= kWgFitSmem && WgCfg<96>::SMEM <= kWgFitSmem && WgCfg<112>::SMEM <= kWgFitSmem,
+              "kWgFitSmem: the deepest ring of any width");
+
+// Grid: (ceil(N / kWgBM), prefill_max_tiles(P, E, 128)); dynamic shared memory kWgFitSmem.
+template <bool GATE_UP>
+__global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma_fit(GemmArgs a, int E) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(16) unsigned char wg_smem[];
+  unsigned char* ring_p;
+  const uint32_t ring = wg_ring(wg_smem, ring_p);
+  pdl_wait();
+  pdl_trigger();
+  int e, m0, m_end, w;
+  if (!prefill_tile<128, true>(a.ws.offsets, E, int(blockIdx.y), e, m0, m_end, &w)) return;
+  switch (w) {
+    case 16: return wg_tile<GATE_UP, 16>(a, ring, ring_p, e, m0, m_end);
+    case 32: return wg_tile<GATE_UP, 32>(a, ring, ring_p, e, m0, m_end);
+    case 48: return wg_tile<GATE_UP, 48>(a, ring, ring_p, e, m0, m_end);
+    case 64: return wg_tile<GATE_UP, 64>(a, ring, ring_p, e, m0, m_end);
+    case 80: return wg_tile<GATE_UP, 80>(a, ring, ring_p, e, m0, m_end);
+    case 96: return wg_tile<GATE_UP, 96>(a, ring, ring_p, e, m0, m_end);
+    case 112: return wg_tile<GATE_UP, 112>(a, ring, ring_p, e, m0, m_end);
+    default: return wg_tile<GATE_UP, 128>(a, ring, ring_p, e, m0, m_end);
+  }
+#endif
+}
+
+// Grid (ceil(N / kWgBM), T tile slots). BN 0: the fitted tiles.
 template <bool GATE_UP, int BN>
 void launch_prefill_wgmma_gemm(const GemmArgs& g, int E, int T, cudaStream_t stream, bool pdl) {
-  constexpr auto kernel = moe_prefill_wgmma<GATE_UP, BN>;
-  constexpr size_t smem = WgCfg<BN>::SMEM;
+  constexpr auto kernel = BN == 0 ? moe_prefill_wgmma_fit<GATE_UP> : moe_prefill_wgmma<GATE_UP, BN == 0 ? 16 : BN>;
+  constexpr size_t smem = BN == 0 ? kWgFitSmem : WgCfg<BN == 0 ? 16 : BN>::SMEM;
   static const bool attr_set = [] {  // once per instantiation (the dynamic shared memory is above 48 KB)
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     return true;
@@ -323,7 +378,7 @@ void launch_prefill_wgmma_gemm(const GemmArgs& g, int E, int T, cudaStream_t str
 template <int BN>
 void launch_prefill_wgmma_both(GemmArgs g, const WMat& gu, const WMat& dn, const MoeParams& p, const Workspace& ws,
                                int P, cudaStream_t stream) {
-  const int T = prefill_max_tiles(P, p.E, BN);
+  const int T = prefill_max_tiles(P, p.E, BN == 0 ? 128 : BN);
   g.W = gu;
   g.A = ws.xp;
   g.lda = p.H;
@@ -334,18 +389,19 @@ void launch_prefill_wgmma_both(GemmArgs g, const WMat& gu, const WMat& dn, const
   launch_prefill_wgmma_gemm<false, BN>(g, p.E, T, stream, p.pdl);
 }
 
-// x into the k-permutation (ws.xp), gate_up, down (after route_sort, before the combine), at the tile width for
-// the mean tokens an expert (prefill_wgmma_bn) unless `bn` names one. H200 lab (session 9), us: E = 32 64 tokens
-// 282, 256 363, 2048 1,214 (336 TFLOP/s); E = 128 64 862, 256 1,003, 2048 1,873.
+// x into the k-permutation (ws.xp), gate_up, down (after route_sort, before the combine), in the tiles
+// prefill_wgmma_bn picks unless `tile` (MoeParams::wgmma_tile) names them. H200 lab (session 9), us: E = 32 64
+// tokens 282, 256 363, 2048 1,214 (336 TFLOP/s); E = 128 64 862, 256 1,003, 2048 1,873.
 void launch_prefill_wgmma_pair(const MoeParams& p, const GemmArgs& g, const WMat& gu, const WMat& dn,
-                               const Workspace& ws, int P, cudaStream_t stream, int bn = 0) {
+                               const Workspace& ws, int P, cudaStream_t stream, int tile = 0) {
   launch(moe_permute_x, dim3(p.n), dim3(256), 0, stream, p.pdl, p.x, p.ldx, p.H, ws.xp);
-  const int width = bn > 0 ? bn : prefill_wgmma_bn(P, p.E);
+  const int width = tile > 1 ? tile : prefill_wgmma_bn(P, p.E, tile == kWgTileFit ? 0 : tile == kWgTileFixed ? 1 << 30 : -1);
   switch (width) {
     case 16: return launch_prefill_wgmma_both<16>(g, gu, dn, p, ws, P, stream);
     case 32: return launch_prefill_wgmma_both<32>(g, gu, dn, p, ws, P, stream);
     case 64: return launch_prefill_wgmma_both<64>(g, gu, dn, p, ws, P, stream);
-    default: return launch_prefill_wgmma_both<128>(g, gu, dn, p, ws, P, stream);
+    case 128: return launch_prefill_wgmma_both<128>(g, gu, dn, p, ws, P, stream);
+    default: return launch_prefill_wgmma_both<0>(g, gu, dn, p, ws, P, stream);
   }
 }
 

@@ -743,10 +743,10 @@ std::vector<Result> prefill_ragged_cases(int E, uint64_t seed) {
     DevBuf<uint8_t> ws(cuda::moe_workspace_bytes(ns.back(), H, I, E, k));
     for (int n : ns) {
       char params[96];
-      std::snprintf(params, sizeof params, "n=%d E=%d H=%d I=%d k=%d sizes 0,1,3,17,128,129,255", n, E, H, I, k);
+      std::snprintf(params, sizeof params, "n=%d E=%d H=%d I=%d k=%d sizes 0,1,3,17,40,90,128,129,255", n, E, H, I, k);
       try {
         const auto x16 = to_bf16(randn(size_t(n) * H, seed + 10 + n));
-        const auto ids = ragged_ids(n, k, E, {1, 3, 17, 255, 0, 128, 129});
+        const auto ids = ragged_ids(n, k, E, {1, 3, 17, 255, 0, 128, 129, 40, 90});
         std::vector<float> wts(ids.size());
         XorShift rng(seed + 1000 + n);
         for (int t = 0; t < n; t++) {
@@ -796,10 +796,11 @@ std::vector<Result> prefill_ragged_cases(int E, uint64_t seed) {
         }
         const auto want = moe_ref(X, xs, is, wsub, m, k, limit);
         out.push_back(close(std::string(params) + " 16 tokens vs CPU", "nmse", ys, want, 1e-4));
-        // The wgmma GEMMs (moe_prefill_wgmma.cuh, kPrefill's on the H200) at each tile width: v1's bits on every
-        // token, the CPU twin on the same 16, repeat bits.
-        for (int tile : {16, 32, 64, 128}) {
-          const std::string pw = std::string(params) + " prefill_wgmma tile " + std::to_string(tile);
+        // The wgmma GEMMs (moe_prefill_wgmma.cuh, kPrefill's on the H200) at each tile width and in fitted tiles
+        // (-1: every width of 16 to 128 among these sizes): v1's bits on every token, the CPU twin on the same 16,
+        // repeat bits.
+        for (int tile : {16, 32, 64, 128, -1}) {
+          const std::string pw = std::string(params) + " prefill_wgmma tile " + (tile < 0 ? "fit" : std::to_string(tile));
           const auto yw = run(cuda::MoePath::kPrefillWgmma, 0xFF, tile);
           Result bits = repeat_bits(pw + " vs prefill_v1", y, yw);
           bits.metric = "v1_bits";
