@@ -42,21 +42,6 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
-// Share `part` of `parts` of [p, p + bytes) pulled into L2 by the copy engine (sm_90's bulk prefetch: nothing waits
-// for it and it holds no registers), issued by the calling thread in 32 KB requests. p 16-byte aligned, bytes a
-// multiple of 16. A latency-bound kernel uses it to stream the weights of a kernel after it (MoeParams::l2_prefetch).
-__device__ __forceinline__ void l2_prefetch_share(const void* p, size_t bytes, int part, int parts) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  const size_t per = ((bytes + size_t(parts) - 1) / size_t(parts) + 15) & ~size_t(15);
-  const size_t lo = per * size_t(part), hi = lo + per < bytes ? lo + per : bytes;
-  const char* c = static_cast<const char*>(p);
-  for (size_t o = lo; o < hi; o += 32768) {
-    const uint32_t n = uint32_t(hi - o < 32768 ? hi - o : 32768);
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(c + o), "r"(n) : "memory");
-  }
-#endif
-}
-
 // Launches with the PDL attribute when `pdl` (sm_90+ only; the backend decides once per device).
 template <typename... KArgs, typename... Args>
 inline void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,

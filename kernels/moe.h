@@ -163,12 +163,6 @@ struct MoeParams {
   int wgmma_tile = 0;              // their tokens a tile: 16, 32, 64, 128; -1 each expert's tiles fitted to its tokens;
                                    // 1 the fixed width by the mean tokens an expert; 0 either, by that mean
   bool pdl = false;
-  // One-token steps (kDecodeSplit): bytes a later kernel reads (the next layer's q/k/v weights), pulled into L2 by
-  // the expert kernels while their own stream leaves DRAM idle; l2_prefetch_at says where (1 gate_up's end, 2 down's
-  // start, 3 down's end, 4 gate_up's start; 0 none).
-  const void* l2_prefetch = nullptr;
-  size_t l2_prefetch_bytes = 0;
-  int l2_prefetch_at = 0;
 };
 
 // Workspace for up to n_max tokens (either path; the same for both formats).

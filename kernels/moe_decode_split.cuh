@@ -143,7 +143,6 @@ __global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsig
   pdl_wait();  // the routing and x come from the router kernel
   split_route(a, s_ids[warp], s_w[warp]);
   pdl_trigger();
-  if (a.pf_at == 4 && threadIdx.x == 0) l2_prefetch_share(a.pf, a.pf_bytes, blockIdx.x, gridDim.x);
   if (blockIdx.x == 0) {
     for (int i = threadIdx.x; i < dn_tiles; i += blockDim.x) tile_count[i] = 0u;  // down counts after its pdl_wait
     if (a.ids_out && threadIdx.x < a.k) {
@@ -189,7 +188,6 @@ __global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsig
       a.act[size_t(u) * I + act_perm((r0 + g + 8 * h) >> 1)] = f2bf_bits(swiglu1(gate, up, a.limit) * s_w[warp][u]);
     }
   }
-  if (a.pf_at == 1 && threadIdx.x == 0) l2_prefetch_share(a.pf, a.pf_bytes, blockIdx.x, gridDim.x);
 }
 
 // Down's tile epilogue runs in warp 0: its lanes t = 0 store the partial, lane 0 counts the tile, and in the tile's
@@ -201,7 +199,6 @@ __global__ void __launch_bounds__(KS * 32) moe_split_down(DecodeArgs a, float* p
   __shared__ float4 red[2][KS][32];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int rows = a.W.rows, ntiles = rows >> 4;
-  if (a.pf_at == 2 && threadIdx.x == 0) l2_prefetch_share(a.pf, a.pf_bytes, blockIdx.x, gridDim.x);
   split_route(a, s_ids[warp], s_w[warp]);  // the router's logits: complete once gate_up has triggered
   int j = 0;
   for (int item = blockIdx.x; item < a.k * ntiles; item += gridDim.x, j++) {
@@ -236,7 +233,6 @@ __global__ void __launch_bounds__(KS * 32) moe_split_down(DecodeArgs a, float* p
     float* dst = a.y + row;
     *dst = a.accumulate ? *dst + v : v;
   }
-  if (a.pf_at == 3 && threadIdx.x == 0) l2_prefetch_share(a.pf, a.pf_bytes, blockIdx.x, gridDim.x);
 }
 
 // sm_90+ (the launcher's PDL ordering is what makes down's early routing safe; older GPUs keep the register

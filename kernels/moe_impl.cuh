@@ -200,16 +200,12 @@ struct DecodeArgs {
   float* y;       // down output
   int ldy;
   bool accumulate;
-  const void* pf;  // MoeParams::l2_prefetch, its bytes and place
-  size_t pf_bytes;
-  int pf_at;
 };
 
 // A decode launch's arguments for gate_up (x in, act out); the launchers then point them at down.
 inline DecodeArgs decode_args(const MoeParams& p, const WMat& gu, uint16_t* act) {
   return DecodeArgs{p.n,      p.E,         p.k,       p.swiglu_limit, p.x,   p.ldx, p.ids,  p.weights, p.logits,
-                    p.ld_logits, p.ids_out, p.weights_out, gu,        act,   p.y,   p.ldy,  p.accumulate,
-                    p.l2_prefetch, p.l2_prefetch_bytes, p.l2_prefetch_at};
+                    p.ld_logits, p.ids_out, p.weights_out, gu,        act,   p.y,   p.ldy,  p.accumulate};
 }
 
 // The routing (ids clamped, weights), the unique experts of the batch in order of first appearance, and per

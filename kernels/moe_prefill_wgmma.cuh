@@ -2,13 +2,13 @@
 // GEMM on an sm_90 device (MoePath::kPrefillWgmma names it; kPrefillMma forces moe_prefill_mma.cuh's, the one
 // every other device runs: wgmma exists on sm_90a only). H200 lab, one layer (session 11): 1,114 us at 2048 tokens
 // E = 32 (366 TFLOP/s; v2 2,190), 332 at 256, 241 at 64 (v1 531); E = 128 1,697 / 847 / 721 (session 10: 4,996 at
-// 8192, 326 TFLOP/s; v2 8,625).
+// 8192, 326 TFLOP/s; v2 8,625); session 14's fitted tiles: E = 128 2048 tokens 1,541, E = 32 512 tokens 414 (437).
 //
 // The GEMM is computed transposed, D[weight row][token] = W[e] x X^T, so the decoded weights are the A operand,
 // straight from registers (moe_prefill_wgmma: no bf16 copy of any weight in shared memory), and the tokens of a
 // tile are wgmma's N, which may be as narrow as 8: so the same kernel serves an expert's 16 tokens (a batched
 // decode step) and its thousands (a prompt), at the tile width BN (16, 32, 64 or 128) picked per call from the
-// tokens an expert:
+// tokens an expert, or in tiles fitted to each expert's tokens (moe_prefill_wgmma_fit, widths 16 to 128 by 16):
 //   - a block: 128 weight rows (two warpgroups of 64) x BN sorted pair-rows (one expert, the tile list of
 //     moe_prefill_mma.cuh at BN rows), 256 threads, every thread a loader and a consumer;
 //   - k-tiles of 64 columns through a ring of WgCfg<BN>::STAGES stages by cp.async: the tokens' bf16 rows (gathered by
@@ -64,15 +64,18 @@ struct WgCfg {
 // MoeParams::wgmma_tile's two names beside a width: the fitted tiles everywhere, the fixed widths by the mean.
 constexpr int kWgTileFit = -1, kWgTileFixed = 1;
 
-// The tiles for P pairs over E experts: a fixed width (16, 32, 64, 128) or 0, the fitted tiles, from `fit_above`
-// tokens an expert on average (-1: the default, kWgFitAbove; 0: always; past P: never). A tile's weight decode costs
-// the same at any width, so wide tiles win once an expert fills them; narrow ones while it cannot. H200 lab, one
-// layer, the best fixed width by mean tokens an expert: 2 and 8 -> 16 (E = 128: 983 vs 1,619 us at 128), 16 -> 32
-// (1,450 vs 1,583 at 16), 32 -> 64 (E = 32: 445 vs 521 at 128), 64 and up -> 128 (557 vs 648 at 64).
-constexpr int kWgFitAbove = 24;
+// The tiles for P pairs over E experts: a fixed width (16, 32, 64, 128) or 0, the fitted tiles, by the mean tokens
+// an expert (fit_above -1: the measured rule below; 0: fitted always; 1 << 30: fixed always). A tile's weight decode
+// costs the same at any width, so wide tiles win once an expert fills them; narrow ones while it cannot. H200 lab,
+// one layer, the best fixed width by mean tokens an expert: 2 and 8 -> 16 (E = 128: 983 vs 1,619 us at 128), 16 ->
+// 32 (1,450 vs 1,583 at 16), 32 -> 64 (E = 32: 445 vs 521 at 128), 64 and up -> 128 (557 vs 648 at 64). Fitted
+// tiles (session 14, us, fitted / the fixed rule): at a mean of 64 they win (E = 128 2048 tokens 1,548 / 1,689,
+// E = 32 512 tokens 414 / 437: the 128-token tile's padding half its MMAs); at 32 they tie (E = 32 256 tokens 333 /
+// 331) and at 256 too (E = 32 2048 tokens 1,127 / 1,118); below 32 the fixed narrow tiles keep three blocks an SM
+// (E = 128 256 tokens 1,016 / 849, 512 tokens 1,076 / 973).
 inline int prefill_wgmma_bn(int P, int E, int fit_above = -1) {
   const int mean = (P + E - 1) / E;
-  if (mean > (fit_above < 0 ? kWgFitAbove : fit_above)) return 0;
+  if (fit_above < 0 ? mean > 48 && mean <= 128 : mean > fit_above) return 0;
   return mean <= 12 ? 16 : mean <= 24 ? 32 : mean <= 48 ? 64 : 128;
 }
 
@@ -390,8 +393,7 @@ void launch_prefill_wgmma_both(GemmArgs g, const WMat& gu, const WMat& dn, const
 }
 
 // x into the k-permutation (ws.xp), gate_up, down (after route_sort, before the combine), in the tiles
-// prefill_wgmma_bn picks unless `tile` (MoeParams::wgmma_tile) names them. H200 lab (session 9), us: E = 32 64
-// tokens 282, 256 363, 2048 1,214 (336 TFLOP/s); E = 128 64 862, 256 1,003, 2048 1,873.
+// prefill_wgmma_bn picks unless `tile` (MoeParams::wgmma_tile) names them.
 void launch_prefill_wgmma_pair(const MoeParams& p, const GemmArgs& g, const WMat& gu, const WMat& dn,
                                const Workspace& ws, int P, cudaStream_t stream, int tile = 0) {
   launch(moe_permute_x, dim3(p.n), dim3(256), 0, stream, p.pdl, p.x, p.ldx, p.H, ws.xp);

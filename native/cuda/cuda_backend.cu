@@ -305,7 +305,6 @@ class CudaBackend final : public Backend {
   MoePath moe_prefill_path_ = MoePath::kAuto;
   bool moe_wgmma_ = true;
   int moe_wgmma_tile_ = 0;  // MoeParams::wgmma_tile (HARMONIUM_MOE_WGMMA_TILE)
-  int l2_prefetch_at_ = 0;  // MoeParams::l2_prefetch_at (HARMONIUM_L2_PREFETCH=off|gate-end|down-start|down-end|gate-start)
   int dense_gemm_ = 0;  // HARMONIUM_DENSE=mma|wgmma (A/B): the dense projections' tensor-core kernel (DenseParams::gemm)
   bool fused_rope_ = true;  // decode-only steps rotate and write the KV cache inside attention (HARMONIUM_FUSED_ROPE=0: off)
 
@@ -418,8 +417,6 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   // tokens an expert, the rule before fitted tiles), or one width for every step.
   const int wgmma_tile = env_choice("HARMONIUM_MOE_WGMMA_TILE", {"fit", "fixed", "16", "32", "64", "128"});
   if (wgmma_tile >= 0) moe_wgmma_tile_ = wgmma_tile == 0 ? -1 : wgmma_tile == 1 ? 1 : 16 << (wgmma_tile - 2);
-  const int l2_prefetch = env_choice("HARMONIUM_L2_PREFETCH", {"off", "gate-end", "down-start", "down-end", "gate-start"});
-  if (l2_prefetch >= 0) l2_prefetch_at_ = l2_prefetch;
   const int dense = env_choice("HARMONIUM_DENSE", {"wgmma", "mma"});
   dense_gemm_ = dense == 0 ? 2 : dense == 1 ? 1 : 0;  // DenseParams::gemm
   const char* prof_env = std::getenv("HARMONIUM_PROFILE");
@@ -741,12 +738,7 @@ void CudaBackend::forward_layers(int T) {
     dense(rd, stream_);
     prof_.mark(StepProfiler::kRouter);
 
-    MoeParams mp = moe_params(T);
-    if (l2_prefetch_at_ > 0 && l + 1 < c.num_layers) {  // the next layer's q/k/v weights into L2 (one-token steps)
-      mp.l2_prefetch = w_.layers[l + 1].qkv_w;
-      mp.l2_prefetch_bytes = size_t(qkv_width_) * size_t(H) * 2;
-      mp.l2_prefetch_at = l2_prefetch_at_;
-    }
+    const MoeParams mp = moe_params(T);
     if (w_.mxfp4)
       moe_mxfp4_forward(mp, L.mxfp4, stream_);
     else
