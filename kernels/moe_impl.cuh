@@ -846,7 +846,7 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
       const bool gemm = (p.wgmma && (p.path == MoePath::kAuto || p.path == MoePath::kPrefill)) ||
                         p.path == MoePath::kPrefillWgmma;
       if (gemm && wgmma_here) {
-        launch_prefill_wgmma_pair(p, g, gu, dn, ws, P, stream, p.wgmma_tile);
+        launch_prefill_wgmma_pair<F>(p, g, gu, dn, ws, P, stream, p.wgmma_tile);
         launch(moe_combine, dim3(p.n), dim3(256), 0, stream, p.pdl, ws, p.H, p.k, p.y, p.ldy, p.accumulate);
         return;
       }

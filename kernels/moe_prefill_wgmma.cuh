@@ -69,13 +69,14 @@ constexpr int kWgTileFit = -1, kWgTileFixed = 1;
 // costs the same at any width, so wide tiles win once an expert fills them; narrow ones while it cannot. H200 lab,
 // one layer, the best fixed width by mean tokens an expert: 2 and 8 -> 16 (E = 128: 983 vs 1,619 us at 128), 16 ->
 // 32 (1,450 vs 1,583 at 16), 32 -> 64 (E = 32: 445 vs 521 at 128), 64 and up -> 128 (557 vs 648 at 64). Fitted
-// tiles (session 14, us, fitted / the fixed rule): at a mean of 64 they win (E = 128 2048 tokens 1,548 / 1,689,
-// E = 32 512 tokens 414 / 437: the 128-token tile's padding half its MMAs); at 32 they tie (E = 32 256 tokens 333 /
-// 331) and at 256 too (E = 32 2048 tokens 1,127 / 1,118); below 32 the fixed narrow tiles keep three blocks an SM
-// (E = 128 256 tokens 1,016 / 849, 512 tokens 1,076 / 973).
+// tiles (session 14, us, fitted / the fixed rule; the third call's kernels, their copies' addresses kept in registers):
+// at a mean of 64 they win (E = 128 2048 tokens 1,485 / 1,650, E = 32 512 tokens 392 / 423: the 128-token tile's
+// padding half its MMAs), at 32 too (E = 32 256 tokens 303 / 322; the second call's kernels, which spilled, tied),
+// at 256 they tie (E = 32 2048 tokens 1,064 / 1,056); below 32 the fixed narrow tiles keep three blocks an SM (E =
+// 128 64 tokens 762 / 693, 256 tokens 891 / 806, 512 tokens 973 / 923; E = 32 64 tokens 249 / 233).
 inline int prefill_wgmma_bn(int P, int E, int fit_above = -1) {
   const int mean = (P + E - 1) / E;
-  if (fit_above < 0 ? mean > 48 && mean <= 128 : mean > fit_above) return 0;
+  if (fit_above < 0 ? mean > 24 && mean <= 128 : mean > fit_above) return 0;
   return mean <= 12 ? 16 : mean <= 24 ? 32 : mean <= 48 ? 64 : 128;
 }
 
@@ -153,34 +154,40 @@ __device__ __forceinline__ void wg_tile(const GemmArgs& a, uint32_t ring, unsign
   const int g = lane >> 2, t = lane & 3;
 
   // Token-row copies: 16-byte chunk xc of rows xr0 + 32 i (those below BN), into the swizzled slot of (row, chunk).
+  // Each copy's source is a pointer advanced a k-tile per issue and its destination a stage offset added to a fixed
+  // shared address: session 14's SASS of the 16-token tile had about 20 instructions a k-tile rebuilding these from
+  // the kernel's parameters (of 148; the decode itself is 60).
   const int xc = tid & 7, xr0 = tid >> 3;
-  uint32_t x_off[XR];
+  const uint16_t* x_src[XR];
   bool x_ok[XR];
 #pragma unroll
   for (int i = 0; i < XR; i++) {
     const int r = m0 + xr0 + 32 * i;
     x_ok[i] = r < m_end && xr0 + 32 * i < BN;
-    x_off[i] = x_ok[i] ? uint32_t(GATE_UP ? a.ws.perm[r] / a.k : r) * uint32_t(a.lda) + uint32_t(xc * 8) : 0u;
+    x_src[i] = a.A + (x_ok[i] ? size_t(GATE_UP ? a.ws.perm[r] / a.k : r) * size_t(a.lda) + size_t(xc * 8) : 0);
   }
   // Raw weight copies: chunk wc (16 bytes, 32 columns) of row wr.
   const int wr = tid >> 1, wc = tid & 1;
   const bool w_ok = n0 + wr < N;
   const uint8_t* w_src = static_cast<const uint8_t*>(a.W.data) + ((size_t(e) * N + (w_ok ? n0 + wr : 0)) * kb + wc) * 16;
-  // Row xr0 + 32 i's swizzled slot is x_dst + 4096 i (32 rows keep the row's low 3 bits, the swizzle's phase), and
-  // a k-tile's token columns one pointer a tile: each copy is an add to those, not a rebuilt address.
-  const uint32_t x_dst = uint32_t(xr0 * 128 + ((xc ^ (xr0 & 7)) << 4));
+  // Row xr0 + 32 i's swizzled slot is x_dst + 4096 i (32 rows keep the row's low 3 bits, the swizzle's phase).
+  const uint32_t x_dst = ring + uint32_t(xr0 * 128 + ((xc ^ (xr0 & 7)) << 4));
+  const uint32_t w_dst = ring + uint32_t(C::X_BYTES + wr * kWgRowBytes + wc * 16);
   int kt_next = 0;
+  uint32_t st_next = 0;  // the stage offset of k-tile kt_next
   auto issue = [&]() {  // the next k-tile into stage kt_next % NST (always one group, empty past the end)
     if (kt_next < KT) {
-      unsigned char* st = ring_p + (kt_next % NST) * C::STAGE_BYTES;
-      const uint16_t* xa = a.A + kt_next * kWgBK;
 #pragma unroll
-      for (int i = 0; i < XR; i++)
-        if (32 * (i + 1) <= BN || xr0 + 32 * i < BN) cp_async16_zfill(st + x_dst + 4096 * i, xa + x_off[i], x_ok[i]);
-      cp_async16_zfill(st + C::X_BYTES + wr * kWgRowBytes + wc * 16, w_src + size_t(kt_next) * 32, w_ok);
+      for (int i = 0; i < XR; i++) {
+        if (32 * (i + 1) <= BN || xr0 + 32 * i < BN) cp_async16_zfill_s(x_dst + st_next + 4096 * i, x_src[i], x_ok[i]);
+        x_src[i] += kWgBK;
+      }
+      cp_async16_zfill_s(w_dst + st_next, w_src, w_ok);
+      w_src += 32;
     }
     cp_async_commit();
     kt_next++;
+    st_next = st_next + C::STAGE_BYTES == uint32_t(NST * C::STAGE_BYTES) ? 0u : st_next + C::STAGE_BYTES;
   };
 
   // This lane's two weight rows (fragment rows g and g + 8 of its warp's 16) and their scales, loaded ahead (a
@@ -188,12 +195,14 @@ __device__ __forceinline__ void wg_tile(const GemmArgs& a, uint32_t ring, unsign
   // cycles waiting on them at 64 tokens, BN 16).
   const int lr0 = wgi * 64 + wq * 16 + g, lr1 = lr0 + 8;
   const bool ok0 = n0 + lr0 < N, ok1 = n0 + lr1 < N;
-  const uint8_t* s0 = a.W.scales + (size_t(e) * N + (ok0 ? n0 + lr0 : 0)) * kb;
-  const uint8_t* s1 = a.W.scales + (size_t(e) * N + (ok1 ? n0 + lr1 : 0)) * kb;
+  const uint16_t* s0 = reinterpret_cast<const uint16_t*>(a.W.scales + (size_t(e) * N + (ok0 ? n0 + lr0 : 0)) * kb);
+  const uint16_t* s1 = reinterpret_cast<const uint16_t*>(a.W.scales + (size_t(e) * N + (ok1 ? n0 + lr1 : 0)) * kb);
+  // Unpredicated: a row past N reads row 0's scales, which multiply its zero-filled weights (and its results are
+  // never stored); a tile past the end reads the last tile's, never used.
   auto scales = [&](int kt, uint32_t (&u)[2]) {
-    const bool in = kt < KT;
-    u[0] = ok0 && in ? __ldg(reinterpret_cast<const uint16_t*>(s0 + 2 * kt)) : 0x7F7Fu;
-    u[1] = ok1 && in ? __ldg(reinterpret_cast<const uint16_t*>(s1 + 2 * kt)) : 0x7F7Fu;
+    const int k = kt < KT ? kt : KT - 1;
+    u[0] = __ldg(s0 + k);
+    u[1] = __ldg(s1 + k);
   };
   // The four scale bytes decode_tile takes (row lr0's two blocks, then lr1's) from a tile's two loads.
   auto scale_bytes = [](const uint32_t (&u)[2], uint32_t (&s)[4]) {
@@ -393,7 +402,9 @@ void launch_prefill_wgmma_both(GemmArgs g, const WMat& gu, const WMat& dn, const
 }
 
 // x into the k-permutation (ws.xp), gate_up, down (after route_sort, before the combine), in the tiles
-// prefill_wgmma_bn picks unless `tile` (MoeParams::wgmma_tile) names them.
+// prefill_wgmma_bn picks unless `tile` (MoeParams::wgmma_tile) names them. A template on the weights' format (MXFP4
+// only) so that the bf16 path's translation unit, whose forward() never calls it, does not compile its kernels.
+template <WFmt F>
 void launch_prefill_wgmma_pair(const MoeParams& p, const GemmArgs& g, const WMat& gu, const WMat& dn,
                                const Workspace& ws, int P, cudaStream_t stream, int tile = 0) {
   launch(moe_permute_x, dim3(p.n), dim3(256), 0, stream, p.pdl, p.x, p.ldx, p.H, ws.xp);
