@@ -8,7 +8,7 @@
 // straight from registers (moe_prefill_wgmma: no bf16 copy of any weight in shared memory), and the tokens of a
 // tile are wgmma's N, which may be as narrow as 8: so the same kernel serves an expert's 16 tokens (a batched
 // decode step) and its thousands (a prompt), at the tile width BN (16, 32, 64 or 128) picked per call from the
-// tokens an expert, or in tiles fitted to each expert's tokens (moe_prefill_wgmma_fit, widths 16 to 128 by 16):
+// tokens an expert, or in tiles fitted to each expert's tokens (moe_prefill_wgmma<GATE_UP, 0>, widths 16 to 128 by 16):
 //   - a block: 128 weight rows (two warpgroups of 64) x BN sorted pair-rows (one expert, the tile list of
 //     moe_prefill_mma.cuh at BN rows), 256 threads, every thread a loader and a consumer;
 //   - k-tiles of 64 columns through a ring of WgCfg<BN>::STAGES stages by cp.async: the tokens' bf16 rows (gathered by
@@ -323,36 +323,26 @@ __device__ __forceinline__ uint32_t wg_ring(unsigned char* smem, unsigned char*&
 }
 #endif
 
-// Grid: (ceil(N / kWgBM), prefill_max_tiles(P, E, BN)); blocks past the last tile exit. Dynamic shared memory
-// WgCfg<BN>::SMEM.
-template <bool GATE_UP, int BN>
-__global__ void __launch_bounds__(kWgThreads, BN <= 32 ? 3 : 2) moe_prefill_wgmma(GemmArgs a, int E) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  extern __shared__ __align__(16) unsigned char wg_smem[];
-  unsigned char* ring_p;
-  const uint32_t ring = wg_ring(wg_smem, ring_p);
-  pdl_wait();
-  pdl_trigger();
-  int e, m0, m_end;
-  if (!prefill_tile<BN>(a.ws.offsets, E, int(blockIdx.y), e, m0, m_end)) return;
-  wg_tile<GATE_UP, BN>(a, ring, ring_p, e, m0, m_end);
-#endif
-}
-
-// The fitted tiles (prefill_tile<128, true>): each expert's rows in as few tiles as hold them, of the width that
-// holds an equal share (a multiple of 16 up to 128), so the MMAs of a tile run on no more than 15 padding tokens
+// The fitted tiles (BN 0, prefill_tile<128, true>): each expert's rows in as few tiles as hold them, of the width
+// that holds an equal share (a multiple of 16 up to 128), so the MMAs of a tile run on no more than 15 padding tokens
 // where a fixed width pads up to BN - 1 (at 64 tokens an expert, the fixed 128-token tile multiplies twice the
-// tokens there are). The width is the tile's, chosen at run time: every width's loop is in this kernel, one per
+// tokens there are). The width is the tile's, chosen at run time: every width's loop is in that kernel, one per
 // block runs. Shared memory and registers are the widest's (two blocks an SM). Bits: a tile's width is the MMA's N,
 // which leaves each output element's k sums as they are (the op tests' v1_bits cover these tiles too).
 constexpr size_t kWgFitSmem = WgCfg<80>::SMEM > WgCfg<128>::SMEM ? WgCfg<80>::SMEM : WgCfg<128>::SMEM;
 static_assert(WgCfg<16>::SMEM <= kWgFitSmem && WgCfg<32>::SMEM <= kWgFitSmem && WgCfg<48>::SMEM <= kWgFitSmem &&
                   WgCfg<64>::SMEM <= kWgFitSmem && WgCfg<96>::SMEM <= kWgFitSmem && WgCfg<112>::SMEM <= kWgFitSmem,
               "kWgFitSmem: the deepest ring of any width");
+template <int BN>
+constexpr size_t wg_smem_bytes() {
+  if constexpr (BN == 0) return kWgFitSmem;
+  else return WgCfg<BN>::SMEM;
+}
 
-// Grid: (ceil(N / kWgBM), prefill_max_tiles(P, E, 128)); dynamic shared memory kWgFitSmem.
-template <bool GATE_UP>
-__global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma_fit(GemmArgs a, int E) {
+// Grid: (ceil(N / kWgBM), prefill_max_tiles(P, E, BN or 128)); blocks past the last tile exit. Dynamic shared memory
+// wg_smem_bytes<BN>(). BN: the tile width, or 0 for the fitted tiles.
+template <bool GATE_UP, int BN>
+__global__ void __launch_bounds__(kWgThreads, BN != 0 && BN <= 32 ? 3 : 2) moe_prefill_wgmma(GemmArgs a, int E) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(16) unsigned char wg_smem[];
   unsigned char* ring_p;
@@ -360,16 +350,20 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma_fit(GemmArgs 
   pdl_wait();
   pdl_trigger();
   int e, m0, m_end, w;
-  if (!prefill_tile<128, true>(a.ws.offsets, E, int(blockIdx.y), e, m0, m_end, &w)) return;
-  switch (w) {
-    case 16: return wg_tile<GATE_UP, 16>(a, ring, ring_p, e, m0, m_end);
-    case 32: return wg_tile<GATE_UP, 32>(a, ring, ring_p, e, m0, m_end);
-    case 48: return wg_tile<GATE_UP, 48>(a, ring, ring_p, e, m0, m_end);
-    case 64: return wg_tile<GATE_UP, 64>(a, ring, ring_p, e, m0, m_end);
-    case 80: return wg_tile<GATE_UP, 80>(a, ring, ring_p, e, m0, m_end);
-    case 96: return wg_tile<GATE_UP, 96>(a, ring, ring_p, e, m0, m_end);
-    case 112: return wg_tile<GATE_UP, 112>(a, ring, ring_p, e, m0, m_end);
-    default: return wg_tile<GATE_UP, 128>(a, ring, ring_p, e, m0, m_end);
+  if (!prefill_tile<BN == 0 ? 128 : BN, BN == 0>(a.ws.offsets, E, int(blockIdx.y), e, m0, m_end, &w)) return;
+  if constexpr (BN != 0) {
+    wg_tile<GATE_UP, BN>(a, ring, ring_p, e, m0, m_end);
+  } else {
+    switch (w) {
+      case 16: return wg_tile<GATE_UP, 16>(a, ring, ring_p, e, m0, m_end);
+      case 32: return wg_tile<GATE_UP, 32>(a, ring, ring_p, e, m0, m_end);
+      case 48: return wg_tile<GATE_UP, 48>(a, ring, ring_p, e, m0, m_end);
+      case 64: return wg_tile<GATE_UP, 64>(a, ring, ring_p, e, m0, m_end);
+      case 80: return wg_tile<GATE_UP, 80>(a, ring, ring_p, e, m0, m_end);
+      case 96: return wg_tile<GATE_UP, 96>(a, ring, ring_p, e, m0, m_end);
+      case 112: return wg_tile<GATE_UP, 112>(a, ring, ring_p, e, m0, m_end);
+      default: return wg_tile<GATE_UP, 128>(a, ring, ring_p, e, m0, m_end);
+    }
   }
 #endif
 }
@@ -377,8 +371,8 @@ __global__ void __launch_bounds__(kWgThreads, 2) moe_prefill_wgmma_fit(GemmArgs 
 // Grid (ceil(N / kWgBM), T tile slots). BN 0: the fitted tiles.
 template <bool GATE_UP, int BN>
 void launch_prefill_wgmma_gemm(const GemmArgs& g, int E, int T, cudaStream_t stream, bool pdl) {
-  constexpr auto kernel = BN == 0 ? moe_prefill_wgmma_fit<GATE_UP> : moe_prefill_wgmma<GATE_UP, BN == 0 ? 16 : BN>;
-  constexpr size_t smem = BN == 0 ? kWgFitSmem : WgCfg<BN == 0 ? 16 : BN>::SMEM;
+  constexpr auto kernel = moe_prefill_wgmma<GATE_UP, BN>;
+  constexpr size_t smem = wg_smem_bytes<BN>();
   static const bool attr_set = [] {  // once per instantiation (the dynamic shared memory is above 48 KB)
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     return true;
