@@ -2,7 +2,8 @@
 // GEMM on an sm_90 device (MoePath::kPrefillWgmma names it; kPrefillMma forces moe_prefill_mma.cuh's, the one
 // every other device runs: wgmma exists on sm_90a only). H200 lab, one layer (session 11): 1,114 us at 2048 tokens
 // E = 32 (366 TFLOP/s; v2 2,190), 332 at 256, 241 at 64 (v1 531); E = 128 1,697 / 847 / 721 (session 10: 4,996 at
-// 8192, 326 TFLOP/s; v2 8,625); session 14's fitted tiles: E = 128 2048 tokens 1,541, E = 32 512 tokens 414 (437).
+// 8192, 326 TFLOP/s; v2 8,625); session 14 (fitted tiles, the copies' addresses in registers): E = 32 2048 / 512 /
+// 256 / 64 tokens 1,046 / 391 / 305 / 233, E = 128 2048 / 256 / 64 tokens 1,456 / 805 / 690.
 //
 // The GEMM is computed transposed, D[weight row][token] = W[e] x X^T, so the decoded weights are the A operand,
 // straight from registers (moe_prefill_wgmma: no bf16 copy of any weight in shared memory), and the tokens of a
