@@ -103,6 +103,10 @@ constexpr int kMoeDecodeMaxTokens = 8;
 // its shapes allow, else moe_prefill_mma.cuh's (kAuto's GEMM the same); MoeParams::wgmma = false keeps the wgmma
 // ones out (what other devices run: A/B and tests), kPrefillWgmma names them. kPrefillV1 forces the v1 GEMM. All
 // give the same bits; the bf16 weights always take v1.
+// MoeParams::wgmma_tile's names beside a width: each expert's tiles fitted to its tokens, or one width for the step
+// by the mean tokens an expert (the rule before fitted tiles).
+constexpr int kMoeWgmmaTileFit = -1, kMoeWgmmaTileFixed = 1;
+
 enum class MoePath : int {
   kAuto = 0, kDecode = 1, kPrefill = 2, kDecodeRegs = 3, kGrouped = 4, kGroupedBf16 = 5, kPrefillV1 = 6,
   kDecodeSplit = 7, kPrefillWgmma = 8
@@ -160,8 +164,8 @@ struct MoeParams {
   size_t workspace_bytes = 0;
   MoePath path = MoePath::kAuto;
   bool wgmma = true;               // sm_90: kPrefill / kAuto's GEMM on the wgmma kernels where they apply (see MoePath)
-  int wgmma_tile = 0;              // their tokens a tile: 16, 32, 64, 128; -1 each expert's tiles fitted to its tokens;
-                                   // 1 the fixed width by the mean tokens an expert; 0 either, by that mean
+  int wgmma_tile = 0;              // their tokens a tile: 16, 32, 64, 128, kMoeWgmmaTileFit or kMoeWgmmaTileFixed;
+                                   // 0 fitted or fixed by the mean tokens an expert
   bool pdl = false;
 };
 

@@ -62,11 +62,8 @@ struct WgCfg {
   static_assert(!PAIRED || STAGES >= 5, "the paired loop keeps NST - 3 tiles ahead and waits for two");
 };
 
-// MoeParams::wgmma_tile's two names beside a width: the fitted tiles everywhere, the fixed widths by the mean.
-constexpr int kWgTileFit = -1, kWgTileFixed = 1;
-
-// The tiles for P pairs over E experts: a fixed width (16, 32, 64, 128) or 0, the fitted tiles, by the mean tokens
-// an expert (fit_above -1: the measured rule below; 0: fitted always; 1 << 30: fixed always). A tile's weight decode
+// The tiles for P pairs over E experts under MoeParams::wgmma_tile `tile`: a fixed width (16, 32, 64, 128) or 0, the
+// fitted tiles; by default (tile 0) chosen by the mean tokens an expert, as measured below. A tile's weight decode
 // costs the same at any width, so wide tiles win once an expert fills them; narrow ones while it cannot. H200 lab,
 // one layer, the best fixed width by mean tokens an expert: 2 and 8 -> 16 (E = 128: 983 vs 1,619 us at 128), 16 ->
 // 32 (1,450 vs 1,583 at 16), 32 -> 64 (E = 32: 445 vs 521 at 128), 64 and up -> 128 (557 vs 648 at 64). Fitted
@@ -75,9 +72,11 @@ constexpr int kWgTileFit = -1, kWgTileFixed = 1;
 // padding half its MMAs), at 32 too (E = 32 256 tokens 303 / 322; the second call's kernels, which spilled, tied),
 // at 256 they tie (E = 32 2048 tokens 1,064 / 1,056); below 32 the fixed narrow tiles keep three blocks an SM (E =
 // 128 64 tokens 762 / 693, 256 tokens 891 / 806, 512 tokens 973 / 923; E = 32 64 tokens 249 / 233).
-inline int prefill_wgmma_bn(int P, int E, int fit_above = -1) {
+inline int prefill_wgmma_bn(int P, int E, int tile = 0) {
+  if (tile > 1) return tile;
+  if (tile == kMoeWgmmaTileFit) return 0;
   const int mean = (P + E - 1) / E;
-  if (fit_above < 0 ? mean > 24 && mean <= 128 : mean > fit_above) return 0;
+  if (tile != kMoeWgmmaTileFixed && mean > 24 && mean <= 128) return 0;
   return mean <= 12 ? 16 : mean <= 24 ? 32 : mean <= 48 ? 64 : 128;
 }
 
@@ -403,8 +402,7 @@ template <WFmt F>
 void launch_prefill_wgmma_pair(const MoeParams& p, const GemmArgs& g, const WMat& gu, const WMat& dn,
                                const Workspace& ws, int P, cudaStream_t stream, int tile = 0) {
   launch(moe_permute_x, dim3(p.n), dim3(256), 0, stream, p.pdl, p.x, p.ldx, p.H, ws.xp);
-  const int width = tile > 1 ? tile : prefill_wgmma_bn(P, p.E, tile == kWgTileFit ? 0 : tile == kWgTileFixed ? 1 << 30 : -1);
-  switch (width) {
+  switch (prefill_wgmma_bn(P, p.E, tile)) {
     case 16: return launch_prefill_wgmma_both<16>(g, gu, dn, p, ws, P, stream);
     case 32: return launch_prefill_wgmma_both<32>(g, gu, dn, p, ws, P, stream);
     case 64: return launch_prefill_wgmma_both<64>(g, gu, dn, p, ws, P, stream);

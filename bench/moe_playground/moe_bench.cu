@@ -701,8 +701,8 @@ void prefill_section(const Layer& L, int n, const uint16_t* x, float* y, void* w
       {"wgmma tile 32", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 32), L.mx(), 0); }},
       {"wgmma tile 64", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 64), L.mx(), 0); }},
       {"wgmma tile 128", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 128), L.mx(), 0); }},
-      {"wgmma fitted tiles", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, -1), L.mx(), 0); }},
-      {"wgmma fixed width (by mean)", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 1), L.mx(), 0); }},
+      {"wgmma fitted tiles", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, kMoeWgmmaTileFit), L.mx(), 0); }},
+      {"wgmma fixed width (by mean)", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, kMoeWgmmaTileFixed), L.mx(), 0); }},
       {"route sort + combine only", [&](const MoeParams& q) { prefill_overhead(L, q); }},
   };
   for (const V& v : vs) {

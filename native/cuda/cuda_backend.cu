@@ -416,7 +416,8 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   // HARMONIUM_MOE_WGMMA_TILE (A/B): fit (every expert's tiles fitted to its tokens), fixed (one width by the mean
   // tokens an expert, the rule before fitted tiles), or one width for every step.
   const int wgmma_tile = env_choice("HARMONIUM_MOE_WGMMA_TILE", {"fit", "fixed", "16", "32", "64", "128"});
-  if (wgmma_tile >= 0) moe_wgmma_tile_ = wgmma_tile == 0 ? -1 : wgmma_tile == 1 ? 1 : 16 << (wgmma_tile - 2);
+  if (wgmma_tile >= 0)
+    moe_wgmma_tile_ = wgmma_tile == 0 ? kMoeWgmmaTileFit : wgmma_tile == 1 ? kMoeWgmmaTileFixed : 16 << (wgmma_tile - 2);
   const int dense = env_choice("HARMONIUM_DENSE", {"wgmma", "mma"});
   dense_gemm_ = dense == 0 ? 2 : dense == 1 ? 1 : 0;  // DenseParams::gemm
   const char* prof_env = std::getenv("HARMONIUM_PROFILE");

@@ -797,9 +797,9 @@ std::vector<Result> prefill_ragged_cases(int E, uint64_t seed) {
         const auto want = moe_ref(X, xs, is, wsub, m, k, limit);
         out.push_back(close(std::string(params) + " 16 tokens vs CPU", "nmse", ys, want, 1e-4));
         // The wgmma GEMMs (moe_prefill_wgmma.cuh, kPrefill's on the H200) at each tile width and in fitted tiles
-        // (-1: every width of 16 to 128 among these sizes): v1's bits on every token, the CPU twin on the same 16,
+        // (every width of 16 to 128 among these sizes): v1's bits on every token, the CPU twin on the same 16,
         // repeat bits.
-        for (int tile : {16, 32, 64, 128, -1}) {
+        for (int tile : {16, 32, 64, 128, cuda::kMoeWgmmaTileFit}) {
           const std::string pw = std::string(params) + " prefill_wgmma tile " + (tile < 0 ? "fit" : std::to_string(tile));
           const auto yw = run(cuda::MoePath::kPrefillWgmma, 0xFF, tile);
           Result bits = repeat_bits(pw + " vs prefill_v1", y, yw);
