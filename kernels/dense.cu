@@ -635,10 +635,16 @@ void launch_dense_wgmma(const DenseParams& p, int sms, cudaStream_t s) {
 template <bool LO>
 void launch_dense_wgmma_tile(const DenseParams& p, int tile, int sms, cudaStream_t s) {
   switch (tile) {
-    case 0: return launch_dense_wgmma<2, 128, LO>(p, sms, s);
-    case 1: return launch_dense_wgmma<2, 64, LO>(p, sms, s);
-    case 2: return launch_dense_wgmma<1, 64, LO>(p, sms, s);
-    case 3: return launch_dense_wgmma<1, 32, LO>(p, sms, s);
+    case 0:
+      if constexpr (!LO) return launch_dense_wgmma<2, 256, LO>(p, sms, s);
+      [[fallthrough]];
+    case 1:
+      if constexpr (!LO) return launch_dense_wgmma<2, 192, LO>(p, sms, s);
+      [[fallthrough]];
+    case 2: return launch_dense_wgmma<2, 128, LO>(p, sms, s);
+    case 3: return launch_dense_wgmma<2, 64, LO>(p, sms, s);
+    case 4: return launch_dense_wgmma<1, 64, LO>(p, sms, s);
+    case 5: return launch_dense_wgmma<1, 32, LO>(p, sms, s);
     default: return launch_dense_wgmma<1, 16, LO>(p, sms, s);
   }
 }
@@ -686,7 +692,7 @@ void dense(const DenseParams& p, cudaStream_t stream) {
   if (wgmma) {
     HM_REQUIRE(ceil_div(p.N, 64) <= 65535, "dense (rows per call)");
     const int sms = device_attr(cudaDevAttrMultiProcessorCount);
-    const int tile = p.wgmma_tile >= 0 ? p.wgmma_tile : dense_wgmma_tile(p.T, p.N, sms);
+    const int tile = p.wgmma_tile >= 0 ? p.wgmma_tile : dense_wgmma_tile(p.T, p.N, sms, p.x_lo != nullptr);
     if (p.x_lo)
       launch_dense_wgmma_tile<true>(p, tile, sms, stream);
     else

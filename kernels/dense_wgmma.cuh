@@ -28,11 +28,14 @@ namespace {
 
 constexpr int kDwBK = 64;  // columns a k-tile: one 128-byte swizzle atom a row
 
-// The tile shapes, most rows and tokens first (dense_wgmma_tile picks one): {warpgroups, tokens}.
+// The tile shapes, most rows and tokens first (dense_wgmma_tile picks one): {warpgroups, tokens}. The two widest
+// (kDwWide of them, 192 and 256 tokens: two MMAs a k16 step, N 128 and the rest) only without x_lo, whose second
+// token tile would not leave three stages in shared memory; asked for with x_lo they run the 128-token tile.
 struct DwTile {
   int nwg, bn;
 };
-constexpr DwTile kDwTiles[] = {{2, 128}, {2, 64}, {1, 64}, {1, 32}, {1, 16}};
+constexpr DwTile kDwTiles[] = {{2, 256}, {2, 192}, {2, 128}, {2, 64}, {1, 64}, {1, 32}, {1, 16}};
+constexpr int kDwWide = 2;
 constexpr int kDwTileCount = int(sizeof(kDwTiles) / sizeof(kDwTiles[0]));
 
 template <int NWG, int BN, bool LO>
@@ -46,19 +49,40 @@ struct DwCfg {
   static constexpr size_t SMEM = size_t(STAGES) * STAGE_BYTES + 1024;  // + the ring's 1024-byte alignment
   static_assert(SMEM <= 227 * 1024, "a block's shared memory");
   static_assert(STAGE_BYTES % 1024 == 0, "swizzled tiles start 1024-aligned");
-  static_assert(BN == 16 || BN == 32 || BN == 64 || BN == 128, "wg_mma_ss_k16 has N 16, 32, 64, 128");
+  static_assert(BN == 16 || BN == 32 || BN == 64 || BN == 128 || BN == 192 || BN == 256,
+                "wg_mma_ss_k16 has N 16, 32, 64, 128; 192 and 256 are two MMAs (128 + the rest)");
+  static_assert(BN <= 128 || !LO, "the wide tiles leave no room for x_lo's stages");
 };
 
-// The widest tile (kDwTiles order) no wider than the tokens that gives 3/5 of a block an SM, else the narrowest
-// with the most blocks. H200 (HM_OP_BENCH bench_dense_gemm, us; the pick against the rule "first tile with a block
-// an SM"): q/k/v x + x_lo T = 16 64x16 12.6 (64x64 21.0), T = 64 64x64 21.2 (64x32 29.6), T = 256 128x128 40.1
-// (128x64 49.1); o T = 16 64x16 14.9 (26.5), T = 256 128x64 36.5 (65.7); 128x128 at T = 2048 (q/k/v 199 us, 608
-// TFLOP/s; o 168); routers 64x16 (11.7 at T = 64, mma.sync 55).
-inline int dense_wgmma_tile(int T, int N, int sms) {
+// The tile for T tokens x N rows. Where a tile of two warpgroups (128 rows) has 3/5 of a block an SM or more, the
+// one of them with the least time by waves x tokens a block / its rate a block (every such tile runs a block an
+// SM: 192 KB of ring), the wide ones (192, 256 tokens) without x_lo only; else, as before the wide tiles, the
+// widest tile no wider than the tokens with 3/5 of a block an SM, or the narrowest with the most blocks.
+// Rates, H200 (HM_OP_BENCH bench_dense_gemm, us per block-wave against the 128-token tile's, o and q/k/v at T =
+// 2048 and 8192): 256 tokens 1.09, 192 1.02, 128 1.0, 64 0.87. The waves decide as much as the rates: o (N = 2880)
+// at T = 1024 128x64 109 us (128x128 123, 128x256 115), at 2048 128x192 184 (128x128 188, 128x256 228: 1.4 waves),
+// at 8192 128x256 676 (128x128 730); q/k/v x + x_lo (N = 5120) at T = 512 128x64 74.5 (128x128 88.5: 1.2 waves),
+// 1024 124.6 (133.1), at 2048 and 8192 128x128 (222.5 / 900.4; 128x64 248.9 / 1,047). Before: q/k/v T = 16
+// 64x16 12.6 (64x64 21.0), T = 64 64x64 21.2 (64x32 29.6), T = 256 128x128 40.1 (128x64 49.1); o T = 16 64x16 14.9
+// (26.5), T = 256 128x64 36.5 (65.7); routers 64x16 (11.7 at T = 64, mma.sync 55).
+inline int dense_wgmma_tile(int T, int N, int sms, bool lo = false) {
   const int widest = T <= 16 ? 16 : ceil_div(T, 16) * 16;
+  constexpr int k64 = kDwWide + 1;  // the index of 128 rows x 64 tokens, the narrowest two-warpgroup tile
+  if (widest >= 64 && long(ceil_div(N, 128)) * ceil_div(T, 64) * 5 >= long(sms) * 3) {
+    constexpr double kRate[k64 + 1] = {1.09, 1.02, 1.0, 0.87};  // 256, 192, 128, 64 tokens
+    int best = k64;
+    double best_cost = 0;
+    for (int i = lo ? kDwWide : 0; i <= k64; i++) {
+      if (kDwTiles[i].bn > widest) continue;
+      const long waves = ceil_div(long(ceil_div(N, 128)) * ceil_div(T, kDwTiles[i].bn), long(sms));
+      const double cost = double(waves) * kDwTiles[i].bn / kRate[i];
+      if (best_cost == 0 || cost < best_cost) best = i, best_cost = cost;
+    }
+    return best;
+  }
   int best = kDwTileCount - 1;
   long best_blocks = 0;
-  for (int i = 0; i < kDwTileCount; i++) {
+  for (int i = kDwWide; i < kDwTileCount; i++) {
     if (kDwTiles[i].bn > widest) continue;
     const long blocks = long(ceil_div(N, 64 * kDwTiles[i].nwg)) * ceil_div(T, kDwTiles[i].bn);
     if (blocks * 5 >= long(sms) * 3) return i;
@@ -159,8 +183,14 @@ __global__ void __launch_bounds__(128 * NWG) dense_wgmma(const uint16_t* __restr
 #pragma unroll
     for (int kk = 0; kk < kDwBK / 16; kk++) {
       const uint64_t da = wg_desc_sw128(a_addr + uint32_t(kk * 32));
-      wg_mma_ss_k16(acc, da, wg_desc_sw128(x_addr + uint32_t(kk * 32)));
-      if (LO) wg_mma_ss_k16(acc, da, wg_desc_sw128(x_addr + uint32_t(C::X_BYTES + kk * 32)));
+      if constexpr (BN <= 128) {
+        wg_mma_ss_k16(acc, da, wg_desc_sw128(x_addr + uint32_t(kk * 32)));
+        if (LO) wg_mma_ss_k16(acc, da, wg_desc_sw128(x_addr + uint32_t(C::X_BYTES + kk * 32)));
+      } else {  // tokens 0-127 into acc[0, 64), the rest (rows 128.. of the tile, 16 KB on) into acc[64, BN / 2)
+        wg_mma_ss_k16(*reinterpret_cast<float(*)[64]>(acc), da, wg_desc_sw128(x_addr + uint32_t(kk * 32)));
+        wg_mma_ss_k16(*reinterpret_cast<float(*)[BN / 2 - 64]>(acc + 64), da,
+                      wg_desc_sw128(x_addr + uint32_t(128 * 128 + kk * 32)));
+      }
     }
     wg_commit();
     wg_wait<1>();

@@ -680,7 +680,7 @@ std::vector<Result> bench_dense_gemm() {
   cudaStream_t s;
   C_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   std::printf("-- dense tensor-core GEMMs (graph + PDL, weights rotated past L2; us per launch) --\n");
-  const int maxT = 2048;
+  const int maxT = 8192;
   for (const Shape& sh : shapes) {
     const size_t wbytes = size_t(sh.N) * sh.K * 2;
     const int copies = int(std::max<size_t>(2, (size_t(256) << 20) / wbytes + 1));
@@ -691,10 +691,14 @@ std::vector<Result> bench_dense_gemm() {
     C_CHECK(cudaMemset(xlo.p, 0x1c, xlo.n * 2));
     C_CHECK(cudaMemset(b.p, 0, b.n * 2));
     C_CHECK(cudaMemset(y.p, 0, y.n * 4));
-    for (int T : {16, 64, 256, 2048}) {
+    for (int T : {16, 64, 256, 512, 1024, 2048, 8192}) {
+      if (T > 2048 && sh.N < 1024) continue;  // the routers: no prompt step is that long a row
       const int iters = T >= 2048 ? 10 : 40;
       for (int v = -5; v < cuda::dense_wgmma_tiles(); v++) {  // -5..-3: wgmma's tile split 2..4, -2: mma.sync,
                                                                 // -1: wgmma's pick (split by shape), else that tile
+        int nwg_v = 0, bn_v = 0;
+        if (v >= 0) cuda::dense_wgmma_tile_shape(v, nwg_v, bn_v);
+        if (bn_v > 128 && (sh.lo || T < 256)) continue;  // the wide tiles: without x_lo only (else the 128 one runs)
         cuda::DenseParams p;
         p.x = x.p, p.ldx = sh.K;
         if (sh.lo) p.x_lo = xlo.p;
