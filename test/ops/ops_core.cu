@@ -144,7 +144,10 @@ HM_OP_TEST("embedding", test_embedding);
 // ---- rmsnorm ----
 std::vector<Result> test_rmsnorm() {
   std::vector<Result> out;
-  for (auto [T, H, gather] : {std::tuple{5, 2880, false}, std::tuple{3, 1000, false}, std::tuple{4, 2880, true}}) {
+  // 2880 and 4096 (3 and 4 float4s a thread), 1000 (250 float4s, a partial warp), 64, 1002 (the scalar loop).
+  for (auto [T, H, gather] : {std::tuple{5, 2880, false}, std::tuple{3, 1000, false}, std::tuple{4, 2880, true},
+                              std::tuple{3, 4096, false}, std::tuple{2, 64, false}, std::tuple{3, 1002, false},
+                              std::tuple{257, 2880, false}}) {
     const int rows_in = gather ? 9 : T;
     auto x = uniform(size_t(rows_in) * H, 2, 3.f);
     auto w = to_bf16(uniform(H, 3, 0.5f));
