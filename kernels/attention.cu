@@ -750,6 +750,9 @@ constexpr int kMmaWarps = 8;               // warps of attn_decode_mma
 constexpr int kMmaChunk = 16 * kMmaWarps;  // keys a block takes per iteration: a 16-key tile per warp
 constexpr int kMmaBlocksPerSm = 2;         // resident per SM at 128 registers (__launch_bounds__ below)
 constexpr int kMaxClusterSplits = 8;       // variant 3: the splits of a (token, KV head) in one portable cluster
+constexpr int kMmaRingStages = 3;          // RING: chunks in shared memory (3 x 32 KB at head dim 64: two blocks an SM)
+template <int HD>
+constexpr size_t mma_ring_bytes() { return size_t(kMmaRingStages) * 2 * kMmaChunk * HD * 2; }
 
 // Decode attention on tensor cores (AttentionDecodeParams::variant 2), grid (tokens, nkv, splits), 8 warps. The
 // G <= 16 heads of a KV head are the 16 rows of the mma (rows past G zero), so a warp's 16-key tile is S = Q K^T as
@@ -763,7 +766,15 @@ constexpr int kMaxClusterSplits = 8;       // variant 3: the splits of a (token,
 // chunk's K issued before this one's softmax, its V before the next scores. Before pdl_wait: indices, sinks, the
 // RoPE sines and (fused) the cached K/V; after it: q, the own token's k/v, the math, then decode_merge_tail or,
 // CLUSTER (variant 3), decode_merge_cluster.
-template <int G, int HD, bool CLUSTER>
+//
+// RING (variants 4 and 5; head dim 64): the chunks' K and V rows go through a ring of kMmaRingStages stages in
+// shared memory by cp.async, issued kMmaRingStages - 1 chunks ahead by all 256 threads (a thread a key, half its
+// row's 16-byte pieces, K and V), instead of each warp's next tile in registers one chunk ahead: several chunks'
+// bytes in flight a block where the register form had one K or V tile a warp (and 128 registers with spills).
+// The stage rows are swizzled so a quarter warp's 16-byte fragment loads hit distinct banks: K piece p of row r at
+// p ^ 4 (r & 1) (a quarter warp reads rows r, r + 1 at pieces 0..3 or 4..7), V at p ^ (r & 6) (rows 2 q4 + c,
+// piece g). The warps' partials (wo) reuse the ring after the last chunk.
+template <int G, int HD, bool CLUSTER, bool RING>
 __global__ void __launch_bounds__(32 * kMmaWarps, kMmaBlocksPerSm) attn_decode_mma(AttentionCommon c, const int32_t* __restrict__ tokens,
                                                                     int keys_per_split, int max_splits,
                                                                     float* __restrict__ ws, uint32_t* __restrict__ counters,
@@ -777,8 +788,11 @@ __global__ void __launch_bounds__(32 * kMmaWarps, kMmaBlocksPerSm) attn_decode_m
   constexpr int NJ = HD / 8;   // n-tiles of P V
   constexpr int VW = NJ / 2;   // 32-bit V words a thread holds per key (NJ dims)
   constexpr int UNITS = G * HD / 4;
+  static_assert(!RING || HD == 64, "attn_decode_mma: the ring's swizzle is head dim 64's");
   __shared__ __align__(16) uint16_t k_own[HD], v_own[HD];
-  __shared__ __align__(16) float wo[NW][G][HD];
+  __shared__ __align__(16) float wo_static[RING ? 4 : NW * G * HD];
+  extern __shared__ __align__(1024) unsigned char mma_ring[];  // RING: the ring (dynamic), then wo
+  float (&wo)[NW][G][HD] = *reinterpret_cast<float (*)[NW][G][HD]>(RING ? reinterpret_cast<float*>(mma_ring) : wo_static);
   __shared__ float wm[NW][G], wl[NW][G];
   __shared__ int is_last;
   __shared__ float bm[G], bl[G];  // CLUSTER: the block's merged partial (max, sum) per head
@@ -833,6 +847,52 @@ __global__ void __launch_bounds__(32 * kMmaWarps, kMmaBlocksPerSm) attn_decode_m
       }
     }
   };
+  // RING: chunk c0 into stage st (zeros past s_end, so masked keys' V is finite), one group a chunk; and the
+  // fragments of chunk `it`'s stage as load_k / load_v leave them in registers.
+  constexpr int KROW = HD * 2, HALF_PIECES = HD / 16;  // bytes a key row; a thread's pieces of it
+  constexpr int CHUNK_BYTES = kMmaChunk * KROW, STAGE_BYTES = 2 * CHUNK_BYTES;
+  const uint32_t ring_s = static_cast<uint32_t>(__cvta_generic_to_shared(mma_ring));
+  const int rk = tid >> 1, rp0 = (tid & 1) * HALF_PIECES;  // the thread's key of a chunk and first piece
+  auto ring_issue = [&](int c0, int st) {
+    if (c0 < s_end) {
+      const int sl = slot_at(c0 + rk);
+      const uint16_t* ks = kbase + size_t(sl < 0 ? 0 : sl) * kv_row;
+      const uint16_t* vs = vbase + size_t(sl < 0 ? 0 : sl) * kv_row;
+      const uint32_t kd = ring_s + uint32_t(st * STAGE_BYTES + rk * KROW), vd = kd + CHUNK_BYTES;
+#pragma unroll
+      for (int j = 0; j < HALF_PIECES; j++) {
+        const int pc = rp0 + j;
+        cp_async16_zfill_s(kd + uint32_t(((pc ^ ((rk & 1) * 4)) << 4)), ks + 8 * pc, sl >= 0);
+        cp_async16_zfill_s(vd + uint32_t(((pc ^ (rk & 6)) << 4)), vs + 8 * pc, sl >= 0);
+      }
+    }
+    cp_async_commit();
+  };
+  auto ring_k = [&](int st) {
+    const unsigned char* base = mma_ring + st * STAGE_BYTES;
+#pragma unroll
+    for (int n = 0; n < 2; n++) {
+      const int r = 16 * warp + 8 * n + g;
+#pragma unroll
+      for (int v = 0; v < KW / 4; v++) {
+        const uint4 x = *reinterpret_cast<const uint4*>(base + r * KROW + (((q4 + 4 * v) ^ ((r & 1) * 4)) << 4));
+        kr[n][4 * v] = x.x, kr[n][4 * v + 1] = x.y, kr[n][4 * v + 2] = x.z, kr[n][4 * v + 3] = x.w;
+      }
+    }
+  };
+  auto ring_v = [&](int st) {
+    const unsigned char* base = mma_ring + st * STAGE_BYTES + CHUNK_BYTES;
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int r = 16 * warp + vkey(u);
+      const uint4 x = *reinterpret_cast<const uint4*>(base + r * KROW + ((g ^ (r & 6)) << 4));
+      vr[u][0] = x.x, vr[u][1] = x.y, vr[u][2] = x.z, vr[u][3] = x.w;
+    }
+  };
+  auto ring_prologue = [&]() {
+#pragma unroll
+    for (int st = 0; st < kMmaRingStages - 1; st++) ring_issue(s_begin + st * kMmaChunk, st);
+  };
   // RoPE (fused): the thread's q dims are chunks q4 (+ 4): frequencies f0 + e with one f0 for both chunks; the own
   // k head's thread tid < HD needs frequency tid % HALF. The same expressions as rope_kv_write.
   const float p = float(hi);
@@ -850,14 +910,22 @@ __global__ void __launch_bounds__(32 * kMmaWarps, kMmaBlocksPerSm) attn_decode_m
       cs_k *= attn_factor;
       sn_k *= attn_factor;
     }
-    load_k(s_begin);
-    load_v(s_begin);
+    if constexpr (RING) {
+      ring_prologue();
+    } else {
+      load_k(s_begin);
+      load_v(s_begin);
+    }
   }
   pdl_wait();
   pdl_trigger();
   if (!fuse) {
-    load_k(s_begin);
-    load_v(s_begin);
+    if constexpr (RING) {
+      ring_prologue();
+    } else {
+      load_k(s_begin);
+      load_v(s_begin);
+    }
   }
 
   // q as the A fragments: rows g and g + 8 (heads kvh * G + row; zero past G), the K words' dims, scaled.
@@ -922,9 +990,18 @@ __global__ void __launch_bounds__(32 * kMmaWarps, kMmaBlocksPerSm) attn_decode_m
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, acc[NJ][4];
 #pragma unroll
   for (int j = 0; j < NJ; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  int st = 0;  // RING: chunk c0's stage
   for (int c0 = s_begin; c0 < s_end; c0 += kMmaChunk) {
     const bool more = c0 + kMmaChunk < s_end;
+    (void)more;  // RING: its loads run ahead by the ring
     const int b = c0 + 16 * warp;
+    if constexpr (RING) {
+      cp_async_wait<kMmaRingStages - 2>();  // chunk c0 has landed (this thread's part; the barrier: everyone's)
+      __syncthreads();                      // and every warp is past the previous chunk: its stage is free
+      ring_issue(c0 + (kMmaRingStages - 1) * kMmaChunk, st == 0 ? kMmaRingStages - 1 : st - 1);
+      ring_k(st);
+      ring_v(st);
+    }
     if (own) {
 #pragma unroll
       for (int n = 0; n < 2; n++)
@@ -955,7 +1032,9 @@ __global__ void __launch_bounds__(32 * kMmaWarps, kMmaBlocksPerSm) attn_decode_m
         mma_bf16_16816(s[n], al, kr[n][2 * k], kr[n][2 * k + 1]);
       }
     }
-    if (more) load_k(c0 + kMmaChunk);
+    if constexpr (!RING) {
+      if (more) load_k(c0 + kMmaChunk);
+    }
     // Online softmax per row over the row group's 4 lanes (16 keys).
 #pragma unroll
     for (int n = 0; n < 2; n++)
@@ -997,7 +1076,15 @@ __global__ void __launch_bounds__(32 * kMmaWarps, kMmaBlocksPerSm) attn_decode_m
       mma_bf16_16816(acc[j], ph, b0, b1);
       mma_bf16_16816(acc[j], pl, b0, b1);
     }
-    if (more) load_v(c0 + kMmaChunk);
+    if constexpr (RING) {
+      st = st + 1 == kMmaRingStages ? 0 : st + 1;
+    } else {
+      if (more) load_v(c0 + kMmaChunk);
+    }
+  }
+  if constexpr (RING) {  // wo reuses the ring: every copy landed (empty groups included), every warp done reading
+    cp_async_wait<0>();
+    __syncthreads();
   }
   // The warp's partial: row sums over the row group, then acc[j][2 rr + x] is head g + 8 rr, dim (2 q4 + x) NJ + j.
 #pragma unroll
@@ -1191,7 +1278,23 @@ AttentionDecodePlan attention_decode_plan(int max_keys, int num_tokens, int nq, 
                                                        p.head_slices > 1 ? 1 : kDecodeBlocksPerSm);
   }
   p.splits = (max_keys + p.keys_per_split - 1) / p.keys_per_split;
+  // HARMONIUM_ATTN_DECODE_RING=1: the tensor-core kernels' ring forms (variants 4, 5) at head dim 64, to compare.
+  static const bool ring = [] {
+    const char* e = std::getenv("HARMONIUM_ATTN_DECODE_RING");
+    return e && std::strcmp(e, "1") == 0;
+  }();
+  if (ring && D == 64 && (p.variant == 2 || p.variant == 3)) p.variant += 2;
   return p;
+}
+
+// Lets `Kernel` take `bytes` of dynamic shared memory (above the 48 KB default), once per kernel.
+template <auto Kernel>
+void allow_dynamic_smem(size_t bytes) {
+  static const bool set = [](size_t b) {
+    CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(b)));
+    return true;
+  }(bytes);
+  (void)set;
 }
 
 // Instantiates KERNEL<G, D> for the supported GQA groups and head dims and launches it.
@@ -1234,25 +1337,42 @@ void attention_decode(const AttentionDecodeParams& p, cudaStream_t stream) {
   HM_REQUIRE(p.tokens && p.workspace && p.keys_per_split > 0 && p.keys_per_split % kDecodeChunk == 0,
              "attention_decode");
   HM_REQUIRE(p.max_splits >= 1 && p.max_splits <= 65535, "attention_decode");
-  HM_REQUIRE(p.variant >= 0 && p.variant <= 3, "attention_decode");
+  HM_REQUIRE(p.variant >= 0 && p.variant <= 5, "attention_decode");
   HM_REQUIRE(p.variant < 2 || p.c.D >= 32, "attention_decode (variants 2, 3: head dim 32 or 64)");
-  HM_REQUIRE(p.variant != 3 || p.max_splits <= kMaxClusterSplits, "attention_decode (variant 3: at most 8 splits)");
+  HM_REQUIRE(p.variant < 4 || p.c.D == 64, "attention_decode (variants 4, 5: head dim 64)");
+  HM_REQUIRE((p.variant != 3 && p.variant != 5) || p.max_splits <= kMaxClusterSplits,
+             "attention_decode (variants 3, 5: at most 8 splits)");
   HM_REQUIRE(!p.inv_freq || p.slot, "attention_decode (fused rope)");
   if (p.num_tokens == 0) return;
   const dim3 grid(p.num_tokens, p.c.nkv, p.max_splits);
   const int G = p.c.nq / p.c.nkv;
-  HM_REQUIRE(p.variant == 1 || p.variant == 3 || p.max_splits == 1 || p.counters, "attention_decode (counters)");
+  HM_REQUIRE(p.variant == 1 || p.variant == 3 || p.variant == 5 || p.max_splits == 1 || p.counters,
+             "attention_decode (counters)");
   if (p.variant >= 2) {
     auto go = [&](auto g, auto d) {
       constexpr int GG = decltype(g)::value, DD = decltype(d)::value;
-      if constexpr (DD >= 32) {
-        if (p.variant == 3)
-          launch_clustered(attn_decode_mma<GG, DD, true>, grid, dim3(32 * kMmaWarps), 0, stream, p.c.pdl,
-                           unsigned(p.max_splits), p.c, p.tokens, p.keys_per_split, p.max_splits, p.workspace,
-                           p.counters, p.inv_freq, p.attn_factor, p.slot);
+      auto run = [&](auto cl, auto rg) {
+        constexpr bool CL = decltype(cl)::value, RG = decltype(rg)::value;
+        constexpr auto kernel = attn_decode_mma<GG, DD, CL, RG>;
+        const size_t smem = RG ? mma_ring_bytes<DD>() : 0;
+        if constexpr (RG) allow_dynamic_smem<kernel>(smem);
+        if constexpr (CL)
+          launch_clustered(kernel, grid, dim3(32 * kMmaWarps), smem, stream, p.c.pdl, unsigned(p.max_splits), p.c,
+                           p.tokens, p.keys_per_split, p.max_splits, p.workspace, p.counters, p.inv_freq,
+                           p.attn_factor, p.slot);
         else
-          launch(attn_decode_mma<GG, DD, false>, grid, dim3(32 * kMmaWarps), 0, stream, p.c.pdl, p.c, p.tokens,
-                 p.keys_per_split, p.max_splits, p.workspace, p.counters, p.inv_freq, p.attn_factor, p.slot);
+          launch(kernel, grid, dim3(32 * kMmaWarps), smem, stream, p.c.pdl, p.c, p.tokens, p.keys_per_split,
+                 p.max_splits, p.workspace, p.counters, p.inv_freq, p.attn_factor, p.slot);
+      };
+      using T_ = std::true_type;
+      using F_ = std::false_type;
+      if constexpr (DD == 64) {
+        if (p.variant == 4) return run(F_{}, T_{});
+        if (p.variant == 5) return run(T_{}, T_{});
+      }
+      if constexpr (DD >= 32) {
+        if (p.variant == 3) return run(T_{}, F_{});
+        run(F_{}, F_{});
       }
     };
     with_group_and_dim(G, p.c.D, go);

@@ -915,18 +915,19 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
   };
   const cuda::AttentionDecodePlan plan = cuda::attention_decode_plan(max_keys, T, nq, nkv, D, 132, 1024, true);
   for (const Kernel kn : {Kernel{0, 1}, Kernel{0, 2}, Kernel{0, 4}, Kernel{1, 1}, Kernel{2, 1}, Kernel{3, 1},
-                          Kernel{-1, 0}}) {
+                          Kernel{4, 1}, Kernel{5, 1}, Kernel{-1, 0}}) {
     const bool planner = kn.variant < 0;
     const int variant = planner ? plan.variant : kn.variant;
     const int slices = planner ? plan.head_slices : kn.slices;
     if (variant >= 2 && D < 32) continue;  // the tensor-core kernels take head dims 32 and 64
+    if (variant >= 4 && D != 64) continue;  // their ring form head dim 64
     const int planned = cuda::attention_decode_keys_per_split(max_keys, T, nkv, 132, 1024, slices > 1 ? 1 : 2);
     const int kps_cases[] = {cuda::attention_keys_per_split(max_keys, 1), cuda::attention_keys_per_split(max_keys, 7),
                              cuda::attention_keys_per_split(max_keys, 1024), planned, 256};
     for (int k = 0; k < (planner ? 1 : 5); k++) {
       if (!planner && variant == 1 && k == 3) continue;  // the pair has its own split rule, not the fill rule
       const int kps = planner ? plan.keys_per_split : kps_cases[k];
-      if (variant == 3 && (max_keys + kps - 1) / kps > 8) continue;  // one cluster: at most 8 splits
+      if ((variant == 3 || variant == 5) && (max_keys + kps - 1) / kps > 8) continue;  // one cluster: at most 8 splits
       cuda::AttentionDecodeParams p;
       p.c = c;
       p.tokens = dtoks.p;
@@ -944,6 +945,8 @@ std::vector<Result> run_attention(int nq, int nkv, int window, const std::vector
                              (variant == 1   ? " (previous kernel)"
                               : variant == 2 ? " (mma)"
                               : variant == 3 ? " (mma, cluster)"
+                              : variant == 4 ? " (mma, ring)"
+                              : variant == 5 ? " (mma, ring, cluster)"
                                              : " slices=" + std::to_string(slices)) +
                              (planner ? " planned" : "");
       try {
@@ -1041,9 +1044,11 @@ std::vector<Result> run_attention_rope(int nq, int nkv, int D, int window, const
   for (int p : pos) max_keys = std::max(max_keys, window ? std::min(p + 1, window) : p + 1);
   // merged with 1 (0), 2, 4 head slices; the previous pair (1); the tensor-core kernel (3, head dims 32 and 64) and
   // its cluster variant (5, up to 8 splits)
-  for (int kn : {0, 2, 4, 1, 3, 5}) for (int cap : {1, 7, 1024}) {
+  // and their ring forms (6: variant 4, 7: variant 5; head dim 64)
+  for (int kn : {0, 2, 4, 1, 3, 5, 6, 7}) for (int cap : {1, 7, 1024}) {
     if (kn >= 3 && D < 32) continue;
-    const int variant = kn == 1 ? 1 : kn == 3 ? 2 : kn == 5 ? 3 : 0;
+    if (kn >= 6 && D != 64) continue;
+    const int variant = kn == 1 ? 1 : kn == 3 ? 2 : kn == 5 ? 3 : kn == 6 ? 4 : kn == 7 ? 5 : 0;
     Dev<uint16_t> k1(f.k16), v1(f.v16), k2(f.k16), v2(f.v16), o1(size_t(T) * nq * D), o2(size_t(T) * nq * D);
     o1.poison();
     o2.poison();
@@ -1055,7 +1060,7 @@ std::vector<Result> run_attention_rope(int nq, int nkv, int D, int window, const
     p.tokens = dtoks.p, p.num_tokens = T;
     p.keys_per_split = cuda::attention_keys_per_split(max_keys, cap);
     p.max_splits = (max_keys + p.keys_per_split - 1) / p.keys_per_split;
-    if (variant == 3 && p.max_splits > 8) continue;
+    if ((variant == 3 || variant == 5) && p.max_splits > 8) continue;
     Dev<float> ws(cuda::attention_decode_workspace_floats(T, nq, D, p.max_splits));
     p.workspace = ws.p;
     Dev<uint32_t> counters(size_t(T) * nkv);
@@ -1092,6 +1097,8 @@ std::vector<Result> run_attention_rope(int nq, int nkv, int D, int window, const
                                (variant == 1   ? " (previous kernel)"
                                 : variant == 2 ? " (mma)"
                                 : variant == 3 ? " (mma, cluster)"
+                                : variant == 4 ? " (mma, ring)"
+                                : variant == 5 ? " (mma, ring, cluster)"
                                                : " slices=" + std::to_string(p.head_slices));
     if (!failed.empty()) {
       out.push_back(launch_failure(params, failed.c_str()));
@@ -1441,13 +1448,20 @@ std::vector<Result> bench_attention_decode() {
           {"mma, 256 keys a split", 2, 1, 256},
           {"mma+cluster, 128 keys", 3, 1, 128},
           {"mma+cluster, 4 splits", 3, 1, cuda::attention_keys_per_split(b.max_keys, 4)},
-          {"mma+cluster, 8 splits", 3, 1, cuda::attention_keys_per_split(b.max_keys, 8)}};
+          {"mma+cluster, 8 splits", 3, 1, cuda::attention_keys_per_split(b.max_keys, 8)},
+          {"ring, planned (2/SM)", 4, 1, planned},
+          {"ring, 1/SM", 4, 1, planned4},
+          {"ring, twice the splits", 4, 1, cuda::attention_keys_per_split(b.max_keys, splits * 2)},
+          {"ring, 4x the splits", 4, 1, cuda::attention_keys_per_split(b.max_keys, splits * 4)},
+          {"ring, 256 keys a split", 4, 1, 256},
+          {"ring+cluster, 4 splits", 5, 1, cuda::attention_keys_per_split(b.max_keys, 4)},
+          {"ring+cluster, 8 splits", 5, 1, cuda::attention_keys_per_split(b.max_keys, 8)}};
       float best_old = 1e30f, best_mma = 1e30f, plan_us = 0;
       int best_mma_splits = 0;
       const char* best_mma_row = "";
       for (const Row& r : rows) {
         const int nsplits = (b.max_keys + r.kps - 1) / r.kps;
-        if (r.variant == 3 && nsplits > 8) continue;  // one cluster a (token, KV head)
+        if ((r.variant == 3 || r.variant == 5) && nsplits > 8) continue;  // one cluster a (token, KV head)
         float us = 0, us_pdl = 0;
         try {
           us = b.time_us(r.variant, r.slices, r.kps, false);
