@@ -12,6 +12,22 @@
 namespace hm::cuda {
 namespace {
 
+// The block's sum of every thread's v: the warp's butterfly, then the warps in order (one fixed order: the same
+// bits for the same blockDim). Two barriers; every thread gets the sum.
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float red[32];
+  v = warp_sum(v);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float s = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.f;
+    s = warp_sum(s);
+    if (threadIdx.x == 0) red[0] = s;
+  }
+  __syncthreads();
+  return red[0];
+}
+
 __global__ void rmsnorm_rows(const float* __restrict__ x, const int32_t* __restrict__ rows,
                              const uint16_t* __restrict__ w, uint16_t* __restrict__ out,
                              uint16_t* __restrict__ out_lo, int H, float eps) {
@@ -21,17 +37,7 @@ __global__ void rmsnorm_rows(const float* __restrict__ x, const int32_t* __restr
   const float* row = x + size_t(rows ? rows[t] : t) * H;
   float ss = 0.f;
   for (int i = threadIdx.x; i < H; i += blockDim.x) ss += row[i] * row[i];
-  __shared__ float red[32];
-  ss = warp_sum(ss);
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float v = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.f;
-    v = warp_sum(v);
-    if (threadIdx.x == 0) red[0] = v;
-  }
-  __syncthreads();
-  const float r = rsqrtf(red[0] / H + eps);
+  const float r = rsqrtf(block_sum(ss) / H + eps);
   for (int i = threadIdx.x; i < H; i += blockDim.x) {
     const float y = bf2f_bits(w[i]) * (row[i] * r);
     const __nv_bfloat16 hi = __float2bfloat16(y);
@@ -60,17 +66,7 @@ __global__ void rmsnorm_rows4(const float* __restrict__ x, const int32_t* __rest
   float ss = 0.f;
 #pragma unroll
   for (int j = 0; j < V; j++) ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
-  __shared__ float red[32];
-  ss = warp_sum(ss);
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float s = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.f;
-    s = warp_sum(s);
-    if (threadIdx.x == 0) red[0] = s;
-  }
-  __syncthreads();
-  const float r = rsqrtf(red[0] / H + eps);
+  const float r = rsqrtf(block_sum(ss) / H + eps);
   const uint2* w2 = reinterpret_cast<const uint2*>(w);
   uint2* o2 = reinterpret_cast<uint2*>(out + size_t(t) * H);
   uint2* l2 = out_lo ? reinterpret_cast<uint2*>(out_lo + size_t(t) * H) : nullptr;
