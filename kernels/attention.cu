@@ -1287,16 +1287,6 @@ AttentionDecodePlan attention_decode_plan(int max_keys, int num_tokens, int nq, 
   return p;
 }
 
-// Lets `Kernel` take `bytes` of dynamic shared memory (above the 48 KB default), once per kernel.
-template <auto Kernel>
-void allow_dynamic_smem(size_t bytes) {
-  static const bool set = [](size_t b) {
-    CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(b)));
-    return true;
-  }(bytes);
-  (void)set;
-}
-
 // Instantiates KERNEL<G, D> for the supported GQA groups and head dims and launches it.
 #define HM_ATTN_DISPATCH(KERNEL, G, D, ...)                                              \
   do {                                                                                   \

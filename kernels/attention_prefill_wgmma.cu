@@ -302,11 +302,7 @@ template <int G, bool LO, bool LOP>
 void launch_prefill_wgmma(const AttentionPrefillParams& p, cudaStream_t stream) {
   constexpr auto kernel = attn_prefill_wgmma<G, LO, LOP>;
   constexpr size_t smem = wg_attn_smem(G, LO);
-  static const bool attr_set = [] {  // once per instantiation (above the 48 KB default)
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    return true;
-  }();
-  (void)attr_set;
+  allow_dynamic_smem<kernel>(smem);
   launch(kernel, dim3(p.num_tiles * p.c.nkv), dim3(128 * wg_count(G)), smem, stream, p.c.pdl, p.c, p.tiles,
          p.num_tiles);
 }

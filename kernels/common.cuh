@@ -8,6 +8,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -40,6 +41,20 @@ __device__ __forceinline__ void pdl_trigger() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+}
+
+// Lets `Kernel` take `bytes` of dynamic shared memory (above the 48 KB default): once per kernel and device (the
+// attribute is a device's, so a process on two GPUs sets it on each; dense.cu's GEMMs keep their own bits, with
+// the carveout and occupancy they also set).
+template <auto Kernel>
+void allow_dynamic_smem(size_t bytes) {
+  static std::atomic<uint64_t> done{0};
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  const uint64_t bit = 1ull << (dev & 63);
+  if (done.load(std::memory_order_acquire) & bit) return;
+  CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  done.fetch_or(bit, std::memory_order_release);
 }
 
 // Launches with the PDL attribute when `pdl` (sm_90+ only; the backend decides once per device).

@@ -241,12 +241,8 @@ __global__ void __launch_bounds__(kPfThreads, 2) moe_prefill_mma(GemmArgs a, int
 // One matrix: T = prefill_max_tiles(P, E) tile slots.
 template <bool GATE_UP, typename C>
 void launch_prefill_mma(const GemmArgs& g, int E, int T, cudaStream_t stream, bool pdl) {
-  auto kern = moe_prefill_mma<GATE_UP, C::BK, C::NST>;
-  static const bool attr_set = [&] {  // once per instantiation (the dynamic shared memory is above 48 KB)
-    CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::SMEM)));
-    return true;
-  }();
-  (void)attr_set;
+  constexpr auto kern = moe_prefill_mma<GATE_UP, C::BK, C::NST>;
+  allow_dynamic_smem<kern>(C::SMEM);
   launch(kern, dim3(ceil_div(g.W.rows, kPfBN), T), dim3(kPfThreads), C::SMEM, stream, pdl, g, E);
 }
 

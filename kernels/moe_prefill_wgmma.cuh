@@ -373,11 +373,7 @@ template <bool GATE_UP, int BN>
 void launch_prefill_wgmma_gemm(const GemmArgs& g, int E, int T, cudaStream_t stream, bool pdl) {
   constexpr auto kernel = moe_prefill_wgmma<GATE_UP, BN>;
   constexpr size_t smem = wg_smem_bytes<BN>();
-  static const bool attr_set = [] {  // once per instantiation (the dynamic shared memory is above 48 KB)
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    return true;
-  }();
-  (void)attr_set;
+  allow_dynamic_smem<kernel>(smem);
   launch(kernel, dim3(ceil_div(g.W.rows, kWgBM), T), dim3(kWgThreads), smem, stream, pdl, g, E);
 }
 
