@@ -17,7 +17,7 @@
 //     writer's fence, as moe_prefill_wgmma does before its barrier). LAG = STAGES - 2, the most that cannot
 //     deadlock: the consumers release tile kt - 1's stage only once tile kt is full;
 //   - the consumers: per k-tile, wait `full`, decode into one of two A register sets, MMA, wait_group 1 (the
-//     previous tile's MMAs retired), release its stage; the scales one tile ahead.
+//     previous tile's MMAs retired), release its stage; the scales as in moe_prefill_wgmma (one or two tiles ahead).
 // Registers decide the shape (a ninth warp leaves a partition of the register file five or seven warps, so 96 or 72
 // registers a thread, and ptxas serialises the MMAs of a tile that does not fit: warning C7511): the 16-token tile
 // keeps three blocks an SM (72 registers), 32 and 64 two (96); the wide tiles and the fitted ones (128 registers
@@ -122,6 +122,7 @@ __device__ __forceinline__ void wg_ws_consume(const GemmArgs& a, uint32_t ring, 
                                               uint64_t* empty, int e, int m0, int m_end) {
   using C = WsCfg<BN, WGS>;
   constexpr int NST = C::STAGES, NACC = BN / 2;
+  constexpr bool SCALES2 = BN <= 32;  // the scales two tiles ahead (one for the wider tiles: registers)
   const int N = a.W.rows, K = a.W.K, kb = K >> 5, KT = K / kWgBK, n0 = blockIdx.x * C::BM;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wgi = warp >> 2, wq = warp & 3;
   const int g = lane >> 2, t = lane & 3;
@@ -133,16 +134,22 @@ __device__ __forceinline__ void wg_ws_consume(const GemmArgs& a, uint32_t ring, 
   float acc[NACC];
 #pragma unroll
   for (int i = 0; i < NACC; i++) acc[i] = 0.f;
-  uint32_t su[2];  // the next tile's scales (two tiles ahead spilled at 16 and 32 tokens)
-  wg_scales(s0, s1, 0, KT, su);
+  uint32_t su[2][2];
+  wg_scales(s0, s1, 0, KT, su[0]);
+  if constexpr (SCALES2) wg_scales(s0, s1, 1, KT, su[1]);
   int s = 0, sprev = NST - 1;
   uint32_t phase = 0;
   // Tile kt from stage s into `cur`; then the MMAs of kt - 1 (in `prev`) retired, their stage released.
-  auto step = [&](int kt, uint32_t (&cur)[4][4], uint32_t (&prev)[4][4]) {
+  auto step = [&](int kt, int slot, uint32_t (&cur)[4][4], uint32_t (&prev)[4][4]) {
     mbar_wait(&full[s], phase);
     uint32_t sc[4];
-    wg_scale_bytes(su, sc);
-    wg_scales(s0, s1, kt + 1, KT, su);
+    if constexpr (SCALES2) {
+      wg_scale_bytes(su[slot], sc);
+      wg_scales(s0, s1, kt + 2, KT, su[slot]);
+    } else {
+      wg_scale_bytes(su[0], sc);
+      wg_scales(s0, s1, kt + 1, KT, su[0]);
+    }
     wg_decode_tile(ring_p + s * C::STAGE_BYTES + C::X_BYTES + t * 4, lr0, lr1, sc, cur);
     wg_mma_tile(acc, wg_desc_lo(ring + uint32_t(s * C::STAGE_BYTES)), cur);
     wg_wait<1>();
@@ -160,10 +167,10 @@ __device__ __forceinline__ void wg_ws_consume(const GemmArgs& a, uint32_t ring, 
   uint32_t afa[4][4], afb[4][4];
   int kt = 0;
   for (; kt + 1 < KT; kt += 2) {
-    step(kt, afa, afb);
-    step(kt + 1, afb, afa);
+    step(kt, 0, afa, afb);
+    step(kt + 1, 1, afb, afa);
   }
-  if (kt < KT) step(kt, afa, afb);
+  if (kt < KT) step(kt, 0, afa, afb);
   wg_wait<0>();
   wg_keep(afa);
   wg_keep(afb);
