@@ -166,7 +166,6 @@ struct MoeParams {
   bool wgmma = true;               // sm_90: kPrefill / kAuto's GEMM on the wgmma kernels where they apply (see MoePath)
   int wgmma_tile = 0;              // their tokens a tile: 16, 32, 64, 128, kMoeWgmmaTileFit or kMoeWgmmaTileFixed;
                                    // 0 fitted or fixed by the mean tokens an expert
-  bool wgmma_ws = false;            // their copies in a producer warp (moe_prefill_wgmma_ws.cuh; an A/B, v1's bits)
   bool pdl = false;
 };
 

@@ -712,7 +712,7 @@ __global__ void __launch_bounds__(256) moe_combine(Workspace w, int H, int k, fl
 #include "moe_decode_bulk.cuh"  // the MXFP4 decode kernels through shared memory (they use the helpers above)
 #include "moe_grouped.cuh"      // the MXFP4 grouped streaming kernels (a few tokens per expert)
 #include "moe_prefill_mma.cuh"  // the MXFP4 prefill GEMM through a cp.async ring (it uses v1's pieces above)
-#include "moe_prefill_wgmma_launch.cuh"  // the MXFP4 prefill GEMM on wgmma (sm_90a; its tile list is moe_prefill_mma.cuh's)
+#include "moe_prefill_wgmma.cuh"  // the MXFP4 prefill GEMM on wgmma (sm_90a; its tile list is moe_prefill_mma.cuh's)
 #include "moe_decode_split.cuh"  // the one-token MXFP4 decode kernels (register fragments, down split by expert)
 namespace hm::cuda::moe {
 namespace {

@@ -138,51 +138,6 @@ __device__ __forceinline__ void wg_epilogue(const GemmArgs& a, const float (&acc
   }
 }
 
-// The pieces of a k-tile every form of the kernel shares (wg_tile here, wg_tile_ws in moe_prefill_wgmma_ws.cuh).
-// A k-tile's two scales of a row are one 16-bit load; unpredicated: a row past N reads row 0's scales (s0 / s1
-// point there), which multiply its zero-filled weights (and its results are never stored); a tile past the end
-// reads the last tile's, never used.
-__device__ __forceinline__ void wg_scales(const uint16_t* s0, const uint16_t* s1, int kt, int KT, uint32_t (&u)[2]) {
-  const int k = kt < KT ? kt : KT - 1;
-  u[0] = __ldg(s0 + k);
-  u[1] = __ldg(s1 + k);
-}
-// The four scale bytes wg_decode_tile takes (row lr0's two blocks, then lr1's) from a tile's two loads.
-__device__ __forceinline__ void wg_scale_bytes(const uint32_t (&u)[2], uint32_t (&s)[4]) {
-  s[0] = u[0] & 0xFFu;
-  s[1] = u[0] >> 8;
-  s[2] = u[1] & 0xFFu;
-  s[3] = u[1] >> 8;
-}
-// The A fragments of a k-tile from its stage's weights (w: the stage's weight bytes + 4 t; scales s_ of the
-// k-tile), 4 registers a k16 step kk: lane (g, t) takes prepared word t of rows lr0 and lr1 in each of the k-tile's
-// two blocks b, whose slots 2h and 2h + 1 are pair t of the checkpoint's words 2h and 2h + 1 (k 2t, 2t + 1 and
-// 2t + 8, 2t + 9 of k16 step kk = 2b + h). Rows are 48 bytes apart, so a warp's 32 words fall in 32 banks.
-__device__ __forceinline__ void wg_decode_tile(const unsigned char* w, int lr0, int lr1, const uint32_t* s_,
-                                               uint32_t (&af)[4][4]) {
-#pragma unroll
-  for (int b = 0; b < 2; b++) {
-    const uint32_t v0 = *reinterpret_cast<const uint32_t*>(w + lr0 * kWgRowBytes + b * 16);
-    const uint32_t v1 = *reinterpret_cast<const uint32_t*>(w + lr1 * kWgRowBytes + b * 16);
-    const uint32_t f0 = mx_factor_fast(s_[b]), f1 = mx_factor_fast(s_[2 + b]);
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      af[2 * b + h][0] = decode_slot(v0, 2 * h, f0);      // (row g, k 2t, 2t+1)
-      af[2 * b + h][1] = decode_slot(v1, 2 * h, f1);      // (row g+8, k 2t, 2t+1)
-      af[2 * b + h][2] = decode_slot(v0, 2 * h + 1, f0);  // (row g, k 2t+8, 2t+9)
-      af[2 * b + h][3] = decode_slot(v1, 2 * h + 1, f1);  // (row g+8, k 2t+8, 2t+9)
-    }
-  }
-}
-// A k-tile's four k16 MMAs against the token tile whose descriptor's low word is x_lo, committed as one group.
-template <int NACC>
-__device__ __forceinline__ void wg_mma_tile(float (&acc)[NACC], uint32_t x_lo, const uint32_t (&af)[4][4]) {
-  wg_fence();
-#pragma unroll
-  for (int kk = 0; kk < kWgBK / 16; kk++) wg_mma_k16(acc, af[kk], wg_desc_from_lo(x_lo + uint32_t(2 * kk)));
-  wg_commit();
-}
-
 // One block's tile: expert e's sorted rows [m0, m0 + BN) below m_end, against the block's 128 weight rows, through
 // the ring at shared address `ring` (ring_p its generic pointer).
 // A k-tile's MMAs stay in flight while the next k-tile is decoded into a second set of A registers
@@ -242,18 +197,51 @@ __device__ __forceinline__ void wg_tile(const GemmArgs& a, uint32_t ring, unsign
   const bool ok0 = n0 + lr0 < N, ok1 = n0 + lr1 < N;
   const uint16_t* s0 = reinterpret_cast<const uint16_t*>(a.W.scales + (size_t(e) * N + (ok0 ? n0 + lr0 : 0)) * kb);
   const uint16_t* s1 = reinterpret_cast<const uint16_t*>(a.W.scales + (size_t(e) * N + (ok1 ? n0 + lr1 : 0)) * kb);
-  auto scales = [&](int kt, uint32_t (&u)[2]) { wg_scales(s0, s1, kt, KT, u); };
-  auto scale_bytes = [](const uint32_t (&u)[2], uint32_t (&s)[4]) { wg_scale_bytes(u, s); };
+  // Unpredicated: a row past N reads row 0's scales, which multiply its zero-filled weights (and its results are
+  // never stored); a tile past the end reads the last tile's, never used.
+  auto scales = [&](int kt, uint32_t (&u)[2]) {
+    const int k = kt < KT ? kt : KT - 1;
+    u[0] = __ldg(s0 + k);
+    u[1] = __ldg(s1 + k);
+  };
+  // The four scale bytes decode_tile takes (row lr0's two blocks, then lr1's) from a tile's two loads.
+  auto scale_bytes = [](const uint32_t (&u)[2], uint32_t (&s)[4]) {
+    s[0] = u[0] & 0xFFu;
+    s[1] = u[0] >> 8;
+    s[2] = u[1] & 0xFFu;
+    s[3] = u[1] >> 8;
+  };
 
   float acc[NACC];
 #pragma unroll
   for (int i = 0; i < NACC; i++) acc[i] = 0.f;
   uint32_t su[2][2];  // raw scale pairs (a row's two of a k-tile) of the tiles ahead
+  // The A fragments of k-tile kt from its stage (scales s_ of the k-tile), 4 registers a k16 step kk: lane (g, t)
+  // takes prepared word t of rows lr0 and lr1 in each of the k-tile's two blocks b, whose slots 2h and 2h + 1 are
+  // pair t of the checkpoint's words 2h and 2h + 1 (k 2t, 2t + 1 and 2t + 8, 2t + 9 of k16 step kk = 2b + h).
+  // Rows are 48 bytes apart, so a warp's 32 words fall in 32 banks.
   auto decode_tile = [&](int kt, const uint32_t* s_, uint32_t (&af)[4][4]) {
-    wg_decode_tile(ring_p + (kt % NST) * C::STAGE_BYTES + C::X_BYTES + t * 4, lr0, lr1, s_, af);
+    const unsigned char* w = ring_p + (kt % NST) * C::STAGE_BYTES + C::X_BYTES + t * 4;
+#pragma unroll
+    for (int b = 0; b < 2; b++) {
+      const uint32_t v0 = *reinterpret_cast<const uint32_t*>(w + lr0 * kWgRowBytes + b * 16);
+      const uint32_t v1 = *reinterpret_cast<const uint32_t*>(w + lr1 * kWgRowBytes + b * 16);
+      const uint32_t f0 = mx_factor_fast(s_[b]), f1 = mx_factor_fast(s_[2 + b]);
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        af[2 * b + h][0] = decode_slot(v0, 2 * h, f0);      // (row g, k 2t, 2t+1)
+        af[2 * b + h][1] = decode_slot(v1, 2 * h, f1);      // (row g+8, k 2t, 2t+1)
+        af[2 * b + h][2] = decode_slot(v0, 2 * h + 1, f0);  // (row g, k 2t+8, 2t+9)
+        af[2 * b + h][3] = decode_slot(v1, 2 * h + 1, f1);  // (row g+8, k 2t+8, 2t+9)
+      }
+    }
   };
   auto mma_tile = [&](int kt, const uint32_t (&af)[4][4]) {
-    wg_mma_tile(acc, wg_desc_lo(ring + uint32_t((kt % NST) * C::STAGE_BYTES)), af);
+    const uint32_t x_lo = wg_desc_lo(ring + uint32_t((kt % NST) * C::STAGE_BYTES));
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < kWgBK / 16; kk++) wg_mma_k16(acc, af[kk], wg_desc_from_lo(x_lo + uint32_t(2 * kk)));
+    wg_commit();
   };
   uint32_t afa[4][4], afb[4][4];
   int kt = 0;
@@ -378,6 +366,45 @@ __global__ void __launch_bounds__(kWgThreads, BN != 0 && BN <= 32 ? 3 : 2) moe_p
     }
   }
 #endif
+}
+
+// Grid (ceil(N / kWgBM), T tile slots). BN 0: the fitted tiles.
+template <bool GATE_UP, int BN>
+void launch_prefill_wgmma_gemm(const GemmArgs& g, int E, int T, cudaStream_t stream, bool pdl) {
+  constexpr auto kernel = moe_prefill_wgmma<GATE_UP, BN>;
+  constexpr size_t smem = wg_smem_bytes<BN>();
+  allow_dynamic_smem<kernel>(smem);
+  launch(kernel, dim3(ceil_div(g.W.rows, kWgBM), T), dim3(kWgThreads), smem, stream, pdl, g, E);
+}
+
+template <int BN>
+void launch_prefill_wgmma_both(GemmArgs g, const WMat& gu, const WMat& dn, const MoeParams& p, const Workspace& ws,
+                               int P, cudaStream_t stream) {
+  const int T = prefill_max_tiles(P, p.E, BN == 0 ? 128 : BN);
+  g.W = gu;
+  g.A = ws.xp;
+  g.lda = p.H;
+  launch_prefill_wgmma_gemm<true, BN>(g, p.E, T, stream, p.pdl);
+  g.W = dn;
+  g.A = ws.act;
+  g.lda = p.I;
+  launch_prefill_wgmma_gemm<false, BN>(g, p.E, T, stream, p.pdl);
+}
+
+// x into the k-permutation (ws.xp), gate_up, down (after route_sort, before the combine), in the tiles
+// prefill_wgmma_bn picks unless `tile` (MoeParams::wgmma_tile) names them. A template on the weights' format (MXFP4
+// only) so that the bf16 path's translation unit, whose forward() never calls it, does not compile its kernels.
+template <WFmt F>
+void launch_prefill_wgmma_pair(const MoeParams& p, const GemmArgs& g, const WMat& gu, const WMat& dn,
+                               const Workspace& ws, int P, cudaStream_t stream, int tile = 0) {
+  launch(moe_permute_x, dim3(p.n), dim3(256), 0, stream, p.pdl, p.x, p.ldx, p.H, ws.xp);
+  switch (prefill_wgmma_bn(P, p.E, tile)) {
+    case 16: return launch_prefill_wgmma_both<16>(g, gu, dn, p, ws, P, stream);
+    case 32: return launch_prefill_wgmma_both<32>(g, gu, dn, p, ws, P, stream);
+    case 64: return launch_prefill_wgmma_both<64>(g, gu, dn, p, ws, P, stream);
+    case 128: return launch_prefill_wgmma_both<128>(g, gu, dn, p, ws, P, stream);
+    default: return launch_prefill_wgmma_both<0>(g, gu, dn, p, ws, P, stream);
+  }
 }
 
 }  // namespace

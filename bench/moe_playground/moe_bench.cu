@@ -605,10 +605,9 @@ MoeParams with_path(MoeParams q, MoePath path) {
   q.path = path;
   return q;
 }
-MoeParams with_wgmma_tile(MoeParams q, int tile, bool ws = false) {
+MoeParams with_wgmma_tile(MoeParams q, int tile) {
   q.path = MoePath::kPrefillWgmma;
   q.wgmma_tile = tile;
-  q.wgmma_ws = ws;
   return q;
 }
 
@@ -704,10 +703,6 @@ void prefill_section(const Layer& L, int n, const uint16_t* x, float* y, void* w
       {"wgmma tile 128", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 128), L.mx(), 0); }},
       {"wgmma fitted tiles", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, kMoeWgmmaTileFit), L.mx(), 0); }},
       {"wgmma fixed width (by mean)", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, kMoeWgmmaTileFixed), L.mx(), 0); }},
-      {"wgmma_ws (producer warp), default tiles", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 0, true), L.mx(), 0); }},
-      {"wgmma_ws tile 16", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 16, true), L.mx(), 0); }},
-      {"wgmma_ws tile 128", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, 128, true), L.mx(), 0); }},
-      {"wgmma_ws fitted tiles", [&](const MoeParams& q) { moe_mxfp4_forward(with_wgmma_tile(q, kMoeWgmmaTileFit, true), L.mx(), 0); }},
       {"route sort + combine only", [&](const MoeParams& q) { prefill_overhead(L, q); }},
   };
   for (const V& v : vs) {

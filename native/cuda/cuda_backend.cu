@@ -318,7 +318,6 @@ class CudaBackend final : public Backend {
   MoePath moe_prefill_path_ = MoePath::kAuto;
   bool moe_wgmma_ = true;
   int moe_wgmma_tile_ = 0;  // MoeParams::wgmma_tile (HARMONIUM_MOE_WGMMA_TILE)
-  bool moe_wgmma_ws_ = false;  // MoeParams::wgmma_ws (HARMONIUM_MOE_WGMMA_WS=1)
   int dense_gemm_ = 0;  // HARMONIUM_DENSE=mma|wgmma (A/B): the dense projections' tensor-core kernel (DenseParams::gemm)
   bool fused_rope_ = true;  // decode-only steps rotate and write the KV cache inside attention (HARMONIUM_FUSED_ROPE=0: off)
 
@@ -432,9 +431,6 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   const int wgmma_tile = env_choice("HARMONIUM_MOE_WGMMA_TILE", {"fit", "fixed", "16", "32", "64", "128"});
   if (wgmma_tile >= 0)
     moe_wgmma_tile_ = wgmma_tile == 0 ? kMoeWgmmaTileFit : wgmma_tile == 1 ? kMoeWgmmaTileFixed : 16 << (wgmma_tile - 2);
-  // HARMONIUM_MOE_WGMMA_WS=1 (A/B): the expert GEMM's copies in a producer warp (moe_prefill_wgmma_ws.cuh).
-  const char* ws_env = std::getenv("HARMONIUM_MOE_WGMMA_WS");
-  moe_wgmma_ws_ = ws_env && std::strcmp(ws_env, "1") == 0;
   const int dense = env_choice("HARMONIUM_DENSE", {"wgmma", "mma"});
   dense_gemm_ = dense == 0 ? 2 : dense == 1 ? 1 : 0;  // DenseParams::gemm
   const char* prof_env = std::getenv("HARMONIUM_PROFILE");
@@ -632,7 +628,6 @@ MoeParams CudaBackend::moe_params(int T) const {
   else mp.path = moe_prefill_path_;
   mp.wgmma = moe_wgmma_;
   mp.wgmma_tile = moe_wgmma_tile_;
-  mp.wgmma_ws = moe_wgmma_ws_;
   return mp;
 }
 

@@ -758,12 +758,11 @@ std::vector<Result> prefill_ragged_cases(int E, uint64_t seed) {
         DevBuf<uint16_t> d_x(x16);
         DevBuf<int32_t> d_ids(ids);
         DevBuf<float> d_w(wts), d_y(size_t(n) * H);
-        auto run = [&](cuda::MoePath path, int ws_byte, int tile = 0, bool wgmma = true, bool wgmma_ws = false) {
+        auto run = [&](cuda::MoePath path, int ws_byte, int tile = 0, bool wgmma = true) {
           cuda::MoeParams p = base_params(n, H, I, E, k, d_x.p, d_y.p, ws, path);
           p.swiglu_limit = limit;
           p.wgmma = wgmma;
           p.wgmma_tile = tile;
-          p.wgmma_ws = wgmma_ws;
           p.ids = d_ids.p;
           p.weights = d_w.p;
           T_CHECK(cudaMemset(ws.p, ws_byte, ws.n));
@@ -800,19 +799,16 @@ std::vector<Result> prefill_ragged_cases(int E, uint64_t seed) {
         // The wgmma GEMMs (moe_prefill_wgmma.cuh, kPrefill's on the H200) at each tile width and in fitted tiles
         // (every width of 16 to 128 among these sizes): v1's bits on every token, the CPU twin on the same 16,
         // repeat bits.
-        // The same for the producer-warp form (wgmma_ws, moe_prefill_wgmma_ws.cuh).
-        for (bool wsf : {false, true})
-          for (int tile : {16, 32, 64, 128, cuda::kMoeWgmmaTileFit}) {
-            const std::string pw = std::string(params) + (wsf ? " prefill_wgmma_ws tile " : " prefill_wgmma tile ") +
-                                   (tile < 0 ? "fit" : std::to_string(tile));
-            const auto yw = run(cuda::MoePath::kPrefillWgmma, 0xFF, tile, true, wsf);
-            Result bits = repeat_bits(pw + " vs prefill_v1", y, yw);
-            bits.metric = "v1_bits";
-            out.push_back(bits);
-            out.push_back(repeat_bits(pw, yw, run(cuda::MoePath::kPrefillWgmma, 0x7F, tile, true, wsf)));
-            for (int i = 0; i < m; i++) std::copy_n(yw.begin() + size_t(toks[i]) * H, H, ys.begin() + size_t(i) * H);
-            out.push_back(close(pw + " 16 tokens vs CPU", "nmse", ys, want, 1e-4));
-          }
+        for (int tile : {16, 32, 64, 128, cuda::kMoeWgmmaTileFit}) {
+          const std::string pw = std::string(params) + " prefill_wgmma tile " + (tile < 0 ? "fit" : std::to_string(tile));
+          const auto yw = run(cuda::MoePath::kPrefillWgmma, 0xFF, tile);
+          Result bits = repeat_bits(pw + " vs prefill_v1", y, yw);
+          bits.metric = "v1_bits";
+          out.push_back(bits);
+          out.push_back(repeat_bits(pw, yw, run(cuda::MoePath::kPrefillWgmma, 0x7F, tile)));
+          for (int i = 0; i < m; i++) std::copy_n(yw.begin() + size_t(toks[i]) * H, H, ys.begin() + size_t(i) * H);
+          out.push_back(close(pw + " 16 tokens vs CPU", "nmse", ys, want, 1e-4));
+        }
       } catch (const std::exception& e) {
         out.push_back(fail(params, e.what()));
         cudaGetLastError();
