@@ -767,7 +767,7 @@ constexpr size_t mma_ring_bytes() { return size_t(kMmaRingStages) * 2 * kMmaChun
 // RoPE sines and (fused) the cached K/V; after it: q, the own token's k/v, the math, then decode_merge_tail or,
 // CLUSTER (variant 3), decode_merge_cluster.
 //
-// RING (variants 4 and 5; head dim 64): the chunks' K and V rows go through a ring of kMmaRingStages stages in
+// RING (variants 4 and 5; head dim 64, the planner's choice there since session 16): the chunks' K and V rows go through a ring of kMmaRingStages stages in
 // shared memory by cp.async, issued kMmaRingStages - 1 chunks ahead by all 256 threads (a thread a key, half its
 // row's 16-byte pieces, K and V), instead of each warp's next tile in registers one chunk ahead: several chunks'
 // bytes in flight a block where the register form had one K or V tile a warp (and 128 registers with spills).
@@ -1278,10 +1278,13 @@ AttentionDecodePlan attention_decode_plan(int max_keys, int num_tokens, int nq, 
                                                        p.head_slices > 1 ? 1 : kDecodeBlocksPerSm);
   }
   p.splits = (max_keys + p.keys_per_split - 1) / p.keys_per_split;
-  // HARMONIUM_ATTN_DECODE_RING=1: the tensor-core kernels' ring forms (variants 4, 5) at head dim 64, to compare.
+  // At head dim 64 the tensor-core kernels run in their ring form (variants 4, 5: the same bits, faster at every
+  // full-layer row of bench_attention_decode, e.g. T = 64 at 1k 58.4 -> 49.9 us, T = 1 at 32k 32.0 -> 27.7;
+  // engine 20b S = 64 / 256 7,684 -> 7,876 / 17,437 -> 18,128 tok/s, H200, session 16).
+  // HARMONIUM_ATTN_DECODE_RING=0 keeps the register form (variants 2, 3), to compare.
   static const bool ring = [] {
     const char* e = std::getenv("HARMONIUM_ATTN_DECODE_RING");
-    return e && std::strcmp(e, "1") == 0;
+    return !(e && std::strcmp(e, "0") == 0);
   }();
   if (ring && D == 64 && (p.variant == 2 || p.variant == 3)) p.variant += 2;
   return p;

@@ -65,7 +65,9 @@ struct AttentionDecodeParams {
   // 0: attn_decode_merged (one launch); 1: the split kernel, then a combine launch (no counters), faster for
   // large batches; 2: attn_decode_mma (one launch like 0, scores and p * V on tensor cores; head dims 32 and 64);
   // 3: attn_decode_mma with a token's splits (max_splits <= 8) one thread block cluster, merged in distributed
-  // shared memory (no counters; sm_90+). attention_decode_plan picks.
+  // shared memory (no counters; sm_90+); 4 and 5: 2 and 3 in their ring form (head dim 64: K/V chunks through a
+  // cp.async ring in shared memory; the same bits), which the planner takes at head dim 64 unless
+  // HARMONIUM_ATTN_DECODE_RING=0. attention_decode_plan picks.
   int variant = 0;
   // variant 0: the G heads of a KV head spread over this many groups of 4 warps (1, 2, 4; clamped to G): fewer
   // registers and a shorter serial chain per warp, K/V rows read once per slice (L1).

@@ -564,6 +564,11 @@ DenseParams CudaBackend::dense_params(const uint16_t* x, int ldx, const uint16_t
     d.force_path = 2;  // the tensor-core GEMM at every T: a row's bits never depend on T
     d.split_k = 1;     // nor on the split of K a step's tile count would pick
   }
+  // K is split (dense_wgmma_splits) in decode-only steps alone, so a prompt's rows get the same bits however it was
+  // chunked or how much of it a prefix-cache hit skipped: a hit's short remainder would split the o projection and
+  // the router where the cold prefill does not (H200, window_kv.test.ts: the first token's logits 1.69e-1 apart on
+  // the dummy 20b; bit-identical with this rule, session 16).
+  if (plan_.n_tiles > 0) d.split_k = 1;
   return d;
 }
 
