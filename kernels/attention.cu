@@ -767,10 +767,11 @@ constexpr size_t mma_ring_bytes() { return size_t(kMmaRingStages) * 2 * kMmaChun
 // RoPE sines and (fused) the cached K/V; after it: q, the own token's k/v, the math, then decode_merge_tail or,
 // CLUSTER (variant 3), decode_merge_cluster.
 //
-// RING (variants 4 and 5; head dim 64, the planner's choice there since session 16): the chunks' K and V rows go through a ring of kMmaRingStages stages in
-// shared memory by cp.async, issued kMmaRingStages - 1 chunks ahead by all 256 threads (a thread a key, half its
-// row's 16-byte pieces, K and V), instead of each warp's next tile in registers one chunk ahead: several chunks'
-// bytes in flight a block where the register form had one K or V tile a warp (and 128 registers with spills).
+// RING (variants 4 and 5; head dim 64, the planner's choice there since session 16): the chunks' K and V rows go
+// through a ring of kMmaRingStages stages in shared memory by cp.async, issued kMmaRingStages - 1 chunks ahead by
+// all 256 threads (a thread a key, half its row's 16-byte pieces, K and V), instead of each warp's next tile in
+// registers one chunk ahead: several chunks' bytes in flight a block where the register form had one K or V tile a
+// warp (and 128 registers with spills).
 // The stage rows are swizzled so a quarter warp's 16-byte fragment loads hit distinct banks: K piece p of row r at
 // p ^ 4 (r & 1) (a quarter warp reads rows r, r + 1 at pieces 0..3 or 4..7), V at p ^ (r & 6) (rows 2 q4 + c,
 // piece g). The warps' partials (wo) reuse the ring after the last chunk.
