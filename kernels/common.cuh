@@ -44,8 +44,8 @@ __device__ __forceinline__ void pdl_trigger() {
 }
 
 // Lets `Kernel` take `bytes` of dynamic shared memory (above the 48 KB default): once per kernel and device (the
-// attribute is a device's, so a process on two GPUs sets it on each; dense.cu's GEMMs keep their own bits, with
-// the carveout and occupancy they also set).
+// attribute is a device's, so a process on two GPUs sets it on each; dense.cu's launchers keep their own per-device
+// bits, the GEMV's with the carveout it also sets).
 template <auto Kernel>
 void allow_dynamic_smem(size_t bytes) {
   static std::atomic<uint64_t> done{0};
