@@ -46,14 +46,17 @@ __device__ __forceinline__ void pdl_trigger() {
 // Lets `Kernel` take `bytes` of dynamic shared memory (above the 48 KB default): once per kernel and device (the
 // attribute is a device's, so a process on two GPUs sets it on each; dense.cu's launchers keep their own per-device
 // bits, the GEMV's with the carveout it also sets).
+// `carveout` >= 0 also sets the kernel's preferred shared-memory carveout (percent of the unified L1 / shared).
 template <auto Kernel>
-void allow_dynamic_smem(size_t bytes) {
+void allow_dynamic_smem(size_t bytes, int carveout = -1) {
   static std::atomic<uint64_t> done{0};
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   const uint64_t bit = 1ull << (dev & 63);
   if (done.load(std::memory_order_acquire) & bit) return;
   CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  if (carveout >= 0)
+    CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributePreferredSharedMemoryCarveout, carveout));
   done.fetch_or(bit, std::memory_order_release);
 }
 
