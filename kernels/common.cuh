@@ -44,9 +44,8 @@ __device__ __forceinline__ void pdl_trigger() {
 }
 
 // Lets `Kernel` take `bytes` of dynamic shared memory (above the 48 KB default): once per kernel and device (the
-// attribute is a device's, so a process on two GPUs sets it on each; dense.cu's launchers keep their own per-device
-// bits, the GEMV's with the carveout it also sets).
-// `carveout` >= 0 also sets the kernel's preferred shared-memory carveout (percent of the unified L1 / shared).
+// attribute is a device's, so a process on two GPUs sets it on each). `carveout` >= 0 also sets the kernel's
+// preferred shared-memory carveout (percent of the unified L1 / shared memory).
 template <auto Kernel>
 void allow_dynamic_smem(size_t bytes, int carveout = -1) {
   static std::atomic<uint64_t> done{0};

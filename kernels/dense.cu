@@ -532,17 +532,7 @@ void launch_staged(const DenseParams& p, cudaStream_t s) {
   const size_t bytes = staged_bytes(S, NT, p.K);
   const int optin = device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin);
   HM_REQUIRE(bytes + sizeof(float) * NT * 8 <= size_t(optin), "dense (gemv_stage: the row does not fit)");
-  static std::atomic<uint64_t> configured{0};  // one bit per device ordinal
-  int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  const uint64_t bit = 1ull << (dev & 63);
-  if (!(configured.load() & bit)) {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    optin - int(sizeof(float)) * NT * 8));
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                    int(cudaSharedmemCarveoutMaxShared)));
-    configured |= bit;
-  }
+  allow_dynamic_smem<staged_gemv<NT, S, kNorm>>(optin - sizeof(float) * NT * 8, int(cudaSharedmemCarveoutMaxShared));
   launch(kernel, dim3(ceil_div(p.N, 8)), dim3(256), bytes, s, p.pdl, p.x, p.x_lo, p.ldx, p.norm_x, p.norm_w,
          p.norm_eps, p.norm_out, p.W, p.b, p.y, p.ldy, p.N, p.K, p.accumulate);
 }
@@ -611,14 +601,7 @@ template <int NWG, int BN, bool LO>
 void launch_dense_wgmma(const DenseParams& p, int sms, cudaStream_t s) {
   using C = DwCfg<NWG, BN, LO>;
   auto* kernel = dense_wgmma<NWG, BN, LO>;
-  static std::atomic<uint64_t> configured{0};  // one bit per device ordinal (the opt-in is per device)
-  int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  const uint64_t bit = 1ull << (dev & 63);
-  if (!(configured.load() & bit)) {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::SMEM)));
-    configured |= bit;
-  }
+  allow_dynamic_smem<dense_wgmma<NWG, BN, LO>>(C::SMEM);
   static std::atomic<int> per_sm{0};  // resident blocks an SM (the same on every sm_90 device)
   if (per_sm.load() == 0) {
     int n = 0;
