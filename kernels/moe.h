@@ -166,8 +166,6 @@ struct MoeParams {
   bool wgmma = true;               // sm_90: kPrefill / kAuto's GEMM on the wgmma kernels where they apply (see MoePath)
   int wgmma_tile = 0;              // their tokens a tile: 16, 32, 64, 128, kMoeWgmmaTileFit or kMoeWgmmaTileFixed;
                                    // 0 fitted or fixed by the mean tokens an expert
-  int split_nbuf = 1;              // the one-token split kernels' item buffers (moe_decode_split.cuh): 2 or 3 stage
-                                   // a lane's weights in shared memory 1 or 2 items ahead, 1 keeps them in registers
   bool pdl = false;
 };
 

@@ -33,48 +33,11 @@ namespace {
 // them): the tile's partials summed without a block barrier, and the block scales applied to the MMAs' fp32 sums
 // (each of B's 8 columns one block's activations) instead of to the decoded weights. Both were slower, and so was a
 // warp loading its next item's weights before multiplying the current one (f521fcb: 34.7 against 29.4 us).
-// NBUF >= 2: each lane's weight pieces go through NBUF item buffers of shared memory by cp.async, NBUF - 1 items
-// ahead of the one it multiplies (the scales and gate_up's biases in registers as far ahead); NBUF 1: straight
-// into registers, the current item only.
-template <int KS_, int CPW_, bool PERSIST_ = true, int NBUF_ = 1>
+template <int KS_, int CPW_, bool PERSIST_ = true>
 struct SplitCfg {
-  static constexpr int KS = KS_, CPW = CPW_, NBUF = NBUF_;
+  static constexpr int KS = KS_, CPW = CPW_;
   static constexpr bool PERSIST = PERSIST_;
-  // One item buffer: the block's KS warps x 2 CPW pieces x 32 lanes x 16 bytes.
-  static constexpr int BUF_BYTES = KS * 2 * CPW * 32 * 16;
-  static constexpr size_t SMEM = NBUF > 1 ? size_t(NBUF) * BUF_BYTES : 0;
 };
-
-// The staged form's pieces: each lane copies and later reads back only its own 16-byte pieces (piece p of a lane at
-// its slot + p * 512), so cp.async's per-thread completion is all the ordering it needs (no barrier). The wait and
-// the read are asm with a memory clobber, so the compiler keeps the read behind the wait.
-template <int N>
-__device__ __forceinline__ void split_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-__device__ __forceinline__ uint4 split_lds(uint32_t a) {
-  uint4 r;
-  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "r"(a) : "memory");
-  return r;
-}
-// Issues one item's pieces of this lane (rows row_a and row_a + 8 of chunks warp, warp + KS, ...) into the buffer
-// at `slot` and loads their scales into sc; pieces past K are zero-filled with the neutral scale, as RowChunk::load.
-template <int KS, int CPW>
-__device__ __forceinline__ void split_issue(const WMat& W, size_t row_a, int warp, int t, uint32_t slot, uint32_t* sc) {
-  const int kb = W.K >> 5, nchunks = (W.K + 127) >> 7;
-  const uint8_t* data = static_cast<const uint8_t*>(W.data);
-#pragma unroll
-  for (int i = 0; i < CPW; i++) {
-    const int c = warp + KS * i, blk = c * 4 + t;
-    const bool ok = c < nchunks && blk < kb;
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const size_t b = (row_a + 8 * h) * kb + blk;
-      cp_async16_zfill_s(slot + (2 * i + h) * 512, ok ? data + b * 16 : data, ok);
-      sc[2 * i + h] = ok ? uint32_t(__ldg(W.scales + b)) : 127u;
-    }
-  }
-}
 
 // The routing of the one token, computed by every warp into its own slot (no block barrier before the loads).
 __device__ __forceinline__ void split_route(const DecodeArgs& a, int32_t* ids, float* w) {
@@ -94,32 +57,19 @@ __device__ __forceinline__ void split_route(const DecodeArgs& a, int32_t* ids, f
 // before the activations are read (down's pdl_wait). Each chunk accumulates on its own and the chunks are then
 // summed in order: CPW chains of 8 dependent MMAs instead of one of 8 CPW (the layer 33.1 -> 30.7 us with gate_up's
 // bias loaded early, session 12).
-// Staged (ST): the pieces are already in this lane's buffer at `slot` (waited for) with their scales in sc; they are
-// read back after `between`.
-template <int KS, int CPW, bool ST, typename XFrag, typename Between>
+template <int KS, int CPW, typename XFrag, typename Between>
 __device__ __forceinline__ void split_tile(float* acc, const WMat& W, size_t row_a, XFrag xfrag, int warp, int t,
-                                           Between between, uint32_t slot = 0, const uint32_t* sc = nullptr) {
+                                           Between between) {
   const int kb = W.K >> 5, nchunks = (W.K + 127) >> 7;
   RowChunk<WFmt::kMxfp4> ca[CPW], cb[CPW];
-  if constexpr (!ST) {
 #pragma unroll
-    for (int i = 0; i < CPW; i++) {
-      const int c = warp + KS * i, blk = c * 4 + t;
-      const bool ok = c < nchunks && blk < kb;
-      ca[i].load(W, row_a, blk, ok);
-      cb[i].load(W, row_a + 8, blk, ok);
-    }
+  for (int i = 0; i < CPW; i++) {
+    const int c = warp + KS * i, blk = c * 4 + t;
+    const bool ok = c < nchunks && blk < kb;
+    ca[i].load(W, row_a, blk, ok);
+    cb[i].load(W, row_a + 8, blk, ok);
   }
   between();
-  if constexpr (ST) {
-#pragma unroll
-    for (int i = 0; i < CPW; i++) {
-      ca[i].q = split_lds(slot + (2 * i) * 512);
-      cb[i].q = split_lds(slot + (2 * i + 1) * 512);
-      ca[i].s = sc[2 * i];
-      cb[i].s = sc[2 * i + 1];
-    }
-  }
   float part[CPW][4];
 #pragma unroll
   for (int i = 0; i < CPW; i++) {
@@ -182,17 +132,14 @@ __device__ __forceinline__ int act_perm(int c) { return (c & ~7) | ((c & 3) << 1
 // every block has triggered the next kernel's launch early, as the persistent bulk kernels do, and the routing is
 // computed once per block). Warp 0 reduces a tile and runs its epilogue.
 
-template <int KS, int CPW, int NBUF>
+template <int KS, int CPW>
 __global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsigned* tile_count, int dn_tiles) {
-  constexpr bool ST = NBUF > 1;
-  constexpr int NP = 2 * CPW, AH = ST ? NBUF - 1 : 1, BUF = SplitCfg<KS, CPW, true, NBUF>::BUF_BYTES;
-  extern __shared__ __align__(16) uint4 stage[];  // ST: NBUF item buffers
   __shared__ int32_t s_ids[KS][8];
   __shared__ float s_w[KS][8];
   __shared__ float4 red[2][KS][32];
   __shared__ uint4 xs[128 * KS * CPW / 8];  // the token's x in the k-permutation (once a block, not per chunk)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int rows = a.W.rows, ntiles = rows >> 4, I = rows >> 1, nitems = a.k * ntiles;
+  const int rows = a.W.rows, ntiles = rows >> 4, I = rows >> 1;
   pdl_wait();  // the routing and x come from the router kernel
   split_route(a, s_ids[warp], s_w[warp]);
   pdl_trigger();
@@ -206,54 +153,16 @@ __global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsig
   // Warp 0's lanes t = 0, g even write the SwiGLU rows; their gate / up biases (a bf16 pair: gate row even, up row
   // odd) are loaded with the tile's weights, not after the reduction (a DRAM latency a tile on warp 0's path).
   const bool bias_lane = warp == 0 && t == 0 && !(g & 1);
-  auto row_of = [&](int item) {
-    const int u = item / ntiles;
-    return size_t(s_ids[warp][u]) * rows + (item - u * ntiles) * 16 + g;
-  };
-  const uint32_t slot0 = ST ? uint32_t(__cvta_generic_to_shared(stage)) + (warp * NP * 32 + lane) * 16 : 0u;
-  uint32_t sq[AH][NP], bq[AH][2];  // ST: the scales and biases of the items in flight, oldest first
-  auto issue = [&](int item, uint32_t slot, uint32_t* sc, uint32_t* bias) {
-    const size_t ra = row_of(item);
-    split_issue<KS, CPW>(a.W, ra, warp, t, slot, sc);
-    if (bias_lane) {
-      bias[0] = __ldg(reinterpret_cast<const unsigned*>(a.W.bias + ra));
-      bias[1] = __ldg(reinterpret_cast<const unsigned*>(a.W.bias + ra + 8));
-    }
-  };
-  if constexpr (ST) {
-#pragma unroll
-    for (int q = 0; q < AH; q++) {
-      const int it = blockIdx.x + q * gridDim.x;
-      if (it < nitems) issue(it, slot0 + q * BUF, sq[q], bq[q]);
-      cp_async_commit();
-    }
-  }
-  int j = 0, buf = 0;
-  for (int item = blockIdx.x; item < nitems; item += gridDim.x, j++) {
+  int j = 0;
+  for (int item = blockIdx.x; item < a.k * ntiles; item += gridDim.x, j++) {
     const int u = item / ntiles, r0 = (item - u * ntiles) * 16;
     const size_t row_a = size_t(s_ids[warp][u]) * rows + r0 + g;
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    uint32_t b0 = 0, b1 = 0, sc[NP];
-    if constexpr (ST) {
-#pragma unroll
-      for (int q = 0; q < NP; q++) sc[q] = sq[0][q];
-      b0 = bq[0][0], b1 = bq[0][1];
-#pragma unroll
-      for (int h = 0; h + 1 < AH; h++) {
-#pragma unroll
-        for (int q = 0; q < NP; q++) sq[h][q] = sq[h + 1][q];
-        bq[h][0] = bq[h + 1][0], bq[h][1] = bq[h + 1][1];
-      }
-      const int nx = item + AH * gridDim.x;
-      const int nbuf = buf + AH >= NBUF ? buf + AH - NBUF : buf + AH;
-      if (nx < nitems) issue(nx, slot0 + nbuf * BUF, sq[AH - 1], bq[AH - 1]);
-      cp_async_commit();
-      split_wait<AH>();  // this item's pieces (this lane's own)
-    }
-    split_tile<KS, CPW, ST>(
+    uint32_t b0 = 0, b1 = 0;
+    split_tile<KS, CPW>(
         acc, a.W, row_a, [&](int blk, uint32_t* px) { xfrag_of(xs, blk, px); }, warp, t,
         [&] {
-          if (!ST && bias_lane) {
+          if (bias_lane) {
             b0 = __ldg(reinterpret_cast<const unsigned*>(a.W.bias + row_a));
             b1 = __ldg(reinterpret_cast<const unsigned*>(a.W.bias + row_a + 8));
           }
@@ -265,9 +174,7 @@ __global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsig
             }
             __syncthreads();
           }
-        },
-        slot0 + buf * BUF, sc);
-    buf = buf + 1 == NBUF ? 0 : buf + 1;
+        });
     if (!split_reduce<KS>(acc, red[j & 1], warp, lane)) continue;
     // acc[0]: (row g, token 0), acc[2]: (row g + 8, token 0) in lanes t = 0. Rows alternate gate / up: the
     // partner row g ^ 1 sits in lane group g ^ 1 (lane ^ 4).
@@ -285,51 +192,20 @@ __global__ void __launch_bounds__(KS * 32) moe_split_gate_up(DecodeArgs a, unsig
 
 // Down's tile epilogue runs in warp 0: its lanes t = 0 store the partial, lane 0 counts the tile, and in the tile's
 // last block lanes 0-15 add the k partials (slot order) and the weighted biases into y.
-template <int KS, int CPW, int NBUF>
+template <int KS, int CPW>
 __global__ void __launch_bounds__(KS * 32) moe_split_down(DecodeArgs a, float* part, unsigned* tile_count) {
-  constexpr bool ST = NBUF > 1;
-  constexpr int NP = 2 * CPW, AH = ST ? NBUF - 1 : 1, BUF = SplitCfg<KS, CPW, true, NBUF>::BUF_BYTES;
-  extern __shared__ __align__(16) uint4 stage[];  // ST: NBUF item buffers
   __shared__ int32_t s_ids[KS][8];
   __shared__ float s_w[KS][8];
   __shared__ float4 red[2][KS][32];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int rows = a.W.rows, ntiles = rows >> 4, nitems = a.k * ntiles;
+  const int rows = a.W.rows, ntiles = rows >> 4;
   split_route(a, s_ids[warp], s_w[warp]);  // the router's logits: complete once gate_up has triggered
-  const uint32_t slot0 = ST ? uint32_t(__cvta_generic_to_shared(stage)) + (warp * NP * 32 + lane) * 16 : 0u;
-  uint32_t sq[AH][NP];  // ST: the scales of the items in flight, oldest first
-  auto row_of = [&](int item) {
-    const int u = item / ntiles;
-    return size_t(s_ids[warp][u]) * rows + (item - u * ntiles) * 16 + g;
-  };
-  if constexpr (ST) {  // the first items' weights before pdl_wait: they do not depend on gate_up
-#pragma unroll
-    for (int q = 0; q < AH; q++) {
-      const int it = blockIdx.x + q * gridDim.x;
-      if (it < nitems) split_issue<KS, CPW>(a.W, row_of(it), warp, t, slot0 + q * BUF, sq[q]);
-      cp_async_commit();
-    }
-  }
-  int j = 0, buf = 0;
-  for (int item = blockIdx.x; item < nitems; item += gridDim.x, j++) {
+  int j = 0;
+  for (int item = blockIdx.x; item < a.k * ntiles; item += gridDim.x, j++) {
     const int u = item / ntiles, tile = item - u * ntiles, r0 = tile * 16;
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    uint32_t sc[NP];
-    if constexpr (ST) {
-#pragma unroll
-      for (int q = 0; q < NP; q++) sc[q] = sq[0][q];
-#pragma unroll
-      for (int h = 0; h + 1 < AH; h++)
-#pragma unroll
-        for (int q = 0; q < NP; q++) sq[h][q] = sq[h + 1][q];
-      const int nx = item + AH * gridDim.x;
-      const int nbuf = buf + AH >= NBUF ? buf + AH - NBUF : buf + AH;
-      if (nx < nitems) split_issue<KS, CPW>(a.W, row_of(nx), warp, t, slot0 + nbuf * BUF, sq[AH - 1]);
-      cp_async_commit();
-      split_wait<AH>();
-    }
     const uint4* xp = reinterpret_cast<const uint4*>(a.x + size_t(u) * a.ldx);  // act, written permuted
-    split_tile<KS, CPW, ST>(
+    split_tile<KS, CPW>(
         acc, a.W, size_t(s_ids[warp][u]) * rows + r0 + g, [&](int blk, uint32_t* px) { xfrag_of<true>(xp, blk, px); },
         warp, t,
         [&] {
@@ -337,9 +213,7 @@ __global__ void __launch_bounds__(KS * 32) moe_split_down(DecodeArgs a, float* p
             pdl_wait();  // act comes from gate_up (the first item's loads are in flight)
             pdl_trigger();
           }
-        },
-        slot0 + buf * BUF, sc);
-    buf = buf + 1 == NBUF ? 0 : buf + 1;
+        });
     if (!split_reduce<KS>(acc, red[j & 1], warp, lane)) continue;
     if (t == 0) {
       part[size_t(u) * rows + r0 + g] = acc[0];
@@ -375,7 +249,7 @@ template <typename C, bool GATE_UP, typename K>
 int split_grid(K kern, int threads, int items) {
   if (!C::PERSIST) return items;
   static int per_sm = 0;
-  if (per_sm == 0) CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, threads, C::SMEM));
+  if (per_sm == 0) CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, threads, 0));
   const int most = bulk_device().sms * (per_sm > 0 ? per_sm : 1);
   return items < most ? items : most;
 }
@@ -385,25 +259,22 @@ void launch_decode_split(const MoeParams& p, const WMat& gu, const WMat& dn, con
                          cudaStream_t stream) {
   DecodeArgs a = decode_args(p, gu, ws.act);
   const int dn_tiles = dn.rows >> 4;
-  constexpr auto gk = moe_split_gate_up<Gu::KS, Gu::CPW, Gu::NBUF>;
-  constexpr auto dk = moe_split_down<Dn::KS, Dn::CPW, Dn::NBUF>;
-  // The staged forms' item buffers are most of an SM's shared memory at three blocks an SM: the whole carveout.
-  if constexpr (Gu::SMEM > 0) allow_dynamic_smem<gk>(Gu::SMEM, 100);
-  if constexpr (Dn::SMEM > 0) allow_dynamic_smem<dk>(Dn::SMEM, 100);
+  auto gk = moe_split_gate_up<Gu::KS, Gu::CPW>;
+  auto dk = moe_split_down<Dn::KS, Dn::CPW>;
   // gate_up goes without the PDL attribute: it cannot read a weight before the routing is known, and launched
   // early (while the router and the o projection drain) its persistent blocks were placed on the SMs as they
   // freed, each with a fixed share of the items: the engine-like lab chain (moe_bench.cu chain_section) measured
   // 60.9 us a layer that way and 55.8 without; the engine's tg128 went from 512 / 356 to 553 / 388 tok/s.
   // Down keeps it: it streams its first item before pdl_wait and lets the next layer's q/k/v start early.
-  launch(gk, dim3(split_grid<Gu, true>(gk, Gu::KS * 32, p.k * (gu.rows >> 4))), dim3(Gu::KS * 32), Gu::SMEM,
-         stream, false, a, ws.count, dn_tiles);
+  launch(gk, dim3(split_grid<Gu, true>(gk, Gu::KS * 32, p.k * (gu.rows >> 4))), dim3(Gu::KS * 32), 0, stream,
+         false, a, ws.count, dn_tiles);
   a.x = ws.act;
   a.ldx = p.I;
   a.W = dn;
   a.ids_out = nullptr;
   a.weights_out = nullptr;
-  launch(dk, dim3(split_grid<Dn, false>(dk, Dn::KS * 32, p.k * dn_tiles)), dim3(Dn::KS * 32), Dn::SMEM, stream,
-         p.pdl, a, ws.out, ws.count);
+  launch(dk, dim3(split_grid<Dn, false>(dk, Dn::KS * 32, p.k * dn_tiles)), dim3(Dn::KS * 32), 0, stream, p.pdl, a,
+         ws.out, ws.count);
 }
 
 }  // namespace

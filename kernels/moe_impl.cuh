@@ -748,8 +748,6 @@ using GuBulk = BulkCfg<8, 2, 3, 1>;
 // multiplied (34.7 against 29.4) were all slower and removed.
 using GuSplit = SplitCfg<8, 3>;
 using DnSplit = SplitCfg<8, 3>;
-template <int NBUF>
-using SplitStaged = SplitCfg<8, 3, true, NBUF>;
 using DnBulk = BulkCfg<8, 2, 3, 1>;
 // The grouped kernels (moe_grouped.cuh), from the H200 lab (NOTES.md, "grouped path"; MOE_GROUPED_ONLY=1): V1
 // (bf16 loop, NCW8 NST2 NTB2 BPS3) was the fastest configuration at every n from 8 to 2048, E = 32 and 128; an fp8
@@ -793,14 +791,8 @@ void forward(const MoeParams& p, const WMat& gu, const WMat& dn, cudaStream_t st
 
   if (decode) {
     if constexpr (F == WFmt::kMxfp4) {
-      if ((p.path == MoePath::kAuto || p.path == MoePath::kDecodeSplit) && split_ok<GuSplit, DnSplit>(p, gu, dn)) {
-        if (p.split_nbuf == 3)
-          launch_decode_split<SplitStaged<3>, SplitStaged<3>>(p, gu, dn, ws, stream);
-        else if (p.split_nbuf == 2)
-          launch_decode_split<SplitStaged<2>, SplitStaged<2>>(p, gu, dn, ws, stream);
-        else
-          launch_decode_split<GuSplit, DnSplit>(p, gu, dn, ws, stream);
-      }
+      if ((p.path == MoePath::kAuto || p.path == MoePath::kDecodeSplit) && split_ok<GuSplit, DnSplit>(p, gu, dn))
+        launch_decode_split<GuSplit, DnSplit>(p, gu, dn, ws, stream);
       else if (p.path != MoePath::kDecodeRegs && bulk_ok<GuBulk, DnBulk>(gu, dn))
         launch_decode_bulk<GuBulk, DnBulk>(p, gu, dn, ws, stream);
       else

@@ -1003,11 +1003,6 @@ int main() {
         split_cfg("KS6 CPW4", moe::SplitCfg<6, 4>{});
         split_cfg("KS12 CPW2", moe::SplitCfg<12, 2>{});
         split_cfg("KS16 CPW2", moe::SplitCfg<16, 2>{});
-        split_cfg("KS8 CPW3 nbuf2", moe::SplitCfg<8, 3, true, 2>{});
-        split_cfg("KS8 CPW3 nbuf3", moe::SplitCfg<8, 3, true, 3>{});
-        split_cfg("KS6 CPW4 nbuf2", moe::SplitCfg<6, 4, true, 2>{});
-        split_cfg("KS4 CPW6 nbuf2", moe::SplitCfg<4, 6, true, 2>{});
-        split_cfg("KS12 CPW2 nbuf2", moe::SplitCfg<12, 2, true, 2>{});
       }
       const float t_bf = time_us([&](int i) { moe_bf16_forward(params(0, i, false), L.bf(), 0); });
       std::printf("decode n=%d bf16: %.1f us (%.0f GB/s of %.1f MB)\n", n, t_bf, bytes_bf / t_bf * 1e-3, bytes_bf * 1e-6);

@@ -312,7 +312,6 @@ class CudaBackend final : public Backend {
   // the sliding layers' block tables and cache slots, when the layout keeps them apart (else the ones above)
   int32_t *d_bt_window_ = nullptr, *d_slot_window_ = nullptr;
   bool batch_invariant_ = false;  // HARMONIUM_BATCH_INVARIANT=1 (see the top of this file)
-  int moe_split_nbuf_ = MoeParams{}.split_nbuf;  // HARMONIUM_MOE_SPLIT_NBUF=1|2|3 (A/B)
   MoePath moe_decode_path_ = MoePath::kAuto;  // HARMONIUM_MOE_DECODE=split|bulk|regs: the one-token expert kernels (A/B)
   // HARMONIUM_MOE_PREFILL (A/B): wgmma = every step above 8 tokens on the wgmma GEMMs (no grouped path); mma = no
   // wgmma GEMMs (moe_prefill_mma.cuh / v1, the kernels before them); auto (default).
@@ -424,8 +423,6 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   const int moe_decode = env_choice("HARMONIUM_MOE_DECODE", {"split", "bulk", "regs"});
   if (moe_decode == 1) moe_decode_path_ = MoePath::kDecode;
   if (moe_decode == 2) moe_decode_path_ = MoePath::kDecodeRegs;
-  const int split_nbuf = env_choice("HARMONIUM_MOE_SPLIT_NBUF", {"1", "2", "3"});  // A/B: MoeParams::split_nbuf
-  if (split_nbuf >= 0) moe_split_nbuf_ = split_nbuf + 1;
   const int moe_prefill = env_choice("HARMONIUM_MOE_PREFILL", {"wgmma", "mma"});
   if (moe_prefill == 0) moe_prefill_path_ = MoePath::kPrefillWgmma;
   if (moe_prefill == 1) moe_wgmma_ = false;
@@ -636,7 +633,6 @@ MoeParams CudaBackend::moe_params(int T) const {
   else mp.path = moe_prefill_path_;
   mp.wgmma = moe_wgmma_;
   mp.wgmma_tile = moe_wgmma_tile_;
-  mp.split_nbuf = moe_split_nbuf_;
   return mp;
 }
 

@@ -340,16 +340,14 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
       DevBuf<float> d_logits(logits), d_w_out(ids.size());
       DevBuf<int32_t> d_ids_out(ids.size());
 
-      // mma: no wgmma; nbuf: MoeParams::split_nbuf (0: the default)
-      struct Variant { bool bf16; cuda::MoePath path; bool acc; bool fused; bool mma = false; int nbuf = 0; };
+      struct Variant { bool bf16; cuda::MoePath path; bool acc; bool fused; bool mma = false; };  // mma: no wgmma
       std::vector<Variant> vs;
       const bool decode_ok = n <= cuda::kMoeDecodeMaxTokens;
       for (int f = 0; f < 2; f++) {
         if (f == 1 && !bf16_all && n != ns.front() && n != ns.back()) continue;
         if (decode_ok) vs.push_back({f == 1, cuda::MoePath::kDecode, false, false});
         if (decode_ok && f == 0) vs.push_back({false, cuda::MoePath::kDecodeRegs, false, false});
-        if (n == 1 && f == 0)
-          for (int nbuf : {1, 2, 3}) vs.push_back({false, cuda::MoePath::kDecodeSplit, false, false, false, nbuf});
+        if (n == 1 && f == 0) vs.push_back({false, cuda::MoePath::kDecodeSplit, false, false});
         if (n == 1 && f == 0) vs.push_back({false, cuda::MoePath::kDecodeSplit, true, true});
         if (decode_ok) vs.push_back({f == 1, cuda::MoePath::kDecode, false, true});
         vs.push_back({f == 1, cuda::MoePath::kPrefill, false, false});
@@ -360,7 +358,7 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
         if (f == 0) vs.push_back({false, cuda::MoePath::kAuto, true, false});
         if (f == 0) vs.push_back({false, cuda::MoePath::kAuto, true, true});
       }
-      std::vector<float> y_mxfp4_prefill, y_split_regs;
+      std::vector<float> y_mxfp4_prefill;
       for (const Variant& v : vs) {
         char params[160];
         const char* path = v.path == cuda::MoePath::kDecode       ? "decode"
@@ -372,9 +370,7 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
                            : v.path == cuda::MoePath::kPrefillV1  ? "prefill_v1"
                            : v.path == cuda::MoePath::kPrefillWgmma ? "prefill_wgmma"
                                                                   : "auto";
-        char nbuf[16] = "";
-        if (v.nbuf) std::snprintf(nbuf, sizeof nbuf, " nbuf%d", v.nbuf);
-        std::snprintf(params, sizeof params, "%s %s%s%s n=%d %s%s%s", v.bf16 ? "bf16" : "mxfp4", path, nbuf,
+        std::snprintf(params, sizeof params, "%s %s%s n=%d %s%s%s", v.bf16 ? "bf16" : "mxfp4", path,
                       v.fused ? "+logits" : "", n, shape, v.acc ? " accumulate" : "", wide ? " wide" : "");
         try {
           cuda::MoeParams p = base_params(n, H, I, E, k, d_x.p, d_y.p, ws, v.path);
@@ -383,7 +379,6 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
           p.ids = d_ids.p;
           p.weights = d_w.p;
           p.accumulate = v.acc;
-          if (v.nbuf) p.split_nbuf = v.nbuf;
           auto run = [&](int ws_byte, int rows = -1, int first = 0) {  // tokens [first, first + rows)
             p.n = rows < 0 ? n : rows;
             p.x = d_x.p + size_t(first) * H;
@@ -426,13 +421,6 @@ std::vector<Result> moe_cases(int E, int H, int I, int k, const std::vector<int>
           rep.error = double(diff);
           out.push_back(rep);
           if (v.path == cuda::MoePath::kPrefill && !v.bf16 && !v.mma) y_mxfp4_prefill = y;
-          if (v.nbuf == 1) y_split_regs = y;
-          if (v.nbuf > 1 && !y_split_regs.empty()) {
-            // The staged split kernels (weights through shared memory) multiply the same fragments in the same order.
-            Result same = repeat_bits(std::string(params) + " vs nbuf1", y_split_regs, y);
-            same.metric = "split_bits";
-            out.push_back(same);
-          }
           if ((v.path == cuda::MoePath::kPrefillV1 || v.mma) && !y_mxfp4_prefill.empty()) {
             // The MXFP4 prefill GEMM (moe_prefill_mma.cuh) computes v1's bits.
             Result same = repeat_bits(std::string(params) + " vs prefill", y_mxfp4_prefill, y);
