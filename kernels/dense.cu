@@ -21,6 +21,7 @@
 
 #include "common.cuh"
 #include "dense.h"
+#include "dense_tma.cuh"
 #include "dense_wgmma.cuh"
 
 namespace hm::cuda {
@@ -675,6 +676,17 @@ void dense(const DenseParams& p, cudaStream_t stream) {
   if (wgmma) {
     HM_REQUIRE(ceil_div(p.N, 64) <= 65535, "dense (rows per call)");
     const int sms = device_attr(cudaDevAttrMultiProcessorCount);
+    // gemm 3 asks for the TMA kernel wherever it applies (no K split), gemm 0 takes it where it wins.
+    if (p.split_k <= 1 && (p.gemm == 3 || (p.gemm == 0 && dense_tma_auto(p.T, p.N, sms)))) {
+      const int bn = p.wgmma_tile == 0 ? 256 : p.wgmma_tile > 0 ? 128 : dense_tma_bn(p.T, p.N, sms, p.x_lo != nullptr);
+      if (p.x_lo)
+        launch_dense_tma<128, true>(p, stream);
+      else if (bn == 256)
+        launch_dense_tma<256, false>(p, stream);
+      else
+        launch_dense_tma<128, false>(p, stream);
+      return;
+    }
     const int tile = p.wgmma_tile >= 0 ? p.wgmma_tile : dense_wgmma_tile(p.T, p.N, sms, p.x_lo != nullptr);
     if (p.x_lo)
       launch_dense_wgmma_tile<true>(p, tile, sms, stream);

@@ -29,8 +29,11 @@ struct DenseParams {
   bool accumulate = false;  // y += ... (residual add fused) instead of y = ...
   bool pdl = false;
   int force_path = 0;       // 0 = choose by T, 1 = GEMV, 2 = tensor cores (tests)
-  int gemm = 0;             // the tensor-core kernel: 0 = by device and shape, 1 = mma.sync, 2 = wgmma (sm_90a)
-  int wgmma_tile = -1;      // wgmma tile shape for tests and timing (kDwTiles index); -1 picks by T and N
+  int gemm = 0;             // the tensor-core kernel: 0 = by device and shape, 1 = mma.sync, 2 = wgmma (sm_90a),
+                            // 3 = wgmma fed by the TMA (sm_90a, dense_tma.cuh) wherever it applies (no K split;
+                            // 0 takes it for prompt-sized T, 2 never)
+  int wgmma_tile = -1;      // wgmma tile shape for tests and timing (kDwTiles index; gemm 3: 0 the 256-token tile,
+                            // above 0 the 128-token one); -1 picks by T and N
   // wgmma GEMM's K splits (a cluster of blocks a tile, summed in rank order): 0 picks by the tiles' blocks (splits
   // where they leave SMs idle: batched decode steps; the bits then depend on T), 1 never (mma.sync's bits, batch
   // invariant), 2..4 forced.

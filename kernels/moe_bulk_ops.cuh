@@ -1,31 +1,12 @@
-// Device helpers of the MXFP4 bulk-copy expert kernels (moe_decode_bulk.cuh, moe_grouped.cuh): the mbarrier and
-// 1-D bulk-copy primitives of their shared-memory rings, and the device facts their launchers read.
+// Device helpers of the MXFP4 bulk-copy expert kernels (moe_decode_bulk.cuh, moe_grouped.cuh): the 1-D bulk copy
+// of their shared-memory rings (the mbarriers are mbarrier.cuh's) and the device facts their launchers read.
 #pragma once
+#include "mbarrier.cuh"  // smem_u32 and the mbarrier primitives
 #include "moe_impl.cuh"
 
 namespace hm::cuda::moe {
 namespace {
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
-
-__device__ __forceinline__ void mbar_init(uint64_t* b, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(b)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(uint64_t* b, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(b)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t* b) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(b)) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
-  asm volatile(
-      "{\n\t.reg .pred P1;\n"
-      "LAB_WAIT:\n\t"
-      "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n\t"
-      "@!P1 bra LAB_WAIT;\n}" ::"r"(smem_u32(b)),
-      "r"(parity)
-      : "memory");
-}
 // 1-D bulk copy global -> shared, completing `bytes` of transaction on the mbarrier (sizes and addresses % 16).
 __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

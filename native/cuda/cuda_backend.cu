@@ -318,7 +318,7 @@ class CudaBackend final : public Backend {
   MoePath moe_prefill_path_ = MoePath::kAuto;
   bool moe_wgmma_ = true;
   int moe_wgmma_tile_ = 0;  // MoeParams::wgmma_tile (HARMONIUM_MOE_WGMMA_TILE)
-  int dense_gemm_ = 0;  // HARMONIUM_DENSE=mma|wgmma (A/B): the dense projections' tensor-core kernel (DenseParams::gemm)
+  int dense_gemm_ = 0;  // HARMONIUM_DENSE=mma|wgmma|tma (A/B): the dense projections' tensor-core kernel (DenseParams::gemm)
   bool fused_rope_ = true;  // decode-only steps rotate and write the KV cache inside attention (HARMONIUM_FUSED_ROPE=0: off)
 
   // ---- one step, in four parts: plan (host), upload, launch (graph or eager), readback ----
@@ -431,8 +431,8 @@ CudaBackend::CudaBackend(const ModelConfig& cfg, const TensorMap& tensors, const
   const int wgmma_tile = env_choice("HARMONIUM_MOE_WGMMA_TILE", {"fit", "fixed", "16", "32", "64", "128"});
   if (wgmma_tile >= 0)
     moe_wgmma_tile_ = wgmma_tile == 0 ? kMoeWgmmaTileFit : wgmma_tile == 1 ? kMoeWgmmaTileFixed : 16 << (wgmma_tile - 2);
-  const int dense = env_choice("HARMONIUM_DENSE", {"wgmma", "mma"});
-  dense_gemm_ = dense == 0 ? 2 : dense == 1 ? 1 : 0;  // DenseParams::gemm
+  const int dense = env_choice("HARMONIUM_DENSE", {"wgmma", "mma", "tma"});
+  dense_gemm_ = dense == 0 ? 2 : dense == 1 ? 1 : dense == 2 ? 3 : 0;  // DenseParams::gemm
   const char* prof_env = std::getenv("HARMONIUM_PROFILE");
   prof_.on = prof_env && std::strcmp(prof_env, "1") == 0;
   if (prof_.on) graphs_.enabled = false;

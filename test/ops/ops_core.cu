@@ -410,6 +410,19 @@ std::vector<Result> test_dense_wgmma() {
       out.push_back(r);
       if (tile < 0) out.push_back(repeat_bits(params, got, run(2, tile)));
     }
+    // The TMA-fed kernel (gemm 3): its pick, the 256-token tile (without x_lo) and the 128-token one.
+    for (int tile : {-1, 0, 1}) {
+      if (tile == 0 && c.lo) continue;
+      char params[128];
+      std::snprintf(params, sizeof params, "tma %s %s", tile < 0 ? "auto" : tile == 0 ? "128x256" : "128x128", base);
+      const auto got = run(3, tile);
+      Result r = repeat_bits(params, want_bits, got);
+      r.metric = "mma_bits";
+      for (float v : got)
+        if (!std::isfinite(v)) r.nan_or_inf = true;
+      out.push_back(r);
+      if (tile < 0) out.push_back(repeat_bits(params, got, run(3, tile)));
+    }
   }
   return out;
 }
@@ -697,19 +710,22 @@ std::vector<Result> bench_dense_gemm() {
     for (int T : {16, 64, 256, 512, 1024, 2048, 8192}) {
       if (T > 2048 && sh.N < 1024) continue;  // the routers: no prompt step is that long a row
       const int iters = T >= 2048 ? 10 : 40;
-      for (int v = -5; v < cuda::dense_wgmma_tiles(); v++) {  // -5..-3: wgmma's tile split 2..4, -2: mma.sync,
-                                                                // -1: wgmma's pick (split by shape), else that tile
+      // -8..-6: the TMA kernel's 128-token tile, 256-token tile, pick; -5..-3: wgmma's tile split 2..4, -2:
+      // mma.sync, -1: wgmma's pick (split by shape), else that tile
+      for (int v = -8; v < cuda::dense_wgmma_tiles(); v++) {
         int nwg_v = 0, bn_v = 0;
         if (v >= 0) cuda::dense_wgmma_tile_shape(v, nwg_v, bn_v);
         if (bn_v > 128 && (sh.lo || T < 256)) continue;  // the wide tiles: without x_lo only (else the 128 one runs)
+        if (v == -7 && (sh.lo || T < 256)) continue;
+        if (v <= -6 && T < 64) continue;
         cuda::DenseParams p;
         p.x = x.p, p.ldx = sh.K;
         if (sh.lo) p.x_lo = xlo.p;
         p.b = b.p, p.y = y.p, p.T = T, p.N = sh.N, p.K = sh.K, p.ldy = sh.N, p.accumulate = sh.acc, p.pdl = true;
         p.force_path = 2;
-        p.gemm = v == -2 ? 1 : 2;
-        p.wgmma_tile = v >= 0 ? v : -1;
-        p.split_k = v <= -3 ? v + 7 : v == -1 ? 0 : 1;
+        p.gemm = v == -2 ? 1 : v <= -6 ? 3 : 2;
+        p.wgmma_tile = v >= 0 ? v : v == -8 ? 1 : v == -7 ? 0 : -1;
+        p.split_k = v <= -6 ? 1 : v <= -3 ? v + 7 : v == -1 ? 0 : 1;
         auto run = [&](int i) {
           p.W = W.p + size_t(i % copies) * (wbytes / 2);
           cuda::dense(p, s);
@@ -719,7 +735,8 @@ std::vector<Result> bench_dense_gemm() {
         const float us = graph_us(s, iters, run);
         const double flop = 2.0 * T * sh.N * sh.K * (sh.lo ? 2 : 1);
         char what[24];
-        if (v <= -3) std::snprintf(what, sizeof what, "wgmma split %d", v + 7);
+        if (v <= -6) std::snprintf(what, sizeof what, "tma %s", v == -8 ? "128x128" : v == -7 ? "128x256" : "auto");
+        else if (v <= -3) std::snprintf(what, sizeof what, "wgmma split %d", v + 7);
         else if (v == -2) std::snprintf(what, sizeof what, "mma.sync");
         else if (v == -1) std::snprintf(what, sizeof what, "wgmma auto");
         else {
