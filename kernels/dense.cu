@@ -21,8 +21,7 @@
 
 #include "common.cuh"
 #include "dense.h"
-#include "dense_tma.cuh"
-#include "dense_wgmma.cuh"
+#include "dense_tma.cuh"  // (includes dense_wgmma.cuh)
 
 namespace hm::cuda {
 namespace {

@@ -21,6 +21,7 @@
 
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 
+#include "dense_wgmma.cuh"  // dense_store_tile, the epilogue both share
 #include "mbarrier.cuh"
 #include "wgmma.cuh"
 
@@ -132,24 +133,7 @@ __global__ void __launch_bounds__(288, 1)
   wg_wait<0>();
   wg_fence_acc(acc);
 
-  // acc[4 j + 2 h + c]: weight row 16 wq + g + 8 h of the warpgroup's 64, token column 8 j + 2 t + c (wgmma's D);
-  // dense_wgmma's epilogue expressions, for its bits.
-#pragma unroll
-  for (int h = 0; h < 2; h++) {
-    const int n = n0 + wgi * 64 + wq * 16 + g + 8 * h;
-    if (n >= N) continue;
-    const float bias = b ? bf2f_bits(b[n]) : 0.f;
-#pragma unroll
-    for (int j = 0; j < BN / 8; j++)
-#pragma unroll
-      for (int c = 0; c < 2; c++) {
-        const int m = m0 + 8 * j + 2 * t + c;
-        if (m >= M) continue;
-        float* dst = y + size_t(m) * ldy + n;
-        const float v = acc[4 * j + 2 * h + c] + bias;
-        *dst = accumulate ? *dst + v : v;
-      }
-  }
+  dense_store_tile<BN>(acc, b, y, ldy, M, N, m0, n0 + wgi * 64 + wq * 16, g, t, accumulate);  // dense_wgmma's epilogue
 #endif
 }
 

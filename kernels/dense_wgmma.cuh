@@ -103,6 +103,30 @@ inline int dense_wgmma_splits(long blocks, int KT, long resident, int sms) {
   return s;
 }
 
+// The epilogue of both wgmma GEMMs (this one and dense_tma.cuh's): acc[4 j + 2 h + c] is weight row n16 + g + 8 h (a
+// warp's 16 rows from n16), token column m0 + 8 j + 2 t + c (wgmma's D); bf16_gemm_mma's expressions, for its bits.
+template <int BN>
+__device__ __forceinline__ void dense_store_tile(const float* acc, const uint16_t* __restrict__ b, float* __restrict__ y,
+                                                 int ldy, int M, int N, int m0, int n16, int g, int t,
+                                                 bool accumulate) {
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    const int n = n16 + g + 8 * h;
+    if (n >= N) continue;
+    const float bias = b ? bf2f_bits(b[n]) : 0.f;
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+      for (int c = 0; c < 2; c++) {
+        const int m = m0 + 8 * j + 2 * t + c;
+        if (m >= M) continue;
+        float* dst = y + size_t(m) * ldy + n;
+        const float v = acc[4 * j + 2 * h + c] + bias;
+        *dst = accumulate ? *dst + v : v;
+      }
+  }
+}
+
 // Grid (ceil(T / BN), ceil(N / BM), S), DwCfg::THREADS threads, DwCfg::SMEM bytes of dynamic shared memory. S > 1
 // splits K: the S blocks of a tile are one thread block cluster along z, block z computes the k-tiles
 // [z KT / S, (z + 1) KT / S), and block 0 adds the others' accumulators in rank order (distributed shared memory)
@@ -216,23 +240,7 @@ __global__ void __launch_bounds__(128 * NWG) dense_wgmma(const uint16_t* __restr
     if (rank != 0) return;
   }
 
-  // acc[4 j + 2 h + c]: weight row 16 wq + g + 8 h of the warpgroup's 64, token column 8 j + 2 t + c (wgmma's D).
-#pragma unroll
-  for (int h = 0; h < 2; h++) {
-    const int n = n0 + wgi * 64 + wq * 16 + g + 8 * h;
-    if (n >= N) continue;
-    const float bias = b ? bf2f_bits(b[n]) : 0.f;
-#pragma unroll
-    for (int j = 0; j < BN / 8; j++)
-#pragma unroll
-      for (int c = 0; c < 2; c++) {
-        const int m = m0 + 8 * j + 2 * t + c;
-        if (m >= M) continue;
-        float* dst = y + size_t(m) * ldy + n;
-        const float v = acc[4 * j + 2 * h + c] + bias;  // bf16_gemm_mma's expressions, for its bits
-        *dst = accumulate ? *dst + v : v;
-      }
-  }
+  dense_store_tile<BN>(acc, b, y, ldy, M, N, m0, n0 + wgi * 64 + wq * 16, g, t, accumulate);
 #endif
 }
 

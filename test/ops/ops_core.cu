@@ -394,6 +394,13 @@ std::vector<Result> test_dense_wgmma() {
         out.push_back(repeat_bits(params, got, run(2, -1, split)));
       }
     }
+    auto bits_vs_mma = [&](const char* params, const std::vector<float>& got) {  // tolerance 0, NaN / Inf flagged
+      Result r = repeat_bits(params, want_bits, got);
+      r.metric = "mma_bits";
+      for (float v : got)
+        if (!std::isfinite(v)) r.nan_or_inf = true;
+      out.push_back(r);
+    };
     for (int tile = -1; tile < cuda::dense_wgmma_tiles(); tile++) {
       int nwg = 0, bn = 0;
       if (tile >= 0) cuda::dense_wgmma_tile_shape(tile, nwg, bn);
@@ -403,11 +410,7 @@ std::vector<Result> test_dense_wgmma() {
       else
         std::snprintf(params, sizeof params, "wgmma %dx%d %s", 64 * nwg, bn, base);
       const auto got = run(2, tile);
-      Result r = repeat_bits(params, want_bits, got);
-      r.metric = "mma_bits";
-      for (float v : got)
-        if (!std::isfinite(v)) r.nan_or_inf = true;
-      out.push_back(r);
+      bits_vs_mma(params, got);
       if (tile < 0) out.push_back(repeat_bits(params, got, run(2, tile)));
     }
     // The TMA-fed kernel (gemm 3): its pick, the 256-token tile (without x_lo) and the 128-token one.
@@ -416,11 +419,7 @@ std::vector<Result> test_dense_wgmma() {
       char params[128];
       std::snprintf(params, sizeof params, "tma %s %s", tile < 0 ? "auto" : tile == 0 ? "128x256" : "128x128", base);
       const auto got = run(3, tile);
-      Result r = repeat_bits(params, want_bits, got);
-      r.metric = "mma_bits";
-      for (float v : got)
-        if (!std::isfinite(v)) r.nan_or_inf = true;
-      out.push_back(r);
+      bits_vs_mma(params, got);
       if (tile < 0) out.push_back(repeat_bits(params, got, run(3, tile)));
     }
   }
@@ -690,9 +689,11 @@ std::vector<Result> bench_dense_gemm() {
     const char* name;
     int N, K;
     bool lo, acc;
+    int pad = 0;  // x's row stride K + pad (o's 8 KB rows are a power of two)
   };
-  const Shape shapes[] = {{"qkv x+lo", 5120, 2880, true, false}, {"o +=", 2880, 4096, false, true},
-                          {"router32 x+lo", 32, 2880, true, false}, {"router128 x+lo", 128, 2880, true, false}};
+  const Shape shapes[] = {{"qkv x+lo", 5120, 2880, true, false},     {"o +=", 2880, 4096, false, true},
+                          {"o += ldx+64", 2880, 4096, false, true, 64}, {"router32 x+lo", 32, 2880, true, false},
+                          {"router128 x+lo", 128, 2880, true, false}};
   cudaStream_t s;
   C_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   std::printf("-- dense tensor-core GEMMs (graph + PDL, weights rotated past L2; us per launch) --\n");
@@ -700,7 +701,8 @@ std::vector<Result> bench_dense_gemm() {
   for (const Shape& sh : shapes) {
     const size_t wbytes = size_t(sh.N) * sh.K * 2;
     const int copies = int(std::max<size_t>(2, (size_t(256) << 20) / wbytes + 1));
-    Dev<uint16_t> W(wbytes / 2 * copies), x(maxT * size_t(sh.K)), xlo(maxT * size_t(sh.K)), b(sh.N);
+    const int ldx = sh.K + sh.pad;
+    Dev<uint16_t> W(wbytes / 2 * copies), x(maxT * size_t(ldx)), xlo(maxT * size_t(ldx)), b(sh.N);
     Dev<float> y(maxT * size_t(sh.N));
     C_CHECK(cudaMemset(W.p, 0x3c, W.n * 2));
     C_CHECK(cudaMemset(x.p, 0x3c, x.n * 2));
@@ -719,7 +721,7 @@ std::vector<Result> bench_dense_gemm() {
         if (v == -7 && (sh.lo || T < 256)) continue;
         if (v <= -6 && T < 64) continue;
         cuda::DenseParams p;
-        p.x = x.p, p.ldx = sh.K;
+        p.x = x.p, p.ldx = ldx;
         if (sh.lo) p.x_lo = xlo.p;
         p.b = b.p, p.y = y.p, p.T = T, p.N = sh.N, p.K = sh.K, p.ldy = sh.N, p.accumulate = sh.acc, p.pdl = true;
         p.force_path = 2;
