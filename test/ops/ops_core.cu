@@ -692,7 +692,8 @@ std::vector<Result> bench_dense_gemm() {
     int pad = 0;  // x's row stride K + pad (o's 8 KB rows are a power of two)
   };
   const Shape shapes[] = {{"qkv x+lo", 5120, 2880, true, false},     {"o +=", 2880, 4096, false, true},
-                          {"o += ldx+64", 2880, 4096, false, true, 64}, {"router32 x+lo", 32, 2880, true, false},
+                          {"o += ldx+64", 2880, 4096, false, true, 64}, {"o =", 2880, 4096, false, false},
+                          {"qkv x only", 5120, 2880, false, false},     {"router32 x+lo", 32, 2880, true, false},
                           {"router128 x+lo", 128, 2880, true, false}};
   cudaStream_t s;
   C_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
