@@ -105,25 +105,50 @@ inline int dense_wgmma_splits(long blocks, int KT, long resident, int sms) {
 
 // The epilogue of both wgmma GEMMs (this one and dense_tma.cuh's): acc[4 j + 2 h + c] is weight row n16 + g + 8 h (a
 // warp's 16 rows from n16), token column m0 + 8 j + 2 t + c (wgmma's D); bf16_gemm_mma's expressions, for its bits.
+// With `accumulate` the old values of a group of column blocks (8 a group, 32 values a thread; 4 at the 256-token
+// tiles, whose accumulators leave fewer registers) are all loaded before any is stored:
+// element by element, each load waited behind the previous store (the compiler cannot prove two of y's elements
+// apart), and o's += at 2048 tokens took 141 us against 80 for o = (H200, dense_tma).
 template <int BN>
 __device__ __forceinline__ void dense_store_tile(const float* acc, const uint16_t* __restrict__ b, float* __restrict__ y,
                                                  int ldy, int M, int N, int m0, int n16, int g, int t,
                                                  bool accumulate) {
+  constexpr int G = BN > 128 ? 4 : BN / 8 < 8 ? BN / 8 : 8;
+  float bias[2];
+  bool ok[2];
 #pragma unroll
   for (int h = 0; h < 2; h++) {
     const int n = n16 + g + 8 * h;
-    if (n >= N) continue;
-    const float bias = b ? bf2f_bits(b[n]) : 0.f;
+    ok[h] = n < N;
+    bias[h] = ok[h] && b ? bf2f_bits(b[n]) : 0.f;
+  }
 #pragma unroll
-    for (int j = 0; j < BN / 8; j++)
+  for (int j0 = 0; j0 < BN / 8; j0 += G) {
+    float old[2][G][2] = {};
+    if (accumulate) {
 #pragma unroll
-      for (int c = 0; c < 2; c++) {
-        const int m = m0 + 8 * j + 2 * t + c;
-        if (m >= M) continue;
-        float* dst = y + size_t(m) * ldy + n;
-        const float v = acc[4 * j + 2 * h + c] + bias;
-        *dst = accumulate ? *dst + v : v;
-      }
+      for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int jj = 0; jj < G; jj++)
+#pragma unroll
+          for (int c = 0; c < 2; c++) {
+            const int m = m0 + 8 * (j0 + jj) + 2 * t + c;
+            old[h][jj][c] = ok[h] && m < M ? y[size_t(m) * ldy + n16 + g + 8 * h] : 0.f;
+          }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      if (!ok[h]) continue;
+#pragma unroll
+      for (int jj = 0; jj < G; jj++)
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+          const int m = m0 + 8 * (j0 + jj) + 2 * t + c;
+          if (m >= M) continue;
+          const float v = acc[4 * (j0 + jj) + 2 * h + c] + bias[h];
+          y[size_t(m) * ldy + n16 + g + 8 * h] = accumulate ? old[h][jj][c] + v : v;
+        }
+    }
   }
 }
 
