@@ -14,7 +14,10 @@
 //     moe_prefill_mma.cuh at BN rows), 256 threads, every thread a loader and a consumer;
 //   - k-tiles of 64 columns through a ring of WgCfg<BN>::STAGES stages by cp.async: the tokens' bf16 rows (gathered by
 //     sorted row, 128 bytes a row, stored in the 128-byte swizzle wgmma's descriptor reads) and the weights' prepared
-//     MXFP4 bytes (32 a row, rows padded to 48 bytes so a warp's 32 words of a block fall in 32 banks);
+//     MXFP4 bytes (32 a row, its two 16-byte chunks swapped in rows 4..7 of every 8, wg_w_chunk, so a warp's 32 words
+//     of a block fall in 32 banks and a warp's copies write 512 contiguous bytes);
+//   - the block's scales (its 128 rows' K / 32 bytes, one contiguous run of the checkpoint's layout) copied into shared
+//     memory once, with k-tile 0's group: read per k-tile from there, not from global memory;
 //   - per k16 step each lane decodes its A fragment from the prepared bytes (mxfp4_prepare.cu): lane (g, t) of
 //     warp q reads prepared word t of its block of rows 16q + g and 16q + g + 8, whose four slots are its pairs
 //     of both k16 steps of the block, in the k-permutation of moe_impl.cuh, so the tokens' rows must be in it
@@ -42,8 +45,15 @@ namespace {
 constexpr int kWgBM = 128;             // weight rows a block (two warpgroups of 64)
 constexpr int kWgBK = 64;              // columns a k-tile: one 128-byte swizzle atom a token row
 constexpr int kWgThreads = 256;
-constexpr int kWgRowBytes = 48;        // a weight row's 32 raw bytes a k-tile, padded
+constexpr int kWgRowBytes = 32;        // a weight row's raw bytes a k-tile (two blocks of 16)
 constexpr int kWgWBytes = kWgBM * kWgRowBytes;
+constexpr int kWgMaxKb = 128;          // scale bytes a row the block's table holds (K <= 4096)
+
+// Where chunk c (block c of the k-tile) of weight row r sits in a stage: rows 4..7 of every 8 swap their two chunks,
+// so the 8 rows a decode's LDS reads (g = 0..7, word t of one block) cover all 32 banks. H200 Nsight Compute (session
+// 18, 16-token tile): rows padded to 48 bytes instead cost the weights' copies 24 shared-memory wavefronts a warp,
+// against 4 for 512 contiguous bytes.
+__device__ __forceinline__ int wg_w_chunk(int r, int c) { return c ^ ((r >> 2) & 1); }
 
 // The ring for BN tokens a tile: stages of BN token rows (128 bytes each, 1024-aligned: the swizzle's period) and
 // the weights' raw bytes; deeper when narrow.
@@ -51,8 +61,8 @@ template <int BN>
 struct WgCfg {
   static_assert(BN % 16 == 0 && BN >= 16 && BN <= 128, "WgCfg: BN a multiple of 16 up to 128");
   // 8 stages at 64 left one block an SM (1.8x slower in the lab); 6 keep two. The fitted widths between (48, 80, 96,
-  // 112) as deep as about 98 KB allows, so two blocks still share an SM.
-  static constexpr int STAGES = BN >= 112 ? 4 : BN == 96 ? 5 : BN >= 64 ? 6 : 8;
+  // 112) as deep as about 98 KB allows, so two blocks still share an SM; 32 at 7 leaves room for three.
+  static constexpr int STAGES = BN >= 112 ? 4 : BN == 96 ? 5 : BN >= 64 ? 6 : BN == 32 ? 7 : 8;
   // Two k-tiles between barriers (the narrow and middle tiles, bound by the decode's issue more than by the MMAs).
   static constexpr bool PAIRED = BN <= 64;
   static constexpr int X_BYTES = BN * kWgBK * 2;
@@ -80,13 +90,13 @@ inline int prefill_wgmma_bn(int P, int E, int tile = 0) {
   return mean <= 12 ? 16 : mean <= 24 ? 32 : mean <= 48 ? 64 : 128;
 }
 
-// Shapes the kernel takes: K a multiple of the k-tile, rows in pairs, I in groups of 8 (kperm_pos), offsets in 32 bits,
-// scales 2-byte aligned (a k-tile's two of a row are one load).
+// Shapes the kernel takes: K a multiple of the k-tile and at most 32 kWgMaxKb (the scale table), rows in pairs, I in
+// groups of 8 (kperm_pos), offsets in 32 bits, scales 4-byte aligned (the table is copied 4 bytes a thread).
 inline bool prefill_wgmma_ok(const WMat& gu, const WMat& dn, int n, int H, int I, int P) {
-  const bool scales16 =
-      reinterpret_cast<uintptr_t>(gu.scales) % 2 == 0 && reinterpret_cast<uintptr_t>(dn.scales) % 2 == 0;
-  return gu.K % kWgBK == 0 && dn.K % kWgBK == 0 && gu.rows % 2 == 0 && I % 8 == 0 && scales16 &&
-         prefill_mma_fits(n, H, P, I);
+  const bool scales4 =
+      reinterpret_cast<uintptr_t>(gu.scales) % 4 == 0 && reinterpret_cast<uintptr_t>(dn.scales) % 4 == 0;
+  return gu.K % kWgBK == 0 && dn.K % kWgBK == 0 && gu.K <= 32 * kWgMaxKb && dn.K <= 32 * kWgMaxKb &&
+         gu.rows % 2 == 0 && dn.rows % 2 == 0 && I % 8 == 0 && scales4 && prefill_mma_fits(n, H, P, I);
 }
 
 
@@ -172,7 +182,7 @@ __device__ __forceinline__ void wg_tile(const GemmArgs& a, uint32_t ring, unsign
   const uint8_t* w_src = static_cast<const uint8_t*>(a.W.data) + ((size_t(e) * N + (w_ok ? n0 + wr : 0)) * kb + wc) * 16;
   // Row xr0 + 32 i's swizzled slot is x_dst + 4096 i (32 rows keep the row's low 3 bits, the swizzle's phase).
   const uint32_t x_dst = ring + uint32_t(xr0 * 128 + ((xc ^ (xr0 & 7)) << 4));
-  const uint32_t w_dst = ring + uint32_t(C::X_BYTES + wr * kWgRowBytes + wc * 16);
+  const uint32_t w_dst = ring + uint32_t(C::X_BYTES + wr * kWgRowBytes + wg_w_chunk(wr, wc) * 16);
   int kt_next = 0;
   uint32_t st_next = 0;  // the stage offset of k-tile kt_next
   auto issue = [&]() {  // the next k-tile into stage kt_next % NST (always one group, empty past the end)
@@ -190,42 +200,45 @@ __device__ __forceinline__ void wg_tile(const GemmArgs& a, uint32_t ring, unsign
     st_next = st_next + C::STAGE_BYTES == uint32_t(NST * C::STAGE_BYTES) ? 0u : st_next + C::STAGE_BYTES;
   };
 
-  // This lane's two weight rows (fragment rows g and g + 8 of its warp's 16) and their scales, loaded ahead (a
-  // k-tile's two scales of a row are one 16-bit load; one tile ahead, Nsight Compute had a quarter of the warps'
-  // cycles waiting on them at 64 tokens, BN 16).
+  // The block's scale table, after the ring: its rows' kb bytes each, one contiguous run of W.scales (rows past N
+  // not copied), in the first group issued, so k-tile 0's wait and barrier cover it. Session 18's Nsight Compute
+  // (16-token tile): the per-k-tile 16-bit loads from global memory were 40% of the kernel's L2 sectors (8 rows a
+  // warp load, 2 of each 32 bytes used) and a fifth of its stalls.
+  const uint32_t sc = ring + uint32_t(NST * C::STAGE_BYTES);
+  {
+    const int rows = N - n0 < kWgBM ? N - n0 : kWgBM;
+    const uint8_t* src = a.W.scales + (size_t(e) * N + n0) * kb;
+    for (int i = tid; i < rows * kb / 4; i += kWgThreads) cp_async4_s(sc + 4 * i, src + 4 * i);
+  }
+  // This lane's two weight rows (fragment rows g and g + 8 of its warp's 16) and their places in the table; a row
+  // past N reads row 0's scales, which multiply its zero-filled weights (its results are never stored).
   const int lr0 = wgi * 64 + wq * 16 + g, lr1 = lr0 + 8;
-  const bool ok0 = n0 + lr0 < N, ok1 = n0 + lr1 < N;
-  const uint16_t* s0 = reinterpret_cast<const uint16_t*>(a.W.scales + (size_t(e) * N + (ok0 ? n0 + lr0 : 0)) * kb);
-  const uint16_t* s1 = reinterpret_cast<const uint16_t*>(a.W.scales + (size_t(e) * N + (ok1 ? n0 + lr1 : 0)) * kb);
-  // Unpredicated: a row past N reads row 0's scales, which multiply its zero-filled weights (and its results are
-  // never stored); a tile past the end reads the last tile's, never used.
-  auto scales = [&](int kt, uint32_t (&u)[2]) {
-    const int k = kt < KT ? kt : KT - 1;
-    u[0] = __ldg(s0 + k);
-    u[1] = __ldg(s1 + k);
-  };
-  // The four scale bytes decode_tile takes (row lr0's two blocks, then lr1's) from a tile's two loads.
-  auto scale_bytes = [](const uint32_t (&u)[2], uint32_t (&s)[4]) {
-    s[0] = u[0] & 0xFFu;
-    s[1] = u[0] >> 8;
-    s[2] = u[1] & 0xFFu;
-    s[3] = u[1] >> 8;
+  const unsigned char* sc_p = ring_p + NST * C::STAGE_BYTES;
+  const uint16_t* s0 = reinterpret_cast<const uint16_t*>(sc_p + (n0 + lr0 < N ? lr0 : 0) * kb);
+  const uint16_t* s1 = reinterpret_cast<const uint16_t*>(sc_p + (n0 + lr1 < N ? lr1 : 0) * kb);
+  // k-tile kt's four scale bytes (row lr0's two blocks, then lr1's), from the table (after k-tile 0's barrier).
+  auto scales = [&](int kt, uint32_t (&s)[4]) {
+    const uint32_t u0 = s0[kt], u1 = s1[kt];
+    s[0] = u0 & 0xFFu;
+    s[1] = u0 >> 8;
+    s[2] = u1 & 0xFFu;
+    s[3] = u1 >> 8;
   };
 
   float acc[NACC];
 #pragma unroll
   for (int i = 0; i < NACC; i++) acc[i] = 0.f;
-  uint32_t su[2][2];  // raw scale pairs (a row's two of a k-tile) of the tiles ahead
   // The A fragments of k-tile kt from its stage (scales s_ of the k-tile), 4 registers a k16 step kk: lane (g, t)
   // takes prepared word t of rows lr0 and lr1 in each of the k-tile's two blocks b, whose slots 2h and 2h + 1 are
   // pair t of the checkpoint's words 2h and 2h + 1 (k 2t, 2t + 1 and 2t + 8, 2t + 9 of k16 step kk = 2b + h).
-  // Rows are 48 bytes apart, so a warp's 32 words fall in 32 banks.
+  // Block b of rows lr0 and lr1 is chunk wg_w_chunk(lr, b), the same for both (they differ in bit 3).
   auto decode_tile = [&](int kt, const uint32_t* s_, uint32_t (&af)[4][4]) {
     const unsigned char* w = ring_p + (kt % NST) * C::STAGE_BYTES + C::X_BYTES + t * 4;
 #pragma unroll
     for (int b = 0; b < 2; b++) {
-      const uint32_t v0 = *reinterpret_cast<const uint32_t*>(w + lr0 * kWgRowBytes + b * 16);
-      const uint32_t v1 = *reinterpret_cast<const uint32_t*>(w + lr1 * kWgRowBytes + b * 16);
+      const int c = wg_w_chunk(lr0, b) * 16;
+      const uint32_t v0 = *reinterpret_cast<const uint32_t*>(w + lr0 * kWgRowBytes + c);
+      const uint32_t v1 = *reinterpret_cast<const uint32_t*>(w + lr1 * kWgRowBytes + c);
       const uint32_t f0 = mx_factor_fast(s_[b]), f1 = mx_factor_fast(s_[2 + b]);
 #pragma unroll
       for (int h = 0; h < 2; h++) {
@@ -250,8 +263,6 @@ __device__ __forceinline__ void wg_tile(const GemmArgs& a, uint32_t ring, unsign
     // ahead: tiles kt + NST - 3 and kt + NST - 2 go into the stages of kt - 3 and kt - 2, retired (wait_group 1
     // after kt - 1 was committed) before the barrier.
     for (int s_ = 0; s_ < NST - 3; s_++) issue();
-    scales(0, su[0]);
-    scales(1, su[1]);
     for (; kt + 1 < KT; kt += 2) {
       cp_async_wait<NST - 5>();  // tiles kt and kt + 1 have landed
       fence_cp_async_for_wgmma();
@@ -259,10 +270,8 @@ __device__ __forceinline__ void wg_tile(const GemmArgs& a, uint32_t ring, unsign
       issue();
       issue();
       uint32_t sa[4], sb[4];
-      scale_bytes(su[0], sa);
-      scale_bytes(su[1], sb);
-      scales(kt + 2, su[0]);
-      scales(kt + 3, su[1]);
+      scales(kt, sa);
+      scales(kt + 1, sb);
       decode_tile(kt, sa, afa);
       mma_tile(kt, afa);
       wg_wait<1>();  // tile kt - 1's MMAs retired: afb is free
@@ -277,25 +286,22 @@ __device__ __forceinline__ void wg_tile(const GemmArgs& a, uint32_t ring, unsign
       fence_cp_async_for_wgmma();
       __syncthreads();
       uint32_t sa[4];
-      scale_bytes(su[0], sa);
+      scales(kt, sa);
       decode_tile(kt, sa, afa);
       mma_tile(kt, afa);
     }
   } else {
     // The loads run NST - 2 tiles ahead: tile kt + NST - 2 goes into the stage of kt - 2, whose MMAs every
-    // warpgroup retired (wait_group 1 in iteration kt - 1) before this iteration's barrier. The scales one tile
-    // ahead (two cost the 128-token tile spills).
+    // warpgroup retired (wait_group 1 in iteration kt - 1) before this iteration's barrier.
     for (int s_ = 0; s_ < NST - 2; s_++) issue();
-    scales(0, su[0]);
     auto step = [&](int kt_, uint32_t (&cur)[4][4], uint32_t (&prev)[4][4]) {
       cp_async_wait<NST - 3>();
       fence_cp_async_for_wgmma();
       __syncthreads();
       issue();  // tile kt_ + NST - 2
-      uint32_t sc[4];
-      scale_bytes(su[0], sc);
-      scales(kt_ + 1, su[0]);
-      decode_tile(kt_, sc, cur);
+      uint32_t sc_[4];
+      scales(kt_, sc_);
+      decode_tile(kt_, sc_, cur);
       mma_tile(kt_, cur);
       wg_wait<1>();  // tile kt_ - 1's MMAs retired: its registers (prev) and its stage are free
       wg_keep(prev);
@@ -372,8 +378,9 @@ __global__ void __launch_bounds__(kWgThreads, BN != 0 && BN <= 32 ? 3 : 2) moe_p
 template <bool GATE_UP, int BN>
 void launch_prefill_wgmma_gemm(const GemmArgs& g, int E, int T, cudaStream_t stream, bool pdl) {
   constexpr auto kernel = moe_prefill_wgmma<GATE_UP, BN>;
-  constexpr size_t smem = wg_smem_bytes<BN>();
-  allow_dynamic_smem<kernel>(smem);
+  // The ring, then the block's scale table (kWgBM rows of K / 32 bytes; the attribute allows the largest).
+  const size_t smem = wg_smem_bytes<BN>() + size_t(kWgBM) * (g.W.K / 32);
+  allow_dynamic_smem<kernel>(wg_smem_bytes<BN>() + size_t(kWgBM) * kWgMaxKb);
   launch(kernel, dim3(ceil_div(g.W.rows, kWgBM), T), dim3(kWgThreads), smem, stream, pdl, g, E);
 }
 
