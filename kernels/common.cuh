@@ -135,6 +135,24 @@ __device__ __forceinline__ void cp_async16_zfill(void* smem, const void* gmem, b
 __device__ __forceinline__ void cp_async16_zfill_s(uint32_t s, const void* gmem, bool pred) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(pred ? 16 : 0));
 }
+// A value kept in a register as computed: the compiler can neither fold it into its uses nor rebuild it from its
+// parts (ptxas rebuilt a ring's aligned base from the shared window, six uniform instructions, at every use in a
+// k loop). For the addresses a loop reuses.
+__device__ __forceinline__ uint32_t opaque_u32(uint32_t v) {
+  asm volatile("" : "+r"(v));
+  return v;
+}
+// Shared-memory loads by 32-bit shared address (with opaque_u32's bases: one add an address).
+__device__ __forceinline__ uint32_t lds_u32(uint32_t a) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(a) : "memory");
+  return v;
+}
+__device__ __forceinline__ uint32_t lds_u16(uint32_t a) {
+  unsigned short v;
+  asm volatile("ld.shared.u16 %0, [%1];" : "=h"(v) : "r"(a) : "memory");
+  return v;
+}
 // 4 bytes through L1 (cp.async.ca; .cg takes 16 only), for small tables a block copies once.
 __device__ __forceinline__ void cp_async4_s(uint32_t s, const void* gmem) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(s), "l"(gmem));

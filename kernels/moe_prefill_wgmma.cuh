@@ -81,12 +81,13 @@ struct WgCfg {
 // at a mean of 64 they win (E = 128 2048 tokens 1,485 / 1,650, E = 32 512 tokens 392 / 423: the 128-token tile's
 // padding half its MMAs), at 32 too (E = 32 256 tokens 303 / 322; the second call's kernels, which spilled, tied),
 // at 256 they tie (E = 32 2048 tokens 1,064 / 1,056); below 32 the fixed narrow tiles keep three blocks an SM (E =
-// 128 64 tokens 762 / 693, 256 tokens 891 / 806, 512 tokens 973 / 923; E = 32 64 tokens 249 / 233).
+// 128 64 tokens 762 / 693, 256 tokens 891 / 806, 512 tokens 973 / 923; E = 32 64 tokens 249 / 233). Session 18
+// (scales in shared memory, 32-byte weight rows): at 256 they win (E = 32 2048 tokens 944 / 1,054), so above 24.
 inline int prefill_wgmma_bn(int P, int E, int tile = 0) {
   if (tile > 1) return tile;
   if (tile == kMoeWgmmaTileFit) return 0;
   const int mean = (P + E - 1) / E;
-  if (tile != kMoeWgmmaTileFixed && mean > 24 && mean <= 128) return 0;
+  if (tile != kMoeWgmmaTileFixed && mean > 24) return 0;
   return mean <= 12 ? 16 : mean <= 24 ? 32 : mean <= 48 ? 64 : 128;
 }
 
@@ -149,19 +150,21 @@ __device__ __forceinline__ void wg_epilogue(const GemmArgs& a, const float (&acc
 }
 
 // One block's tile: expert e's sorted rows [m0, m0 + BN) below m_end, against the block's 128 weight rows, through
-// the ring at shared address `ring` (ring_p its generic pointer).
+// the ring at shared address `ring`.
 // A k-tile's MMAs stay in flight while the next k-tile is decoded into a second set of A registers
 // (wgmma.wait_group 1, the loads one stage less ahead so no stage is overwritten under a pending MMA); both register
 // sets are kept alive past the wait that retires them (wg_keep), so the compiler cannot hand an in-flight MMA's A
 // registers to the next decode (session 6's attempt at wait_group 1 had no such guard and failed).
 template <bool GATE_UP, int BN>
-__device__ __forceinline__ void wg_tile(const GemmArgs& a, uint32_t ring, unsigned char* ring_p, int e, int m0,
-                                        int m_end) {
+__device__ __forceinline__ void wg_tile(const GemmArgs& a, uint32_t ring_, int e, int m0, int m_end) {
   using C = WgCfg<BN>;
   constexpr int NST = C::STAGES, NACC = BN / 2, XR = (BN * 8 + kWgThreads - 1) / kWgThreads;  // token-row copies a thread
   const int N = a.W.rows, K = a.W.K, kb = K >> 5, KT = K / kWgBK, n0 = blockIdx.x * kWgBM;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wgi = warp >> 2, wq = warp & 3;
   const int g = lane >> 2, t = lane & 3;
+  // The addresses below are built once and kept (opaque_u32): Nsight Compute on the 16-token tile (session 18) had
+  // ptxas rebuilding them, and the ring's base under them, every k-tile (325 instructions a pair of k-tiles).
+  const uint32_t ring = opaque_u32(ring_);
 
   // Token-row copies: 16-byte chunk xc of rows xr0 + 32 i (those below BN), into the swizzled slot of (row, chunk).
   // Each copy's source is a pointer advanced a k-tile per issue and its destination a stage offset added to a fixed
@@ -181,8 +184,8 @@ __device__ __forceinline__ void wg_tile(const GemmArgs& a, uint32_t ring, unsign
   const bool w_ok = n0 + wr < N;
   const uint8_t* w_src = static_cast<const uint8_t*>(a.W.data) + ((size_t(e) * N + (w_ok ? n0 + wr : 0)) * kb + wc) * 16;
   // Row xr0 + 32 i's swizzled slot is x_dst + 4096 i (32 rows keep the row's low 3 bits, the swizzle's phase).
-  const uint32_t x_dst = ring + uint32_t(xr0 * 128 + ((xc ^ (xr0 & 7)) << 4));
-  const uint32_t w_dst = ring + uint32_t(C::X_BYTES + wr * kWgRowBytes + wg_w_chunk(wr, wc) * 16);
+  const uint32_t x_dst = opaque_u32(ring + uint32_t(xr0 * 128 + ((xc ^ (xr0 & 7)) << 4)));
+  const uint32_t w_dst = opaque_u32(ring + uint32_t(C::X_BYTES + wr * kWgRowBytes + wg_w_chunk(wr, wc) * 16));
   int kt_next = 0;
   uint32_t st_next = 0;  // the stage offset of k-tile kt_next
   auto issue = [&]() {  // the next k-tile into stage kt_next % NST (always one group, empty past the end)
@@ -213,12 +216,11 @@ __device__ __forceinline__ void wg_tile(const GemmArgs& a, uint32_t ring, unsign
   // This lane's two weight rows (fragment rows g and g + 8 of its warp's 16) and their places in the table; a row
   // past N reads row 0's scales, which multiply its zero-filled weights (its results are never stored).
   const int lr0 = wgi * 64 + wq * 16 + g, lr1 = lr0 + 8;
-  const unsigned char* sc_p = ring_p + NST * C::STAGE_BYTES;
-  const uint16_t* s0 = reinterpret_cast<const uint16_t*>(sc_p + (n0 + lr0 < N ? lr0 : 0) * kb);
-  const uint16_t* s1 = reinterpret_cast<const uint16_t*>(sc_p + (n0 + lr1 < N ? lr1 : 0) * kb);
+  const uint32_t s0 = opaque_u32(sc + uint32_t((n0 + lr0 < N ? lr0 : 0) * kb));
+  const uint32_t s1 = opaque_u32(sc + uint32_t((n0 + lr1 < N ? lr1 : 0) * kb));
   // k-tile kt's four scale bytes (row lr0's two blocks, then lr1's), from the table (after k-tile 0's barrier).
   auto scales = [&](int kt, uint32_t (&s)[4]) {
-    const uint32_t u0 = s0[kt], u1 = s1[kt];
+    const uint32_t u0 = lds_u16(s0 + 2 * kt), u1 = lds_u16(s1 + 2 * kt);
     s[0] = u0 & 0xFFu;
     s[1] = u0 >> 8;
     s[2] = u1 & 0xFFu;
@@ -231,14 +233,17 @@ __device__ __forceinline__ void wg_tile(const GemmArgs& a, uint32_t ring, unsign
   // The A fragments of k-tile kt from its stage (scales s_ of the k-tile), 4 registers a k16 step kk: lane (g, t)
   // takes prepared word t of rows lr0 and lr1 in each of the k-tile's two blocks b, whose slots 2h and 2h + 1 are
   // pair t of the checkpoint's words 2h and 2h + 1 (k 2t, 2t + 1 and 2t + 8, 2t + 9 of k16 step kk = 2b + h).
-  // Block b of rows lr0 and lr1 is chunk wg_w_chunk(lr, b), the same for both (they differ in bit 3).
+  // Block b of rows lr0 and lr1 is chunk wg_w_chunk(lr, b), the same for both (they differ in bit 3): word t of it
+  // at wd[b] in stage 0, row lr1's 8 rows further.
+  const uint32_t wd[2] = {
+      opaque_u32(ring + uint32_t(C::X_BYTES + lr0 * kWgRowBytes + wg_w_chunk(lr0, 0) * 16 + t * 4)),
+      opaque_u32(ring + uint32_t(C::X_BYTES + lr0 * kWgRowBytes + wg_w_chunk(lr0, 1) * 16 + t * 4))};
   auto decode_tile = [&](int kt, const uint32_t* s_, uint32_t (&af)[4][4]) {
-    const unsigned char* w = ring_p + (kt % NST) * C::STAGE_BYTES + C::X_BYTES + t * 4;
+    const uint32_t st = uint32_t((kt % NST) * C::STAGE_BYTES);
 #pragma unroll
     for (int b = 0; b < 2; b++) {
-      const int c = wg_w_chunk(lr0, b) * 16;
-      const uint32_t v0 = *reinterpret_cast<const uint32_t*>(w + lr0 * kWgRowBytes + c);
-      const uint32_t v1 = *reinterpret_cast<const uint32_t*>(w + lr1 * kWgRowBytes + c);
+      const uint32_t v0 = lds_u32(wd[b] + st);
+      const uint32_t v1 = lds_u32(wd[b] + st + 8 * kWgRowBytes);
       const uint32_t f0 = mx_factor_fast(s_[b]), f1 = mx_factor_fast(s_[2 + b]);
 #pragma unroll
       for (int h = 0; h < 2; h++) {
@@ -321,11 +326,8 @@ __device__ __forceinline__ void wg_tile(const GemmArgs& a, uint32_t ring, unsign
 }
 
 // The ring starts at the first 1024-aligned shared address (the tile list's static words come first).
-__device__ __forceinline__ uint32_t wg_ring(unsigned char* smem, unsigned char*& ring_p) {
-  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  const uint32_t ring = (raw + 1023u) & ~1023u;
-  ring_p = smem + (ring - raw);
-  return ring;
+__device__ __forceinline__ uint32_t wg_ring(unsigned char* smem) {
+  return (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023u) & ~1023u;
 }
 #endif
 
@@ -351,24 +353,23 @@ template <bool GATE_UP, int BN>
 __global__ void __launch_bounds__(kWgThreads, BN != 0 && BN <= 32 ? 3 : 2) moe_prefill_wgmma(GemmArgs a, int E) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(16) unsigned char wg_smem[];
-  unsigned char* ring_p;
-  const uint32_t ring = wg_ring(wg_smem, ring_p);
+  const uint32_t ring = wg_ring(wg_smem);
   pdl_wait();
   pdl_trigger();
   int e, m0, m_end, w;
   if (!prefill_tile<BN == 0 ? 128 : BN, BN == 0>(a.ws.offsets, E, int(blockIdx.y), e, m0, m_end, &w)) return;
   if constexpr (BN != 0) {
-    wg_tile<GATE_UP, BN>(a, ring, ring_p, e, m0, m_end);
+    wg_tile<GATE_UP, BN>(a, ring, e, m0, m_end);
   } else {
     switch (w) {
-      case 16: return wg_tile<GATE_UP, 16>(a, ring, ring_p, e, m0, m_end);
-      case 32: return wg_tile<GATE_UP, 32>(a, ring, ring_p, e, m0, m_end);
-      case 48: return wg_tile<GATE_UP, 48>(a, ring, ring_p, e, m0, m_end);
-      case 64: return wg_tile<GATE_UP, 64>(a, ring, ring_p, e, m0, m_end);
-      case 80: return wg_tile<GATE_UP, 80>(a, ring, ring_p, e, m0, m_end);
-      case 96: return wg_tile<GATE_UP, 96>(a, ring, ring_p, e, m0, m_end);
-      case 112: return wg_tile<GATE_UP, 112>(a, ring, ring_p, e, m0, m_end);
-      default: return wg_tile<GATE_UP, 128>(a, ring, ring_p, e, m0, m_end);
+      case 16: return wg_tile<GATE_UP, 16>(a, ring, e, m0, m_end);
+      case 32: return wg_tile<GATE_UP, 32>(a, ring, e, m0, m_end);
+      case 48: return wg_tile<GATE_UP, 48>(a, ring, e, m0, m_end);
+      case 64: return wg_tile<GATE_UP, 64>(a, ring, e, m0, m_end);
+      case 80: return wg_tile<GATE_UP, 80>(a, ring, e, m0, m_end);
+      case 96: return wg_tile<GATE_UP, 96>(a, ring, e, m0, m_end);
+      case 112: return wg_tile<GATE_UP, 112>(a, ring, e, m0, m_end);
+      default: return wg_tile<GATE_UP, 128>(a, ring, e, m0, m_end);
     }
   }
 #endif
