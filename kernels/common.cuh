@@ -131,6 +131,10 @@ __device__ __forceinline__ void cp_async16_zfill(void* smem, const void* gmem, b
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(pred ? 16 : 0));
 }
+// By shared-memory address with the bytes to read (16, or 0 for zeros) as a register the caller keeps.
+__device__ __forceinline__ void cp_async16_sz_s(uint32_t s, const void* gmem, uint32_t src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(src_bytes));
+}
 // The same by shared-memory address (a kernel that keeps its ring's address in a register).
 __device__ __forceinline__ void cp_async16_zfill_s(uint32_t s, const void* gmem, bool pred) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(pred ? 16 : 0));

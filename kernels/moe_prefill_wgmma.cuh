@@ -166,25 +166,28 @@ __device__ __forceinline__ void wg_tile(const GemmArgs& a, uint32_t ring_, int e
   // ptxas rebuilding them, and the ring's base under them, every k-tile (325 instructions a pair of k-tiles).
   const uint32_t ring = opaque_u32(ring_);
 
-  // Token-row copies: 16-byte chunk xc of rows xr0 + 32 i (those below BN), into the swizzled slot of (row, chunk).
-  // Each copy's source is a pointer advanced a k-tile per issue and its destination a stage offset added to a fixed
-  // shared address: session 14's SASS of the 16-token tile had about 20 instructions a k-tile rebuilding these from
-  // the kernel's parameters (of 148; the decode itself is 60).
+  // Token-row copies: 16-byte chunk xc of tile row xr0 + 32 i into the swizzled slot of (row, chunk). Where BN is not
+  // a multiple of 32 the last i's rows past BN copy row xr0 + 32 i - 16 again (the same bytes into the same slot), so
+  // no copy is predicated. Each copy's source is a pointer advanced a k-tile per issue, its destination a stage offset
+  // added to a kept shared address, and its size (16, or 0: zeros past the expert's rows) a kept register: session
+  // 18's SASS had ptxas rebuilding the predicates from the thread index at every issue (about 30 instructions).
   const int xc = tid & 7, xr0 = tid >> 3;
   const uint16_t* x_src[XR];
-  bool x_ok[XR];
+  uint32_t x_sz[XR], x_dst[XR];
 #pragma unroll
   for (int i = 0; i < XR; i++) {
-    const int r = m0 + xr0 + 32 * i;
-    x_ok[i] = r < m_end && xr0 + 32 * i < BN;
-    x_src[i] = a.A + (x_ok[i] ? size_t(GATE_UP ? a.ws.perm[r] / a.k : r) * size_t(a.lda) + size_t(xc * 8) : 0);
+    const int tr = xr0 + 32 * i < BN ? xr0 + 32 * i : xr0 + 32 * i - 16, r = m0 + tr;
+    const bool ok = r < m_end;
+    x_src[i] = a.A + (ok ? size_t(GATE_UP ? a.ws.perm[r] / a.k : r) * size_t(a.lda) + size_t(xc * 8) : 0);
+    x_sz[i] = opaque_u32(ok ? 16u : 0u);
+    // Row tr's slot (tr keeps xr0's low 3 bits, the swizzle's phase).
+    x_dst[i] = opaque_u32(ring + uint32_t(tr * 128 + ((xc ^ (tr & 7)) << 4)));
   }
   // Raw weight copies: chunk wc (16 bytes, 32 columns) of row wr.
   const int wr = tid >> 1, wc = tid & 1;
   const bool w_ok = n0 + wr < N;
   const uint8_t* w_src = static_cast<const uint8_t*>(a.W.data) + ((size_t(e) * N + (w_ok ? n0 + wr : 0)) * kb + wc) * 16;
-  // Row xr0 + 32 i's swizzled slot is x_dst + 4096 i (32 rows keep the row's low 3 bits, the swizzle's phase).
-  const uint32_t x_dst = opaque_u32(ring + uint32_t(xr0 * 128 + ((xc ^ (xr0 & 7)) << 4)));
+  const uint32_t w_sz = opaque_u32(w_ok ? 16u : 0u);
   const uint32_t w_dst = opaque_u32(ring + uint32_t(C::X_BYTES + wr * kWgRowBytes + wg_w_chunk(wr, wc) * 16));
   int kt_next = 0;
   uint32_t st_next = 0;  // the stage offset of k-tile kt_next
@@ -192,10 +195,10 @@ __device__ __forceinline__ void wg_tile(const GemmArgs& a, uint32_t ring_, int e
     if (kt_next < KT) {
 #pragma unroll
       for (int i = 0; i < XR; i++) {
-        if (32 * (i + 1) <= BN || xr0 + 32 * i < BN) cp_async16_zfill_s(x_dst + st_next + 4096 * i, x_src[i], x_ok[i]);
+        cp_async16_sz_s(x_dst[i] + st_next, x_src[i], x_sz[i]);
         x_src[i] += kWgBK;
       }
-      cp_async16_zfill_s(w_dst + st_next, w_src, w_ok);
+      cp_async16_sz_s(w_dst + st_next, w_src, w_sz);
       w_src += 32;
     }
     cp_async_commit();
