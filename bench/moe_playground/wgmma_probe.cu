@@ -1,0 +1,133 @@
+// Tensor-core probe for the expert GEMM's narrow tiles (moe_prefill_wgmma.cuh): what a k-tile of four chained
+// wgmma m64nNk16 (A from registers, B from shared memory) costs, alone and behind the kernel's MXFP4 decode of its A
+// fragments (LDS of the prepared words, decode_slot, the factor), at 1..3 blocks of two warpgroups an SM. No global
+// traffic: B and the weight words sit in shared memory.
+// Build and run (not part of the CMake build):
+//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Ikernels -Inative -o wgmma_probe \
+//     bench/moe_playground/wgmma_probe.cu && ./wgmma_probe
+// H200 (session 19, 132 SMs), ns for one k-tile of every block in flight, MMAs only / decode + MMAs:
+//   N = 16: 1 block an SM 62 / 178, 2: 120 / 296, 3: 177 / 436   (MMAs alone 556-587 TFLOP/s)
+//   N = 32: 1 block an SM 75 / 181, 2: 146 / 320, 3: 220 / 473   (923-947)
+//   N = 64: 1 block an SM 146 / 220, 2: 289 / 397, 3: 433 / 602  (950-960)
+// At N = 16 the MMAs and the decode add up (177 + ~250 of decode issue = 436) instead of overlapping; a k16 MMA of 16
+// tokens costs ~14 cycles of a sub-partition's tensor core against ~32 at 64 tokens (a fixed cost, not N's).
+#include <cuda_runtime.h>
+
+#include <cstdio>
+
+#include "common.cuh"
+#include "moe_impl.cuh"
+#include "wgmma.cuh"
+
+namespace wgmma_probe {
+
+using namespace hm::cuda;
+using namespace hm::cuda::moe;
+
+constexpr int kThreads = 256, kKt = 512;  // k-tiles a block
+
+// MODE 0: MMAs only (A fixed); 1: the kernel's decode of A from shared words, then the MMAs.
+template <int NACC, int MODE>
+__global__ void __launch_bounds__(kThreads) probe(float* out, int reps) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023u) & ~1023u;
+  const int tid = threadIdx.x, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  // 40 KB of arbitrary words: B's tile (from base) and the 8 stages of weight words (from base + 4 KB) overlap, as
+  // only their timing matters.
+  uint32_t* words = reinterpret_cast<uint32_t*>(smem + (base - static_cast<uint32_t>(__cvta_generic_to_shared(smem))));
+  for (int i = tid; i < 10240; i += kThreads) words[i] = 0x3C003C00u ^ (i * 2654435761u & 0x00FF00FFu);
+  __syncthreads();
+  float acc[NACC];
+#pragma unroll
+  for (int i = 0; i < NACC; i++) acc[i] = 0.f;
+  uint32_t afa[4][4], afb[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++) afa[i][j] = afb[i][j] = 0x3C003C00u + lane + i + j;
+  const uint32_t wd = opaque_u32(base + 4096u + uint32_t((tid >> 5) * 512 + g * 32 + t * 4));
+  const uint32_t x_lo = wg_desc_lo(base);
+  auto decode = [&](int kt, uint32_t (&af)[4][4]) {
+    const uint32_t st = uint32_t((kt & 7) * 4096);
+#pragma unroll
+    for (int b = 0; b < 2; b++) {
+      const uint32_t v0 = lds_u32(wd + st + 16 * b), v1 = lds_u32(wd + st + 16 * b + 256);
+      const uint32_t f0 = mx_factor_fast((v0 >> 24) & 0x3F), f1 = mx_factor_fast((v1 >> 24) & 0x3F);
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        af[2 * b + h][0] = decode_slot(v0, 2 * h, f0);
+        af[2 * b + h][1] = decode_slot(v1, 2 * h, f1);
+        af[2 * b + h][2] = decode_slot(v0, 2 * h + 1, f0);
+        af[2 * b + h][3] = decode_slot(v1, 2 * h + 1, f1);
+      }
+    }
+  };
+  auto mma = [&](int kt, const uint32_t (&af)[4][4]) {
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) wg_mma_k16(acc, af[kk], wg_desc_from_lo(x_lo + uint32_t(2 * kk + 64 * (kt & 1))));
+    wg_commit();
+  };
+  for (int r = 0; r < reps; r++)
+    for (int kt = 0; kt < kKt; kt += 2) {
+      if constexpr (MODE == 1) decode(kt, afa);
+      mma(kt, afa);
+      wg_wait<1>();
+      wg_keep(afb);
+      if constexpr (MODE == 1) decode(kt + 1, afb);
+      mma(kt + 1, afb);
+      wg_wait<1>();
+      wg_keep(afa);
+    }
+  wg_wait<0>();
+  wg_fence_acc(acc);
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < NACC; i++) s += acc[i];
+  if (s == 12345.f) out[tid] = s;
+#endif
+}
+
+template <int NACC, int MODE>
+void run(const char* name, int per_sm, int sms, float* out) {
+  // Shared memory per block sized so that per_sm blocks fit an SM.
+  const size_t smem = per_sm == 1 ? 150 * 1024 : per_sm == 2 ? 100 * 1024 : 70 * 1024;
+  cudaFuncSetAttribute(probe<NACC, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  const int blocks = sms * per_sm, reps = 4;
+  probe<NACC, MODE><<<blocks, kThreads, smem>>>(out, 1);
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  cudaEventRecord(a);
+  probe<NACC, MODE><<<blocks, kThreads, smem>>>(out, reps);
+  cudaEventRecord(b);
+  cudaEventSynchronize(b);
+  float ms = 0.f;
+  cudaEventElapsedTime(&ms, a, b);
+  const cudaError_t e = cudaGetLastError();
+  const double kt_ns = ms * 1e6 / (reps * kKt);  // one k-tile of every block in flight
+  const double flops = 2.0 * 128 * (2 * NACC) * 64 * double(kKt) * reps * blocks;
+  std::printf("%-22s N=%3d blocks/SM %d: %7.1f ns a k-tile (4 k16 MMAs a warpgroup), %6.1f TFLOP/s%s%s\n", name,
+              2 * NACC, per_sm, kt_ns, flops / (ms * 1e-3) / 1e12, e ? " error: " : "",
+              e ? cudaGetErrorString(e) : "");
+}
+
+}  // namespace wgmma_probe
+
+int main() {
+  using namespace wgmma_probe;
+  int sms = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+  float* out = nullptr;
+  cudaMalloc(&out, kThreads * 4);
+  for (int per_sm = 1; per_sm <= 3; per_sm++) {
+    run<8, 0>("mma only", per_sm, sms, out);
+    run<16, 0>("mma only", per_sm, sms, out);
+    run<32, 0>("mma only", per_sm, sms, out);
+    run<8, 1>("decode + mma", per_sm, sms, out);
+    run<16, 1>("decode + mma", per_sm, sms, out);
+    run<32, 1>("decode + mma", per_sm, sms, out);
+  }
+  return 0;
+}
