@@ -5,12 +5,17 @@
 // Build and run (not part of the CMake build):
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Ikernels -Inative -o wgmma_probe \
 //     bench/moe_playground/wgmma_probe.cu && ./wgmma_probe
-// H200 (session 19, 132 SMs), ns for one k-tile of every block in flight, MMAs only / decode + MMAs:
-//   N = 16: 1 block an SM 62 / 178, 2: 120 / 296, 3: 177 / 436   (MMAs alone 556-587 TFLOP/s)
-//   N = 32: 1 block an SM 75 / 181, 2: 146 / 320, 3: 220 / 473   (923-947)
-//   N = 64: 1 block an SM 146 / 220, 2: 289 / 397, 3: 433 / 602  (950-960)
-// At N = 16 the MMAs and the decode add up (177 + ~250 of decode issue = 436) instead of overlapping; a k16 MMA of 16
-// tokens costs ~14 cycles of a sub-partition's tensor core against ~32 at 64 tokens (a fixed cost, not N's).
+// H200 (session 19, 132 SMs), ns for one k-tile of every block in flight, at 1 / 2 / 3 blocks an SM:
+//   MMAs only (A from registers)  N = 8: 60 / 117 / 175, N = 16: 62 / 119 / 177, N = 32: 74 / 145 / 217,
+//                                 N = 64: 145 / 287 / 429 (956-967 TFLOP/s)
+//   the decode alone              129 / 241 / 356 (the 16-token loop's decode, folded by 8 LOP3, no MMA)
+//   decode + MMAs (the kernel's)  N = 8: 174 / 281 / 415, N = 16: 177 / 295 / 435, N = 32: 180 / 319 / 472,
+//                                 N = 64: 219 / 397 / 601
+//   A from shared memory          N = 16: 91 / 180 / 269 alone, 208 / 370 / 548 with the decode beside it
+// So at 16 tokens a k-tile is mostly the decode (356 of 435 ns at three blocks), the MMAs hide only partly behind it
+// (+79 ns), an 8-token MMA costs what a 16-token one does, and shared-memory A operands overlap worse, not better.
+// The decode has about 40 LOP3 / SHF a warp and k-tile in the kernel (SASS count; ~48 here with the fold); if those
+// issue at half rate (the integer pipe, not measured here), they alone are ~280 ns of the 356.
 #include <cuda_runtime.h>
 
 #include <cstdio>
@@ -26,7 +31,26 @@ using namespace hm::cuda::moe;
 
 constexpr int kThreads = 256, kKt = 512;  // k-tiles a block
 
-// MODE 0: MMAs only (A fixed); 1: the kernel's decode of A from shared words, then the MMAs.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// m64n8k16 (not in wgmma.cuh: no kernel uses 8-token tiles), A from registers.
+__device__ __forceinline__ void wg_mma_k16(float (&d)[4], const uint32_t (&a)[4], uint64_t desc_b) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %9, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, %8, p, 1, 1, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+}
+using hm::cuda::wg_mma_k16;  // wgmma.cuh's widths beside this one
+#endif
+
+// MODE 0: MMAs only (A fixed); 1: the kernel's decode of A from shared words, then the MMAs; 2: A from shared memory
+// (a descriptor) with the same decode issued beside it, its results kept but unused; 3: MMAs with A from shared memory
+// only; 4: the decode alone (folded, no MMA).
 template <int NACC, int MODE>
 __global__ void __launch_bounds__(kThreads) probe(float* out, int reps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -63,26 +87,48 @@ __global__ void __launch_bounds__(kThreads) probe(float* out, int reps) {
       }
     }
   };
+  const uint32_t a_lo = wg_desc_lo(base + 16384u + uint32_t((tid >> 7) * 8192));  // this warpgroup's 64 x 64 A
+  // MODE 2 folds the decoded registers into `sink` (8 more LOP3 a k-tile): an unused result would be dropped by ptxas.
+  uint32_t sink = 0;
+  auto fold = [&](const uint32_t (&af)[4][4]) {
+    if constexpr (MODE == 2 || MODE == 4)
+#pragma unroll
+      for (int i = 0; i < 4; i++) sink ^= af[i][0] ^ af[i][1] ^ af[i][2] ^ af[i][3];
+  };
   auto mma = [&](int kt, const uint32_t (&af)[4][4]) {
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; kk++) wg_mma_k16(acc, af[kk], wg_desc_from_lo(x_lo + uint32_t(2 * kk + 64 * (kt & 1))));
+    for (int kk = 0; kk < 4; kk++) {
+      if constexpr (MODE >= 2)
+        wg_mma_ss_k16(acc, wg_desc_from_lo(a_lo + uint32_t(2 * kk)), wg_desc_from_lo(x_lo + uint32_t(2 * kk + 64 * (kt & 1))));
+      else
+        wg_mma_k16(acc, af[kk], wg_desc_from_lo(x_lo + uint32_t(2 * kk + 64 * (kt & 1))));
+    }
     wg_commit();
   };
   for (int r = 0; r < reps; r++)
     for (int kt = 0; kt < kKt; kt += 2) {
-      if constexpr (MODE == 1) decode(kt, afa);
-      mma(kt, afa);
-      wg_wait<1>();
-      wg_keep(afb);
-      if constexpr (MODE == 1) decode(kt + 1, afb);
-      mma(kt + 1, afb);
-      wg_wait<1>();
-      wg_keep(afa);
+      if constexpr (MODE == 4) {
+        decode(kt, afa);
+        fold(afa);
+        decode(kt + 1, afb);
+        fold(afb);
+      } else {
+        if constexpr (MODE == 1 || MODE == 2) decode(kt, afa);
+        fold(afa);
+        mma(kt, afa);
+        wg_wait<1>();
+        wg_keep(afb);
+        if constexpr (MODE == 1 || MODE == 2) decode(kt + 1, afb);
+        fold(afb);
+        mma(kt + 1, afb);
+        wg_wait<1>();
+        wg_keep(afa);
+      }
     }
   wg_wait<0>();
   wg_fence_acc(acc);
-  float s = 0.f;
+  float s = float(sink & 1u);
 #pragma unroll
   for (int i = 0; i < NACC; i++) s += acc[i];
   if (s == 12345.f) out[tid] = s;
@@ -122,12 +168,19 @@ int main() {
   float* out = nullptr;
   cudaMalloc(&out, kThreads * 4);
   for (int per_sm = 1; per_sm <= 3; per_sm++) {
+    run<4, 0>("mma only", per_sm, sms, out);
     run<8, 0>("mma only", per_sm, sms, out);
     run<16, 0>("mma only", per_sm, sms, out);
     run<32, 0>("mma only", per_sm, sms, out);
+    run<8, 4>("decode only", per_sm, sms, out);
+    run<4, 1>("decode + mma", per_sm, sms, out);
     run<8, 1>("decode + mma", per_sm, sms, out);
     run<16, 1>("decode + mma", per_sm, sms, out);
     run<32, 1>("decode + mma", per_sm, sms, out);
+    run<8, 3>("ss mma only", per_sm, sms, out);
+    run<8, 2>("decode beside ss mma", per_sm, sms, out);
+    run<32, 3>("ss mma only", per_sm, sms, out);
+    run<32, 2>("decode beside ss mma", per_sm, sms, out);
   }
   return 0;
 }
