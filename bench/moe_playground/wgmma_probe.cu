@@ -12,6 +12,7 @@
 //   decode + MMAs (the kernel's)  N = 8: 174 / 281 / 415, N = 16: 177 / 295 / 435, N = 32: 180 / 319 / 472,
 //                                 N = 64: 219 / 397 / 601
 //   A from shared memory          N = 16: 91 / 180 / 269 alone, 208 / 370 / 548 with the decode beside it
+//   the decode alone, slot 3 as cheap as slots 1 and 2 (mode 5): 100 / 184 / 272
 // So at 16 tokens a k-tile is mostly the decode (356 of 435 ns at three blocks), the MMAs hide only partly behind it
 // (+79 ns), an 8-token MMA costs what a 16-token one does, and shared-memory A operands overlap worse, not better.
 // The decode has about 40 LOP3 / SHF a warp and k-tile in the kernel (SASS count; ~48 here with the fold); if those
@@ -50,7 +51,7 @@ using hm::cuda::wg_mma_k16;  // wgmma.cuh's widths beside this one
 
 // MODE 0: MMAs only (A fixed); 1: the kernel's decode of A from shared words, then the MMAs; 2: A from shared memory
 // (a descriptor) with the same decode issued beside it, its results kept but unused; 3: MMAs with A from shared memory
-// only; 4: the decode alone (folded, no MMA).
+// only; 4: the decode alone (folded, no MMA); 5: 4 with slot 3 at the cost of slots 1 and 2.
 template <int NACC, int MODE>
 __global__ void __launch_bounds__(kThreads) probe(float* out, int reps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -82,8 +83,10 @@ __global__ void __launch_bounds__(kThreads) probe(float* out, int reps) {
       for (int h = 0; h < 2; h++) {
         af[2 * b + h][0] = decode_slot(v0, 2 * h, f0);
         af[2 * b + h][1] = decode_slot(v1, 2 * h, f1);
-        af[2 * b + h][2] = decode_slot(v0, 2 * h + 1, f0);
-        af[2 * b + h][3] = decode_slot(v1, 2 * h + 1, f1);
+        // MODE 5: the decode alone with slot 3 as cheap as slots 1 and 2 (one shift and the mask; wrong bits, only
+        // the cost of a layout whose every slot is one operation or two).
+        af[2 * b + h][2] = MODE == 5 && h == 1 ? bf16x2_mul((v0 >> 3) & hm::mxfp4::kPairMask, f0) : decode_slot(v0, 2 * h + 1, f0);
+        af[2 * b + h][3] = MODE == 5 && h == 1 ? bf16x2_mul((v1 >> 3) & hm::mxfp4::kPairMask, f1) : decode_slot(v1, 2 * h + 1, f1);
       }
     }
   };
@@ -91,7 +94,7 @@ __global__ void __launch_bounds__(kThreads) probe(float* out, int reps) {
   // MODE 2 folds the decoded registers into `sink` (8 more LOP3 a k-tile): an unused result would be dropped by ptxas.
   uint32_t sink = 0;
   auto fold = [&](const uint32_t (&af)[4][4]) {
-    if constexpr (MODE == 2 || MODE == 4)
+    if constexpr (MODE == 2 || MODE >= 4)
 #pragma unroll
       for (int i = 0; i < 4; i++) sink ^= af[i][0] ^ af[i][1] ^ af[i][2] ^ af[i][3];
   };
@@ -108,7 +111,7 @@ __global__ void __launch_bounds__(kThreads) probe(float* out, int reps) {
   };
   for (int r = 0; r < reps; r++)
     for (int kt = 0; kt < kKt; kt += 2) {
-      if constexpr (MODE == 4) {
+      if constexpr (MODE >= 4) {
         decode(kt, afa);
         fold(afa);
         decode(kt + 1, afb);
@@ -173,6 +176,7 @@ int main() {
     run<16, 0>("mma only", per_sm, sms, out);
     run<32, 0>("mma only", per_sm, sms, out);
     run<8, 4>("decode only", per_sm, sms, out);
+    run<8, 5>("decode only, cheap slot 3", per_sm, sms, out);
     run<4, 1>("decode + mma", per_sm, sms, out);
     run<8, 1>("decode + mma", per_sm, sms, out);
     run<16, 1>("decode + mma", per_sm, sms, out);
