@@ -50,7 +50,7 @@ using hm::cuda::wg_mma_k16;  // wgmma.cuh's widths beside this one
 #endif
 
 // MODE 0: MMAs only (A fixed); 1: the kernel's decode of A from shared words, then the MMAs; 2: A from shared memory
-// (a descriptor) with the same decode issued beside it, its results kept but unused; 3: MMAs with A from shared memory
+// (a descriptor) with the same decode issued beside it, its results folded but not multiplied; 3: MMAs with A from shared memory
 // only; 4: the decode alone (folded, no MMA); 5: 4 with slot 3 at the cost of slots 1 and 2.
 template <int NACC, int MODE>
 __global__ void __launch_bounds__(kThreads) probe(float* out, int reps) {
@@ -91,7 +91,7 @@ __global__ void __launch_bounds__(kThreads) probe(float* out, int reps) {
     }
   };
   const uint32_t a_lo = wg_desc_lo(base + 16384u + uint32_t((tid >> 7) * 8192));  // this warpgroup's 64 x 64 A
-  // MODE 2 folds the decoded registers into `sink` (8 more LOP3 a k-tile): an unused result would be dropped by ptxas.
+  // Modes 2, 4 and 5 fold the decoded registers into `sink` (8 more LOP3 a k-tile): ptxas drops an unused result.
   uint32_t sink = 0;
   auto fold = [&](const uint32_t (&af)[4][4]) {
     if constexpr (MODE == 2 || MODE >= 4)
@@ -158,7 +158,7 @@ void run(const char* name, int per_sm, int sms, float* out) {
   const double kt_ns = ms * 1e6 / (reps * kKt);  // one k-tile of every block in flight
   const double flops = 2.0 * 128 * (2 * NACC) * 64 * double(kKt) * reps * blocks;
   std::printf("%-22s N=%3d blocks/SM %d: %7.1f ns a k-tile (4 k16 MMAs a warpgroup), %6.1f TFLOP/s%s%s\n", name,
-              2 * NACC, per_sm, kt_ns, flops / (ms * 1e-3) / 1e12, e ? " error: " : "",
+              2 * NACC, per_sm, kt_ns, MODE >= 4 ? 0.0 : flops / (ms * 1e-3) / 1e12, e ? " error: " : "",
               e ? cudaGetErrorString(e) : "");
 }
 
