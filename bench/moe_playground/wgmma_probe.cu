@@ -50,17 +50,18 @@ using hm::cuda::wg_mma_k16;  // wgmma.cuh's widths beside this one
 #endif
 
 // MODE 0: MMAs only (A fixed); 1: the kernel's decode of A from shared words, then the MMAs; 2: A from shared memory
-// (a descriptor) with the same decode issued beside it, its results folded but not multiplied; 3: MMAs with A from shared memory
-// only; 4: the decode alone (folded, no MMA); 5: 4 with slot 3 at the cost of slots 1 and 2.
+// (a descriptor) with the same decode issued beside it, its results folded but not multiplied; 3: MMAs with A from
+// shared memory only; 4: the decode alone (folded, no MMA); 5: 4 with slot 3 at the cost of slots 1 and 2.
 template <int NACC, int MODE>
 __global__ void __launch_bounds__(kThreads) probe(float* out, int reps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) unsigned char smem[];
-  const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023u) & ~1023u;
+  const uint32_t smem_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const uint32_t base = (smem_addr + 1023u) & ~1023u;
   const int tid = threadIdx.x, lane = tid & 31, g = lane >> 2, t = lane & 3;
   // 40 KB of arbitrary words: B's tile (from base) and the 8 stages of weight words (from base + 4 KB) overlap, as
   // only their timing matters.
-  uint32_t* words = reinterpret_cast<uint32_t*>(smem + (base - static_cast<uint32_t>(__cvta_generic_to_shared(smem))));
+  uint32_t* words = reinterpret_cast<uint32_t*>(smem + (base - smem_addr));
   for (int i = tid; i < 10240; i += kThreads) words[i] = 0x3C003C00u ^ (i * 2654435761u & 0x00FF00FFu);
   __syncthreads();
   float acc[NACC];
@@ -85,8 +86,9 @@ __global__ void __launch_bounds__(kThreads) probe(float* out, int reps) {
         af[2 * b + h][1] = decode_slot(v1, 2 * h, f1);
         // MODE 5: the decode alone with slot 3 as cheap as slots 1 and 2 (one shift and the mask; wrong bits, only
         // the cost of a layout whose every slot is one operation or two).
-        af[2 * b + h][2] = MODE == 5 && h == 1 ? bf16x2_mul((v0 >> 3) & hm::mxfp4::kPairMask, f0) : decode_slot(v0, 2 * h + 1, f0);
-        af[2 * b + h][3] = MODE == 5 && h == 1 ? bf16x2_mul((v1 >> 3) & hm::mxfp4::kPairMask, f1) : decode_slot(v1, 2 * h + 1, f1);
+        constexpr uint32_t M = hm::mxfp4::kPairMask;
+        af[2 * b + h][2] = MODE == 5 && h == 1 ? bf16x2_mul((v0 >> 3) & M, f0) : decode_slot(v0, 2 * h + 1, f0);
+        af[2 * b + h][3] = MODE == 5 && h == 1 ? bf16x2_mul((v1 >> 3) & M, f1) : decode_slot(v1, 2 * h + 1, f1);
       }
     }
   };
@@ -102,10 +104,11 @@ __global__ void __launch_bounds__(kThreads) probe(float* out, int reps) {
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; kk++) {
+      const uint64_t desc_b = wg_desc_from_lo(x_lo + uint32_t(2 * kk + 64 * (kt & 1)));
       if constexpr (MODE >= 2)
-        wg_mma_ss_k16(acc, wg_desc_from_lo(a_lo + uint32_t(2 * kk)), wg_desc_from_lo(x_lo + uint32_t(2 * kk + 64 * (kt & 1))));
+        wg_mma_ss_k16(acc, wg_desc_from_lo(a_lo + uint32_t(2 * kk)), desc_b);
       else
-        wg_mma_k16(acc, af[kk], wg_desc_from_lo(x_lo + uint32_t(2 * kk + 64 * (kt & 1))));
+        wg_mma_k16(acc, af[kk], desc_b);
     }
     wg_commit();
   };
